@@ -1,0 +1,200 @@
+//! Leader election on etcd and transactions fenced on leadership.
+//!
+//! [`Election::campaign`] grants a lease, keeps it alive in a background task
+//! and blocks until this candidate holds the election key. The returned
+//! [`Leadership`] runs transactions only while its key is still the one it
+//! won ([`Leadership::txn`]: a compare on the key's create revision), so a
+//! deposed leader can never act, even before it notices. Its `lost()` token
+//! fires as soon as the lease cannot be kept.
+
+use std::time::Duration;
+
+use etcd_client::{Client, Compare, CompareOp, LeaderKey, ResignOptions, Txn, TxnOp, TxnResponse};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use crate::config::ETCD_CALL_TIMEOUT;
+use crate::keys::Keys;
+use crate::registration::backend::{EtcdLeases, LeaseBackend};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ElectionError {
+    #[error("etcd: {0}")]
+    Etcd(#[from] etcd_client::Error),
+    #[error("lease: {0}")]
+    Lease(#[from] crate::registration::backend::BackendError),
+    #[error("etcd did not answer within {0:?}")]
+    Timeout(Duration),
+    #[error("leadership lost")]
+    Lost,
+}
+
+/// One election (by default the autoscaler's, at `{prefix}/autoscaler/leader`).
+#[derive(Clone)]
+pub struct Election {
+    client: Client,
+    name: String,
+}
+
+impl Election {
+    pub fn new(client: Client, keys: &Keys) -> Self {
+        Election {
+            client,
+            name: keys.leader(),
+        }
+    }
+
+    /// Campaign with `value` (e.g. this controller's id) on a lease of `ttl`;
+    /// returns once elected.
+    pub async fn campaign(&self, value: &str, ttl: Duration) -> Result<Leadership, ElectionError> {
+        let mut leases = EtcdLeases::new(self.client.clone());
+        let lease = leases.grant(ttl).await?;
+        let lost = CancellationToken::new();
+        let keeper = tokio::spawn(keep_lease(leases, lease, ttl, lost.clone()));
+        let mut client = self.client.clone();
+        let won = tokio::select! {
+            r = client.campaign(self.name.as_str(), value, lease) => r,
+            _ = lost.cancelled() => Err(etcd_client::Error::ElectError("lease lost while campaigning".into())),
+        };
+        match won.map(|mut r| r.take_leader()) {
+            Ok(Some(key)) => {
+                info!(election = %self.name, lease, "elected leader");
+                Ok(Leadership {
+                    client: self.client.clone(),
+                    key,
+                    lease,
+                    lost,
+                    keeper,
+                })
+            }
+            Ok(None) => {
+                keeper.abort();
+                Err(ElectionError::Etcd(etcd_client::Error::ElectError(
+                    "campaign answered without a key".into(),
+                )))
+            }
+            Err(e) => {
+                keeper.abort();
+                let mut client = self.client.clone();
+                if let Err(revoke) = client.lease_revoke(lease).await {
+                    warn!(lease, error = %revoke, "cannot revoke campaign lease; it will expire");
+                }
+                Err(e.into())
+            }
+        }
+    }
+
+    /// The current leader's value, if there is a leader.
+    pub async fn leader(&self) -> Result<Option<String>, ElectionError> {
+        let mut client = self.client.clone();
+        match tokio::time::timeout(ETCD_CALL_TIMEOUT, client.leader(self.name.as_str())).await {
+            Err(_) => Err(ElectionError::Timeout(ETCD_CALL_TIMEOUT)),
+            Ok(Ok(resp)) => Ok(resp
+                .kv()
+                .map(|kv| String::from_utf8_lossy(kv.value()).into_owned())),
+            Ok(Err(e)) if e.to_string().contains("no leader") => Ok(None),
+            Ok(Err(e)) => Err(e.into()),
+        }
+    }
+
+    /// Follow the leader's value as it changes.
+    pub async fn observe(&self) -> Result<etcd_client::ObserveStream, ElectionError> {
+        let mut client = self.client.clone();
+        Ok(client.observe(self.name.as_str()).await?)
+    }
+}
+
+/// Holding the election. Drop or [`Leadership::resign`] to give it up.
+pub struct Leadership {
+    client: Client,
+    key: LeaderKey,
+    lease: i64,
+    lost: CancellationToken,
+    keeper: tokio::task::JoinHandle<()>,
+}
+
+impl Leadership {
+    pub fn lease(&self) -> i64 {
+        self.lease
+    }
+
+    /// Cancelled when the lease could not be kept alive or a fenced transaction failed.
+    pub fn lost(&self) -> CancellationToken {
+        self.lost.clone()
+    }
+
+    /// Run `ops` only if the election key is still ours. `Err(Lost)` otherwise.
+    pub async fn txn(&self, ops: Vec<TxnOp>) -> Result<TxnResponse, ElectionError> {
+        if self.lost.is_cancelled() {
+            return Err(ElectionError::Lost);
+        }
+        let txn = Txn::new()
+            .when([Compare::create_revision(
+                self.key.key(),
+                CompareOp::Equal,
+                self.key.rev(),
+            )])
+            .and_then(ops);
+        let mut client = self.client.clone();
+        let resp = tokio::time::timeout(ETCD_CALL_TIMEOUT, client.txn(txn))
+            .await
+            .map_err(|_| ElectionError::Timeout(ETCD_CALL_TIMEOUT))??;
+        if resp.succeeded() {
+            Ok(resp)
+        } else {
+            warn!(
+                lease = self.lease,
+                "fenced transaction refused: no longer the leader"
+            );
+            self.lost.cancel();
+            Err(ElectionError::Lost)
+        }
+    }
+
+    /// Give up leadership now (another candidate is elected at once).
+    pub async fn resign(self) {
+        let mut client = self.client.clone();
+        let options = ResignOptions::new().with_leader(self.key.clone());
+        if let Err(e) = client.resign(Some(options)).await {
+            warn!(error = %e, "resign failed; the lease revoke below ends leadership anyway");
+        }
+        if let Err(e) = client.lease_revoke(self.lease).await {
+            warn!(lease = self.lease, error = %e, "cannot revoke leader lease; it will expire");
+        }
+    }
+}
+
+impl Drop for Leadership {
+    fn drop(&mut self) {
+        self.keeper.abort();
+        self.lost.cancel();
+    }
+}
+
+/// Keep `lease` alive every ttl/3; cancel `lost` when it is gone or a whole
+/// TTL passes without a successful keep-alive (another candidate may then win).
+async fn keep_lease(mut leases: EtcdLeases, lease: i64, ttl: Duration, lost: CancellationToken) {
+    let mut last_ok = Instant::now();
+    loop {
+        tokio::select! {
+            _ = lost.cancelled() => return,
+            _ = tokio::time::sleep(ttl / 3) => {}
+        }
+        match leases.keep_alive(lease).await {
+            Ok(t) if t > 0 => last_ok = Instant::now(),
+            Ok(_) => {
+                warn!(lease, "leader lease expired");
+                lost.cancel();
+                return;
+            }
+            Err(e) => {
+                warn!(lease, error = %e, "leader keep-alive failed");
+                if last_ok.elapsed() >= ttl {
+                    lost.cancel();
+                    return;
+                }
+            }
+        }
+    }
+}

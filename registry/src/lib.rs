@@ -1,0 +1,31 @@
+//! Shoal's service registry on etcd: the contract every other crate builds on.
+//!
+//! - [`model`]: the values stored in etcd (`Instance`, `Route`, `ScalingPolicy`,
+//!   `ScalingEvent`, `GatewayInfo`) with validation that names the bad field.
+//! - [`keys`]: the key layout under a configurable prefix, built and parsed.
+//! - [`config`]: `--etcd` / `--prefix` / `--log-format` flags shared by every binary.
+//! - [`registration`]: an instance's leased self-registration (keep-alive,
+//!   re-registration after lease loss, fencing, revoke on shutdown).
+//! - [`watcher`]: list-then-watch of a prefix with resets after compaction or
+//!   reconnection, skipping malformed entries.
+//! - [`election`]: leader election and transactions fenced on leadership.
+//! - [`peer`]: a client-side balancer (power of two choices) over a service's
+//!   ready instances, for calling peers without a gateway.
+//!
+//! The `registry` binary (`src/bin/registry/`) lists and watches the registry
+//! and wraps any program so that it joins it (`registry run -- CMD`).
+
+pub mod config;
+pub mod election;
+pub mod keys;
+pub mod model;
+pub mod peer;
+pub mod registration;
+pub mod watcher;
+
+pub use config::{EtcdArgs, LogArgs};
+pub use keys::{Key, Keys};
+pub use model::{Instance, InstanceState, RegistryValue};
+pub use peer::PeerBalancer;
+pub use registration::{Registration, RegistrationStatus};
+pub use watcher::{Snapshot, Update, Watcher};

@@ -1,0 +1,804 @@
+//! The values stored in the registry, with serde and validation.
+//!
+//! Every type here is what one etcd value holds (see `docs/architecture.md` for
+//! the key layout). [`RegistryValue::decode`] is the one way a consumer turns
+//! bytes read from etcd into a value: it parses the JSON, validates every field,
+//! and checks that the value agrees with the key it was found under, so a bad
+//! entry is rejected with a message that names the key and says what to fix.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use crate::keys::{Key, Keys, validate_segment};
+
+/// Largest registry value any consumer accepts. etcd's own default request
+/// limit is 1.5 MiB; nothing Shoal writes comes close to this.
+pub const MAX_VALUE_BYTES: usize = 64 * 1024;
+
+/// What is wrong with a value, field by field, in words an operator can act on.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{field}: {problem}")]
+pub struct ValidationError {
+    /// Dotted path of the offending field, e.g. `instance.addr`.
+    pub field: String,
+    /// What is wrong and, where it helps, an example of a good value.
+    pub problem: String,
+}
+
+impl ValidationError {
+    pub fn new(field: impl Into<String>, problem: impl Into<String>) -> Self {
+        Self {
+            field: field.into(),
+            problem: problem.into(),
+        }
+    }
+}
+
+/// Why a registry entry could not be used. Always names the key.
+#[derive(Debug, thiserror::Error)]
+pub enum DecodeError {
+    #[error("{key}: value is {len} bytes, more than the {MAX_VALUE_BYTES}-byte limit")]
+    TooLarge { key: String, len: usize },
+    #[error("{key}: not valid JSON for this entry: {source}")]
+    Json {
+        key: String,
+        #[source]
+        source: serde_json::Error,
+    },
+    #[error("{key}: {source}")]
+    Invalid {
+        key: String,
+        #[source]
+        source: ValidationError,
+    },
+    #[error("{key}: not a key this consumer reads ({reason})")]
+    UnexpectedKey { key: String, reason: String },
+}
+
+/// A value that lives under one kind of registry key.
+pub trait RegistryValue: Sized + Clone + Send + Sync + fmt::Debug + 'static {
+    /// Parse, validate and check `value` against the key it was read from.
+    fn decode(keys: &Keys, key: &str, value: &[u8]) -> Result<Self, DecodeError>;
+}
+
+/// Parse JSON with the size limit and field validation shared by every value type.
+pub(crate) fn decode_json<T: serde::de::DeserializeOwned>(
+    key: &str,
+    value: &[u8],
+    validate: impl FnOnce(&T) -> Result<(), ValidationError>,
+) -> Result<T, DecodeError> {
+    if value.len() > MAX_VALUE_BYTES {
+        return Err(DecodeError::TooLarge {
+            key: key.to_owned(),
+            len: value.len(),
+        });
+    }
+    let parsed: T = serde_json::from_slice(value).map_err(|source| DecodeError::Json {
+        key: key.to_owned(),
+        source,
+    })?;
+    validate(&parsed).map_err(|source| DecodeError::Invalid {
+        key: key.to_owned(),
+        source,
+    })?;
+    Ok(parsed)
+}
+
+fn key_mismatch(key: &str, what: &str, in_key: &str, in_value: &str) -> DecodeError {
+    DecodeError::Invalid {
+        key: key.to_owned(),
+        source: ValidationError::new(
+            what,
+            format!("value says `{in_value}` but the key says `{in_key}`; they must agree"),
+        ),
+    }
+}
+
+/// Lifecycle state of an instance. Gateways send new requests only to `Ready`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum InstanceState {
+    /// Registered, not yet serving.
+    Starting,
+    /// Serving; eligible for new requests.
+    Ready,
+    /// Finishing in-flight requests before it leaves; no new requests.
+    Draining,
+}
+
+impl fmt::Display for InstanceState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            InstanceState::Starting => "starting",
+            InstanceState::Ready => "ready",
+            InstanceState::Draining => "draining",
+        })
+    }
+}
+
+fn default_weight() -> u32 {
+    1
+}
+
+/// One running instance of a service, as it registers itself.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Instance {
+    /// Unique id; a uuid v4 for instances Shoal starts.
+    pub id: String,
+    pub service: String,
+    /// `host:port` reachable from gateways.
+    pub addr: String,
+    pub state: InstanceState,
+    #[serde(default)]
+    pub version: String,
+    /// Relative share for weighted balancing, 1..=1000.
+    #[serde(default = "default_weight")]
+    pub weight: u32,
+    #[serde(default)]
+    pub zone: String,
+    pub started_at: DateTime<Utc>,
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+}
+
+impl Instance {
+    /// A new `starting` instance with a fresh uuid v4 id.
+    pub fn new(service: impl Into<String>, addr: impl Into<String>) -> Self {
+        Self {
+            id: uuid::Uuid::new_v4().to_string(),
+            service: service.into(),
+            addr: addr.into(),
+            state: InstanceState::Starting,
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+            weight: 1,
+            zone: String::new(),
+            started_at: Utc::now(),
+            labels: BTreeMap::new(),
+        }
+    }
+
+    pub fn validate(&self) -> Result<(), ValidationError> {
+        validate_segment("instance.id", &self.id)?;
+        validate_segment("instance.service", &self.service)?;
+        validate_addr("instance.addr", &self.addr)?;
+        if !(1..=1000).contains(&self.weight) {
+            return Err(ValidationError::new(
+                "instance.weight",
+                format!("{} is out of range; use 1..=1000 (default 1)", self.weight),
+            ));
+        }
+        validate_text("instance.version", &self.version, 128)?;
+        validate_text("instance.zone", &self.zone, 64)?;
+        if self.labels.len() > 64 {
+            return Err(ValidationError::new(
+                "instance.labels",
+                format!("{} labels; at most 64 are allowed", self.labels.len()),
+            ));
+        }
+        for (k, v) in &self.labels {
+            validate_text("instance.labels key", k, 128)?;
+            validate_text(&format!("instance.labels.{k}"), v, 1024)?;
+        }
+        Ok(())
+    }
+
+    /// The JSON stored in etcd.
+    pub fn to_json(&self) -> String {
+        serde_json::to_string(self).expect("Instance always serializes")
+    }
+}
+
+impl RegistryValue for Instance {
+    fn decode(keys: &Keys, key: &str, value: &[u8]) -> Result<Self, DecodeError> {
+        let Ok(Key::Instance { service, id }) = keys.parse(key) else {
+            return Err(DecodeError::UnexpectedKey {
+                key: key.to_owned(),
+                reason: format!("expected {}{{service}}/{{id}}", keys.instances()),
+            });
+        };
+        let instance: Instance = decode_json(key, value, Instance::validate)?;
+        if instance.service != service {
+            return Err(key_mismatch(
+                key,
+                "instance.service",
+                &service,
+                &instance.service,
+            ));
+        }
+        if instance.id != id {
+            return Err(key_mismatch(key, "instance.id", &id, &instance.id));
+        }
+        Ok(instance)
+    }
+}
+
+/// `host:port` where host is an IP address or a DNS name and port is non-zero.
+pub fn validate_addr(field: &str, addr: &str) -> Result<(), ValidationError> {
+    let bad = |why: &str| {
+        ValidationError::new(
+            field,
+            format!("`{addr}` {why}; use host:port, e.g. 10.0.0.5:8080 or app-1:8080"),
+        )
+    };
+    if let Ok(sock) = addr.parse::<SocketAddr>() {
+        if sock.port() == 0 {
+            return Err(bad("has port 0"));
+        }
+        if sock.ip().is_unspecified() {
+            return Err(bad("is an unspecified address nobody can connect to"));
+        }
+        return Ok(());
+    }
+    let Some((host, port)) = addr.rsplit_once(':') else {
+        return Err(bad("has no port"));
+    };
+    match port.parse::<u16>() {
+        Ok(0) => return Err(bad("has port 0")),
+        Ok(_) => {}
+        Err(_) => return Err(bad("has no valid port")),
+    }
+    let host_ok = !host.is_empty()
+        && host.len() <= 253
+        && host.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        });
+    if !host_ok {
+        return Err(bad("has no valid host name"));
+    }
+    Ok(())
+}
+
+fn validate_text(field: &str, text: &str, max: usize) -> Result<(), ValidationError> {
+    if text.len() > max {
+        return Err(ValidationError::new(
+            field,
+            format!("{} bytes; at most {max} are allowed", text.len()),
+        ));
+    }
+    if text.chars().any(char::is_control) {
+        return Err(ValidationError::new(field, "contains control characters"));
+    }
+    Ok(())
+}
+
+/// How a gateway picks an instance for a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum BalancePolicy {
+    RoundRobin,
+    #[default]
+    LeastRequest,
+    ConsistentHash,
+    Sticky,
+}
+
+impl fmt::Display for BalancePolicy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            BalancePolicy::RoundRobin => "round-robin",
+            BalancePolicy::LeastRequest => "least-request",
+            BalancePolicy::ConsistentHash => "consistent-hash",
+            BalancePolicy::Sticky => "sticky",
+        })
+    }
+}
+
+impl std::str::FromStr for BalancePolicy {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        serde_json::from_value(serde_json::Value::String(s.to_owned())).map_err(|_| {
+            format!(
+                "unknown policy `{s}`; use round-robin, least-request, consistent-hash or sticky"
+            )
+        })
+    }
+}
+
+/// Where the consistent-hash policy takes its key from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", tag = "from", content = "name")]
+pub enum HashKey {
+    /// The n-th path segment after the route prefix (0-based).
+    PathSegment(usize),
+    Header(String),
+    Query(String),
+    Cookie(String),
+}
+
+/// A gateway route: host and longest path prefix map to a service and policy.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Route {
+    /// Exact `Host` to match (without port); absent matches every host.
+    #[serde(default)]
+    pub host: Option<String>,
+    /// Path prefix, starting with `/`; the longest matching prefix wins.
+    #[serde(default = "default_prefix")]
+    pub path_prefix: String,
+    pub service: String,
+    #[serde(default)]
+    pub policy: BalancePolicy,
+    /// Required by `consistent-hash`.
+    #[serde(default)]
+    pub hash_key: Option<HashKey>,
+    /// Remove `path_prefix` from the path before forwarding.
+    #[serde(default)]
+    pub strip_prefix: bool,
+    /// Per-request response timeout in milliseconds.
+    #[serde(default)]
+    pub timeout_ms: Option<u64>,
+    /// Extra attempts on another instance after a failure.
+    #[serde(default)]
+    pub retries: Option<u32>,
+}
+
+fn default_prefix() -> String {
+    "/".to_owned()
+}
+
+impl Route {
+    pub fn validate(&self) -> Result<(), ValidationError> {
+        validate_segment("route.service", &self.service)?;
+        if !self.path_prefix.starts_with('/') {
+            return Err(ValidationError::new(
+                "route.path_prefix",
+                format!("`{}` must start with `/`, e.g. /api", self.path_prefix),
+            ));
+        }
+        validate_text("route.path_prefix", &self.path_prefix, 1024)?;
+        if let Some(host) = &self.host {
+            if host.is_empty() || host.contains(['/', ' ', ':']) {
+                return Err(ValidationError::new(
+                    "route.host",
+                    format!("`{host}` is not a host name; use e.g. api.example.com (no port)"),
+                ));
+            }
+        }
+        if self.policy == BalancePolicy::ConsistentHash && self.hash_key.is_none() {
+            return Err(ValidationError::new(
+                "route.hash_key",
+                r#"policy consistent-hash needs a hash_key, e.g. {"from":"header","name":"x-user"}"#,
+            ));
+        }
+        if self.timeout_ms == Some(0) {
+            return Err(ValidationError::new(
+                "route.timeout_ms",
+                "0 would fail every request; omit it for the default",
+            ));
+        }
+        if self.retries.is_some_and(|r| r > 10) {
+            return Err(ValidationError::new("route.retries", "at most 10"));
+        }
+        Ok(())
+    }
+}
+
+/// A route together with its name (the last segment of its key).
+#[derive(Debug, Clone, PartialEq)]
+pub struct NamedRoute {
+    pub name: String,
+    pub route: Route,
+}
+
+impl RegistryValue for NamedRoute {
+    fn decode(keys: &Keys, key: &str, value: &[u8]) -> Result<Self, DecodeError> {
+        let Ok(Key::Route { name }) = keys.parse(key) else {
+            return Err(DecodeError::UnexpectedKey {
+                key: key.to_owned(),
+                reason: format!("expected {}{{name}}", keys.routes()),
+            });
+        };
+        let route = decode_json(key, value, Route::validate)?;
+        Ok(NamedRoute { name, route })
+    }
+}
+
+/// The load signal a scaling policy tracks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ScalingMetric {
+    /// In-flight requests per ready instance.
+    Inflight,
+    /// Requests per second per ready instance.
+    Rps,
+    /// 95th percentile latency in milliseconds.
+    P95Latency,
+    /// Process CPU utilisation per instance, in cores (1.0 = one core busy).
+    Cpu,
+}
+
+fn default_tolerance() -> f64 {
+    0.1
+}
+fn default_scale_down_window() -> u64 {
+    30
+}
+fn default_step_period() -> u64 {
+    15
+}
+
+/// Target-tracking policy for one service, stored at `policies/{service}`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ScalingPolicy {
+    pub service: String,
+    pub min: u32,
+    pub max: u32,
+    pub metric: ScalingMetric,
+    pub target: f64,
+    /// Ratio band around 1.0 inside which no change is made (default 0.1).
+    #[serde(default = "default_tolerance")]
+    pub tolerance: f64,
+    #[serde(default)]
+    pub scale_up_stabilization_secs: u64,
+    #[serde(default = "default_scale_down_window")]
+    pub scale_down_stabilization_secs: u64,
+    /// At most this many instances added per `step_period_secs` (absent: no limit).
+    #[serde(default)]
+    pub max_scale_up_step: Option<u32>,
+    /// At most this many instances removed per `step_period_secs` (absent: no limit).
+    #[serde(default)]
+    pub max_scale_down_step: Option<u32>,
+    #[serde(default = "default_step_period")]
+    pub step_period_secs: u64,
+    /// Seconds after start during which an instance's metrics are ignored.
+    #[serde(default)]
+    pub warmup_secs: u64,
+}
+
+impl ScalingPolicy {
+    pub fn validate(&self) -> Result<(), ValidationError> {
+        validate_segment("policy.service", &self.service)?;
+        if self.max == 0 {
+            return Err(ValidationError::new("policy.max", "must be at least 1"));
+        }
+        if self.min > self.max {
+            return Err(ValidationError::new(
+                "policy.min",
+                format!("min {} is above max {}", self.min, self.max),
+            ));
+        }
+        if self.max > 1000 {
+            return Err(ValidationError::new("policy.max", "at most 1000"));
+        }
+        if !(self.target.is_finite() && self.target > 0.0) {
+            return Err(ValidationError::new(
+                "policy.target",
+                format!("{} must be a positive number", self.target),
+            ));
+        }
+        if !(0.0..1.0).contains(&self.tolerance) {
+            return Err(ValidationError::new(
+                "policy.tolerance",
+                format!("{} must be in [0, 1), e.g. 0.1 for 10%", self.tolerance),
+            ));
+        }
+        if self.step_period_secs == 0 {
+            return Err(ValidationError::new(
+                "policy.step_period_secs",
+                "must be at least 1",
+            ));
+        }
+        for (field, step) in [
+            ("policy.max_scale_up_step", self.max_scale_up_step),
+            ("policy.max_scale_down_step", self.max_scale_down_step),
+        ] {
+            if step == Some(0) {
+                return Err(ValidationError::new(
+                    field,
+                    "0 would forbid scaling; omit it for no limit",
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+impl RegistryValue for ScalingPolicy {
+    fn decode(keys: &Keys, key: &str, value: &[u8]) -> Result<Self, DecodeError> {
+        let Ok(Key::Policy { service }) = keys.parse(key) else {
+            return Err(DecodeError::UnexpectedKey {
+                key: key.to_owned(),
+                reason: format!("expected {}{{service}}", keys.policies()),
+            });
+        };
+        let policy: ScalingPolicy = decode_json(key, value, ScalingPolicy::validate)?;
+        if policy.service != service {
+            return Err(key_mismatch(
+                key,
+                "policy.service",
+                &service,
+                &policy.service,
+            ));
+        }
+        Ok(policy)
+    }
+}
+
+/// One autoscaler decision or action, kept as bounded history under `events/{service}/`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ScalingEvent {
+    pub service: String,
+    pub at: DateTime<Utc>,
+    /// `decision`, `start`, `retire`, `replace`, `rollout`, ...
+    pub kind: String,
+    pub current: u32,
+    pub desired: u32,
+    /// Human-readable why, e.g. "3 → 5: in-flight 9.1 per instance over target 4".
+    pub reason: String,
+    /// The rule that bounded the raw recommendation, if any (`max`, `step`, ...).
+    #[serde(default)]
+    pub bounded_by: Option<String>,
+    /// The inputs the decision was computed from.
+    #[serde(default)]
+    pub inputs: BTreeMap<String, f64>,
+    /// The instance an action concerns.
+    #[serde(default)]
+    pub instance: Option<String>,
+}
+
+impl ScalingEvent {
+    pub fn validate(&self) -> Result<(), ValidationError> {
+        validate_segment("event.service", &self.service)?;
+        validate_text("event.kind", &self.kind, 64)?;
+        validate_text("event.reason", &self.reason, 4096)?;
+        Ok(())
+    }
+}
+
+impl RegistryValue for ScalingEvent {
+    fn decode(keys: &Keys, key: &str, value: &[u8]) -> Result<Self, DecodeError> {
+        let Ok(Key::Event { service, .. }) = keys.parse(key) else {
+            return Err(DecodeError::UnexpectedKey {
+                key: key.to_owned(),
+                reason: format!("expected {}{{service}}/{{seq}}", keys.events()),
+            });
+        };
+        let event: ScalingEvent = decode_json(key, value, ScalingEvent::validate)?;
+        if event.service != service {
+            return Err(key_mismatch(key, "event.service", &service, &event.service));
+        }
+        Ok(event)
+    }
+}
+
+/// A gateway's own registration under `gateways/{id}`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct GatewayInfo {
+    pub id: String,
+    /// Where its admin API (`/api/v1/...`) answers.
+    pub admin_addr: String,
+    pub started_at: DateTime<Utc>,
+}
+
+impl GatewayInfo {
+    pub fn validate(&self) -> Result<(), ValidationError> {
+        validate_segment("gateway.id", &self.id)?;
+        validate_addr("gateway.admin_addr", &self.admin_addr)
+    }
+}
+
+impl RegistryValue for GatewayInfo {
+    fn decode(keys: &Keys, key: &str, value: &[u8]) -> Result<Self, DecodeError> {
+        let Ok(Key::Gateway { id }) = keys.parse(key) else {
+            return Err(DecodeError::UnexpectedKey {
+                key: key.to_owned(),
+                reason: format!("expected {}{{id}}", keys.gateways()),
+            });
+        };
+        let info: GatewayInfo = decode_json(key, value, GatewayInfo::validate)?;
+        if info.id != id {
+            return Err(key_mismatch(key, "gateway.id", &id, &info.id));
+        }
+        Ok(info)
+    }
+}
+
+/// Raw bytes, for consumers that only care that a key exists (e.g. retire keys).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RawValue(pub Vec<u8>);
+
+impl RegistryValue for RawValue {
+    fn decode(_keys: &Keys, key: &str, value: &[u8]) -> Result<Self, DecodeError> {
+        if value.len() > MAX_VALUE_BYTES {
+            return Err(DecodeError::TooLarge {
+                key: key.to_owned(),
+                len: value.len(),
+            });
+        }
+        Ok(RawValue(value.to_vec()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn keys() -> Keys {
+        Keys::new("/shoal").unwrap()
+    }
+
+    fn instance() -> Instance {
+        let mut i = Instance::new("app", "127.0.0.1:8081");
+        i.id = "abc".into();
+        i
+    }
+
+    #[test]
+    fn instance_round_trips_through_its_key() {
+        let i = instance();
+        let got =
+            Instance::decode(&keys(), "/shoal/instances/app/abc", i.to_json().as_bytes()).unwrap();
+        assert_eq!(got, i);
+    }
+
+    #[test]
+    fn instance_decode_names_the_key_and_the_problem() {
+        let k = keys();
+        let err = Instance::decode(&k, "/shoal/instances/app/abc", b"{not json").unwrap_err();
+        assert!(
+            err.to_string()
+                .starts_with("/shoal/instances/app/abc: not valid JSON"),
+            "{err}"
+        );
+
+        let mut bad = instance();
+        bad.addr = "nowhere".into();
+        let err =
+            Instance::decode(&k, "/shoal/instances/app/abc", bad.to_json().as_bytes()).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "/shoal/instances/app/abc: instance.addr: `nowhere` has no port; use host:port, e.g. 10.0.0.5:8080 or app-1:8080"
+        );
+
+        let err = Instance::decode(
+            &k,
+            "/shoal/instances/web/abc",
+            instance().to_json().as_bytes(),
+        )
+        .unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("value says `app` but the key says `web`"),
+            "{err}"
+        );
+
+        let json = instance().to_json().replace("\"starting\"", "\"sleeping\"");
+        let err = Instance::decode(&k, "/shoal/instances/app/abc", json.as_bytes()).unwrap_err();
+        assert!(
+            err.to_string().contains("unknown variant `sleeping`"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn oversized_values_are_refused_before_parsing() {
+        let big = vec![b' '; MAX_VALUE_BYTES + 1];
+        let err = Instance::decode(&keys(), "/shoal/instances/app/abc", &big).unwrap_err();
+        assert!(matches!(err, DecodeError::TooLarge { .. }), "{err}");
+    }
+
+    #[test]
+    fn addresses() {
+        for good in [
+            "127.0.0.1:80",
+            "[::1]:8080",
+            "app-1:8080",
+            "app.svc.local:1",
+        ] {
+            validate_addr("a", good).unwrap_or_else(|e| panic!("{good}: {e}"));
+        }
+        for bad in [
+            "",
+            "host",
+            "host:",
+            "host:0",
+            "host:99999",
+            "0.0.0.0:80",
+            ":80",
+            "a b:80",
+            "a..b:80",
+        ] {
+            assert!(validate_addr("a", bad).is_err(), "{bad} should be refused");
+        }
+    }
+
+    #[test]
+    fn instance_fields_are_bounded() {
+        let mut i = instance();
+        i.weight = 0;
+        assert_eq!(i.validate().unwrap_err().field, "instance.weight");
+        let mut i = instance();
+        i.version = "v\n1".into();
+        assert_eq!(i.validate().unwrap_err().field, "instance.version");
+        let mut i = instance();
+        i.id = "a/b".into();
+        assert_eq!(i.validate().unwrap_err().field, "instance.id");
+    }
+
+    #[test]
+    fn routes() {
+        let k = keys();
+        let r: NamedRoute = NamedRoute::decode(
+            &k,
+            "/shoal/routes/api",
+            br#"{"service":"app","path_prefix":"/api"}"#,
+        )
+        .unwrap();
+        assert_eq!(r.name, "api");
+        assert_eq!(r.route.policy, BalancePolicy::LeastRequest);
+        let err = NamedRoute::decode(
+            &k,
+            "/shoal/routes/api",
+            br#"{"service":"app","path_prefix":"api"}"#,
+        )
+        .unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("route.path_prefix: `api` must start with `/`"),
+            "{err}"
+        );
+        let err = NamedRoute::decode(
+            &k,
+            "/shoal/routes/h",
+            br#"{"service":"app","policy":"consistent-hash"}"#,
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("route.hash_key"), "{err}");
+        let r = NamedRoute::decode(
+            &k,
+            "/shoal/routes/h",
+            br#"{"service":"app","policy":"consistent-hash","hash_key":{"from":"path-segment","name":1}}"#,
+        )
+        .unwrap();
+        assert_eq!(r.route.hash_key, Some(HashKey::PathSegment(1)));
+    }
+
+    #[test]
+    fn policies() {
+        let k = keys();
+        let p = ScalingPolicy::decode(
+            &k,
+            "/shoal/policies/app",
+            br#"{"service":"app","min":0,"max":5,"metric":"inflight","target":4}"#,
+        )
+        .unwrap();
+        assert_eq!(p.tolerance, 0.1);
+        assert_eq!(p.scale_down_stabilization_secs, 30);
+        assert_eq!(p.scale_up_stabilization_secs, 0);
+        let err = ScalingPolicy::decode(
+            &k,
+            "/shoal/policies/app",
+            br#"{"service":"app","min":6,"max":5,"metric":"inflight","target":4}"#,
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("min 6 is above max 5"), "{err}");
+        let err = ScalingPolicy::decode(
+            &k,
+            "/shoal/policies/app",
+            br#"{"service":"app","min":1,"max":5,"metric":"qps","target":4}"#,
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("unknown variant `qps`"), "{err}");
+    }
+
+    #[test]
+    fn policy_names_parse() {
+        assert_eq!(
+            "sticky".parse::<BalancePolicy>().unwrap(),
+            BalancePolicy::Sticky
+        );
+        assert!(
+            "random"
+                .parse::<BalancePolicy>()
+                .unwrap_err()
+                .contains("round-robin")
+        );
+    }
+}

@@ -1,0 +1,119 @@
+//! The four lease operations the keeper needs, behind a trait so the keeper's
+//! timing can be unit-tested on paused tokio time with an in-memory backend.
+
+use std::future::Future;
+use std::time::Duration;
+
+use etcd_client::{Client, LeaseKeepAliveStream, LeaseKeeper, PutOptions};
+
+use crate::config::ETCD_CALL_TIMEOUT;
+
+/// A failed lease or put operation.
+#[derive(Debug, thiserror::Error)]
+pub enum BackendError {
+    /// etcd answered that the lease does not exist (expired, revoked, or etcd wiped).
+    #[error("lease {0} not found")]
+    LeaseNotFound(i64),
+    #[error("etcd did not answer within {0:?}")]
+    Timeout(Duration),
+    #[error("etcd: {0}")]
+    Etcd(String),
+}
+
+/// What a lease keeper needs from etcd.
+pub trait LeaseBackend: Send + 'static {
+    /// Grant a lease of `ttl` and return its id.
+    fn grant(&mut self, ttl: Duration) -> impl Future<Output = Result<i64, BackendError>> + Send;
+    /// Put `value` at `key` attached to `lease`.
+    fn put(
+        &mut self,
+        key: &str,
+        value: String,
+        lease: i64,
+    ) -> impl Future<Output = Result<(), BackendError>> + Send;
+    /// Refresh `lease`; returns the TTL etcd granted, 0 when the lease is gone.
+    fn keep_alive(&mut self, lease: i64) -> impl Future<Output = Result<i64, BackendError>> + Send;
+    /// Revoke `lease`, deleting every key attached to it.
+    fn revoke(&mut self, lease: i64) -> impl Future<Output = Result<(), BackendError>> + Send;
+}
+
+/// The real backend. Keeps one keep-alive stream open per lease and opens a
+/// new one whenever the old one fails.
+pub struct EtcdLeases {
+    client: Client,
+    stream: Option<(i64, LeaseKeeper, LeaseKeepAliveStream)>,
+}
+
+impl EtcdLeases {
+    pub fn new(client: Client) -> Self {
+        EtcdLeases {
+            client,
+            stream: None,
+        }
+    }
+}
+
+async fn bounded<T>(
+    fut: impl Future<Output = Result<T, etcd_client::Error>>,
+    lease: i64,
+) -> Result<T, BackendError> {
+    match tokio::time::timeout(ETCD_CALL_TIMEOUT, fut).await {
+        Err(_) => Err(BackendError::Timeout(ETCD_CALL_TIMEOUT)),
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(e)) => Err(classify(e, lease)),
+    }
+}
+
+fn classify(e: etcd_client::Error, lease: i64) -> BackendError {
+    let text = e.to_string();
+    if text.contains("lease not found") {
+        BackendError::LeaseNotFound(lease)
+    } else {
+        BackendError::Etcd(text)
+    }
+}
+
+impl LeaseBackend for EtcdLeases {
+    async fn grant(&mut self, ttl: Duration) -> Result<i64, BackendError> {
+        let secs = ttl.as_secs().max(1) as i64;
+        let resp = bounded(self.client.lease_grant(secs, None), 0).await?;
+        Ok(resp.id())
+    }
+
+    async fn put(&mut self, key: &str, value: String, lease: i64) -> Result<(), BackendError> {
+        let options = PutOptions::new().with_lease(lease);
+        bounded(self.client.put(key, value, Some(options)), lease).await?;
+        Ok(())
+    }
+
+    async fn keep_alive(&mut self, lease: i64) -> Result<i64, BackendError> {
+        if self.stream.as_ref().is_none_or(|(id, ..)| *id != lease) {
+            let (keeper, stream) = bounded(self.client.lease_keep_alive(lease), lease).await?;
+            self.stream = Some((lease, keeper, stream));
+        }
+        let (_, keeper, stream) = self.stream.as_mut().expect("stream was just opened");
+        let result = async {
+            keeper.keep_alive().await?;
+            stream.message().await
+        };
+        match bounded(result, lease).await {
+            Ok(Some(resp)) => Ok(resp.ttl()),
+            Ok(None) => {
+                self.stream = None;
+                Err(BackendError::Etcd("keep-alive stream closed".into()))
+            }
+            Err(e) => {
+                self.stream = None;
+                Err(e)
+            }
+        }
+    }
+
+    async fn revoke(&mut self, lease: i64) -> Result<(), BackendError> {
+        self.stream = None;
+        match bounded(self.client.lease_revoke(lease), lease).await {
+            Err(BackendError::LeaseNotFound(_)) | Ok(_) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+}

@@ -1,0 +1,214 @@
+//! The background task that owns one registration: it grants the lease, puts
+//! the instance, keeps the lease alive every TTL/3, notices when the lease is
+//! gone and registers again, writes state changes in place, marks itself
+//! fenced when keep-alives have failed for a whole TTL, and revokes on shutdown.
+
+use std::time::Duration;
+
+use tokio::sync::watch;
+use tokio::time::{Instant, sleep_until};
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use super::RegistrationStatus;
+use super::backend::{BackendError, LeaseBackend};
+use crate::model::Instance;
+
+/// First retry delay after a failed etcd call; doubles up to [`MAX_RETRY`].
+const FIRST_RETRY: Duration = Duration::from_millis(100);
+/// Retries stay this frequent so that registration resumes within about a
+/// second of etcd answering again.
+const MAX_RETRY: Duration = Duration::from_secs(1);
+
+pub(super) struct Keeper<B> {
+    pub backend: B,
+    pub key: String,
+    pub ttl: Duration,
+    pub desired: watch::Receiver<Instance>,
+    pub status: watch::Sender<RegistrationStatus>,
+    pub shutdown: CancellationToken,
+}
+
+/// What the keeper does next while it holds a lease.
+enum Next {
+    KeepAlive,
+    Write,
+    Fence,
+    Stop,
+}
+
+impl<B: LeaseBackend> Keeper<B> {
+    pub async fn run(mut self) {
+        // Counted from start: an instance that cannot reach etcd for a whole
+        // TTL after starting is fenced too, since nobody can route to it.
+        let mut last_ok = Instant::now();
+        let mut retry = FIRST_RETRY;
+        let mut failures = 0u32;
+        let shutdown = self.shutdown.clone();
+        loop {
+            // Not registered: grant a lease and put the instance.
+            let lease = loop {
+                let attempt = tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    r = self.register() => r,
+                };
+                match attempt {
+                    Ok(lease) => break lease,
+                    Err(e) => {
+                        failures += 1;
+                        if failures == 1 || failures.is_power_of_two() {
+                            warn!(key = %self.key, error = %e, failures, "cannot register; retrying");
+                        }
+                        self.fence_if_stale(last_ok);
+                        // Wake at the fence deadline too, so fencing is never late.
+                        let mut delay = retry;
+                        if !self.status.borrow().fenced {
+                            delay = delay.min(
+                                (last_ok + self.ttl).saturating_duration_since(Instant::now()),
+                            );
+                        }
+                        if pause(&shutdown, delay).await {
+                            return;
+                        }
+                        retry = (retry * 2).min(MAX_RETRY);
+                    }
+                }
+            };
+            last_ok = Instant::now();
+            retry = FIRST_RETRY;
+            let again = self.status.borrow().registrations > 0;
+            self.status.send_modify(|s| {
+                s.lease = Some(lease);
+                s.registered = true;
+                s.fenced = false;
+                s.registrations += 1;
+                s.written_state = Some(self.desired.borrow().state);
+            });
+            if again {
+                info!(key = %self.key, lease, "registered again with a new lease");
+            } else {
+                info!(key = %self.key, lease, "registered");
+            }
+            failures = 0;
+
+            // Registered: keep the lease alive until it is lost or we stop.
+            let mut next_keep_alive = Instant::now() + self.ttl / 3;
+            let lost = loop {
+                let fence_at = last_ok + self.ttl;
+                let fenced = self.status.borrow().fenced;
+                let next = tokio::select! {
+                    _ = self.shutdown.cancelled() => Next::Stop,
+                    changed = self.desired.changed() => if changed.is_ok() { Next::Write } else { Next::Stop },
+                    _ = sleep_until(next_keep_alive) => Next::KeepAlive,
+                    _ = sleep_until(fence_at), if !fenced => Next::Fence,
+                };
+                match next {
+                    Next::Stop => {
+                        self.revoke(lease).await;
+                        return;
+                    }
+                    Next::Fence => self.fence_if_stale(last_ok),
+                    Next::Write => {
+                        let instance = self.desired.borrow_and_update().clone();
+                        match self.backend.put(&self.key, instance.to_json(), lease).await {
+                            Ok(()) => {
+                                last_ok = Instant::now();
+                                self.status
+                                    .send_modify(|s| s.written_state = Some(instance.state));
+                                info!(key = %self.key, state = %instance.state, "state written");
+                            }
+                            Err(BackendError::LeaseNotFound(_)) => break "lease not found on write",
+                            Err(e) => {
+                                // The next successful keep-alive or registration writes it.
+                                warn!(key = %self.key, error = %e, "cannot write state; will retry");
+                                self.desired.mark_changed();
+                                next_keep_alive = next_keep_alive.min(Instant::now() + retry);
+                                retry = (retry * 2).min(MAX_RETRY);
+                                if pause(&shutdown, FIRST_RETRY).await {
+                                    self.revoke(lease).await;
+                                    return;
+                                }
+                            }
+                        }
+                    }
+                    Next::KeepAlive => match self.backend.keep_alive(lease).await {
+                        Ok(ttl) if ttl > 0 => {
+                            if self.status.borrow().fenced {
+                                info!(key = %self.key, lease, "keep-alive succeeded again; no longer fenced");
+                            }
+                            last_ok = Instant::now();
+                            retry = FIRST_RETRY;
+                            failures = 0;
+                            self.status.send_modify(|s| s.fenced = false);
+                            next_keep_alive = last_ok + self.ttl / 3;
+                        }
+                        Ok(_) | Err(BackendError::LeaseNotFound(_)) => {
+                            break "lease expired or etcd lost it";
+                        }
+                        Err(e) => {
+                            failures += 1;
+                            if failures == 1 || failures.is_power_of_two() {
+                                warn!(key = %self.key, lease, error = %e, failures, "keep-alive failed; retrying");
+                            }
+                            next_keep_alive = Instant::now() + retry.min(self.ttl / 3);
+                            retry = (retry * 2).min(MAX_RETRY);
+                        }
+                    },
+                }
+            };
+            warn!(key = %self.key, lease, reason = lost, "lease lost; registering again");
+            self.status.send_modify(|s| {
+                s.lease = None;
+                s.registered = false;
+                s.written_state = None;
+            });
+            self.fence_if_stale(last_ok);
+        }
+    }
+
+    async fn register(&mut self) -> Result<i64, BackendError> {
+        let lease = self.backend.grant(self.ttl).await?;
+        let instance = self.desired.borrow_and_update().clone();
+        if let Err(e) = self.backend.put(&self.key, instance.to_json(), lease).await {
+            // Do not leave an unused lease behind if etcd is still there.
+            if let Err(revoke) = self.backend.revoke(lease).await {
+                warn!(key = %self.key, lease, error = %revoke, "cannot revoke unused lease; it will expire");
+            }
+            return Err(e);
+        }
+        Ok(lease)
+    }
+
+    async fn revoke(&mut self, lease: i64) {
+        match self.backend.revoke(lease).await {
+            Ok(()) => info!(key = %self.key, lease, "deregistered (lease revoked)"),
+            Err(e) => {
+                warn!(key = %self.key, lease, error = %e, "cannot revoke lease; the key goes when it expires")
+            }
+        }
+        self.status.send_modify(|s| {
+            s.lease = None;
+            s.registered = false;
+            s.written_state = None;
+        });
+    }
+
+    fn fence_if_stale(&self, last_ok: Instant) {
+        if last_ok.elapsed() >= self.ttl && !self.status.borrow().fenced {
+            warn!(
+                key = %self.key,
+                since_ms = last_ok.elapsed().as_millis() as u64,
+                "no successful keep-alive for a whole TTL: fenced (may be out of the registry)"
+            );
+            self.status.send_modify(|s| s.fenced = true);
+        }
+    }
+}
+
+/// Sleep for `delay`; true if shutdown was asked for meanwhile.
+async fn pause(shutdown: &CancellationToken, delay: Duration) -> bool {
+    tokio::select! {
+        _ = shutdown.cancelled() => true,
+        _ = tokio::time::sleep(delay) => false,
+    }
+}

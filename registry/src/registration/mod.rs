@@ -1,0 +1,326 @@
+//! Leased self-registration of an instance.
+//!
+//! [`Registration::start`] spawns one keeper task ([`keeper`]) that owns the
+//! lease; the returned handle is how the instance changes its state, reads its
+//! status (registered, fenced) and deregisters. The keeper talks to etcd
+//! through [`backend::LeaseBackend`], so its timing is unit-tested on paused
+//! time against the in-memory backend in [`memory`].
+//!
+//! Rules (see `docs/architecture.md`): TTL default 5 s, minimum 2 s;
+//! keep-alive every TTL/3; a lost lease is replaced as soon as etcd answers;
+//! no successful keep-alive for a whole TTL means fenced until registered again.
+
+pub mod backend;
+mod keeper;
+#[cfg(test)]
+mod memory;
+
+use std::time::Duration;
+
+use etcd_client::Client;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::keys::Keys;
+use crate::model::{Instance, InstanceState, ValidationError};
+use backend::{EtcdLeases, LeaseBackend};
+use keeper::Keeper;
+
+/// Default lease TTL.
+pub const DEFAULT_TTL: Duration = Duration::from_secs(5);
+/// Shortest lease TTL accepted: shorter leases expire on ordinary GC pauses.
+pub const MIN_TTL: Duration = Duration::from_secs(2);
+
+/// Where a registration stands, as its keeper last saw it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RegistrationStatus {
+    /// The instance's key is in etcd on a live lease (as far as we know).
+    pub registered: bool,
+    /// No keep-alive has succeeded for a whole TTL: the key may be gone.
+    pub fenced: bool,
+    pub lease: Option<i64>,
+    /// How many times a lease was granted and the instance put (1 + re-registrations).
+    pub registrations: u64,
+    /// The state last written to etcd on the current lease.
+    pub written_state: Option<InstanceState>,
+}
+
+/// Handle to a running registration. Dropping it without [`Registration::deregister`]
+/// stops the keeper and revokes the lease in the background.
+pub struct Registration {
+    key: String,
+    desired: watch::Sender<Instance>,
+    status: watch::Receiver<RegistrationStatus>,
+    shutdown: CancellationToken,
+    task: Option<JoinHandle<()>>,
+}
+
+impl Registration {
+    /// Start registering `instance` under `keys` with a lease of `ttl`.
+    pub fn start(
+        client: Client,
+        keys: &Keys,
+        instance: Instance,
+        ttl: Duration,
+    ) -> Result<Self, ValidationError> {
+        Self::start_with(EtcdLeases::new(client), keys, instance, ttl)
+    }
+
+    /// As [`Registration::start`], with any lease backend.
+    pub fn start_with<B: LeaseBackend>(
+        backend: B,
+        keys: &Keys,
+        instance: Instance,
+        ttl: Duration,
+    ) -> Result<Self, ValidationError> {
+        instance.validate()?;
+        if ttl < MIN_TTL {
+            return Err(ValidationError::new(
+                "lease ttl",
+                format!("{ttl:?} is below the {MIN_TTL:?} minimum; use e.g. 5s"),
+            ));
+        }
+        let key = keys.instance(&instance.service, &instance.id);
+        let (desired, desired_rx) = watch::channel(instance);
+        let (status_tx, status) = watch::channel(RegistrationStatus::default());
+        let shutdown = CancellationToken::new();
+        let keeper = Keeper {
+            backend,
+            key: key.clone(),
+            ttl,
+            desired: desired_rx,
+            status: status_tx,
+            shutdown: shutdown.clone(),
+        };
+        let task = tokio::spawn(keeper.run());
+        Ok(Registration {
+            key,
+            desired,
+            status,
+            shutdown,
+            task: Some(task),
+        })
+    }
+
+    /// The etcd key this registration writes.
+    pub fn key(&self) -> &str {
+        &self.key
+    }
+
+    /// The instance as it is (or will next be) written.
+    pub fn instance(&self) -> Instance {
+        self.desired.borrow().clone()
+    }
+
+    /// Change the state; written in place on the current lease.
+    pub fn set_state(&self, state: InstanceState) {
+        self.desired.send_if_modified(|i| {
+            let changed = i.state != state;
+            i.state = state;
+            changed
+        });
+    }
+
+    pub fn status(&self) -> RegistrationStatus {
+        self.status.borrow().clone()
+    }
+
+    /// A receiver that sees every status change.
+    pub fn watch_status(&self) -> watch::Receiver<RegistrationStatus> {
+        self.status.clone()
+    }
+
+    /// Wait until `state` has been written to etcd, up to `timeout`.
+    pub async fn wait_written(&self, state: InstanceState, timeout: Duration) -> bool {
+        let mut rx = self.status.clone();
+        tokio::time::timeout(timeout, rx.wait_for(|s| s.written_state == Some(state)))
+            .await
+            .is_ok_and(|r| r.is_ok())
+    }
+
+    /// Stop keeping the lease alive and revoke it, deleting the key.
+    pub async fn deregister(mut self) {
+        self.shutdown.cancel();
+        if let Some(task) = self.task.take() {
+            if let Err(e) = task.await {
+                tracing::warn!(key = %self.key, error = %e, "registration keeper ended abnormally");
+            }
+        }
+    }
+}
+
+impl Drop for Registration {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::memory::MemoryEtcd;
+    use super::*;
+    use tokio::time::{Instant, advance, sleep};
+
+    const TTL: Duration = Duration::from_secs(5);
+
+    fn start(etcd: &MemoryEtcd) -> Registration {
+        let mut instance = Instance::new("app", "127.0.0.1:9000");
+        instance.id = "i1".into();
+        Registration::start_with(etcd.backend(), &Keys::default(), instance, TTL).unwrap()
+    }
+
+    /// Let the keeper run until `cond` holds, advancing paused time in small steps.
+    async fn run_until(
+        reg: &Registration,
+        limit: Duration,
+        cond: impl Fn(&RegistrationStatus) -> bool,
+    ) -> Duration {
+        let start = Instant::now();
+        while !cond(&reg.status()) {
+            assert!(
+                start.elapsed() <= limit,
+                "condition not reached within {limit:?}: {:?}",
+                reg.status()
+            );
+            sleep(Duration::from_millis(10)).await;
+        }
+        start.elapsed()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn registers_and_keeps_alive_every_third_of_the_ttl() {
+        let etcd = MemoryEtcd::default();
+        let reg = start(&etcd);
+        run_until(&reg, Duration::from_millis(50), |s| s.registered).await;
+        assert!(etcd.get("/shoal/instances/app/i1").is_some());
+        let before = etcd.keep_alives();
+        sleep(Duration::from_secs(60)).await;
+        let sent = etcd.keep_alives() - before;
+        // 60 s / (5 s / 3) = 36 keep-alives.
+        assert!((35..=37).contains(&sent), "{sent} keep-alives in 60 s");
+        let s = reg.status();
+        assert!(s.registered && !s.fenced && s.registrations == 1, "{s:?}");
+    }
+
+    #[test]
+    fn ttl_below_minimum_is_refused() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let _guard = rt.enter();
+        let etcd = MemoryEtcd::default();
+        let err = Registration::start_with(
+            etcd.backend(),
+            &Keys::default(),
+            Instance::new("app", "127.0.0.1:1"),
+            Duration::from_secs(1),
+        )
+        .err()
+        .unwrap();
+        assert!(err.to_string().contains("below the 2s minimum"), "{err}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn state_changes_are_written_on_the_same_lease() {
+        let etcd = MemoryEtcd::default();
+        let reg = start(&etcd);
+        run_until(&reg, Duration::from_millis(50), |s| s.registered).await;
+        let lease = reg.status().lease;
+        reg.set_state(InstanceState::Ready);
+        assert!(
+            reg.wait_written(InstanceState::Ready, Duration::from_millis(50))
+                .await
+        );
+        let (value, stored_lease) = etcd.get("/shoal/instances/app/i1").unwrap();
+        assert!(value.contains("\"ready\""), "{value}");
+        assert_eq!(Some(stored_lease), lease);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_expired_lease_is_replaced_within_a_keep_alive_period() {
+        let etcd = MemoryEtcd::default();
+        let reg = start(&etcd);
+        run_until(&reg, Duration::from_millis(50), |s| s.registered).await;
+        let old = reg.status().lease.unwrap();
+        etcd.expire(old);
+        assert!(etcd.get("/shoal/instances/app/i1").is_none());
+        let took = run_until(&reg, TTL / 3 + Duration::from_millis(100), |s| {
+            s.registrations == 2
+        })
+        .await;
+        assert!(took <= TTL / 3 + Duration::from_millis(100), "{took:?}");
+        assert_ne!(reg.status().lease, Some(old));
+        assert!(etcd.get("/shoal/instances/app/i1").is_some());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn fenced_after_a_ttl_without_keep_alive_then_registered_again_after_a_wipe() {
+        let etcd = MemoryEtcd::default();
+        let reg = start(&etcd);
+        run_until(&reg, Duration::from_millis(50), |s| s.registered).await;
+        etcd.set_up(false);
+        let down_at = Instant::now();
+        // Fenced no earlier than TTL after the last good keep-alive, and no later than TTL after etcd went away.
+        run_until(&reg, TTL + Duration::from_millis(50), |s| s.fenced).await;
+        assert!(
+            down_at.elapsed() >= TTL - TTL / 3,
+            "fenced too early: {:?}",
+            down_at.elapsed()
+        );
+        advance(Duration::from_secs(5)).await;
+        assert!(reg.status().fenced);
+
+        etcd.wipe();
+        etcd.set_up(true);
+        let took = run_until(&reg, Duration::from_secs(2), |s| {
+            s.registrations == 2 && !s.fenced
+        })
+        .await;
+        assert!(
+            took <= Duration::from_millis(1100),
+            "re-registration took {took:?} after etcd answered"
+        );
+        assert!(etcd.get("/shoal/instances/app/i1").is_some());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn etcd_back_with_its_data_keeps_the_same_lease() {
+        let etcd = MemoryEtcd::default();
+        let reg = start(&etcd);
+        run_until(&reg, Duration::from_millis(50), |s| s.registered).await;
+        let lease = reg.status().lease;
+        etcd.set_up(false);
+        sleep(Duration::from_secs(3)).await;
+        etcd.set_up(true);
+        etcd.refresh_all(); // a restarted etcd renews every lease's TTL
+        sleep(Duration::from_secs(3)).await;
+        let s = reg.status();
+        assert_eq!(s.lease, lease);
+        assert_eq!(s.registrations, 1);
+        assert!(!s.fenced);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn deregister_revokes_the_lease() {
+        let etcd = MemoryEtcd::default();
+        let reg = start(&etcd);
+        run_until(&reg, Duration::from_millis(50), |s| s.registered).await;
+        reg.deregister().await;
+        assert!(etcd.get("/shoal/instances/app/i1").is_none());
+        assert_eq!(etcd.live_leases(), 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn registers_once_etcd_comes_up_after_start() {
+        let etcd = MemoryEtcd::default();
+        etcd.set_up(false);
+        let reg = start(&etcd);
+        sleep(TTL + Duration::from_millis(100)).await;
+        assert!(reg.status().fenced && !reg.status().registered);
+        etcd.set_up(true);
+        let took = run_until(&reg, Duration::from_secs(2), |s| s.registered && !s.fenced).await;
+        assert!(took <= Duration::from_millis(1100), "{took:?}");
+    }
+}

@@ -1,0 +1,357 @@
+//! List-then-watch over one key prefix, decoded into typed values.
+//!
+//! One background task per [`Watcher`] lists the prefix, remembers the header
+//! revision and watches from the next one. On compaction, cancellation, a
+//! broken stream or an etcd restart it lists again and emits a full
+//! [`Update::Reset`] rather than patching (the linkerd/tower discovery model).
+//! While etcd is away the last good snapshot stays in place, marked
+//! disconnected. Values that do not decode are skipped with a warning naming
+//! the key, so the snapshot always equals "every decodable entry in etcd".
+//!
+//! Consumers either read the latest [`Snapshot`] (cheap `Arc` clone, e.g. a
+//! gateway's routing table) or follow every change with [`Watcher::subscribe`].
+
+use std::collections::BTreeMap;
+use std::marker::PhantomData;
+use std::sync::Arc;
+use std::time::Duration;
+
+use etcd_client::{Client, EventType, GetOptions, WatchOptions};
+use tokio::sync::{broadcast, watch};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use crate::config::ETCD_CALL_TIMEOUT;
+use crate::keys::Keys;
+use crate::model::RegistryValue;
+
+const FIRST_RETRY: Duration = Duration::from_millis(100);
+const MAX_RETRY: Duration = Duration::from_secs(1);
+
+/// One change to the watched set, keyed by full etcd key.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Update<T> {
+    /// The whole set, replacing whatever the consumer had.
+    Reset(Arc<BTreeMap<String, T>>),
+    Put(String, T),
+    Delete(String),
+}
+
+/// The watched set as last seen, with how fresh it is.
+#[derive(Debug, Clone)]
+pub struct Snapshot<T> {
+    pub entries: Arc<BTreeMap<String, T>>,
+    /// etcd revision the entries reflect.
+    pub revision: i64,
+    /// At least one list has succeeded.
+    pub synced: bool,
+    /// The watch stream is up; false while etcd is unreachable (entries are then the last good ones).
+    pub connected: bool,
+}
+
+impl<T> Default for Snapshot<T> {
+    fn default() -> Self {
+        Snapshot {
+            entries: Arc::default(),
+            revision: 0,
+            synced: false,
+            connected: false,
+        }
+    }
+}
+
+/// Handle to a running watch; dropping the last clone stops the task.
+pub struct Watcher<T> {
+    prefix: String,
+    snapshot: watch::Receiver<Snapshot<T>>,
+    updates: broadcast::Sender<Update<T>>,
+    _stop: Arc<StopOnDrop>,
+}
+
+impl<T> Clone for Watcher<T> {
+    fn clone(&self) -> Self {
+        Watcher {
+            prefix: self.prefix.clone(),
+            snapshot: self.snapshot.clone(),
+            updates: self.updates.clone(),
+            _stop: self._stop.clone(),
+        }
+    }
+}
+
+struct StopOnDrop(CancellationToken);
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        self.0.cancel();
+    }
+}
+
+impl<T: RegistryValue> Watcher<T> {
+    /// Watch every key under `prefix` (which should end with `/`).
+    pub fn start(client: Client, keys: Keys, prefix: impl Into<String>) -> Self {
+        let prefix = prefix.into();
+        let (snapshot_tx, snapshot) = watch::channel(Snapshot::default());
+        let (updates, _) = broadcast::channel(1024);
+        let stop = CancellationToken::new();
+        let task = WatchTask {
+            client,
+            keys,
+            prefix: prefix.clone(),
+            snapshot: snapshot_tx,
+            updates: updates.clone(),
+            stop: stop.clone(),
+            _value: PhantomData,
+        };
+        tokio::spawn(task.run());
+        Watcher {
+            prefix,
+            snapshot,
+            updates,
+            _stop: Arc::new(StopOnDrop(stop)),
+        }
+    }
+
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    /// The latest snapshot.
+    pub fn snapshot(&self) -> Snapshot<T> {
+        self.snapshot.borrow().clone()
+    }
+
+    /// A receiver that is notified on every snapshot change.
+    pub fn snapshots(&self) -> watch::Receiver<Snapshot<T>> {
+        self.snapshot.clone()
+    }
+
+    /// Wait until the first list has succeeded, up to `timeout`.
+    pub async fn wait_synced(&self, timeout: Duration) -> bool {
+        self.wait_for(timeout, |s| s.synced).await
+    }
+
+    /// Wait until `cond` holds for the snapshot, up to `timeout`.
+    pub async fn wait_for(&self, timeout: Duration, cond: impl Fn(&Snapshot<T>) -> bool) -> bool {
+        let mut rx = self.snapshot.clone();
+        tokio::time::timeout(timeout, rx.wait_for(|s| cond(s)))
+            .await
+            .is_ok_and(|r| r.is_ok())
+    }
+
+    /// Follow every change. The first update is always a `Reset` with the
+    /// current set (empty until the first list succeeds).
+    pub fn subscribe(&self) -> Subscription<T> {
+        let rx = self.updates.subscribe();
+        Subscription {
+            rx,
+            snapshot: self.snapshot.clone(),
+            pending_reset: true,
+        }
+    }
+}
+
+/// A stream of [`Update`]s. If the consumer falls behind, it gets a `Reset`
+/// with the current set instead of the updates it missed.
+pub struct Subscription<T> {
+    rx: broadcast::Receiver<Update<T>>,
+    snapshot: watch::Receiver<Snapshot<T>>,
+    pending_reset: bool,
+}
+
+impl<T: Clone> Subscription<T> {
+    /// The next update; `None` once the watcher has stopped.
+    pub async fn next(&mut self) -> Option<Update<T>> {
+        if std::mem::take(&mut self.pending_reset) {
+            return Some(Update::Reset(self.snapshot.borrow().entries.clone()));
+        }
+        match self.rx.recv().await {
+            Ok(update) => Some(update),
+            Err(broadcast::error::RecvError::Closed) => None,
+            Err(broadcast::error::RecvError::Lagged(missed)) => {
+                // Subscribe again first, then read the snapshot: anything sent in
+                // between is in the snapshot and replayed after it, and Put/Delete
+                // replays are idempotent.
+                debug!(missed, "subscriber lagged; sending a reset");
+                self.rx = self.rx.resubscribe();
+                Some(Update::Reset(self.snapshot.borrow().entries.clone()))
+            }
+        }
+    }
+}
+
+struct WatchTask<T> {
+    client: Client,
+    keys: Keys,
+    prefix: String,
+    snapshot: watch::Sender<Snapshot<T>>,
+    updates: broadcast::Sender<Update<T>>,
+    stop: CancellationToken,
+    _value: PhantomData<fn() -> T>,
+}
+
+/// Why a watch stream ended and the prefix must be listed again.
+enum Relist {
+    Compacted(i64),
+    Canceled(String),
+    Broken(String),
+}
+
+impl<T: RegistryValue> WatchTask<T> {
+    async fn run(mut self) {
+        let mut retry = FIRST_RETRY;
+        let mut failures = 0u32;
+        let stop = self.stop.clone();
+        loop {
+            let attempt = tokio::select! {
+                _ = stop.cancelled() => return,
+                r = self.list_and_watch() => r,
+            };
+            let reason = match attempt {
+                Ok(reason) => {
+                    retry = FIRST_RETRY;
+                    failures = 0;
+                    reason
+                }
+                Err(e) => {
+                    failures += 1;
+                    self.snapshot
+                        .send_if_modified(|s| std::mem::replace(&mut s.connected, false));
+                    if failures == 1 || failures.is_power_of_two() {
+                        warn!(prefix = %self.prefix, error = %e, failures, "etcd unreachable; keeping the last snapshot");
+                    }
+                    tokio::select! {
+                        _ = self.stop.cancelled() => return,
+                        _ = tokio::time::sleep(retry) => {}
+                    }
+                    retry = (retry * 2).min(MAX_RETRY);
+                    continue;
+                }
+            };
+            match reason {
+                Relist::Compacted(rev) => {
+                    info!(prefix = %self.prefix, compacted = rev, "watch revision compacted; listing again")
+                }
+                Relist::Canceled(why) => {
+                    info!(prefix = %self.prefix, reason = %why, "watch canceled; listing again")
+                }
+                Relist::Broken(why) => {
+                    self.snapshot
+                        .send_if_modified(|s| std::mem::replace(&mut s.connected, false));
+                    warn!(prefix = %self.prefix, reason = %why, "watch stream broken; listing again");
+                }
+            }
+        }
+    }
+
+    /// List, publish a reset, then follow the watch until it must be redone.
+    /// `Err` means etcd could not be reached for the list or the watch.
+    async fn list_and_watch(&mut self) -> Result<Relist, String> {
+        let options = GetOptions::new().with_prefix();
+        let listed = tokio::time::timeout(
+            ETCD_CALL_TIMEOUT,
+            self.client.get(self.prefix.as_str(), Some(options)),
+        )
+        .await
+        .map_err(|_| format!("list did not answer within {ETCD_CALL_TIMEOUT:?}"))?
+        .map_err(|e| e.to_string())?;
+        let revision = listed.header().map(|h| h.revision()).unwrap_or(0);
+        let mut entries = BTreeMap::new();
+        for kv in listed.kvs() {
+            let key = String::from_utf8_lossy(kv.key()).into_owned();
+            if let Some(value) = self.decode(&key, kv.value()) {
+                entries.insert(key, value);
+            }
+        }
+
+        let options = WatchOptions::new()
+            .with_prefix()
+            .with_start_revision(revision + 1);
+        let mut stream = tokio::time::timeout(
+            ETCD_CALL_TIMEOUT,
+            self.client.watch(self.prefix.as_str(), Some(options)),
+        )
+        .await
+        .map_err(|_| format!("watch did not answer within {ETCD_CALL_TIMEOUT:?}"))?
+        .map_err(|e| e.to_string())?;
+
+        let entries = Arc::new(entries);
+        self.snapshot.send_replace(Snapshot {
+            entries: entries.clone(),
+            revision,
+            synced: true,
+            connected: true,
+        });
+        self.send(Update::Reset(entries));
+
+        loop {
+            let message = match stream.message().await {
+                Ok(Some(m)) => m,
+                Ok(None) => return Ok(Relist::Broken("stream ended".into())),
+                Err(e) => return Ok(Relist::Broken(e.to_string())),
+            };
+            if message.compact_revision() > 0 {
+                return Ok(Relist::Compacted(message.compact_revision()));
+            }
+            if message.canceled() {
+                return Ok(Relist::Canceled(message.cancel_reason().to_owned()));
+            }
+            let mut updates = Vec::with_capacity(message.events().len());
+            for event in message.events() {
+                let Some(kv) = event.kv() else { continue };
+                let key = String::from_utf8_lossy(kv.key()).into_owned();
+                match event.event_type() {
+                    EventType::Put => match self.decode(&key, kv.value()) {
+                        Some(value) => updates.push(Update::Put(key, value)),
+                        // A bad value replacing a good one: the key no longer holds a usable entry.
+                        None => updates.push(Update::Delete(key)),
+                    },
+                    EventType::Delete => updates.push(Update::Delete(key)),
+                }
+            }
+            let revision = message.header().map(|h| h.revision()).unwrap_or(revision);
+            self.apply(updates, revision);
+        }
+    }
+
+    fn apply(&self, updates: Vec<Update<T>>, revision: i64) {
+        let mut effective = Vec::with_capacity(updates.len());
+        self.snapshot.send_modify(|s| {
+            let entries = Arc::make_mut(&mut s.entries);
+            for update in updates {
+                match &update {
+                    Update::Put(key, value) => {
+                        entries.insert(key.clone(), value.clone());
+                        effective.push(update);
+                    }
+                    Update::Delete(key) => {
+                        if entries.remove(key).is_some() {
+                            effective.push(update);
+                        }
+                    }
+                    Update::Reset(_) => unreachable!("resets are published by list_and_watch"),
+                }
+            }
+            s.revision = s.revision.max(revision);
+            s.connected = true;
+        });
+        for update in effective {
+            self.send(update);
+        }
+    }
+
+    fn send(&self, update: Update<T>) {
+        // No subscribers is fine: snapshot readers do not subscribe.
+        let _no_receivers = self.updates.send(update);
+    }
+
+    fn decode(&self, key: &str, value: &[u8]) -> Option<T> {
+        match T::decode(&self.keys, key, value) {
+            Ok(v) => Some(v),
+            Err(e) => {
+                warn!(key, error = %e, "skipping malformed registry entry");
+                None
+            }
+        }
+    }
+}
