@@ -90,8 +90,34 @@ impl Drop for StopOnDrop {
 impl<T: RegistryValue> Watcher<T> {
     /// Watch every key under `prefix` (which should end with `/`).
     pub fn start(client: Client, keys: Keys, prefix: impl Into<String>) -> Self {
-        let prefix = prefix.into();
-        let (snapshot_tx, snapshot) = watch::channel(Snapshot::default());
+        Self::spawn(client, keys, prefix.into(), Snapshot::default(), None)
+    }
+
+    /// Resume from a snapshot taken earlier (e.g. persisted across a restart):
+    /// watch from `snapshot.revision + 1` without listing first. If that
+    /// revision has been compacted away, the watcher lists again and resets.
+    pub fn resume(
+        client: Client,
+        keys: Keys,
+        prefix: impl Into<String>,
+        snapshot: Snapshot<T>,
+    ) -> Self {
+        let revision = snapshot.revision;
+        let snapshot = Snapshot {
+            connected: false,
+            ..snapshot
+        };
+        Self::spawn(client, keys, prefix.into(), snapshot, Some(revision))
+    }
+
+    fn spawn(
+        client: Client,
+        keys: Keys,
+        prefix: String,
+        initial: Snapshot<T>,
+        resume: Option<i64>,
+    ) -> Self {
+        let (snapshot_tx, snapshot) = watch::channel(initial);
         let (updates, _) = broadcast::channel(1024);
         let stop = CancellationToken::new();
         let task = WatchTask {
@@ -101,6 +127,7 @@ impl<T: RegistryValue> Watcher<T> {
             snapshot: snapshot_tx,
             updates: updates.clone(),
             stop: stop.clone(),
+            resume,
             _value: PhantomData,
         };
         tokio::spawn(task.run());
@@ -187,6 +214,8 @@ struct WatchTask<T> {
     snapshot: watch::Sender<Snapshot<T>>,
     updates: broadcast::Sender<Update<T>>,
     stop: CancellationToken,
+    /// Watch from this revision + 1 on the first round instead of listing.
+    resume: Option<i64>,
     _value: PhantomData<fn() -> T>,
 }
 
@@ -247,6 +276,71 @@ impl<T: RegistryValue> WatchTask<T> {
     /// List, publish a reset, then follow the watch until it must be redone.
     /// `Err` means etcd could not be reached for the list or the watch.
     async fn list_and_watch(&mut self) -> Result<Relist, String> {
+        let revision = match self.resume.take() {
+            Some(revision) => revision,
+            None => self.list().await?,
+        };
+        let options = WatchOptions::new()
+            .with_prefix()
+            .with_start_revision(revision + 1);
+        let mut stream = tokio::time::timeout(
+            ETCD_CALL_TIMEOUT,
+            self.client.watch(self.prefix.as_str(), Some(options)),
+        )
+        .await
+        .map_err(|_| format!("watch did not answer within {ETCD_CALL_TIMEOUT:?}"))?
+        .map_err(|e| e.to_string())?;
+        self.snapshot
+            .send_if_modified(|s| !std::mem::replace(&mut s.connected, true));
+
+        loop {
+            let message = match stream.message().await {
+                Ok(Some(m)) => m,
+                Ok(None) => return Ok(Relist::Broken("stream ended".into())),
+                Err(e) => return Ok(Relist::Broken(e.to_string())),
+            };
+            if message.compact_revision() > 0 {
+                return Ok(Relist::Compacted(message.compact_revision()));
+            }
+            if message.canceled() {
+                return Ok(Relist::Canceled(message.cancel_reason().to_owned()));
+            }
+            if message.created() {
+                // Its header carries the store's revision, not how far this watch has got.
+                continue;
+            }
+            let mut updates = Vec::with_capacity(message.events().len());
+            for event in message.events() {
+                let Some(kv) = event.kv() else { continue };
+                let key = String::from_utf8_lossy(kv.key()).into_owned();
+                match event.event_type() {
+                    EventType::Put => match self.decode(&key, kv.value()) {
+                        Some(value) => updates.push(Update::Put(key, value)),
+                        // A bad value replacing a good one: the key no longer holds a usable entry.
+                        None => updates.push(Update::Delete(key)),
+                    },
+                    EventType::Delete => updates.push(Update::Delete(key)),
+                }
+            }
+            // With events, the watch has got as far as the last one; without
+            // (a progress notification), as far as the header says.
+            let revision = match message
+                .events()
+                .iter()
+                .filter_map(|e| e.kv())
+                .map(|kv| kv.mod_revision())
+                .max()
+            {
+                Some(last_event) => last_event,
+                None => message.header().map(|h| h.revision()).unwrap_or(revision),
+            };
+            self.apply(updates, revision);
+        }
+    }
+
+    /// List the prefix, publish the result as a snapshot and a reset, and
+    /// return the revision it reflects.
+    async fn list(&mut self) -> Result<i64, String> {
         let options = GetOptions::new().with_prefix();
         let listed = tokio::time::timeout(
             ETCD_CALL_TIMEOUT,
@@ -263,18 +357,6 @@ impl<T: RegistryValue> WatchTask<T> {
                 entries.insert(key, value);
             }
         }
-
-        let options = WatchOptions::new()
-            .with_prefix()
-            .with_start_revision(revision + 1);
-        let mut stream = tokio::time::timeout(
-            ETCD_CALL_TIMEOUT,
-            self.client.watch(self.prefix.as_str(), Some(options)),
-        )
-        .await
-        .map_err(|_| format!("watch did not answer within {ETCD_CALL_TIMEOUT:?}"))?
-        .map_err(|e| e.to_string())?;
-
         let entries = Arc::new(entries);
         self.snapshot.send_replace(Snapshot {
             entries: entries.clone(),
@@ -283,35 +365,7 @@ impl<T: RegistryValue> WatchTask<T> {
             connected: true,
         });
         self.send(Update::Reset(entries));
-
-        loop {
-            let message = match stream.message().await {
-                Ok(Some(m)) => m,
-                Ok(None) => return Ok(Relist::Broken("stream ended".into())),
-                Err(e) => return Ok(Relist::Broken(e.to_string())),
-            };
-            if message.compact_revision() > 0 {
-                return Ok(Relist::Compacted(message.compact_revision()));
-            }
-            if message.canceled() {
-                return Ok(Relist::Canceled(message.cancel_reason().to_owned()));
-            }
-            let mut updates = Vec::with_capacity(message.events().len());
-            for event in message.events() {
-                let Some(kv) = event.kv() else { continue };
-                let key = String::from_utf8_lossy(kv.key()).into_owned();
-                match event.event_type() {
-                    EventType::Put => match self.decode(&key, kv.value()) {
-                        Some(value) => updates.push(Update::Put(key, value)),
-                        // A bad value replacing a good one: the key no longer holds a usable entry.
-                        None => updates.push(Update::Delete(key)),
-                    },
-                    EventType::Delete => updates.push(Update::Delete(key)),
-                }
-            }
-            let revision = message.header().map(|h| h.revision()).unwrap_or(revision);
-            self.apply(updates, revision);
-        }
+        Ok(revision)
     }
 
     fn apply(&self, updates: Vec<Update<T>>, revision: i64) {
