@@ -1,1 +1,41 @@
-//! placeholder
+//! The end-to-end harness: a real etcd and Shoal's real binaries, started on
+//! free loopback ports, waited on with deadlines, and killed on drop even when
+//! a test panics.
+//!
+//! - [`etcd`]: an etcd server in a temp dir that can be stopped, restarted on
+//!   the same port with its data, or replaced by an empty one.
+//! - [`process`]: a child process of ours, with its stdout lines captured and
+//!   stderr saved under `target/test-logs/`.
+//! - [`binaries`]: where the built binaries are, and typed launchers for them.
+//! - [`wait`]: polling with deadlines (no fixed sleeps in tests).
+//!
+//! The tests themselves are in `tests/it/`, one module per area.
+
+pub mod binaries;
+pub mod etcd;
+pub mod process;
+pub mod wait;
+
+pub use binaries::{AppServer, AppServerOptions, bin_path};
+pub use etcd::Etcd;
+pub use process::Proc;
+pub use wait::{wait_until, wait_until_async};
+
+/// Install a test log subscriber once (honours `RUST_LOG`, default warn).
+pub fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    // Several tests in one binary call this; only the first install wins.
+    let _already_installed = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_test_writer()
+        .try_init();
+}
+
+/// A free TCP port on 127.0.0.1 (bound and released; the caller binds it next).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("binding 127.0.0.1:0 must work on a test machine")
+}

@@ -1,0 +1,154 @@
+//! Shoal's own binaries, as built by `cargo build --workspace --bins`, and
+//! typed launchers for them.
+//!
+//! Binaries are looked up next to the test executable's `target/<profile>/`
+//! directory (or in `SHOAL_BIN_DIR`). They must be built before the tests run;
+//! `./scripts/test` does that.
+
+use std::path::PathBuf;
+use std::process::Output;
+use std::time::Duration;
+
+use registry::Keys;
+use serde::Deserialize;
+
+use crate::etcd::Etcd;
+use crate::process::Proc;
+
+fn target_profile_dir() -> PathBuf {
+    if let Ok(dir) = std::env::var("SHOAL_BIN_DIR") {
+        return PathBuf::from(dir);
+    }
+    // target/<profile>/deps/it-<hash>  →  target/<profile>
+    let exe = std::env::current_exe().expect("current test executable");
+    let deps = exe.parent().expect("test executable has a directory");
+    deps.parent().expect("deps has a parent").to_path_buf()
+}
+
+/// Path of one of our binaries; panics with the fix if it has not been built.
+pub fn bin_path(name: &str) -> PathBuf {
+    let path = target_profile_dir().join(name);
+    assert!(
+        path.is_file(),
+        "binary `{name}` not found at {}; build it first with `cargo build --workspace --bins` (./scripts/test does)",
+        path.display()
+    );
+    path
+}
+
+/// Where process logs go: `target/test-logs/`, kept after the run.
+pub fn logs_dir() -> PathBuf {
+    target_profile_dir()
+        .parent()
+        .map(|target| target.join("test-logs"))
+        .unwrap_or_else(|| std::env::temp_dir().join("shoal-test-logs"))
+}
+
+/// Run `registry ARGS...` against `etcd` to completion.
+pub async fn registry_cli(etcd: &Etcd, args: &[&str]) -> Output {
+    tokio::process::Command::new(bin_path("registry"))
+        .arg("--etcd")
+        .arg(etcd.endpoint())
+        .args(args)
+        .output()
+        .await
+        .expect("run registry")
+}
+
+/// Options for [`AppServer::start`]; `Default` is a fast-to-test configuration.
+#[derive(Debug, Clone)]
+pub struct AppServerOptions {
+    pub service: String,
+    pub lease_ttl: Duration,
+    pub drain_grace: Duration,
+    pub extra: Vec<String>,
+}
+
+impl Default for AppServerOptions {
+    fn default() -> Self {
+        AppServerOptions {
+            service: "app".into(),
+            lease_ttl: Duration::from_secs(3),
+            drain_grace: Duration::from_millis(300),
+            extra: Vec::new(),
+        }
+    }
+}
+
+/// The line app-server prints on stdout once it listens.
+#[derive(Debug, Deserialize)]
+struct Listening {
+    event: String,
+    addr: String,
+    id: String,
+}
+
+/// A running `app-server` process.
+pub struct AppServer {
+    pub proc: Proc,
+    pub addr: String,
+    pub id: String,
+    pub service: String,
+}
+
+impl AppServer {
+    /// Start an app server against `etcd` and wait until it listens (not
+    /// until it is registered: tests measure that themselves).
+    pub async fn start(etcd: &Etcd, options: AppServerOptions) -> AppServer {
+        let mut args = vec![
+            "--etcd".to_owned(),
+            etcd.endpoint(),
+            "--service".to_owned(),
+            options.service.clone(),
+            "--lease-ttl".to_owned(),
+            format!("{}ms", options.lease_ttl.as_millis()),
+            "--drain-grace".to_owned(),
+            format!("{}ms", options.drain_grace.as_millis()),
+        ];
+        args.extend(options.extra);
+        let proc = Proc::spawn(
+            "app-server",
+            &bin_path("app-server"),
+            &args,
+            &[],
+            &crate::binaries::logs_dir(),
+        );
+        let listening = proc
+            .wait_stdout(Duration::from_secs(10), |line| {
+                serde_json::from_str::<Listening>(line)
+                    .ok()
+                    .filter(|l| l.event == "listening")
+            })
+            .await;
+        AppServer {
+            proc,
+            addr: listening.addr,
+            id: listening.id,
+            service: options.service,
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    /// This instance's registry key under the default prefix.
+    pub fn key(&self) -> String {
+        Keys::default().instance(&self.service, &self.id)
+    }
+}
+
+/// Read an instance's registry entry, if present and decodable.
+pub async fn instance_in_registry(
+    client: &etcd_client::Client,
+    key: &str,
+) -> Option<registry::Instance> {
+    use registry::RegistryValue;
+    let mut client = client.clone();
+    let resp = tokio::time::timeout(Duration::from_secs(2), client.get(key, None))
+        .await
+        .ok()?
+        .ok()?;
+    let kv = resp.kvs().first()?;
+    registry::Instance::decode(&Keys::default(), key, kv.value()).ok()
+}

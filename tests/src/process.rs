@@ -1,0 +1,153 @@
+//! A child process started by a test: stdout captured line by line, stderr
+//! written to a log file that survives the test (for reading after a
+//! failure), SIGKILLed on drop.
+
+use std::path::{Path, PathBuf};
+use std::process::{ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+
+use crate::wait::wait_until;
+
+pub struct Proc {
+    label: String,
+    child: Child,
+    pid: u32,
+    stdout: Arc<Mutex<Vec<String>>>,
+    log: PathBuf,
+    status: Option<ExitStatus>,
+}
+
+impl Proc {
+    /// Start `program` with `args`; stderr goes to `{log_dir}/{label}-{pid}.log`.
+    pub fn spawn(
+        label: &str,
+        program: &Path,
+        args: &[String],
+        env: &[(String, String)],
+        log_dir: &Path,
+    ) -> Proc {
+        std::fs::create_dir_all(log_dir)
+            .unwrap_or_else(|e| panic!("create {}: {e}", log_dir.display()));
+        let log = log_dir.join(format!("{label}-{}.log", uuid::Uuid::new_v4().simple()));
+        let stderr =
+            std::fs::File::create(&log).unwrap_or_else(|e| panic!("create {}: {e}", log.display()));
+        let mut command = Command::new(program);
+        command
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(stderr)
+            .kill_on_drop(true);
+        for (k, v) in env {
+            command.env(k, v);
+        }
+        let mut child = command
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {}: {e}", program.display()));
+        let pid = child.id().expect("a just-spawned child has a pid");
+        let stdout = Arc::new(Mutex::new(Vec::new()));
+        let lines = stdout.clone();
+        let pipe = child.stdout.take().expect("stdout is piped");
+        tokio::spawn(async move {
+            let mut reader = BufReader::new(pipe).lines();
+            while let Ok(Some(line)) = reader.next_line().await {
+                lines.lock().expect("stdout lines poisoned").push(line);
+            }
+        });
+        Proc {
+            label: label.to_owned(),
+            child,
+            pid,
+            stdout,
+            log,
+            status: None,
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.pid
+    }
+
+    /// Where this process's stderr is written.
+    pub fn log_path(&self) -> &Path {
+        &self.log
+    }
+
+    /// Every stdout line so far.
+    pub fn stdout_lines(&self) -> Vec<String> {
+        self.stdout.lock().expect("stdout lines poisoned").clone()
+    }
+
+    /// The stderr log so far.
+    pub fn stderr(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Wait for a stdout line that `pick` accepts and return what it made of it.
+    pub async fn wait_stdout<T>(
+        &self,
+        timeout: Duration,
+        mut pick: impl FnMut(&str) -> Option<T>,
+    ) -> T {
+        let mut found = None;
+        let waited = wait_until(
+            timeout,
+            &format!("a stdout line from {}", self.label),
+            || {
+                found = self.stdout_lines().iter().find_map(|l| pick(l));
+                found.is_some()
+            },
+        )
+        .await;
+        if let Err(e) = waited {
+            panic!("{e}; stderr ({}):\n{}", self.log.display(), self.stderr());
+        }
+        found.expect("found is set when the wait succeeds")
+    }
+
+    pub fn signal(&self, signal: Signal) {
+        kill(Pid::from_raw(self.pid as i32), signal).unwrap_or_else(|e| {
+            panic!("cannot send {signal} to {} ({}): {e}", self.label, self.pid)
+        });
+    }
+
+    /// SIGKILL and reap.
+    pub async fn kill9(&mut self) {
+        self.signal(Signal::SIGKILL);
+        self.wait_exit(Duration::from_secs(5)).await;
+    }
+
+    /// Wait for the process to exit; panics after `timeout`.
+    pub async fn wait_exit(&mut self, timeout: Duration) -> ExitStatus {
+        if let Some(status) = self.status {
+            return status;
+        }
+        match tokio::time::timeout(timeout, self.child.wait()).await {
+            Ok(Ok(status)) => {
+                self.status = Some(status);
+                status
+            }
+            Ok(Err(e)) => panic!("waiting for {}: {e}", self.label),
+            Err(_) => panic!(
+                "{} did not exit within {timeout:?}; stderr ({}):\n{}",
+                self.label,
+                self.log.display(),
+                self.stderr()
+            ),
+        }
+    }
+
+    /// Whether the process has exited (without waiting).
+    pub fn has_exited(&mut self) -> bool {
+        if self.status.is_none() {
+            self.status = self.child.try_wait().ok().flatten();
+        }
+        self.status.is_some()
+    }
+}

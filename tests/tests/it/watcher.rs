@@ -1,0 +1,210 @@
+//! The watcher against a real etcd: compaction, malformed entries, outages.
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use etcd_client::{Client, CompactionOptions, WatchOptions};
+use registry::{Instance, InstanceState, Keys, Watcher};
+use shoal_tests::Etcd;
+use shoal_tests::binaries::registry_cli;
+
+fn instance(id: &str) -> Instance {
+    let mut i = Instance::new("app", "127.0.0.1:9");
+    i.id = id.to_owned();
+    i.state = InstanceState::Ready;
+    i
+}
+
+async fn put(client: &Client, i: &Instance) {
+    let mut client = client.clone();
+    client
+        .put(
+            Keys::default().instance(&i.service, &i.id),
+            i.to_json(),
+            None,
+        )
+        .await
+        .unwrap();
+}
+
+fn ids(w: &Watcher<Instance>) -> BTreeSet<String> {
+    w.snapshot()
+        .entries
+        .values()
+        .map(|i| i.id.clone())
+        .collect()
+}
+
+fn set(ids: &[&str]) -> BTreeSet<String> {
+    ids.iter().map(|s| s.to_string()).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_watcher_resumed_from_a_compacted_revision_lists_again() {
+    let etcd = Etcd::start().await;
+    let mut client = etcd.client().await;
+    let keys = Keys::default();
+    put(&client, &instance("a")).await;
+    put(&client, &instance("b")).await;
+
+    let first = Watcher::<Instance>::start(client.clone(), keys.clone(), keys.instances());
+    assert!(first.wait_synced(Duration::from_secs(5)).await);
+    let saved = first.snapshot();
+    drop(first);
+    assert_eq!(saved.entries.len(), 2);
+
+    client
+        .delete(keys.instance("app", "a"), None)
+        .await
+        .unwrap();
+    put(&client, &instance("c")).await;
+    let head = client
+        .get("x", None)
+        .await
+        .unwrap()
+        .header()
+        .unwrap()
+        .revision();
+    client
+        .compact(head, Some(CompactionOptions::new().with_physical()))
+        .await
+        .unwrap();
+
+    // The saved revision really is gone: a raw watch from it is refused as compacted.
+    let mut raw = client
+        .watch(
+            keys.instances(),
+            Some(
+                WatchOptions::new()
+                    .with_prefix()
+                    .with_start_revision(saved.revision + 1),
+            ),
+        )
+        .await
+        .unwrap();
+    let mut compacted = 0;
+    while compacted == 0 {
+        let msg = tokio::time::timeout(Duration::from_secs(5), raw.message())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        compacted = msg.compact_revision();
+        assert!(
+            msg.created() || compacted > 0 || msg.canceled(),
+            "unexpected watch message {msg:?}"
+        );
+    }
+
+    let resumed = Watcher::resume(client.clone(), keys.clone(), keys.instances(), saved);
+    assert!(
+        resumed
+            .wait_for(Duration::from_secs(5), |s| s.connected
+                && s.revision >= head)
+            .await,
+        "resumed watcher did not recover: {:?}",
+        resumed.snapshot()
+    );
+    assert_eq!(ids(&resumed), set(&["b", "c"]));
+    // And it keeps following changes after the relist.
+    put(&client, &instance("d")).await;
+    assert!(
+        resumed
+            .wait_for(Duration::from_secs(2), |s| s.entries.len() == 3)
+            .await
+    );
+    assert_eq!(ids(&resumed), set(&["b", "c", "d"]));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_entries_are_skipped_with_a_warning_and_the_rest_still_list() {
+    let etcd = Etcd::start().await;
+    let mut client = etcd.client().await;
+    let keys = Keys::default();
+    put(&client, &instance("good")).await;
+    client
+        .put(keys.instance("app", "bad"), "{nope", None)
+        .await
+        .unwrap();
+    let mut mislabelled = instance("other");
+    mislabelled.service = "web".into();
+    client
+        .put(keys.instance("app", "other"), mislabelled.to_json(), None)
+        .await
+        .unwrap();
+
+    let out = registry_cli(&etcd, &["list"]).await;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stdout.contains("good"), "{stdout}");
+    assert!(
+        !stdout.contains("bad") && !stdout.contains("other"),
+        "{stdout}"
+    );
+    assert!(
+        stderr.contains("/shoal/instances/app/bad") && stderr.contains("not valid JSON"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("/shoal/instances/app/other"), "{stderr}");
+
+    let watcher = Watcher::<Instance>::start(client.clone(), keys.clone(), keys.instances());
+    assert!(watcher.wait_synced(Duration::from_secs(5)).await);
+    assert_eq!(ids(&watcher), set(&["good"]));
+
+    // A good entry overwritten with garbage leaves the set; fixed, it comes back.
+    client
+        .put(keys.instance("app", "good"), "[]", None)
+        .await
+        .unwrap();
+    assert!(
+        watcher
+            .wait_for(Duration::from_secs(2), |s| s.entries.is_empty())
+            .await
+    );
+    put(&client, &instance("good")).await;
+    assert!(
+        watcher
+            .wait_for(Duration::from_secs(2), |s| s.entries.len() == 1)
+            .await
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_last_snapshot_is_kept_while_etcd_is_away_and_updated_when_it_returns() {
+    let mut etcd = Etcd::start().await;
+    let client = etcd.client().await;
+    let keys = Keys::default();
+    put(&client, &instance("a")).await;
+    put(&client, &instance("b")).await;
+    let watcher = Watcher::<Instance>::start(client.clone(), keys.clone(), keys.instances());
+    assert!(
+        watcher
+            .wait_for(Duration::from_secs(5), |s| s.entries.len() == 2)
+            .await
+    );
+
+    etcd.stop().await;
+    assert!(
+        watcher
+            .wait_for(Duration::from_secs(5), |s| !s.connected)
+            .await,
+        "disconnection not noticed"
+    );
+    assert_eq!(
+        ids(&watcher),
+        set(&["a", "b"]),
+        "the last good snapshot must survive an outage"
+    );
+
+    etcd.start_again().await;
+    put(&client, &instance("c")).await;
+    assert!(
+        watcher
+            .wait_for(Duration::from_secs(5), |s| s.connected
+                && s.entries.len() == 3)
+            .await,
+        "{:?}",
+        watcher.snapshot()
+    );
+}
