@@ -1,1 +1,31 @@
-fn main() {}
+//! `app-server`: parse flags, set up logging, run the instance.
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::Parser;
+
+use app_server::Config;
+
+fn main() -> ExitCode {
+    let config = Config::parse();
+    config.log.init();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot start the tokio runtime");
+            return ExitCode::FAILURE;
+        }
+    };
+    let code = match runtime.block_on(app_server::run(config)) {
+        Ok(code) => code,
+        Err(e) => {
+            tracing::error!(error = format!("{e:#}"), "app-server failed");
+            ExitCode::FAILURE
+        }
+    };
+    // A drain cut short can leave /work loops running on the blocking pool;
+    // dropping the runtime would wait for them, so give them a moment only.
+    runtime.shutdown_timeout(Duration::from_millis(100));
+    code
+}

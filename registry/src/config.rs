@@ -10,17 +10,20 @@ use clap::{Args, ValueEnum};
 use etcd_client::{Client, ConnectOptions};
 
 use crate::keys::{DEFAULT_PREFIX, Keys};
+use crate::registration::{DEFAULT_TTL, MIN_TTL};
 
 /// Upper bound for any single etcd call Shoal makes outside a stream, so that a
 /// hung connection is noticed instead of awaited forever.
 pub const ETCD_CALL_TIMEOUT: Duration = Duration::from_secs(3);
 
-/// Where etcd is and which part of its keyspace is Shoal's.
+/// Where etcd is and which part of its keyspace is Shoal's. The flags are
+/// `global`, so a CLI with subcommands accepts them before or after the subcommand.
 #[derive(Debug, Clone, Args)]
 pub struct EtcdArgs {
     /// etcd endpoints, comma-separated.
     #[arg(
         long = "etcd",
+        global = true,
         env = "SHOAL_ETCD",
         default_value = "http://127.0.0.1:2379",
         value_delimiter = ',',
@@ -29,15 +32,25 @@ pub struct EtcdArgs {
     pub endpoints: Vec<String>,
 
     /// Key prefix under which everything Shoal stores lives.
-    #[arg(long, env = "SHOAL_PREFIX", default_value = DEFAULT_PREFIX, value_parser = parse_prefix)]
+    #[arg(long, global = true, env = "SHOAL_PREFIX", default_value = DEFAULT_PREFIX, value_parser = parse_prefix)]
     pub prefix: Keys,
 
     /// etcd user name, when etcd has authentication enabled.
-    #[arg(long, env = "SHOAL_ETCD_USER", requires = "etcd_password")]
+    #[arg(
+        long,
+        global = true,
+        env = "SHOAL_ETCD_USER",
+        requires = "etcd_password"
+    )]
     pub etcd_user: Option<String>,
 
     /// etcd password for `--etcd-user`.
-    #[arg(long, env = "SHOAL_ETCD_PASSWORD", hide_env_values = true)]
+    #[arg(
+        long,
+        global = true,
+        env = "SHOAL_ETCD_PASSWORD",
+        hide_env_values = true
+    )]
     pub etcd_password: Option<String>,
 }
 
@@ -47,7 +60,8 @@ fn parse_endpoint(s: &str) -> Result<String, String> {
         .strip_prefix("http://")
         .or_else(|| s.strip_prefix("https://"))
         .ok_or_else(|| format!("`{s}` needs a scheme; use e.g. http://127.0.0.1:2379"))?;
-    if rest.is_empty() || rest.contains('/') && !rest.ends_with('/') {
+    let authority = rest.strip_suffix('/').unwrap_or(rest);
+    if authority.is_empty() || authority.contains('/') {
         return Err(format!(
             "`{s}` is not host:port; use e.g. http://127.0.0.1:2379"
         ));
@@ -103,7 +117,7 @@ pub enum LogFormat {
 #[derive(Debug, Clone, Args)]
 pub struct LogArgs {
     /// Log format.
-    #[arg(long, env = "SHOAL_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    #[arg(long, global = true, env = "SHOAL_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
 }
 
@@ -120,6 +134,17 @@ impl LogArgs {
             LogFormat::Json => builder.json().init(),
         }
     }
+}
+
+/// Parse a lease TTL: a duration no shorter than [`MIN_TTL`].
+pub fn parse_lease_ttl(s: &str) -> Result<Duration, String> {
+    let ttl = parse_duration(s)?;
+    if ttl < MIN_TTL {
+        return Err(format!(
+            "{ttl:?} is below the {MIN_TTL:?} minimum (shorter leases expire on ordinary pauses); use e.g. {DEFAULT_TTL:?}"
+        ));
+    }
+    Ok(ttl)
 }
 
 /// Parse a duration given as seconds (`5`, `0.5`) or with a unit (`250ms`, `5s`, `2m`).
@@ -181,5 +206,11 @@ mod tests {
         assert_eq!(parse_duration("2m").unwrap(), Duration::from_secs(120));
         assert!(parse_duration("soon").is_err());
         assert!(parse_duration("-1s").is_err());
+        assert_eq!(parse_lease_ttl("2s").unwrap(), Duration::from_secs(2));
+        assert!(
+            parse_lease_ttl("1500ms")
+                .unwrap_err()
+                .contains("below the 2s minimum")
+        );
     }
 }

@@ -9,6 +9,7 @@
 //! - [`watcher`]: list-then-watch of a prefix with resets after compaction or
 //!   reconnection, skipping malformed entries.
 //! - [`election`]: leader election and transactions fenced on leadership.
+//! - [`stop`]: what asks an instance to stop (signals, its retire key).
 //! - [`peer`]: a client-side balancer (power of two choices) over a service's
 //!   ready instances, for calling peers without a gateway.
 //!
@@ -21,6 +22,7 @@ pub mod keys;
 pub mod model;
 pub mod peer;
 pub mod registration;
+pub mod stop;
 pub mod watcher;
 
 pub use config::{EtcdArgs, LogArgs};

@@ -146,14 +146,14 @@ pub struct Instance {
 }
 
 impl Instance {
-    /// A new `starting` instance with a fresh uuid v4 id.
+    /// A new `starting` instance with a fresh uuid v4 id and no version label.
     pub fn new(service: impl Into<String>, addr: impl Into<String>) -> Self {
         Self {
             id: uuid::Uuid::new_v4().to_string(),
             service: service.into(),
             addr: addr.into(),
             state: InstanceState::Starting,
-            version: env!("CARGO_PKG_VERSION").to_owned(),
+            version: String::new(),
             weight: 1,
             zone: String::new(),
             started_at: Utc::now(),

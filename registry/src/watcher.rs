@@ -174,6 +174,7 @@ impl<T: RegistryValue> Watcher<T> {
             rx,
             snapshot: self.snapshot.clone(),
             pending_reset: true,
+            last_reset: None,
         }
     }
 }
@@ -184,26 +185,50 @@ pub struct Subscription<T> {
     rx: broadcast::Receiver<Update<T>>,
     snapshot: watch::Receiver<Snapshot<T>>,
     pending_reset: bool,
+    /// The set this subscriber was last reset to. The watcher publishes a
+    /// list in the snapshot and then broadcasts it; a subscriber that joined
+    /// in between already has it and must not get it twice.
+    last_reset: Option<Arc<BTreeMap<String, T>>>,
 }
 
 impl<T: Clone> Subscription<T> {
     /// The next update; `None` once the watcher has stopped.
     pub async fn next(&mut self) -> Option<Update<T>> {
         if std::mem::take(&mut self.pending_reset) {
-            return Some(Update::Reset(self.snapshot.borrow().entries.clone()));
+            return Some(self.reset_to_snapshot());
         }
-        match self.rx.recv().await {
-            Ok(update) => Some(update),
-            Err(broadcast::error::RecvError::Closed) => None,
-            Err(broadcast::error::RecvError::Lagged(missed)) => {
-                // Subscribe again first, then read the snapshot: anything sent in
-                // between is in the snapshot and replayed after it, and Put/Delete
-                // replays are idempotent.
-                debug!(missed, "subscriber lagged; sending a reset");
-                self.rx = self.rx.resubscribe();
-                Some(Update::Reset(self.snapshot.borrow().entries.clone()))
+        loop {
+            match self.rx.recv().await {
+                Ok(Update::Reset(all))
+                    if self
+                        .last_reset
+                        .as_ref()
+                        .is_some_and(|last| Arc::ptr_eq(last, &all)) =>
+                {
+                    continue;
+                }
+                Ok(Update::Reset(all)) => {
+                    self.last_reset = Some(all.clone());
+                    return Some(Update::Reset(all));
+                }
+                Ok(update) => return Some(update),
+                Err(broadcast::error::RecvError::Closed) => return None,
+                Err(broadcast::error::RecvError::Lagged(missed)) => {
+                    // Subscribe again first, then read the snapshot: anything sent in
+                    // between is in the snapshot and replayed after it, and Put/Delete
+                    // replays are idempotent.
+                    debug!(missed, "subscriber lagged; sending a reset");
+                    self.rx = self.rx.resubscribe();
+                    return Some(self.reset_to_snapshot());
+                }
             }
         }
+    }
+
+    fn reset_to_snapshot(&mut self) -> Update<T> {
+        let entries = self.snapshot.borrow().entries.clone();
+        self.last_reset = Some(entries.clone());
+        Update::Reset(entries)
     }
 }
 

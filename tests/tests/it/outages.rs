@@ -4,6 +4,7 @@
 
 use std::time::{Duration, Instant};
 
+use shoal_tests::binaries::instance_in_registry;
 use shoal_tests::{AppServer, AppServerOptions, Etcd, wait_until_async};
 
 use crate::{is_ready, wait_instance};
@@ -87,42 +88,39 @@ async fn etcd_down_for_ten_seconds_fences_then_everyone_is_back_within_a_ttl() {
     );
 }
 
+/// The lease an instance's key is attached to, if the key exists.
+async fn lease_of(client: &etcd_client::Client, key: &str) -> Option<i64> {
+    let mut client = client.clone();
+    let resp = client.get(key, None).await.ok()?;
+    resp.kvs().first().map(|kv| kv.lease())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_empty_etcd_on_the_same_port_gets_every_instance_back_within_a_ttl() {
     let mut etcd = Etcd::start().await;
     let client = etcd.client().await;
     let (a, b) = two_servers(&etcd).await;
+    let mut old_leases = Vec::new();
     for s in [&a, &b] {
         wait_instance(&client, &s.key(), Duration::from_secs(5), "ready", is_ready).await;
+        old_leases.push(
+            lease_of(&client, &s.key())
+                .await
+                .expect("registered on a lease"),
+        );
     }
 
     etcd.wipe().await;
     let answering = Instant::now();
-    let mut check = etcd.client().await;
-    let listed = check
-        .get(
-            registry::Keys::default().instances(),
-            Some(
-                etcd_client::GetOptions::new()
-                    .with_prefix()
-                    .with_keys_only(),
-            ),
-        )
+    for (s, old) in [&a, &b].into_iter().zip(old_leases) {
+        // Back, ready, and on a lease the new etcd granted.
+        wait_until_async(TTL, "registered again on a new lease", || async {
+            let lease = lease_of(&client, &s.key()).await;
+            lease.is_some_and(|l| l != old)
+                && is_ready(instance_in_registry(&client, &s.key()).await.as_ref())
+        })
         .await
         .unwrap();
-    assert!(
-        listed.kvs().len() < 2,
-        "the new etcd must start without the instances"
-    );
-    for s in [&a, &b] {
-        wait_instance(
-            &client,
-            &s.key(),
-            TTL,
-            "registered again after the wipe",
-            is_ready,
-        )
-        .await;
     }
     println!(
         "measured: etcd wiped: both instances registered again {} ms after etcd answered (TTL {} ms)",

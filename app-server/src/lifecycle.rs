@@ -1,0 +1,333 @@
+//! The instance's life from bind to exit: announce, register, serve, drain.
+//!
+//! 1. Bind the listener and print one JSON line to stdout (see [`Announcement`]).
+//! 2. Register in etcd as `starting` (the registration retries on its own, so
+//!    the instance serves even while etcd is down), serve, then mark `ready`.
+//! 3. On SIGTERM, Ctrl-C or the retire key: mark `draining`, wait (briefly)
+//!    until etcd has it, keep accepting for `--drain-grace` so gateways notice,
+//!    then stop accepting and wait for in-flight requests up to
+//!    `--drain-timeout`. A second signal stops waiting.
+//! 4. Revoke the lease (deleting the key), delete the retire key if there was
+//!    one, and exit 0 if the drain finished, 1 if it was cut short.
+
+use std::io::Write;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{Context, anyhow};
+use chrono::Utc;
+use registry::{Instance, InstanceState, Registration};
+use serde::Serialize;
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tracing::{Instrument, error, info, info_span, warn};
+
+use crate::config::Config;
+use crate::crash;
+use crate::routes::app;
+use crate::state::AppState;
+use registry::stop::{RetireWatch, StopSignals};
+
+/// How long the drain waits for etcd to confirm the `draining` state before
+/// carrying on regardless (gateways then learn it when the key goes).
+const DRAINING_WRITE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// The one line printed to stdout once the listener is bound, e.g.
+/// `{"event":"listening","addr":"127.0.0.1:40123","id":"…","service":"app","pid":4242}`.
+/// Test harnesses and the process driver read it to learn the address.
+#[derive(Debug, Serialize)]
+pub struct Announcement<'a> {
+    pub event: &'static str,
+    /// The advertised address.
+    pub addr: &'a str,
+    pub id: &'a str,
+    pub service: &'a str,
+    pub pid: u32,
+}
+
+/// Run the instance until it is told to stop and has drained.
+///
+/// Returns the process exit code: success when the drain finished in time,
+/// 1 when `--drain-timeout` (or a second signal) cut it short.
+pub async fn run(config: Config) -> anyhow::Result<ExitCode> {
+    let id = config.instance_id();
+    let span = info_span!("instance", %id, service = %config.service);
+    run_instance(config, id).instrument(span).await
+}
+
+async fn run_instance(config: Config, id: String) -> anyhow::Result<ExitCode> {
+    // Before announcing: a harness may signal as soon as it reads the line.
+    let mut signals =
+        StopSignals::install().context("cannot install the SIGTERM/SIGINT handlers")?;
+
+    let listener = TcpListener::bind(config.listen).await.with_context(|| {
+        format!(
+            "cannot listen on {}; choose another --listen (port 0 picks a free port)",
+            config.listen
+        )
+    })?;
+    let bound = listener
+        .local_addr()
+        .context("cannot read the listener's address")?;
+    let addr = advertise_addr(config.advertise.as_deref(), bound);
+    let instance = instance(&config, &id, &addr);
+    instance
+        .validate()
+        .map_err(|e| anyhow!("this instance cannot be registered: {e}"))?;
+    announce(&Announcement {
+        event: "listening",
+        addr: &addr,
+        id: &id,
+        service: &config.service,
+        pid: std::process::id(),
+    });
+    info!(%bound, advertise = %addr, "listening");
+
+    if let Some(window) = config.crash_after {
+        crash::spawn(window);
+    }
+
+    let client = config
+        .etcd
+        .connect()
+        .await
+        .context("cannot set up the etcd client; check --etcd")?;
+    let keys = &config.etcd.prefix;
+    let registration = Registration::start(client.clone(), keys, instance, config.lease_ttl)
+        .context("cannot start the registration")?;
+    let retire = RetireWatch::start(client.clone(), keys, &config.service, &id);
+    let state = AppState::new(id, registration.watch_status()).context("bad instance id")?;
+
+    let stop_accepting = CancellationToken::new();
+    let mut server = tokio::spawn(
+        axum::serve(listener, app(state.clone()))
+            .with_graceful_shutdown(stop_accepting.clone().cancelled_owned())
+            .into_future()
+            .in_current_span(),
+    );
+    set_state(&state, &registration, InstanceState::Ready);
+    info!(key = %registration.key(), "serving");
+
+    tokio::select! {
+        signal = signals.recv() => info!(signal, "asked to stop; draining"),
+        reason = retire.requested() => info!(key = %retire.key(), %reason, "retire key written; draining"),
+        ended = &mut server => {
+            // axum only returns on shutdown; anything else is a bug or a dead listener.
+            let why = match ended {
+                Ok(Ok(())) => "the server stopped by itself".to_owned(),
+                Ok(Err(e)) => format!("the server failed: {e}"),
+                Err(e) => format!("the server task failed: {e}"),
+            };
+            error!(reason = %why, "not serving any more; deregistering");
+            registration.deregister().await;
+            return Err(anyhow!(why));
+        }
+    }
+
+    let drained = drain(
+        &config,
+        &state,
+        &registration,
+        &stop_accepting,
+        &mut server,
+        &mut signals,
+    )
+    .await;
+    registration.deregister().await;
+    retire.clean_up(client).await;
+    if drained {
+        info!("drained and deregistered; exiting");
+        Ok(ExitCode::SUCCESS)
+    } else {
+        warn!("deregistered without finishing every in-flight request; exiting with code 1");
+        Ok(ExitCode::from(1))
+    }
+}
+
+/// Steps 3 of the module doc. True if every in-flight request finished.
+async fn drain(
+    config: &Config,
+    state: &AppState,
+    registration: &Registration,
+    stop_accepting: &CancellationToken,
+    server: &mut JoinHandle<std::io::Result<()>>,
+    signals: &mut StopSignals,
+) -> bool {
+    set_state(state, registration, InstanceState::Draining);
+    if !registration
+        .wait_written(InstanceState::Draining, DRAINING_WRITE_TIMEOUT)
+        .await
+    {
+        warn!(
+            timeout_ms = DRAINING_WRITE_TIMEOUT.as_millis() as u64,
+            "etcd has not confirmed the draining state; gateways may keep sending requests until the key goes"
+        );
+    }
+
+    let grace = config.drain_grace;
+    let cut_short = tokio::select! {
+        () = tokio::time::sleep(grace) => false,
+        signal = signals.recv() => {
+            warn!(signal, "second signal during the drain grace period; stopping now");
+            true
+        }
+    };
+    stop_accepting.cancel();
+    if cut_short {
+        server.abort();
+        return false;
+    }
+
+    let timeout = config.drain_timeout;
+    info!(
+        in_flight = state.stats().in_flight(),
+        timeout_ms = timeout.as_millis() as u64,
+        "stopped accepting; waiting for in-flight requests"
+    );
+    tokio::select! {
+        ended = &mut *server => match ended {
+            Ok(Ok(())) => true,
+            Ok(Err(e)) => {
+                warn!(error = %e, "the server failed while draining");
+                false
+            }
+            Err(e) => {
+                warn!(error = %e, "the server task failed while draining");
+                false
+            }
+        },
+        () = tokio::time::sleep(timeout) => {
+            warn!(
+                in_flight = state.stats().in_flight(),
+                timeout_ms = timeout.as_millis() as u64,
+                "drain timeout hit; abandoning the requests still in flight (raise --drain-timeout to wait longer)"
+            );
+            server.abort();
+            false
+        }
+        signal = signals.recv() => {
+            warn!(signal, in_flight = state.stats().in_flight(), "second signal while draining; abandoning the requests still in flight");
+            server.abort();
+            false
+        }
+    }
+}
+
+/// The local state (what `/readyz` and `/load` say) and the registry entry move together.
+fn set_state(state: &AppState, registration: &Registration, new: InstanceState) {
+    state.set_state(new);
+    registration.set_state(new);
+}
+
+/// Where gateways should connect: `--advertise`, else the bound address, with
+/// an unspecified IP (0.0.0.0, ::) replaced by loopback.
+pub fn advertise_addr(configured: Option<&str>, bound: SocketAddr) -> String {
+    if let Some(addr) = configured {
+        return addr.to_owned();
+    }
+    if !bound.ip().is_unspecified() {
+        return bound.to_string();
+    }
+    let loopback = match bound.ip() {
+        IpAddr::V4(_) => IpAddr::V4(Ipv4Addr::LOCALHOST),
+        IpAddr::V6(_) => IpAddr::V6(Ipv6Addr::LOCALHOST),
+    };
+    let addr = SocketAddr::new(loopback, bound.port()).to_string();
+    info!(
+        %bound,
+        advertise = %addr,
+        "bound to every interface without --advertise; advertising loopback, which only local gateways can reach (set --advertise for others)"
+    );
+    addr
+}
+
+fn instance(config: &Config, id: &str, addr: &str) -> Instance {
+    Instance {
+        id: id.to_owned(),
+        service: config.service.clone(),
+        addr: addr.to_owned(),
+        state: InstanceState::Starting,
+        version: config.version_label.clone(),
+        weight: config.weight,
+        zone: config.zone.clone().unwrap_or_default(),
+        started_at: Utc::now(),
+        labels: config.labels.iter().cloned().collect(),
+    }
+}
+
+fn announce(line: &Announcement<'_>) {
+    let json = serde_json::to_string(line).expect("the announcement always serializes");
+    let mut stdout = std::io::stdout().lock();
+    if let Err(e) = writeln!(stdout, "{json}").and_then(|()| stdout.flush()) {
+        warn!(error = %e, "cannot write the listening line to stdout");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[test]
+    fn advertised_address() {
+        let bound: SocketAddr = "0.0.0.0:8080".parse().unwrap();
+        assert_eq!(advertise_addr(None, bound), "127.0.0.1:8080");
+        assert_eq!(
+            advertise_addr(None, "[::]:8080".parse().unwrap()),
+            "[::1]:8080"
+        );
+        assert_eq!(
+            advertise_addr(None, "10.0.0.5:9000".parse().unwrap()),
+            "10.0.0.5:9000"
+        );
+        assert_eq!(advertise_addr(Some("app-1:80"), bound), "app-1:80");
+    }
+
+    #[test]
+    fn the_announcement_has_the_documented_shape() {
+        let line = serde_json::to_string(&Announcement {
+            event: "listening",
+            addr: "127.0.0.1:4000",
+            id: "i1",
+            service: "app",
+            pid: 42,
+        })
+        .unwrap();
+        assert_eq!(
+            line,
+            r#"{"event":"listening","addr":"127.0.0.1:4000","id":"i1","service":"app","pid":42}"#
+        );
+    }
+
+    #[test]
+    fn the_registered_instance_carries_the_flags() {
+        let config = Config::try_parse_from([
+            "app-server",
+            "--service",
+            "web",
+            "--version-label",
+            "v2",
+            "--weight",
+            "3",
+            "--zone",
+            "z1",
+            "--label",
+            "a=1",
+        ])
+        .unwrap();
+        let i = instance(&config, "i1", "127.0.0.1:4000");
+        assert_eq!(
+            (i.id.as_str(), i.service.as_str(), i.addr.as_str()),
+            ("i1", "web", "127.0.0.1:4000")
+        );
+        assert_eq!(i.state, InstanceState::Starting);
+        assert_eq!(
+            (i.version.as_str(), i.weight, i.zone.as_str()),
+            ("v2", 3, "z1")
+        );
+        assert_eq!(i.labels.get("a").map(String::as_str), Some("1"));
+        i.validate().unwrap();
+    }
+}

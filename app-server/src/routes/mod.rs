@@ -1,0 +1,123 @@
+//! The HTTP surface: [`app`] assembles the router from one file per concern.
+//!
+//! - [`hello`]: `GET /`
+//! - [`work`]: `GET /work?iterations=N`, CPU-bound busy loop
+//! - [`kv`]: `GET|PUT|DELETE /kv/{key}`
+//! - [`health`]: `GET /healthz`, `/readyz`, `/load`
+//!
+//! Application routes (the first three) are wrapped in the request counter that
+//! feeds `/load`; the probes are not, so probing never looks like load. Every
+//! response, errors and unknown paths included, carries `x-shoal-instance`.
+
+pub mod health;
+pub mod hello;
+pub mod kv;
+pub mod work;
+
+#[cfg(test)]
+pub(crate) mod testing;
+
+use axum::Router;
+use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::http::{HeaderName, Method, Uri};
+use axum::middleware::{self, Next};
+use axum::response::Response;
+use axum::routing::get;
+
+use crate::error::ApiError;
+use crate::state::AppState;
+use crate::store::MAX_VALUE_BYTES;
+
+/// Header naming the instance that answered; lets clients and tests see the balancing.
+pub const INSTANCE_HEADER: HeaderName = HeaderName::from_static("x-shoal-instance");
+
+/// The whole service as a router; needs no etcd.
+pub fn app(state: AppState) -> Router {
+    let application = Router::new()
+        .route("/", get(hello::hello).fallback(only_get))
+        .route("/work", get(work::work).fallback(only_get))
+        .route(
+            "/kv/{*key}",
+            get(kv::get)
+                .put(kv::put)
+                .delete(kv::delete)
+                .fallback(kv::method_not_allowed)
+                // Bytes refuses bigger bodies; kv::put turns that into our 413.
+                .layer(DefaultBodyLimit::max(MAX_VALUE_BYTES)),
+        )
+        .route_layer(middleware::from_fn_with_state(state.clone(), count_request));
+    let probes = Router::new()
+        .route("/healthz", get(health::healthz).fallback(only_get))
+        .route("/readyz", get(health::readyz).fallback(only_get))
+        .route("/load", get(health::load).fallback(only_get));
+    application
+        .merge(probes)
+        .fallback(unknown_path)
+        .layer(middleware::map_response_with_state(
+            state.clone(),
+            tag_instance,
+        ))
+        .with_state(state)
+}
+
+/// Count an application request for `/load`, in flight until it has answered.
+async fn count_request(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    let in_flight = state.stats().begin();
+    let response = next.run(request).await;
+    in_flight.finish();
+    response
+}
+
+async fn tag_instance(State(state): State<AppState>, mut response: Response) -> Response {
+    response
+        .headers_mut()
+        .insert(INSTANCE_HEADER, state.id_header().clone());
+    response
+}
+
+async fn unknown_path(uri: Uri) -> ApiError {
+    ApiError::UnknownPath(uri.path().to_owned())
+}
+
+async fn only_get(method: Method) -> ApiError {
+    ApiError::MethodNotAllowed {
+        method: method.to_string(),
+        allow: "GET, HEAD",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use axum::http::StatusCode;
+
+    use super::testing::*;
+
+    #[tokio::test]
+    async fn unknown_paths_are_json_404s_with_the_instance_header() {
+        let t = TestApp::new();
+        let r = t.call(req("GET", "/nope")).await;
+        assert_eq!(r.status, StatusCode::NOT_FOUND);
+        assert_eq!(r.instance.as_deref(), Some(TEST_ID));
+        let body = r.json();
+        assert_eq!(body["error"], "not_found");
+        assert!(
+            body["detail"]
+                .as_str()
+                .unwrap()
+                .contains("no endpoint at `/nope`"),
+            "{body}"
+        );
+    }
+
+    #[tokio::test]
+    async fn wrong_methods_are_json_405s_naming_the_allowed_ones() {
+        let t = TestApp::new();
+        for path in ["/", "/work", "/healthz", "/readyz", "/load"] {
+            let r = t.call(req("POST", path)).await;
+            assert_eq!(r.status, StatusCode::METHOD_NOT_ALLOWED, "{path}");
+            assert_eq!(r.allow.as_deref(), Some("GET, HEAD"), "{path}");
+            assert_eq!(r.json()["error"], "method_not_allowed", "{path}");
+            assert_eq!(r.instance.as_deref(), Some(TEST_ID), "{path}");
+        }
+    }
+}
