@@ -1,5 +1,5 @@
 //! The background task that owns one registration: it grants the lease, puts
-//! the instance, keeps the lease alive every TTL/3, notices when the lease is
+//! the value, keeps the lease alive every TTL/3, notices when the lease is
 //! gone and registers again, writes state changes in place, marks itself
 //! fenced when keep-alives have failed for a whole TTL, and revokes on shutdown.
 
@@ -10,9 +10,9 @@ use tokio::time::{Instant, sleep_until};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
+use super::LeasedValue;
 use super::RegistrationStatus;
 use super::backend::{BackendError, LeaseBackend};
-use crate::model::Instance;
 
 /// First retry delay after a failed etcd call; doubles up to [`MAX_RETRY`].
 const FIRST_RETRY: Duration = Duration::from_millis(100);
@@ -20,11 +20,11 @@ const FIRST_RETRY: Duration = Duration::from_millis(100);
 /// second of etcd answering again.
 const MAX_RETRY: Duration = Duration::from_secs(1);
 
-pub(super) struct Keeper<B> {
+pub(super) struct Keeper<B, V> {
     pub backend: B,
     pub key: String,
     pub ttl: Duration,
-    pub desired: watch::Receiver<Instance>,
+    pub desired: watch::Receiver<V>,
     pub status: watch::Sender<RegistrationStatus>,
     pub shutdown: CancellationToken,
 }
@@ -37,7 +37,7 @@ enum Next {
     Stop,
 }
 
-impl<B: LeaseBackend> Keeper<B> {
+impl<B: LeaseBackend, V: LeasedValue> Keeper<B, V> {
     pub async fn run(mut self) {
         // Counted from start: an instance that cannot reach etcd for a whole
         // TTL after starting is fenced too, since nobody can route to it.
@@ -82,7 +82,7 @@ impl<B: LeaseBackend> Keeper<B> {
                 s.registered = true;
                 s.fenced = false;
                 s.registrations += 1;
-                s.written_state = Some(self.desired.borrow().state);
+                s.written_state = self.desired.borrow().state();
             });
             if again {
                 info!(key = %self.key, lease, "registered again with a new lease");
@@ -109,13 +109,12 @@ impl<B: LeaseBackend> Keeper<B> {
                     }
                     Next::Fence => self.fence_if_stale(last_ok),
                     Next::Write => {
-                        let instance = self.desired.borrow_and_update().clone();
-                        match self.backend.put(&self.key, instance.to_json(), lease).await {
+                        let value = self.desired.borrow_and_update().clone();
+                        match self.backend.put(&self.key, value.to_json(), lease).await {
                             Ok(()) => {
                                 last_ok = Instant::now();
-                                self.status
-                                    .send_modify(|s| s.written_state = Some(instance.state));
-                                info!(key = %self.key, state = %instance.state, "state written");
+                                self.status.send_modify(|s| s.written_state = value.state());
+                                info!(key = %self.key, state = ?value.state(), "value written");
                             }
                             Err(BackendError::LeaseNotFound(_)) => break "lease not found on write",
                             Err(e) => {
@@ -168,8 +167,8 @@ impl<B: LeaseBackend> Keeper<B> {
 
     async fn register(&mut self) -> Result<i64, BackendError> {
         let lease = self.backend.grant(self.ttl).await?;
-        let instance = self.desired.borrow_and_update().clone();
-        if let Err(e) = self.backend.put(&self.key, instance.to_json(), lease).await {
+        let value = self.desired.borrow_and_update().clone();
+        if let Err(e) = self.backend.put(&self.key, value.to_json(), lease).await {
             // Do not leave an unused lease behind if etcd is still there.
             if let Err(revoke) = self.backend.revoke(lease).await {
                 warn!(key = %self.key, lease, error = %revoke, "cannot revoke unused lease; it will expire");

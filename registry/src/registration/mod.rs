@@ -1,4 +1,5 @@
-//! Leased self-registration of an instance.
+//! Leased self-registration of an instance (or of any [`LeasedValue`], such as
+//! a gateway's announcement).
 //!
 //! [`Registration::start`] spawns one keeper task ([`keeper`]) that owns the
 //! lease; the returned handle is how the instance changes its state, reads its
@@ -23,7 +24,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::keys::Keys;
-use crate::model::{Instance, InstanceState, ValidationError};
+use crate::model::{GatewayInfo, Instance, InstanceState, ValidationError};
 use backend::{EtcdLeases, LeaseBackend};
 use keeper::Keeper;
 
@@ -46,43 +47,83 @@ pub struct RegistrationStatus {
     pub written_state: Option<InstanceState>,
 }
 
+/// A value kept in etcd on its owner's lease: an [`Instance`], or a gateway's
+/// [`GatewayInfo`].
+pub trait LeasedValue: Clone + Send + Sync + 'static {
+    /// Where it is stored.
+    fn key(&self, keys: &Keys) -> String;
+    fn validate(&self) -> Result<(), ValidationError>;
+    fn to_json(&self) -> String;
+    /// The lifecycle state it carries, if any (reported as `written_state`).
+    fn state(&self) -> Option<InstanceState> {
+        None
+    }
+}
+
+impl LeasedValue for Instance {
+    fn key(&self, keys: &Keys) -> String {
+        keys.instance(&self.service, &self.id)
+    }
+    fn validate(&self) -> Result<(), ValidationError> {
+        Instance::validate(self)
+    }
+    fn to_json(&self) -> String {
+        Instance::to_json(self)
+    }
+    fn state(&self) -> Option<InstanceState> {
+        Some(self.state)
+    }
+}
+
+impl LeasedValue for GatewayInfo {
+    fn key(&self, keys: &Keys) -> String {
+        keys.gateway(&self.id)
+    }
+    fn validate(&self) -> Result<(), ValidationError> {
+        GatewayInfo::validate(self)
+    }
+    fn to_json(&self) -> String {
+        serde_json::to_string(self).expect("GatewayInfo always serializes")
+    }
+}
+
 /// Handle to a running registration. Dropping it without [`Registration::deregister`]
 /// stops the keeper and revokes the lease in the background.
-pub struct Registration {
+pub struct Registration<V: LeasedValue = Instance> {
     key: String,
-    desired: watch::Sender<Instance>,
+    desired: watch::Sender<V>,
     status: watch::Receiver<RegistrationStatus>,
     shutdown: CancellationToken,
     task: Option<JoinHandle<()>>,
 }
 
-impl Registration {
-    /// Start registering `instance` under `keys` with a lease of `ttl`.
+impl<V: LeasedValue> Registration<V> {
+    /// Start keeping `value` in etcd under `keys` on a lease of `ttl`.
     pub fn start(
         client: Client,
         keys: &Keys,
-        instance: Instance,
+        value: V,
         ttl: Duration,
     ) -> Result<Self, ValidationError> {
-        Self::start_with(EtcdLeases::new(client), keys, instance, ttl)
+        Self::start_with(EtcdLeases::new(client), keys, value, ttl)
     }
 
     /// As [`Registration::start`], with any lease backend.
     pub fn start_with<B: LeaseBackend>(
         backend: B,
         keys: &Keys,
-        instance: Instance,
+        value: V,
         ttl: Duration,
     ) -> Result<Self, ValidationError> {
-        instance.validate()?;
+        value.validate()?;
         if ttl < MIN_TTL {
             return Err(ValidationError::new(
                 "lease ttl",
                 format!("{ttl:?} is below the {MIN_TTL:?} minimum; use e.g. 5s"),
             ));
         }
-        let key = keys.instance(&instance.service, &instance.id);
-        let (desired, desired_rx) = watch::channel(instance);
+        let key = value.key(keys);
+        let (desired, desired_rx) = watch::channel(value);
         let (status_tx, status) = watch::channel(RegistrationStatus::default());
         let shutdown = CancellationToken::new();
         let keeper = Keeper {
@@ -108,18 +149,9 @@ impl Registration {
         &self.key
     }
 
-    /// The instance as it is (or will next be) written.
-    pub fn instance(&self) -> Instance {
+    /// The value as it is (or will next be) written.
+    pub fn value(&self) -> V {
         self.desired.borrow().clone()
-    }
-
-    /// Change the state; written in place on the current lease.
-    pub fn set_state(&self, state: InstanceState) {
-        self.desired.send_if_modified(|i| {
-            let changed = i.state != state;
-            i.state = state;
-            changed
-        });
     }
 
     pub fn status(&self) -> RegistrationStatus {
@@ -150,7 +182,23 @@ impl Registration {
     }
 }
 
-impl Drop for Registration {
+impl Registration<Instance> {
+    /// The instance as it is (or will next be) written.
+    pub fn instance(&self) -> Instance {
+        self.value()
+    }
+
+    /// Change the state; written in place on the current lease.
+    pub fn set_state(&self, state: InstanceState) {
+        self.desired.send_if_modified(|i| {
+            let changed = i.state != state;
+            i.state = state;
+            changed
+        });
+    }
+}
+
+impl<V: LeasedValue> Drop for Registration<V> {
     fn drop(&mut self) {
         self.shutdown.cancel();
     }
@@ -176,12 +224,20 @@ mod tests {
         limit: Duration,
         cond: impl Fn(&RegistrationStatus) -> bool,
     ) -> Duration {
+        run_until_status(&reg.watch_status(), limit, cond).await
+    }
+
+    async fn run_until_status(
+        status: &watch::Receiver<RegistrationStatus>,
+        limit: Duration,
+        cond: impl Fn(&RegistrationStatus) -> bool,
+    ) -> Duration {
         let start = Instant::now();
-        while !cond(&reg.status()) {
+        while !cond(&status.borrow()) {
             assert!(
                 start.elapsed() <= limit,
                 "condition not reached within {limit:?}: {:?}",
-                reg.status()
+                *status.borrow()
             );
             sleep(Duration::from_millis(10)).await;
         }
@@ -300,6 +356,24 @@ mod tests {
         assert_eq!(s.lease, lease);
         assert_eq!(s.registrations, 1);
         assert!(!s.fenced);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn any_leased_value_is_kept_under_its_own_key() {
+        let etcd = MemoryEtcd::default();
+        let info = GatewayInfo {
+            id: "g1".into(),
+            admin_addr: "127.0.0.1:9090".into(),
+            started_at: chrono::Utc::now(),
+        };
+        let reg = Registration::start_with(etcd.backend(), &Keys::default(), info, TTL).unwrap();
+        run_until_status(&reg.watch_status(), Duration::from_millis(50), |s| {
+            s.registered
+        })
+        .await;
+        let (value, _) = etcd.get("/shoal/gateways/g1").unwrap();
+        assert!(value.contains("127.0.0.1:9090"), "{value}");
+        assert_eq!(reg.status().written_state, None);
     }
 
     #[tokio::test(start_paused = true)]
