@@ -1,0 +1,79 @@
+//! One instance as the gateway sees it: its registry entry plus the live
+//! state that balancing and ejection read (request stats with the in-flight count, peak-EWMA
+//! latency, consecutive failures, ejection back-off, first-seen time for slow
+//! start). The live state is keyed by instance id and survives routing-table
+//! rebuilds, so a registry change never resets an instance's statistics.
+
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use registry::Instance;
+
+use crate::ewma::PeakEwma;
+use crate::stats::RequestStats;
+
+/// Live state of one instance, shared by every table that contains it.
+#[derive(Debug)]
+pub struct BackendState {
+    /// Requests to this instance: in flight, totals, recent window.
+    pub stats: RequestStats,
+    pub rtt: PeakEwma,
+    pub first_seen: Instant,
+    pub health: Mutex<Health>,
+}
+
+/// Passive health: consecutive failures and ejection back-off.
+#[derive(Debug, Default, Clone)]
+pub struct Health {
+    pub consecutive_failures: u32,
+    /// Ejected until then (None: not ejected).
+    pub ejected_until: Option<Instant>,
+    /// How many times in a row it has been ejected (drives the back-off).
+    pub ejections: u32,
+}
+
+impl BackendState {
+    pub fn new(now: Instant) -> Self {
+        BackendState {
+            stats: RequestStats::new(now),
+            rtt: PeakEwma::new(now),
+            first_seen: now,
+            health: Mutex::new(Health::default()),
+        }
+    }
+
+    pub fn in_flight(&self) -> u32 {
+        self.stats.in_flight().max(0) as u32
+    }
+
+    pub fn is_ejected(&self, now: Instant) -> bool {
+        self.health
+            .lock()
+            .expect("health lock poisoned")
+            .ejected_until
+            .is_some_and(|until| until > now)
+    }
+
+    /// Slow-start share in (0, 1]: ramps linearly from 10% to 100% over `window`
+    /// after the instance was first seen.
+    pub fn warmth(&self, now: Instant, window: Duration) -> f64 {
+        if window.is_zero() {
+            return 1.0;
+        }
+        let age = now.saturating_duration_since(self.first_seen).as_secs_f64();
+        (0.1 + 0.9 * age / window.as_secs_f64()).min(1.0)
+    }
+}
+
+/// An instance in one routing table: registry entry + shared live state.
+#[derive(Debug, Clone)]
+pub struct Backend {
+    pub instance: Instance,
+    pub state: std::sync::Arc<BackendState>,
+}
+
+impl Backend {
+    pub fn id(&self) -> &str {
+        &self.instance.id
+    }
+}

@@ -1,0 +1,152 @@
+//! The gateway's flags; each has a `SHOAL_*` env var and a default that works
+//! on one machine with no arguments.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use clap::Parser;
+use registry::config::{parse_duration, parse_lease_ttl};
+use registry::model::BalancePolicy;
+use registry::{EtcdArgs, LogArgs};
+
+/// Shoal's gateway: a reverse proxy that balances requests over the instances
+/// registered in etcd, with an admin listener for stats and metrics.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "gateway", version)]
+pub struct Config {
+    #[command(flatten)]
+    pub etcd: EtcdArgs,
+
+    #[command(flatten)]
+    pub log: LogArgs,
+
+    /// Where clients connect (HTTP/1.1 and h2c).
+    #[arg(long, env = "SHOAL_LISTEN", default_value = "0.0.0.0:8080")]
+    pub listen: SocketAddr,
+
+    /// Admin listener: /healthz, /metrics, /api/v1/...
+    #[arg(long, env = "SHOAL_ADMIN_LISTEN", default_value = "127.0.0.1:9090")]
+    pub admin_listen: SocketAddr,
+
+    /// Admin address announced in the registry for the autoscaler (default: the
+    /// bound admin address, with an unspecified IP replaced by loopback).
+    #[arg(long, env = "SHOAL_ADMIN_ADVERTISE")]
+    pub admin_advertise: Option<String>,
+
+    /// Runtime worker threads (default: one per core).
+    #[arg(long, env = "SHOAL_WORKERS", value_parser = clap::value_parser!(u16).range(1..=512))]
+    pub workers: Option<u16>,
+
+    /// Service that gets requests no route matches.
+    #[arg(long, env = "SHOAL_DEFAULT_SERVICE", default_value = "app", value_parser = parse_service)]
+    pub default_service: String,
+
+    /// Balancing policy for the default route.
+    #[arg(long, env = "SHOAL_DEFAULT_POLICY", default_value = "least-request")]
+    pub default_policy: BalancePolicy,
+
+    /// How long a request waits for a ready instance when its service has none
+    /// (this is how scale from zero works), before a 503.
+    #[arg(long, env = "SHOAL_HOLD_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub hold_timeout: Duration,
+
+    /// A new instance's share of traffic ramps from 10% to 100% over this window (0 turns it off).
+    #[arg(long, env = "SHOAL_SLOW_START", default_value = "10s", value_parser = parse_duration)]
+    pub slow_start: Duration,
+
+    /// Timeout for connecting to an instance.
+    #[arg(long, env = "SHOAL_CONNECT_TIMEOUT", default_value = "1s", value_parser = parse_duration)]
+    pub connect_timeout: Duration,
+
+    /// Timeout for an instance's response headers, unless the route sets `timeout_ms`.
+    #[arg(long, env = "SHOAL_RESPONSE_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
+    pub response_timeout: Duration,
+
+    /// How long an idle keep-alive connection (client or backend side) is kept.
+    #[arg(long, env = "SHOAL_IDLE_TIMEOUT", default_value = "60s", value_parser = parse_duration)]
+    pub idle_timeout: Duration,
+
+    /// A client must send its complete request headers within this time (slowloris).
+    #[arg(long, env = "SHOAL_HEADER_READ_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub header_read_timeout: Duration,
+
+    /// Largest request header section accepted, in bytes.
+    #[arg(long, env = "SHOAL_MAX_HEADER_BYTES", default_value_t = 64 * 1024)]
+    pub max_header_bytes: usize,
+
+    /// Largest request body accepted, in bytes (413 above).
+    #[arg(long, env = "SHOAL_MAX_BODY_BYTES", default_value_t = 16 * 1024 * 1024)]
+    pub max_body_bytes: u64,
+
+    /// Requests in flight per instance before new ones queue (0: no limit).
+    #[arg(long, env = "SHOAL_MAX_INFLIGHT_PER_INSTANCE", default_value_t = 0)]
+    pub max_inflight_per_instance: u32,
+
+    /// Requests allowed to queue per instance once it is at its limit (503 with Retry-After past it).
+    #[arg(long, env = "SHOAL_QUEUE_PER_INSTANCE", default_value_t = 128)]
+    pub queue_per_instance: u32,
+
+    /// Extra attempts on another instance when a request fails (routes may override).
+    #[arg(long, env = "SHOAL_RETRIES", default_value_t = 2)]
+    pub retries: u32,
+
+    /// Consecutive failures that eject an instance.
+    #[arg(long, env = "SHOAL_EJECT_AFTER", default_value_t = 5)]
+    pub eject_after: u32,
+
+    /// First ejection period; it doubles while the instance keeps failing, up to 30 s.
+    #[arg(long, env = "SHOAL_EJECT_BASE", default_value = "1s", value_parser = parse_duration)]
+    pub eject_base: Duration,
+
+    /// Active health checks of every instance's /healthz at this interval (0: off).
+    #[arg(long, env = "SHOAL_HEALTH_CHECK_INTERVAL", default_value = "0s", value_parser = parse_duration)]
+    pub health_check_interval: Duration,
+
+    /// This gateway's id in the registry (default: a fresh uuid).
+    #[arg(long, env = "SHOAL_GATEWAY_ID", value_parser = parse_service)]
+    pub id: Option<String>,
+
+    /// Lease TTL of the gateway's own registration.
+    #[arg(long, env = "SHOAL_LEASE_TTL", default_value = "5s", value_parser = parse_lease_ttl)]
+    pub lease_ttl: Duration,
+}
+
+fn parse_service(s: &str) -> Result<String, String> {
+    registry::keys::validate_segment("name", s).map_err(|e| e.problem)?;
+    Ok(s.to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_work_with_no_arguments() {
+        let c = Config::try_parse_from(["gateway"]).unwrap();
+        assert_eq!(c.listen, "0.0.0.0:8080".parse().unwrap());
+        assert_eq!(c.admin_listen, "127.0.0.1:9090".parse().unwrap());
+        assert_eq!(c.default_service, "app");
+        assert_eq!(c.default_policy, BalancePolicy::LeastRequest);
+        assert_eq!(c.hold_timeout, Duration::from_secs(10));
+        assert_eq!(c.slow_start, Duration::from_secs(10));
+    }
+
+    #[test]
+    fn bad_values_say_what_to_do() {
+        let err = Config::try_parse_from(["gateway", "--default-policy", "random"])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("use round-robin, least-request, consistent-hash or sticky"),
+            "{err}"
+        );
+        let err = Config::try_parse_from(["gateway", "--default-service", "a b"])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("use letters, digits"), "{err}");
+        let err = Config::try_parse_from(["gateway", "--workers", "0"])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("0"), "{err}");
+    }
+}

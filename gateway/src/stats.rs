@@ -1,0 +1,383 @@
+//! Request statistics, recorded lock-free on the request path and read by the
+//! admin API, `/metrics` and (through them) the autoscaler.
+//!
+//! [`RequestStats`] is kept per backend, per service and per route. It holds
+//! totals by status class, a cumulative latency histogram (for Prometheus) and
+//! a ring of one-second slots covering the last [`WINDOW_SECS`] seconds (for
+//! request rate and recent percentiles). [`ServiceCounters`] adds what only a
+//! service has: requests held waiting for an instance, retries, and requests
+//! that found no instance at all.
+
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+
+/// Seconds covered by the recent window.
+pub const WINDOW_SECS: u64 = 10;
+/// Upper bounds of the latency buckets, in milliseconds (the last bucket is +Inf).
+pub const BUCKETS_MS: [f64; 16] = [
+    0.5,
+    1.0,
+    2.0,
+    5.0,
+    10.0,
+    20.0,
+    50.0,
+    100.0,
+    200.0,
+    500.0,
+    1000.0,
+    2000.0,
+    5000.0,
+    10000.0,
+    30000.0,
+    f64::INFINITY,
+];
+const SLOTS: usize = WINDOW_SECS as usize + 1;
+
+/// Status class of a finished request: `1xx`..`5xx`, or `failed` when no response
+/// came back (connection failed, timed out, reset).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum Class {
+    Failed,
+    Informational,
+    Success,
+    Redirect,
+    ClientError,
+    ServerError,
+}
+
+impl Class {
+    pub const ALL: [Class; 6] = [
+        Class::Failed,
+        Class::Informational,
+        Class::Success,
+        Class::Redirect,
+        Class::ClientError,
+        Class::ServerError,
+    ];
+
+    pub fn of(status: Option<u16>) -> Class {
+        match status {
+            None => Class::Failed,
+            Some(100..=199) => Class::Informational,
+            Some(200..=299) => Class::Success,
+            Some(300..=399) => Class::Redirect,
+            Some(400..=499) => Class::ClientError,
+            Some(_) => Class::ServerError,
+        }
+    }
+
+    /// Label used in metrics: `1xx`, ..., `5xx`, `failed`.
+    pub fn label(self) -> &'static str {
+        match self {
+            Class::Failed => "failed",
+            Class::Informational => "1xx",
+            Class::Success => "2xx",
+            Class::Redirect => "3xx",
+            Class::ClientError => "4xx",
+            Class::ServerError => "5xx",
+        }
+    }
+
+    fn index(self) -> usize {
+        self as usize
+    }
+
+    /// Counted as an error in rates and the `errors` figure.
+    pub fn is_error(self) -> bool {
+        matches!(self, Class::Failed | Class::ServerError)
+    }
+}
+
+/// One second of the recent window.
+#[derive(Debug, Default)]
+struct Slot {
+    /// Which second (since the stats' epoch) this slot currently holds.
+    second: AtomicU64,
+    count: AtomicU64,
+    errors: AtomicU64,
+    buckets: [AtomicU64; BUCKETS_MS.len()],
+}
+
+/// Totals, histogram and recent window for one backend, service or route.
+#[derive(Debug)]
+pub struct RequestStats {
+    epoch: Instant,
+    by_class: [AtomicU64; 6],
+    buckets: [AtomicU64; BUCKETS_MS.len()],
+    latency_sum_us: AtomicU64,
+    in_flight: AtomicI64,
+    slots: [Slot; SLOTS],
+}
+
+impl Default for RequestStats {
+    fn default() -> Self {
+        Self::new(Instant::now())
+    }
+}
+
+/// What the admin API reports for one set of requests.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct StatsSnapshot {
+    pub in_flight: i64,
+    pub requests_total: u64,
+    pub errors_total: u64,
+    /// Requests per second over the recent window.
+    pub rate: f64,
+    /// Errors per second over the recent window.
+    pub error_rate: f64,
+    /// Latency percentiles over the recent window, in ms (None without requests).
+    pub p50_ms: Option<f64>,
+    pub p95_ms: Option<f64>,
+    pub p99_ms: Option<f64>,
+}
+
+/// The cumulative histogram, as Prometheus wants it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Histogram {
+    /// (upper bound in seconds, cumulative count)
+    pub buckets: Vec<(f64, u64)>,
+    pub sum_seconds: f64,
+    pub count: u64,
+}
+
+impl RequestStats {
+    pub fn new(epoch: Instant) -> Self {
+        RequestStats {
+            epoch,
+            by_class: Default::default(),
+            buckets: Default::default(),
+            latency_sum_us: AtomicU64::new(0),
+            in_flight: AtomicI64::new(0),
+            slots: Default::default(),
+        }
+    }
+
+    /// A request started; pair with [`RequestStats::record`] when it ends.
+    pub fn start(&self) {
+        self.in_flight.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A request ended with `status` (None: no response) after `latency`.
+    pub fn record(&self, status: Option<u16>, latency: Duration, now: Instant) {
+        self.in_flight.fetch_sub(1, Ordering::Relaxed);
+        self.record_finished(status, latency, now);
+    }
+
+    /// Count a request that was never started with [`RequestStats::start`]
+    /// (e.g. refused before it reached a backend).
+    pub fn record_finished(&self, status: Option<u16>, latency: Duration, now: Instant) {
+        let class = Class::of(status);
+        self.by_class[class.index()].fetch_add(1, Ordering::Relaxed);
+        let bucket = bucket_of(latency);
+        self.buckets[bucket].fetch_add(1, Ordering::Relaxed);
+        self.latency_sum_us
+            .fetch_add(latency.as_micros() as u64, Ordering::Relaxed);
+
+        let second = now.saturating_duration_since(self.epoch).as_secs();
+        let slot = &self.slots[(second % SLOTS as u64) as usize];
+        let held = slot.second.load(Ordering::Relaxed);
+        if held != second
+            && slot
+                .second
+                .compare_exchange(held, second, Ordering::AcqRel, Ordering::Relaxed)
+                .is_ok()
+        {
+            // This thread moved the slot to a new second: clear the old counts.
+            // A request recorded concurrently by another thread may be lost;
+            // that is the price of not locking, and it only affects the window.
+            slot.count.store(0, Ordering::Relaxed);
+            slot.errors.store(0, Ordering::Relaxed);
+            for b in &slot.buckets {
+                b.store(0, Ordering::Relaxed);
+            }
+        }
+        slot.count.fetch_add(1, Ordering::Relaxed);
+        if class.is_error() {
+            slot.errors.fetch_add(1, Ordering::Relaxed);
+        }
+        slot.buckets[bucket].fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn in_flight(&self) -> i64 {
+        self.in_flight.load(Ordering::Relaxed)
+    }
+
+    pub fn total(&self, class: Class) -> u64 {
+        self.by_class[class.index()].load(Ordering::Relaxed)
+    }
+
+    pub fn snapshot(&self, now: Instant) -> StatsSnapshot {
+        let current = now.saturating_duration_since(self.epoch).as_secs();
+        // Full seconds only: the current second is still filling up.
+        let oldest = current.saturating_sub(WINDOW_SECS);
+        let mut count = 0;
+        let mut errors = 0;
+        let mut buckets = [0u64; BUCKETS_MS.len()];
+        for slot in &self.slots {
+            let second = slot.second.load(Ordering::Relaxed);
+            if second >= oldest && second < current {
+                count += slot.count.load(Ordering::Relaxed);
+                errors += slot.errors.load(Ordering::Relaxed);
+                for (sum, b) in buckets.iter_mut().zip(&slot.buckets) {
+                    *sum += b.load(Ordering::Relaxed);
+                }
+            }
+        }
+        let seconds = (current - oldest).max(1) as f64;
+        let requests_total: u64 = self
+            .by_class
+            .iter()
+            .map(|c| c.load(Ordering::Relaxed))
+            .sum();
+        StatsSnapshot {
+            in_flight: self.in_flight(),
+            requests_total,
+            errors_total: self.total(Class::Failed) + self.total(Class::ServerError),
+            rate: count as f64 / seconds,
+            error_rate: errors as f64 / seconds,
+            p50_ms: percentile(&buckets, 0.50),
+            p95_ms: percentile(&buckets, 0.95),
+            p99_ms: percentile(&buckets, 0.99),
+        }
+    }
+
+    pub fn histogram(&self) -> Histogram {
+        let mut cumulative = 0;
+        let buckets = BUCKETS_MS
+            .iter()
+            .zip(&self.buckets)
+            .map(|(bound, count)| {
+                cumulative += count.load(Ordering::Relaxed);
+                (bound / 1000.0, cumulative)
+            })
+            .collect();
+        Histogram {
+            buckets,
+            sum_seconds: self.latency_sum_us.load(Ordering::Relaxed) as f64 / 1e6,
+            count: cumulative,
+        }
+    }
+}
+
+fn bucket_of(latency: Duration) -> usize {
+    let ms = latency.as_secs_f64() * 1000.0;
+    BUCKETS_MS
+        .iter()
+        .position(|&bound| ms <= bound)
+        .unwrap_or(BUCKETS_MS.len() - 1)
+}
+
+/// The `q` quantile from bucket counts, interpolating linearly inside a bucket.
+fn percentile(buckets: &[u64; BUCKETS_MS.len()], q: f64) -> Option<f64> {
+    let total: u64 = buckets.iter().sum();
+    if total == 0 {
+        return None;
+    }
+    let rank = q * total as f64;
+    let mut seen = 0.0;
+    for (i, &count) in buckets.iter().enumerate() {
+        let next = seen + count as f64;
+        if next >= rank && count > 0 {
+            let lower = if i == 0 { 0.0 } else { BUCKETS_MS[i - 1] };
+            let upper = if BUCKETS_MS[i].is_finite() {
+                BUCKETS_MS[i]
+            } else {
+                lower * 2.0
+            };
+            let within = (rank - seen) / count as f64;
+            return Some(lower + (upper - lower) * within);
+        }
+        seen = next;
+    }
+    None
+}
+
+/// Per-service figures beyond request stats.
+#[derive(Debug, Default)]
+pub struct ServiceCounters {
+    pub requests: RequestStats,
+    /// Requests that waited for a ready instance (scale from zero), ever.
+    pub held_total: AtomicU64,
+    /// Requests waiting for a ready instance right now.
+    pub held_now: AtomicI64,
+    /// Requests that gave up waiting and got 503.
+    pub hold_timeouts_total: AtomicU64,
+    /// Extra attempts made on another instance.
+    pub retries_total: AtomicU64,
+    /// Retries refused by the retry budget.
+    pub retries_refused_total: AtomicU64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn classes() {
+        assert_eq!(Class::of(None), Class::Failed);
+        assert_eq!(Class::of(Some(204)), Class::Success);
+        assert_eq!(Class::of(Some(503)), Class::ServerError);
+        assert!(Class::of(Some(502)).is_error() && !Class::of(Some(404)).is_error());
+    }
+
+    #[test]
+    fn totals_rate_and_percentiles_over_the_window() {
+        let t0 = Instant::now();
+        let stats = RequestStats::new(t0);
+        // 100 requests per second for 10 s: 90 fast (3 ms), 10 slow (300 ms).
+        for s in 0..10 {
+            let now = t0 + Duration::from_secs(s);
+            for i in 0..100 {
+                stats.start();
+                let latency = if i < 90 {
+                    Duration::from_millis(3)
+                } else {
+                    Duration::from_millis(300)
+                };
+                stats.record(Some(if i == 0 { 502 } else { 200 }), latency, now);
+            }
+        }
+        let snap = stats.snapshot(t0 + Duration::from_secs(10));
+        assert_eq!(snap.requests_total, 1000);
+        assert_eq!(snap.errors_total, 10);
+        assert_eq!(snap.in_flight, 0);
+        assert!((snap.rate - 100.0).abs() < 1e-9, "{snap:?}");
+        assert!((snap.error_rate - 1.0).abs() < 1e-9, "{snap:?}");
+        let p50 = snap.p50_ms.unwrap();
+        assert!((2.0..=5.0).contains(&p50), "{snap:?}");
+        let p95 = snap.p95_ms.unwrap();
+        assert!((200.0..=500.0).contains(&p95), "{snap:?}");
+    }
+
+    #[test]
+    fn old_seconds_leave_the_window() {
+        let t0 = Instant::now();
+        let stats = RequestStats::new(t0);
+        stats.record_finished(Some(200), Duration::from_millis(1), t0);
+        // Early on the window is as long as the stats have existed.
+        assert_eq!(stats.snapshot(t0 + Duration::from_secs(1)).rate, 1.0);
+        assert_eq!(stats.snapshot(t0 + Duration::from_secs(10)).rate, 0.1);
+        let later = stats.snapshot(t0 + Duration::from_secs(30));
+        assert_eq!(later.rate, 0.0);
+        assert_eq!(later.p50_ms, None);
+        assert_eq!(later.requests_total, 1, "totals never decay");
+    }
+
+    #[test]
+    fn histogram_is_cumulative() {
+        let stats = RequestStats::default();
+        let now = Instant::now();
+        stats.record_finished(Some(200), Duration::from_micros(300), now);
+        stats.record_finished(Some(200), Duration::from_millis(15), now);
+        stats.record_finished(None, Duration::from_secs(60), now);
+        let h = stats.histogram();
+        assert_eq!(h.count, 3);
+        assert_eq!(h.buckets[0], (0.0005, 1));
+        assert_eq!(h.buckets[5], (0.02, 2));
+        assert_eq!(h.buckets.last().unwrap().1, 3);
+        assert!((h.sum_seconds - 60.0153).abs() < 1e-6, "{}", h.sum_seconds);
+    }
+}

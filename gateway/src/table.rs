@@ -1,0 +1,507 @@
+//! The routing table: an immutable snapshot of routes and ready instances,
+//! rebuilt whenever the registry changes and swapped in atomically
+//! ([`TableHandle`]), so the request path reads it without a lock.
+//!
+//! Route matching: a route matches when its `host` (if any) equals the
+//! request's host (case-insensitive, port removed) and its `path_prefix` is a
+//! prefix of the path at a segment boundary (`/api` matches `/api` and
+//! `/api/x`, not `/apix`). Host-specific routes win over host-less ones, then
+//! the longest prefix wins, then the name (for determinism). No match: the
+//! default route to `--default-service` with `--default-policy`.
+//!
+//! Live per-instance state (in-flight, latency, ejection) and per-service and
+//! per-route counters are kept across rebuilds in [`LiveState`], keyed by
+//! instance id, service and route name.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::Instant;
+
+use arc_swap::ArcSwap;
+use registry::model::{BalancePolicy, NamedRoute, Route};
+use registry::{Instance, InstanceState};
+use tokio::sync::watch;
+
+use crate::backend::{Backend, BackendState};
+use crate::balance::Balancer;
+use crate::stats::{RequestStats, ServiceCounters};
+
+/// Name of the route used when no configured route matches.
+pub const DEFAULT_ROUTE: &str = "default";
+
+/// One service's instances in this snapshot.
+#[derive(Debug)]
+pub struct ServicePool {
+    pub service: String,
+    /// `ready` instances: the only ones that get new requests.
+    pub ready: Vec<Arc<Backend>>,
+    /// Every registered instance, whatever its state (for stats and the admin API).
+    pub all: Vec<Arc<Backend>>,
+    pub counters: Arc<ServiceCounters>,
+}
+
+/// A route compiled against this snapshot's instances.
+#[derive(Debug)]
+pub struct RouteEntry {
+    pub name: String,
+    pub route: Route,
+    pub pool: Arc<ServicePool>,
+    pub balancer: Balancer,
+    pub stats: Arc<RequestStats>,
+}
+
+impl RouteEntry {
+    fn matches(&self, host: Option<&str>, path: &str) -> bool {
+        let host_ok = match (&self.route.host, host) {
+            (None, _) => true,
+            (Some(want), Some(got)) => want.eq_ignore_ascii_case(got),
+            (Some(_), None) => false,
+        };
+        host_ok && prefix_matches(&self.route.path_prefix, path)
+    }
+
+    /// The path to forward: with the prefix removed if the route says so.
+    pub fn forward_path<'a>(&self, path: &'a str) -> std::borrow::Cow<'a, str> {
+        if !self.route.strip_prefix || self.route.path_prefix == "/" {
+            return path.into();
+        }
+        let rest = &path[self.route.path_prefix.trim_end_matches('/').len()..];
+        if rest.starts_with('/') {
+            rest.into()
+        } else {
+            format!("/{rest}").into()
+        }
+    }
+
+    /// The path after the prefix, for policies that hash a path segment.
+    pub fn path_after_prefix<'a>(&self, path: &'a str) -> &'a str {
+        &path[self
+            .route
+            .path_prefix
+            .trim_end_matches('/')
+            .len()
+            .min(path.len())..]
+    }
+}
+
+/// `prefix` matches `path` at a segment boundary.
+pub fn prefix_matches(prefix: &str, path: &str) -> bool {
+    path.starts_with(prefix)
+        && (prefix.ends_with('/')
+            || path.len() == prefix.len()
+            || path.as_bytes()[prefix.len()] == b'/')
+}
+
+/// Defaults that apply when no route matches.
+#[derive(Debug, Clone)]
+pub struct Defaults {
+    pub service: String,
+    pub policy: BalancePolicy,
+}
+
+/// One immutable snapshot.
+#[derive(Debug)]
+pub struct RoutingTable {
+    /// Sorted: host-specific first, then longest prefix, then name.
+    pub routes: Vec<RouteEntry>,
+    pub default_route: RouteEntry,
+    pub pools: BTreeMap<String, Arc<ServicePool>>,
+    /// Whether the registry watch was connected when this snapshot was built.
+    pub registry_connected: bool,
+    /// Increases with every rebuild.
+    pub generation: u64,
+}
+
+impl RoutingTable {
+    /// The route for a request (the default route when none matches).
+    pub fn resolve(&self, host: Option<&str>, path: &str) -> &RouteEntry {
+        let host = host.map(strip_port);
+        self.routes
+            .iter()
+            .find(|r| r.matches(host, path))
+            .unwrap_or(&self.default_route)
+    }
+
+    pub fn pool(&self, service: &str) -> Option<&Arc<ServicePool>> {
+        self.pools.get(service)
+    }
+}
+
+fn strip_port(host: &str) -> &str {
+    if host.starts_with('[') {
+        // [v6]:port
+        return host.split_once(']').map(|(h, _)| &h[1..]).unwrap_or(host);
+    }
+    host.rsplit_once(':').map(|(h, _)| h).unwrap_or(host)
+}
+
+/// State that outlives any one snapshot.
+#[derive(Debug, Default)]
+pub struct LiveState {
+    backends: HashMap<String, Arc<BackendState>>,
+    services: HashMap<String, Arc<ServiceCounters>>,
+    routes: HashMap<String, Arc<RequestStats>>,
+}
+
+impl LiveState {
+    /// Build a snapshot from the registry's instances and routes.
+    pub fn build(
+        &mut self,
+        instances: &BTreeMap<String, Instance>,
+        routes: &BTreeMap<String, NamedRoute>,
+        defaults: &Defaults,
+        registry_connected: bool,
+        generation: u64,
+        now: Instant,
+    ) -> RoutingTable {
+        // Backends, grouped by service, sorted by id so balancer state (e.g. the
+        // round-robin schedule) does not depend on etcd's key order.
+        let mut by_service: BTreeMap<&str, Vec<Arc<Backend>>> = BTreeMap::new();
+        for instance in instances.values() {
+            let state = self
+                .backends
+                .entry(instance.id.clone())
+                .or_insert_with(|| Arc::new(BackendState::new(now)))
+                .clone();
+            by_service
+                .entry(&instance.service)
+                .or_default()
+                .push(Arc::new(Backend {
+                    instance: instance.clone(),
+                    state,
+                }));
+        }
+        self.backends
+            .retain(|id, _| instances.values().any(|i| &i.id == id));
+
+        let mut wanted: Vec<&str> = by_service.keys().copied().collect();
+        wanted.push(&defaults.service);
+        wanted.extend(routes.values().map(|r| r.route.service.as_str()));
+        let mut pools = BTreeMap::new();
+        for service in wanted {
+            if pools.contains_key(service) {
+                continue;
+            }
+            let mut all = by_service.remove(service).unwrap_or_default();
+            all.sort_by(|a, b| a.instance.id.cmp(&b.instance.id));
+            let ready = all
+                .iter()
+                .filter(|b| b.instance.state == InstanceState::Ready)
+                .cloned()
+                .collect();
+            let counters = self.services.entry(service.to_owned()).or_default().clone();
+            pools.insert(
+                service.to_owned(),
+                Arc::new(ServicePool {
+                    service: service.to_owned(),
+                    ready,
+                    all,
+                    counters,
+                }),
+            );
+        }
+
+        let mut entries: Vec<RouteEntry> = routes
+            .values()
+            .map(|named| self.entry(&named.name, named.route.clone(), &pools))
+            .collect();
+        entries.sort_by(|a, b| {
+            (b.route.host.is_some(), b.route.path_prefix.len(), &a.name).cmp(&(
+                a.route.host.is_some(),
+                a.route.path_prefix.len(),
+                &b.name,
+            ))
+        });
+        let default_route = self.entry(
+            DEFAULT_ROUTE,
+            Route {
+                host: None,
+                path_prefix: "/".into(),
+                service: defaults.service.clone(),
+                policy: defaults.policy,
+                hash_key: None,
+                strip_prefix: false,
+                timeout_ms: None,
+                retries: None,
+            },
+            &pools,
+        );
+        self.routes
+            .retain(|name, _| name == DEFAULT_ROUTE || routes.values().any(|r| &r.name == name));
+        RoutingTable {
+            routes: entries,
+            default_route,
+            pools,
+            registry_connected,
+            generation,
+        }
+    }
+
+    fn entry(
+        &mut self,
+        name: &str,
+        route: Route,
+        pools: &BTreeMap<String, Arc<ServicePool>>,
+    ) -> RouteEntry {
+        let pool = pools
+            .get(&route.service)
+            .expect("every routed service has a pool")
+            .clone();
+        let balancer = Balancer::new(route.policy, route.hash_key.as_ref(), &pool.ready);
+        let stats = self.routes.entry(name.to_owned()).or_default().clone();
+        RouteEntry {
+            name: name.to_owned(),
+            route,
+            pool,
+            balancer,
+            stats,
+        }
+    }
+}
+
+/// The current table, readable without a lock, plus a way to wait for changes.
+#[derive(Clone)]
+pub struct TableHandle {
+    current: Arc<ArcSwap<RoutingTable>>,
+    generation: watch::Receiver<u64>,
+}
+
+/// The writing side of a [`TableHandle`].
+pub struct TablePublisher {
+    current: Arc<ArcSwap<RoutingTable>>,
+    generation: watch::Sender<u64>,
+}
+
+impl TableHandle {
+    pub fn new(initial: RoutingTable) -> (TableHandle, TablePublisher) {
+        let (tx, rx) = watch::channel(initial.generation);
+        let current = Arc::new(ArcSwap::from_pointee(initial));
+        (
+            TableHandle {
+                current: current.clone(),
+                generation: rx,
+            },
+            TablePublisher {
+                current,
+                generation: tx,
+            },
+        )
+    }
+
+    /// The current snapshot.
+    pub fn load(&self) -> Arc<RoutingTable> {
+        self.current.load_full()
+    }
+
+    /// Wait until `service` has a ready instance, up to `timeout`; returns the
+    /// snapshot that has one.
+    pub async fn wait_for_ready(
+        &self,
+        service: &str,
+        timeout: std::time::Duration,
+    ) -> Option<Arc<RoutingTable>> {
+        let has_ready = |t: &RoutingTable| t.pool(service).is_some_and(|p| !p.ready.is_empty());
+        let mut changes = self.generation.clone();
+        let wait = async {
+            loop {
+                changes.borrow_and_update();
+                let table = self.load();
+                if has_ready(&table) {
+                    return Some(table);
+                }
+                if changes.changed().await.is_err() {
+                    return None;
+                }
+            }
+        };
+        tokio::time::timeout(timeout, wait).await.ok().flatten()
+    }
+
+    /// A receiver notified on every new snapshot.
+    pub fn changes(&self) -> watch::Receiver<u64> {
+        self.generation.clone()
+    }
+}
+
+impl TablePublisher {
+    pub fn publish(&self, table: RoutingTable) {
+        let generation = table.generation;
+        self.current.store(Arc::new(table));
+        self.generation.send_replace(generation);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn instance(service: &str, id: &str, state: InstanceState) -> (String, Instance) {
+        let mut i = Instance::new(service, "127.0.0.1:1000");
+        i.id = id.into();
+        i.state = state;
+        (format!("/shoal/instances/{service}/{id}"), i)
+    }
+
+    fn route(name: &str, json: &str) -> (String, NamedRoute) {
+        let route: Route = serde_json::from_str(json).unwrap();
+        route.validate().unwrap();
+        (
+            format!("/shoal/routes/{name}"),
+            NamedRoute {
+                name: name.into(),
+                route,
+            },
+        )
+    }
+
+    fn defaults() -> Defaults {
+        Defaults {
+            service: "app".into(),
+            policy: BalancePolicy::LeastRequest,
+        }
+    }
+
+    fn build(
+        live: &mut LiveState,
+        instances: &[(String, Instance)],
+        routes: &[(String, NamedRoute)],
+    ) -> RoutingTable {
+        live.build(
+            &instances.iter().cloned().collect(),
+            &routes.iter().cloned().collect(),
+            &defaults(),
+            true,
+            1,
+            Instant::now(),
+        )
+    }
+
+    #[test]
+    fn only_ready_instances_get_requests() {
+        let mut live = LiveState::default();
+        let t = build(
+            &mut live,
+            &[
+                instance("app", "a", InstanceState::Ready),
+                instance("app", "b", InstanceState::Starting),
+                instance("app", "c", InstanceState::Draining),
+            ],
+            &[],
+        );
+        let pool = t.pool("app").unwrap();
+        assert_eq!(pool.all.len(), 3);
+        assert_eq!(pool.ready.iter().map(|b| b.id()).collect::<Vec<_>>(), ["a"]);
+        assert_eq!(t.resolve(Some("x"), "/anything").name, DEFAULT_ROUTE);
+    }
+
+    #[test]
+    fn host_then_longest_prefix_wins_at_segment_boundaries() {
+        let mut live = LiveState::default();
+        let t = build(
+            &mut live,
+            &[],
+            &[
+                route("root", r#"{"service":"web","path_prefix":"/"}"#),
+                route("api", r#"{"service":"api","path_prefix":"/api"}"#),
+                route("api-v2", r#"{"service":"api2","path_prefix":"/api/v2/"}"#),
+                route(
+                    "admin-host",
+                    r#"{"service":"admin","host":"Admin.Example.com","path_prefix":"/"}"#,
+                ),
+            ],
+        );
+        assert_eq!(t.resolve(Some("x.com"), "/api").name, "api");
+        assert_eq!(t.resolve(Some("x.com"), "/api/users").name, "api");
+        assert_eq!(t.resolve(Some("x.com"), "/apix").name, "root");
+        assert_eq!(t.resolve(Some("x.com"), "/api/v2/items").name, "api-v2");
+        assert_eq!(
+            t.resolve(Some("admin.example.com:8080"), "/api").name,
+            "admin-host"
+        );
+        assert_eq!(t.resolve(None, "/api").name, "api");
+        // Every service a route names has a pool, even with no instances yet.
+        assert!(t.pool("api2").is_some_and(|p| p.ready.is_empty()));
+    }
+
+    #[test]
+    fn prefixes_can_be_stripped() {
+        let mut live = LiveState::default();
+        let t = build(
+            &mut live,
+            &[],
+            &[route(
+                "api",
+                r#"{"service":"api","path_prefix":"/api","strip_prefix":true}"#,
+            )],
+        );
+        let r = t.resolve(None, "/api/users/7");
+        assert_eq!(r.forward_path("/api/users/7"), "/users/7");
+        assert_eq!(r.forward_path("/api"), "/");
+        assert_eq!(r.path_after_prefix("/api/users/7"), "/users/7");
+    }
+
+    #[test]
+    fn live_state_survives_rebuilds_and_is_dropped_with_the_instance() {
+        let mut live = LiveState::default();
+        let a = instance("app", "a", InstanceState::Ready);
+        let t1 = build(&mut live, std::slice::from_ref(&a), &[]);
+        t1.pool("app").unwrap().ready[0].state.stats.start();
+        let t2 = build(
+            &mut live,
+            &[a.clone(), instance("app", "b", InstanceState::Ready)],
+            &[],
+        );
+        let a2 = t2
+            .pool("app")
+            .unwrap()
+            .ready
+            .iter()
+            .find(|b| b.id() == "a")
+            .unwrap()
+            .clone();
+        assert_eq!(
+            a2.state.in_flight(),
+            1,
+            "in-flight count kept across rebuilds"
+        );
+        build(&mut live, &[], &[]);
+        let t4 = build(&mut live, &[a], &[]);
+        assert_eq!(
+            t4.pool("app").unwrap().ready[0].state.in_flight(),
+            0,
+            "a returning instance starts fresh"
+        );
+    }
+
+    #[tokio::test]
+    async fn waiting_for_a_ready_instance() {
+        let mut live = LiveState::default();
+        let (handle, publisher) = TableHandle::new(build(&mut live, &[], &[]));
+        let waiter = {
+            let handle = handle.clone();
+            tokio::spawn(async move {
+                handle
+                    .wait_for_ready("app", std::time::Duration::from_secs(5))
+                    .await
+            })
+        };
+        publisher.publish(build(
+            &mut live,
+            &[instance("app", "a", InstanceState::Starting)],
+            &[],
+        ));
+        publisher.publish(build(
+            &mut live,
+            &[instance("app", "a", InstanceState::Ready)],
+            &[],
+        ));
+        let table = waiter.await.unwrap().expect("woken by the ready instance");
+        assert_eq!(table.pool("app").unwrap().ready.len(), 1);
+        assert!(
+            handle
+                .wait_for_ready("other", std::time::Duration::from_millis(20))
+                .await
+                .is_none()
+        );
+    }
+}
