@@ -1,0 +1,66 @@
+//! Drivers start and stop instances; the controller decides when.
+//!
+//! [`Driver`] is the seam a Kubernetes or Nomad driver would implement later:
+//! start an instance with a given id, stop one (gracefully, then by force),
+//! and list the instances this driver owns — including ones that have exited,
+//! so the controller can tell a crash from a retirement. Instances register
+//! themselves in etcd; a driver never writes the registry.
+//!
+//! - [`process`]: local child processes from a command template.
+
+pub mod process;
+
+use std::future::Future;
+use std::time::Duration;
+
+/// What to start.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StartSpec {
+    pub service: String,
+    /// The instance id it must register under (uuid v4 from the controller).
+    pub id: String,
+}
+
+/// An instance a driver owns.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Owned {
+    pub id: String,
+    pub service: String,
+    /// `None` while running; the exit code (or 128+signal) once it has exited.
+    pub exited: Option<i32>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DriverError {
+    #[error("cannot start {service}/{id}: {reason}")]
+    Start {
+        service: String,
+        id: String,
+        reason: String,
+    },
+    #[error("no instance {0} is owned by this driver")]
+    Unknown(String),
+    #[error("cannot stop {id}: {reason}")]
+    Stop { id: String, reason: String },
+}
+
+/// Starts, stops and lists instances.
+pub trait Driver: Send + Sync + 'static {
+    /// A short name for logs and events (`process`, `docker`).
+    fn name(&self) -> &'static str;
+
+    /// Start an instance; returns once it has been launched (not once it is ready:
+    /// readiness is read from the registry).
+    fn start(&self, spec: &StartSpec) -> impl Future<Output = Result<(), DriverError>> + Send;
+
+    /// Stop an instance: SIGTERM (or the platform's equivalent), then force after `grace`.
+    /// Stopping an instance that has already exited forgets it and succeeds.
+    fn stop(
+        &self,
+        id: &str,
+        grace: Duration,
+    ) -> impl Future<Output = Result<(), DriverError>> + Send;
+
+    /// Every instance this driver owns, running or exited (not yet stopped).
+    fn list(&self) -> impl Future<Output = Result<Vec<Owned>, DriverError>> + Send;
+}
