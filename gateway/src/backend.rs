@@ -19,6 +19,10 @@ pub struct BackendState {
     pub stats: RequestStats,
     pub rtt: PeakEwma,
     pub first_seen: Instant,
+    /// How old the instance already was when this gateway first saw it
+    /// (from its registered `started_at`), so a gateway restart does not put
+    /// every instance back into slow start.
+    pub age_when_seen: Duration,
     pub health: Mutex<Health>,
 }
 
@@ -34,10 +38,16 @@ pub struct Health {
 
 impl BackendState {
     pub fn new(now: Instant) -> Self {
+        Self::with_age(now, Duration::ZERO)
+    }
+
+    /// State for an instance that was already `age` old when first seen.
+    pub fn with_age(now: Instant, age: Duration) -> Self {
         BackendState {
             stats: RequestStats::new(now),
             rtt: PeakEwma::new(now),
             first_seen: now,
+            age_when_seen: age,
             health: Mutex::new(Health::default()),
         }
     }
@@ -55,12 +65,13 @@ impl BackendState {
     }
 
     /// Slow-start share in (0, 1]: ramps linearly from 10% to 100% over `window`
-    /// after the instance was first seen.
+    /// of the instance's age.
     pub fn warmth(&self, now: Instant, window: Duration) -> f64 {
         if window.is_zero() {
             return 1.0;
         }
-        let age = now.saturating_duration_since(self.first_seen).as_secs_f64();
+        let age =
+            (self.age_when_seen + now.saturating_duration_since(self.first_seen)).as_secs_f64();
         (0.1 + 0.9 * age / window.as_secs_f64()).min(1.0)
     }
 }

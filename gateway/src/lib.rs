@@ -14,13 +14,222 @@
 //! - [`backend`] and [`ewma`] are an instance and its live state (in-flight, peak-EWMA latency, ejection).
 //! - [`balance`] has the policies: round-robin, least-request (P2C), consistent-hash, sticky; slow start.
 //! - [`stats`] records request statistics without locks.
+//! - [`server`] is the client-facing listener: connections, timeouts, graceful drain.
+//! - [`proxy`] is the request handler (one file per concern inside).
+//! - [`health`] is passive ejection and optional active `/healthz` checks.
+//! - [`announce`] keeps the gateway's own entry under `/shoal/gateways/`.
+//! - [`admin`] is the admin listener's API.
+//!
+//! [`run`] puts them together: bind both listeners, print one JSON line to
+//! stdout (`{"event":"listening","addr":…,"admin_addr":…,"id":…}`), follow
+//! the registry, serve, announce; on SIGTERM or Ctrl-C stop accepting, drain
+//! in-flight requests (up to [`DRAIN_TIMEOUT`]; a second signal cuts it
+//! short), withdraw the announcement and return.
 
+pub mod admin;
+pub mod announce;
 pub mod backend;
 pub mod balance;
 pub mod config;
 pub mod discovery;
 pub mod ewma;
+pub mod health;
+pub mod metrics;
+pub mod proxy;
+pub mod server;
 pub mod stats;
 pub mod table;
 
+use std::io::Write;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use anyhow::{Context, anyhow};
+use registry::stop::StopSignals;
+use serde::Serialize;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tracing::{Instrument, error, info, info_span, warn};
+
 pub use config::Config;
+
+use admin::AdminState;
+use announce::Announcement;
+use proxy::{Proxy, ProxySettings};
+use server::{Drained, Server, ServerSettings};
+use table::Defaults;
+
+/// How long a stopping gateway waits for in-flight requests.
+pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The line printed to stdout once both listeners are bound; test harnesses
+/// read it to learn the addresses (port 0 picks free ports).
+#[derive(Debug, Serialize)]
+pub struct Listening<'a> {
+    pub event: &'static str,
+    pub addr: SocketAddr,
+    pub admin_addr: SocketAddr,
+    pub id: &'a str,
+}
+
+/// Run the gateway until SIGTERM or Ctrl-C, then drain and return. An error
+/// when it cannot start, when a server stops by itself, or when the drain
+/// was cut short.
+pub async fn run(config: Config) -> anyhow::Result<()> {
+    let id = config
+        .id
+        .clone()
+        .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+    let span = info_span!("gateway", %id);
+    run_gateway(config, id).instrument(span).await
+}
+
+async fn run_gateway(config: Config, id: String) -> anyhow::Result<()> {
+    // Before announcing: a harness may signal as soon as it reads the line.
+    let mut signals =
+        StopSignals::install().context("cannot install the SIGTERM/SIGINT handlers")?;
+    let listener = bind(config.listen, "--listen").await?;
+    let admin_listener = bind(config.admin_listen, "--admin-listen").await?;
+    let addr = listener
+        .local_addr()
+        .context("cannot read the proxy listener's address")?;
+    let admin_addr = admin_listener
+        .local_addr()
+        .context("cannot read the admin listener's address")?;
+    if !admin_addr.ip().is_loopback() {
+        warn!(%admin_addr, "the admin listener is reachable beyond this machine and has no authentication yet");
+    }
+
+    let client = config
+        .etcd
+        .connect()
+        .await
+        .context("cannot set up the etcd client; check --etcd")?;
+    let keys = &config.etcd.prefix;
+    let table = discovery::start(
+        client.clone(),
+        keys.clone(),
+        Defaults {
+            service: config.default_service.clone(),
+            policy: config.default_policy,
+        },
+    );
+    let proxy = Proxy::new(table.clone(), ProxySettings::from_config(&config));
+    let stop = CancellationToken::new();
+
+    let server = Server::new(
+        listener,
+        proxy.clone(),
+        ServerSettings::from_config(&config),
+    );
+    let mut proxy_task = tokio::spawn(server.run(stop.clone(), DRAIN_TIMEOUT).in_current_span());
+    let admin_app = admin::app(AdminState {
+        table: table.clone(),
+        gateway_id: id.clone(),
+    });
+    let mut admin_task = tokio::spawn(
+        axum::serve(admin_listener, admin_app)
+            .with_graceful_shutdown(stop.clone().cancelled_owned())
+            .into_future()
+            .in_current_span(),
+    );
+    print_listening(&Listening {
+        event: "listening",
+        addr,
+        admin_addr,
+        id: &id,
+    });
+
+    let announcement = Announcement::start(
+        client,
+        keys,
+        &id,
+        &announce::admin_advertise(config.admin_advertise.as_deref(), admin_addr),
+        config.lease_ttl,
+    )
+    .context("check --id and --admin-advertise")?;
+    let checks = (!config.health_check_interval.is_zero()).then(|| {
+        health::spawn_active_checks(
+            table,
+            proxy.client(),
+            config.health_check_interval,
+            config.eject_after,
+            stop.clone(),
+        )
+    });
+    info!(%addr, %admin_addr, "serving");
+
+    let failure = tokio::select! {
+        signal = signals.recv() => {
+            info!(signal, "asked to stop; draining");
+            None
+        }
+        ended = &mut proxy_task => Some(match ended {
+            Ok(_) => anyhow!("the proxy server stopped by itself"),
+            Err(e) => anyhow!("the proxy server task failed: {e}"),
+        }),
+        ended = &mut admin_task => Some(match ended {
+            Ok(Ok(())) => anyhow!("the admin server stopped by itself"),
+            Ok(Err(e)) => anyhow!("the admin server failed: {e}"),
+            Err(e) => anyhow!("the admin server task failed: {e}"),
+        }),
+    };
+    stop.cancel();
+    if let Some(failure) = failure {
+        error!(error = %failure, "not serving any more; withdrawing and stopping");
+        proxy_task.abort();
+        admin_task.abort();
+        announcement.withdraw().await;
+        return Err(failure);
+    }
+
+    let drained = tokio::select! {
+        ended = &mut proxy_task => ended.unwrap_or_else(|e| {
+            warn!(error = %e, "the proxy server task failed while draining");
+            Drained { complete: false, abandoned: 0 }
+        }),
+        signal = signals.recv() => {
+            warn!(signal, "second signal while draining; abandoning the requests still in flight");
+            proxy_task.abort();
+            Drained { complete: false, abandoned: 0 }
+        }
+    };
+    // The admin listener has been told to stop too; its requests are short.
+    match tokio::time::timeout(Duration::from_secs(1), &mut admin_task).await {
+        Ok(Ok(Ok(()))) => {}
+        Ok(Ok(Err(e))) => warn!(error = %e, "the admin server failed while stopping"),
+        Ok(Err(e)) => warn!(error = %e, "the admin server task failed while stopping"),
+        Err(_) => {
+            warn!("admin connections still open after 1 s; closing them");
+            admin_task.abort();
+        }
+    }
+    if let Some(checks) = checks {
+        checks.abort();
+    }
+    announcement.withdraw().await;
+    if drained.complete {
+        info!("drained and withdrawn; exiting");
+        Ok(())
+    } else {
+        Err(anyhow!(
+            "the drain was cut short with {} connection(s) still open (limit {} s)",
+            drained.abandoned,
+            DRAIN_TIMEOUT.as_secs()
+        ))
+    }
+}
+
+async fn bind(addr: SocketAddr, flag: &str) -> anyhow::Result<TcpListener> {
+    TcpListener::bind(addr).await.with_context(|| {
+        format!("cannot listen on {addr}; choose another {flag} (port 0 picks a free port)")
+    })
+}
+
+fn print_listening(line: &Listening<'_>) {
+    let json = serde_json::to_string(line).expect("the listening line always serializes");
+    let mut stdout = std::io::stdout().lock();
+    if let Err(e) = writeln!(stdout, "{json}").and_then(|()| stdout.flush()) {
+        warn!(error = %e, "cannot print the listening line to stdout");
+    }
+}

@@ -135,6 +135,13 @@ fn strip_port(host: &str) -> &str {
     host.rsplit_once(':').map(|(h, _)| h).unwrap_or(host)
 }
 
+/// How long ago the instance says it started (zero if its clock is ahead of ours).
+fn age_of(instance: &Instance) -> std::time::Duration {
+    (chrono::Utc::now() - instance.started_at)
+        .to_std()
+        .unwrap_or_default()
+}
+
 /// State that outlives any one snapshot.
 #[derive(Debug, Default)]
 pub struct LiveState {
@@ -161,7 +168,7 @@ impl LiveState {
             let state = self
                 .backends
                 .entry(instance.id.clone())
-                .or_insert_with(|| Arc::new(BackendState::new(now)))
+                .or_insert_with(|| Arc::new(BackendState::with_age(now, age_of(instance))))
                 .clone();
             by_service
                 .entry(&instance.service)
@@ -438,6 +445,29 @@ mod tests {
         assert_eq!(r.forward_path("/api/users/7"), "/users/7");
         assert_eq!(r.forward_path("/api"), "/");
         assert_eq!(r.path_after_prefix("/api/users/7"), "/users/7");
+    }
+
+    #[test]
+    fn slow_start_counts_from_the_instance_start_not_from_when_we_saw_it() {
+        let mut live = LiveState::default();
+        let (key, mut old) = instance("app", "old", InstanceState::Ready);
+        old.started_at = chrono::Utc::now() - chrono::Duration::seconds(60);
+        let fresh = instance("app", "fresh", InstanceState::Ready);
+        let now = Instant::now();
+        let t = build(&mut live, &[(key, old), fresh], &[]);
+        let warmth = |id: &str| {
+            let b = t
+                .pool("app")
+                .unwrap()
+                .ready
+                .iter()
+                .find(|b| b.id() == id)
+                .unwrap()
+                .clone();
+            b.state.warmth(now, std::time::Duration::from_secs(10))
+        };
+        assert_eq!(warmth("old"), 1.0);
+        assert!(warmth("fresh") < 0.2, "{}", warmth("fresh"));
     }
 
     #[test]

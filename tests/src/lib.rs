@@ -7,17 +7,20 @@
 //! - [`process`]: a child process of ours, with its stdout lines captured and
 //!   stderr saved under `target/test-logs/`.
 //! - [`binaries`]: where the built binaries are, and typed launchers for them.
+//! - [`gateway`]: a launcher for the gateway, with its proxy and admin addresses.
 //! - [`wait`]: polling with deadlines (no fixed sleeps in tests).
 //!
 //! The tests themselves are in `tests/it/`, one module per area.
 
 pub mod binaries;
 pub mod etcd;
+pub mod gateway;
 pub mod process;
 pub mod wait;
 
 pub use binaries::{AppServer, AppServerOptions, bin_path};
 pub use etcd::Etcd;
+pub use gateway::Gateway;
 pub use process::Proc;
 pub use wait::{wait_until, wait_until_async};
 

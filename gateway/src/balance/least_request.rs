@@ -1,7 +1,8 @@
-//! Power of two choices over peak-EWMA latency × (in-flight + 1), divided by
-//! the slow-start warmth: sample two eligible backends at random and take the
-//! cheaper. Cheap (no global scan), and it avoids the herd behaviour of
-//! always picking the single least-loaded backend.
+//! Power of two choices over peak-EWMA latency × (in-flight + 1) ÷ weight:
+//! sample two eligible backends at random and take the cheaper. Cheap (no
+//! global scan), and it avoids the herd behaviour of always picking the single
+//! least-loaded backend. Slow start is probabilistic: a cold winner keeps the
+//! pick with probability equal to its warmth, else the warmer one gets it.
 
 use std::sync::Arc;
 
@@ -9,12 +10,24 @@ use rand::Rng;
 
 use super::{Eligible, PickContext};
 use crate::backend::Backend;
+use crate::ewma::DEFAULT_RTT;
 
-/// The cost P2C compares; lower is better.
-pub fn cost(backend: &Backend, ctx: &PickContext) -> f64 {
-    let state = &backend.state;
-    let load = state.rtt.get_nanos() * (state.in_flight() as f64 + 1.0);
-    load / (state.warmth(ctx.now, ctx.slow_start) * backend.instance.weight as f64)
+/// The latency P2C assumes for each of two candidates. An instance not
+/// measured yet is assumed as fast as the one it is compared with, so that
+/// in-flight counts decide and a new instance gets its first requests at once;
+/// with neither measured, both cost [`DEFAULT_RTT`].
+fn latencies(a: &Backend, b: &Backend, now: std::time::Instant) -> (f64, f64) {
+    let (ma, mb) = (
+        a.state.rtt.measured_nanos(now),
+        b.state.rtt.measured_nanos(now),
+    );
+    let default = DEFAULT_RTT.as_nanos() as f64;
+    (ma.or(mb).unwrap_or(default), mb.or(ma).unwrap_or(default))
+}
+
+/// peak-EWMA × (in-flight + 1) ÷ weight; lower is better.
+pub fn cost(backend: &Backend, latency_nanos: f64) -> f64 {
+    latency_nanos * (backend.state.in_flight() as f64 + 1.0) / backend.instance.weight as f64
 }
 
 pub fn pick(backends: &[Arc<Backend>], eligible: &Eligible, ctx: &PickContext) -> Option<usize> {
@@ -24,14 +37,23 @@ pub fn pick(backends: &[Arc<Backend>], eligible: &Eligible, ctx: &PickContext) -
         1 => Some(candidates[0]),
         n => {
             let mut rng = rand::rng();
-            let a = rng.random_range(0..n);
-            let b = (a + rng.random_range(1..n)) % n;
-            let (a, b) = (candidates[a], candidates[b]);
-            Some(if cost(&backends[b], ctx) < cost(&backends[a], ctx) {
-                b
+            let first = rng.random_range(0..n);
+            let second = (first + rng.random_range(1..n)) % n;
+            let (a, b) = (candidates[first], candidates[second]);
+            let (la, lb) = latencies(&backends[a], &backends[b], ctx.now);
+            let (winner, other) = if cost(&backends[b], lb) < cost(&backends[a], la) {
+                (b, a)
             } else {
-                a
-            })
+                (a, b)
+            };
+            // Slow start: a cold winner keeps the pick with probability = its warmth.
+            let warmth = |i: usize| backends[i].state.warmth(ctx.now, ctx.slow_start);
+            let w = warmth(winner);
+            if w < 1.0 && warmth(other) > w && rng.random::<f64>() > w {
+                Some(other)
+            } else {
+                Some(winner)
+            }
         }
     }
 }
@@ -66,11 +88,48 @@ mod tests {
     fn prefers_lower_latency() {
         let b = backends(2);
         let now = Instant::now();
+        b[0].state.rtt.observe(Duration::from_millis(5), now);
         b[1].state.rtt.observe(Duration::from_millis(500), now);
         let eligible = Eligible::new(&b, &[], now);
         for _ in 0..100 {
             assert_eq!(pick(&b, &eligible, &ctx()), Some(0));
         }
+    }
+
+    #[test]
+    fn an_unmeasured_instance_gets_requests_at_once() {
+        // Sequential traffic (nothing in flight): a measured fast instance must
+        // not starve a newcomer that has the default cost.
+        let b = backends(2);
+        let now = Instant::now();
+        b[0].state.rtt.observe(Duration::from_millis(1), now);
+        let eligible = Eligible::new(&b, &[], now);
+        let newcomer = (0..1000)
+            .filter(|_| pick(&b, &eligible, &ctx()) == Some(1))
+            .count();
+        assert!((400..=600).contains(&newcomer), "{newcomer} of 1000");
+    }
+
+    #[test]
+    fn an_instance_left_alone_becomes_attractive_again() {
+        let b = backends(2);
+        let t0 = Instant::now();
+        b[0].state.rtt.observe(Duration::from_millis(2), t0);
+        b[1].state.rtt.observe(Duration::from_millis(1), t0);
+        let eligible = Eligible::new(&b, &[], t0);
+        assert!(
+            (0..100).all(|_| pick(&b, &eligible, &ctx()) == Some(1)),
+            "b0 looks twice as slow"
+        );
+        // b1 keeps being picked and measured at 1 ms; b0's stale 2 ms decays
+        // (2 ms × e^-1 ≈ 0.74 ms after 10 s) until b0 wins again and is re-measured.
+        let later = t0 + Duration::from_secs(10);
+        b[1].state.rtt.observe(Duration::from_millis(1), later);
+        let at = PickContext {
+            now: later,
+            ..ctx()
+        };
+        assert!((0..100).all(|_| pick(&b, &eligible, &at) == Some(0)));
     }
 
     #[test]
@@ -88,16 +147,25 @@ mod tests {
     }
 
     #[test]
-    fn a_cold_backend_costs_more_until_warm() {
+    fn a_cold_backend_gets_a_small_share_until_warm() {
         let now = Instant::now();
-        let warm = backend("warm", 1, now - Duration::from_secs(60));
-        let cold = backend("cold", 1, now);
-        let c = ctx();
-        assert!(cost(&cold, &c) > 5.0 * cost(&warm, &c));
+        let b = vec![
+            backend("warm", 1, now - Duration::from_secs(60)),
+            backend("cold", 1, now),
+        ];
+        let eligible = Eligible::new(&b, &[], now);
+        let cold = (0..4000)
+            .filter(|_| pick(&b, &eligible, &ctx()) == Some(1))
+            .count();
+        // Wins half the comparisons, keeps 10% of those: about 5%.
+        assert!((80..=350).contains(&cold), "{cold} of 4000");
         let later = PickContext {
             now: now + Duration::from_secs(10),
-            ..c
+            ..ctx()
         };
-        assert_eq!(cost(&cold, &later), cost(&warm, &later));
+        let warm = (0..4000)
+            .filter(|_| pick(&b, &eligible, &later) == Some(1))
+            .count();
+        assert!((1700..=2300).contains(&warm), "{warm} of 4000");
     }
 }

@@ -4,6 +4,7 @@
 //! (`cargo nextest run --no-capture` or `cargo test -- --nocapture`) shows them.
 
 mod election;
+mod gateway;
 mod lifecycle;
 mod outages;
 mod peer;

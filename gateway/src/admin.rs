@@ -1,0 +1,743 @@
+//! The admin listener's HTTP API. Everything is read from the current
+//! routing-table snapshot ([`TableHandle::load`]), so a handler never blocks
+//! the request path. The autoscaler reads the JSON endpoints: their field
+//! names are snake_case and stable; new fields may be added, none renamed.
+//!
+//! `GET /healthz` → 200 always (the gateway keeps serving from its last
+//! snapshot while etcd is away), [`HealthReport`]:
+//! `status` (`"ok"`), `gateway_id`, `registry` (`"connected"` |
+//! `"unreachable"`), `generation` (routing-table generation), `services`
+//! (how many services the table knows), and `detail` (only while the
+//! registry is unreachable: routing uses the last known instances).
+//!
+//! `GET /api/v1/services` → a JSON array of [`ServiceSummary`], one per
+//! service the table knows (services with instances, the default service,
+//! services named by a route), sorted by name:
+//! - `name`, `ready_instances`, `total_instances`, `ejected_instances`;
+//! - the service's request stats (client requests, whatever the instance):
+//!   `in_flight`, `requests_total`, `errors_total` (5xx and failed), `rate`
+//!   and `error_rate` (per second over the last 10 s), `p50_ms`, `p95_ms`,
+//!   `p99_ms` (over the last 10 s; `null` when there were no requests);
+//! - `held_now`, `held_total`, `hold_timeouts_total` (requests waiting for a
+//!   ready instance: scale from zero), `retries_total`,
+//!   `retries_refused_total` (refused by the retry budget).
+//!
+//! `GET /api/v1/services/{service}` → [`ServiceDetail`]: the summary's fields
+//! plus `instances`, one [`InstanceView`] per registered instance whatever its
+//! state, sorted by id:
+//! - from the registry: `id`, `addr`, `version`, `zone`, `labels` (object),
+//!   `weight`, `registry_state` (`starting` | `ready` | `draining`),
+//!   `age_secs` (since the instance's `started_at`);
+//! - `state`: `registry_state`, or `ejected` while passive health has ejected
+//!   it; `ejected` (bool), `ejected_for_ms` (time left in the ejection, `null`
+//!   when not ejected), `consecutive_failures`, `ejections` (ejections in a
+//!   row, which drive the back-off);
+//! - the same request stats as a service (`in_flight`, `requests_total`,
+//!   `errors_total`, `rate`, `error_rate`, `p50_ms`, `p95_ms`, `p99_ms`),
+//!   counting attempts sent to this instance;
+//! - `peak_ewma_ms`: the latency estimate least-request balancing uses.
+//!
+//! An unknown service is a 404 `{"error":"not_found","detail":"no service `x`
+//! in the registry; known services: a, b"}`; a known service with no instance
+//! is a 200 with an empty `instances`.
+//!
+//! `GET /metrics` → Prometheus text format, see [`crate::metrics`].
+//!
+//! Any other path is a 404 and any other method a 405, both JSON
+//! `{"error","detail"}` like every error of the admin API.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use axum::extract::{OriginalUri, Path, State};
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use chrono::{DateTime, Utc};
+use registry::InstanceState;
+use serde::Serialize;
+
+use crate::backend::Backend;
+use crate::metrics;
+use crate::stats::StatsSnapshot;
+use crate::table::{ServicePool, TableHandle};
+
+/// What the admin handlers read.
+#[derive(Clone)]
+pub struct AdminState {
+    pub table: TableHandle,
+    /// This gateway's id in the registry.
+    pub gateway_id: String,
+}
+
+/// The admin router.
+pub fn app(state: AdminState) -> Router {
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/metrics", get(metrics_text))
+        .route("/api/v1/services", get(services))
+        .route("/api/v1/services/{service}", get(service))
+        .fallback(unknown_path)
+        .method_not_allowed_fallback(wrong_method)
+        .with_state(state)
+}
+
+/// `GET /healthz`.
+#[derive(Debug, Clone, Serialize)]
+pub struct HealthReport {
+    pub status: &'static str,
+    pub gateway_id: String,
+    pub registry: &'static str,
+    pub generation: u64,
+    pub services: usize,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
+}
+
+/// One service in `GET /api/v1/services` (fields documented on the module).
+#[derive(Debug, Clone, Serialize)]
+pub struct ServiceSummary {
+    pub name: String,
+    pub ready_instances: usize,
+    pub total_instances: usize,
+    pub ejected_instances: usize,
+    #[serde(flatten)]
+    pub stats: StatsSnapshot,
+    pub held_now: i64,
+    pub held_total: u64,
+    pub hold_timeouts_total: u64,
+    pub retries_total: u64,
+    pub retries_refused_total: u64,
+}
+
+/// `GET /api/v1/services/{service}`.
+#[derive(Debug, Clone, Serialize)]
+pub struct ServiceDetail {
+    #[serde(flatten)]
+    pub summary: ServiceSummary,
+    pub instances: Vec<InstanceView>,
+}
+
+/// One instance in [`ServiceDetail`] (fields documented on the module).
+#[derive(Debug, Clone, Serialize)]
+pub struct InstanceView {
+    pub id: String,
+    pub addr: String,
+    pub version: String,
+    pub zone: String,
+    pub labels: BTreeMap<String, String>,
+    pub weight: u32,
+    pub state: InstanceStatus,
+    pub registry_state: InstanceState,
+    pub ejected: bool,
+    pub ejected_for_ms: Option<u64>,
+    pub consecutive_failures: u32,
+    pub ejections: u32,
+    pub age_secs: f64,
+    #[serde(flatten)]
+    pub stats: StatsSnapshot,
+    pub peak_ewma_ms: f64,
+}
+
+/// An instance's state as the admin API and `/metrics` report it: its
+/// registry state, unless passive health has ejected it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum InstanceStatus {
+    Starting,
+    Ready,
+    Draining,
+    Ejected,
+}
+
+impl InstanceStatus {
+    pub const ALL: [InstanceStatus; 4] = [
+        InstanceStatus::Starting,
+        InstanceStatus::Ready,
+        InstanceStatus::Draining,
+        InstanceStatus::Ejected,
+    ];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            InstanceStatus::Starting => "starting",
+            InstanceStatus::Ready => "ready",
+            InstanceStatus::Draining => "draining",
+            InstanceStatus::Ejected => "ejected",
+        }
+    }
+}
+
+/// An instance's registry state and passive health at one moment, read
+/// under one lock.
+#[derive(Debug, Clone)]
+pub struct InstanceHealth {
+    pub registry_state: InstanceState,
+    /// Time left in the ejection; `None` when not ejected.
+    pub ejected_for: Option<Duration>,
+    pub consecutive_failures: u32,
+    pub ejections: u32,
+}
+
+impl InstanceHealth {
+    pub fn of(backend: &Backend, now: Instant) -> Self {
+        let health = backend
+            .state
+            .health
+            .lock()
+            .expect("health lock poisoned")
+            .clone();
+        InstanceHealth {
+            registry_state: backend.instance.state,
+            ejected_for: health
+                .ejected_until
+                .filter(|until| *until > now)
+                .map(|until| until - now),
+            consecutive_failures: health.consecutive_failures,
+            ejections: health.ejections,
+        }
+    }
+
+    pub fn status(&self) -> InstanceStatus {
+        if self.ejected_for.is_some() {
+            return InstanceStatus::Ejected;
+        }
+        match self.registry_state {
+            InstanceState::Starting => InstanceStatus::Starting,
+            InstanceState::Ready => InstanceStatus::Ready,
+            InstanceState::Draining => InstanceStatus::Draining,
+        }
+    }
+}
+
+impl ServiceSummary {
+    pub fn of(pool: &ServicePool, now: Instant) -> Self {
+        let c = &pool.counters;
+        let load = |v: &std::sync::atomic::AtomicU64| v.load(std::sync::atomic::Ordering::Relaxed);
+        ServiceSummary {
+            name: pool.service.clone(),
+            ready_instances: pool.ready.len(),
+            total_instances: pool.all.len(),
+            ejected_instances: pool.all.iter().filter(|b| b.state.is_ejected(now)).count(),
+            stats: c.requests.snapshot(now),
+            held_now: c.held_now.load(std::sync::atomic::Ordering::Relaxed),
+            held_total: load(&c.held_total),
+            hold_timeouts_total: load(&c.hold_timeouts_total),
+            retries_total: load(&c.retries_total),
+            retries_refused_total: load(&c.retries_refused_total),
+        }
+    }
+}
+
+impl ServiceDetail {
+    /// `now` for the stats window and ejections, `wall` for instance ages.
+    pub fn of(pool: &ServicePool, now: Instant, wall: DateTime<Utc>) -> Self {
+        ServiceDetail {
+            summary: ServiceSummary::of(pool, now),
+            instances: pool
+                .all
+                .iter()
+                .map(|b| InstanceView::of(b, now, wall))
+                .collect(),
+        }
+    }
+}
+
+impl InstanceView {
+    pub fn of(backend: &Backend, now: Instant, wall: DateTime<Utc>) -> Self {
+        let i = &backend.instance;
+        let health = InstanceHealth::of(backend, now);
+        let age = (wall - i.started_at).num_milliseconds().max(0);
+        InstanceView {
+            id: i.id.clone(),
+            addr: i.addr.clone(),
+            version: i.version.clone(),
+            zone: i.zone.clone(),
+            labels: i.labels.clone(),
+            weight: i.weight,
+            state: health.status(),
+            registry_state: health.registry_state,
+            ejected: health.ejected_for.is_some(),
+            ejected_for_ms: health.ejected_for.map(|d| d.as_millis() as u64),
+            consecutive_failures: health.consecutive_failures,
+            ejections: health.ejections,
+            age_secs: age as f64 / 1000.0,
+            stats: backend.state.stats.snapshot(now),
+            peak_ewma_ms: backend.state.rtt.get_nanos(std::time::Instant::now()) / 1e6,
+        }
+    }
+}
+
+/// An admin API error: `{"error": ..., "detail": ...}` with its status.
+#[derive(Debug, Clone)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub error: &'static str,
+    pub detail: String,
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        #[derive(Serialize)]
+        struct Body<'a> {
+            error: &'a str,
+            detail: &'a str,
+        }
+        let body = Body {
+            error: self.error,
+            detail: &self.detail,
+        };
+        (self.status, Json(body)).into_response()
+    }
+}
+
+const ENDPOINTS: &str = "/healthz, /metrics, /api/v1/services, /api/v1/services/{service}";
+
+async fn healthz(State(state): State<AdminState>) -> Json<HealthReport> {
+    let table = state.table.load();
+    let connected = table.registry_connected;
+    Json(HealthReport {
+        status: "ok",
+        gateway_id: state.gateway_id.clone(),
+        registry: if connected { "connected" } else { "unreachable" },
+        generation: table.generation,
+        services: table.pools.len(),
+        detail: (!connected).then(|| {
+            format!(
+                "the registry (etcd) is unreachable: routing uses the last known instances and routes \
+                 (table generation {}) until it is back",
+                table.generation
+            )
+        }),
+    })
+}
+
+async fn services(State(state): State<AdminState>) -> Json<Vec<ServiceSummary>> {
+    let table = state.table.load();
+    let now = Instant::now();
+    Json(
+        table
+            .pools
+            .values()
+            .map(|pool| ServiceSummary::of(pool, now))
+            .collect(),
+    )
+}
+
+async fn service(
+    State(state): State<AdminState>,
+    Path(name): Path<String>,
+) -> Result<Json<ServiceDetail>, ApiError> {
+    let table = state.table.load();
+    let Some(pool) = table.pool(&name) else {
+        let known: Vec<&str> = table.pools.keys().map(String::as_str).collect();
+        let known = if known.is_empty() {
+            "none yet".to_owned()
+        } else {
+            known.join(", ")
+        };
+        return Err(ApiError {
+            status: StatusCode::NOT_FOUND,
+            error: "not_found",
+            detail: format!("no service `{name}` in the registry; known services: {known}"),
+        });
+    };
+    Ok(Json(ServiceDetail::of(pool, Instant::now(), Utc::now())))
+}
+
+async fn metrics_text(State(state): State<AdminState>) -> Response {
+    let table = state.table.load();
+    (
+        [(header::CONTENT_TYPE, metrics::CONTENT_TYPE)],
+        metrics::render(&table, Instant::now()),
+    )
+        .into_response()
+}
+
+async fn unknown_path(OriginalUri(uri): OriginalUri) -> ApiError {
+    ApiError {
+        status: StatusCode::NOT_FOUND,
+        error: "not_found",
+        detail: format!(
+            "no admin endpoint at `{}`; the admin API serves {ENDPOINTS}",
+            uri.path()
+        ),
+    }
+}
+
+async fn wrong_method(method: axum::http::Method, OriginalUri(uri): OriginalUri) -> ApiError {
+    ApiError {
+        status: StatusCode::METHOD_NOT_ALLOWED,
+        error: "method_not_allowed",
+        detail: format!(
+            "`{method} {}` is not served; the admin API is read-only, use GET",
+            uri.path()
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+    use std::sync::atomic::Ordering;
+
+    use axum::body::Body;
+    use axum::http::Request;
+    use registry::Instance;
+    use registry::model::{BalancePolicy, NamedRoute, Route};
+    use serde_json::{Value, json};
+    use tower::ServiceExt;
+
+    use super::*;
+    use crate::table::{Defaults, LiveState, RoutingTable};
+
+    fn instance(id: &str, state: InstanceState) -> Instance {
+        let mut i = Instance::new("app", format!("127.0.0.1:{}", 1000 + id.len()));
+        i.id = id.into();
+        i.state = state;
+        i.version = "1.2.3".into();
+        i.zone = "z1".into();
+        i.weight = 3;
+        i.labels = BTreeMap::from([("tier".to_owned(), "gold".to_owned())]);
+        i.started_at = Utc::now() - chrono::Duration::seconds(42);
+        i
+    }
+
+    fn build(instances: &[Instance], connected: bool, epoch: Instant) -> RoutingTable {
+        let route: Route =
+            serde_json::from_str(r#"{"service":"api","path_prefix":"/api"}"#).unwrap();
+        let routes = BTreeMap::from([(
+            "/shoal/routes/api".to_owned(),
+            NamedRoute {
+                name: "api".into(),
+                route,
+            },
+        )]);
+        LiveState::default().build(
+            &instances
+                .iter()
+                .map(|i| (format!("/shoal/instances/app/{}", i.id), i.clone()))
+                .collect(),
+            &routes,
+            &Defaults {
+                service: "app".into(),
+                policy: BalancePolicy::RoundRobin,
+            },
+            connected,
+            3,
+            epoch,
+        )
+    }
+
+    fn router(table: RoutingTable) -> Router {
+        let (table, _publisher) = TableHandle::new(table);
+        app(AdminState {
+            table,
+            gateway_id: "gw-1".into(),
+        })
+    }
+
+    async fn get(router: &Router, uri: &str) -> (StatusCode, String, String) {
+        let response = router
+            .clone()
+            .oneshot(Request::get(uri).body(Body::empty()).unwrap())
+            .await
+            .unwrap();
+        let status = response.status();
+        let content_type = response
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .map(|v| v.to_str().unwrap().to_owned())
+            .unwrap_or_default();
+        let body = axum::body::to_bytes(response.into_body(), usize::MAX)
+            .await
+            .unwrap();
+        (
+            status,
+            content_type,
+            String::from_utf8(body.to_vec()).unwrap(),
+        )
+    }
+
+    async fn get_json(router: &Router, uri: &str) -> (StatusCode, Value) {
+        let (status, content_type, body) = get(router, uri).await;
+        assert_eq!(content_type, "application/json", "{uri}");
+        (status, serde_json::from_str(&body).unwrap())
+    }
+
+    #[tokio::test]
+    async fn healthz_says_whether_the_registry_is_there() {
+        let now = Instant::now();
+        let (status, body) = get_json(&router(build(&[], true, now)), "/healthz").await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(
+            body,
+            json!({"status": "ok", "gateway_id": "gw-1", "registry": "connected", "generation": 3, "services": 2})
+        );
+
+        let (status, body) = get_json(&router(build(&[], false, now)), "/healthz").await;
+        assert_eq!(
+            status,
+            StatusCode::OK,
+            "still serving from the last snapshot"
+        );
+        assert_eq!(body["registry"], "unreachable");
+        let detail = body["detail"].as_str().unwrap();
+        assert!(detail.contains("last known instances"), "{detail}");
+    }
+
+    /// A table whose stats epoch is 5 s ago, so the 10 s window holds whole
+    /// seconds of traffic recorded "in the past".
+    fn busy_table() -> RoutingTable {
+        let epoch = Instant::now() - Duration::from_millis(5500);
+        let t = build(
+            &[
+                instance("a", InstanceState::Ready),
+                instance("b", InstanceState::Ready),
+                instance("c", InstanceState::Draining),
+            ],
+            true,
+            epoch,
+        );
+        let pool = t.pool("app").unwrap();
+        let (a, b) = (&pool.all[0], &pool.all[1]);
+        // `a`: 20 requests in each of seconds 1 and 2, one of them a 502.
+        for s in 1..=2 {
+            for n in 0..20 {
+                let status = if s == 1 && n == 0 { 502 } else { 200 };
+                a.state.stats.start();
+                a.state.stats.record(
+                    Some(status),
+                    Duration::from_millis(3),
+                    epoch + Duration::from_secs(s),
+                );
+                pool.counters.requests.record_finished(
+                    Some(status),
+                    Duration::from_millis(3),
+                    epoch + Duration::from_secs(s),
+                );
+            }
+        }
+        a.state.stats.start(); // one still in flight
+        a.state
+            .rtt
+            .observe(Duration::from_millis(70), epoch + Duration::from_secs(2));
+        // `b`: failing, ejected for a while longer.
+        {
+            let mut health = b.state.health.lock().unwrap();
+            health.consecutive_failures = 5;
+            health.ejections = 2;
+            health.ejected_until = Some(Instant::now() + Duration::from_secs(60));
+        }
+        pool.counters.held_now.store(1, Ordering::Relaxed);
+        pool.counters.held_total.store(6, Ordering::Relaxed);
+        pool.counters
+            .hold_timeouts_total
+            .store(2, Ordering::Relaxed);
+        pool.counters.retries_total.store(3, Ordering::Relaxed);
+        pool.counters
+            .retries_refused_total
+            .store(1, Ordering::Relaxed);
+        t
+    }
+
+    #[tokio::test]
+    async fn services_lists_every_service_with_its_stats() {
+        let (status, body) = get_json(&router(busy_table()), "/api/v1/services").await;
+        assert_eq!(status, StatusCode::OK);
+        let list = body.as_array().unwrap();
+        let names: Vec<_> = list.iter().map(|s| s["name"].as_str().unwrap()).collect();
+        assert_eq!(names, ["api", "app"]);
+
+        let api = &list[0];
+        assert_eq!(api["total_instances"], 0);
+        assert_eq!(api["requests_total"], 0);
+        assert_eq!(api["p50_ms"], Value::Null);
+
+        let app = &list[1];
+        assert_eq!(app["ready_instances"], 2);
+        assert_eq!(app["total_instances"], 3);
+        assert_eq!(app["ejected_instances"], 1);
+        assert_eq!(app["requests_total"], 40);
+        assert_eq!(app["errors_total"], 1);
+        assert_eq!(app["in_flight"], 0);
+        // The window figures are checked in `service_rates_cover_the_window`:
+        // a service's stats start when the table is built, so the requests
+        // recorded here all fall in the current, still-open second.
+        assert_eq!(app["held_now"], 1);
+        assert_eq!(app["held_total"], 6);
+        assert_eq!(app["hold_timeouts_total"], 2);
+        assert_eq!(app["retries_total"], 3);
+        assert_eq!(app["retries_refused_total"], 1);
+        let mut keys: Vec<_> = app.as_object().unwrap().keys().cloned().collect();
+        keys.sort();
+        assert_eq!(
+            keys,
+            [
+                "ejected_instances",
+                "error_rate",
+                "errors_total",
+                "held_now",
+                "held_total",
+                "hold_timeouts_total",
+                "in_flight",
+                "name",
+                "p50_ms",
+                "p95_ms",
+                "p99_ms",
+                "rate",
+                "ready_instances",
+                "requests_total",
+                "retries_refused_total",
+                "retries_total",
+                "total_instances",
+            ],
+            "the autoscaler reads these names"
+        );
+    }
+
+    #[test]
+    fn service_rates_cover_the_window() {
+        let t = build(&[instance("a", InstanceState::Ready)], true, Instant::now());
+        let t0 = Instant::now();
+        let pool = t.pool("app").unwrap();
+        for s in 1..=2 {
+            for n in 0..20 {
+                let status = if s == 1 && n == 0 { 502 } else { 200 };
+                pool.counters.requests.record_finished(
+                    Some(status),
+                    Duration::from_millis(3),
+                    t0 + Duration::from_secs(s),
+                );
+            }
+        }
+        let summary = ServiceSummary::of(pool, t0 + Duration::from_millis(5500));
+        // 40 requests over the 5 whole seconds the stats have existed.
+        assert_eq!(summary.stats.rate, 8.0);
+        assert_eq!(summary.stats.error_rate, 0.2);
+        let p50 = summary.stats.p50_ms.unwrap();
+        assert!((2.0..=5.0).contains(&p50), "{p50}");
+        assert!(summary.stats.p99_ms.unwrap() <= 5.0);
+        let later = ServiceSummary::of(pool, t0 + Duration::from_secs(20));
+        assert_eq!((later.stats.rate, later.stats.p50_ms), (0.0, None));
+        assert_eq!(later.stats.requests_total, 40, "totals never decay");
+    }
+
+    #[tokio::test]
+    async fn a_service_shows_every_instance_with_its_health() {
+        let (status, body) = get_json(&router(busy_table()), "/api/v1/services/app").await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(body["name"], "app");
+        assert_eq!(body["requests_total"], 40);
+        let instances = body["instances"].as_array().unwrap();
+        let ids: Vec<_> = instances
+            .iter()
+            .map(|i| i["id"].as_str().unwrap())
+            .collect();
+        assert_eq!(ids, ["a", "b", "c"], "every instance, not only ready ones");
+
+        let a = &instances[0];
+        assert_eq!(a["addr"], "127.0.0.1:1001");
+        assert_eq!(a["version"], "1.2.3");
+        assert_eq!(a["zone"], "z1");
+        assert_eq!(a["labels"], json!({"tier": "gold"}));
+        assert_eq!(a["weight"], 3);
+        assert_eq!(a["state"], "ready");
+        assert_eq!(a["registry_state"], "ready");
+        assert_eq!(a["ejected"], false);
+        assert_eq!(a["ejected_for_ms"], Value::Null);
+        assert_eq!(a["in_flight"], 1);
+        assert_eq!(a["requests_total"], 40);
+        assert_eq!(a["errors_total"], 1);
+        assert_eq!(a["rate"], 8.0);
+        assert!((2.0..=5.0).contains(&a["p95_ms"].as_f64().unwrap()));
+        assert_eq!(a["consecutive_failures"], 0);
+        // The 70 ms peak replaced the 30 ms default at once; since then it has
+        // decayed for 3.5 s of the 10 s time constant: 70 × e^-0.35 ≈ 49.3.
+        let ewma = a["peak_ewma_ms"].as_f64().unwrap();
+        assert!((45.0..=50.0).contains(&ewma), "peak_ewma_ms {ewma}");
+        let age = a["age_secs"].as_f64().unwrap();
+        assert!((42.0..50.0).contains(&age), "{age}");
+
+        let b = &instances[1];
+        assert_eq!(b["state"], "ejected");
+        assert_eq!(b["registry_state"], "ready");
+        assert_eq!(b["ejected"], true);
+        let left = b["ejected_for_ms"].as_u64().unwrap();
+        assert!((50_000..=60_000).contains(&left), "{left}");
+        assert_eq!(b["consecutive_failures"], 5);
+        assert_eq!(b["ejections"], 2);
+        assert_eq!(b["rate"], 0.0);
+        assert_eq!(b["p50_ms"], Value::Null);
+
+        assert_eq!(instances[2]["state"], "draining");
+        assert_eq!(
+            instances[2]["peak_ewma_ms"], 30.0,
+            "the default for an unmeasured instance"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_service_without_instances_is_an_empty_list() {
+        let (status, body) = get_json(&router(busy_table()), "/api/v1/services/api").await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(body["instances"], json!([]));
+        assert_eq!(body["total_instances"], 0);
+    }
+
+    #[tokio::test]
+    async fn unknown_services_and_paths_are_json_404s() {
+        let router = router(busy_table());
+        let (status, body) = get_json(&router, "/api/v1/services/nope").await;
+        assert_eq!(status, StatusCode::NOT_FOUND);
+        assert_eq!(
+            body,
+            json!({
+                "error": "not_found",
+                "detail": "no service `nope` in the registry; known services: api, app"
+            })
+        );
+
+        let (status, body) = get_json(&router, "/api/v2/whatever").await;
+        assert_eq!(status, StatusCode::NOT_FOUND);
+        assert_eq!(body["error"], "not_found");
+        assert!(
+            body["detail"]
+                .as_str()
+                .unwrap()
+                .contains("/api/v2/whatever")
+        );
+
+        let response = router
+            .clone()
+            .oneshot(Request::post("/healthz").body(Body::empty()).unwrap())
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::METHOD_NOT_ALLOWED);
+        let body = axum::body::to_bytes(response.into_body(), usize::MAX)
+            .await
+            .unwrap();
+        let body: Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(body["error"], "method_not_allowed");
+    }
+
+    #[tokio::test]
+    async fn metrics_are_prometheus_text() {
+        let (status, content_type, body) = get(&router(busy_table()), "/metrics").await;
+        assert_eq!(status, StatusCode::OK);
+        assert!(
+            content_type.starts_with("text/plain; version=0.0.4"),
+            "{content_type}"
+        );
+        assert!(
+            body.contains(
+                "shoal_gateway_upstream_requests_total{service=\"app\",instance=\"a\",class=\"2xx\"} 39\n"
+            ),
+            "{body}"
+        );
+        assert!(body.contains("shoal_gateway_ejected{service=\"app\",instance=\"b\"} 1\n"));
+        assert!(body.contains("shoal_gateway_instances{service=\"app\",state=\"ejected\"} 1\n"));
+        assert!(body.contains("shoal_gateway_registry_connected 1\n"));
+    }
+}

@@ -1,0 +1,430 @@
+//! Instance health as the gateway judges it, on top of the registry's `ready`.
+//!
+//! Passive ([`record`]): every attempt's outcome is recorded. `--eject-after`
+//! consecutive failures eject the instance for `--eject-base`, doubled for
+//! each further ejection in a row, up to [`MAX_EJECTION`]. A failure is a
+//! connect error, a reset before response headers, a response timeout, or a
+//! 502/503/504 from the instance; a 503 from an instance that is already
+//! draining is not (it is leaving, and saying so). A success clears the
+//! failure count; the first success after an ejection has run out also
+//! clears the ejection streak, so the next ejection starts at the base again.
+//! Failures while ejected are ignored: they come from requests sent before.
+//!
+//! Active (optional, `--health-check-interval` > 0; [`spawn_active_checks`]):
+//! `GET /healthz` on every ready instance each interval. As pingora does, the
+//! state flips only after a run of results: `--eject-after` failures in a row
+//! eject the instance until a check passes; one passing check restores it.
+//!
+//! Ejected instances are skipped by every balancing policy unless all are
+//! ejected (see [`balance`](crate::balance)).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use http::{Method, Request, StatusCode};
+use http_body_util::BodyExt;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tracing::{Instrument, debug, info, info_span, warn};
+
+use crate::backend::{Backend, Health};
+use crate::config::Config;
+use crate::proxy::HttpClient;
+use crate::proxy::body::AttemptBody;
+use crate::table::TableHandle;
+
+/// Longest passive ejection.
+pub const MAX_EJECTION: Duration = Duration::from_secs(30);
+/// How long an active-check ejection is set for; it is lifted by the first
+/// passing check, so this only matters if checks stop.
+const ACTIVE_EJECTION: Duration = Duration::from_secs(3600);
+
+/// When failures eject an instance and for how long.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EjectionPolicy {
+    /// Consecutive failures that eject (0 turns ejection off).
+    pub after: u32,
+    pub base: Duration,
+    pub max: Duration,
+}
+
+impl EjectionPolicy {
+    pub fn from_config(config: &Config) -> Self {
+        EjectionPolicy {
+            after: config.eject_after,
+            base: config.eject_base,
+            max: MAX_EJECTION,
+        }
+    }
+
+    /// Length of the ejection that follows `previous` ejections in a row.
+    pub fn period(&self, previous: u32) -> Duration {
+        self.base
+            .saturating_mul(1u32 << previous.min(20))
+            .min(self.max)
+    }
+}
+
+/// What one attempt said about an instance.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    Success,
+    Failure,
+}
+
+/// What an outcome changed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transition {
+    Unchanged,
+    Ejected {
+        period: Duration,
+        streak: u32,
+    },
+    /// First success after an ejection ran out.
+    Recovered,
+}
+
+/// Apply one outcome to an instance's health (pure; [`record`] locks and logs).
+pub fn apply(
+    health: &mut Health,
+    outcome: Outcome,
+    now: Instant,
+    policy: &EjectionPolicy,
+) -> Transition {
+    let ejected = health.ejected_until.is_some_and(|until| until > now);
+    match outcome {
+        Outcome::Success => {
+            health.consecutive_failures = 0;
+            if !ejected && health.ejections > 0 {
+                health.ejections = 0;
+                health.ejected_until = None;
+                return Transition::Recovered;
+            }
+            Transition::Unchanged
+        }
+        Outcome::Failure if ejected || policy.after == 0 => Transition::Unchanged,
+        Outcome::Failure => {
+            health.consecutive_failures += 1;
+            if health.consecutive_failures < policy.after {
+                return Transition::Unchanged;
+            }
+            let period = policy.period(health.ejections);
+            health.consecutive_failures = 0;
+            health.ejections += 1;
+            health.ejected_until = Some(now + period);
+            Transition::Ejected {
+                period,
+                streak: health.ejections,
+            }
+        }
+    }
+}
+
+/// Record an attempt's outcome on `backend`, logging ejections.
+pub fn record(backend: &Backend, outcome: Outcome, now: Instant, policy: &EjectionPolicy) {
+    let transition = {
+        let mut health = backend.state.health.lock().expect("health lock poisoned");
+        if outcome == Outcome::Success && health.consecutive_failures == 0 && health.ejections == 0
+        {
+            return;
+        }
+        apply(&mut health, outcome, now, policy)
+    };
+    log(backend, transition);
+}
+
+fn log(backend: &Backend, transition: Transition) {
+    let (instance, service) = (backend.id(), &backend.instance.service);
+    match transition {
+        Transition::Unchanged => {}
+        Transition::Ejected { period, streak } => warn!(
+            instance,
+            %service,
+            period_ms = period.as_millis() as u64,
+            streak,
+            "instance ejected after consecutive failures"
+        ),
+        Transition::Recovered => info!(instance, %service, "ejected instance answers again"),
+    }
+}
+
+/// Active-check results of one instance.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct ActiveState {
+    pub failures: u32,
+    /// Ejected by these checks (and not by passive failures).
+    pub ejected: bool,
+}
+
+/// What one check result asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ActiveVerdict {
+    Unchanged,
+    Eject,
+    Restore,
+}
+
+/// Pure threshold logic of the active checks.
+pub fn judge(state: &mut ActiveState, passed: bool, threshold: u32) -> ActiveVerdict {
+    if passed {
+        state.failures = 0;
+        if std::mem::take(&mut state.ejected) {
+            return ActiveVerdict::Restore;
+        }
+        return ActiveVerdict::Unchanged;
+    }
+    state.failures = state.failures.saturating_add(1);
+    if !state.ejected && threshold > 0 && state.failures >= threshold {
+        state.ejected = true;
+        return ActiveVerdict::Eject;
+    }
+    ActiveVerdict::Unchanged
+}
+
+/// Check every ready instance's `/healthz` each `interval` until `stop`.
+pub fn spawn_active_checks(
+    table: TableHandle,
+    client: HttpClient,
+    interval: Duration,
+    threshold: u32,
+    stop: CancellationToken,
+) -> JoinHandle<()> {
+    let span = info_span!("health_checks", interval_ms = interval.as_millis() as u64);
+    tokio::spawn(
+        async move {
+            let timeout = interval.min(Duration::from_secs(5));
+            let mut states: HashMap<String, ActiveState> = HashMap::new();
+            let mut ticks = tokio::time::interval(interval);
+            ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    () = stop.cancelled() => return,
+                    _ = ticks.tick() => {}
+                }
+                let snapshot = table.load();
+                let backends: Vec<Arc<Backend>> = snapshot
+                    .pools
+                    .values()
+                    .flat_map(|pool| pool.ready.iter().cloned())
+                    .collect();
+                states.retain(|id, _| backends.iter().any(|b| b.id() == id));
+                let results =
+                    futures::future::join_all(backends.iter().map(|b| check(&client, b, timeout)))
+                        .await;
+                for (backend, passed) in backends.iter().zip(results) {
+                    let state = states.entry(backend.id().to_owned()).or_default();
+                    let verdict = judge(state, passed, threshold);
+                    apply_verdict(backend, verdict, crate::proxy::now());
+                }
+            }
+        }
+        .instrument(span),
+    )
+}
+
+fn apply_verdict(backend: &Backend, verdict: ActiveVerdict, now: Instant) {
+    let (instance, service) = (backend.id(), &backend.instance.service);
+    match verdict {
+        ActiveVerdict::Unchanged => {}
+        ActiveVerdict::Eject => {
+            let mut health = backend.state.health.lock().expect("health lock poisoned");
+            let until = now + ACTIVE_EJECTION;
+            health.ejected_until = Some(health.ejected_until.map_or(until, |u| u.max(until)));
+            drop(health);
+            warn!(instance, %service, "instance ejected: /healthz failed repeatedly");
+        }
+        ActiveVerdict::Restore => {
+            let mut health = backend.state.health.lock().expect("health lock poisoned");
+            health.ejected_until = None;
+            health.consecutive_failures = 0;
+            drop(health);
+            info!(instance, %service, "instance restored: /healthz passes again");
+        }
+    }
+}
+
+/// One `GET /healthz`; true on a 2xx within `timeout`.
+async fn check(client: &HttpClient, backend: &Backend, timeout: Duration) -> bool {
+    let addr = &backend.instance.addr;
+    let request = match Request::builder()
+        .method(Method::GET)
+        .uri(format!("http://{addr}/healthz"))
+        .header(http::header::HOST, addr.as_str())
+        .header(http::header::USER_AGENT, "shoal-gateway-health")
+        .body(AttemptBody::empty())
+    {
+        Ok(request) => request,
+        Err(e) => {
+            warn!(instance = backend.id(), %addr, error = %e, "cannot build a health check request for this address");
+            return false;
+        }
+    };
+    let exchange = async {
+        let response = client.request(request).await?;
+        let status = response.status();
+        // Read the (small) body so the connection can be reused.
+        response.into_body().collect().await?;
+        Ok::<StatusCode, Box<dyn std::error::Error + Send + Sync>>(status)
+    };
+    match tokio::time::timeout(timeout, exchange).await {
+        Ok(Ok(status)) if status.is_success() => true,
+        Ok(Ok(status)) => {
+            debug!(instance = backend.id(), %status, "health check failed");
+            false
+        }
+        Ok(Err(e)) => {
+            debug!(instance = backend.id(), error = %e, "health check failed");
+            false
+        }
+        Err(_) => {
+            debug!(
+                instance = backend.id(),
+                timeout_ms = timeout.as_millis() as u64,
+                "health check timed out"
+            );
+            false
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::time::advance;
+
+    fn policy() -> EjectionPolicy {
+        EjectionPolicy {
+            after: 3,
+            base: Duration::from_secs(1),
+            max: MAX_EJECTION,
+        }
+    }
+
+    fn now() -> Instant {
+        tokio::time::Instant::now().into_std()
+    }
+
+    fn fail(h: &mut Health, times: u32) -> Transition {
+        let mut last = Transition::Unchanged;
+        for _ in 0..times {
+            last = apply(h, Outcome::Failure, now(), &policy());
+        }
+        last
+    }
+
+    #[test]
+    fn back_off_doubles_up_to_the_cap() {
+        let p = policy();
+        let periods: Vec<u64> = (0..8).map(|n| p.period(n).as_secs()).collect();
+        assert_eq!(periods, [1, 2, 4, 8, 16, 30, 30, 30]);
+        assert_eq!(p.period(u32::MAX), MAX_EJECTION);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn consecutive_failures_eject_with_growing_back_off() {
+        let mut h = Health::default();
+        assert_eq!(fail(&mut h, 2), Transition::Unchanged);
+        assert_eq!(
+            fail(&mut h, 1),
+            Transition::Ejected {
+                period: Duration::from_secs(1),
+                streak: 1
+            }
+        );
+        // Failures of requests sent before the ejection do not extend it.
+        assert_eq!(fail(&mut h, 5), Transition::Unchanged);
+        advance(Duration::from_millis(999)).await;
+        assert!(h.ejected_until.unwrap() > now(), "still ejected");
+        advance(Duration::from_millis(1)).await;
+        assert!(h.ejected_until.unwrap() <= now(), "back after 1 s");
+
+        // Still failing: the next ejection is twice as long, and so on.
+        assert_eq!(
+            fail(&mut h, 3),
+            Transition::Ejected {
+                period: Duration::from_secs(2),
+                streak: 2
+            }
+        );
+        advance(Duration::from_secs(2)).await;
+        assert_eq!(
+            fail(&mut h, 3),
+            Transition::Ejected {
+                period: Duration::from_secs(4),
+                streak: 3
+            }
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_success_resets_the_counts() {
+        let mut h = Health::default();
+        fail(&mut h, 2);
+        assert_eq!(
+            apply(&mut h, Outcome::Success, now(), &policy()),
+            Transition::Unchanged
+        );
+        assert_eq!(
+            fail(&mut h, 2),
+            Transition::Unchanged,
+            "the count started over"
+        );
+        fail(&mut h, 1);
+        assert_eq!(h.ejections, 1);
+        // A success while ejected (a request sent before) keeps the ejection.
+        apply(&mut h, Outcome::Success, now(), &policy());
+        assert!(h.ejected_until.unwrap() > now());
+        advance(Duration::from_secs(1)).await;
+        assert_eq!(
+            apply(&mut h, Outcome::Success, now(), &policy()),
+            Transition::Recovered
+        );
+        assert_eq!((h.ejections, h.ejected_until), (0, None));
+        assert_eq!(
+            fail(&mut h, 3),
+            Transition::Ejected {
+                period: Duration::from_secs(1),
+                streak: 1
+            },
+            "after a recovery the back-off starts at the base again"
+        );
+    }
+
+    #[test]
+    fn zero_threshold_never_ejects() {
+        let mut h = Health::default();
+        let off = EjectionPolicy {
+            after: 0,
+            ..policy()
+        };
+        for _ in 0..100 {
+            assert_eq!(
+                apply(&mut h, Outcome::Failure, Instant::now(), &off),
+                Transition::Unchanged
+            );
+        }
+    }
+
+    #[test]
+    fn active_checks_flip_after_a_run_and_one_pass_restores() {
+        let mut s = ActiveState::default();
+        assert_eq!(judge(&mut s, false, 3), ActiveVerdict::Unchanged);
+        assert_eq!(judge(&mut s, false, 3), ActiveVerdict::Unchanged);
+        assert_eq!(
+            judge(&mut s, true, 3),
+            ActiveVerdict::Unchanged,
+            "a pass resets the run"
+        );
+        assert_eq!(judge(&mut s, false, 3), ActiveVerdict::Unchanged);
+        assert_eq!(judge(&mut s, false, 3), ActiveVerdict::Unchanged);
+        assert_eq!(judge(&mut s, false, 3), ActiveVerdict::Eject);
+        assert_eq!(
+            judge(&mut s, false, 3),
+            ActiveVerdict::Unchanged,
+            "ejected once"
+        );
+        assert_eq!(judge(&mut s, true, 3), ActiveVerdict::Restore);
+        assert_eq!(judge(&mut s, true, 3), ActiveVerdict::Unchanged);
+    }
+}

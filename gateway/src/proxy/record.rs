@@ -1,0 +1,135 @@
+//! Stats for one request and for each of its attempts, kept by guards: every
+//! `start` is matched by exactly one `record`, also when the client goes away
+//! mid-request and the handler future or the response body is dropped.
+//!
+//! A guard records when it is dropped, which is when the response body has
+//! been sent (it travels inside [`ResponseBody`](super::response::ResponseBody)),
+//! so in-flight counts cover streaming responses and latency is the whole
+//! exchange. A request dropped before any outcome is recorded as 499 ("client
+//! closed request", as nginx logs it): neither the gateway nor the instance
+//! failed, so it is not an error.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use tokio::sync::OwnedSemaphorePermit;
+
+use crate::backend::Backend;
+use crate::stats::{RequestStats, ServiceCounters};
+
+/// Status recorded when the client went away before an outcome.
+pub const CLIENT_CLOSED: u16 = 499;
+
+/// One client request, in its route's and its service's stats.
+#[derive(Debug)]
+pub struct RequestRecord {
+    route: Arc<RequestStats>,
+    service: Arc<ServiceCounters>,
+    started: Instant,
+    status: Option<u16>,
+}
+
+impl RequestRecord {
+    pub fn start(route: &Arc<RequestStats>, service: &Arc<ServiceCounters>, now: Instant) -> Self {
+        route.start();
+        service.requests.start();
+        RequestRecord {
+            route: route.clone(),
+            service: service.clone(),
+            started: now,
+            status: Some(CLIENT_CLOSED),
+        }
+    }
+
+    /// The status the client got (None: the response was cut off).
+    pub fn set_status(&mut self, status: Option<u16>) {
+        self.status = status;
+    }
+}
+
+impl Drop for RequestRecord {
+    fn drop(&mut self) {
+        let now = super::now();
+        let latency = now.saturating_duration_since(self.started);
+        self.route.record(self.status, latency, now);
+        self.service.requests.record(self.status, latency, now);
+    }
+}
+
+/// One attempt on one instance, in the instance's stats; holds the
+/// instance's concurrency permit (if limits are on) until it is recorded.
+#[derive(Debug)]
+pub struct AttemptRecord {
+    backend: Arc<Backend>,
+    started: Instant,
+    status: Option<u16>,
+    _permit: Option<OwnedSemaphorePermit>,
+}
+
+impl AttemptRecord {
+    pub fn start(
+        backend: Arc<Backend>,
+        permit: Option<OwnedSemaphorePermit>,
+        now: Instant,
+    ) -> Self {
+        backend.state.stats.start();
+        AttemptRecord {
+            backend,
+            started: now,
+            status: Some(CLIENT_CLOSED),
+            _permit: permit,
+        }
+    }
+
+    /// The instance's status, or None when it gave none (failed, timed out, cut off).
+    pub fn set_status(&mut self, status: Option<u16>) {
+        self.status = status;
+    }
+
+    pub fn backend(&self) -> &Arc<Backend> {
+        &self.backend
+    }
+}
+
+impl Drop for AttemptRecord {
+    fn drop(&mut self) {
+        let now = super::now();
+        let latency = now.saturating_duration_since(self.started);
+        self.backend.state.stats.record(self.status, latency, now);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::balance::testing::backends;
+    use crate::stats::Class;
+
+    #[test]
+    fn every_start_is_recorded_once_even_when_dropped_early() {
+        let route = Arc::new(RequestStats::default());
+        let service = Arc::new(ServiceCounters::default());
+        let backend = backends(1).remove(0);
+        let now = Instant::now();
+
+        let mut request = RequestRecord::start(&route, &service, now);
+        let mut attempt = AttemptRecord::start(backend.clone(), None, now);
+        assert_eq!((route.in_flight(), backend.state.stats.in_flight()), (1, 1));
+        attempt.set_status(Some(200));
+        request.set_status(Some(200));
+        drop(attempt);
+        drop(request);
+        assert_eq!((route.in_flight(), backend.state.stats.in_flight()), (0, 0));
+        assert_eq!(route.total(Class::Success), 1);
+        assert_eq!(service.requests.total(Class::Success), 1);
+        assert_eq!(backend.state.stats.total(Class::Success), 1);
+
+        // A client that leaves mid-request: recorded as 499, not as an error.
+        let request = RequestRecord::start(&route, &service, now);
+        let attempt = AttemptRecord::start(backend.clone(), None, now);
+        drop((request, attempt));
+        assert_eq!(route.total(Class::ClientError), 1);
+        assert_eq!(backend.state.stats.total(Class::ClientError), 1);
+        assert_eq!((route.in_flight(), backend.state.stats.in_flight()), (0, 0));
+    }
+}

@@ -1,0 +1,112 @@
+//! The body of every response the proxy returns: an instance's body streamed
+//! through as it arrives, or a small body the gateway made (errors). It
+//! carries the request's and the attempt's [`record`](super::record) guards,
+//! so stats are recorded when the last byte has gone (or the client left).
+
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use hyper::body::{Body, Frame, Incoming, SizeHint};
+
+use super::body::BoxError;
+use super::record::{AttemptRecord, RequestRecord};
+
+enum Kind {
+    Full(Option<Bytes>),
+    Instance(Incoming),
+}
+
+/// A response body from an instance or from the gateway.
+pub struct ResponseBody {
+    kind: Kind,
+    request: Option<RequestRecord>,
+    attempt: Option<AttemptRecord>,
+}
+
+impl ResponseBody {
+    /// A body the gateway made.
+    pub fn full(bytes: Bytes) -> Self {
+        ResponseBody {
+            kind: Kind::Full((!bytes.is_empty()).then_some(bytes)),
+            request: None,
+            attempt: None,
+        }
+    }
+
+    pub fn empty() -> Self {
+        Self::full(Bytes::new())
+    }
+
+    /// An instance's body, streamed; the records are written when it ends.
+    pub fn from_instance(body: Incoming, request: RequestRecord, attempt: AttemptRecord) -> Self {
+        ResponseBody {
+            kind: Kind::Instance(body),
+            request: Some(request),
+            attempt: Some(attempt),
+        }
+    }
+
+    /// Attach the records to a body (e.g. the gateway's own response after an attempt).
+    pub fn with_records(
+        mut self,
+        request: Option<RequestRecord>,
+        attempt: Option<AttemptRecord>,
+    ) -> Self {
+        self.request = request;
+        self.attempt = attempt;
+        self
+    }
+
+    fn finish(&mut self) {
+        self.request = None;
+        self.attempt = None;
+    }
+}
+
+impl Body for ResponseBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = &mut *self;
+        let polled = match &mut this.kind {
+            Kind::Full(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
+            Kind::Instance(body) => Pin::new(body)
+                .poll_frame(cx)
+                .map(|frame| frame.map(|r| r.map_err(BoxError::from))),
+        };
+        match &polled {
+            Poll::Ready(None) => this.finish(),
+            Poll::Ready(Some(Err(_))) => {
+                // The instance cut the body off: the exchange failed after all.
+                if let Some(r) = &mut this.request {
+                    r.set_status(None);
+                }
+                if let Some(a) = &mut this.attempt {
+                    a.set_status(None);
+                }
+                this.finish();
+            }
+            _ => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match &self.kind {
+            Kind::Full(bytes) => bytes.is_none(),
+            Kind::Instance(body) => body.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match &self.kind {
+            Kind::Full(bytes) => SizeHint::with_exact(bytes.as_ref().map_or(0, |b| b.len() as u64)),
+            Kind::Instance(body) => body.size_hint(),
+        }
+    }
+}

@@ -1,0 +1,844 @@
+//! The proxy end to end, without etcd: real backends (axum on 127.0.0.1:0),
+//! a routing table built by hand and published like discovery would, the
+//! real [`Server`] in front, and a real HTTP client.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::body::Body as AxumBody;
+use axum::extract::Request as AxumRequest;
+use axum::response::IntoResponse;
+use axum::routing::{any, get, post};
+use bytes::Bytes;
+use http::{HeaderMap, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use registry::model::{BalancePolicy, NamedRoute, Route};
+use registry::{Instance, InstanceState};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_util::sync::CancellationToken;
+
+use super::*;
+use crate::health::MAX_EJECTION;
+use crate::server::{Drained, Server, ServerSettings};
+use crate::table::{Defaults, LiveState, TablePublisher};
+
+/// The registry as the test sets it: instances and routes, published on change.
+struct Registry {
+    live: LiveState,
+    publisher: TablePublisher,
+    instances: BTreeMap<String, Instance>,
+    routes: BTreeMap<String, NamedRoute>,
+    policy: BalancePolicy,
+    generation: u64,
+}
+
+impl Registry {
+    fn new(policy: BalancePolicy) -> (Arc<Mutex<Registry>>, TableHandle) {
+        let mut live = LiveState::default();
+        let table = live.build(
+            &BTreeMap::new(),
+            &BTreeMap::new(),
+            &defaults(policy),
+            true,
+            0,
+            Instant::now(),
+        );
+        let (handle, publisher) = TableHandle::new(table);
+        let registry = Registry {
+            live,
+            publisher,
+            instances: BTreeMap::new(),
+            routes: BTreeMap::new(),
+            policy,
+            generation: 0,
+        };
+        (Arc::new(Mutex::new(registry)), handle)
+    }
+
+    fn put_instance(&mut self, id: &str, addr: SocketAddr, state: InstanceState) {
+        let mut instance = Instance::new("app", addr.to_string());
+        instance.id = id.into();
+        instance.state = state;
+        self.instances
+            .insert(format!("/shoal/instances/app/{id}"), instance);
+        self.publish();
+    }
+
+    fn put_route(&mut self, name: &str, json: &str) {
+        let route: Route = serde_json::from_str(json).unwrap();
+        route.validate().unwrap();
+        self.routes.insert(
+            format!("/shoal/routes/{name}"),
+            NamedRoute {
+                name: name.into(),
+                route,
+            },
+        );
+        self.publish();
+    }
+
+    fn publish(&mut self) {
+        self.generation += 1;
+        let table = self.live.build(
+            &self.instances,
+            &self.routes,
+            &defaults(self.policy),
+            true,
+            self.generation,
+            Instant::now(),
+        );
+        self.publisher.publish(table);
+    }
+}
+
+/// Register an instance (the address is computed before the lock is taken).
+fn put(registry: &Arc<Mutex<Registry>>, id: &str, addr: SocketAddr, state: InstanceState) {
+    registry.lock().unwrap().put_instance(id, addr, state);
+}
+
+fn defaults(policy: BalancePolicy) -> Defaults {
+    Defaults {
+        service: "app".into(),
+        policy,
+    }
+}
+
+fn settings() -> ProxySettings {
+    ProxySettings {
+        hold_timeout: Duration::from_secs(5),
+        slow_start: Duration::ZERO,
+        connect_timeout: Duration::from_secs(1),
+        response_timeout: Duration::from_secs(10),
+        idle_timeout: Duration::from_secs(30),
+        retries: 2,
+        max_body_bytes: 1024 * 1024,
+        max_inflight_per_instance: 0,
+        queue_per_instance: 0,
+        ejection: EjectionPolicy {
+            after: 5,
+            base: Duration::from_secs(1),
+            max: MAX_EJECTION,
+        },
+    }
+}
+
+fn server_settings() -> ServerSettings {
+    ServerSettings {
+        header_read_timeout: Duration::from_secs(5),
+        idle_timeout: Duration::from_secs(30),
+        max_header_bytes: 64 * 1024,
+    }
+}
+
+/// A running gateway in front of a hand-made table.
+struct Gateway {
+    addr: SocketAddr,
+    proxy: Proxy,
+    stop: CancellationToken,
+    task: tokio::task::JoinHandle<Drained>,
+}
+
+async fn gateway(table: TableHandle, settings: ProxySettings, server: ServerSettings) -> Gateway {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let proxy = Proxy::new(table, settings);
+    let stop = CancellationToken::new();
+    let task = tokio::spawn(
+        Server::new(listener, proxy.clone(), server).run(stop.clone(), Duration::from_secs(5)),
+    );
+    Gateway {
+        addr,
+        proxy,
+        stop,
+        task,
+    }
+}
+
+/// A backend that says who it is, echoes, sleeps, shows headers and upgrades.
+async fn backend(name: &'static str) -> SocketAddr {
+    let app = Router::new()
+        .route("/", get(move || async move { name }))
+        .route("/hello", get(move || async move { name }))
+        .route("/echo", post(|body: Bytes| async move { body }))
+        .route(
+            "/slow",
+            get(|| async {
+                tokio::time::sleep(Duration::from_millis(1500)).await;
+                "slow"
+            }),
+        )
+        .route(
+            "/headers",
+            get(|headers: HeaderMap| async move {
+                let pick = |n: &str| {
+                    headers
+                        .get_all(n)
+                        .iter()
+                        .map(|v| v.to_str().unwrap().to_owned())
+                        .collect::<Vec<_>>()
+                };
+                axum::Json(serde_json::json!({
+                    "x-forwarded-for": pick("x-forwarded-for"),
+                    "x-forwarded-proto": pick("x-forwarded-proto"),
+                    "x-forwarded-host": pick("x-forwarded-host"),
+                    "host": pick("host"),
+                    "x-hop": pick("x-hop"),
+                    "te": pick("te"),
+                    "x-kept": pick("x-kept"),
+                }))
+            }),
+        )
+        .route("/ws", any(upgrade_echo))
+        .layer(axum::middleware::map_response(
+            move |mut response: axum::response::Response| async move {
+                response
+                    .headers_mut()
+                    .insert("x-backend", http::HeaderValue::from_static(name));
+                response
+            },
+        ));
+    serve_router(app).await
+}
+
+async fn serve_router(app: Router) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    addr
+}
+
+/// Answers `Upgrade: echo` with 101, then echoes every byte.
+async fn upgrade_echo(mut request: AxumRequest) -> axum::response::Response {
+    let on_upgrade = hyper::upgrade::on(&mut request);
+    tokio::spawn(async move {
+        let upgraded = on_upgrade.await.unwrap();
+        let mut io = TokioIo::new(upgraded);
+        let mut buf = [0u8; 1024];
+        loop {
+            let n = io.read(&mut buf).await.unwrap_or(0);
+            if n == 0 || io.write_all(&buf[..n]).await.is_err() {
+                return;
+            }
+        }
+    });
+    Response::builder()
+        .status(StatusCode::SWITCHING_PROTOCOLS)
+        .header("upgrade", "echo")
+        .header("connection", "upgrade")
+        .body(AxumBody::empty())
+        .unwrap()
+        .into_response()
+}
+
+/// An address nothing listens on (connection refused).
+async fn dead_addr() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    listener.local_addr().unwrap()
+}
+
+type TestClient = Client<HttpConnector, Full<Bytes>>;
+
+fn client() -> TestClient {
+    Client::builder(TokioExecutor::new()).build_http()
+}
+
+struct Reply {
+    status: StatusCode,
+    headers: HeaderMap,
+    body: Bytes,
+}
+
+impl Reply {
+    fn instance(&self) -> &str {
+        self.headers[headers::X_SHOAL_INSTANCE].to_str().unwrap()
+    }
+
+    fn text(&self) -> &str {
+        std::str::from_utf8(&self.body).unwrap()
+    }
+
+    fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body).unwrap()
+    }
+}
+
+async fn send(client: &TestClient, request: Request<Full<Bytes>>) -> Reply {
+    let response = client.request(request).await.unwrap();
+    let status = response.status();
+    let headers = response.headers().clone();
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    Reply {
+        status,
+        headers,
+        body,
+    }
+}
+
+fn get_req(gw: SocketAddr, path: &str) -> Request<Full<Bytes>> {
+    Request::get(format!("http://{gw}{path}"))
+        .body(Full::default())
+        .unwrap()
+}
+
+#[tokio::test]
+async fn round_robin_spreads_evenly_and_names_the_instance() {
+    let (registry, table) = Registry::new(BalancePolicy::RoundRobin);
+    for name in ["a", "b", "c"] {
+        let addr = backend(name).await;
+        put(&registry, name, addr, InstanceState::Ready);
+    }
+    let gw = gateway(table, settings(), server_settings()).await;
+    let client = client();
+    let mut counts = BTreeMap::new();
+    for _ in 0..30 {
+        let reply = send(&client, get_req(gw.addr, "/")).await;
+        assert_eq!(reply.status, 200);
+        assert_eq!(
+            reply.instance(),
+            reply.text(),
+            "x-shoal-instance names who answered"
+        );
+        *counts.entry(reply.text().to_owned()).or_insert(0) += 1;
+    }
+    assert_eq!(
+        counts,
+        BTreeMap::from([("a".into(), 10), ("b".into(), 10), ("c".into(), 10)])
+    );
+}
+
+#[tokio::test]
+async fn a_post_is_retried_on_another_instance_when_the_connection_is_refused() {
+    let (registry, table) = Registry::new(BalancePolicy::RoundRobin);
+    {
+        put(&registry, "dead", dead_addr().await, InstanceState::Ready);
+        put(
+            &registry,
+            "live",
+            backend("live").await,
+            InstanceState::Ready,
+        );
+    }
+    let gw = gateway(table.clone(), settings(), server_settings()).await;
+    let client = client();
+    for i in 0..6 {
+        let payload = format!("payload number {i}, with some bytes").repeat(100);
+        let request = Request::post(format!("http://{}/echo", gw.addr))
+            .body(Full::new(Bytes::from(payload.clone())))
+            .unwrap();
+        let reply = send(&client, request).await;
+        assert_eq!(reply.status, 200, "{}", reply.text());
+        assert_eq!(reply.instance(), "live");
+        assert_eq!(reply.text(), payload, "the body arrived intact");
+    }
+    let counters = table.load().pool("app").unwrap().counters.clone();
+    assert!(counters.retries_total.load(Ordering::Relaxed) >= 1);
+    // A chunked body (no Content-Length) is reclaimed just the same.
+    let chunks =
+        || {
+            futures::stream::iter(["chunk-1 ", "chunk-2"].map(|c| {
+                Ok::<_, std::convert::Infallible>(hyper::body::Frame::data(Bytes::from(c)))
+            }))
+        };
+    let streaming: Client<HttpConnector, http_body_util::StreamBody<_>> =
+        Client::builder(TokioExecutor::new()).build_http();
+    for _ in 0..2 {
+        let request = Request::post(format!("http://{}/echo", gw.addr))
+            .body(http_body_util::StreamBody::new(chunks()))
+            .unwrap();
+        let response = streaming.request(request).await.unwrap();
+        assert_eq!(response.status(), 200);
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(body, "chunk-1 chunk-2");
+    }
+}
+
+#[tokio::test]
+async fn all_instances_refusing_gives_502_json() {
+    let (registry, table) = Registry::new(BalancePolicy::RoundRobin);
+    {
+        put(&registry, "d1", dead_addr().await, InstanceState::Ready);
+        put(&registry, "d2", dead_addr().await, InstanceState::Ready);
+    }
+    let gw = gateway(table, settings(), server_settings()).await;
+    let reply = send(&client(), get_req(gw.addr, "/")).await;
+    assert_eq!(reply.status, 502);
+    assert_eq!(reply.json()["error"], "unreachable");
+    assert!(["d1", "d2"].contains(&reply.instance()));
+}
+
+#[tokio::test]
+async fn bodies_over_the_limit_get_413() {
+    let (registry, table) = Registry::new(BalancePolicy::RoundRobin);
+    put(&registry, "a", backend("a").await, InstanceState::Ready);
+    let gw = gateway(
+        table,
+        ProxySettings {
+            max_body_bytes: 16,
+            ..settings()
+        },
+        server_settings(),
+    )
+    .await;
+    let client = client();
+    let request = Request::post(format!("http://{}/echo", gw.addr))
+        .body(Full::new(Bytes::from(vec![b'x'; 100])))
+        .unwrap();
+    let reply = send(&client, request).await;
+    assert_eq!(reply.status, 413);
+    assert_eq!(reply.json()["error"], "body_too_large");
+    assert_eq!(reply.instance(), "-", "refused before any instance");
+
+    // Without Content-Length the limit is enforced while streaming.
+    let chunks = futures::stream::iter(
+        ["0123456789", "0123456789"]
+            .map(|c| Ok::<_, std::convert::Infallible>(hyper::body::Frame::data(Bytes::from(c)))),
+    );
+    let streaming: Client<HttpConnector, http_body_util::StreamBody<_>> =
+        Client::builder(TokioExecutor::new()).build_http();
+    let request = Request::post(format!("http://{}/echo", gw.addr))
+        .body(http_body_util::StreamBody::new(chunks))
+        .unwrap();
+    let response = streaming.request(request).await.unwrap();
+    assert_eq!(response.status(), 413);
+
+    let small = Request::post(format!("http://{}/echo", gw.addr))
+        .body(Full::new(Bytes::from_static(b"small")))
+        .unwrap();
+    assert_eq!(send(&client, small).await.text(), "small");
+}
+
+#[tokio::test]
+async fn a_slow_instance_past_the_route_timeout_gives_504() {
+    let (registry, table) = Registry::new(BalancePolicy::RoundRobin);
+    {
+        put(&registry, "a", backend("a").await, InstanceState::Ready);
+        registry.lock().unwrap().put_route(
+            "slow",
+            r#"{"service":"app","path_prefix":"/slow","timeout_ms":200}"#,
+        );
+    }
+    let gw = gateway(table, settings(), server_settings()).await;
+    let started = Instant::now();
+    let reply = send(&client(), get_req(gw.addr, "/slow")).await;
+    let took = started.elapsed();
+    assert_eq!(reply.status, 504);
+    assert_eq!(reply.json()["error"], "timeout");
+    assert_eq!(reply.instance(), "a");
+    assert!(
+        took >= Duration::from_millis(200) && took < Duration::from_millis(1000),
+        "{took:?}"
+    );
+}
+
+#[tokio::test]
+async fn with_no_instance_a_request_is_held_then_gets_503() {
+    let (_registry, table) = Registry::new(BalancePolicy::RoundRobin);
+    let gw = gateway(
+        table.clone(),
+        ProxySettings {
+            hold_timeout: Duration::from_millis(300),
+            ..settings()
+        },
+        server_settings(),
+    )
+    .await;
+    let started = Instant::now();
+    let reply = send(&client(), get_req(gw.addr, "/")).await;
+    assert!(started.elapsed() >= Duration::from_millis(300));
+    assert_eq!(reply.status, 503);
+    assert_eq!(reply.json()["error"], "no_instance");
+    assert_eq!(reply.headers["retry-after"], "1");
+    assert_eq!(reply.instance(), "-");
+    let counters = table.load().pool("app").unwrap().counters.clone();
+    assert_eq!(counters.held_total.load(Ordering::Relaxed), 1);
+    assert_eq!(counters.held_now.load(Ordering::Relaxed), 0);
+    assert_eq!(counters.hold_timeouts_total.load(Ordering::Relaxed), 1);
+}
+
+#[tokio::test]
+async fn a_held_request_goes_to_the_first_instance_that_registers() {
+    let (registry, table) = Registry::new(BalancePolicy::LeastRequest);
+    let gw = gateway(table.clone(), settings(), server_settings()).await;
+    let addr = backend("late").await;
+    let publisher = {
+        let registry = registry.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            put(&registry, "late", addr, InstanceState::Starting);
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            put(&registry, "late", addr, InstanceState::Ready);
+        })
+    };
+    let started = Instant::now();
+    let reply = send(&client(), get_req(gw.addr, "/hello")).await;
+    assert_eq!(reply.status, 200);
+    assert_eq!(reply.text(), "late");
+    assert!(
+        started.elapsed() >= Duration::from_millis(300),
+        "held until ready"
+    );
+    publisher.await.unwrap();
+    let counters = table.load().pool("app").unwrap().counters.clone();
+    assert_eq!(counters.held_total.load(Ordering::Relaxed), 1);
+    assert_eq!(counters.hold_timeouts_total.load(Ordering::Relaxed), 0);
+}
+
+#[tokio::test]
+async fn the_sticky_cookie_is_set_and_honoured() {
+    let (registry, table) = Registry::new(BalancePolicy::Sticky);
+    for name in ["a", "b", "c"] {
+        let addr = backend(name).await;
+        put(&registry, name, addr, InstanceState::Ready);
+    }
+    let gw = gateway(table, settings(), server_settings()).await;
+    let client = client();
+    let first = send(&client, get_req(gw.addr, "/")).await;
+    let cookie = first.headers["set-cookie"].to_str().unwrap().to_owned();
+    let pinned = first.instance().to_owned();
+    assert_eq!(
+        cookie,
+        format!("shoal-sticky-app={pinned}; Path=/; HttpOnly; SameSite=Lax")
+    );
+    for _ in 0..10 {
+        let request = Request::get(format!("http://{}/", gw.addr))
+            .header("cookie", format!("theme=dark; shoal-sticky-app={pinned}"))
+            .body(Full::default())
+            .unwrap();
+        let reply = send(&client, request).await;
+        assert_eq!(reply.instance(), pinned);
+        assert!(
+            reply.headers.get("set-cookie").is_none(),
+            "no rewrite while pinned"
+        );
+    }
+}
+
+#[tokio::test]
+async fn an_upgrade_is_passed_through_both_ways() {
+    let (registry, table) = Registry::new(BalancePolicy::RoundRobin);
+    put(&registry, "a", backend("a").await, InstanceState::Ready);
+    let gw = gateway(table, settings(), server_settings()).await;
+    let mut stream = TcpStream::connect(gw.addr).await.unwrap();
+    stream
+        .write_all(b"GET /ws HTTP/1.1\r\nHost: chat.example\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n")
+        .await
+        .unwrap();
+    let head = read_head(&mut stream).await;
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    let lower = head.to_ascii_lowercase();
+    assert!(lower.contains("upgrade: echo"), "{head}");
+    assert!(lower.contains("connection: upgrade"), "{head}");
+    assert!(lower.contains("x-shoal-instance: a"), "{head}");
+    for message in ["ping", "a longer message through the tunnel"] {
+        stream.write_all(message.as_bytes()).await.unwrap();
+        let mut buf = vec![0u8; message.len()];
+        tokio::time::timeout(Duration::from_secs(5), stream.read_exact(&mut buf))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(buf, message.as_bytes());
+    }
+}
+
+async fn read_head(stream: &mut TcpStream) -> String {
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        let n = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut byte))
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(n > 0, "closed after {:?}", String::from_utf8_lossy(&head));
+        head.push(byte[0]);
+    }
+    String::from_utf8(head).unwrap()
+}
+
+#[tokio::test]
+async fn forwarded_headers_are_set_and_hop_by_hop_ones_removed() {
+    let (registry, table) = Registry::new(BalancePolicy::RoundRobin);
+    put(&registry, "a", backend("a").await, InstanceState::Ready);
+    let gw = gateway(table, settings(), server_settings()).await;
+    let request = Request::get(format!("http://{}/headers", gw.addr))
+        .header("host", "shop.example")
+        .header("x-forwarded-for", "203.0.113.9")
+        .header("connection", "x-hop")
+        .header("x-hop", "secret")
+        .header("te", "trailers")
+        .header("x-kept", "yes")
+        .body(Full::default())
+        .unwrap();
+    let reply = send(&client(), request).await;
+    let seen = reply.json();
+    assert_eq!(
+        seen["x-forwarded-for"],
+        serde_json::json!(["203.0.113.9, 127.0.0.1"])
+    );
+    assert_eq!(seen["x-forwarded-proto"], serde_json::json!(["http"]));
+    assert_eq!(
+        seen["x-forwarded-host"],
+        serde_json::json!(["shop.example"])
+    );
+    assert_eq!(seen["host"], serde_json::json!(["shop.example"]));
+    assert_eq!(seen["x-hop"], serde_json::json!([]));
+    assert_eq!(seen["te"], serde_json::json!([]));
+    assert_eq!(seen["x-kept"], serde_json::json!(["yes"]));
+}
+
+#[tokio::test]
+async fn h2c_clients_are_served() {
+    let (registry, table) = Registry::new(BalancePolicy::RoundRobin);
+    put(&registry, "a", backend("a").await, InstanceState::Ready);
+    let gw = gateway(table, settings(), server_settings()).await;
+    let h2: TestClient = Client::builder(TokioExecutor::new())
+        .http2_only(true)
+        .build_http();
+    let response = h2.request(get_req(gw.addr, "/headers")).await.unwrap();
+    assert_eq!(response.version(), http::Version::HTTP_2);
+    assert_eq!(response.headers()[headers::X_SHOAL_INSTANCE], "a");
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    let seen: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(
+        seen["host"],
+        serde_json::json!([gw.addr.to_string()]),
+        "Host from :authority"
+    );
+}
+
+#[tokio::test]
+async fn a_503_from_a_draining_instance_is_retried_for_idempotent_methods() {
+    let (registry, table) = Registry::new(BalancePolicy::RoundRobin);
+    let leaving_addr = {
+        let registry = registry.clone();
+        let app = Router::new().fallback(move || {
+            let registry = registry.clone();
+            async move {
+                // The instance starts draining as this request arrives.
+                let addr = registry.lock().unwrap().instances["/shoal/instances/app/leaving"]
+                    .addr
+                    .clone();
+                put(
+                    &registry,
+                    "leaving",
+                    addr.parse().unwrap(),
+                    InstanceState::Draining,
+                );
+                (StatusCode::SERVICE_UNAVAILABLE, "draining")
+            }
+        });
+        serve_router(app).await
+    };
+    {
+        put(&registry, "leaving", leaving_addr, InstanceState::Ready);
+        put(
+            &registry,
+            "stays",
+            backend("stays").await,
+            InstanceState::Ready,
+        );
+    }
+    let gw = gateway(table.clone(), settings(), server_settings()).await;
+    let client = client();
+    // Round-robin over [leaving, stays] starts with `leaving`.
+    let reply = send(&client, get_req(gw.addr, "/hello")).await;
+    assert_eq!(reply.status, 200);
+    assert_eq!(reply.instance(), "stays");
+    let counters = table.load().pool("app").unwrap().counters.clone();
+    assert_eq!(
+        counters.retries_total.load(Ordering::Relaxed),
+        1,
+        "went to `leaving` first"
+    );
+}
+
+#[tokio::test]
+async fn past_the_concurrency_limit_and_queue_requests_get_503_retry_after() {
+    let (registry, table) = Registry::new(BalancePolicy::RoundRobin);
+    put(&registry, "a", backend("a").await, InstanceState::Ready);
+    let gw = gateway(
+        table,
+        ProxySettings {
+            max_inflight_per_instance: 1,
+            queue_per_instance: 1,
+            ..settings()
+        },
+        server_settings(),
+    )
+    .await;
+    let client = client();
+    let slow = || {
+        let client = client.clone();
+        let addr = gw.addr;
+        tokio::spawn(async move { send(&client, get_req(addr, "/slow")).await })
+    };
+    let first = slow();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let queued = slow();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let refused = send(&client, get_req(gw.addr, "/hello")).await;
+    assert_eq!(refused.status, 503);
+    assert_eq!(refused.headers["retry-after"], "1");
+    assert_eq!(refused.json()["error"], "overloaded");
+    assert_eq!(first.await.unwrap().status, 200);
+    assert_eq!(
+        queued.await.unwrap().status,
+        200,
+        "the queued request ran after the first"
+    );
+}
+
+#[tokio::test]
+async fn shutdown_lets_in_flight_requests_finish() {
+    let (registry, table) = Registry::new(BalancePolicy::RoundRobin);
+    put(&registry, "a", backend("a").await, InstanceState::Ready);
+    let gw = gateway(table, settings(), server_settings()).await;
+    let client = client();
+    let in_flight = {
+        let client = client.clone();
+        let addr = gw.addr;
+        tokio::spawn(async move { send(&client, get_req(addr, "/slow")).await })
+    };
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    gw.stop.cancel();
+    let drained = gw.task.await.unwrap();
+    assert_eq!(
+        drained,
+        Drained {
+            complete: true,
+            abandoned: 0
+        }
+    );
+    assert_eq!(in_flight.await.unwrap().status, 200);
+    assert!(
+        TcpStream::connect(gw.addr).await.is_err(),
+        "no longer accepting"
+    );
+    drop(gw.proxy);
+}
+
+#[tokio::test]
+async fn a_client_that_never_finishes_its_headers_is_cut_off() {
+    let (registry, table) = Registry::new(BalancePolicy::RoundRobin);
+    put(&registry, "a", backend("a").await, InstanceState::Ready);
+    let gw = gateway(
+        table,
+        settings(),
+        ServerSettings {
+            header_read_timeout: Duration::from_millis(300),
+            ..server_settings()
+        },
+    )
+    .await;
+
+    // Starts a request and never finishes it.
+    let mut slow = TcpStream::connect(gw.addr).await.unwrap();
+    slow.write_all(b"GET / HTTP/1.1\r\nHost: x\r\nX-Slow: ")
+        .await
+        .unwrap();
+    // Connects and says nothing.
+    let mut silent = TcpStream::connect(gw.addr).await.unwrap();
+    let started = Instant::now();
+    for stream in [&mut slow, &mut silent] {
+        let mut buf = [0u8; 64];
+        let n = tokio::time::timeout(Duration::from_secs(3), stream.read(&mut buf))
+            .await
+            .expect("cut off well before 3 s")
+            .unwrap_or(0);
+        assert_eq!(n, 0, "closed without a response");
+    }
+    assert!(
+        started.elapsed() >= Duration::from_millis(250),
+        "{:?}",
+        started.elapsed()
+    );
+
+    // A keep-alive connection idle between requests is not a slow client.
+    let mut kept = TcpStream::connect(gw.addr).await.unwrap();
+    for _ in 0..2 {
+        kept.write_all(b"GET /hello HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .unwrap();
+        let head = read_head(&mut kept).await;
+        assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+        let mut body = [0u8; 1];
+        kept.read_exact(&mut body).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(600)).await;
+    }
+}
+
+#[tokio::test]
+async fn bad_requests_get_400_json() {
+    let (_registry, table) = Registry::new(BalancePolicy::RoundRobin);
+    let gw = gateway(table, settings(), server_settings()).await;
+    let mut stream = TcpStream::connect(gw.addr).await.unwrap();
+    stream
+        .write_all(b"GET / HTTP/1.1\r\nHost: caf\xc3\xa9\r\n\r\n")
+        .await
+        .unwrap();
+    let head = read_head(&mut stream).await;
+    assert!(head.starts_with("HTTP/1.1 400"), "{head}");
+    assert!(
+        head.to_ascii_lowercase().contains("x-shoal-instance: -"),
+        "{head}"
+    );
+    let mut stream = TcpStream::connect(gw.addr).await.unwrap();
+    stream
+        .write_all(b"OPTIONS * HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let head = read_head(&mut stream).await;
+    assert!(head.starts_with("HTTP/1.1 400"), "{head}");
+}
+
+#[tokio::test]
+async fn oversized_headers_get_431_and_idle_connections_are_closed() {
+    let (registry, table) = Registry::new(BalancePolicy::RoundRobin);
+    put(&registry, "a", backend("a").await, InstanceState::Ready);
+    let gw = gateway(
+        table,
+        settings(),
+        ServerSettings {
+            max_header_bytes: 16 * 1024,
+            idle_timeout: Duration::from_millis(300),
+            ..server_settings()
+        },
+    )
+    .await;
+    let mut big = TcpStream::connect(gw.addr).await.unwrap();
+    let filler = "x".repeat(32 * 1024);
+    // The server may close before it has read everything; only the answer matters.
+    let _ = big
+        .write_all(format!("GET / HTTP/1.1\r\nHost: x\r\nX-Big: {filler}\r\n\r\n").as_bytes())
+        .await;
+    let head = read_head(&mut big).await;
+    assert!(head.starts_with("HTTP/1.1 431"), "{head}");
+
+    let mut idle = TcpStream::connect(gw.addr).await.unwrap();
+    idle.write_all(b"GET /hello HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let head = read_head(&mut idle).await;
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    let mut body = [0u8; 1];
+    idle.read_exact(&mut body).await.unwrap();
+    let started = Instant::now();
+    let mut rest = [0u8; 16];
+    let n = tokio::time::timeout(Duration::from_secs(3), idle.read(&mut rest))
+        .await
+        .expect("closed by the idle timeout")
+        .unwrap_or(0);
+    assert_eq!(n, 0);
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_millis(250) && took < Duration::from_secs(1),
+        "{took:?}"
+    );
+}

@@ -1,0 +1,483 @@
+//! The client-facing listener: accepts connections, speaks HTTP/1.1 and h2c
+//! (hyper-util's `auto` builder, upgrades enabled), and hands each request to
+//! a [`Handler`] (the [`Proxy`](crate::proxy::Proxy) in production).
+//!
+//! Per connection: TCP_NODELAY; `--max-header-bytes` (HTTP/1 read buffer,
+//! 431 past it; HTTP/2 header list size); and a watchdog, polled alongside
+//! the connection, that reads counters the connection keeps (bytes read,
+//! requests started and still open) and enforces two timeouts:
+//! - header read (slowloris): a request head must arrive complete within
+//!   `--header-read-timeout` of its first byte, and a new HTTP/1 connection
+//!   must bring its first request within that time; otherwise the connection
+//!   is dropped;
+//! - idle: a keep-alive connection with no request in flight for
+//!   `--idle-timeout` is closed gracefully (HTTP/2 gets a GOAWAY).
+//!
+//! (hyper's own `header_read_timeout` is not used: it also runs while a
+//! keep-alive connection waits for its next request, which would cap the
+//! idle timeout at the header timeout and race clients' connection pools.)
+//!
+//! Shutdown ([`Server::run`]): when the token is cancelled the listener is
+//! closed, every connection is asked to finish its current request and close
+//! (hyper's graceful shutdown), and the server waits for them up to the
+//! drain timeout. Upgraded connections (tunnels) are not waited for.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderValue, Request, Response};
+use hyper::body::{Body, Frame, Incoming, SizeHint};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{debug, info, warn};
+
+use crate::config::Config;
+use crate::proxy::body::BoxError;
+use crate::proxy::headers::forwarded_for_value;
+use crate::proxy::{Proxy, ResponseBody};
+
+/// Smallest HTTP/1 read buffer hyper accepts.
+const MIN_BUF: usize = 8192;
+/// Shortest watchdog tick.
+const MIN_TICK: Duration = Duration::from_millis(10);
+
+/// Connection settings from the flags.
+#[derive(Debug, Clone, Copy)]
+pub struct ServerSettings {
+    pub header_read_timeout: Duration,
+    pub idle_timeout: Duration,
+    pub max_header_bytes: usize,
+}
+
+impl ServerSettings {
+    pub fn from_config(config: &Config) -> Self {
+        ServerSettings {
+            header_read_timeout: config.header_read_timeout,
+            idle_timeout: config.idle_timeout,
+            max_header_bytes: config.max_header_bytes,
+        }
+    }
+}
+
+/// What the server knows about a client connection.
+#[derive(Debug)]
+pub struct ConnInfo {
+    pub remote: SocketAddr,
+    /// The client's IP as an `X-Forwarded-For` entry, made once per connection.
+    pub forwarded_for: HeaderValue,
+}
+
+/// Answers requests. Cloned for every request (make cloning cheap).
+pub trait Handler: Clone + Send + Sync + 'static {
+    type Body: Body<Data = Bytes, Error = BoxError> + Send + Unpin + 'static;
+
+    fn call(
+        self,
+        request: Request<Incoming>,
+        conn: Arc<ConnInfo>,
+    ) -> impl Future<Output = Response<Self::Body>> + Send;
+}
+
+impl Handler for Proxy {
+    type Body = ResponseBody;
+
+    async fn call(self, request: Request<Incoming>, conn: Arc<ConnInfo>) -> Response<ResponseBody> {
+        let client_ip = conn.forwarded_for.clone();
+        drop(conn);
+        self.handle(request, client_ip).await
+    }
+}
+
+/// How the drain ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Drained {
+    /// Every connection finished within the drain timeout.
+    pub complete: bool,
+    /// Connections still open when the drain gave up.
+    pub abandoned: usize,
+}
+
+/// The accept loop and its connections.
+pub struct Server<H> {
+    listener: TcpListener,
+    handler: H,
+    settings: ServerSettings,
+    builder: Arc<auto::Builder<TokioExecutor>>,
+}
+
+impl<H: Handler> Server<H> {
+    pub fn new(listener: TcpListener, handler: H, settings: ServerSettings) -> Self {
+        let builder = Arc::new(builder(&settings));
+        Server {
+            listener,
+            handler,
+            settings,
+            builder,
+        }
+    }
+
+    pub fn local_addr(&self) -> io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    /// Serve until `shutdown` is cancelled, then drain for up to `drain_timeout`.
+    pub async fn run(self, shutdown: CancellationToken, drain_timeout: Duration) -> Drained {
+        let connections = TaskTracker::new();
+        loop {
+            let accepted = tokio::select! {
+                biased;
+                () = shutdown.cancelled() => break,
+                accepted = self.listener.accept() => accepted,
+            };
+            let (stream, remote) = match accepted {
+                Ok(accepted) => accepted,
+                Err(e) => {
+                    // Out of file descriptors and the like: back off instead of spinning.
+                    warn!(error = %e, "accept failed; retrying in 50 ms");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            };
+            if let Err(e) = stream.set_nodelay(true) {
+                debug!(%remote, error = %e, "cannot set TCP_NODELAY");
+            }
+            connections.spawn(serve_connection(
+                stream,
+                remote,
+                self.handler.clone(),
+                self.builder.clone(),
+                self.settings,
+                shutdown.clone(),
+            ));
+        }
+        drop(self.listener);
+        connections.close();
+        let open = connections.len();
+        if open > 0 {
+            info!(
+                connections = open,
+                drain_timeout_ms = drain_timeout.as_millis() as u64,
+                "stopped accepting; waiting for open connections to finish"
+            );
+        }
+        match tokio::time::timeout(drain_timeout, connections.wait()).await {
+            Ok(()) => Drained {
+                complete: true,
+                abandoned: 0,
+            },
+            Err(_) => Drained {
+                complete: false,
+                abandoned: connections.len(),
+            },
+        }
+    }
+}
+
+fn builder(settings: &ServerSettings) -> auto::Builder<TokioExecutor> {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    let buf = settings.max_header_bytes.max(MIN_BUF);
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(None)
+        .keep_alive(true)
+        .max_buf_size(buf);
+    // Not `pipeline_flush(true)`: with it, hyper 1.x closes without sending
+    // its automatic 431 for oversized headers.
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_header_list_size(u32::try_from(settings.max_header_bytes).unwrap_or(u32::MAX));
+    builder
+}
+
+async fn serve_connection<H: Handler>(
+    stream: TcpStream,
+    remote: SocketAddr,
+    handler: H,
+    builder: Arc<auto::Builder<TokioExecutor>>,
+    settings: ServerSettings,
+    shutdown: CancellationToken,
+) {
+    let activity = Arc::new(Activity::default());
+    let io = TokioIo::new(Counted {
+        inner: stream,
+        activity: activity.clone(),
+    });
+    let info = Arc::new(ConnInfo {
+        remote,
+        forwarded_for: forwarded_for_value(remote.ip()),
+    });
+    let service = {
+        let activity = activity.clone();
+        hyper::service::service_fn(move |request| {
+            let open = Open::begin(&activity);
+            let response = handler.clone().call(request, info.clone());
+            async move {
+                let response = response.await;
+                Ok::<_, Infallible>(response.map(|body| Tracked { body, _open: open }))
+            }
+        })
+    };
+    let connection = builder.serve_connection_with_upgrades(io, service);
+    tokio::pin!(connection);
+    let watchdog = watchdog(&activity, settings);
+    tokio::pin!(watchdog);
+    let mut closing = false;
+    loop {
+        tokio::select! {
+            ended = connection.as_mut() => {
+                if let Err(e) = ended {
+                    debug!(%remote, error = %e, "connection ended with an error");
+                }
+                return;
+            }
+            () = shutdown.cancelled(), if !closing => {
+                connection.as_mut().graceful_shutdown();
+                closing = true;
+            }
+            verdict = &mut watchdog, if !closing => match verdict {
+                Verdict::SlowHeaders => {
+                    debug!(%remote, timeout_ms = settings.header_read_timeout.as_millis() as u64, "request headers not received in time; closing the connection");
+                    return;
+                }
+                Verdict::Idle => {
+                    connection.as_mut().graceful_shutdown();
+                    closing = true;
+                }
+            },
+        }
+    }
+}
+
+/// Counters one connection keeps for its watchdog.
+#[derive(Debug, Default)]
+struct Activity {
+    bytes_read: AtomicU64,
+    /// Requests handed to the handler.
+    started: AtomicU64,
+    /// Requests whose response body has not been sent yet.
+    open: AtomicU64,
+    /// The client opened with the HTTP/2 preface.
+    h2: AtomicBool,
+}
+
+/// A request in progress on its connection, until its response body is done.
+struct Open(Arc<Activity>);
+
+impl Open {
+    fn begin(activity: &Arc<Activity>) -> Self {
+        activity.started.fetch_add(1, Ordering::Relaxed);
+        activity.open.fetch_add(1, Ordering::Relaxed);
+        Open(activity.clone())
+    }
+}
+
+impl Drop for Open {
+    fn drop(&mut self) {
+        self.0.open.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+enum Verdict {
+    SlowHeaders,
+    Idle,
+}
+
+/// Resolves when the connection should go (see the module doc).
+async fn watchdog(activity: &Activity, settings: ServerSettings) -> Verdict {
+    let header_timeout = settings.header_read_timeout;
+    let idle = settings.idle_timeout;
+    let tick = (header_timeout.min(idle) / 4).max(MIN_TICK);
+    let mut seen_bytes = 0;
+    let mut seen_started = 0;
+    // Since when a request head has been arriving; a new connection owes its first request.
+    let mut head_since = Some(Instant::now());
+    let mut quiet_since = Instant::now();
+    loop {
+        tokio::time::sleep(tick).await;
+        let now = Instant::now();
+        let bytes = activity.bytes_read.load(Ordering::Relaxed);
+        let started = activity.started.load(Ordering::Relaxed);
+        let open = activity.open.load(Ordering::Relaxed);
+        if started != seen_started || open > 0 {
+            seen_started = started;
+            seen_bytes = bytes;
+            head_since = None;
+            quiet_since = now;
+            continue;
+        }
+        if activity.h2.load(Ordering::Relaxed) {
+            // HTTP/2 frames between requests (pings, settings) are not heads.
+            head_since = None;
+        } else if bytes != seen_bytes && head_since.is_none() {
+            head_since = Some(now);
+        }
+        seen_bytes = bytes;
+        if head_since.is_some_and(|since| now.duration_since(since) >= header_timeout) {
+            return Verdict::SlowHeaders;
+        }
+        if now.duration_since(quiet_since) >= idle {
+            return Verdict::Idle;
+        }
+    }
+}
+
+/// The client's TCP stream, counting the bytes read for the watchdog.
+struct Counted {
+    inner: TcpStream,
+    activity: Arc<Activity>,
+}
+
+/// Longest lingering close, and most bytes it discards.
+const LINGER_TIME: Duration = Duration::from_secs(2);
+const LINGER_BYTES: usize = 1 << 20;
+
+impl Drop for Counted {
+    /// Lingering close (as nginx does): a connection closed while the client
+    /// is still sending (a 431 for huge headers, a 413 before the body was
+    /// read) would make the kernel answer with a reset, and the client would
+    /// lose the response it has not read yet. So when input is pending,
+    /// close only our side and discard the client's bytes for a moment.
+    fn drop(&mut self) {
+        let mut probe = [0u8; 1];
+        if !matches!(self.inner.try_read(&mut probe), Ok(n) if n > 0) {
+            return;
+        }
+        match self.inner_std() {
+            Ok(stream) => {
+                tokio::spawn(linger(stream));
+            }
+            Err(e) => debug!(error = %e, "lingering close: cannot duplicate the socket"),
+        }
+    }
+}
+
+impl Counted {
+    /// A duplicate of the socket, so the lingering task can own it while
+    /// this one is dropped.
+    fn inner_std(&self) -> io::Result<TcpStream> {
+        use std::os::fd::AsFd;
+        let fd = self.inner.as_fd().try_clone_to_owned()?;
+        let std = std::net::TcpStream::from(fd);
+        std.set_nonblocking(true)?;
+        TcpStream::from_std(std)
+    }
+}
+
+async fn linger(mut stream: TcpStream) {
+    use tokio::io::AsyncReadExt as _;
+    if let Err(e) = tokio::io::AsyncWriteExt::shutdown(&mut stream).await {
+        debug!(error = %e, "lingering close: cannot shut down the write side");
+        return;
+    }
+    let discard = async {
+        let mut buf = [0u8; 8192];
+        let mut total = 0;
+        while total < LINGER_BYTES {
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => total += n,
+            }
+        }
+    };
+    // Either way the socket closes here; the client has had its chance to read.
+    let _ = tokio::time::timeout(LINGER_TIME, discard).await;
+}
+
+const H2_PREFACE_START: &[u8] = b"PRI * HTTP/2.0";
+
+impl AsyncRead for Counted {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut self.inner).poll_read(cx, buf);
+        let read = buf.filled().len() - before;
+        if read > 0 {
+            let total = self
+                .activity
+                .bytes_read
+                .fetch_add(read as u64, Ordering::Relaxed);
+            if total == 0 {
+                let first = &buf.filled()[before..];
+                let n = first.len().min(H2_PREFACE_START.len());
+                if n >= 4 && first[..n] == H2_PREFACE_START[..n] {
+                    self.activity.h2.store(true, Ordering::Relaxed);
+                }
+            }
+        }
+        polled
+    }
+}
+
+impl AsyncWrite for Counted {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+/// A response body that keeps its request open on the connection until sent.
+struct Tracked<B> {
+    body: B,
+    _open: Open,
+}
+
+impl<B: Body + Unpin> Body for Tracked<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<B::Data>, B::Error>>> {
+        Pin::new(&mut self.body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
+    }
+}

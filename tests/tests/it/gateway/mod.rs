@@ -1,0 +1,210 @@
+//! The gateway end to end: a real etcd, real app servers and a real gateway
+//! process, with traffic sent through the gateway's proxy listener.
+//!
+//! - [`balancing`]: round-robin spread, consistent-hash stability and movement, sticky cookies.
+//! - [`failover`]: instances killed or drained under load, retries and ejection, held requests.
+//! - [`discovery`]: registry-to-routing time, an etcd outage, malformed entries.
+//! - [`limits`]: body size and slow clients.
+//! - [`admin`]: per-instance stats, Prometheus metrics, health.
+//!
+//! Every proxied response names the instance that served it in
+//! `x-shoal-instance`; the tests count and compare those.
+
+mod admin;
+mod balancing;
+mod discovery;
+mod failover;
+mod limits;
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use shoal_tests::wait::POLL;
+use shoal_tests::{AppServer, AppServerOptions, Etcd, Gateway};
+
+use crate::{is_ready, wait_instance};
+
+/// Header in which the gateway names the instance that served a response.
+pub const INSTANCE: &str = "x-shoal-instance";
+
+/// An HTTP client that never goes through a proxy from the environment.
+pub fn http() -> reqwest::Client {
+    reqwest::Client::builder()
+        .no_proxy()
+        .timeout(Duration::from_secs(15))
+        .build()
+        .expect("reqwest client")
+}
+
+/// The instance that served `resp`, or "" if the header is missing.
+pub fn served_by(resp: &reqwest::Response) -> String {
+    resp.headers()
+        .get(INSTANCE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_owned()
+}
+
+/// `n` app servers of `service`, each ready in the registry.
+pub async fn start_apps(etcd: &Etcd, n: usize, service: &str) -> Vec<AppServer> {
+    let client = etcd.client().await;
+    let mut servers = Vec::new();
+    for _ in 0..n {
+        let server = AppServer::start(
+            etcd,
+            AppServerOptions {
+                service: service.to_owned(),
+                ..Default::default()
+            },
+        )
+        .await;
+        servers.push(server);
+    }
+    for s in &servers {
+        wait_instance(&client, &s.key(), Duration::from_secs(5), "ready", is_ready).await;
+    }
+    servers
+}
+
+/// Send GETs to `path` through the gateway until every instance in `ids` has
+/// served one; panics after `timeout`. Returns how long it took.
+pub async fn wait_routed(
+    http: &reqwest::Client,
+    gateway: &Gateway,
+    path: &str,
+    ids: &[&str],
+    timeout: Duration,
+) -> Duration {
+    let started = Instant::now();
+    let mut seen = Spread::new();
+    loop {
+        let request = http.get(gateway.url(path)).timeout(Duration::from_secs(2));
+        if let Ok(resp) = request.send().await {
+            *seen.entry(served_by(&resp)).or_default() += 1;
+        }
+        if ids.iter().all(|id| seen.contains_key(*id)) {
+            return started.elapsed();
+        }
+        assert!(
+            started.elapsed() < timeout,
+            "{path} not routed to every instance within {timeout:?}: wanted {ids:?}, served by {seen:?}; {}",
+            gateway_log(gateway)
+        );
+        tokio::time::sleep(POLL).await;
+    }
+}
+
+/// The stats of instance `id` in a `/api/v1/services/{service}` answer.
+pub fn instance_stats<'a>(
+    service: &'a serde_json::Value,
+    id: &str,
+) -> Option<&'a serde_json::Value> {
+    service["instances"]
+        .as_array()?
+        .iter()
+        .find(|i| i["id"] == id)
+}
+
+/// Wait until the gateway's admin API lists every instance in `ids` of
+/// `service` as ready: it knows them, whether or not its policy has sent
+/// them anything yet (least-request's two random choices never pick the
+/// costliest of three idle instances, so traffic alone cannot tell).
+pub async fn wait_known(
+    http: &reqwest::Client,
+    gateway: &Gateway,
+    service: &str,
+    ids: &[&str],
+    timeout: Duration,
+) {
+    let url = gateway.admin_url(&format!("/api/v1/services/{service}"));
+    wait_json(
+        http,
+        &url,
+        timeout,
+        "every instance ready in the gateway",
+        |v| {
+            ids.iter().all(|id| {
+                v["instances"]
+                    .as_array()
+                    .is_some_and(|all| all.iter().any(|i| i["id"] == *id && i["state"] == "ready"))
+            })
+        },
+    )
+    .await;
+}
+
+/// GET `url` (JSON) until `cond` holds for the answer, and return it; panics
+/// after `timeout` with the last answer.
+pub async fn wait_json(
+    http: &reqwest::Client,
+    url: &str,
+    timeout: Duration,
+    what: &str,
+    cond: impl Fn(&serde_json::Value) -> bool,
+) -> serde_json::Value {
+    let started = Instant::now();
+    loop {
+        let last = get_json(http, url).await;
+        if cond(&last) {
+            return last;
+        }
+        assert!(
+            started.elapsed() < timeout,
+            "timed out after {timeout:?} waiting for {what}; last {url}: {last:#}"
+        );
+        tokio::time::sleep(POLL).await;
+    }
+}
+
+/// Write the route `name` (JSON text) to the registry.
+pub async fn put_route(etcd: &Etcd, name: &str, route: &str) {
+    let mut client = etcd.client().await;
+    client
+        .put(registry::Keys::default().route(name), route, None)
+        .await
+        .expect("put route");
+}
+
+/// GET `url` and parse its JSON body (whatever the status).
+pub async fn get_json(http: &reqwest::Client, url: &str) -> serde_json::Value {
+    let resp = http
+        .get(url)
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("GET {url}: {e}"));
+    let text = resp.text().await.unwrap_or_default();
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("GET {url}: not JSON ({e}): {text}"))
+}
+
+/// Count of responses per serving instance.
+pub type Spread = BTreeMap<String, u32>;
+
+/// `n` sequential GETs of `path`; every one must be a 200. Returns the spread.
+pub async fn spread_of(http: &reqwest::Client, gateway: &Gateway, path: &str, n: u32) -> Spread {
+    let mut spread = Spread::new();
+    for i in 0..n {
+        let resp = http
+            .get(gateway.url(path))
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("request {i}: {e}"));
+        assert_eq!(resp.status(), 200, "request {i}");
+        let id = served_by(&resp);
+        let body = resp.text().await.unwrap();
+        assert!(
+            body.starts_with(&format!("Hello from instance {id} ")),
+            "x-shoal-instance `{id}` does not match the body `{body}`"
+        );
+        *spread.entry(id).or_default() += 1;
+    }
+    spread
+}
+
+/// The gateway's stderr log, to attach to a failure message.
+pub fn gateway_log(gateway: &Gateway) -> String {
+    format!(
+        "gateway log ({}):\n{}",
+        gateway.proc.log_path().display(),
+        gateway.proc.stderr()
+    )
+}
