@@ -18,7 +18,7 @@
 //! - [`proxy`] is the request handler (one file per concern inside).
 //! - [`health`] is passive ejection and optional active `/healthz` checks.
 //! - [`announce`] keeps the gateway's own entry under `/shoal/gateways/`.
-//! - [`admin`] is the admin listener's API.
+//! - [`admin`] is the admin listener's API, [`metrics`] its Prometheus text.
 //!
 //! [`run`] puts them together: bind both listeners, print one JSON line to
 //! stdout (`{"event":"listening","addr":…,"admin_addr":…,"id":…}`), follow

@@ -27,7 +27,7 @@
 //! Two request counters rather than one family with two label sets, so that
 //! `sum()` over either never double counts: `requests_total` counts client
 //! requests once each, by the route that matched them (the default route is
-//! `route="default"`); `upstream_requests_total` counts attempts sent to an
+//! `route="(default)"`); `upstream_requests_total` counts attempts sent to an
 //! instance, so a retried request appears once per instance it tried.
 //! `class` is `1xx`..`5xx`, or `failed` when no response came back (see
 //! [`Class`]); every class is exported, zeros included, so series never
@@ -368,7 +368,7 @@ mod tests {
     use registry::{Instance, InstanceState};
 
     use super::*;
-    use crate::table::{Defaults, LiveState};
+    use crate::table::{DEFAULT_ROUTE, Defaults, LiveState};
 
     fn instance(service: &str, id: &str, state: InstanceState) -> Instance {
         let mut i = Instance::new(service, "127.0.0.1:1000");
@@ -584,8 +584,8 @@ mod tests {
                 &[("route", route), ("class", class)],
             )
         };
-        assert_eq!(route("default", "2xx"), 1.0);
-        assert_eq!(route("default", "5xx"), 1.0);
+        assert_eq!(route(DEFAULT_ROUTE, "2xx"), 1.0);
+        assert_eq!(route(DEFAULT_ROUTE, "5xx"), 1.0);
         assert_eq!(
             route("api", "2xx"),
             0.0,

@@ -26,8 +26,9 @@ use crate::backend::{Backend, BackendState};
 use crate::balance::Balancer;
 use crate::stats::{RequestStats, ServiceCounters};
 
-/// Name of the route used when no configured route matches.
-pub const DEFAULT_ROUTE: &str = "default";
+/// Name of the route used when no configured route matches. Not a valid
+/// route key segment, so no configured route can share its statistics.
+pub const DEFAULT_ROUTE: &str = "(default)";
 
 /// One service's instances in this snapshot.
 #[derive(Debug)]
@@ -399,6 +400,10 @@ mod tests {
         assert_eq!(pool.all.len(), 3);
         assert_eq!(pool.ready.iter().map(|b| b.id()).collect::<Vec<_>>(), ["a"]);
         assert_eq!(t.resolve(Some("x"), "/anything").name, DEFAULT_ROUTE);
+        assert!(
+            registry::keys::validate_segment("route", DEFAULT_ROUTE).is_err(),
+            "no route can be called that"
+        );
     }
 
     #[test]
