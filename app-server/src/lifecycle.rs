@@ -11,7 +11,7 @@
 //!    one, and exit 0 if the drain finished, 1 if it was cut short.
 
 use std::io::Write;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -222,24 +222,17 @@ fn set_state(state: &AppState, registration: &Registration, new: InstanceState) 
 }
 
 /// Where gateways should connect: `--advertise`, else the bound address, with
-/// an unspecified IP (0.0.0.0, ::) replaced by loopback.
+/// an unspecified IP replaced by loopback (and a note in the log that only
+/// local gateways can reach it).
 pub fn advertise_addr(configured: Option<&str>, bound: SocketAddr) -> String {
-    if let Some(addr) = configured {
-        return addr.to_owned();
+    let addr = registry::model::advertise_addr(configured, bound);
+    if configured.is_none() && bound.ip().is_unspecified() {
+        info!(
+            %bound,
+            advertise = %addr,
+            "bound to every interface without --advertise; advertising loopback, which only local gateways can reach (set --advertise for others)"
+        );
     }
-    if !bound.ip().is_unspecified() {
-        return bound.to_string();
-    }
-    let loopback = match bound.ip() {
-        IpAddr::V4(_) => IpAddr::V4(Ipv4Addr::LOCALHOST),
-        IpAddr::V6(_) => IpAddr::V6(Ipv6Addr::LOCALHOST),
-    };
-    let addr = SocketAddr::new(loopback, bound.port()).to_string();
-    info!(
-        %bound,
-        advertise = %addr,
-        "bound to every interface without --advertise; advertising loopback, which only local gateways can reach (set --advertise for others)"
-    );
     addr
 }
 

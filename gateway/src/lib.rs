@@ -144,7 +144,7 @@ async fn run_gateway(config: Config, id: String) -> anyhow::Result<()> {
         client,
         keys,
         &id,
-        &announce::admin_advertise(config.admin_advertise.as_deref(), admin_addr),
+        &registry::model::advertise_addr(config.admin_advertise.as_deref(), admin_addr),
         config.lease_ttl,
     )
     .context("check --id and --admin-advertise")?;

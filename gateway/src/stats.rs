@@ -178,14 +178,7 @@ impl RequestStats {
 
         let second = now.saturating_duration_since(self.epoch).as_secs();
         let slot = &self.slots[(second % SLOTS as u64) as usize];
-        let held = slot.second.load(Ordering::Relaxed);
-        if held != second
-            && slot
-                .second
-                .compare_exchange(held, second, Ordering::AcqRel, Ordering::Relaxed)
-                .is_ok()
-        {
-            // This thread moved the slot to a new second: clear the old counts.
+        if claim_second(&slot.second, second) {
             // A request recorded concurrently by another thread may be lost;
             // that is the price of not locking, and it only affects the window.
             slot.count.store(0, Ordering::Relaxed);
@@ -260,6 +253,18 @@ impl RequestStats {
             count: cumulative,
         }
     }
+}
+
+/// For rings of one-second slots: move the slot whose second is held in
+/// `cell` on to `second`. True when this caller did so and must clear the
+/// slot's old counts; false when the slot already holds `second` (or another
+/// thread just moved it).
+pub(crate) fn claim_second(cell: &AtomicU64, second: u64) -> bool {
+    let held = cell.load(Ordering::Relaxed);
+    held != second
+        && cell
+            .compare_exchange(held, second, Ordering::AcqRel, Ordering::Relaxed)
+            .is_ok()
 }
 
 fn bucket_of(latency: Duration) -> usize {

@@ -8,7 +8,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
-use std::net::SocketAddr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -214,6 +214,24 @@ impl RegistryValue for Instance {
         }
         Ok(instance)
     }
+}
+
+/// The address to announce for a listener: the configured one, else the bound
+/// address with an unspecified IP (`0.0.0.0`, `::`) replaced by loopback —
+/// which only this machine can reach, so callers bound to every interface
+/// should say so or require a configured address.
+pub fn advertise_addr(configured: Option<&str>, bound: SocketAddr) -> String {
+    if let Some(addr) = configured {
+        return addr.to_owned();
+    }
+    if !bound.ip().is_unspecified() {
+        return bound.to_string();
+    }
+    let loopback = match bound.ip() {
+        IpAddr::V4(_) => IpAddr::V4(Ipv4Addr::LOCALHOST),
+        IpAddr::V6(_) => IpAddr::V6(Ipv6Addr::LOCALHOST),
+    };
+    SocketAddr::new(loopback, bound.port()).to_string()
 }
 
 /// `host:port` where host is an IP address or a DNS name and port is non-zero.
@@ -682,6 +700,21 @@ mod tests {
         let big = vec![b' '; MAX_VALUE_BYTES + 1];
         let err = Instance::decode(&keys(), "/shoal/instances/app/abc", &big).unwrap_err();
         assert!(matches!(err, DecodeError::TooLarge { .. }), "{err}");
+    }
+
+    #[test]
+    fn advertised_addresses() {
+        let any: SocketAddr = "0.0.0.0:8080".parse().unwrap();
+        assert_eq!(advertise_addr(None, any), "127.0.0.1:8080");
+        assert_eq!(
+            advertise_addr(None, "[::]:8080".parse().unwrap()),
+            "[::1]:8080"
+        );
+        assert_eq!(
+            advertise_addr(None, "10.0.0.5:9000".parse().unwrap()),
+            "10.0.0.5:9000"
+        );
+        assert_eq!(advertise_addr(Some("app-1:80"), any), "app-1:80");
     }
 
     #[test]

@@ -23,6 +23,8 @@ use std::time::Duration;
 use http::Method;
 use tokio::time::Instant;
 
+use crate::stats::claim_second;
+
 /// Why an attempt failed, as far as retrying is concerned.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Failure {
@@ -125,13 +127,7 @@ impl RetryBudget {
     fn slot(&self, now: Instant) -> &Slot {
         let second = self.second(now);
         let slot = &self.slots[(second % SLOTS as u64) as usize];
-        let held = slot.second.load(Ordering::Relaxed);
-        if held != second
-            && slot
-                .second
-                .compare_exchange(held, second, Ordering::AcqRel, Ordering::Relaxed)
-                .is_ok()
-        {
+        if claim_second(&slot.second, second) {
             // Counts added concurrently by another thread in this instant may
             // be lost; the budget is a rate limit, not an account.
             slot.requests.store(0, Ordering::Relaxed);
