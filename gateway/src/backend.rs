@@ -7,9 +7,12 @@
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use http::HeaderValue;
+use http::uri::Authority;
 use registry::Instance;
 
 use crate::ewma::PeakEwma;
+use crate::proxy::headers::NO_INSTANCE;
 use crate::stats::RequestStats;
 
 /// Live state of one instance, shared by every table that contains it.
@@ -76,15 +79,59 @@ impl BackendState {
     }
 }
 
-/// An instance in one routing table: registry entry + shared live state.
+/// An instance in one routing table: registry entry + shared live state, and
+/// what the request path needs of it, prepared once per table rather than
+/// per request.
 #[derive(Debug, Clone)]
 pub struct Backend {
     pub instance: Instance,
     pub state: std::sync::Arc<BackendState>,
+    /// `instance.addr` as a URI authority.
+    pub authority: Authority,
+    /// `instance.id` as the `x-shoal-instance` header value.
+    pub id_header: HeaderValue,
 }
 
 impl Backend {
+    /// `None` when the address is not a URI authority (registry validation
+    /// makes that unlikely). An id that is not a header value (likewise) is
+    /// reported as `-`.
+    pub fn new(instance: Instance, state: std::sync::Arc<BackendState>) -> Option<Backend> {
+        let authority = instance.addr.parse().ok()?;
+        let id_header =
+            HeaderValue::from_str(&instance.id).unwrap_or(HeaderValue::from_static(NO_INSTANCE));
+        Some(Backend {
+            instance,
+            state,
+            authority,
+            id_header,
+        })
+    }
+
     pub fn id(&self) -> &str {
         &self.instance.id
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+
+    #[test]
+    fn request_parts_are_prepared_once() {
+        let state = || Arc::new(BackendState::new(Instant::now()));
+        let mut i = Instance::new("app", "127.0.0.1:8081");
+        i.id = "i-1".into();
+        let b = Backend::new(i.clone(), state()).unwrap();
+        assert_eq!(
+            (b.authority.as_str(), b.id_header.to_str().unwrap()),
+            ("127.0.0.1:8081", "i-1")
+        );
+        i.id = "bad\nid".into();
+        assert_eq!(Backend::new(i.clone(), state()).unwrap().id_header, "-");
+        i.addr = "not an authority".into();
+        assert!(Backend::new(i, state()).is_none());
     }
 }

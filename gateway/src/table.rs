@@ -13,7 +13,7 @@
 //! per-route counters are kept across rebuilds in [`LiveState`], keyed by
 //! instance id, service and route name.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -21,6 +21,7 @@ use arc_swap::ArcSwap;
 use registry::model::{BalancePolicy, NamedRoute, Route};
 use registry::{Instance, InstanceState};
 use tokio::sync::watch;
+use tracing::warn;
 
 use crate::backend::{Backend, BackendState};
 use crate::balance::Balancer;
@@ -171,16 +172,20 @@ impl LiveState {
                 .entry(instance.id.clone())
                 .or_insert_with(|| Arc::new(BackendState::with_age(now, age_of(instance))))
                 .clone();
-            by_service
-                .entry(&instance.service)
-                .or_default()
-                .push(Arc::new(Backend {
-                    instance: instance.clone(),
-                    state,
-                }));
+            match Backend::new(instance.clone(), state) {
+                Some(backend) => by_service
+                    .entry(&instance.service)
+                    .or_default()
+                    .push(Arc::new(backend)),
+                None => warn!(
+                    id = %instance.id,
+                    addr = %instance.addr,
+                    "skipping instance: its address cannot be used in a request URI"
+                ),
+            }
         }
-        self.backends
-            .retain(|id, _| instances.values().any(|i| &i.id == id));
+        let present: HashSet<&str> = instances.values().map(|i| i.id.as_str()).collect();
+        self.backends.retain(|id, _| present.contains(id.as_str()));
 
         let mut wanted: Vec<&str> = by_service.keys().copied().collect();
         wanted.push(&defaults.service);

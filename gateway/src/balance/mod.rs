@@ -160,10 +160,10 @@ pub(crate) mod testing {
         instance.id = id.to_owned();
         instance.weight = weight;
         instance.state = InstanceState::Ready;
-        Arc::new(Backend {
-            instance,
-            state: Arc::new(BackendState::new(first_seen)),
-        })
+        Arc::new(
+            Backend::new(instance, Arc::new(BackendState::new(first_seen)))
+                .expect("valid test backend"),
+        )
     }
 
     /// `n` warm backends with weight 1, named b0, b1, ...

@@ -5,7 +5,7 @@
 use std::error::Error as StdError;
 use std::time::Duration;
 
-use http::uri::{PathAndQuery, Scheme};
+use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{HeaderMap, Method, Request, Uri};
 use hyper::body::Incoming;
 use hyper_util::client::legacy::Client;
@@ -56,11 +56,14 @@ pub fn forward_path_and_query(entry: &RouteEntry, uri: &Uri) -> PathAndQuery {
         .unwrap_or_else(|_| PathAndQuery::from_static("/"))
 }
 
-/// The absolute URI of `path_and_query` on the instance at `addr`.
-pub fn instance_uri(addr: &str, path_and_query: PathAndQuery) -> Result<Uri, http::Error> {
+/// The absolute URI of `path_and_query` on the instance at `authority`.
+pub fn instance_uri(
+    authority: Authority,
+    path_and_query: PathAndQuery,
+) -> Result<Uri, http::Error> {
     Uri::builder()
         .scheme(Scheme::HTTP)
-        .authority(addr)
+        .authority(authority)
         .path_and_query(path_and_query)
         .build()
 }
@@ -174,8 +177,11 @@ mod tests {
                 assert_eq!(forward_path_and_query(entry, &uri), "/users/7?x=1&y=2");
                 let uri: Uri = "/api".parse().unwrap();
                 assert_eq!(forward_path_and_query(entry, &uri), "/");
-                let full =
-                    instance_uri("127.0.0.1:9000", forward_path_and_query(entry, &uri)).unwrap();
+                let full = instance_uri(
+                    Authority::from_static("127.0.0.1:9000"),
+                    forward_path_and_query(entry, &uri),
+                )
+                .unwrap();
                 assert_eq!(full, "http://127.0.0.1:9000/");
             },
         );

@@ -156,12 +156,6 @@ pub fn forwarded_for_value(ip: std::net::IpAddr) -> HeaderValue {
         .expect("an IP address is a valid header value")
 }
 
-/// The `x-shoal-instance` value for an instance id.
-pub fn instance_value(id: &str) -> HeaderValue {
-    // Registry ids are key segments ([A-Za-z0-9._-]), always valid here.
-    HeaderValue::from_str(id).unwrap_or(HeaderValue::from_static(NO_INSTANCE))
-}
-
 /// `Set-Cookie` that pins a client to `instance` of `service`.
 pub fn sticky_cookie(service: &str, instance: &str) -> HeaderValue {
     let cookie = format!(
@@ -278,12 +272,10 @@ mod tests {
     }
 
     #[test]
-    fn sticky_cookie_and_instance_header() {
+    fn the_sticky_cookie() {
         assert_eq!(
             sticky_cookie("app", "i-1"),
             "shoal-sticky-app=i-1; Path=/; HttpOnly; SameSite=Lax"
         );
-        assert_eq!(instance_value("i-1"), "i-1");
-        assert_eq!(instance_value("bad\nid"), "-");
     }
 }

@@ -281,7 +281,7 @@ impl Inner {
             let backend = pool.ready[pick.index].clone();
             attempts.tried[attempts.made] = pick.index;
             attempts.made += 1;
-            let instance_header = headers::instance_value(backend.id());
+            let instance_header = backend.id_header.clone();
 
             let permit = match self.admit(&backend, &table, timeout).await {
                 Ok(permit) => permit,
@@ -294,7 +294,8 @@ impl Inner {
                     return fail(e, Some(&instance_header), record, None);
                 }
             };
-            let uri = match forward::instance_uri(&backend.instance.addr, path_and_query.clone()) {
+            let uri = match forward::instance_uri(backend.authority.clone(), path_and_query.clone())
+            {
                 Ok(uri) => uri,
                 Err(e) => {
                     // The registry validates addresses; a bad one is like a refused connection.
@@ -414,12 +415,7 @@ impl Inner {
                     instance: backend.id().to_owned(),
                     cause,
                 };
-                fail(
-                    e,
-                    Some(&headers::instance_value(backend.id())),
-                    record,
-                    None,
-                )
+                fail(e, Some(&backend.id_header), record, None)
             }
             Some((_, cause, backend)) => {
                 let e = GatewayError::Unreachable {
@@ -427,12 +423,7 @@ impl Inner {
                     attempts: attempts.made,
                     cause,
                 };
-                fail(
-                    e,
-                    Some(&headers::instance_value(backend.id())),
-                    record,
-                    None,
-                )
+                fail(e, Some(&backend.id_header), record, None)
             }
             None => {
                 // Only when the route changed to another service, still without
