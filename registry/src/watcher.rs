@@ -4,8 +4,9 @@
 //! revision and watches from the next one. On compaction, cancellation, a
 //! broken stream or an etcd restart it lists again and emits a full
 //! [`Update::Reset`] rather than patching (the linkerd/tower discovery model).
-//! While etcd is away the last good snapshot stays in place, marked
-//! disconnected. Values that do not decode are skipped with a warning naming
+//! A quiet watch asks etcd for progress every second; one that hears nothing
+//! for 4 s (a frozen etcd, a cut-off host) is treated as broken. While etcd
+//! is away the last good snapshot stays in place, marked disconnected. Values that do not decode are skipped with a warning naming
 //! the key, so the snapshot always equals "every decodable entry in etcd".
 //!
 //! Consumers either read the latest [`Snapshot`] (cheap `Arc` clone, e.g. a
@@ -18,6 +19,7 @@ use std::time::Duration;
 
 use etcd_client::{Client, EventType, GetOptions, WatchOptions};
 use tokio::sync::{broadcast, watch};
+use tokio::time::{Instant, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
@@ -27,6 +29,10 @@ use crate::model::RegistryValue;
 
 const FIRST_RETRY: Duration = Duration::from_millis(100);
 const MAX_RETRY: Duration = Duration::from_secs(1);
+/// A watch that has heard nothing for this long asks etcd for progress.
+const PROGRESS_EVERY: Duration = Duration::from_secs(1);
+/// A watch that has heard nothing, not even progress, for this long is broken.
+const PROGRESS_TIMEOUT: Duration = Duration::from_secs(4);
 
 /// One change to the watched set, keyed by full etcd key.
 #[derive(Debug, Clone, PartialEq)]
@@ -308,7 +314,7 @@ impl<T: RegistryValue> WatchTask<T> {
         let options = WatchOptions::new()
             .with_prefix()
             .with_start_revision(revision + 1);
-        let mut stream = tokio::time::timeout(
+        let stream = tokio::time::timeout(
             ETCD_CALL_TIMEOUT,
             self.client.watch(self.prefix.as_str(), Some(options)),
         )
@@ -317,9 +323,33 @@ impl<T: RegistryValue> WatchTask<T> {
         .map_err(|e| e.to_string())?;
         self.snapshot
             .send_if_modified(|s| !std::mem::replace(&mut s.connected, true));
+        let (mut requests, mut responses) = stream.split();
+        debug!(prefix = %self.prefix, revision, "watching");
 
+        // A quiet watch is asked for progress every PROGRESS_EVERY; an etcd that
+        // answers nothing for PROGRESS_TIMEOUT (frozen, or its host cut off while
+        // the TCP connection looks open) is treated as gone.
+        let mut last_heard = Instant::now();
+        let mut ticker = tokio::time::interval(PROGRESS_EVERY);
+        ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
         loop {
-            let message = match stream.message().await {
+            let received = tokio::select! {
+                received = responses.message() => received,
+                _ = ticker.tick() => {
+                    let quiet = last_heard.elapsed();
+                    if quiet >= PROGRESS_TIMEOUT {
+                        return Ok(Relist::Broken(format!("etcd answered nothing for {} ms", quiet.as_millis())));
+                    }
+                    if quiet >= PROGRESS_EVERY {
+                        if let Err(e) = requests.request_progress().await {
+                            return Ok(Relist::Broken(format!("cannot ask for progress: {e}")));
+                        }
+                    }
+                    continue;
+                }
+            };
+            last_heard = Instant::now();
+            let message = match received {
                 Ok(Some(m)) => m,
                 Ok(None) => return Ok(Relist::Broken("stream ended".into())),
                 Err(e) => return Ok(Relist::Broken(e.to_string())),

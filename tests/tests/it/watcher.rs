@@ -208,3 +208,43 @@ async fn the_last_snapshot_is_kept_while_etcd_is_away_and_updated_when_it_return
         watcher.snapshot()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frozen_etcd_is_noticed_and_the_snapshot_kept() {
+    let etcd = Etcd::start().await;
+    let client = etcd.client().await;
+    let keys = Keys::default();
+    let watcher = Watcher::<Instance>::start(client.clone(), keys.clone(), keys.instances());
+    assert!(watcher.wait_synced(Duration::from_secs(5)).await);
+    // A change that arrives through the watch stream: the stream is established
+    // (freezing etcd while the watch is being created would test something else).
+    put(&client, &instance("a")).await;
+    assert!(
+        watcher
+            .wait_for(Duration::from_secs(5), |s| s.entries.len() == 1)
+            .await
+    );
+
+    // SIGSTOP: the TCP connection stays open, nothing answers.
+    etcd.signal(nix::sys::signal::Signal::SIGSTOP);
+    let frozen = std::time::Instant::now();
+    let noticed = watcher
+        .wait_for(Duration::from_secs(15), |s| !s.connected)
+        .await;
+    let took = frozen.elapsed();
+    etcd.signal(nix::sys::signal::Signal::SIGCONT);
+    assert!(noticed, "a frozen etcd was not noticed within 15 s");
+    println!(
+        "measured: frozen etcd noticed by the watcher after {} ms",
+        took.as_millis()
+    );
+    assert_eq!(ids(&watcher), set(&["a"]), "the last snapshot is kept");
+
+    put(&client, &instance("b")).await;
+    assert!(
+        watcher
+            .wait_for(Duration::from_secs(10), |s| s.connected
+                && s.entries.len() == 2)
+            .await
+    );
+}
