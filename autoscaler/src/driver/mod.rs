@@ -7,7 +7,9 @@
 //! themselves in etcd; a driver never writes the registry.
 //!
 //! - [`process`]: local child processes from a command template.
+//! - [`docker`]: containers through the Docker Engine API, adopted by label.
 
+pub mod docker;
 pub mod process;
 
 use std::future::Future;
@@ -42,6 +44,8 @@ pub enum DriverError {
     Unknown(String),
     #[error("cannot stop {id}: {reason}")]
     Stop { id: String, reason: String },
+    #[error("{0}")]
+    List(String),
 }
 
 /// Starts, stops and lists instances.

@@ -1,0 +1,145 @@
+#!/usr/bin/env bash
+#! Builds Shoal's container images offline, from this repo's release binaries.
+#!
+#! No base image is pulled: each image is a `FROM scratch`-style root
+#! filesystem holding the binaries, the shared libraries `ldd` names for them
+#! (at the same paths) and the dynamic loader, imported with `docker import`
+#! so that neither a registry nor BuildKit/buildx is needed.
+#!
+#! Images (all tagged :dev unless SHOAL_IMAGE_TAG says otherwise) run as
+#! uid 10001, with /tmp writable:
+#!   shoal/app-server  entrypoint app-server
+#!   shoal/shoal       every binary that exists (registry, app-server, gateway,
+#!                     autoscaler) on PATH, no entrypoint
+#!   shoal/etcd        Debian's /usr/bin/etcd (apt-get install etcd-server),
+#!                     entrypoint etcd, data in /tmp/etcd; its CMD listens on
+#!                     0.0.0.0:2379 and advertises http://etcd:2379
+#!
+#! Usage: docker/build-images.sh [--no-build] [app-server|shoal|etcd ...]
+#!   (no image names: all three; etcd is skipped with a note when
+#!   /usr/bin/etcd is absent)
+#!   --no-build  use the binaries already in target/release
+#! Env: CARGO_TARGET_DIR, SHOAL_IMAGE_TAG (default dev), SHOAL_ETCD_BIN
+#! (default /usr/bin/etcd).
+set -euo pipefail
+
+root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+target_dir=${CARGO_TARGET_DIR:-$root/target}
+tag=${SHOAL_IMAGE_TAG:-dev}
+build=1
+images=()
+for arg in "$@"; do
+  case $arg in
+    --no-build) build=0 ;;
+    app-server | shoal | etcd) images+=("$arg") ;;
+    -h | --help) awk 'NR > 1 && /^#!/ { sub(/^#! ?/, ""); print }' "$0"; exit 0 ;;
+    *) echo "build-images.sh: unknown argument '$arg' (try --help)" >&2; exit 2 ;;
+  esac
+done
+explicit_etcd=0
+if [ ${#images[@]} -eq 0 ]; then
+  images=(app-server shoal etcd)
+else
+  for i in "${images[@]}"; do [ "$i" = etcd ] && explicit_etcd=1; done
+fi
+
+die() { echo "build-images.sh: $*" >&2; exit 1; }
+command -v docker >/dev/null || die "docker is not installed"
+docker version >/dev/null 2>&1 || die "cannot reach the Docker engine (is dockerd running, may this user use /var/run/docker.sock?)"
+
+stage=$(mktemp -d)
+trap 'rm -rf "$stage"' EXIT
+
+# copy_with_libs ROOTFS BINARY NAME: BINARY as /usr/local/bin/NAME, plus every
+# library ldd resolves for it and the loader, each at its own path.
+copy_with_libs() {
+  local rootfs=$1 bin=$2 name=$3 lib
+  install -D -m 0755 "$bin" "$rootfs/usr/local/bin/$name"
+  # `libX.so => /path (addr)` lines, and the loader's `/lib64/ld-... (addr)`.
+  for lib in $(ldd "$bin" | awk '$2 == "=>" && $3 ~ /^\// { print $3 } $1 ~ /^\// { print $1 }'); do
+    [ -e "$rootfs$lib" ] || cp -L --parents "$lib" "$rootfs"
+  done
+}
+
+# new_rootfs DIR: the few files a glibc binary expects besides its libraries.
+new_rootfs() {
+  local rootfs=$1
+  mkdir -p "$rootfs/etc" "$rootfs/tmp" "$rootfs/usr/local/bin"
+  chmod 1777 "$rootfs/tmp"
+  echo 'root:x:0:0:root:/:/nonexistent' >"$rootfs/etc/passwd"
+  echo 'shoal:x:10001:10001:shoal:/tmp:/nonexistent' >>"$rootfs/etc/passwd"
+  printf 'root:x:0:\nshoal:x:10001:\n' >"$rootfs/etc/group"
+  echo 'hosts: files dns' >"$rootfs/etc/nsswitch.conf"
+}
+
+# import ROOTFS IMAGE [--change ...]: replace IMAGE with the tree, and drop
+# the image it replaces unless something still uses it.
+import() {
+  local rootfs=$1 image=$2 old new
+  shift 2
+  old=$(docker image inspect --format '{{.Id}}' "$image" 2>/dev/null || true)
+  new=$(tar -C "$rootfs" --numeric-owner --owner=0 --group=0 -c . |
+    docker import --change 'ENV PATH=/usr/local/bin' --change 'USER 10001:10001' \
+      --change "LABEL org.opencontainers.image.source=shoal" "$@" - "$image")
+  if [ -n "$old" ] && [ "$old" != "$new" ]; then
+    docker image rm "$old" >/dev/null 2>&1 || true
+  fi
+  echo "built $image ($(du -sh "$rootfs" | cut -f1) uncompressed)"
+}
+
+want() { local i; for i in "${images[@]}"; do [ "$i" = "$1" ] && return 0; done; return 1; }
+
+if [ $build = 1 ] && { want app-server || want shoal; }; then
+  if want shoal; then
+    (cd "$root" && cargo build --release --workspace --bins)
+  else
+    (cd "$root" && cargo build --release -p app-server --bin app-server)
+  fi
+fi
+release=$target_dir/release
+
+if want app-server; then
+  [ -x "$release/app-server" ] || die "$release/app-server is missing: run cargo build --release (or drop --no-build)"
+  rootfs=$stage/app-server
+  new_rootfs "$rootfs"
+  copy_with_libs "$rootfs" "$release/app-server" app-server
+  import "$rootfs" "shoal/app-server:$tag" \
+    --change 'ENTRYPOINT ["/usr/local/bin/app-server"]' --change 'EXPOSE 8080'
+fi
+
+if want shoal; then
+  rootfs=$stage/shoal
+  new_rootfs "$rootfs"
+  found=()
+  for bin in registry app-server gateway autoscaler; do
+    if [ -x "$release/$bin" ]; then
+      copy_with_libs "$rootfs" "$release/$bin" "$bin"
+      found+=("$bin")
+    fi
+  done
+  [ ${#found[@]} -gt 0 ] || die "no binary in $release: run cargo build --release (or drop --no-build)"
+  import "$rootfs" "shoal/shoal:$tag"
+  echo "  shoal/shoal:$tag holds: ${found[*]}"
+fi
+
+if want etcd; then
+  etcd_bin=${SHOAL_ETCD_BIN:-/usr/bin/etcd}
+  if [ -x "$etcd_bin" ]; then
+    rootfs=$stage/etcd
+    new_rootfs "$rootfs"
+    copy_with_libs "$rootfs" "$etcd_bin" etcd
+    # A single member listening on every interface, advertised as `etcd`
+    # (its name on a compose network). etcd refuses a flag that shadows an
+    # ETCD_* variable, so the listen/advertise defaults are CMD (give both
+    # when overriding) and only what is rarely changed is ENV.
+    import "$rootfs" "shoal/etcd:$tag" \
+      --change 'ENTRYPOINT ["/usr/local/bin/etcd"]' \
+      --change 'CMD ["--listen-client-urls", "http://0.0.0.0:2379", "--advertise-client-urls", "http://etcd:2379"]' \
+      --change 'ENV ETCD_NAME=etcd ETCD_DATA_DIR=/tmp/etcd ETCD_AUTO_COMPACTION_RETENTION=1' \
+      --change 'EXPOSE 2379'
+  elif [ $explicit_etcd = 1 ]; then
+    die "$etcd_bin not found: apt-get install etcd-server"
+  else
+    echo "skipped shoal/etcd:$tag: $etcd_bin not found (apt-get install etcd-server)"
+  fi
+fi
