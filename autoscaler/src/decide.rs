@@ -42,6 +42,11 @@ pub struct InstanceLoad {
 
 /// Everything the decision looks at, observed at `now` (seconds on the
 /// controller's monotonic clock).
+///
+/// Stabilization only looks at `recommendations`: with an empty history a
+/// scale-down happens at once. A caller that has just started (or just became
+/// leader) must seed the history with the current count, so the first
+/// scale-down waits a whole window.
 #[derive(Debug, Clone)]
 pub struct Inputs<'a> {
     pub policy: &'a ScalingPolicy,
@@ -204,7 +209,8 @@ fn recommend(inputs: &Inputs<'_>, current: u32) -> (u32, String, Option<Bound>) 
                 None,
             )
         } else {
-            (policy.min, "no instance and no traffic".to_owned(), None)
+            // Nothing to serve: the metric asks for none; `min` may bound it.
+            (0, "no instance and no traffic".to_owned(), None)
         };
     }
     let name = metric_name(policy.metric);
@@ -514,6 +520,16 @@ mod tests {
         let mut i = inputs(&p, &none);
         i.service_rate = 0.0;
         assert_eq!(decide(&i).desired, 0);
+        let mut p1 = p.clone();
+        p1.min = 1;
+        let mut i1 = inputs(&p1, &none);
+        i1.service_rate = 0.0;
+        let d = decide(&i1);
+        assert_eq!((d.desired, d.bounded_by), (1, Some(Bound::Min)));
+        assert_eq!(
+            d.reason,
+            "0 → 1: no instance and no traffic; bounded by min to 1"
+        );
         i.held_requests = 3;
         let d = decide(&i);
         assert_eq!(d.desired, 1);

@@ -6,9 +6,14 @@
 //! - [`driver`]: the `Driver` trait (start, stop, list owned instances) and the
 //!   `process` driver.
 //!
-//! The controller (leader election, collectors, drivers, events) and the
-//! `autoscaler` CLI build on it.
+//! - [`controller`]: the control loop: count, decide, start, retire, reap,
+//!   replace; every decision and action a fenced `ScalingEvent`.
+//! - [`run`]: `autoscaler run`: configuration, leader election, the tick loop.
+//!
+//! `src/main.rs` is the thin `autoscaler` binary over [`run`].
 
 pub mod collect;
+pub mod controller;
 pub mod decide;
 pub mod driver;
+pub mod run;

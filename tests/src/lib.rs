@@ -8,16 +8,19 @@
 //!   stderr saved under `target/test-logs/`.
 //! - [`binaries`]: where the built binaries are, and typed launchers for them.
 //! - [`gateway`]: a launcher for the gateway, with its proxy and admin addresses.
+//! - [`autoscaler`]: a launcher for `autoscaler run` with the process driver.
 //! - [`wait`]: polling with deadlines (no fixed sleeps in tests).
 //!
 //! The tests themselves are in `tests/it/`, one module per area.
 
+pub mod autoscaler;
 pub mod binaries;
 pub mod etcd;
 pub mod gateway;
 pub mod process;
 pub mod wait;
 
+pub use autoscaler::Autoscaler;
 pub use binaries::{AppServer, AppServerOptions, bin_path};
 pub use etcd::Etcd;
 pub use gateway::Gateway;

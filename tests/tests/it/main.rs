@@ -3,6 +3,7 @@
 //! Timings the issues ask for are printed with `measured:` so a run's output
 //! (`cargo nextest run --no-capture` or `cargo test -- --nocapture`) shows them.
 
+mod autoscaler;
 mod election;
 mod gateway;
 mod lifecycle;

@@ -1,0 +1,179 @@
+//! What the controller looks at each tick: the policies, the registry's
+//! instances, every gateway's view of each service, and — for `cpu`
+//! policies — each instance's own `/load`, turned into cores busy
+//! (`cpu_seconds` delta per wall second between two ticks).
+//!
+//! [`Observer`] reads the registry through watchers (snapshots, no etcd
+//! round trip per tick) and asks gateways and instances over HTTP, all
+//! concurrently. [`Observed`] is plain data, so the controller's tick can be
+//! driven from tests without etcd or HTTP.
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::Duration;
+
+use etcd_client::Client;
+use registry::model::{GatewayInfo, ScalingMetric, ScalingPolicy};
+use registry::{Instance, Keys, Watcher};
+use serde::Deserialize;
+use tokio::time::Instant;
+use tracing::debug;
+
+use crate::collect::{ServiceLoad, collect};
+
+/// How long an instance's `/load` may take.
+pub const LOAD_TIMEOUT: Duration = Duration::from_millis(500);
+
+/// One tick's view of the world.
+#[derive(Debug, Clone, Default)]
+pub struct Observed {
+    pub policies: Vec<ScalingPolicy>,
+    /// Registered instances by service, then id.
+    pub instances: BTreeMap<String, BTreeMap<String, Instance>>,
+    /// Load by service, merged across gateways.
+    pub loads: BTreeMap<String, ServiceLoad>,
+    /// Cores busy by instance id (for `cpu` policies; absent until two samples).
+    pub cpu: BTreeMap<String, f64>,
+    /// Whether the registry watchers have listed at least once (acting on an
+    /// empty, unsynced view would read every instance as gone).
+    pub synced: bool,
+}
+
+/// Reads the registry through watchers and load over HTTP.
+pub struct Observer {
+    policies: Watcher<ScalingPolicy>,
+    instances: Watcher<Instance>,
+    gateways: Watcher<GatewayInfo>,
+    http: reqwest::Client,
+    /// Last `/load` sample per instance: (cpu seconds, when).
+    cpu_samples: HashMap<String, (f64, Instant)>,
+}
+
+#[derive(Debug, Deserialize)]
+struct LoadReport {
+    cpu_seconds: Option<f64>,
+}
+
+impl Observer {
+    pub fn start(client: Client, keys: &Keys) -> Self {
+        let http = reqwest::Client::builder()
+            .no_proxy()
+            .build()
+            .expect("a plain HTTP client always builds");
+        Observer {
+            policies: Watcher::start(client.clone(), keys.clone(), keys.policies()),
+            instances: Watcher::start(client.clone(), keys.clone(), keys.instances()),
+            gateways: Watcher::start(client, keys.clone(), keys.gateways()),
+            http,
+            cpu_samples: HashMap::new(),
+        }
+    }
+
+    /// Wait until every watcher has listed once, up to `timeout`.
+    pub async fn wait_synced(&self, timeout: Duration) -> bool {
+        self.policies.wait_synced(timeout).await
+            && self.instances.wait_synced(timeout).await
+            && self.gateways.wait_synced(timeout).await
+    }
+
+    pub async fn observe(&mut self) -> Observed {
+        let policies = self.policies.snapshot();
+        let instances = self.instances.snapshot();
+        let gateways = self.gateways.snapshot();
+        let synced = policies.synced && instances.synced && gateways.synced;
+        let gateways: Vec<GatewayInfo> = gateways.entries.values().cloned().collect();
+        let policies: Vec<ScalingPolicy> = policies.entries.values().cloned().collect();
+
+        let mut by_service: BTreeMap<String, BTreeMap<String, Instance>> = BTreeMap::new();
+        for i in instances.entries.values() {
+            by_service
+                .entry(i.service.clone())
+                .or_default()
+                .insert(i.id.clone(), i.clone());
+        }
+
+        let http = &self.http;
+        let loads = futures::future::join_all(policies.iter().map(|p| {
+            let gateways = &gateways;
+            async move { (p.service.clone(), collect(http, gateways, &p.service).await) }
+        }))
+        .await
+        .into_iter()
+        .collect();
+
+        let cpu_targets: Vec<&Instance> = policies
+            .iter()
+            .filter(|p| p.metric == ScalingMetric::Cpu)
+            .filter_map(|p| by_service.get(&p.service))
+            .flat_map(|m| m.values())
+            .collect();
+        let samples = futures::future::join_all(cpu_targets.iter().map(|i| async move {
+            (
+                i.id.clone(),
+                cpu_seconds(http, &i.addr).await,
+                Instant::now(),
+            )
+        }))
+        .await;
+        let mut cpu = BTreeMap::new();
+        let mut fresh = HashMap::new();
+        for (id, seconds, at) in samples {
+            let Some(seconds) = seconds else { continue };
+            if let Some(cores) = self
+                .cpu_samples
+                .get(&id)
+                .and_then(|&before| cores_busy(before, (seconds, at)))
+            {
+                cpu.insert(id.clone(), cores);
+            }
+            fresh.insert(id, (seconds, at));
+        }
+        // Instances that left are forgotten.
+        self.cpu_samples = fresh;
+
+        Observed {
+            policies,
+            instances: by_service,
+            loads,
+            cpu,
+            synced,
+        }
+    }
+}
+
+/// Cores busy between two `(cpu_seconds, when)` samples: CPU time per wall
+/// second. `None` without wall time between them; a counter that went back
+/// (a restarted process under the same id) reads as idle, not negative.
+pub fn cores_busy(before: (f64, Instant), after: (f64, Instant)) -> Option<f64> {
+    let wall = after.1.checked_duration_since(before.1)?.as_secs_f64();
+    (wall > 0.0).then(|| ((after.0 - before.0) / wall).max(0.0))
+}
+
+async fn cpu_seconds(http: &reqwest::Client, addr: &str) -> Option<f64> {
+    let url = format!("http://{addr}/load");
+    let answer = async {
+        let resp = http.get(&url).timeout(LOAD_TIMEOUT).send().await?;
+        resp.error_for_status()?.json::<LoadReport>().await
+    }
+    .await;
+    match answer {
+        Ok(report) => report.cpu_seconds,
+        Err(e) => {
+            debug!(%url, error = %e, "no /load from instance; its cpu counts as missing");
+            None
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cpu_is_cpu_seconds_per_wall_second() {
+        let t0 = Instant::now();
+        let t1 = t0 + Duration::from_millis(500);
+        assert_eq!(cores_busy((10.0, t0), (10.75, t1)), Some(1.5));
+        assert_eq!(cores_busy((10.0, t0), (3.0, t1)), Some(0.0));
+        assert_eq!(cores_busy((10.0, t0), (11.0, t0)), None);
+    }
+}

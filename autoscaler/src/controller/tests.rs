@@ -1,0 +1,378 @@
+//! The controller's tick against an in-memory driver and journal, on paused time.
+
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+
+use registry::InstanceState;
+use registry::model::ScalingMetric;
+
+use super::journal::MemoryJournal;
+use super::*;
+use crate::collect::InstanceObservation;
+use crate::driver::DriverError;
+
+/// Instances are entries in a map; tests crash them by hand.
+#[derive(Default)]
+struct MemoryDriver {
+    owned: Mutex<BTreeMap<String, Owned>>,
+}
+
+impl MemoryDriver {
+    fn exit(&self, id: &str, code: i32) {
+        self.owned.lock().unwrap().get_mut(id).unwrap().exited = Some(code);
+    }
+    fn ids(&self) -> Vec<String> {
+        self.owned.lock().unwrap().keys().cloned().collect()
+    }
+}
+
+impl Driver for MemoryDriver {
+    fn name(&self) -> &'static str {
+        "memory"
+    }
+    async fn start(&self, spec: &StartSpec) -> Result<(), DriverError> {
+        self.owned.lock().unwrap().insert(
+            spec.id.clone(),
+            Owned {
+                id: spec.id.clone(),
+                service: spec.service.clone(),
+                exited: None,
+            },
+        );
+        Ok(())
+    }
+    async fn stop(&self, id: &str, _grace: Duration) -> Result<(), DriverError> {
+        self.owned
+            .lock()
+            .unwrap()
+            .remove(id)
+            .map(|_| ())
+            .ok_or_else(|| DriverError::Unknown(id.to_owned()))
+    }
+    async fn list(&self) -> Result<Vec<Owned>, DriverError> {
+        Ok(self.owned.lock().unwrap().values().cloned().collect())
+    }
+}
+
+fn policy(min: u32) -> ScalingPolicy {
+    ScalingPolicy {
+        service: "app".into(),
+        min,
+        max: 10,
+        metric: ScalingMetric::Inflight,
+        target: 2.0,
+        tolerance: 0.1,
+        scale_up_stabilization_secs: 0,
+        scale_down_stabilization_secs: 0,
+        max_scale_up_step: None,
+        max_scale_down_step: None,
+        step_period_secs: 15,
+        warmup_secs: 0,
+    }
+}
+
+struct World {
+    controller: Controller<MemoryDriver>,
+    driver: Arc<MemoryDriver>,
+    journal: MemoryJournal,
+    observed: Observed,
+}
+
+impl World {
+    fn new(policy: ScalingPolicy) -> World {
+        let driver = Arc::new(MemoryDriver::default());
+        let settings = Settings {
+            startup_grace: Duration::from_secs(20),
+            lease_ttl: Duration::from_secs(5),
+            retire_deadline: Duration::from_secs(60),
+            stop_grace: Duration::from_secs(10),
+        };
+        World {
+            controller: Controller::new(driver.clone(), settings),
+            driver,
+            journal: MemoryJournal::default(),
+            observed: Observed {
+                policies: vec![policy],
+                synced: true,
+                ..Observed::default()
+            },
+        }
+    }
+
+    async fn tick(&mut self) {
+        self.controller
+            .tick(Instant::now(), &self.observed, &self.journal)
+            .await
+            .unwrap();
+        // Let the spawned stops run.
+        for _ in 0..10 {
+            tokio::task::yield_now().await;
+        }
+    }
+
+    /// Register every running owned instance as `state`, with this in-flight load
+    /// (in id order) seen by one gateway that answered.
+    fn register_all(&mut self, state: InstanceState, in_flight: &[f64]) {
+        let ids = self.driver.ids();
+        let mut registered = BTreeMap::new();
+        let mut load = ServiceLoad {
+            gateways_answered: 1,
+            ..ServiceLoad::default()
+        };
+        for (n, id) in ids.iter().enumerate() {
+            let mut i = Instance::new("app", "127.0.0.1:1");
+            i.id = id.clone();
+            i.state = state;
+            registered.insert(id.clone(), i);
+            load.instances.insert(
+                id.clone(),
+                InstanceObservation {
+                    in_flight: in_flight.get(n).copied().unwrap_or(0.0),
+                    rate: 1.0,
+                    ejected: false,
+                },
+            );
+        }
+        self.observed.instances.insert("app".into(), registered);
+        self.observed.loads.insert("app".into(), load);
+    }
+
+    fn kinds(&self) -> Vec<String> {
+        self.journal
+            .events("app")
+            .into_iter()
+            .map(|(_, e)| e.kind)
+            .collect()
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn starts_up_to_min_and_event_sequence_continues() {
+    let mut w = World::new(policy(2));
+    w.journal
+        .commit(vec![Write::Event {
+            seq: 41,
+            event: event::new("app", "decision", (0, 0), "earlier".into(), None),
+        }])
+        .await
+        .unwrap();
+    w.tick().await;
+    assert_eq!(w.driver.ids().len(), 2);
+    let events = w.journal.events("app");
+    let seqs: Vec<u64> = events.iter().map(|(s, _)| *s).collect();
+    assert_eq!(seqs, [41, 42, 43, 44]);
+    assert_eq!(w.kinds()[1..], ["decision", "start", "start"]);
+    assert_eq!((events[1].1.current, events[1].1.desired), (0, 2));
+    assert!(
+        events[1].1.reason.contains("no instance"),
+        "{}",
+        events[1].1.reason
+    );
+
+    // Started, not registered yet: they count, so nothing more starts.
+    w.tick().await;
+    assert_eq!(w.driver.ids().len(), 2);
+    assert_eq!(w.journal.events("app").len(), 4);
+}
+
+#[tokio::test(start_paused = true)]
+async fn crashes_are_replaced_at_once_then_with_back_off() {
+    let mut w = World::new(policy(1));
+    w.tick().await;
+    w.register_all(InstanceState::Ready, &[]);
+    let mut delays = Vec::new();
+    for _ in 0..4 {
+        let id = w.driver.ids().pop().unwrap();
+        let crashed_at = Instant::now();
+        w.driver.exit(&id, 137);
+        w.tick().await;
+        assert!(
+            !w.driver.ids().contains(&id),
+            "the crashed one is forgotten"
+        );
+        let (_, replace) = w
+            .journal
+            .events("app")
+            .into_iter()
+            .rev()
+            .find(|(_, e)| e.kind == "replace")
+            .unwrap();
+        assert_eq!(replace.instance.as_deref(), Some(id.as_str()));
+        assert_eq!(replace.inputs.get("exit_code"), Some(&137.0));
+        // Wait for the replacement, tick by tick.
+        while w.driver.ids().is_empty() {
+            tokio::time::advance(Duration::from_millis(500)).await;
+            w.tick().await;
+        }
+        delays.push(Instant::now().duration_since(crashed_at).as_millis());
+        w.register_all(InstanceState::Ready, &[]);
+        assert_eq!(w.driver.ids().len(), 1, "exactly one replacement");
+    }
+    assert_eq!(delays, [0, 0, 1000, 2000]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn scale_down_retires_the_least_busy_then_reaps_once_gone() {
+    let mut p = policy(1);
+    p.min = 3;
+    let mut w = World::new(p);
+    w.tick().await;
+    let ids = w.driver.ids();
+    w.register_all(InstanceState::Ready, &[1.0, 0.0, 0.0]);
+    w.observed.policies[0].min = 1;
+    w.tick().await;
+    // Mean 1/3 against target 2: one instance is enough.
+    let retired: Vec<String> = w
+        .journal
+        .state
+        .lock()
+        .unwrap()
+        .retired
+        .iter()
+        .map(|(_, id)| id.clone())
+        .collect();
+    assert_eq!(retired.len(), 2);
+    assert!(!retired.contains(&ids[0]), "the busy one stays");
+    assert_eq!(
+        w.kinds()[w.kinds().len() - 3..],
+        ["decision", "retire", "retire"]
+    );
+
+    // Retiring: not counted, no new decision while they drain.
+    let before = w.journal.events("app").len();
+    w.tick().await;
+    assert_eq!(w.journal.events("app").len(), before);
+    assert_eq!(w.driver.ids().len(), 3, "not reaped before they exit");
+
+    // They leave the registry and exit 0: reaped, not replaced.
+    for id in &retired {
+        w.driver.exit(id, 0);
+        w.observed.instances.get_mut("app").unwrap().remove(id);
+    }
+    w.tick().await;
+    assert_eq!(w.driver.ids(), [ids[0].clone()]);
+    assert!(!w.kinds().contains(&"replace".to_owned()));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_silent_gateway_is_never_read_as_zero_load() {
+    let mut p = policy(2);
+    let mut w = World::new(p.clone());
+    w.tick().await;
+    w.register_all(InstanceState::Ready, &[0.0, 0.0]);
+    w.observed
+        .loads
+        .get_mut("app")
+        .unwrap()
+        .silent
+        .push(("g2".into(), "connection refused".into()));
+    p.min = 1;
+    w.observed.policies[0] = p;
+    w.tick().await;
+    w.tick().await;
+    let events = w.journal.events("app");
+    let refused: Vec<&ScalingEvent> = events
+        .iter()
+        .map(|(_, e)| e)
+        .filter(|e| e.reason.contains("refused"))
+        .collect();
+    assert_eq!(refused.len(), 1, "reported once: {events:?}");
+    assert!(
+        refused[0].reason.contains("g2 (connection refused)"),
+        "{}",
+        refused[0].reason
+    );
+    assert_eq!((refused[0].current, refused[0].desired), (2, 2));
+    assert!(w.journal.state.lock().unwrap().retired.is_empty());
+    assert_eq!(w.driver.ids().len(), 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_instance_whose_lease_expired_is_stopped_and_replaced() {
+    let mut w = World::new(policy(1));
+    w.tick().await;
+    let id = w.driver.ids().pop().unwrap();
+    w.register_all(InstanceState::Ready, &[]);
+    w.tick().await;
+    w.observed.instances.get_mut("app").unwrap().clear();
+    w.observed.loads.get_mut("app").unwrap().instances.clear();
+    // Within 2 × TTL it still counts: nothing happens.
+    w.tick().await;
+    tokio::time::advance(Duration::from_secs(9)).await;
+    w.tick().await;
+    assert_eq!(w.driver.ids(), std::slice::from_ref(&id));
+    tokio::time::advance(Duration::from_secs(1)).await;
+    w.tick().await;
+    let ids = w.driver.ids();
+    assert_eq!(ids.len(), 1);
+    assert_ne!(ids[0], id, "stopped and replaced");
+    let last_replace = w
+        .journal
+        .events("app")
+        .into_iter()
+        .map(|(_, e)| e)
+        .find(|e| e.kind == "replace")
+        .unwrap();
+    assert!(
+        last_replace.reason.contains("lease expired"),
+        "{}",
+        last_replace.reason
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_deposed_leader_acts_on_nothing() {
+    let mut w = World::new(policy(2));
+    w.journal.state.lock().unwrap().lost = true;
+    let result = w
+        .controller
+        .tick(Instant::now(), &w.observed, &w.journal)
+        .await;
+    assert!(matches!(result, Err(JournalError::Lost)));
+    assert!(
+        w.driver.ids().is_empty(),
+        "nothing started without the fence"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_new_leader_waits_a_whole_window_before_scaling_down() {
+    let mut p = policy(3);
+    p.scale_down_stabilization_secs = 5;
+    let mut w = World::new(p);
+    w.tick().await;
+    w.register_all(InstanceState::Ready, &[0.0, 0.0, 0.0]);
+    w.observed.policies[0].min = 1;
+    w.controller.new_term();
+    for _ in 0..5 {
+        w.tick().await;
+        assert!(w.journal.state.lock().unwrap().retired.is_empty());
+        tokio::time::advance(Duration::from_secs(1)).await;
+    }
+    w.tick().await;
+    assert_eq!(w.journal.state.lock().unwrap().retired.len(), 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_retired_instance_that_does_not_leave_is_stopped_at_the_deadline() {
+    let mut p = policy(2);
+    let mut w = World::new(p.clone());
+    w.tick().await;
+    w.register_all(InstanceState::Ready, &[0.0, 1.0]);
+    p.min = 1;
+    w.observed.policies[0] = p;
+    tokio::time::advance(Duration::from_secs(1)).await;
+    w.tick().await;
+    let retired = w.journal.state.lock().unwrap().retired.clone();
+    assert_eq!(retired.len(), 1);
+    // It never drains; 60 s later it is stopped and its retire key cleared.
+    tokio::time::advance(Duration::from_secs(59)).await;
+    w.tick().await;
+    assert_eq!(w.driver.ids().len(), 2);
+    tokio::time::advance(Duration::from_secs(1)).await;
+    w.tick().await;
+    assert_eq!(w.driver.ids().len(), 1);
+    assert!(!w.driver.ids().contains(&retired[0].1));
+    assert!(w.journal.state.lock().unwrap().retired.is_empty());
+    assert_eq!(w.kinds().last().map(String::as_str), Some("stop"));
+}

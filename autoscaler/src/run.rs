@@ -1,0 +1,265 @@
+//! `autoscaler run`: the controller process. It campaigns for leadership
+//! (`{prefix}/autoscaler/leader`, value = its `--id`); only the leader ticks,
+//! every `--interval`. When leadership is lost it stops acting at once and
+//! campaigns again; its in-memory bookkeeping (instances it started,
+//! retirements in progress) carries over to its next term.
+//!
+//! On SIGTERM or Ctrl-C it resigns (another controller takes over at once)
+//! and exits 0, **leaving the instances it started running**: they are
+//! registered and serving, and stopping a controller must not take a service
+//! down. With `--stop-on-exit` (a local `autoscaler up`) it stops them first.
+//! The process driver cannot adopt children of an earlier controller process,
+//! so instances left running that way are no longer managed by anyone.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use clap::{Args, ValueEnum};
+use registry::EtcdArgs;
+use registry::config::{parse_duration, parse_lease_ttl};
+use registry::election::Election;
+use registry::stop::StopSignals;
+use tokio::time::{Instant, MissedTickBehavior};
+use tracing::{info, warn};
+
+use crate::controller::journal::{EtcdJournal, JournalError};
+use crate::controller::observe::Observer;
+use crate::controller::{Controller, Settings};
+use crate::driver::Driver;
+use crate::driver::process::{ProcessDriver, ProcessTemplate};
+
+/// How instances are run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum DriverKind {
+    /// Local child processes from `--command`.
+    Process,
+    /// Containers through the Docker Engine API.
+    Docker,
+}
+
+/// Flags of `autoscaler run`.
+#[derive(Debug, Clone, Args)]
+pub struct RunConfig {
+    #[command(flatten)]
+    pub etcd: EtcdArgs,
+
+    /// How instances are started and stopped.
+    #[arg(long, env = "SHOAL_DRIVER", value_enum, default_value_t = DriverKind::Process)]
+    pub driver: DriverKind,
+
+    /// The instance command for the process driver, split on whitespace (no
+    /// quoting); `{service}`, `{id}` and `{port}` are replaced. Default: the
+    /// `app-server` next to this executable, registering under `--etcd`/`--prefix`.
+    #[arg(long, env = "SHOAL_COMMAND")]
+    pub command: Option<String>,
+
+    /// Where the process driver writes each instance's output.
+    #[arg(long, env = "SHOAL_LOG_DIR", default_value = ".shoal/instances")]
+    pub log_dir: PathBuf,
+
+    /// How often the leader observes and decides.
+    #[arg(long, env = "SHOAL_INTERVAL", default_value = "1s", value_parser = parse_duration)]
+    pub interval: Duration,
+
+    /// Lease TTL of the leadership, and of the instances the default command starts.
+    #[arg(long, env = "SHOAL_LEASE_TTL", default_value = "5s", value_parser = parse_lease_ttl)]
+    pub lease_ttl: Duration,
+
+    /// This controller's id in the election [default: `autoscaler-` and 8 random hex digits].
+    #[arg(long, env = "SHOAL_AUTOSCALER_ID")]
+    pub id: Option<String>,
+
+    /// Stop every instance this controller started when it exits.
+    #[arg(long, env = "SHOAL_STOP_ON_EXIT")]
+    pub stop_on_exit: bool,
+}
+
+impl RunConfig {
+    /// The process driver's template: `--command`, or the sibling `app-server`.
+    pub fn process_template(&self) -> anyhow::Result<ProcessTemplate> {
+        let argv = match &self.command {
+            Some(command) => {
+                let argv: Vec<String> = command.split_whitespace().map(str::to_owned).collect();
+                if argv.is_empty() {
+                    bail!("--command is empty; give the program and its arguments");
+                }
+                argv
+            }
+            None => {
+                let exe = std::env::current_exe().context("cannot find this executable")?;
+                let app = exe.with_file_name("app-server");
+                if !app.is_file() {
+                    bail!(
+                        "no app-server next to {} (looked for {}); build it or pass --command",
+                        exe.display(),
+                        app.display()
+                    );
+                }
+                let endpoint = self
+                    .etcd
+                    .endpoints
+                    .first()
+                    .context("--etcd names no endpoint")?;
+                vec![
+                    app.display().to_string(),
+                    "--etcd".into(),
+                    endpoint.clone(),
+                    "--prefix".into(),
+                    self.etcd.prefix.prefix().to_owned(),
+                    "--service".into(),
+                    "{service}".into(),
+                    "--id".into(),
+                    "{id}".into(),
+                    "--listen".into(),
+                    "127.0.0.1:0".into(),
+                    "--lease-ttl".into(),
+                    format!("{}ms", self.lease_ttl.as_millis()),
+                ]
+            }
+        };
+        Ok(ProcessTemplate {
+            argv,
+            env: Vec::new(),
+            log_dir: self.log_dir.clone(),
+        })
+    }
+}
+
+/// Run the controller until SIGTERM or Ctrl-C.
+pub async fn run(config: RunConfig) -> anyhow::Result<()> {
+    let signals = StopSignals::install().context("cannot install signal handlers")?;
+    match config.driver {
+        DriverKind::Process => {
+            let template = config.process_template()?;
+            info!(command = template.argv.join(" "), log_dir = %template.log_dir.display(), "process driver");
+            run_with(config, ProcessDriver::new(template), signals).await
+        }
+        DriverKind::Docker => {
+            bail!(
+                "the docker driver is not wired into `autoscaler run` yet (its flags: image, network, advertise); use --driver process"
+            )
+        }
+    }
+}
+
+enum TermEnd {
+    Lost,
+    Signal(&'static str),
+}
+
+async fn run_with<D: Driver>(
+    config: RunConfig,
+    driver: D,
+    mut signals: StopSignals,
+) -> anyhow::Result<()> {
+    let id = config.id.clone().unwrap_or_else(|| {
+        format!(
+            "autoscaler-{}",
+            &uuid::Uuid::new_v4().simple().to_string()[..8]
+        )
+    });
+    let keys = config.etcd.prefix.clone();
+    let client = config
+        .etcd
+        .connect()
+        .await
+        .context("cannot set up the etcd client")?;
+    let driver = Arc::new(driver);
+    let settings = Settings {
+        lease_ttl: config.lease_ttl,
+        ..Settings::default()
+    };
+    let mut controller = Controller::new(driver.clone(), settings);
+    let mut observer = Observer::start(client.clone(), &keys);
+    let election = Election::new(client.clone(), &keys);
+
+    loop {
+        info!(%id, election = %keys.leader(), "campaigning for leadership");
+        let won = tokio::select! {
+            won = election.campaign(&id, config.lease_ttl) => won,
+            signal = signals.recv() => {
+                info!(signal, "stopping; was not the leader");
+                break;
+            }
+        };
+        let leadership = match won {
+            Ok(leadership) => Arc::new(leadership),
+            Err(e) => {
+                warn!(%id, error = %e, "campaign failed; trying again in 1 s");
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => continue,
+                    signal = signals.recv() => {
+                        info!(signal, "stopping; was not the leader");
+                        break;
+                    }
+                }
+            }
+        };
+        info!(%id, lease = leadership.lease(), "leading: acting on every service with a policy");
+        controller.new_term();
+        let journal = EtcdJournal::new(client.clone(), keys.clone(), leadership.clone());
+        let lost = leadership.lost();
+        if !observer.wait_synced(Duration::from_secs(5)).await {
+            warn!("registry not listed within 5 s; ticks wait for it");
+        }
+        let mut interval = tokio::time::interval(config.interval);
+        interval.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        let end = loop {
+            // A tick runs to completion: a signal is handled between ticks.
+            tokio::select! {
+                _ = lost.cancelled() => break TermEnd::Lost,
+                signal = signals.recv() => break TermEnd::Signal(signal),
+                _ = interval.tick() => {
+                    let observed = observer.observe().await;
+                    if let Err(JournalError::Lost) = controller.tick(Instant::now(), &observed, &journal).await {
+                        break TermEnd::Lost;
+                    }
+                }
+            }
+        };
+        drop(journal);
+        match end {
+            TermEnd::Lost => {
+                warn!(%id, "leadership lost; stopped acting, campaigning again");
+            }
+            TermEnd::Signal(signal) => {
+                info!(signal, %id, "stopping; resigning leadership");
+                match Arc::try_unwrap(leadership) {
+                    Ok(leadership) => leadership.resign().await,
+                    Err(_) => warn!("leadership still shared; it ends with its lease"),
+                }
+                break;
+            }
+        }
+    }
+
+    if config.stop_on_exit {
+        stop_all(driver.as_ref(), settings.stop_grace).await;
+    } else {
+        info!("exiting; the instances this controller started keep running");
+    }
+    Ok(())
+}
+
+/// Stop every owned instance, concurrently.
+async fn stop_all<D: Driver>(driver: &D, grace: Duration) {
+    let owned = match driver.list().await {
+        Ok(owned) => owned,
+        Err(e) => {
+            warn!(error = %e, "cannot list instances to stop them");
+            return;
+        }
+    };
+    info!(
+        count = owned.len(),
+        "stopping every instance this controller started"
+    );
+    let stops = owned.iter().map(|o| async move {
+        if let Err(e) = driver.stop(&o.id, grace).await {
+            warn!(id = %o.id, service = %o.service, error = %e, "cannot stop instance");
+        }
+    });
+    futures::future::join_all(stops).await;
+}

@@ -1,0 +1,69 @@
+//! A running `autoscaler run` process with the process driver, started
+//! against a test's etcd. It runs with `--stop-on-exit`, and dropping it
+//! sends SIGTERM and waits briefly, so the instances it started do not
+//! outlive the test.
+
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::Signal;
+
+use crate::binaries::{bin_path, logs_dir};
+use crate::etcd::Etcd;
+use crate::process::Proc;
+
+/// A running controller.
+pub struct Autoscaler {
+    pub proc: Proc,
+    /// Where its instances' output goes.
+    pub instance_logs: tempfile::TempDir,
+}
+
+impl Autoscaler {
+    /// Start `autoscaler run` against `etcd` with `extra` flags (`--interval 500ms`, ...).
+    /// Returns at once: tests wait for the effects they need.
+    pub fn start(etcd: &Etcd, extra: &[&str]) -> Autoscaler {
+        let instance_logs = tempfile::tempdir().expect("temp dir for instance logs");
+        let mut args: Vec<String> = vec![
+            "run".into(),
+            "--etcd".into(),
+            etcd.endpoint(),
+            "--driver".into(),
+            "process".into(),
+            "--log-dir".into(),
+            instance_logs.path().display().to_string(),
+            "--stop-on-exit".into(),
+        ];
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let proc = Proc::spawn(
+            "autoscaler",
+            &bin_path("autoscaler"),
+            &args,
+            &[],
+            &logs_dir(),
+        );
+        Autoscaler {
+            proc,
+            instance_logs,
+        }
+    }
+
+    /// SIGTERM, then wait for a clean exit (it stops its instances first).
+    pub async fn stop(&mut self, timeout: Duration) -> std::process::ExitStatus {
+        self.proc.signal(Signal::SIGTERM);
+        self.proc.wait_exit(timeout).await
+    }
+}
+
+impl Drop for Autoscaler {
+    fn drop(&mut self) {
+        if self.proc.has_exited() {
+            return;
+        }
+        // A test that panicked: ask it to stop its instances, briefly.
+        self.proc.signal(Signal::SIGTERM);
+        let started = Instant::now();
+        while !self.proc.has_exited() && started.elapsed() < Duration::from_secs(5) {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}

@@ -1,0 +1,414 @@
+//! The autoscaler end to end: real etcd, a real gateway, `autoscaler run`
+//! with the process driver starting real app servers.
+//!
+//! One scenario, in order: it starts the policy's minimum; a load step of 8
+//! concurrent clients through the gateway takes it to at least 3 ready
+//! instances; once the load drops to 2 clients it returns to 1 after the
+//! scale-down window, with no failed request throughout; a kill -9 of a
+//! managed instance is replaced. Then leader failover, and the event
+//! history's sequence and bound on a real etcd.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use registry::model::ScalingEvent;
+use registry::{Instance, InstanceState, Keys, RegistryValue};
+use shoal_tests::{Autoscaler, Etcd, Gateway, wait_until_async};
+
+use crate::gateway::http;
+
+const POLICY: &str = r#"{"service":"app","min":1,"max":4,"metric":"inflight","target":2,"scale_down_stabilization_secs":5}"#;
+
+/// Every registered instance of `app`.
+async fn instances(client: &etcd_client::Client) -> Vec<Instance> {
+    let keys = Keys::default();
+    let mut client = client.clone();
+    let prefix = keys.service_instances("app");
+    let Ok(resp) = client
+        .get(prefix, Some(etcd_client::GetOptions::new().with_prefix()))
+        .await
+    else {
+        return Vec::new();
+    };
+    resp.kvs()
+        .iter()
+        .filter_map(|kv| {
+            Instance::decode(&keys, &String::from_utf8_lossy(kv.key()), kv.value()).ok()
+        })
+        .collect()
+}
+
+/// Every scaling event of `app`, by sequence number.
+async fn events(client: &etcd_client::Client) -> Vec<(u64, ScalingEvent)> {
+    let keys = Keys::default();
+    let mut client = client.clone();
+    let resp = client
+        .get(
+            keys.service_events("app"),
+            Some(etcd_client::GetOptions::new().with_prefix()),
+        )
+        .await
+        .unwrap();
+    resp.kvs()
+        .iter()
+        .map(|kv| {
+            let key = String::from_utf8_lossy(kv.key()).into_owned();
+            let Ok(registry::Key::Event { seq, .. }) = keys.parse(&key) else {
+                panic!("{key} is not an event key");
+            };
+            (seq, ScalingEvent::decode(&keys, &key, kv.value()).unwrap())
+        })
+        .collect()
+}
+
+fn ready(instances: &[Instance]) -> Vec<&Instance> {
+    instances
+        .iter()
+        .filter(|i| i.state == InstanceState::Ready)
+        .collect()
+}
+
+#[derive(serde::Deserialize)]
+struct Work {
+    pid: u32,
+    elapsed_ms: f64,
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scales_out_under_load_back_in_after_the_window_and_replaces_a_killed_instance() {
+    let etcd = Etcd::start().await;
+    let client = etcd.client().await;
+    let gateway = Gateway::start(&etcd, &[]).await;
+    let mut c = client.clone();
+    c.put(Keys::default().policy("app"), POLICY, None)
+        .await
+        .unwrap();
+    let mut scaler = Autoscaler::start(&etcd, &[]);
+    let http = http();
+
+    // The minimum: one ready instance, reachable through the gateway.
+    wait_until_async(Duration::from_secs(15), "1 ready instance", || async {
+        ready(&instances(&client).await).len() == 1
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}; autoscaler log:\n{}", scaler.proc.stderr()));
+    let calibrate = gateway.url("/work?iterations=1000000");
+    wait_until_async(
+        Duration::from_secs(5),
+        "routed through the gateway",
+        || async {
+            http.get(&calibrate)
+                .send()
+                .await
+                .is_ok_and(|r| r.status() == 200)
+        },
+    )
+    .await
+    .unwrap();
+    // About 50 ms of work per request on this machine.
+    let work: Work = http
+        .get(&calibrate)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let iterations = ((1_000_000.0 * 50.0 / work.elapsed_ms.max(0.1)) as u64).max(1000);
+
+    // The load step: 8 clients; 2 of them stay on through the scale-in, so
+    // retiring instances is checked to lose no request either.
+    let stop_step = Arc::new(AtomicBool::new(false));
+    let stop_all = Arc::new(AtomicBool::new(false));
+    let served = Arc::new(AtomicU64::new(0));
+    let failures = Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let step = Instant::now();
+    let clients: Vec<_> = (0..8)
+        .map(|n| {
+            let stop = if n < 2 { &stop_all } else { &stop_step };
+            let (http, stop, served, failures) =
+                (http.clone(), stop.clone(), served.clone(), failures.clone());
+            let url = gateway.url(&format!("/work?iterations={iterations}"));
+            tokio::spawn(async move {
+                while !stop.load(Ordering::Relaxed) {
+                    let outcome = match http.get(&url).send().await {
+                        Ok(resp) if resp.status() == 200 => match resp.bytes().await {
+                            Ok(_) => Ok(()),
+                            Err(e) => Err(format!("body: {e}")),
+                        },
+                        Ok(resp) => Err(format!(
+                            "status {}: {}",
+                            resp.status(),
+                            resp.text().await.unwrap_or_default()
+                        )),
+                        Err(e) => Err(format!("{e:?}")),
+                    };
+                    match outcome {
+                        Ok(()) => {
+                            served.fetch_add(1, Ordering::Relaxed);
+                        }
+                        Err(e) => failures.lock().unwrap().push(e),
+                    }
+                }
+            })
+        })
+        .collect();
+    let ready_count = |n: usize| {
+        let client = client.clone();
+        move || {
+            let client = client.clone();
+            async move { ready(&instances(&client).await).len() >= n }
+        }
+    };
+    wait_until_async(Duration::from_secs(20), "2 ready instances", ready_count(2))
+        .await
+        .unwrap_or_else(|e| panic!("{e}; autoscaler log:\n{}", scaler.proc.stderr()));
+    let second = step.elapsed();
+    wait_until_async(Duration::from_secs(20), "3 ready instances", ready_count(3))
+        .await
+        .unwrap_or_else(|e| panic!("{e}; autoscaler log:\n{}", scaler.proc.stderr()));
+    let third = step.elapsed();
+    println!(
+        "measured: load step ({iterations} iterations ≈ 50 ms, 8 clients): 2nd instance ready after {:.2} s, 3rd after {:.2} s",
+        second.as_secs_f64(),
+        third.as_secs_f64()
+    );
+    assert!(
+        second < Duration::from_secs(5),
+        "the 2nd instance serves within 5 s of the step"
+    );
+    // Keep the load on a moment so the new instances serve some of it.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    stop_step.store(true, Ordering::Relaxed);
+
+    // Down to 2 clients (≈ 2 in flight, the target for one instance): back to
+    // the minimum once the scale-down window has passed, under that load.
+    let lighter = Instant::now();
+    let back = wait_until_async(Duration::from_secs(30), "back to 1 instance", || async {
+        let all = instances(&client).await;
+        all.len() == 1 && ready(&all).len() == 1
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}; autoscaler log:\n{}", scaler.proc.stderr()));
+    println!(
+        "measured: back to 1 instance {:.2} s after the load dropped to 2 clients (scale-down window 5 s)",
+        back.as_secs_f64()
+    );
+    assert!(
+        lighter.elapsed() >= Duration::from_secs(4),
+        "not before the window"
+    );
+    // A moment on the one that is left, then stop.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    stop_all.store(true, Ordering::Relaxed);
+    for client in clients {
+        client.await.unwrap();
+    }
+    let failures = failures.lock().unwrap().clone();
+    println!(
+        "measured: {} requests served through scale-out and scale-in, {} failed",
+        served.load(Ordering::Relaxed),
+        failures.len()
+    );
+    assert!(failures.is_empty(), "failed requests: {failures:?}");
+
+    // kill -9 of the managed instance: replaced.
+    let survivor = instances(&client).await.remove(0);
+    let work: Work = http
+        .get(gateway.url("/work?iterations=1"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    kill(Pid::from_raw(work.pid as i32), Signal::SIGKILL).unwrap();
+    let replaced = wait_until_async(Duration::from_secs(15), "a replacement", || async {
+        ready(&instances(&client).await)
+            .iter()
+            .any(|i| i.id != survivor.id)
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}; autoscaler log:\n{}", scaler.proc.stderr()));
+    println!(
+        "measured: kill -9 of {}: replacement ready after {:.2} s",
+        survivor.id,
+        replaced.as_secs_f64()
+    );
+
+    // Every decision and action is an event, in sequence.
+    let events = events(&client).await;
+    let seqs: Vec<u64> = events.iter().map(|(seq, _)| *seq).collect();
+    assert_eq!(
+        seqs,
+        (1..=seqs.len() as u64).collect::<Vec<_>>(),
+        "contiguous from 1"
+    );
+    let kinds: Vec<&str> = events.iter().map(|(_, e)| e.kind.as_str()).collect();
+    for kind in ["decision", "start", "retire", "replace"] {
+        assert!(kinds.contains(&kind), "no `{kind}` event in {kinds:?}");
+    }
+    let replace = &events
+        .iter()
+        .rev()
+        .find(|(_, e)| e.kind == "replace")
+        .unwrap()
+        .1;
+    assert_eq!(replace.instance.as_deref(), Some(survivor.id.as_str()));
+    assert_eq!(replace.inputs.get("exit_code"), Some(&137.0), "{replace:?}");
+
+    let status = scaler.stop(Duration::from_secs(20)).await;
+    assert!(status.success(), "{status:?}");
+    // The killed instance's entry lingers until its lease expires; the
+    // others deregister as they stop.
+    let running = instances(&client).await;
+    assert!(
+        running.iter().all(|i| i.id == survivor.id),
+        "--stop-on-exit stops its instances: {running:?}"
+    );
+    wait_until_async(
+        Duration::from_secs(10),
+        "the killed instance's lease to expire",
+        || async { instances(&client).await.is_empty() },
+    )
+    .await
+    .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn when_the_leader_is_killed_the_standby_acts_within_one_ttl() {
+    let etcd = Etcd::start().await;
+    let client = etcd.client().await;
+    let mut c = client.clone();
+    c.put(Keys::default().policy("app"), POLICY, None)
+        .await
+        .unwrap();
+    let ttl = Duration::from_secs(2);
+    let flags = ["--lease-ttl", "2s", "--interval", "200ms"];
+    let mut leader = Autoscaler::start(&etcd, &[&flags[..], &["--id", "first"]].concat());
+    wait_until_async(Duration::from_secs(15), "1 ready instance", || async {
+        ready(&instances(&client).await).len() == 1
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}; autoscaler log:\n{}", leader.proc.stderr()));
+    let mut standby = Autoscaler::start(&etcd, &[&flags[..], &["--id", "second"]].concat());
+    let orphan = instances(&client).await.remove(0);
+    let work: Work = http()
+        .get(format!("http://{}/work?iterations=1", orphan.addr))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    // Let the standby campaign, then kill the leader without a chance to resign.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    leader.proc.kill9().await;
+    let killed = Instant::now();
+    let elected = wait_until_async(Duration::from_secs(10), "the standby to lead", || {
+        let log = standby.proc.stderr();
+        async move { log.contains("leading: acting") }
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}; standby log:\n{}", standby.proc.stderr()));
+    // The process driver cannot adopt the first controller's instance: the
+    // standby starts its own, which shows it leads and acts.
+    wait_until_async(Duration::from_secs(10), "the standby to act", || async {
+        instances(&client).await.iter().any(|i| i.id != orphan.id)
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}; standby log:\n{}", standby.proc.stderr()));
+    let acted = killed.elapsed();
+    println!(
+        "measured: leader killed; the standby led after {:.2} s and had started an instance after {:.2} s (lease TTL {} s)",
+        elected.as_secs_f64(),
+        acted.as_secs_f64(),
+        ttl.as_secs()
+    );
+    kill(Pid::from_raw(work.pid as i32), Signal::SIGKILL).unwrap();
+    assert!(
+        elected <= ttl + Duration::from_millis(500),
+        "elected within one TTL"
+    );
+    let status = standby.stop(Duration::from_secs(20)).await;
+    assert!(status.success(), "{status:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_continue_their_sequence_across_leaders_and_keep_the_last_200() {
+    use autoscaler::controller::event;
+    use autoscaler::controller::journal::{
+        EtcdJournal, Journal, JournalError, KEEP_EVENTS, Write, sequence,
+    };
+    use registry::election::Election;
+
+    let etcd = Etcd::start().await;
+    let client = etcd.client().await;
+    let keys = Keys::default();
+    let ttl = Duration::from_secs(2);
+    let commit = |journal: EtcdJournal, n: usize| async move {
+        let last = journal.last_event_seq("app").await.unwrap();
+        let (seqs, below) = sequence(last, n, KEEP_EVENTS);
+        let mut writes: Vec<Write> = below
+            .map(|below| Write::TrimEvents {
+                service: "app".into(),
+                below,
+            })
+            .into_iter()
+            .collect();
+        for seq in seqs {
+            writes.push(Write::Event {
+                seq,
+                event: event::new("app", "decision", (1, 2), format!("#{seq}"), None),
+            });
+        }
+        journal.commit(writes).await
+    };
+
+    let first = Arc::new(
+        Election::new(client.clone(), &keys)
+            .campaign("first", ttl)
+            .await
+            .unwrap(),
+    );
+    let journal = EtcdJournal::new(client.clone(), keys.clone(), first.clone());
+    for _ in 0..15 {
+        commit(journal.clone(), 10).await.unwrap();
+    }
+    journal
+        .commit(vec![Write::Retire {
+            service: "app".into(),
+            id: "i-1".into(),
+            reason: "scale down".into(),
+        }])
+        .await
+        .unwrap();
+    let mut c = client.clone();
+    let retire = c.get(keys.retire("app", "i-1"), None).await.unwrap();
+    assert_eq!(retire.kvs().len(), 1, "retire key written");
+
+    // The next leader continues the sequence; the history stays bounded.
+    let mut c = client.clone();
+    c.lease_revoke(first.lease()).await.unwrap();
+    let second = Arc::new(
+        Election::new(client.clone(), &keys)
+            .campaign("second", ttl)
+            .await
+            .unwrap(),
+    );
+    let next = EtcdJournal::new(client.clone(), keys.clone(), second);
+    for _ in 0..6 {
+        commit(next.clone(), 10).await.unwrap();
+    }
+    let stored = events(&client).await;
+    let seqs: Vec<u64> = stored.iter().map(|(seq, _)| *seq).collect();
+    assert_eq!(seqs, (11..=210).collect::<Vec<_>>());
+    assert_eq!(stored.last().unwrap().1.reason, "#210");
+
+    // The deposed leader writes nothing.
+    assert!(matches!(commit(journal, 1).await, Err(JournalError::Lost)));
+    assert_eq!(events(&client).await.len(), 200);
+}
