@@ -264,21 +264,6 @@ mod tests {
     use clap::Parser;
 
     #[test]
-    fn advertised_address() {
-        let bound: SocketAddr = "0.0.0.0:8080".parse().unwrap();
-        assert_eq!(advertise_addr(None, bound), "127.0.0.1:8080");
-        assert_eq!(
-            advertise_addr(None, "[::]:8080".parse().unwrap()),
-            "[::1]:8080"
-        );
-        assert_eq!(
-            advertise_addr(None, "10.0.0.5:9000".parse().unwrap()),
-            "10.0.0.5:9000"
-        );
-        assert_eq!(advertise_addr(Some("app-1:80"), bound), "app-1:80");
-    }
-
-    #[test]
     fn the_announcement_has_the_documented_shape() {
         let line = serde_json::to_string(&Announcement {
             event: "listening",
