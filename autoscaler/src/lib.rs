@@ -9,9 +9,12 @@
 //! - [`controller`]: the control loop: count, decide, start, retire, reap,
 //!   replace; every decision and action a fenced `ScalingEvent`.
 //! - [`run`]: `autoscaler run`: configuration, leader election, the tick loop.
+//! - [`cli`]: the operator subcommands: `policy set|get|delete`, `scale`,
+//!   `status`, `events`.
 //!
-//! `src/main.rs` is the thin `autoscaler` binary over [`run`].
+//! `src/main.rs` is the thin `autoscaler` binary over [`run`] and [`cli`].
 
+pub mod cli;
 pub mod collect;
 pub mod controller;
 pub mod decide;

@@ -3,6 +3,8 @@
 //! - [`model`]: the values stored in etcd (`Instance`, `Route`, `ScalingPolicy`,
 //!   `ScalingEvent`, `GatewayInfo`) with validation that names the bad field.
 //! - [`keys`]: the key layout under a configurable prefix, built and parsed.
+//! - [`cli`]: what the command-line tools share: reaching etcd with a helpful
+//!   error, exit codes, tables on stdout.
 //! - [`config`]: `--etcd` / `--prefix` / `--log-format` flags shared by every binary.
 //! - [`registration`]: an instance's leased self-registration (keep-alive,
 //!   re-registration after lease loss, fencing, revoke on shutdown).
@@ -16,6 +18,7 @@
 //! The `registry` binary (`src/bin/registry/`) lists and watches the registry
 //! and wraps any program so that it joins it (`registry run -- CMD`).
 
+pub mod cli;
 pub mod config;
 pub mod election;
 pub mod keys;

@@ -6,7 +6,9 @@
 //! instances; once the load drops to 2 clients it returns to 1 after the
 //! scale-down window, with no failed request throughout; a kill -9 of a
 //! managed instance is replaced. Then leader failover, and the event
-//! history's sequence and bound on a real etcd.
+//! history's sequence and bound on a real etcd. Last, the operator commands
+//! (`policy set|get|delete`, `scale`, `status`, `events [--follow]`) run as
+//! processes against a real etcd.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -411,4 +413,252 @@ async fn events_continue_their_sequence_across_leaders_and_keep_the_last_200() {
     // The deposed leader writes nothing.
     assert!(matches!(commit(journal, 1).await, Err(JournalError::Lost)));
     assert_eq!(events(&client).await.len(), 200);
+}
+
+/// Run `autoscaler ARGS --etcd ENDPOINT`; its exit code, stdout and stderr.
+async fn autoscaler_cli(etcd: &str, args: &[&str]) -> (Option<i32>, String, String) {
+    let out = tokio::process::Command::new(shoal_tests::bin_path("autoscaler"))
+        .args(args)
+        .args(["--etcd", etcd])
+        .output()
+        .await
+        .unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_operator_commands_set_show_pin_and_delete_policies_and_list_events() {
+    let etcd = Etcd::start().await;
+    let endpoint = etcd.endpoint();
+    let mut client = etcd.client().await;
+    let keys = Keys::default();
+
+    // policy set: written to etcd and printed as JSON.
+    let (code, stdout, stderr) = autoscaler_cli(
+        &endpoint,
+        &[
+            "policy",
+            "set",
+            "app",
+            "--min",
+            "1",
+            "--max",
+            "4",
+            "--metric",
+            "inflight",
+            "--target",
+            "8",
+            "--scale-down-window",
+            "10s",
+        ],
+    )
+    .await;
+    assert_eq!(code, Some(0), "{stderr}");
+    let printed: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    let stored = client.get(keys.policy("app"), None).await.unwrap();
+    let stored: serde_json::Value = serde_json::from_slice(stored.kvs()[0].value()).unwrap();
+    assert_eq!(printed, stored);
+    assert_eq!(
+        stored,
+        serde_json::json!({
+            "service": "app", "min": 1, "max": 4, "metric": "inflight", "target": 8.0,
+            "tolerance": 0.1, "scale_up_stabilization_secs": 0,
+            "scale_down_stabilization_secs": 10, "max_scale_up_step": null,
+            "max_scale_down_step": null, "step_period_secs": 15, "warmup_secs": 0,
+        })
+    );
+
+    // An invalid policy: exit 2, the reason, nothing written.
+    let (code, _, stderr) = autoscaler_cli(
+        &endpoint,
+        &[
+            "policy", "set", "web", "--min", "5", "--max", "3", "--metric", "rps", "--target",
+            "100",
+        ],
+    )
+    .await;
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(
+        stderr.contains("policy.min: min 5 is above max 3"),
+        "{stderr}"
+    );
+    let web = client.get(keys.policy("web"), None).await.unwrap();
+    assert!(web.kvs().is_empty());
+
+    // policy get: a table of all, one as JSON.
+    let (code, stdout, stderr) = autoscaler_cli(&endpoint, &["policy", "get"]).await;
+    assert_eq!(code, Some(0), "{stderr}");
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert!(
+        lines[0].starts_with("SERVICE  MIN  MAX  METRIC"),
+        "{stdout}"
+    );
+    assert!(
+        lines[1].starts_with("app      1    4    inflight"),
+        "{stdout}"
+    );
+    let (code, stdout, _) =
+        autoscaler_cli(&endpoint, &["policy", "get", "app", "--output", "json"]).await;
+    assert_eq!(code, Some(0));
+    assert_eq!(
+        serde_json::from_str::<serde_json::Value>(&stdout).unwrap(),
+        printed
+    );
+
+    // scale: min = max = 3, the rest untouched.
+    let (code, stdout, stderr) = autoscaler_cli(&endpoint, &["scale", "app", "3"]).await;
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(stdout.contains("pinned app at 3"), "{stdout}");
+    let stored = client.get(keys.policy("app"), None).await.unwrap();
+    let stored: serde_json::Value = serde_json::from_slice(stored.kvs()[0].value()).unwrap();
+    assert_eq!(
+        (stored["min"].clone(), stored["max"].clone()),
+        (3.into(), 3.into())
+    );
+    assert_eq!(stored["scale_down_stabilization_secs"], 10);
+    let (code, _, stderr) = autoscaler_cli(&endpoint, &["scale", "nothing", "3"]).await;
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(
+        stderr.contains("no policy for nothing; create one with autoscaler policy set"),
+        "{stderr}"
+    );
+
+    // Two events, a malformed one skipped, and a registered instance.
+    for (seq, current, desired, bounded_by) in [(1, 1, 2, None::<&str>), (2, 2, 3, Some("max"))] {
+        let event = serde_json::json!({
+            "service": "app", "at": "2026-11-22T06:30:05Z", "kind": "decision",
+            "current": current, "desired": desired, "bounded_by": bounded_by,
+            "reason": format!("{current} → {desired}: in-flight over target"),
+        });
+        client
+            .put(
+                keys.event("app", seq),
+                serde_json::to_string(&event).unwrap(),
+                None,
+            )
+            .await
+            .unwrap();
+    }
+    client
+        .put(keys.event("app", 3), "{oops", None)
+        .await
+        .unwrap();
+    let mut instance = Instance::new("app", "127.0.0.1:18080");
+    instance.state = InstanceState::Ready;
+    client
+        .put(keys.instance("app", &instance.id), instance.to_json(), None)
+        .await
+        .unwrap();
+
+    // status: the instance, the bounds, the last decision.
+    let (code, stdout, stderr) = autoscaler_cli(&endpoint, &["status"]).await;
+    assert_eq!(code, Some(0), "{stderr}");
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines.len(), 2, "{stdout}");
+    let row: Vec<&str> = lines[1].split_whitespace().collect();
+    assert_eq!(
+        row[..8],
+        ["app", "1", "0", "0", "3", "3..3", "inflight", "8"],
+        "{stdout}"
+    );
+    assert!(
+        lines[1].ends_with("2 → 3: in-flight over target"),
+        "{stdout}"
+    );
+    assert!(
+        stderr.contains("/shoal/events/app/00000000000000000003"),
+        "{stderr}"
+    );
+    let (code, stdout, _) = autoscaler_cli(&endpoint, &["status", "app", "-o", "json"]).await;
+    assert_eq!(code, Some(0));
+    let status: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(status[0]["instances"]["ready"], 1);
+    assert_eq!(status[0]["last_event"]["desired"], 3);
+
+    // events: oldest first, one line each.
+    let (code, stdout, stderr) = autoscaler_cli(&endpoint, &["events", "app"]).await;
+    assert_eq!(code, Some(0), "{stderr}");
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines.len(), 2, "{stdout}");
+    assert!(
+        lines[0].contains("  decision  1 → 2  1 → 2: in-flight over target"),
+        "{stdout}"
+    );
+    assert!(
+        lines[1].ends_with("2 → 3: in-flight over target  (bounded by max)"),
+        "{stdout}"
+    );
+    let (_, stdout, _) = autoscaler_cli(&endpoint, &["events", "app", "--limit", "2"]).await;
+    assert_eq!(
+        stdout.lines().count(),
+        1,
+        "the newest two keys, one malformed: {stdout}"
+    );
+
+    // events --follow: the history, then new events, until SIGTERM (exit 0).
+    let mut follow = tokio::process::Command::new(shoal_tests::bin_path("autoscaler"))
+        .args(["events", "app", "--follow", "--etcd", &endpoint])
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines =
+        tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(follow.stdout.take().unwrap()));
+    let mut next_line = async || {
+        tokio::time::timeout(Duration::from_secs(10), lines.next_line())
+            .await
+            .expect("a line within 10 s")
+            .unwrap()
+            .expect("stdout still open")
+    };
+    assert!(next_line().await.contains("1 → 2"));
+    assert!(next_line().await.contains("2 → 3"));
+    let event = serde_json::json!({
+        "service": "app", "at": "2026-11-22T06:31:00Z", "kind": "start",
+        "current": 3, "desired": 4, "reason": "replacing", "instance": "i-9",
+    });
+    client
+        .put(keys.event("app", 4), event.to_string(), None)
+        .await
+        .unwrap();
+    let line = next_line().await;
+    assert!(
+        line.contains("  start  3 → 4  replacing  [instance i-9]"),
+        "{line}"
+    );
+    kill(Pid::from_raw(follow.id().unwrap() as i32), Signal::SIGTERM).unwrap();
+    let status = tokio::time::timeout(Duration::from_secs(10), follow.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(status.code(), Some(0));
+
+    // policy delete: says whether there was one.
+    let (code, stdout, _) = autoscaler_cli(&endpoint, &["policy", "delete", "app"]).await;
+    assert_eq!(code, Some(0));
+    assert!(stdout.contains("deleted the policy for app"), "{stdout}");
+    assert!(
+        client
+            .get(keys.policy("app"), None)
+            .await
+            .unwrap()
+            .kvs()
+            .is_empty()
+    );
+    let (code, stdout, _) = autoscaler_cli(&endpoint, &["policy", "delete", "app"]).await;
+    assert_eq!(code, Some(0));
+    assert!(stdout.contains("there was no policy for app"), "{stdout}");
+
+    // An etcd that is not there: exit 2 and what to do.
+    let dead = format!("http://127.0.0.1:{}", shoal_tests::free_port());
+    let (code, _, stderr) = autoscaler_cli(&dead, &["status"]).await;
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(
+        stderr.contains(&format!("cannot reach etcd at {dead}")),
+        "{stderr}"
+    );
 }

@@ -71,7 +71,6 @@ pub async fn run(args: ListArgs, etcd_args: EtcdArgs) -> Outcome {
 
 /// Header and one row per instance, columns padded to their widest cell.
 fn table(instances: &[Instance], now: DateTime<Utc>) -> Vec<String> {
-    let header = ["SERVICE", "ID", "ADDR", "STATE", "VERSION", "WEIGHT", "AGE"].map(String::from);
     let rows: Vec<[String; 7]> = instances
         .iter()
         .map(|i| {
@@ -90,23 +89,10 @@ fn table(instances: &[Instance], now: DateTime<Utc>) -> Vec<String> {
             ]
         })
         .collect();
-    let mut widths = header.clone().map(|h| h.len());
-    for row in &rows {
-        for (width, cell) in widths.iter_mut().zip(row) {
-            *width = (*width).max(cell.chars().count());
-        }
-    }
-    std::iter::once(&header)
-        .chain(&rows)
-        .map(|row| {
-            let cells: Vec<String> = row
-                .iter()
-                .zip(widths)
-                .map(|(cell, width)| format!("{cell:<width$}"))
-                .collect();
-            cells.join("  ").trim_end().to_owned()
-        })
-        .collect()
+    out::table(
+        ["SERVICE", "ID", "ADDR", "STATE", "VERSION", "WEIGHT", "AGE"],
+        &rows,
+    )
 }
 
 /// `12s`, `3m`, `5h`, `2d`: the largest whole unit, like `kubectl get`.

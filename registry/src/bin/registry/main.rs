@@ -3,14 +3,11 @@
 //! - `main.rs`: the command line and the mapping from outcomes to exit codes.
 //! - [`list`], [`watch`], [`run`]: one file per subcommand.
 //! - [`child`] and [`readiness`]: the wrapped program and how `run` decides it is up.
-//! - [`etcd`], [`exit`], [`out`]: reaching etcd with a helpful error, exit
-//!   codes, writing stdout.
+//! - `etcd`, `exit`, `out`: reaching etcd with a helpful error, exit codes,
+//!   writing stdout; shared with `autoscaler`, in [`registry::cli`].
 
 mod child;
-mod etcd;
-mod exit;
 mod list;
-mod out;
 mod readiness;
 mod run;
 mod watch;
@@ -18,6 +15,7 @@ mod watch;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use registry::cli::{etcd, exit, out, service_name};
 use registry::{EtcdArgs, LogArgs};
 
 const LONG_ABOUT: &str = "\
@@ -62,12 +60,6 @@ enum Command {
     /// Run a program and keep it registered while it serves; drain it on
     /// SIGTERM/SIGINT or when its retire key appears.
     Run(Box<run::RunArgs>),
-}
-
-/// A service name given on the command line: a valid key segment.
-fn service_name(s: &str) -> Result<String, String> {
-    registry::keys::validate_segment("service", s).map_err(|e| e.to_string())?;
-    Ok(s.to_owned())
 }
 
 #[tokio::main]

@@ -1,12 +1,12 @@
 //! Reaching etcd from a command: a bounded first call, and one message that
 //! tells the operator what to do when etcd is not there.
 
+use crate::EtcdArgs;
+use crate::config::ETCD_CALL_TIMEOUT;
 use anyhow::anyhow;
 use etcd_client::{Client, GetOptions, GetResponse};
-use registry::EtcdArgs;
-use registry::config::ETCD_CALL_TIMEOUT;
 
-use crate::exit::Failure;
+use super::exit::Failure;
 
 /// A client for `args`. The connection itself is made by the first call.
 pub async fn connect(args: &EtcdArgs) -> Result<Client, Failure> {
@@ -32,8 +32,9 @@ pub async fn check(client: &mut Client, args: &EtcdArgs) -> Result<(), Failure> 
     Ok(())
 }
 
-/// One etcd call, given up after [`ETCD_CALL_TIMEOUT`].
-async fn bounded<T>(
+/// One etcd call, given up after [`ETCD_CALL_TIMEOUT`]; a failure or a
+/// timeout is the "cannot reach etcd" failure (exit code 2).
+pub async fn bounded<T>(
     args: &EtcdArgs,
     call: impl Future<Output = Result<T, etcd_client::Error>>,
 ) -> Result<T, Failure> {
