@@ -78,7 +78,6 @@ impl Default for AppServerOptions {
 /// The line app-server prints on stdout once it listens.
 #[derive(Debug, Deserialize)]
 struct Listening {
-    event: String,
     addr: String,
     id: String,
 }
@@ -113,13 +112,7 @@ impl AppServer {
             &[],
             &crate::binaries::logs_dir(),
         );
-        let listening = proc
-            .wait_stdout(Duration::from_secs(10), |line| {
-                serde_json::from_str::<Listening>(line)
-                    .ok()
-                    .filter(|l| l.event == "listening")
-            })
-            .await;
+        let listening: Listening = proc.wait_event("listening", Duration::from_secs(10)).await;
         AppServer {
             proc,
             addr: listening.addr,

@@ -12,7 +12,6 @@ use crate::process::Proc;
 /// The line the gateway prints on stdout once both listeners are bound.
 #[derive(Debug, Deserialize)]
 struct Listening {
-    event: String,
     addr: String,
     admin_addr: String,
     id: String,
@@ -48,13 +47,7 @@ impl Gateway {
         .collect();
         args.extend(extra.iter().map(|s| s.to_string()));
         let proc = Proc::spawn("gateway", &bin_path("gateway"), &args, &[], &logs_dir());
-        let listening = proc
-            .wait_stdout(Duration::from_secs(10), |line| {
-                serde_json::from_str::<Listening>(line)
-                    .ok()
-                    .filter(|l| l.event == "listening")
-            })
-            .await;
+        let listening: Listening = proc.wait_event("listening", Duration::from_secs(10)).await;
         Gateway {
             proc,
             addr: listening.addr,

@@ -111,6 +111,23 @@ impl Proc {
         found.expect("found is set when the wait succeeds")
     }
 
+    /// Wait for the JSON stdout line whose `event` field is `event` (our
+    /// binaries announce `listening`, `registered`, ... this way) and decode it.
+    pub async fn wait_event<T: serde::de::DeserializeOwned>(
+        &self,
+        event: &str,
+        timeout: Duration,
+    ) -> T {
+        self.wait_stdout(timeout, |line| {
+            let value: serde_json::Value = serde_json::from_str(line).ok()?;
+            if value.get("event")?.as_str()? != event {
+                return None;
+            }
+            serde_json::from_value(value).ok()
+        })
+        .await
+    }
+
     pub fn signal(&self, signal: Signal) {
         kill(Pid::from_raw(self.pid as i32), signal).unwrap_or_else(|e| {
             panic!("cannot send {signal} to {} ({}): {e}", self.label, self.pid)

@@ -11,7 +11,6 @@ use crate::{is_gone, is_ready, wait_instance};
 
 #[derive(serde::Deserialize)]
 struct Registered {
-    event: String,
     id: String,
     addr: String,
 }
@@ -50,12 +49,8 @@ async fn run_registers_a_python_http_server_and_deregisters_it_on_sigterm() {
         &[],
         &logs_dir(),
     );
-    let registered = wrapper
-        .wait_stdout(Duration::from_secs(20), |l| {
-            serde_json::from_str::<Registered>(l)
-                .ok()
-                .filter(|r| r.event == "registered")
-        })
+    let registered: Registered = wrapper
+        .wait_event("registered", Duration::from_secs(20))
         .await;
     let key = registry::Keys::default().instance("py", &registered.id);
     wait_instance(
