@@ -5,6 +5,8 @@
 //!
 //! The rules, in order (Kubernetes HPA's, with its treatment of missing
 //! metrics and not-ready instances):
+//! 0. **Pin.** A policy pinned by an operator (`autoscaler scale`) gets its
+//!    pinned count at once; the metric's answer is only reported.
 //! 1. **Raw recommendation.** For per-instance metrics (`inflight`, `rps`,
 //!    `cpu`), ratio = mean over ready, warm instances with a metric ÷ target;
 //!    for `p95-latency`, ratio = the service's p95 ÷ target. Inside the
@@ -76,6 +78,7 @@ pub enum Bound {
     ScaleDownStep,
     Min,
     Max,
+    Pinned,
 }
 
 impl Bound {
@@ -89,6 +92,7 @@ impl Bound {
             Bound::ScaleDownStep => "scale-down-step",
             Bound::Min => "min",
             Bound::Max => "max",
+            Bound::Pinned => "pinned",
         }
     }
 }
@@ -110,6 +114,19 @@ pub fn decide(inputs: &Inputs<'_>) -> Decision {
     let policy = inputs.policy;
     let current = inputs.instances.len() as u32;
     let (recommended, mut reason, mut bounded_by) = recommend(inputs, current);
+
+    // 0. A pin is an operator's order: no window, step or bound applies.
+    if let Some(pinned) = policy.pinned {
+        return Decision {
+            current,
+            desired: pinned,
+            recommended,
+            reason: format!(
+                "{current} → {pinned}: pinned at {pinned} (the metric alone: {reason})"
+            ),
+            bounded_by: Some(Bound::Pinned),
+        };
+    }
 
     // 4. Stabilization over past recommendations, this one included.
     let mut desired = recommended;
@@ -337,6 +354,7 @@ mod tests {
             max_scale_down_step: None,
             step_period_secs: 15,
             warmup_secs: 0,
+            pinned: None,
         }
     }
 
@@ -510,6 +528,26 @@ mod tests {
         p.max_scale_down_step = Some(1);
         let d = decide(&inputs(&p, &ready(&[0.5, 0.5, 0.5, 0.5])));
         assert_eq!((d.desired, d.bounded_by), (3, Some(Bound::ScaleDownStep)));
+    }
+
+    #[test]
+    fn a_pin_overrides_windows_steps_and_bounds() {
+        let mut p = policy();
+        p.max = 3;
+        p.max_scale_up_step = Some(1);
+        p.scale_up_stabilization_secs = 60;
+        p.pinned = Some(6);
+        let instances = ready(&[0.0, 0.0]);
+        let d = decide(&inputs(&p, &instances));
+        assert_eq!((d.desired, d.bounded_by), (6, Some(Bound::Pinned)));
+        assert!(
+            d.reason
+                .starts_with("2 → 6: pinned at 6 (the metric alone:"),
+            "{}",
+            d.reason
+        );
+        p.pinned = Some(0);
+        assert_eq!(decide(&inputs(&p, &instances)).desired, 0);
     }
 
     #[test]

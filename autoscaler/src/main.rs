@@ -22,7 +22,7 @@ Shoal's autoscaler: the controller, and the commands that steer it.
   autoscaler policy set SERVICE --min N --max N --metric inflight|rps|p95-latency|cpu --target X
   autoscaler policy get [SERVICE]     the policies, as a table or JSON
   autoscaler policy delete SERVICE
-  autoscaler scale SERVICE N          pin a service at N instances (min = max = N)
+  autoscaler scale SERVICE N          pin a service at N instances (--unpin to hand it back to the metric)
   autoscaler status [SERVICE]         instances, bounds and the last decision, per service
   autoscaler events SERVICE [--follow]
 
@@ -54,7 +54,7 @@ enum Command {
     Run(RunConfig),
     /// Set, show or delete scaling policies.
     Policy(PolicyCommand),
-    /// Pin a service at N instances: min = max = N on its policy.
+    /// Pin a service at N instances (or `--unpin`): the pin overrides the metric.
     Scale(ScaleArgs),
     /// Per service: instances by state, bounds, target, the last decision.
     Status(StatusArgs),
@@ -300,7 +300,15 @@ mod tests {
         else {
             panic!("not scale")
         };
-        assert_eq!((scale.service.as_str(), scale.replicas), ("app", 3));
+        assert_eq!((scale.service.as_str(), scale.replicas), ("app", Some(3)));
+        let Command::Scale(unpin) = parse(&["scale", "app", "--unpin"]).unwrap().command else {
+            panic!("not scale")
+        };
+        assert!(unpin.unpin && unpin.replicas.is_none());
+        let err = parse(&["scale", "app"]).err().unwrap();
+        assert!(err.contains("<REPLICAS>"), "{err}");
+        let err = parse(&["scale", "app", "3", "--unpin"]).err().unwrap();
+        assert!(err.contains("cannot be used with"), "{err}");
         assert_eq!(scale.etcd.endpoints, ["http://127.0.0.1:9"]);
     }
 }

@@ -6,6 +6,7 @@
 //! {prefix}/gateways/{gateway-id}               GatewayInfo JSON, on the gateway's lease
 //! {prefix}/routes/{route-name}                 Route JSON
 //! {prefix}/policies/{service}                  ScalingPolicy JSON
+//! {prefix}/rollouts/{service}                  Rollout JSON, until the rolling restart ends
 //! {prefix}/autoscaler/leader                   etcd election name
 //! {prefix}/events/{service}/{seq:020}          ScalingEvent JSON, bounded history
 //! ```
@@ -32,6 +33,7 @@ pub enum Key {
     Gateway { id: String },
     Route { name: String },
     Policy { service: String },
+    Rollout { service: String },
     Event { service: String, seq: u64 },
     Leader,
 }
@@ -159,6 +161,14 @@ impl Keys {
         format!("{}/policies/{service}", self.prefix)
     }
 
+    pub fn rollouts(&self) -> String {
+        format!("{}/rollouts/", self.prefix)
+    }
+
+    pub fn rollout(&self, service: &str) -> String {
+        format!("{}/rollouts/{service}", self.prefix)
+    }
+
     /// The election name; etcd appends `/{lease-id}` for each candidate.
     pub fn leader(&self) -> String {
         format!("{}/autoscaler/leader", self.prefix)
@@ -209,6 +219,9 @@ impl Keys {
             ["policies", service] => Ok(Key::Policy {
                 service: seg("service", service)?,
             }),
+            ["rollouts", service] => Ok(Key::Rollout {
+                service: seg("service", service)?,
+            }),
             ["events", service, seq] => Ok(Key::Event {
                 service: seg("service", service)?,
                 seq: seq.parse().map_err(|_| KeyError::BadSegment {
@@ -249,6 +262,12 @@ mod tests {
             (
                 k.policy("app"),
                 Key::Policy {
+                    service: "app".into(),
+                },
+            ),
+            (
+                k.rollout("app"),
+                Key::Rollout {
                     service: "app".into(),
                 },
             ),

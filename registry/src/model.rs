@@ -468,6 +468,10 @@ pub struct ScalingPolicy {
     /// Seconds after start during which an instance's metrics are ignored.
     #[serde(default)]
     pub warmup_secs: u64,
+    /// A replica count an operator pinned (`autoscaler scale SERVICE N`): it
+    /// replaces the metric's answer until unpinned; `min` and `max` are kept.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pinned: Option<u32>,
 }
 
 impl ScalingPolicy {
@@ -484,6 +488,9 @@ impl ScalingPolicy {
         }
         if self.max > 1000 {
             return Err(ValidationError::new("policy.max", "at most 1000"));
+        }
+        if self.pinned.is_some_and(|n| n > 1000) {
+            return Err(ValidationError::new("policy.pinned", "at most 1000"));
         }
         if !(self.target.is_finite() && self.target > 0.0) {
             return Err(ValidationError::new(
@@ -536,6 +543,98 @@ impl RegistryValue for ScalingPolicy {
             ));
         }
         Ok(policy)
+    }
+}
+
+/// A rolling restart of one service, stored at `rollouts/{service}` by
+/// whoever asks for it (`autoscaler rollout restart`, the admin API, SIGUSR2
+/// to a controller) and deleted by the leading controller when it is done.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Rollout {
+    pub service: String,
+    pub requested_at: DateTime<Utc>,
+    /// Who asked (`cli`, `api`, `signal`), for the event log.
+    #[serde(default)]
+    pub requested_by: String,
+    /// New instances started beyond the desired count at a time (default 1).
+    #[serde(default = "default_max_surge")]
+    pub max_surge: u32,
+    /// Old instances retired before their replacement is ready, at a time (default 0).
+    #[serde(default)]
+    pub max_unavailable: u32,
+    /// The instances to replace, filled in by the controller when it begins;
+    /// absent until then. Progress is how many of them are gone.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replacing: Option<Vec<String>>,
+}
+
+fn default_max_surge() -> u32 {
+    1
+}
+
+impl Rollout {
+    /// A new request with the defaults (surge 1, unavailable 0).
+    pub fn request(service: impl Into<String>, requested_by: impl Into<String>) -> Self {
+        Rollout {
+            service: service.into(),
+            requested_at: Utc::now(),
+            requested_by: requested_by.into(),
+            max_surge: default_max_surge(),
+            max_unavailable: 0,
+            replacing: None,
+        }
+    }
+
+    pub fn validate(&self) -> Result<(), ValidationError> {
+        validate_segment("rollout.service", &self.service)?;
+        validate_text("rollout.requested_by", &self.requested_by, 64)?;
+        if self.max_surge == 0 && self.max_unavailable == 0 {
+            return Err(ValidationError::new(
+                "rollout.max_surge",
+                "max_surge and max_unavailable are both 0, so no step could be taken; allow at least one",
+            ));
+        }
+        for (field, n) in [
+            ("rollout.max_surge", self.max_surge),
+            ("rollout.max_unavailable", self.max_unavailable),
+        ] {
+            if n > 1000 {
+                return Err(ValidationError::new(field, "at most 1000"));
+            }
+        }
+        if let Some(ids) = &self.replacing {
+            if ids.len() > 1000 {
+                return Err(ValidationError::new(
+                    "rollout.replacing",
+                    "at most 1000 ids",
+                ));
+            }
+            for id in ids {
+                validate_segment("rollout.replacing", id)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+impl RegistryValue for Rollout {
+    fn decode(keys: &Keys, key: &str, value: &[u8]) -> Result<Self, DecodeError> {
+        let Ok(Key::Rollout { service }) = keys.parse(key) else {
+            return Err(DecodeError::UnexpectedKey {
+                key: key.to_owned(),
+                reason: format!("expected {}{{service}}", keys.rollouts()),
+            });
+        };
+        let rollout: Rollout = decode_json(key, value, Rollout::validate)?;
+        if rollout.service != service {
+            return Err(key_mismatch(
+                key,
+                "rollout.service",
+                &service,
+                &rollout.service,
+            ));
+        }
+        Ok(rollout)
     }
 }
 

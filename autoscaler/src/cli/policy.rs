@@ -120,6 +120,8 @@ impl SetArgs {
             max_scale_down_step: self.max_down_step,
             step_period_secs: self.step_period,
             warmup_secs: self.warmup,
+            // A new policy replaces the old one whole, pin included.
+            pinned: None,
         };
         policy
             .validate()
@@ -309,6 +311,7 @@ mod tests {
             max_scale_down_step: None,
             step_period_secs: 15,
             warmup_secs: 5,
+            pinned: None,
         };
         assert_eq!(
             table(&[policy]),

@@ -1,6 +1,8 @@
-//! `autoscaler scale SERVICE N`: pin a service at N instances by setting
-//! `min = max = N` on its existing policy. The write is a transaction on the
-//! policy's revision, so a concurrent `policy set` is not silently undone.
+//! `autoscaler scale SERVICE N`: pin a service at N instances (the policy's
+//! `pinned` field overrides the metric; `min` and `max` are kept), and
+//! `autoscaler scale SERVICE --unpin` to hand it back to the metric. The write
+//! is a transaction on the policy's revision, so a concurrent `policy set` is
+//! not silently undone.
 
 use anyhow::anyhow;
 use clap::Args;
@@ -19,8 +21,12 @@ pub struct ScaleArgs {
     /// The service to pin.
     #[arg(value_parser = service_name)]
     pub service: String,
-    /// The replica count (1..=1000).
-    pub replicas: u32,
+    /// The replica count to pin (0..=1000; 0 stops every instance).
+    #[arg(required_unless_present = "unpin", conflicts_with = "unpin")]
+    pub replicas: Option<u32>,
+    /// Remove the pin: the metric decides again, within min and max.
+    #[arg(long)]
+    pub unpin: bool,
 }
 
 pub async fn run(args: ScaleArgs) -> Outcome {
@@ -29,11 +35,17 @@ pub async fn run(args: ScaleArgs) -> Outcome {
     let (mut policy, revision) = read_with_revision(&mut client, etcd_args, &args.service)
         .await?
         .ok_or_else(|| Failure::Runtime(no_policy(&args.service)))?;
-    policy.min = args.replicas;
-    policy.max = args.replicas;
-    policy
-        .validate()
-        .map_err(|e| Failure::Usage(anyhow!("cannot scale to {}: {e}", args.replicas)))?;
+    let was = policy.pinned;
+    if args.unpin && was.is_none() {
+        out::finish([format!("{} was not pinned; nothing changed", args.service)])?;
+        return Ok(OK);
+    }
+    policy.pinned = args.replicas;
+    if let Some(n) = args.replicas {
+        policy
+            .validate()
+            .map_err(|e| Failure::Usage(anyhow!("cannot scale to {n}: {e}")))?;
+    }
     let key = etcd_args.prefix.policy(&args.service);
     let json = serde_json::to_string(&policy)
         .map_err(|e| Failure::Runtime(anyhow!("cannot encode the policy: {e}")))?;
@@ -51,9 +63,20 @@ pub async fn run(args: ScaleArgs) -> Outcome {
             args.service
         )));
     }
-    out::finish([format!(
-        "pinned {} at {} (min = max = {})",
-        args.service, args.replicas, args.replicas
-    )])?;
+    let message = match (args.replicas, was) {
+        (Some(n), _) => format!(
+            "pinned {} at {n}; `autoscaler scale {} --unpin` hands it back to the metric",
+            args.service, args.service
+        ),
+        (None, Some(n)) => format!(
+            "unpinned {} (was {n}); the {} metric decides again, within {}..={}",
+            args.service,
+            super::policy::metric_name(policy.metric),
+            policy.min,
+            policy.max
+        ),
+        (None, None) => unreachable!("returned above"),
+    };
+    out::finish([message])?;
     Ok(OK)
 }

@@ -133,7 +133,10 @@ pub fn table(statuses: &[ServiceStatus]) -> Vec<String> {
                 s.instances.starting.to_string(),
                 s.instances.draining.to_string(),
                 desired,
-                format!("{}..{}", p.min, p.max),
+                match p.pinned {
+                    Some(n) => format!("pinned={n}"),
+                    None => format!("{}..{}", p.min, p.max),
+                },
                 metric_name(p.metric).to_owned(),
                 p.target.to_string(),
                 reason,
@@ -177,6 +180,7 @@ mod tests {
             max_scale_down_step: None,
             step_period_secs: 15,
             warmup_secs: 0,
+            pinned: None,
         }
     }
 

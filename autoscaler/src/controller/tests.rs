@@ -68,6 +68,7 @@ fn policy(min: u32) -> ScalingPolicy {
         max_scale_down_step: None,
         step_period_secs: 15,
         warmup_secs: 0,
+        pinned: None,
     }
 }
 

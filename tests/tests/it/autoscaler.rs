@@ -462,6 +462,7 @@ async fn the_operator_commands_set_show_pin_and_delete_policies_and_list_events(
     let stored = client.get(keys.policy("app"), None).await.unwrap();
     let stored: serde_json::Value = serde_json::from_slice(stored.kvs()[0].value()).unwrap();
     assert_eq!(printed, stored);
+    let stored_before_pin = stored.clone();
     assert_eq!(
         stored,
         serde_json::json!({
@@ -509,17 +510,31 @@ async fn the_operator_commands_set_show_pin_and_delete_policies_and_list_events(
         printed
     );
 
-    // scale: min = max = 3, the rest untouched.
-    let (code, stdout, stderr) = autoscaler_cli(&endpoint, &["scale", "app", "3"]).await;
+    // scale: pinned at 6 (beyond max: an operator's order), the rest untouched.
+    let (code, stdout, stderr) = autoscaler_cli(&endpoint, &["scale", "app", "6"]).await;
     assert_eq!(code, Some(0), "{stderr}");
-    assert!(stdout.contains("pinned app at 3"), "{stdout}");
+    assert!(stdout.contains("pinned app at 6"), "{stdout}");
     let stored = client.get(keys.policy("app"), None).await.unwrap();
     let stored: serde_json::Value = serde_json::from_slice(stored.kvs()[0].value()).unwrap();
     assert_eq!(
-        (stored["min"].clone(), stored["max"].clone()),
-        (3.into(), 3.into())
+        (
+            stored["min"].clone(),
+            stored["max"].clone(),
+            stored["pinned"].clone()
+        ),
+        (1.into(), 4.into(), 6.into())
     );
     assert_eq!(stored["scale_down_stabilization_secs"], 10);
+    // --unpin removes only the pin.
+    let (code, stdout, stderr) = autoscaler_cli(&endpoint, &["scale", "app", "--unpin"]).await;
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(stdout.contains("unpinned app (was 6)"), "{stdout}");
+    let stored = client.get(keys.policy("app"), None).await.unwrap();
+    let unpinned: serde_json::Value = serde_json::from_slice(stored.kvs()[0].value()).unwrap();
+    let mut expected = stored_before_pin.clone();
+    expected["scale_down_stabilization_secs"] = 10.into();
+    assert_eq!(unpinned, expected);
+    autoscaler_cli(&endpoint, &["scale", "app", "3"]).await;
     let (code, _, stderr) = autoscaler_cli(&endpoint, &["scale", "nothing", "3"]).await;
     assert_eq!(code, Some(1), "{stderr}");
     assert!(
@@ -562,7 +577,7 @@ async fn the_operator_commands_set_show_pin_and_delete_policies_and_list_events(
     let row: Vec<&str> = lines[1].split_whitespace().collect();
     assert_eq!(
         row[..8],
-        ["app", "1", "0", "0", "3", "3..3", "inflight", "8"],
+        ["app", "1", "0", "0", "3", "pinned=3", "inflight", "8"],
         "{stdout}"
     );
     assert!(
