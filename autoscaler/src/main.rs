@@ -11,6 +11,7 @@ use registry::cli::exit::Failure;
 
 use autoscaler::cli::events::EventsArgs;
 use autoscaler::cli::policy::PolicyCommand;
+use autoscaler::cli::rollout::RolloutCommand;
 use autoscaler::cli::scale::ScaleArgs;
 use autoscaler::cli::status::StatusArgs;
 use autoscaler::run::RunConfig;
@@ -25,6 +26,12 @@ Shoal's autoscaler: the controller, and the commands that steer it.
   autoscaler scale SERVICE N          pin a service at N instances (--unpin to hand it back to the metric)
   autoscaler status [SERVICE]         instances, bounds and the last decision, per service
   autoscaler events SERVICE [--follow]
+  autoscaler rollout restart SERVICE [--max-surge N] [--max-unavailable N]
+                                      replace every instance, a few at a time (progress until done)
+  autoscaler completions bash|zsh|fish|elvish|powershell
+                                      shell completions on stdout
+
+A running controller also rolls every service with a policy on SIGUSR2.
 
 Logs go to stderr, command output to stdout.
 
@@ -60,6 +67,10 @@ enum Command {
     Status(StatusArgs),
     /// A service's scaling events, oldest first; `--follow` for new ones.
     Events(EventsArgs),
+    /// Rolling restarts.
+    Rollout(RolloutCommand),
+    /// Print shell completions, e.g. `autoscaler completions bash > /etc/bash_completion.d/autoscaler`.
+    Completions { shell: clap_complete::Shell },
 }
 
 #[tokio::main]
@@ -80,6 +91,17 @@ async fn main() -> ExitCode {
         Command::Scale(args) => autoscaler::cli::scale::run(args).await,
         Command::Status(args) => autoscaler::cli::status::run(args).await,
         Command::Events(args) => autoscaler::cli::events::run(args).await,
+        Command::Rollout(command) => autoscaler::cli::rollout::run(command).await,
+        Command::Completions { shell } => {
+            use clap::CommandFactory;
+            clap_complete::generate(
+                shell,
+                &mut Cli::command(),
+                "autoscaler",
+                &mut std::io::stdout(),
+            );
+            return ExitCode::SUCCESS;
+        }
     };
     match outcome {
         Ok(code) => ExitCode::from(code),
@@ -106,6 +128,35 @@ mod tests {
     fn parse(args: &[&str]) -> Result<Cli, String> {
         Cli::try_parse_from(std::iter::once("autoscaler").chain(args.iter().copied()))
             .map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn rollout_and_completions_parse() {
+        let Command::Rollout(r) = parse(&["rollout", "restart", "app", "--max-surge", "2"])
+            .unwrap()
+            .command
+        else {
+            panic!("not rollout")
+        };
+        let autoscaler::cli::rollout::RolloutAction::Restart(r) = r.action;
+        assert_eq!((r.max_surge, r.max_unavailable, r.no_wait), (2, 0, false));
+        let err = parse(&["rollout", "restart", "app", "--max-surge", "many"])
+            .err()
+            .unwrap();
+        assert!(err.contains("--max-surge"), "{err}");
+        assert!(matches!(
+            parse(&["completions", "bash"]).unwrap().command,
+            Command::Completions { .. }
+        ));
+        let mut script = Vec::new();
+        clap_complete::generate(
+            clap_complete::Shell::Bash,
+            &mut Cli::command(),
+            "autoscaler",
+            &mut script,
+        );
+        let script = String::from_utf8(script).unwrap();
+        assert!(script.contains("rollout") && script.contains("--max-surge"));
     }
 
     #[test]

@@ -4,6 +4,11 @@
 //! campaigns again; its in-memory bookkeeping (instances it started,
 //! retirements in progress) carries over to its next term.
 //!
+//! On SIGUSR2 it asks for a rolling restart of every service with a policy
+//! (a `rollouts/{service}` request each, skipping those in progress); the
+//! leader carries them out (see `controller::rollout`). Any controller can
+//! be signalled, leader or not.
+//!
 //! On SIGTERM or Ctrl-C it resigns (another controller takes over at once)
 //! and exits 0, **leaving the instances it started running**: they are
 //! registered and serving, and stopping a controller must not take a service
@@ -17,13 +22,18 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use clap::{Args, ValueEnum};
+use etcd_client::{Client, GetOptions};
 use registry::EtcdArgs;
-use registry::config::{parse_duration, parse_lease_ttl};
+use registry::config::{ETCD_CALL_TIMEOUT, parse_duration, parse_lease_ttl};
 use registry::election::Election;
+use registry::model::{Rollout, ScalingPolicy};
 use registry::stop::StopSignals;
+use registry::{Keys, RegistryValue};
+use tokio::signal::unix::{Signal, SignalKind, signal};
 use tokio::time::{Instant, MissedTickBehavior};
 use tracing::{info, warn};
 
+use crate::cli::rollout::{Requested, request};
 use crate::controller::journal::{EtcdJournal, JournalError};
 use crate::controller::observe::Observer;
 use crate::controller::{Controller, Settings};
@@ -130,11 +140,13 @@ impl RunConfig {
 /// Run the controller until SIGTERM or Ctrl-C.
 pub async fn run(config: RunConfig) -> anyhow::Result<()> {
     let signals = StopSignals::install().context("cannot install signal handlers")?;
+    // Installed before anything else: SIGUSR2's default action is to exit.
+    let usr2 = signal(SignalKind::user_defined2()).context("cannot install the SIGUSR2 handler")?;
     match config.driver {
         DriverKind::Process => {
             let template = config.process_template()?;
             info!(command = template.argv.join(" "), log_dir = %template.log_dir.display(), "process driver");
-            run_with(config, ProcessDriver::new(template), signals).await
+            run_with(config, ProcessDriver::new(template), signals, usr2).await
         }
         DriverKind::Docker => {
             bail!(
@@ -153,6 +165,7 @@ async fn run_with<D: Driver>(
     config: RunConfig,
     driver: D,
     mut signals: StopSignals,
+    usr2: Signal,
 ) -> anyhow::Result<()> {
     let id = config.id.clone().unwrap_or_else(|| {
         format!(
@@ -166,6 +179,7 @@ async fn run_with<D: Driver>(
         .connect()
         .await
         .context("cannot set up the etcd client")?;
+    tokio::spawn(roll_all_on_signal(usr2, client.clone(), keys.clone()));
     let driver = Arc::new(driver);
     let settings = Settings {
         lease_ttl: config.lease_ttl,
@@ -239,6 +253,47 @@ async fn run_with<D: Driver>(
         stop_all(driver.as_ref(), settings.stop_grace).await;
     } else {
         info!("exiting; the instances this controller started keep running");
+    }
+    Ok(())
+}
+
+/// Every SIGUSR2: a rolling-restart request for every service with a policy.
+async fn roll_all_on_signal(mut usr2: Signal, client: Client, keys: Keys) {
+    while usr2.recv().await.is_some() {
+        info!("SIGUSR2: asking for a rolling restart of every service with a policy");
+        if let Err(e) = roll_all(client.clone(), &keys).await {
+            warn!(error = %e, "SIGUSR2: cannot ask for rolling restarts; send it again once etcd answers");
+        }
+    }
+}
+
+async fn roll_all(mut client: Client, keys: &Keys) -> anyhow::Result<()> {
+    let options = GetOptions::new().with_prefix();
+    let listed = tokio::time::timeout(
+        ETCD_CALL_TIMEOUT,
+        client.get(keys.policies(), Some(options)),
+    )
+    .await
+    .context("etcd did not answer")??;
+    for kv in listed.kvs() {
+        let key = String::from_utf8_lossy(kv.key());
+        let policy = match ScalingPolicy::decode(keys, &key, kv.value()) {
+            Ok(policy) => policy,
+            Err(e) => {
+                warn!(%key, error = %e, "skipping malformed policy");
+                continue;
+            }
+        };
+        let rollout = Rollout::request(&policy.service, "signal");
+        let asked = tokio::time::timeout(ETCD_CALL_TIMEOUT, request(&mut client, keys, &rollout))
+            .await
+            .context("etcd did not answer")??;
+        match asked {
+            Requested::Written => info!(service = %policy.service, "rolling restart requested"),
+            Requested::InProgress(existing) => {
+                info!(service = %policy.service, requested_by = %existing.requested_by, "a rolling restart is already in progress")
+            }
+        }
     }
     Ok(())
 }

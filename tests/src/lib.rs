@@ -9,6 +9,7 @@
 //! - [`binaries`]: where the built binaries are, and typed launchers for them.
 //! - [`gateway`]: a launcher for the gateway, with its proxy and admin addresses.
 //! - [`autoscaler`]: a launcher for `autoscaler run` with the process driver.
+//! - [`load`]: clients sending requests back to back, counting failures.
 //! - [`wait`]: polling with deadlines (no fixed sleeps in tests).
 //!
 //! The tests themselves are in `tests/it/`, one module per area.
@@ -17,6 +18,7 @@ pub mod autoscaler;
 pub mod binaries;
 pub mod etcd;
 pub mod gateway;
+pub mod load;
 pub mod process;
 pub mod wait;
 
@@ -24,6 +26,7 @@ pub use autoscaler::Autoscaler;
 pub use binaries::{AppServer, AppServerOptions, bin_path};
 pub use etcd::Etcd;
 pub use gateway::Gateway;
+pub use load::{Load, LoadReport};
 pub use process::Proc;
 pub use wait::{wait_until, wait_until_async};
 

@@ -1,6 +1,6 @@
 //! The operator subcommands of `autoscaler`, one file each: [`policy`]
-//! (`set`/`get`/`delete`), [`scale`] (pin a replica count), [`status`] and
-//! [`events`]. This file holds what they share: argument parsers, the
+//! (`set`/`get`/`delete`), [`scale`] (pin a replica count), [`status`],
+//! [`events`] and [`rollout`] (rolling restarts). This file holds what they share: argument parsers, the
 //! `--output` choice and reading a prefix with malformed entries skipped.
 //!
 //! Every command returns an [`Outcome`]; etcd access goes through
@@ -8,6 +8,7 @@
 
 pub mod events;
 pub mod policy;
+pub mod rollout;
 pub mod scale;
 pub mod status;
 

@@ -1,5 +1,6 @@
 //! What the controller writes to etcd, always fenced on its leadership:
-//! scaling events (a bounded history per service) and retire keys.
+//! scaling events (a bounded history per service), retire keys, and the
+//! rolling-restart requests it stamps and deletes.
 //!
 //! [`Journal`] is the seam: [`EtcdJournal`] commits a tick's writes for a
 //! service in one transaction through [`Leadership::txn`], so a deposed
@@ -17,7 +18,7 @@ use etcd_client::{Client, DeleteOptions, GetOptions, SortOrder, SortTarget, TxnO
 use registry::Keys;
 use registry::config::ETCD_CALL_TIMEOUT;
 use registry::election::{ElectionError, Leadership};
-use registry::model::ScalingEvent;
+use registry::model::{Rollout, ScalingEvent};
 
 /// Events kept per service.
 pub const KEEP_EVENTS: u64 = 200;
@@ -44,6 +45,12 @@ pub enum Write {
     ClearRetire {
         service: String,
         id: String,
+    },
+    /// Rewrite a rolling-restart request (stamped with the ids it replaces).
+    PutRollout(Rollout),
+    /// The rolling restart of `service` is over (done or abandoned).
+    EndRollout {
+        service: String,
     },
 }
 
@@ -130,6 +137,12 @@ impl EtcdJournal {
             Write::ClearRetire { service, id } => {
                 TxnOp::delete(self.keys.retire(&service, &id), None)
             }
+            Write::PutRollout(rollout) => TxnOp::put(
+                self.keys.rollout(&rollout.service),
+                serde_json::to_string(&rollout).expect("Rollout always serializes"),
+                None,
+            ),
+            Write::EndRollout { service } => TxnOp::delete(self.keys.rollout(&service), None),
         }
     }
 }
@@ -181,6 +194,7 @@ pub struct MemoryJournal {
 pub struct MemoryState {
     pub events: BTreeMap<(String, u64), ScalingEvent>,
     pub retired: Vec<(String, String)>,
+    pub rollouts: BTreeMap<String, Rollout>,
     /// When set, every commit fails as if leadership were lost.
     pub lost: bool,
 }
@@ -219,6 +233,12 @@ impl Journal for MemoryJournal {
                 Write::ClearRetire { service, id } => state
                     .retired
                     .retain(|r| r != &(service.clone(), id.clone())),
+                Write::PutRollout(rollout) => {
+                    state.rollouts.insert(rollout.service.clone(), rollout);
+                }
+                Write::EndRollout { service } => {
+                    state.rollouts.remove(&service);
+                }
             }
         }
         Ok(())

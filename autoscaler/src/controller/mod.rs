@@ -5,6 +5,7 @@
 //! - [`observe`]: the tick's inputs (policies, registry, gateway load, `/load` CPU).
 //! - [`count`]: which owned instances make up the current size, and which need care.
 //! - [`retire`]: which instances a scale-down retires.
+//! - [`rollout`]: rolling restarts, a few instances at a time.
 //! - [`backoff`]: crash-loop back-off for replacements.
 //! - [`journal`]: fenced writes (events with a bounded history, retire keys).
 //! - [`event`]: the shape of a `ScalingEvent`.
@@ -23,6 +24,7 @@ pub mod event;
 pub mod journal;
 pub mod observe;
 pub mod retire;
+pub mod rollout;
 
 #[cfg(test)]
 mod tests;
@@ -32,7 +34,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use registry::Instance;
-use registry::model::{ScalingEvent, ScalingMetric, ScalingPolicy};
+use registry::model::{Rollout, ScalingEvent, ScalingMetric, ScalingPolicy};
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
@@ -101,6 +103,8 @@ struct ServiceState {
     refusing_down: bool,
     /// The last event sequence number, once read in this leadership term.
     last_seq: Option<Option<u64>>,
+    /// A rolling restart in progress.
+    rollout: Option<rollout::Progress>,
 }
 
 /// What one service's tick will do, decided before anything is done.
@@ -111,6 +115,8 @@ struct Plan {
     retires: Vec<(String, String)>,
     stops: Vec<(String, Duration)>,
     clear_retire: Vec<String>,
+    /// Other writes committed with the events (rolling-restart requests).
+    journal: Vec<Write>,
 }
 
 /// The autoscaler's control loop over one driver.
@@ -173,6 +179,7 @@ impl<D: Driver> Controller<D> {
             let mine: Vec<&Owned> = owned.iter().filter(|o| o.service == service).collect();
             let view = View {
                 policy,
+                rollout: observed.rollouts.get(service),
                 registered: observed.instances.get(service).unwrap_or(&no_instances),
                 load: observed.loads.get(service).unwrap_or(&no_load),
                 cpu: &observed.cpu,
@@ -209,7 +216,8 @@ impl<D: Driver> Controller<D> {
         let mut plan = Plan::default();
         let counted = heal(st, now, view, &settings, &mut plan);
         let (current, desired) = scale(st, t, view, &counted, &mut plan);
-        // Actions planned before the decision carry its numbers too.
+        rollout::step(st, now, view, &counted, &mut plan);
+        // Actions carry the decision's numbers too.
         for e in plan.events.iter_mut().filter(|e| e.kind != event::DECISION) {
             (e.current, e.desired) = (current, desired);
         }
@@ -242,6 +250,7 @@ impl<D: Driver> Controller<D> {
                 reason: reason.clone(),
             });
         }
+        writes.append(&mut plan.journal);
         journal.commit(writes).await?;
         if let Some(&last) = seqs.last() {
             st.last_seq = Some(Some(last));
@@ -303,6 +312,7 @@ impl<D: Driver> Controller<D> {
 /// One service's slice of the tick's observations.
 struct View<'a> {
     policy: &'a ScalingPolicy,
+    rollout: Option<&'a Rollout>,
     registered: &'a BTreeMap<String, Instance>,
     load: &'a ServiceLoad,
     cpu: &'a BTreeMap<String, f64>,
@@ -498,6 +508,13 @@ fn scale(
     let policy = view.policy;
     let service = policy.service.as_str();
     let warmup = Duration::from_secs(policy.warmup_secs);
+    // A rolling restart's surge instances are extra: neither capacity nor excess.
+    let surge = st
+        .rollout
+        .as_ref()
+        .map(|r| r.surge().clone())
+        .unwrap_or_default();
+    let counted: Vec<&Counted> = counted.iter().filter(|c| !surge.contains(&c.id)).collect();
     let mut instances: Vec<InstanceLoad> = counted
         .iter()
         .map(|c| {
@@ -627,7 +644,8 @@ fn scale(
                 age: c.age,
             })
             .collect();
-        let ids = retire::pick(&candidates, excess);
+        let old = |id: &str| st.rollout.as_ref().is_some_and(|r| r.is_old(id));
+        let ids = retire::pick(&candidates, excess, old);
         if ids.is_empty() && cancelled == 0 {
             debug!(
                 service,

@@ -12,7 +12,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
 use etcd_client::Client;
-use registry::model::{GatewayInfo, ScalingMetric, ScalingPolicy};
+use registry::model::{GatewayInfo, Rollout, ScalingMetric, ScalingPolicy};
 use registry::{Instance, Keys, Watcher};
 use serde::Deserialize;
 use tokio::time::Instant;
@@ -27,6 +27,8 @@ pub const LOAD_TIMEOUT: Duration = Duration::from_millis(500);
 #[derive(Debug, Clone, Default)]
 pub struct Observed {
     pub policies: Vec<ScalingPolicy>,
+    /// Rolling restarts asked for, by service.
+    pub rollouts: BTreeMap<String, Rollout>,
     /// Registered instances by service, then id.
     pub instances: BTreeMap<String, BTreeMap<String, Instance>>,
     /// Load by service, merged across gateways.
@@ -41,6 +43,7 @@ pub struct Observed {
 /// Reads the registry through watchers and load over HTTP.
 pub struct Observer {
     policies: Watcher<ScalingPolicy>,
+    rollouts: Watcher<Rollout>,
     instances: Watcher<Instance>,
     gateways: Watcher<GatewayInfo>,
     http: reqwest::Client,
@@ -61,6 +64,7 @@ impl Observer {
             .expect("a plain HTTP client always builds");
         Observer {
             policies: Watcher::start(client.clone(), keys.clone(), keys.policies()),
+            rollouts: Watcher::start(client.clone(), keys.clone(), keys.rollouts()),
             instances: Watcher::start(client.clone(), keys.clone(), keys.instances()),
             gateways: Watcher::start(client, keys.clone(), keys.gateways()),
             http,
@@ -71,6 +75,7 @@ impl Observer {
     /// Wait until every watcher has listed once, up to `timeout`.
     pub async fn wait_synced(&self, timeout: Duration) -> bool {
         self.policies.wait_synced(timeout).await
+            && self.rollouts.wait_synced(timeout).await
             && self.instances.wait_synced(timeout).await
             && self.gateways.wait_synced(timeout).await
     }
@@ -79,7 +84,13 @@ impl Observer {
         let policies = self.policies.snapshot();
         let instances = self.instances.snapshot();
         let gateways = self.gateways.snapshot();
-        let synced = policies.synced && instances.synced && gateways.synced;
+        let rollouts = self.rollouts.snapshot();
+        let synced = policies.synced && instances.synced && gateways.synced && rollouts.synced;
+        let rollouts: BTreeMap<String, Rollout> = rollouts
+            .entries
+            .values()
+            .map(|r| (r.service.clone(), r.clone()))
+            .collect();
         let gateways: Vec<GatewayInfo> = gateways.entries.values().cloned().collect();
         let policies: Vec<ScalingPolicy> = policies.entries.values().cloned().collect();
 
@@ -132,6 +143,7 @@ impl Observer {
 
         Observed {
             policies,
+            rollouts,
             instances: by_service,
             loads,
             cpu,

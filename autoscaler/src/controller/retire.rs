@@ -2,6 +2,8 @@
 //! in-flight requests (they drain soonest and disturb the fewest clients),
 //! the youngest first among equals (they have the coldest caches).
 //! Instances that are not ready are left alone: they may be about to serve.
+//! During a rolling restart the instances it is replacing go first: retiring
+//! one of them is progress for the restart too.
 
 use std::time::Duration;
 
@@ -15,12 +17,13 @@ pub struct Candidate {
     pub age: Duration,
 }
 
-/// Up to `n` ids to retire, best first.
-pub fn pick(candidates: &[Candidate], n: usize) -> Vec<String> {
+/// Up to `n` ids to retire, best first; those `preferred` says yes to first.
+pub fn pick(candidates: &[Candidate], n: usize, preferred: impl Fn(&str) -> bool) -> Vec<String> {
     let mut ready: Vec<&Candidate> = candidates.iter().filter(|c| c.ready).collect();
     ready.sort_by(|a, b| {
-        a.in_flight
-            .total_cmp(&b.in_flight)
+        preferred(&b.id)
+            .cmp(&preferred(&a.id))
+            .then(a.in_flight.total_cmp(&b.in_flight))
             .then(a.age.cmp(&b.age))
             .then(a.id.cmp(&b.id))
     });
@@ -49,9 +52,17 @@ mod tests {
             c("starting", false, 0.0, 1),
             c("some", true, 1.0, 50),
         ];
-        assert_eq!(pick(&all, 1), ["idle-young"]);
-        assert_eq!(pick(&all, 3), ["idle-young", "idle-old", "some"]);
-        assert_eq!(pick(&all, 10).len(), 4, "only ready instances are retired");
-        assert!(pick(&all, 0).is_empty());
+        let none = |_: &str| false;
+        assert_eq!(pick(&all, 1, none), ["idle-young"]);
+        assert_eq!(pick(&all, 3, none), ["idle-young", "idle-old", "some"]);
+        assert_eq!(
+            pick(&all, 10, none).len(),
+            4,
+            "only ready instances are retired"
+        );
+        assert!(pick(&all, 0, none).is_empty());
+        // A rolling restart's old instances first, however busy.
+        let old = |id: &str| id == "busy" || id == "starting";
+        assert_eq!(pick(&all, 2, old), ["busy", "idle-young"]);
     }
 }

@@ -1,6 +1,6 @@
 //! The controller's tick against an in-memory driver and journal, on paused time.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Mutex;
 
 use registry::InstanceState;
@@ -376,4 +376,158 @@ async fn a_retired_instance_that_does_not_leave_is_stopped_at_the_deadline() {
     assert!(!w.driver.ids().contains(&retired[0].1));
     assert!(w.journal.state.lock().unwrap().retired.is_empty());
     assert_eq!(w.kinds().last().map(String::as_str), Some("stop"));
+}
+
+impl World {
+    /// Retired instances drain, exit 0 and leave the registry.
+    fn retired_leave(&mut self) {
+        let retired = self.journal.state.lock().unwrap().retired.clone();
+        for (_, id) in retired {
+            if self.driver.ids().contains(&id) {
+                self.driver.exit(&id, 0);
+            }
+            if let Some(registered) = self.observed.instances.get_mut("app") {
+                registered.remove(&id);
+            }
+        }
+    }
+
+    fn ask_rollout(&mut self, max_surge: u32, max_unavailable: u32) {
+        let mut request = Rollout::request("app", "test");
+        request.max_surge = max_surge;
+        request.max_unavailable = max_unavailable;
+        self.observed.rollouts.insert("app".into(), request);
+    }
+
+    /// What the journal holds for the request (the controller stamps and deletes it).
+    fn stored_rollout(&self) -> Option<Rollout> {
+        self.journal
+            .state
+            .lock()
+            .unwrap()
+            .rollouts
+            .get("app")
+            .cloned()
+    }
+
+    fn last_reason(&self, kind: &str) -> String {
+        self.journal
+            .events("app")
+            .into_iter()
+            .rev()
+            .find(|(_, e)| e.kind == kind)
+            .map(|(_, e)| e.reason)
+            .unwrap_or_default()
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_rolling_restart_surges_one_at_a_time_and_never_drops_below_desired() {
+    let mut w = World::new(policy(3));
+    w.tick().await;
+    w.register_all(InstanceState::Ready, &[1.0, 1.0, 1.0]);
+    w.tick().await;
+    let old: BTreeSet<String> = w.driver.ids().into_iter().collect();
+    assert_eq!(old.len(), 3);
+
+    w.ask_rollout(1, 0);
+    w.tick().await;
+    let stamped = w.stored_rollout().expect("the request is stamped");
+    let mut stamped_ids = stamped.replacing.clone().unwrap();
+    stamped_ids.sort();
+    assert_eq!(stamped_ids, old.iter().cloned().collect::<Vec<_>>());
+    assert!(
+        w.last_reason("rollout")
+            .starts_with("rolling restart of 3 instance(s) requested by test"),
+        "{}",
+        w.last_reason("rollout")
+    );
+    assert_eq!(w.driver.ids().len(), 4, "one surge instance");
+    assert!(w.journal.state.lock().unwrap().retired.is_empty());
+    // The surge is not ready yet: nothing more happens, and the decision
+    // (3 instances at target) neither adds nor removes one.
+    w.observed.rollouts.insert("app".into(), stamped);
+    w.tick().await;
+    assert_eq!(w.driver.ids().len(), 4);
+
+    let mut rounds = 0;
+    while w.stored_rollout().is_some() {
+        rounds += 1;
+        assert!(rounds <= 10, "the restart finishes");
+        // Every new instance gets ready; retired old ones drain and leave.
+        let running: Vec<String> = w.driver.ids();
+        let retiring: Vec<String> = w
+            .journal
+            .state
+            .lock()
+            .unwrap()
+            .retired
+            .iter()
+            .map(|(_, id)| id.clone())
+            .collect();
+        let serving = running.iter().filter(|id| !retiring.contains(id)).count();
+        assert!(
+            serving >= 3,
+            "never fewer than the desired 3 serving or starting: {serving}"
+        );
+        w.register_all(InstanceState::Ready, &[1.0, 1.0, 1.0, 1.0]);
+        w.retired_leave();
+        tokio::time::advance(Duration::from_secs(1)).await;
+        w.tick().await;
+        w.observed.rollouts = w.journal.state.lock().unwrap().rollouts.clone();
+    }
+    let now: BTreeSet<String> = w.driver.ids().into_iter().collect();
+    assert_eq!(now.len(), 3, "back to 3: {now:?}");
+    assert!(now.is_disjoint(&old), "every old instance replaced");
+    assert!(
+        w.last_reason("rollout")
+            .starts_with("rolling restart done: 3 instance(s) replaced in"),
+        "{}",
+        w.last_reason("rollout")
+    );
+    assert!(
+        !w.kinds().contains(&"replace".to_owned()),
+        "nothing crashed"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn max_unavailable_retires_without_waiting_and_stalled_restarts_are_abandoned() {
+    let mut w = World::new(policy(2));
+    w.tick().await;
+    w.register_all(InstanceState::Ready, &[1.0, 1.0]);
+    w.ask_rollout(0, 1);
+    w.tick().await;
+    assert_eq!(w.journal.state.lock().unwrap().retired.len(), 1);
+    assert_eq!(w.driver.ids().len(), 3, "its replacement starts at once");
+    // The replacement never gets ready: no second old one goes, and after
+    // the progress deadline the restart is abandoned.
+    w.observed.rollouts = w.journal.state.lock().unwrap().rollouts.clone();
+    w.retired_leave();
+    w.tick().await;
+    let retires = |w: &World| w.kinds().iter().filter(|k| *k == "retire").count();
+    assert_eq!(retires(&w), 1);
+    tokio::time::advance(rollout::PROGRESS_DEADLINE).await;
+    // Keep the replacement "starting" within its grace as far as the
+    // controller knows: register it starting.
+    let ids = w.driver.ids();
+    let mut registered = w.observed.instances.get("app").cloned().unwrap_or_default();
+    for id in &ids {
+        registered.entry(id.clone()).or_insert_with(|| {
+            let mut i = Instance::new("app", "127.0.0.1:1");
+            i.id = id.clone();
+            i
+        });
+    }
+    w.observed.instances.insert("app".into(), registered);
+    w.tick().await;
+    assert!(w.stored_rollout().is_none(), "abandoned and deleted");
+    assert!(
+        w.last_reason("rollout")
+            .starts_with("rolling restart abandoned"),
+        "{}",
+        w.last_reason("rollout")
+    );
+    assert_eq!(retires(&w), 1, "the other old instance keeps serving");
+    assert_eq!(w.driver.ids().len(), 2);
 }

@@ -25,7 +25,7 @@ use crate::gateway::http;
 const POLICY: &str = r#"{"service":"app","min":1,"max":4,"metric":"inflight","target":2,"scale_down_stabilization_secs":5}"#;
 
 /// Every registered instance of `app`.
-async fn instances(client: &etcd_client::Client) -> Vec<Instance> {
+pub(crate) async fn instances(client: &etcd_client::Client) -> Vec<Instance> {
     let keys = Keys::default();
     let mut client = client.clone();
     let prefix = keys.service_instances("app");
@@ -44,7 +44,7 @@ async fn instances(client: &etcd_client::Client) -> Vec<Instance> {
 }
 
 /// Every scaling event of `app`, by sequence number.
-async fn events(client: &etcd_client::Client) -> Vec<(u64, ScalingEvent)> {
+pub(crate) async fn events(client: &etcd_client::Client) -> Vec<(u64, ScalingEvent)> {
     let keys = Keys::default();
     let mut client = client.clone();
     let resp = client
@@ -66,7 +66,7 @@ async fn events(client: &etcd_client::Client) -> Vec<(u64, ScalingEvent)> {
         .collect()
 }
 
-fn ready(instances: &[Instance]) -> Vec<&Instance> {
+pub(crate) fn ready(instances: &[Instance]) -> Vec<&Instance> {
     instances
         .iter()
         .filter(|i| i.state == InstanceState::Ready)
@@ -416,7 +416,7 @@ async fn events_continue_their_sequence_across_leaders_and_keep_the_last_200() {
 }
 
 /// Run `autoscaler ARGS --etcd ENDPOINT`; its exit code, stdout and stderr.
-async fn autoscaler_cli(etcd: &str, args: &[&str]) -> (Option<i32>, String, String) {
+pub(crate) async fn autoscaler_cli(etcd: &str, args: &[&str]) -> (Option<i32>, String, String) {
     let out = tokio::process::Command::new(shoal_tests::bin_path("autoscaler"))
         .args(args)
         .args(["--etcd", etcd])

@@ -10,6 +10,7 @@ mod lifecycle;
 mod outages;
 mod peer;
 mod registry_cli;
+mod rollout;
 mod watcher;
 
 use std::time::Duration;

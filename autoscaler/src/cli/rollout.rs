@@ -1,0 +1,296 @@
+//! `autoscaler rollout restart SERVICE [--max-surge N] [--max-unavailable N]`:
+//! ask the leading controller for a rolling restart (a
+//! [`Rollout`] at `rollouts/{service}`, written only if none is in progress)
+//! and, unless `--no-wait`, show its progress until the controller deletes
+//! the request: one line per change, `rollout app [####------] 2/5 replaced`
+//! (redrawn in place on a terminal), then how it ended — done (exit 0) or
+//! abandoned (exit 1, with the controller's reason). Ctrl-C stops watching;
+//! the restart goes on.
+//!
+//! Progress is read by polling (every 250 ms) the request, which the
+//! controller stamps with the ids it replaces, and the service's instances:
+//! an old instance is replaced once it is draining or gone.
+
+use std::io::{IsTerminal, Write as _};
+use std::time::Duration;
+
+use anyhow::anyhow;
+use clap::{Args, Subcommand};
+use etcd_client::{Client, Compare, CompareOp, GetOptions, SortOrder, SortTarget, Txn, TxnOp};
+use registry::cli::exit::{Failure, OK};
+use registry::cli::{etcd, out};
+use registry::config::parse_duration;
+use registry::model::{Rollout, ScalingEvent};
+use registry::stop::StopSignals;
+use registry::{EtcdArgs, Instance, InstanceState, Keys, RegistryValue};
+use tokio::time::Instant;
+
+use super::policy::{no_policy, read_with_revision};
+use super::{Outcome, read_all, service_name};
+use crate::controller::rollout::ROLLOUT;
+
+/// How often progress is read.
+const POLL: Duration = Duration::from_millis(250);
+
+#[derive(Debug, Args)]
+pub struct RolloutCommand {
+    #[command(subcommand)]
+    pub action: RolloutAction,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum RolloutAction {
+    /// Replace every instance of a service, a few at a time, with no request dropped.
+    Restart(RestartArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct RestartArgs {
+    #[command(flatten)]
+    pub etcd: EtcdArgs,
+    /// The service to restart (it needs a policy: the autoscaler manages it).
+    #[arg(value_parser = service_name)]
+    pub service: String,
+    /// New instances started beyond the desired count at a time.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(0..=1000))]
+    pub max_surge: u32,
+    /// Old instances retired before their replacement is ready, at a time.
+    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u32).range(0..=1000))]
+    pub max_unavailable: u32,
+    /// Ask for the restart and return at once.
+    #[arg(long)]
+    pub no_wait: bool,
+    /// How long to watch before giving up (the restart goes on).
+    #[arg(long, default_value = "10m", value_parser = parse_duration)]
+    pub timeout: Duration,
+}
+
+/// Whether a request was written.
+#[derive(Debug)]
+pub enum Requested {
+    Written,
+    /// One is in progress already (requested at that time, by them).
+    InProgress(Rollout),
+}
+
+/// Write `request` at its key unless a restart of that service is in progress.
+pub async fn request(
+    client: &mut Client,
+    keys: &Keys,
+    request: &Rollout,
+) -> Result<Requested, etcd_client::Error> {
+    let key = keys.rollout(&request.service);
+    let json = serde_json::to_string(request).expect("Rollout always serializes");
+    let txn = Txn::new()
+        .when([Compare::create_revision(key.as_str(), CompareOp::Equal, 0)])
+        .and_then([TxnOp::put(key.as_str(), json, None)])
+        .or_else([TxnOp::get(key.as_str(), None)]);
+    let response = client.txn(txn).await?;
+    if response.succeeded() {
+        return Ok(Requested::Written);
+    }
+    let existing = response
+        .op_responses()
+        .into_iter()
+        .find_map(|op| match op {
+            etcd_client::TxnOpResponse::Get(get) => get.kvs().first().map(|kv| kv.value().to_vec()),
+            _ => None,
+        })
+        .and_then(|value| Rollout::decode(keys, &key, &value).ok());
+    Ok(match existing {
+        Some(rollout) => Requested::InProgress(rollout),
+        // Malformed or deleted in between: report it as in progress with what we know.
+        None => Requested::InProgress(request.clone()),
+    })
+}
+
+pub async fn run(command: RolloutCommand) -> Outcome {
+    match command.action {
+        RolloutAction::Restart(args) => restart(args).await,
+    }
+}
+
+async fn restart(args: RestartArgs) -> Outcome {
+    let etcd_args = &args.etcd;
+    let keys = etcd_args.prefix.clone();
+    let service = args.service.as_str();
+    let mut rollout = Rollout::request(service, "cli");
+    rollout.max_surge = args.max_surge;
+    rollout.max_unavailable = args.max_unavailable;
+    rollout
+        .validate()
+        .map_err(|e| Failure::Usage(anyhow!("invalid rollout: {e}")))?;
+    let mut signals = StopSignals::install()
+        .map_err(|e| Failure::Runtime(anyhow!("cannot install signal handlers: {e}")))?;
+    let mut client = etcd::connect(etcd_args).await?;
+    if read_with_revision(&mut client, etcd_args, service)
+        .await?
+        .is_none()
+    {
+        return Err(Failure::Runtime(anyhow!(
+            "{}; the autoscaler only restarts services it manages",
+            no_policy(service)
+        )));
+    }
+    match etcd::bounded(etcd_args, request(&mut client, &keys, &rollout)).await? {
+        Requested::Written => {}
+        Requested::InProgress(existing) => {
+            return Err(Failure::Runtime(anyhow!(
+                "a rolling restart of {service} is already in progress (requested by {} at {}); follow it with autoscaler events {service} --follow",
+                existing.requested_by,
+                existing.requested_at.to_rfc3339()
+            )));
+        }
+    }
+    if args.no_wait {
+        out::finish([format!(
+            "rolling restart of {service} requested; follow it with autoscaler events {service} --follow"
+        )])?;
+        return Ok(OK);
+    }
+
+    let started = Instant::now();
+    let deadline = started + args.timeout;
+    let mut shown = String::new();
+    let terminal = std::io::stdout().is_terminal();
+    let mut stdout = std::io::stdout();
+    loop {
+        let key = keys.rollout(service);
+        let got = etcd::bounded(etcd_args, client.get(key.as_str(), None)).await?;
+        let Some(kv) = got.kvs().first() else {
+            if terminal {
+                let _ = writeln!(stdout);
+            }
+            return finished(&mut client, etcd_args, service).await;
+        };
+        let current = Rollout::decode(&keys, &key, kv.value()).ok();
+        let instances: Vec<Instance> = read_all(
+            &mut client,
+            etcd_args,
+            &keys.service_instances(service),
+            None,
+        )
+        .await?
+        .into_iter()
+        .map(|(_, i)| i)
+        .collect();
+        let line = progress_line(service, current.as_ref(), &instances);
+        if line != shown {
+            let written = if terminal {
+                write!(stdout, "\r\x1b[2K{line}").and_then(|()| stdout.flush())
+            } else {
+                writeln!(stdout, "{line}")
+            };
+            written.map_err(|e| Failure::Runtime(anyhow!("cannot write progress: {e}")))?;
+            shown = line;
+        }
+        if Instant::now() >= deadline {
+            return Err(Failure::Runtime(anyhow!(
+                "the rolling restart of {service} is not done after {:.0} s; it goes on: autoscaler events {service} --follow",
+                args.timeout.as_secs_f64()
+            )));
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(POLL) => {}
+            signal = signals.recv() => {
+                eprintln!("\n{signal}: stopped watching; the rolling restart of {service} goes on");
+                return Ok(OK);
+            }
+        }
+    }
+}
+
+/// `rollout app [####------] 2/5 replaced · 6 instances, 5 ready`.
+pub fn progress_line(service: &str, rollout: Option<&Rollout>, instances: &[Instance]) -> String {
+    let ready = instances
+        .iter()
+        .filter(|i| i.state == InstanceState::Ready)
+        .count();
+    let tail = format!("{} instances, {ready} ready", instances.len());
+    let Some(old) = rollout.and_then(|r| r.replacing.as_ref()) else {
+        return format!("rollout {service}: waiting for the controller · {tail}");
+    };
+    let replaced = old
+        .iter()
+        .filter(|id| {
+            !instances
+                .iter()
+                .any(|i| &i.id == *id && i.state != InstanceState::Draining)
+        })
+        .count();
+    const WIDTH: usize = 20;
+    let filled = (replaced * WIDTH).checked_div(old.len()).unwrap_or(WIDTH);
+    format!(
+        "rollout {service} [{}{}] {replaced}/{} replaced · {tail}",
+        "#".repeat(filled),
+        "-".repeat(WIDTH - filled),
+        old.len()
+    )
+}
+
+/// The request is gone: the newest `rollout` event says whether it was done
+/// or abandoned.
+async fn finished(client: &mut Client, args: &EtcdArgs, service: &str) -> Outcome {
+    let newest = GetOptions::new()
+        .with_sort(SortTarget::Key, SortOrder::Descend)
+        .with_limit(50);
+    let events: Vec<(String, ScalingEvent)> = read_all(
+        client,
+        args,
+        &args.prefix.service_events(service),
+        Some(newest),
+    )
+    .await?;
+    let last = events
+        .into_iter()
+        .map(|(_, e)| e)
+        .find(|e| e.kind == ROLLOUT);
+    match last {
+        Some(e) if e.reason.starts_with("rolling restart abandoned") => {
+            Err(Failure::Runtime(anyhow!("{service}: {}", e.reason)))
+        }
+        Some(e) if e.reason.starts_with("rolling restart done") => {
+            out::finish([format!("{service}: {}", e.reason)])?;
+            Ok(OK)
+        }
+        _ => {
+            out::finish([format!(
+                "{service}: the rolling restart request is gone (deleted by hand?); see autoscaler events {service}"
+            )])?;
+            Ok(OK)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn instance(id: &str, state: InstanceState) -> Instance {
+        let mut i = Instance::new("app", "127.0.0.1:1");
+        i.id = id.into();
+        i.state = state;
+        i
+    }
+
+    #[test]
+    fn progress_counts_old_instances_draining_or_gone() {
+        let mut r = Rollout::request("app", "cli");
+        assert_eq!(
+            progress_line("app", Some(&r), &[]),
+            "rollout app: waiting for the controller · 0 instances, 0 ready"
+        );
+        r.replacing = Some(vec!["a".into(), "b".into(), "c".into(), "d".into()]);
+        let instances = [
+            instance("a", InstanceState::Draining),
+            instance("c", InstanceState::Ready),
+            instance("d", InstanceState::Ready),
+            instance("n1", InstanceState::Ready),
+            instance("n2", InstanceState::Starting),
+        ];
+        assert_eq!(
+            progress_line("app", Some(&r), &instances),
+            "rollout app [##########----------] 2/4 replaced · 5 instances, 3 ready"
+        );
+    }
+}
