@@ -18,8 +18,10 @@
 //!    instances without a metric count as exactly on target (not-ready ones
 //!    are left out). The ratio is recomputed; if that reverses the direction or
 //!    lands in the tolerance band, nothing changes.
-//! 3. **Scale from zero.** With no instance, any held request or traffic asks
-//!    for `max(min, 1)`.
+//! 3. **Scale from zero.** With no instance, a request the gateways hold asks
+//!    for `max(min, 1)`. The recent request rate does not: after a scale-in
+//!    to zero it still counts the requests served before, and would start an
+//!    instance again at once (flapping until the rate window drains).
 //! 4. **Stabilization.** Scale-up takes the *lowest* recommendation of the
 //!    scale-up window; scale-down the *highest* of the scale-down window; so a
 //!    brief spike or dip does not move the count.
@@ -57,8 +59,6 @@ pub struct Inputs<'a> {
     pub instances: &'a [InstanceLoad],
     /// The service's p95 latency in ms across gateways (for `p95-latency`).
     pub service_p95_ms: Option<f64>,
-    /// The service's request rate across gateways (req/s), for scale from zero.
-    pub service_rate: f64,
     /// Requests gateways are holding for lack of an instance.
     pub held_requests: u64,
     /// Past raw recommendations: (time, replicas), oldest first.
@@ -215,19 +215,19 @@ fn within(history: &[(f64, u32)], now: f64, window: f64) -> impl Iterator<Item =
 fn recommend(inputs: &Inputs<'_>, current: u32) -> (u32, String, Option<Bound>) {
     let policy = inputs.policy;
     if current == 0 {
-        return if inputs.held_requests > 0 || inputs.service_rate > 0.0 {
+        return if inputs.held_requests > 0 {
             let want = policy.min.max(1);
             (
                 want,
                 format!(
-                    "no instance and {} held request(s), {:.1} req/s: scale from zero",
-                    inputs.held_requests, inputs.service_rate
+                    "no instance and {} held request(s): scale from zero",
+                    inputs.held_requests
                 ),
                 None,
             )
         } else {
             // Nothing to serve: the metric asks for none; `min` may bound it.
-            (0, "no instance and no traffic".to_owned(), None)
+            (0, "no instance and no held request".to_owned(), None)
         };
     }
     let name = metric_name(policy.metric);
@@ -377,7 +377,6 @@ mod tests {
             now: 1000.0,
             instances,
             service_p95_ms: None,
-            service_rate: 1.0,
             held_requests: 0,
             recommendations: &[],
             changes: &[],
@@ -556,17 +555,15 @@ mod tests {
         p.min = 0;
         let none: Vec<InstanceLoad> = Vec::new();
         let mut i = inputs(&p, &none);
-        i.service_rate = 0.0;
         assert_eq!(decide(&i).desired, 0);
         let mut p1 = p.clone();
         p1.min = 1;
-        let mut i1 = inputs(&p1, &none);
-        i1.service_rate = 0.0;
+        let i1 = inputs(&p1, &none);
         let d = decide(&i1);
         assert_eq!((d.desired, d.bounded_by), (1, Some(Bound::Min)));
         assert_eq!(
             d.reason,
-            "0 → 1: no instance and no traffic; bounded by min to 1"
+            "0 → 1: no instance and no held request; bounded by min to 1"
         );
         i.held_requests = 3;
         let d = decide(&i);
@@ -575,8 +572,7 @@ mod tests {
 
         p.scale_down_stabilization_secs = 0;
         let idle = ready(&[0.0, 0.0]);
-        let mut i = inputs(&p, &idle);
-        i.service_rate = 0.0;
+        let i = inputs(&p, &idle);
         assert_eq!(decide(&i).desired, 0);
     }
 

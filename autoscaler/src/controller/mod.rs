@@ -555,7 +555,6 @@ fn scale(
         now: t,
         instances: &instances,
         service_p95_ms: view.load.p95_ms,
-        service_rate: view.load.rate,
         held_requests: view.load.held,
         recommendations: &st.recommendations,
         changes: &st.changes,

@@ -11,6 +11,7 @@ mod outages;
 mod peer;
 mod registry_cli;
 mod rollout;
+mod scale_edges;
 mod watcher;
 
 use std::time::Duration;
