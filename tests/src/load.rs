@@ -2,17 +2,24 @@
 //! one URL back to back until stopped, counting what was served and keeping
 //! every failure (status other than 200, transport error, broken body) with
 //! its reason, so a test can assert "zero failed requests" and say which.
+//! It also notes when each instance (`x-shoal-instance`) first served.
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
 use tokio::task::JoinHandle;
+
+/// Instance id → when it first answered one of this load's requests.
+type FirstServed = Arc<Mutex<HashMap<String, Instant>>>;
 
 /// Clients running against one URL.
 pub struct Load {
     stop: Arc<AtomicBool>,
     served: Arc<AtomicU64>,
     failures: Arc<Mutex<Vec<String>>>,
+    first_served: FirstServed,
     clients: Vec<JoinHandle<()>>,
 }
 
@@ -29,15 +36,22 @@ impl Load {
         let stop = Arc::new(AtomicBool::new(false));
         let served = Arc::new(AtomicU64::new(0));
         let failures = Arc::new(Mutex::new(Vec::new()));
+        let first_served: FirstServed = Arc::default();
         let clients = (0..clients)
             .map(|_| {
                 let (http, url) = (http.clone(), url.to_owned());
                 let (stop, served, failures) = (stop.clone(), served.clone(), failures.clone());
+                let first_served = first_served.clone();
                 tokio::spawn(async move {
                     while !stop.load(Ordering::Relaxed) {
                         match get(&http, &url).await {
-                            Ok(()) => {
+                            Ok(instance) => {
                                 served.fetch_add(1, Ordering::Relaxed);
+                                first_served
+                                    .lock()
+                                    .expect("first-served lock")
+                                    .entry(instance)
+                                    .or_insert_with(Instant::now);
                             }
                             Err(e) => failures.lock().expect("failures lock").push(e),
                         }
@@ -49,8 +63,22 @@ impl Load {
             stop,
             served,
             failures,
+            first_served,
             clients,
         }
+    }
+
+    /// When each instance first served, earliest first.
+    pub fn first_served(&self) -> Vec<(String, Instant)> {
+        let mut seen: Vec<(String, Instant)> = self
+            .first_served
+            .lock()
+            .expect("first-served lock")
+            .iter()
+            .map(|(id, at)| (id.clone(), *at))
+            .collect();
+        seen.sort_by_key(|(_, at)| *at);
+        seen
     }
 
     /// Requests served so far.
@@ -71,9 +99,16 @@ impl Load {
     }
 }
 
-async fn get(http: &reqwest::Client, url: &str) -> Result<(), String> {
+/// One GET; the instance that served it.
+async fn get(http: &reqwest::Client, url: &str) -> Result<String, String> {
     let resp = http.get(url).send().await.map_err(|e| format!("{e:?}"))?;
     let status = resp.status();
+    let instance = resp
+        .headers()
+        .get("x-shoal-instance")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_owned();
     if status != 200 {
         return Err(format!(
             "status {status}: {}",
@@ -82,6 +117,6 @@ async fn get(http: &reqwest::Client, url: &str) -> Result<(), String> {
     }
     resp.bytes()
         .await
-        .map(|_| ())
+        .map(|_| instance)
         .map_err(|e| format!("body: {e}"))
 }
