@@ -11,14 +11,13 @@
 //! processes against a real etcd.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use registry::model::ScalingEvent;
 use registry::{Instance, InstanceState, Keys, RegistryValue};
-use shoal_tests::{Autoscaler, Etcd, Gateway, wait_until_async};
+use shoal_tests::{Autoscaler, Etcd, Gateway, Load, wait_until_async};
 
 use crate::gateway::http;
 
@@ -123,41 +122,10 @@ async fn scales_out_under_load_back_in_after_the_window_and_replaces_a_killed_in
 
     // The load step: 8 clients; 2 of them stay on through the scale-in, so
     // retiring instances is checked to lose no request either.
-    let stop_step = Arc::new(AtomicBool::new(false));
-    let stop_all = Arc::new(AtomicBool::new(false));
-    let served = Arc::new(AtomicU64::new(0));
-    let failures = Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let url = gateway.url(&format!("/work?iterations={iterations}"));
     let step = Instant::now();
-    let clients: Vec<_> = (0..8)
-        .map(|n| {
-            let stop = if n < 2 { &stop_all } else { &stop_step };
-            let (http, stop, served, failures) =
-                (http.clone(), stop.clone(), served.clone(), failures.clone());
-            let url = gateway.url(&format!("/work?iterations={iterations}"));
-            tokio::spawn(async move {
-                while !stop.load(Ordering::Relaxed) {
-                    let outcome = match http.get(&url).send().await {
-                        Ok(resp) if resp.status() == 200 => match resp.bytes().await {
-                            Ok(_) => Ok(()),
-                            Err(e) => Err(format!("body: {e}")),
-                        },
-                        Ok(resp) => Err(format!(
-                            "status {}: {}",
-                            resp.status(),
-                            resp.text().await.unwrap_or_default()
-                        )),
-                        Err(e) => Err(format!("{e:?}")),
-                    };
-                    match outcome {
-                        Ok(()) => {
-                            served.fetch_add(1, Ordering::Relaxed);
-                        }
-                        Err(e) => failures.lock().unwrap().push(e),
-                    }
-                }
-            })
-        })
-        .collect();
+    let base = Load::start(&http, &url, 2);
+    let extra = Load::start(&http, &url, 6);
     let ready_count = |n: usize| {
         let client = client.clone();
         move || {
@@ -184,7 +152,7 @@ async fn scales_out_under_load_back_in_after_the_window_and_replaces_a_killed_in
     );
     // Keep the load on a moment so the new instances serve some of it.
     tokio::time::sleep(Duration::from_secs(2)).await;
-    stop_step.store(true, Ordering::Relaxed);
+    let extra = extra.stop().await;
 
     // Down to 2 clients (≈ 2 in flight, the target for one instance): back to
     // the minimum once the scale-down window has passed, under that load.
@@ -205,14 +173,11 @@ async fn scales_out_under_load_back_in_after_the_window_and_replaces_a_killed_in
     );
     // A moment on the one that is left, then stop.
     tokio::time::sleep(Duration::from_millis(500)).await;
-    stop_all.store(true, Ordering::Relaxed);
-    for client in clients {
-        client.await.unwrap();
-    }
-    let failures = failures.lock().unwrap().clone();
+    let base = base.stop().await;
+    let failures: Vec<String> = base.failures.into_iter().chain(extra.failures).collect();
     println!(
         "measured: {} requests served through scale-out and scale-in, {} failed",
-        served.load(Ordering::Relaxed),
+        base.served + extra.served,
         failures.len()
     );
     assert!(failures.is_empty(), "failed requests: {failures:?}");
