@@ -4,6 +4,7 @@
 "use strict";
 
 const WINDOW_MS = 10 * 60 * 1000;
+const MIN_SPAN_MS = 60 * 1000;
 const SVG = "http://www.w3.org/2000/svg";
 const history = new Map(); // service -> [sample], oldest first
 let lastSnapshot = null;
@@ -66,7 +67,12 @@ function chart(title, current, series, nowMs) {
   for (const f of [0.25, 0.5, 0.75]) {
     box.append(svg("line", { class: "grid", x1: 0, x2: W, y1: H * f, y2: H * f }));
   }
-  const x = (t) => W - ((nowMs - t) / WINDOW_MS) * W;
+  // The span shown: the history there is, between one and ten minutes, so a
+  // freshly started gateway's charts are not a sliver at the right edge.
+  let oldest = nowMs;
+  for (const s of series) if (s.values.length) oldest = Math.min(oldest, s.values[0][0]);
+  const span = Math.min(WINDOW_MS, Math.max(MIN_SPAN_MS, nowMs - oldest));
+  const x = (t) => W - ((nowMs - t) / span) * W;
   const y = (v) => H - PAD - (v / max) * (H - 2 * PAD);
   for (const s of series) {
     // A gap (null) starts a new line.
@@ -83,7 +89,9 @@ function chart(title, current, series, nowMs) {
   }
   return el("div", { class: "chart" },
     el("div", { class: "chart-title" }, el("span", {}, title), el("b", {}, current)),
-    box);
+    box,
+    el("div", { class: "chart-axis" }, el("span", {}, `−${Math.round(span / 60000)} min`),
+      el("span", {}, `max ${max > 1 ? (max / 1.15).toFixed(1) : "–"}`), el("span", {}, "now")));
 }
 
 function charts(panel, nowMs) {
