@@ -684,3 +684,162 @@ async fn an_admin_listener_beyond_loopback_needs_a_token() {
         "{listening}"
     );
 }
+
+/// Read server-sent events from `resp` until one named `name`; its data as JSON.
+async fn next_event(resp: &mut reqwest::Response, buffer: &mut String, name: &str) -> Value {
+    loop {
+        while let Some(end) = buffer.find("\n\n") {
+            let block: String = buffer.drain(..end + 2).collect();
+            let mut event = "message";
+            let mut data = String::new();
+            for line in block.lines() {
+                if let Some(e) = line.strip_prefix("event: ") {
+                    event = e;
+                } else if let Some(d) = line.strip_prefix("data: ") {
+                    data.push_str(d);
+                }
+            }
+            if event == name {
+                return serde_json::from_str(&data)
+                    .unwrap_or_else(|e| panic!("{name}: {e}: {data}"));
+            }
+        }
+        let chunk = tokio::time::timeout(Duration::from_secs(5), resp.chunk())
+            .await
+            .unwrap_or_else(|_| panic!("no `{name}` event within 5 s"))
+            .expect("the stream stays open")
+            .expect("the stream does not end");
+        buffer.push_str(std::str::from_utf8(&chunk).expect("UTF-8 events"));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_stream_history_openapi_and_dashboard_are_served() {
+    let etcd = Etcd::start().await;
+    let apps = start_apps(&etcd, 1, "app").await;
+    let keys = Keys::default();
+    let mut kv = etcd.client().await;
+    kv.put(
+        keys.policy("app"),
+        r#"{"service":"app","min":1,"max":4,"metric":"rps","target":50}"#,
+        None,
+    )
+    .await
+    .unwrap();
+    let event = ScalingEvent {
+        service: "app".into(),
+        at: chrono::Utc::now(),
+        kind: "decision".into(),
+        current: 1,
+        desired: 2,
+        reason: "1 → 2: test".into(),
+        bounded_by: None,
+        inputs: Default::default(),
+        instance: None,
+    };
+    kv.put(
+        keys.event("app", 7),
+        serde_json::to_string(&event).unwrap(),
+        None,
+    )
+    .await
+    .unwrap();
+    let gateway = Gateway::start(&etcd, &[]).await;
+    let http = http();
+
+    // The stream: history first, then snapshots with everything the page shows.
+    let mut stream = http
+        .get(gateway.admin_url("/api/v1/stream"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(stream.status(), StatusCode::OK);
+    let content_type = stream.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    assert!(
+        content_type.starts_with("text/event-stream"),
+        "{content_type}"
+    );
+    let mut buffer = String::new();
+    let history = next_event(&mut stream, &mut buffer, "history").await;
+    assert!(history.is_object(), "{history}");
+    let started = std::time::Instant::now();
+    let snapshot = loop {
+        let snapshot = next_event(&mut stream, &mut buffer, "snapshot").await;
+        let ready = snapshot["services"]
+            .as_array()
+            .and_then(|s| s.iter().find(|s| s["name"] == "app"))
+            .is_some_and(|app| {
+                app["instances"][0]["state"] == "ready" && app["events"][0]["desired"] == 2
+            });
+        if ready {
+            break snapshot;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "last snapshot: {snapshot:#}"
+        );
+    };
+    assert_eq!(snapshot["registry"], "connected", "{snapshot:#}");
+    let app = snapshot["services"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["name"] == "app")
+        .unwrap();
+    assert_eq!(app["instances"][0]["id"], apps[0].id, "{app:#}");
+    assert_eq!(app["policy"]["max"], 4, "{app:#}");
+    assert_eq!(app["desired"], 2, "{app:#}");
+    assert_eq!(app["events"][0]["reason"], "1 → 2: test", "{app:#}");
+    // At least one snapshot a second, with nothing changing.
+    let before = std::time::Instant::now();
+    next_event(&mut stream, &mut buffer, "snapshot").await;
+    assert!(
+        before.elapsed() < Duration::from_millis(1500),
+        "{:?} between snapshots",
+        before.elapsed()
+    );
+
+    // The charts' history fills at one sample a second.
+    let history = wait_json(
+        &http,
+        &gateway.admin_url("/api/v1/history"),
+        Duration::from_secs(5),
+        "two samples of app",
+        |v| v["app"].as_array().is_some_and(|s| s.len() >= 2),
+    )
+    .await;
+    let last = history["app"].as_array().unwrap().last().unwrap();
+    assert_eq!(
+        (last["ready"].clone(), last["desired"].clone()),
+        (json!(1), json!(2)),
+        "{last}"
+    );
+
+    // The document and the page.
+    let doc = get_json(&http, &gateway.admin_url("/api/openapi.json")).await;
+    assert!(
+        doc["paths"]["/api/v1/services/{service}/rollout"]["post"].is_object(),
+        "{doc:#}"
+    );
+    for (path, kind) in [
+        ("/dashboard", "text/html"),
+        ("/dashboard/dashboard.js", "text/javascript"),
+        ("/dashboard/dashboard.css", "text/css"),
+    ] {
+        let resp = http.get(gateway.admin_url(path)).send().await.unwrap();
+        assert_eq!(resp.status(), StatusCode::OK, "{path}");
+        let headers = resp.headers();
+        assert!(
+            headers["content-type"].to_str().unwrap().starts_with(kind),
+            "{path}"
+        );
+        let csp = headers["content-security-policy"].to_str().unwrap();
+        assert!(
+            csp.contains("default-src 'none'") && csp.contains("script-src 'self'"),
+            "{csp}"
+        );
+    }
+}
