@@ -8,6 +8,8 @@ declare -A SHOAL_PACKAGE=(
   [etcdctl]=etcd-client
   [python3]=python3
   [curl]=curl
+  [chromium]=chromium
+  [chromedriver]=chromium-driver
 )
 
 # need_tools TOOL...: install missing tools with apt-get when running as root,

@@ -43,48 +43,83 @@
 //!
 //! `GET /metrics` → Prometheus text format, see [`crate::metrics`].
 //!
-//! Any other path is a 404 and any other method a 405, both JSON
-//! `{"error","detail"}` like every error of the admin API.
+//! The router, the registry-backed endpoints, the writes and the dashboard
+//! are in [`crate::api`]; any other path is a 404 and any other method a 405,
+//! both JSON `{"error","detail"}` like every error of the admin API.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use axum::extract::{OriginalUri, Path, State};
+use axum::Json;
+use axum::extract::{Path, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
-use axum::{Json, Router};
 use chrono::{DateTime, Utc};
 use registry::InstanceState;
 use serde::Serialize;
+use utoipa::ToSchema;
 
+use crate::api::AdminToken;
 use crate::backend::Backend;
+use crate::control::Control;
+use crate::history::History;
 use crate::metrics;
 use crate::stats::StatsSnapshot;
 use crate::table::{ServicePool, TableHandle};
 
-/// What the admin handlers read.
+/// What the admin handlers read and write with.
 #[derive(Clone)]
 pub struct AdminState {
     pub table: TableHandle,
     /// This gateway's id in the registry.
     pub gateway_id: String,
+    /// Routes, policies, events and rollouts, and the client for writes.
+    pub control: Control,
+    /// The charts' samples.
+    pub history: History,
+    /// Required for writes when set (`--admin-token`).
+    pub token: Option<AdminToken>,
+    /// Cancelled when the gateway stops (ends the event streams).
+    pub stop: tokio_util::sync::CancellationToken,
 }
 
-/// The admin router.
-pub fn app(state: AdminState) -> Router {
-    Router::new()
-        .route("/healthz", get(healthz))
-        .route("/metrics", get(metrics_text))
-        .route("/api/v1/services", get(services))
-        .route("/api/v1/services/{service}", get(service))
-        .fallback(unknown_path)
-        .method_not_allowed_fallback(wrong_method)
-        .with_state(state)
+/// State for unit tests: `table`, and an etcd client for an address where
+/// nothing listens (the registry reads as unreachable).
+#[cfg(test)]
+pub async fn test_state_with(table: TableHandle) -> AdminState {
+    let client = registry::EtcdArgs::for_endpoint("http://127.0.0.1:1")
+        .connect()
+        .await
+        .expect("a lazy client");
+    AdminState {
+        table,
+        gateway_id: "gw-1".into(),
+        control: Control::start(client, registry::Keys::default()),
+        history: History::default(),
+        token: None,
+        stop: tokio_util::sync::CancellationToken::new(),
+    }
+}
+
+/// [`test_state_with`] an empty table.
+#[cfg(test)]
+pub async fn test_state() -> AdminState {
+    let table = crate::table::LiveState::default().build(
+        &Default::default(),
+        &Default::default(),
+        &crate::table::Defaults {
+            service: "app".into(),
+            policy: registry::model::BalancePolicy::RoundRobin,
+        },
+        false,
+        0,
+        Instant::now(),
+    );
+    test_state_with(TableHandle::new(table).0).await
 }
 
 /// `GET /healthz`.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct HealthReport {
     pub status: &'static str,
     pub gateway_id: String,
@@ -96,7 +131,7 @@ pub struct HealthReport {
 }
 
 /// One service in `GET /api/v1/services` (fields documented on the module).
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct ServiceSummary {
     pub name: String,
     pub ready_instances: usize,
@@ -112,7 +147,7 @@ pub struct ServiceSummary {
 }
 
 /// `GET /api/v1/services/{service}`.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct ServiceDetail {
     #[serde(flatten)]
     pub summary: ServiceSummary,
@@ -120,7 +155,7 @@ pub struct ServiceDetail {
 }
 
 /// One instance in [`ServiceDetail`] (fields documented on the module).
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct InstanceView {
     pub id: String,
     pub addr: String,
@@ -129,6 +164,7 @@ pub struct InstanceView {
     pub labels: BTreeMap<String, String>,
     pub weight: u32,
     pub state: InstanceStatus,
+    #[schema(value_type = String, example = "ready")]
     pub registry_state: InstanceState,
     pub ejected: bool,
     pub ejected_for_ms: Option<u64>,
@@ -142,7 +178,7 @@ pub struct InstanceView {
 
 /// An instance's state as the admin API and `/metrics` report it: its
 /// registry state, unless passive health has ejected it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum InstanceStatus {
     Starting,
@@ -292,9 +328,10 @@ impl IntoResponse for ApiError {
     }
 }
 
-const ENDPOINTS: &str = "/healthz, /metrics, /api/v1/services, /api/v1/services/{service}";
-
-async fn healthz(State(state): State<AdminState>) -> Json<HealthReport> {
+/// `GET /healthz`.
+#[utoipa::path(get, path = "/healthz", tag = "stats",
+    responses((status = 200, description = "Always 200; `registry` says whether etcd is connected", body = HealthReport)))]
+pub async fn healthz(State(state): State<AdminState>) -> Json<HealthReport> {
     let table = state.table.load();
     let connected = table.registry_connected;
     Json(HealthReport {
@@ -313,7 +350,10 @@ async fn healthz(State(state): State<AdminState>) -> Json<HealthReport> {
     })
 }
 
-async fn services(State(state): State<AdminState>) -> Json<Vec<ServiceSummary>> {
+/// `GET /api/v1/services`.
+#[utoipa::path(get, path = "/api/v1/services", tag = "stats",
+    responses((status = 200, description = "Every service the routing table knows, with its request stats", body = Vec<ServiceSummary>)))]
+pub async fn services(State(state): State<AdminState>) -> Json<Vec<ServiceSummary>> {
     let table = state.table.load();
     let now = Instant::now();
     Json(
@@ -325,7 +365,14 @@ async fn services(State(state): State<AdminState>) -> Json<Vec<ServiceSummary>> 
     )
 }
 
-async fn service(
+/// `GET /api/v1/services/{service}`.
+#[utoipa::path(get, path = "/api/v1/services/{service}", tag = "stats",
+    params(("service" = String, Path, description = "Service name")),
+    responses(
+        (status = 200, description = "The service and every registered instance with live stats", body = ServiceDetail),
+        (status = 404, description = "No such service", body = crate::api::ErrorBody),
+    ))]
+pub async fn service(
     State(state): State<AdminState>,
     Path(name): Path<String>,
 ) -> Result<Json<ServiceDetail>, ApiError> {
@@ -346,7 +393,10 @@ async fn service(
     Ok(Json(ServiceDetail::of(pool, Instant::now(), Utc::now())))
 }
 
-async fn metrics_text(State(state): State<AdminState>) -> Response {
+/// `GET /metrics`.
+#[utoipa::path(get, path = "/metrics", tag = "stats",
+    responses((status = 200, description = "Prometheus text format", content_type = "text/plain", body = String)))]
+pub async fn metrics_text(State(state): State<AdminState>) -> Response {
     let table = state.table.load();
     (
         [(header::CONTENT_TYPE, metrics::CONTENT_TYPE)],
@@ -355,33 +405,12 @@ async fn metrics_text(State(state): State<AdminState>) -> Response {
         .into_response()
 }
 
-async fn unknown_path(OriginalUri(uri): OriginalUri) -> ApiError {
-    ApiError {
-        status: StatusCode::NOT_FOUND,
-        error: "not_found",
-        detail: format!(
-            "no admin endpoint at `{}`; the admin API serves {ENDPOINTS}",
-            uri.path()
-        ),
-    }
-}
-
-async fn wrong_method(method: axum::http::Method, OriginalUri(uri): OriginalUri) -> ApiError {
-    ApiError {
-        status: StatusCode::METHOD_NOT_ALLOWED,
-        error: "method_not_allowed",
-        detail: format!(
-            "`{method} {}` is not served; the admin API is read-only, use GET",
-            uri.path()
-        ),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use std::collections::BTreeMap;
     use std::sync::atomic::Ordering;
 
+    use axum::Router;
     use axum::body::Body;
     use axum::http::Request;
     use registry::Instance;
@@ -430,12 +459,9 @@ mod tests {
         )
     }
 
-    fn router(table: RoutingTable) -> Router {
+    async fn router(table: RoutingTable) -> Router {
         let (table, _publisher) = TableHandle::new(table);
-        app(AdminState {
-            table,
-            gateway_id: "gw-1".into(),
-        })
+        crate::api::app(test_state_with(table).await)
     }
 
     async fn get(router: &Router, uri: &str) -> (StatusCode, String, String) {
@@ -469,14 +495,14 @@ mod tests {
     #[tokio::test]
     async fn healthz_says_whether_the_registry_is_there() {
         let now = Instant::now();
-        let (status, body) = get_json(&router(build(&[], true, now)), "/healthz").await;
+        let (status, body) = get_json(&router(build(&[], true, now)).await, "/healthz").await;
         assert_eq!(status, StatusCode::OK);
         assert_eq!(
             body,
             json!({"status": "ok", "gateway_id": "gw-1", "registry": "connected", "generation": 3, "services": 2})
         );
 
-        let (status, body) = get_json(&router(build(&[], false, now)), "/healthz").await;
+        let (status, body) = get_json(&router(build(&[], false, now)).await, "/healthz").await;
         assert_eq!(
             status,
             StatusCode::OK,
@@ -544,7 +570,7 @@ mod tests {
 
     #[tokio::test]
     async fn services_lists_every_service_with_its_stats() {
-        let (status, body) = get_json(&router(busy_table()), "/api/v1/services").await;
+        let (status, body) = get_json(&router(busy_table()).await, "/api/v1/services").await;
         assert_eq!(status, StatusCode::OK);
         let list = body.as_array().unwrap();
         let names: Vec<_> = list.iter().map(|s| s["name"].as_str().unwrap()).collect();
@@ -626,7 +652,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_service_shows_every_instance_with_its_health() {
-        let (status, body) = get_json(&router(busy_table()), "/api/v1/services/app").await;
+        let (status, body) = get_json(&router(busy_table()).await, "/api/v1/services/app").await;
         assert_eq!(status, StatusCode::OK);
         assert_eq!(body["name"], "app");
         assert_eq!(body["requests_total"], 40);
@@ -680,7 +706,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_service_without_instances_is_an_empty_list() {
-        let (status, body) = get_json(&router(busy_table()), "/api/v1/services/api").await;
+        let (status, body) = get_json(&router(busy_table()).await, "/api/v1/services/api").await;
         assert_eq!(status, StatusCode::OK);
         assert_eq!(body["instances"], json!([]));
         assert_eq!(body["total_instances"], 0);
@@ -688,7 +714,7 @@ mod tests {
 
     #[tokio::test]
     async fn unknown_services_and_paths_are_json_404s() {
-        let router = router(busy_table());
+        let router = router(busy_table()).await;
         let (status, body) = get_json(&router, "/api/v1/services/nope").await;
         assert_eq!(status, StatusCode::NOT_FOUND);
         assert_eq!(
@@ -724,7 +750,7 @@ mod tests {
 
     #[tokio::test]
     async fn metrics_are_prometheus_text() {
-        let (status, content_type, body) = get(&router(busy_table()), "/metrics").await;
+        let (status, content_type, body) = get(&router(busy_table()).await, "/metrics").await;
         assert_eq!(status, StatusCode::OK);
         assert!(
             content_type.starts_with("text/plain; version=0.0.4"),

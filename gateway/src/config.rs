@@ -24,9 +24,15 @@ pub struct Config {
     #[arg(long, env = "SHOAL_LISTEN", default_value = "0.0.0.0:8080")]
     pub listen: SocketAddr,
 
-    /// Admin listener: /healthz, /metrics, /api/v1/...
+    /// Admin listener: /healthz, /metrics, /api/v1/..., /dashboard. A
+    /// non-loopback address needs --admin-token.
     #[arg(long, env = "SHOAL_ADMIN_LISTEN", default_value = "127.0.0.1:9090")]
     pub admin_listen: SocketAddr,
+
+    /// Bearer token the admin API's writes require (`Authorization: Bearer
+    /// TOKEN`); reads stay open. Required when --admin-listen is not loopback.
+    #[arg(long, env = "SHOAL_ADMIN_TOKEN", hide_env_values = true, value_parser = parse_token)]
+    pub admin_token: Option<String>,
 
     /// Admin address announced in the registry for the autoscaler (default: the
     /// bound admin address, with an unspecified IP replaced by loopback).
@@ -111,6 +117,32 @@ pub struct Config {
     pub lease_ttl: Duration,
 }
 
+fn parse_token(s: &str) -> Result<String, String> {
+    if s.len() < 16 {
+        return Err("a token shorter than 16 characters is too easy to guess; use e.g. `openssl rand -hex 32`".into());
+    }
+    if s.chars().any(|c| !c.is_ascii_graphic()) {
+        return Err("use printable ASCII without spaces (it travels in an HTTP header)".into());
+    }
+    Ok(s.to_owned())
+}
+
+impl Config {
+    /// Refuse an admin listener reachable beyond this machine without a token:
+    /// its API can retire instances and change policies.
+    pub fn check_admin_exposure(&self) -> Result<(), String> {
+        if self.admin_token.is_none() && !self.admin_listen.ip().is_loopback() {
+            return Err(format!(
+                "--admin-listen {} is reachable beyond this machine, and the admin API can change routes, \
+                 policies and instances; set --admin-token (env SHOAL_ADMIN_TOKEN) or listen on a loopback \
+                 address such as 127.0.0.1:9090",
+                self.admin_listen
+            ));
+        }
+        Ok(())
+    }
+}
+
 fn parse_service(s: &str) -> Result<String, String> {
     registry::keys::validate_segment("name", s).map_err(|e| e.problem)?;
     Ok(s.to_owned())
@@ -148,5 +180,29 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("0"), "{err}");
+        let err = Config::try_parse_from(["gateway", "--admin-token", "short"])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("shorter than 16"), "{err}");
+    }
+
+    #[test]
+    fn an_exposed_admin_listener_needs_a_token() {
+        let c = Config::try_parse_from(["gateway", "--admin-listen", "0.0.0.0:9090"]).unwrap();
+        let err = c.check_admin_exposure().unwrap_err();
+        assert!(err.contains("set --admin-token"), "{err}");
+        let c = Config::try_parse_from([
+            "gateway",
+            "--admin-listen",
+            "0.0.0.0:9090",
+            "--admin-token",
+            "0123456789abcdef",
+        ])
+        .unwrap();
+        c.check_admin_exposure().unwrap();
+        for loopback in ["127.0.0.1:0", "[::1]:9090"] {
+            let c = Config::try_parse_from(["gateway", "--admin-listen", loopback]).unwrap();
+            c.check_admin_exposure().unwrap();
+        }
     }
 }

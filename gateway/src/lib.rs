@@ -18,7 +18,12 @@
 //! - [`proxy`] is the request handler (one file per concern inside).
 //! - [`health`] is passive ejection and optional active `/healthz` checks.
 //! - [`announce`] keeps the gateway's own entry under `/shoal/gateways/`.
-//! - [`admin`] is the admin listener's API, [`metrics`] its Prometheus text.
+//! - [`admin`] is the admin listener's stats API, [`metrics`] its Prometheus text.
+//! - [`api`] assembles the admin router and its OpenAPI document, with the
+//!   registry reads, the operator's writes (behind `--admin-token`) and the
+//!   dashboard's event stream; [`dashboard`] is the page.
+//! - [`control`] follows routes, policies, events and rollouts for them, off
+//!   the request path; [`history`] keeps the charts' samples.
 //!
 //! [`run`] puts them together: bind both listeners, print one JSON line to
 //! stdout (`{"event":"listening","addr":…,"admin_addr":…,"id":…}`), follow
@@ -28,12 +33,16 @@
 
 pub mod admin;
 pub mod announce;
+pub mod api;
 pub mod backend;
 pub mod balance;
 pub mod config;
+pub mod control;
+pub mod dashboard;
 pub mod discovery;
 pub mod ewma;
 pub mod health;
+pub mod history;
 pub mod metrics;
 pub mod proxy;
 pub mod server;
@@ -55,6 +64,8 @@ pub use config::Config;
 
 use admin::AdminState;
 use announce::Announcement;
+use control::Control;
+use history::History;
 use proxy::{Proxy, ProxySettings};
 use server::{Drained, Server, ServerSettings};
 use table::Defaults;
@@ -86,6 +97,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
 
 async fn run_gateway(config: Config, id: String) -> anyhow::Result<()> {
     // Before announcing: a harness may signal as soon as it reads the line.
+    config.check_admin_exposure().map_err(|e| anyhow!(e))?;
     let mut signals =
         StopSignals::install().context("cannot install the SIGTERM/SIGINT handlers")?;
     let listener = bind(config.listen, "--listen").await?;
@@ -96,9 +108,6 @@ async fn run_gateway(config: Config, id: String) -> anyhow::Result<()> {
     let admin_addr = admin_listener
         .local_addr()
         .context("cannot read the admin listener's address")?;
-    if !admin_addr.ip().is_loopback() {
-        warn!(%admin_addr, "the admin listener is reachable beyond this machine and has no authentication yet");
-    }
 
     let client = config
         .etcd
@@ -123,9 +132,16 @@ async fn run_gateway(config: Config, id: String) -> anyhow::Result<()> {
         ServerSettings::from_config(&config),
     );
     let mut proxy_task = tokio::spawn(server.run(stop.clone(), DRAIN_TIMEOUT).in_current_span());
-    let admin_app = admin::app(AdminState {
+    let control = Control::start(client.clone(), keys.clone());
+    let history = History::default();
+    let sampler = history.spawn_sampler(table.clone(), control.clone(), stop.clone());
+    let admin_app = api::app(AdminState {
         table: table.clone(),
         gateway_id: id.clone(),
+        control,
+        history,
+        token: config.admin_token.clone().map(api::AdminToken::new),
+        stop: stop.clone(),
     });
     let mut admin_task = tokio::spawn(
         axum::serve(admin_listener, admin_app)
@@ -207,6 +223,7 @@ async fn run_gateway(config: Config, id: String) -> anyhow::Result<()> {
     if let Some(checks) = checks {
         checks.abort();
     }
+    sampler.abort();
     announcement.withdraw().await;
     if drained.complete {
         info!("drained and withdrawn; exiting");

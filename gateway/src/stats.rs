@@ -119,7 +119,7 @@ impl Default for RequestStats {
 }
 
 /// What the admin API reports for one set of requests.
-#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct StatsSnapshot {
     pub in_flight: i64,
     pub requests_total: u64,

@@ -6,6 +6,7 @@
 //!   the same port with its data, or replaced by an empty one.
 //! - [`process`]: a child process of ours, with its stdout lines captured and
 //!   stderr saved under `target/test-logs/`.
+//! - [`browser`]: headless Chromium through chromedriver, for the dashboard.
 //! - [`binaries`]: where the built binaries are, and typed launchers for them.
 //! - [`gateway`]: a launcher for the gateway, with its proxy and admin addresses.
 //! - [`autoscaler`]: a launcher for `autoscaler run` with the process driver.
@@ -16,6 +17,7 @@
 
 pub mod autoscaler;
 pub mod binaries;
+pub mod browser;
 pub mod etcd;
 pub mod gateway;
 pub mod load;

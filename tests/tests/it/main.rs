@@ -4,6 +4,7 @@
 //! (`cargo nextest run --no-capture` or `cargo test -- --nocapture`) shows them.
 
 mod autoscaler;
+mod dashboard;
 mod election;
 mod gateway;
 mod lifecycle;

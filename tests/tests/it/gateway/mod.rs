@@ -6,11 +6,13 @@
 //! - [`discovery`]: registry-to-routing time, an etcd outage, malformed entries.
 //! - [`limits`]: body size and slow clients.
 //! - [`admin`]: per-instance stats, Prometheus metrics, health.
+//! - [`api`]: the admin API's registry reads and operator writes, the token rule.
 //!
 //! Every proxied response names the instance that served it in
 //! `x-shoal-instance`; the tests count and compare those.
 
 mod admin;
+mod api;
 mod balancing;
 mod discovery;
 mod failover;

@@ -1,0 +1,365 @@
+//! The admin listener's router: every endpoint, its OpenAPI description
+//! (`GET /api/openapi.json`, generated from the handlers' `#[utoipa::path]`
+//! annotations by `utoipa-axum`, so the document and the router come from the
+//! same registrations), the token rule and the JSON fallbacks.
+//!
+//! - [`crate::admin`]: health, metrics and the routing table's services and
+//!   instances with their live stats.
+//! - [`reads`]: the registry's routes, policies, scaling events and rollouts
+//!   (from [`crate::control`]'s watchers), and the charts' history.
+//! - [`writes`]: what an operator changes: routes, policies, pins, retiring an
+//!   instance, asking for a rolling restart. Behind [`auth::require_token`].
+//! - [`stream`]: server-sent events with a snapshot for the dashboard.
+//! - [`crate::dashboard`]: the page itself.
+//! - [`body`]: JSON request bodies with a size cap; [`auth`]: the token.
+//!
+//! Every route is registered with `.routes(routes!(handler))` in [`routes`],
+//! which adds it to the router and to the document at once; the unit tests
+//! check that each documented operation is served and that nothing is
+//! registered any other way.
+
+pub mod auth;
+pub mod body;
+pub mod reads;
+pub mod stream;
+pub mod writes;
+
+use axum::Router;
+use axum::extract::OriginalUri;
+use axum::http::StatusCode;
+use axum::middleware;
+use utoipa::openapi::OpenApi;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use crate::admin::{self, AdminState, ApiError};
+use crate::dashboard;
+
+pub use auth::AdminToken;
+
+/// The document's fixed parts; the paths come from the routes.
+#[derive(utoipa::OpenApi)]
+#[openapi(
+    info(
+        title = "Shoal gateway admin API",
+        description = "Stats, registry reads and operator actions on a Shoal gateway's admin listener. \
+                       Writes need `Authorization: Bearer <token>` when the gateway has --admin-token. \
+                       Errors are JSON `{\"error\",\"detail\"}`."
+    ),
+    components(schemas(ErrorBody))
+)]
+struct ApiDoc;
+
+/// Every error answer.
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code)] // documents the shape `ApiError` serializes to
+pub struct ErrorBody {
+    /// A stable code: `bad_request`, `invalid`, `invalid_json`, `unauthorized`,
+    /// `not_found`, `conflict`, `body_too_large`, `registry_unavailable`, ...
+    error: String,
+    /// What went wrong and what to do about it.
+    detail: String,
+}
+
+/// Every endpoint, in the router and in the OpenAPI document.
+pub fn routes() -> OpenApiRouter<AdminState> {
+    let reads = OpenApiRouter::with_openapi(<ApiDoc as utoipa::OpenApi>::openapi())
+        .routes(routes!(admin::healthz))
+        .routes(routes!(admin::metrics_text))
+        .routes(routes!(admin::services))
+        .routes(routes!(admin::service))
+        .routes(routes!(reads::routes_list))
+        .routes(routes!(reads::policies_list))
+        .routes(routes!(reads::events))
+        .routes(routes!(reads::rollouts_list))
+        .routes(routes!(reads::history))
+        .routes(routes!(stream::stream))
+        .routes(routes!(openapi_json))
+        .routes(routes!(dashboard::page))
+        .routes(routes!(dashboard::script))
+        .routes(routes!(dashboard::style));
+    let writes = OpenApiRouter::new()
+        .routes(routes!(writes::put_route))
+        .routes(routes!(writes::delete_route))
+        .routes(routes!(writes::put_policy))
+        .routes(routes!(writes::delete_policy))
+        .routes(routes!(writes::pin))
+        .routes(routes!(writes::unpin))
+        .routes(routes!(writes::retire))
+        .routes(routes!(writes::rollout));
+    reads.merge(writes)
+}
+
+/// The admin router.
+pub fn app(state: AdminState) -> Router {
+    let (router, _doc) = split(state.clone());
+    router.with_state(state)
+}
+
+/// The router (writes behind the token check) and the OpenAPI document.
+fn split(state: AdminState) -> (Router<AdminState>, OpenApi) {
+    let (router, doc) = routes().split_for_parts();
+    // The token check wraps only the routes whose method changes something.
+    let router = router
+        .route_layer(middleware::from_fn_with_state(state, auth::guard_writes))
+        .fallback(unknown_path)
+        .method_not_allowed_fallback(wrong_method);
+    (router, doc)
+}
+
+/// The OpenAPI document of this admin API.
+pub fn openapi() -> OpenApi {
+    routes().into_openapi()
+}
+
+/// `GET /api/openapi.json`.
+#[utoipa::path(get, path = "/api/openapi.json", tag = "meta",
+    responses((status = 200, description = "This document (OpenAPI 3.1)", content_type = "application/json")))]
+pub async fn openapi_json() -> axum::Json<OpenApi> {
+    axum::Json(openapi())
+}
+
+/// The paths the API serves, for 404 messages.
+fn endpoint_list() -> String {
+    openapi()
+        .paths
+        .paths
+        .keys()
+        .cloned()
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+async fn unknown_path(OriginalUri(uri): OriginalUri) -> ApiError {
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        "not_found",
+        format!(
+            "no admin endpoint at `{}`; the admin API serves {} (described in /api/openapi.json)",
+            uri.path(),
+            endpoint_list()
+        ),
+    )
+}
+
+async fn wrong_method(method: axum::http::Method, OriginalUri(uri): OriginalUri) -> ApiError {
+    let path = uri.path();
+    let allowed: Vec<String> = openapi()
+        .paths
+        .paths
+        .iter()
+        .filter(|(template, _)| template_matches(template, path))
+        .flat_map(|(_, item)| methods_of(item))
+        .collect();
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        format!(
+            "`{method} {path}` is not served; use {}",
+            if allowed.is_empty() {
+                "GET".to_owned()
+            } else {
+                allowed.join(" or ")
+            }
+        ),
+    )
+}
+
+/// Whether `/a/{x}/b` matches `/a/1/b`.
+fn template_matches(template: &str, path: &str) -> bool {
+    let (t, p): (Vec<_>, Vec<_>) = (template.split('/').collect(), path.split('/').collect());
+    t.len() == p.len()
+        && t.iter()
+            .zip(&p)
+            .all(|(t, p)| (t.starts_with('{') && !p.is_empty()) || t == p)
+}
+
+/// The methods a path item documents, upper case.
+pub fn methods_of(item: &utoipa::openapi::PathItem) -> Vec<String> {
+    [
+        ("GET", item.get.is_some()),
+        ("PUT", item.put.is_some()),
+        ("POST", item.post.is_some()),
+        ("DELETE", item.delete.is_some()),
+        ("PATCH", item.patch.is_some()),
+        ("HEAD", item.head.is_some()),
+        ("OPTIONS", item.options.is_some()),
+    ]
+    .into_iter()
+    .filter(|(_, on)| *on)
+    .map(|(m, _)| m.to_owned())
+    .collect()
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, error: &'static str, detail: impl Into<String>) -> Self {
+        ApiError {
+            status,
+            error,
+            detail: detail.into(),
+        }
+    }
+
+    pub fn bad_request(error: &'static str, detail: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, error, detail)
+    }
+
+    pub fn not_found(detail: impl Into<String>) -> Self {
+        Self::new(StatusCode::NOT_FOUND, "not_found", detail)
+    }
+
+    pub fn conflict(detail: impl Into<String>) -> Self {
+        Self::new(StatusCode::CONFLICT, "conflict", detail)
+    }
+
+    /// etcd did not answer (or refused): 503, saying that nothing may have
+    /// been done.
+    pub fn registry(what: &str, problem: impl std::fmt::Display) -> Self {
+        Self::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "registry_unavailable",
+            format!(
+                "the registry (etcd) cannot be reached to {what}: {problem}; try again once \
+                 /healthz says `\"registry\":\"connected\"`"
+            ),
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use axum::body::Body;
+    use axum::extract::MatchedPath;
+    use axum::http::{Method, Request};
+    use tower::ServiceExt;
+
+    use super::*;
+    use crate::admin::test_state;
+
+    #[test]
+    fn templates_match_concrete_paths() {
+        assert!(template_matches(
+            "/api/v1/routes/{name}",
+            "/api/v1/routes/x"
+        ));
+        assert!(!template_matches(
+            "/api/v1/routes/{name}",
+            "/api/v1/routes/"
+        ));
+        assert!(!template_matches(
+            "/api/v1/routes/{name}",
+            "/api/v1/routes/x/y"
+        ));
+        assert!(template_matches("/healthz", "/healthz"));
+    }
+
+    /// Every documented operation reaches the handler registered for that
+    /// very path (not a fallback).
+    #[tokio::test]
+    async fn every_documented_operation_is_routed() {
+        let state = test_state().await;
+        let (router, doc) = split(state.clone());
+        let router: Router =
+            router
+                .route_layer(middleware::from_fn(
+                    |matched: MatchedPath,
+                     request: axum::extract::Request,
+                     next: middleware::Next| async move {
+                        let mut response = next.run(request).await;
+                        response.headers_mut().insert(
+                            "x-matched",
+                            matched.as_str().parse().expect("a path is a header value"),
+                        );
+                        response
+                    },
+                ))
+                .with_state(state);
+        let mut operations = 0;
+        for (template, item) in &doc.paths.paths {
+            let concrete = template
+                .split('/')
+                .map(|s| if s.starts_with('{') { "x" } else { s })
+                .collect::<Vec<_>>()
+                .join("/");
+            for method in methods_of(item) {
+                operations += 1;
+                let request = Request::builder()
+                    .method(Method::from_bytes(method.as_bytes()).unwrap())
+                    .uri(&concrete)
+                    .body(Body::empty())
+                    .unwrap();
+                let response = router.clone().oneshot(request).await.unwrap();
+                assert_eq!(
+                    response
+                        .headers()
+                        .get("x-matched")
+                        .map(|v| v.to_str().unwrap()),
+                    Some(template.as_str()),
+                    "{method} {concrete} (documented as {template}) answered {} without reaching its handler",
+                    response.status()
+                );
+            }
+        }
+        assert_eq!(operations, 22, "update this count with the endpoints");
+    }
+
+    /// The other direction: [`routes`] registers everything through
+    /// `routes!`, which documents what it routes, and nothing in this crate
+    /// adds a route by another way.
+    #[test]
+    fn nothing_is_routed_without_being_documented() {
+        let sources = [
+            ("api/mod.rs", include_str!("mod.rs")),
+            ("admin.rs", include_str!("../admin.rs")),
+            ("api/reads.rs", include_str!("reads.rs")),
+            ("api/writes.rs", include_str!("writes.rs")),
+            ("api/stream.rs", include_str!("stream.rs")),
+            ("dashboard/mod.rs", include_str!("../dashboard/mod.rs")),
+        ];
+        for (file, text) in sources {
+            for forbidden in [
+                concat!(".route", "(\""),
+                concat!(".route", "_service("),
+                concat!(".nest", "("),
+                concat!(".nest", "_service("),
+            ] {
+                assert!(
+                    !text.contains(forbidden),
+                    "{file} registers a route with `{forbidden}`; use `.routes(routes!(handler))` \
+                     with a #[utoipa::path] so that /api/openapi.json describes it"
+                );
+            }
+        }
+        let doc = openapi();
+        let registered = include_str!("mod.rs")
+            .lines()
+            .filter(|l| l.trim_start().starts_with(concat!(".routes(", "routes!(")))
+            .count();
+        let documented: usize = doc.paths.paths.values().map(|i| methods_of(i).len()).sum();
+        assert_eq!(
+            registered, documented,
+            "one `routes!(handler)` per documented operation"
+        );
+    }
+
+    #[tokio::test]
+    async fn openapi_json_is_served() {
+        let router = app(test_state().await);
+        let response = router
+            .oneshot(
+                Request::get("/api/openapi.json")
+                    .body(Body::empty())
+                    .unwrap(),
+            )
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+        let body = axum::body::to_bytes(response.into_body(), usize::MAX)
+            .await
+            .unwrap();
+        let doc: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert!(doc["openapi"].as_str().unwrap().starts_with("3."));
+        assert!(doc["paths"]["/api/v1/services/{service}/pin"]["put"].is_object());
+        assert!(doc["paths"]["/api/v1/routes/{name}"]["delete"].is_object());
+    }
+}

@@ -1,0 +1,157 @@
+//! `GET /api/v1/stream`: server-sent events for the dashboard. The first
+//! event (`history`) carries every service's samples of the last minutes;
+//! then a `snapshot` event with the whole picture is pushed at once on any
+//! change of the routing table or the registry's control data, and at least
+//! every second otherwise (stats move without registry changes).
+//!
+//! One task per subscriber builds the snapshots; it ends when the client goes
+//! away or the gateway stops.
+
+use std::collections::BTreeMap;
+use std::convert::Infallible;
+use std::time::{Duration, Instant};
+
+use axum::extract::State;
+use axum::response::sse::{Event, KeepAlive, Sse};
+use chrono::Utc;
+use futures::Stream;
+use registry::model::{Rollout, ScalingEvent, ScalingPolicy};
+use serde::Serialize;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tracing::debug;
+use utoipa::ToSchema;
+
+use crate::admin::{AdminState, ServiceDetail};
+use crate::history::Sample;
+
+/// A snapshot is pushed at least this often.
+pub const PERIOD: Duration = Duration::from_secs(1);
+/// ... and at most this often, however busy the registry.
+pub const MIN_GAP: Duration = Duration::from_millis(50);
+/// Events per service in a snapshot.
+pub const EVENTS_PER_SERVICE: usize = 20;
+
+/// Everything the dashboard shows, at one moment.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct DashboardSnapshot {
+    pub gateway_id: String,
+    /// Unix time in milliseconds.
+    pub at_ms: i64,
+    /// `connected` or `unreachable` (etcd).
+    pub registry: &'static str,
+    /// While unreachable: what that means for what is shown.
+    pub registry_detail: Option<String>,
+    /// Routing-table generation.
+    pub generation: u64,
+    pub services: Vec<ServicePanel>,
+}
+
+/// One service on the dashboard.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct ServicePanel {
+    /// The service's stats and every instance (as `GET /api/v1/services/{service}`).
+    #[serde(flatten)]
+    pub detail: ServiceDetail,
+    #[schema(value_type = Option<Object>)]
+    pub policy: Option<ScalingPolicy>,
+    /// The newest scaling event's `desired`.
+    pub desired: Option<u32>,
+    #[schema(value_type = Option<Object>)]
+    pub rollout: Option<Rollout>,
+    /// Newest first.
+    #[schema(value_type = Vec<Object>)]
+    pub events: Vec<ScalingEvent>,
+    /// The newest chart sample.
+    pub sample: Option<Sample>,
+}
+
+impl DashboardSnapshot {
+    pub fn of(state: &AdminState) -> Self {
+        let table = state.table.load();
+        let (now, wall) = (Instant::now(), Utc::now());
+        let control = &state.control;
+        let latest = state.history.latest();
+        let connected = table.registry_connected && control.connected();
+        DashboardSnapshot {
+            gateway_id: state.gateway_id.clone(),
+            at_ms: wall.timestamp_millis(),
+            registry: if connected {
+                "connected"
+            } else {
+                "unreachable"
+            },
+            registry_detail: (!connected).then(|| {
+                "the registry (etcd) is unreachable: this shows the last known instances, \
+                 policies and events; stats are live"
+                    .to_owned()
+            }),
+            generation: table.generation,
+            services: table
+                .pools
+                .iter()
+                .map(|(name, pool)| ServicePanel {
+                    detail: ServiceDetail::of(pool, now, wall),
+                    policy: control.policy(name),
+                    desired: control.desired(name),
+                    rollout: control.rollout(name),
+                    events: control.events_of(name, EVENTS_PER_SERVICE),
+                    sample: latest.get(name).cloned(),
+                })
+                .collect(),
+        }
+    }
+}
+
+/// `GET /api/v1/stream`.
+#[utoipa::path(get, path = "/api/v1/stream", tag = "stats",
+    responses((status = 200, content_type = "text/event-stream",
+        description = "Server-sent events: first `history` (samples per service, as /api/v1/history), \
+                       then `snapshot` (a DashboardSnapshot) on every change and at least every second",
+        body = DashboardSnapshot)))]
+pub async fn stream(
+    State(state): State<AdminState>,
+) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
+    let (tx, rx) = mpsc::channel(2);
+    tokio::spawn(feed(state, tx));
+    Sse::new(ReceiverStream::new(rx)).keep_alive(KeepAlive::default())
+}
+
+async fn feed(state: AdminState, tx: mpsc::Sender<Result<Event, Infallible>>) {
+    let history: BTreeMap<String, Vec<Sample>> = state.history.all();
+    if !send(&tx, "history", &history).await {
+        return;
+    }
+    let mut table_changes = state.table.changes();
+    let mut control_changes = state.control.changes();
+    loop {
+        table_changes.borrow_and_update();
+        if !send(&tx, "snapshot", &DashboardSnapshot::of(&state)).await {
+            return;
+        }
+        tokio::select! {
+            () = tokio::time::sleep(PERIOD) => {}
+            changed = table_changes.changed() => if changed.is_err() { return },
+            () = control_changes.changed() => {}
+            () = tx.closed() => return,
+            () = state.stop.cancelled() => return,
+        }
+        tokio::time::sleep(MIN_GAP).await;
+    }
+}
+
+/// Whether the client is still there.
+async fn send<T: Serialize>(
+    tx: &mpsc::Sender<Result<Event, Infallible>>,
+    name: &str,
+    value: &T,
+) -> bool {
+    let event = match Event::default().event(name).json_data(value) {
+        Ok(event) => event,
+        Err(e) => {
+            debug!(error = %e, "cannot encode a dashboard event");
+            return false;
+        }
+    };
+    tx.send(Ok(event)).await.is_ok()
+}
