@@ -1,7 +1,7 @@
 //! Rolling restarts end to end: a real etcd, a gateway, `autoscaler run`
 //! with the process driver, and steady load through the gateway while
-//! `autoscaler rollout restart` and then SIGUSR2 to the controller replace
-//! every instance. Zero failed requests is the point.
+//! `autoscaler rollout restart`, SIGUSR2 to the controller and the gateway's
+//! admin API each replace every instance. Zero failed requests is the point.
 
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
@@ -151,9 +151,42 @@ async fn a_rolling_restart_under_load_replaces_every_instance_and_drops_nothing(
         signalled.elapsed().as_secs_f64()
     );
 
+    // 3. The admin API: the same request, from the gateway.
+    let resp = http
+        .post(gateway.admin_url("/api/v1/services/app/rollout"))
+        .json(&serde_json::json!({ "max_surge": 2 }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        resp.status(),
+        202,
+        "{}",
+        resp.text().await.unwrap_or_default()
+    );
+    wait_until_async(Duration::from_secs(90), "the API restart done", done(4))
+        .await
+        .unwrap_or_else(|e| {
+            panic!(
+                "{e}; autoscaler log:
+{}",
+                scaler.proc.stderr()
+            )
+        });
+    let fifth = ready_ids(&client).await;
+    assert!(fifth.is_disjoint(&fourth), "every instance replaced again");
+    let by_api = events(&client)
+        .await
+        .into_iter()
+        .any(|(_, e)| e.kind == "rollout" && e.reason.contains("requested by api: max surge 2"));
+    assert!(
+        by_api,
+        "the request says it came from the API, with its surge"
+    );
+
     let report = load.stop().await;
     println!(
-        "measured: {} requests through three rolling restarts, {} failed",
+        "measured: {} requests through four rolling restarts, {} failed",
         report.served,
         report.failures.len()
     );
