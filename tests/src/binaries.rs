@@ -132,6 +132,31 @@ impl AppServer {
 }
 
 /// Read an instance's registry entry, if present and decodable.
+/// Every registered instance of `service` that decodes; none if etcd does not answer.
+pub async fn service_instances(
+    client: &etcd_client::Client,
+    service: &str,
+) -> Vec<registry::Instance> {
+    use registry::RegistryValue;
+    let keys = Keys::default();
+    let options = etcd_client::GetOptions::new().with_prefix();
+    let mut client = client.clone();
+    let listed = tokio::time::timeout(
+        Duration::from_secs(2),
+        client.get(keys.service_instances(service), Some(options)),
+    )
+    .await;
+    let Ok(Ok(resp)) = listed else {
+        return Vec::new();
+    };
+    resp.kvs()
+        .iter()
+        .filter_map(|kv| {
+            registry::Instance::decode(&keys, &String::from_utf8_lossy(kv.key()), kv.value()).ok()
+        })
+        .collect()
+}
+
 pub async fn instance_in_registry(
     client: &etcd_client::Client,
     key: &str,

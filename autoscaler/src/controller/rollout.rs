@@ -112,37 +112,25 @@ pub(super) fn step(
     }
     let done = |p: &Progress| p.total - p.replacing.len();
 
-    if p.replacing.is_empty() {
-        let took = now.duration_since(p.began).as_secs_f64();
-        plan.events.push(event::new(
-            service,
-            ROLLOUT,
-            (0, 0),
-            format!(
-                "rolling restart done: {} instance(s) replaced in {took:.1} s",
-                p.total
-            ),
-            None,
-        ));
-        plan.journal.push(Write::EndRollout {
-            service: service.to_owned(),
-        });
-        st.rollout = None;
-        return;
-    }
-    if now.duration_since(p.last_progress) >= PROGRESS_DEADLINE {
-        plan.events.push(event::new(
-            service,
-            ROLLOUT,
-            (0, 0),
-            format!(
-                "rolling restart abandoned: no instance replaced for {:.0} s (do new instances get ready? see their logs); {} of {} replaced, the rest keep serving",
-                PROGRESS_DEADLINE.as_secs_f64(),
-                done(p),
-                p.total
-            ),
-            None,
-        ));
+    let ended = if p.replacing.is_empty() {
+        Some(format!(
+            "rolling restart done: {} instance(s) replaced in {:.1} s",
+            p.total,
+            now.duration_since(p.began).as_secs_f64()
+        ))
+    } else if now.duration_since(p.last_progress) >= PROGRESS_DEADLINE {
+        Some(format!(
+            "rolling restart abandoned: no instance replaced for {:.0} s (do new instances get ready? see their logs); {} of {} replaced, the rest keep serving",
+            PROGRESS_DEADLINE.as_secs_f64(),
+            done(p),
+            p.total
+        ))
+    } else {
+        None
+    };
+    if let Some(reason) = ended {
+        plan.events
+            .push(event::new(service, ROLLOUT, (0, 0), reason, None));
         plan.journal.push(Write::EndRollout {
             service: service.to_owned(),
         });

@@ -16,7 +16,7 @@
 
 use std::time::{Duration, Instant};
 
-use registry::{Instance, InstanceState, Keys, RegistryValue};
+use registry::{Instance, InstanceState, Keys};
 use shoal_tests::{Autoscaler, Etcd, Gateway, Load, wait_until_async};
 
 /// One round's figures.
@@ -45,21 +45,7 @@ fn env_u64(name: &str, default: u64) -> u64 {
 }
 
 async fn instances(client: &etcd_client::Client) -> Vec<Instance> {
-    let keys = Keys::default();
-    let options = etcd_client::GetOptions::new().with_prefix();
-    let Ok(resp) = client
-        .clone()
-        .get(keys.service_instances("app"), Some(options))
-        .await
-    else {
-        return Vec::new();
-    };
-    resp.kvs()
-        .iter()
-        .filter_map(|kv| {
-            Instance::decode(&keys, &String::from_utf8_lossy(kv.key()), kv.value()).ok()
-        })
-        .collect()
+    shoal_tests::binaries::service_instances(client, "app").await
 }
 
 async fn round(window: u64) -> anyhow::Result<Round> {

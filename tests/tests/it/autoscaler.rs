@@ -25,21 +25,7 @@ const POLICY: &str = r#"{"service":"app","min":1,"max":4,"metric":"inflight","ta
 
 /// Every registered instance of `app`.
 pub(crate) async fn instances(client: &etcd_client::Client) -> Vec<Instance> {
-    let keys = Keys::default();
-    let mut client = client.clone();
-    let prefix = keys.service_instances("app");
-    let Ok(resp) = client
-        .get(prefix, Some(etcd_client::GetOptions::new().with_prefix()))
-        .await
-    else {
-        return Vec::new();
-    };
-    resp.kvs()
-        .iter()
-        .filter_map(|kv| {
-            Instance::decode(&keys, &String::from_utf8_lossy(kv.key()), kv.value()).ok()
-        })
-        .collect()
+    shoal_tests::binaries::service_instances(client, "app").await
 }
 
 /// Every scaling event of `app`, by sequence number.
