@@ -9,7 +9,9 @@
 //! registered and serving, and stopping a controller must not take a service
 //! down. With `--stop-on-exit` (a local `autoscaler up`) it stops them first.
 //! The process driver cannot adopt children of an earlier controller process,
-//! so instances left running that way are no longer managed by anyone.
+//! so instances left running that way are no longer managed by anyone; the
+//! docker driver (`--driver docker`, flags in [`DockerArgs`]) adopts the
+//! containers labelled with its prefix.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -28,6 +30,8 @@ use crate::controller::journal::{EtcdJournal, JournalError};
 use crate::controller::observe::Observer;
 use crate::controller::{Controller, Settings};
 use crate::driver::Driver;
+use crate::driver::docker::DockerDriver;
+use crate::driver::docker_args::DockerArgs;
 use crate::driver::process::{ProcessDriver, ProcessTemplate};
 
 /// How instances are run.
@@ -74,6 +78,13 @@ pub struct RunConfig {
     /// Stop every instance this controller started when it exits.
     #[arg(long, env = "SHOAL_STOP_ON_EXIT")]
     pub stop_on_exit: bool,
+
+    /// How long a stopped instance gets to drain before it is killed.
+    #[arg(long, env = "SHOAL_STOP_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub stop_timeout: Duration,
+
+    #[command(flatten)]
+    pub docker: DockerArgs,
 }
 
 impl RunConfig {
@@ -137,9 +148,18 @@ pub async fn run(config: RunConfig) -> anyhow::Result<()> {
             run_with(config, ProcessDriver::new(template), signals).await
         }
         DriverKind::Docker => {
-            bail!(
-                "the docker driver is not wired into `autoscaler run` yet (its flags: image, network, advertise); use --driver process"
-            )
+            let docker = config.docker.config(&config.etcd, config.lease_ttl)?;
+            info!(
+                image = %docker.image,
+                network = ?docker.network,
+                advertise = ?docker.advertise,
+                instance_etcd = %docker.etcd_url,
+                "docker driver"
+            );
+            let driver = DockerDriver::connect(docker)
+                .await
+                .context("docker driver")?;
+            run_with(config, driver, signals).await
         }
     }
 }
@@ -169,6 +189,7 @@ async fn run_with<D: Driver>(
     let driver = Arc::new(driver);
     let settings = Settings {
         lease_ttl: config.lease_ttl,
+        stop_grace: config.stop_timeout,
         ..Settings::default()
     };
     let mut controller = Controller::new(driver.clone(), settings);

@@ -32,6 +32,11 @@
 //! (`http://etcd:2379`), or a host etcd listening on an address the container
 //! can route to (not `127.0.0.1`, which is the container's own loopback).
 //!
+//! The container's command is `--etcd`, `--prefix`, `--service`, `--id`,
+//! `--listen 0.0.0.0:8080`, `--advertise` and `--lease-ttl`, then
+//! [`DockerConfig::args`]; `autoscaler run --driver docker` fills the
+//! configuration from its flags ([`super::docker_args`]).
+//!
 //! Stopping is `docker stop` with the grace as its timeout (SIGTERM, which
 //! makes app-server drain and deregister, then SIGKILL), then removal; a
 //! crashed container stays listed with its exit code (137 after SIGKILL)
@@ -72,7 +77,7 @@ pub const LABEL_ID: &str = "shoal.id";
 const STUCK_CREATED: Duration = Duration::from_secs(60);
 
 /// What address an instance registers for gateways to use; see the module doc.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
 pub enum Advertise {
     /// `{container name}:8080`, for gateways on the same user-defined network.
     #[default]
@@ -98,6 +103,8 @@ pub struct DockerConfig {
     /// Registry prefix, passed as `--prefix` and used to tell this
     /// controller's containers from other platforms' on the same engine.
     pub prefix: String,
+    /// Lease TTL of the instances' registrations, passed as `--lease-ttl`.
+    pub lease_ttl: Duration,
     /// Extra environment variables for every container.
     pub env: Vec<(String, String)>,
     /// Extra app-server arguments, after the ones the driver sets.
@@ -117,6 +124,7 @@ impl Default for DockerConfig {
             advertise: Advertise::ContainerName,
             etcd_url: "http://etcd:2379".into(),
             prefix: registry::keys::DEFAULT_PREFIX.into(),
+            lease_ttl: Duration::from_secs(5),
             env: Vec::new(),
             args: Vec::new(),
             labels: Vec::new(),
@@ -259,6 +267,8 @@ impl DockerDriver {
             format!("0.0.0.0:{CONTAINER_PORT}"),
             "--advertise".to_owned(),
             advertise,
+            "--lease-ttl".to_owned(),
+            format!("{}ms", c.lease_ttl.as_millis()),
         ];
         cmd.extend(c.args.iter().cloned());
         let mut labels: HashMap<String, String> = c.labels.iter().cloned().collect();
