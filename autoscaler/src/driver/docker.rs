@@ -48,8 +48,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use bollard::Docker;
 use bollard::errors::Error as BollardError;
 use bollard::models::{
-    ContainerCreateBody, ContainerSummary, ContainerSummaryStateEnum, HostConfig, PortBinding,
-    RestartPolicy, RestartPolicyNameEnum,
+    ContainerCreateBody, ContainerSummary, ContainerSummaryStateEnum, HealthConfig, HostConfig,
+    PortBinding, RestartPolicy, RestartPolicyNameEnum,
 };
 use bollard::query_parameters::{
     CreateContainerOptionsBuilder, ListContainersOptionsBuilder, RemoveContainerOptionsBuilder,
@@ -113,6 +113,10 @@ pub struct DockerConfig {
     pub labels: Vec<(String, String)>,
     /// First part of container names.
     pub name_prefix: String,
+    /// Give every container a Docker healthcheck, `app-server --healthcheck`
+    /// (so `docker ps` shows whether an instance is ready); the image must
+    /// have `app-server` on its `PATH`.
+    pub healthcheck: bool,
 }
 
 impl Default for DockerConfig {
@@ -129,6 +133,7 @@ impl Default for DockerConfig {
             args: Vec::new(),
             labels: Vec::new(),
             name_prefix: "shoal".into(),
+            healthcheck: false,
         }
     }
 }
@@ -286,8 +291,23 @@ impl DockerDriver {
                 }]),
             )])
         });
+        // Docker's durations are nanoseconds.
+        let healthcheck = c.healthcheck.then(|| HealthConfig {
+            test: Some(vec![
+                "CMD".into(),
+                "app-server".into(),
+                "--healthcheck".into(),
+                "--listen".into(),
+                format!("0.0.0.0:{CONTAINER_PORT}"),
+            ]),
+            interval: Some(2_000_000_000),
+            timeout: Some(3_000_000_000),
+            retries: Some(3),
+            ..Default::default()
+        });
         ContainerCreateBody {
             image: Some(c.image.clone()),
+            healthcheck,
             hostname: Some(name.to_owned()),
             entrypoint: c.entrypoint.clone(),
             cmd: Some(cmd),

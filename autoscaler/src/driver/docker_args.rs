@@ -63,6 +63,12 @@ pub struct DockerArgs {
     /// First part of the container names (`{prefix}-{service}-{id[..8]}`).
     #[arg(long, env = "SHOAL_DOCKER_NAME_PREFIX", default_value = "shoal")]
     pub name_prefix: String,
+
+    /// Give the containers a Docker healthcheck (`app-server --healthcheck`,
+    /// so the image needs app-server on its PATH); `docker ps` then shows
+    /// whether each instance is ready.
+    #[arg(long, env = "SHOAL_DOCKER_HEALTHCHECK")]
+    pub instance_healthcheck: bool,
 }
 
 impl DockerArgs {
@@ -111,6 +117,7 @@ impl DockerArgs {
             args: Vec::new(),
             labels: Vec::new(),
             name_prefix: self.name_prefix.clone(),
+            healthcheck: self.instance_healthcheck,
         })
     }
 }
@@ -179,6 +186,7 @@ mod tests {
             "RUST_LOG=debug",
             "--instance-env",
             "A=b=c",
+            "--instance-healthcheck",
         ])
         .unwrap();
         assert_eq!(c.etcd_url, "http://etcd:2379");
@@ -188,6 +196,7 @@ mod tests {
         assert_eq!(c.network.as_deref(), Some("net"));
         assert_eq!(c.advertise, Advertise::HostPort);
         assert_eq!(c.lease_ttl, Duration::from_secs(3));
+        assert!(c.healthcheck);
         assert_eq!(
             c.env,
             [
