@@ -9,9 +9,10 @@
 #   1 up          etcd, gateway and autoscaler healthy; the autoscaler has
 #                 created the two app servers; both ready behind the gateway
 #   2 traffic     requests through the gateway: all 200, spread over both
-#   3 scale-out   `autoscaler scale app 4` (docker compose exec): two more
-#                 containers appear through the Docker API and turn ready
-#   4 scale-in    `autoscaler scale app 2`: two drain and are removed
+#   3 scale-out   16 clients of CPU-bound /work: the autoscaler adds
+#                 containers (Docker API) that turn ready behind the gateway
+#   4 scale-in    `autoscaler scale app 2` (docker compose exec): the extra
+#                 ones drain and are removed
 #   5 kill        `docker kill` of an app server: replaced by a new, ready one
 #   6 disconnect  `docker network disconnect` of an app server: the gateway
 #                 drops it, the autoscaler replaces it and removes it
@@ -80,14 +81,13 @@ log() { printf '[%4ds] %s\n' $(($(date +%s) - started)) "$*"; }
 steps=0
 failed_requests=0
 total_requests=0
-load_pid=
 ok=0
 codes=$(mktemp)
 cut=$(mktemp)
 teardown() {
   local code=$?
   trap - EXIT INT TERM
-  [ -n "$load_pid" ] && kill "$load_pid" 2>/dev/null && wait "$load_pid" 2>/dev/null
+  load_stop
   if [ $ok = 0 ]; then
     echo "---- compose ps" >&2
     dc ps >&2 2>&1 || true
@@ -153,23 +153,33 @@ count_requests() {
   total_requests=$(grep -c . "$codes" || true)
   failed_requests=$(grep -vc '^200$' "$codes" || true)
 }
-# Steady background traffic (about 20 req/s) while something breaks; codes
-# go to FILE (default $codes).
+# load_start [FILE] [CLIENTS] [PATH] [PAUSE]: background traffic while
+# something happens: CLIENTS (default 1) sequential clients GETting PATH
+# (default /) with PAUSE seconds (default 0.05) between requests; status
+# codes go to FILE (default $codes). load_stop ends it.
+load_pids=()
 load_start() {
-  local out=${1:-$codes}
-  (
-    c=
-    trap 'kill $c 2>/dev/null; exit 0' TERM
-    while :; do
-      curl -s -o /dev/null --max-time 10 -w '%{http_code}\n' "$gateway/" >>"$out" &
-      c=$!
-      wait $c || true
-      sleep 0.05
-    done
-  ) &
-  load_pid=$!
+  local out=${1:-$codes} clients=${2:-1} path=${3:-/} pause=${4:-0.05} i
+  for i in $(seq "$clients"); do
+    (
+      c=
+      trap 'kill $c 2>/dev/null; exit 0' TERM
+      while :; do
+        curl -s -o /dev/null --max-time 10 -w '%{http_code}\n' "$gateway$path" >>"$out" &
+        c=$!
+        wait $c || true
+        sleep "$pause"
+      done
+    ) &
+    load_pids+=($!)
+  done
 }
-load_stop() { kill "$load_pid" 2>/dev/null; wait "$load_pid" 2>/dev/null || true; load_pid=; }
+load_stop() {
+  [ ${#load_pids[@]} -gt 0 ] || return 0
+  kill "${load_pids[@]}" 2>/dev/null || true
+  wait "${load_pids[@]}" 2>/dev/null || true
+  load_pids=()
+}
 step_done() {
   count_requests
   [ "$failed_requests" = 0 ] || fail "$failed_requests of $total_requests requests did not answer 200: $(sort "$codes" | uniq -c | tr '\n' ' ')"
@@ -195,22 +205,30 @@ served=$(service_json | jq '[.instances[] | select(.requests_total > 0)] | lengt
 [ "$served" -ge 2 ] || fail "requests went to $served instance(s), not both"
 step_done "traffic: 200 requests, all 200, over $served instances"
 
-# 3 scale-out
+# 3 scale-out under load: 16 clients keep CPU-bound /work requests (about
+# 40 ms each) in flight, 8 per instance; the autoscaler reads the gateway's
+# stats over the compose network and, against a target of 4, adds containers.
 before=$(managed)
 t0=$(now_ms)
-scale 4
-wait_until 60 "four app servers ready" at_size 4
-new=$(comm -13 <(echo "$before") <(managed) | grep -c .)
-[ "$new" = 2 ] || fail "scale-out created $new containers, not 2"
-step_done "scale-out: 2 → 4 containers created through the Docker API, ready in $(( ($(now_ms) - t0) / 1000 )) s"
+load_start "$codes" 16 "/work?iterations=30000000" 0
+wait_until 60 "the autoscaler to add app servers under load" sh -c "[ \$(docker ps -q --filter label=shoal.managed=true --filter label=shoal.prefix=$SHOAL_PREFIX | wc -l) -ge 4 ]"
+load_stop
+out_s=$(( ($(now_ms) - t0) / 1000 ))
+grown=$(managed_count)
+new=$(comm -13 <(echo "$before") <(managed) | grep -c . || true)
+[ "$new" -ge 2 ] || fail "scale-out created $new containers"
+wait_until 60 "the new app servers to be ready" at_size "$grown"
+step_done "scale-out: load (16 clients) → 2 → $grown containers created through the Docker API in $out_s s, all ready"
 
-# 4 scale-in (under traffic: draining loses nothing)
+# 4 scale-in, by hand (and under light traffic: draining loses nothing):
+# `autoscaler scale app 2` pins the service at 2, which keeps the next steps'
+# counts steady.
 load_start
 t0=$(now_ms)
 scale 2
 wait_until 60 "back to two app servers" at_size 2
 load_stop
-step_done "scale-in: 4 → 2, drained and removed in $(( ($(now_ms) - t0) / 1000 )) s"
+step_done "scale-in: autoscaler scale app 2: $grown → 2, drained and removed in $(( ($(now_ms) - t0) / 1000 )) s"
 
 # 5 kill
 load_start
