@@ -75,7 +75,8 @@ pub struct RunConfig {
     #[arg(long, env = "SHOAL_AUTOSCALER_ID")]
     pub id: Option<String>,
 
-    /// Stop every instance this controller started when it exits.
+    /// Stop every instance this controller owns when it exits (the docker
+    /// driver owns every container labelled with the prefix, adopted ones too).
     #[arg(long, env = "SHOAL_STOP_ON_EXIT")]
     pub stop_on_exit: bool,
 

@@ -30,7 +30,7 @@ pub struct DockerArgs {
 
     /// Overrides the image's entrypoint, split on whitespace, e.g.
     /// `app-server` for the all-binaries image `shoal/shoal`.
-    #[arg(long, env = "SHOAL_DOCKER_ENTRYPOINT")]
+    #[arg(long, env = "SHOAL_DOCKER_ENTRYPOINT", value_name = "COMMAND")]
     pub instance_entrypoint: Option<String>,
 
     /// User-defined Docker network the containers join (`bridge` only with
