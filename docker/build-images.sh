@@ -13,7 +13,9 @@
 #!                     autoscaler) on PATH, no entrypoint
 #!   shoal/etcd        Debian's /usr/bin/etcd (apt-get install etcd-server),
 #!                     entrypoint etcd, data in /tmp/etcd; its CMD listens on
-#!                     0.0.0.0:2379 and advertises http://etcd:2379
+#!                     0.0.0.0:2379 and advertises http://etcd:2379; with
+#!                     etcdctl next to it when there is one (etcd-client), for
+#!                     healthchecks (`etcdctl endpoint health`)
 #!
 #! Usage: docker/build-images.sh [--no-build] [app-server|shoal|etcd ...]
 #!   (no image names: all three; etcd is skipped with a note when
@@ -128,6 +130,12 @@ if want etcd; then
     rootfs=$stage/etcd
     new_rootfs "$rootfs"
     copy_with_libs "$rootfs" "$etcd_bin" etcd
+    etcdctl_bin=$(dirname "$etcd_bin")/etcdctl
+    if [ -x "$etcdctl_bin" ]; then
+      copy_with_libs "$rootfs" "$etcdctl_bin" etcdctl
+    else
+      echo "note: no $etcdctl_bin (apt-get install etcd-client): shoal/etcd:$tag will lack etcdctl, which compose.yaml's healthcheck runs"
+    fi
     # A single member listening on every interface, advertised as `etcd`
     # (its name on a compose network). etcd refuses a flag that shadows an
     # ETCD_* variable, so the listen/advertise defaults are CMD (give both

@@ -95,6 +95,12 @@ pub struct Config {
     /// Zone (failure domain) written into the registry entry.
     #[arg(long, env = "SHOAL_ZONE", value_parser = parse_zone)]
     pub zone: Option<String>,
+
+    /// Do not serve: probe the /readyz of the app-server listening on
+    /// --listen (on loopback when bound to 0.0.0.0) and exit 0 if it answers
+    /// 2xx, 1 otherwise; for container healthchecks.
+    #[arg(long)]
+    pub healthcheck: bool,
 }
 
 impl Config {

@@ -9,6 +9,9 @@ use app_server::Config;
 
 fn main() -> ExitCode {
     let config = Config::parse();
+    if config.healthcheck {
+        return registry::healthcheck::run(config.listen, "/readyz");
+    }
     config.log.init();
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(runtime) => runtime,

@@ -14,7 +14,9 @@
 //! registered and serving, and stopping a controller must not take a service
 //! down. With `--stop-on-exit` (a local `autoscaler up`) it stops them first.
 //! The process driver cannot adopt children of an earlier controller process,
-//! so instances left running that way are no longer managed by anyone.
+//! so instances left running that way are no longer managed by anyone; the
+//! docker driver (`--driver docker`, flags in [`DockerArgs`]) adopts the
+//! containers labelled with its prefix.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -38,6 +40,8 @@ use crate::controller::journal::{EtcdJournal, JournalError};
 use crate::controller::observe::Observer;
 use crate::controller::{Controller, Settings};
 use crate::driver::Driver;
+use crate::driver::docker::DockerDriver;
+use crate::driver::docker_args::DockerArgs;
 use crate::driver::process::{ProcessDriver, ProcessTemplate};
 
 /// How instances are run.
@@ -81,9 +85,17 @@ pub struct RunConfig {
     #[arg(long, env = "SHOAL_AUTOSCALER_ID")]
     pub id: Option<String>,
 
-    /// Stop every instance this controller started when it exits.
+    /// Stop every instance this controller owns when it exits (the docker
+    /// driver owns every container labelled with the prefix, adopted ones too).
     #[arg(long, env = "SHOAL_STOP_ON_EXIT")]
     pub stop_on_exit: bool,
+
+    /// How long a stopped instance gets to drain before it is killed.
+    #[arg(long, env = "SHOAL_STOP_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub stop_timeout: Duration,
+
+    #[command(flatten)]
+    pub docker: DockerArgs,
 }
 
 impl RunConfig {
@@ -149,9 +161,18 @@ pub async fn run(config: RunConfig) -> anyhow::Result<()> {
             run_with(config, ProcessDriver::new(template), signals, usr2).await
         }
         DriverKind::Docker => {
-            bail!(
-                "the docker driver is not wired into `autoscaler run` yet (its flags: image, network, advertise); use --driver process"
-            )
+            let docker = config.docker.config(&config.etcd, config.lease_ttl)?;
+            info!(
+                image = %docker.image,
+                network = ?docker.network,
+                advertise = ?docker.advertise,
+                instance_etcd = %docker.etcd_url,
+                "docker driver"
+            );
+            let driver = DockerDriver::connect(docker)
+                .await
+                .context("docker driver")?;
+            run_with(config, driver, signals).await
         }
     }
 }
@@ -183,6 +204,7 @@ async fn run_with<D: Driver>(
     let driver = Arc::new(driver);
     let settings = Settings {
         lease_ttl: config.lease_ttl,
+        stop_grace: config.stop_timeout,
         ..Settings::default()
     };
     let mut controller = Controller::new(driver.clone(), settings);

@@ -115,6 +115,12 @@ pub struct Config {
     /// Lease TTL of the gateway's own registration.
     #[arg(long, env = "SHOAL_LEASE_TTL", default_value = "5s", value_parser = parse_lease_ttl)]
     pub lease_ttl: Duration,
+
+    /// Do not serve: probe the admin /healthz of the gateway listening on
+    /// --admin-listen (on loopback when bound to 0.0.0.0) and exit 0 if it
+    /// answers 2xx, 1 otherwise; for container healthchecks.
+    #[arg(long)]
+    pub healthcheck: bool,
 }
 
 fn parse_token(s: &str) -> Result<String, String> {

@@ -9,6 +9,9 @@ use gateway::Config;
 
 fn main() -> ExitCode {
     let config = Config::parse();
+    if config.healthcheck {
+        return registry::healthcheck::run(config.admin_listen, "/healthz");
+    }
     config.log.init();
     let runtime = match runtime(config.workers) {
         Ok(runtime) => runtime,

@@ -6,6 +6,7 @@
 //! - [`cli`]: what the command-line tools share: reaching etcd with a helpful
 //!   error, exit codes, tables on stdout.
 //! - [`config`]: `--etcd` / `--prefix` / `--log-format` flags shared by every binary.
+//! - [`healthcheck`]: the `--healthcheck` probe of a binary's own endpoint.
 //! - [`registration`]: an instance's leased self-registration (keep-alive,
 //!   re-registration after lease loss, fencing, revoke on shutdown).
 //! - [`watcher`]: list-then-watch of a prefix with resets after compaction or
@@ -21,6 +22,7 @@
 pub mod cli;
 pub mod config;
 pub mod election;
+pub mod healthcheck;
 pub mod keys;
 pub mod model;
 pub mod peer;

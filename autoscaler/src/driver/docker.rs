@@ -32,6 +32,11 @@
 //! (`http://etcd:2379`), or a host etcd listening on an address the container
 //! can route to (not `127.0.0.1`, which is the container's own loopback).
 //!
+//! The container's command is `--etcd`, `--prefix`, `--service`, `--id`,
+//! `--listen 0.0.0.0:8080`, `--advertise` and `--lease-ttl`, then
+//! [`DockerConfig::args`]; `autoscaler run --driver docker` fills the
+//! configuration from its flags ([`super::docker_args`]).
+//!
 //! Stopping is `docker stop` with the grace as its timeout (SIGTERM, which
 //! makes app-server drain and deregister, then SIGKILL), then removal; a
 //! crashed container stays listed with its exit code (137 after SIGKILL)
@@ -43,8 +48,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use bollard::Docker;
 use bollard::errors::Error as BollardError;
 use bollard::models::{
-    ContainerCreateBody, ContainerSummary, ContainerSummaryStateEnum, HostConfig, PortBinding,
-    RestartPolicy, RestartPolicyNameEnum,
+    ContainerCreateBody, ContainerSummary, ContainerSummaryStateEnum, HealthConfig, HostConfig,
+    PortBinding, RestartPolicy, RestartPolicyNameEnum,
 };
 use bollard::query_parameters::{
     CreateContainerOptionsBuilder, ListContainersOptionsBuilder, RemoveContainerOptionsBuilder,
@@ -72,7 +77,7 @@ pub const LABEL_ID: &str = "shoal.id";
 const STUCK_CREATED: Duration = Duration::from_secs(60);
 
 /// What address an instance registers for gateways to use; see the module doc.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
 pub enum Advertise {
     /// `{container name}:8080`, for gateways on the same user-defined network.
     #[default]
@@ -98,6 +103,8 @@ pub struct DockerConfig {
     /// Registry prefix, passed as `--prefix` and used to tell this
     /// controller's containers from other platforms' on the same engine.
     pub prefix: String,
+    /// Lease TTL of the instances' registrations, passed as `--lease-ttl`.
+    pub lease_ttl: Duration,
     /// Extra environment variables for every container.
     pub env: Vec<(String, String)>,
     /// Extra app-server arguments, after the ones the driver sets.
@@ -106,6 +113,10 @@ pub struct DockerConfig {
     pub labels: Vec<(String, String)>,
     /// First part of container names.
     pub name_prefix: String,
+    /// Give every container a Docker healthcheck, `app-server --healthcheck`
+    /// (so `docker ps` shows whether an instance is ready); the image must
+    /// have `app-server` on its `PATH`.
+    pub healthcheck: bool,
 }
 
 impl Default for DockerConfig {
@@ -117,10 +128,12 @@ impl Default for DockerConfig {
             advertise: Advertise::ContainerName,
             etcd_url: "http://etcd:2379".into(),
             prefix: registry::keys::DEFAULT_PREFIX.into(),
+            lease_ttl: Duration::from_secs(5),
             env: Vec::new(),
             args: Vec::new(),
             labels: Vec::new(),
             name_prefix: "shoal".into(),
+            healthcheck: false,
         }
     }
 }
@@ -259,6 +272,8 @@ impl DockerDriver {
             format!("0.0.0.0:{CONTAINER_PORT}"),
             "--advertise".to_owned(),
             advertise,
+            "--lease-ttl".to_owned(),
+            format!("{}ms", c.lease_ttl.as_millis()),
         ];
         cmd.extend(c.args.iter().cloned());
         let mut labels: HashMap<String, String> = c.labels.iter().cloned().collect();
@@ -276,8 +291,23 @@ impl DockerDriver {
                 }]),
             )])
         });
+        // Docker's durations are nanoseconds.
+        let healthcheck = c.healthcheck.then(|| HealthConfig {
+            test: Some(vec![
+                "CMD".into(),
+                "app-server".into(),
+                "--healthcheck".into(),
+                "--listen".into(),
+                format!("0.0.0.0:{CONTAINER_PORT}"),
+            ]),
+            interval: Some(2_000_000_000),
+            timeout: Some(3_000_000_000),
+            retries: Some(3),
+            ..Default::default()
+        });
         ContainerCreateBody {
             image: Some(c.image.clone()),
+            healthcheck,
             hostname: Some(name.to_owned()),
             entrypoint: c.entrypoint.clone(),
             cmd: Some(cmd),

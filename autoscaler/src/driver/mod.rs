@@ -7,9 +7,11 @@
 //! themselves in etcd; a driver never writes the registry.
 //!
 //! - [`process`]: local child processes from a command template.
-//! - [`docker`]: containers through the Docker Engine API, adopted by label.
+//! - [`docker`]: containers through the Docker Engine API, adopted by label;
+//!   [`docker_args`] its flags in `autoscaler run`.
 
 pub mod docker;
+pub mod docker_args;
 pub mod process;
 
 use std::future::Future;
