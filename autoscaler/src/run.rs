@@ -172,7 +172,7 @@ pub async fn run(config: RunConfig) -> anyhow::Result<()> {
             let driver = DockerDriver::connect(docker)
                 .await
                 .context("docker driver")?;
-            run_with(config, driver, signals).await
+            run_with(config, driver, signals, usr2).await
         }
     }
 }
