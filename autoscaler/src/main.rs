@@ -6,6 +6,7 @@
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use registry::EtcdArgs;
 use registry::LogArgs;
 use registry::cli::exit::Failure;
 
@@ -51,8 +52,31 @@ Exit codes:
 struct Cli {
     #[command(flatten)]
     log: LogArgs,
+    /// Global: accepted before or after the subcommand.
+    #[command(flatten)]
+    etcd: EtcdArgs,
     #[command(subcommand)]
     command: Command,
+}
+
+impl Cli {
+    /// Parse, and hand the etcd flags to the subcommand.
+    fn parse_args(args: impl IntoIterator<Item = std::ffi::OsString>) -> Result<Cli, clap::Error> {
+        let mut cli = Cli::try_parse_from(args)?;
+        let etcd = cli.etcd.clone();
+        match &mut cli.command {
+            Command::Run(config) => config.etcd = etcd,
+            Command::Policy(command) => command.etcd = etcd,
+            Command::Scale(args) => args.etcd = etcd,
+            Command::Status(args) => args.etcd = etcd,
+            Command::Events(args) => args.etcd = etcd,
+            Command::Rollout(command) => match &mut command.action {
+                autoscaler::cli::rollout::RolloutAction::Restart(args) => args.etcd = etcd,
+            },
+            Command::Completions { .. } => {}
+        }
+        Ok(cli)
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -75,7 +99,7 @@ enum Command {
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = Cli::parse_args(std::env::args_os()).unwrap_or_else(|e| e.exit());
     cli.log.init();
     let outcome = match cli.command {
         Command::Run(config) => {
@@ -126,8 +150,41 @@ mod tests {
     }
 
     fn parse(args: &[&str]) -> Result<Cli, String> {
-        Cli::try_parse_from(std::iter::once("autoscaler").chain(args.iter().copied()))
-            .map_err(|e| e.to_string())
+        Cli::parse_args(
+            std::iter::once("autoscaler")
+                .chain(args.iter().copied())
+                .map(Into::into),
+        )
+        .map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn etcd_flags_go_before_or_after_the_subcommand() {
+        for args in [
+            &["--etcd", "http://10.0.0.1:2379", "--prefix", "/p", "status"][..],
+            &["status", "--etcd", "http://10.0.0.1:2379", "--prefix", "/p"][..],
+        ] {
+            let Command::Status(status) = parse(args).unwrap().command else {
+                panic!("not status")
+            };
+            assert_eq!(status.etcd.endpoints, ["http://10.0.0.1:2379"], "{args:?}");
+            assert_eq!(status.etcd.prefix.prefix(), "/p", "{args:?}");
+        }
+        let Command::Run(config) = parse(&["--etcd", "http://10.0.0.2:2379", "run"])
+            .unwrap()
+            .command
+        else {
+            panic!("not run")
+        };
+        assert_eq!(config.etcd.endpoints, ["http://10.0.0.2:2379"]);
+        let Command::Rollout(r) = parse(&["--prefix", "/q", "rollout", "restart", "app"])
+            .unwrap()
+            .command
+        else {
+            panic!("not rollout")
+        };
+        let autoscaler::cli::rollout::RolloutAction::Restart(r) = r.action;
+        assert_eq!(r.etcd.prefix.prefix(), "/q");
     }
 
     #[test]

@@ -56,7 +56,9 @@ pub enum DriverKind {
 /// Flags of `autoscaler run`.
 #[derive(Debug, Clone, Args)]
 pub struct RunConfig {
-    #[command(flatten)]
+    /// `--etcd`, `--prefix`, ...: parsed at the top level (before or after the
+    /// subcommand) and filled in by `main`.
+    #[arg(skip)]
     pub etcd: EtcdArgs,
 
     /// How instances are started and stopped.

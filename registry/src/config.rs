@@ -54,6 +54,18 @@ pub struct EtcdArgs {
     pub etcd_password: Option<String>,
 }
 
+impl Default for EtcdArgs {
+    /// The flags' defaults (a CLI fills in the parsed values).
+    fn default() -> Self {
+        EtcdArgs {
+            endpoints: vec!["http://127.0.0.1:2379".to_owned()],
+            prefix: Keys::default(),
+            etcd_user: None,
+            etcd_password: None,
+        }
+    }
+}
+
 fn parse_endpoint(s: &str) -> Result<String, String> {
     let s = s.trim();
     let rest = s

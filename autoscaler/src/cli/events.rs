@@ -22,7 +22,9 @@ use super::{Outcome, OutputFormat, read_all, service_name};
 
 #[derive(Debug, Args)]
 pub struct EventsArgs {
-    #[command(flatten)]
+    /// `--etcd`, `--prefix`, ...: parsed at the top level (before or after the
+    /// subcommand) and filled in by `main`.
+    #[arg(skip)]
     pub etcd: EtcdArgs,
     /// The service whose events to show.
     #[arg(value_parser = service_name)]

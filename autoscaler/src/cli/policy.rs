@@ -15,7 +15,9 @@ use super::{Outcome, OutputFormat, pretty_json, read_all, service_name, whole_se
 /// `autoscaler policy ...`.
 #[derive(Debug, Args)]
 pub struct PolicyCommand {
-    #[command(flatten)]
+    /// `--etcd`, `--prefix`, ...: parsed at the top level (before or after the
+    /// subcommand) and filled in by `main`.
+    #[arg(skip)]
     pub etcd: EtcdArgs,
     #[command(subcommand)]
     pub action: PolicyAction,

@@ -46,7 +46,9 @@ pub enum RolloutAction {
 
 #[derive(Debug, Args)]
 pub struct RestartArgs {
-    #[command(flatten)]
+    /// `--etcd`, `--prefix`, ...: parsed at the top level (before or after the
+    /// subcommand) and filled in by `main`.
+    #[arg(skip)]
     pub etcd: EtcdArgs,
     /// The service to restart (it needs a policy: the autoscaler manages it).
     #[arg(value_parser = service_name)]

@@ -16,7 +16,9 @@ use super::{Outcome, service_name};
 
 #[derive(Debug, Args)]
 pub struct ScaleArgs {
-    #[command(flatten)]
+    /// `--etcd`, `--prefix`, ...: parsed at the top level (before or after the
+    /// subcommand) and filled in by `main`.
+    #[arg(skip)]
     pub etcd: EtcdArgs,
     /// The service to pin.
     #[arg(value_parser = service_name)]

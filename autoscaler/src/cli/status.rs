@@ -21,7 +21,9 @@ const NEWEST_EVENTS: i64 = 5;
 
 #[derive(Debug, Args)]
 pub struct StatusArgs {
-    #[command(flatten)]
+    /// `--etcd`, `--prefix`, ...: parsed at the top level (before or after the
+    /// subcommand) and filled in by `main`.
+    #[arg(skip)]
     pub etcd: EtcdArgs,
     /// Only this service.
     #[arg(value_parser = service_name)]
