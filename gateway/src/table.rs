@@ -313,7 +313,19 @@ impl TableHandle {
         service: &str,
         timeout: std::time::Duration,
     ) -> Option<Arc<RoutingTable>> {
-        let has_ready = |t: &RoutingTable| t.pool(service).is_some_and(|p| !p.ready.is_empty());
+        self.wait_for(service, timeout, |p| !p.ready.is_empty())
+            .await
+    }
+
+    /// Wait until `service`'s pool satisfies `accept`, up to `timeout`;
+    /// returns the snapshot where it does.
+    pub async fn wait_for(
+        &self,
+        service: &str,
+        timeout: std::time::Duration,
+        accept: impl Fn(&ServicePool) -> bool,
+    ) -> Option<Arc<RoutingTable>> {
+        let has_ready = |t: &RoutingTable| t.pool(service).is_some_and(|p| accept(p));
         let mut changes = self.generation.clone();
         let wait = async {
             loop {

@@ -12,7 +12,11 @@
 //!    with the response timeout ([`forward`]).
 //! 5. On failure, retry on another instance when [`retry`] allows; record
 //!    every attempt's outcome for passive [`health`](crate::health) and its
-//!    latency in the instance's peak-EWMA.
+//!    latency in the instance's peak-EWMA. When every instance tried refused
+//!    the connection (nothing was sent, so any method is safe) and the body
+//!    can still be replayed, hold the request until the registry offers an
+//!    instance not tried yet, within the same `--hold-timeout`: the only
+//!    instance of a service was killed and its replacement is on the way.
 //! 6. Stream the response back with `x-shoal-instance` (and the sticky cookie
 //!    when the policy asks), or join both sides of an upgrade ([`upgrade`]).
 //!
@@ -227,214 +231,279 @@ impl Inner {
                 }
             }
         }
-        let entry = table.resolve(host, parts.uri.path());
-        let pool = &entry.pool;
         headers::prepare_request(&mut parts.headers, &parts.uri, upgrade, &client_ip);
-
-        let budget = self.budgets.get_or_insert(
-            &pool.service,
-            || RetryBudget::new(tokio::time::Instant::now()),
-            |service| table.pools.contains_key(service),
-        );
-        budget.deposit(tokio::time::Instant::now());
-
-        let timeout = entry
-            .route
-            .timeout_ms
-            .map_or(self.settings.response_timeout, Duration::from_millis);
-        let retries = entry
-            .route
-            .retries
-            .unwrap_or(self.settings.retries)
-            .min(MAX_RETRIES);
-        let path_and_query = forward::forward_path_and_query(entry, &parts.uri);
         let body = Reclaimable::new(body, self.settings.max_body_bytes);
-        let mut attempts = Attempts {
-            tried: [0; MAX_ATTEMPTS],
-            made: 0,
-            max: 1 + retries as usize,
-            second_chance_used: false,
-            last_failure: None,
-        };
         let mut client_upgrade = client_upgrade;
-        let mut headers = parts.headers;
+        let headers = parts.headers;
+        // Instances that refused a connection, across hold rounds.
+        let mut refused: Vec<Arc<Backend>> = Vec::new();
+        'hold: loop {
+            let entry = table.resolve(host, parts.uri.path());
+            let pool = &entry.pool;
 
-        loop {
-            if attempts.made >= attempts.max {
-                break;
+            let budget = self.budgets.get_or_insert(
+                &pool.service,
+                || RetryBudget::new(tokio::time::Instant::now()),
+                |service| table.pools.contains_key(service),
+            );
+            budget.deposit(tokio::time::Instant::now());
+
+            let timeout = entry
+                .route
+                .timeout_ms
+                .map_or(self.settings.response_timeout, Duration::from_millis);
+            let retries = entry
+                .route
+                .retries
+                .unwrap_or(self.settings.retries)
+                .min(MAX_RETRIES);
+            let path_and_query = forward::forward_path_and_query(entry, &parts.uri);
+            let mut attempts = Attempts {
+                tried: [0; MAX_ATTEMPTS],
+                made: 0,
+                max: 1 + retries as usize,
+                second_chance_used: false,
+                last_failure: None,
+            };
+            // Instances that refused before the hold are not tried again.
+            for (index, backend) in pool.ready.iter().enumerate() {
+                if attempts.made < MAX_ATTEMPTS && refused.iter().any(|r| r.id() == backend.id()) {
+                    attempts.tried[attempts.made] = index;
+                    attempts.made += 1;
+                }
             }
-            let view = RequestView {
-                path: entry.path_after_prefix(parts.uri.path()),
-                query: parts.uri.query(),
-                headers: &headers,
-            };
-            let ctx = PickContext {
-                now: now(),
-                slow_start: self.settings.slow_start,
-            };
-            let Some(pick) = entry
-                .balancer
-                .pick(&pool.ready, &view, attempts.tried(), &ctx)
-            else {
-                break;
-            };
-            let backend = pool.ready[pick.index].clone();
-            attempts.tried[attempts.made] = pick.index;
-            attempts.made += 1;
-            let instance_header = backend.id_header.clone();
+            attempts.max = (attempts.made + 1 + retries as usize).min(MAX_ATTEMPTS);
 
-            let permit = match self.admit(&backend, &table, timeout).await {
-                Ok(permit) => permit,
-                Err(rejected) => {
-                    debug!(instance = backend.id(), service = %pool.service, ?rejected, "instance at its concurrency limit");
-                    let e = GatewayError::Overloaded {
-                        service: pool.service.clone(),
-                        instance: backend.id().to_owned(),
-                    };
-                    return fail(e, Some(&instance_header), record, None);
+            loop {
+                if attempts.made >= attempts.max {
+                    break;
                 }
-            };
-            let uri = match forward::instance_uri(backend.authority.clone(), path_and_query.clone())
-            {
-                Ok(uri) => uri,
-                Err(e) => {
-                    // The registry validates addresses; a bad one is like a refused connection.
-                    attempts.last_failure = Some((
-                        Failure::NotSent,
-                        format!("bad instance address: {e}"),
-                        backend,
-                    ));
-                    continue;
-                }
-            };
-            let Some(attempt_body) = body.attempt() else {
-                break; // not reached: a retry is only chosen while the body is available
-            };
-            // The last possible attempt takes the headers instead of copying them.
-            let last = attempts.made >= attempts.max || attempts.made >= pool.ready.len();
-            let attempt_headers = if last {
-                std::mem::take(&mut headers)
-            } else {
-                headers.clone()
-            };
-            let outgoing = forward::request(&parts.method, uri, attempt_headers, attempt_body);
-            let mut attempt = AttemptRecord::start(backend.clone(), permit, now());
-            let sent_at = tokio::time::Instant::now();
-            let result = tokio::time::timeout(timeout, self.client.request(outgoing)).await;
-            let now = now();
+                let view = RequestView {
+                    path: entry.path_after_prefix(parts.uri.path()),
+                    query: parts.uri.query(),
+                    headers: &headers,
+                };
+                let ctx = PickContext {
+                    now: now(),
+                    slow_start: self.settings.slow_start,
+                };
+                let Some(pick) = entry
+                    .balancer
+                    .pick(&pool.ready, &view, attempts.tried(), &ctx)
+                else {
+                    break;
+                };
+                let backend = pool.ready[pick.index].clone();
+                attempts.tried[attempts.made] = pick.index;
+                attempts.made += 1;
+                let instance_header = backend.id_header.clone();
 
-            match result {
-                Ok(Ok(response)) => {
-                    backend.state.rtt.observe(sent_at.elapsed(), now);
-                    let status = response.status();
-                    let leaving_503 =
-                        status == StatusCode::SERVICE_UNAVAILABLE && self.is_leaving(&backend);
-                    let outcome = if matches!(status.as_u16(), 502..=504) && !leaving_503 {
-                        Outcome::Failure
-                    } else {
-                        Outcome::Success
-                    };
-                    health::record(&backend, outcome, now, &self.settings.ejection);
-                    if leaving_503
-                        && retry::may_retry(
-                            Failure::DrainingUnavailable,
-                            &parts.method,
-                            attempts.second_chance_used,
-                        )
-                        && self.retry_allowed(&attempts, pool, &body, &budget)
-                    {
-                        debug!(instance = backend.id(), service = %pool.service, "503 from a draining instance; retrying on another");
-                        attempts.second_chance_used = true;
-                        attempt.set_status(Some(status.as_u16()));
+                let permit = match self.admit(&backend, &table, timeout).await {
+                    Ok(permit) => permit,
+                    Err(rejected) => {
+                        debug!(instance = backend.id(), service = %pool.service, ?rejected, "instance at its concurrency limit");
+                        let e = GatewayError::Overloaded {
+                            service: pool.service.clone(),
+                            instance: backend.id().to_owned(),
+                        };
+                        return fail(e, Some(&instance_header), record, None);
+                    }
+                };
+                let uri = match forward::instance_uri(
+                    backend.authority.clone(),
+                    path_and_query.clone(),
+                ) {
+                    Ok(uri) => uri,
+                    Err(e) => {
+                        // The registry validates addresses; a bad one is like a refused connection.
+                        attempts.last_failure = Some((
+                            Failure::NotSent,
+                            format!("bad instance address: {e}"),
+                            backend,
+                        ));
                         continue;
                     }
-                    return respond(
-                        response,
-                        &pool.service,
-                        instance_header,
-                        pick.set_cookie,
-                        record,
-                        attempt,
-                        client_upgrade.take(),
-                    );
-                }
-                Ok(Err(error)) => match forward::classify(&error) {
-                    AttemptError::BodyTooLarge { limit } => {
-                        attempt.set_status(Some(StatusCode::PAYLOAD_TOO_LARGE.as_u16()));
-                        return fail(
-                            GatewayError::BodyTooLarge { limit },
-                            Some(&instance_header),
+                };
+                let Some(attempt_body) = body.attempt() else {
+                    break; // not reached: a retry is only chosen while the body is available
+                };
+                // Copied, not taken: a refused connection may be followed by a
+                // hold and another attempt.
+                let attempt_headers = headers.clone();
+                let outgoing = forward::request(&parts.method, uri, attempt_headers, attempt_body);
+                let mut attempt = AttemptRecord::start(backend.clone(), permit, now());
+                let sent_at = tokio::time::Instant::now();
+                let result = tokio::time::timeout(timeout, self.client.request(outgoing)).await;
+                let now = now();
+
+                match result {
+                    Ok(Ok(response)) => {
+                        backend.state.rtt.observe(sent_at.elapsed(), now);
+                        let status = response.status();
+                        let leaving_503 =
+                            status == StatusCode::SERVICE_UNAVAILABLE && self.is_leaving(&backend);
+                        let outcome = if matches!(status.as_u16(), 502..=504) && !leaving_503 {
+                            Outcome::Failure
+                        } else {
+                            Outcome::Success
+                        };
+                        health::record(&backend, outcome, now, &self.settings.ejection);
+                        if leaving_503
+                            && retry::may_retry(
+                                Failure::DrainingUnavailable,
+                                &parts.method,
+                                attempts.second_chance_used,
+                            )
+                            && self.retry_allowed(&attempts, pool, &body, &budget)
+                        {
+                            debug!(instance = backend.id(), service = %pool.service, "503 from a draining instance; retrying on another");
+                            attempts.second_chance_used = true;
+                            attempt.set_status(Some(status.as_u16()));
+                            continue;
+                        }
+                        return respond(
+                            response,
+                            &pool.service,
+                            instance_header,
+                            pick.set_cookie,
                             record,
-                            Some(attempt),
+                            attempt,
+                            client_upgrade.take(),
                         );
                     }
-                    AttemptError::ClientBody(cause) => {
-                        return fail(
-                            GatewayError::ClientBody(cause),
-                            Some(&instance_header),
-                            record,
-                            Some(attempt),
-                        );
-                    }
-                    AttemptError::Failed(failure, cause) => {
+                    Ok(Err(error)) => match forward::classify(&error) {
+                        AttemptError::BodyTooLarge { limit } => {
+                            attempt.set_status(Some(StatusCode::PAYLOAD_TOO_LARGE.as_u16()));
+                            return fail(
+                                GatewayError::BodyTooLarge { limit },
+                                Some(&instance_header),
+                                record,
+                                Some(attempt),
+                            );
+                        }
+                        AttemptError::ClientBody(cause) => {
+                            return fail(
+                                GatewayError::ClientBody(cause),
+                                Some(&instance_header),
+                                record,
+                                Some(attempt),
+                            );
+                        }
+                        AttemptError::Failed(failure, cause) => {
+                            health::record(
+                                &backend,
+                                Outcome::Failure,
+                                now,
+                                &self.settings.ejection,
+                            );
+                            attempt.set_status(None);
+                            debug!(instance = backend.id(), service = %pool.service, ?failure, %cause, "attempt failed");
+                            if failure == Failure::NotSent {
+                                refused.push(backend.clone());
+                            }
+                            let retry = retry::may_retry(
+                                failure,
+                                &parts.method,
+                                attempts.second_chance_used,
+                            ) && self.retry_allowed(&attempts, pool, &body, &budget);
+                            attempts.last_failure = Some((failure, cause, backend));
+                            if !retry {
+                                break;
+                            }
+                            if failure != Failure::NotSent {
+                                attempts.second_chance_used = true;
+                            }
+                        }
+                    },
+                    Err(_elapsed) => {
+                        // The peak-EWMA learns how slow it was.
+                        backend.state.rtt.observe(timeout, now);
                         health::record(&backend, Outcome::Failure, now, &self.settings.ejection);
                         attempt.set_status(None);
-                        debug!(instance = backend.id(), service = %pool.service, ?failure, %cause, "attempt failed");
-                        let retry =
-                            retry::may_retry(failure, &parts.method, attempts.second_chance_used)
-                                && self.retry_allowed(&attempts, pool, &body, &budget);
-                        attempts.last_failure = Some((failure, cause, backend));
-                        if !retry {
-                            break;
-                        }
-                        if failure != Failure::NotSent {
-                            attempts.second_chance_used = true;
-                        }
+                        debug!(instance = backend.id(), service = %pool.service, timeout_ms = timeout.as_millis() as u64, "no response headers in time");
+                        let e = GatewayError::Timeout {
+                            service: pool.service.clone(),
+                            instance: backend.id().to_owned(),
+                            after: timeout,
+                        };
+                        return fail(e, Some(&instance_header), record, Some(attempt));
                     }
-                },
-                Err(_elapsed) => {
-                    // The peak-EWMA learns how slow it was.
-                    backend.state.rtt.observe(timeout, now);
-                    health::record(&backend, Outcome::Failure, now, &self.settings.ejection);
-                    attempt.set_status(None);
-                    debug!(instance = backend.id(), service = %pool.service, timeout_ms = timeout.as_millis() as u64, "no response headers in time");
-                    let e = GatewayError::Timeout {
-                        service: pool.service.clone(),
-                        instance: backend.id().to_owned(),
-                        after: timeout,
-                    };
-                    return fail(e, Some(&instance_header), record, Some(attempt));
                 }
             }
-        }
 
-        match attempts.last_failure {
-            Some((Failure::Reset, cause, backend)) => {
-                let e = GatewayError::BadGateway {
-                    service: pool.service.clone(),
-                    instance: backend.id().to_owned(),
-                    cause,
-                };
-                fail(e, Some(&backend.id_header), record, None)
+            // Nothing was sent anywhere: wait for an instance not tried yet.
+            let nothing_sent = matches!(attempts.last_failure, Some((Failure::NotSent, ..)))
+                && refused.len() >= attempts.made;
+            let left = self
+                .settings
+                .hold_timeout
+                .saturating_sub(now().saturating_duration_since(started));
+            if nothing_sent
+                && body.is_available()
+                && refused.len() < MAX_ATTEMPTS
+                && !left.is_zero()
+            {
+                let refused_ids: Vec<&str> = refused.iter().map(|b| b.id()).collect();
+                if let Some(newer) = self.hold_for_another(pool, &refused_ids, left).await {
+                    table = newer;
+                    continue 'hold;
+                }
             }
-            Some((_, cause, backend)) => {
-                let e = GatewayError::Unreachable {
-                    service: pool.service.clone(),
-                    attempts: attempts.made,
-                    cause,
-                };
-                fail(e, Some(&backend.id_header), record, None)
-            }
-            None => {
-                // Only when the route changed to another service, still without
-                // instances, while this request was held.
-                let e = GatewayError::NoInstance {
-                    service: pool.service.clone(),
-                    waited: now().saturating_duration_since(started),
-                };
-                fail(e, None, record, None)
-            }
+
+            break match attempts.last_failure {
+                Some((Failure::Reset, cause, backend)) => {
+                    let e = GatewayError::BadGateway {
+                        service: pool.service.clone(),
+                        instance: backend.id().to_owned(),
+                        cause,
+                    };
+                    fail(e, Some(&backend.id_header), record, None)
+                }
+                Some((_, cause, backend)) => {
+                    let e = GatewayError::Unreachable {
+                        service: pool.service.clone(),
+                        attempts: attempts.made,
+                        cause,
+                    };
+                    fail(e, Some(&backend.id_header), record, None)
+                }
+                None => {
+                    // Only when the route changed to another service, still without
+                    // instances, while this request was held.
+                    let e = GatewayError::NoInstance {
+                        service: pool.service.clone(),
+                        waited: now().saturating_duration_since(started),
+                    };
+                    fail(e, None, record, None)
+                }
+            };
         }
+    }
+
+    /// After every instance tried refused the connection: wait, up to
+    /// `timeout`, for `pool`'s service to have a ready instance that is not
+    /// one of `refused`; the table that has one. Counted as held.
+    async fn hold_for_another(
+        &self,
+        pool: &ServicePool,
+        refused: &[&str],
+        timeout: Duration,
+    ) -> Option<Arc<RoutingTable>> {
+        let counters = &pool.counters;
+        counters.held_total.fetch_add(1, Ordering::Relaxed);
+        counters.held_now.fetch_add(1, Ordering::Relaxed);
+        debug!(service = %pool.service, ?refused, "every instance tried refused; holding the request for another");
+        let table = self
+            .table
+            .wait_for(&pool.service, timeout, |p| {
+                p.ready.iter().any(|b| !refused.contains(&b.id()))
+            })
+            .await;
+        counters.held_now.fetch_sub(1, Ordering::Relaxed);
+        if table.is_none() {
+            counters.hold_timeouts_total.fetch_add(1, Ordering::Relaxed);
+        }
+        table
     }
 
     /// Wait for `pool`'s service to have a ready instance; the table that has one.

@@ -178,6 +178,10 @@ async fn scales_out_under_load_back_in_after_the_window_and_replaces_a_killed_in
         .json()
         .await
         .unwrap();
+    // Under load: requests in flight to it are retried, new ones held until
+    // the replacement is ready.
+    let during_kill = Load::start(&http, &gateway.url("/"), 4);
+    tokio::time::sleep(Duration::from_millis(300)).await;
     kill(Pid::from_raw(work.pid as i32), Signal::SIGKILL).unwrap();
     let replaced = wait_until_async(Duration::from_secs(15), "a replacement", || async {
         ready(&instances(&client).await)
@@ -186,10 +190,19 @@ async fn scales_out_under_load_back_in_after_the_window_and_replaces_a_killed_in
     })
     .await
     .unwrap_or_else(|e| panic!("{e}; autoscaler log:\n{}", scaler.proc.stderr()));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let during_kill = during_kill.stop().await;
     println!(
-        "measured: kill -9 of {}: replacement ready after {:.2} s",
+        "measured: kill -9 of {}: replacement ready after {:.2} s; {} requests, {} failed",
         survivor.id,
-        replaced.as_secs_f64()
+        replaced.as_secs_f64(),
+        during_kill.served,
+        during_kill.failures.len()
+    );
+    assert!(
+        during_kill.failures.is_empty(),
+        "failed requests through the kill: {:?}",
+        during_kill.failures
     );
 
     // Every decision and action is an event, in sequence.
