@@ -12,11 +12,12 @@
 //!    with the response timeout ([`forward`]).
 //! 5. On failure, retry on another instance when [`retry`] allows; record
 //!    every attempt's outcome for passive [`health`](crate::health) and its
-//!    latency in the instance's peak-EWMA. When every instance tried refused
-//!    the connection (nothing was sent, so any method is safe) and the body
-//!    can still be replayed, hold the request until the registry offers an
-//!    instance not tried yet, within the same `--hold-timeout`: the only
-//!    instance of a service was killed and its replacement is on the way.
+//!    latency in the instance's peak-EWMA. When the last failure could be
+//!    retried but no other instance is left to try (a refused connection, so
+//!    nothing was sent; or, for an idempotent request, a reset), hold the
+//!    request until the registry offers an instance not tried yet, within
+//!    the same `--hold-timeout`: the only instance of a service was killed
+//!    and its replacement is on the way.
 //! 6. Stream the response back with `x-shoal-instance` (and the sticky cookie
 //!    when the policy asks), or join both sides of an upgrade ([`upgrade`]).
 //!
@@ -235,8 +236,9 @@ impl Inner {
         let body = Reclaimable::new(body, self.settings.max_body_bytes);
         let mut client_upgrade = client_upgrade;
         let headers = parts.headers;
-        // Instances that refused a connection, across hold rounds.
-        let mut refused: Vec<Arc<Backend>> = Vec::new();
+        // Instances this request failed on, across hold rounds.
+        let mut failed_on: Vec<Arc<Backend>> = Vec::new();
+        let mut second_chance_used = false;
         'hold: loop {
             let entry = table.resolve(host, parts.uri.path());
             let pool = &entry.pool;
@@ -262,12 +264,13 @@ impl Inner {
                 tried: [0; MAX_ATTEMPTS],
                 made: 0,
                 max: 1 + retries as usize,
-                second_chance_used: false,
+                second_chance_used,
                 last_failure: None,
             };
-            // Instances that refused before the hold are not tried again.
+            // Instances that failed before the hold are not tried again.
             for (index, backend) in pool.ready.iter().enumerate() {
-                if attempts.made < MAX_ATTEMPTS && refused.iter().any(|r| r.id() == backend.id()) {
+                if attempts.made < MAX_ATTEMPTS && failed_on.iter().any(|r| r.id() == backend.id())
+                {
                     attempts.tried[attempts.made] = index;
                     attempts.made += 1;
                 }
@@ -316,6 +319,7 @@ impl Inner {
                     Ok(uri) => uri,
                     Err(e) => {
                         // The registry validates addresses; a bad one is like a refused connection.
+                        failed_on.push(backend.clone());
                         attempts.last_failure = Some((
                             Failure::NotSent,
                             format!("bad instance address: {e}"),
@@ -398,9 +402,7 @@ impl Inner {
                             );
                             attempt.set_status(None);
                             debug!(instance = backend.id(), service = %pool.service, ?failure, %cause, "attempt failed");
-                            if failure == Failure::NotSent {
-                                refused.push(backend.clone());
-                            }
+                            failed_on.push(backend.clone());
                             let retry = retry::may_retry(
                                 failure,
                                 &parts.method,
@@ -431,20 +433,24 @@ impl Inner {
                 }
             }
 
-            // Nothing was sent anywhere: wait for an instance not tried yet.
-            let nothing_sent = matches!(attempts.last_failure, Some((Failure::NotSent, ..)))
-                && refused.len() >= attempts.made;
+            // The last failure could be retried, but no instance was left to
+            // try: wait for one not tried yet.
+            let retriable = attempts.last_failure.as_ref().is_some_and(|(failure, ..)| {
+                retry::may_retry(*failure, &parts.method, attempts.second_chance_used)
+            });
             let left = self
                 .settings
                 .hold_timeout
                 .saturating_sub(now().saturating_duration_since(started));
-            if nothing_sent
-                && body.is_available()
-                && refused.len() < MAX_ATTEMPTS
-                && !left.is_zero()
+            if retriable && body.is_available() && failed_on.len() < MAX_ATTEMPTS && !left.is_zero()
             {
-                let refused_ids: Vec<&str> = refused.iter().map(|b| b.id()).collect();
-                if let Some(newer) = self.hold_for_another(pool, &refused_ids, left).await {
+                if let Some((failure, ..)) = &attempts.last_failure {
+                    if *failure != Failure::NotSent {
+                        second_chance_used = true;
+                    }
+                }
+                let failed_ids: Vec<&str> = failed_on.iter().map(|b| b.id()).collect();
+                if let Some(newer) = self.hold_for_another(pool, &failed_ids, left).await {
                     table = newer;
                     continue 'hold;
                 }
@@ -480,23 +486,23 @@ impl Inner {
         }
     }
 
-    /// After every instance tried refused the connection: wait, up to
+    /// After a retriable failure with no instance left to try: wait, up to
     /// `timeout`, for `pool`'s service to have a ready instance that is not
-    /// one of `refused`; the table that has one. Counted as held.
+    /// one of `failed`; the table that has one. Counted as held.
     async fn hold_for_another(
         &self,
         pool: &ServicePool,
-        refused: &[&str],
+        failed: &[&str],
         timeout: Duration,
     ) -> Option<Arc<RoutingTable>> {
         let counters = &pool.counters;
         counters.held_total.fetch_add(1, Ordering::Relaxed);
         counters.held_now.fetch_add(1, Ordering::Relaxed);
-        debug!(service = %pool.service, ?refused, "every instance tried refused; holding the request for another");
+        debug!(service = %pool.service, ?failed, "no instance left to retry on; holding the request for another");
         let table = self
             .table
             .wait_for(&pool.service, timeout, |p| {
-                p.ready.iter().any(|b| !refused.contains(&b.id()))
+                p.ready.iter().any(|b| !failed.contains(&b.id()))
             })
             .await;
         counters.held_now.fetch_sub(1, Ordering::Relaxed);

@@ -266,3 +266,55 @@ async fn with_no_instance_ever_a_held_request_gets_a_json_503_after_the_hold_tim
     let stats = get_json(&http, &gateway.admin_url("/api/v1/services/app")).await;
     assert_eq!(stats["hold_timeouts_total"], 1, "{stats:#}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn when_the_only_instance_dies_requests_wait_for_the_next_one() {
+    let etcd = Etcd::start().await;
+    let mut apps = start_apps(&etcd, 1, "app").await;
+    let gateway = Gateway::start(&etcd, &[]).await;
+    let http = http();
+    let first = apps[0].id.clone();
+    wait_routed(&http, &gateway, "/", &[&first], Duration::from_secs(5)).await;
+
+    // A GET in flight (about 2 s of work) when the instance is killed: the
+    // connection is reset, nothing else is registered yet.
+    let in_flight = tokio::spawn({
+        let (http, url) = (http.clone(), gateway.url("/work?iterations=200000000"));
+        async move { http.get(url).send().await }
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    apps[0].proc.signal(Signal::SIGKILL);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    // A POST after the kill: refused (the dead instance is still registered).
+    let refused = tokio::spawn({
+        let (http, url) = (http.clone(), gateway.url("/kv/after-kill"));
+        async move { http.put(url).body("v").send().await }
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        !in_flight.is_finished() && !refused.is_finished(),
+        "both held"
+    );
+
+    // The replacement registers; both are answered by it.
+    let started = Instant::now();
+    let replacement = AppServer::start(&etcd, AppServerOptions::default()).await;
+    for (what, handle) in [("reset GET", in_flight), ("refused PUT", refused)] {
+        let resp = handle
+            .await
+            .unwrap()
+            .unwrap_or_else(|e| panic!("{what}: {e}"));
+        let status = resp.status();
+        let by = served_by(&resp);
+        let body = resp.text().await.unwrap_or_default();
+        assert!(status.is_success(), "{what}: {status} {body}");
+        assert_eq!(by, replacement.id, "{what} served by the replacement");
+    }
+    println!(
+        "measured: requests held through the death of the only instance, answered {:.2} s after the replacement started",
+        started.elapsed().as_secs_f64()
+    );
+    let stats = get_json(&http, &gateway.admin_url("/api/v1/services/app")).await;
+    assert!(stats["held_total"].as_u64().unwrap_or(0) >= 2, "{stats:#}");
+    apps.push(replacement);
+}
