@@ -488,32 +488,36 @@ impl Inner {
 
     /// After a retriable failure with no instance left to try: wait, up to
     /// `timeout`, for `pool`'s service to have a ready instance that is not
-    /// one of `failed`; the table that has one. Counted as held.
+    /// one of `failed`; the table that has one.
     async fn hold_for_another(
         &self,
         pool: &ServicePool,
         failed: &[&str],
         timeout: Duration,
     ) -> Option<Arc<RoutingTable>> {
-        let counters = &pool.counters;
-        counters.held_total.fetch_add(1, Ordering::Relaxed);
-        counters.held_now.fetch_add(1, Ordering::Relaxed);
         debug!(service = %pool.service, ?failed, "no instance left to retry on; holding the request for another");
-        let table = self
-            .table
-            .wait_for(&pool.service, timeout, |p| {
-                p.ready.iter().any(|b| !failed.contains(&b.id()))
-            })
-            .await;
-        counters.held_now.fetch_sub(1, Ordering::Relaxed);
-        if table.is_none() {
-            counters.hold_timeouts_total.fetch_add(1, Ordering::Relaxed);
-        }
-        table
+        self.hold_until(pool, timeout, |p| {
+            p.ready.iter().any(|b| !failed.contains(&b.id()))
+        })
+        .await
     }
 
     /// Wait for `pool`'s service to have a ready instance; the table that has one.
     async fn hold(&self, pool: &ServicePool) -> Option<Arc<RoutingTable>> {
+        debug!(service = %pool.service, "no ready instance; holding the request");
+        self.hold_until(pool, self.settings.hold_timeout, |p| !p.ready.is_empty())
+            .await
+    }
+
+    /// Wait, up to `timeout`, until `pool`'s service satisfies `accept`; the
+    /// table where it does. Counted as held while waiting (also when the
+    /// client goes away meanwhile), and as a hold timeout if it never does.
+    async fn hold_until(
+        &self,
+        pool: &ServicePool,
+        timeout: Duration,
+        accept: impl Fn(&ServicePool) -> bool,
+    ) -> Option<Arc<RoutingTable>> {
         let counters = &pool.counters;
         counters.held_total.fetch_add(1, Ordering::Relaxed);
         counters.held_now.fetch_add(1, Ordering::Relaxed);
@@ -524,14 +528,10 @@ impl Inner {
             }
         }
         let _unhold = Unhold(&counters.held_now);
-        debug!(service = %pool.service, "no ready instance; holding the request");
-        let table = self
-            .table
-            .wait_for_ready(&pool.service, self.settings.hold_timeout)
-            .await;
+        let table = self.table.wait_for(&pool.service, timeout, accept).await;
         if table.is_none() {
             counters.hold_timeouts_total.fetch_add(1, Ordering::Relaxed);
-            debug!(service = %pool.service, hold_timeout_ms = self.settings.hold_timeout.as_millis() as u64, "still no ready instance; giving up");
+            debug!(service = %pool.service, timeout_ms = timeout.as_millis() as u64, "held until the timeout; giving up");
         }
         table
     }
