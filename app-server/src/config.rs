@@ -14,6 +14,7 @@ use registry::model::validate_addr;
 use registry::{EtcdArgs, LogArgs};
 
 use crate::crash::CrashWindow;
+use crate::kv::KvConfig;
 
 /// Shoal's reference service: hello, CPU-bound work and a key-value API,
 /// registered in etcd for as long as it runs.
@@ -96,6 +97,25 @@ pub struct Config {
     #[arg(long, env = "SHOAL_ZONE", value_parser = parse_zone)]
     pub zone: Option<String>,
 
+    /// Copies of every key-value entry (R), capped by the number of ready
+    /// instances of the service.
+    #[arg(
+        long,
+        env = "SHOAL_KV_REPLICAS",
+        default_value_t = 2,
+        value_parser = clap::value_parser!(u32).range(1..=9)
+    )]
+    pub kv_replicas: u32,
+
+    /// Owners that must store a key-value write before it is acknowledged
+    /// (W, at most --kv-replicas) [default: a majority of --kv-replicas].
+    #[arg(
+        long,
+        env = "SHOAL_KV_WRITE_QUORUM",
+        value_parser = clap::value_parser!(u32).range(1..=9)
+    )]
+    pub kv_write_quorum: Option<u32>,
+
     /// Do not serve: probe the /readyz of the app-server listening on
     /// --listen (on loopback when bound to 0.0.0.0) and exit 0 if it answers
     /// 2xx, 1 otherwise; for container healthchecks.
@@ -104,6 +124,21 @@ pub struct Config {
 }
 
 impl Config {
+    /// The key-value replication settings, or why they do not fit together.
+    pub fn kv_config(&self) -> Result<KvConfig, String> {
+        let mut config = KvConfig::majority(self.kv_replicas as usize);
+        if let Some(w) = self.kv_write_quorum {
+            if w > self.kv_replicas {
+                return Err(format!(
+                    "--kv-write-quorum {w} is more than --kv-replicas {}: a write cannot be stored on more owners than a key has; lower the quorum or raise the replicas",
+                    self.kv_replicas
+                ));
+            }
+            config.write_quorum = w as usize;
+        }
+        Ok(config)
+    }
+
     /// `--id`, or a fresh uuid v4 when none was given. Call it once and keep
     /// the result: without `--id`, every call returns a new id.
     pub fn instance_id(&self) -> String {

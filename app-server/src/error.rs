@@ -7,8 +7,8 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
+use crate::kv::{MAX_KEY_BYTES, MAX_VALUE_BYTES};
 use crate::routes::work::{DEFAULT_ITERATIONS, MAX_ITERATIONS};
-use crate::store::{MAX_KEY_BYTES, MAX_VALUE_BYTES};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
@@ -42,6 +42,42 @@ pub enum ApiError {
     #[error("method {method} is not allowed here; use {allow}")]
     MethodNotAllowed { method: String, allow: &'static str },
 
+    #[error(
+        "`If-Match: {given}` is not a version of this store; use the `ETag` of a GET (e.g. `\"18c2f…-3a1…\"`) or `*`"
+    )]
+    BadIfMatch { given: String },
+
+    #[error(
+        "key `{key}` is at {}, not {given}; GET it again for the current value and `ETag`, then retry",
+        current.as_deref().map_or("no value".to_owned(), |c| format!("version \"{c}\""))
+    )]
+    VersionMismatch {
+        key: String,
+        current: Option<String>,
+        given: String,
+    },
+
+    #[error(
+        "only {acked} of the {needed} owners needed stored the write to `{key}` ({why}); it may or may not have been kept: retry, or GET to see"
+    )]
+    TooFewOwners {
+        key: String,
+        acked: usize,
+        needed: usize,
+        why: String,
+    },
+
+    #[error("the owner of `{key}` did not answer ({why}); retry")]
+    OwnerFailed { key: String, why: String },
+
+    #[error(
+        "this instance is leaving and stores nothing more; send the copy to the key's next owner"
+    )]
+    Leaving,
+
+    #[error("internal replication call without a valid `x-shoal-kv-version` header")]
+    BadVersion,
+
     #[error("the request failed inside the server; see the instance's logs")]
     Internal,
 }
@@ -52,7 +88,13 @@ impl ApiError {
             ApiError::BadIterations { .. }
             | ApiError::BadQuery(_)
             | ApiError::BadKey { .. }
-            | ApiError::BadBody(_) => StatusCode::BAD_REQUEST,
+            | ApiError::BadBody(_)
+            | ApiError::BadIfMatch { .. }
+            | ApiError::BadVersion => StatusCode::BAD_REQUEST,
+            ApiError::VersionMismatch { .. } => StatusCode::CONFLICT,
+            ApiError::TooFewOwners { .. } | ApiError::OwnerFailed { .. } | ApiError::Leaving => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             ApiError::ValueTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::KeyNotFound(_) | ApiError::UnknownPath(_) => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
@@ -71,6 +113,12 @@ impl ApiError {
             ApiError::KeyNotFound(_) => "key_not_found",
             ApiError::UnknownPath(_) => "not_found",
             ApiError::MethodNotAllowed { .. } => "method_not_allowed",
+            ApiError::BadIfMatch { .. } => "bad_if_match",
+            ApiError::VersionMismatch { .. } => "version_mismatch",
+            ApiError::TooFewOwners { .. } => "too_few_owners",
+            ApiError::OwnerFailed { .. } => "owner_unavailable",
+            ApiError::Leaving => "leaving",
+            ApiError::BadVersion => "bad_version",
             ApiError::Internal => "internal",
         }
     }
@@ -80,10 +128,18 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let body = Json(json!({ "error": self.code(), "detail": self.to_string() }));
         let mut response = (self.status(), body).into_response();
-        if let ApiError::MethodNotAllowed { allow, .. } = self {
-            response
-                .headers_mut()
-                .insert(header::ALLOW, HeaderValue::from_static(allow));
+        match self {
+            ApiError::MethodNotAllowed { allow, .. } => {
+                response
+                    .headers_mut()
+                    .insert(header::ALLOW, HeaderValue::from_static(allow));
+            }
+            ApiError::TooFewOwners { .. } | ApiError::OwnerFailed { .. } | ApiError::Leaving => {
+                response
+                    .headers_mut()
+                    .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            }
+            _ => {}
         }
         response
     }

@@ -10,7 +10,8 @@
 //!   (`hello`, `work`, `kv`, `health`).
 //! - [`error`]: [`ApiError`], the JSON error responses.
 //! - [`stats`]: in-flight and total requests, latency window, process CPU (`/load`).
-//! - [`store`]: the key-value store behind `/kv` and its key rules.
+//! - [`kv`]: the distributed key-value store behind `/kv` (replication,
+//!   membership, hand-off) and its key rules.
 //! - [`lifecycle`]: [`run`]: bind, announce, register, serve, drain, deregister
 //!   (stop signals and the retire key come from `registry::stop`).
 //! - [`crash`]: `--crash-after`, dying on purpose for recovery tests.
@@ -23,11 +24,11 @@
 pub mod config;
 pub mod crash;
 pub mod error;
+pub mod kv;
 pub mod lifecycle;
 pub mod routes;
 pub mod state;
 pub mod stats;
-pub mod store;
 
 pub use config::Config;
 pub use error::ApiError;

@@ -7,12 +7,16 @@
 //!    until etcd has it, keep accepting for `--drain-grace` so gateways notice,
 //!    then stop accepting and wait for in-flight requests up to
 //!    `--drain-timeout`. A second signal stops waiting.
+//!    The key-value store hands every entry to its other owners from the
+//!    moment the instance is draining, and once more after the last
+//!    in-flight request, before the lease goes (`kv::sync::hand_off`).
 //! 4. Revoke the lease (deleting the key), delete the retire key if there was
 //!    one, and exit 0 if the drain finished, 1 if it was cut short.
 
 use std::io::Write;
 use std::net::SocketAddr;
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, anyhow};
@@ -26,6 +30,7 @@ use tracing::{Instrument, error, info, info_span, warn};
 
 use crate::config::Config;
 use crate::crash;
+use crate::kv::{self, Kv};
 use crate::routes::app;
 use crate::state::AppState;
 use registry::stop::{RetireWatch, StopSignals};
@@ -33,6 +38,10 @@ use registry::stop::{RetireWatch, StopSignals};
 /// How long the drain waits for etcd to confirm the `draining` state before
 /// carrying on regardless (gateways then learn it when the key goes).
 const DRAINING_WRITE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// How long start-up waits for the registry's list of the service's
+/// instances, so that the key-value store does not start alone.
+const KV_FIRST_SYNC: Duration = Duration::from_secs(2);
 
 /// The one line printed to stdout once the listener is bound, e.g.
 /// `{"event":"listening","addr":"127.0.0.1:40123","id":"…","service":"app","pid":4242}`.
@@ -89,16 +98,30 @@ async fn run_instance(config: Config, id: String) -> anyhow::Result<ExitCode> {
         crash::spawn(window);
     }
 
+    let kv_config = config.kv_config().map_err(|e| anyhow!(e))?;
     let client = config
         .etcd
         .connect()
         .await
         .context("cannot set up the etcd client; check --etcd")?;
     let keys = &config.etcd.prefix;
+    let kv = Arc::new(Kv::new(&id, &addr, kv_config));
+    let kv_stop = CancellationToken::new();
+    kv::feed::start(
+        client.clone(),
+        keys.clone(),
+        &config.service,
+        kv.clone(),
+        kv_stop.clone(),
+        KV_FIRST_SYNC,
+    )
+    .await;
+    tokio::spawn(kv::sync::run(kv.clone(), kv_stop.clone()).in_current_span());
     let registration = Registration::start(client.clone(), keys, instance, config.lease_ttl)
         .context("cannot start the registration")?;
     let retire = RetireWatch::start(client.clone(), keys, &config.service, &id);
-    let state = AppState::new(id, registration.watch_status()).context("bad instance id")?;
+    let state =
+        AppState::with_kv(id, registration.watch_status(), kv).context("bad instance id")?;
 
     let stop_accepting = CancellationToken::new();
     let mut server = tokio::spawn(
@@ -135,6 +158,7 @@ async fn run_instance(config: Config, id: String) -> anyhow::Result<ExitCode> {
         &mut signals,
     )
     .await;
+    kv_stop.cancel();
     registration.deregister().await;
     retire.clean_up(client).await;
     if drained {
@@ -146,7 +170,8 @@ async fn run_instance(config: Config, id: String) -> anyhow::Result<ExitCode> {
     }
 }
 
-/// Steps 3 of the module doc. True if every in-flight request finished.
+/// Steps 3 of the module doc. True if every in-flight request finished and
+/// every key-value entry reached another instance.
 async fn drain(
     config: &Config,
     state: &AppState,
@@ -165,6 +190,14 @@ async fn drain(
             "etcd has not confirmed the draining state; gateways may keep sending requests until the key goes"
         );
     }
+
+    // Hand the key-value entries over while gateways move away; the second
+    // hand-off below sends what in-flight writes stored meanwhile.
+    let kv = state.kv().clone();
+    let handoff_timeout = config.drain_timeout;
+    let early_handoff = tokio::spawn(
+        async move { kv::sync::hand_off(&kv, handoff_timeout).await }.in_current_span(),
+    );
 
     let grace = config.drain_grace;
     let cut_short = tokio::select! {
@@ -186,7 +219,7 @@ async fn drain(
         timeout_ms = timeout.as_millis() as u64,
         "stopped accepting; waiting for in-flight requests"
     );
-    tokio::select! {
+    let served = tokio::select! {
         ended = &mut *server => match ended {
             Ok(Ok(())) => true,
             Ok(Err(e)) => {
@@ -212,7 +245,12 @@ async fn drain(
             server.abort();
             false
         }
+    };
+    if let Err(e) = early_handoff.await {
+        warn!(error = %e, "the key-value hand-off task failed");
     }
+    let handed_off = kv::sync::hand_off(state.kv(), config.drain_timeout).await;
+    served && handed_off
 }
 
 /// The local state (what `/readyz` and `/load` say) and the registry entry move together.

@@ -14,8 +14,8 @@ use registry::model::ValidationError;
 use registry::{InstanceState, RegistrationStatus};
 use tokio::sync::watch;
 
+use crate::kv::Kv;
 use crate::stats::Stats;
-use crate::store::KvStore;
 
 /// Cheap to clone; every clone sees the same instance.
 #[derive(Debug, Clone)]
@@ -31,7 +31,7 @@ struct Inner {
     state: watch::Sender<InstanceState>,
     registration: watch::Receiver<RegistrationStatus>,
     stats: Stats,
-    kv: KvStore,
+    kv: Arc<Kv>,
 }
 
 /// Whether the instance should get new requests, and if not why.
@@ -84,6 +84,17 @@ impl AppState {
         registration: watch::Receiver<RegistrationStatus>,
     ) -> Result<Self, ValidationError> {
         let id = id.into();
+        let kv = Arc::new(Kv::standalone(&id));
+        Self::with_kv(id, registration, kv)
+    }
+
+    /// A `starting` instance whose key-value store is `kv` (distributed).
+    pub fn with_kv(
+        id: impl Into<String>,
+        registration: watch::Receiver<RegistrationStatus>,
+        kv: Arc<Kv>,
+    ) -> Result<Self, ValidationError> {
+        let id = id.into();
         validate_segment("id", &id)?;
         let id_header = HeaderValue::from_str(&id)
             .map_err(|_| ValidationError::new("id", "is not a valid header value"))?;
@@ -95,7 +106,7 @@ impl AppState {
                 state: watch::Sender::new(InstanceState::Starting),
                 registration,
                 stats: Stats::default(),
-                kv: KvStore::default(),
+                kv,
             }),
         })
     }
@@ -148,7 +159,7 @@ impl AppState {
         &self.inner.stats
     }
 
-    pub fn kv(&self) -> &KvStore {
+    pub fn kv(&self) -> &Arc<Kv> {
         &self.inner.kv
     }
 }

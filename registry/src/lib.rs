@@ -13,6 +13,8 @@
 //!   reconnection, skipping malformed entries.
 //! - [`election`]: leader election and transactions fenced on leadership.
 //! - [`stop`]: what asks an instance to stop (signals, its retire key).
+//! - [`rendezvous`]: weighted rendezvous hashing, so gateways and app servers
+//!   agree on which instance owns a key.
 //! - [`peer`]: a client-side balancer (power of two choices) over a service's
 //!   ready instances, for calling peers without a gateway.
 //!
@@ -27,6 +29,7 @@ pub mod keys;
 pub mod model;
 pub mod peer;
 pub mod registration;
+pub mod rendezvous;
 pub mod stop;
 pub mod watcher;
 

@@ -22,6 +22,12 @@ impl Autoscaler {
     /// Start `autoscaler run` against `etcd` with `extra` flags (`--interval 500ms`, ...).
     /// Returns at once: tests wait for the effects they need.
     pub fn start(etcd: &Etcd, extra: &[&str]) -> Autoscaler {
+        Self::start_with_env(etcd, extra, &[])
+    }
+
+    /// [`Autoscaler::start`] with extra environment variables, which its
+    /// instances inherit too (e.g. `SHOAL_KV_REPLICAS`).
+    pub fn start_with_env(etcd: &Etcd, extra: &[&str], env: &[(&str, &str)]) -> Autoscaler {
         let instance_logs = tempfile::tempdir().expect("temp dir for instance logs");
         let mut args: Vec<String> = vec![
             "run".into(),
@@ -34,11 +40,15 @@ impl Autoscaler {
             "--stop-on-exit".into(),
         ];
         args.extend(extra.iter().map(|s| s.to_string()));
+        let env: Vec<(String, String)> = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
         let proc = Proc::spawn(
             "autoscaler",
             &bin_path("autoscaler"),
             &args,
-            &[],
+            &env,
             &logs_dir(),
         );
         Autoscaler {

@@ -10,6 +10,8 @@
 //! - [`binaries`]: where the built binaries are, and typed launchers for them.
 //! - [`gateway`]: a launcher for the gateway, with its proxy and admin addresses.
 //! - [`autoscaler`]: a launcher for `autoscaler run` with the process driver.
+//! - [`kv_check`]: the distributed key-value store's checker (scale 2 → 5 → 2,
+//!   a kill -9, every acknowledged write accounted for).
 //! - [`load`]: clients sending requests back to back, counting failures.
 //! - [`wait`]: polling with deadlines (no fixed sleeps in tests).
 //!
@@ -20,6 +22,7 @@ pub mod binaries;
 pub mod browser;
 pub mod etcd;
 pub mod gateway;
+pub mod kv_check;
 pub mod load;
 pub mod process;
 pub mod wait;

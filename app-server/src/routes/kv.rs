@@ -1,21 +1,29 @@
-//! `GET|PUT|DELETE /kv/{key}`: the instance's key-value API over [`KvStore`].
+//! `GET|PUT|DELETE /kv/{key}`: the client API of the distributed store.
 //!
-//! Keys are checked here so that every method refuses the same keys with
-//! the same message; values are raw bytes up to 1 MiB.
+//! Keys are checked here so that every method refuses the same keys with the
+//! same message; values are raw bytes up to 1 MiB. A request for a key this
+//! instance is not the primary of is forwarded to the primary (then to the
+//! other owners, if the primary refuses the connection); a forwarded request
+//! is always handled where it lands, so a request is forwarded at most once.
 //!
-//! [`KvStore`]: crate::store::KvStore
+//! `GET` answers with the value and its version as `ETag`; `PUT` and
+//! `DELETE` take `If-Match: "<version>"` (or `*`) as a compare-and-set (409
+//! when it does not hold).
 
 use axum::Json;
 use axum::body::Bytes;
 use axum::extract::rejection::{BytesRejection, PathRejection};
 use axum::extract::{Path, State};
-use axum::http::{Method, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
 use crate::error::ApiError;
+use crate::kv::peers::{FORWARDED_HEADER, PRIMARY_HEADER, PeerError};
+use crate::kv::store::Precondition;
+use crate::kv::version::Version;
+use crate::kv::{KvError, Route, check_key};
 use crate::state::AppState;
-use crate::store::{PutOutcome, check_key};
 
 fn key(path: Result<Path<String>, PathRejection>) -> Result<String, ApiError> {
     let Path(key) = path.map_err(|e| ApiError::BadKey {
@@ -29,21 +37,49 @@ fn key(path: Result<Path<String>, PathRejection>) -> Result<String, ApiError> {
     Ok(key)
 }
 
+fn if_match(headers: &HeaderMap) -> Result<Option<Precondition>, ApiError> {
+    let Some(value) = headers.get(header::IF_MATCH) else {
+        return Ok(None);
+    };
+    let given = String::from_utf8_lossy(value.as_bytes()).into_owned();
+    if given.trim() == "*" {
+        return Ok(Some(Precondition::Exists));
+    }
+    Version::from_etag(&given)
+        .map(|v| Some(Precondition::Version(v)))
+        .ok_or(ApiError::BadIfMatch { given })
+}
+
 pub async fn get(
     State(state): State<AppState>,
+    method: Method,
+    headers: HeaderMap,
     path: Result<Path<String>, PathRejection>,
 ) -> Result<Response, ApiError> {
     let key = key(path)?;
-    let value = state
+    if let Some(response) = forward(&state, method, &key, &headers, Bytes::new()).await {
+        return response;
+    }
+    let entry = state
         .kv()
-        .get(&key)
+        .read(&key)
         .await
         .ok_or(ApiError::KeyNotFound(key))?;
-    Ok(([(header::CONTENT_TYPE, "application/octet-stream")], value).into_response())
+    let value = entry.value.unwrap_or_default();
+    Ok((
+        [
+            (header::CONTENT_TYPE, "application/octet-stream".to_owned()),
+            (header::ETAG, entry.version.etag()),
+        ],
+        value,
+    )
+        .into_response())
 }
 
 pub async fn put(
     State(state): State<AppState>,
+    method: Method,
+    headers: HeaderMap,
     path: Result<Path<String>, PathRejection>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
@@ -55,24 +91,138 @@ pub async fn put(
             ApiError::BadBody(e.body_text())
         }
     })?;
+    let precondition = if_match(&headers)?;
+    if let Some(response) = forward(&state, method, &key, &headers, value.clone()).await {
+        return response;
+    }
     let bytes = value.len();
-    let status = match state.kv().put(&key, value).await {
-        PutOutcome::Created => StatusCode::CREATED,
-        PutOutcome::Replaced => StatusCode::OK,
+    let written = state
+        .kv()
+        .write(
+            &key,
+            Some(value),
+            precondition.unwrap_or(Precondition::None),
+        )
+        .await
+        .map_err(|e| write_error(&key, &headers, e))?;
+    let status = if written.replaced {
+        StatusCode::OK
+    } else {
+        StatusCode::CREATED
     };
-    Ok((status, Json(json!({ "key": key, "bytes": bytes }))).into_response())
+    Ok((
+        status,
+        [(header::ETAG, written.version.etag())],
+        Json(json!({
+            "key": key,
+            "bytes": bytes,
+            "version": written.version.to_string(),
+            "copies": written.copies,
+        })),
+    )
+        .into_response())
 }
 
 pub async fn delete(
     State(state): State<AppState>,
+    method: Method,
+    headers: HeaderMap,
     path: Result<Path<String>, PathRejection>,
-) -> Result<StatusCode, ApiError> {
+) -> Result<Response, ApiError> {
     let key = key(path)?;
-    if state.kv().delete(&key).await {
-        Ok(StatusCode::NO_CONTENT)
-    } else {
-        Err(ApiError::KeyNotFound(key))
+    let precondition = if_match(&headers)?;
+    if let Some(response) = forward(&state, method, &key, &headers, Bytes::new()).await {
+        return response;
     }
+    match state
+        .kv()
+        .write(&key, None, precondition.unwrap_or(Precondition::Exists))
+        .await
+    {
+        Ok(_) => Ok(StatusCode::NO_CONTENT.into_response()),
+        Err(KvError::Mismatch(_)) if precondition.is_none() => Err(ApiError::KeyNotFound(key)),
+        Err(e) => Err(write_error(&key, &headers, e)),
+    }
+}
+
+fn write_error(key: &str, headers: &HeaderMap, error: KvError) -> ApiError {
+    match error {
+        KvError::Mismatch(m) => ApiError::VersionMismatch {
+            key: key.to_owned(),
+            current: m.current.map(|v| v.to_string()),
+            given: headers
+                .get(header::IF_MATCH)
+                .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+                .unwrap_or_default(),
+        },
+        KvError::TooFewOwners { acked, needed, why } => ApiError::TooFewOwners {
+            key: key.to_owned(),
+            acked,
+            needed,
+            why,
+        },
+    }
+}
+
+/// Send the request to the key's primary unless this instance is the one to
+/// handle it; `None` means "handle it here".
+async fn forward(
+    state: &AppState,
+    method: Method,
+    key: &str,
+    headers: &HeaderMap,
+    body: Bytes,
+) -> Option<Result<Response, ApiError>> {
+    if headers.contains_key(FORWARDED_HEADER) {
+        return None;
+    }
+    let Route::Forward(owners) = state.kv().route(key) else {
+        return None;
+    };
+    for owner in owners.iter().filter(|o| o.id != state.id()) {
+        match state
+            .kv()
+            .peers()
+            .forward(
+                owner,
+                state.id(),
+                method.clone(),
+                key,
+                headers,
+                body.clone(),
+            )
+            .await
+        {
+            Ok(answer) => {
+                let mut response = (answer.status, answer.body).into_response();
+                for name in [
+                    header::CONTENT_TYPE,
+                    header::ETAG,
+                    header::RETRY_AFTER,
+                    header::ALLOW,
+                ] {
+                    if let Some(value) = answer.headers.get(&name) {
+                        response.headers_mut().insert(name, value.clone());
+                    }
+                }
+                if let Ok(id) = HeaderValue::from_str(&owner.id) {
+                    response.headers_mut().insert(PRIMARY_HEADER, id);
+                }
+                return Some(Ok(response));
+            }
+            Err(e @ PeerError::Unavailable { .. }) => state.kv().note_failure(owner, &e),
+            Err(e) => {
+                state.kv().note_failure(owner, &e);
+                return Some(Err(ApiError::OwnerFailed {
+                    key: key.to_owned(),
+                    why: e.to_string(),
+                }));
+            }
+        }
+    }
+    // No owner could be reached: coordinate here (the sync task moves the
+    // key to its owners once they are back or gone from the registry).
+    None
 }
 
 pub async fn method_not_allowed(method: Method) -> ApiError {
@@ -84,8 +234,8 @@ pub async fn method_not_allowed(method: Method) -> ApiError {
 
 #[cfg(test)]
 mod tests {
+    use crate::kv::MAX_VALUE_BYTES;
     use crate::routes::testing::*;
-    use crate::store::MAX_VALUE_BYTES;
     use axum::http::StatusCode;
 
     #[tokio::test]
@@ -93,13 +243,21 @@ mod tests {
         let t = TestApp::new();
         let r = t.call(req_with("PUT", "/kv/user:42", "hello")).await;
         assert_eq!(r.status, StatusCode::CREATED);
-        assert_eq!(r.json(), serde_json::json!({"key": "user:42", "bytes": 5}));
+        let body = r.json();
+        assert_eq!(
+            (body["key"].as_str(), body["bytes"].as_u64()),
+            (Some("user:42"), Some(5))
+        );
+        assert_eq!(body["copies"], 1);
+        let etag = format!("\"{}\"", body["version"].as_str().unwrap());
+        assert_eq!(r.etag.as_deref(), Some(etag.as_str()));
 
         let r = t.call(req("GET", "/kv/user:42")).await;
         assert_eq!(r.status, StatusCode::OK);
         assert_eq!(r.body, b"hello");
         assert_eq!(r.content_type.as_deref(), Some("application/octet-stream"));
         assert_eq!(r.instance.as_deref(), Some(TEST_ID));
+        assert_eq!(r.etag.as_deref(), Some(etag.as_str()));
 
         let r = t
             .call(req_with("PUT", "/kv/user:42", vec![0u8, 255, 1]))
@@ -123,6 +281,82 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn if_match_is_a_compare_and_set() {
+        let t = TestApp::new();
+        let missing = t.call(req_if_match("PUT", "/kv/c", "*", "0")).await;
+        let detail = missing.error(StatusCode::CONFLICT, "version_mismatch");
+        assert!(detail.contains("no value"), "{detail}");
+
+        let first = t.call(req_with("PUT", "/kv/c", "1")).await;
+        let v1 = first.etag.clone().unwrap();
+        let second = t.call(req_if_match("PUT", "/kv/c", &v1, "2")).await;
+        assert_eq!(second.status, StatusCode::OK);
+        let v2 = second.etag.clone().unwrap();
+        assert_ne!(v1, v2);
+
+        // The stale version loses and names the current one.
+        let stale = t.call(req_if_match("PUT", "/kv/c", &v1, "3")).await;
+        let detail = stale.error(StatusCode::CONFLICT, "version_mismatch");
+        assert!(detail.contains(v2.as_str()), "{detail} vs {v2}");
+        assert_eq!(t.call(req("GET", "/kv/c")).await.body, b"2");
+
+        let bad = t.call(req_if_match("DELETE", "/kv/c", "W/\"x\"", "")).await;
+        bad.error(StatusCode::BAD_REQUEST, "bad_if_match");
+        let stale_delete = t.call(req_if_match("DELETE", "/kv/c", &v1, "")).await;
+        stale_delete.error(StatusCode::CONFLICT, "version_mismatch");
+        let delete = t.call(req_if_match("DELETE", "/kv/c", &v2, "")).await;
+        assert_eq!(delete.status, StatusCode::NO_CONTENT);
+        t.call(req("GET", "/kv/c"))
+            .await
+            .error(StatusCode::NOT_FOUND, "key_not_found");
+        // A recreated key starts a new history: the old ETag does not match.
+        t.call(req_with("PUT", "/kv/c", "4")).await;
+        let old = t.call(req_if_match("PUT", "/kv/c", &v2, "5")).await;
+        old.error(StatusCode::CONFLICT, "version_mismatch");
+    }
+
+    #[tokio::test]
+    async fn internal_copies_keep_the_newest_version() {
+        let t = TestApp::new();
+        let put = |version: &str, body: &'static str, tombstone: bool| {
+            let mut b = axum::http::Request::builder()
+                .method("PUT")
+                .uri("/_shoal/kv/r")
+                .header("x-shoal-kv-version", version);
+            if tombstone {
+                b = b.header("x-shoal-kv-tombstone", "1");
+            }
+            b.body(axum::body::Body::from(body)).unwrap()
+        };
+        assert_eq!(
+            t.call(put("20-1", "new", false)).await.json()["stored"],
+            true
+        );
+        assert_eq!(
+            t.call(put("10-1", "old", false)).await.json()["stored"],
+            false
+        );
+        let r = t.call(req("GET", "/_shoal/kv/r")).await;
+        assert_eq!(r.body, b"new");
+        assert_eq!(
+            t.call(req("GET", "/kv/r")).await.etag.as_deref(),
+            Some("\"20-1\"")
+        );
+        assert_eq!(t.call(put("30-1", "", true)).await.json()["stored"], true);
+        t.call(req("GET", "/kv/r"))
+            .await
+            .error(StatusCode::NOT_FOUND, "key_not_found");
+        let missing_version = axum::http::Request::builder()
+            .method("PUT")
+            .uri("/_shoal/kv/r")
+            .body(axum::body::Body::from("x"))
+            .unwrap();
+        t.call(missing_version)
+            .await
+            .error(StatusCode::BAD_REQUEST, "bad_version");
+    }
+
+    #[tokio::test]
     async fn bad_keys_are_400s_naming_the_rule() {
         let t = TestApp::new();
         let long = format!("/kv/{}", "k".repeat(257));
@@ -141,7 +375,7 @@ mod tests {
                 "{method} {path}: {detail}"
             );
         }
-        assert!(t.state.kv().is_empty());
+        assert!(t.state.kv().store().is_empty());
         // 256 bytes is fine.
         let ok = format!("/kv/{}", "k".repeat(256));
         assert_eq!(

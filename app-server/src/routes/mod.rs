@@ -3,6 +3,7 @@
 //! - [`hello`]: `GET /`
 //! - [`work`]: `GET /work?iterations=N`, CPU-bound busy loop
 //! - [`kv`]: `GET|PUT|DELETE /kv/{key}`
+//! - [`kv_peer`]: `/_shoal/kv/{key}`, replication between instances
 //! - [`health`]: `GET /healthz`, `/readyz`, `/load`
 //!
 //! Application routes (the first three) are wrapped in the request counter that
@@ -12,6 +13,7 @@
 pub mod health;
 pub mod hello;
 pub mod kv;
+pub mod kv_peer;
 pub mod work;
 
 #[cfg(test)]
@@ -25,8 +27,8 @@ use axum::response::Response;
 use axum::routing::get;
 
 use crate::error::ApiError;
+use crate::kv::MAX_VALUE_BYTES;
 use crate::state::AppState;
-use crate::store::MAX_VALUE_BYTES;
 
 /// Header naming the instance that answered; lets clients and tests see the balancing.
 pub const INSTANCE_HEADER: HeaderName = HeaderName::from_static("x-shoal-instance");
@@ -46,12 +48,20 @@ pub fn app(state: AppState) -> Router {
                 .layer(DefaultBodyLimit::max(MAX_VALUE_BYTES)),
         )
         .route_layer(middleware::from_fn_with_state(state.clone(), count_request));
+    let internal = Router::new().route(
+        "/_shoal/kv/{*key}",
+        get(kv_peer::get)
+            .put(kv_peer::put)
+            .delete(kv_peer::delete)
+            .layer(DefaultBodyLimit::max(MAX_VALUE_BYTES)),
+    );
     let probes = Router::new()
         .route("/healthz", get(health::healthz).fallback(only_get))
         .route("/readyz", get(health::readyz).fallback(only_get))
         .route("/load", get(health::load).fallback(only_get));
     application
         .merge(probes)
+        .merge(internal)
         .fallback(unknown_path)
         .layer(middleware::map_response_with_state(
             state.clone(),

@@ -43,6 +43,7 @@ impl TestApp {
         let instance = header(INSTANCE_HEADER);
         let content_type = header(header::CONTENT_TYPE);
         let allow = header(header::ALLOW);
+        let etag = header(header::ETAG);
         let status = response.status();
         let body = response.into_body().collect().await.unwrap().to_bytes();
         Reply {
@@ -50,6 +51,7 @@ impl TestApp {
             instance,
             content_type,
             allow,
+            etag,
             body: body.to_vec(),
         }
     }
@@ -67,6 +69,20 @@ pub fn req(method: &str, path: &str) -> Request<Body> {
         .unwrap()
 }
 
+pub fn req_if_match(
+    method: &str,
+    path: &str,
+    if_match: &str,
+    body: impl Into<Body>,
+) -> Request<Body> {
+    Request::builder()
+        .method(method)
+        .uri(path)
+        .header(header::IF_MATCH, if_match)
+        .body(body.into())
+        .unwrap()
+}
+
 pub fn req_with(method: &str, path: &str, body: impl Into<Body>) -> Request<Body> {
     Request::builder()
         .method(method)
@@ -81,6 +97,7 @@ pub struct Reply {
     pub instance: Option<String>,
     pub content_type: Option<String>,
     pub allow: Option<String>,
+    pub etag: Option<String>,
     pub body: Vec<u8>,
 }
 

@@ -1,0 +1,311 @@
+//! [`Kv`]: the distributed store as one instance runs it. It coordinates the
+//! reads and writes of the keys it is primary for, stores the copies other
+//! primaries send it, and tells the HTTP edge where to forward the rest.
+//!
+//! - **Write** (primary): if the membership is not settled, first read the
+//!   newest version from the key's recent holders; check `If-Match` against
+//!   it and store a new version atomically; send the entry to the other
+//!   owners (a refused owner is marked down and the next one in the ranking
+//!   takes its place); acknowledge once W owners hold it, else 503.
+//! - **Read** (primary): when settled and the key is here, answer from the
+//!   local copy (every write of a settled key went through this primary);
+//!   otherwise ask every recent holder, keep the newest version (tombstones
+//!   included) and store it here, so the sync task repairs the other owners.
+//! - **Receive** (any instance): keep the newer of the local entry and the
+//!   one sent, unless this instance is leaving.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use futures::future::join_all;
+use tracing::{debug, warn};
+
+use super::membership::{Member, Membership, fingerprint};
+use super::peers::{PeerError, Peers};
+use super::store::{Applied, Entry, LocalStore, Mismatch, Precondition};
+use super::version::{Clock, Version};
+
+/// Replication settings (`--kv-replicas`, `--kv-write-quorum`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KvConfig {
+    /// Copies of every key (R), capped by the number of ready instances.
+    pub replicas: usize,
+    /// Owners that must hold a write before it is acknowledged (W).
+    pub write_quorum: usize,
+}
+
+impl KvConfig {
+    /// R copies, acknowledged by a majority of them.
+    pub fn majority(replicas: usize) -> Self {
+        KvConfig {
+            replicas,
+            write_quorum: replicas / 2 + 1,
+        }
+    }
+}
+
+/// Where a client request for a key should be handled.
+#[derive(Debug)]
+pub enum Route {
+    /// This instance is the key's primary (or nobody else can be reached).
+    Here,
+    /// The key's owners, primary first; this instance is not the primary.
+    Forward(Vec<Member>),
+}
+
+/// Why a read or write could not be done.
+#[derive(Debug, thiserror::Error)]
+pub enum KvError {
+    #[error("the precondition failed")]
+    Mismatch(Mismatch),
+    #[error("only {acked} of the {needed} owners needed stored the write: {why}")]
+    TooFewOwners {
+        acked: usize,
+        needed: usize,
+        why: String,
+    },
+}
+
+/// A stored write.
+#[derive(Debug, Clone)]
+pub struct Written {
+    pub version: Version,
+    /// A live value was replaced (PUT answers 200 rather than 201).
+    pub replaced: bool,
+    /// Owners holding it when acknowledged.
+    pub copies: usize,
+}
+
+/// Refused by a leaving instance.
+#[derive(Debug, Clone, Copy)]
+pub struct Leaving;
+
+#[derive(Debug)]
+pub struct Kv {
+    store: LocalStore,
+    clock: Clock,
+    membership: Membership,
+    peers: Peers,
+    config: KvConfig,
+}
+
+impl Kv {
+    pub fn new(self_id: &str, self_addr: &str, config: KvConfig) -> Self {
+        Kv {
+            store: LocalStore::default(),
+            clock: Clock::new(self_id),
+            membership: Membership::new(self_id, self_addr, config.replicas),
+            peers: Peers::default(),
+            config,
+        }
+    }
+
+    /// A store of one instance, for tests and tools without a registry.
+    pub fn standalone(self_id: &str) -> Self {
+        Kv::new(self_id, "", KvConfig::majority(1))
+    }
+
+    pub fn membership(&self) -> &Membership {
+        &self.membership
+    }
+
+    pub fn store(&self) -> &LocalStore {
+        &self.store
+    }
+
+    pub fn peers(&self) -> &Peers {
+        &self.peers
+    }
+
+    pub fn config(&self) -> KvConfig {
+        self.config
+    }
+
+    fn self_id(&self) -> &str {
+        self.membership.self_id()
+    }
+
+    /// Handle here, or forward to the key's primary.
+    pub fn route(&self, key: &str) -> Route {
+        let owners = self.membership.owners(key);
+        match owners.first() {
+            Some(primary) if primary.id != self.self_id() => Route::Forward(owners),
+            _ => Route::Here,
+        }
+    }
+
+    /// The key's live value, if any (coordinated by this instance).
+    pub async fn read(&self, key: &str) -> Option<Entry> {
+        self.latest(key).await.filter(|e| !e.is_tombstone())
+    }
+
+    /// The newest entry of the key (tombstones included) this instance can find.
+    async fn latest(&self, key: &str) -> Option<Entry> {
+        let local = self.store.get(key);
+        if local.is_some() && self.membership.settled() {
+            return local;
+        }
+        let holders = self.membership.recent_holders(key);
+        let answers = join_all(holders.iter().map(|h| self.peers.fetch(h, key))).await;
+        let mut newest = local.clone();
+        for (holder, answer) in holders.iter().zip(answers) {
+            match answer {
+                Ok(Some(entry)) => {
+                    if newest.as_ref().is_none_or(|n| entry.version > n.version) {
+                        newest = Some(entry);
+                    }
+                }
+                Ok(None) => {}
+                Err(e) => self.note_failure(holder, &e),
+            }
+        }
+        if let Some(found) = &newest
+            && local.as_ref().map(|l| l.version) != Some(found.version)
+        {
+            // Stored unconfirmed: the sync task brings the other owners up to date.
+            self.clock.observe(found.version);
+            self.store.apply(key, found.clone(), 0);
+            debug!(key, version = %found.version, "read repaired from a peer");
+        }
+        newest
+    }
+
+    /// Store a value (`Some`) or a tombstone (`None`) under `precondition`.
+    pub async fn write(
+        &self,
+        key: &str,
+        value: Option<Bytes>,
+        precondition: Precondition,
+    ) -> Result<Written, KvError> {
+        let local_missing = self.store.get(key).is_none();
+        if !self.membership.settled() || (local_missing && precondition != Precondition::None) {
+            self.latest(key).await;
+        }
+        let (entry, replaced) = self
+            .store
+            .compare_and_write(key, precondition, |current| Entry {
+                version: self.clock.next(current),
+                value,
+            })
+            .map_err(KvError::Mismatch)?;
+
+        let needed = self.write_quorum();
+        let mut stored_by: Vec<String> = Vec::new();
+        let mut failures: Vec<String> = Vec::new();
+        // A refused owner is replaced by the next in the ranking: a few rounds at most.
+        for _ in 0..self.config.replicas + 1 {
+            let owners = self.membership.owners(key);
+            let ids = owner_ids(&owners);
+            let targets: Vec<&Member> = owners
+                .iter()
+                .filter(|o| o.id != self.self_id() && !stored_by.contains(&o.id))
+                .collect();
+            if targets.is_empty() {
+                break;
+            }
+            let answers = join_all(
+                targets
+                    .iter()
+                    .map(|o| self.peers.push(o, key, &entry, &ids)),
+            )
+            .await;
+            let mut refused = false;
+            for (owner, answer) in targets.iter().zip(answers) {
+                match answer {
+                    Ok(()) => stored_by.push(owner.id.clone()),
+                    Err(e) => {
+                        refused |= matches!(e, PeerError::Unavailable { .. });
+                        failures.push(e.to_string());
+                        self.note_failure(owner, &e);
+                    }
+                }
+            }
+            if !refused {
+                break;
+            }
+        }
+        let owners = self.membership.owners(key);
+        let here = owners.iter().any(|o| o.id == self.self_id()) as usize;
+        let copies = here + owners.iter().filter(|o| stored_by.contains(&o.id)).count();
+        if copies == owners.len() && !owners.is_empty() {
+            self.store.confirm(key, entry.version, fingerprint(&owners));
+        }
+        if copies >= needed {
+            Ok(Written {
+                version: entry.version,
+                replaced,
+                copies,
+            })
+        } else {
+            Err(KvError::TooFewOwners {
+                acked: copies,
+                needed,
+                why: if failures.is_empty() {
+                    "no other owner is known".into()
+                } else {
+                    failures.join("; ")
+                },
+            })
+        }
+    }
+
+    /// W, capped by R and by the ready instances; at least one.
+    fn write_quorum(&self) -> usize {
+        let r = self.config.replicas.min(self.membership.size());
+        self.config.write_quorum.min(r).max(1)
+    }
+
+    /// The local entry, for a peer's read.
+    pub fn local(&self, key: &str) -> Option<Entry> {
+        self.store.get(key)
+    }
+
+    /// A copy sent by a peer. Confirmed at once when the sender's owner list
+    /// is this instance's own (the sender sends to every one of them).
+    pub fn receive(
+        &self,
+        key: &str,
+        entry: Entry,
+        sender_owners: &str,
+    ) -> Result<Applied, Leaving> {
+        if self.membership.is_leaving() {
+            return Err(Leaving);
+        }
+        self.clock.observe(entry.version);
+        let owners = self.membership.owners(key);
+        let confirmed = if owner_ids(&owners) == sender_owners {
+            fingerprint(&owners)
+        } else {
+            0
+        };
+        Ok(self.store.apply(key, entry, confirmed))
+    }
+
+    /// Forget a tombstone that every owner has (asked by its primary).
+    pub fn purge(&self, key: &str, version: Version) -> bool {
+        self.store.get(key).is_some_and(|e| e.is_tombstone()) && self.store.remove_if(key, version)
+    }
+
+    /// A peer did not answer: skip it as an owner for a while if it is gone.
+    pub fn note_failure(&self, peer: &Member, error: &PeerError) {
+        match error {
+            PeerError::Unavailable { .. } => {
+                debug!(peer = %peer.id, %error, "peer unavailable; skipping it as an owner for a while");
+                self.membership.mark_down(&peer.id);
+            }
+            PeerError::Failed { .. } => warn!(peer = %peer.id, %error, "peer call failed"),
+        }
+    }
+}
+
+/// The owners' ids, primary first, as sent in `x-shoal-kv-owners`.
+pub fn owner_ids(owners: &[Member]) -> String {
+    owners
+        .iter()
+        .map(|o| o.id.as_str())
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// Shared handle.
+pub type SharedKv = Arc<Kv>;

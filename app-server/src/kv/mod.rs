@@ -1,0 +1,28 @@
+//! The distributed key-value store behind `/kv/{key}`: every key lives on R
+//! instances of the service (its owners, by rendezvous hashing over the
+//! ready instances), versioned by a hybrid logical clock, moved when the
+//! membership changes and handed off before an instance leaves.
+//!
+//! - [`key`]: key and value rules.
+//! - [`version`]: versions and the clock that issues them.
+//! - [`store`]: the local last-writer-wins map.
+//! - [`membership`]: ready instances, owners, primaries, down marks, settling.
+//! - [`peers`]: calls to other instances (internal endpoints, forwarding).
+//! - [`cluster`]: [`Kv`], coordinating reads and writes.
+//! - [`sync`]: the task that places entries on their owners and hands off.
+//! - [`feed`]: the registry watch that keeps the membership current.
+//!
+//! docs/architecture.md ("Distributed key-value store") describes the
+//! protocol and its guarantees.
+
+pub mod cluster;
+pub mod feed;
+pub mod key;
+pub mod membership;
+pub mod peers;
+pub mod store;
+pub mod sync;
+pub mod version;
+
+pub use cluster::{Kv, KvConfig, KvError, Route, Written};
+pub use key::{MAX_KEY_BYTES, MAX_VALUE_BYTES, check_key};

@@ -1,0 +1,195 @@
+//! The background task that keeps every key on its owners: after a
+//! membership change, after a write that did not reach every owner, and once
+//! a second in any case, it sends each entry whose owner set is not known to
+//! hold it to those owners. It also drops copies this instance no longer
+//! owns once their owners have them and the membership has settled, and
+//! purges tombstones every owner has (the primary decides, after
+//! [`TOMBSTONE_GRACE`]).
+//!
+//! [`hand_off`] is the same pass run by a leaving instance until every entry
+//! is with its new owners: scale-in loses nothing, even with one copy.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use super::cluster::{Kv, owner_ids};
+use super::membership::{Member, SETTLE, fingerprint};
+use super::store::Entry;
+
+/// How often a pass runs without a membership change.
+pub const PASS_EVERY: Duration = Duration::from_secs(1);
+/// A tombstone stays this long before its primary purges it everywhere.
+pub const TOMBSTONE_GRACE: Duration = Duration::from_secs(60);
+/// A tombstone a non-primary still has after this long is dropped regardless.
+pub const TOMBSTONE_MAX_AGE: Duration = Duration::from_secs(600);
+/// Entries sent at once.
+const CONCURRENCY: usize = 16;
+
+/// What one pass did.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct PassReport {
+    /// Entries sent to every owner that lacked confirmation.
+    pub placed: usize,
+    /// Entries not (yet) on every owner.
+    pub pending: usize,
+    /// Entries with no owner to go to (no other instance while leaving).
+    pub stranded: usize,
+    pub dropped: usize,
+    pub purged: usize,
+}
+
+impl PassReport {
+    pub fn complete(&self) -> bool {
+        self.pending == 0 && self.stranded == 0
+    }
+}
+
+/// Run passes until `stop`.
+pub async fn run(kv: Arc<Kv>, stop: CancellationToken) {
+    let mut changes = kv.membership().changes();
+    loop {
+        let epoch = kv.membership().epoch();
+        let report = pass(&kv).await;
+        if report.placed + report.dropped + report.purged > 0 || !report.complete() {
+            debug!(?report, epoch, "sync pass");
+        }
+        if report.complete() {
+            kv.membership().mark_synced(epoch);
+        }
+        tokio::select! {
+            () = stop.cancelled() => return,
+            _ = changes.changed() => {}
+            () = tokio::time::sleep(PASS_EVERY) => {}
+        }
+    }
+}
+
+/// Leave the membership and send every entry to its owners; true when all
+/// arrived before `timeout`.
+pub async fn hand_off(kv: &Kv, timeout: Duration) -> bool {
+    kv.membership().leave();
+    let deadline = Instant::now() + timeout;
+    let total = kv.store().len();
+    loop {
+        let report = pass(kv).await;
+        if report.complete() {
+            info!(
+                entries = total,
+                "handed every key-value entry to its owners"
+            );
+            return true;
+        }
+        if Instant::now() >= deadline {
+            warn!(
+                pending = report.pending,
+                stranded = report.stranded,
+                "could not hand every key-value entry to another instance before the drain timeout; those not sent are lost with this instance (start another instance first, or raise --drain-timeout)"
+            );
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+enum Work {
+    Place {
+        key: String,
+        entry: Entry,
+        owners: Vec<Member>,
+    },
+    Purge {
+        key: String,
+        entry: Entry,
+        owners: Vec<Member>,
+    },
+}
+
+/// One pass over every local entry.
+pub async fn pass(kv: &Kv) -> PassReport {
+    let self_id = kv.membership().self_id().to_owned();
+    let quiet = !kv.membership().is_leaving() && kv.membership().quiet_for(SETTLE);
+    let mut report = PassReport::default();
+    let mut work = Vec::new();
+    for (key, entry, confirmed, since) in kv.store().scan() {
+        let owners = kv.membership().owners(&key);
+        if owners.is_empty() {
+            report.stranded += 1;
+            continue;
+        }
+        let mine = owners.iter().any(|o| o.id == self_id);
+        if confirmed != fingerprint(&owners) {
+            work.push(Work::Place { key, entry, owners });
+            continue;
+        }
+        if !mine {
+            if quiet && kv.store().remove_if(&key, entry.version) {
+                report.dropped += 1;
+            }
+        } else if entry.is_tombstone() {
+            let primary = owners[0].id == self_id;
+            if primary && since.elapsed() >= TOMBSTONE_GRACE {
+                work.push(Work::Purge { key, entry, owners });
+            } else if !primary
+                && since.elapsed() >= TOMBSTONE_MAX_AGE
+                && kv.store().remove_if(&key, entry.version)
+            {
+                report.purged += 1;
+            }
+        }
+    }
+    let results: Vec<Outcome> = futures::stream::iter(work)
+        .map(|w| run_work(kv, w, &self_id))
+        .buffer_unordered(CONCURRENCY)
+        .collect()
+        .await;
+    for outcome in results {
+        match outcome {
+            Outcome::Placed => report.placed += 1,
+            Outcome::Pending => report.pending += 1,
+            Outcome::Purged => report.purged += 1,
+        }
+    }
+    report
+}
+
+enum Outcome {
+    Placed,
+    Pending,
+    Purged,
+}
+
+async fn run_work(kv: &Kv, work: Work, self_id: &str) -> Outcome {
+    match work {
+        Work::Place { key, entry, owners } => {
+            let ids = owner_ids(&owners);
+            let mut all = true;
+            for owner in owners.iter().filter(|o| o.id != self_id) {
+                if let Err(e) = kv.peers().push(owner, &key, &entry, &ids).await {
+                    kv.note_failure(owner, &e);
+                    all = false;
+                }
+            }
+            if all {
+                kv.store()
+                    .confirm(&key, entry.version, fingerprint(&owners));
+                Outcome::Placed
+            } else {
+                Outcome::Pending
+            }
+        }
+        Work::Purge { key, entry, owners } => {
+            for owner in owners.iter().filter(|o| o.id != self_id) {
+                if let Err(e) = kv.peers().purge(owner, &key, entry.version).await {
+                    kv.note_failure(owner, &e);
+                    return Outcome::Pending;
+                }
+            }
+            kv.store().remove_if(&key, entry.version);
+            Outcome::Purged
+        }
+    }
+}

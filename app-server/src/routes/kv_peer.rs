@@ -1,0 +1,92 @@
+//! `/_shoal/kv/{key}`: the internal endpoints instances of one service use
+//! among themselves to replicate, repair and hand off key-value entries.
+//! Not for clients (they use `/kv/{key}`), and not counted as load.
+//!
+//! - `GET`: the local entry with its version (`x-shoal-kv-version`) and
+//!   `x-shoal-kv-tombstone: 1` for a tombstone; 404 if there is none.
+//! - `PUT`: keep this copy if it is newer; 200 either way (the sender only
+//!   needs to know this instance holds that version or a newer one); 503 if
+//!   this instance is leaving.
+//! - `DELETE` with `x-shoal-kv-version`: forget that tombstone version.
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::rejection::{BytesRejection, PathRejection};
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde_json::json;
+
+use crate::error::ApiError;
+use crate::kv::check_key;
+use crate::kv::peers::{OWNERS_HEADER, TOMBSTONE_HEADER, VERSION_HEADER, header_version};
+use crate::kv::store::{Applied, Entry};
+use crate::state::AppState;
+
+fn key(path: Result<Path<String>, PathRejection>) -> Result<String, ApiError> {
+    let Path(key) = path.map_err(|e| ApiError::BadKey {
+        key: String::new(),
+        why: e.body_text(),
+    })?;
+    check_key(&key).map_err(|why| ApiError::BadKey {
+        key: key.clone(),
+        why,
+    })?;
+    Ok(key)
+}
+
+pub async fn get(
+    State(state): State<AppState>,
+    path: Result<Path<String>, PathRejection>,
+) -> Result<Response, ApiError> {
+    let key = key(path)?;
+    let entry = state.kv().local(&key).ok_or(ApiError::KeyNotFound(key))?;
+    let tombstone = entry.is_tombstone();
+    let version = HeaderValue::from_str(&entry.version.to_string()).expect("a version is ASCII");
+    let mut response = entry.value.unwrap_or_default().into_response();
+    response.headers_mut().insert(VERSION_HEADER, version);
+    if tombstone {
+        response
+            .headers_mut()
+            .insert(TOMBSTONE_HEADER, HeaderValue::from_static("1"));
+    }
+    Ok(response)
+}
+
+pub async fn put(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    path: Result<Path<String>, PathRejection>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let key = key(path)?;
+    let version = header_version(&headers).ok_or(ApiError::BadVersion)?;
+    let body = body.map_err(|e| {
+        if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::ValueTooLarge
+        } else {
+            ApiError::BadBody(e.body_text())
+        }
+    })?;
+    let value = (!headers.contains_key(TOMBSTONE_HEADER)).then_some(body);
+    let owners = headers
+        .get(OWNERS_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default();
+    let applied = state
+        .kv()
+        .receive(&key, Entry { version, value }, owners)
+        .map_err(|_| ApiError::Leaving)?;
+    Ok(Json(json!({ "stored": applied == Applied::Stored })).into_response())
+}
+
+pub async fn delete(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    path: Result<Path<String>, PathRejection>,
+) -> Result<Response, ApiError> {
+    let key = key(path)?;
+    let version = header_version(&headers).ok_or(ApiError::BadVersion)?;
+    let purged = state.kv().purge(&key, version);
+    Ok(Json(json!({ "purged": purged })).into_response())
+}
