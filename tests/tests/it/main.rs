@@ -7,6 +7,7 @@ mod autoscaler;
 mod dashboard;
 mod election;
 mod gateway;
+mod kv;
 mod lifecycle;
 mod outages;
 mod peer;

@@ -1,0 +1,201 @@
+//! The distributed key-value store across real app-server processes: any
+//! instance answers for any key, copies follow the membership, a scale-in
+//! hands every key off (even with one copy), a crash is repaired, and the
+//! checker (scaling 2 → 5 → 2 with a kill -9 under load) loses nothing.
+
+use std::time::Duration;
+
+use futures::StreamExt;
+use nix::sys::signal::Signal;
+use registry::InstanceState;
+use shoal_tests::binaries::service_instances;
+use shoal_tests::kv_check::{CheckConfig, run};
+use shoal_tests::{AppServer, AppServerOptions, Etcd, wait_until_async};
+
+fn http() -> reqwest::Client {
+    reqwest::Client::builder()
+        .no_proxy()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap()
+}
+
+async fn start(etcd: &Etcd, n: usize, replicas: u32) -> Vec<AppServer> {
+    let mut servers = Vec::new();
+    for _ in 0..n {
+        let options = AppServerOptions {
+            lease_ttl: Duration::from_secs(2),
+            drain_grace: Duration::ZERO,
+            extra: vec!["--kv-replicas".into(), replicas.to_string()],
+            ..AppServerOptions::default()
+        };
+        servers.push(AppServer::start(etcd, options).await);
+    }
+    let client = etcd.client().await;
+    wait_until_async(Duration::from_secs(10), "every instance ready", || async {
+        let all = service_instances(&client, "app").await;
+        all.len() == n && all.iter().all(|i| i.state == InstanceState::Ready)
+    })
+    .await
+    .unwrap();
+    // Each instance's own view is fed by its watcher: give it a moment to
+    // include the last one to start (reads are correct regardless; this test
+    // also counts copies, which follow the view).
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    servers
+}
+
+/// How many of `servers` hold `key` (internal API: the local copy only).
+async fn copies(http: &reqwest::Client, servers: &[&AppServer], key: &str) -> usize {
+    let mut n = 0;
+    for s in servers {
+        let r = http.get(s.url(&format!("/_shoal/kv/{key}"))).send().await;
+        if r.is_ok_and(|r| r.status() == 200) {
+            n += 1;
+        }
+    }
+    n
+}
+
+#[tokio::test]
+async fn any_instance_answers_for_any_key_and_each_key_has_two_copies() {
+    let etcd = Etcd::start().await;
+    let servers = start(&etcd, 3, 2).await;
+    let http = http();
+    for i in 0..30 {
+        let r = http
+            .put(servers[i % 3].url(&format!("/kv/k{i}")))
+            .body(format!("v{i}"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 201, "{:?}", r.text().await);
+    }
+    let mut forwarded = 0;
+    for i in 0..30 {
+        for s in &servers {
+            let r = http.get(s.url(&format!("/kv/k{i}"))).send().await.unwrap();
+            forwarded += r.headers().contains_key("x-shoal-kv-primary") as usize;
+            assert_eq!(r.status(), 200);
+            assert!(r.headers().contains_key("etag"));
+            assert_eq!(r.text().await.unwrap(), format!("v{i}"));
+        }
+    }
+    // Two of every three reads were sent to a non-primary and forwarded.
+    assert!(
+        (30..=60).contains(&forwarded),
+        "{forwarded} forwarded of 90"
+    );
+    let all: Vec<&AppServer> = servers.iter().collect();
+    for i in 0..30 {
+        assert_eq!(copies(&http, &all, &format!("k{i}")).await, 2, "k{i}");
+    }
+    println!("measured: 90 reads through 3 instances, {forwarded} forwarded to the primary");
+}
+
+#[tokio::test]
+async fn a_scale_in_with_one_copy_hands_every_key_off() {
+    let etcd = Etcd::start().await;
+    let mut servers = start(&etcd, 3, 1).await;
+    let http = http();
+    // Enough data that the hand-off outlasts the rest of the drain: the
+    // instance must wait for it, not just start it.
+    const KEYS: usize = 1500;
+    let value = |i: usize| format!("{i:>8}").repeat(512);
+    let writes = futures::stream::iter(0..KEYS).map(|i| {
+        let (http, url) = (&http, servers[i % 3].url(&format!("/kv/h{i}")));
+        async move { http.put(url).body(value(i)).send().await.unwrap().status() }
+    });
+    let statuses: Vec<_> = writes.buffer_unordered(16).collect().await;
+    assert!(statuses.iter().all(|s| s.is_success()), "{statuses:?}");
+    // Two of three leave at once, cleanly (SIGTERM: drain and hand off).
+    for leaving in &servers[1..] {
+        leaving.proc.signal(Signal::SIGTERM);
+    }
+    for mut leaving in servers.drain(1..) {
+        let status = leaving.proc.wait_exit(Duration::from_secs(30)).await;
+        assert!(status.success(), "the drain with hand-off failed: {status:?}");
+    }
+    let last = &servers[0];
+    let mut missing = Vec::new();
+    for i in 0..KEYS {
+        let r = http.get(last.url(&format!("/kv/h{i}"))).send().await.unwrap();
+        if r.status() != 200 || r.text().await.unwrap() != value(i) {
+            missing.push(i);
+        }
+    }
+    assert!(missing.is_empty(), "{} of {KEYS} keys lost: {:?}", missing.len(), &missing[..missing.len().min(10)]);
+    assert_eq!(copies(&http, &[last], "h0").await, 1);
+}
+
+#[tokio::test]
+async fn after_a_crash_the_survivors_restore_two_copies() {
+    let etcd = Etcd::start().await;
+    let mut servers = start(&etcd, 3, 2).await;
+    let http = http();
+    for i in 0..60 {
+        let r = http
+            .put(servers[0].url(&format!("/kv/c{i}")))
+            .body(format!("v{i}"))
+            .send()
+            .await
+            .unwrap();
+        assert!(r.status().is_success());
+    }
+    let mut dead = servers.remove(2);
+    dead.proc.kill9().await;
+    let client = etcd.client().await;
+    wait_until_async(
+        Duration::from_secs(10),
+        "the dead instance's lease to expire",
+        || async { service_instances(&client, "app").await.len() == 2 },
+    )
+    .await
+    .unwrap();
+    let survivors: Vec<&AppServer> = servers.iter().collect();
+    let took = wait_until_async(
+        Duration::from_secs(15),
+        "two copies of every key",
+        || async {
+            for i in 0..60 {
+                if copies(&http, &survivors, &format!("c{i}")).await != 2 {
+                    return false;
+                }
+            }
+            true
+        },
+    )
+    .await
+    .unwrap();
+    for i in 0..60 {
+        let r = http
+            .get(servers[i % 2].url(&format!("/kv/c{i}")))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.text().await.unwrap(), format!("v{i}"));
+    }
+    println!(
+        "measured: two copies of 60 keys restored {took:?} after the dead instance left the registry"
+    );
+}
+
+#[tokio::test]
+async fn the_checker_loses_nothing_while_scaling_and_after_a_kill() {
+    let config = CheckConfig {
+        clients: 4,
+        keys_per_client: 25,
+        phase: Duration::from_secs(3),
+        replicas: 2,
+    };
+    let report = run(config).await.expect("the checker ran");
+    println!("{}", report.render());
+    assert_eq!(report.lost, 0, "{}", report.render());
+    assert_eq!(report.stale_reads, 0, "{}", report.render());
+    assert!(
+        report.acknowledged > 500,
+        "too little work to mean anything: {}",
+        report.render()
+    );
+    assert_eq!(report.phases.len(), 4);
+}
