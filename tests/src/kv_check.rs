@@ -133,7 +133,7 @@ pub async fn run(config: CheckConfig) -> anyhow::Result<CheckReport> {
     let etcd = Etcd::start().await;
     let client = etcd.client().await;
     let keys = Keys::default();
-    let route = r#"{"path_prefix":"/kv/","service":"app","policy":"consistent-hash","hash_key":{"from":"path-segment","name":1}}"#;
+    let route = r#"{"path_prefix":"/kv/","service":"app","policy":"consistent-hash","hash_key":{"from":"path-segment","name":0}}"#;
     client.clone().put(keys.route("kv"), route, None).await?;
     let policy =
         r#"{"service":"app","min":1,"max":8,"metric":"inflight","target":1000,"pinned":2}"#;

@@ -10,7 +10,7 @@ use nix::sys::signal::Signal;
 use registry::InstanceState;
 use shoal_tests::binaries::service_instances;
 use shoal_tests::kv_check::{CheckConfig, run};
-use shoal_tests::{AppServer, AppServerOptions, Etcd, wait_until_async};
+use shoal_tests::{AppServer, AppServerOptions, Etcd, Gateway, wait_until_async};
 
 fn http() -> reqwest::Client {
     reqwest::Client::builder()
@@ -91,6 +91,41 @@ async fn any_instance_answers_for_any_key_and_each_key_has_two_copies() {
         assert_eq!(copies(&http, &all, &format!("k{i}")).await, 2, "k{i}");
     }
     println!("measured: 90 reads through 3 instances, {forwarded} forwarded to the primary");
+
+    // Through a gateway hashing on the key, every request lands on the
+    // primary: nothing is forwarded.
+    let route = r#"{"path_prefix":"/kv/","service":"app","policy":"consistent-hash","hash_key":{"from":"path-segment","name":0}}"#;
+    let client = etcd.client().await;
+    client
+        .clone()
+        .put(registry::Keys::default().route("kv"), route, None)
+        .await
+        .unwrap();
+    let gateway = Gateway::start(&etcd, &["--slow-start", "0s"]).await;
+    wait_until_async(
+        Duration::from_secs(10),
+        "the gateway to route /kv/",
+        || async {
+            http.get(gateway.url("/kv/k0"))
+                .send()
+                .await
+                .is_ok_and(|r| r.status() == 200)
+        },
+    )
+    .await
+    .unwrap();
+    for i in 0..30 {
+        let r = http
+            .get(gateway.url(&format!("/kv/k{i}")))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        assert!(
+            !r.headers().contains_key("x-shoal-kv-primary"),
+            "k{i} reached a non-primary through the gateway"
+        );
+    }
 }
 
 #[tokio::test]
@@ -114,17 +149,29 @@ async fn a_scale_in_with_one_copy_hands_every_key_off() {
     }
     for mut leaving in servers.drain(1..) {
         let status = leaving.proc.wait_exit(Duration::from_secs(30)).await;
-        assert!(status.success(), "the drain with hand-off failed: {status:?}");
+        assert!(
+            status.success(),
+            "the drain with hand-off failed: {status:?}"
+        );
     }
     let last = &servers[0];
     let mut missing = Vec::new();
     for i in 0..KEYS {
-        let r = http.get(last.url(&format!("/kv/h{i}"))).send().await.unwrap();
+        let r = http
+            .get(last.url(&format!("/kv/h{i}")))
+            .send()
+            .await
+            .unwrap();
         if r.status() != 200 || r.text().await.unwrap() != value(i) {
             missing.push(i);
         }
     }
-    assert!(missing.is_empty(), "{} of {KEYS} keys lost: {:?}", missing.len(), &missing[..missing.len().min(10)]);
+    assert!(
+        missing.is_empty(),
+        "{} of {KEYS} keys lost: {:?}",
+        missing.len(),
+        &missing[..missing.len().min(10)]
+    );
     assert_eq!(copies(&http, &[last], "h0").await, 1);
 }
 

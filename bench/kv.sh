@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# Benchmark the distributed key-value store through the gateway: PUT and GET
+# ops/s and p99 with R = 1 and R = 2 at 1, 2 and 4 instances, next to etcd's
+# own put and get on the same machine in the same run; one table. See
+# bench/README.md.
+#
+#   bench/kv.sh                  # 5 s per measurement, about 2 minutes
+#   SECS=2 bench/kv.sh           # a quick look
+#
+# Settings (environment): SECS (5), CLIENTS (32), KEYS (1000), VALUE_BYTES (100).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+source scripts/lib.sh
+need_tools protoc etcd
+cargo build --release --workspace --bins
+SHOAL_BIN_DIR=$PWD/target/release exec target/release/kv_bench

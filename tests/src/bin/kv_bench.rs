@@ -1,0 +1,213 @@
+//! `kv-bench`: PUT and GET throughput and p99 of the distributed key-value
+//! store through the gateway, for R = 1 and 2 at 1, 2 and 4 instances, and
+//! etcd's own put and get in the same run, as one table. Run it through
+//! `bench/kv.sh`, which builds the release binaries first.
+//!
+//! Each configuration gets a fresh etcd, gateway (route `/kv/` by consistent
+//! hash on the key) and app servers; CLIENTS concurrent clients first PUT
+//! random keys of KEYS for SECS seconds, then GET them for SECS seconds.
+//! etcd is measured the same way with the Rust client (`etcd-client`), one
+//! client connection shared by the CLIENTS tasks.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rand::Rng;
+use registry::{InstanceState, Keys};
+use shoal_tests::binaries::service_instances;
+use shoal_tests::{AppServer, AppServerOptions, Etcd, Gateway, wait_until_async};
+use tokio::sync::Mutex;
+
+fn env_usize(name: &str, default: usize) -> usize {
+    std::env::var(name).ok().map_or(default, |v| {
+        v.parse()
+            .unwrap_or_else(|_| panic!("{name}={v} is not a whole number"))
+    })
+}
+
+#[derive(Clone, Copy)]
+struct Settings {
+    secs: u64,
+    clients: usize,
+    keys: usize,
+    value_bytes: usize,
+}
+
+/// ops/s, p99 ms, errors.
+type Figures = (f64, f64, u64);
+
+async fn drive<F, Fut>(s: Settings, op: F) -> Figures
+where
+    F: Fn(usize) -> Fut + Clone + Send + 'static,
+    Fut: std::future::Future<Output = bool> + Send,
+{
+    let latencies = Arc::new(Mutex::new(Vec::new()));
+    let errors = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let start = Instant::now();
+    let end = start + Duration::from_secs(s.secs);
+    let mut tasks = Vec::new();
+    for _ in 0..s.clients {
+        let (op, latencies, errors) = (op.clone(), latencies.clone(), errors.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut mine = Vec::new();
+            while Instant::now() < end {
+                let key = rand::rng().random_range(0..s.keys);
+                let t = Instant::now();
+                if op(key).await {
+                    mine.push(t.elapsed());
+                } else {
+                    errors.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                }
+            }
+            latencies.lock().await.extend(mine);
+        }));
+    }
+    for t in tasks {
+        t.await.expect("client task");
+    }
+    let elapsed = start.elapsed().as_secs_f64();
+    let mut l = latencies.lock().await.clone();
+    l.sort();
+    let p99 = l
+        .get(l.len() * 99 / 100)
+        .map_or(0.0, |d| d.as_secs_f64() * 1000.0);
+    (
+        l.len() as f64 / elapsed,
+        p99,
+        errors.load(std::sync::atomic::Ordering::Relaxed),
+    )
+}
+
+async fn shoal(
+    s: Settings,
+    replicas: usize,
+    instances: usize,
+) -> anyhow::Result<(Figures, Figures)> {
+    let etcd = Etcd::start().await;
+    let client = etcd.client().await;
+    let route = r#"{"path_prefix":"/kv/","service":"app","policy":"consistent-hash","hash_key":{"from":"path-segment","name":0}}"#;
+    client
+        .clone()
+        .put(Keys::default().route("kv"), route, None)
+        .await?;
+    let gateway = Gateway::start(&etcd, &[]).await;
+    let mut servers = Vec::new();
+    for _ in 0..instances {
+        let options = AppServerOptions {
+            extra: vec!["--kv-replicas".into(), replicas.to_string()],
+            ..AppServerOptions::default()
+        };
+        servers.push(AppServer::start(&etcd, options).await);
+    }
+    wait_until_async(Duration::from_secs(20), "instances ready", || async {
+        let all = service_instances(&client, "app").await;
+        all.len() == instances && all.iter().all(|i| i.state == InstanceState::Ready)
+    })
+    .await
+    .map_err(anyhow::Error::msg)?;
+    // Let every instance's view and the gateway's table settle.
+    tokio::time::sleep(Duration::from_secs(11)).await;
+    let http = reqwest::Client::builder()
+        .no_proxy()
+        .pool_max_idle_per_host(s.clients)
+        .build()?;
+    let base = Arc::new(gateway.url("/kv/"));
+    let value = bytes::Bytes::from(vec![b'v'; s.value_bytes]);
+    let put = {
+        let (http, base, value) = (http.clone(), base.clone(), value.clone());
+        move |k: usize| {
+            let (http, base, value) = (http.clone(), base.clone(), value.clone());
+            async move {
+                http.put(format!("{base}k{k}"))
+                    .body(value)
+                    .send()
+                    .await
+                    .is_ok_and(|r| r.status().is_success())
+            }
+        }
+    };
+    let get = {
+        let (http, base) = (http.clone(), base.clone());
+        move |k: usize| {
+            let (http, base) = (http.clone(), base.clone());
+            async move {
+                match http.get(format!("{base}k{k}")).send().await {
+                    Ok(r) if r.status() == 200 || r.status() == 404 => r.bytes().await.is_ok(),
+                    _ => false,
+                }
+            }
+        }
+    };
+    let puts = drive(s, put).await;
+    let gets = drive(s, get).await;
+    drop(servers);
+    Ok((puts, gets))
+}
+
+async fn etcd_own(s: Settings) -> anyhow::Result<(Figures, Figures)> {
+    let etcd = Etcd::start().await;
+    let client = etcd.client().await;
+    let value = vec![b'v'; s.value_bytes];
+    let put = {
+        let (client, value) = (client.clone(), value.clone());
+        move |k: usize| {
+            let (mut client, value) = (client.clone(), value.clone());
+            async move { client.put(format!("bench/k{k}"), value, None).await.is_ok() }
+        }
+    };
+    let get = {
+        let client = client.clone();
+        move |k: usize| {
+            let mut client = client.clone();
+            async move { client.get(format!("bench/k{k}"), None).await.is_ok() }
+        }
+    };
+    let puts = drive(s, put).await;
+    let gets = drive(s, get).await;
+    Ok((puts, gets))
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    shoal_tests::init_logging();
+    let s = Settings {
+        secs: env_usize("SECS", 5) as u64,
+        clients: env_usize("CLIENTS", 32),
+        keys: env_usize("KEYS", 1000),
+        value_bytes: env_usize("VALUE_BYTES", 100),
+    };
+    eprintln!(
+        "kv-bench: {} s per measurement, {} clients, {} keys, {}-byte values",
+        s.secs, s.clients, s.keys, s.value_bytes
+    );
+    let mut rows = Vec::new();
+    for replicas in [1, 2] {
+        for instances in [1, 2, 4] {
+            eprintln!("  measuring R = {replicas}, {instances} instance(s)…");
+            let (puts, gets) = shoal(s, replicas, instances).await?;
+            rows.push((
+                format!("shoal R={replicas}"),
+                instances.to_string(),
+                puts,
+                gets,
+            ));
+        }
+    }
+    eprintln!("  measuring etcd…");
+    let (puts, gets) = etcd_own(s).await?;
+    rows.push(("etcd (1 member)".into(), "-".into(), puts, gets));
+
+    println!("| store | instances | PUT ops/s | PUT p99 ms | GET ops/s | GET p99 ms | errors |");
+    println!("|---|---|---|---|---|---|---|");
+    for (store, n, p, g) in rows {
+        println!(
+            "| {store} | {n} | {:.0} | {:.2} | {:.0} | {:.2} | {} |",
+            p.0,
+            p.1,
+            g.0,
+            g.1,
+            p.2 + g.2
+        );
+    }
+    Ok(())
+}
