@@ -2,8 +2,9 @@
 //! backend scores the request key, the highest score wins. The same key reaches
 //! the same backend while the set is unchanged; adding an (N+1)-th backend
 //! moves only the keys it now wins, about 1/(N+1) of them, and removing one
-//! moves only its own keys. The hash is fixed (FNV-1a + a SplitMix64
-//! finaliser) so every gateway, of any build, maps keys the same way.
+//! moves only its own keys. The ranking is `registry::rendezvous`, fixed
+//! across builds, so every gateway maps keys the same way, and to the
+//! instance the app servers' key-value store makes the key's primary.
 
 use std::borrow::Cow;
 use std::sync::Arc;
@@ -46,27 +47,10 @@ pub fn pick(backends: &[Arc<Backend>], eligible: &Eligible, key: &str) -> Option
         .max_by(|&a, &b| score(key, &backends[a]).total_cmp(&score(key, &backends[b])))
 }
 
-/// Weighted rendezvous score: −w / ln(u), u uniform in (0, 1) from hash(key, id).
+/// Weighted rendezvous score (`registry::rendezvous`, the ranking app
+/// servers use for their key-value store too).
 pub fn score(key: &str, backend: &Backend) -> f64 {
-    let h = hash(key.as_bytes(), backend.id().as_bytes());
-    let u = ((h >> 11) as f64 + 0.5) / (1u64 << 53) as f64;
-    -(backend.instance.weight as f64) / u.ln()
-}
-
-fn hash(key: &[u8], id: &[u8]) -> u64 {
-    const OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
-    const PRIME: u64 = 0x0000_0100_0000_01b3;
-    let mut h = OFFSET;
-    for &byte in key.iter().chain(&[0xff]).chain(id) {
-        h ^= byte as u64;
-        h = h.wrapping_mul(PRIME);
-    }
-    // SplitMix64 finaliser: FNV alone mixes the high bits poorly.
-    h ^= h >> 30;
-    h = h.wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    h ^= h >> 27;
-    h = h.wrapping_mul(0x94d0_49bb_1331_11eb);
-    h ^ (h >> 31)
+    registry::rendezvous::score(key, backend.id(), backend.instance.weight)
 }
 
 #[cfg(test)]
