@@ -93,7 +93,7 @@ async fn run_instance(config: Config, id: String) -> anyhow::Result<ExitCode> {
         .etcd
         .connect()
         .await
-        .context("cannot set up the etcd client; check --etcd")?;
+        .context("cannot connect to etcd; check --etcd, and --etcd-user/--etcd-password and --etcd-ca/--etcd-cert/--etcd-key if etcd requires them")?;
     let keys = &config.etcd.prefix;
     let registration = Registration::start(client.clone(), keys, instance, config.lease_ttl)
         .context("cannot start the registration")?;
