@@ -67,11 +67,16 @@ pub fn unreachable(args: &EtcdArgs, error: impl std::fmt::Display) -> Failure {
 pub fn security_hint(args: &EtcdArgs, error: &str) -> Option<&'static str> {
     let lower = error.to_ascii_lowercase();
     // With TLS 1.3 a server that wants a client certificate refuses it after
-    // the client's side of the handshake is done: the client only sees the
+    // the client's side of the handshake is done: depending on timing the
+    // client sees its alert (BadCertificate, CertificateRequired) or only the
     // connection close.
-    if args.tls_without_client_cert() && lower.contains("connection closed") {
+    if args.tls_without_client_cert()
+        && ["connection closed", "badcertificate", "certificaterequired"]
+            .iter()
+            .any(|sign| lower.contains(sign))
+    {
         return Some(
-            "etcd closed the TLS connection, which is what it does when it requires client certificates (--client-cert-auth): pass --etcd-cert and --etcd-key.",
+            "etcd refused the TLS connection without a client certificate, which it does when it requires them (--client-cert-auth): pass --etcd-cert and --etcd-key.",
         );
     }
     if lower.contains("authentication failed") || lower.contains("invalid user id or password") {

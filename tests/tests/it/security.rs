@@ -196,7 +196,7 @@ async fn bad_credentials_and_certificates_fail_fast_with_the_flags_to_check() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{stderr}");
     assert!(
-        stderr.contains("etcd closed the TLS connection")
+        stderr.contains("etcd refused the TLS connection without a client certificate")
             && stderr.contains("pass --etcd-cert and --etcd-key"),
         "{stderr}"
     );
