@@ -103,7 +103,7 @@ async fn run_instance(config: Config, id: String) -> anyhow::Result<ExitCode> {
         .etcd
         .connect()
         .await
-        .context("cannot set up the etcd client; check --etcd")?;
+        .context("cannot connect to etcd; check --etcd, and --etcd-user/--etcd-password and --etcd-ca/--etcd-cert/--etcd-key if etcd requires them")?;
     let keys = &config.etcd.prefix;
     let kv = Arc::new(Kv::new(&id, &addr, kv_config));
     let kv_stop = CancellationToken::new();

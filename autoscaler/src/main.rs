@@ -418,5 +418,17 @@ mod tests {
         let err = parse(&["scale", "app", "3", "--unpin"]).err().unwrap();
         assert!(err.contains("cannot be used with"), "{err}");
         assert_eq!(scale.etcd.endpoints, ["http://127.0.0.1:9"]);
+        // Out of range before any etcd call.
+        let err = parse(&["scale", "app", "1001"]).err().unwrap();
+        assert!(err.contains("1001 is not in 0..=1000"), "{err}");
+        // The TLS flags are global: accepted after the subcommand.
+        let Command::Status(status) = parse(&["status", "--etcd-ca", "/ca.pem"]).unwrap().command
+        else {
+            panic!("not status")
+        };
+        assert_eq!(
+            status.etcd.etcd_ca.as_deref(),
+            Some(std::path::Path::new("/ca.pem"))
+        );
     }
 }

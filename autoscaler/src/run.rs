@@ -121,15 +121,14 @@ impl RunConfig {
                         app.display()
                     );
                 }
-                let endpoint = self
-                    .etcd
-                    .endpoints
-                    .first()
-                    .context("--etcd names no endpoint")?;
+                if self.etcd.endpoints.is_empty() {
+                    bail!("--etcd names no endpoint");
+                }
+                let endpoint = self.etcd.endpoints.join(",");
                 vec![
                     app.display().to_string(),
                     "--etcd".into(),
-                    endpoint.clone(),
+                    endpoint,
                     "--prefix".into(),
                     self.etcd.prefix.prefix().to_owned(),
                     "--service".into(),
@@ -145,7 +144,8 @@ impl RunConfig {
         };
         Ok(ProcessTemplate {
             argv,
-            env: Vec::new(),
+            // The instances use the controller's etcd user and TLS files.
+            env: self.etcd.credentials_env(),
             log_dir: self.log_dir.clone(),
         })
     }
@@ -201,7 +201,7 @@ async fn run_with<D: Driver>(
         .etcd
         .connect()
         .await
-        .context("cannot set up the etcd client")?;
+        .context("cannot connect to etcd; check --etcd, and --etcd-user/--etcd-password and --etcd-ca/--etcd-cert/--etcd-key if etcd requires them")?;
     tokio::spawn(roll_all_on_signal(usr2, client.clone(), keys.clone()));
     let driver = Arc::new(driver);
     let settings = Settings {

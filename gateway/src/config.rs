@@ -108,6 +108,18 @@ pub struct Config {
     #[arg(long, env = "SHOAL_HEALTH_CHECK_INTERVAL", default_value = "0s", value_parser = parse_duration)]
     pub health_check_interval: Duration,
 
+    /// Networks (CIDR, comma-separated) an instance's address must be in to
+    /// get traffic; instances outside, and host names, are left out of the
+    /// routing table with a warning. Unset: every address is allowed.
+    #[arg(
+        long,
+        env = "SHOAL_ALLOWED_BACKENDS",
+        value_delimiter = ',',
+        value_name = "CIDR,...",
+        value_parser = crate::allowed::parse_cidr
+    )]
+    pub allowed_backends: Vec<ipnet::IpNet>,
+
     /// This gateway's id in the registry (default: a fresh uuid).
     #[arg(long, env = "SHOAL_GATEWAY_ID", value_parser = parse_service)]
     pub id: Option<String>,

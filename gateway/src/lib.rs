@@ -10,7 +10,8 @@
 //!
 //! Files:
 //! - [`config`] holds the flags.
-//! - [`discovery`] turns the registry into the immutable [`table`] snapshot (ArcSwap).
+//! - [`discovery`] turns the registry into the immutable [`table`] snapshot (ArcSwap);
+//!   [`allowed`] leaves out instances outside `--allowed-backends`.
 //! - [`backend`] and [`ewma`] are an instance and its live state (in-flight, peak-EWMA latency, ejection).
 //! - [`balance`] has the policies: round-robin, least-request (P2C), consistent-hash, sticky; slow start.
 //! - [`stats`] records request statistics without locks.
@@ -32,6 +33,7 @@
 //! short), withdraw the announcement and return.
 
 pub mod admin;
+pub mod allowed;
 pub mod announce;
 pub mod api;
 pub mod backend;
@@ -63,6 +65,7 @@ use tracing::{Instrument, error, info, info_span, warn};
 pub use config::Config;
 
 use admin::AdminState;
+use allowed::AllowedBackends;
 use announce::Announcement;
 use control::Control;
 use history::History;
@@ -113,7 +116,7 @@ async fn run_gateway(config: Config, id: String) -> anyhow::Result<()> {
         .etcd
         .connect()
         .await
-        .context("cannot set up the etcd client; check --etcd")?;
+        .context("cannot connect to etcd; check --etcd, and --etcd-user/--etcd-password and --etcd-ca/--etcd-cert/--etcd-key if etcd requires them")?;
     let keys = &config.etcd.prefix;
     let table = discovery::start(
         client.clone(),
@@ -122,6 +125,7 @@ async fn run_gateway(config: Config, id: String) -> anyhow::Result<()> {
             service: config.default_service.clone(),
             policy: config.default_policy,
         },
+        AllowedBackends::new(config.allowed_backends.clone()),
     );
     let proxy = Proxy::new(table.clone(), ProxySettings::from_config(&config));
     let stop = CancellationToken::new();

@@ -4,11 +4,13 @@
 //! Binaries embed [`EtcdArgs`] and [`LogArgs`] with `#[command(flatten)]`, so
 //! `--etcd`, `--prefix` and `--log-format` mean the same everywhere.
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Args, ValueEnum};
 use etcd_client::{Client, ConnectOptions};
 
+use crate::etcd_tls::{EtcdConfigError, EtcdSecurity};
 use crate::keys::{DEFAULT_PREFIX, Keys};
 use crate::registration::{DEFAULT_TTL, MIN_TTL};
 
@@ -52,6 +54,36 @@ pub struct EtcdArgs {
         hide_env_values = true
     )]
     pub etcd_password: Option<String>,
+
+    /// PEM file of the CA that signed etcd's server certificate; required
+    /// with `https://` endpoints (the system's trust roots are not used).
+    #[arg(long, global = true, env = "SHOAL_ETCD_CA", value_name = "FILE")]
+    pub etcd_ca: Option<PathBuf>,
+
+    /// PEM client certificate, for an etcd started with `--client-cert-auth`
+    /// (needs `--etcd-key`).
+    #[arg(long, global = true, env = "SHOAL_ETCD_CERT", value_name = "FILE")]
+    pub etcd_cert: Option<PathBuf>,
+
+    /// PEM private key of `--etcd-cert`.
+    #[arg(long, global = true, env = "SHOAL_ETCD_KEY", value_name = "FILE")]
+    pub etcd_key: Option<PathBuf>,
+}
+
+/// Why no etcd client could be built.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    /// The flags cannot work together, or a TLS file cannot be read.
+    #[error("{0}")]
+    Config(#[from] EtcdConfigError),
+    /// The client refused the settings, or (with `--etcd-user`) the first
+    /// authentication failed. `message` is etcd's message and root cause,
+    /// with the flags to check when it is about TLS or credentials.
+    #[error("{message}")]
+    Etcd {
+        message: String,
+        source: etcd_client::Error,
+    },
 }
 
 impl Default for EtcdArgs {
@@ -62,6 +94,9 @@ impl Default for EtcdArgs {
             prefix: Keys::default(),
             etcd_user: None,
             etcd_password: None,
+            etcd_ca: None,
+            etcd_cert: None,
+            etcd_key: None,
         }
     }
 }
@@ -93,13 +128,74 @@ impl EtcdArgs {
             prefix: Keys::default(),
             etcd_user: None,
             etcd_password: None,
+            etcd_ca: None,
+            etcd_cert: None,
+            etcd_key: None,
         }
     }
 
-    /// Build a client. The connection is lazy: this succeeds while etcd is
-    /// down, and calls fail (and are retried by their owners) until it is up.
-    pub async fn connect(&self) -> Result<Client, etcd_client::Error> {
-        Client::connect(&self.endpoints, Some(self.connect_options())).await
+    /// Build a client. Without `--etcd-user` the connection is lazy: this
+    /// succeeds while etcd is down, and calls fail (and are retried by their
+    /// owners) until it is up. With it, etcd-client authenticates at once, so
+    /// a wrong password (or an etcd that is not there) is an error here.
+    pub async fn connect(&self) -> Result<Client, ConnectError> {
+        let options = self
+            .security()
+            .apply(&self.endpoints, self.connect_options())?;
+        Client::connect(&self.endpoints, Some(options))
+            .await
+            .map_err(|source| {
+                let text = crate::cli::etcd::describe(&source);
+                let message = match crate::cli::etcd::security_hint(self, &text) {
+                    Some(hint) => format!("{text}. {hint}"),
+                    None => text,
+                };
+                ConnectError::Etcd { message, source }
+            })
+    }
+
+    /// Whether the endpoints are `https://` and no client certificate is given.
+    pub fn tls_without_client_cert(&self) -> bool {
+        self.etcd_cert.is_none() && self.endpoints.iter().any(|e| e.starts_with("https://"))
+    }
+
+    /// The TLS files.
+    pub fn security(&self) -> EtcdSecurity {
+        EtcdSecurity {
+            ca: self.etcd_ca.clone(),
+            cert: self.etcd_cert.clone(),
+            key: self.etcd_key.clone(),
+        }
+    }
+
+    /// The environment that gives a child process (an app server the
+    /// autoscaler starts) the same etcd credentials and TLS files: `SHOAL_ETCD_USER`,
+    /// `SHOAL_ETCD_PASSWORD`, `SHOAL_ETCD_CA`, `SHOAL_ETCD_CERT`, `SHOAL_ETCD_KEY`,
+    /// each only when set. Endpoints and prefix are not included (drivers pass
+    /// those as flags).
+    pub fn credentials_env(&self) -> Vec<(String, String)> {
+        let mut env = Vec::new();
+        let mut push = |name: &str, value: Option<String>| {
+            if let Some(value) = value {
+                env.push((name.to_owned(), value));
+            }
+        };
+        push("SHOAL_ETCD_USER", self.etcd_user.clone());
+        push("SHOAL_ETCD_PASSWORD", self.etcd_password.clone());
+        // Absolute, so that a child started in another directory (or a
+        // container that mounts the file at the same path) finds it.
+        let path = |p: &Option<PathBuf>| {
+            p.as_ref().map(|p| {
+                std::path::absolute(p)
+                    .unwrap_or_else(|_| p.clone())
+                    .to_string_lossy()
+                    .into_owned()
+            })
+        };
+        push("SHOAL_ETCD_CA", path(&self.etcd_ca));
+        push("SHOAL_ETCD_CERT", path(&self.etcd_cert));
+        push("SHOAL_ETCD_KEY", path(&self.etcd_key));
+        env
     }
 
     fn connect_options(&self) -> ConnectOptions {

@@ -6,6 +6,7 @@
 //! - [`cli`]: what the command-line tools share: reaching etcd with a helpful
 //!   error, exit codes, tables on stdout.
 //! - [`config`]: `--etcd` / `--prefix` / `--log-format` flags shared by every binary.
+//! - [`etcd_tls`]: TLS files and their checks against the endpoints.
 //! - [`healthcheck`]: the `--healthcheck` probe of a binary's own endpoint.
 //! - [`registration`]: an instance's leased self-registration (keep-alive,
 //!   re-registration after lease loss, fencing, revoke on shutdown).
@@ -24,6 +25,7 @@
 pub mod cli;
 pub mod config;
 pub mod election;
+pub mod etcd_tls;
 pub mod healthcheck;
 pub mod keys;
 pub mod model;

@@ -4,6 +4,8 @@
 //!
 //! - [`etcd`]: an etcd server in a temp dir that can be stopped, restarted on
 //!   the same port with its data, or replaced by an empty one.
+//! - [`pki`]: test certificates (CA, server, client, an untrusted CA) for a
+//!   TLS etcd.
 //! - [`process`]: a child process of ours, with its stdout lines captured and
 //!   stderr saved under `target/test-logs/`.
 //! - [`browser`]: headless Chromium through chromedriver, for the dashboard.
@@ -24,6 +26,7 @@ pub mod etcd;
 pub mod gateway;
 pub mod kv_check;
 pub mod load;
+pub mod pki;
 pub mod process;
 pub mod wait;
 

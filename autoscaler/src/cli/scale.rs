@@ -24,7 +24,11 @@ pub struct ScaleArgs {
     #[arg(value_parser = service_name)]
     pub service: String,
     /// The replica count to pin (0..=1000; 0 stops every instance).
-    #[arg(required_unless_present = "unpin", conflicts_with = "unpin")]
+    #[arg(
+        required_unless_present = "unpin",
+        conflicts_with = "unpin",
+        value_parser = clap::value_parser!(u32).range(0..=1000)
+    )]
     pub replicas: Option<u32>,
     /// Remove the pin: the metric decides again, within min and max.
     #[arg(long)]

@@ -107,6 +107,10 @@ pub struct DockerConfig {
     pub lease_ttl: Duration,
     /// Extra environment variables for every container.
     pub env: Vec<(String, String)>,
+    /// Host files bind-mounted read-only into every container at the same
+    /// (absolute) path: the etcd TLS files, so `SHOAL_ETCD_CA` & co. work
+    /// unchanged inside.
+    pub read_only_files: Vec<std::path::PathBuf>,
     /// Extra app-server arguments, after the ones the driver sets.
     pub args: Vec<String>,
     /// Extra container labels (the `shoal.*` labels always win).
@@ -130,6 +134,7 @@ impl Default for DockerConfig {
             prefix: registry::keys::DEFAULT_PREFIX.into(),
             lease_ttl: Duration::from_secs(5),
             env: Vec::new(),
+            read_only_files: Vec::new(),
             args: Vec::new(),
             labels: Vec::new(),
             name_prefix: "shoal".into(),
@@ -317,6 +322,12 @@ impl DockerDriver {
             host_config: Some(HostConfig {
                 network_mode: c.network.clone(),
                 port_bindings,
+                binds: (!c.read_only_files.is_empty()).then(|| {
+                    c.read_only_files
+                        .iter()
+                        .map(|f| format!("{0}:{0}:ro", f.display()))
+                        .collect()
+                }),
                 restart_policy: Some(RestartPolicy {
                     name: Some(RestartPolicyNameEnum::NO),
                     maximum_retry_count: None,

@@ -100,10 +100,28 @@ impl DockerArgs {
             None => None,
         };
         let mut env = self.instance_env.clone();
-        // Instances log in to etcd as the controller does.
-        if let (Some(user), Some(password)) = (&etcd.etcd_user, &etcd.etcd_password) {
-            env.push(("SHOAL_ETCD_USER".into(), user.clone()));
-            env.push(("SHOAL_ETCD_PASSWORD".into(), password.clone()));
+        // Instances log in to etcd as the controller does, with the same TLS
+        // files, mounted read-only at the same path.
+        env.extend(etcd.credentials_env());
+        let mut read_only_files = Vec::new();
+        for (flag, file) in [
+            ("--etcd-ca", &etcd.etcd_ca),
+            ("--etcd-cert", &etcd.etcd_cert),
+            ("--etcd-key", &etcd.etcd_key),
+        ] {
+            let Some(file) = file else { continue };
+            let absolute = std::path::absolute(file)
+                .ok()
+                .filter(|f| f.is_file())
+                .ok_or_else(|| {
+                    anyhow::anyhow!(
+                        "{flag} {}: not a readable file here, so it cannot be mounted into the \
+                         instance containers; give the absolute path of a file that exists on \
+                         the Docker host",
+                        file.display()
+                    )
+                })?;
+            read_only_files.push(absolute);
         }
         Ok(DockerConfig {
             image: self.image.clone(),
@@ -114,6 +132,7 @@ impl DockerArgs {
             prefix: etcd.prefix.prefix().to_owned(),
             lease_ttl,
             env,
+            read_only_files,
             args: Vec::new(),
             labels: Vec::new(),
             name_prefix: self.name_prefix.clone(),
@@ -229,5 +248,46 @@ mod tests {
             .unwrap()
             .to_string();
         assert!(err.contains("not KEY=VALUE"), "{err}");
+    }
+
+    #[test]
+    fn etcd_credentials_and_tls_files_reach_the_containers() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = dir.path().join("ca.pem");
+        std::fs::write(&ca, "x").unwrap();
+        let ca = ca.to_str().unwrap();
+        let c = config(&[
+            "--etcd",
+            "https://etcd:2379",
+            "--etcd-user",
+            "shoal",
+            "--etcd-password",
+            "secret",
+            "--etcd-ca",
+            ca,
+        ])
+        .unwrap();
+        assert_eq!(
+            c.env,
+            [
+                ("SHOAL_ETCD_USER".to_owned(), "shoal".to_owned()),
+                ("SHOAL_ETCD_PASSWORD".to_owned(), "secret".to_owned()),
+                ("SHOAL_ETCD_CA".to_owned(), ca.to_owned()),
+            ]
+        );
+        assert_eq!(c.read_only_files, [std::path::PathBuf::from(ca)]);
+        let missing = dir.path().join("missing.pem");
+        let err = config(&[
+            "--etcd",
+            "https://etcd:2379",
+            "--etcd-ca",
+            missing.to_str().unwrap(),
+        ])
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("--etcd-ca") && err.contains("cannot be mounted"),
+            "{err}"
+        );
     }
 }

@@ -2,7 +2,7 @@
 //! tells the operator what to do when etcd is not there.
 
 use crate::EtcdArgs;
-use crate::config::ETCD_CALL_TIMEOUT;
+use crate::config::{ConnectError, ETCD_CALL_TIMEOUT};
 use anyhow::anyhow;
 use etcd_client::{Client, GetOptions, GetResponse};
 
@@ -10,9 +10,10 @@ use super::exit::Failure;
 
 /// A client for `args`. The connection itself is made by the first call.
 pub async fn connect(args: &EtcdArgs) -> Result<Client, Failure> {
-    args.connect()
-        .await
-        .map_err(|e| unreachable(args, describe(&e)))
+    args.connect().await.map_err(|e| match e {
+        ConnectError::Config(e) => Failure::Usage(anyhow!("{e}")),
+        ConnectError::Etcd { source, .. } => unreachable(args, describe(&source)),
+    })
 }
 
 /// Every key under `prefix`, or the "cannot reach etcd" failure.
@@ -48,18 +49,62 @@ pub async fn bounded<T>(
     }
 }
 
-/// The failure (exit code 2) for an etcd that does not answer.
+/// The failure (exit code 2) for an etcd that does not answer, or refuses
+/// our credentials: the advice depends on which.
 pub fn unreachable(args: &EtcdArgs, error: impl std::fmt::Display) -> Failure {
-    Failure::Usage(anyhow!(
-        "cannot reach etcd at {}: {error}. Is etcd running? Start the platform with ./scripts/up, or pass --etcd URL.",
-        args.endpoints.join(",")
-    ))
+    let error = error.to_string();
+    let endpoints = args.endpoints.join(",");
+    Failure::Usage(match security_hint(args, &error) {
+        Some(hint) => anyhow!("etcd at {endpoints} refused the connection: {error}. {hint}"),
+        None => anyhow!(
+            "cannot reach etcd at {endpoints}: {error}. Is etcd running? Start the platform with ./scripts/up, or pass --etcd URL."
+        ),
+    })
+}
+
+/// What to check when `error` is about TLS or authentication rather than a
+/// missing etcd.
+pub fn security_hint(args: &EtcdArgs, error: &str) -> Option<&'static str> {
+    let lower = error.to_ascii_lowercase();
+    // With TLS 1.3 a server that wants a client certificate refuses it after
+    // the client's side of the handshake is done: depending on timing the
+    // client sees its alert (BadCertificate, CertificateRequired) or only the
+    // connection close.
+    if args.tls_without_client_cert()
+        && ["connection closed", "badcertificate", "certificaterequired"]
+            .iter()
+            .any(|sign| lower.contains(sign))
+    {
+        return Some(
+            "etcd refused the TLS connection without a client certificate, which it does when it requires them (--client-cert-auth): pass --etcd-cert and --etcd-key.",
+        );
+    }
+    if lower.contains("authentication failed") || lower.contains("invalid user id or password") {
+        Some("Check --etcd-user and --etcd-password (SHOAL_ETCD_USER, SHOAL_ETCD_PASSWORD).")
+    } else if lower.contains("user name is empty")
+        || lower.contains("permission denied")
+        || lower.contains("invalid auth token")
+    {
+        Some(
+            "etcd has authentication enabled: pass --etcd-user and --etcd-password for a user whose role may read and write the prefix.",
+        )
+    } else if lower.contains("certificate")
+        || lower.contains("unknownissuer")
+        || lower.contains("tls")
+        || lower.contains("handshake")
+    {
+        Some(
+            "The TLS handshake failed: check that --etcd-ca is the CA that signed etcd's certificate, and pass --etcd-cert/--etcd-key if etcd requires client certificates.",
+        )
+    } else {
+        None
+    }
 }
 
 /// The useful part of an etcd client error: for a gRPC status, its message and
 /// root cause (`tcp connect error: Connection refused (os error 111)`) rather
 /// than the whole debug chain.
-fn describe(error: &etcd_client::Error) -> String {
+pub fn describe(error: &etcd_client::Error) -> String {
     let etcd_client::Error::GRpcStatus(status) = error else {
         return error.to_string();
     };

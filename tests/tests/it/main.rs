@@ -14,6 +14,7 @@ mod peer;
 mod registry_cli;
 mod rollout;
 mod scale_edges;
+mod security;
 mod watcher;
 
 use std::time::Duration;

@@ -1,0 +1,311 @@
+//! Security: every binary against an etcd that requires TLS client
+//! certificates and a user and password; the failures an operator will meet
+//! (wrong password, no client certificate, a CA that did not sign etcd's
+//! certificate) end the program with a message naming the flags to check;
+//! and the gateway's `--allowed-backends`.
+
+use std::process::Output;
+use std::time::Duration;
+
+use shoal_tests::etcd::Security;
+use shoal_tests::{AppServer, AppServerOptions, Autoscaler, Etcd, Gateway, bin_path};
+
+use crate::{is_ready, wait_instance};
+
+const BOTH: Security = Security {
+    tls: true,
+    auth: true,
+};
+
+/// Run a binary to completion; a hang is a failure of its own.
+async fn run(binary: &str, args: &[String]) -> Output {
+    let out = tokio::time::timeout(
+        Duration::from_secs(20),
+        tokio::process::Command::new(bin_path(binary))
+            .args(args)
+            .kill_on_drop(true)
+            .output(),
+    )
+    .await
+    .unwrap_or_else(|_| panic!("{binary} {args:?} did not exit within 20 s"));
+    out.expect("run the binary")
+}
+
+fn strings(args: &[&str]) -> Vec<String> {
+    args.iter().map(|s| s.to_string()).collect()
+}
+
+/// `--etcd` and every flag `etcd` needs, with some replaced (`Some`) or
+/// left out (`None`).
+fn flags_with(etcd: &Etcd, changes: &[(&str, Option<&str>)]) -> Vec<String> {
+    let mut out = vec!["--etcd".to_owned(), etcd.endpoint()];
+    for pair in etcd.client_flags().chunks(2) {
+        match changes.iter().find(|(flag, _)| *flag == pair[0]) {
+            Some((flag, Some(value))) => out.extend([flag.to_string(), value.to_string()]),
+            Some((_, None)) => {}
+            None => out.extend(pair.iter().cloned()),
+        }
+    }
+    out
+}
+
+async fn get(url: &str) -> Option<(u16, String)> {
+    let resp = reqwest::Client::new()
+        .get(url)
+        .timeout(Duration::from_secs(5))
+        .send()
+        .await
+        .ok()?;
+    let instance = resp
+        .headers()
+        .get("x-shoal-instance")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_owned();
+    Some((resp.status().as_u16(), instance))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_binary_works_over_tls_with_auth() {
+    let etcd = Etcd::start_secure(BOTH).await;
+    let flags = etcd.client_flags();
+    let flag_refs: Vec<&str> = flags.iter().map(String::as_str).collect();
+
+    // The app server registers over TLS as the shoal user.
+    let app = AppServer::start(
+        &etcd,
+        AppServerOptions {
+            extra: flags.clone(),
+            ..Default::default()
+        },
+    )
+    .await;
+    let client = etcd.client().await;
+    wait_instance(
+        &client,
+        &app.key(),
+        Duration::from_secs(10),
+        "app server registered",
+        is_ready,
+    )
+    .await;
+
+    // The gateway reads the registry and routes to it.
+    let gateway = Gateway::start(&etcd, &flag_refs).await;
+    let url = gateway.url("/");
+    let routed = shoal_tests::wait_until_async(Duration::from_secs(10), "routed", || {
+        let url = url.clone();
+        let id = app.id.clone();
+        async move { get(&url).await == Some((200, id)) }
+    })
+    .await;
+    routed.unwrap_or_else(|e| panic!("{e}; gateway log:\n{}", gateway.proc.stderr()));
+
+    // The autoscaler CLI writes a policy and reads the status.
+    let mut args = strings(&[
+        "policy", "set", "app", "--min", "1", "--max", "2", "--metric", "inflight", "--target", "4",
+    ]);
+    args.extend(flags_with(&etcd, &[]));
+    let out = run("autoscaler", &args).await;
+    assert!(out.status.success(), "{out:?}");
+    let mut args = strings(&["status", "-o", "json"]);
+    args.extend(flags_with(&etcd, &[]));
+    let out = run("autoscaler", &args).await;
+    assert!(out.status.success(), "{out:?}");
+    let status: serde_json::Value = serde_json::from_slice(&out.stdout).expect("status JSON");
+    assert_eq!(status[0]["policy"]["service"], "app", "{status}");
+    assert_eq!(status[0]["instances"]["ready"], 1, "{status}");
+
+    // The registry CLI lists it.
+    let mut args = strings(&["list"]);
+    args.extend(flags_with(&etcd, &[]));
+    let out = run("registry", &args).await;
+    assert!(out.status.success(), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains(&app.id),
+        "{out:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_autoscaler_gives_its_instances_the_same_credentials() {
+    let etcd = Etcd::start_secure(BOTH).await;
+    let flags = etcd.client_flags();
+    let client = etcd.client().await;
+    let mut args = strings(&[
+        "policy", "set", "app", "--min", "1", "--max", "1", "--metric", "inflight", "--target", "4",
+    ]);
+    args.extend(flags_with(&etcd, &[]));
+    let out = run("autoscaler", &args).await;
+    assert!(out.status.success(), "{out:?}");
+    let mut extra: Vec<&str> = flags.iter().map(String::as_str).collect();
+    extra.extend(["--interval", "200ms", "--lease-ttl", "3s"]);
+    let autoscaler = Autoscaler::start(&etcd, &extra);
+    let up = shoal_tests::wait_until_async(
+        Duration::from_secs(20),
+        "an instance started by the autoscaler is ready",
+        || {
+            let client = client.clone();
+            async move {
+                shoal_tests::binaries::service_instances(&client, "app")
+                    .await
+                    .iter()
+                    .any(|i| i.state == registry::InstanceState::Ready)
+            }
+        },
+    )
+    .await;
+    up.unwrap_or_else(|e| panic!("{e}; autoscaler log:\n{}", autoscaler.proc.stderr()));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_credentials_and_certificates_fail_fast_with_the_flags_to_check() {
+    let etcd = Etcd::start_secure(BOTH).await;
+    let pki = etcd.pki().expect("a TLS etcd has certificates");
+    let other_ca = pki.other_ca.to_string_lossy().into_owned();
+
+    // Wrong password: the CLI (exit 2) and the app server (exit 1) say so.
+    let bad_password = flags_with(&etcd, &[("--etcd-password", Some("not-the-password"))]);
+    let mut args = strings(&["status"]);
+    args.extend(bad_password.clone());
+    let out = run("autoscaler", &args).await;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("authentication failed")
+            && stderr.contains("Check --etcd-user and --etcd-password"),
+        "{stderr}"
+    );
+    let mut args = strings(&["--service", "app", "--listen", "127.0.0.1:0"]);
+    args.extend(bad_password);
+    let out = run("app-server", &args).await;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("Check --etcd-user and --etcd-password"),
+        "{stderr}"
+    );
+
+    // No client certificate: etcd ends the handshake.
+    let mut no_key = strings(&["status"]);
+    no_key.extend(flags_with(
+        &etcd,
+        &[("--etcd-cert", None), ("--etcd-key", None)],
+    ));
+    let out = run("autoscaler", &no_key).await;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("etcd refused the TLS connection without a client certificate")
+            && stderr.contains("pass --etcd-cert and --etcd-key"),
+        "{stderr}"
+    );
+
+    // A CA that did not sign etcd's certificate: we end the handshake.
+    let mut args = strings(&["status"]);
+    args.extend(flags_with(&etcd, &[("--etcd-ca", Some(&other_ca))]));
+    let out = run("autoscaler", &args).await;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("The TLS handshake failed") && stderr.contains("UnknownIssuer"),
+        "{stderr}"
+    );
+    let mut args = strings(&["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"]);
+    args.extend(flags_with(&etcd, &[("--etcd-ca", Some(&other_ca))]));
+    let out = run("gateway", &args).await;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(stderr.contains("The TLS handshake failed"), "{stderr}");
+
+    // Configuration mistakes are refused before any connection.
+    let mut args = strings(&["status"]);
+    args.extend(flags_with(&etcd, &[("--etcd-ca", None)]));
+    let out = run("autoscaler", &args).await;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("no --etcd-ca is given"), "{stderr}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn allowed_backends_keeps_instances_outside_it_from_traffic() {
+    let etcd = Etcd::start().await;
+    let app = AppServer::start(&etcd, AppServerOptions::default()).await;
+    let client = etcd.client().await;
+    wait_instance(
+        &client,
+        &app.key(),
+        Duration::from_secs(10),
+        "registered",
+        is_ready,
+    )
+    .await;
+
+    // 127.0.0.1 is outside 10.0.0.0/8: no traffic, a warning naming key and address.
+    let refusing = Gateway::start(
+        &etcd,
+        &[
+            "--allowed-backends",
+            "10.0.0.0/8",
+            "--hold-timeout",
+            "300ms",
+        ],
+    )
+    .await;
+    let key = app.key();
+    let warned = shoal_tests::wait_until(Duration::from_secs(10), "refusal logged", || {
+        let log = refusing.proc.stderr();
+        log.contains("instance refused") && log.contains(&key) && log.contains(&app.addr)
+    })
+    .await;
+    warned.unwrap_or_else(|e| panic!("{e}; log:\n{}", refusing.proc.stderr()));
+    let (status, _) = get(&refusing.url("/")).await.expect("an answer");
+    assert_eq!(status, 503);
+    let services: serde_json::Value = reqwest::get(refusing.admin_url("/api/v1/services"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(
+        !services.to_string().contains(&app.id),
+        "a refused instance is not listed: {services}"
+    );
+    // Once per change, not per request or rebuild.
+    get(&refusing.url("/")).await;
+    assert_eq!(
+        refusing.proc.stderr().matches("instance refused").count(),
+        1,
+        "{}",
+        refusing.proc.stderr()
+    );
+
+    // With 127.0.0.0/8 allowed it serves.
+    let allowing = Gateway::start(&etcd, &["--allowed-backends", "127.0.0.0/8"]).await;
+    let url = allowing.url("/");
+    let id = app.id.clone();
+    shoal_tests::wait_until_async(Duration::from_secs(10), "served", || {
+        let (url, id) = (url.clone(), id.clone());
+        async move { get(&url).await == Some((200, id)) }
+    })
+    .await
+    .unwrap();
+
+    // A bad CIDR stops the gateway at start-up with the fix.
+    let out = run(
+        "gateway",
+        &strings(&[
+            "--etcd",
+            &etcd.endpoint(),
+            "--allowed-backends",
+            "10.0.0.0/33",
+        ]),
+    )
+    .await;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("CIDR notation such as 10.0.0.0/8"),
+        "{stderr}"
+    );
+}
