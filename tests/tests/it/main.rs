@@ -14,6 +14,7 @@ mod registry_cli;
 mod rollout;
 mod scale_edges;
 mod watcher;
+mod watcher_props;
 
 use std::time::Duration;
 
