@@ -10,7 +10,8 @@
 //!
 //! Files:
 //! - [`config`] holds the flags.
-//! - [`discovery`] turns the registry into the immutable [`table`] snapshot (ArcSwap).
+//! - [`discovery`] turns the registry into the immutable [`table`] snapshot (ArcSwap);
+//!   [`grace`] keeps instances that left while ready routable, unconfirmed, for a while.
 //! - [`backend`] and [`ewma`] are an instance and its live state (in-flight, peak-EWMA latency, ejection).
 //! - [`balance`] has the policies: round-robin, least-request (P2C), consistent-hash, sticky; slow start.
 //! - [`stats`] records request statistics without locks.
@@ -41,6 +42,7 @@ pub mod control;
 pub mod dashboard;
 pub mod discovery;
 pub mod ewma;
+pub mod grace;
 pub mod health;
 pub mod history;
 pub mod metrics;
@@ -122,6 +124,7 @@ async fn run_gateway(config: Config, id: String) -> anyhow::Result<()> {
             service: config.default_service.clone(),
             policy: config.default_policy,
         },
+        config.unconfirmed_grace,
     );
     let proxy = Proxy::new(table.clone(), ProxySettings::from_config(&config));
     let stop = CancellationToken::new();
