@@ -74,7 +74,7 @@ fuzz_target!(|input: Input| {
             } else {
                 BalancePolicy::RoundRobin
             },
-            hash_key: r.hashed.then(|| HashKey::PathSegment(0)),
+            hash_key: r.hashed.then_some(HashKey::PathSegment(0)),
             strip_prefix: r.strip_prefix,
             timeout_ms: None,
             retries: None,
