@@ -13,7 +13,8 @@
 //! `GET /api/v1/services` → a JSON array of [`ServiceSummary`], one per
 //! service the table knows (services with instances, the default service,
 //! services named by a route), sorted by name:
-//! - `name`, `ready_instances`, `total_instances`, `ejected_instances`;
+//! - `name`, `ready_instances`, `total_instances`, `ejected_instances`,
+//!   `unconfirmed_instances` (left the registry while ready, still routed: see [`crate::grace`]);
 //! - the service's request stats (client requests, whatever the instance):
 //!   `in_flight`, `requests_total`, `errors_total` (5xx and failed), `rate`
 //!   and `error_rate` (per second over the last 10 s), `p50_ms`, `p95_ms`,
@@ -29,7 +30,8 @@
 //!   `weight`, `registry_state` (`starting` | `ready` | `draining`),
 //!   `age_secs` (since the instance's `started_at`);
 //! - `state`: `registry_state`, or `ejected` while passive health has ejected
-//!   it; `ejected` (bool), `ejected_for_ms` (time left in the ejection, `null`
+//!   it, or `unconfirmed` while it is kept routable after leaving the
+//!   registry while ready; `ejected` (bool), `ejected_for_ms` (time left in the ejection, `null`
 //!   when not ejected), `consecutive_failures`, `ejections` (ejections in a
 //!   row, which drive the back-off);
 //! - the same request stats as a service (`in_flight`, `requests_total`,
@@ -137,6 +139,7 @@ pub struct ServiceSummary {
     pub ready_instances: usize,
     pub total_instances: usize,
     pub ejected_instances: usize,
+    pub unconfirmed_instances: usize,
     #[serde(flatten)]
     pub stats: StatsSnapshot,
     pub held_now: i64,
@@ -185,14 +188,18 @@ pub enum InstanceStatus {
     Ready,
     Draining,
     Ejected,
+    /// Left the registry while ready and kept routable for a grace period
+    /// until it registers again ([`grace`](crate::grace)).
+    Unconfirmed,
 }
 
 impl InstanceStatus {
-    pub const ALL: [InstanceStatus; 4] = [
+    pub const ALL: [InstanceStatus; 5] = [
         InstanceStatus::Starting,
         InstanceStatus::Ready,
         InstanceStatus::Draining,
         InstanceStatus::Ejected,
+        InstanceStatus::Unconfirmed,
     ];
 
     pub fn label(self) -> &'static str {
@@ -201,6 +208,7 @@ impl InstanceStatus {
             InstanceStatus::Ready => "ready",
             InstanceStatus::Draining => "draining",
             InstanceStatus::Ejected => "ejected",
+            InstanceStatus::Unconfirmed => "unconfirmed",
         }
     }
 }
@@ -214,6 +222,8 @@ pub struct InstanceHealth {
     pub ejected_for: Option<Duration>,
     pub consecutive_failures: u32,
     pub ejections: u32,
+    /// Kept routable after leaving the registry (see [`crate::grace`]).
+    pub unconfirmed: bool,
 }
 
 impl InstanceHealth {
@@ -232,12 +242,16 @@ impl InstanceHealth {
                 .map(|until| until - now),
             consecutive_failures: health.consecutive_failures,
             ejections: health.ejections,
+            unconfirmed: backend.unconfirmed.is_some(),
         }
     }
 
     pub fn status(&self) -> InstanceStatus {
         if self.ejected_for.is_some() {
             return InstanceStatus::Ejected;
+        }
+        if self.unconfirmed {
+            return InstanceStatus::Unconfirmed;
         }
         match self.registry_state {
             InstanceState::Starting => InstanceStatus::Starting,
@@ -256,6 +270,7 @@ impl ServiceSummary {
             ready_instances: pool.ready.len(),
             total_instances: pool.all.len(),
             ejected_instances: pool.all.iter().filter(|b| b.state.is_ejected(now)).count(),
+            unconfirmed_instances: pool.all.iter().filter(|b| b.unconfirmed.is_some()).count(),
             stats: c.requests.snapshot(now),
             held_now: c.held_now.load(std::sync::atomic::Ordering::Relaxed),
             held_total: load(&c.held_total),
@@ -618,6 +633,7 @@ mod tests {
                 "retries_refused_total",
                 "retries_total",
                 "total_instances",
+                "unconfirmed_instances",
             ],
             "the autoscaler reads these names"
         );

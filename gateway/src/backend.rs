@@ -12,6 +12,7 @@ use http::uri::Authority;
 use registry::Instance;
 
 use crate::ewma::PeakEwma;
+use crate::grace::Unconfirmed;
 use crate::proxy::headers::NO_INSTANCE;
 use crate::stats::RequestStats;
 
@@ -90,6 +91,9 @@ pub struct Backend {
     pub authority: Authority,
     /// `instance.id` as the `x-shoal-instance` header value.
     pub id_header: HeaderValue,
+    /// Set when the instance has left the registry while ready and is kept
+    /// routable for a grace period ([`grace`](crate::grace)).
+    pub unconfirmed: Option<std::sync::Arc<Unconfirmed>>,
 }
 
 impl Backend {
@@ -105,6 +109,7 @@ impl Backend {
             state,
             authority,
             id_header,
+            unconfirmed: None,
         })
     }
 

@@ -56,6 +56,13 @@ pub struct Config {
     #[arg(long, env = "SHOAL_HOLD_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
     pub hold_timeout: Duration,
 
+    /// An instance that leaves the registry while `ready` (lease lost, etcd
+    /// wiped; not a clean drain) stays routable, shown as `unconfirmed`, for
+    /// this long or until it registers again or fails one request (0 turns
+    /// it off). Default: twice the default lease TTL.
+    #[arg(long, env = "SHOAL_UNCONFIRMED_GRACE", default_value = "10s", value_parser = parse_duration)]
+    pub unconfirmed_grace: Duration,
+
     /// A new instance's share of traffic ramps from 10% to 100% over this window (0 turns it off).
     #[arg(long, env = "SHOAL_SLOW_START", default_value = "10s", value_parser = parse_duration)]
     pub slow_start: Duration,

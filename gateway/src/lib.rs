@@ -11,7 +11,8 @@
 //! Files:
 //! - [`config`] holds the flags.
 //! - [`discovery`] turns the registry into the immutable [`table`] snapshot (ArcSwap);
-//!   [`allowed`] leaves out instances outside `--allowed-backends`.
+//!   [`allowed`] leaves out instances outside `--allowed-backends`;
+//!   [`grace`] keeps instances that left while ready routable, unconfirmed, for a while.
 //! - [`backend`] and [`ewma`] are an instance and its live state (in-flight, peak-EWMA latency, ejection).
 //! - [`balance`] has the policies: round-robin, least-request (P2C), consistent-hash, sticky; slow start.
 //! - [`stats`] records request statistics without locks.
@@ -43,6 +44,7 @@ pub mod control;
 pub mod dashboard;
 pub mod discovery;
 pub mod ewma;
+pub mod grace;
 pub mod health;
 pub mod history;
 pub mod metrics;
@@ -126,6 +128,7 @@ async fn run_gateway(config: Config, id: String) -> anyhow::Result<()> {
             policy: config.default_policy,
         },
         AllowedBackends::new(config.allowed_backends.clone()),
+        config.unconfirmed_grace,
     );
     let proxy = Proxy::new(table.clone(), ProxySettings::from_config(&config));
     let stop = CancellationToken::new();

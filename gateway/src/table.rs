@@ -9,6 +9,9 @@
 //! the longest prefix wins, then the name (for determinism). No match: the
 //! default route to `--default-service` with `--default-policy`.
 //!
+//! Instances that left the registry while ready may be added for a grace
+//! period, marked unconfirmed ([`crate::grace`]); they are routed like ready ones.
+//!
 //! Live per-instance state (in-flight, latency, ejection) and per-service and
 //! per-route counters are kept across rebuilds in [`LiveState`], keyed by
 //! instance id, service and route name.
@@ -25,6 +28,7 @@ use tracing::warn;
 
 use crate::backend::{Backend, BackendState};
 use crate::balance::Balancer;
+use crate::grace::Routable;
 use crate::stats::{RequestStats, ServiceCounters};
 
 /// Name of the route used when no configured route matches. Not a valid
@@ -163,6 +167,32 @@ impl LiveState {
         generation: u64,
         now: Instant,
     ) -> RoutingTable {
+        let routable = Routable {
+            instances: instances.clone(),
+            unconfirmed: HashMap::new(),
+        };
+        self.build_routable(
+            &routable,
+            routes,
+            defaults,
+            registry_connected,
+            generation,
+            now,
+        )
+    }
+
+    /// Build a snapshot from the registry's instances plus the unconfirmed
+    /// ones ([`Grace`](crate::grace::Grace)), and the routes.
+    pub fn build_routable(
+        &mut self,
+        routable: &Routable,
+        routes: &BTreeMap<String, NamedRoute>,
+        defaults: &Defaults,
+        registry_connected: bool,
+        generation: u64,
+        now: Instant,
+    ) -> RoutingTable {
+        let instances = &routable.instances;
         // Backends, grouped by service, sorted by id so balancer state (e.g. the
         // round-robin schedule) does not depend on etcd's key order.
         let mut by_service: BTreeMap<&str, Vec<Arc<Backend>>> = BTreeMap::new();
@@ -173,10 +203,13 @@ impl LiveState {
                 .or_insert_with(|| Arc::new(BackendState::with_age(now, age_of(instance))))
                 .clone();
             match Backend::new(instance.clone(), state) {
-                Some(backend) => by_service
-                    .entry(&instance.service)
-                    .or_default()
-                    .push(Arc::new(backend)),
+                Some(mut backend) => {
+                    backend.unconfirmed = routable.unconfirmed.get(&instance.id).cloned();
+                    by_service
+                        .entry(&instance.service)
+                        .or_default()
+                        .push(Arc::new(backend))
+                }
                 None => warn!(
                     id = %instance.id,
                     addr = %instance.addr,

@@ -100,8 +100,9 @@ impl<T: RegistryValue> Watcher<T> {
     }
 
     /// Resume from a snapshot taken earlier (e.g. persisted across a restart):
-    /// watch from `snapshot.revision + 1` without listing first. If that
-    /// revision has been compacted away, the watcher lists again and resets.
+    /// watch for what came after `snapshot.revision` without listing first.
+    /// If that revision has been compacted away, the watcher lists again and
+    /// resets.
     pub fn resume(
         client: Client,
         keys: Keys,
@@ -245,7 +246,7 @@ struct WatchTask<T> {
     snapshot: watch::Sender<Snapshot<T>>,
     updates: broadcast::Sender<Update<T>>,
     stop: CancellationToken,
-    /// Watch from this revision + 1 on the first round instead of listing.
+    /// Watch for what came after this revision on the first round instead of listing.
     resume: Option<i64>,
     _value: PhantomData<fn() -> T>,
 }
@@ -311,9 +312,16 @@ impl<T: RegistryValue> WatchTask<T> {
             Some(revision) => revision,
             None => self.list().await?,
         };
+        // Watch from the revision the snapshot reflects, not the next one.
+        // etcd accepts a watch that starts exactly at the compaction
+        // revision, but compacting at R also drops the tombstones of deletes
+        // made at R: a snapshot at R-1 watched from R after a compaction at R
+        // would never see a delete made at R. Started at R-1, that watch is
+        // refused as compacted and the prefix is listed again. Events at the
+        // snapshot's own revision are already in it and are skipped below.
         let options = WatchOptions::new()
             .with_prefix()
-            .with_start_revision(revision + 1);
+            .with_start_revision(revision.max(1));
         let stream = tokio::time::timeout(
             ETCD_CALL_TIMEOUT,
             self.client.watch(self.prefix.as_str(), Some(options)),
@@ -367,6 +375,9 @@ impl<T: RegistryValue> WatchTask<T> {
             let mut updates = Vec::with_capacity(message.events().len());
             for event in message.events() {
                 let Some(kv) = event.kv() else { continue };
+                if kv.mod_revision() <= revision {
+                    continue;
+                }
                 let key = String::from_utf8_lossy(kv.key()).into_owned();
                 match event.event_type() {
                     EventType::Put => match self.decode(&key, kv.value()) {

@@ -1,10 +1,11 @@
-//! The four lease operations the keeper needs, behind a trait so the keeper's
-//! timing can be unit-tested on paused tokio time with an in-memory backend.
+//! The lease operations the keeper needs (and the one read that tells it its
+//! key is still there), behind a trait so the keeper's timing can be
+//! unit-tested on paused tokio time with an in-memory backend.
 
 use std::future::Future;
 use std::time::Duration;
 
-use etcd_client::{Client, LeaseKeepAliveStream, LeaseKeeper, PutOptions};
+use etcd_client::{Client, GetOptions, LeaseKeepAliveStream, LeaseKeeper, PutOptions};
 
 use crate::config::ETCD_CALL_TIMEOUT;
 
@@ -35,6 +36,13 @@ pub trait LeaseBackend: Send + 'static {
     fn keep_alive(&mut self, lease: i64) -> impl Future<Output = Result<i64, BackendError>> + Send;
     /// Revoke `lease`, deleting every key attached to it.
     fn revoke(&mut self, lease: i64) -> impl Future<Output = Result<(), BackendError>> + Send;
+    /// Whether `key` exists on `lease` (false when it was deleted, e.g. by
+    /// an operator's `etcdctl del --prefix`, while the lease lives on).
+    fn holds(
+        &mut self,
+        key: &str,
+        lease: i64,
+    ) -> impl Future<Output = Result<bool, BackendError>> + Send;
 }
 
 /// The real backend. Keeps one keep-alive stream open per lease and opens a
@@ -115,5 +123,11 @@ impl LeaseBackend for EtcdLeases {
             Err(BackendError::LeaseNotFound(_)) | Ok(_) => Ok(()),
             Err(e) => Err(e),
         }
+    }
+
+    async fn holds(&mut self, key: &str, lease: i64) -> Result<bool, BackendError> {
+        let options = GetOptions::new().with_keys_only();
+        let resp = bounded(self.client.get(key, Some(options)), lease).await?;
+        Ok(resp.kvs().first().is_some_and(|kv| kv.lease() == lease))
     }
 }

@@ -1,6 +1,7 @@
 //! The background task that owns one registration: it grants the lease, puts
 //! the value, keeps the lease alive every TTL/3, notices when the lease is
-//! gone and registers again, writes state changes in place, marks itself
+//! gone and registers again, checks after each keep-alive that the key is
+//! still there (and writes it again if someone deleted it), writes state changes in place, marks itself
 //! fenced when keep-alives have failed for a whole TTL, and revokes on shutdown.
 
 use std::time::Duration;
@@ -140,6 +141,18 @@ impl<B: LeaseBackend, V: LeasedValue> Keeper<B, V> {
                             failures = 0;
                             self.status.send_modify(|s| s.fenced = false);
                             next_keep_alive = last_ok + self.ttl / 3;
+                            // The lease lives, but the key may not: an operator's
+                            // `etcdctl del --prefix` deletes keys and leaves leases.
+                            match self.backend.holds(&self.key, lease).await {
+                                Ok(true) => {}
+                                Ok(false) => {
+                                    warn!(key = %self.key, lease, "key deleted while the lease lives; writing it again");
+                                    self.desired.mark_changed();
+                                }
+                                Err(e) => {
+                                    warn!(key = %self.key, lease, error = %e, "cannot check the key is still there; checking again after the next keep-alive");
+                                }
+                            }
                         }
                         Ok(_) | Err(BackendError::LeaseNotFound(_)) => {
                             break "lease expired or etcd lost it";

@@ -90,6 +90,11 @@ impl MemoryEtcd {
         });
     }
 
+    /// Delete one key, leaving its lease alone (`etcdctl del`).
+    pub fn delete(&self, key: &str) {
+        self.with(|s| s.kv.remove(key));
+    }
+
     pub fn get(&self, key: &str) -> Option<(String, i64)> {
         self.with(|s| s.kv.get(key).cloned())
     }
@@ -157,5 +162,9 @@ impl LeaseBackend for MemoryLeases {
             s.drop_lease(lease);
             Ok(())
         })
+    }
+
+    async fn holds(&mut self, key: &str, lease: i64) -> Result<bool, BackendError> {
+        self.call(|s| Ok(s.kv.get(key).is_some_and(|(_, l)| *l == lease)))
     }
 }

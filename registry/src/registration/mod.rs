@@ -312,6 +312,26 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
+    async fn a_deleted_key_on_a_live_lease_is_written_again_within_a_keep_alive_period() {
+        let etcd = MemoryEtcd::default();
+        let reg = start(&etcd);
+        run_until(&reg, Duration::from_millis(50), |s| s.registered).await;
+        let lease = reg.status().lease.unwrap();
+        etcd.delete("/shoal/instances/app/i1");
+        let start = Instant::now();
+        while etcd.get("/shoal/instances/app/i1").is_none() {
+            assert!(
+                start.elapsed() <= TTL / 3 + Duration::from_millis(100),
+                "the key was not written again within a keep-alive period"
+            );
+            sleep(Duration::from_millis(10)).await;
+        }
+        let (_, stored_lease) = etcd.get("/shoal/instances/app/i1").unwrap();
+        assert_eq!(stored_lease, lease, "written again on the same lease");
+        assert_eq!(reg.status().registrations, 1);
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn fenced_after_a_ttl_without_keep_alive_then_registered_again_after_a_wipe() {
         let etcd = MemoryEtcd::default();
         let reg = start(&etcd);

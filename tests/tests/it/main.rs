@@ -16,6 +16,7 @@ mod rollout;
 mod scale_edges;
 mod security;
 mod watcher;
+mod watcher_props;
 
 use std::time::Duration;
 

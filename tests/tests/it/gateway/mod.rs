@@ -5,6 +5,7 @@
 //! - [`failover`]: instances killed or drained under load, retries and ejection, held requests.
 //! - [`discovery`]: registry-to-routing time, an etcd outage, malformed entries.
 //! - [`limits`]: body size and slow clients.
+//! - [`registry_loss`]: keys deleted or etcd wiped under load; the table never empties.
 //! - [`admin`]: per-instance stats, Prometheus metrics, health.
 //! - [`api`]: the admin API's registry reads and operator writes, the token rule.
 //!
@@ -17,6 +18,7 @@ mod balancing;
 mod discovery;
 mod failover;
 mod limits;
+mod registry_loss;
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};

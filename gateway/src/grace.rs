@@ -1,0 +1,238 @@
+//! Unconfirmed instances: ones that left the registry while `ready` stay
+//! routable for a grace period, so that losing most leases at once (etcd
+//! wiped, `etcdctl del --prefix`) does not empty the routing table while the
+//! instances are still serving and about to register again.
+//!
+//! The rule: an instance whose key disappears while its last registry state
+//! was `ready` is kept, marked unconfirmed, until the first of
+//! - it registers again (the registry's entry takes over);
+//! - one attempt to it fails (connect refused, reset, timeout, 502–504):
+//!   [`Unconfirmed::fail`], called by passive health, drops it at once and
+//!   the request is retried elsewhere by the usual retry rule;
+//! - the grace period (`--unconfirmed-grace`, default 2 × the default lease
+//!   TTL) ends.
+//!
+//! A clean leave writes `draining` before the key goes, so it is dropped at
+//! once as before. The price: an instance that died without draining
+//! (kill -9, lease expiry) costs one failed attempt, retried elsewhere,
+//! before it is dropped.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use registry::{Instance, InstanceState};
+use tokio::sync::Notify;
+use tracing::{info, warn};
+
+/// The mark an unconfirmed instance's backend carries in the routing table.
+#[derive(Debug)]
+pub struct Unconfirmed {
+    failed: AtomicBool,
+    wake: Arc<Notify>,
+}
+
+impl Unconfirmed {
+    /// An attempt to the instance failed: drop it from the next table.
+    pub fn fail(&self) {
+        if !self.failed.swap(true, Ordering::Relaxed) {
+            self.wake.notify_one();
+        }
+    }
+
+    pub fn has_failed(&self) -> bool {
+        self.failed.load(Ordering::Relaxed)
+    }
+}
+
+#[derive(Debug)]
+struct Kept {
+    instance: Instance,
+    until: Instant,
+    mark: Arc<Unconfirmed>,
+}
+
+/// What the routing table is built from: the registry's instances plus the
+/// unconfirmed ones, and the marks of the latter by instance id.
+#[derive(Debug, Default)]
+pub struct Routable {
+    pub instances: BTreeMap<String, Instance>,
+    pub unconfirmed: HashMap<String, Arc<Unconfirmed>>,
+}
+
+/// Tracks which instances left while ready; owned by the discovery task.
+#[derive(Debug)]
+pub struct Grace {
+    period: Duration,
+    previous: Arc<BTreeMap<String, Instance>>,
+    kept: BTreeMap<String, Kept>,
+    wake: Arc<Notify>,
+}
+
+impl Grace {
+    /// `period` zero turns the rule off.
+    pub fn new(period: Duration) -> Self {
+        Grace {
+            period,
+            previous: Arc::default(),
+            kept: BTreeMap::new(),
+            wake: Arc::new(Notify::new()),
+        }
+    }
+
+    /// Merge the registry's current instances (by key) with the unconfirmed
+    /// ones, updating which are kept.
+    pub fn apply(&mut self, current: &Arc<BTreeMap<String, Instance>>, now: Instant) -> Routable {
+        if !self.period.is_zero() {
+            for (key, instance) in self.previous.iter() {
+                if instance.state == InstanceState::Ready
+                    && !current.contains_key(key)
+                    && !self.kept.contains_key(key)
+                {
+                    warn!(
+                        id = %instance.id,
+                        service = %instance.service,
+                        grace_ms = self.period.as_millis() as u64,
+                        "instance left the registry while ready; still routed, unconfirmed, until it registers again or fails"
+                    );
+                    self.kept.insert(
+                        key.clone(),
+                        Kept {
+                            instance: instance.clone(),
+                            until: now + self.period,
+                            mark: Arc::new(Unconfirmed {
+                                failed: AtomicBool::new(false),
+                                wake: self.wake.clone(),
+                            }),
+                        },
+                    );
+                }
+            }
+        }
+        self.kept.retain(|key, kept| {
+            let (id, service) = (&kept.instance.id, &kept.instance.service);
+            if current.contains_key(key) {
+                info!(%id, %service, "unconfirmed instance registered again");
+                false
+            } else if kept.mark.has_failed() {
+                info!(%id, %service, "unconfirmed instance failed a request; dropped");
+                false
+            } else if kept.until <= now {
+                info!(%id, %service, "unconfirmed instance did not register again within the grace period; dropped");
+                false
+            } else {
+                true
+            }
+        });
+        self.previous = current.clone();
+
+        let mut routable = Routable {
+            instances: (**current).clone(),
+            unconfirmed: HashMap::new(),
+        };
+        for (key, kept) in &self.kept {
+            routable
+                .unconfirmed
+                .insert(kept.instance.id.clone(), kept.mark.clone());
+            routable
+                .instances
+                .insert(key.clone(), kept.instance.clone());
+        }
+        routable
+    }
+
+    /// When the earliest grace period ends (a rebuild is due then).
+    pub fn next_deadline(&self) -> Option<Instant> {
+        self.kept.values().map(|k| k.until).min()
+    }
+
+    /// Woken when an unconfirmed instance fails (a rebuild is due).
+    pub fn failures(&self) -> Arc<Notify> {
+        self.wake.clone()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn instance(id: &str, state: InstanceState) -> (String, Instance) {
+        let mut i = Instance::new("app", "127.0.0.1:1000");
+        i.id = id.into();
+        i.state = state;
+        (format!("/shoal/instances/app/{id}"), i)
+    }
+
+    fn set(entries: &[(String, Instance)]) -> Arc<BTreeMap<String, Instance>> {
+        Arc::new(entries.iter().cloned().collect())
+    }
+
+    fn ids(r: &Routable) -> Vec<&str> {
+        r.instances.values().map(|i| i.id.as_str()).collect()
+    }
+
+    const PERIOD: Duration = Duration::from_secs(10);
+
+    #[test]
+    fn a_ready_instance_that_vanishes_is_kept_until_it_registers_again() {
+        let mut grace = Grace::new(PERIOD);
+        let now = Instant::now();
+        let a = instance("a", InstanceState::Ready);
+        assert_eq!(
+            ids(&grace.apply(&set(std::slice::from_ref(&a)), now)),
+            ["a"]
+        );
+        let gone = grace.apply(&set(&[]), now);
+        assert_eq!(ids(&gone), ["a"]);
+        assert!(gone.unconfirmed.contains_key("a"));
+        assert_eq!(grace.next_deadline(), Some(now + PERIOD));
+        let back = grace.apply(&set(&[a]), now + Duration::from_secs(1));
+        assert_eq!(ids(&back), ["a"]);
+        assert!(
+            back.unconfirmed.is_empty(),
+            "confirmed by the registry again"
+        );
+        assert_eq!(grace.next_deadline(), None);
+    }
+
+    #[test]
+    fn a_kept_instance_goes_at_the_end_of_the_grace_or_on_its_first_failure() {
+        let mut grace = Grace::new(PERIOD);
+        let now = Instant::now();
+        grace.apply(
+            &set(&[
+                instance("a", InstanceState::Ready),
+                instance("b", InstanceState::Ready),
+            ]),
+            now,
+        );
+        let gone = grace.apply(&set(&[]), now);
+        assert_eq!(ids(&gone), ["a", "b"]);
+        gone.unconfirmed["a"].fail();
+        assert_eq!(ids(&grace.apply(&set(&[]), now)), ["b"]);
+        assert_eq!(
+            ids(&grace.apply(&set(&[]), now + PERIOD - Duration::from_millis(1))),
+            ["b"]
+        );
+        assert!(grace.apply(&set(&[]), now + PERIOD).instances.is_empty());
+    }
+
+    #[test]
+    fn draining_or_starting_instances_leave_at_once_and_zero_turns_it_off() {
+        let mut grace = Grace::new(PERIOD);
+        let now = Instant::now();
+        grace.apply(
+            &set(&[
+                instance("d", InstanceState::Draining),
+                instance("s", InstanceState::Starting),
+            ]),
+            now,
+        );
+        assert!(grace.apply(&set(&[]), now).instances.is_empty());
+
+        let mut off = Grace::new(Duration::ZERO);
+        off.apply(&set(&[instance("a", InstanceState::Ready)]), now);
+        assert!(off.apply(&set(&[]), now).instances.is_empty());
+    }
+}
