@@ -1,7 +1,7 @@
 //! One instance as the gateway sees it: its registry entry plus the live
 //! state that balancing and ejection read (request stats with the in-flight count, peak-EWMA
 //! latency, consecutive failures, ejection back-off, first-seen time for slow
-//! start). The live state is keyed by instance id and survives routing-table
+//! start) and its idle keep-alive connections. The live state is keyed by instance id and survives routing-table
 //! rebuilds, so a registry change never resets an instance's statistics.
 
 use std::sync::Mutex;
@@ -14,6 +14,7 @@ use registry::Instance;
 use crate::ewma::PeakEwma;
 use crate::grace::Unconfirmed;
 use crate::proxy::headers::NO_INSTANCE;
+use crate::proxy::pool::ConnPool;
 use crate::stats::RequestStats;
 
 /// Live state of one instance, shared by every table that contains it.
@@ -28,6 +29,8 @@ pub struct BackendState {
     /// every instance back into slow start.
     pub age_when_seen: Duration,
     pub health: Mutex<Health>,
+    /// Idle keep-alive connections to the instance.
+    pub conns: ConnPool,
 }
 
 /// Passive health: consecutive failures and ejection back-off.
@@ -53,6 +56,7 @@ impl BackendState {
             first_seen: now,
             age_when_seen: age,
             health: Mutex::new(Health::default()),
+            conns: ConnPool::default(),
         }
     }
 

@@ -41,9 +41,7 @@ pub fn key_of<'a>(key: &HashKey, request: &RequestView<'a>) -> Option<Cow<'a, st
 
 pub fn pick(backends: &[Arc<Backend>], eligible: &Eligible, key: &str) -> Option<usize> {
     eligible
-        .indices()
         .iter()
-        .copied()
         .max_by(|&a, &b| score(key, &backends[a]).total_cmp(&score(key, &backends[b])))
 }
 

@@ -31,15 +31,14 @@ pub fn cost(backend: &Backend, latency_nanos: f64) -> f64 {
 }
 
 pub fn pick(backends: &[Arc<Backend>], eligible: &Eligible, ctx: &PickContext) -> Option<usize> {
-    let candidates = eligible.indices();
-    match candidates.len() {
+    match eligible.len() {
         0 => None,
-        1 => Some(candidates[0]),
+        1 => eligible.first(),
         n => {
             let mut rng = rand::rng();
             let first = rng.random_range(0..n);
             let second = (first + rng.random_range(1..n)) % n;
-            let (a, b) = (candidates[first], candidates[second]);
+            let (a, b) = (eligible.nth(first), eligible.nth(second));
             let (la, lb) = latencies(&backends[a], &backends[b], ctx.now);
             let (winner, other) = if cost(&backends[b], lb) < cost(&backends[a], la) {
                 (b, a)

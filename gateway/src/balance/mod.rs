@@ -114,11 +114,25 @@ pub struct PickContext {
 /// Indices of the backends a request may go to.
 #[derive(Debug)]
 pub struct Eligible {
-    indices: Vec<usize>,
+    set: Set,
+}
+
+/// Most requests are a first attempt with no backend ejected: then every
+/// backend is eligible, and no list is allocated.
+#[derive(Debug)]
+enum Set {
+    /// All of `0..n`.
+    All(usize),
+    Listed(Vec<usize>),
 }
 
 impl Eligible {
     fn new(backends: &[Arc<Backend>], tried: &[usize], now: Instant) -> Self {
+        if tried.is_empty() && !backends.iter().any(|b| b.state.is_ejected(now)) {
+            return Eligible {
+                set: Set::All(backends.len()),
+            };
+        }
         let untried = (0..backends.len()).filter(|i| !tried.contains(i));
         let healthy: Vec<usize> = untried
             .clone()
@@ -129,19 +143,48 @@ impl Eligible {
         } else {
             healthy
         };
-        Eligible { indices }
+        Eligible {
+            set: Set::Listed(indices),
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        match &self.set {
+            Set::All(n) => *n,
+            Set::Listed(indices) => indices.len(),
+        }
     }
 
     pub fn is_empty(&self) -> bool {
-        self.indices.is_empty()
+        self.len() == 0
+    }
+
+    /// The `nth` eligible index (`nth` < [`Eligible::len`]).
+    pub fn nth(&self, nth: usize) -> usize {
+        match &self.set {
+            Set::All(_) => nth,
+            Set::Listed(indices) => indices[nth],
+        }
+    }
+
+    pub fn first(&self) -> Option<usize> {
+        (!self.is_empty()).then(|| self.nth(0))
     }
 
     pub fn contains(&self, index: usize) -> bool {
-        self.indices.contains(&index)
+        match &self.set {
+            Set::All(n) => index < *n,
+            Set::Listed(indices) => indices.contains(&index),
+        }
     }
 
-    pub fn indices(&self) -> &[usize] {
-        &self.indices
+    pub fn iter(&self) -> impl Iterator<Item = usize> + '_ {
+        (0..self.len()).map(|nth| self.nth(nth))
+    }
+
+    /// The eligible indices, in order (for tests and logs).
+    pub fn indices(&self) -> Vec<usize> {
+        self.iter().collect()
     }
 }
 

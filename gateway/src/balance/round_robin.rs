@@ -34,7 +34,7 @@ impl RoundRobin {
         ctx: &PickContext,
     ) -> Option<usize> {
         if self.schedule.is_empty() {
-            return eligible.indices().first().copied();
+            return eligible.first();
         }
         let mut rng = None;
         for _ in 0..self.schedule.len() {
@@ -50,7 +50,7 @@ impl RoundRobin {
             return Some(index);
         }
         // Every eligible backend is cold and lost its draws: take the first.
-        eligible.indices().first().copied()
+        eligible.first()
     }
 }
 

@@ -27,11 +27,7 @@ impl Sticky {
     ) -> Option<Pick> {
         let service = &backends.first()?.instance.service;
         if let Some(pinned) = cookie_value(request.headers, &cookie_name(service)) {
-            if let Some(&index) = eligible
-                .indices()
-                .iter()
-                .find(|&&i| backends[i].id() == pinned)
-            {
+            if let Some(index) = eligible.iter().find(|&i| backends[i].id() == pinned) {
                 return Some(Pick {
                     index,
                     set_cookie: false,

@@ -1,11 +1,12 @@
-//! One attempt on one instance: the pooled client, the request as the
-//! instance sees it (its address, the route's forward path, the query), and
-//! what a client error means for retries and health.
+//! One attempt on one instance: the request as the instance sees it (the
+//! route's forward path and the query, in origin form), what a failed send
+//! means for retries and health, and the legacy pooled client the active
+//! health checks use.
 
 use std::error::Error as StdError;
 use std::time::Duration;
 
-use http::uri::{Authority, PathAndQuery, Scheme};
+use http::uri::PathAndQuery;
 use http::{HeaderMap, Method, Request, Uri};
 use hyper::body::Incoming;
 use hyper_util::client::legacy::Client;
@@ -13,10 +14,12 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 
 use super::body::{AttemptBody, BodyError};
+use super::pool::SendError;
 use super::retry::Failure;
 use crate::table::RouteEntry;
 
-/// The pooled HTTP/1.1 client to instances (keep-alive, TCP_NODELAY).
+/// A pooled HTTP/1.1 client to instances (keep-alive, TCP_NODELAY), for the
+/// active health checks; requests go through [`pool`](super::pool).
 pub type HttpClient = Client<HttpConnector, AttemptBody<Incoming>>;
 
 /// A client with `connect_timeout` per connection attempt that keeps idle
@@ -56,28 +59,17 @@ pub fn forward_path_and_query(entry: &RouteEntry, uri: &Uri) -> PathAndQuery {
         .unwrap_or_else(|_| PathAndQuery::from_static("/"))
 }
 
-/// The absolute URI of `path_and_query` on the instance at `authority`.
-pub fn instance_uri(
-    authority: Authority,
-    path_and_query: PathAndQuery,
-) -> Result<Uri, http::Error> {
-    Uri::builder()
-        .scheme(Scheme::HTTP)
-        .authority(authority)
-        .path_and_query(path_and_query)
-        .build()
-}
-
-/// The request for one attempt.
+/// The request for one attempt, in origin form (`GET /path?query`): the
+/// connection already goes to the instance.
 pub fn request(
     method: &Method,
-    uri: Uri,
+    path_and_query: PathAndQuery,
     headers: HeaderMap,
     body: AttemptBody<Incoming>,
 ) -> Request<AttemptBody<Incoming>> {
     let mut request = Request::new(body);
     *request.method_mut() = method.clone();
-    *request.uri_mut() = uri;
+    *request.uri_mut() = Uri::from(path_and_query);
     *request.headers_mut() = headers;
     request
 }
@@ -94,15 +86,17 @@ pub enum AttemptError {
     ClientBody(String),
 }
 
-/// Classify an error from the client.
-pub fn classify(error: &hyper_util::client::legacy::Error) -> AttemptError {
+/// Classify an error from sending a request.
+pub fn classify(error: &SendError) -> AttemptError {
     match find::<BodyError>(error) {
         Some(BodyError::TooLarge { limit }) => return AttemptError::BodyTooLarge { limit: *limit },
         Some(BodyError::Client(e)) => return AttemptError::ClientBody(e.to_string()),
         Some(BodyError::AlreadyUsed) | None => {}
     }
-    let not_sent =
-        error.is_connect() || find::<hyper::Error>(error).is_some_and(|e| e.is_canceled());
+    let not_sent = match error {
+        SendError::Connect(_) => true,
+        SendError::Http(e) => e.is_canceled(),
+    };
     let failure = if not_sent {
         Failure::NotSent
     } else {
@@ -177,12 +171,9 @@ mod tests {
                 assert_eq!(forward_path_and_query(entry, &uri), "/users/7?x=1&y=2");
                 let uri: Uri = "/api".parse().unwrap();
                 assert_eq!(forward_path_and_query(entry, &uri), "/");
-                let full = instance_uri(
-                    Authority::from_static("127.0.0.1:9000"),
-                    forward_path_and_query(entry, &uri),
-                )
-                .unwrap();
-                assert_eq!(full, "http://127.0.0.1:9000/");
+                let pq = forward_path_and_query(entry, &uri);
+                let request = request(&Method::GET, pq, HeaderMap::new(), AttemptBody::empty());
+                assert_eq!(request.uri(), "/");
             },
         );
         entry_with(r#"{"service":"api","path_prefix":"/api"}"#, |entry| {

@@ -48,9 +48,27 @@ pub fn is_upgrade(version: Version, headers: &HeaderMap) -> bool {
         && connection_has(headers, "upgrade")
 }
 
+/// Headers removed on every hop, whatever `Connection` says.
+const HOP_BY_HOP: [HeaderName; 9] = [
+    CONNECTION,
+    KEEP_ALIVE,
+    PROXY_CONNECTION,
+    PROXY_AUTHENTICATE,
+    PROXY_AUTHORIZATION,
+    TE,
+    TRAILER,
+    TRANSFER_ENCODING,
+    UPGRADE,
+];
+
 /// Remove hop-by-hop headers. With `keep_upgrade` (an upgrade handshake),
 /// `Upgrade` stays and `Connection` is reduced to `upgrade`.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
+    // Most messages have none: one pass over their few headers instead of
+    // a lookup per hop-by-hop name.
+    if !keep_upgrade && !headers.keys().any(|name| HOP_BY_HOP.contains(name)) {
+        return;
+    }
     if headers.contains_key(CONNECTION) {
         // Headers the sender declared hop-by-hop. The usual tokens are names
         // removed below anyway (or not headers at all): skip them without
@@ -77,15 +95,7 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
         }
         headers.remove(CONNECTION);
     }
-    for name in [
-        KEEP_ALIVE,
-        PROXY_CONNECTION,
-        PROXY_AUTHENTICATE,
-        PROXY_AUTHORIZATION,
-        TE,
-        TRAILER,
-        TRANSFER_ENCODING,
-    ] {
+    for name in &HOP_BY_HOP[1..HOP_BY_HOP.len() - 1] {
         headers.remove(name);
     }
     if keep_upgrade {
@@ -102,17 +112,36 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
 /// set to the client's host.
 pub fn prepare_request(headers: &mut HeaderMap, uri: &Uri, upgrade: bool, client_ip: &HeaderValue) {
     strip_hop_by_hop(headers, upgrade);
-    headers.remove(PROXY);
-    headers.remove(EXPECT);
-    if !headers.contains_key(HOST) {
-        if let Some(value) = uri
-            .authority()
-            .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
-        {
-            headers.insert(HOST, value);
+    // One pass to learn which of the rarer headers are there at all.
+    let (mut proxy, mut expect, mut forwarded_for) = (false, false, false);
+    for name in headers.keys() {
+        if *name == PROXY {
+            proxy = true;
+        } else if *name == EXPECT {
+            expect = true;
+        } else if *name == X_FORWARDED_FOR {
+            forwarded_for = true;
         }
     }
-    match headers.get(HOST).cloned() {
+    if proxy {
+        headers.remove(PROXY);
+    }
+    if expect {
+        headers.remove(EXPECT);
+    }
+    let host = match headers.get(HOST) {
+        Some(host) => Some(host.clone()),
+        None => {
+            let value = uri
+                .authority()
+                .and_then(|a| HeaderValue::from_str(a.as_str()).ok());
+            if let Some(value) = &value {
+                headers.insert(HOST, value.clone());
+            }
+            value
+        }
+    };
+    match host {
         Some(host) => {
             headers.insert(X_FORWARDED_HOST, host);
         }
@@ -120,7 +149,11 @@ pub fn prepare_request(headers: &mut HeaderMap, uri: &Uri, upgrade: bool, client
             headers.remove(X_FORWARDED_HOST);
         }
     }
-    append_forwarded_for(headers, client_ip);
+    if forwarded_for {
+        append_forwarded_for(headers, client_ip);
+    } else {
+        headers.insert(X_FORWARDED_FOR, client_ip.clone());
+    }
     headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static("http"));
 }
 

@@ -23,7 +23,8 @@
 //!
 //! Files: [`headers`] (rewriting), [`body`] (reclaimable, limited request
 //! body), [`response`] (response body carrying the stats guards), [`record`]
-//! (the guards), [`forward`] (one attempt), [`retry`] (rule and budget),
+//! (the guards), [`forward`] (one attempt), [`pool`] (keep-alive connections
+//! to instances), [`retry`] (rule and budget),
 //! [`limit`] (body size, per-instance concurrency), [`error`] (the gateway's
 //! own JSON errors), [`upgrade`] (tunnels), [`live_map`] (state kept across
 //! snapshots).
@@ -38,6 +39,7 @@ pub mod forward;
 pub mod headers;
 pub mod limit;
 pub mod live_map;
+pub mod pool;
 pub mod record;
 pub mod response;
 pub mod retry;
@@ -69,6 +71,7 @@ use forward::AttemptError;
 pub use forward::HttpClient;
 use limit::{InstanceLimit, Rejected};
 use live_map::LiveMap;
+use pool::{Checkin, Upstream};
 use record::{AttemptRecord, RequestRecord};
 pub use response::ResponseBody;
 use retry::{Failure, RetryBudget};
@@ -123,7 +126,9 @@ pub struct Proxy {
 
 struct Inner {
     table: TableHandle,
+    /// For the active health checks; requests go through `upstream`.
     client: HttpClient,
+    upstream: Upstream,
     settings: ProxySettings,
     budgets: LiveMap<RetryBudget>,
     limits: LiveMap<InstanceLimit>,
@@ -136,6 +141,7 @@ impl Proxy {
             inner: Arc::new(Inner {
                 table,
                 client,
+                upstream: Upstream::new(settings.connect_timeout, settings.idle_timeout),
                 settings,
                 budgets: LiveMap::default(),
                 limits: LiveMap::default(),
@@ -143,7 +149,7 @@ impl Proxy {
         }
     }
 
-    /// The pooled client to instances (shared with the active health checks).
+    /// A pooled client to instances, for the active health checks.
     pub fn client(&self) -> HttpClient {
         self.inner.client.clone()
     }
@@ -159,7 +165,9 @@ impl Proxy {
         request: Request<Incoming>,
         client_ip: HeaderValue,
     ) -> Response<ResponseBody> {
-        self.inner.serve(request, client_ip).await
+        // Boxed once here, so that the layers above (and hyper) move a
+        // pointer rather than the whole request state.
+        Box::pin(self.inner.serve(request, client_ip)).await
     }
 }
 
@@ -219,9 +227,16 @@ impl Inner {
         if let Err(e) = limit::check_content_length(&parts.headers, self.settings.max_body_bytes) {
             return fail(e, None, record, None);
         }
+        // The first attempt reuses the request's clock reading; later ones
+        // (after a failure or a hold) read the clock again.
+        let mut clock = Some(started);
         if first.pool.ready.is_empty() {
             let pool = first.pool.clone();
-            match self.hold(&pool).await {
+            clock = None;
+            // Boxed, here and on the other rare paths: the request's future
+            // is moved several times on its way into hyper, so what it
+            // carries inline is copied on every request.
+            match Box::pin(self.hold(&pool)).await {
                 Some(ready) => table = ready,
                 None => {
                     let e = GatewayError::NoInstance {
@@ -248,7 +263,7 @@ impl Inner {
                 || RetryBudget::new(tokio::time::Instant::now()),
                 |service| table.pools.contains_key(service),
             );
-            budget.deposit(tokio::time::Instant::now());
+            budget.deposit(tokio::time::Instant::from_std(clock.unwrap_or_else(now)));
 
             let timeout = entry
                 .route
@@ -286,8 +301,9 @@ impl Inner {
                     query: parts.uri.query(),
                     headers: &headers,
                 };
+                let at = clock.take().unwrap_or_else(now);
                 let ctx = PickContext {
-                    now: now(),
+                    now: at,
                     slow_start: self.settings.slow_start,
                 };
                 let Some(pick) = entry
@@ -312,37 +328,31 @@ impl Inner {
                         return fail(e, Some(&instance_header), record, None);
                     }
                 };
-                let uri = match forward::instance_uri(
-                    backend.authority.clone(),
-                    path_and_query.clone(),
-                ) {
-                    Ok(uri) => uri,
-                    Err(e) => {
-                        // The registry validates addresses; a bad one is like a refused connection.
-                        failed_on.push(backend.clone());
-                        attempts.last_failure = Some((
-                            Failure::NotSent,
-                            format!("bad instance address: {e}"),
-                            backend,
-                        ));
-                        continue;
-                    }
-                };
                 let Some(attempt_body) = body.attempt() else {
                     break; // not reached: a retry is only chosen while the body is available
                 };
                 // Copied, not taken: a refused connection may be followed by a
                 // hold and another attempt.
                 let attempt_headers = headers.clone();
-                let outgoing = forward::request(&parts.method, uri, attempt_headers, attempt_body);
-                let mut attempt = AttemptRecord::start(backend.clone(), permit, now());
-                let sent_at = tokio::time::Instant::now();
-                let result = tokio::time::timeout(timeout, self.client.request(outgoing)).await;
+                let outgoing = forward::request(
+                    &parts.method,
+                    path_and_query.clone(),
+                    attempt_headers,
+                    attempt_body,
+                );
+                let sent_at = if permit.is_some() { now() } else { at };
+                let mut attempt = AttemptRecord::start(backend.clone(), permit, sent_at);
+                let result =
+                    tokio::time::timeout(timeout, self.upstream.send(&backend, outgoing, sent_at))
+                        .await;
                 let now = now();
 
                 match result {
-                    Ok(Ok(response)) => {
-                        backend.state.rtt.observe(sent_at.elapsed(), now);
+                    Ok(Ok((response, checkin))) => {
+                        backend
+                            .state
+                            .rtt
+                            .observe(now.saturating_duration_since(sent_at), now);
                         let status = response.status();
                         let leaving_503 =
                             status == StatusCode::SERVICE_UNAVAILABLE && self.is_leaving(&backend);
@@ -366,7 +376,7 @@ impl Inner {
                             continue;
                         }
                         return respond(
-                            response,
+                            (response, checkin),
                             &pool.service,
                             instance_header,
                             pick.set_cookie,
@@ -450,7 +460,8 @@ impl Inner {
                     }
                 }
                 let failed_ids: Vec<&str> = failed_on.iter().map(|b| b.id()).collect();
-                if let Some(newer) = self.hold_for_another(pool, &failed_ids, left).await {
+                if let Some(newer) = Box::pin(self.hold_for_another(pool, &failed_ids, left)).await
+                {
                     table = newer;
                     continue 'hold;
                 }
@@ -571,16 +582,17 @@ impl Inner {
         current.is_none_or(|b| b.instance.state == InstanceState::Draining)
     }
 
-    /// A concurrency permit for `backend` when limits are on.
-    async fn admit(
+    /// A concurrency permit for `backend` when limits are on (ready at once
+    /// when they are off).
+    fn admit(
         &self,
         backend: &Backend,
         table: &RoutingTable,
         wait: Duration,
-    ) -> Result<Option<OwnedSemaphorePermit>, Rejected> {
+    ) -> impl Future<Output = Result<Option<OwnedSemaphorePermit>, Rejected>> + use<> {
         let max = self.settings.max_inflight_per_instance;
         if max == 0 {
-            return Ok(None);
+            return futures::future::Either::Left(std::future::ready(Ok(None)));
         }
         let limit = self.limits.get_or_insert(
             backend.id(),
@@ -592,13 +604,14 @@ impl Inner {
                     .any(|p| p.all.iter().any(|b| b.id() == id))
             },
         );
-        limit.acquire(wait).await.map(Some)
+        futures::future::Either::Right(Box::pin(async move { limit.acquire(wait).await.map(Some) }))
     }
 }
 
-/// The instance's response, on its way to the client.
+/// The instance's response (and its connection, to check in once the body
+/// is read), on its way to the client.
 fn respond(
-    mut response: Response<Incoming>,
+    (mut response, checkin): (Response<Incoming>, Checkin),
     service: &str,
     instance: HeaderValue,
     set_cookie: bool,
@@ -638,7 +651,12 @@ fn respond(
     parts.headers.insert(headers::X_SHOAL_INSTANCE, instance);
     record.set_status(Some(status.as_u16()));
     attempt.set_status(Some(status.as_u16()));
-    Response::from_parts(parts, ResponseBody::from_instance(body, record, attempt))
+    // An upgraded connection belongs to its tunnel now.
+    let checkin = (!switching).then_some(checkin);
+    Response::from_parts(
+        parts,
+        ResponseBody::from_instance(body, record, attempt, checkin),
+    )
 }
 
 /// A response the gateway made, with the request (and attempt) recorded.

@@ -27,6 +27,7 @@ pub struct RequestRecord {
     service: Arc<ServiceCounters>,
     started: Instant,
     status: Option<u16>,
+    recorded: bool,
 }
 
 impl RequestRecord {
@@ -38,6 +39,7 @@ impl RequestRecord {
             service: service.clone(),
             started: now,
             status: Some(CLIENT_CLOSED),
+            recorded: false,
         }
     }
 
@@ -45,14 +47,27 @@ impl RequestRecord {
     pub fn set_status(&mut self, status: Option<u16>) {
         self.status = status;
     }
+
+    /// Record it now, with a clock reading the caller already has.
+    pub fn finish(mut self, now: Instant) {
+        self.record(now);
+    }
+
+    fn record(&mut self, now: Instant) {
+        if std::mem::replace(&mut self.recorded, true) {
+            return;
+        }
+        let latency = now.saturating_duration_since(self.started);
+        self.route.record(self.status, latency, now);
+        self.service.requests.record(self.status, latency, now);
+    }
 }
 
 impl Drop for RequestRecord {
     fn drop(&mut self) {
-        let now = super::now();
-        let latency = now.saturating_duration_since(self.started);
-        self.route.record(self.status, latency, now);
-        self.service.requests.record(self.status, latency, now);
+        if !self.recorded {
+            self.record(super::now());
+        }
     }
 }
 
@@ -63,6 +78,7 @@ pub struct AttemptRecord {
     backend: Arc<Backend>,
     started: Instant,
     status: Option<u16>,
+    recorded: bool,
     _permit: Option<OwnedSemaphorePermit>,
 }
 
@@ -77,6 +93,7 @@ impl AttemptRecord {
             backend,
             started: now,
             status: Some(CLIENT_CLOSED),
+            recorded: false,
             _permit: permit,
         }
     }
@@ -89,13 +106,26 @@ impl AttemptRecord {
     pub fn backend(&self) -> &Arc<Backend> {
         &self.backend
     }
+
+    /// Record it now, with a clock reading the caller already has.
+    pub fn finish(mut self, now: Instant) {
+        self.record(now);
+    }
+
+    fn record(&mut self, now: Instant) {
+        if std::mem::replace(&mut self.recorded, true) {
+            return;
+        }
+        let latency = now.saturating_duration_since(self.started);
+        self.backend.state.stats.record(self.status, latency, now);
+    }
 }
 
 impl Drop for AttemptRecord {
     fn drop(&mut self) {
-        let now = super::now();
-        let latency = now.saturating_duration_since(self.started);
-        self.backend.state.stats.record(self.status, latency, now);
+        if !self.recorded {
+            self.record(super::now());
+        }
     }
 }
 

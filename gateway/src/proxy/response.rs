@@ -1,7 +1,9 @@
 //! The body of every response the proxy returns: an instance's body streamed
 //! through as it arrives, or a small body the gateway made (errors). It
 //! carries the request's and the attempt's [`record`](super::record) guards,
-//! so stats are recorded when the last byte has gone (or the client left).
+//! so stats are recorded when the last byte has gone (or the client left),
+//! and the instance's connection, which goes back to its
+//! [`pool`](super::pool) once the body has been read to the end.
 
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -10,6 +12,7 @@ use bytes::Bytes;
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 
 use super::body::BoxError;
+use super::pool::Checkin;
 use super::record::{AttemptRecord, RequestRecord};
 
 enum Kind {
@@ -22,6 +25,7 @@ pub struct ResponseBody {
     kind: Kind,
     request: Option<RequestRecord>,
     attempt: Option<AttemptRecord>,
+    conn: Option<Checkin>,
 }
 
 impl ResponseBody {
@@ -31,6 +35,7 @@ impl ResponseBody {
             kind: Kind::Full((!bytes.is_empty()).then_some(bytes)),
             request: None,
             attempt: None,
+            conn: None,
         }
     }
 
@@ -38,12 +43,19 @@ impl ResponseBody {
         Self::full(Bytes::new())
     }
 
-    /// An instance's body, streamed; the records are written when it ends.
-    pub fn from_instance(body: Incoming, request: RequestRecord, attempt: AttemptRecord) -> Self {
+    /// An instance's body, streamed; the records are written when it ends,
+    /// and `conn` goes back to its pool if it was read to the end.
+    pub fn from_instance(
+        body: Incoming,
+        request: RequestRecord,
+        attempt: AttemptRecord,
+        conn: Option<Checkin>,
+    ) -> Self {
         ResponseBody {
             kind: Kind::Instance(body),
             request: Some(request),
             attempt: Some(attempt),
+            conn,
         }
     }
 
@@ -58,9 +70,31 @@ impl ResponseBody {
         self
     }
 
+    /// Record the request and the attempt, with one clock reading; a
+    /// connection still held (the body was read to the end) goes back to
+    /// its pool.
     fn finish(&mut self) {
-        self.request = None;
-        self.attempt = None;
+        let now = super::now();
+        if let Some(request) = self.request.take() {
+            request.finish(now);
+        }
+        if let Some(attempt) = self.attempt.take() {
+            attempt.finish(now);
+        }
+        if let Some(conn) = self.conn.take() {
+            conn.finish(now);
+        }
+    }
+}
+
+impl Drop for ResponseBody {
+    /// A body hyper never polled because it knew it was empty (HEAD, 204,
+    /// 304, `Content-Length: 0`) still leaves a reusable connection.
+    fn drop(&mut self) {
+        let ended = matches!(&self.kind, Kind::Instance(body) if body.is_end_stream());
+        if ended {
+            self.finish();
+        }
     }
 }
 
@@ -82,6 +116,8 @@ impl Body for ResponseBody {
         match &polled {
             Poll::Ready(None) => this.finish(),
             Poll::Ready(Some(Err(_))) => {
+                // The connection is not checked in: dropping it closes it.
+                this.conn = None;
                 // The instance cut the body off: the exchange failed after all.
                 if let Some(r) = &mut this.request {
                     r.set_status(None);

@@ -1,0 +1,221 @@
+#!/usr/bin/env bash
+# What one proxied request costs the proxy, for Shoal's gateway, nginx and
+# HAProxy in front of the same two app servers: CPU time per request (from
+# /proc/<pid>/stat) and, under callgrind, instructions per request. Both hold
+# up on a busy machine, where req/s (bench/gateway.sh) does not.
+#
+# Same setup as bench/gateway.sh (bench/lib/*.sh): etcd, two release app
+# servers, each proxy pinned to PROXY_CORE with one worker, wrk and the app
+# servers on LOAD_CORES. Per proxy and policy, wrk sends REQUESTS requests
+# over CONNECTIONS keep-alive connections, ROUNDS times (median); then, with
+# IR_REQUESTS > 0, each proxy runs again under valgrind's callgrind, is
+# warmed up, and its instructions are counted over IR_REQUESTS requests.
+#
+#   bench/gateway-cost.sh                          # about 3 minutes
+#   IR_REQUESTS=0 bench/gateway-cost.sh            # CPU time only
+#   PROXIES=shoal KEEP_TMP=1 bench/gateway-cost.sh # keeps the callgrind profiles
+#
+# Settings (environment): REQUESTS (50000), CONNECTIONS (64), ROUNDS (3),
+# IR_REQUESTS (5000; 0 skips callgrind), PROXIES ("shoal nginx haproxy"),
+# POLICIES ("round-robin least-request"), PROXY_CORE (0), LOAD_CORES (1),
+# GATEWAY_BIN (a gateway binary other than the fresh build, e.g. a copy of
+# an earlier one to compare against), NO_BUILD=1 (use the release binaries
+# already built), KEEP_TMP=1 keeps configs, logs and callgrind profiles
+# (`callgrind_annotate $TMP/callgrind-shoal-round-robin.out.1`).
+#
+# Exit status: 0 when every proxy was measured; 1 otherwise.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+
+REQUESTS=${REQUESTS:-50000}
+CONNECTIONS=${CONNECTIONS:-64}
+ROUNDS=${ROUNDS:-3}
+IR_REQUESTS=${IR_REQUESTS:-5000}
+PROXIES=${PROXIES:-"shoal nginx haproxy"}
+POLICIES=${POLICIES:-"round-robin least-request"}
+PROXY_CORE=${PROXY_CORE:-0}
+LOAD_CORES=${LOAD_CORES:-1}
+# One nginx process: its CPU time is then one /proc entry, and callgrind sees the worker.
+NGINX_MASTER=off
+
+for setting in REQUESTS CONNECTIONS ROUNDS IR_REQUESTS; do
+  [[ ${!setting} =~ ^[0-9]+$ ]] || { echo "error: $setting must be a whole number, not \`${!setting}\`" >&2; exit 1; }
+done
+[ "$REQUESTS" -ge 1000 ] || { echo "error: REQUESTS=$REQUESTS is too few to time; use at least 1000" >&2; exit 1; }
+for policy in $POLICIES; do
+  case $policy in
+    round-robin | least-request) ;;
+    *) echo "error: POLICIES may hold round-robin and least-request, not $policy" >&2; exit 1 ;;
+  esac
+done
+for proxy in $PROXIES; do
+  case $proxy in
+    shoal | nginx | haproxy) ;;
+    *) echo "error: unknown proxy $proxy in PROXIES; use shoal, nginx, haproxy" >&2; exit 1 ;;
+  esac
+done
+
+source scripts/lib.sh
+source bench/lib/common.sh
+source bench/lib/backends.sh
+source bench/lib/proxies.sh
+source bench/lib/wrk.sh
+SHOAL_PACKAGE[taskset]=util-linux
+tools=(protoc etcd curl taskset wrk nginx haproxy)
+if [ "$IR_REQUESTS" -gt 0 ]; then
+  SHOAL_PACKAGE[callgrind_control]=valgrind
+  tools+=(valgrind callgrind_control)
+fi
+need_tools "${tools[@]}"
+
+check_cores
+setup_tmp shoal-cost
+CLK_TCK=$(getconf CLK_TCK)
+
+# cpu_ticks_of PID: user + system clock ticks of PID and its children so far.
+cpu_ticks_of() {
+  local total=0 pid ticks
+  for pid in "$1" $(pgrep -P "$1" || true); do
+    # Fields after the command name (which may hold spaces): utime is the 12th, stime the 13th.
+    ticks=$(sed 's/^.*) //' "/proc/$pid/stat" 2>/dev/null | awk '{ print $12 + $13 }') || ticks=0
+    total=$((total + ${ticks:-0}))
+  done
+  echo "$total"
+}
+
+# stop_proxies: stop every proxy started so far (etcd and app servers stay).
+stop_proxies() {
+  local key pid stopped=" " kept=()
+  for key in "${!PID[@]}"; do
+    pid=${PID[$key]}
+    kill -TERM "$pid" 2>/dev/null || true
+    wait "$pid" 2>/dev/null || true
+    stopped+="$pid "
+  done
+  # Not stopped again on exit: the ids may be reused by then.
+  for pid in "${pids[@]}"; do [[ $stopped == *" $pid "* ]] || kept+=("$pid"); done
+  pids=("${kept[@]}")
+  PID=()
+}
+
+url_of() { echo "http://127.0.0.1:${PORT[$1]}/"; }
+
+build_release
+start_backends
+assign_ports
+
+keys=()
+for policy in $POLICIES; do
+  for proxy in $PROXIES; do keys+=("$proxy/$policy"); done
+done
+
+# --- CPU time per request ---------------------------------------------------
+
+for proxy in $PROXIES; do start_proxy "$proxy"; done
+for key in "${keys[@]}"; do check_proxy "$key"; done
+declare -A US=() RPS=() ERRORS=() IR=()
+measured=()
+for key in "${keys[@]}"; do
+  if [ -n "${FAILED[$key]:-}" ]; then
+    echo "FAILED: $key: ${FAILED[$key]}" >&2
+  else
+    measured+=("$key")
+  fi
+done
+
+echo "warm-up: 5000 requests per proxy and policy" >&2
+for key in "${measured[@]}"; do wrk_count "$(url_of "$key")" 5000 "$CONNECTIONS" "$TMP/warmup.txt"; done
+
+for round in $(seq 1 "$ROUNDS"); do
+  order=("${measured[@]}")
+  if [ $((round % 2)) -eq 0 ]; then
+    order=()
+    for ((i = ${#measured[@]} - 1; i >= 0; i--)); do order+=("${measured[$i]}"); done
+  fi
+  for key in "${order[@]}"; do
+    out=$TMP/wrk-${key//\//-}-$round.txt
+    before=$(cpu_ticks_of "${PID[$key]}")
+    wrk_count "$(url_of "$key")" "$REQUESTS" "$CONNECTIONS" "$out"
+    after=$(cpu_ticks_of "${PID[$key]}")
+    done_requests=$(wrk_requests "$out")
+    if [ -z "$done_requests" ] || [ "$done_requests" -eq 0 ]; then
+      echo "error: wrk completed no request through $key; its output:" >&2
+      cat "$out" >&2
+      exit 1
+    fi
+    us=$(awk -v t=$((after - before)) -v hz="$CLK_TCK" -v n="$done_requests" 'BEGIN { printf "%.2f", t / hz * 1e6 / n }')
+    rps=$(awk '/^Requests\/sec:/ { print $2 }' "$out")
+    US[$key]+="$us "
+    RPS[$key]+="$rps "
+    ERRORS[$key]=$((${ERRORS[$key]:-0} + $(wrk_errors "$out")))
+    printf 'round %d/%d  %-22s %7d requests  %6.2f cpu us/req  %8.0f req/s\n' \
+      "$round" "$ROUNDS" "$key" "$done_requests" "$us" "$rps" >&2
+  done
+done
+stop_proxies
+
+# --- instructions per request (callgrind) -----------------------------------
+
+if [ "$IR_REQUESTS" -gt 0 ]; then
+  for proxy in $PROXIES; do
+    proxy_keys=()
+    for key in "${measured[@]}"; do [ "${key%/*}" = "$proxy" ] && proxy_keys+=("$key"); done
+    [ ${#proxy_keys[@]} -gt 0 ] || continue
+    PROXY_WRAPPER=(valgrind --tool=callgrind --callgrind-out-file="$TMP/callgrind-$proxy.%p.out")
+    start_proxy "$proxy"
+    PROXY_WRAPPER=()
+    for key in "${proxy_keys[@]}"; do
+      pid=${PID[$key]}
+      check_proxy "$key" 120
+      if [ -n "${FAILED[$key]:-}" ]; then
+        echo "FAILED under callgrind: $key: ${FAILED[$key]}" >&2
+        continue
+      fi
+      wrk_count "$(url_of "$key")" 500 "$CONNECTIONS" "$TMP/warmup.txt"
+      callgrind_control -z "$pid" >/dev/null 2>&1
+      out=$TMP/wrk-ir-${key//\//-}.txt
+      wrk_count "$(url_of "$key")" "$IR_REQUESTS" "$CONNECTIONS" "$out"
+      callgrind_control -d "${key//\//-}" "$pid" >/dev/null 2>&1
+      dump=$(ls -t "$TMP"/callgrind-"$proxy"."$pid".out.* 2>/dev/null | head -n 1)
+      instructions=$(awk '/^(summary|totals):/ { print $2; exit }' "$dump")
+      done_requests=$(wrk_requests "$out")
+      IR[$key]=$(awk -v i="$instructions" -v n="$done_requests" 'BEGIN { printf "%.0f", i / n }')
+      if [ "${KEEP_TMP:-0}" = 1 ]; then
+        cp "$dump" "$TMP/callgrind-${key//\//-}.out"
+      fi
+      printf 'callgrind  %-22s %7d requests  %8s instructions/req\n' "$key" "$done_requests" "${IR[$key]}" >&2
+    done
+    stop_proxies
+  done
+fi
+
+# --- report -------------------------------------------------------------------
+
+row() { printf '| %-7s | %-13s | %11s | %17s | %14s | %6s |\n' "$@"; }
+echo
+echo "$(date -u '+%Y-%m-%d %H:%M UTC'), $(nproc) cores: $(awk -F': ' '/^model name/ { print $2; exit }' /proc/cpuinfo)"
+echo "wrk -t1 -c$CONNECTIONS, $REQUESTS requests x $ROUNDS round(s) (median), callgrind over $IR_REQUESTS; proxy on core $PROXY_CORE, wrk and 2 app servers on core(s) $LOAD_CORES"
+echo "(req/s is wall-clock and only meaningful on a quiet machine)"
+echo
+row proxy policy "cpu us/req" "instructions/req" "req/s (noisy)" errors
+echo "|---------|---------------|-------------|-------------------|----------------|--------|"
+for key in "${keys[@]}"; do
+  if [ -n "${FAILED[$key]:-}" ] && [ -z "${US[$key]:-}" ]; then
+    row "${key%/*}" "${key#*/}" FAILED - - -
+    continue
+  fi
+  row "${key%/*}" "${key#*/}" "$(printf '%.2f' "$(median ${US[$key]})")" "${IR[$key]:--}" \
+    "$(printf '%.0f' "$(median ${RPS[$key]})")" "${ERRORS[$key]}"
+done
+
+if [ ${#FAILED[@]} -gt 0 ]; then
+  for key in "${!FAILED[@]}"; do
+    echo "FAILED: $key: ${FAILED[$key]}" >&2
+    if [ -n "${LOG[$key]:-}" ] && [ -s "${LOG[$key]}" ]; then
+      echo "--- last lines of ${LOG[$key]}:" >&2
+      tail -n 10 "${LOG[$key]}" >&2
+    fi
+  done
+  exit 1
+fi

@@ -1,0 +1,101 @@
+# Shared by bench/gateway.sh and bench/gateway-cost.sh: cores, ports, the
+# temporary directory and the processes to stop on exit, waiting for a URL.
+# Source it from the repository root after `set -euo pipefail`.
+
+# nginx and haproxy live in sbin, which is not on every user's PATH.
+export PATH="$PATH:/usr/sbin:/sbin"
+
+# expand_cores LIST: the core numbers of a taskset list such as `1-3,5`.
+expand_cores() {
+  local part parts out=()
+  IFS=, read -ra parts <<<"$1"
+  for part in "${parts[@]}"; do
+    if [[ $part =~ ^([0-9]+)-([0-9]+)$ ]]; then
+      mapfile -t -O "${#out[@]}" out < <(seq "${BASH_REMATCH[1]}" "${BASH_REMATCH[2]}")
+    elif [[ $part =~ ^[0-9]+$ ]]; then
+      out+=("$part")
+    else
+      echo "error: \`$1\` is not a core list; use e.g. 1 or 1-3,5" >&2
+      return 1
+    fi
+  done
+  echo "${out[*]}"
+}
+
+# check_cores: PROXY_CORE is one existing core, LOAD_CORES existing cores
+# without it; sets load_cores (the expanded list).
+check_cores() {
+  local cores core
+  cores=$(nproc)
+  [[ $PROXY_CORE =~ ^[0-9]+$ ]] || { echo "error: PROXY_CORE must be one core number, not \`$PROXY_CORE\`" >&2; exit 1; }
+  load_cores=$(expand_cores "$LOAD_CORES")
+  for core in $PROXY_CORE $load_cores; do
+    if [ "$core" -ge "$cores" ]; then
+      echo "error: this machine has $cores core(s) (0..$((cores - 1))); PROXY_CORE=$PROXY_CORE LOAD_CORES=$LOAD_CORES asks for core $core" >&2
+      exit 1
+    fi
+    if [ "$core" = "$PROXY_CORE" ] && [[ " $load_cores " == *" $core "* ]]; then
+      echo "error: PROXY_CORE=$PROXY_CORE is also in LOAD_CORES=$LOAD_CORES; the proxy needs a core of its own" >&2
+      exit 1
+    fi
+  done
+}
+
+# setup_tmp NAME: TMP, a fresh temporary directory, and `pids`, the processes
+# stopped on exit (also on Ctrl-C); KEEP_TMP=1 keeps the directory.
+setup_tmp() {
+  TMP=$(mktemp -d "${TMPDIR:-/tmp}/$1.XXXXXX")
+  pids=()
+  trap cleanup EXIT
+  trap 'exit 130' INT
+  trap 'exit 143' TERM
+}
+
+cleanup() {
+  local status=$?
+  trap - INT TERM EXIT
+  for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
+  for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
+  if [ "${KEEP_TMP:-0}" = 1 ]; then echo "configs and logs kept in $TMP" >&2; else rm -rf "$TMP"; fi
+  exit "$status"
+}
+
+used_ports=" "
+# free_port VAR: set VAR to a loopback port nothing listens on and this
+# script has not handed out yet (not `$(free_port)`: a subshell would forget).
+free_port() {
+  local candidate # not `port`: VAR may be the caller's `port`
+  while :; do
+    candidate=$((20000 + RANDOM % 40000))
+    case "$used_ports" in *" $candidate "*) continue ;; esac
+    if ! (exec 3<>"/dev/tcp/127.0.0.1/$candidate") 2>/dev/null; then
+      used_ports+="$candidate "
+      printf -v "$1" '%s' "$candidate"
+      return
+    fi
+  done
+}
+
+# wait_for NAME URL LOG [PID] [SECONDS]: until URL answers 200 (default 10 s),
+# else fail with LOG's tail; gives up at once when process PID has exited.
+wait_for() {
+  local name=$1 url=$2 log=$3 pid=${4:-} seconds=${5:-10}
+  local why="within $seconds s"
+  for _ in $(seq 1 $((seconds * 10))); do
+    [ "$(curl -s -o /dev/null -w '%{http_code}' --max-time 1 "$url" || true)" = 200 ] && return 0
+    if [ -n "$pid" ] && ! kill -0 "$pid" 2>/dev/null; then
+      why="(it exited)"
+      break
+    fi
+    sleep 0.1
+  done
+  echo "error: $name did not answer 200 at $url $why; its log ($log):" >&2
+  tail -n 20 "$log" >&2 || true
+  return 1
+}
+
+# median VALUES...: the middle value (mean of the two middle ones for an even count).
+median() {
+  printf '%s\n' "$@" | sort -g | awk '{ v[NR] = $1 } END {
+    if (NR % 2) printf "%.3f", v[(NR + 1) / 2]; else printf "%.3f", (v[NR / 2] + v[NR / 2 + 1]) / 2 }'
+}

@@ -1,0 +1,180 @@
+# Shared by the gateway benchmarks: start Shoal's gateway, nginx and HAProxy
+# pinned to PROXY_CORE with one worker each, doing the same job in front of
+# the app servers (see bench/README.md, "Same work for everyone"), and check
+# that they answer.
+#
+# Needs bench/lib/common.sh and bench/lib/backends.sh (BIN, ETCD_URL,
+# APP_PORTS). Every proxy listens on its own port per policy: PORT[proxy/policy]
+# (see assign_ports); LOG, PID and ADMIN are filled in by the start functions,
+# FAILED[proxy/policy] says why one cannot be measured.
+#
+# Settings: PROXY_WRAPPER (array, empty by default) is put before each
+# proxy's command, e.g. (valgrind --tool=callgrind); NGINX_MASTER=off runs
+# nginx as a single process (no master), which a wrapper needs to see the
+# worker. GATEWAY_BIN (default $BIN/gateway) runs another build of the
+# gateway, e.g. a copy of an earlier one to compare against.
+
+declare -A PORT=() LOG=() PID=() ADMIN=() FAILED=()
+PROXY_WRAPPER=(${PROXY_WRAPPER[@]+"${PROXY_WRAPPER[@]}"})
+NGINX_MASTER=${NGINX_MASTER:-on}
+
+# assign_ports: a free port for every proxy of PROXIES and policy of POLICIES.
+assign_ports() {
+  local proxy policy
+  for proxy in $PROXIES; do
+    for policy in $POLICIES; do free_port "PORT[$proxy/$policy]"; done
+  done
+}
+
+# start_shoal [POLICY...]: one gateway per policy (default: POLICIES).
+start_shoal() {
+  local policy admin_port policies=${*:-$POLICIES}
+  local gateway=${GATEWAY_BIN:-$BIN/gateway}
+  if [ ! -x "$gateway" ]; then
+    for policy in $policies; do
+      FAILED[shoal/$policy]="no gateway binary at $gateway (build it, or point GATEWAY_BIN at one)"
+    done
+    return
+  fi
+  for policy in $policies; do
+    LOG[shoal/$policy]=$TMP/shoal-$policy.log
+    free_port admin_port
+    ADMIN[shoal/$policy]=$admin_port
+    # Slow start off: nginx and HAProxy have none, and every instance is
+    # "new" to a gateway that just started.
+    taskset -c "$PROXY_CORE" ${PROXY_WRAPPER[@]+"${PROXY_WRAPPER[@]}"} "$gateway" --etcd "$ETCD_URL" \
+      --listen "127.0.0.1:${PORT[shoal/$policy]}" --admin-listen "127.0.0.1:$admin_port" \
+      --workers 1 --default-service app --default-policy "$policy" --slow-start 0s \
+      --id "bench-$policy" >"${LOG[shoal/$policy]}" 2>&1 &
+    pids+=($!)
+    PID[shoal/$policy]=$!
+  done
+}
+
+# start_nginx: one nginx serving every policy of POLICIES on its own port.
+start_nginx() {
+  local conf=$TMP/nginx.conf policy upstream least_conn
+  mkdir -p "$TMP/nginx"
+  {
+    cat <<CONF
+worker_processes 1;
+master_process $NGINX_MASTER;
+daemon off;
+pid $TMP/nginx/nginx.pid;
+error_log $TMP/nginx/error.log warn;
+events { worker_connections 4096; }
+http {
+  access_log off;
+  client_body_temp_path $TMP/nginx/body;
+  proxy_temp_path $TMP/nginx/proxy;
+  fastcgi_temp_path $TMP/nginx/fastcgi;
+  uwsgi_temp_path $TMP/nginx/uwsgi;
+  scgi_temp_path $TMP/nginx/scgi;
+  # Keep client connections open as long as wrk does (the default closes
+  # them every 1000 requests; the gateway and HAProxy do not).
+  keepalive_requests 1000000;
+CONF
+    for policy in $POLICIES; do
+      upstream=${policy//-/_}
+      least_conn=
+      if [ "$policy" = least-request ]; then least_conn="least_conn;"; fi
+      cat <<CONF
+  upstream $upstream {
+    $least_conn
+    server 127.0.0.1:${APP_PORTS[0]};
+    server 127.0.0.1:${APP_PORTS[1]};
+    keepalive 64;
+    keepalive_requests 1000000;
+  }
+  server {
+    listen 127.0.0.1:${PORT[nginx/$policy]};
+    location / {
+      proxy_pass http://$upstream;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+      proxy_set_header Host \$host;
+      proxy_set_header X-Forwarded-For \$proxy_add_x_forwarded_for;
+      proxy_set_header X-Forwarded-Proto \$scheme;
+    }
+  }
+CONF
+    done
+    echo "}"
+  } >"$conf"
+  for policy in $POLICIES; do LOG[nginx/$policy]=$TMP/nginx/error.log; done
+  taskset -c "$PROXY_CORE" ${PROXY_WRAPPER[@]+"${PROXY_WRAPPER[@]}"} nginx -p "$TMP/nginx" \
+    -e "$TMP/nginx/error.log" -c "$conf" >"$TMP/nginx/stdout.log" 2>&1 &
+  pids+=($!)
+  for policy in $POLICIES; do PID[nginx/$policy]=$!; done
+}
+
+# start_haproxy: one HAProxy serving every policy of POLICIES on its own port.
+start_haproxy() {
+  local conf=$TMP/haproxy.cfg policy balance
+  {
+    cat <<CONF
+global
+  nbthread 1
+  maxconn 4096
+defaults
+  mode http
+  timeout connect 5s
+  timeout client 30s
+  timeout server 30s
+  option forwardfor
+  http-reuse always
+CONF
+    for policy in $POLICIES; do
+      balance=roundrobin
+      if [ "$policy" = least-request ]; then balance=leastconn; fi
+      cat <<CONF
+frontend ${policy}_in
+  bind 127.0.0.1:${PORT[haproxy/$policy]}
+  default_backend ${policy}_app
+backend ${policy}_app
+  balance $balance
+  server a 127.0.0.1:${APP_PORTS[0]}
+  server b 127.0.0.1:${APP_PORTS[1]}
+CONF
+    done
+  } >"$conf"
+  haproxy -c -q -f "$conf" || { echo "error: HAProxy rejects $conf" >&2; exit 1; }
+  for policy in $POLICIES; do LOG[haproxy/$policy]=$TMP/haproxy.log; done
+  taskset -c "$PROXY_CORE" ${PROXY_WRAPPER[@]+"${PROXY_WRAPPER[@]}"} haproxy -db -f "$conf" \
+    >"$TMP/haproxy.log" 2>&1 &
+  pids+=($!)
+  for policy in $POLICIES; do PID[haproxy/$policy]=$!; done
+}
+
+# start_proxy PROXY: start one of shoal, nginx, haproxy.
+start_proxy() {
+  case $1 in
+    shoal) start_shoal ;;
+    nginx) start_nginx ;;
+    haproxy) start_haproxy ;;
+    *) echo "error: unknown proxy $1 in PROXIES; use shoal, nginx, haproxy" >&2; exit 1 ;;
+  esac
+}
+
+# check_proxy KEY [SECONDS]: the proxy answers 200 (within SECONDS, default
+# 10) and, for round-robin, reaches both app servers in 20 requests;
+# otherwise FAILED[KEY] says why.
+check_proxy() {
+  local key=$1 seconds=${2:-10} proxy=${1%/*} policy=${1#*/} url seen
+  [ -n "${FAILED[$key]:-}" ] && return
+  url=http://127.0.0.1:${PORT[$key]}/
+  if ! wait_for "$proxy ($policy)" "$url" "${LOG[$key]}" "${PID[$key]}" "$seconds"; then
+    FAILED[$key]="did not answer 200 at $url"
+    return
+  fi
+  # Round-robin must alternate. Least-request may rightly keep sending
+  # one-at-a-time requests to the instance it has measured as fast (P2C
+  # over peak-EWMA); the per-instance split under load is printed by gateway.sh.
+  [ "$policy" = round-robin ] || return 0
+  seen=$(for _ in $(seq 1 20); do curl -s --max-time 5 "$url" || true; echo; done |
+    { grep -o 'instance bench-[ab]' || true; } | sort -u | wc -l)
+  if [ "$seen" -ne 2 ]; then
+    echo "error: $proxy ($policy) answered, but not from both app servers in 20 requests" >&2
+    FAILED[$key]="did not reach both app servers"
+  fi
+}
