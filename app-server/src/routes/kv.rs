@@ -25,7 +25,8 @@ use crate::kv::version::Version;
 use crate::kv::{KvError, Route, check_key};
 use crate::state::AppState;
 
-fn key(path: Result<Path<String>, PathRejection>) -> Result<String, ApiError> {
+/// The checked key of a `/kv/{key}` or `/_shoal/kv/{key}` path.
+pub(crate) fn key(path: Result<Path<String>, PathRejection>) -> Result<String, ApiError> {
     let Path(key) = path.map_err(|e| ApiError::BadKey {
         key: String::new(),
         why: e.body_text(),
@@ -35,6 +36,15 @@ fn key(path: Result<Path<String>, PathRejection>) -> Result<String, ApiError> {
         why,
     })?;
     Ok(key)
+}
+
+/// A body that could not be read: too large (413) or broken (400).
+pub(crate) fn body_error(e: BytesRejection) -> ApiError {
+    if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+        ApiError::ValueTooLarge
+    } else {
+        ApiError::BadBody(e.body_text())
+    }
 }
 
 fn if_match(headers: &HeaderMap) -> Result<Option<Precondition>, ApiError> {
@@ -84,13 +94,7 @@ pub async fn put(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     let key = key(path)?;
-    let value = body.map_err(|e| {
-        if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
-            ApiError::ValueTooLarge
-        } else {
-            ApiError::BadBody(e.body_text())
-        }
-    })?;
+    let value = body.map_err(body_error)?;
     let precondition = if_match(&headers)?;
     if let Some(response) = forward(&state, method, &key, &headers, value.clone()).await {
         return response;

@@ -13,27 +13,15 @@ use axum::Json;
 use axum::body::Bytes;
 use axum::extract::rejection::{BytesRejection, PathRejection};
 use axum::extract::{Path, State};
-use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::http::{HeaderMap, HeaderValue};
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
 use crate::error::ApiError;
-use crate::kv::check_key;
 use crate::kv::peers::{OWNERS_HEADER, TOMBSTONE_HEADER, VERSION_HEADER, header_version};
 use crate::kv::store::{Applied, Entry};
+use crate::routes::kv::{body_error, key};
 use crate::state::AppState;
-
-fn key(path: Result<Path<String>, PathRejection>) -> Result<String, ApiError> {
-    let Path(key) = path.map_err(|e| ApiError::BadKey {
-        key: String::new(),
-        why: e.body_text(),
-    })?;
-    check_key(&key).map_err(|why| ApiError::BadKey {
-        key: key.clone(),
-        why,
-    })?;
-    Ok(key)
-}
 
 pub async fn get(
     State(state): State<AppState>,
@@ -61,13 +49,7 @@ pub async fn put(
 ) -> Result<Response, ApiError> {
     let key = key(path)?;
     let version = header_version(&headers).ok_or(ApiError::BadVersion)?;
-    let body = body.map_err(|e| {
-        if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
-            ApiError::ValueTooLarge
-        } else {
-            ApiError::BadBody(e.body_text())
-        }
-    })?;
+    let body = body.map_err(body_error)?;
     let value = (!headers.contains_key(TOMBSTONE_HEADER)).then_some(body);
     let owners = headers
         .get(OWNERS_HEADER)
