@@ -189,7 +189,6 @@ impl Kv {
             })
             .map_err(KvError::Mismatch)?;
 
-        let needed = self.write_quorum();
         let mut stored_by: Vec<String> = Vec::new();
         let mut failures: Vec<String> = Vec::new();
         // A refused owner is replaced by the next in the ranking: a few rounds at most.
@@ -230,6 +229,8 @@ impl Kv {
         if copies == owners.len() && !owners.is_empty() {
             self.store.confirm(key, entry.version, fingerprint(&owners));
         }
+        // After the pushes: an owner that refused meanwhile no longer counts.
+        let needed = self.write_quorum();
         if copies >= needed {
             Ok(Written {
                 version: entry.version,
@@ -249,9 +250,12 @@ impl Kv {
         }
     }
 
-    /// W, capped by R and by the ready instances; at least one.
+    /// W, capped by R and by the ready instances not refusing connections;
+    /// at least one. A refused connection means nothing listens there (a
+    /// partition times out instead), so this only anticipates the lease
+    /// expiry that would take the instance out of the view anyway.
     fn write_quorum(&self) -> usize {
-        let r = self.config.replicas.min(self.membership.size());
+        let r = self.config.replicas.min(self.membership.up_size());
         self.config.write_quorum.min(r).max(1)
     }
 

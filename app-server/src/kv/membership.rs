@@ -56,6 +56,8 @@ struct State {
 #[derive(Debug)]
 pub struct Membership {
     self_id: String,
+    /// This instance, as it counts itself before the registry lists it.
+    me: Member,
     replicas: usize,
     state: Mutex<State>,
     leaving: AtomicBool,
@@ -75,6 +77,7 @@ impl Membership {
         };
         Membership {
             self_id,
+            me: me.clone(),
             replicas: replicas.max(1),
             state: Mutex::new(State {
                 views: VecDeque::from([Seen {
@@ -99,10 +102,15 @@ impl Membership {
     }
 
     /// Replace the ready set (as read from the registry). While leaving,
-    /// this instance is left out whatever the registry says.
+    /// this instance is left out whatever the registry says; otherwise it
+    /// counts itself in even before the registry lists it (a replacement
+    /// serving its first request while its predecessor's entry is still
+    /// there must not see itself as owning nothing).
     pub fn update(&self, mut members: Vec<Member>) {
         if self.is_leaving() {
             members.retain(|m| m.id != self.self_id);
+        } else if !members.iter().any(|m| m.id == self.self_id) {
+            members.push(self.me.clone());
         }
         members.sort_by(|a, b| a.id.cmp(&b.id));
         let mut state = self.lock();
@@ -168,9 +176,18 @@ impl Membership {
             .clone()
     }
 
-    /// How many ready instances the current view has (down ones included).
-    pub fn size(&self) -> usize {
-        self.current().len()
+    /// How many ready instances the current view has that are not marked
+    /// down (refused a connection in the last [`DOWN_FOR`]).
+    pub fn up_size(&self) -> usize {
+        let mut state = self.lock();
+        let now = Instant::now();
+        state.down.retain(|_, until| *until > now);
+        let current = state.views.back().expect("there is always a current view");
+        current
+            .members
+            .iter()
+            .filter(|m| !state.down.contains_key(&m.id))
+            .count()
     }
 
     /// The key's owners now: the first R of its ranking among ready
@@ -332,6 +349,18 @@ mod tests {
         m.update(["a", "b"].map(member).to_vec());
         assert_eq!(ids(&m.current()), ["b"]);
         assert_eq!(ids(&m.owners("k")), ["b"]);
+    }
+
+    #[test]
+    fn an_instance_counts_itself_in_until_it_leaves() {
+        let m = Membership::new("new", "new:1", 2);
+        // The registry still lists only the dead predecessor.
+        m.update(vec![member("dead")]);
+        assert_eq!(ids(&m.current()), ["dead", "new"]);
+        m.mark_down("dead");
+        assert_eq!(ids(&m.owners("k")), ["new"]);
+        m.leave();
+        assert_eq!(ids(&m.current()), ["dead"]);
     }
 
     #[test]
