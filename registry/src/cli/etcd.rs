@@ -68,12 +68,17 @@ pub fn security_hint(args: &EtcdArgs, error: &str) -> Option<&'static str> {
     let lower = error.to_ascii_lowercase();
     // With TLS 1.3 a server that wants a client certificate refuses it after
     // the client's side of the handshake is done: depending on timing the
-    // client sees its alert (BadCertificate, CertificateRequired) or only the
-    // connection close.
+    // client sees its alert (BadCertificate, CertificateRequired), only the
+    // connection close, or a broken pipe when its first write meets the close.
     if args.tls_without_client_cert()
-        && ["connection closed", "badcertificate", "certificaterequired"]
-            .iter()
-            .any(|sign| lower.contains(sign))
+        && [
+            "connection closed",
+            "broken pipe",
+            "badcertificate",
+            "certificaterequired",
+        ]
+        .iter()
+        .any(|sign| lower.contains(sign))
     {
         return Some(
             "etcd refused the TLS connection without a client certificate, which it does when it requires them (--client-cert-auth): pass --etcd-cert and --etcd-key.",
