@@ -14,8 +14,6 @@
 //! - **Receive** (any instance): keep the newer of the local entry and the
 //!   one sent, unless this instance is leaving.
 
-use std::sync::Arc;
-
 use bytes::Bytes;
 use futures::future::join_all;
 use tracing::{debug, warn};
@@ -115,10 +113,6 @@ impl Kv {
 
     pub fn peers(&self) -> &Peers {
         &self.peers
-    }
-
-    pub fn config(&self) -> KvConfig {
-        self.config
     }
 
     fn self_id(&self) -> &str {
@@ -310,6 +304,3 @@ pub fn owner_ids(owners: &[Member]) -> String {
         .collect::<Vec<_>>()
         .join(",")
 }
-
-/// Shared handle.
-pub type SharedKv = Arc<Kv>;

@@ -97,10 +97,6 @@ impl Membership {
         &self.self_id
     }
 
-    pub fn replicas(&self) -> usize {
-        self.replicas
-    }
-
     /// Replace the ready set (as read from the registry). While leaving,
     /// this instance is left out whatever the registry says; otherwise it
     /// counts itself in even before the registry lists it (a replacement
@@ -179,34 +175,15 @@ impl Membership {
     /// How many ready instances the current view has that are not marked
     /// down (refused a connection in the last [`DOWN_FOR`]).
     pub fn up_size(&self) -> usize {
-        let mut state = self.lock();
-        let now = Instant::now();
-        state.down.retain(|_, until| *until > now);
-        let current = state.views.back().expect("there is always a current view");
-        current
-            .members
-            .iter()
-            .filter(|m| !state.down.contains_key(&m.id))
-            .count()
+        up_members(&mut self.lock()).len()
     }
 
     /// The key's owners now: the first R of its ranking among ready
     /// instances that are not marked down.
     pub fn owners(&self, key: &str) -> Vec<Member> {
-        let mut state = self.lock();
-        let now = Instant::now();
-        state.down.retain(|_, until| *until > now);
-        let members = state
-            .views
-            .back()
-            .expect("there is always a current view")
-            .members
-            .clone();
-        let up: Vec<&Member> = members
-            .iter()
-            .filter(|m| !state.down.contains_key(&m.id))
-            .collect();
-        top(key, &up, self.replicas)
+        let up = up_members(&mut self.lock());
+        let candidates: Vec<&Member> = up.iter().collect();
+        top(key, &candidates, self.replicas)
     }
 
     /// Every instance that owned the key in a view seen within [`SETTLE`]
@@ -261,6 +238,19 @@ impl Membership {
 pub fn fingerprint(owners: &[Member]) -> u64 {
     let ids: Vec<&str> = owners.iter().map(|m| m.id.as_str()).collect();
     rendezvous::hash(ids.join(",").as_bytes(), b"owners").max(1)
+}
+
+/// The current view's members not marked down (expired marks forgotten).
+fn up_members(state: &mut State) -> Vec<Member> {
+    let now = Instant::now();
+    state.down.retain(|_, until| *until > now);
+    let current = state.views.back().expect("there is always a current view");
+    current
+        .members
+        .iter()
+        .filter(|m| !state.down.contains_key(&m.id))
+        .cloned()
+        .collect()
 }
 
 fn top(key: &str, candidates: &[&Member], n: usize) -> Vec<Member> {
