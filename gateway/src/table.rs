@@ -18,6 +18,7 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
+use std::sync::atomic::AtomicUsize;
 use std::time::Instant;
 
 use arc_swap::ArcSwap;
@@ -153,7 +154,17 @@ fn age_of(instance: &Instance) -> std::time::Duration {
 pub struct LiveState {
     backends: HashMap<String, Arc<BackendState>>,
     services: HashMap<String, Arc<ServiceCounters>>,
-    routes: HashMap<String, Arc<RequestStats>>,
+    routes: HashMap<String, RouteLive>,
+}
+
+/// What a route keeps across snapshots: its request stats, and where its
+/// round-robin rotation stands, so that a rebuild (an instance's entry
+/// rewritten, a route added elsewhere) does not send the rotation back to
+/// the first backend.
+#[derive(Debug, Default)]
+struct RouteLive {
+    stats: Arc<RequestStats>,
+    rotation: Arc<AtomicUsize>,
 }
 
 impl LiveState {
@@ -293,8 +304,14 @@ impl LiveState {
             .get(&route.service)
             .expect("every routed service has a pool")
             .clone();
-        let balancer = Balancer::new(route.policy, route.hash_key.as_ref(), &pool.ready);
-        let stats = self.routes.entry(name.to_owned()).or_default().clone();
+        let live = self.routes.entry(name.to_owned()).or_default();
+        let balancer = Balancer::new(
+            route.policy,
+            route.hash_key.as_ref(),
+            &pool.ready,
+            live.rotation.clone(),
+        );
+        let stats = live.stats.clone();
         RouteEntry {
             name: name.to_owned(),
             route,
@@ -556,6 +573,40 @@ mod tests {
             0,
             "a returning instance starts fresh"
         );
+    }
+
+    #[test]
+    fn a_rebuild_does_not_restart_the_round_robin_rotation() {
+        let mut live = LiveState::default();
+        let apps = [
+            instance("app", "a", InstanceState::Ready),
+            instance("app", "b", InstanceState::Ready),
+        ];
+        let rr = route(
+            "rr",
+            r#"{"service":"app","path_prefix":"/","policy":"round-robin"}"#,
+        );
+        let pick = |t: &RoutingTable| {
+            let entry = t.resolve(None, "/");
+            let headers = http::HeaderMap::new();
+            let request = crate::balance::RequestView {
+                path: "/",
+                query: None,
+                headers: &headers,
+            };
+            let ctx = crate::balance::PickContext {
+                now: Instant::now() + std::time::Duration::from_secs(60),
+                slow_start: std::time::Duration::ZERO,
+            };
+            let pick = entry.balancer.pick(&entry.pool.ready, &request, &[], &ctx);
+            entry.pool.ready[pick.unwrap().index].id().to_owned()
+        };
+        // The same instances and routes, rebuilt between every pick (as when an
+        // instance rewrites its entry): the turns still alternate.
+        let picks: Vec<String> = (0..6)
+            .map(|_| pick(&build(&mut live, &apps, std::slice::from_ref(&rr))))
+            .collect();
+        assert_eq!(picks, ["a", "b", "a", "b", "a", "b"]);
     }
 
     #[tokio::test]

@@ -20,6 +20,7 @@ pub mod round_robin;
 pub mod sticky;
 
 use std::sync::Arc;
+use std::sync::atomic::AtomicUsize;
 use std::time::{Duration, Instant};
 
 use http::HeaderMap;
@@ -53,14 +54,17 @@ pub enum Balancer {
 }
 
 impl Balancer {
+    /// `rotation` is the route's round-robin position, kept across snapshots
+    /// (other policies ignore it).
     pub fn new(
         policy: BalancePolicy,
         hash_key: Option<&HashKey>,
         backends: &[Arc<Backend>],
+        rotation: Arc<AtomicUsize>,
     ) -> Self {
         match policy {
             BalancePolicy::RoundRobin => {
-                Balancer::RoundRobin(round_robin::RoundRobin::new(backends))
+                Balancer::RoundRobin(round_robin::RoundRobin::new(backends, rotation))
             }
             BalancePolicy::LeastRequest => Balancer::LeastRequest,
             BalancePolicy::ConsistentHash => match hash_key {

@@ -1,7 +1,7 @@
 //! Weighted round-robin, the policy of the source notes. The order is nginx's
 //! "smooth" weighted round-robin (weights 5,1,1 give a a b a c a a, not
 //! a a a a a b c), computed once per table snapshot; the request path only
-//! bumps an atomic cursor. Ejected or already-tried backends are skipped, and a
+//! bumps an atomic cursor, which the route keeps across snapshots. Ejected or already-tried backends are skipped, and a
 //! backend in slow start is skipped with probability 1 − warmth.
 
 use std::sync::Arc;
@@ -15,15 +15,17 @@ use crate::backend::Backend;
 #[derive(Debug)]
 pub struct RoundRobin {
     schedule: Vec<usize>,
-    cursor: AtomicUsize,
+    /// Shared with the snapshots before and after this one (see
+    /// [`Balancer::new`](super::Balancer::new)).
+    cursor: Arc<AtomicUsize>,
 }
 
 impl RoundRobin {
-    pub fn new(backends: &[Arc<Backend>]) -> Self {
+    pub fn new(backends: &[Arc<Backend>], cursor: Arc<AtomicUsize>) -> Self {
         let weights: Vec<u32> = backends.iter().map(|b| b.instance.weight.max(1)).collect();
         RoundRobin {
             schedule: smooth_schedule(&weights),
-            cursor: AtomicUsize::new(0),
+            cursor,
         }
     }
 
@@ -110,7 +112,7 @@ mod tests {
     #[test]
     fn equal_weights_take_turns_exactly() {
         let b = backends(3);
-        let rr = RoundRobin::new(&b);
+        let rr = RoundRobin::new(&b, Default::default());
         assert_eq!(counts(&rr, &b, &[], 300, Instant::now()), [100, 100, 100]);
     }
 
@@ -120,14 +122,14 @@ mod tests {
         assert_eq!(smooth_schedule(&[2, 4]), [1, 0, 1]);
         let long_ago = Instant::now() - Duration::from_secs(60);
         let b = vec![backend("a", 1, long_ago), backend("b", 3, long_ago)];
-        let rr = RoundRobin::new(&b);
+        let rr = RoundRobin::new(&b, Default::default());
         assert_eq!(counts(&rr, &b, &[], 400, Instant::now()), [100, 300]);
     }
 
     #[test]
     fn skips_tried_and_ejected_backends() {
         let b = backends(3);
-        let rr = RoundRobin::new(&b);
+        let rr = RoundRobin::new(&b, Default::default());
         let now = Instant::now();
         assert_eq!(counts(&rr, &b, &[1], 100, now), [50, 0, 50]);
         b[2].state.health.lock().unwrap().ejected_until = Some(now + Duration::from_secs(1));
@@ -141,7 +143,7 @@ mod tests {
             backend("old", 1, now - Duration::from_secs(60)),
             backend("new", 1, now),
         ];
-        let rr = RoundRobin::new(&b);
+        let rr = RoundRobin::new(&b, Default::default());
         let cold = counts(&rr, &b, &[], 2000, now);
         // At 10% warmth the newcomer gets about 0.1 / 1.1 of the traffic.
         assert!((100..=300).contains(&cold[1]), "{cold:?}");
