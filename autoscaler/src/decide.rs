@@ -169,14 +169,14 @@ pub fn decide(inputs: &Inputs<'_>) -> Decision {
                 bounded_by = Some(Bound::ScaleUpStep);
             }
         }
-    } else if desired < current {
-        if let Some(step) = policy.max_scale_down_step {
-            let removed: i64 = -recent.iter().filter(|d| **d < 0).sum::<i64>();
-            let allowed = (step as i64 - removed).max(0) as u32;
-            if current - desired > allowed {
-                desired = current - allowed;
-                bounded_by = Some(Bound::ScaleDownStep);
-            }
+    } else if desired < current
+        && let Some(step) = policy.max_scale_down_step
+    {
+        let removed: i64 = -recent.iter().filter(|d| **d < 0).sum::<i64>();
+        let allowed = (step as i64 - removed).max(0) as u32;
+        if current - desired > allowed {
+            desired = current - allowed;
+            bounded_by = Some(Bound::ScaleDownStep);
         }
     }
 
@@ -189,10 +189,10 @@ pub fn decide(inputs: &Inputs<'_>) -> Decision {
         bounded_by = Some(Bound::Max);
     }
 
-    if desired != recommended {
-        if let Some(bound) = bounded_by {
-            reason = format!("{reason}; bounded by {} to {desired}", bound.name());
-        }
+    if desired != recommended
+        && let Some(bound) = bounded_by
+    {
+        reason = format!("{reason}; bounded by {} to {desired}", bound.name());
     }
     Decision {
         current,

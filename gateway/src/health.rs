@@ -123,11 +123,11 @@ pub fn apply(
 
 /// Record an attempt's outcome on `backend`, logging ejections.
 pub fn record(backend: &Backend, outcome: Outcome, now: Instant, policy: &EjectionPolicy) {
-    if outcome == Outcome::Failure {
-        if let Some(unconfirmed) = &backend.unconfirmed {
-            // Left the registry and now failing: not coming back; drop it.
-            unconfirmed.fail();
-        }
+    if outcome == Outcome::Failure
+        && let Some(unconfirmed) = &backend.unconfirmed
+    {
+        // Left the registry and now failing: not coming back; drop it.
+        unconfirmed.fail();
     }
     let transition = {
         let mut health = backend.state.health.lock().expect("health lock poisoned");

@@ -371,13 +371,13 @@ impl Route {
             ));
         }
         validate_text("route.path_prefix", &self.path_prefix, 1024)?;
-        if let Some(host) = &self.host {
-            if host.is_empty() || host.contains(['/', ' ', ':']) {
-                return Err(ValidationError::new(
-                    "route.host",
-                    format!("`{host}` is not a host name; use e.g. api.example.com (no port)"),
-                ));
-            }
+        if let Some(host) = &self.host
+            && (host.is_empty() || host.contains(['/', ' ', ':']))
+        {
+            return Err(ValidationError::new(
+                "route.host",
+                format!("`{host}` is not a host name; use e.g. api.example.com (no port)"),
+            ));
         }
         if self.policy == BalancePolicy::ConsistentHash && self.hash_key.is_none() {
             return Err(ValidationError::new(

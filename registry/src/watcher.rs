@@ -348,11 +348,10 @@ impl<T: RegistryValue> WatchTask<T> {
                     if quiet >= PROGRESS_TIMEOUT {
                         return Ok(Relist::Broken(format!("etcd answered nothing for {} ms", quiet.as_millis())));
                     }
-                    if quiet >= PROGRESS_EVERY {
-                        if let Err(e) = requests.request_progress().await {
+                    if quiet >= PROGRESS_EVERY
+                        && let Err(e) = requests.request_progress().await {
                             return Ok(Relist::Broken(format!("cannot ask for progress: {e}")));
                         }
-                    }
                     continue;
                 }
             };

@@ -238,10 +238,10 @@ mod tests {
 
     async fn wait_exited(d: &ProcessDriver, id: &str) -> Option<i32> {
         for _ in 0..500 {
-            if let Some(o) = d.list().await.unwrap().into_iter().find(|o| o.id == id) {
-                if o.exited.is_some() {
-                    return o.exited;
-                }
+            if let Some(o) = d.list().await.unwrap().into_iter().find(|o| o.id == id)
+                && o.exited.is_some()
+            {
+                return o.exited;
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
         }

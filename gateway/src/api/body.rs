@@ -57,14 +57,14 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
         if bytes.iter().all(u8::is_ascii_whitespace) {
             return Ok(JsonBody(None));
         }
-        if let Some(ct) = content_type {
-            if !ct.starts_with("application/json") {
-                return Err(ApiError::new(
-                    StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                    "unsupported_media_type",
-                    format!("the body is `{ct}`; send JSON with `Content-Type: application/json`"),
-                ));
-            }
+        if let Some(ct) = content_type
+            && !ct.starts_with("application/json")
+        {
+            return Err(ApiError::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "unsupported_media_type",
+                format!("the body is `{ct}`; send JSON with `Content-Type: application/json`"),
+            ));
         }
         serde_json::from_slice(&bytes)
             .map(|v| JsonBody(Some(v)))

@@ -26,13 +26,13 @@ impl Sticky {
         ctx: &PickContext,
     ) -> Option<Pick> {
         let service = &backends.first()?.instance.service;
-        if let Some(pinned) = cookie_value(request.headers, &cookie_name(service)) {
-            if let Some(index) = eligible.iter().find(|&i| backends[i].id() == pinned) {
-                return Some(Pick {
-                    index,
-                    set_cookie: false,
-                });
-            }
+        if let Some(pinned) = cookie_value(request.headers, &cookie_name(service))
+            && let Some(index) = eligible.iter().find(|&i| backends[i].id() == pinned)
+        {
+            return Some(Pick {
+                index,
+                set_cookie: false,
+            });
         }
         least_request::pick(backends, eligible, ctx).map(|index| Pick {
             index,

@@ -44,10 +44,10 @@ pub fn client(connect_timeout: Duration, idle_timeout: Duration) -> HttpClient {
 pub fn forward_path_and_query(entry: &RouteEntry, uri: &Uri) -> PathAndQuery {
     let path = uri.path();
     let forward = entry.forward_path(path);
-    if forward == path {
-        if let Some(pq) = uri.path_and_query() {
-            return pq.clone();
-        }
+    if forward == path
+        && let Some(pq) = uri.path_and_query()
+    {
+        return pq.clone();
     }
     let joined = match uri.query() {
         Some(q) => format!("{forward}?{q}"),

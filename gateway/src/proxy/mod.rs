@@ -454,10 +454,10 @@ impl Inner {
                 .saturating_sub(now().saturating_duration_since(started));
             if retriable && body.is_available() && failed_on.len() < MAX_ATTEMPTS && !left.is_zero()
             {
-                if let Some((failure, ..)) = &attempts.last_failure {
-                    if *failure != Failure::NotSent {
-                        second_chance_used = true;
-                    }
+                if let Some((failure, ..)) = &attempts.last_failure
+                    && *failure != Failure::NotSent
+                {
+                    second_chance_used = true;
                 }
                 let failed_ids: Vec<&str> = failed_on.iter().map(|b| b.id()).collect();
                 if let Some(newer) = Box::pin(self.hold_for_another(pool, &failed_ids, left)).await

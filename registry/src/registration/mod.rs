@@ -174,10 +174,10 @@ impl<V: LeasedValue> Registration<V> {
     /// Stop keeping the lease alive and revoke it, deleting the key.
     pub async fn deregister(mut self) {
         self.shutdown.cancel();
-        if let Some(task) = self.task.take() {
-            if let Err(e) = task.await {
-                tracing::warn!(key = %self.key, error = %e, "registration keeper ended abnormally");
-            }
+        if let Some(task) = self.task.take()
+            && let Err(e) = task.await
+        {
+            tracing::warn!(key = %self.key, error = %e, "registration keeper ended abnormally");
         }
     }
 }
