@@ -116,6 +116,12 @@ pub struct Config {
     )]
     pub kv_write_quorum: Option<u32>,
 
+    /// Keep this instance's key-value entries in this directory (created if
+    /// missing; one instance per directory), so that an instance restarted
+    /// with it comes back with them. Without it they live in memory only.
+    #[arg(long, env = "SHOAL_DATA_DIR", value_name = "DIR")]
+    pub data_dir: Option<std::path::PathBuf>,
+
     /// Do not serve: probe the /readyz of the app-server listening on
     /// --listen (on loopback when bound to 0.0.0.0) and exit 0 if it answers
     /// 2xx, 1 otherwise; for container healthchecks.

@@ -75,6 +75,10 @@ pub enum ApiError {
     )]
     Leaving,
 
+    /// The detail says what failed and what to check.
+    #[error("{0}; nothing was stored")]
+    StorageFailed(String),
+
     #[error("internal replication call without a valid `x-shoal-kv-version` header")]
     BadVersion,
 
@@ -92,9 +96,10 @@ impl ApiError {
             | ApiError::BadIfMatch { .. }
             | ApiError::BadVersion => StatusCode::BAD_REQUEST,
             ApiError::VersionMismatch { .. } => StatusCode::CONFLICT,
-            ApiError::TooFewOwners { .. } | ApiError::OwnerFailed { .. } | ApiError::Leaving => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
+            ApiError::TooFewOwners { .. }
+            | ApiError::OwnerFailed { .. }
+            | ApiError::Leaving
+            | ApiError::StorageFailed(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::ValueTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::KeyNotFound(_) | ApiError::UnknownPath(_) => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
@@ -118,6 +123,7 @@ impl ApiError {
             ApiError::TooFewOwners { .. } => "too_few_owners",
             ApiError::OwnerFailed { .. } => "owner_unavailable",
             ApiError::Leaving => "leaving",
+            ApiError::StorageFailed(_) => "storage_failed",
             ApiError::BadVersion => "bad_version",
             ApiError::Internal => "internal",
         }

@@ -30,6 +30,7 @@ use tracing::{Instrument, error, info, info_span, warn};
 
 use crate::config::Config;
 use crate::crash;
+use crate::kv::store::LocalStore;
 use crate::kv::{self, Kv};
 use crate::routes::app;
 use crate::state::AppState;
@@ -105,7 +106,11 @@ async fn run_instance(config: Config, id: String) -> anyhow::Result<ExitCode> {
         .await
         .context("cannot connect to etcd; check --etcd, and --etcd-user/--etcd-password and --etcd-ca/--etcd-cert/--etcd-key if etcd requires them")?;
     let keys = &config.etcd.prefix;
-    let kv = Arc::new(Kv::new(&id, &addr, kv_config));
+    let store = match &config.data_dir {
+        Some(dir) => LocalStore::open(dir)?,
+        None => LocalStore::default(),
+    };
+    let kv = Arc::new(Kv::with_store(&id, &addr, kv_config, store));
     let kv_stop = CancellationToken::new();
     kv::feed::start(
         client.clone(),

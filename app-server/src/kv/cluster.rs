@@ -20,7 +20,9 @@ use tracing::{debug, warn};
 
 use super::membership::{Member, Membership, fingerprint};
 use super::peers::{PeerError, Peers};
-use super::store::{Applied, Entry, LocalStore, Mismatch, Precondition};
+use super::store::{
+    Applied, Entry, LocalStore, Mismatch, Precondition, StorageFailed, WriteRefused,
+};
 use super::version::{Clock, Version};
 
 /// Replication settings (`--kv-replicas`, `--kv-write-quorum`).
@@ -56,6 +58,8 @@ pub enum Route {
 pub enum KvError {
     #[error("the precondition failed")]
     Mismatch(Mismatch),
+    #[error(transparent)]
+    Storage(StorageFailed),
     #[error("only {acked} of the {needed} owners needed stored the write: {why}")]
     TooFewOwners {
         acked: usize,
@@ -74,9 +78,14 @@ pub struct Written {
     pub copies: usize,
 }
 
-/// Refused by a leaving instance.
-#[derive(Debug, Clone, Copy)]
-pub struct Leaving;
+/// Why a copy sent by a peer was not stored.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum NotReceived {
+    #[error("this instance is leaving")]
+    Leaving,
+    #[error(transparent)]
+    Storage(StorageFailed),
+}
 
 #[derive(Debug)]
 pub struct Kv {
@@ -88,10 +97,21 @@ pub struct Kv {
 }
 
 impl Kv {
+    /// A store held in memory only.
     pub fn new(self_id: &str, self_addr: &str, config: KvConfig) -> Self {
+        Kv::with_store(self_id, self_addr, config, LocalStore::default())
+    }
+
+    /// A store starting from `store` (e.g. one opened from `--data-dir`);
+    /// the clock starts past every version in it.
+    pub fn with_store(self_id: &str, self_addr: &str, config: KvConfig, store: LocalStore) -> Self {
+        let clock = Clock::new(self_id);
+        if let Some(newest) = store.newest_version() {
+            clock.observe(newest);
+        }
         Kv {
-            store: LocalStore::default(),
-            clock: Clock::new(self_id),
+            store,
+            clock,
             membership: Membership::new(self_id, self_addr, config.replicas),
             peers: Peers::default(),
             config,
@@ -158,8 +178,10 @@ impl Kv {
         {
             // Stored unconfirmed: the sync task brings the other owners up to date.
             self.clock.observe(found.version);
-            self.store.apply(key, found.clone(), 0);
-            debug!(key, version = %found.version, "read repaired from a peer");
+            match self.store.apply(key, found.clone(), 0) {
+                Ok(_) => debug!(key, version = %found.version, "read repaired from a peer"),
+                Err(e) => warn!(key, error = %e, "could not keep the newer copy a peer had"),
+            }
         }
         newest
     }
@@ -181,7 +203,10 @@ impl Kv {
                 version: self.clock.next(current),
                 value,
             })
-            .map_err(KvError::Mismatch)?;
+            .map_err(|refused| match refused {
+                WriteRefused::Mismatch(m) => KvError::Mismatch(m),
+                WriteRefused::Storage(e) => KvError::Storage(e),
+            })?;
 
         let mut stored_by: Vec<String> = Vec::new();
         let mut failures: Vec<String> = Vec::new();
@@ -265,9 +290,9 @@ impl Kv {
         key: &str,
         entry: Entry,
         sender_owners: &str,
-    ) -> Result<Applied, Leaving> {
+    ) -> Result<Applied, NotReceived> {
         if self.membership.is_leaving() {
-            return Err(Leaving);
+            return Err(NotReceived::Leaving);
         }
         self.clock.observe(entry.version);
         let owners = self.membership.owners(key);
@@ -276,7 +301,9 @@ impl Kv {
         } else {
             0
         };
-        Ok(self.store.apply(key, entry, confirmed))
+        self.store
+            .apply(key, entry, confirmed)
+            .map_err(NotReceived::Storage)
     }
 
     /// Forget a tombstone that every owner has (asked by its primary).

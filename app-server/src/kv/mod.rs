@@ -6,6 +6,7 @@
 //! - [`key`]: key and value rules.
 //! - [`version`]: versions and the clock that issues them.
 //! - [`store`]: the local last-writer-wins map.
+//! - [`journal`]: `--data-dir`, the append-only file the map is rebuilt from.
 //! - [`membership`]: ready instances, owners, primaries, down marks, settling.
 //! - [`peers`]: calls to other instances (internal endpoints, forwarding).
 //! - [`cluster`]: [`Kv`], coordinating reads and writes.
@@ -17,6 +18,7 @@
 
 pub mod cluster;
 pub mod feed;
+pub mod journal;
 pub mod key;
 pub mod membership;
 pub mod peers;

@@ -10,13 +10,21 @@
 //! Each entry also remembers which owner set is known to hold it
 //! (`confirmed`, a fingerprint of the owners' ids), so the sync task pushes
 //! only entries whose owners changed or were never all reached.
+//!
+//! With `--data-dir` ([`LocalStore::open`]) every change is appended to the
+//! directory's [`Journal`] under the same lock, before the map changes, so
+//! the journal replays to exactly this map. A change the journal cannot
+//! record is refused ([`StorageFailed`]), never half made.
 
 use std::collections::HashMap;
+use std::path::Path;
 use std::sync::{Mutex, MutexGuard};
 use std::time::Instant;
 
 use bytes::Bytes;
+use tracing::{info, warn};
 
+use super::journal::{Journal, JournalError, Record, record_len};
 use super::version::Version;
 
 /// One key's newest known state.
@@ -58,6 +66,20 @@ pub struct Mismatch {
     pub current: Option<Version>,
 }
 
+/// The data directory could not record a change, so it was not made.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "the data directory could not record the change ({0}); check its disk space and permissions"
+)]
+pub struct StorageFailed(pub String);
+
+/// Why [`LocalStore::compare_and_write`] stored nothing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WriteRefused {
+    Mismatch(Mismatch),
+    Storage(StorageFailed),
+}
+
 /// What a write should require of the current entry.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Precondition {
@@ -68,36 +90,76 @@ pub enum Precondition {
     Version(Version),
 }
 
-/// The local map; cheap operations under one mutex (no I/O while locked).
+/// The local map; cheap operations under one mutex. The only I/O while
+/// locked is the journal's append (one `write`, no `fsync`) when there is a
+/// data directory.
 #[derive(Debug, Default)]
 pub struct LocalStore {
-    slots: Mutex<HashMap<String, Slot>>,
+    inner: Mutex<Inner>,
+}
+
+#[derive(Debug, Default)]
+struct Inner {
+    slots: HashMap<String, Slot>,
+    journal: Option<Journal>,
+}
+
+impl Inner {
+    fn record(&mut self, record: Record<'_>) -> Result<(), StorageFailed> {
+        match &mut self.journal {
+            Some(journal) => journal
+                .append(record)
+                .map_err(|e| StorageFailed(e.to_string())),
+            None => Ok(()),
+        }
+    }
 }
 
 impl LocalStore {
+    /// A store kept in `dir` (`--data-dir`): what the directory's journal
+    /// holds is loaded, unconfirmed, so the sync task places it on its
+    /// current owners.
+    pub fn open(dir: &Path) -> Result<LocalStore, JournalError> {
+        let (journal, entries) = Journal::open(dir)?;
+        let live = entries.values().filter(|e| !e.is_tombstone()).count();
+        info!(dir = %dir.display(), entries = entries.len(), live, "key-value data directory opened");
+        let slots = entries
+            .into_iter()
+            .map(|(key, entry)| (key, Slot::new(entry, 0)))
+            .collect();
+        Ok(LocalStore {
+            inner: Mutex::new(Inner {
+                slots,
+                journal: Some(journal),
+            }),
+        })
+    }
+
     pub fn get(&self, key: &str) -> Option<Entry> {
-        self.lock().get(key).map(|s| s.entry.clone())
+        self.lock().slots.get(key).map(|s| s.entry.clone())
+    }
+
+    /// The newest version held (for the clock after a restart).
+    pub fn newest_version(&self) -> Option<Version> {
+        self.lock().slots.values().map(|s| s.entry.version).max()
     }
 
     /// Keep `entry` if it is newer than the local one.
-    pub fn apply(&self, key: &str, entry: Entry, confirmed: u64) -> Applied {
-        let mut slots = self.lock();
-        match slots.get_mut(key) {
-            Some(slot) if slot.entry.version >= entry.version => {
-                if slot.entry.version == entry.version && confirmed != 0 {
-                    slot.confirmed = confirmed;
-                }
-                Applied::AlreadyNewer
+    pub fn apply(&self, key: &str, entry: Entry, confirmed: u64) -> Result<Applied, StorageFailed> {
+        let mut inner = self.lock();
+        if let Some(slot) = inner.slots.get_mut(key)
+            && slot.entry.version >= entry.version
+        {
+            if slot.entry.version == entry.version && confirmed != 0 {
+                slot.confirmed = confirmed;
             }
-            Some(slot) => {
-                *slot = Slot::new(entry, confirmed);
-                Applied::Stored
-            }
-            None => {
-                slots.insert(key.to_owned(), Slot::new(entry, confirmed));
-                Applied::Stored
-            }
+            return Ok(Applied::AlreadyNewer);
         }
+        inner.record(Record::Put(key, &entry))?;
+        inner
+            .slots
+            .insert(key.to_owned(), Slot::new(entry, confirmed));
+        Ok(Applied::Stored)
     }
 
     /// Check `precondition` against the local entry and, if it holds, store
@@ -108,9 +170,9 @@ impl LocalStore {
         key: &str,
         precondition: Precondition,
         make: impl FnOnce(Option<Version>) -> Entry,
-    ) -> Result<(Entry, bool), Mismatch> {
-        let mut slots = self.lock();
-        let current = slots.get(key).map(|s| &s.entry);
+    ) -> Result<(Entry, bool), WriteRefused> {
+        let mut inner = self.lock();
+        let current = inner.slots.get(key).map(|s| &s.entry);
         let live = current.filter(|e| !e.is_tombstone()).map(|e| e.version);
         let holds = match precondition {
             Precondition::None => true,
@@ -118,16 +180,21 @@ impl LocalStore {
             Precondition::Version(v) => live == Some(v),
         };
         if !holds {
-            return Err(Mismatch { current: live });
+            return Err(WriteRefused::Mismatch(Mismatch { current: live }));
         }
         let entry = make(current.map(|e| e.version));
-        slots.insert(key.to_owned(), Slot::new(entry.clone(), 0));
+        inner
+            .record(Record::Put(key, &entry))
+            .map_err(WriteRefused::Storage)?;
+        inner
+            .slots
+            .insert(key.to_owned(), Slot::new(entry.clone(), 0));
         Ok((entry, live.is_some()))
     }
 
     /// Record that `owners` (a fingerprint) all hold `version` of `key`.
     pub fn confirm(&self, key: &str, version: Version, owners: u64) {
-        if let Some(slot) = self.lock().get_mut(key)
+        if let Some(slot) = self.lock().slots.get_mut(key)
             && slot.entry.version == version
         {
             slot.confirmed = owners;
@@ -135,20 +202,55 @@ impl LocalStore {
     }
 
     /// Remove `key` if it still has `version` (a purged tombstone, or a copy
-    /// handed off to its owners).
+    /// handed off to its owners). False when it has another version, or the
+    /// data directory could not record the removal (the copy stays; the next
+    /// sync pass tries again).
     pub fn remove_if(&self, key: &str, version: Version) -> bool {
-        let mut slots = self.lock();
-        if slots.get(key).is_some_and(|s| s.entry.version == version) {
-            slots.remove(key);
-            true
-        } else {
-            false
+        let mut inner = self.lock();
+        if inner
+            .slots
+            .get(key)
+            .is_none_or(|s| s.entry.version != version)
+        {
+            return false;
         }
+        if let Err(e) = inner.record(Record::Remove(key, version)) {
+            warn!(key, error = %e, "keeping a copy that could have been dropped");
+            return false;
+        }
+        inner.slots.remove(key);
+        true
+    }
+
+    /// Flush the data directory's journal to the disk, after rewriting it
+    /// if it has grown past twice what the entries need. Nothing to do
+    /// without a data directory.
+    pub fn persist(&self) -> std::io::Result<()> {
+        let file = {
+            let mut inner = self.lock();
+            let Inner { slots, journal } = &mut *inner;
+            let Some(journal) = journal else {
+                return Ok(());
+            };
+            let live: u64 = slots.iter().map(|(k, s)| record_len(k, &s.entry)).sum();
+            if journal.wants_compaction(live) {
+                let before = journal.len();
+                journal.compact(slots.iter().map(|(k, s)| (k.as_str(), &s.entry)))?;
+                info!(
+                    before_bytes = before,
+                    after_bytes = journal.len(),
+                    "key-value journal compacted"
+                );
+            }
+            journal.sync_handle()?
+        };
+        file.sync_data()
     }
 
     /// Every entry with its confirmation fingerprint and age, for the sync task.
     pub fn scan(&self) -> Vec<(String, Entry, u64, Instant)> {
         self.lock()
+            .slots
             .iter()
             .map(|(k, s)| (k.clone(), s.entry.clone(), s.confirmed, s.since))
             .collect()
@@ -157,6 +259,7 @@ impl LocalStore {
     /// Live values (tombstones not counted).
     pub fn live_len(&self) -> usize {
         self.lock()
+            .slots
             .values()
             .filter(|s| !s.entry.is_tombstone())
             .count()
@@ -164,17 +267,18 @@ impl LocalStore {
 
     /// Entries including tombstones.
     pub fn len(&self) -> usize {
-        self.lock().len()
+        self.lock().slots.len()
     }
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
 
-    // Every critical section is a few map operations that cannot leave the
+    // Every critical section is a few map operations (and at most one
+    // journal append, done before the map changes) that cannot leave the
     // map half-updated, so a poisoned lock is still usable.
-    fn lock(&self) -> MutexGuard<'_, HashMap<String, Slot>> {
-        self.slots
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        self.inner
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
@@ -208,16 +312,28 @@ mod tests {
     #[test]
     fn the_newest_version_wins_in_any_order() {
         let store = LocalStore::default();
-        assert_eq!(store.apply("k", live(2, "b"), 0), Applied::Stored);
-        assert_eq!(store.apply("k", live(1, "a"), 0), Applied::AlreadyNewer);
-        assert_eq!(store.apply("k", live(2, "b"), 0), Applied::AlreadyNewer);
+        assert_eq!(store.apply("k", live(2, "b"), 0).unwrap(), Applied::Stored);
+        assert_eq!(
+            store.apply("k", live(1, "a"), 0).unwrap(),
+            Applied::AlreadyNewer
+        );
+        assert_eq!(
+            store.apply("k", live(2, "b"), 0).unwrap(),
+            Applied::AlreadyNewer
+        );
         assert_eq!(store.get("k"), Some(live(2, "b")));
         let tombstone = Entry {
             version: v(3),
             value: None,
         };
-        assert_eq!(store.apply("k", tombstone.clone(), 0), Applied::Stored);
-        assert_eq!(store.apply("k", live(2, "b"), 0), Applied::AlreadyNewer);
+        assert_eq!(
+            store.apply("k", tombstone.clone(), 0).unwrap(),
+            Applied::Stored
+        );
+        assert_eq!(
+            store.apply("k", live(2, "b"), 0).unwrap(),
+            Applied::AlreadyNewer
+        );
         assert_eq!(store.get("k"), Some(tombstone));
         assert_eq!((store.len(), store.live_len()), (1, 0));
     }
@@ -228,7 +344,7 @@ mod tests {
         let make = |hlc| move |_: Option<Version>| live(hlc, "x");
         assert_eq!(
             store.compare_and_write("k", Precondition::Exists, make(1)),
-            Err(Mismatch { current: None })
+            Err(WriteRefused::Mismatch(Mismatch { current: None }))
         );
         let (_, replaced) = store
             .compare_and_write("k", Precondition::None, make(1))
@@ -236,9 +352,9 @@ mod tests {
         assert!(!replaced);
         assert_eq!(
             store.compare_and_write("k", Precondition::Version(v(9)), make(2)),
-            Err(Mismatch {
+            Err(WriteRefused::Mismatch(Mismatch {
                 current: Some(v(1))
-            })
+            }))
         );
         let (entry, replaced) = store
             .compare_and_write("k", Precondition::Version(v(1)), make(2))
@@ -246,24 +362,26 @@ mod tests {
         assert!(replaced);
         assert_eq!(entry.version, v(2));
         // A tombstone is not a live value.
-        store.apply(
-            "k",
-            Entry {
-                version: v(3),
-                value: None,
-            },
-            0,
-        );
+        store
+            .apply(
+                "k",
+                Entry {
+                    version: v(3),
+                    value: None,
+                },
+                0,
+            )
+            .unwrap();
         assert_eq!(
             store.compare_and_write("k", Precondition::Exists, make(4)),
-            Err(Mismatch { current: None })
+            Err(WriteRefused::Mismatch(Mismatch { current: None }))
         );
     }
 
     #[test]
     fn confirm_and_remove_only_touch_the_named_version() {
         let store = LocalStore::default();
-        store.apply("k", live(2, "b"), 0);
+        store.apply("k", live(2, "b"), 0).unwrap();
         store.confirm("k", v(1), 42);
         assert_eq!(store.scan()[0].2, 0);
         store.confirm("k", v(2), 42);
@@ -271,5 +389,45 @@ mod tests {
         assert!(!store.remove_if("k", v(1)));
         assert!(store.remove_if("k", v(2)));
         assert!(store.is_empty());
+    }
+
+    #[test]
+    fn a_store_in_a_data_directory_comes_back_as_it_was() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = LocalStore::open(dir.path()).unwrap();
+            store.apply("a", live(1, "one"), 0).unwrap();
+            store.apply("a", live(0, "older"), 0).unwrap();
+            store
+                .compare_and_write("b", Precondition::None, |_| live(2, "two"))
+                .unwrap();
+            store.apply("gone", live(3, "handed off"), 0).unwrap();
+            assert!(store.remove_if("gone", v(3)));
+            store
+                .apply(
+                    "deleted",
+                    Entry {
+                        version: v(4),
+                        value: None,
+                    },
+                    0,
+                )
+                .unwrap();
+            store.persist().unwrap();
+        }
+        let store = LocalStore::open(dir.path()).unwrap();
+        assert_eq!(store.get("a"), Some(live(1, "one")));
+        assert_eq!(store.get("b"), Some(live(2, "two")));
+        assert_eq!(store.get("gone"), None);
+        assert!(store.get("deleted").unwrap().is_tombstone());
+        assert_eq!((store.len(), store.live_len()), (3, 2));
+        assert_eq!(store.newest_version(), Some(v(4)));
+        // Loaded unconfirmed: the sync task places everything again.
+        assert!(
+            store
+                .scan()
+                .iter()
+                .all(|(_, _, confirmed, _)| *confirmed == 0)
+        );
     }
 }

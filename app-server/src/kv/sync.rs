@@ -6,6 +6,8 @@
 //! purges tombstones every owner has (the primary decides, after
 //! [`TOMBSTONE_GRACE`]).
 //!
+//! After each pass it flushes the data directory (`--data-dir`) to the disk.
+//!
 //! [`hand_off`] is the same pass run by a leaving instance until every entry
 //! is with its new owners: scale-in loses nothing, even with one copy.
 
@@ -60,11 +62,24 @@ pub async fn run(kv: Arc<Kv>, stop: CancellationToken) {
         if report.complete() {
             kv.membership().mark_synced(epoch);
         }
+        persist(&kv).await;
         tokio::select! {
             () = stop.cancelled() => return,
             _ = changes.changed() => {}
             () = tokio::time::sleep(PASS_EVERY) => {}
         }
+    }
+}
+
+/// Flush the data directory (if any) to the disk, off the runtime's threads.
+async fn persist(kv: &Arc<Kv>) {
+    let kv = kv.clone();
+    match tokio::task::spawn_blocking(move || kv.store().persist()).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => {
+            warn!(error = %e, "cannot flush the key-value data directory to the disk; check its disk space and permissions")
+        }
+        Err(e) => warn!(error = %e, "the key-value flush task failed"),
     }
 }
 

@@ -18,6 +18,7 @@ use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
 use crate::error::ApiError;
+use crate::kv::cluster::NotReceived;
 use crate::kv::peers::{OWNERS_HEADER, TOMBSTONE_HEADER, VERSION_HEADER, header_version};
 use crate::kv::store::{Applied, Entry};
 use crate::routes::kv::{body_error, key};
@@ -58,7 +59,10 @@ pub async fn put(
     let applied = state
         .kv()
         .receive(&key, Entry { version, value }, owners)
-        .map_err(|_| ApiError::Leaving)?;
+        .map_err(|e| match e {
+            NotReceived::Leaving => ApiError::Leaving,
+            NotReceived::Storage(e) => ApiError::StorageFailed(e.to_string()),
+        })?;
     Ok(Json(json!({ "stored": applied == Applied::Stored })).into_response())
 }
 
