@@ -205,6 +205,12 @@ served=$(service_json | jq '[.instances[] | select(.requests_total > 0)] | lengt
 [ "$served" -ge 2 ] || fail "requests went to $served instance(s), not both"
 step_done "traffic: 200 requests, all 200, over $served instances"
 
+# 2b the key-value store through the route the `routes` one-shot wrote
+kv_put=$(curl -s -o /dev/null -w '%{http_code}' --max-time 10 -X PUT --data-binary 'compose' "$gateway/kv/compose-check")
+kv_get=$(curl -s --max-time 10 "$gateway/kv/compose-check")
+[ "$kv_put" = 201 ] && [ "$kv_get" = compose ] || fail "PUT /kv/compose-check answered $kv_put, then GET answered \`$kv_get\`; see: docker compose logs routes"
+step_done "kv: PUT then GET /kv/compose-check through the gateway's kv route"
+
 # 3 scale-out under load: 16 clients keep CPU-bound /work requests (about
 # 40 ms each) in flight, 8 per instance; the autoscaler reads the gateway's
 # stats over the compose network and, against a target of 4, adds containers.

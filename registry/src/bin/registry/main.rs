@@ -1,7 +1,7 @@
 //! `registry`: look at Shoal's service registry and join programs to it.
 //!
 //! - `main.rs`: the command line and the mapping from outcomes to exit codes.
-//! - [`list`], [`watch`], [`run`]: one file per subcommand.
+//! - [`list`], [`watch`], [`run`], [`route`]: one file per subcommand.
 //! - [`child`] and [`readiness`]: the wrapped program and how `run` decides it is up.
 //! - `etcd`, `exit`, `out`: reaching etcd with a helpful error, exit codes,
 //!   writing stdout; shared with `autoscaler`, in [`registry::cli`].
@@ -9,6 +9,7 @@
 mod child;
 mod list;
 mod readiness;
+mod route;
 mod run;
 mod watch;
 
@@ -25,6 +26,8 @@ Look at Shoal's service registry in etcd, and make any program a registered inst
   registry watch [SERVICE]       every change, as it happens
   registry run --service NAME --port-env PORT -- CMD ARGS...
                                  run CMD and keep it registered while it serves
+  registry route set NAME JSON | get [NAME] | delete NAME
+                                 the gateways' routes
 
 Logs go to stderr, command output to stdout.
 
@@ -60,6 +63,9 @@ enum Command {
     /// Run a program and keep it registered while it serves; drain it on
     /// SIGTERM/SIGINT or when its retire key appears.
     Run(Box<run::RunArgs>),
+    /// Set, show or delete the gateways' routes (host and path prefix →
+    /// service and policy).
+    Route(route::RouteArgs),
 }
 
 #[tokio::main]
@@ -70,6 +76,7 @@ async fn main() -> ExitCode {
         Command::List(args) => list::run(args, cli.etcd).await,
         Command::Watch(args) => watch::run(args, cli.etcd).await,
         Command::Run(args) => run::run(*args, cli.etcd).await,
+        Command::Route(args) => route::run(args, cli.etcd).await,
     };
     match outcome {
         Ok(code) => ExitCode::from(code),
