@@ -8,6 +8,7 @@ use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
 use crate::kv::{MAX_KEY_BYTES, MAX_VALUE_BYTES};
+use crate::routes::counter::MAX_SESSIONS;
 use crate::routes::work::{DEFAULT_ITERATIONS, MAX_ITERATIONS};
 
 #[derive(Debug, thiserror::Error)]
@@ -35,7 +36,7 @@ pub enum ApiError {
     KeyNotFound(String),
 
     #[error(
-        "no endpoint at `{0}`; this service answers /, /work?iterations=N, /kv/{{key}}, /healthz, /readyz and /load"
+        "no endpoint at `{0}`; this service answers /, /work?iterations=N, /kv/{{key}}, /counter/{{session}}, /healthz, /readyz and /load"
     )]
     UnknownPath(String),
 
@@ -78,6 +79,11 @@ pub enum ApiError {
     #[error("internal replication call without a valid `x-shoal-kv-version` header")]
     BadVersion,
 
+    #[error(
+        "this instance already counts {MAX_SESSIONS} sessions and takes no new one; reuse a session or use /kv/{{key}}"
+    )]
+    TooManySessions,
+
     #[error("the request failed inside the server; see the instance's logs")]
     Internal,
 }
@@ -92,9 +98,10 @@ impl ApiError {
             | ApiError::BadIfMatch { .. }
             | ApiError::BadVersion => StatusCode::BAD_REQUEST,
             ApiError::VersionMismatch { .. } => StatusCode::CONFLICT,
-            ApiError::TooFewOwners { .. } | ApiError::OwnerFailed { .. } | ApiError::Leaving => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
+            ApiError::TooFewOwners { .. }
+            | ApiError::OwnerFailed { .. }
+            | ApiError::Leaving
+            | ApiError::TooManySessions => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::ValueTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::KeyNotFound(_) | ApiError::UnknownPath(_) => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
@@ -118,6 +125,7 @@ impl ApiError {
             ApiError::TooFewOwners { .. } => "too_few_owners",
             ApiError::OwnerFailed { .. } => "owner_unavailable",
             ApiError::Leaving => "leaving",
+            ApiError::TooManySessions => "too_many_sessions",
             ApiError::BadVersion => "bad_version",
             ApiError::Internal => "internal",
         }
