@@ -8,6 +8,7 @@ use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
 use crate::kv::{MAX_KEY_BYTES, MAX_VALUE_BYTES};
+use crate::routes::counter::MAX_SESSIONS;
 use crate::routes::work::{DEFAULT_ITERATIONS, MAX_ITERATIONS};
 
 #[derive(Debug, thiserror::Error)]
@@ -35,7 +36,7 @@ pub enum ApiError {
     KeyNotFound(String),
 
     #[error(
-        "no endpoint at `{0}`; this service answers /, /work?iterations=N, /kv/{{key}}, /healthz, /readyz and /load"
+        "no endpoint at `{0}`; this service answers /, /work?iterations=N, /kv/{{key}}, /counter/{{session}}, /healthz, /readyz and /load"
     )]
     UnknownPath(String),
 
@@ -82,6 +83,11 @@ pub enum ApiError {
     #[error("internal replication call without a valid `x-shoal-kv-version` header")]
     BadVersion,
 
+    #[error(
+        "this instance already counts {MAX_SESSIONS} sessions and takes no new one; reuse a session or use /kv/{{key}}"
+    )]
+    TooManySessions,
+
     #[error("the request failed inside the server; see the instance's logs")]
     Internal,
 }
@@ -99,7 +105,8 @@ impl ApiError {
             ApiError::TooFewOwners { .. }
             | ApiError::OwnerFailed { .. }
             | ApiError::Leaving
-            | ApiError::StorageFailed(_) => StatusCode::SERVICE_UNAVAILABLE,
+            | ApiError::StorageFailed(_)
+            | ApiError::TooManySessions => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::ValueTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::KeyNotFound(_) | ApiError::UnknownPath(_) => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
@@ -124,6 +131,7 @@ impl ApiError {
             ApiError::OwnerFailed { .. } => "owner_unavailable",
             ApiError::Leaving => "leaving",
             ApiError::StorageFailed(_) => "storage_failed",
+            ApiError::TooManySessions => "too_many_sessions",
             ApiError::BadVersion => "bad_version",
             ApiError::Internal => "internal",
         }

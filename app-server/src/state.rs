@@ -1,6 +1,6 @@
 //! What every handler shares: the instance's identity, its lifecycle state,
-//! the registration status it reads readiness from, the load counters and the
-//! key-value store.
+//! the registration status it reads readiness from, the load counters, the
+//! key-value store and the session counters.
 //!
 //! [`AppState`] never touches etcd itself: readiness is fed by a
 //! `watch::Receiver<RegistrationStatus>` (the registration's own, or a plain
@@ -15,6 +15,7 @@ use registry::{InstanceState, RegistrationStatus};
 use tokio::sync::watch;
 
 use crate::kv::Kv;
+use crate::routes::counter::Counters;
 use crate::stats::Stats;
 
 /// Cheap to clone; every clone sees the same instance.
@@ -32,6 +33,7 @@ struct Inner {
     registration: watch::Receiver<RegistrationStatus>,
     stats: Stats,
     kv: Arc<Kv>,
+    counters: Counters,
 }
 
 /// Whether the instance should get new requests, and if not why.
@@ -107,6 +109,7 @@ impl AppState {
                 registration,
                 stats: Stats::default(),
                 kv,
+                counters: Counters::default(),
             }),
         })
     }
@@ -161,6 +164,11 @@ impl AppState {
 
     pub fn kv(&self) -> &Arc<Kv> {
         &self.inner.kv
+    }
+
+    /// The instance-local session counters of `POST /counter/{session}`.
+    pub fn counters(&self) -> &Counters {
+        &self.inner.counters
     }
 }
 

@@ -64,6 +64,29 @@ impl Autoscaler {
     }
 }
 
+/// Run `autoscaler --etcd ENDPOINT ARGS...` (the operator's CLI) to completion.
+pub async fn autoscaler_cli(etcd: &Etcd, args: &[&str]) -> std::process::Output {
+    tokio::process::Command::new(bin_path("autoscaler"))
+        .arg("--etcd")
+        .arg(etcd.endpoint())
+        .args(args)
+        .output()
+        .await
+        .expect("run autoscaler")
+}
+
+/// `autoscaler scale SERVICE N`, the operator's way; the CLI's stderr on failure.
+pub async fn scale(etcd: &Etcd, service: &str, n: usize) -> anyhow::Result<()> {
+    let output = autoscaler_cli(etcd, &["scale", service, &n.to_string()]).await;
+    if !output.status.success() {
+        anyhow::bail!(
+            "autoscaler scale {service} {n} failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    Ok(())
+}
+
 impl Drop for Autoscaler {
     fn drop(&mut self) {
         if self.proc.has_exited() {

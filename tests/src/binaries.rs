@@ -157,6 +157,45 @@ pub async fn service_instances(
         .collect()
 }
 
+/// Wait until `service` has exactly `n` instances, all ready.
+pub async fn wait_ready(
+    client: &etcd_client::Client,
+    service: &str,
+    n: usize,
+    timeout: Duration,
+) -> anyhow::Result<()> {
+    crate::wait_until_async(
+        timeout,
+        &format!("{n} ready instances of {service}"),
+        || async {
+            let all = service_instances(client, service).await;
+            all.len() == n
+                && all
+                    .iter()
+                    .all(|i| i.state == registry::InstanceState::Ready)
+        },
+    )
+    .await
+    .map(drop)
+    .map_err(anyhow::Error::msg)
+}
+
+/// The pid of the app server at `addr`, from its `GET /` hello line.
+pub async fn instance_pid(http: &reqwest::Client, addr: &str) -> anyhow::Result<u32> {
+    use anyhow::Context;
+    let hello = http
+        .get(format!("http://{addr}/"))
+        .send()
+        .await?
+        .text()
+        .await?;
+    hello
+        .rsplit("(pid ")
+        .next()
+        .and_then(|s| s.trim_end_matches(')').trim().parse().ok())
+        .with_context(|| format!("no pid in {hello:?}"))
+}
+
 pub async fn instance_in_registry(
     client: &etcd_client::Client,
     key: &str,

@@ -61,6 +61,23 @@ impl Gateway {
         format!("http://{}{path}", self.addr)
     }
 
+    /// Wait until `GET {path}` through this gateway answers 200 (its routing
+    /// table lists a ready instance for it); how long that took.
+    pub async fn wait_answering(
+        &self,
+        http: &reqwest::Client,
+        path: &str,
+        timeout: Duration,
+    ) -> Result<Duration, String> {
+        let url = self.url(path);
+        crate::wait_until_async(
+            timeout,
+            &format!("GET {path} through the gateway"),
+            || async { http.get(&url).send().await.is_ok_and(|r| r.status() == 200) },
+        )
+        .await
+    }
+
     /// `http://{admin addr}{path}`.
     pub fn admin_url(&self, path: &str) -> String {
         format!("http://{}{path}", self.admin_addr)

@@ -26,10 +26,11 @@ use anyhow::{Context, bail};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use rand::Rng;
-use registry::{InstanceState, Keys};
+use registry::Keys;
 use tokio::sync::Mutex;
 
-use crate::binaries::{bin_path, service_instances};
+use crate::autoscaler::scale;
+use crate::binaries::{instance_pid, service_instances, wait_ready};
 use crate::{Autoscaler, Etcd, Gateway, wait_until_async};
 
 /// What to run.
@@ -147,7 +148,7 @@ pub async fn run(config: CheckConfig) -> anyhow::Result<CheckReport> {
     );
     let mut report = CheckReport::default();
     let started = Instant::now();
-    wait_ready(&client, 2, Duration::from_secs(30)).await?;
+    wait_ready(&client, "app", 2, Duration::from_secs(30)).await?;
     report
         .phases
         .push(("2 instances ready".into(), started.elapsed().as_secs_f64()));
@@ -175,9 +176,9 @@ pub async fn run(config: CheckConfig) -> anyhow::Result<CheckReport> {
     }
 
     tokio::time::sleep(config.phase).await;
-    scale(&etcd, 5).await?;
+    scale(&etcd, "app", 5).await?;
     let at = Instant::now();
-    wait_ready(&client, 5, Duration::from_secs(30)).await?;
+    wait_ready(&client, "app", 5, Duration::from_secs(30)).await?;
     report
         .phases
         .push(("scaled 2 → 5".into(), at.elapsed().as_secs_f64()));
@@ -198,14 +199,14 @@ pub async fn run(config: CheckConfig) -> anyhow::Result<CheckReport> {
     )
     .await
     .map_err(anyhow::Error::msg)?;
-    wait_ready(&client, 5, Duration::from_secs(30)).await?;
+    wait_ready(&client, "app", 5, Duration::from_secs(30)).await?;
     report.phases.push((
         format!("kill -9 {} → 5 ready", short(&victim.0)),
         at.elapsed().as_secs_f64(),
     ));
     tokio::time::sleep(config.phase).await;
 
-    scale(&etcd, 2).await?;
+    scale(&etcd, "app", 2).await?;
     let at = Instant::now();
     wait_until_async(Duration::from_secs(60), "2 instances", || async {
         service_instances(&client, "app").await.len() == 2
@@ -408,35 +409,6 @@ async fn read_final(
     bail!("the final read of {key} got no answer in 5 s")
 }
 
-async fn wait_ready(
-    client: &etcd_client::Client,
-    n: usize,
-    timeout: Duration,
-) -> anyhow::Result<()> {
-    wait_until_async(timeout, "instances ready", || async {
-        let all = service_instances(client, "app").await;
-        all.len() == n && all.iter().all(|i| i.state == InstanceState::Ready)
-    })
-    .await
-    .map(drop)
-    .map_err(anyhow::Error::msg)
-}
-
-/// `autoscaler scale app N`, the operator's way.
-async fn scale(etcd: &Etcd, n: usize) -> anyhow::Result<()> {
-    let output = tokio::process::Command::new(bin_path("autoscaler"))
-        .args(["--etcd", &etcd.endpoint(), "scale", "app", &n.to_string()])
-        .output()
-        .await?;
-    if !output.status.success() {
-        bail!(
-            "autoscaler scale app {n} failed: {}",
-            String::from_utf8_lossy(&output.stderr)
-        );
-    }
-    Ok(())
-}
-
 /// A ready instance's id and pid (from its hello line).
 async fn pick_victim(
     http: &reqwest::Client,
@@ -444,16 +416,6 @@ async fn pick_victim(
 ) -> anyhow::Result<(String, u32)> {
     let instances = service_instances(client, "app").await;
     let victim = instances.first().context("no instance to kill")?;
-    let hello = http
-        .get(format!("http://{}/", victim.addr))
-        .send()
-        .await?
-        .text()
-        .await?;
-    let pid = hello
-        .rsplit("(pid ")
-        .next()
-        .and_then(|s| s.trim_end_matches(')').trim().parse().ok())
-        .with_context(|| format!("no pid in {hello:?}"))?;
+    let pid = instance_pid(http, &victim.addr).await?;
     Ok((victim.id.clone(), pid))
 }

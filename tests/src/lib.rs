@@ -12,6 +12,8 @@
 //! - [`binaries`]: where the built binaries are, and typed launchers for them.
 //! - [`gateway`]: a launcher for the gateway, with its proxy and admin addresses.
 //! - [`autoscaler`]: a launcher for `autoscaler run` with the process driver.
+//! - [`experiments`]: the source notes' experiments rerun on Shoal, one
+//!   table with Shoal's figures next to the source's (`bench/seed-experiments.sh`).
 //! - [`kv_check`]: the distributed key-value store's checker (scale 2 → 5 → 2,
 //!   a kill -9, every acknowledged write accounted for).
 //! - [`load`]: clients sending requests back to back, counting failures.
@@ -23,6 +25,7 @@ pub mod autoscaler;
 pub mod binaries;
 pub mod browser;
 pub mod etcd;
+pub mod experiments;
 pub mod gateway;
 pub mod kv_check;
 pub mod load;

@@ -2,7 +2,7 @@
 //! one URL back to back until stopped, counting what was served and keeping
 //! every failure (status other than 200, transport error, broken body) with
 //! its reason, so a test can assert "zero failed requests" and say which.
-//! It also notes when each instance (`x-shoal-instance`) first served.
+//! It also notes when each instance (`x-shoal-instance`) first and last served.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -11,15 +11,15 @@ use std::time::Instant;
 
 use tokio::task::JoinHandle;
 
-/// Instance id → when it first answered one of this load's requests.
-type FirstServed = Arc<Mutex<HashMap<String, Instant>>>;
+/// Instance id → when it first and last answered one of this load's requests.
+type Served = Arc<Mutex<HashMap<String, (Instant, Instant)>>>;
 
 /// Clients running against one URL.
 pub struct Load {
     stop: Arc<AtomicBool>,
     served: Arc<AtomicU64>,
     failures: Arc<Mutex<Vec<String>>>,
-    first_served: FirstServed,
+    served_by: Served,
     clients: Vec<JoinHandle<()>>,
 }
 
@@ -36,22 +36,24 @@ impl Load {
         let stop = Arc::new(AtomicBool::new(false));
         let served = Arc::new(AtomicU64::new(0));
         let failures = Arc::new(Mutex::new(Vec::new()));
-        let first_served: FirstServed = Arc::default();
+        let served_by: Served = Arc::default();
         let clients = (0..clients)
             .map(|_| {
                 let (http, url) = (http.clone(), url.to_owned());
                 let (stop, served, failures) = (stop.clone(), served.clone(), failures.clone());
-                let first_served = first_served.clone();
+                let served_by = served_by.clone();
                 tokio::spawn(async move {
                     while !stop.load(Ordering::Relaxed) {
                         match get(&http, &url).await {
                             Ok(instance) => {
                                 served.fetch_add(1, Ordering::Relaxed);
-                                first_served
+                                let now = Instant::now();
+                                served_by
                                     .lock()
-                                    .expect("first-served lock")
+                                    .expect("served-by lock")
                                     .entry(instance)
-                                    .or_insert_with(Instant::now);
+                                    .and_modify(|(_, last)| *last = now)
+                                    .or_insert((now, now));
                             }
                             Err(e) => failures.lock().expect("failures lock").push(e),
                         }
@@ -63,7 +65,7 @@ impl Load {
             stop,
             served,
             failures,
-            first_served,
+            served_by,
             clients,
         }
     }
@@ -71,14 +73,23 @@ impl Load {
     /// When each instance first served, earliest first.
     pub fn first_served(&self) -> Vec<(String, Instant)> {
         let mut seen: Vec<(String, Instant)> = self
-            .first_served
+            .served_by
             .lock()
-            .expect("first-served lock")
+            .expect("served-by lock")
             .iter()
-            .map(|(id, at)| (id.clone(), *at))
+            .map(|(id, (first, _))| (id.clone(), *first))
             .collect();
         seen.sort_by_key(|(_, at)| *at);
         seen
+    }
+
+    /// When `instance` last answered one of this load's requests, if ever.
+    pub fn last_served(&self, instance: &str) -> Option<Instant> {
+        self.served_by
+            .lock()
+            .expect("served-by lock")
+            .get(instance)
+            .map(|(_, last)| *last)
     }
 
     /// Requests served so far.

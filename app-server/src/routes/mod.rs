@@ -3,13 +3,15 @@
 //! - [`hello`]: `GET /`
 //! - [`work`]: `GET /work?iterations=N`, CPU-bound busy loop
 //! - [`kv`]: `GET|PUT|DELETE /kv/{key}`
+//! - [`counter`]: `POST /counter/{session}`, an instance-local counter
 //! - [`kv_peer`]: `/_shoal/kv/{key}`, replication between instances
 //! - [`health`]: `GET /healthz`, `/readyz`, `/load`
 //!
-//! Application routes (the first three) are wrapped in the request counter that
+//! Application routes (the first four) are wrapped in the request counter that
 //! feeds `/load`; the probes are not, so probing never looks like load. Every
 //! response, errors and unknown paths included, carries `x-shoal-instance`.
 
+pub mod counter;
 pub mod health;
 pub mod hello;
 pub mod kv;
@@ -24,7 +26,7 @@ use axum::extract::{DefaultBodyLimit, Request, State};
 use axum::http::{HeaderName, Method, Uri};
 use axum::middleware::{self, Next};
 use axum::response::Response;
-use axum::routing::get;
+use axum::routing::{get, post};
 
 use crate::error::ApiError;
 use crate::kv::MAX_VALUE_BYTES;
@@ -46,6 +48,10 @@ pub fn app(state: AppState) -> Router {
                 .fallback(kv::method_not_allowed)
                 // Bytes refuses bigger bodies; kv::put turns that into our 413.
                 .layer(DefaultBodyLimit::max(MAX_VALUE_BYTES)),
+        )
+        .route(
+            "/counter/{session}",
+            post(counter::increment).fallback(only_post),
         )
         .route_layer(middleware::from_fn_with_state(state.clone(), count_request));
     let internal = Router::new().route(
@@ -87,6 +93,13 @@ async fn tag_instance(State(state): State<AppState>, mut response: Response) -> 
 
 async fn unknown_path(uri: Uri) -> ApiError {
     ApiError::UnknownPath(uri.path().to_owned())
+}
+
+async fn only_post(method: Method) -> ApiError {
+    ApiError::MethodNotAllowed {
+        method: method.to_string(),
+        allow: "POST",
+    }
 }
 
 async fn only_get(method: Method) -> ApiError {
