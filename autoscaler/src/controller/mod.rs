@@ -33,8 +33,8 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
-use registry::Instance;
 use registry::model::{Rollout, ScalingEvent, ScalingMetric, ScalingPolicy};
+use registry::{Instance, InstanceState};
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
@@ -79,6 +79,8 @@ struct Tracking {
     started: Instant,
     ever_registered: bool,
     missing_since: Option<Instant>,
+    /// It has been seen registered `ready`.
+    seen_ready: bool,
 }
 
 /// A replacement waiting for its crash-loop delay.
@@ -294,13 +296,14 @@ impl<D: Driver> Controller<D> {
                             started: now,
                             ever_registered: false,
                             missing_since: None,
+                            seen_ready: false,
                         },
                     );
                 }
                 Err(e) => {
                     // A start that fails is a crash as far as back-off goes, so
                     // a broken command is not retried every tick.
-                    let delay = st.backoff.on_crash(now);
+                    let delay = st.backoff.on_crash(now, false);
                     warn!(service, %id, error = %e, retry_in_ms = delay.as_millis() as u64, "cannot start instance");
                     st.pending.push(Pending { due: now + delay });
                 }
@@ -359,11 +362,13 @@ fn heal(
             started: now,
             ever_registered: false,
             missing_since: None,
+            seen_ready: false,
         });
         let registered = view.registered.get(&o.id);
-        if registered.is_some() {
+        if let Some(instance) = registered {
             tracking.ever_registered = true;
             tracking.missing_since = None;
+            tracking.seen_ready |= instance.state == InstanceState::Ready;
         } else if tracking.ever_registered && tracking.missing_since.is_none() {
             tracking.missing_since = Some(now);
         }
@@ -376,6 +381,7 @@ fn heal(
             missing_for: tracking.missing_since.map(|s| now.duration_since(s)),
         };
         let age = facts.age;
+        let served = backoff::served(tracking.seen_ready, age);
         let verdict = judge(&facts, &rules);
         match &verdict {
             Verdict::Reapable => {
@@ -411,6 +417,7 @@ fn heal(
                     id: &o.id,
                     why: format!("exited with code {code}"),
                     exit_code: Some(*code),
+                    served,
                     // It has exited: stopping only makes the driver forget it.
                     grace: Duration::ZERO,
                 };
@@ -421,6 +428,7 @@ fn heal(
                     id: &o.id,
                     why: why.clone(),
                     exit_code: None,
+                    served,
                     grace: settings.stop_grace,
                 };
                 replace(st, now, service, failed, plan);
@@ -458,6 +466,8 @@ struct Failed<'a> {
     id: &'a str,
     why: String,
     exit_code: Option<i32>,
+    /// It had been ready and up for a while ([`backoff::served`]).
+    served: bool,
     /// How long the driver's stop may wait before forcing.
     grace: Duration,
 }
@@ -470,7 +480,7 @@ fn replace(
     failed: Failed<'_>,
     plan: &mut Plan,
 ) {
-    let delay = st.backoff.on_crash(now);
+    let delay = st.backoff.on_crash(now, failed.served);
     let when = if delay.is_zero() {
         "replacing it now".to_owned()
     } else {
