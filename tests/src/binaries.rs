@@ -94,20 +94,51 @@ impl AppServer {
     /// Start an app server against `etcd` and wait until it listens (not
     /// until it is registered: tests measure that themselves).
     pub async fn start(etcd: &Etcd, options: AppServerOptions) -> AppServer {
-        let mut args = vec![
+        let program = bin_path("app-server");
+        AppServer::launch(&program, Vec::new(), etcd.endpoint(), options).await
+    }
+
+    /// Start an app server inside network namespace `netns`, listening on
+    /// its address there and reaching etcd at `etcd_endpoint` (see
+    /// [`Etcd::start_also_on`]), and wait until it listens.
+    pub async fn start_in_netns(
+        netns: &crate::netns::NetNs,
+        etcd_endpoint: String,
+        mut options: AppServerOptions,
+    ) -> AppServer {
+        let (program, mut prefix) = netns.exec_prefix();
+        prefix.push(bin_path("app-server").display().to_string());
+        options.extra.push("--listen".into());
+        options.extra.push(format!("{}:0", netns.ns_ip));
+        AppServer::launch(
+            std::path::Path::new(&program),
+            prefix,
+            etcd_endpoint,
+            options,
+        )
+        .await
+    }
+
+    async fn launch(
+        program: &std::path::Path,
+        mut args: Vec<String>,
+        etcd_endpoint: String,
+        options: AppServerOptions,
+    ) -> AppServer {
+        args.extend([
             "--etcd".to_owned(),
-            etcd.endpoint(),
+            etcd_endpoint,
             "--service".to_owned(),
             options.service.clone(),
             "--lease-ttl".to_owned(),
             format!("{}ms", options.lease_ttl.as_millis()),
             "--drain-grace".to_owned(),
             format!("{}ms", options.drain_grace.as_millis()),
-        ];
+        ]);
         args.extend(options.extra);
         let proc = Proc::spawn(
             "app-server",
-            &bin_path("app-server"),
+            program,
             &args,
             &[],
             &crate::binaries::logs_dir(),
@@ -169,4 +200,22 @@ pub async fn instance_in_registry(
         .ok()?;
     let kv = resp.kvs().first()?;
     registry::Instance::decode(&Keys::default(), key, kv.value()).ok()
+}
+
+/// The pid of the app server listening on `addr`, from its hello line
+/// (`Hello from instance ID (pid N)`).
+pub async fn instance_pid(http: &reqwest::Client, addr: &str) -> anyhow::Result<u32> {
+    use anyhow::Context;
+    let hello = http
+        .get(format!("http://{addr}/"))
+        .timeout(Duration::from_secs(5))
+        .send()
+        .await?
+        .text()
+        .await?;
+    hello
+        .rsplit("(pid ")
+        .next()
+        .and_then(|s| s.trim_end_matches(')').trim().parse().ok())
+        .with_context(|| format!("no pid in {hello:?}"))
 }

@@ -14,6 +14,12 @@
 //! - [`autoscaler`]: a launcher for `autoscaler run` with the process driver.
 //! - [`kv_check`]: the distributed key-value store's checker (scale 2 → 5 → 2,
 //!   a kill -9, every acknowledged write accounted for).
+//! - [`faults`]: the fault suite (etcd restarted, unreachable or wiped, an
+//!   instance frozen, the gateway restarted, the autoscaler leader killed, an
+//!   instance cut off from etcd) under load, with a table of failed requests,
+//!   lost writes and recovery times.
+//! - [`netns`]: a network namespace with a veth pair to the host, and
+//!   iptables cuts inside it.
 //! - [`load`]: clients sending requests back to back, counting failures.
 //! - [`wait`]: polling with deadlines (no fixed sleeps in tests).
 //!
@@ -23,9 +29,11 @@ pub mod autoscaler;
 pub mod binaries;
 pub mod browser;
 pub mod etcd;
+pub mod faults;
 pub mod gateway;
 pub mod kv_check;
 pub mod load;
+pub mod netns;
 pub mod pki;
 pub mod process;
 pub mod wait;
