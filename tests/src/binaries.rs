@@ -219,3 +219,17 @@ pub async fn instance_pid(http: &reqwest::Client, addr: &str) -> anyhow::Result<
         .and_then(|s| s.trim_end_matches(')').trim().parse().ok())
         .with_context(|| format!("no pid in {hello:?}"))
 }
+
+/// `/readyz` of the app server at `addr`: (status code, its `status` field:
+/// `ready`, `starting`, `draining`, `fenced`); `None` without an answer in 1 s.
+pub async fn readyz(http: &reqwest::Client, addr: &str) -> Option<(u16, String)> {
+    let resp = http
+        .get(format!("http://{addr}/readyz"))
+        .timeout(Duration::from_secs(1))
+        .send()
+        .await
+        .ok()?;
+    let code = resp.status().as_u16();
+    let body: serde_json::Value = resp.json().await.ok()?;
+    Some((code, body["status"].as_str()?.to_owned()))
+}

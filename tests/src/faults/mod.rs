@@ -36,6 +36,7 @@ use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use registry::{Instance, InstanceState, Keys};
 
+pub use crate::binaries::readyz;
 use crate::binaries::service_instances;
 use crate::kv_check::KvClients;
 use crate::{Autoscaler, Etcd, Gateway, Load, wait_until_async};
@@ -587,17 +588,4 @@ pub fn secs(d: Option<Duration>) -> String {
 /// Sleep until `since + total` (not at all if that has passed).
 pub async fn sleep_rest(since: Instant, total: Duration) {
     tokio::time::sleep(total.saturating_sub(since.elapsed())).await;
-}
-
-/// `/readyz` of the instance at `addr`: (status code, `status` field).
-pub async fn readyz(http: &reqwest::Client, addr: &str) -> Option<(u16, String)> {
-    let resp = http
-        .get(format!("http://{addr}/readyz"))
-        .timeout(Duration::from_secs(1))
-        .send()
-        .await
-        .ok()?;
-    let code = resp.status().as_u16();
-    let body: serde_json::Value = resp.json().await.ok()?;
-    Some((code, body["status"].as_str()?.to_owned()))
 }
