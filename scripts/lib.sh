@@ -10,6 +10,8 @@ declare -A SHOAL_PACKAGE=(
   [curl]=curl
   [chromium]=chromium
   [chromedriver]=chromium-driver
+  [ip]=iproute2
+  [iptables]=iptables
 )
 
 # need_tools TOOL...: install missing tools with apt-get when running as root,

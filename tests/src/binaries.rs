@@ -94,20 +94,51 @@ impl AppServer {
     /// Start an app server against `etcd` and wait until it listens (not
     /// until it is registered: tests measure that themselves).
     pub async fn start(etcd: &Etcd, options: AppServerOptions) -> AppServer {
-        let mut args = vec![
+        let program = bin_path("app-server");
+        AppServer::launch(&program, Vec::new(), etcd.endpoint(), options).await
+    }
+
+    /// Start an app server inside network namespace `netns`, listening on
+    /// its address there and reaching etcd at `etcd_endpoint` (see
+    /// [`Etcd::start_also_on`]), and wait until it listens.
+    pub async fn start_in_netns(
+        netns: &crate::netns::NetNs,
+        etcd_endpoint: String,
+        mut options: AppServerOptions,
+    ) -> AppServer {
+        let (program, mut prefix) = netns.exec_prefix();
+        prefix.push(bin_path("app-server").display().to_string());
+        options.extra.push("--listen".into());
+        options.extra.push(format!("{}:0", netns.ns_ip));
+        AppServer::launch(
+            std::path::Path::new(&program),
+            prefix,
+            etcd_endpoint,
+            options,
+        )
+        .await
+    }
+
+    async fn launch(
+        program: &std::path::Path,
+        mut args: Vec<String>,
+        etcd_endpoint: String,
+        options: AppServerOptions,
+    ) -> AppServer {
+        args.extend([
             "--etcd".to_owned(),
-            etcd.endpoint(),
+            etcd_endpoint,
             "--service".to_owned(),
             options.service.clone(),
             "--lease-ttl".to_owned(),
             format!("{}ms", options.lease_ttl.as_millis()),
             "--drain-grace".to_owned(),
             format!("{}ms", options.drain_grace.as_millis()),
-        ];
+        ]);
         args.extend(options.extra);
         let proc = Proc::spawn(
             "app-server",
-            &bin_path("app-server"),
+            program,
             &args,
             &[],
             &crate::binaries::logs_dir(),
@@ -180,22 +211,6 @@ pub async fn wait_ready(
     .map_err(anyhow::Error::msg)
 }
 
-/// The pid of the app server at `addr`, from its `GET /` hello line.
-pub async fn instance_pid(http: &reqwest::Client, addr: &str) -> anyhow::Result<u32> {
-    use anyhow::Context;
-    let hello = http
-        .get(format!("http://{addr}/"))
-        .send()
-        .await?
-        .text()
-        .await?;
-    hello
-        .rsplit("(pid ")
-        .next()
-        .and_then(|s| s.trim_end_matches(')').trim().parse().ok())
-        .with_context(|| format!("no pid in {hello:?}"))
-}
-
 pub async fn instance_in_registry(
     client: &etcd_client::Client,
     key: &str,
@@ -208,4 +223,36 @@ pub async fn instance_in_registry(
         .ok()?;
     let kv = resp.kvs().first()?;
     registry::Instance::decode(&Keys::default(), key, kv.value()).ok()
+}
+
+/// The pid of the app server listening on `addr`, from its hello line
+/// (`Hello from instance ID (pid N)`).
+pub async fn instance_pid(http: &reqwest::Client, addr: &str) -> anyhow::Result<u32> {
+    use anyhow::Context;
+    let hello = http
+        .get(format!("http://{addr}/"))
+        .timeout(Duration::from_secs(5))
+        .send()
+        .await?
+        .text()
+        .await?;
+    hello
+        .rsplit("(pid ")
+        .next()
+        .and_then(|s| s.trim_end_matches(')').trim().parse().ok())
+        .with_context(|| format!("no pid in {hello:?}"))
+}
+
+/// `/readyz` of the app server at `addr`: (status code, its `status` field:
+/// `ready`, `starting`, `draining`, `fenced`); `None` without an answer in 1 s.
+pub async fn readyz(http: &reqwest::Client, addr: &str) -> Option<(u16, String)> {
+    let resp = http
+        .get(format!("http://{addr}/readyz"))
+        .timeout(Duration::from_secs(1))
+        .send()
+        .await
+        .ok()?;
+    let code = resp.status().as_u16();
+    let body: serde_json::Value = resp.json().await.ok()?;
+    Some((code, body["status"].as_str()?.to_owned()))
 }

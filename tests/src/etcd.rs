@@ -9,8 +9,13 @@
 //! binaries need to reach it. A TLS etcd also serves `/health` on a plain
 //! loopback metrics port, which is what start-up waits on.
 //!
+//! [`Etcd::start_also_on`] starts one that also listens on a second address
+//! (the host end of a [`crate::netns::NetNs`]), for processes in a network
+//! namespace.
+//!
 //! The binary is `etcd` from PATH (Debian's `etcd-server`) or `SHOAL_ETCD_BIN`.
 
+use std::net::Ipv4Addr;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -49,6 +54,7 @@ pub struct Etcd {
     security: Security,
     pki: Option<Pki>,
     metrics_port: u16,
+    also_on: Option<Ipv4Addr>,
 }
 
 fn etcd_binary() -> PathBuf {
@@ -74,12 +80,23 @@ fn etcd_binary() -> PathBuf {
 impl Etcd {
     /// Start a fresh etcd and wait until it answers.
     pub async fn start() -> Etcd {
+        Etcd::start_listening(None).await
+    }
+
+    /// Start a fresh etcd that also serves clients on `ip` (same port), and
+    /// wait until it answers; [`Etcd::endpoint_on`] is its URL there.
+    pub async fn start_also_on(ip: Ipv4Addr) -> Etcd {
+        Etcd::start_listening(Some(ip)).await
+    }
+
+    async fn start_listening(also_on: Option<Ipv4Addr>) -> Etcd {
         crate::init_logging();
         let mut last_error = String::new();
         // Free ports are found by binding and releasing them; another process may
         // take one in between, so a failed start is retried on new ports.
         for _ in 0..3 {
             let mut etcd = Etcd::unstarted(Security::default());
+            etcd.also_on = also_on;
             match etcd.launch().await {
                 Ok(()) => return etcd,
                 Err(e) => last_error = e,
@@ -98,6 +115,7 @@ impl Etcd {
             security,
             pki: security.tls.then(Pki::generate),
             metrics_port: crate::free_port(),
+            also_on: None,
         }
     }
 
@@ -130,6 +148,16 @@ impl Etcd {
     pub fn endpoint(&self) -> String {
         let scheme = if self.security.tls { "https" } else { "http" };
         format!("{scheme}://127.0.0.1:{}", self.client_port)
+    }
+
+    /// Its client URL on `ip` (given to [`Etcd::start_also_on`]).
+    pub fn endpoint_on(&self, ip: Ipv4Addr) -> String {
+        format!("http://{ip}:{}", self.client_port)
+    }
+
+    /// The client port (the same on every address it listens on).
+    pub fn port(&self) -> u16 {
+        self.client_port
     }
 
     /// Arguments for this etcd, with the shoal user and the client
@@ -213,13 +241,17 @@ impl Etcd {
     async fn launch(&mut self) -> Result<(), String> {
         let peer = format!("http://127.0.0.1:{}", self.peer_port);
         let client = self.endpoint();
+        let listen = match self.also_on {
+            Some(ip) => format!("{client},{}", self.endpoint_on(ip)),
+            None => client.clone(),
+        };
         let mut args: Vec<String> = [
             "--name",
             "shoal-test",
             "--data-dir",
             &self.data_dir().to_string_lossy(),
             "--listen-client-urls",
-            &client,
+            &listen,
             "--advertise-client-urls",
             &client,
             "--listen-peer-urls",

@@ -1,6 +1,9 @@
 //! A running `gateway` process: proxy and admin listeners on free loopback
-//! ports, started against a test's etcd.
+//! ports, started against a test's etcd, and restarted on the same ports;
+//! and [`TableWatch`], which follows its routing table through an event.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use serde::Deserialize;
@@ -26,6 +29,9 @@ pub struct Gateway {
     pub admin_addr: String,
     /// This gateway's id in the registry.
     pub id: String,
+    /// Its flags after the listeners', for a restart.
+    extra: Vec<String>,
+    etcd: String,
 }
 
 impl Gateway {
@@ -34,18 +40,23 @@ impl Gateway {
     /// until it listens. Not until it has read the registry: tests wait for
     /// the routing they need themselves.
     pub async fn start(etcd: &Etcd, extra: &[&str]) -> Gateway {
+        let extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
+        Gateway::launch(etcd.endpoint(), "127.0.0.1:0", "127.0.0.1:0", extra).await
+    }
+
+    async fn launch(etcd: String, listen: &str, admin_listen: &str, extra: Vec<String>) -> Gateway {
         let mut args: Vec<String> = [
             "--etcd",
-            &etcd.endpoint(),
+            &etcd,
             "--listen",
-            "127.0.0.1:0",
+            listen,
             "--admin-listen",
-            "127.0.0.1:0",
+            admin_listen,
         ]
         .iter()
         .map(|s| s.to_string())
         .collect();
-        args.extend(extra.iter().map(|s| s.to_string()));
+        args.extend(extra.iter().cloned());
         let proc = Proc::spawn("gateway", &bin_path("gateway"), &args, &[], &logs_dir());
         let listening: Listening = proc.wait_event("listening", Duration::from_secs(10)).await;
         Gateway {
@@ -53,7 +64,26 @@ impl Gateway {
             addr: listening.addr,
             admin_addr: listening.admin_addr,
             id: listening.id,
+            extra,
+            etcd,
         }
+    }
+
+    /// SIGTERM, wait up to `timeout` for it to exit, and start it again with
+    /// the same flags on the same two ports; returns the old process's exit
+    /// status once the new one listens.
+    pub async fn restart(&mut self, timeout: Duration) -> std::process::ExitStatus {
+        self.proc.signal(nix::sys::signal::Signal::SIGTERM);
+        let status = self.proc.wait_exit(timeout).await;
+        let again = Gateway::launch(
+            self.etcd.clone(),
+            &self.addr,
+            &self.admin_addr,
+            self.extra.clone(),
+        )
+        .await;
+        *self = again;
+        status
     }
 
     /// `http://{proxy addr}{path}`.
@@ -81,5 +111,79 @@ impl Gateway {
     /// `http://{admin addr}{path}`.
     pub fn admin_url(&self, path: &str) -> String {
         format!("http://{}{path}", self.admin_addr)
+    }
+}
+
+/// Polls a gateway's `/api/v1/services` while an event happens: the fewest
+/// routable (ready) instances of one service seen, and the most shown as
+/// unconfirmed.
+pub struct TableWatch {
+    stop: Arc<AtomicBool>,
+    min_ready: Arc<AtomicUsize>,
+    max_unconfirmed: Arc<AtomicUsize>,
+    polls: Arc<AtomicUsize>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+/// What a [`TableWatch`] saw.
+#[derive(Debug, Clone, Copy)]
+pub struct TableSeen {
+    pub min_ready: usize,
+    pub max_unconfirmed: usize,
+    /// Answers read (an unanswered poll counts nothing).
+    pub polls: usize,
+}
+
+impl TableWatch {
+    /// Start polling `gateway`'s table for `service` every 20 ms.
+    pub fn start(http: &reqwest::Client, gateway: &Gateway, service: &str) -> TableWatch {
+        let stop = Arc::new(AtomicBool::new(false));
+        let min_ready = Arc::new(AtomicUsize::new(usize::MAX));
+        let max_unconfirmed = Arc::new(AtomicUsize::new(0));
+        let polls = Arc::new(AtomicUsize::new(0));
+        let url = gateway.admin_url("/api/v1/services");
+        let task = tokio::spawn({
+            let (http, stop, service) = (http.clone(), stop.clone(), service.to_owned());
+            let (min_ready, max_unconfirmed, polls) =
+                (min_ready.clone(), max_unconfirmed.clone(), polls.clone());
+            async move {
+                while !stop.load(Ordering::Relaxed) {
+                    let answer = http.get(&url).timeout(Duration::from_secs(2)).send().await;
+                    if let Ok(services) = answer
+                        && let Ok(services) = services.json::<serde_json::Value>().await
+                    {
+                        let this = services
+                            .as_array()
+                            .and_then(|all| all.iter().find(|s| s["name"] == service.as_str()))
+                            .cloned()
+                            .unwrap_or_default();
+                        let count = |field: &str| this[field].as_u64().unwrap_or(0) as usize;
+                        min_ready.fetch_min(count("ready_instances"), Ordering::Relaxed);
+                        max_unconfirmed
+                            .fetch_max(count("unconfirmed_instances"), Ordering::Relaxed);
+                        polls.fetch_add(1, Ordering::Relaxed);
+                    }
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            }
+        });
+        TableWatch {
+            stop,
+            min_ready,
+            max_unconfirmed,
+            polls,
+            task,
+        }
+    }
+
+    /// Stop polling; what was seen.
+    pub async fn stop(self) -> TableSeen {
+        self.stop.store(true, Ordering::Relaxed);
+        self.task.await.expect("the table watch panicked");
+        TableSeen {
+            min_ready: self.min_ready.load(Ordering::Relaxed),
+            max_unconfirmed: self.max_unconfirmed.load(Ordering::Relaxed),
+            polls: self.polls.load(Ordering::Relaxed),
+        }
     }
 }

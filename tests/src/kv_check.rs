@@ -118,15 +118,133 @@ impl KeyState {
     }
 }
 
-#[derive(Default)]
-struct Tally {
-    ops: u64,
-    acknowledged: u64,
-    failed: u64,
-    reads: u64,
-    stale_reads: u64,
-    failures: HashMap<String, u64>,
-    examples: Vec<String>,
+/// What the clients saw during a run.
+#[derive(Debug, Default, Clone)]
+pub struct Tally {
+    pub ops: u64,
+    pub acknowledged: u64,
+    pub failed: u64,
+    pub reads: u64,
+    pub stale_reads: u64,
+    /// Failure reasons (`PUT: timeout error`, ...) with counts.
+    pub failures: HashMap<String, u64>,
+    /// Writes (PUT and DELETE) attempted.
+    pub writes: u64,
+    /// Up to 5 examples of stale reads.
+    pub examples: Vec<String>,
+}
+
+impl Tally {
+    /// Failed writes (PUT and DELETE, any reason).
+    pub fn failed_writes(&self) -> u64 {
+        self.failed_where(|reason| reason.starts_with("PUT") || reason.starts_with("DELETE"))
+    }
+
+    /// Failed reads (any reason).
+    pub fn failed_reads(&self) -> u64 {
+        self.failed_where(|reason| reason.starts_with("GET"))
+    }
+
+    fn failed_where(&self, pick: impl Fn(&str) -> bool) -> u64 {
+        self.failures
+            .iter()
+            .filter(|(reason, _)| pick(reason))
+            .map(|(_, n)| n)
+            .sum()
+    }
+}
+
+/// The final check of every key written: how many were lost.
+#[derive(Debug, Default, Clone)]
+pub struct Verdict {
+    /// Keys written at least once (each read back).
+    pub keys: usize,
+    /// Keys whose final value is neither the last acknowledged one nor one
+    /// attempted since.
+    pub lost: u64,
+    /// Up to 10 lost keys, described.
+    pub examples: Vec<String>,
+}
+
+/// Key-value clients writing, deleting and reading their own keys through
+/// the gateway's `/kv/` route, every acknowledged write remembered (see the
+/// module doc for what counts as lost).
+pub struct KvClients {
+    keys_per_client: usize,
+    states: Arc<Vec<Mutex<KeyState>>>,
+    tally: Arc<Mutex<Tally>>,
+    running: Arc<AtomicBool>,
+    clients: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl KvClients {
+    /// Start `clients` clients with `keys_per_client` keys each on `base`
+    /// (`http://gateway/kv/`).
+    pub fn start(
+        http: &reqwest::Client,
+        base: &str,
+        clients: usize,
+        keys_per_client: usize,
+    ) -> KvClients {
+        let states: Arc<Vec<Mutex<KeyState>>> = Arc::new(
+            (0..clients * keys_per_client)
+                .map(|_| Mutex::default())
+                .collect(),
+        );
+        let tally = Arc::new(Mutex::new(Tally::default()));
+        let running = Arc::new(AtomicBool::new(true));
+        let clients = (0..clients)
+            .map(|c| {
+                let (http, states, tally, running) =
+                    (http.clone(), states.clone(), tally.clone(), running.clone());
+                let base = base.to_owned();
+                tokio::spawn(async move {
+                    client_loop(c, keys_per_client, &http, &base, &states, &tally, &running).await;
+                })
+            })
+            .collect();
+        KvClients {
+            keys_per_client,
+            states,
+            tally,
+            running,
+            clients,
+        }
+    }
+
+    /// Stop every client after its current request; what they saw.
+    pub async fn stop(&mut self) -> anyhow::Result<Tally> {
+        self.running.store(false, Ordering::Release);
+        for c in self.clients.drain(..) {
+            c.await?;
+        }
+        Ok(self.tally.lock().await.clone())
+    }
+
+    /// Read every key ever written once more (after [`KvClients::stop`]) and
+    /// compare it with what was acknowledged.
+    pub async fn verify(&self, http: &reqwest::Client, base: &str) -> anyhow::Result<Verdict> {
+        let mut verdict = Verdict::default();
+        for (i, state) in self.states.iter().enumerate() {
+            let state = state.lock().await.clone();
+            if !state.written {
+                continue;
+            }
+            verdict.keys += 1;
+            let key = key_name(i / self.keys_per_client, i % self.keys_per_client);
+            let seen = read_final(http, base, &key).await?;
+            if !state.allows(&seen) {
+                verdict.lost += 1;
+                if verdict.examples.len() < 10 {
+                    verdict.examples.push(format!(
+                        "{key}: holds {seen:?}, last acknowledged {:?} (unsure {:?})",
+                        state.acked, state.unsure
+                    ));
+                }
+            }
+        }
+        Ok(verdict)
+    }
 }
 
 /// Run the whole check; see the module doc.
@@ -157,23 +275,12 @@ pub async fn run(config: CheckConfig) -> anyhow::Result<CheckReport> {
         .no_proxy()
         .timeout(Duration::from_secs(10))
         .build()?;
-    let states: Arc<Vec<Mutex<KeyState>>> = Arc::new(
-        (0..config.clients * config.keys_per_client)
-            .map(|_| Mutex::default())
-            .collect(),
+    let mut kv = KvClients::start(
+        &http,
+        &gateway.url("/kv/"),
+        config.clients,
+        config.keys_per_client,
     );
-    let tally = Arc::new(Mutex::new(Tally::default()));
-    let running = Arc::new(AtomicBool::new(true));
-    let mut clients = Vec::new();
-    for c in 0..config.clients {
-        let (http, states, tally, running) =
-            (http.clone(), states.clone(), tally.clone(), running.clone());
-        let base = gateway.url("/kv/");
-        let per = config.keys_per_client;
-        clients.push(tokio::spawn(async move {
-            client_loop(c, per, &http, &base, &states, &tally, &running).await;
-        }));
-    }
 
     tokio::time::sleep(config.phase).await;
     scale(&etcd, "app", 5).await?;
@@ -218,48 +325,21 @@ pub async fn run(config: CheckConfig) -> anyhow::Result<CheckReport> {
         .push(("scaled 5 → 2".into(), at.elapsed().as_secs_f64()));
     tokio::time::sleep(config.phase).await;
 
-    running.store(false, Ordering::Release);
-    for c in clients {
-        c.await?;
-    }
-
-    // Every key ever written, read once more.
-    let base = gateway.url("/kv/");
-    let mut lost = 0;
-    let mut examples = Vec::new();
-    let mut checked = 0;
-    for (i, state) in states.iter().enumerate() {
-        let state = state.lock().await.clone();
-        if !state.written {
-            continue;
-        }
-        checked += 1;
-        let key = key_name(i / config.keys_per_client, i % config.keys_per_client);
-        let seen = read_final(&http, &base, &key).await?;
-        if !state.allows(&seen) {
-            lost += 1;
-            if examples.len() < 10 {
-                examples.push(format!(
-                    "{key}: holds {seen:?}, last acknowledged {:?} (unsure {:?})",
-                    state.acked, state.unsure
-                ));
-            }
-        }
-    }
-    let tally = tally.lock().await;
+    let tally = kv.stop().await?;
+    let verdict = kv.verify(&http, &gateway.url("/kv/")).await?;
     report.ops = tally.ops;
     report.acknowledged = tally.acknowledged;
     report.failed = tally.failed;
     report.reads = tally.reads;
     report.stale_reads = tally.stale_reads;
     report.failures = tally.failures.clone();
-    report.keys = checked;
-    report.lost = lost;
+    report.keys = verdict.keys;
+    report.lost = verdict.lost;
     report.examples = tally
         .examples
         .iter()
         .cloned()
-        .chain(examples)
+        .chain(verdict.examples)
         .take(10)
         .collect();
     Ok(report)
@@ -366,6 +446,9 @@ async fn record(
 ) -> bool {
     let mut t = tally.lock().await;
     t.ops += 1;
+    if method != "GET" {
+        t.writes += 1;
+    }
     match answer {
         Ok(status) if status.is_success() => {
             t.acknowledged += 1;

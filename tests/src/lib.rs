@@ -16,6 +16,12 @@
 //!   table with Shoal's figures next to the source's (`bench/seed-experiments.sh`).
 //! - [`kv_check`]: the distributed key-value store's checker (scale 2 → 5 → 2,
 //!   a kill -9, every acknowledged write accounted for).
+//! - [`faults`]: the fault suite (etcd restarted, unreachable or wiped, an
+//!   instance frozen, the gateway restarted, the autoscaler leader killed, an
+//!   instance cut off from etcd) under load, with a table of failed requests,
+//!   lost writes and recovery times.
+//! - [`netns`]: a network namespace with a veth pair to the host, and
+//!   iptables cuts inside it.
 //! - [`load`]: clients sending requests back to back, counting failures.
 //! - [`wait`]: polling with deadlines (no fixed sleeps in tests).
 //!
@@ -26,9 +32,11 @@ pub mod binaries;
 pub mod browser;
 pub mod etcd;
 pub mod experiments;
+pub mod faults;
 pub mod gateway;
 pub mod kv_check;
 pub mod load;
+pub mod netns;
 pub mod pki;
 pub mod process;
 pub mod wait;

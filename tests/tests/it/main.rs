@@ -10,6 +10,7 @@ mod gateway;
 mod kv;
 mod lifecycle;
 mod outages;
+mod partition;
 mod peer;
 mod registry_cli;
 mod rollout;

@@ -4,7 +4,7 @@
 
 use std::time::{Duration, Instant};
 
-use shoal_tests::binaries::instance_in_registry;
+use shoal_tests::binaries::{instance_in_registry, readyz};
 use shoal_tests::{AppServer, AppServerOptions, Etcd, wait_until_async};
 
 use crate::{is_ready, wait_instance};
@@ -22,15 +22,7 @@ async fn two_servers(etcd: &Etcd) -> (AppServer, AppServer) {
 }
 
 async fn readyz_status(http: &reqwest::Client, server: &AppServer) -> Option<(u16, String)> {
-    let resp = http
-        .get(server.url("/readyz"))
-        .timeout(Duration::from_secs(1))
-        .send()
-        .await
-        .ok()?;
-    let code = resp.status().as_u16();
-    let body: serde_json::Value = resp.json().await.ok()?;
-    Some((code, body["status"].as_str()?.to_owned()))
+    readyz(http, &server.addr).await
 }
 
 async fn wait_readyz(

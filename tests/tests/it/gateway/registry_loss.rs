@@ -4,72 +4,13 @@
 //! the instances it knew, shown as `unconfirmed`, until they register again;
 //! no request fails and the table is never empty.
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+use shoal_tests::gateway::{TableSeen, TableWatch};
 use shoal_tests::{AppServer, Etcd, Gateway, Load};
 
-use super::{get_json, http, start_apps, wait_known};
+use super::{http, start_apps, wait_known};
 use crate::{is_ready, wait_instance};
-
-/// Polls `/api/v1/services` while an event happens: the fewest routable
-/// instances of `app` seen, and the most shown as unconfirmed.
-struct TableWatch {
-    stop: Arc<AtomicBool>,
-    min_ready: Arc<AtomicUsize>,
-    max_unconfirmed: Arc<AtomicUsize>,
-    polls: Arc<AtomicUsize>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl TableWatch {
-    fn start(http: &reqwest::Client, gateway: &Gateway) -> TableWatch {
-        let stop = Arc::new(AtomicBool::new(false));
-        let min_ready = Arc::new(AtomicUsize::new(usize::MAX));
-        let max_unconfirmed = Arc::new(AtomicUsize::new(0));
-        let polls = Arc::new(AtomicUsize::new(0));
-        let url = gateway.admin_url("/api/v1/services");
-        let task = tokio::spawn({
-            let (http, stop) = (http.clone(), stop.clone());
-            let (min_ready, max_unconfirmed, polls) =
-                (min_ready.clone(), max_unconfirmed.clone(), polls.clone());
-            async move {
-                while !stop.load(Ordering::Relaxed) {
-                    let services = get_json(&http, &url).await;
-                    let app = services
-                        .as_array()
-                        .and_then(|all| all.iter().find(|s| s["name"] == "app"))
-                        .cloned()
-                        .unwrap_or_default();
-                    let count = |field: &str| app[field].as_u64().unwrap_or(0) as usize;
-                    min_ready.fetch_min(count("ready_instances"), Ordering::Relaxed);
-                    max_unconfirmed.fetch_max(count("unconfirmed_instances"), Ordering::Relaxed);
-                    polls.fetch_add(1, Ordering::Relaxed);
-                    tokio::time::sleep(Duration::from_millis(20)).await;
-                }
-            }
-        });
-        TableWatch {
-            stop,
-            min_ready,
-            max_unconfirmed,
-            polls,
-            task,
-        }
-    }
-
-    /// (fewest ready, most unconfirmed, polls)
-    async fn stop(self) -> (usize, usize, usize) {
-        self.stop.store(true, Ordering::Relaxed);
-        self.task.await.expect("the table watch panicked");
-        (
-            self.min_ready.load(Ordering::Relaxed),
-            self.max_unconfirmed.load(Ordering::Relaxed),
-            self.polls.load(Ordering::Relaxed),
-        )
-    }
-}
 
 /// Three instances behind a gateway, all known to it as ready.
 async fn three_behind_a_gateway(etcd: &Etcd) -> (Vec<AppServer>, Gateway, reqwest::Client) {
@@ -87,7 +28,7 @@ async fn three_behind_a_gateway(etcd: &Etcd) -> (Vec<AppServer>, Gateway, reqwes
 async fn survive(what: &str, etcd: &mut Etcd, event: impl AsyncFnOnce(&mut Etcd)) {
     let (apps, gateway, http) = three_behind_a_gateway(etcd).await;
     let load = Load::start(&http, &gateway.url("/"), 8);
-    let table = TableWatch::start(&http, &gateway);
+    let table = TableWatch::start(&http, &gateway, "app");
     tokio::time::sleep(Duration::from_millis(300)).await;
     let served_before = load.served();
 
@@ -110,7 +51,11 @@ async fn survive(what: &str, etcd: &mut Etcd, event: impl AsyncFnOnce(&mut Etcd)
     wait_known(&http, &gateway, "app", &ids, Duration::from_secs(5)).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
 
-    let (min_ready, max_unconfirmed, polls) = table.stop().await;
+    let TableSeen {
+        min_ready,
+        max_unconfirmed,
+        polls,
+    } = table.stop().await;
     let report = load.stop().await;
     assert!(
         report.failures.is_empty(),
