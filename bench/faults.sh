@@ -23,4 +23,5 @@ cd "$(dirname "$0")/.."
 source scripts/lib.sh
 need_tools protoc etcd ip iptables
 cargo build --release --workspace --bins
-SHOAL_BIN_DIR=$PWD/target/release exec target/release/faults
+target_dir=${CARGO_TARGET_DIR:-$PWD/target}
+SHOAL_BIN_DIR=$target_dir/release exec "$target_dir/release/faults"

@@ -13,4 +13,5 @@ cd "$(dirname "$0")/.."
 source scripts/lib.sh
 need_tools protoc etcd
 cargo build --release --workspace --bins
-SHOAL_BIN_DIR=$PWD/target/release exec target/release/kv_bench
+target_dir=${CARGO_TARGET_DIR:-$PWD/target}
+SHOAL_BIN_DIR=$target_dir/release exec "$target_dir/release/kv_bench"
