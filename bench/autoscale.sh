@@ -16,5 +16,4 @@ cd "$(dirname "$0")/.."
 source scripts/lib.sh
 need_tools protoc etcd
 cargo build --release --workspace --bins
-target_dir=${CARGO_TARGET_DIR:-$PWD/target}
-SHOAL_BIN_DIR=$target_dir/release exec "$target_dir/release/autoscale_bench"
+exec_release_bin autoscale_bench

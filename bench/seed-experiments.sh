@@ -17,5 +17,4 @@ cd "$(dirname "$0")/.."
 source scripts/lib.sh
 need_tools protoc etcd
 cargo build --release --workspace --bins
-target_dir=${CARGO_TARGET_DIR:-$PWD/target}
-SHOAL_BIN_DIR=$target_dir/release exec "$target_dir/release/seed_experiments"
+exec_release_bin seed_experiments
