@@ -12,6 +12,15 @@
 //! - the grace period (`--unconfirmed-grace`, default 2 × the default lease
 //!   TTL) ends.
 //!
+//! Only a mass loss is routed: instances that vanish together are routed
+//! while kept if they outnumber the service's ready instances still in the
+//! registry at that moment. Most of a service gone at once is the
+//! registry's problem, and the instances are probably fine; one lease lost
+//! among live peers is most likely that instance's problem (frozen, cut off,
+//! overloaded), and requests sent to a frozen process hang instead of
+//! failing. Such an instance is kept (and dropped) by the same rules, but
+//! not routed.
+//!
 //! A clean leave writes `draining` before the key goes, so it is dropped at
 //! once as before. The price: an instance that died without draining
 //! (kill -9, lease expiry) costs one failed attempt, retried elsewhere,
@@ -51,6 +60,8 @@ struct Kept {
     instance: Instance,
     until: Instant,
     mark: Arc<Unconfirmed>,
+    /// Part of a mass loss (see the module doc): routed while kept.
+    routed: bool,
 }
 
 /// What the routing table is built from: the registry's instances plus the
@@ -85,29 +96,52 @@ impl Grace {
     /// ones, updating which are kept.
     pub fn apply(&mut self, current: &Arc<BTreeMap<String, Instance>>, now: Instant) -> Routable {
         if !self.period.is_zero() {
-            for (key, instance) in self.previous.iter() {
-                if instance.state == InstanceState::Ready
-                    && !current.contains_key(key)
-                    && !self.kept.contains_key(key)
-                {
+            let lost: Vec<(&String, &Instance)> = self
+                .previous
+                .iter()
+                .filter(|(key, instance)| {
+                    instance.state == InstanceState::Ready
+                        && !current.contains_key(*key)
+                        && !self.kept.contains_key(*key)
+                })
+                .collect();
+            let mut lost_of: HashMap<&str, usize> = HashMap::new();
+            for (_, instance) in &lost {
+                *lost_of.entry(&instance.service).or_default() += 1;
+            }
+            for (key, instance) in lost {
+                let still_ready = current
+                    .values()
+                    .filter(|i| i.service == instance.service && i.state == InstanceState::Ready)
+                    .count();
+                let routed = lost_of[instance.service.as_str()] > still_ready;
+                if routed {
                     warn!(
                         id = %instance.id,
                         service = %instance.service,
                         grace_ms = self.period.as_millis() as u64,
-                        "instance left the registry while ready; still routed, unconfirmed, until it registers again or fails"
+                        "instance left the registry while ready, with most of its service; still routed, unconfirmed, until it registers again or fails"
                     );
-                    self.kept.insert(
-                        key.clone(),
-                        Kept {
-                            instance: instance.clone(),
-                            until: now + self.period,
-                            mark: Arc::new(Unconfirmed {
-                                failed: AtomicBool::new(false),
-                                wake: self.wake.clone(),
-                            }),
-                        },
+                } else {
+                    warn!(
+                        id = %instance.id,
+                        service = %instance.service,
+                        still_ready,
+                        "instance left the registry while ready, its peers did not; no longer routed"
                     );
                 }
+                self.kept.insert(
+                    key.clone(),
+                    Kept {
+                        instance: instance.clone(),
+                        until: now + self.period,
+                        mark: Arc::new(Unconfirmed {
+                            failed: AtomicBool::new(false),
+                            wake: self.wake.clone(),
+                        }),
+                        routed,
+                    },
+                );
             }
         }
         self.kept.retain(|key, kept| {
@@ -131,7 +165,7 @@ impl Grace {
             instances: (**current).clone(),
             unconfirmed: HashMap::new(),
         };
-        for (key, kept) in &self.kept {
+        for (key, kept) in self.kept.iter().filter(|(_, k)| k.routed) {
             routable
                 .unconfirmed
                 .insert(kept.instance.id.clone(), kept.mark.clone());
@@ -234,5 +268,33 @@ mod tests {
         let mut off = Grace::new(Duration::ZERO);
         off.apply(&set(&[instance("a", InstanceState::Ready)]), now);
         assert!(off.apply(&set(&[]), now).instances.is_empty());
+    }
+
+    #[test]
+    fn a_lone_lost_lease_among_live_peers_is_not_routed_but_a_mass_loss_is() {
+        let mut grace = Grace::new(PERIOD);
+        let now = Instant::now();
+        let [a, b, c] = ["a", "b", "c"].map(|id| instance(id, InstanceState::Ready));
+        grace.apply(&set(&[a.clone(), b.clone(), c.clone()]), now);
+        // c's lease expires (frozen, cut off): a and b are confirmed, so c is
+        // kept but not routed.
+        let one_lost = grace.apply(&set(&[a.clone(), b.clone()]), now);
+        assert_eq!(ids(&one_lost), ["a", "b"]);
+        assert_eq!(grace.next_deadline(), Some(now + PERIOD), "still kept");
+        // c registers again; then every lease is lost at once (etcd wiped):
+        // all three are routed, and stay routed as they register again one
+        // by one.
+        grace.apply(&set(&[a.clone(), b.clone(), c.clone()]), now);
+        let all_lost = grace.apply(&set(&[]), now);
+        assert_eq!(ids(&all_lost), ["a", "b", "c"]);
+        let a_back = grace.apply(&set(std::slice::from_ref(&a)), now);
+        assert_eq!(ids(&a_back), ["a", "b", "c"]);
+        let b_back = grace.apply(&set(&[a.clone(), b.clone()]), now);
+        assert_eq!(ids(&b_back), ["a", "b", "c"]);
+        assert_eq!(b_back.unconfirmed.len(), 1);
+        // Two of three lost together are a mass loss too.
+        let mut grace = Grace::new(PERIOD);
+        grace.apply(&set(&[a.clone(), b, c]), now);
+        assert_eq!(ids(&grace.apply(&set(&[a]), now)), ["a", "b", "c"]);
     }
 }
