@@ -23,6 +23,7 @@
 //! - [`netns`]: a network namespace with a veth pair to the host, and
 //!   iptables cuts inside it.
 //! - [`load`]: clients sending requests back to back, counting failures.
+//! - [`settings`]: the benchmark binaries' environment settings.
 //! - [`wait`]: polling with deadlines (no fixed sleeps in tests).
 //!
 //! The tests themselves are in `tests/it/`, one module per area.
@@ -39,6 +40,7 @@ pub mod load;
 pub mod netns;
 pub mod pki;
 pub mod process;
+pub mod settings;
 pub mod wait;
 
 pub use autoscaler::Autoscaler;

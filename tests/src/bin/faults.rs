@@ -11,19 +11,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use shoal_tests::faults::{FAULTS, FaultsConfig, run};
-
-/// A whole number from `name`, at least `min`; `default` when unset.
-fn env_number(name: &str, default: u64, min: u64) -> Result<u64, String> {
-    let Ok(value) = std::env::var(name) else {
-        return Ok(default);
-    };
-    match value.trim().parse::<u64>() {
-        Ok(n) if n >= min => Ok(n),
-        _ => Err(format!(
-            "{name}={value:?} is not a whole number of at least {min} (default {default})"
-        )),
-    }
-}
+use shoal_tests::settings::env_number;
 
 fn config() -> Result<FaultsConfig, String> {
     let defaults = FaultsConfig::default();

@@ -15,15 +15,9 @@ use std::time::{Duration, Instant};
 use rand::Rng;
 use registry::{InstanceState, Keys};
 use shoal_tests::binaries::service_instances;
+use shoal_tests::settings::env_number;
 use shoal_tests::{AppServer, AppServerOptions, Etcd, Gateway, wait_until_async};
 use tokio::sync::Mutex;
-
-fn env_usize(name: &str, default: usize) -> usize {
-    std::env::var(name).ok().map_or(default, |v| {
-        v.parse()
-            .unwrap_or_else(|_| panic!("{name}={v} is not a whole number"))
-    })
-}
 
 #[derive(Clone, Copy)]
 struct Settings {
@@ -171,10 +165,10 @@ async fn etcd_own(s: Settings) -> anyhow::Result<(Figures, Figures)> {
 async fn main() -> anyhow::Result<()> {
     shoal_tests::init_logging();
     let s = Settings {
-        secs: env_usize("SECS", 5) as u64,
-        clients: env_usize("CLIENTS", 32),
-        keys: env_usize("KEYS", 1000),
-        value_bytes: env_usize("VALUE_BYTES", 100),
+        secs: env_number("SECS", 5, 1).map_err(anyhow::Error::msg)?,
+        clients: env_number("CLIENTS", 32, 1).map_err(anyhow::Error::msg)? as usize,
+        keys: env_number("KEYS", 1000, 1).map_err(anyhow::Error::msg)? as usize,
+        value_bytes: env_number("VALUE_BYTES", 100, 1).map_err(anyhow::Error::msg)? as usize,
     };
     eprintln!(
         "kv-bench: {} s per measurement, {} clients, {} keys, {}-byte values",

@@ -7,22 +7,26 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use shoal_tests::kv_check::{CheckConfig, run};
+use shoal_tests::settings::env_number;
 
-fn env_usize(name: &str, default: usize) -> usize {
-    std::env::var(name).ok().map_or(default, |v| {
-        v.parse()
-            .unwrap_or_else(|_| panic!("{name}={v} is not a whole number"))
+fn config() -> Result<CheckConfig, String> {
+    Ok(CheckConfig {
+        clients: env_number("CLIENTS", 8, 1)? as usize,
+        keys_per_client: env_number("KEYS", 50, 1)? as usize,
+        phase: Duration::from_secs(env_number("PHASE_SECS", 10, 1)?),
+        replicas: env_number("REPLICAS", 2, 1)? as usize,
     })
 }
 
 #[tokio::main]
 async fn main() -> ExitCode {
     shoal_tests::init_logging();
-    let config = CheckConfig {
-        clients: env_usize("CLIENTS", 8),
-        keys_per_client: env_usize("KEYS", 50),
-        phase: Duration::from_secs(env_usize("PHASE_SECS", 10) as u64),
-        replicas: env_usize("REPLICAS", 2),
+    let config = match config() {
+        Ok(config) => config,
+        Err(e) => {
+            eprintln!("kv-check: {e}");
+            return ExitCode::from(2);
+        }
     };
     eprintln!("kv-check: {config:?}");
     match run(config).await {

@@ -12,19 +12,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use shoal_tests::experiments::{Config, Verdict, run};
-
-/// A whole number from `name`, `default` when unset, or what to use instead.
-fn env_number(name: &str, default: u64, min: u64) -> Result<u64, String> {
-    match std::env::var(name) {
-        Err(_) => Ok(default),
-        Ok(v) => match v.trim().parse::<u64>() {
-            Ok(n) if n >= min => Ok(n),
-            _ => Err(format!(
-                "{name}={v:?} is not allowed; use a whole number of at least {min} (default {default})"
-            )),
-        },
-    }
-}
+use shoal_tests::settings::env_number;
 
 fn config() -> Result<Config, String> {
     let quick = match std::env::var("QUICK").as_deref() {
