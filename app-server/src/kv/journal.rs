@@ -25,7 +25,7 @@
 
 use std::collections::HashMap;
 use std::fs::{File, OpenOptions, TryLockError};
-use std::io::{self, BufReader, Read, Seek, Write};
+use std::io::{self, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
 
 use bytes::Bytes;
@@ -117,14 +117,15 @@ impl Journal {
             .create(true)
             .truncate(false)
             .read(true)
-            .write(true)
+            // Every write goes to the end, wherever the replay left the cursor.
+            .append(true)
             .open(&path)
             .map_err(io_error)?;
         let (entries, good_len) = replay(&mut file, &path)?;
         let actual_len = file.metadata().map_err(io_error)?.len();
         if good_len == 0 {
             file.set_len(0).map_err(io_error)?;
-            write_at_end(&mut file, HEADER).map_err(io_error)?;
+            file.write_all(HEADER).map_err(io_error)?;
         } else if good_len < actual_len {
             warn!(
                 path = %path.display(),
@@ -151,7 +152,7 @@ impl Journal {
     /// this returns).
     pub fn append(&mut self, record: Record<'_>) -> io::Result<()> {
         let bytes = encode(record);
-        write_at_end(&mut self.file, &bytes)?;
+        self.file.write_all(&bytes)?;
         self.len += bytes.len() as u64;
         Ok(())
     }
@@ -172,10 +173,10 @@ impl Journal {
         self.len <= HEADER.len() as u64
     }
 
-    /// Whether a journal of [`Journal::len`] bytes holding entries that need
-    /// `live` bytes should be rewritten.
-    pub fn wants_compaction(&self, live: u64) -> bool {
-        self.len > COMPACT_AFTER && self.len > 2 * live
+    /// Whether the journal should be rewritten, given what its entries
+    /// need (`live`, only asked for once the file is past [`COMPACT_AFTER`]).
+    pub fn wants_compaction(&self, live: impl FnOnce() -> u64) -> bool {
+        self.len > COMPACT_AFTER && self.len > 2 * live()
     }
 
     /// Rewrite the file with exactly `entries`, atomically (a crash leaves
@@ -198,9 +199,7 @@ impl Journal {
         file.sync_all()?;
         std::fs::rename(&temporary, &path)?;
         File::open(&self.dir)?.sync_all()?;
-        let mut reopened = OpenOptions::new().read(true).write(true).open(&path)?;
-        reopened.seek(io::SeekFrom::End(0))?;
-        self.file = reopened;
+        self.file = OpenOptions::new().read(true).append(true).open(&path)?;
         self.len = len;
         Ok(())
     }
@@ -213,11 +212,6 @@ pub fn record_len(key: &str, entry: &Entry) -> u64 {
 
 fn payload_len(key: &str, value_len: usize, put: bool) -> usize {
     1 + 16 + 2 + key.len() + if put { 4 + value_len } else { 0 }
-}
-
-fn write_at_end(file: &mut File, bytes: &[u8]) -> io::Result<()> {
-    file.seek(io::SeekFrom::End(0))?;
-    file.write_all(bytes)
 }
 
 fn encode(record: Record<'_>) -> Vec<u8> {

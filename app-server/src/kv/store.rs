@@ -232,8 +232,8 @@ impl LocalStore {
             let Some(journal) = journal else {
                 return Ok(());
             };
-            let live: u64 = slots.iter().map(|(k, s)| record_len(k, &s.entry)).sum();
-            if journal.wants_compaction(live) {
+            if journal.wants_compaction(|| slots.iter().map(|(k, s)| record_len(k, &s.entry)).sum())
+            {
                 let before = journal.len();
                 journal.compact(slots.iter().map(|(k, s)| (k.as_str(), &s.entry)))?;
                 info!(
