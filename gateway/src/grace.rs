@@ -109,12 +109,17 @@ impl Grace {
             for (_, instance) in &lost {
                 *lost_of.entry(&instance.service).or_default() += 1;
             }
+            let mut ready_of: HashMap<&str, usize> = HashMap::new();
+            // Counted only when something was lost (most rebuilds lose nothing).
+            for instance in current.values().filter(|_| !lost.is_empty()) {
+                if instance.state == InstanceState::Ready {
+                    *ready_of.entry(&instance.service).or_default() += 1;
+                }
+            }
             for (key, instance) in lost {
-                let still_ready = current
-                    .values()
-                    .filter(|i| i.service == instance.service && i.state == InstanceState::Ready)
-                    .count();
-                let routed = lost_of[instance.service.as_str()] > still_ready;
+                let service = instance.service.as_str();
+                let still_ready = ready_of.get(service).copied().unwrap_or(0);
+                let routed = lost_of[service] > still_ready;
                 if routed {
                     warn!(
                         id = %instance.id,
