@@ -27,8 +27,18 @@ impl Autoscaler {
 
     /// [`Autoscaler::start`] with extra environment variables, which its
     /// instances inherit too (e.g. `SHOAL_KV_REPLICAS`).
+    ///
+    /// The instances' logs are deleted with the test unless
+    /// `SHOAL_TEST_KEEP_LOGS` is set; then they stay in
+    /// `target/test-logs/instances-*` (run with `RUST_LOG=app_server=debug`
+    /// to see what the instances did).
     pub fn start_with_env(etcd: &Etcd, extra: &[&str], env: &[(&str, &str)]) -> Autoscaler {
-        let instance_logs = tempfile::tempdir().expect("temp dir for instance logs");
+        std::fs::create_dir_all(logs_dir()).expect("create target/test-logs");
+        let mut instance_logs = tempfile::Builder::new()
+            .prefix("instances-")
+            .tempdir_in(logs_dir())
+            .expect("a directory for the instances' logs");
+        instance_logs.disable_cleanup(std::env::var_os("SHOAL_TEST_KEEP_LOGS").is_some());
         let mut args: Vec<String> = vec![
             "run".into(),
             "--etcd".into(),

@@ -77,9 +77,9 @@ impl CheckReport {
     /// The report, ending with the `ops N, acknowledged N, failed N, lost N` line.
     pub fn render(&self) -> String {
         let mut out = String::new();
-        let _ = writeln!(out, "phase                              reached in");
+        let _ = writeln!(out, "phase (clients' clock)             reached in");
         for (phase, secs) in &self.phases {
-            let _ = writeln!(out, "  {phase:<32} {secs:>6.2} s");
+            let _ = writeln!(out, "  {phase:<34} {secs:>6.2} s");
         }
         let _ = writeln!(
             out,
@@ -110,6 +110,44 @@ struct KeyState {
     acked: Option<String>,
     unsure: Vec<Option<String>>,
     written: bool,
+    /// Where and when the last acknowledged write was coordinated, for the
+    /// examples of stale reads.
+    acked_at: Served,
+}
+
+/// Which instance coordinated a request (the one that answered, or the
+/// primary it was forwarded to) and when it was answered.
+#[derive(Debug, Default, Clone)]
+struct Served {
+    by: String,
+    at: Duration,
+}
+
+impl Served {
+    fn of(response: &reqwest::Response, started: Instant) -> Served {
+        let header = |name: &str| {
+            response
+                .headers()
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .map(|v| v[..v.len().min(8)].to_owned())
+        };
+        let by = match (header("x-shoal-instance"), header("x-shoal-kv-primary")) {
+            (Some(first), Some(primary)) => format!("{first}→{primary}"),
+            (Some(first), None) => first,
+            (None, _) => "?".into(),
+        };
+        Served {
+            by,
+            at: started.elapsed(),
+        }
+    }
+}
+
+impl std::fmt::Display for Served {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} at {:.3} s", self.by, self.at.as_secs_f64())
+    }
 }
 
 impl KeyState {
@@ -175,6 +213,20 @@ pub struct KvClients {
     tally: Arc<Mutex<Tally>>,
     running: Arc<AtomicBool>,
     clients: Vec<tokio::task::JoinHandle<()>>,
+    started: Instant,
+}
+
+/// What every client loop shares.
+struct Shared {
+    http: reqwest::Client,
+    /// `http://gateway/kv/`
+    base: String,
+    /// Keys per client.
+    per: usize,
+    states: Arc<Vec<Mutex<KeyState>>>,
+    tally: Arc<Mutex<Tally>>,
+    running: Arc<AtomicBool>,
+    started: Instant,
 }
 
 impl KvClients {
@@ -193,14 +245,19 @@ impl KvClients {
         );
         let tally = Arc::new(Mutex::new(Tally::default()));
         let running = Arc::new(AtomicBool::new(true));
+        let started = Instant::now();
         let clients = (0..clients)
             .map(|c| {
-                let (http, states, tally, running) =
-                    (http.clone(), states.clone(), tally.clone(), running.clone());
-                let base = base.to_owned();
-                tokio::spawn(async move {
-                    client_loop(c, keys_per_client, &http, &base, &states, &tally, &running).await;
-                })
+                let shared = Shared {
+                    http: http.clone(),
+                    base: base.to_owned(),
+                    per: keys_per_client,
+                    states: states.clone(),
+                    tally: tally.clone(),
+                    running: running.clone(),
+                    started,
+                };
+                tokio::spawn(async move { client_loop(c, &shared).await })
             })
             .collect();
         KvClients {
@@ -209,7 +266,13 @@ impl KvClients {
             tally,
             running,
             clients,
+            started,
         }
+    }
+
+    /// Time since the clients started (the clock of the stale-read examples).
+    pub fn elapsed(&self) -> Duration {
+        self.started.elapsed()
     }
 
     /// Stop every client after its current request; what they saw.
@@ -285,15 +348,18 @@ pub async fn run(config: CheckConfig) -> anyhow::Result<CheckReport> {
     tokio::time::sleep(config.phase).await;
     scale(&etcd, "app", 5).await?;
     let at = Instant::now();
+    let clock = kv.elapsed().as_secs_f64();
     wait_ready(&client, "app", 5, Duration::from_secs(30)).await?;
-    report
-        .phases
-        .push(("scaled 2 → 5".into(), at.elapsed().as_secs_f64()));
+    report.phases.push((
+        format!("scaled 2 → 5 at {clock:.1} s"),
+        at.elapsed().as_secs_f64(),
+    ));
     tokio::time::sleep(config.phase).await;
 
     let victim = pick_victim(&http, &client).await?;
     kill(Pid::from_raw(victim.1 as i32), Signal::SIGKILL).context("kill -9")?;
     let at = Instant::now();
+    let clock = kv.elapsed().as_secs_f64();
     wait_until_async(
         Duration::from_secs(30),
         "the killed instance to leave the registry",
@@ -308,21 +374,23 @@ pub async fn run(config: CheckConfig) -> anyhow::Result<CheckReport> {
     .map_err(anyhow::Error::msg)?;
     wait_ready(&client, "app", 5, Duration::from_secs(30)).await?;
     report.phases.push((
-        format!("kill -9 {} → 5 ready", short(&victim.0)),
+        format!("kill -9 {} at {clock:.1} s → 5 ready", short(&victim.0)),
         at.elapsed().as_secs_f64(),
     ));
     tokio::time::sleep(config.phase).await;
 
     scale(&etcd, "app", 2).await?;
     let at = Instant::now();
+    let clock = kv.elapsed().as_secs_f64();
     wait_until_async(Duration::from_secs(60), "2 instances", || async {
         service_instances(&client, "app").await.len() == 2
     })
     .await
     .map_err(anyhow::Error::msg)?;
-    report
-        .phases
-        .push(("scaled 5 → 2".into(), at.elapsed().as_secs_f64()));
+    report.phases.push((
+        format!("scaled 5 → 2 at {clock:.1} s"),
+        at.elapsed().as_secs_f64(),
+    ));
     tokio::time::sleep(config.phase).await;
 
     let tally = kv.stop().await?;
@@ -353,15 +421,17 @@ fn short(id: &str) -> &str {
     &id[..id.len().min(8)]
 }
 
-async fn client_loop(
-    c: usize,
-    per: usize,
-    http: &reqwest::Client,
-    base: &str,
-    states: &[Mutex<KeyState>],
-    tally: &Mutex<Tally>,
-    running: &AtomicBool,
-) {
+async fn client_loop(c: usize, shared: &Shared) {
+    let Shared {
+        http,
+        base,
+        per,
+        states,
+        tally,
+        running,
+        started,
+    } = shared;
+    let per = *per;
     let mut n = 0u64;
     while running.load(Ordering::Acquire) {
         let (k, roll) = {
@@ -377,15 +447,17 @@ async fn client_loop(
             let value = format!("{key}-v{n}");
             let answer = http.put(&url).body(value.clone()).send().await;
             state.written = true;
-            let ok = record(tally, "PUT", answer.map(|r| r.status())).await;
-            if ok {
+            let served = answer.as_ref().ok().map(|r| Served::of(r, *started));
+            if record(tally, "PUT", answer.map(|r| r.status())).await {
                 state.acked = Some(value);
                 state.unsure.clear();
+                state.acked_at = served.unwrap_or_default();
             } else {
                 state.unsure.push(Some(value));
             }
         } else if roll < 50 {
             let answer = http.delete(&url).send().await;
+            let served = answer.as_ref().ok().map(|r| Served::of(r, *started));
             // 404 means it was already absent: acknowledged as absent.
             let answer = answer.map(|r| {
                 if r.status() == 404 {
@@ -397,13 +469,17 @@ async fn client_loop(
             if record(tally, "DELETE", answer).await {
                 state.acked = None;
                 state.unsure.clear();
+                state.acked_at = served.unwrap_or_default();
             } else {
                 state.unsure.push(None);
             }
         } else {
-            let seen = match http.get(&url).send().await {
-                Ok(r) if r.status() == 200 => r.text().await.ok().map(Some),
-                Ok(r) if r.status() == 404 => Some(None),
+            let (seen, served) = match http.get(&url).send().await {
+                Ok(r) if r.status() == 200 => {
+                    let served = Served::of(&r, *started);
+                    (r.text().await.ok().map(Some), served)
+                }
+                Ok(r) if r.status() == 404 => (Some(None), Served::of(&r, *started)),
                 Ok(r) => {
                     record(tally, "GET", Ok(r.status())).await;
                     continue;
@@ -423,8 +499,9 @@ async fn client_loop(
                         t.stale_reads += 1;
                         if t.examples.len() < 5 {
                             t.examples.push(format!(
-                                "stale read of {key}: {seen:?}, expected {:?} or {:?}",
-                                state.acked, state.unsure
+                                "stale read of {key}: {seen:?} from {served}, expected {:?} \
+                                 (acknowledged by {}) or {:?}",
+                                state.acked, state.acked_at, state.unsure
                             ));
                         }
                     }
