@@ -9,16 +9,21 @@
 //!   takes its place); acknowledge once W owners hold it, else 503.
 //! - **Read** (primary): when settled and the key is here, answer from the
 //!   local copy (every write of a settled key went through this primary);
-//!   otherwise ask every recent holder, keep the newest version (tombstones
-//!   included) and store it here, so the sync task repairs the other owners.
+//!   otherwise ask the key's recent holders (in every view of the last
+//!   `SETTLE`, the first R of its ranking that were there before and answer:
+//!   `membership::to_ask`), keep the newest version (tombstones included)
+//!   and store it here, so the sync task repairs the other owners.
 //! - **Receive** (any instance): keep the newer of the local entry and the
 //!   one sent, unless this instance is leaving.
+
+use std::collections::HashMap;
+use std::time::SystemTime;
 
 use bytes::Bytes;
 use futures::future::join_all;
 use tracing::{debug, warn};
 
-use super::membership::{Member, Membership, fingerprint};
+use super::membership::{Member, Membership, fingerprint, to_ask};
 use super::peers::{PeerError, Peers};
 use super::store::{
     Applied, Entry, LocalStore, Mismatch, Precondition, StorageFailed, WriteRefused,
@@ -159,20 +164,51 @@ impl Kv {
         if local.is_some() && self.membership.settled() {
             return local;
         }
-        let holders = self.membership.recent_holders(key);
-        let answers = join_all(holders.iter().map(|h| self.peers.fetch(h, key))).await;
+        let rankings = self.membership.recent_rankings(key);
+        let now = SystemTime::now();
         let mut newest = local.clone();
-        for (holder, answer) in holders.iter().zip(answers) {
-            match answer {
-                Ok(Some(entry)) => {
-                    if newest.as_ref().is_none_or(|n| entry.version > n.version) {
-                        newest = Some(entry);
+        // Each peer's answer: `true` if it answered (with or without a copy).
+        let mut answered: HashMap<String, bool> = HashMap::new();
+        let mut heard = Vec::new();
+        // A peer that fails makes the next one in its ranking count: a few rounds at most.
+        loop {
+            let targets: Vec<Member> =
+                to_ask(&rankings, self.config.replicas, self.self_id(), now, |m| {
+                    answered
+                        .get(&m.id)
+                        .copied()
+                        .unwrap_or(!self.membership.is_down(&m.id))
+                })
+                .into_iter()
+                .filter(|m| !answered.contains_key(&m.id))
+                .collect();
+            if targets.is_empty() {
+                break;
+            }
+            let answers = join_all(targets.iter().map(|h| self.peers.fetch(h, key))).await;
+            for (holder, answer) in targets.iter().zip(answers) {
+                answered.insert(holder.id.clone(), answer.is_ok());
+                match answer {
+                    Ok(Some(entry)) => {
+                        heard.push(format!("{}={}", holder.id, entry.version));
+                        if newest.as_ref().is_none_or(|n| entry.version > n.version) {
+                            newest = Some(entry);
+                        }
+                    }
+                    Ok(None) => heard.push(format!("{}=none", holder.id)),
+                    Err(e) => {
+                        heard.push(format!("{}=failed", holder.id));
+                        self.note_failure(holder, &e);
                     }
                 }
-                Ok(None) => {}
-                Err(e) => self.note_failure(holder, &e),
             }
         }
+        debug!(
+            key,
+            local = ?local.as_ref().map(|e| e.version),
+            holders = ?heard,
+            "read asked the key's recent holders"
+        );
         if let Some(found) = &newest
             && local.as_ref().map(|l| l.version) != Some(found.version)
         {
@@ -250,6 +286,15 @@ impl Kv {
         }
         // After the pushes: an owner that refused meanwhile no longer counts.
         let needed = self.write_quorum();
+        debug!(
+            key,
+            version = %entry.version,
+            owners = %owner_ids(&owners),
+            stored_by = ?stored_by,
+            copies,
+            needed,
+            "write stored"
+        );
         if copies >= needed {
             Ok(Written {
                 version: entry.version,

@@ -56,6 +56,7 @@ pub fn members(snapshot: &Snapshot<Instance>) -> Vec<Member> {
             id: i.id.clone(),
             addr: i.addr.clone(),
             weight: i.weight,
+            started: i.started_at.into(),
         })
         .collect()
 }

@@ -14,11 +14,18 @@
 //!   answers for keys it has not received yet), and the membership is
 //!   **settled** only once no view or down mark changed for that long and the
 //!   local sync pass since the last change has finished.
+//! - Who may hold a key while unsettled ([`Membership::recent_rankings`],
+//!   [`to_ask`]): in each recent view, the first R members of its ranking
+//!   *that were there before and answer*. Members started within [`NEW_FOR`]
+//!   are asked but not counted, because other instances may have written
+//!   under views without them (a new instance never saw those views); and a
+//!   member that is down or fails is not counted, because writers skipped it
+//!   for the next one in the ranking (the sloppy quorum).
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use registry::rendezvous;
 use tokio::sync::watch;
@@ -28,6 +35,10 @@ use tokio::sync::watch;
 pub const SETTLE: Duration = Duration::from_secs(10);
 /// How long a peer that refused a connection is skipped as an owner.
 pub const DOWN_FOR: Duration = Duration::from_secs(3);
+/// How long after it started an instance counts as new: other instances
+/// may still hold keys written under views without it. Two settling periods,
+/// so that an instance slow to become ready is still new when it joins.
+pub const NEW_FOR: Duration = Duration::from_secs(20);
 
 /// A ready instance of the service, as the key-value store needs it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -35,6 +46,17 @@ pub struct Member {
     pub id: String,
     pub addr: String,
     pub weight: u32,
+    /// When the instance started (its registry entry's `started_at`).
+    pub started: SystemTime,
+}
+
+impl Member {
+    /// Started less than [`NEW_FOR`] before `now` (or, by a clock ahead of
+    /// this one, after it).
+    pub fn is_new(&self, now: SystemTime) -> bool {
+        now.duration_since(self.started)
+            .map_or(true, |age| age < NEW_FOR)
+    }
 }
 
 #[derive(Debug)]
@@ -74,6 +96,7 @@ impl Membership {
             id: self_id.clone(),
             addr: self_addr.into(),
             weight: 1,
+            started: SystemTime::now(),
         };
         Membership {
             self_id,
@@ -186,21 +209,25 @@ impl Membership {
         top(key, &candidates, self.replicas)
     }
 
-    /// Every instance that owned the key in a view seen within [`SETTLE`]
-    /// (down ones included: they are asked, and fail fast), this one excluded.
-    pub fn recent_holders(&self, key: &str) -> Vec<Member> {
+    /// The key's ranking in every view seen within [`SETTLE`], oldest view
+    /// first: what [`to_ask`] walks.
+    pub fn recent_rankings(&self, key: &str) -> Vec<Vec<Member>> {
         let mut state = self.lock();
         prune(&mut state.views, Instant::now());
-        let mut holders: Vec<Member> = Vec::new();
-        for view in &state.views {
-            let all: Vec<&Member> = view.members.iter().collect();
-            for m in top(key, &all, self.replicas) {
-                if m.id != self.self_id && !holders.iter().any(|h| h.id == m.id) {
-                    holders.push(m);
-                }
-            }
-        }
-        holders
+        state
+            .views
+            .iter()
+            .map(|view| {
+                let all: Vec<&Member> = view.members.iter().collect();
+                top(key, &all, all.len())
+            })
+            .collect()
+    }
+
+    /// Marked down (refused a connection in the last [`DOWN_FOR`]).
+    pub fn is_down(&self, id: &str) -> bool {
+        let now = Instant::now();
+        self.lock().down.get(id).is_some_and(|until| *until > now)
     }
 
     /// No view or down mark changed for `period`.
@@ -253,6 +280,38 @@ fn up_members(state: &mut State) -> Vec<Member> {
         .collect()
 }
 
+/// The members to ask for the newest copy of a key, given its ranking in
+/// each recent view (see the module doc): in each ranking, every member up
+/// to and including the R-th that `counts` (this instance, always asked
+/// through its own store, is left out of the list but counted if it is not
+/// new). Without duplicates, in ranking order.
+pub fn to_ask(
+    rankings: &[Vec<Member>],
+    replicas: usize,
+    self_id: &str,
+    now: SystemTime,
+    counts: impl Fn(&Member) -> bool,
+) -> Vec<Member> {
+    let mut ask: Vec<Member> = Vec::new();
+    for ranking in rankings {
+        let mut counted = 0;
+        for m in ranking {
+            if counted >= replicas {
+                break;
+            }
+            if m.is_new(now) {
+                // Asked, but a key may also be on the next ones.
+            } else if m.id == self_id || counts(m) {
+                counted += 1;
+            }
+            if m.id != self_id && !ask.iter().any(|a| a.id == m.id) {
+                ask.push(m.clone());
+            }
+        }
+    }
+    ask
+}
+
 fn top(key: &str, candidates: &[&Member], n: usize) -> Vec<Member> {
     rendezvous::rank(key, candidates, |m| (m.id.as_str(), m.weight))
         .into_iter()
@@ -275,11 +334,13 @@ fn prune(views: &mut VecDeque<Seen>, now: Instant) {
 mod tests {
     use super::*;
 
+    /// A member that started long ago (not new).
     fn member(id: &str) -> Member {
         Member {
             id: id.into(),
             addr: format!("{id}:1"),
             weight: 1,
+            started: SystemTime::UNIX_EPOCH,
         }
     }
 
@@ -304,30 +365,97 @@ mod tests {
         assert_eq!(ids(&m.owners("user:1")), expected[1..3]);
     }
 
+    fn started_now(id: &str) -> Member {
+        Member {
+            started: SystemTime::now(),
+            ..member(id)
+        }
+    }
+
+    fn ask(m: &Membership, key: &str, counts: impl Fn(&Member) -> bool) -> Vec<String> {
+        let mut ids: Vec<String> = to_ask(
+            &m.recent_rankings(key),
+            m.replicas,
+            m.self_id(),
+            SystemTime::now(),
+            counts,
+        )
+        .into_iter()
+        .map(|m| m.id)
+        .collect();
+        ids.sort();
+        ids
+    }
+
     #[test]
-    fn recent_holders_include_owners_of_earlier_views() {
+    fn reads_ask_the_owners_of_earlier_views() {
         let m = Membership::new("a", "a:1", 1);
         m.update(["a", "b"].map(member).to_vec());
         let key = (0..)
             .map(|i| format!("k{i}"))
             .find(|k| m.owners(k)[0].id == "b")
             .unwrap();
-        // A new instance wins the key: the old owner is still asked.
+        // An instance that has been around wins the key: the old owner is still asked.
         let newcomer = (0..)
             .map(|i| format!("n{i}"))
             .find(|id| rendezvous::score(&key, id, 1) > rendezvous::score(&key, "b", 1))
             .unwrap();
         m.update(vec![member("a"), member("b"), member(&newcomer)]);
         assert_eq!(m.owners(&key)[0].id, newcomer);
-        let mut holders = ids(&m.recent_holders(&key))
-            .into_iter()
-            .map(str::to_owned)
-            .collect::<Vec<_>>();
-        holders.sort();
         let mut want = vec!["b".to_owned(), newcomer.clone()];
         want.sort();
-        assert_eq!(holders, want);
+        assert_eq!(ask(&m, &key, |_| true), want);
         assert!(!m.settled());
+    }
+
+    #[test]
+    fn a_new_instance_asks_the_owners_of_the_views_it_never_saw() {
+        // Three instances have been around; "new" and "also-new" just
+        // started, so "new"'s first view already has them both. Keys were
+        // written under views without them: their owners must be asked.
+        let m = Membership::new("new", "new:1", 2);
+        let old = ["a", "b", "c"].map(member).to_vec();
+        let mut listing = old.clone();
+        listing.extend(["new", "also-new"].map(started_now));
+        m.update(listing);
+        let old_refs: Vec<&Member> = old.iter().collect();
+        let mut new_first = 0;
+        for i in 0..200 {
+            let key = format!("k{i}");
+            let asked = ask(&m, &key, |_| true);
+            for owner in top(&key, &old_refs, 2) {
+                assert!(
+                    asked.contains(&owner.id),
+                    "{key}: {asked:?} lacks {}",
+                    owner.id
+                );
+            }
+            new_first += usize::from(m.owners(&key)[0].id.contains("new"));
+        }
+        assert!(new_first > 0, "no key ranks a new instance first");
+    }
+
+    #[test]
+    fn a_member_that_does_not_answer_is_not_counted_so_the_next_is_asked() {
+        // A writer that found the first owner down stored the key on the
+        // next instance in the ranking: a reader must ask that one too.
+        let m = Membership::new("a", "a:1", 2);
+        m.update(["a", "b", "c", "d"].map(member).to_vec());
+        let key = (0..)
+            .map(|i| format!("k{i}"))
+            .find(|k| m.recent_rankings(k).last().unwrap()[3].id == "a")
+            .unwrap();
+        let ranking: Vec<String> = m.recent_rankings(&key).last().unwrap()[..3]
+            .iter()
+            .map(|m| m.id.clone())
+            .collect();
+        let sorted = |mut v: Vec<String>| {
+            v.sort();
+            v
+        };
+        assert_eq!(ask(&m, &key, |_| true), sorted(ranking[..2].to_vec()));
+        let dead = ranking[0].clone();
+        assert_eq!(ask(&m, &key, |m| m.id != dead), sorted(ranking.clone()));
     }
 
     #[test]
