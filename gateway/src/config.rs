@@ -24,6 +24,16 @@ pub struct Config {
     #[arg(long, env = "SHOAL_LISTEN", default_value = "0.0.0.0:8080")]
     pub listen: SocketAddr,
 
+    /// Open both listeners with SO_REUSEPORT, so that a new gateway can start
+    /// on the same addresses while the old one still serves: start the new
+    /// one (it opens --listen once it has read the registry, or after
+    /// --hold-timeout), wait for its `listening` line, then SIGTERM the old
+    /// one; no connection is refused. Off by default, because then a second
+    /// gateway started on the same port by mistake fails instead of
+    /// silently sharing the traffic.
+    #[arg(long, env = "SHOAL_REUSE_PORT")]
+    pub reuse_port: bool,
+
     /// Admin listener: /healthz, /metrics, /api/v1/..., /dashboard. A
     /// non-loopback address needs --admin-token.
     #[arg(long, env = "SHOAL_ADMIN_LISTEN", default_value = "127.0.0.1:9090")]

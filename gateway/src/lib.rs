@@ -27,8 +27,11 @@
 //! - [`control`] follows routes, policies, events and rollouts for them, off
 //!   the request path; [`history`] keeps the charts' samples.
 //!
-//! [`run`] puts them together: bind both listeners, print one JSON line to
-//! stdout (`{"event":"listening","addr":…,"admin_addr":…,"id":…}`), follow
+//! [`run`] puts them together: bind both listeners (with `--reuse-port`, the
+//! proxy listener only once the registry has been read, so that a gateway
+//! started in place of a running one takes traffic when it can route it),
+//! print one JSON line to stdout
+//! (`{"event":"listening","addr":…,"admin_addr":…,"id":…}`), follow
 //! the registry, serve, announce; on SIGTERM or Ctrl-C stop accepting, drain
 //! in-flight requests (up to [`DRAIN_TIMEOUT`]; a second signal cuts it
 //! short), withdraw the announcement and return.
@@ -60,7 +63,7 @@ use std::time::Duration;
 use anyhow::{Context, anyhow};
 use registry::stop::StopSignals;
 use serde::Serialize;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpSocket};
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, error, info, info_span, warn};
 
@@ -77,6 +80,8 @@ use table::Defaults;
 
 /// How long a stopping gateway waits for in-flight requests.
 pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+/// Pending connections a listener queues (the kernel caps it at `somaxconn`).
+const LISTEN_BACKLOG: u32 = 1024;
 
 /// The line printed to stdout once both listeners are bound; test harnesses
 /// read it to learn the addresses (port 0 picks free ports).
@@ -105,11 +110,18 @@ async fn run_gateway(config: Config, id: String) -> anyhow::Result<()> {
     config.check_admin_exposure().map_err(|e| anyhow!(e))?;
     let mut signals =
         StopSignals::install().context("cannot install the SIGTERM/SIGINT handlers")?;
-    let listener = bind(config.listen, "--listen").await?;
-    let admin_listener = bind(config.admin_listen, "--admin-listen").await?;
-    let addr = listener
-        .local_addr()
-        .context("cannot read the proxy listener's address")?;
+    // With --reuse-port the proxy listener opens only once the registry has
+    // been read, so that the gateway being replaced keeps every request
+    // until this one can route it.
+    let early_listener = if config.reuse_port {
+        None
+    } else {
+        Some(bind(config.listen, "--listen", false)?)
+    };
+    let admin_listener = bind(config.admin_listen, "--admin-listen", config.reuse_port)?;
+    if config.reuse_port {
+        warn_without_handshake_migration();
+    }
     let admin_addr = admin_listener
         .local_addr()
         .context("cannot read the admin listener's address")?;
@@ -130,6 +142,21 @@ async fn run_gateway(config: Config, id: String) -> anyhow::Result<()> {
         AllowedBackends::new(config.allowed_backends.clone()),
         config.unconfirmed_grace,
     );
+    let listener = match early_listener {
+        Some(listener) => listener,
+        None => {
+            if !table.wait_for_registry(config.hold_timeout).await {
+                warn!(
+                    hold_timeout_ms = config.hold_timeout.as_millis() as u64,
+                    "the registry has not been read within --hold-timeout; opening the proxy listener anyway (requests wait for instances as usual)"
+                );
+            }
+            bind(config.listen, "--listen", true)?
+        }
+    };
+    let addr = listener
+        .local_addr()
+        .context("cannot read the proxy listener's address")?;
     let proxy = Proxy::new(table.clone(), ProxySettings::from_config(&config));
     let stop = CancellationToken::new();
 
@@ -244,9 +271,38 @@ async fn run_gateway(config: Config, id: String) -> anyhow::Result<()> {
     }
 }
 
-async fn bind(addr: SocketAddr, flag: &str) -> anyhow::Result<TcpListener> {
-    TcpListener::bind(addr).await.with_context(|| {
-        format!("cannot listen on {addr}; choose another {flag} (port 0 picks a free port)")
+/// With SO_REUSEPORT, Linux moves the connections still in their handshake
+/// on a closing listener to another one of the port only when
+/// `net.ipv4.tcp_migrate_req` is 1; say so if it is not.
+fn warn_without_handshake_migration() {
+    let setting = "/proc/sys/net/ipv4/tcp_migrate_req";
+    if std::fs::read_to_string(setting).is_ok_and(|v| v.trim() == "0") {
+        warn!(
+            "--reuse-port: net.ipv4.tcp_migrate_req is 0, so connections still in their handshake when this gateway stops are reset; set it to 1 (sysctl -w net.ipv4.tcp_migrate_req=1) for a lossless replacement"
+        );
+    }
+}
+
+/// Listen on `addr` (SO_REUSEADDR as usual; SO_REUSEPORT with `reuse_port`).
+fn bind(addr: SocketAddr, flag: &str, reuse_port: bool) -> anyhow::Result<TcpListener> {
+    let listen = || -> std::io::Result<TcpListener> {
+        let socket = if addr.is_ipv4() {
+            TcpSocket::new_v4()?
+        } else {
+            TcpSocket::new_v6()?
+        };
+        socket.set_reuseaddr(true)?;
+        socket.set_reuseport(reuse_port)?;
+        socket.bind(addr)?;
+        socket.listen(LISTEN_BACKLOG)
+    };
+    listen().with_context(|| {
+        let hint = if reuse_port {
+            ""
+        } else {
+            " (or, to start a gateway in place of one still running there, give both --reuse-port)"
+        };
+        format!("cannot listen on {addr}; choose another {flag} (port 0 picks a free port){hint}")
     })
 }
 

@@ -17,10 +17,17 @@
 //! keep-alive connection waits for its next request, which would cap the
 //! idle timeout at the header timeout and race clients' connection pools.)
 //!
-//! Shutdown ([`Server::run`]): when the token is cancelled the listener is
-//! closed, every connection is asked to finish its current request and close
-//! (hyper's graceful shutdown), and the server waits for them up to the
-//! drain timeout. Upgraded connections (tunnels) are not waited for.
+//! Shutdown ([`Server::run`]): when the token is cancelled the connections
+//! the kernel has already queued on the listener are taken (closing the
+//! listener would reset them) and each gets one request answered; the
+//! listener is closed; HTTP/2 connections get a GOAWAY; an HTTP/1
+//! connection answers its next request with `Connection: close` (closing
+//! it while idle would race a request the client is sending: the client
+//! would see the connection closed under it), or is closed after
+//! [`LAST_CALL`] without one; and the server waits for them up to the drain
+//! timeout. Upgraded connections (tunnels) are not
+//! waited for. With `--reuse-port`, new connections go to the gateway that
+//! replaces this one from then on.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -53,6 +60,9 @@ use crate::proxy::{Proxy, ResponseBody};
 const MIN_BUF: usize = 8192;
 /// Shortest watchdog tick.
 const MIN_TICK: Duration = Duration::from_millis(10);
+/// At shutdown, how long an idle HTTP/1 connection stays open for one more
+/// request (answered with `Connection: close`) before it is closed.
+const LAST_CALL: Duration = Duration::from_secs(1);
 
 /// Connection settings from the flags.
 #[derive(Debug, Clone, Copy)]
@@ -163,7 +173,19 @@ impl<H: Handler> Server<H> {
                 shutdown.clone(),
             ));
         }
-        drop(self.listener);
+        // Connections the kernel has queued would be reset when the listener
+        // closes: answer one request on each instead.
+        let last = Arc::new(last_request_builder(&self.settings));
+        for (stream, remote) in take_queued(self.listener) {
+            connections.spawn(serve_connection(
+                stream,
+                remote,
+                self.handler.clone(),
+                last.clone(),
+                self.settings,
+                CancellationToken::new(),
+            ));
+        }
         connections.close();
         let open = connections.len();
         if open > 0 {
@@ -184,6 +206,50 @@ impl<H: Handler> Server<H> {
             },
         }
     }
+}
+
+/// Accept what the kernel has queued on `listener` without waiting, then
+/// close it. (Straight `accept` calls: tokio's readiness may not know of
+/// connections queued since the last event.)
+fn take_queued(listener: TcpListener) -> Vec<(TcpStream, SocketAddr)> {
+    let listener = match listener.into_std() {
+        Ok(listener) => listener,
+        Err(e) => {
+            debug!(error = %e, "cannot take the listener's queued connections");
+            return Vec::new();
+        }
+    };
+    let mut queued = Vec::new();
+    loop {
+        match listener.accept() {
+            Ok((stream, remote)) => {
+                let stream = stream
+                    .set_nonblocking(true)
+                    .and_then(|()| TcpStream::from_std(stream));
+                match stream {
+                    Ok(stream) => queued.push((stream, remote)),
+                    Err(e) => debug!(%remote, error = %e, "cannot serve a queued connection"),
+                }
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            // WouldBlock: nothing more queued; anything else: stop here too.
+            Err(_) => break,
+        }
+    }
+    if !queued.is_empty() {
+        debug!(
+            connections = queued.len(),
+            "answering the connections queued when the listener closed"
+        );
+    }
+    queued
+}
+
+/// The builder for connections taken at shutdown: one HTTP/1 request each.
+fn last_request_builder(settings: &ServerSettings) -> auto::Builder<TokioExecutor> {
+    let mut builder = builder(settings);
+    builder.http1().keep_alive(false);
+    builder
 }
 
 fn builder(settings: &ServerSettings) -> auto::Builder<TokioExecutor> {
@@ -226,8 +292,16 @@ async fn serve_connection<H: Handler>(
         hyper::service::service_fn(move |request| {
             let open = Open::begin(&activity);
             let response = handler.clone().call(request, info.clone());
+            let activity = activity.clone();
             async move {
-                let response = response.await;
+                let mut response = response.await;
+                if activity.last_call.load(Ordering::Relaxed)
+                    && response.status() != http::StatusCode::SWITCHING_PROTOCOLS
+                {
+                    response
+                        .headers_mut()
+                        .insert(http::header::CONNECTION, HeaderValue::from_static("close"));
+                }
                 Ok::<_, Infallible>(response.map(|body| Tracked { body, _open: open }))
             }
         })
@@ -237,6 +311,9 @@ async fn serve_connection<H: Handler>(
     let watchdog = watchdog(&activity, settings);
     tokio::pin!(watchdog);
     let mut closing = false;
+    let last_call = tokio::time::sleep(Duration::ZERO);
+    tokio::pin!(last_call);
+    let mut last_call_armed = false;
     loop {
         tokio::select! {
             ended = connection.as_mut() => {
@@ -246,8 +323,21 @@ async fn serve_connection<H: Handler>(
                 return;
             }
             () = shutdown.cancelled(), if !closing => {
-                connection.as_mut().graceful_shutdown();
                 closing = true;
+                if activity.h2.load(Ordering::Relaxed) {
+                    connection.as_mut().graceful_shutdown();
+                } else {
+                    // Closing an idle HTTP/1 connection now would race the
+                    // client's next request: answer it with `Connection:
+                    // close` instead, and close only after LAST_CALL quiet.
+                    activity.last_call.store(true, Ordering::Relaxed);
+                    last_call.as_mut().reset(Instant::now() + LAST_CALL);
+                    last_call_armed = true;
+                }
+            }
+            () = &mut last_call, if last_call_armed => {
+                last_call_armed = false;
+                connection.as_mut().graceful_shutdown();
             }
             verdict = &mut watchdog, if !closing => match verdict {
                 Verdict::SlowHeaders => {
@@ -273,6 +363,8 @@ struct Activity {
     open: AtomicU64,
     /// The client opened with the HTTP/2 preface.
     h2: AtomicBool,
+    /// The server is stopping: responses say `Connection: close`.
+    last_call: AtomicBool,
 }
 
 /// A request in progress on its connection, until its response body is done.

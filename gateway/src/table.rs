@@ -392,6 +392,24 @@ impl TableHandle {
         tokio::time::timeout(timeout, wait).await.ok().flatten()
     }
 
+    /// Wait until a snapshot was built from a connected registry (both
+    /// watchers listed), up to `timeout`; false if none was in time.
+    pub async fn wait_for_registry(&self, timeout: std::time::Duration) -> bool {
+        let mut changes = self.generation.clone();
+        let wait = async {
+            loop {
+                changes.borrow_and_update();
+                if self.load().registry_connected {
+                    return true;
+                }
+                if changes.changed().await.is_err() {
+                    return false;
+                }
+            }
+        };
+        tokio::time::timeout(timeout, wait).await.unwrap_or(false)
+    }
+
     /// A receiver notified on every new snapshot.
     pub fn changes(&self) -> watch::Receiver<u64> {
         self.generation.clone()

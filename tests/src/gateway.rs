@@ -1,5 +1,5 @@
 //! A running `gateway` process: proxy and admin listeners on free loopback
-//! ports, started against a test's etcd, and restarted on the same ports;
+//! ports, started against a test's etcd, and replaced on the same ports;
 //! and [`TableWatch`], which follows its routing table through an event.
 
 use std::sync::Arc;
@@ -29,7 +29,7 @@ pub struct Gateway {
     pub admin_addr: String,
     /// This gateway's id in the registry.
     pub id: String,
-    /// Its flags after the listeners', for a restart.
+    /// Its flags after the listeners', for a replacement.
     extra: Vec<String>,
     etcd: String,
 }
@@ -69,21 +69,26 @@ impl Gateway {
         }
     }
 
-    /// SIGTERM, wait up to `timeout` for it to exit, and start it again with
-    /// the same flags on the same two ports; returns the old process's exit
-    /// status once the new one listens.
-    pub async fn restart(&mut self, timeout: Duration) -> std::process::ExitStatus {
-        self.proc.signal(nix::sys::signal::Signal::SIGTERM);
-        let status = self.proc.wait_exit(timeout).await;
-        let again = Gateway::launch(
+    /// Replace this gateway without refusing a connection: start a new one
+    /// on the same two ports (both need `--reuse-port`, which this one must
+    /// have been started with), and once it listens (it has read the
+    /// registry), SIGTERM the old one and wait up to `timeout` for it to
+    /// exit. Returns the old process's exit status.
+    pub async fn replace(&mut self, timeout: Duration) -> std::process::ExitStatus {
+        assert!(
+            self.extra.iter().any(|flag| flag == "--reuse-port"),
+            "Gateway::replace needs a gateway started with --reuse-port"
+        );
+        let new = Gateway::launch(
             self.etcd.clone(),
             &self.addr,
             &self.admin_addr,
             self.extra.clone(),
         )
         .await;
-        *self = again;
-        status
+        let mut old = std::mem::replace(self, new);
+        old.proc.signal(nix::sys::signal::Signal::SIGTERM);
+        old.proc.wait_exit(timeout).await
     }
 
     /// `http://{proxy addr}{path}`.

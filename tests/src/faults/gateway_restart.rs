@@ -1,9 +1,12 @@
-//! `gateway restart`: the gateway SIGTERMed and started again on the same
-//! ports, under load.
+//! `gateway restart`: the gateway restarted on the same ports under load,
+//! the way docs/architecture.md ("Replacing a gateway") says to: a new one
+//! started with `--reuse-port` next to the old one, which is SIGTERMed once
+//! the new one listens ([`crate::Gateway::replace`]).
 //!
-//! Recovered: a GET `/` through the restarted gateway answered 200 and the
-//! steady state holds ([`super::Platform::wait_steady`]), timed from
-//! SIGTERM. The notes give when it exited and when it listened again.
+//! Recovered: the old gateway exited, a GET `/` through the new one answered
+//! 200 and the steady state holds ([`super::Platform::wait_steady`]), timed
+//! from the new gateway's start. The notes say when it listened and when
+//! the old one had exited.
 
 use std::time::{Duration, Instant};
 
@@ -13,8 +16,8 @@ pub async fn run(config: &FaultsConfig) -> anyhow::Result<FaultRow> {
     let mut platform = Platform::start(config, 1, None).await?;
     under_load("gateway restart", config, &mut platform, async |p: &mut Platform| {
         let sent = Instant::now();
-        let status = p.gateway.restart(Duration::from_secs(30)).await;
-        let listening = sent.elapsed();
+        let status = p.gateway.replace(Duration::from_secs(30)).await;
+        let old_gone = sent.elapsed();
         let url = p.gateway.url("/");
         let serving = time_until(p.recover_timeout, || async {
             p.http
@@ -32,8 +35,8 @@ pub async fn run(config: &FaultsConfig) -> anyhow::Result<FaultRow> {
         Ok(Outcome {
             recovered: serving.and(steady),
             notes: format!(
-                "old gateway exited {status}; new one listening {:.2} s after SIGTERM, serving GET / after {}, steady after {}",
-                listening.as_secs_f64(),
+                "replaced with --reuse-port: old gateway exited {status} {:.2} s after the new one started; serving GET / after {}, steady after {}",
+                old_gone.as_secs_f64(),
                 secs(serving),
                 secs(steady)
             ),

@@ -261,7 +261,8 @@ impl Platform {
             None => Etcd::start().await,
         };
         let client = etcd.client().await;
-        let gateway = Gateway::start(&etcd, &[]).await;
+        // --reuse-port: the gateway-restart fault replaces it in place.
+        let gateway = Gateway::start(&etcd, &["--reuse-port"]).await;
         let http = reqwest::Client::builder()
             .no_proxy()
             .timeout(Duration::from_secs(10))

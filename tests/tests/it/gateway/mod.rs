@@ -6,6 +6,7 @@
 //! - [`discovery`]: registry-to-routing time, an etcd outage, malformed entries.
 //! - [`limits`]: body size and slow clients.
 //! - [`registry_loss`]: keys deleted or etcd wiped under load; the table never empties.
+//! - [`replace`]: a gateway replaced in place (`--reuse-port`) refuses nothing.
 //! - [`admin`]: per-instance stats, Prometheus metrics, health.
 //! - [`api`]: the admin API's registry reads and operator writes, the token rule.
 //!
@@ -19,6 +20,7 @@ mod discovery;
 mod failover;
 mod limits;
 mod registry_loss;
+mod replace;
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
