@@ -130,7 +130,6 @@ struct Inner {
     client: HttpClient,
     upstream: Upstream,
     settings: ProxySettings,
-    budgets: LiveMap<RetryBudget>,
     limits: LiveMap<InstanceLimit>,
 }
 
@@ -143,7 +142,6 @@ impl Proxy {
                 client,
                 upstream: Upstream::new(settings.connect_timeout, settings.idle_timeout),
                 settings,
-                budgets: LiveMap::default(),
                 limits: LiveMap::default(),
             }),
         }
@@ -258,11 +256,7 @@ impl Inner {
             let entry = table.resolve(host, parts.uri.path());
             let pool = &entry.pool;
 
-            let budget = self.budgets.get_or_insert(
-                &pool.service,
-                || RetryBudget::new(tokio::time::Instant::now()),
-                |service| table.pools.contains_key(service),
-            );
+            let budget = &pool.counters.retry_budget;
             budget.deposit(tokio::time::Instant::from_std(clock.unwrap_or_else(now)));
 
             let timeout = entry
@@ -368,7 +362,7 @@ impl Inner {
                                 &parts.method,
                                 attempts.second_chance_used,
                             )
-                            && self.retry_allowed(&attempts, pool, &body, &budget)
+                            && self.retry_allowed(&attempts, pool, &body, budget)
                         {
                             debug!(instance = backend.id(), service = %pool.service, "503 from a draining instance; retrying on another");
                             attempts.second_chance_used = true;
@@ -417,7 +411,7 @@ impl Inner {
                                 failure,
                                 &parts.method,
                                 attempts.second_chance_used,
-                            ) && self.retry_allowed(&attempts, pool, &body, &budget);
+                            ) && self.retry_allowed(&attempts, pool, &body, budget);
                             attempts.last_failure = Some((failure, cause, backend));
                             if !retry {
                                 break;
