@@ -203,7 +203,7 @@ impl Inner {
         let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut request));
         let (mut parts, body) = request.into_parts();
 
-        let host_header = parts.headers.get(HOST).cloned();
+        let host_header = headers::get(&parts.headers, &HOST).cloned();
         let authority = parts.uri.authority().cloned();
         let host = match (&host_header, &authority) {
             (Some(value), _) => match value.to_str() {
@@ -219,8 +219,10 @@ impl Inner {
             (None, None) => None,
         };
 
-        let mut table = self.table.load();
-        let first = table.resolve(host, parts.uri.path());
+        let first_table = self.table.load();
+        let first = first_table.resolve(host, parts.uri.path());
+        // Replaced when the request is held and a newer table answers.
+        let mut table = first_table.clone();
         let record = RequestRecord::start(&first.stats, &first.pool.counters, started);
         if let Err(e) = limit::check_content_length(&parts.headers, self.settings.max_body_bytes) {
             return fail(e, None, record, None);
@@ -253,7 +255,11 @@ impl Inner {
         let mut failed_on: Vec<Arc<Backend>> = Vec::new();
         let mut second_chance_used = false;
         'hold: loop {
-            let entry = table.resolve(host, parts.uri.path());
+            let entry = if Arc::ptr_eq(&table, &first_table) {
+                first
+            } else {
+                table.resolve(host, parts.uri.path())
+            };
             let pool = &entry.pool;
 
             let budget = &pool.counters.retry_budget;
