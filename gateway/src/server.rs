@@ -234,32 +234,93 @@ async fn serve_connection<H: Handler>(
     };
     let connection = builder.serve_connection_with_upgrades(io, service);
     tokio::pin!(connection);
-    let watchdog = watchdog(&activity, settings);
-    tokio::pin!(watchdog);
+    // Shutdown and the watchdog, as one future polled only when one of them
+    // woke it: the connection's task is woken several times per request,
+    // and polling both each time cost more than the rest of this loop.
+    let events = OnWake::new(async {
+        tokio::select! {
+            biased;
+            () = shutdown.cancelled() => None,
+            verdict = watchdog(&activity, settings) => Some(verdict),
+        }
+    });
+    tokio::pin!(events);
     let mut closing = false;
     loop {
         tokio::select! {
+            biased;
             ended = connection.as_mut() => {
                 if let Err(e) = ended {
                     debug!(%remote, error = %e, "connection ended with an error");
                 }
                 return;
             }
-            () = shutdown.cancelled(), if !closing => {
-                connection.as_mut().graceful_shutdown();
-                closing = true;
-            }
-            verdict = &mut watchdog, if !closing => match verdict {
-                Verdict::SlowHeaders => {
+            event = &mut events, if !closing => match event {
+                Some(Verdict::SlowHeaders) => {
                     debug!(%remote, timeout_ms = settings.header_read_timeout.as_millis() as u64, "request headers not received in time; closing the connection");
                     return;
                 }
-                Verdict::Idle => {
+                // Shut down, or idle for too long.
+                None | Some(Verdict::Idle) => {
                     connection.as_mut().graceful_shutdown();
                     closing = true;
                 }
             },
         }
+    }
+}
+
+/// A future that is polled only after its own waker fired (and once at the
+/// start); polling it otherwise costs an atomic swap and a waker check.
+struct OnWake<F> {
+    future: Pin<Box<F>>,
+    flag: Arc<WakeFlag>,
+    waker: std::task::Waker,
+}
+
+#[derive(Debug)]
+struct WakeFlag {
+    woken: AtomicBool,
+    task: futures::task::AtomicWaker,
+}
+
+impl std::task::Wake for WakeFlag {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.woken.store(true, Ordering::Release);
+        self.task.wake();
+    }
+}
+
+impl<F: Future> OnWake<F> {
+    fn new(future: F) -> Self {
+        let flag = Arc::new(WakeFlag {
+            woken: AtomicBool::new(true),
+            task: futures::task::AtomicWaker::new(),
+        });
+        OnWake {
+            future: Box::pin(future),
+            waker: std::task::Waker::from(flag.clone()),
+            flag,
+        }
+    }
+}
+
+impl<F: Future> Future for OnWake<F> {
+    type Output = F::Output;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
+        let this = &mut *self;
+        // Registered before the flag is read, so a wake in between is not lost.
+        this.flag.task.register(cx.waker());
+        if !this.flag.woken.swap(false, Ordering::Acquire) {
+            return Poll::Pending;
+        }
+        let mut inner = Context::from_waker(&this.waker);
+        this.future.as_mut().poll(&mut inner)
     }
 }
 
