@@ -194,7 +194,10 @@ fn builder(settings: &ServerSettings) -> auto::Builder<TokioExecutor> {
         .timer(TokioTimer::new())
         .header_read_timeout(None)
         .keep_alive(true)
-        .max_buf_size(buf);
+        .max_buf_size(buf)
+        // One buffer per write: the head and a small body go out together
+        // without building an iovec list for every response.
+        .writev(false);
     // Not `pipeline_flush(true)`: with it, hyper 1.x closes without sending
     // its automatic 431 for oversized headers.
     builder

@@ -134,7 +134,12 @@ impl Upstream {
         Upstream {
             connect_timeout,
             idle_timeout,
-            builder: http1::Builder::new(),
+            builder: {
+                let mut builder = http1::Builder::new();
+                // As on the client-facing listener (server.rs): one buffer per write.
+                builder.writev(false);
+                builder
+            },
         }
     }
 
