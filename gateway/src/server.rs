@@ -47,7 +47,7 @@ use tracing::{debug, info, warn};
 use crate::config::Config;
 use crate::proxy::body::BoxError;
 use crate::proxy::headers::forwarded_for_value;
-use crate::proxy::{Proxy, ResponseBody};
+use crate::proxy::{Proxy, ResponseBody, ResponseTimer};
 
 /// Smallest HTTP/1 read buffer hyper accepts.
 const MIN_BUF: usize = 8192;
@@ -78,6 +78,8 @@ pub struct ConnInfo {
     pub remote: SocketAddr,
     /// The client's IP as an `X-Forwarded-For` entry, made once per connection.
     pub forwarded_for: HeaderValue,
+    /// The response timer the connection's requests reuse.
+    pub response_timer: ResponseTimer,
 }
 
 /// Answers requests. Cloned for every request (make cloning cheap).
@@ -96,8 +98,7 @@ impl Handler for Proxy {
 
     async fn call(self, request: Request<Incoming>, conn: Arc<ConnInfo>) -> Response<ResponseBody> {
         let client_ip = conn.forwarded_for.clone();
-        drop(conn);
-        self.handle(request, client_ip).await
+        self.handle(request, client_ip, &conn.response_timer).await
     }
 }
 
@@ -223,6 +224,7 @@ async fn serve_connection<H: Handler>(
     let info = Arc::new(ConnInfo {
         remote,
         forwarded_for: forwarded_for_value(remote.ip()),
+        response_timer: ResponseTimer::default(),
     });
     let service = {
         let activity = activity.clone();

@@ -27,7 +27,7 @@
 //! to instances), [`retry`] (rule and budget),
 //! [`limit`] (body size, per-instance concurrency), [`error`] (the gateway's
 //! own JSON errors), [`upgrade`] (tunnels), [`live_map`] (state kept across
-//! snapshots).
+//! snapshots), [`timer`] (the response timer a connection's requests reuse).
 //!
 //! `x-shoal-instance` on a response the gateway made names the last instance
 //! the request was sent to (the one that timed out or failed), or is `-` when
@@ -43,6 +43,7 @@ pub mod pool;
 pub mod record;
 pub mod response;
 pub mod retry;
+pub mod timer;
 pub mod upgrade;
 
 #[cfg(test)]
@@ -50,6 +51,7 @@ mod tests;
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use http::header::{HOST, SET_COOKIE};
@@ -75,6 +77,7 @@ use pool::{Checkin, Upstream};
 use record::{AttemptRecord, RequestRecord};
 pub use response::ResponseBody;
 use retry::{Failure, RetryBudget};
+pub use timer::ResponseTimer;
 
 /// Most retries a request gets, whatever the configuration says.
 pub const MAX_RETRIES: u32 = 10;
@@ -158,14 +161,17 @@ impl Proxy {
 
     /// Serve one request from a client whose `X-Forwarded-For` entry is
     /// `client_ip`. Never fails: every problem becomes a JSON error response.
+    /// `timer` is the client connection's response timer, reused by its
+    /// requests.
     pub async fn handle(
         &self,
         request: Request<Incoming>,
         client_ip: HeaderValue,
+        timer: &ResponseTimer,
     ) -> Response<ResponseBody> {
         // Boxed once here, so that the layers above (and hyper) move a
         // pointer rather than the whole request state.
-        Box::pin(self.inner.serve(request, client_ip)).await
+        Box::pin(self.inner.serve(request, client_ip, timer)).await
     }
 }
 
@@ -191,6 +197,7 @@ impl Inner {
         &self,
         mut request: Request<Incoming>,
         client_ip: HeaderValue,
+        timer: &ResponseTimer,
     ) -> Response<ResponseBody> {
         let started = now();
         if request.method() == Method::CONNECT || !request.uri().path().starts_with('/') {
@@ -342,13 +349,24 @@ impl Inner {
                 );
                 let sent_at = if permit.is_some() { now() } else { at };
                 let mut attempt = AttemptRecord::start(backend.clone(), permit, sent_at);
-                let result =
-                    tokio::time::timeout(timeout, self.upstream.send(&backend, outgoing, sent_at))
-                        .await;
+                // The response timeout counts from the attempt's clock reading.
+                let mut expiry = timer.start(tokio::time::Instant::from_std(sent_at) + timeout);
+                let result = {
+                    let send = self.upstream.send(&backend, outgoing, sent_at);
+                    tokio::pin!(send);
+                    std::future::poll_fn(|cx| {
+                        if let Poll::Ready(sent) = send.as_mut().poll(cx) {
+                            return Poll::Ready(Some(sent));
+                        }
+                        expiry.as_mut().poll(cx).map(|()| None)
+                    })
+                    .await
+                };
+                timer.finish(expiry);
                 let now = now();
 
                 match result {
-                    Ok(Ok((response, checkin))) => {
+                    Some(Ok((response, checkin))) => {
                         backend
                             .state
                             .rtt
@@ -385,7 +403,7 @@ impl Inner {
                             client_upgrade.take(),
                         );
                     }
-                    Ok(Err(error)) => match forward::classify(&error) {
+                    Some(Err(error)) => match forward::classify(&error) {
                         AttemptError::BodyTooLarge { limit } => {
                             attempt.set_status(Some(StatusCode::PAYLOAD_TOO_LARGE.as_u16()));
                             return fail(
@@ -427,8 +445,8 @@ impl Inner {
                             }
                         }
                     },
-                    Err(_elapsed) => {
-                        // The peak-EWMA learns how slow it was.
+                    None => {
+                        // No response headers in time. The peak-EWMA learns how slow it was.
                         backend.state.rtt.observe(timeout, now);
                         health::record(&backend, Outcome::Failure, now, &self.settings.ejection);
                         attempt.set_status(None);
