@@ -54,7 +54,7 @@ use tracing::{debug, info, warn};
 use crate::config::Config;
 use crate::proxy::body::BoxError;
 use crate::proxy::headers::forwarded_for_value;
-use crate::proxy::{Proxy, ResponseBody};
+use crate::proxy::{Proxy, ResponseBody, ResponseTimer};
 
 /// Smallest HTTP/1 read buffer hyper accepts.
 const MIN_BUF: usize = 8192;
@@ -88,6 +88,8 @@ pub struct ConnInfo {
     pub remote: SocketAddr,
     /// The client's IP as an `X-Forwarded-For` entry, made once per connection.
     pub forwarded_for: HeaderValue,
+    /// The response timer the connection's requests reuse.
+    pub response_timer: ResponseTimer,
 }
 
 /// Answers requests. Cloned for every request (make cloning cheap).
@@ -106,8 +108,7 @@ impl Handler for Proxy {
 
     async fn call(self, request: Request<Incoming>, conn: Arc<ConnInfo>) -> Response<ResponseBody> {
         let client_ip = conn.forwarded_for.clone();
-        drop(conn);
-        self.handle(request, client_ip).await
+        self.handle(request, client_ip, &conn.response_timer).await
     }
 }
 
@@ -260,7 +261,10 @@ fn builder(settings: &ServerSettings) -> auto::Builder<TokioExecutor> {
         .timer(TokioTimer::new())
         .header_read_timeout(None)
         .keep_alive(true)
-        .max_buf_size(buf);
+        .max_buf_size(buf)
+        // One buffer per write: the head and a small body go out together
+        // without building an iovec list for every response.
+        .writev(false);
     // Not `pipeline_flush(true)`: with it, hyper 1.x closes without sending
     // its automatic 431 for oversized headers.
     builder
@@ -286,6 +290,7 @@ async fn serve_connection<H: Handler>(
     let info = Arc::new(ConnInfo {
         remote,
         forwarded_for: forwarded_for_value(remote.ip()),
+        response_timer: ResponseTimer::default(),
     });
     let service = {
         let activity = activity.clone();
@@ -308,48 +313,114 @@ async fn serve_connection<H: Handler>(
     };
     let connection = builder.serve_connection_with_upgrades(io, service);
     tokio::pin!(connection);
-    let watchdog = watchdog(&activity, settings);
-    tokio::pin!(watchdog);
+    // Shutdown and the watchdog, as one future polled only when one of them
+    // woke it: the connection's task is woken several times per request,
+    // and polling both each time cost more than the rest of this loop.
+    let events = OnWake::new(async {
+        tokio::select! {
+            biased;
+            () = shutdown.cancelled() => None,
+            verdict = watchdog(&activity, settings) => Some(verdict),
+        }
+    });
+    tokio::pin!(events);
     let mut closing = false;
     let last_call = tokio::time::sleep(Duration::ZERO);
     tokio::pin!(last_call);
     let mut last_call_armed = false;
     loop {
         tokio::select! {
+            biased;
             ended = connection.as_mut() => {
                 if let Err(e) = ended {
                     debug!(%remote, error = %e, "connection ended with an error");
                 }
                 return;
             }
-            () = shutdown.cancelled(), if !closing => {
-                closing = true;
-                if activity.h2.load(Ordering::Relaxed) {
-                    connection.as_mut().graceful_shutdown();
-                } else {
-                    // Closing an idle HTTP/1 connection now would race the
-                    // client's next request: answer it with `Connection:
-                    // close` instead, and close only after LAST_CALL quiet.
-                    activity.last_call.store(true, Ordering::Relaxed);
-                    last_call.as_mut().reset(Instant::now() + LAST_CALL);
-                    last_call_armed = true;
-                }
-            }
             () = &mut last_call, if last_call_armed => {
                 last_call_armed = false;
                 connection.as_mut().graceful_shutdown();
             }
-            verdict = &mut watchdog, if !closing => match verdict {
-                Verdict::SlowHeaders => {
+            event = &mut events, if !closing => match event {
+                Some(Verdict::SlowHeaders) => {
                     debug!(%remote, timeout_ms = settings.header_read_timeout.as_millis() as u64, "request headers not received in time; closing the connection");
                     return;
                 }
-                Verdict::Idle => {
+                Some(Verdict::Idle) => {
                     connection.as_mut().graceful_shutdown();
                     closing = true;
                 }
+                // The server is stopping.
+                None => {
+                    closing = true;
+                    if activity.h2.load(Ordering::Relaxed) {
+                        connection.as_mut().graceful_shutdown();
+                    } else {
+                        // Closing an idle HTTP/1 connection now would race
+                        // the client's next request: answer it with
+                        // `Connection: close` instead, and close only after
+                        // LAST_CALL quiet.
+                        activity.last_call.store(true, Ordering::Relaxed);
+                        last_call.as_mut().reset(Instant::now() + LAST_CALL);
+                        last_call_armed = true;
+                    }
+                }
             },
         }
+    }
+}
+
+/// A future that is polled only after its own waker fired (and once at the
+/// start); polling it otherwise costs an atomic swap and a waker check.
+struct OnWake<F> {
+    future: Pin<Box<F>>,
+    flag: Arc<WakeFlag>,
+    waker: std::task::Waker,
+}
+
+#[derive(Debug)]
+struct WakeFlag {
+    woken: AtomicBool,
+    task: futures::task::AtomicWaker,
+}
+
+impl std::task::Wake for WakeFlag {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.woken.store(true, Ordering::Release);
+        self.task.wake();
+    }
+}
+
+impl<F: Future> OnWake<F> {
+    fn new(future: F) -> Self {
+        let flag = Arc::new(WakeFlag {
+            woken: AtomicBool::new(true),
+            task: futures::task::AtomicWaker::new(),
+        });
+        OnWake {
+            future: Box::pin(future),
+            waker: std::task::Waker::from(flag.clone()),
+            flag,
+        }
+    }
+}
+
+impl<F: Future> Future for OnWake<F> {
+    type Output = F::Output;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
+        let this = &mut *self;
+        // Registered before the flag is read, so a wake in between is not lost.
+        this.flag.task.register(cx.waker());
+        if !this.flag.woken.swap(false, Ordering::Acquire) {
+            return Poll::Pending;
+        }
+        let mut inner = Context::from_waker(&this.waker);
+        this.future.as_mut().poll(&mut inner)
     }
 }
 

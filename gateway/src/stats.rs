@@ -314,6 +314,10 @@ pub struct ServiceCounters {
     pub retries_total: AtomicU64,
     /// Retries refused by the retry budget.
     pub retries_refused_total: AtomicU64,
+    /// The service's retry budget, read on every request: kept here, with
+    /// the counters that outlive table rebuilds, so the request path reaches
+    /// it through its pool instead of a lookup by name.
+    pub retry_budget: crate::proxy::retry::RetryBudget,
 }
 
 #[cfg(test)]

@@ -30,6 +30,26 @@ const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
 const PROXY: HeaderName = HeaderName::from_static("proxy");
 
+/// Header maps with at most this many values are searched by a scan rather
+/// than by hashing the name: requests and responses usually carry a handful
+/// of headers, and comparing a few names is cheaper than hashing one.
+const SCAN_AT_MOST: usize = 12;
+
+/// The first value of `name` in `headers`, as [`HeaderMap::get`] returns it.
+pub fn get<'a>(headers: &'a HeaderMap, name: &HeaderName) -> Option<&'a HeaderValue> {
+    if headers.len() <= SCAN_AT_MOST {
+        // Values come entry by entry, an entry's first value first.
+        headers.iter().find(|(n, _)| *n == name).map(|(_, v)| v)
+    } else {
+        headers.get(name)
+    }
+}
+
+/// Whether `headers` has `name`, as [`HeaderMap::contains_key`] says.
+pub fn has(headers: &HeaderMap, name: &HeaderName) -> bool {
+    get(headers, name).is_some()
+}
+
 /// Whether `token` is one of the comma-separated tokens of the `Connection` headers.
 pub fn connection_has(headers: &HeaderMap, token: &str) -> bool {
     headers
@@ -43,9 +63,7 @@ pub fn connection_has(headers: &HeaderMap, token: &str) -> bool {
 /// An HTTP/1.1 upgrade handshake (WebSocket and the like): `Connection:
 /// upgrade` plus an `Upgrade` header.
 pub fn is_upgrade(version: Version, headers: &HeaderMap) -> bool {
-    version == Version::HTTP_11
-        && headers.contains_key(UPGRADE)
-        && connection_has(headers, "upgrade")
+    version == Version::HTTP_11 && has(headers, &UPGRADE) && connection_has(headers, "upgrade")
 }
 
 /// Headers removed on every hop, whatever `Connection` says.
@@ -69,7 +87,7 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
     if !keep_upgrade && !headers.keys().any(|name| HOP_BY_HOP.contains(name)) {
         return;
     }
-    if headers.contains_key(CONNECTION) {
+    if has(headers, &CONNECTION) {
         // Headers the sender declared hop-by-hop. The usual tokens are names
         // removed below anyway (or not headers at all): skip them without
         // building a HeaderName.
@@ -129,7 +147,9 @@ pub fn prepare_request(headers: &mut HeaderMap, uri: &Uri, upgrade: bool, client
     if expect {
         headers.remove(EXPECT);
     }
-    let host = match headers.get(HOST) {
+    // Room for the headers added below, made once.
+    headers.reserve(4);
+    let host = match get(headers, &HOST) {
         Some(host) => Some(host.clone()),
         None => {
             let value = uri

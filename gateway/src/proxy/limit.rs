@@ -21,8 +21,7 @@ use super::error::GatewayError;
 
 /// 413 when the declared body is larger than `limit`.
 pub fn check_content_length(headers: &HeaderMap, limit: u64) -> Result<(), GatewayError> {
-    let declared = headers
-        .get(CONTENT_LENGTH)
+    let declared = super::headers::get(headers, &CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.trim().parse::<u64>().ok());
     match declared {

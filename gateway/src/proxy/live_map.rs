@@ -1,7 +1,7 @@
 //! A map from name to shared state that the request path reads without a
 //! lock: an `ArcSwap` of an immutable `HashMap`, copied on the rare insert.
-//! It holds proxy state that must outlive routing-table snapshots (retry
-//! budgets per service, concurrency limits per instance); entries whose key
+//! It holds proxy state that must outlive routing-table snapshots
+//! (concurrency limits per instance); entries whose key
 //! left the registry are dropped at the next insert.
 
 use std::collections::HashMap;

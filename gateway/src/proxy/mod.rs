@@ -27,7 +27,7 @@
 //! to instances), [`retry`] (rule and budget),
 //! [`limit`] (body size, per-instance concurrency), [`error`] (the gateway's
 //! own JSON errors), [`upgrade`] (tunnels), [`live_map`] (state kept across
-//! snapshots).
+//! snapshots), [`timer`] (the response timer a connection's requests reuse).
 //!
 //! `x-shoal-instance` on a response the gateway made names the last instance
 //! the request was sent to (the one that timed out or failed), or is `-` when
@@ -43,6 +43,7 @@ pub mod pool;
 pub mod record;
 pub mod response;
 pub mod retry;
+pub mod timer;
 pub mod upgrade;
 
 #[cfg(test)]
@@ -50,6 +51,7 @@ mod tests;
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use http::header::{HOST, SET_COOKIE};
@@ -75,6 +77,7 @@ use pool::{Checkin, Upstream};
 use record::{AttemptRecord, RequestRecord};
 pub use response::ResponseBody;
 use retry::{Failure, RetryBudget};
+pub use timer::ResponseTimer;
 
 /// Most retries a request gets, whatever the configuration says.
 pub const MAX_RETRIES: u32 = 10;
@@ -130,7 +133,6 @@ struct Inner {
     client: HttpClient,
     upstream: Upstream,
     settings: ProxySettings,
-    budgets: LiveMap<RetryBudget>,
     limits: LiveMap<InstanceLimit>,
 }
 
@@ -143,7 +145,6 @@ impl Proxy {
                 client,
                 upstream: Upstream::new(settings.connect_timeout, settings.idle_timeout),
                 settings,
-                budgets: LiveMap::default(),
                 limits: LiveMap::default(),
             }),
         }
@@ -160,14 +161,17 @@ impl Proxy {
 
     /// Serve one request from a client whose `X-Forwarded-For` entry is
     /// `client_ip`. Never fails: every problem becomes a JSON error response.
+    /// `timer` is the client connection's response timer, reused by its
+    /// requests.
     pub async fn handle(
         &self,
         request: Request<Incoming>,
         client_ip: HeaderValue,
+        timer: &ResponseTimer,
     ) -> Response<ResponseBody> {
         // Boxed once here, so that the layers above (and hyper) move a
         // pointer rather than the whole request state.
-        Box::pin(self.inner.serve(request, client_ip)).await
+        Box::pin(self.inner.serve(request, client_ip, timer)).await
     }
 }
 
@@ -193,6 +197,7 @@ impl Inner {
         &self,
         mut request: Request<Incoming>,
         client_ip: HeaderValue,
+        timer: &ResponseTimer,
     ) -> Response<ResponseBody> {
         let started = now();
         if request.method() == Method::CONNECT || !request.uri().path().starts_with('/') {
@@ -205,7 +210,7 @@ impl Inner {
         let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut request));
         let (mut parts, body) = request.into_parts();
 
-        let host_header = parts.headers.get(HOST).cloned();
+        let host_header = headers::get(&parts.headers, &HOST).cloned();
         let authority = parts.uri.authority().cloned();
         let host = match (&host_header, &authority) {
             (Some(value), _) => match value.to_str() {
@@ -221,8 +226,10 @@ impl Inner {
             (None, None) => None,
         };
 
-        let mut table = self.table.load();
-        let first = table.resolve(host, parts.uri.path());
+        let first_table = self.table.load();
+        let first = first_table.resolve(host, parts.uri.path());
+        // Replaced when the request is held and a newer table answers.
+        let mut table = first_table.clone();
         let record = RequestRecord::start(&first.stats, &first.pool.counters, started);
         if let Err(e) = limit::check_content_length(&parts.headers, self.settings.max_body_bytes) {
             return fail(e, None, record, None);
@@ -255,14 +262,14 @@ impl Inner {
         let mut failed_on: Vec<Arc<Backend>> = Vec::new();
         let mut second_chance_used = false;
         'hold: loop {
-            let entry = table.resolve(host, parts.uri.path());
+            let entry = if Arc::ptr_eq(&table, &first_table) {
+                first
+            } else {
+                table.resolve(host, parts.uri.path())
+            };
             let pool = &entry.pool;
 
-            let budget = self.budgets.get_or_insert(
-                &pool.service,
-                || RetryBudget::new(tokio::time::Instant::now()),
-                |service| table.pools.contains_key(service),
-            );
+            let budget = &pool.counters.retry_budget;
             budget.deposit(tokio::time::Instant::from_std(clock.unwrap_or_else(now)));
 
             let timeout = entry
@@ -342,13 +349,24 @@ impl Inner {
                 );
                 let sent_at = if permit.is_some() { now() } else { at };
                 let mut attempt = AttemptRecord::start(backend.clone(), permit, sent_at);
-                let result =
-                    tokio::time::timeout(timeout, self.upstream.send(&backend, outgoing, sent_at))
-                        .await;
+                // The response timeout counts from the attempt's clock reading.
+                let mut expiry = timer.start(tokio::time::Instant::from_std(sent_at) + timeout);
+                let result = {
+                    let send = self.upstream.send(&backend, outgoing, sent_at);
+                    tokio::pin!(send);
+                    std::future::poll_fn(|cx| {
+                        if let Poll::Ready(sent) = send.as_mut().poll(cx) {
+                            return Poll::Ready(Some(sent));
+                        }
+                        expiry.as_mut().poll(cx).map(|()| None)
+                    })
+                    .await
+                };
+                timer.finish(expiry);
                 let now = now();
 
                 match result {
-                    Ok(Ok((response, checkin))) => {
+                    Some(Ok((response, checkin))) => {
                         backend
                             .state
                             .rtt
@@ -368,7 +386,7 @@ impl Inner {
                                 &parts.method,
                                 attempts.second_chance_used,
                             )
-                            && self.retry_allowed(&attempts, pool, &body, &budget)
+                            && self.retry_allowed(&attempts, pool, &body, budget)
                         {
                             debug!(instance = backend.id(), service = %pool.service, "503 from a draining instance; retrying on another");
                             attempts.second_chance_used = true;
@@ -385,7 +403,7 @@ impl Inner {
                             client_upgrade.take(),
                         );
                     }
-                    Ok(Err(error)) => match forward::classify(&error) {
+                    Some(Err(error)) => match forward::classify(&error) {
                         AttemptError::BodyTooLarge { limit } => {
                             attempt.set_status(Some(StatusCode::PAYLOAD_TOO_LARGE.as_u16()));
                             return fail(
@@ -417,7 +435,7 @@ impl Inner {
                                 failure,
                                 &parts.method,
                                 attempts.second_chance_used,
-                            ) && self.retry_allowed(&attempts, pool, &body, &budget);
+                            ) && self.retry_allowed(&attempts, pool, &body, budget);
                             attempts.last_failure = Some((failure, cause, backend));
                             if !retry {
                                 break;
@@ -427,8 +445,8 @@ impl Inner {
                             }
                         }
                     },
-                    Err(_elapsed) => {
-                        // The peak-EWMA learns how slow it was.
+                    None => {
+                        // No response headers in time. The peak-EWMA learns how slow it was.
                         backend.state.rtt.observe(timeout, now);
                         health::record(&backend, Outcome::Failure, now, &self.settings.ejection);
                         attempt.set_status(None);

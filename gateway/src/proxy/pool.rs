@@ -134,7 +134,12 @@ impl Upstream {
         Upstream {
             connect_timeout,
             idle_timeout,
-            builder: http1::Builder::new(),
+            builder: {
+                let mut builder = http1::Builder::new();
+                // As on the client-facing listener (server.rs): one buffer per write.
+                builder.writev(false);
+                builder
+            },
         }
     }
 
@@ -147,7 +152,7 @@ impl Upstream {
         mut request: Request<AttemptBody<Incoming>>,
         now: Instant,
     ) -> Result<(Response<Incoming>, Checkin), SendError> {
-        if !request.headers().contains_key(HOST) {
+        if !super::headers::has(request.headers(), &HOST) {
             // A client without Host (HTTP/1.0): name the instance, as HTTP/1.1 requires.
             if let Ok(host) = HeaderValue::from_str(backend.authority.as_str()) {
                 request.headers_mut().insert(HOST, host);

@@ -85,6 +85,13 @@ pub struct RetryBudget {
     slots: [Slot; SLOTS],
 }
 
+impl Default for RetryBudget {
+    /// A budget whose window starts now.
+    fn default() -> Self {
+        RetryBudget::new(Instant::now())
+    }
+}
+
 impl RetryBudget {
     pub fn new(now: Instant) -> Self {
         RetryBudget {
