@@ -61,12 +61,18 @@ cleanup() {
 }
 
 used_ports=" "
+# Ports are picked below the kernel's ephemeral range: a port in it can be
+# taken by an outgoing connection (wrk, the proxies' upstream connections)
+# between the check below and the bind ("Address already in use").
+ephemeral_low=32768
+read -r ephemeral_low _ </proc/sys/net/ipv4/ip_local_port_range 2>/dev/null || true
+[ "$ephemeral_low" -gt 12000 ] 2>/dev/null || ephemeral_low=32768
 # free_port VAR: set VAR to a loopback port nothing listens on and this
 # script has not handed out yet (not `$(free_port)`: a subshell would forget).
 free_port() {
   local candidate # not `port`: VAR may be the caller's `port`
   while :; do
-    candidate=$((20000 + RANDOM % 40000))
+    candidate=$((10000 + RANDOM % (ephemeral_low - 10000)))
     case "$used_ports" in *" $candidate "*) continue ;; esac
     if ! (exec 3<>"/dev/tcp/127.0.0.1/$candidate") 2>/dev/null; then
       used_ports+="$candidate "
