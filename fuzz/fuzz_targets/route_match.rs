@@ -77,6 +77,7 @@ fuzz_target!(|input: Input| {
             hash_key: r.hashed.then_some(HashKey::PathSegment(0)),
             strip_prefix: r.strip_prefix,
             timeout_ms: None,
+            try_timeout_ms: None,
             retries: None,
         };
         // The registry skips what does not validate; so does the table's input.

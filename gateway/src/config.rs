@@ -85,6 +85,15 @@ pub struct Config {
     #[arg(long, env = "SHOAL_RESPONSE_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
     pub response_timeout: Duration,
 
+    /// Per-attempt timeout for an instance's response headers, unless the
+    /// route sets `try_timeout_ms`: past it, an idempotent request is tried
+    /// once more on another instance (a frozen instance then costs this,
+    /// not the whole response timeout). Unset: each attempt gets the whole
+    /// response timeout. Set it above the slowest idempotent request's normal
+    /// time, or such requests run twice.
+    #[arg(long, env = "SHOAL_TRY_TIMEOUT", value_parser = parse_try_timeout)]
+    pub try_timeout: Option<Duration>,
+
     /// How long an idle keep-alive connection (client or backend side) is kept.
     #[arg(long, env = "SHOAL_IDLE_TIMEOUT", default_value = "60s", value_parser = parse_duration)]
     pub idle_timeout: Duration,
@@ -150,6 +159,15 @@ pub struct Config {
     /// answers 2xx, 1 otherwise; for container healthchecks.
     #[arg(long)]
     pub healthcheck: bool,
+}
+
+fn parse_try_timeout(s: &str) -> Result<Duration, String> {
+    match parse_duration(s)? {
+        d if d.is_zero() => {
+            Err("0 would fail every attempt; leave --try-timeout unset to give each attempt the whole --response-timeout".into())
+        }
+        d => Ok(d),
+    }
 }
 
 fn parse_token(s: &str) -> Result<String, String> {

@@ -279,6 +279,7 @@ impl LiveState {
                 hash_key: None,
                 strip_prefix: false,
                 timeout_ms: None,
+                try_timeout_ms: None,
                 retries: None,
             },
             &pools,

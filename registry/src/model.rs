@@ -352,6 +352,12 @@ pub struct Route {
     /// Per-request response timeout in milliseconds.
     #[serde(default)]
     pub timeout_ms: Option<u64>,
+    /// Per-attempt timeout in milliseconds: an idempotent request whose
+    /// instance sends no response headers within it is tried once more on
+    /// another instance (a frozen or stalled instance costs this much, not
+    /// the whole response timeout).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub try_timeout_ms: Option<u64>,
     /// Extra attempts on another instance after a failure.
     #[serde(default)]
     pub retries: Option<u32>,
@@ -389,6 +395,12 @@ impl Route {
             return Err(ValidationError::new(
                 "route.timeout_ms",
                 "0 would fail every request; omit it for the default",
+            ));
+        }
+        if self.try_timeout_ms == Some(0) {
+            return Err(ValidationError::new(
+                "route.try_timeout_ms",
+                "0 would fail every attempt; omit it to give each attempt the whole timeout",
             ));
         }
         if self.retries.is_some_and(|r| r > 10) {

@@ -58,7 +58,7 @@ fn answer<T>(body: T, connected: bool) -> Read<T> {
 pub struct RouteView {
     pub name: String,
     /// The route as stored: `host`, `path_prefix`, `service`, `policy`,
-    /// `hash_key`, `strip_prefix`, `timeout_ms`, `retries`.
+    /// `hash_key`, `strip_prefix`, `timeout_ms`, `try_timeout_ms`, `retries`.
     #[serde(flatten)]
     #[schema(value_type = Object)]
     pub route: Route,

@@ -84,7 +84,7 @@ pub struct Deleted {
     params(("name" = String, Path, description = "Route name (letters, digits, `.`, `_`, `-`)")),
     request_body(content = Object, description = "A Route: `service` (required), `path_prefix` (default `/`), \
         `host`, `policy` (round-robin | least-request | consistent-hash | sticky), `hash_key`, `strip_prefix`, \
-        `timeout_ms`, `retries`", content_type = "application/json"),
+        `timeout_ms`, `try_timeout_ms`, `retries`", content_type = "application/json"),
     responses(
         (status = 201, description = "Created", body = RouteView),
         (status = 200, description = "Replaced", body = RouteView),

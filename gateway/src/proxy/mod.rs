@@ -96,6 +96,8 @@ pub struct ProxySettings {
     pub slow_start: Duration,
     pub connect_timeout: Duration,
     pub response_timeout: Duration,
+    /// `--try-timeout`, unless the route sets `try_timeout_ms`.
+    pub try_timeout: Option<Duration>,
     pub idle_timeout: Duration,
     pub retries: u32,
     pub max_body_bytes: u64,
@@ -111,6 +113,7 @@ impl ProxySettings {
             slow_start: config.slow_start,
             connect_timeout: config.connect_timeout,
             response_timeout: config.response_timeout,
+            try_timeout: config.try_timeout,
             idle_timeout: config.idle_timeout,
             retries: config.retries,
             max_body_bytes: config.max_body_bytes,
@@ -276,6 +279,13 @@ impl Inner {
                 .route
                 .timeout_ms
                 .map_or(self.settings.response_timeout, Duration::from_millis);
+            // Each attempt's limit: the per-try timeout when it is shorter.
+            let attempt_timeout = entry
+                .route
+                .try_timeout_ms
+                .map(Duration::from_millis)
+                .or(self.settings.try_timeout)
+                .map_or(timeout, |per_try| per_try.min(timeout));
             let retries = entry
                 .route
                 .retries
@@ -349,8 +359,9 @@ impl Inner {
                 );
                 let sent_at = if permit.is_some() { now() } else { at };
                 let mut attempt = AttemptRecord::start(backend.clone(), permit, sent_at);
-                // The response timeout counts from the attempt's clock reading.
-                let mut expiry = timer.start(tokio::time::Instant::from_std(sent_at) + timeout);
+                // The timeout counts from the attempt's clock reading.
+                let mut expiry =
+                    timer.start(tokio::time::Instant::from_std(sent_at) + attempt_timeout);
                 let result = {
                     let send = self.upstream.send(&backend, outgoing, sent_at);
                     tokio::pin!(send);
@@ -447,14 +458,36 @@ impl Inner {
                     },
                     None => {
                         // No response headers in time. The peak-EWMA learns how slow it was.
-                        backend.state.rtt.observe(timeout, now);
+                        backend.state.rtt.observe(attempt_timeout, now);
                         health::record(&backend, Outcome::Failure, now, &self.settings.ejection);
                         attempt.set_status(None);
-                        debug!(instance = backend.id(), service = %pool.service, timeout_ms = timeout.as_millis() as u64, "no response headers in time");
+                        let per_try = attempt_timeout < timeout;
+                        if per_try
+                            && retry::may_retry(
+                                Failure::TryTimeout,
+                                &parts.method,
+                                attempts.second_chance_used,
+                            )
+                            && self.retry_allowed(&attempts, pool, &body, budget)
+                        {
+                            debug!(instance = backend.id(), service = %pool.service, try_timeout_ms = attempt_timeout.as_millis() as u64, "no response headers within the per-try timeout; retrying on another instance");
+                            failed_on.push(backend.clone());
+                            attempts.second_chance_used = true;
+                            attempts.last_failure = Some((
+                                Failure::TryTimeout,
+                                format!(
+                                    "no response headers within {} ms",
+                                    attempt_timeout.as_millis()
+                                ),
+                                backend,
+                            ));
+                            continue;
+                        }
+                        debug!(instance = backend.id(), service = %pool.service, timeout_ms = attempt_timeout.as_millis() as u64, "no response headers in time");
                         let e = GatewayError::Timeout {
                             service: pool.service.clone(),
                             instance: backend.id().to_owned(),
-                            after: timeout,
+                            after: attempt_timeout,
                         };
                         return fail(e, Some(&instance_header), record, Some(attempt));
                     }
@@ -486,6 +519,15 @@ impl Inner {
             }
 
             break match attempts.last_failure {
+                // Retried after a per-try timeout, with no instance left to try.
+                Some((Failure::TryTimeout, _, backend)) => {
+                    let e = GatewayError::Timeout {
+                        service: pool.service.clone(),
+                        instance: backend.id().to_owned(),
+                        after: attempt_timeout,
+                    };
+                    fail(e, Some(&backend.id_header), record, None)
+                }
                 Some((Failure::Reset, cause, backend)) => {
                     let e = GatewayError::BadGateway {
                         service: pool.service.clone(),

@@ -9,8 +9,13 @@
 //!   instance answered 503 while the latest table shows it draining or gone:
 //!   idempotent methods only (GET, HEAD, OPTIONS, PUT, DELETE, TRACE), and
 //!   only once per request;
-//! - a response timeout is never retried: the instance may still be working on
-//!   it, and a retry would double the client's wait.
+//! - no response headers within the per-try timeout (a route's
+//!   `try_timeout_ms`, else `--try-timeout`; off by default): idempotent
+//!   methods only, and only once per request (the same one retry as above):
+//!   a frozen or stalled instance then costs the per-try timeout, not the
+//!   whole response timeout;
+//! - the response timeout is never retried: the instance may still be
+//!   working on it, and a retry would double the client's wait.
 //!
 //! Every retry also needs an attempt left (1 + the route's `retries`, else
 //! `--retries`), an instance not yet tried, a request body that can be sent
@@ -34,6 +39,8 @@ pub enum Failure {
     Reset,
     /// 503 from an instance that is draining or gone from the registry.
     DrainingUnavailable,
+    /// No response headers within the per-try timeout.
+    TryTimeout,
     /// No response headers within the response timeout.
     Timeout,
 }
@@ -51,7 +58,7 @@ pub fn is_idempotent(method: &Method) -> bool {
 pub fn may_retry(failure: Failure, method: &Method, second_chance_used: bool) -> bool {
     match failure {
         Failure::NotSent => true,
-        Failure::Reset | Failure::DrainingUnavailable => {
+        Failure::Reset | Failure::DrainingUnavailable | Failure::TryTimeout => {
             is_idempotent(method) && !second_chance_used
         }
         Failure::Timeout => false,
@@ -177,6 +184,9 @@ mod tests {
             assert!(!may_retry(Failure::DrainingUnavailable, &m, false));
         }
         assert!(!may_retry(Failure::Timeout, &Method::GET, false));
+        assert!(may_retry(Failure::TryTimeout, &Method::GET, false));
+        assert!(!may_retry(Failure::TryTimeout, &Method::GET, true), "once");
+        assert!(!may_retry(Failure::TryTimeout, &Method::POST, false));
     }
 
     #[tokio::test(start_paused = true)]

@@ -117,6 +117,7 @@ fn settings() -> ProxySettings {
         slow_start: Duration::ZERO,
         connect_timeout: Duration::from_secs(1),
         response_timeout: Duration::from_secs(10),
+        try_timeout: None,
         idle_timeout: Duration::from_secs(30),
         retries: 2,
         max_body_bytes: 1024 * 1024,
@@ -841,4 +842,92 @@ async fn oversized_headers_get_431_and_idle_connections_are_closed() {
         took >= Duration::from_millis(250) && took < Duration::from_secs(1),
         "{took:?}"
     );
+}
+
+/// An instance that takes requests and never answers (a frozen process).
+async fn stuck_backend() -> SocketAddr {
+    let app = Router::new().fallback(|| async {
+        tokio::time::sleep(Duration::from_secs(30)).await;
+        "too late"
+    });
+    serve_router(app).await
+}
+
+#[tokio::test]
+async fn past_the_per_try_timeout_an_idempotent_request_is_tried_on_another_instance() {
+    let (registry, table) = Registry::new(BalancePolicy::RoundRobin);
+    {
+        put(
+            &registry,
+            "a-stuck",
+            stuck_backend().await,
+            InstanceState::Ready,
+        );
+        put(
+            &registry,
+            "b-ok",
+            backend("b-ok").await,
+            InstanceState::Ready,
+        );
+        registry.lock().unwrap().put_route(
+            "all",
+            r#"{"service":"app","path_prefix":"/","try_timeout_ms":200}"#,
+        );
+    }
+    let gw = gateway(table.clone(), settings(), server_settings()).await;
+    // Round-robin over [a-stuck, b-ok] starts with `a-stuck`.
+    let started = Instant::now();
+    let reply = send(&client(), get_req(gw.addr, "/hello")).await;
+    let took = started.elapsed();
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    assert_eq!(reply.instance(), "b-ok");
+    assert!(
+        took >= Duration::from_millis(200) && took < Duration::from_secs(5),
+        "{took:?}"
+    );
+    let counters = table.load().pool("app").unwrap().counters.clone();
+    assert_eq!(counters.retries_total.load(Ordering::Relaxed), 1);
+}
+
+#[tokio::test]
+async fn past_the_per_try_timeout_a_post_gets_504_and_is_not_sent_twice() {
+    let (registry, table) = Registry::new(BalancePolicy::RoundRobin);
+    {
+        put(
+            &registry,
+            "a-stuck",
+            stuck_backend().await,
+            InstanceState::Ready,
+        );
+        put(
+            &registry,
+            "b-ok",
+            backend("b-ok").await,
+            InstanceState::Ready,
+        );
+    }
+    let gw = gateway(
+        table.clone(),
+        ProxySettings {
+            try_timeout: Some(Duration::from_millis(200)),
+            ..settings()
+        },
+        server_settings(),
+    )
+    .await;
+    let request = Request::post(format!("http://{}/echo", gw.addr))
+        .body(Full::new(Bytes::from_static(b"once")))
+        .unwrap();
+    let started = Instant::now();
+    let reply = send(&client(), request).await;
+    let took = started.elapsed();
+    assert_eq!(reply.status, 504, "{}", reply.text());
+    assert_eq!(reply.json()["error"], "timeout");
+    assert_eq!(reply.instance(), "a-stuck");
+    assert!(
+        took >= Duration::from_millis(200) && took < Duration::from_secs(5),
+        "{took:?}"
+    );
+    let counters = table.load().pool("app").unwrap().counters.clone();
+    assert_eq!(counters.retries_total.load(Ordering::Relaxed), 0);
 }

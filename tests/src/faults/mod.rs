@@ -262,6 +262,7 @@ impl Platform {
         };
         let client = etcd.client().await;
         // --reuse-port: the gateway-restart fault replaces it in place.
+        // (Not --try-timeout: see bench/README.md, "instance frozen".)
         let gateway = Gateway::start(&etcd, &["--reuse-port"]).await;
         let http = reqwest::Client::builder()
             .no_proxy()
