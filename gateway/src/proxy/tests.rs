@@ -844,6 +844,25 @@ async fn oversized_headers_get_431_and_idle_connections_are_closed() {
     );
 }
 
+/// Round-robin over `a-stuck` (takes requests, never answers: a frozen
+/// process) and `b-ok`, starting with `a-stuck`.
+async fn stuck_then_ok() -> (Arc<Mutex<Registry>>, TableHandle) {
+    let (registry, table) = Registry::new(BalancePolicy::RoundRobin);
+    put(
+        &registry,
+        "a-stuck",
+        stuck_backend().await,
+        InstanceState::Ready,
+    );
+    put(
+        &registry,
+        "b-ok",
+        backend("b-ok").await,
+        InstanceState::Ready,
+    );
+    (registry, table)
+}
+
 /// An instance that takes requests and never answers (a frozen process).
 async fn stuck_backend() -> SocketAddr {
     let app = Router::new().fallback(|| async {
@@ -855,27 +874,12 @@ async fn stuck_backend() -> SocketAddr {
 
 #[tokio::test]
 async fn past_the_per_try_timeout_an_idempotent_request_is_tried_on_another_instance() {
-    let (registry, table) = Registry::new(BalancePolicy::RoundRobin);
-    {
-        put(
-            &registry,
-            "a-stuck",
-            stuck_backend().await,
-            InstanceState::Ready,
-        );
-        put(
-            &registry,
-            "b-ok",
-            backend("b-ok").await,
-            InstanceState::Ready,
-        );
-        registry.lock().unwrap().put_route(
-            "all",
-            r#"{"service":"app","path_prefix":"/","try_timeout_ms":200}"#,
-        );
-    }
+    let (registry, table) = stuck_then_ok().await;
+    registry.lock().unwrap().put_route(
+        "all",
+        r#"{"service":"app","path_prefix":"/","policy":"round-robin","try_timeout_ms":200}"#,
+    );
     let gw = gateway(table.clone(), settings(), server_settings()).await;
-    // Round-robin over [a-stuck, b-ok] starts with `a-stuck`.
     let started = Instant::now();
     let reply = send(&client(), get_req(gw.addr, "/hello")).await;
     let took = started.elapsed();
@@ -891,21 +895,7 @@ async fn past_the_per_try_timeout_an_idempotent_request_is_tried_on_another_inst
 
 #[tokio::test]
 async fn past_the_per_try_timeout_a_post_gets_504_and_is_not_sent_twice() {
-    let (registry, table) = Registry::new(BalancePolicy::RoundRobin);
-    {
-        put(
-            &registry,
-            "a-stuck",
-            stuck_backend().await,
-            InstanceState::Ready,
-        );
-        put(
-            &registry,
-            "b-ok",
-            backend("b-ok").await,
-            InstanceState::Ready,
-        );
-    }
+    let (_registry, table) = stuck_then_ok().await;
     let gw = gateway(
         table.clone(),
         ProxySettings {
