@@ -1,6 +1,25 @@
 //! Settings of the benchmark and checker binaries, read from environment
 //! variables, with an error that names the variable and what to use.
 
+/// A binary's settings as `read` makes them, printed to stderr after
+/// `binary`; on an error, the error (after `binary`) and exit code 2, the
+/// code every such binary uses for "could not run".
+pub fn read_or_exit<C: std::fmt::Debug>(
+    binary: &str,
+    read: impl FnOnce() -> Result<C, String>,
+) -> Result<C, std::process::ExitCode> {
+    match read() {
+        Ok(config) => {
+            eprintln!("{binary}: {config:?}");
+            Ok(config)
+        }
+        Err(e) => {
+            eprintln!("{binary}: {e}");
+            Err(std::process::ExitCode::from(2))
+        }
+    }
+}
+
 /// A whole number from the environment variable `name`, at least `min`;
 /// `default` when it is unset.
 pub fn env_number(name: &str, default: u64, min: u64) -> Result<u64, String> {

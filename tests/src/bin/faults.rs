@@ -11,7 +11,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use shoal_tests::faults::{FAULTS, FaultsConfig, run};
-use shoal_tests::settings::env_number;
+use shoal_tests::settings::{env_number, read_or_exit};
 
 fn config() -> Result<FaultsConfig, String> {
     let defaults = FaultsConfig::default();
@@ -48,14 +48,10 @@ fn config() -> Result<FaultsConfig, String> {
 #[tokio::main]
 async fn main() -> ExitCode {
     shoal_tests::init_logging();
-    let config = match config() {
+    let config = match read_or_exit("faults", config) {
         Ok(config) => config,
-        Err(e) => {
-            eprintln!("faults: {e}");
-            return ExitCode::from(2);
-        }
+        Err(code) => return code,
     };
-    eprintln!("faults: {config:?}");
     match run(&config).await {
         Ok(report) => {
             println!("{}", report.render());

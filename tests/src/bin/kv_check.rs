@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use shoal_tests::kv_check::{CheckConfig, run};
-use shoal_tests::settings::env_number;
+use shoal_tests::settings::{env_number, read_or_exit};
 
 fn config() -> Result<CheckConfig, String> {
     Ok(CheckConfig {
@@ -21,14 +21,10 @@ fn config() -> Result<CheckConfig, String> {
 #[tokio::main]
 async fn main() -> ExitCode {
     shoal_tests::init_logging();
-    let config = match config() {
+    let config = match read_or_exit("kv-check", config) {
         Ok(config) => config,
-        Err(e) => {
-            eprintln!("kv-check: {e}");
-            return ExitCode::from(2);
-        }
+        Err(code) => return code,
     };
-    eprintln!("kv-check: {config:?}");
     match run(config).await {
         Ok(report) => {
             println!("{}", report.render());

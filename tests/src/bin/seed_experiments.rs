@@ -12,7 +12,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use shoal_tests::experiments::{Config, Verdict, run};
-use shoal_tests::settings::env_number;
+use shoal_tests::settings::{env_number, read_or_exit};
 
 fn config() -> Result<Config, String> {
     let quick = match std::env::var("QUICK").as_deref() {
@@ -38,14 +38,10 @@ fn config() -> Result<Config, String> {
 #[tokio::main]
 async fn main() -> ExitCode {
     shoal_tests::init_logging();
-    let config = match config() {
+    let config = match read_or_exit("seed-experiments", config) {
         Ok(config) => config,
-        Err(e) => {
-            eprintln!("seed-experiments: {e}");
-            return ExitCode::from(2);
-        }
+        Err(code) => return code,
     };
-    eprintln!("seed-experiments: {config:?}");
     let report = run(&config).await;
     eprint!("{}", report.details());
     println!("{}", report.render());
