@@ -30,6 +30,18 @@ pub struct LoadReport {
     pub failures: Vec<String>,
 }
 
+impl LoadReport {
+    /// `N of M requests failed, first: ...`, for an assertion's message.
+    pub fn failure_summary(&self) -> String {
+        format!(
+            "{} of {} requests failed, first: {:?}",
+            self.failures.len(),
+            self.served + self.failures.len() as u64,
+            self.failures.first()
+        )
+    }
+}
+
 impl Load {
     /// Start `clients` clients on `url`, sharing `http`'s connection pool.
     pub fn start(http: &reqwest::Client, url: &str, clients: usize) -> Load {

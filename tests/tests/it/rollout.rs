@@ -191,11 +191,6 @@ async fn a_rolling_restart_under_load_replaces_every_instance_and_drops_nothing(
         report.failures.len()
     );
     assert!(report.served > 100, "the load ran: {}", report.served);
-    assert!(
-        report.failures.is_empty(),
-        "{} failed, first: {:?}",
-        report.failures.len(),
-        report.failures.first()
-    );
+    assert!(report.failures.is_empty(), "{}", report.failure_summary());
     assert!(scaler.stop(Duration::from_secs(20)).await.success());
 }

@@ -59,10 +59,8 @@ async fn survive(what: &str, etcd: &mut Etcd, event: impl AsyncFnOnce(&mut Etcd)
     let report = load.stop().await;
     assert!(
         report.failures.is_empty(),
-        "{what}: {} of {} requests failed, first: {:?}",
-        report.failures.len(),
-        report.served + report.failures.len() as u64,
-        report.failures.first()
+        "{what}: {}",
+        report.failure_summary()
     );
     assert!(
         report.served > served_before,
