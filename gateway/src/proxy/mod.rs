@@ -392,12 +392,14 @@ impl Inner {
                         };
                         health::record(&backend, outcome, now, &self.settings.ejection);
                         if leaving_503
-                            && retry::may_retry(
+                            && self.retry_allowed(
                                 Failure::DrainingUnavailable,
                                 &parts.method,
-                                attempts.second_chance_used,
+                                &attempts,
+                                pool,
+                                &body,
+                                budget,
                             )
-                            && self.retry_allowed(&attempts, pool, &body, budget)
                         {
                             debug!(instance = backend.id(), service = %pool.service, "503 from a draining instance; retrying on another");
                             attempts.second_chance_used = true;
@@ -442,11 +444,14 @@ impl Inner {
                             attempt.set_status(None);
                             debug!(instance = backend.id(), service = %pool.service, ?failure, %cause, "attempt failed");
                             failed_on.push(backend.clone());
-                            let retry = retry::may_retry(
+                            let retry = self.retry_allowed(
                                 failure,
                                 &parts.method,
-                                attempts.second_chance_used,
-                            ) && self.retry_allowed(&attempts, pool, &body, budget);
+                                &attempts,
+                                pool,
+                                &body,
+                                budget,
+                            );
                             attempts.last_failure = Some((failure, cause, backend));
                             if !retry {
                                 break;
@@ -463,12 +468,14 @@ impl Inner {
                         attempt.set_status(None);
                         let per_try = attempt_timeout < timeout;
                         if per_try
-                            && retry::may_retry(
+                            && self.retry_allowed(
                                 Failure::TryTimeout,
                                 &parts.method,
-                                attempts.second_chance_used,
+                                &attempts,
+                                pool,
+                                &body,
+                                budget,
                             )
-                            && self.retry_allowed(&attempts, pool, &body, budget)
                         {
                             debug!(instance = backend.id(), service = %pool.service, try_timeout_ms = attempt_timeout.as_millis() as u64, "no response headers within the per-try timeout; retrying on another instance");
                             failed_on.push(backend.clone());
@@ -607,14 +614,21 @@ impl Inner {
         table
     }
 
-    /// Whether one more attempt may be made, taking a retry token if so.
+    /// Whether one more attempt may be made after `failure` (the retry
+    /// rule, then attempts, instances and body left, then the budget),
+    /// taking a retry token if so.
     fn retry_allowed(
         &self,
+        failure: Failure,
+        method: &Method,
         attempts: &Attempts,
         pool: &ServicePool,
         body: &Reclaimable<Incoming>,
         budget: &RetryBudget,
     ) -> bool {
+        if !retry::may_retry(failure, method, attempts.second_chance_used) {
+            return false;
+        }
         if attempts.made >= attempts.max
             || attempts.made >= pool.ready.len()
             || !body.is_available()
