@@ -111,9 +111,11 @@ impl Grace {
             }
             let mut ready_of: HashMap<&str, usize> = HashMap::new();
             // Counted only when something was lost (most rebuilds lose nothing).
-            for instance in current.values().filter(|_| !lost.is_empty()) {
-                if instance.state == InstanceState::Ready {
-                    *ready_of.entry(&instance.service).or_default() += 1;
+            if !lost.is_empty() {
+                for instance in current.values() {
+                    if instance.state == InstanceState::Ready {
+                        *ready_of.entry(&instance.service).or_default() += 1;
+                    }
                 }
             }
             for (key, instance) in lost {

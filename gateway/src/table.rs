@@ -376,13 +376,30 @@ impl TableHandle {
         timeout: std::time::Duration,
         accept: impl Fn(&ServicePool) -> bool,
     ) -> Option<Arc<RoutingTable>> {
-        let has_ready = |t: &RoutingTable| t.pool(service).is_some_and(|p| accept(p));
+        self.wait_until(timeout, |t| t.pool(service).is_some_and(|p| accept(p)))
+            .await
+    }
+
+    /// Wait until a snapshot was built from a connected registry (both
+    /// watchers listed), up to `timeout`; false if none was in time.
+    pub async fn wait_for_registry(&self, timeout: std::time::Duration) -> bool {
+        self.wait_until(timeout, |t| t.registry_connected)
+            .await
+            .is_some()
+    }
+
+    /// Wait until a snapshot satisfies `accept`, up to `timeout`; that snapshot.
+    async fn wait_until(
+        &self,
+        timeout: std::time::Duration,
+        accept: impl Fn(&RoutingTable) -> bool,
+    ) -> Option<Arc<RoutingTable>> {
         let mut changes = self.generation.clone();
         let wait = async {
             loop {
                 changes.borrow_and_update();
                 let table = self.load();
-                if has_ready(&table) {
+                if accept(&table) {
                     return Some(table);
                 }
                 if changes.changed().await.is_err() {
@@ -391,24 +408,6 @@ impl TableHandle {
             }
         };
         tokio::time::timeout(timeout, wait).await.ok().flatten()
-    }
-
-    /// Wait until a snapshot was built from a connected registry (both
-    /// watchers listed), up to `timeout`; false if none was in time.
-    pub async fn wait_for_registry(&self, timeout: std::time::Duration) -> bool {
-        let mut changes = self.generation.clone();
-        let wait = async {
-            loop {
-                changes.borrow_and_update();
-                if self.load().registry_connected {
-                    return true;
-                }
-                if changes.changed().await.is_err() {
-                    return false;
-                }
-            }
-        };
-        tokio::time::timeout(timeout, wait).await.unwrap_or(false)
     }
 
     /// A receiver notified on every new snapshot.
