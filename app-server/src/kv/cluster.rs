@@ -169,6 +169,8 @@ impl Kv {
         let mut newest = local.clone();
         // Each peer's answer: `true` if it answered (with or without a copy).
         let mut answered: HashMap<String, bool> = HashMap::new();
+        // Who said what, for the debug line only (not built otherwise).
+        let logging = tracing::enabled!(tracing::Level::DEBUG);
         let mut heard = Vec::new();
         // A peer that fails makes the next one in its ranking count: a few rounds at most.
         loop {
@@ -188,18 +190,22 @@ impl Kv {
             let answers = join_all(targets.iter().map(|h| self.peers.fetch(h, key))).await;
             for (holder, answer) in targets.iter().zip(answers) {
                 answered.insert(holder.id.clone(), answer.is_ok());
+                if logging {
+                    let said = match &answer {
+                        Ok(Some(entry)) => entry.version.to_string(),
+                        Ok(None) => "none".into(),
+                        Err(_) => "failed".into(),
+                    };
+                    heard.push(format!("{}={said}", holder.id));
+                }
                 match answer {
                     Ok(Some(entry)) => {
-                        heard.push(format!("{}={}", holder.id, entry.version));
                         if newest.as_ref().is_none_or(|n| entry.version > n.version) {
                             newest = Some(entry);
                         }
                     }
-                    Ok(None) => heard.push(format!("{}=none", holder.id)),
-                    Err(e) => {
-                        heard.push(format!("{}=failed", holder.id));
-                        self.note_failure(holder, &e);
-                    }
+                    Ok(None) => {}
+                    Err(e) => self.note_failure(holder, &e),
                 }
             }
         }
