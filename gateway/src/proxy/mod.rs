@@ -73,7 +73,7 @@ use forward::AttemptError;
 pub use forward::HttpClient;
 use limit::{InstanceLimit, Rejected};
 use live_map::LiveMap;
-use pool::{Checkin, Upstream};
+use pool::{PooledBody, Upstream};
 use record::{AttemptRecord, RequestRecord};
 pub use response::ResponseBody;
 use retry::{Failure, RetryBudget};
@@ -363,7 +363,9 @@ impl Inner {
                 let mut expiry =
                     timer.start(tokio::time::Instant::from_std(sent_at) + attempt_timeout);
                 let result = {
-                    let send = self.upstream.send(&backend, outgoing, sent_at);
+                    let send =
+                        self.upstream
+                            .send(&backend, outgoing, sent_at, client_upgrade.is_some());
                     tokio::pin!(send);
                     std::future::poll_fn(|cx| {
                         if let Poll::Ready(sent) = send.as_mut().poll(cx) {
@@ -377,7 +379,7 @@ impl Inner {
                 let now = now();
 
                 match result {
-                    Some(Ok((response, checkin))) => {
+                    Some(Ok(response)) => {
                         backend
                             .state
                             .rtt
@@ -407,7 +409,7 @@ impl Inner {
                             continue;
                         }
                         return respond(
-                            (response, checkin),
+                            response,
                             &pool.service,
                             instance_header,
                             pick.set_cookie,
@@ -682,10 +684,9 @@ impl Inner {
     }
 }
 
-/// The instance's response (and its connection, to check in once the body
-/// is read), on its way to the client.
+/// The instance's response on its way to the client.
 fn respond(
-    (mut response, checkin): (Response<Incoming>, Checkin),
+    mut response: Response<PooledBody>,
     service: &str,
     instance: HeaderValue,
     set_cookie: bool,
@@ -725,12 +726,7 @@ fn respond(
     parts.headers.insert(headers::X_SHOAL_INSTANCE, instance);
     record.set_status(Some(status.as_u16()));
     attempt.set_status(Some(status.as_u16()));
-    // An upgraded connection belongs to its tunnel now.
-    let checkin = (!switching).then_some(checkin);
-    Response::from_parts(
-        parts,
-        ResponseBody::from_instance(body, record, attempt, checkin),
-    )
+    Response::from_parts(parts, ResponseBody::from_instance(body, record, attempt))
 }
 
 /// A response the gateway made, with the request (and attempt) recorded.

@@ -2,31 +2,52 @@
 //! place of hyper-util's legacy client.
 //!
 //! Each instance's live state ([`BackendState`]) holds its own small pool
-//! ([`ConnPool`]): a stack of idle hyper `http1::SendRequest`s behind a mutex
-//! that only that instance's requests touch, held for a push or a pop. No
-//! pool key is built or hashed, nothing is boxed, and no task is spawned per
-//! request: the legacy client does all three, and its one pool lock is shared
-//! by every instance. A connection goes back to its pool when the response
-//! body has been read to the end ([`Checkin`], carried by the response body),
-//! so it is never handed to two requests at once; one whose body was cut off
-//! or left unread is closed instead.
+//! ([`ConnPool`]): a stack of idle connections behind a mutex that only that
+//! instance's requests touch, held for a push or a pop. No pool key is built
+//! or hashed, nothing is boxed per request, and no task is spawned.
 //!
-//! As the legacy client did (`retry_canceled_requests`): a request that finds
-//! its pooled connection closed before anything was written (the keep-alive
-//! race with the instance) is sent again on another connection; the caller
+//! **A connection is driven by the request that holds it.** hyper's
+//! connection future (the [`http1::Connection`] that reads and writes the
+//! socket) is polled by the client connection's own task: while the request
+//! waits for its response head ([`Upstream::send`]) and while the response
+//! body is read ([`PooledBody`]). An instance's response is therefore read
+//! and its bytes written to the client in the same wake-up, as nginx and
+//! HAProxy do; with a driver task per connection, each request waited in the
+//! runtime's queue twice more (request handed to the driver, response handed
+//! back), which is most of a busy gateway's tail latency. Whatever hyper
+//! hands across inside one connection (the response head, body chunks) is
+//! read with a no-op waker right after the driver was polled: only the
+//! driver can make it progress, and the driver registers this task's waker
+//! for what it waits on (the socket, the client's request body).
+//!
+//! A connection goes back to its pool when the response body has been read
+//! to the end, so it is never handed to two requests at once; one whose body
+//! was cut off or left unread is closed instead. Before it goes back it is
+//! polled once with a no-op waker, so that it parks without holding the last
+//! request's waker (the next request would otherwise wake that unrelated
+//! task). An idle connection is not polled: one the instance closed is
+//! found closed by the next request that takes it, which then sends on
+//! another connection, as the legacy client did (`retry_canceled_requests`)
+//! for the keep-alive race: the request was never written, and the caller
 //! never sees that failure. Idle connections older than `--idle-timeout` are
-//! dropped when the pool is next used; the instance's own keep-alive timeout
-//! closes the others, and they leave the pool as soon as they are seen closed.
-//! An upgrade (101) keeps the connection for its tunnel and never returns it.
+//! dropped when the pool is next used, from either end of the stack.
+//!
+//! An upgrade (`Connection: upgrade`, e.g. WebSocket) gets a connection of
+//! its own, driven by a spawned task that can hand the socket to the
+//! tunnel, and never returned to the pool.
 
+use std::future::Future;
 use std::io;
+use std::pin::Pin;
 use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use http::header::HOST;
 use http::uri::Authority;
 use http::{HeaderValue, Request, Response};
-use hyper::body::Incoming;
+use hyper::body::{Body, Frame, Incoming, SizeHint};
 use hyper::client::conn::http1;
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
@@ -38,6 +59,52 @@ use crate::backend::{Backend, BackendState};
 /// One connection's request handle.
 type Sender = http1::SendRequest<AttemptBody<Incoming>>;
 
+/// What reads and writes one connection's socket: hyper's HTTP/1 client
+/// dispatcher. Boxed once per connection, so that taking it from the pool
+/// and handing it along a request moves a pointer.
+type Driver = Pin<Box<http1::Connection<TokioIo<TcpStream>, AttemptBody<Incoming>>>>;
+
+/// A keep-alive connection to an instance.
+struct Conn {
+    sender: Sender,
+    /// `None` once it ended (closed by either side, or failed). It is
+    /// dropped then, not kept: dropping it is what fails a request still
+    /// queued on it (with the request handed back, as it was never sent).
+    driver: Option<Driver>,
+}
+
+impl std::fmt::Debug for Conn {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Conn").finish_non_exhaustive()
+    }
+}
+
+/// Let the connection read and write what it can, with `cx`'s waker for
+/// what it then waits on; drop it once it has ended. Whether it still lives.
+fn drive(driver: &mut Option<Driver>, cx: &mut Context<'_>) -> bool {
+    if let Some(running) = driver
+        && running.as_mut().poll(cx).is_ready()
+    {
+        *driver = None;
+    }
+    driver.is_some()
+}
+
+/// Poll `f`, which only `driver` can make progress, after the driver. While
+/// the connection lives, `f` is polled with a no-op waker: the driver woke,
+/// or will wake, this task. Once it has ended, with `cx`.
+fn drive_then<T>(
+    driver: &mut Option<Driver>,
+    cx: &mut Context<'_>,
+    f: impl FnOnce(&mut Context<'_>) -> Poll<T>,
+) -> Poll<T> {
+    if drive(driver, cx) {
+        f(&mut Context::from_waker(Waker::noop()))
+    } else {
+        f(cx)
+    }
+}
+
 /// Idle connections of one instance, most recently used last.
 #[derive(Debug, Default)]
 pub struct ConnPool {
@@ -46,7 +113,7 @@ pub struct ConnPool {
 
 #[derive(Debug)]
 struct Idle {
-    sender: Sender,
+    conn: Conn,
     /// The address it is connected to (an instance may be re-registered
     /// under the same id with another address).
     authority: Authority,
@@ -54,33 +121,38 @@ struct Idle {
 }
 
 impl ConnPool {
-    /// The most recently used idle connection to `authority` that is still
-    /// open and not idle past `idle_timeout`; closed and expired ones found
-    /// on the way are dropped.
-    fn take(&self, authority: &Authority, now: Instant, idle_timeout: Duration) -> Option<Sender> {
+    /// The most recently used idle connection to `authority` that is not
+    /// idle past `idle_timeout`; expired ones found on the way are dropped.
+    fn take(&self, authority: &Authority, now: Instant, idle_timeout: Duration) -> Option<Conn> {
         let mut idle = self.idle.lock().expect("connection pool lock poisoned");
-        while let Some(conn) = idle.pop() {
-            if conn.sender.is_closed()
-                || now.saturating_duration_since(conn.since) > idle_timeout
+        while let Some(entry) = idle.pop() {
+            if now.saturating_duration_since(entry.since) > idle_timeout
                 // Byte equality: `Authority`'s own is case-insensitive and slower.
-                || conn.authority.as_str() != authority.as_str()
+                || entry.authority.as_str() != authority.as_str()
             {
                 continue;
             }
-            return Some(conn.sender);
+            return Some(entry.conn);
         }
         None
     }
 
-    fn put(&self, sender: Sender, authority: Authority, now: Instant) {
-        self.idle
-            .lock()
-            .expect("connection pool lock poisoned")
-            .push(Idle {
-                sender,
-                authority,
-                since: now,
-            });
+    /// Park `conn`; the oldest idle connections past `idle_timeout` leave
+    /// (those at the bottom of the stack that a quieter load never reaches).
+    fn put(&self, conn: Conn, authority: Authority, now: Instant, idle_timeout: Duration) {
+        let mut idle = self.idle.lock().expect("connection pool lock poisoned");
+        let expired = idle
+            .iter()
+            .take_while(|entry| now.saturating_duration_since(entry.since) > idle_timeout)
+            .count();
+        if expired > 0 {
+            idle.drain(..expired);
+        }
+        idle.push(Idle {
+            conn,
+            authority,
+            since: now,
+        });
     }
 
     /// Idle connections held (for tests).
@@ -113,19 +185,102 @@ pub struct Upstream {
     builder: http1::Builder,
 }
 
-/// A connection in use, returned to its instance's pool with [`Checkin::finish`]
-/// once the response body has been read to the end.
+/// A connection in use, driven by the response body and returned to its
+/// instance's pool once that body has been read to the end.
 #[derive(Debug)]
-pub struct Checkin {
-    sender: Sender,
+struct Checkin {
+    conn: Conn,
     authority: Authority,
     state: Arc<BackendState>,
+    idle_timeout: Duration,
 }
 
 impl Checkin {
-    /// The response was read to the end: the connection can serve another.
-    pub fn finish(self, now: Instant) {
-        self.state.conns.put(self.sender, self.authority, now);
+    /// The response was read to the end: park the connection for another
+    /// request, unless it has ended meanwhile.
+    fn finish(mut self, now: Instant) {
+        if drive(
+            &mut self.conn.driver,
+            &mut Context::from_waker(Waker::noop()),
+        ) {
+            let pool = &self.state.conns;
+            pool.put(self.conn, self.authority, now, self.idle_timeout);
+        }
+    }
+}
+
+/// An instance's response body. Reading it drives its connection, which
+/// goes back to the pool when the body has been read to the end.
+#[derive(Debug)]
+pub struct PooledBody {
+    body: Incoming,
+    /// `None` for an upgrade's connection (its own task drives it), or once
+    /// the connection ended or failed.
+    conn: Option<Checkin>,
+}
+
+impl PooledBody {
+    fn check_in(&mut self) {
+        if let Some(checkin) = self.conn.take() {
+            checkin.finish(super::now());
+        }
+    }
+}
+
+impl Body for PooledBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let this = &mut *self;
+        let polled = match &mut this.conn {
+            // What the connection already read (often the whole body, with
+            // the head) is taken without driving it again.
+            Some(checkin) => {
+                match Pin::new(&mut this.body).poll_frame(&mut Context::from_waker(Waker::noop())) {
+                    Poll::Pending => {
+                        let body = &mut this.body;
+                        let polled = drive_then(&mut checkin.conn.driver, cx, |cx| {
+                            Pin::new(body).poll_frame(cx)
+                        });
+                        if checkin.conn.driver.is_none() {
+                            this.conn = None;
+                        }
+                        polled
+                    }
+                    ready => ready,
+                }
+            }
+            None => Pin::new(&mut this.body).poll_frame(cx),
+        };
+        match &polled {
+            Poll::Ready(None) => this.check_in(),
+            // Cut off: dropping the connection closes it.
+            Poll::Ready(Some(Err(_))) => this.conn = None,
+            _ => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
+    }
+}
+
+impl Drop for PooledBody {
+    /// A body hyper never polled because it knew it was empty (HEAD, 204,
+    /// 304, `Content-Length: 0`) still leaves a reusable connection.
+    fn drop(&mut self) {
+        if self.body.is_end_stream() {
+            self.check_in();
+        }
     }
 }
 
@@ -144,42 +299,70 @@ impl Upstream {
     }
 
     /// Send `request` (origin-form URI) to `backend` on a pooled connection,
-    /// or a new one; the response head, and the connection to check in when
-    /// its body is done. `now` is the request's clock reading, for idle ages.
+    /// or a new one: the response, whose body drives the connection and
+    /// checks it in when read to the end. `now` is the request's clock
+    /// reading, for idle ages. `upgrade`: the request asks for a protocol
+    /// upgrade, and gets a connection of its own.
     pub async fn send(
         &self,
         backend: &Backend,
         mut request: Request<AttemptBody<Incoming>>,
         now: Instant,
-    ) -> Result<(Response<Incoming>, Checkin), SendError> {
+        upgrade: bool,
+    ) -> Result<Response<PooledBody>, SendError> {
         if !super::headers::has(request.headers(), &HOST) {
             // A client without Host (HTTP/1.0): name the instance, as HTTP/1.1 requires.
             if let Ok(host) = HeaderValue::from_str(backend.authority.as_str()) {
                 request.headers_mut().insert(HOST, host);
             }
         }
+        if upgrade {
+            // Boxed: rare, and it would make every request's future bigger.
+            return Box::pin(self.send_upgrade(backend, request)).await;
+        }
         let pool = &backend.state.conns;
         loop {
-            let (mut sender, reused) = match pool.take(&backend.authority, now, self.idle_timeout) {
-                Some(sender) => (sender, true),
+            let (mut conn, reused) = match pool.take(&backend.authority, now, self.idle_timeout) {
+                Some(conn) => (conn, true),
                 // Boxed: rare, and it would make every request's future bigger.
-                None => (Box::pin(self.connect(backend)).await?, false),
+                None => {
+                    let (sender, driver) = Box::pin(self.connect(backend)).await?;
+                    let driver = Some(driver);
+                    (Conn { sender, driver }, false)
+                }
             };
-            if reused && !sender.is_ready() && sender.ready().await.is_err() {
-                continue; // closed meanwhile: nothing was sent on it
+            if reused && !conn.sender.is_ready() {
+                // Parked before it asked for the next request: let it.
+                let ready = std::future::poll_fn(|cx| {
+                    drive_then(&mut conn.driver, cx, |cx| conn.sender.poll_ready(cx))
+                })
+                .await;
+                if ready.is_err() {
+                    continue; // closed meanwhile: nothing was sent on it
+                }
             }
-            match sender.try_send_request(request).await {
+            let response = conn.sender.try_send_request(request);
+            let mut response = std::pin::pin!(response);
+            let sent = std::future::poll_fn(|cx| {
+                drive_then(&mut conn.driver, cx, |cx| response.as_mut().poll(cx))
+            })
+            .await;
+            match sent {
                 Ok(response) => {
-                    let checkin = Checkin {
-                        sender,
+                    let checkin = conn.driver.is_some().then(|| Checkin {
+                        conn,
                         authority: backend.authority.clone(),
                         state: backend.state.clone(),
-                    };
-                    return Ok((response, checkin));
+                        idle_timeout: self.idle_timeout,
+                    });
+                    return Ok(response.map(|body| PooledBody {
+                        body,
+                        conn: checkin,
+                    }));
                 }
                 Err(mut e) => match e.take_message() {
                     // Never written: a pooled connection the instance had
-                    // just closed. Send it again on another one.
+                    // closed. Send it again on another one.
                     Some(again) if reused => {
                         debug!(instance = backend.id(), error = %e.error(), "pooled connection closed before the request was sent; sending it on another");
                         request = again;
@@ -190,8 +373,30 @@ impl Upstream {
         }
     }
 
-    /// A new connection to `backend`, its driver spawned.
-    async fn connect(&self, backend: &Backend) -> Result<Sender, SendError> {
+    /// An upgrade request, on a new connection whose driver is spawned: it
+    /// hands the socket to the tunnel once the instance switches protocols.
+    async fn send_upgrade(
+        &self,
+        backend: &Backend,
+        request: Request<AttemptBody<Incoming>>,
+    ) -> Result<Response<PooledBody>, SendError> {
+        let (mut sender, driver) = self.connect(backend).await?;
+        let driver = Pin::into_inner(driver);
+        let id = backend.id().to_owned();
+        tokio::spawn(async move {
+            if let Err(e) = driver.with_upgrades().await {
+                debug!(instance = %id, error = %e, "connection to instance ended with an error");
+            }
+        });
+        let response = sender
+            .send_request(request)
+            .await
+            .map_err(SendError::Http)?;
+        Ok(response.map(|body| PooledBody { body, conn: None }))
+    }
+
+    /// A new connection to `backend`, not yet polled.
+    async fn connect(&self, backend: &Backend) -> Result<(Sender, Driver), SendError> {
         let addr = backend.authority.as_str();
         let stream =
             match tokio::time::timeout(self.connect_timeout, TcpStream::connect(addr)).await {
@@ -207,18 +412,12 @@ impl Upstream {
         if let Err(e) = stream.set_nodelay(true) {
             debug!(instance = backend.id(), error = %e, "cannot set TCP_NODELAY");
         }
-        let (sender, connection) = self
+        let (sender, driver) = self
             .builder
             .handshake(TokioIo::new(stream))
             .await
             .map_err(SendError::Http)?;
-        let id = backend.id().to_owned();
-        tokio::spawn(async move {
-            if let Err(e) = connection.with_upgrades().await {
-                debug!(instance = %id, error = %e, "connection to instance ended with an error");
-            }
-        });
-        Ok(sender)
+        Ok((sender, Box::pin(driver)))
     }
 }
 
@@ -233,6 +432,7 @@ mod tests {
     use registry::{Instance, InstanceState};
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio::net::TcpListener;
+    use tokio::sync::Notify;
 
     use super::*;
     use crate::proxy::forward::{self, AttemptError};
@@ -254,10 +454,38 @@ mod tests {
         )
     }
 
+    /// How a test instance answers.
+    #[derive(Clone)]
+    struct Answer {
+        body: Vec<u8>,
+        /// Close the connection after one answer without saying so (the
+        /// keep-alive race: the client cannot know until it writes).
+        close_after_one: bool,
+        /// Close every connection, idle or not, when notified.
+        close_all: Arc<Notify>,
+    }
+
+    impl Default for Answer {
+        fn default() -> Self {
+            Answer {
+                body: b"ok".to_vec(),
+                close_after_one: false,
+                close_all: Arc::new(Notify::new()),
+            }
+        }
+    }
+
     /// An instance that answers every request with `ok`, keeping the
-    /// connection open, or closing it after one answer without saying so
-    /// (the keep-alive race: the client cannot know until it writes).
+    /// connection open, or closing it after one answer.
     async fn instance(close_after_one: bool) -> (SocketAddr, Arc<AtomicUsize>) {
+        instance_with(Answer {
+            close_after_one,
+            ..Answer::default()
+        })
+        .await
+    }
+
+    async fn instance_with(answer: Answer) -> (SocketAddr, Arc<AtomicUsize>) {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let accepted = Arc::new(AtomicUsize::new(0));
@@ -266,21 +494,28 @@ mod tests {
             loop {
                 let (mut stream, _) = listener.accept().await.unwrap();
                 count.fetch_add(1, Ordering::SeqCst);
+                let answer = answer.clone();
                 tokio::spawn(async move {
+                    let mut head = format!(
+                        "HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n",
+                        answer.body.len()
+                    )
+                    .into_bytes();
+                    head.extend_from_slice(&answer.body);
                     let mut buf = vec![0u8; 4096];
                     let mut seen = Vec::new();
                     loop {
-                        let Ok(n) = stream.read(&mut buf).await else {
-                            return;
+                        let n = tokio::select! {
+                            read = stream.read(&mut buf) => match read {
+                                Ok(n) if n > 0 => n,
+                                _ => return,
+                            },
+                            () = answer.close_all.notified() => return,
                         };
-                        if n == 0 {
-                            return;
-                        }
                         seen.extend_from_slice(&buf[..n]);
                         while let Some(end) = seen.windows(4).position(|w| w == b"\r\n\r\n") {
                             seen.drain(..end + 4);
-                            let answer = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
-                            if stream.write_all(answer).await.is_err() || close_after_one {
+                            if stream.write_all(&head).await.is_err() || answer.close_after_one {
                                 return;
                             }
                         }
@@ -292,12 +527,11 @@ mod tests {
     }
 
     async fn send_and_read(upstream: &Upstream, backend: &Backend) -> String {
-        let (response, checkin) = upstream
-            .send(backend, get(), Instant::now())
+        let response = upstream
+            .send(backend, get(), Instant::now(), false)
             .await
             .expect("a response");
         let body = response.into_body().collect().await.unwrap().to_bytes();
-        checkin.finish(Instant::now());
         String::from_utf8(body.to_vec()).unwrap()
     }
 
@@ -318,11 +552,11 @@ mod tests {
         let (addr, accepted) = instance(false).await;
         let backend = backend(addr);
         let upstream = Upstream::new(Duration::from_secs(1), Duration::from_secs(60));
-        let (response, checkin) = upstream
-            .send(&backend, get(), Instant::now())
+        let response = upstream
+            .send(&backend, get(), Instant::now(), false)
             .await
             .unwrap();
-        drop((response, checkin)); // the client left before the body
+        drop(response); // the client left before the body
         assert_eq!(send_and_read(&upstream, &backend).await, "ok");
         assert_eq!(accepted.load(Ordering::SeqCst), 2);
     }
@@ -336,6 +570,62 @@ mod tests {
             assert_eq!(send_and_read(&upstream, &backend).await, "ok");
         }
         assert_eq!(accepted.load(Ordering::SeqCst), 3);
+    }
+
+    #[tokio::test]
+    async fn a_parked_connection_the_instance_closed_later_is_replaced_without_an_error() {
+        // Parked connections are not polled: the next request is the first
+        // to see the instance's FIN, and must go on a new connection (before,
+        // a request queued on such a connection waited forever).
+        let answer = Answer::default();
+        let close_all = answer.close_all.clone();
+        let (addr, accepted) = instance_with(answer).await;
+        let backend = backend(addr);
+        let upstream = Upstream::new(Duration::from_secs(1), Duration::from_secs(60));
+        assert_eq!(send_and_read(&upstream, &backend).await, "ok");
+        assert_eq!(backend.state.conns.idle(), 1);
+        close_all.notify_waiters();
+        tokio::time::sleep(Duration::from_millis(50)).await; // the FIN arrives
+        let second =
+            tokio::time::timeout(Duration::from_secs(5), send_and_read(&upstream, &backend));
+        assert_eq!(second.await.expect("no answer within 5 s"), "ok");
+        assert_eq!(accepted.load(Ordering::SeqCst), 2);
+        assert_eq!(
+            backend.state.conns.idle(),
+            1,
+            "the new connection is parked"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_body_larger_than_the_socket_buffers_streams_through_and_the_connection_is_reused() {
+        // 4 MiB: many reads, each driven by the body as it is polled.
+        let body: Vec<u8> = (0..4 << 20).map(|i: u32| (i % 251) as u8).collect();
+        let (addr, accepted) = instance_with(Answer {
+            body: body.clone(),
+            ..Answer::default()
+        })
+        .await;
+        let backend = backend(addr);
+        let upstream = Upstream::new(Duration::from_secs(1), Duration::from_secs(60));
+        for _ in 0..2 {
+            let response = upstream
+                .send(&backend, get(), Instant::now(), false)
+                .await
+                .expect("a response");
+            let got = response.into_body().collect().await.unwrap().to_bytes();
+            assert!(
+                got == body,
+                "got {} bytes, not the {} sent",
+                got.len(),
+                body.len()
+            );
+        }
+        assert_eq!(
+            accepted.load(Ordering::SeqCst),
+            1,
+            "one connection for both"
+        );
     }
 
     #[tokio::test]
@@ -357,7 +647,7 @@ mod tests {
         drop(listener);
         let upstream = Upstream::new(Duration::from_secs(1), Duration::from_secs(60));
         let error = upstream
-            .send(&backend(addr), get(), Instant::now())
+            .send(&backend(addr), get(), Instant::now(), false)
             .await
             .unwrap_err();
         assert!(matches!(error, SendError::Connect(_)), "{error}");

@@ -1,23 +1,23 @@
 //! The body of every response the proxy returns: an instance's body streamed
 //! through as it arrives, or a small body the gateway made (errors). It
 //! carries the request's and the attempt's [`record`](super::record) guards,
-//! so stats are recorded when the last byte has gone (or the client left),
-//! and the instance's connection, which goes back to its
-//! [`pool`](super::pool) once the body has been read to the end.
+//! so stats are recorded when the last byte has gone (or the client left).
+//! An instance's body is a [`PooledBody`], which drives its connection and
+//! returns it to its [`pool`](super::pool) once read to the end.
 
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
-use hyper::body::{Body, Frame, Incoming, SizeHint};
+use hyper::body::{Body, Frame, SizeHint};
 
 use super::body::BoxError;
-use super::pool::Checkin;
+use super::pool::PooledBody;
 use super::record::{AttemptRecord, RequestRecord};
 
 enum Kind {
     Full(Option<Bytes>),
-    Instance(Incoming),
+    Instance(PooledBody),
 }
 
 /// A response body from an instance or from the gateway.
@@ -25,7 +25,6 @@ pub struct ResponseBody {
     kind: Kind,
     request: Option<RequestRecord>,
     attempt: Option<AttemptRecord>,
-    conn: Option<Checkin>,
 }
 
 impl ResponseBody {
@@ -35,7 +34,6 @@ impl ResponseBody {
             kind: Kind::Full((!bytes.is_empty()).then_some(bytes)),
             request: None,
             attempt: None,
-            conn: None,
         }
     }
 
@@ -43,19 +41,12 @@ impl ResponseBody {
         Self::full(Bytes::new())
     }
 
-    /// An instance's body, streamed; the records are written when it ends,
-    /// and `conn` goes back to its pool if it was read to the end.
-    pub fn from_instance(
-        body: Incoming,
-        request: RequestRecord,
-        attempt: AttemptRecord,
-        conn: Option<Checkin>,
-    ) -> Self {
+    /// An instance's body, streamed; the records are written when it ends.
+    pub fn from_instance(body: PooledBody, request: RequestRecord, attempt: AttemptRecord) -> Self {
         ResponseBody {
             kind: Kind::Instance(body),
             request: Some(request),
             attempt: Some(attempt),
-            conn,
         }
     }
 
@@ -70,9 +61,7 @@ impl ResponseBody {
         self
     }
 
-    /// Record the request and the attempt, with one clock reading; a
-    /// connection still held (the body was read to the end) goes back to
-    /// its pool.
+    /// Record the request and the attempt, with one clock reading.
     fn finish(&mut self) {
         let now = super::now();
         if let Some(request) = self.request.take() {
@@ -81,15 +70,12 @@ impl ResponseBody {
         if let Some(attempt) = self.attempt.take() {
             attempt.finish(now);
         }
-        if let Some(conn) = self.conn.take() {
-            conn.finish(now);
-        }
     }
 }
 
 impl Drop for ResponseBody {
     /// A body hyper never polled because it knew it was empty (HEAD, 204,
-    /// 304, `Content-Length: 0`) still leaves a reusable connection.
+    /// 304, `Content-Length: 0`) is still recorded.
     fn drop(&mut self) {
         let ended = matches!(&self.kind, Kind::Instance(body) if body.is_end_stream());
         if ended {
@@ -116,8 +102,6 @@ impl Body for ResponseBody {
         match &polled {
             Poll::Ready(None) => this.finish(),
             Poll::Ready(Some(Err(_))) => {
-                // The connection is not checked in: dropping it closes it.
-                this.conn = None;
                 // The instance cut the body off: the exchange failed after all.
                 if let Some(r) = &mut this.request {
                     r.set_status(None);
