@@ -7,16 +7,20 @@
 # etcd, two app servers, and each proxy in turn. Each proxy is pinned to
 # PROXY_CORE with one worker; the app servers and wrk share LOAD_CORES, so
 # the proxy's core should be the bottleneck (the table shows whether it was). Proxies alternate round by round, and each
-# figure is the median over ROUNDS runs. See bench/README.md.
+# figure is the median over ROUNDS runs. A second table compares latency at
+# the same offered load: FIXED_RATE requests per second, open loop, from
+# Shoal's fixed_rate generator. See bench/README.md.
 #
 #   bench/gateway.sh                        # 10 s runs, 3 rounds (about 4 minutes)
 #   DURATION=5 ROUNDS=1 bench/gateway.sh    # a quick look
+#   FIXED_RATE=0 bench/gateway.sh           # wrk only, no fixed-rate table
 #
 # Settings (environment): DURATION (s per run, default 10), ROUNDS (3),
 # WARMUP (s per proxy and policy before the first round, 3), CONNECTIONS (64),
 # PROXIES ("shoal nginx haproxy"), POLICIES ("round-robin least-request"),
 # PROXY_CORE (0), LOAD_CORES (1; a taskset list such as 1-3 on bigger
-# machines), KEEP_TMP=1 keeps configs and logs.
+# machines), FIXED_RATE (10000 req/s; 0 skips that table), KEEP_TMP=1 keeps
+# configs and logs.
 #
 # Exit status: 0 when every proxy was measured; 1 when one did not answer
 # (its rows say FAILED and its log is printed) or something else went wrong.
@@ -32,6 +36,10 @@ PROXIES=${PROXIES:-"shoal nginx haproxy"}
 POLICIES=${POLICIES:-"round-robin least-request"}
 PROXY_CORE=${PROXY_CORE:-0}
 LOAD_CORES=${LOAD_CORES:-1}
+FIXED_RATE=${FIXED_RATE:-10000}
+case $FIXED_RATE in
+  '' | *[!0-9]*) echo "error: FIXED_RATE=$FIXED_RATE is not allowed; use a whole number of requests per second (0 skips the fixed-rate table)" >&2; exit 1 ;;
+esac
 
 for policy in $POLICIES; do
   case $policy in
@@ -72,6 +80,9 @@ busy_pct() {
 # --- build, backends, proxies -----------------------------------------------
 
 build_release
+if [ "$FIXED_RATE" != 0 ] && [ "${NO_BUILD:-0}" != 1 ]; then
+  cargo build --release -p shoal-tests --bin fixed_rate --quiet
+fi
 start_backends
 # Every proxy is started once per policy and left running (idle ones cost
 # nothing); each listens on its own port: PORT[proxy/policy].
@@ -149,6 +160,52 @@ for round in $(seq 1 "$ROUNDS"); do
   done
 done
 
+# --- the same offered load for everyone ---------------------------------------
+
+# run_fixed KEY OUT: FIXED_RATE req/s for DURATION seconds (after 1 s not
+# counted), open loop; latency from when each request was due.
+run_fixed() {
+  URL="http://127.0.0.1:${PORT[$1]}/" RATE=$FIXED_RATE SECONDS=$DURATION WARMUP_SECS=1 \
+    CONNECTIONS=$CONNECTIONS taskset -c "$LOAD_CORES" "$BIN/fixed_rate" >"$2" 2>"$2.err"
+}
+
+# fixed_field FILE NAME: the value after NAME on fixed_rate's output line.
+fixed_field() {
+  awk -v name="$2" '{ for (i = 1; i < NF; i++) if ($i == name) { print $(i + 1); exit } }' "$1"
+}
+
+declare -A F_RPS=() F_P50=() F_P99=() F_P999=() F_ERRORS=() F_CPU=()
+if [ "$FIXED_RATE" != 0 ]; then
+  if [ ! -x "$BIN/fixed_rate" ]; then
+    echo "error: no fixed_rate binary at $BIN/fixed_rate (cargo build --release -p shoal-tests --bin fixed_rate, or FIXED_RATE=0)" >&2
+    exit 1
+  fi
+  for round in $(seq 1 "$ROUNDS"); do
+    order=("${measured[@]}")
+    if [ $((round % 2)) -eq 0 ]; then
+      order=()
+      for ((i = ${#measured[@]} - 1; i >= 0; i--)); do order+=("${measured[$i]}"); done
+    fi
+    for key in "${order[@]}"; do
+      out=$TMP/fixed-${key//\//-}-$round.txt
+      proxy_before=$(cpu_ticks "$PROXY_CORE")
+      if ! run_fixed "$key" "$out"; then
+        echo "error: fixed_rate against $key failed:" >&2
+        cat "$out.err" >&2
+        exit 1
+      fi
+      proxy_cpu=$(busy_pct "$proxy_before" "$(cpu_ticks "$PROXY_CORE")")
+      F_RPS[$key]+="$(fixed_field "$out" achieved) "
+      F_P50[$key]+="$(fixed_field "$out" p50_ms) "
+      F_P99[$key]+="$(fixed_field "$out" p99_ms) "
+      F_P999[$key]+="$(fixed_field "$out" p999_ms) "
+      F_ERRORS[$key]=$((${F_ERRORS[$key]:-0} + $(fixed_field "$out" errors)))
+      F_CPU[$key]+="$proxy_cpu "
+      printf 'fixed %d/%d  %-22s %s  cpu: proxy %s%%\n' "$round" "$ROUNDS" "$key" "$(cat "$out")" "$proxy_cpu" >&2
+    done
+  done
+fi
+
 # How the gateway split the load, from its own /metrics.
 for key in "${measured[@]}"; do
   [ -n "${ADMIN[$key]:-}" ] || continue
@@ -188,6 +245,28 @@ for policy in $POLICIES; do
       "$(printf '%.2f' "$(median ${COST[$key]})")" "$(printf '%.0f%%' "$(median ${LOAD_CPU[$key]})")"
   done
 done
+
+if [ "$FIXED_RATE" != 0 ]; then
+  frow() { printf '| %-7s | %-13s | %8s | %7s | %7s | %9s | %6s | %9s |\n' "$@"; }
+  echo
+  echo "At a fixed rate: $FIXED_RATE req/s, open loop (fixed_rate, $CONNECTIONS connections, ${DURATION}s after 1 s of warm-up), latency from when each request was due; median of $ROUNDS round(s)"
+  echo
+  frow proxy policy "req/s" "p50 ms" "p99 ms" "p99.9 ms" errors "proxy cpu"
+  echo "|---------|---------------|----------|---------|---------|-----------|--------|-----------|"
+  for policy in $POLICIES; do
+    for proxy in $PROXIES; do
+      key=$proxy/$policy
+      if [ -n "${FAILED[$key]:-}" ]; then
+        frow "$proxy" "$policy" FAILED - - - - -
+        continue
+      fi
+      frow "$proxy" "$policy" "$(printf '%.0f' "$(median ${F_RPS[$key]})")" \
+        "$(printf '%.2f' "$(median ${F_P50[$key]})")" "$(printf '%.2f' "$(median ${F_P99[$key]})")" \
+        "$(printf '%.2f' "$(median ${F_P999[$key]})")" "${F_ERRORS[$key]}" \
+        "$(printf '%.0f%%' "$(median ${F_CPU[$key]})")"
+    done
+  done
+fi
 
 if [ ${#FAILED[@]} -gt 0 ]; then
   echo
