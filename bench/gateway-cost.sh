@@ -128,11 +128,7 @@ echo "warm-up: 5000 requests per proxy and policy" >&2
 for key in "${measured[@]}"; do wrk_count "$(url_of "$key")" 5000 "$CONNECTIONS" "$TMP/warmup.txt"; done
 
 for round in $(seq 1 "$ROUNDS"); do
-  order=("${measured[@]}")
-  if [ $((round % 2)) -eq 0 ]; then
-    order=()
-    for ((i = ${#measured[@]} - 1; i >= 0; i--)); do order+=("${measured[$i]}"); done
-  fi
+  round_order "$round"
   for key in "${order[@]}"; do
     out=$TMP/wrk-${key//\//-}-$round.txt
     before=$(cpu_ticks_of "${PID[$key]}")

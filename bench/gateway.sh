@@ -130,12 +130,7 @@ echo "warm-up: ${WARMUP}s per proxy and policy" >&2
 for key in "${measured[@]}"; do run_wrk "$key" "$WARMUP" "$TMP/warmup.txt"; done
 
 for round in $(seq 1 "$ROUNDS"); do
-  # Alternate the order too, so no proxy always runs first or last.
-  order=("${measured[@]}")
-  if [ $((round % 2)) -eq 0 ]; then
-    order=()
-    for ((i = ${#measured[@]} - 1; i >= 0; i--)); do order+=("${measured[$i]}"); done
-  fi
+  round_order "$round"
   for key in "${order[@]}"; do
     out=$TMP/wrk-${key//\//-}-$round.txt
     proxy_before=$(cpu_ticks "$PROXY_CORE")
@@ -181,11 +176,7 @@ if [ "$FIXED_RATE" != 0 ]; then
     exit 1
   fi
   for round in $(seq 1 "$ROUNDS"); do
-    order=("${measured[@]}")
-    if [ $((round % 2)) -eq 0 ]; then
-      order=()
-      for ((i = ${#measured[@]} - 1; i >= 0; i--)); do order+=("${measured[$i]}"); done
-    fi
+    round_order "$round"
     for key in "${order[@]}"; do
       out=$TMP/fixed-${key//\//-}-$round.txt
       proxy_before=$(cpu_ticks "$PROXY_CORE")

@@ -100,6 +100,17 @@ wait_for() {
   return 1
 }
 
+# round_order ROUND: set `order` to the keys of `measured`, reversed on even
+# rounds, so that no proxy always runs first or last.
+round_order() {
+  local i
+  order=("${measured[@]}")
+  if [ $(($1 % 2)) -eq 0 ]; then
+    order=()
+    for ((i = ${#measured[@]} - 1; i >= 0; i--)); do order+=("${measured[$i]}"); done
+  fi
+}
+
 # median VALUES...: the middle value (mean of the two middle ones for an even count).
 median() {
   printf '%s\n' "$@" | sort -g | awk '{ v[NR] = $1 } END {
