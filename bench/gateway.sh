@@ -209,20 +209,20 @@ done
 
 # --- report -------------------------------------------------------------------
 
-row() { printf '| %-7s | %-13s | %8s | %7s | %7s | %8s | %6s | %9s | %11s | %8s |\n' "$@"; }
+row() { printf '| %-7s | %-13s | %8s | %7s | %7s | %11s | %8s | %6s | %9s | %11s | %8s |\n' "$@"; }
 echo
 echo "$(date -u '+%Y-%m-%d %H:%M UTC'), $(nproc) cores: $(awk -F': ' '/^model name/ { print $2; exit }' /proc/cpuinfo)"
 echo "wrk -t1 -c$CONNECTIONS -d${DURATION}s, median of $ROUNDS round(s); proxy on core $PROXY_CORE, wrk and 2 app servers on core(s) $LOAD_CORES"
 echo
-row proxy policy "req/s" "p50 ms" "p99 ms" "vs nginx" errors "proxy cpu" "cpu us/req" "load cpu"
-echo "|---------|---------------|----------|---------|---------|----------|--------|-----------|-------------|----------|"
+row proxy policy "req/s" "p50 ms" "p99 ms" "p99 rounds" "vs nginx" errors "proxy cpu" "cpu us/req" "load cpu"
+echo "|---------|---------------|----------|---------|---------|-------------|----------|--------|-----------|-------------|----------|"
 for policy in $POLICIES; do
   nginx_rps=
   if [ -n "${RPS[nginx/$policy]:-}" ]; then nginx_rps=$(median ${RPS[nginx/$policy]}); fi
   for proxy in $PROXIES; do
     key=$proxy/$policy
     if [ -n "${FAILED[$key]:-}" ]; then
-      row "$proxy" "$policy" FAILED - - - - - - -
+      row "$proxy" "$policy" FAILED - - - - - - - -
       continue
     fi
     rps=$(median ${RPS[$key]})
@@ -232,28 +232,28 @@ for policy in $POLICIES; do
     fi
     row "$proxy" "$policy" "$(printf '%.0f' "$rps")" \
       "$(printf '%.2f' "$(median ${P50[$key]})")" "$(printf '%.2f' "$(median ${P99[$key]})")" \
-      "$ratio" "${ERRORS[$key]}" "$(printf '%.0f%%' "$(median ${PROXY_CPU[$key]})")" \
+      "$(spread ${P99[$key]})" "$ratio" "${ERRORS[$key]}" "$(printf '%.0f%%' "$(median ${PROXY_CPU[$key]})")" \
       "$(printf '%.2f' "$(median ${COST[$key]})")" "$(printf '%.0f%%' "$(median ${LOAD_CPU[$key]})")"
   done
 done
 
 if [ "$FIXED_RATE" != 0 ]; then
-  frow() { printf '| %-7s | %-13s | %8s | %7s | %7s | %9s | %6s | %9s |\n' "$@"; }
+  frow() { printf '| %-7s | %-13s | %8s | %7s | %7s | %11s | %9s | %6s | %9s |\n' "$@"; }
   echo
   echo "At a fixed rate: $FIXED_RATE req/s, open loop (fixed_rate, $CONNECTIONS connections, ${DURATION}s after 1 s of warm-up), latency from when each request was due; median of $ROUNDS round(s)"
   echo
-  frow proxy policy "req/s" "p50 ms" "p99 ms" "p99.9 ms" errors "proxy cpu"
-  echo "|---------|---------------|----------|---------|---------|-----------|--------|-----------|"
+  frow proxy policy "req/s" "p50 ms" "p99 ms" "p99 rounds" "p99.9 ms" errors "proxy cpu"
+  echo "|---------|---------------|----------|---------|---------|-------------|-----------|--------|-----------|"
   for policy in $POLICIES; do
     for proxy in $PROXIES; do
       key=$proxy/$policy
       if [ -n "${FAILED[$key]:-}" ]; then
-        frow "$proxy" "$policy" FAILED - - - - -
+        frow "$proxy" "$policy" FAILED - - - - - -
         continue
       fi
       frow "$proxy" "$policy" "$(printf '%.0f' "$(median ${F_RPS[$key]})")" \
         "$(printf '%.2f' "$(median ${F_P50[$key]})")" "$(printf '%.2f' "$(median ${F_P99[$key]})")" \
-        "$(printf '%.2f' "$(median ${F_P999[$key]})")" "${F_ERRORS[$key]}" \
+        "$(spread ${F_P99[$key]})" "$(printf '%.2f' "$(median ${F_P999[$key]})")" "${F_ERRORS[$key]}" \
         "$(printf '%.0f%%' "$(median ${F_CPU[$key]})")"
     done
   done

@@ -100,6 +100,12 @@ wait_for() {
   return 1
 }
 
+# spread VALUES...: "min-max" with two decimals (a median's rounds, to show
+# how far apart they were).
+spread() {
+  printf '%s\n' "$@" | sort -g | awk 'NR == 1 { lo = $1 } { hi = $1 } END { printf "%.2f-%.2f", lo, hi }'
+}
+
 # round_order ROUND: set `order` to the keys of `measured`, reversed on even
 # rounds, so that no proxy always runs first or last.
 round_order() {
