@@ -6,10 +6,14 @@
 # Everything runs on 127.0.0.1 and is started (and stopped) by this script:
 # etcd, two app servers, and each proxy in turn. Each proxy is pinned to
 # PROXY_CORE with one worker; the app servers and wrk share LOAD_CORES, so
-# the proxy's core should be the bottleneck (the table shows whether it was). Proxies alternate round by round, and each
-# figure is the median over ROUNDS runs. A second table compares latency at
+# the proxy's core should be the bottleneck (the table shows whether it
+# was). Proxies alternate round by round, and each figure is the median over
+# ROUNDS runs. A second table compares latency at
 # the same offered load: FIXED_RATE requests per second, open loop, from
-# Shoal's fixed_rate generator. See bench/README.md.
+# Shoal's fixed_rate generator. A third table puts Shoal against each other
+# proxy round by round (each round's ratio, their median and a confidence
+# interval for it), to say whether a difference is larger than the rounds'
+# spread. See bench/README.md.
 #
 #   bench/gateway.sh                        # 10 s runs, 3 rounds (about 4 minutes)
 #   DURATION=5 ROUNDS=1 bench/gateway.sh    # a quick look
@@ -80,8 +84,8 @@ busy_pct() {
 # --- build, backends, proxies -----------------------------------------------
 
 build_release
-if [ "$FIXED_RATE" != 0 ] && [ "${NO_BUILD:-0}" != 1 ]; then
-  cargo build --release -p shoal-tests --bin fixed_rate --quiet
+if [ "${NO_BUILD:-0}" != 1 ]; then
+  cargo build --release -p shoal-tests --bin fixed_rate --bin paired --quiet
 fi
 start_backends
 # Every proxy is started once per policy and left running (idle ones cost
@@ -255,6 +259,38 @@ if [ "$FIXED_RATE" != 0 ]; then
         "$(printf '%.2f' "$(median ${F_P50[$key]})")" "$(printf '%.2f' "$(median ${F_P99[$key]})")" \
         "$(spread ${F_P99[$key]})" "$(printf '%.2f' "$(median ${F_P999[$key]})")" "${F_ERRORS[$key]}" \
         "$(printf '%.0f%%' "$(median ${F_CPU[$key]})")"
+    done
+  done
+fi
+
+# Shoal against each other proxy, round by round: the ratio of the two
+# figures in each round (taken seconds apart), its median, and an interval
+# for that median that assumes no distribution (tests/src/paired.rs).
+if [[ " $PROXIES " == *" shoal "* ]] && [ "$ROUNDS" -ge 2 ] && [ -x "$BIN/paired" ]; then
+  # pair SHOAL_VALUES OTHER_VALUES: "1.02x (0.95-1.10)", with "higher" or
+  # "lower" when the interval leaves out 1.
+  pair() {
+    local line
+    line=$("$BIN/paired" "$1" "$2") || { echo "-"; return; }
+    awk -v line="$line" 'BEGIN { n = split(line, f, " "); for (i = 1; i < n; i += 2) v[f[i]] = f[i + 1]
+      printf "%.2fx (%.2f-%.2f)%s", v["median"], v["low"], v["high"],
+        (v["verdict"] == "not-told-apart" ? "" : " " v["verdict"]) }'
+  }
+  confidence=$("$BIN/paired" "$(seq -s ' ' "$ROUNDS")" "$(seq -s ' ' "$ROUNDS")" | awk '{ print $8 }')
+  prow() { printf '| %-13s | %-7s | %-26s | %-26s | %-26s |\n' "$@"; }
+  echo
+  echo "Shoal against each, round by round: Shoal's figure / the other's in each round; median of the $ROUNDS rounds and its ${confidence}% interval (sign test); \"higher\"/\"lower\" when the interval leaves out 1"
+  echo
+  prow policy against "req/s" "p99 (wrk)" "p99 (fixed rate)"
+  echo "|---------------|---------|----------------------------|----------------------------|----------------------------|"
+  for policy in $POLICIES; do
+    [ -z "${FAILED[shoal/$policy]:-}" ] || continue
+    for other in $PROXIES; do
+      [ "$other" != shoal ] && [ -z "${FAILED[$other/$policy]:-}" ] || continue
+      fixed=-
+      if [ "$FIXED_RATE" != 0 ]; then fixed=$(pair "${F_P99[shoal/$policy]}" "${F_P99[$other/$policy]}"); fi
+      prow "$policy" "$other" "$(pair "${RPS[shoal/$policy]}" "${RPS[$other/$policy]}")" \
+        "$(pair "${P99[shoal/$policy]}" "${P99[$other/$policy]}")" "$fixed"
     done
   done
 fi

@@ -24,6 +24,8 @@
 //!   iptables cuts inside it.
 //! - [`load`]: clients sending requests back to back, counting failures.
 //! - [`settings`]: the benchmark binaries' environment settings.
+//! - [`paired`]: round-by-round ratios of two proxies' benchmark figures,
+//!   with a distribution-free interval for their median (`bench/gateway.sh`).
 //! - [`wait`]: polling with deadlines (no fixed sleeps in tests).
 //!
 //! The tests themselves are in `tests/it/`, one module per area.
@@ -38,6 +40,7 @@ pub mod gateway;
 pub mod kv_check;
 pub mod load;
 pub mod netns;
+pub mod paired;
 pub mod pki;
 pub mod process;
 pub mod settings;
