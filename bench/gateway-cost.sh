@@ -16,7 +16,8 @@
 #   PROXIES=shoal KEEP_TMP=1 bench/gateway-cost.sh # keeps the callgrind profiles
 #
 # Settings (environment): REQUESTS (50000), CONNECTIONS (64), ROUNDS (3),
-# IR_REQUESTS (5000; 0 skips callgrind), PROXIES ("shoal nginx haproxy"),
+# IR_REQUESTS (5000; 0 skips callgrind), CACHE_SIM (1: callgrind also
+# simulates the caches, and the table gets cache misses per request), PROXIES ("shoal nginx haproxy"),
 # POLICIES ("round-robin least-request"), PROXY_CORE (0), LOAD_CORES (1),
 # GATEWAY_BIN (a gateway binary other than the fresh build, e.g. a copy of
 # an earlier one to compare against), NO_BUILD=1 (use the release binaries
@@ -32,6 +33,7 @@ REQUESTS=${REQUESTS:-50000}
 CONNECTIONS=${CONNECTIONS:-64}
 ROUNDS=${ROUNDS:-3}
 IR_REQUESTS=${IR_REQUESTS:-5000}
+CACHE_SIM=${CACHE_SIM:-0}
 PROXIES=${PROXIES:-"shoal nginx haproxy"}
 POLICIES=${POLICIES:-"round-robin least-request"}
 PROXY_CORE=${PROXY_CORE:-0}
@@ -39,6 +41,10 @@ LOAD_CORES=${LOAD_CORES:-1}
 # One nginx process: its CPU time is then one /proc entry, and callgrind sees the worker.
 NGINX_MASTER=off
 
+case $CACHE_SIM in
+  0 | 1) ;;
+  *) echo "error: CACHE_SIM=$CACHE_SIM is not allowed; use 1 (simulate the caches under callgrind) or 0" >&2; exit 1 ;;
+esac
 for setting in REQUESTS CONNECTIONS ROUNDS IR_REQUESTS; do
   [[ ${!setting} =~ ^[0-9]+$ ]] || { echo "error: $setting must be a whole number, not \`${!setting}\`" >&2; exit 1; }
 done
@@ -114,7 +120,7 @@ done
 
 for proxy in $PROXIES; do start_proxy "$proxy"; done
 for key in "${keys[@]}"; do check_proxy "$key"; done
-declare -A US=() RPS=() ERRORS=() IR=()
+declare -A US=() RPS=() ERRORS=() IR=() D1=() I1=() LL=()
 measured=()
 for key in "${keys[@]}"; do
   if [ -n "${FAILED[$key]:-}" ]; then
@@ -159,6 +165,7 @@ if [ "$IR_REQUESTS" -gt 0 ]; then
     for key in "${measured[@]}"; do [ "${key%/*}" = "$proxy" ] && proxy_keys+=("$key"); done
     [ ${#proxy_keys[@]} -gt 0 ] || continue
     PROXY_WRAPPER=(valgrind --tool=callgrind --callgrind-out-file="$TMP/callgrind-$proxy.%p.out")
+    if [ "$CACHE_SIM" = 1 ]; then PROXY_WRAPPER+=(--cache-sim=yes); fi
     start_proxy "$proxy"
     PROXY_WRAPPER=()
     for key in "${proxy_keys[@]}"; do
@@ -177,6 +184,17 @@ if [ "$IR_REQUESTS" -gt 0 ]; then
       instructions=$(awk '/^(summary|totals):/ { print $2; exit }' "$dump")
       done_requests=$(wrk_requests "$out")
       IR[$key]=$(awk -v i="$instructions" -v n="$done_requests" 'BEGIN { printf "%.0f", i / n }')
+      if [ "$CACHE_SIM" = 1 ]; then
+        # events: Ir Dr Dw I1mr D1mr D1mw ILmr DLmr DLmw; per request:
+        # first-level data misses (reads + writes), instruction misses,
+        # last-level misses (all three kinds).
+        read -r D1[$key] I1[$key] LL[$key] < <(awk -v n="$done_requests" '
+          /^events:/ { for (i = 2; i <= NF; i++) col[$i] = i }
+          /^(summary|totals):/ { for (i = 2; i <= NF; i++) v[i] = $i
+            d1 = v[col["D1mr"]] + v[col["D1mw"]]; i1 = v[col["I1mr"]]
+            ll = v[col["ILmr"]] + v[col["DLmr"]] + v[col["DLmw"]]
+            printf "%.0f %.0f %.1f\n", d1 / n, i1 / n, ll / n; exit }' "$dump")
+      fi
       if [ "${KEEP_TMP:-0}" = 1 ]; then
         cp "$dump" "$TMP/callgrind-${key//\//-}.out"
       fi
@@ -188,21 +206,32 @@ fi
 
 # --- report -------------------------------------------------------------------
 
-row() { printf '| %-7s | %-13s | %11s | %17s | %14s | %6s |\n' "$@"; }
+if [ "$CACHE_SIM" = 1 ]; then
+  row() { printf '| %-7s | %-13s | %11s | %17s | %14s | %6s | %11s | %11s | %11s |\n' "$@"; }
+else
+  row() { printf '| %-7s | %-13s | %11s | %17s | %14s | %6s |\n' "$@"; }
+fi
 echo
 echo "$(date -u '+%Y-%m-%d %H:%M UTC'), $(nproc) cores: $(awk -F': ' '/^model name/ { print $2; exit }' /proc/cpuinfo)"
 echo "wrk -t1 -c$CONNECTIONS, $REQUESTS requests x $ROUNDS round(s) (median), callgrind over $IR_REQUESTS; proxy on core $PROXY_CORE, wrk and 2 app servers on core(s) $LOAD_CORES"
 echo "(req/s is wall-clock and only meaningful on a quiet machine)"
 echo
-row proxy policy "cpu us/req" "instructions/req" "req/s (noisy)" errors
-echo "|---------|---------------|-------------|-------------------|----------------|--------|"
+if [ "$CACHE_SIM" = 1 ]; then
+  echo "(cache misses per request are valgrind's simulation of this CPU's caches, under callgrind)"
+  echo
+  row proxy policy "cpu us/req" "instructions/req" "req/s (noisy)" errors "D1 miss/req" "I1 miss/req" "LL miss/req"
+  echo "|---------|---------------|-------------|-------------------|----------------|--------|-------------|-------------|-------------|"
+else
+  row proxy policy "cpu us/req" "instructions/req" "req/s (noisy)" errors
+  echo "|---------|---------------|-------------|-------------------|----------------|--------|"
+fi
 for key in "${keys[@]}"; do
   if [ -n "${FAILED[$key]:-}" ] && [ -z "${US[$key]:-}" ]; then
-    row "${key%/*}" "${key#*/}" FAILED - - -
+    row "${key%/*}" "${key#*/}" FAILED - - - - - -
     continue
   fi
   row "${key%/*}" "${key#*/}" "$(printf '%.2f' "$(median ${US[$key]})")" "${IR[$key]:--}" \
-    "$(printf '%.0f' "$(median ${RPS[$key]})")" "${ERRORS[$key]}"
+    "$(printf '%.0f' "$(median ${RPS[$key]})")" "${ERRORS[$key]}" "${D1[$key]:--}" "${I1[$key]:--}" "${LL[$key]:--}"
 done
 
 if [ ${#FAILED[@]} -gt 0 ]; then
