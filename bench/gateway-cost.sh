@@ -17,8 +17,9 @@
 #
 # Settings (environment): REQUESTS (50000), CONNECTIONS (64), ROUNDS (3),
 # IR_REQUESTS (5000; 0 skips callgrind), CACHE_SIM (1: callgrind also
-# simulates the caches, and the table gets cache misses per request), PROXIES ("shoal nginx haproxy"),
-# POLICIES ("round-robin least-request"), PROXY_CORE (0), LOAD_CORES (1),
+# simulates the caches, and the table gets cache misses per request),
+# PROXIES ("shoal nginx haproxy"), POLICIES ("round-robin least-request"),
+# PROXY_CORE (0), LOAD_CORES (1),
 # GATEWAY_BIN (a gateway binary other than the fresh build, e.g. a copy of
 # an earlier one to compare against), NO_BUILD=1 (use the release binaries
 # already built), KEEP_TMP=1 keeps configs, logs and callgrind profiles

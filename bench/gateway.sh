@@ -8,9 +8,9 @@
 # PROXY_CORE with one worker; the app servers and wrk share LOAD_CORES, so
 # the proxy's core should be the bottleneck (the table shows whether it
 # was). Proxies alternate round by round, and each figure is the median over
-# ROUNDS runs. A second table compares latency at
-# the same offered load: FIXED_RATE requests per second, open loop, from
-# Shoal's fixed_rate generator. A third table puts Shoal against each other
+# ROUNDS runs. A second table compares latency at the same offered load:
+# FIXED_RATE requests per second, open loop, from Shoal's fixed_rate
+# generator. A third table puts Shoal against each other
 # proxy round by round (each round's ratio, their median and a confidence
 # interval for it), to say whether a difference is larger than the rounds'
 # spread. See bench/README.md.
@@ -276,7 +276,7 @@ if [[ " $PROXIES " == *" shoal "* ]] && [ "$ROUNDS" -ge 2 ] && [ -x "$BIN/paired
       printf "%.2fx (%.2f-%.2f)%s", v["median"], v["low"], v["high"],
         (v["verdict"] == "not-told-apart" ? "" : " " v["verdict"]) }'
   }
-  confidence=$("$BIN/paired" "$(seq -s ' ' "$ROUNDS")" "$(seq -s ' ' "$ROUNDS")" | awk '{ print $8 }')
+  confidence=$("$BIN/paired" --coverage "$ROUNDS")
   prow() { printf '| %-13s | %-7s | %-26s | %-26s | %-26s |\n' "$@"; }
   echo
   echo "Shoal against each, round by round: Shoal's figure / the other's in each round; median of the $ROUNDS rounds and its ${confidence}% interval (sign test); \"higher\"/\"lower\" when the interval leaves out 1"

@@ -50,7 +50,7 @@ impl fmt::Display for Verdict {
         f.write_str(match self {
             Verdict::Higher => "higher",
             Verdict::Lower => "lower",
-            Verdict::NotToldApart => "not told apart",
+            Verdict::NotToldApart => "not-told-apart",
         })
     }
 }
@@ -95,19 +95,26 @@ pub fn paired_ratios(a: &[f64], b: &[f64]) -> Result<RatioSummary, String> {
     } else {
         (ratios[n / 2 - 1] + ratios[n / 2]) / 2.0
     };
-    let cdf = binomial_half_cdf(n);
-    // k is 1-based: the interval is [ratios[k-1], ratios[n-k]].
-    let mut k = 1;
-    while k < n / 2 && cdf[k] <= (1.0 - TARGET_CONFIDENCE) / 2.0 {
-        k += 1;
-    }
+    let (k, confidence) = interval_rank(n);
     Ok(RatioSummary {
         rounds: n,
         median,
         low: ratios[k - 1],
         high: ratios[n - k],
-        confidence: 1.0 - 2.0 * cdf[k - 1],
+        confidence,
     })
+}
+
+/// For `rounds` ratios: `k` (1-based), so that the interval is the `k`-th
+/// lowest to the `k`-th highest, and that interval's coverage. It depends on
+/// the number of rounds only, so a table can state it once.
+pub fn interval_rank(rounds: usize) -> (usize, f64) {
+    let cdf = binomial_half_cdf(rounds);
+    let mut k = 1;
+    while k < rounds / 2 && cdf[k] <= (1.0 - TARGET_CONFIDENCE) / 2.0 {
+        k += 1;
+    }
+    (k, 1.0 - 2.0 * cdf[k - 1])
 }
 
 /// `P(X <= i)` for `X ~ Binomial(n, 1/2)`, for `i` in `0..=n`.
@@ -178,6 +185,14 @@ mod tests {
         let s = paired_ratios(&a, &b).unwrap();
         assert!((s.high - 0.9).abs() < 1e-12 && (s.low - 0.9).abs() < 1e-12);
         assert_eq!(s.verdict(), Verdict::Lower);
+    }
+
+    #[test]
+    fn the_coverage_depends_on_the_number_of_rounds_only() {
+        assert_eq!(interval_rank(12), (3, 1.0 - 2.0 * 79.0 / 4096.0));
+        assert_eq!(interval_rank(8), (1, 1.0 - 2.0 / 256.0));
+        assert_eq!(interval_rank(5).0, 1);
+        assert!(interval_rank(5).1 < TARGET_CONFIDENCE);
     }
 
     #[test]
