@@ -22,7 +22,9 @@
 #!   /usr/bin/etcd is absent)
 #!   --no-build  use the binaries already in target/release
 #! Env: CARGO_TARGET_DIR, SHOAL_IMAGE_TAG (default dev), SHOAL_ETCD_BIN
-#! (default /usr/bin/etcd).
+#! (default /usr/bin/etcd), SHOAL_GATEWAY_BIN (a gateway binary to put in
+#! shoal/shoal instead of the release build's, e.g. the profile-guided
+#! build `scripts/pgo-gateway` prints).
 set -euo pipefail
 
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -110,12 +112,17 @@ if want app-server; then
 fi
 
 if want shoal; then
+  if [ -n "${SHOAL_GATEWAY_BIN:-}" ] && [ ! -x "$SHOAL_GATEWAY_BIN" ]; then
+    die "SHOAL_GATEWAY_BIN=$SHOAL_GATEWAY_BIN is not an executable file: build it (scripts/pgo-gateway prints its path) or unset it"
+  fi
   rootfs=$stage/shoal
   new_rootfs "$rootfs"
   found=()
   for bin in registry app-server gateway autoscaler; do
-    if [ -x "$release/$bin" ]; then
-      copy_with_libs "$rootfs" "$release/$bin" "$bin"
+    src=$release/$bin
+    [ "$bin" = gateway ] && [ -n "${SHOAL_GATEWAY_BIN:-}" ] && src=$SHOAL_GATEWAY_BIN
+    if [ -x "$src" ]; then
+      copy_with_libs "$rootfs" "$src" "$bin"
       found+=("$bin")
     fi
   done
