@@ -91,21 +91,6 @@ cpu_ticks_of() {
   echo "$total"
 }
 
-# stop_proxies: stop every proxy started so far (etcd and app servers stay).
-stop_proxies() {
-  local key pid stopped=" " kept=()
-  for key in "${!PID[@]}"; do
-    pid=${PID[$key]}
-    kill -TERM "$pid" 2>/dev/null || true
-    wait "$pid" 2>/dev/null || true
-    stopped+="$pid "
-  done
-  # Not stopped again on exit: the ids may be reused by then.
-  for pid in "${pids[@]}"; do [[ $stopped == *" $pid "* ]] || kept+=("$pid"); done
-  pids=("${kept[@]}")
-  PID=()
-}
-
 url_of() { echo "http://127.0.0.1:${PORT[$1]}/"; }
 
 build_release

@@ -6,7 +6,8 @@
 # Needs bench/lib/common.sh and bench/lib/backends.sh (BIN, ETCD_URL,
 # APP_PORTS). Every proxy listens on its own port per policy: PORT[proxy/policy]
 # (see assign_ports); LOG, PID and ADMIN are filled in by the start functions,
-# FAILED[proxy/policy] says why one cannot be measured.
+# FAILED[proxy/policy] says why one cannot be measured. stop_proxies fills
+# STOP_STATUS.
 #
 # Settings: PROXY_WRAPPER (array, empty by default) is put before each
 # proxy's command, e.g. (valgrind --tool=callgrind); NGINX_MASTER=off runs
@@ -14,7 +15,7 @@
 # worker. GATEWAY_BIN (default $BIN/gateway) runs another build of the
 # gateway, e.g. a copy of an earlier one to compare against.
 
-declare -A PORT=() LOG=() PID=() ADMIN=() FAILED=()
+declare -A PORT=() LOG=() PID=() ADMIN=() FAILED=() STOP_STATUS=()
 PROXY_WRAPPER=(${PROXY_WRAPPER[@]+"${PROXY_WRAPPER[@]}"})
 NGINX_MASTER=${NGINX_MASTER:-on}
 
@@ -177,4 +178,25 @@ check_proxy() {
     echo "error: $proxy ($policy) answered, but not from both app servers in 20 requests" >&2
     FAILED[$key]="did not reach both app servers"
   fi
+}
+
+# stop_proxies: stop every proxy started so far with SIGTERM and wait for it
+# (etcd and app servers stay); STOP_STATUS[proxy/policy] is its exit status.
+stop_proxies() {
+  local key pid kept=()
+  local -A status_of=()
+  STOP_STATUS=()
+  for key in "${!PID[@]}"; do
+    pid=${PID[$key]}
+    if [ -z "${status_of[$pid]:-}" ]; then # nginx and HAProxy serve every policy
+      kill -TERM "$pid" 2>/dev/null || true
+      status_of[$pid]=0
+      wait "$pid" 2>/dev/null || status_of[$pid]=$?
+    fi
+    STOP_STATUS[$key]=${status_of[$pid]}
+  done
+  # Not stopped again on exit: the ids may be reused by then.
+  for pid in "${pids[@]}"; do [ -n "${status_of[$pid]:-}" ] || kept+=("$pid"); done
+  pids=("${kept[@]}")
+  PID=()
 }
