@@ -192,11 +192,15 @@ fi
 
 # --- report -------------------------------------------------------------------
 
+# row VALUE...: one table row. Every row is given all nine columns; the last
+# three (cache misses) are printed only with CACHE_SIM=1.
+row_format='| %-7s | %-13s | %11s | %17s | %14s | %6s |'
+row_columns=6
 if [ "$CACHE_SIM" = 1 ]; then
-  row() { printf '| %-7s | %-13s | %11s | %17s | %14s | %6s | %11s | %11s | %11s |\n' "$@"; }
-else
-  row() { printf '| %-7s | %-13s | %11s | %17s | %14s | %6s |\n' "$@"; }
+  row_format+=' %11s | %11s | %11s |'
+  row_columns=9
 fi
+row() { printf "$row_format\n" "${@:1:$row_columns}"; }
 echo
 echo "$(date -u '+%Y-%m-%d %H:%M UTC'), $(nproc) cores: $(awk -F': ' '/^model name/ { print $2; exit }' /proc/cpuinfo)"
 echo "wrk -t1 -c$CONNECTIONS, $REQUESTS requests x $ROUNDS round(s) (median), callgrind over $IR_REQUESTS; proxy on core $PROXY_CORE, wrk and 2 app servers on core(s) $LOAD_CORES"
@@ -205,12 +209,9 @@ echo
 if [ "$CACHE_SIM" = 1 ]; then
   echo "(cache misses per request are valgrind's simulation of this CPU's caches, under callgrind)"
   echo
-  row proxy policy "cpu us/req" "instructions/req" "req/s (noisy)" errors "D1 miss/req" "I1 miss/req" "LL miss/req"
-  echo "|---------|---------------|-------------|-------------------|----------------|--------|-------------|-------------|-------------|"
-else
-  row proxy policy "cpu us/req" "instructions/req" "req/s (noisy)" errors
-  echo "|---------|---------------|-------------|-------------------|----------------|--------|"
 fi
+row proxy policy "cpu us/req" "instructions/req" "req/s (noisy)" errors "D1 miss/req" "I1 miss/req" "LL miss/req"
+row '' '' '' '' '' '' '' '' '' | tr ' ' '-' # the header's rule: |----|----|
 for key in "${keys[@]}"; do
   if [ -n "${FAILED[$key]:-}" ] && [ -z "${US[$key]:-}" ]; then
     row "${key%/*}" "${key#*/}" FAILED - - - - - -
