@@ -24,7 +24,10 @@
 # PROXIES ("shoal nginx haproxy"), POLICIES ("round-robin least-request"),
 # PROXY_CORE (0), LOAD_CORES (1; a taskset list such as 1-3 on bigger
 # machines), FIXED_RATE (10000 req/s; 0 skips that table), KEEP_TMP=1 keeps
-# configs and logs.
+# configs and logs. The gateway measured is the one the images ship, the
+# profile-guided build (scripts/pgo-gateway, about 12 minutes more; with
+# NO_BUILD=1 the one it last built); PGO=0 measures the plain release build,
+# GATEWAY_BIN=<path> any other.
 #
 # Exit status: 0 when every proxy was measured; 1 when one did not answer
 # (its rows say FAILED and its log is printed) or something else went wrong.
@@ -41,6 +44,11 @@ POLICIES=${POLICIES:-"round-robin least-request"}
 PROXY_CORE=${PROXY_CORE:-0}
 LOAD_CORES=${LOAD_CORES:-1}
 FIXED_RATE=${FIXED_RATE:-10000}
+PGO=${PGO:-1}
+case $PGO in
+  0 | 1) ;;
+  *) echo "error: PGO=$PGO is not allowed; use 1 (the profile-guided gateway, the default) or 0 (the plain release build)" >&2; exit 1 ;;
+esac
 case $FIXED_RATE in
   '' | *[!0-9]*) echo "error: FIXED_RATE=$FIXED_RATE is not allowed; use a whole number of requests per second (0 skips the fixed-rate table)" >&2; exit 1 ;;
 esac
@@ -86,6 +94,16 @@ busy_pct() {
 build_release
 if [ "${NO_BUILD:-0}" != 1 ]; then
   cargo build --release -p shoal-tests --bin fixed_rate --bin paired --quiet
+fi
+if [ -z "${GATEWAY_BIN:-}" ]; then
+  if [ "$PGO" = 0 ]; then
+    GATEWAY_BIN=$BIN/gateway
+  elif [ "${NO_BUILD:-0}" = 1 ]; then
+    GATEWAY_BIN=${CARGO_TARGET_DIR:-$ROOT/target}/pgo/use/release/gateway
+  else
+    echo "building the profile-guided gateway (scripts/pgo-gateway)…" >&2
+    GATEWAY_BIN=$(NO_BUILD=1 scripts/pgo-gateway | tail -n 1)
+  fi
 fi
 start_backends
 # Every proxy is started once per policy and left running (idle ones cost
@@ -217,6 +235,7 @@ row() { printf '| %-7s | %-13s | %8s | %7s | %7s | %11s | %8s | %6s | %9s | %11s
 echo
 echo "$(date -u '+%Y-%m-%d %H:%M UTC'), $(nproc) cores: $(awk -F': ' '/^model name/ { print $2; exit }' /proc/cpuinfo)"
 echo "wrk -t1 -c$CONNECTIONS -d${DURATION}s, median of $ROUNDS round(s); proxy on core $PROXY_CORE, wrk and 2 app servers on core(s) $LOAD_CORES"
+echo "Shoal's gateway: ${GATEWAY_BIN#"$ROOT"/}"
 echo
 row proxy policy "req/s" "p50 ms" "p99 ms" "p99 rounds" "vs nginx" errors "proxy cpu" "cpu us/req" "load cpu"
 echo "|---------|---------------|----------|---------|---------|-------------|----------|--------|-----------|-------------|----------|"

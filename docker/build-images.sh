@@ -10,7 +10,10 @@
 #! uid 10001, with /tmp writable:
 #!   shoal/app-server  entrypoint app-server
 #!   shoal/shoal       every binary that exists (registry, app-server, gateway,
-#!                     autoscaler) on PATH, no entrypoint
+#!                     autoscaler) on PATH, no entrypoint; the gateway is the
+#!                     profile-guided build scripts/pgo-gateway makes (about
+#!                     12 minutes more; SHOAL_PGO=0 ships the plain release
+#!                     build instead)
 #!   shoal/etcd        Debian's /usr/bin/etcd (apt-get install etcd-server),
 #!                     entrypoint etcd, data in /tmp/etcd; its CMD listens on
 #!                     0.0.0.0:2379 and advertises http://etcd:2379; with
@@ -20,17 +23,20 @@
 #! Usage: docker/build-images.sh [--no-build] [app-server|shoal|etcd ...]
 #!   (no image names: all three; etcd is skipped with a note when
 #!   /usr/bin/etcd is absent)
-#!   --no-build  use the binaries already in target/release
+#!   --no-build  use the binaries already built: target/release, and the
+#!               profile-guided gateway in target/pgo/use/release when
+#!               there is one
 #! Env: CARGO_TARGET_DIR, SHOAL_IMAGE_TAG (default dev), SHOAL_ETCD_BIN
-#! (default /usr/bin/etcd), SHOAL_GATEWAY_BIN (a gateway binary to put in
-#! shoal/shoal instead of the release build's, e.g. the profile-guided
-#! build `scripts/pgo-gateway` prints).
+#! (default /usr/bin/etcd), SHOAL_PGO (1: the profile-guided gateway;
+#! 0: the plain release build's), SHOAL_GATEWAY_BIN (a gateway binary to
+#! put in shoal/shoal instead of either).
 set -euo pipefail
 
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 target_dir=${CARGO_TARGET_DIR:-$root/target}
 tag=${SHOAL_IMAGE_TAG:-dev}
 build=1
+pgo=${SHOAL_PGO:-1}
 images=()
 for arg in "$@"; do
   case $arg in
@@ -48,6 +54,10 @@ else
 fi
 
 die() { echo "build-images.sh: $*" >&2; exit 1; }
+case $pgo in
+  0 | 1) ;;
+  *) die "SHOAL_PGO=$pgo is not allowed: use 1 (the profile-guided gateway, the default) or 0 (the plain release build)" ;;
+esac
 command -v docker >/dev/null || die "docker is not installed"
 docker version >/dev/null 2>&1 || die "cannot reach the Docker engine (is dockerd running, may this user use /var/run/docker.sock?)"
 
@@ -102,6 +112,21 @@ if [ $build = 1 ] && { want app-server || want shoal; }; then
 fi
 release=$target_dir/release
 
+# The gateway shoal/shoal ships: SHOAL_GATEWAY_BIN, else the profile-guided
+# build (made here unless --no-build), else the release build's.
+gateway_bin=${SHOAL_GATEWAY_BIN:-}
+if want shoal && [ -z "$gateway_bin" ] && [ "$pgo" = 1 ]; then
+  if [ $build = 1 ]; then
+    # The app servers it trains against were built just above.
+    gateway_bin=$(cd "$root" && NO_BUILD=1 scripts/pgo-gateway | tail -n 1) ||
+      die "scripts/pgo-gateway failed (its error is above); SHOAL_PGO=0 builds the images with the plain release gateway"
+  elif [ -x "$target_dir/pgo/use/release/gateway" ]; then
+    gateway_bin=$target_dir/pgo/use/release/gateway
+  else
+    echo "note: no profile-guided gateway in $target_dir/pgo/use/release (scripts/pgo-gateway builds it): shoal/shoal gets the release build's"
+  fi
+fi
+
 if want app-server; then
   [ -x "$release/app-server" ] || die "$release/app-server is missing: run cargo build --release (or drop --no-build)"
   rootfs=$stage/app-server
@@ -115,12 +140,13 @@ if want shoal; then
   if [ -n "${SHOAL_GATEWAY_BIN:-}" ] && [ ! -x "$SHOAL_GATEWAY_BIN" ]; then
     die "SHOAL_GATEWAY_BIN=$SHOAL_GATEWAY_BIN is not an executable file: build it (scripts/pgo-gateway prints its path) or unset it"
   fi
+  [ -z "$gateway_bin" ] || [ -x "$gateway_bin" ] || die "no gateway binary at $gateway_bin (what scripts/pgo-gateway printed); SHOAL_PGO=0 builds the images with the plain release gateway"
   rootfs=$stage/shoal
   new_rootfs "$rootfs"
   found=()
   for bin in registry app-server gateway autoscaler; do
     src=$release/$bin
-    [ "$bin" = gateway ] && [ -n "${SHOAL_GATEWAY_BIN:-}" ] && src=$SHOAL_GATEWAY_BIN
+    [ "$bin" = gateway ] && [ -n "$gateway_bin" ] && src=$gateway_bin
     if [ -x "$src" ]; then
       copy_with_libs "$rootfs" "$src" "$bin"
       found+=("$bin")
@@ -128,7 +154,7 @@ if want shoal; then
   done
   [ ${#found[@]} -gt 0 ] || die "no binary in $release: run cargo build --release (or drop --no-build)"
   import "$rootfs" "shoal/shoal:$tag"
-  echo "  shoal/shoal:$tag holds: ${found[*]}"
+  echo "  shoal/shoal:$tag holds: ${found[*]} (gateway: ${gateway_bin:-$release/gateway})"
 fi
 
 if want etcd; then
