@@ -50,12 +50,6 @@ for setting in REQUESTS CONNECTIONS ROUNDS IR_REQUESTS; do
   [[ ${!setting} =~ ^[0-9]+$ ]] || { echo "error: $setting must be a whole number, not \`${!setting}\`" >&2; exit 1; }
 done
 [ "$REQUESTS" -ge 1000 ] || { echo "error: REQUESTS=$REQUESTS is too few to time; use at least 1000" >&2; exit 1; }
-for policy in $POLICIES; do
-  case $policy in
-    round-robin | least-request) ;;
-    *) echo "error: POLICIES may hold round-robin and least-request, not $policy" >&2; exit 1 ;;
-  esac
-done
 for proxy in $PROXIES; do
   case $proxy in
     shoal | nginx | haproxy) ;;
@@ -68,6 +62,7 @@ source bench/lib/common.sh
 source bench/lib/backends.sh
 source bench/lib/proxies.sh
 source bench/lib/wrk.sh
+check_settings
 SHOAL_PACKAGE[taskset]=util-linux
 tools=(protoc etcd curl taskset wrk nginx haproxy)
 if [ "$IR_REQUESTS" -gt 0 ]; then

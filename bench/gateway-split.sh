@@ -16,9 +16,8 @@
 #
 # Settings (environment): DURATION (10), ROUNDS (2), CONNECTIONS (64),
 # PROXIES ("shoal nginx haproxy"), POLICIES ("round-robin least-request"),
-# PROXY_CORE (0), LOAD_CORES (1), GATEWAY_BIN (default: the profile-guided
-# build in target/pgo/use/release, as bench/gateway.sh with NO_BUILD=1),
-# NO_BUILD=1, KEEP_TMP=1.
+# PROXY_CORE (0), LOAD_CORES (1), PGO, GATEWAY_BIN and NO_BUILD as in
+# bench/gateway.sh, KEEP_TMP=1.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -39,6 +38,7 @@ source bench/lib/common.sh
 source bench/lib/backends.sh
 source bench/lib/proxies.sh
 source bench/lib/wrk.sh
+check_settings
 SHOAL_PACKAGE[taskset]=util-linux
 SHOAL_PACKAGE[ss]=iproute2
 need_tools protoc etcd curl taskset wrk nginx haproxy ss python3
@@ -46,7 +46,7 @@ need_tools protoc etcd curl taskset wrk nginx haproxy ss python3
 check_cores
 setup_tmp shoal-split
 build_release
-GATEWAY_BIN=${GATEWAY_BIN:-${CARGO_TARGET_DIR:-$ROOT/target}/pgo/use/release/gateway}
+pick_gateway
 start_backends
 assign_ports
 for proxy in $PROXIES; do start_proxy "$proxy"; done
@@ -101,8 +101,10 @@ for round in $(seq 1 "$ROUNDS"); do
   for key in "${order[@]}"; do
     samples=$TMP/samples-${key//\//-}-$round.txt
     : >"$samples"
-    taskset -c "$LOAD_CORES" bash -c "$(declare -f sample); APP_PORTS=(${APP_PORTS[*]}); sample $samples" &
+    sample "$samples" &
     sampler=$!
+    # On the load cores, as wrk: its curl and python3 inherit the affinity.
+    taskset -cp "$LOAD_CORES" "$sampler" >/dev/null
     taskset -c "$LOAD_CORES" wrk -t1 -c"$CONNECTIONS" -d"${DURATION}s" --latency "http://127.0.0.1:${PORT[$key]}/" >"$TMP/wrk.txt"
     conns=$(backend_connections "${PID[$key]}")
     kill "$sampler"; wait "$sampler" 2>/dev/null || true

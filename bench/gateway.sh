@@ -44,27 +44,16 @@ POLICIES=${POLICIES:-"round-robin least-request"}
 PROXY_CORE=${PROXY_CORE:-0}
 LOAD_CORES=${LOAD_CORES:-1}
 FIXED_RATE=${FIXED_RATE:-10000}
-PGO=${PGO:-1}
-case $PGO in
-  0 | 1) ;;
-  *) echo "error: PGO=$PGO is not allowed; use 1 (the profile-guided gateway, the default) or 0 (the plain release build)" >&2; exit 1 ;;
-esac
 case $FIXED_RATE in
   '' | *[!0-9]*) echo "error: FIXED_RATE=$FIXED_RATE is not allowed; use a whole number of requests per second (0 skips the fixed-rate table)" >&2; exit 1 ;;
 esac
-
-for policy in $POLICIES; do
-  case $policy in
-    round-robin | least-request) ;;
-    *) echo "error: POLICIES may hold round-robin and least-request, not $policy" >&2; exit 1 ;;
-  esac
-done
 
 source scripts/lib.sh
 source bench/lib/common.sh
 source bench/lib/backends.sh
 source bench/lib/proxies.sh
 source bench/lib/wrk.sh
+check_settings
 SHOAL_PACKAGE[taskset]=util-linux
 need_tools protoc etcd curl taskset wrk nginx haproxy
 
@@ -95,16 +84,7 @@ build_release
 if [ "${NO_BUILD:-0}" != 1 ]; then
   cargo build --release -p shoal-tests --bin fixed_rate --bin paired --quiet
 fi
-if [ -z "${GATEWAY_BIN:-}" ]; then
-  if [ "$PGO" = 0 ]; then
-    GATEWAY_BIN=$BIN/gateway
-  elif [ "${NO_BUILD:-0}" = 1 ]; then
-    GATEWAY_BIN=${CARGO_TARGET_DIR:-$ROOT/target}/pgo/use/release/gateway
-  else
-    echo "building the profile-guided gateway (scripts/pgo-gateway)…" >&2
-    GATEWAY_BIN=$(NO_BUILD=1 scripts/pgo-gateway | tail -n 1)
-  fi
-fi
+pick_gateway
 start_backends
 # Every proxy is started once per policy and left running (idle ones cost
 # nothing); each listens on its own port: PORT[proxy/policy].

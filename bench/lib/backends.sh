@@ -11,6 +11,25 @@ build_release() {
   cargo build --release -p gateway -p app-server --quiet
 }
 
+# pick_gateway: sets GATEWAY_BIN, the gateway the benchmark measures, unless
+# it is set: with PGO=1 (the default) the profile-guided build the images
+# ship, made by scripts/pgo-gateway (about 12 minutes), or with NO_BUILD=1
+# the one it last made; with PGO=0 the plain release build (check_settings
+# has checked PGO). Call it after build_release (the training runs against
+# the app servers in BIN).
+pick_gateway() {
+  if [ -n "${GATEWAY_BIN:-}" ]; then
+    return
+  elif [ "${PGO:-1}" = 0 ]; then
+    GATEWAY_BIN=$BIN/gateway
+  elif [ "${NO_BUILD:-0}" = 1 ]; then
+    GATEWAY_BIN=${CARGO_TARGET_DIR:-$ROOT/target}/pgo/use/release/gateway
+  else
+    echo "building the profile-guided gateway (scripts/pgo-gateway)…" >&2
+    GATEWAY_BIN=$(NO_BUILD=1 scripts/pgo-gateway | tail -n 1)
+  fi
+}
+
 # start_backends: etcd and two app servers; sets ETCD_URL and APP_PORTS.
 start_backends() {
   local name port

@@ -147,6 +147,23 @@ CONF
   for policy in $POLICIES; do PID[haproxy/$policy]=$!; done
 }
 
+# check_settings: every policy in POLICIES is one the three proxies share,
+# and PGO (which gateway build pick_gateway measures) is 0 or 1; exits with
+# a message otherwise, before anything is built or started.
+check_settings() {
+  local policy
+  for policy in $POLICIES; do
+    case $policy in
+      round-robin | least-request) ;;
+      *) echo "error: POLICIES may hold round-robin and least-request, not $policy" >&2; exit 1 ;;
+    esac
+  done
+  case ${PGO:-1} in
+    0 | 1) ;;
+    *) echo "error: PGO=$PGO is not allowed; use 1 (the profile-guided gateway, the default) or 0 (the plain release build)" >&2; exit 1 ;;
+  esac
+}
+
 # start_proxy PROXY: start one of shoal, nginx, haproxy.
 start_proxy() {
   case $1 in
