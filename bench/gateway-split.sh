@@ -9,6 +9,11 @@
 # how far that share swings from one 100 ms window to the next (10th–90th
 # percentile of the windows' shares), and the proxy's open connections to
 # the app servers at the end of the run (`ss`, this proxy's processes only).
+# For Shoal it also reads the gateway's view of the two instances from its
+# admin API at each sample: bench-a's share of the requests in flight
+# (10th–90th percentile) and how far apart their peak-EWMA latencies are
+# (larger over smaller, median and 90th percentile), the two factors of
+# least-request's cost.
 # The sampler runs on LOAD_CORES, beside wrk and the app servers, so req/s
 # is lower than in bench/gateway.sh: compare proxies within this table.
 #
@@ -55,28 +60,52 @@ for proxy in $PROXIES; do
 done
 for key in "${!FAILED[@]}"; do echo "FAILED: $key: ${FAILED[$key]}" >&2; exit 1; done
 
-# sample OUT: "seconds a_total b_total" every 100 ms until killed.
+# sample OUT [ADMIN_PORT]: "seconds a_total b_total" every 100 ms until
+# killed; with Shoal's admin port, also "a_in_flight b_in_flight
+# a_peak_ewma_ms b_peak_ewma_ms" as the gateway sees the two instances.
+# One python3 process for the whole run, so that a sample costs three HTTP
+# requests and not three process starts on the busy load core. It runs on
+# the load cores, beside wrk, and replaces the calling subshell (exec) so
+# that killing $! stops it.
 sample() {
-  while :; do
-    echo "$(date +%s.%N) $(curl -fsS "http://127.0.0.1:${APP_PORTS[0]}/load") $(curl -fsS "http://127.0.0.1:${APP_PORTS[1]}/load")" |
-      python3 -c 'import json,sys; t,rest=sys.stdin.read().split(" ",1); d=json.JSONDecoder(); a,i=d.raw_decode(rest); b,_=d.raw_decode(rest[i:].strip()); print(t, a["requests_total"], b["requests_total"])' >>"$1"
-    sleep 0.1
-  done
+  exec taskset -c "$LOAD_CORES" python3 - "$1" "${APP_PORTS[0]}" "${APP_PORTS[1]}" "${2:-}" <<'PY'
+import json, sys, time, urllib.request
+out, port_a, port_b, admin = sys.argv[1:]
+get = lambda port, path: json.load(urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5))
+with open(out, "a") as f:
+    while True:
+        started = time.time()
+        row = [started, get(port_a, "/load")["requests_total"], get(port_b, "/load")["requests_total"]]
+        if admin:
+            by_id = {i["id"]: i for i in get(admin, "/api/v1/services/app")["instances"]}
+            pair = [by_id["bench-a"], by_id["bench-b"]]
+            row += [i["in_flight"] for i in pair] + [i["peak_ewma_ms"] for i in pair]
+        print(*row, file=f, flush=True)
+        time.sleep(max(0.0, 0.1 - (time.time() - started)))
+PY
 }
 
-# summarise SAMPLES: "share_a swing_p10 swing_p90" (shares in %).
+# summarise SAMPLES: "share_a swing_p10 swing_p90 in_flight ewma" (shares
+# in %); for Shoal, in_flight is the 10th-90th percentile of bench-a's share
+# of the requests in flight and ewma the median and 90th percentile of the
+# larger peak-EWMA over the smaller, else both are "-".
 summarise() {
   python3 - "$1" <<'PY'
 import sys
 rows = [tuple(map(float, l.split())) for l in open(sys.argv[1]) if l.strip()]
+pick = lambda xs, q: sorted(xs)[min(len(xs) - 1, int(q * len(xs)))]
 total_a = rows[-1][1] - rows[0][1]; total_b = rows[-1][2] - rows[0][2]
 shares = []
-for (t0, a0, b0), (t1, a1, b1) in zip(rows, rows[1:]):
-    n = (a1 - a0) + (b1 - b0)
-    if n > 0: shares.append(100 * (a1 - a0) / n)
-shares.sort()
-pick = lambda q: shares[min(len(shares) - 1, int(q * len(shares)))]
-print(f"{100 * total_a / (total_a + total_b):.1f} {pick(0.1):.1f} {pick(0.9):.1f}")
+for r0, r1 in zip(rows, rows[1:]):
+    n = (r1[1] - r0[1]) + (r1[2] - r0[2])
+    if n > 0: shares.append(100 * (r1[1] - r0[1]) / n)
+out = [f"{100 * total_a / (total_a + total_b):.1f}", f"{pick(shares, 0.1):.1f}", f"{pick(shares, 0.9):.1f}"]
+gateway = [r[3:] for r in rows if len(r) == 7]
+in_flight = [100 * a / (a + b) for a, b, _, _ in gateway if a + b > 0]
+ratios = [max(x, y) / min(x, y) for _, _, x, y in gateway if min(x, y) > 0]
+out.append(f"{pick(in_flight, 0.1):.0f}-{pick(in_flight, 0.9):.0f}" if in_flight else "-")
+out.append(f"{pick(ratios, 0.5):.2f}/{pick(ratios, 0.9):.2f}" if ratios else "-")
+print(*out)
 PY
 }
 
@@ -93,7 +122,7 @@ backend_connections() {
     grep -cE "$pattern" || true
 }
 
-declare -A SHARE=() SWING=() CONNS=() RPS=()
+declare -A SHARE=() SWING=() CONNS=() RPS=() IN_FLIGHT=() EWMA=()
 measured=()
 for proxy in $PROXIES; do for policy in $POLICIES; do measured+=("$proxy/$policy"); done; done
 for round in $(seq 1 "$ROUNDS"); do
@@ -101,18 +130,19 @@ for round in $(seq 1 "$ROUNDS"); do
   for key in "${order[@]}"; do
     samples=$TMP/samples-${key//\//-}-$round.txt
     : >"$samples"
-    sample "$samples" &
+    admin=""
+    if [[ $key == shoal/* ]]; then admin=${ADMIN[$key]}; fi
+    sample "$samples" $admin &
     sampler=$!
-    # On the load cores, as wrk: its curl and python3 inherit the affinity.
-    taskset -cp "$LOAD_CORES" "$sampler" >/dev/null
     taskset -c "$LOAD_CORES" wrk -t1 -c"$CONNECTIONS" -d"${DURATION}s" --latency "http://127.0.0.1:${PORT[$key]}/" >"$TMP/wrk.txt"
     conns=$(backend_connections "${PID[$key]}")
     kill "$sampler"; wait "$sampler" 2>/dev/null || true
     read -r rps _ <<<"$(parse_wrk "$TMP/wrk.txt")"
-    read -r share p10 p90 <<<"$(summarise "$samples")"
+    read -r share p10 p90 in_flight ewma <<<"$(summarise "$samples")"
     RPS[$key]+="$rps "; SHARE[$key]+="$share "; SWING[$key]+="$p10-$p90 "; CONNS[$key]+="$conns "
-    printf 'round %d/%d  %-22s %8.0f req/s  bench-a %5.1f%% (100 ms windows %s%%)  backend connections %d\n' \
-      "$round" "$ROUNDS" "$key" "$rps" "$share" "$p10-$p90" "$conns" >&2
+    IN_FLIGHT[$key]+="$in_flight "; EWMA[$key]+="$ewma "
+    printf 'round %d/%d  %-22s %8.0f req/s  bench-a %5.1f%% (100 ms windows %s%%, in flight %s%%, EWMA ratio %s)  backend connections %d\n' \
+      "$round" "$ROUNDS" "$key" "$rps" "$share" "$p10-$p90" "$in_flight" "$ewma" "$conns" >&2
   done
 done
 
@@ -120,9 +150,9 @@ echo
 echo "$(date -u '+%Y-%m-%d %H:%M UTC'), $(nproc) cores: $(awk -F': ' '/^model name/ { print $2; exit }' /proc/cpuinfo)"
 echo "wrk -t1 -c$CONNECTIONS -d${DURATION}s, $ROUNDS round(s); Shoal's gateway: ${GATEWAY_BIN#"$ROOT"/}"
 echo
-echo "| proxy | policy | req/s (rounds) | bench-a share % (rounds) | 100 ms share p10-p90 % (rounds) | backend connections (rounds) |"
-echo "|---|---|---|---|---|---|"
+echo "| proxy | policy | req/s (rounds) | bench-a share % (rounds) | 100 ms share p10-p90 % (rounds) | in-flight share p10-p90 % (rounds) | peak-EWMA ratio p50/p90 (rounds) | backend connections (rounds) |"
+echo "|---|---|---|---|---|---|---|---|"
 for key in "${measured[@]}"; do
-  printf '| %s | %s | %s | %s | %s | %s |\n' "${key%/*}" "${key#*/}" \
-    "$(printf '%.0f ' ${RPS[$key]})" "${SHARE[$key]}" "${SWING[$key]}" "${CONNS[$key]}"
+  printf '| %s | %s | %s | %s | %s | %s | %s | %s |\n' "${key%/*}" "${key#*/}" \
+    "$(printf '%.0f ' ${RPS[$key]})" "${SHARE[$key]}" "${SWING[$key]}" "${IN_FLIGHT[$key]}" "${EWMA[$key]}" "${CONNS[$key]}"
 done
