@@ -21,7 +21,7 @@ use std::time::Duration;
 
 use anyhow::{Context, anyhow};
 use chrono::Utc;
-use registry::{Instance, InstanceState, Registration};
+use registry::{Instance, InstanceState, Registration, Store};
 use serde::Serialize;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
@@ -106,6 +106,7 @@ async fn run_instance(config: Config, id: String) -> anyhow::Result<ExitCode> {
         .await
         .context("cannot connect to etcd; check --etcd, and --etcd-user/--etcd-password and --etcd-ca/--etcd-cert/--etcd-key if etcd requires them")?;
     let keys = &config.etcd.prefix;
+    let registry_store = Store::etcd(client.clone(), keys.clone());
     let store = match &config.data_dir {
         Some(dir) => LocalStore::open(dir)?,
         None => LocalStore::default(),
@@ -113,8 +114,7 @@ async fn run_instance(config: Config, id: String) -> anyhow::Result<ExitCode> {
     let kv = Arc::new(Kv::with_store(&id, &addr, kv_config, store));
     let kv_stop = CancellationToken::new();
     kv::feed::start(
-        client.clone(),
-        keys.clone(),
+        &registry_store,
         &config.service,
         kv.clone(),
         kv_stop.clone(),
@@ -124,7 +124,7 @@ async fn run_instance(config: Config, id: String) -> anyhow::Result<ExitCode> {
     tokio::spawn(kv::sync::run(kv.clone(), kv_stop.clone()).in_current_span());
     let registration = Registration::start(client.clone(), keys, instance, config.lease_ttl)
         .context("cannot start the registration")?;
-    let retire = RetireWatch::start(client.clone(), keys, &config.service, &id);
+    let retire = RetireWatch::start(&registry_store, &config.service, &id);
     let state =
         AppState::with_kv(id, registration.watch_status(), kv).context("bad instance id")?;
 
@@ -165,7 +165,7 @@ async fn run_instance(config: Config, id: String) -> anyhow::Result<ExitCode> {
     .await;
     kv_stop.cancel();
     registration.deregister().await;
-    retire.clean_up(client).await;
+    retire.clean_up(&registry_store).await;
     if drained {
         info!("drained and deregistered; exiting");
         Ok(ExitCode::SUCCESS)

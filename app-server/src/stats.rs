@@ -11,7 +11,6 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use serde::Serialize;
 use tokio::time::Instant;
 
 /// Latency percentiles are computed over the requests that finished this recently.
@@ -22,12 +21,7 @@ pub const WINDOW: Duration = Duration::from_secs(10);
 /// `/load` bounded; the percentiles stay representative of recent traffic.
 const MAX_SAMPLES: usize = 65_536;
 
-/// Latency percentiles in milliseconds; `None` when no request finished in the window.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
-pub struct Percentiles {
-    pub p50: Option<f64>,
-    pub p95: Option<f64>,
-}
+pub use registry::wire::load::Percentiles;
 
 /// Finished requests' latencies, oldest first.
 #[derive(Debug, Default)]

@@ -1,46 +1,24 @@
 //! Load signals: what every gateway observes of a service, merged.
 //!
 //! Each gateway registered under `{prefix}/gateways/` serves
-//! `GET /api/v1/services/{service}` on its admin address (see the gateway's
-//! `admin.rs` for the fields). The collector asks every one of them each tick
-//! and merges: in-flight requests and request rates add up across gateways;
+//! `GET /api/v1/services/{service}` on its admin address, a
+//! [`ServiceDetail`] (the wire contract, `registry::wire::gateway`). The
+//! collector asks every one of them each tick and merges: in-flight requests and request rates add up across gateways;
 //! the p95 latency is the worst gateway's (a conservative reading); held
-//! requests add up. A gateway that does not answer is listed in `silent`, and
-//! its silence is never read as zero load: the controller refuses to scale
-//! down on a partial picture.
+//! requests add up. A gateway that does not answer, or answers something
+//! that is not a whole `ServiceDetail`, is listed in `silent`, and its
+//! silence is never read as zero load: the controller refuses to scale down
+//! on a partial picture. A 404 (the gateway knows no such service yet) is
+//! an answer: no traffic for it there.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
 use registry::model::GatewayInfo;
-use serde::Deserialize;
+use registry::wire::gateway::ServiceDetail;
 
 /// How long one gateway may take to answer.
 pub const GATEWAY_TIMEOUT: Duration = Duration::from_millis(800);
-
-/// The part of a gateway's service view the autoscaler reads.
-#[derive(Debug, Clone, Deserialize)]
-pub struct GatewayServiceView {
-    #[serde(default)]
-    pub rate: f64,
-    #[serde(default)]
-    pub p95_ms: Option<f64>,
-    #[serde(default)]
-    pub held_now: i64,
-    #[serde(default)]
-    pub instances: Vec<GatewayInstanceView>,
-}
-
-#[derive(Debug, Clone, Deserialize)]
-pub struct GatewayInstanceView {
-    pub id: String,
-    #[serde(default)]
-    pub in_flight: i64,
-    #[serde(default)]
-    pub rate: f64,
-    #[serde(default)]
-    pub ejected: bool,
-}
 
 /// One instance's load summed over the gateways that answered.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -70,29 +48,34 @@ impl ServiceLoad {
     }
 }
 
-/// Merge what each gateway answered (or why it did not).
-pub fn merge(answers: Vec<(String, Result<GatewayServiceView, String>)>) -> ServiceLoad {
+/// Merge what each gateway answered: the service's detail, `None` when the
+/// gateway does not know the service, or why it did not answer.
+pub fn merge(answers: Vec<(String, Result<Option<ServiceDetail>, String>)>) -> ServiceLoad {
     let mut load = ServiceLoad::default();
     let mut ejected_by: BTreeMap<String, usize> = BTreeMap::new();
     for (gateway, answer) in answers {
-        match answer {
-            Err(why) => load.silent.push((gateway, why)),
-            Ok(view) => {
-                load.gateways_answered += 1;
-                load.rate += view.rate;
-                load.held += view.held_now.max(0) as u64;
-                load.p95_ms = match (load.p95_ms, view.p95_ms) {
-                    (Some(a), Some(b)) => Some(a.max(b)),
-                    (a, b) => a.or(b),
-                };
-                for i in view.instances {
-                    let obs = load.instances.entry(i.id.clone()).or_default();
-                    obs.in_flight += i.in_flight.max(0) as f64;
-                    obs.rate += i.rate;
-                    if i.ejected {
-                        *ejected_by.entry(i.id).or_default() += 1;
-                    }
-                }
+        let detail = match answer {
+            Err(why) => {
+                load.silent.push((gateway, why));
+                continue;
+            }
+            Ok(detail) => detail,
+        };
+        load.gateways_answered += 1;
+        let Some(detail) = detail else { continue };
+        let service = &detail.summary;
+        load.rate += service.stats.rate;
+        load.held += service.held_now.max(0) as u64;
+        load.p95_ms = match (load.p95_ms, service.stats.p95_ms) {
+            (Some(a), Some(b)) => Some(a.max(b)),
+            (a, b) => a.or(b),
+        };
+        for i in detail.instances {
+            let obs = load.instances.entry(i.id.clone()).or_default();
+            obs.in_flight += i.stats.in_flight.max(0) as f64;
+            obs.rate += i.stats.rate;
+            if i.ejected {
+                *ejected_by.entry(i.id).or_default() += 1;
             }
         }
     }
@@ -101,6 +84,19 @@ pub fn merge(answers: Vec<(String, Result<GatewayServiceView, String>)>) -> Serv
             load.gateways_answered > 0 && ejected_by.get(id) == Some(&load.gateways_answered);
     }
     load
+}
+
+/// What one gateway's answer says: the detail on 200, nothing known on 404,
+/// otherwise (another status, or a body that is not a whole
+/// [`ServiceDetail`]) why it cannot be used.
+pub fn read_answer(url: &str, status: u16, body: &[u8]) -> Result<Option<ServiceDetail>, String> {
+    match status {
+        200 => serde_json::from_slice(body)
+            .map(Some)
+            .map_err(|e| format!("unreadable answer from {url}: {e}")),
+        404 => Ok(None),
+        status => Err(format!("HTTP {status} from {url}")),
+    }
 }
 
 /// Ask every gateway about `service`, concurrently.
@@ -118,20 +114,9 @@ pub async fn collect(
                 .send()
                 .await
                 .map_err(|e| e.to_string())?;
-            match resp.status().as_u16() {
-                200 => resp
-                    .json::<GatewayServiceView>()
-                    .await
-                    .map_err(|e| format!("unreadable answer: {e}")),
-                // The gateway knows no such service yet: no traffic for it there.
-                404 => Ok(GatewayServiceView {
-                    rate: 0.0,
-                    p95_ms: None,
-                    held_now: 0,
-                    instances: Vec::new(),
-                }),
-                status => Err(format!("HTTP {status} from {url}")),
-            }
+            let status = resp.status().as_u16();
+            let body = resp.bytes().await.map_err(|e| e.to_string())?;
+            read_answer(&url, status, &body)
         }
         .await;
         (g.id.clone(), answer)
@@ -141,6 +126,9 @@ pub async fn collect(
 
 #[cfg(test)]
 mod tests {
+    use registry::InstanceState;
+    use registry::wire::gateway::{InstanceStatus, InstanceView, RequestStats, ServiceSummary};
+
     use super::*;
 
     fn view(
@@ -148,21 +136,48 @@ mod tests {
         p95: Option<f64>,
         held: i64,
         instances: &[(&str, i64, f64, bool)],
-    ) -> GatewayServiceView {
-        GatewayServiceView {
+    ) -> Option<ServiceDetail> {
+        let stats = |in_flight, rate, p95_ms| RequestStats {
+            in_flight,
             rate,
-            p95_ms: p95,
-            held_now: held,
+            p95_ms,
+            ..RequestStats::default()
+        };
+        Some(ServiceDetail {
+            summary: ServiceSummary {
+                name: "app".into(),
+                ready_instances: instances.len(),
+                total_instances: instances.len(),
+                ejected_instances: 0,
+                unconfirmed_instances: 0,
+                stats: stats(0, rate, p95),
+                held_now: held,
+                held_total: 0,
+                hold_timeouts_total: 0,
+                retries_total: 0,
+                retries_refused_total: 0,
+            },
             instances: instances
                 .iter()
-                .map(|&(id, in_flight, rate, ejected)| GatewayInstanceView {
+                .map(|&(id, in_flight, rate, ejected)| InstanceView {
                     id: id.into(),
-                    in_flight,
-                    rate,
+                    addr: "127.0.0.1:1".into(),
+                    version: String::new(),
+                    zone: String::new(),
+                    labels: BTreeMap::new(),
+                    weight: 1,
+                    state: InstanceStatus::Ready,
+                    registry_state: InstanceState::Ready,
                     ejected,
+                    ejected_for_ms: None,
+                    consecutive_failures: 0,
+                    ejections: 0,
+                    age_secs: 1.0,
+                    stats: stats(in_flight, rate, None),
+                    peak_ewma_ms: 1.0,
                 })
                 .collect(),
-        }
+        })
     }
 
     #[test]
@@ -225,11 +240,25 @@ mod tests {
     }
 
     #[test]
-    fn reads_the_gateway_admin_json() {
-        let json = r#"{"name":"app","ready_instances":1,"rate":2.5,"p95_ms":null,"held_now":0,"in_flight":1,
-            "instances":[{"id":"a","addr":"127.0.0.1:1","in_flight":1,"rate":2.5,"ejected":false,"p95_ms":3.0}]}"#;
-        let v: GatewayServiceView = serde_json::from_str(json).unwrap();
-        assert_eq!(v.instances[0].in_flight, 1);
-        assert_eq!(v.p95_ms, None);
+    fn an_answer_that_is_not_a_whole_service_detail_is_silence() {
+        let url = "http://gw/api/v1/services/app";
+        let whole = serde_json::to_vec(&view(2.5, None, 0, &[("a", 1, 2.5, false)])).unwrap();
+        let read = read_answer(url, 200, &whole).unwrap().unwrap();
+        assert_eq!(read.instances[0].stats.in_flight, 1);
+        assert_eq!(
+            read_answer(url, 404, b"{}").unwrap(),
+            None,
+            "no such service there yet"
+        );
+
+        // A gateway that renamed `in_flight` must not read as zero load.
+        let renamed = String::from_utf8(whole)
+            .unwrap()
+            .replace("\"in_flight\"", "\"inflight\"");
+        let err = read_answer(url, 200, renamed.as_bytes()).unwrap_err();
+        assert!(err.contains("in_flight"), "{err}");
+        let load = merge(vec![("g1".into(), Err(err))]);
+        assert!(!load.complete());
+        assert!(matches!(read_answer(url, 500, b""), Err(e) if e.contains("HTTP 500")));
     }
 }

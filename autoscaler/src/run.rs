@@ -24,19 +24,17 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use clap::{Args, ValueEnum};
-use etcd_client::{Client, GetOptions};
 use registry::EtcdArgs;
-use registry::config::{ETCD_CALL_TIMEOUT, parse_duration, parse_lease_ttl};
+use registry::config::{parse_duration, parse_lease_ttl};
 use registry::election::Election;
-use registry::model::{Rollout, ScalingPolicy};
+use registry::model::Rollout;
 use registry::stop::StopSignals;
-use registry::{Keys, RegistryValue};
+use registry::{Store, StoreError};
 use tokio::signal::unix::{Signal, SignalKind, signal};
 use tokio::time::{Instant, MissedTickBehavior};
 use tracing::{info, warn};
 
-use crate::cli::rollout::{Requested, request};
-use crate::controller::journal::{EtcdJournal, JournalError};
+use crate::controller::journal::{Journal, JournalError};
 use crate::controller::observe::Observer;
 use crate::controller::{Controller, Settings};
 use crate::driver::Driver;
@@ -202,7 +200,8 @@ async fn run_with<D: Driver>(
         .connect()
         .await
         .context("cannot connect to etcd; check --etcd, and --etcd-user/--etcd-password and --etcd-ca/--etcd-cert/--etcd-key if etcd requires them")?;
-    tokio::spawn(roll_all_on_signal(usr2, client.clone(), keys.clone()));
+    let store = Store::etcd(client.clone(), keys.clone());
+    tokio::spawn(roll_all_on_signal(usr2, store.clone()));
     let driver = Arc::new(driver);
     let settings = Settings {
         lease_ttl: config.lease_ttl,
@@ -210,7 +209,7 @@ async fn run_with<D: Driver>(
         ..Settings::default()
     };
     let mut controller = Controller::new(driver.clone(), settings);
-    let mut observer = Observer::start(client.clone(), &keys);
+    let mut observer = Observer::start(&store);
     let election = Election::new(client.clone(), &keys);
 
     loop {
@@ -237,7 +236,7 @@ async fn run_with<D: Driver>(
         };
         info!(%id, lease = leadership.lease(), "leading: acting on every service with a policy");
         controller.new_term();
-        let journal = EtcdJournal::new(client.clone(), keys.clone(), leadership.clone());
+        let journal = Journal::new(store.clone(), leadership.fence(), leadership.lost());
         let lost = leadership.lost();
         if !observer.wait_synced(Duration::from_secs(5)).await {
             warn!("registry not listed within 5 s; ticks wait for it");
@@ -282,41 +281,26 @@ async fn run_with<D: Driver>(
 }
 
 /// Every SIGUSR2: a rolling-restart request for every service with a policy.
-async fn roll_all_on_signal(mut usr2: Signal, client: Client, keys: Keys) {
+async fn roll_all_on_signal(mut usr2: Signal, store: Store) {
     while usr2.recv().await.is_some() {
         info!("SIGUSR2: asking for a rolling restart of every service with a policy");
-        if let Err(e) = roll_all(client.clone(), &keys).await {
+        if let Err(e) = roll_all(&store).await {
             warn!(error = %e, "SIGUSR2: cannot ask for rolling restarts; send it again once etcd answers");
         }
     }
 }
 
-async fn roll_all(mut client: Client, keys: &Keys) -> anyhow::Result<()> {
-    let options = GetOptions::new().with_prefix();
-    let listed = tokio::time::timeout(
-        ETCD_CALL_TIMEOUT,
-        client.get(keys.policies(), Some(options)),
-    )
-    .await
-    .context("etcd did not answer")??;
-    for kv in listed.kvs() {
-        let key = String::from_utf8_lossy(kv.key());
-        let policy = match ScalingPolicy::decode(keys, &key, kv.value()) {
-            Ok(policy) => policy,
-            Err(e) => {
-                warn!(%key, error = %e, "skipping malformed policy");
-                continue;
-            }
-        };
+async fn roll_all(store: &Store) -> Result<(), StoreError> {
+    for policy in store.policies().await? {
         let rollout = Rollout::request(&policy.service, "signal");
-        let asked = tokio::time::timeout(ETCD_CALL_TIMEOUT, request(&mut client, keys, &rollout))
-            .await
-            .context("etcd did not answer")??;
-        match asked {
-            Requested::Written => info!(service = %policy.service, "rolling restart requested"),
-            Requested::InProgress(existing) => {
+        match store.request_rollout(&rollout).await {
+            Ok(()) => info!(service = %policy.service, "rolling restart requested"),
+            Err(StoreError::RolloutInProgress(existing)) => {
                 info!(service = %policy.service, requested_by = %existing.requested_by, "a rolling restart is already in progress")
             }
+            // Deleted since it was listed.
+            Err(StoreError::NoPolicy { .. }) => {}
+            Err(e) => return Err(e),
         }
     }
     Ok(())

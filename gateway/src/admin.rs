@@ -89,14 +89,13 @@ pub struct AdminState {
 /// nothing listens (the registry reads as unreachable).
 #[cfg(test)]
 pub async fn test_state_with(table: TableHandle) -> AdminState {
-    let client = registry::EtcdArgs::for_endpoint("http://127.0.0.1:1")
-        .connect()
-        .await
-        .expect("a lazy client");
+    // An etcd that does not answer: what these tests check needs none.
+    let etcd = registry::store::memory::MemoryEtcd::default();
+    etcd.set_up(false);
     AdminState {
         table,
         gateway_id: "gw-1".into(),
-        control: Control::start(client, registry::Keys::default()),
+        control: Control::start(registry::Store::memory(&etcd, registry::Keys::default())),
         history: History::default(),
         token: None,
         stop: tokio_util::sync::CancellationToken::new(),

@@ -1,7 +1,7 @@
 //! The registry's control data as the admin API and the dashboard see it:
 //! routes, scaling policies, scaling events and rollouts, each followed by a
 //! `registry::Watcher` (list-then-watch) in its own background task, plus
-//! the etcd client the admin API writes with.
+//! the registry store the admin API writes with.
 //!
 //! None of this is on the proxy's request path: the routing table has its own
 //! watchers ([`crate::discovery`]). Handlers read the latest snapshots (an
@@ -9,9 +9,8 @@
 
 use std::sync::Arc;
 
-use etcd_client::Client;
 use registry::model::{NamedRoute, Rollout, ScalingEvent, ScalingPolicy};
-use registry::{Keys, Snapshot, Watcher};
+use registry::{Keys, Snapshot, Store, Watcher};
 use tokio::sync::watch;
 
 /// Cheap to clone; the watchers stop when the last clone is dropped.
@@ -21,8 +20,7 @@ pub struct Control {
 }
 
 struct Inner {
-    client: Client,
-    keys: Keys,
+    store: Store,
     routes: Watcher<NamedRoute>,
     policies: Watcher<ScalingPolicy>,
     events: Watcher<ScalingEvent>,
@@ -31,27 +29,27 @@ struct Inner {
 
 impl Control {
     /// Start the four watchers.
-    pub fn start(client: Client, keys: Keys) -> Control {
+    pub fn start(store: Store) -> Control {
+        let keys = store.keys();
         let inner = Inner {
-            routes: Watcher::start(client.clone(), keys.clone(), keys.routes()),
-            policies: Watcher::start(client.clone(), keys.clone(), keys.policies()),
-            events: Watcher::start(client.clone(), keys.clone(), keys.events()),
-            rollouts: Watcher::start(client.clone(), keys.clone(), keys.rollouts()),
-            client,
-            keys,
+            routes: Watcher::start(&store, keys.routes()),
+            policies: Watcher::start(&store, keys.policies()),
+            events: Watcher::start(&store, keys.events()),
+            rollouts: Watcher::start(&store, keys.rollouts()),
+            store,
         };
         Control {
             inner: Arc::new(inner),
         }
     }
 
-    /// A client for writes (clones share one connection).
-    pub fn client(&self) -> Client {
-        self.inner.client.clone()
+    /// The registry store writes go through.
+    pub fn store(&self) -> &Store {
+        &self.inner.store
     }
 
     pub fn keys(&self) -> &Keys {
-        &self.inner.keys
+        self.inner.store.keys()
     }
 
     pub fn routes(&self) -> Snapshot<NamedRoute> {
@@ -74,7 +72,7 @@ impl Control {
     pub fn policy(&self, service: &str) -> Option<ScalingPolicy> {
         self.policies()
             .entries
-            .get(&self.inner.keys.policy(service))
+            .get(&self.keys().policy(service))
             .cloned()
     }
 
@@ -82,17 +80,13 @@ impl Control {
     pub fn rollout(&self, service: &str) -> Option<Rollout> {
         self.rollouts()
             .entries
-            .get(&self.inner.keys.rollout(service))
+            .get(&self.keys().rollout(service))
             .cloned()
     }
 
     /// The newest `limit` events of `service`, newest first.
     pub fn events_of(&self, service: &str, limit: usize) -> Vec<ScalingEvent> {
-        newest_events(
-            &self.events(),
-            &self.inner.keys.service_events(service),
-            limit,
-        )
+        newest_events(&self.events(), &self.keys().service_events(service), limit)
     }
 
     /// The replica count the autoscaler last wanted for `service` (the newest

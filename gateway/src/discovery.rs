@@ -17,9 +17,8 @@ use std::borrow::Cow;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use etcd_client::Client;
 use registry::model::NamedRoute;
-use registry::{Instance, Keys, Watcher};
+use registry::{Instance, Store, Watcher};
 use tracing::{info, warn};
 
 use crate::allowed::AllowedBackends;
@@ -31,14 +30,14 @@ use crate::table::{Defaults, LiveState, TableHandle};
 /// left out first; `grace` is how long an instance that left while ready
 /// stays routable (zero: not at all).
 pub fn start(
-    client: Client,
-    keys: Keys,
+    store: &Store,
     defaults: Defaults,
     mut allowed: AllowedBackends,
     grace: Duration,
 ) -> TableHandle {
-    let instances = Watcher::<Instance>::start(client.clone(), keys.clone(), keys.instances());
-    let routes = Watcher::<NamedRoute>::start(client, keys.clone(), keys.routes());
+    let keys = store.keys();
+    let instances = Watcher::<Instance>::start(store, keys.instances());
+    let routes = Watcher::<NamedRoute>::start(store, keys.routes());
     let mut instance_changes = instances.snapshots();
     let mut route_changes = routes.snapshots();
     let mut live = LiveState::default();

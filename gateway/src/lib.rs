@@ -132,9 +132,9 @@ async fn run_gateway(config: Config, id: String) -> anyhow::Result<()> {
         .await
         .context("cannot connect to etcd; check --etcd, and --etcd-user/--etcd-password and --etcd-ca/--etcd-cert/--etcd-key if etcd requires them")?;
     let keys = &config.etcd.prefix;
+    let store = registry::Store::etcd(client.clone(), keys.clone());
     let table = discovery::start(
-        client.clone(),
-        keys.clone(),
+        &store,
         Defaults {
             service: config.default_service.clone(),
             policy: config.default_policy,
@@ -166,7 +166,7 @@ async fn run_gateway(config: Config, id: String) -> anyhow::Result<()> {
         ServerSettings::from_config(&config),
     );
     let mut proxy_task = tokio::spawn(server.run(stop.clone(), DRAIN_TIMEOUT).in_current_span());
-    let control = Control::start(client.clone(), keys.clone());
+    let control = Control::start(store);
     let history = History::default();
     let sampler = history.spawn_sampler(table.clone(), control.clone(), stop.clone());
     let admin_app = api::app(AdminState {

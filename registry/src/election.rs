@@ -3,13 +3,15 @@
 //! [`Election::campaign`] grants a lease, keeps it alive in a background task
 //! and blocks until this candidate holds the election key. The returned
 //! [`Leadership`] runs transactions only while its key is still the one it
-//! won ([`Leadership::txn`]: a compare on the key's create revision), so a
-//! deposed leader can never act, even before it notices. Its `lost()` token
-//! fires as soon as the lease cannot be kept.
+//! won: [`Leadership::fence`] is what the store's fenced commit
+//! ([`Store::commit`](crate::store::Store::commit)) compares, the key's create
+//! revision, so a deposed leader can never act, even before it notices. Its
+//! `lost()` token fires as soon as the lease cannot be kept, or when a
+//! fenced write finds the leadership gone ([`Leadership::deposed`]).
 
 use std::time::Duration;
 
-use etcd_client::{Client, Compare, CompareOp, LeaderKey, ResignOptions, Txn, TxnOp, TxnResponse};
+use etcd_client::{Client, LeaderKey, ResignOptions};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
@@ -17,6 +19,7 @@ use tracing::{info, warn};
 use crate::config::ETCD_CALL_TIMEOUT;
 use crate::keys::Keys;
 use crate::registration::backend::{EtcdLeases, LeaseBackend};
+use crate::store::Fence;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ElectionError {
@@ -124,32 +127,24 @@ impl Leadership {
         self.lost.clone()
     }
 
-    /// Run `ops` only if the election key is still ours. `Err(Lost)` otherwise.
-    pub async fn txn(&self, ops: Vec<TxnOp>) -> Result<TxnResponse, ElectionError> {
-        if self.lost.is_cancelled() {
-            return Err(ElectionError::Lost);
+    /// What a write fenced on this leadership compares: the election key
+    /// and the revision that created it.
+    pub fn fence(&self) -> Fence {
+        Fence {
+            key: String::from_utf8_lossy(self.key.key()).into_owned(),
+            create_revision: self.key.rev(),
         }
-        let txn = Txn::new()
-            .when([Compare::create_revision(
-                self.key.key(),
-                CompareOp::Equal,
-                self.key.rev(),
-            )])
-            .and_then(ops);
-        let mut client = self.client.clone();
-        let resp = tokio::time::timeout(ETCD_CALL_TIMEOUT, client.txn(txn))
-            .await
-            .map_err(|_| ElectionError::Timeout(ETCD_CALL_TIMEOUT))??;
-        if resp.succeeded() {
-            Ok(resp)
-        } else {
+    }
+
+    /// A fenced write found the election key no longer ours: give up now.
+    pub fn deposed(&self) {
+        if !self.lost.is_cancelled() {
             warn!(
                 lease = self.lease,
                 "fenced transaction refused: no longer the leader"
             );
-            self.lost.cancel();
-            Err(ElectionError::Lost)
         }
+        self.lost.cancel();
     }
 
     /// Give up leadership now (another candidate is elected at once).

@@ -10,6 +10,11 @@
 //! - [`healthcheck`]: the `--healthcheck` probe of a binary's own endpoint.
 //! - [`registration`]: an instance's leased self-registration (keep-alive,
 //!   re-registration after lease loss, fencing, revoke on shutdown).
+//! - [`store`]: the typed registry store — every registry read and write the
+//!   programs make (routes, policies, pins, rollouts, retiring, the
+//!   controller's fenced writes), over a real or an in-memory etcd.
+//! - [`wire`]: what crosses a process boundary over HTTP (gateway stats,
+//!   `/load`, admin API bodies), defined once for both sides.
 //! - [`watcher`]: list-then-watch of a prefix with resets after compaction or
 //!   reconnection, skipping malformed entries.
 //! - [`election`]: leader election and transactions fenced on leadership.
@@ -33,11 +38,14 @@ pub mod peer;
 pub mod registration;
 pub mod rendezvous;
 pub mod stop;
+pub mod store;
 pub mod watcher;
+pub mod wire;
 
 pub use config::{EtcdArgs, LogArgs};
 pub use keys::{Key, Keys};
 pub use model::{Instance, InstanceState, RegistryValue};
 pub use peer::PeerBalancer;
 pub use registration::{Registration, RegistrationStatus};
+pub use store::{Store, StoreError};
 pub use watcher::{Snapshot, Update, Watcher};

@@ -729,6 +729,47 @@ impl RegistryValue for GatewayInfo {
     }
 }
 
+/// A request that an instance drain and leave, at `retire/{service}/{id}`,
+/// written by the autoscaler (scale-down, rolling restart) or an operator.
+/// The instance leaves whatever the value says; the reason is for its logs.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RetireRequest {
+    /// Why, in words (at most 1024 bytes, no control characters).
+    pub reason: String,
+    /// Who asked (`api`, `cli`; absent for the autoscaler).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub by: Option<String>,
+}
+
+impl RetireRequest {
+    pub fn new(reason: impl Into<String>, by: Option<&str>) -> Self {
+        RetireRequest {
+            reason: reason.into(),
+            by: by.map(str::to_owned),
+        }
+    }
+
+    pub fn validate(&self) -> Result<(), ValidationError> {
+        validate_text("retire.reason", &self.reason, 1024)?;
+        if let Some(by) = &self.by {
+            validate_text("retire.by", by, 64)?;
+        }
+        Ok(())
+    }
+}
+
+impl RegistryValue for RetireRequest {
+    fn decode(keys: &Keys, key: &str, value: &[u8]) -> Result<Self, DecodeError> {
+        let Ok(Key::Retire { .. }) = keys.parse(key) else {
+            return Err(DecodeError::UnexpectedKey {
+                key: key.to_owned(),
+                reason: format!("expected {}{{service}}/{{id}}", keys.retires()),
+            });
+        };
+        decode_json(key, value, RetireRequest::validate)
+    }
+}
+
 /// Raw bytes, for consumers that only care that a key exists (e.g. retire keys).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RawValue(pub Vec<u8>);

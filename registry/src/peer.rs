@@ -11,11 +11,10 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use etcd_client::Client;
 use rand::Rng;
 
-use crate::keys::Keys;
 use crate::model::{Instance, InstanceState};
+use crate::store::Store;
 use crate::watcher::Watcher;
 
 /// Picks instances of one service for direct calls.
@@ -39,12 +38,12 @@ impl Drop for PeerGuard {
 }
 
 impl PeerBalancer {
-    pub fn new(client: Client, keys: Keys, service: impl Into<String>) -> Self {
+    pub fn new(store: &Store, service: impl Into<String>) -> Self {
         let service = service.into();
-        let prefix = keys.service_instances(&service);
+        let prefix = store.keys().service_instances(&service);
         PeerBalancer {
             service,
-            watcher: Watcher::start(client, keys, prefix),
+            watcher: Watcher::start(store, prefix),
             in_flight: Arc::default(),
         }
     }

@@ -8,11 +8,9 @@
 
 use std::io;
 
-use crate::config::ETCD_CALL_TIMEOUT;
-use crate::keys::Keys;
 use crate::model::RawValue;
+use crate::store::Store;
 use crate::watcher::Watcher;
-use etcd_client::Client;
 use tokio::signal::unix::{Signal, SignalKind, signal};
 use tracing::{info, warn};
 
@@ -48,16 +46,23 @@ impl StopSignals {
 /// Follows this instance's retire key.
 pub struct RetireWatch {
     key: String,
+    service: String,
+    id: String,
     watcher: Watcher<RawValue>,
 }
 
 impl RetireWatch {
-    pub fn start(client: Client, keys: &Keys, service: &str, id: &str) -> Self {
-        let key = keys.retire(service, id);
+    pub fn start(store: &Store, service: &str, id: &str) -> Self {
+        let key = store.keys().retire(service, id);
         // A watch on the exact key is a prefix watch; `requested` checks for the
         // key itself so that `{id}x` never retires `{id}`.
-        let watcher = Watcher::start(client, keys.clone(), key.clone());
-        RetireWatch { key, watcher }
+        let watcher = Watcher::start(store, key.clone());
+        RetireWatch {
+            key,
+            service: service.to_owned(),
+            id: id.to_owned(),
+            watcher,
+        }
     }
 
     pub fn key(&self) -> &str {
@@ -84,21 +89,15 @@ impl RetireWatch {
 
     /// Delete the retire key if it was written. Failures are logged only: the
     /// instance has already left, and the autoscaler cleans up leftovers.
-    pub async fn clean_up(&self, mut client: Client) {
+    pub async fn clean_up(&self, store: &Store) {
         if !self.is_written() {
             return;
         }
-        match tokio::time::timeout(ETCD_CALL_TIMEOUT, client.delete(self.key.as_str(), None)).await
-        {
-            Ok(Ok(_)) => info!(key = %self.key, "retire key deleted"),
-            Ok(Err(e)) => {
+        match store.clear_retire(&self.service, &self.id).await {
+            Ok(_) => info!(key = %self.key, "retire key deleted"),
+            Err(e) => {
                 warn!(key = %self.key, error = %e, "cannot delete the retire key; it stays until someone deletes it")
             }
-            Err(_) => warn!(
-                key = %self.key,
-                timeout_ms = ETCD_CALL_TIMEOUT.as_millis() as u64,
-                "etcd did not answer the retire key delete; it stays until someone deletes it"
-            ),
         }
     }
 }

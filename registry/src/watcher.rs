@@ -1,13 +1,15 @@
 //! List-then-watch over one key prefix, decoded into typed values.
 //!
-//! One background task per [`Watcher`] lists the prefix, remembers the header
-//! revision and watches from the next one. On compaction, cancellation, a
-//! broken stream or an etcd restart it lists again and emits a full
-//! [`Update::Reset`] rather than patching (the linkerd/tower discovery model).
-//! A quiet watch asks etcd for progress every second; one that hears nothing
-//! for 4 s (a frozen etcd, a cut-off host) is treated as broken. While etcd
-//! is away the last good snapshot stays in place, marked disconnected. Values that do not decode are skipped with a warning naming
-//! the key, so the snapshot always equals "every decodable entry in etcd".
+//! One background task per [`Watcher`] lists the prefix through a
+//! [`Store`]'s backend, remembers the header revision and watches from it.
+//! On compaction, cancellation, a broken stream or an etcd restart it lists
+//! again and emits a full [`Update::Reset`] rather than patching (the
+//! linkerd/tower discovery model). The etcd backend reports a watch that
+//! hears nothing, not even progress, for 4 s (a frozen etcd, a cut-off host)
+//! as broken. While etcd is away the last good snapshot stays in place,
+//! marked disconnected. Values that do not decode are skipped with a warning
+//! naming the key, so the snapshot always equals "every decodable entry in
+//! etcd".
 //!
 //! Consumers either read the latest [`Snapshot`] (cheap `Arc` clone, e.g. a
 //! gateway's routing table) or follow every change with [`Watcher::subscribe`].
@@ -17,22 +19,19 @@ use std::marker::PhantomData;
 use std::sync::Arc;
 use std::time::Duration;
 
-use etcd_client::{Client, EventType, GetOptions, WatchOptions};
+use futures::StreamExt;
 use tokio::sync::{broadcast, watch};
-use tokio::time::{Instant, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use crate::config::ETCD_CALL_TIMEOUT;
 use crate::keys::Keys;
 use crate::model::RegistryValue;
+use crate::store::Store;
+use crate::store::backend::{Backend, Range, WatchEvent, WatchMessage};
 
 const FIRST_RETRY: Duration = Duration::from_millis(100);
 const MAX_RETRY: Duration = Duration::from_secs(1);
-/// A watch that has heard nothing for this long asks etcd for progress.
-const PROGRESS_EVERY: Duration = Duration::from_secs(1);
-/// A watch that has heard nothing, not even progress, for this long is broken.
-const PROGRESS_TIMEOUT: Duration = Duration::from_secs(4);
 
 /// One change to the watched set, keyed by full etcd key.
 #[derive(Debug, Clone, PartialEq)]
@@ -95,41 +94,30 @@ impl Drop for StopOnDrop {
 
 impl<T: RegistryValue> Watcher<T> {
     /// Watch every key under `prefix` (which should end with `/`).
-    pub fn start(client: Client, keys: Keys, prefix: impl Into<String>) -> Self {
-        Self::spawn(client, keys, prefix.into(), Snapshot::default(), None)
+    pub fn start(store: &Store, prefix: impl Into<String>) -> Self {
+        Self::spawn(store, prefix.into(), Snapshot::default(), None)
     }
 
     /// Resume from a snapshot taken earlier (e.g. persisted across a restart):
     /// watch for what came after `snapshot.revision` without listing first.
     /// If that revision has been compacted away, the watcher lists again and
     /// resets.
-    pub fn resume(
-        client: Client,
-        keys: Keys,
-        prefix: impl Into<String>,
-        snapshot: Snapshot<T>,
-    ) -> Self {
+    pub fn resume(store: &Store, prefix: impl Into<String>, snapshot: Snapshot<T>) -> Self {
         let revision = snapshot.revision;
         let snapshot = Snapshot {
             connected: false,
             ..snapshot
         };
-        Self::spawn(client, keys, prefix.into(), snapshot, Some(revision))
+        Self::spawn(store, prefix.into(), snapshot, Some(revision))
     }
 
-    fn spawn(
-        client: Client,
-        keys: Keys,
-        prefix: String,
-        initial: Snapshot<T>,
-        resume: Option<i64>,
-    ) -> Self {
+    fn spawn(store: &Store, prefix: String, initial: Snapshot<T>, resume: Option<i64>) -> Self {
         let (snapshot_tx, snapshot) = watch::channel(initial);
         let (updates, _) = broadcast::channel(1024);
         let stop = CancellationToken::new();
         let task = WatchTask {
-            client,
-            keys,
+            backend: store.backend(),
+            keys: store.keys().clone(),
             prefix: prefix.clone(),
             snapshot: snapshot_tx,
             updates: updates.clone(),
@@ -240,7 +228,7 @@ impl<T: Clone> Subscription<T> {
 }
 
 struct WatchTask<T> {
-    client: Client,
+    backend: Arc<dyn Backend>,
     keys: Keys,
     prefix: String,
     snapshot: watch::Sender<Snapshot<T>>,
@@ -319,107 +307,64 @@ impl<T: RegistryValue> WatchTask<T> {
         // would never see a delete made at R. Started at R-1, that watch is
         // refused as compacted and the prefix is listed again. Events at the
         // snapshot's own revision are already in it and are skipped below.
-        let options = WatchOptions::new()
-            .with_prefix()
-            .with_start_revision(revision.max(1));
-        let stream = tokio::time::timeout(
+        let mut stream = tokio::time::timeout(
             ETCD_CALL_TIMEOUT,
-            self.client.watch(self.prefix.as_str(), Some(options)),
+            self.backend.watch(self.prefix.clone(), revision.max(1)),
         )
         .await
         .map_err(|_| format!("watch did not answer within {ETCD_CALL_TIMEOUT:?}"))?
         .map_err(|e| e.to_string())?;
         self.snapshot
             .send_if_modified(|s| !std::mem::replace(&mut s.connected, true));
-        let (mut requests, mut responses) = stream.split();
         debug!(prefix = %self.prefix, revision, "watching");
-
-        // A quiet watch is asked for progress every PROGRESS_EVERY; an etcd that
-        // answers nothing for PROGRESS_TIMEOUT (frozen, or its host cut off while
-        // the TCP connection looks open) is treated as gone.
-        let mut last_heard = Instant::now();
-        let mut ticker = tokio::time::interval(PROGRESS_EVERY);
-        ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
         loop {
-            let received = tokio::select! {
-                received = responses.message() => received,
-                _ = ticker.tick() => {
-                    let quiet = last_heard.elapsed();
-                    if quiet >= PROGRESS_TIMEOUT {
-                        return Ok(Relist::Broken(format!("etcd answered nothing for {} ms", quiet.as_millis())));
-                    }
-                    if quiet >= PROGRESS_EVERY
-                        && let Err(e) = requests.request_progress().await {
-                            return Ok(Relist::Broken(format!("cannot ask for progress: {e}")));
-                        }
+            let events = match stream.next().await {
+                Some(WatchMessage::Events(events)) => events,
+                Some(WatchMessage::Progress(revision)) => {
+                    // Nothing changed under the prefix up to `revision`.
+                    self.apply(Vec::new(), revision);
                     continue;
                 }
+                Some(WatchMessage::Compacted(rev)) => return Ok(Relist::Compacted(rev)),
+                Some(WatchMessage::Canceled(why)) => return Ok(Relist::Canceled(why)),
+                Some(WatchMessage::Broken(why)) => return Ok(Relist::Broken(why)),
+                None => return Ok(Relist::Broken("stream ended".into())),
             };
-            last_heard = Instant::now();
-            let message = match received {
-                Ok(Some(m)) => m,
-                Ok(None) => return Ok(Relist::Broken("stream ended".into())),
-                Err(e) => return Ok(Relist::Broken(e.to_string())),
-            };
-            if message.compact_revision() > 0 {
-                return Ok(Relist::Compacted(message.compact_revision()));
-            }
-            if message.canceled() {
-                return Ok(Relist::Canceled(message.cancel_reason().to_owned()));
-            }
-            if message.created() {
-                // Its header carries the store's revision, not how far this watch has got.
-                continue;
-            }
-            let mut updates = Vec::with_capacity(message.events().len());
-            for event in message.events() {
-                let Some(kv) = event.kv() else { continue };
-                if kv.mod_revision() <= revision {
+            let mut updates = Vec::with_capacity(events.len());
+            let mut last = revision;
+            for event in events {
+                if event.revision() <= revision {
                     continue;
                 }
-                let key = String::from_utf8_lossy(kv.key()).into_owned();
-                match event.event_type() {
-                    EventType::Put => match self.decode(&key, kv.value()) {
-                        Some(value) => updates.push(Update::Put(key, value)),
+                last = last.max(event.revision());
+                match event {
+                    WatchEvent::Put(kv) => match self.decode(&kv.key, &kv.value) {
+                        Some(value) => updates.push(Update::Put(kv.key, value)),
                         // A bad value replacing a good one: the key no longer holds a usable entry.
-                        None => updates.push(Update::Delete(key)),
+                        None => updates.push(Update::Delete(kv.key)),
                     },
-                    EventType::Delete => updates.push(Update::Delete(key)),
+                    WatchEvent::Delete { key, .. } => updates.push(Update::Delete(key)),
                 }
             }
-            // With events, the watch has got as far as the last one; without
-            // (a progress notification), as far as the header says.
-            let revision = match message
-                .events()
-                .iter()
-                .filter_map(|e| e.kv())
-                .map(|kv| kv.mod_revision())
-                .max()
-            {
-                Some(last_event) => last_event,
-                None => message.header().map(|h| h.revision()).unwrap_or(revision),
-            };
-            self.apply(updates, revision);
+            self.apply(updates, last);
         }
     }
 
     /// List the prefix, publish the result as a snapshot and a reset, and
     /// return the revision it reflects.
     async fn list(&mut self) -> Result<i64, String> {
-        let options = GetOptions::new().with_prefix();
         let listed = tokio::time::timeout(
             ETCD_CALL_TIMEOUT,
-            self.client.get(self.prefix.as_str(), Some(options)),
+            self.backend.range(Range::prefix(self.prefix.as_str())),
         )
         .await
         .map_err(|_| format!("list did not answer within {ETCD_CALL_TIMEOUT:?}"))?
         .map_err(|e| e.to_string())?;
-        let revision = listed.header().map(|h| h.revision()).unwrap_or(0);
+        let revision = listed.revision;
         let mut entries = BTreeMap::new();
-        for kv in listed.kvs() {
-            let key = String::from_utf8_lossy(kv.key()).into_owned();
-            if let Some(value) = self.decode(&key, kv.value()) {
-                entries.insert(key, value);
+        for kv in listed.kvs {
+            if let Some(value) = self.decode(&kv.key, &kv.value) {
+                entries.insert(kv.key, value);
             }
         }
         let entries = Arc::new(entries);

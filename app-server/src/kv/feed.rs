@@ -6,8 +6,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use etcd_client::Client;
-use registry::{Instance, InstanceState, Keys, Snapshot, Watcher};
+use registry::{Instance, InstanceState, Snapshot, Store, Watcher};
 use tokio_util::sync::CancellationToken;
 use tracing::warn;
 
@@ -17,15 +16,13 @@ use super::membership::Member;
 /// Follow `service`'s instances until `stop`. Waits up to `first_sync` for
 /// the first listing so the instance does not start with a view of itself only.
 pub async fn start(
-    client: Client,
-    keys: Keys,
+    store: &Store,
     service: &str,
     kv: Arc<Kv>,
     stop: CancellationToken,
     first_sync: Duration,
 ) {
-    let watcher: Watcher<Instance> =
-        Watcher::start(client, keys.clone(), keys.service_instances(service));
+    let watcher: Watcher<Instance> = Watcher::start(store, store.keys().service_instances(service));
     if !watcher.wait_synced(first_sync).await {
         warn!(
             service,

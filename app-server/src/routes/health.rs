@@ -1,15 +1,16 @@
 //! The probes: `/healthz` (the process runs), `/readyz` (send me requests),
-//! and `/load` (what the autoscaler reads). None of them counts as load.
+//! and `/load` (what the autoscaler reads; the document is the wire
+//! contract `registry::wire::load`). None of them counts as load.
 
 use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
-use serde::Serialize;
+use registry::wire::load::LoadReport;
 use serde_json::{Value, json};
 use tracing::warn;
 
 use crate::state::{AppState, Readiness};
-use crate::stats::{Percentiles, WINDOW, cpu_seconds};
+use crate::stats::{WINDOW, cpu_seconds};
 
 pub async fn healthz(State(state): State<AppState>) -> Json<Value> {
     Json(json!({ "status": "alive", "instance": state.id() }))
@@ -34,19 +35,6 @@ pub async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Value>) 
         "fenced": registration.fenced,
     });
     (status, Json(body))
-}
-
-#[derive(Debug, Serialize)]
-pub struct LoadReport {
-    pub instance: String,
-    pub state: String,
-    pub in_flight: u64,
-    pub requests_total: u64,
-    pub window_secs: u64,
-    pub latency_ms: Percentiles,
-    /// Process user + system CPU time; `null` if the OS would not say.
-    pub cpu_seconds: Option<f64>,
-    pub uptime_secs: f64,
 }
 
 pub async fn load(State(state): State<AppState>) -> Json<LoadReport> {

@@ -9,7 +9,6 @@
 
 use anyhow::anyhow;
 use clap::Args;
-use etcd_client::{GetOptions, SortOrder, SortTarget};
 use registry::cli::exit::{Failure, OK};
 use registry::cli::{etcd, out};
 use registry::config::ETCD_CALL_TIMEOUT;
@@ -18,7 +17,7 @@ use registry::stop::StopSignals;
 use registry::{EtcdArgs, Update, Watcher};
 use tracing::info;
 
-use super::{Outcome, OutputFormat, read_all, service_name};
+use super::{Outcome, OutputFormat, service_name};
 
 #[derive(Debug, Args)]
 pub struct EventsArgs {
@@ -30,8 +29,8 @@ pub struct EventsArgs {
     #[arg(value_parser = service_name)]
     pub service: String,
     /// How many of the newest events to show first.
-    #[arg(long, short = 'n', default_value_t = 20, value_parser = clap::value_parser!(i64).range(1..=10_000))]
-    pub limit: i64,
+    #[arg(long, short = 'n', default_value_t = 20, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    pub limit: u32,
     /// Keep printing new events until SIGINT/SIGTERM.
     #[arg(long, short)]
     pub follow: bool,
@@ -53,12 +52,11 @@ pub async fn run(args: EventsArgs) -> Outcome {
     } else {
         None
     };
-    let mut client = etcd::connect(etcd_args).await?;
-    let newest = GetOptions::new()
-        .with_sort(SortTarget::Key, SortOrder::Descend)
-        .with_limit(args.limit);
-    let mut events: Vec<(String, ScalingEvent)> =
-        read_all(&mut client, etcd_args, &prefix, Some(newest)).await?;
+    let store = etcd::store(etcd_args).await?;
+    let mut events = store
+        .events(&args.service, args.limit)
+        .await
+        .map_err(|e| etcd::store_failure(etcd_args, e))?;
     events.reverse();
     if events.is_empty() && !args.follow {
         eprintln!("no events under {prefix}");
@@ -69,7 +67,7 @@ pub async fn run(args: EventsArgs) -> Outcome {
     let Some(signals) = signals.as_mut() else {
         return Ok(OK);
     };
-    let watcher = Watcher::<ScalingEvent>::start(client, keys, prefix);
+    let watcher = Watcher::<ScalingEvent>::start(&store, prefix);
     if !watcher.wait_synced(ETCD_CALL_TIMEOUT).await {
         return Err(etcd::unreachable(
             etcd_args,

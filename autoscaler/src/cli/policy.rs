@@ -4,13 +4,12 @@
 
 use anyhow::anyhow;
 use clap::{Args, Subcommand};
-use etcd_client::DeleteOptions;
+use registry::EtcdArgs;
 use registry::cli::exit::{Failure, OK};
 use registry::cli::{etcd, out};
 use registry::model::{ScalingMetric, ScalingPolicy};
-use registry::{EtcdArgs, RegistryValue};
 
-use super::{Outcome, OutputFormat, pretty_json, read_all, service_name, whole_seconds};
+use super::{Outcome, OutputFormat, pretty_json, service_name, whole_seconds};
 
 /// `autoscaler policy ...`.
 #[derive(Debug, Args)]
@@ -134,37 +133,34 @@ impl SetArgs {
 
 pub async fn run(command: PolicyCommand) -> Outcome {
     let args = command.etcd;
+    let store = etcd::store(&args).await?;
+    let failure = |e| etcd::store_failure(&args, e);
     match command.action {
         PolicyAction::Set(set) => {
             let policy = set.policy()?;
-            let mut client = etcd::connect(&args).await?;
-            put(&mut client, &args, &policy).await?;
+            store.put_policy(&policy).await.map_err(failure)?;
             out::finish([pretty_json(&policy)?])?;
         }
         PolicyAction::Get(get) => {
-            let mut client = etcd::connect(&args).await?;
-            let keys = &args.prefix;
             let lines = match &get.service {
                 Some(service) => {
-                    let policy = read_one(&mut client, &args, service)
-                        .await?
-                        .ok_or_else(|| Failure::Runtime(no_policy(service)))?;
+                    let policy = store
+                        .policy(service)
+                        .await
+                        .map_err(failure)?
+                        .ok_or_else(|| Failure::Runtime(no_policy(service)))?
+                        .value;
                     match get.output {
                         OutputFormat::Table => table(&[policy]),
                         OutputFormat::Json => vec![pretty_json(&policy)?],
                     }
                 }
                 None => {
-                    let policies: Vec<ScalingPolicy> =
-                        read_all(&mut client, &args, &keys.policies(), None)
-                            .await?
-                            .into_iter()
-                            .map(|(_, p)| p)
-                            .collect();
+                    let policies = store.policies().await.map_err(failure)?;
                     match get.output {
                         OutputFormat::Table => {
                             if policies.is_empty() {
-                                eprintln!("no policies under {}", keys.policies());
+                                eprintln!("no policies under {}", args.prefix.policies());
                             }
                             table(&policies)
                         }
@@ -175,11 +171,11 @@ pub async fn run(command: PolicyCommand) -> Outcome {
             out::finish(lines)?;
         }
         PolicyAction::Delete(delete) => {
-            let mut client = etcd::connect(&args).await?;
-            let key = args.prefix.policy(&delete.service);
-            let response =
-                etcd::bounded(&args, client.delete(key.as_str(), None::<DeleteOptions>)).await?;
-            let line = if response.deleted() > 0 {
+            let deleted = store
+                .delete_policy(&delete.service)
+                .await
+                .map_err(failure)?;
+            let line = if deleted {
                 format!("deleted the policy for {}", delete.service)
             } else {
                 format!(
@@ -198,46 +194,6 @@ pub fn no_policy(service: &str) -> anyhow::Error {
     anyhow!(
         "no policy for {service}; create one with autoscaler policy set {service} --min N --max N --metric inflight|rps|p95-latency|cpu --target X"
     )
-}
-
-/// Write `policy` at its key.
-pub async fn put(
-    client: &mut etcd_client::Client,
-    args: &EtcdArgs,
-    policy: &ScalingPolicy,
-) -> Result<(), Failure> {
-    let json = serde_json::to_string(policy)
-        .map_err(|e| Failure::Runtime(anyhow!("cannot encode the policy: {e}")))?;
-    let key = args.prefix.policy(&policy.service);
-    etcd::bounded(args, client.put(key, json, None)).await?;
-    Ok(())
-}
-
-/// The policy of `service` and its mod revision, if there is one; a
-/// malformed one is a runtime failure naming the key.
-pub async fn read_with_revision(
-    client: &mut etcd_client::Client,
-    args: &EtcdArgs,
-    service: &str,
-) -> Result<Option<(ScalingPolicy, i64)>, Failure> {
-    let key = args.prefix.policy(service);
-    let response = etcd::bounded(args, client.get(key.as_str(), None)).await?;
-    let Some(kv) = response.kvs().first() else {
-        return Ok(None);
-    };
-    let policy = ScalingPolicy::decode(&args.prefix, &key, kv.value())
-        .map_err(|e| Failure::Runtime(anyhow!("the stored policy is malformed: {e}")))?;
-    Ok(Some((policy, kv.mod_revision())))
-}
-
-async fn read_one(
-    client: &mut etcd_client::Client,
-    args: &EtcdArgs,
-    service: &str,
-) -> Result<Option<ScalingPolicy>, Failure> {
-    Ok(read_with_revision(client, args, service)
-        .await?
-        .map(|(p, _)| p))
 }
 
 /// `30s`, or `-` for zero.

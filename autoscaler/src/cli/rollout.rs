@@ -16,17 +16,16 @@ use std::time::Duration;
 
 use anyhow::anyhow;
 use clap::{Args, Subcommand};
-use etcd_client::{Client, Compare, CompareOp, GetOptions, SortOrder, SortTarget, Txn, TxnOp};
 use registry::cli::exit::{Failure, OK};
 use registry::cli::{etcd, out};
 use registry::config::parse_duration;
-use registry::model::{Rollout, ScalingEvent};
+use registry::model::Rollout;
 use registry::stop::StopSignals;
-use registry::{EtcdArgs, Instance, InstanceState, Keys, RegistryValue};
+use registry::{EtcdArgs, Instance, InstanceState, Store, StoreError};
 use tokio::time::Instant;
 
-use super::policy::{no_policy, read_with_revision};
-use super::{Outcome, read_all, service_name};
+use super::policy::no_policy;
+use super::{Outcome, service_name};
 use crate::controller::rollout::ROLLOUT;
 
 /// How often progress is read.
@@ -67,45 +66,6 @@ pub struct RestartArgs {
     pub timeout: Duration,
 }
 
-/// Whether a request was written.
-#[derive(Debug)]
-pub enum Requested {
-    Written,
-    /// One is in progress already (requested at that time, by them).
-    InProgress(Rollout),
-}
-
-/// Write `request` at its key unless a restart of that service is in progress.
-pub async fn request(
-    client: &mut Client,
-    keys: &Keys,
-    request: &Rollout,
-) -> Result<Requested, etcd_client::Error> {
-    let key = keys.rollout(&request.service);
-    let json = serde_json::to_string(request).expect("Rollout always serializes");
-    let txn = Txn::new()
-        .when([Compare::create_revision(key.as_str(), CompareOp::Equal, 0)])
-        .and_then([TxnOp::put(key.as_str(), json, None)])
-        .or_else([TxnOp::get(key.as_str(), None)]);
-    let response = client.txn(txn).await?;
-    if response.succeeded() {
-        return Ok(Requested::Written);
-    }
-    let existing = response
-        .op_responses()
-        .into_iter()
-        .find_map(|op| match op {
-            etcd_client::TxnOpResponse::Get(get) => get.kvs().first().map(|kv| kv.value().to_vec()),
-            _ => None,
-        })
-        .and_then(|value| Rollout::decode(keys, &key, &value).ok());
-    Ok(match existing {
-        Some(rollout) => Requested::InProgress(rollout),
-        // Malformed or deleted in between: report it as in progress with what we know.
-        None => Requested::InProgress(request.clone()),
-    })
-}
-
 pub async fn run(command: RolloutCommand) -> Outcome {
     match command.action {
         RolloutAction::Restart(args) => restart(args).await,
@@ -119,31 +79,23 @@ async fn restart(args: RestartArgs) -> Outcome {
     let mut rollout = Rollout::request(service, "cli");
     rollout.max_surge = args.max_surge;
     rollout.max_unavailable = args.max_unavailable;
-    rollout
-        .validate()
-        .map_err(|e| Failure::Usage(anyhow!("invalid rollout: {e}")))?;
     let mut signals = StopSignals::install()
         .map_err(|e| Failure::Runtime(anyhow!("cannot install signal handlers: {e}")))?;
-    let mut client = etcd::connect(etcd_args).await?;
-    if read_with_revision(&mut client, etcd_args, service)
-        .await?
-        .is_none()
-    {
-        return Err(Failure::Runtime(anyhow!(
+    let store = etcd::store(etcd_args).await?;
+    let failure = |e| etcd::store_failure(etcd_args, e);
+    store.request_rollout(&rollout).await.map_err(|e| match e {
+        StoreError::Invalid(e) => Failure::Usage(anyhow!("invalid rollout: {e}")),
+        StoreError::NoPolicy { .. } => Failure::Runtime(anyhow!(
             "{}; the autoscaler only restarts services it manages",
             no_policy(service)
-        )));
-    }
-    match etcd::bounded(etcd_args, request(&mut client, &keys, &rollout)).await? {
-        Requested::Written => {}
-        Requested::InProgress(existing) => {
-            return Err(Failure::Runtime(anyhow!(
-                "a rolling restart of {service} is already in progress (requested by {} at {}); follow it with autoscaler events {service} --follow",
-                existing.requested_by,
-                existing.requested_at.to_rfc3339()
-            )));
-        }
-    }
+        )),
+        StoreError::RolloutInProgress(existing) => Failure::Runtime(anyhow!(
+            "a rolling restart of {service} is already in progress (requested by {} at {}); follow it with autoscaler events {service} --follow",
+            existing.requested_by,
+            existing.requested_at.to_rfc3339()
+        )),
+        other => failure(other),
+    })?;
     if args.no_wait {
         out::finish([format!(
             "rolling restart of {service} requested; follow it with autoscaler events {service} --follow"
@@ -157,25 +109,25 @@ async fn restart(args: RestartArgs) -> Outcome {
     let terminal = std::io::stdout().is_terminal();
     let mut stdout = std::io::stdout();
     loop {
-        let key = keys.rollout(service);
-        let got = etcd::bounded(etcd_args, client.get(key.as_str(), None)).await?;
-        let Some(kv) = got.kvs().first() else {
-            if terminal {
-                let _ = writeln!(stdout);
+        let current = match store.get::<Rollout>(&keys.rollout(service)).await {
+            Ok(Some(stored)) => Some(stored.value),
+            // Still there, but unreadable: progress unknown.
+            Err(StoreError::Malformed(_)) => None,
+            Ok(None) => {
+                if terminal {
+                    let _ = writeln!(stdout);
+                }
+                return finished(&store, etcd_args, service).await;
             }
-            return finished(&mut client, etcd_args, service).await;
+            Err(e) => return Err(failure(e)),
         };
-        let current = Rollout::decode(&keys, &key, kv.value()).ok();
-        let instances: Vec<Instance> = read_all(
-            &mut client,
-            etcd_args,
-            &keys.service_instances(service),
-            None,
-        )
-        .await?
-        .into_iter()
-        .map(|(_, i)| i)
-        .collect();
+        let instances: Vec<Instance> = store
+            .list(&keys.service_instances(service))
+            .await
+            .map_err(failure)?
+            .into_iter()
+            .map(|(_, i)| i)
+            .collect();
         let line = progress_line(service, current.as_ref(), &instances);
         if line != shown {
             let written = if terminal {
@@ -232,17 +184,11 @@ pub fn progress_line(service: &str, rollout: Option<&Rollout>, instances: &[Inst
 
 /// The request is gone: the newest `rollout` event says whether it was done
 /// or abandoned.
-async fn finished(client: &mut Client, args: &EtcdArgs, service: &str) -> Outcome {
-    let newest = GetOptions::new()
-        .with_sort(SortTarget::Key, SortOrder::Descend)
-        .with_limit(50);
-    let events: Vec<(String, ScalingEvent)> = read_all(
-        client,
-        args,
-        &args.prefix.service_events(service),
-        Some(newest),
-    )
-    .await?;
+async fn finished(store: &Store, args: &EtcdArgs, service: &str) -> Outcome {
+    let events = store
+        .events(service, 50)
+        .await
+        .map_err(|e| etcd::store_failure(args, e))?;
     let last = events
         .into_iter()
         .map(|(_, e)| e)

@@ -1,17 +1,17 @@
 //! `autoscaler scale SERVICE N`: pin a service at N instances (the policy's
 //! `pinned` field overrides the metric; `min` and `max` are kept), and
-//! `autoscaler scale SERVICE --unpin` to hand it back to the metric. The write
-//! is a transaction on the policy's revision, so a concurrent `policy set` is
-//! not silently undone.
+//! `autoscaler scale SERVICE --unpin` to hand it back to the metric. The
+//! store's pin is a compare-and-set on the policy's revision, so a concurrent
+//! `policy set` is not silently undone.
 
 use anyhow::anyhow;
 use clap::Args;
-use etcd_client::{Compare, CompareOp, Txn, TxnOp};
 use registry::EtcdArgs;
+use registry::StoreError;
 use registry::cli::exit::{Failure, OK};
 use registry::cli::{etcd, out};
 
-use super::policy::{no_policy, read_with_revision};
+use super::policy::no_policy;
 use super::{Outcome, service_name};
 
 #[derive(Debug, Args)]
@@ -37,37 +37,29 @@ pub struct ScaleArgs {
 
 pub async fn run(args: ScaleArgs) -> Outcome {
     let etcd_args = &args.etcd;
-    let mut client = etcd::connect(etcd_args).await?;
-    let (mut policy, revision) = read_with_revision(&mut client, etcd_args, &args.service)
-        .await?
-        .ok_or_else(|| Failure::Runtime(no_policy(&args.service)))?;
-    let was = policy.pinned;
+    let store = etcd::store(etcd_args).await?;
+    let service = args.service.as_str();
+    let change = store
+        .set_pin(service, args.replicas)
+        .await
+        .map_err(|e| match e {
+            StoreError::NoPolicy { .. } => Failure::Runtime(no_policy(service)),
+            StoreError::Invalid(e) => Failure::Usage(anyhow!(
+                "cannot scale to {}: {e}",
+                args.replicas.unwrap_or_default()
+            )),
+            StoreError::Malformed(e) => Failure::Runtime(anyhow!(
+                "the stored policy is malformed: {e}; replace it with autoscaler policy set {service} ..."
+            )),
+            StoreError::Conflict { .. } => Failure::Runtime(anyhow!(
+                "the policy for {service} changed while it was being pinned; run the command again"
+            )),
+            other => etcd::store_failure(etcd_args, other),
+        })?;
+    let (policy, was) = (change.policy, change.was);
     if args.unpin && was.is_none() {
-        out::finish([format!("{} was not pinned; nothing changed", args.service)])?;
+        out::finish([format!("{service} was not pinned; nothing changed")])?;
         return Ok(OK);
-    }
-    policy.pinned = args.replicas;
-    if let Some(n) = args.replicas {
-        policy
-            .validate()
-            .map_err(|e| Failure::Usage(anyhow!("cannot scale to {n}: {e}")))?;
-    }
-    let key = etcd_args.prefix.policy(&args.service);
-    let json = serde_json::to_string(&policy)
-        .map_err(|e| Failure::Runtime(anyhow!("cannot encode the policy: {e}")))?;
-    let txn = Txn::new()
-        .when([Compare::mod_revision(
-            key.as_str(),
-            CompareOp::Equal,
-            revision,
-        )])
-        .and_then([TxnOp::put(key.as_str(), json, None)]);
-    let response = etcd::bounded(etcd_args, client.txn(txn)).await?;
-    if !response.succeeded() {
-        return Err(Failure::Runtime(anyhow!(
-            "the policy for {} changed while it was being pinned; run the command again",
-            args.service
-        )));
     }
     let message = match (args.replicas, was) {
         (Some(n), _) => format!(

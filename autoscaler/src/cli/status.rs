@@ -6,7 +6,6 @@
 use std::collections::BTreeMap;
 
 use clap::Args;
-use etcd_client::{GetOptions, SortOrder, SortTarget};
 use registry::cli::exit::OK;
 use registry::cli::{etcd, out};
 use registry::model::{ScalingEvent, ScalingPolicy};
@@ -14,10 +13,10 @@ use registry::{EtcdArgs, Instance, InstanceState};
 use serde::Serialize;
 
 use super::policy::metric_name;
-use super::{Outcome, OutputFormat, pretty_json, read_all, service_name};
+use super::{Outcome, OutputFormat, pretty_json, service_name};
 
 /// How many of the newest events are read to find one that decodes.
-const NEWEST_EVENTS: i64 = 5;
+const NEWEST_EVENTS: u32 = 5;
 
 #[derive(Debug, Args)]
 pub struct StatusArgs {
@@ -53,15 +52,19 @@ pub struct ServiceStatus {
 pub async fn run(args: StatusArgs) -> Outcome {
     let etcd_args = &args.etcd;
     let keys = &etcd_args.prefix;
-    let mut client = etcd::connect(etcd_args).await?;
-    let policies: Vec<ScalingPolicy> = read_all(&mut client, etcd_args, &keys.policies(), None)
-        .await?
+    let store = etcd::store(etcd_args).await?;
+    let failure = |e| etcd::store_failure(etcd_args, e);
+    let policies: Vec<ScalingPolicy> = store
+        .policies()
+        .await
+        .map_err(failure)?
         .into_iter()
-        .map(|(_, p)| p)
-        .filter(|p: &ScalingPolicy| args.service.as_ref().is_none_or(|s| *s == p.service))
+        .filter(|p| args.service.as_ref().is_none_or(|s| *s == p.service))
         .collect();
-    let instances: Vec<Instance> = read_all(&mut client, etcd_args, &keys.instances(), None)
-        .await?
+    let instances: Vec<Instance> = store
+        .list(&keys.instances())
+        .await
+        .map_err(failure)?
         .into_iter()
         .map(|(_, i)| i)
         .collect();
@@ -69,19 +72,13 @@ pub async fn run(args: StatusArgs) -> Outcome {
 
     let mut statuses = Vec::with_capacity(policies.len());
     for policy in policies {
-        let newest = GetOptions::new()
-            .with_sort(SortTarget::Key, SortOrder::Descend)
-            .with_limit(NEWEST_EVENTS);
-        let last_event = read_all::<ScalingEvent>(
-            &mut client,
-            etcd_args,
-            &keys.service_events(&policy.service),
-            Some(newest),
-        )
-        .await?
-        .into_iter()
-        .next()
-        .map(|(_, e)| e);
+        let last_event = store
+            .events(&policy.service, NEWEST_EVENTS)
+            .await
+            .map_err(failure)?
+            .into_iter()
+            .next()
+            .map(|(_, e)| e);
         statuses.push(ServiceStatus {
             instances: counts.get(&policy.service).cloned().unwrap_or_default(),
             policy,

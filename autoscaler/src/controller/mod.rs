@@ -157,11 +157,11 @@ impl<D: Driver> Controller<D> {
 
     /// One pass over every service with a policy. `Err` only when leadership
     /// is lost; every other failure is logged and retried next tick.
-    pub async fn tick<J: Journal>(
+    pub async fn tick(
         &mut self,
         now: Instant,
         observed: &Observed,
-        journal: &J,
+        journal: &Journal,
     ) -> Result<(), JournalError> {
         if !observed.synced {
             debug!("registry not listed yet; not acting");
@@ -196,11 +196,11 @@ impl<D: Driver> Controller<D> {
         Ok(())
     }
 
-    async fn reconcile<J: Journal>(
+    async fn reconcile(
         &mut self,
         now: Instant,
         view: &View<'_>,
-        journal: &J,
+        journal: &Journal,
     ) -> Result<(), JournalError> {
         let service = view.policy.service.clone();
         let t = now.duration_since(self.epoch).as_secs_f64();

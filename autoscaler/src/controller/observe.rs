@@ -11,10 +11,9 @@
 use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
-use etcd_client::Client;
 use registry::model::{GatewayInfo, Rollout, ScalingMetric, ScalingPolicy};
-use registry::{Instance, Keys, Watcher};
-use serde::Deserialize;
+use registry::wire::load::LoadReport;
+use registry::{Instance, Store, Watcher};
 use tokio::time::Instant;
 use tracing::debug;
 
@@ -51,22 +50,18 @@ pub struct Observer {
     cpu_samples: HashMap<String, (f64, Instant)>,
 }
 
-#[derive(Debug, Deserialize)]
-struct LoadReport {
-    cpu_seconds: Option<f64>,
-}
-
 impl Observer {
-    pub fn start(client: Client, keys: &Keys) -> Self {
+    pub fn start(store: &Store) -> Self {
+        let keys = store.keys();
         let http = reqwest::Client::builder()
             .no_proxy()
             .build()
             .expect("a plain HTTP client always builds");
         Observer {
-            policies: Watcher::start(client.clone(), keys.clone(), keys.policies()),
-            rollouts: Watcher::start(client.clone(), keys.clone(), keys.rollouts()),
-            instances: Watcher::start(client.clone(), keys.clone(), keys.instances()),
-            gateways: Watcher::start(client, keys.clone(), keys.gateways()),
+            policies: Watcher::start(store, keys.policies()),
+            rollouts: Watcher::start(store, keys.rollouts()),
+            instances: Watcher::start(store, keys.instances()),
+            gateways: Watcher::start(store, keys.gateways()),
             http,
             cpu_samples: HashMap::new(),
         }

@@ -6,7 +6,12 @@ use std::sync::Mutex;
 use registry::InstanceState;
 use registry::model::ScalingMetric;
 
-use super::journal::MemoryJournal;
+use registry::store::memory::MemoryEtcd;
+use registry::store::{Fence, Store};
+use registry::{Keys, RegistryValue};
+use tokio_util::sync::CancellationToken;
+
+use super::journal::Journal;
 use super::*;
 use crate::collect::InstanceObservation;
 use crate::driver::DriverError;
@@ -75,7 +80,8 @@ fn policy(min: u32) -> ScalingPolicy {
 struct World {
     controller: Controller<MemoryDriver>,
     driver: Arc<MemoryDriver>,
-    journal: MemoryJournal,
+    etcd: MemoryEtcd,
+    journal: Journal,
     observed: Observed,
 }
 
@@ -88,16 +94,82 @@ impl World {
             retire_deadline: Duration::from_secs(60),
             stop_grace: Duration::from_secs(10),
         };
+        let etcd = MemoryEtcd::default();
+        let store = Store::memory(&etcd, Keys::default());
+        let fence = World::elect(&etcd);
         World {
             controller: Controller::new(driver.clone(), settings),
             driver,
-            journal: MemoryJournal::default(),
+            journal: Journal::new(store, fence, CancellationToken::new()),
+            etcd,
             observed: Observed {
                 policies: vec![policy],
                 synced: true,
                 ..Observed::default()
             },
         }
+    }
+
+    /// Put the election key this world's controller leads under.
+    fn elect(etcd: &MemoryEtcd) -> Fence {
+        let key = format!("{}/leader-1", Keys::default().leader());
+        etcd.put(&key, "controller");
+        Fence {
+            create_revision: etcd.revision(),
+            key,
+        }
+    }
+
+    /// This term ends and another begins: the election key is created
+    /// again, so the fence (its old create revision) no longer holds.
+    fn depose(&self) {
+        self.etcd
+            .delete(&format!("{}/leader-1", Keys::default().leader()));
+        World::elect(&self.etcd);
+    }
+
+    /// The events stored for `app`, by sequence number.
+    fn events(&self) -> Vec<(u64, ScalingEvent)> {
+        let keys = Keys::default();
+        self.etcd
+            .list(&keys.service_events("app"))
+            .into_iter()
+            .map(|kv| {
+                let Ok(registry::Key::Event { seq, .. }) = keys.parse(&kv.key) else {
+                    panic!("not an event key: {}", kv.key)
+                };
+                (
+                    seq,
+                    ScalingEvent::decode(&keys, &kv.key, &kv.value).unwrap(),
+                )
+            })
+            .collect()
+    }
+
+    /// The instances with a retire key, as (service, id).
+    fn retired(&self) -> Vec<(String, String)> {
+        let keys = Keys::default();
+        self.etcd
+            .list(&keys.retires())
+            .into_iter()
+            .map(|kv| match keys.parse(&kv.key) {
+                Ok(registry::Key::Retire { service, id }) => (service, id),
+                _ => panic!("not a retire key: {}", kv.key),
+            })
+            .collect()
+    }
+
+    /// The rollout requests stored, by service.
+    fn rollouts(&self) -> BTreeMap<String, Rollout> {
+        let keys = Keys::default();
+        self.etcd
+            .list(&keys.rollouts())
+            .into_iter()
+            .map(|kv| {
+                let rollout = Rollout::decode(&keys, &kv.key, &kv.value).unwrap();
+                (rollout.service.clone(), rollout)
+            })
+            .collect()
     }
 
     async fn tick(&mut self) {
@@ -139,11 +211,7 @@ impl World {
     }
 
     fn kinds(&self) -> Vec<String> {
-        self.journal
-            .events("app")
-            .into_iter()
-            .map(|(_, e)| e.kind)
-            .collect()
+        self.events().into_iter().map(|(_, e)| e.kind).collect()
     }
 }
 
@@ -159,7 +227,7 @@ async fn starts_up_to_min_and_event_sequence_continues() {
         .unwrap();
     w.tick().await;
     assert_eq!(w.driver.ids().len(), 2);
-    let events = w.journal.events("app");
+    let events = w.events();
     let seqs: Vec<u64> = events.iter().map(|(s, _)| *s).collect();
     assert_eq!(seqs, [41, 42, 43, 44]);
     assert_eq!(w.kinds()[1..], ["decision", "start", "start"]);
@@ -173,7 +241,7 @@ async fn starts_up_to_min_and_event_sequence_continues() {
     // Started, not registered yet: they count, so nothing more starts.
     w.tick().await;
     assert_eq!(w.driver.ids().len(), 2);
-    assert_eq!(w.journal.events("app").len(), 4);
+    assert_eq!(w.events().len(), 4);
 }
 
 #[tokio::test(start_paused = true)]
@@ -192,8 +260,7 @@ async fn crashes_are_replaced_at_once_then_with_back_off() {
             "the crashed one is forgotten"
         );
         let (_, replace) = w
-            .journal
-            .events("app")
+            .events()
             .into_iter()
             .rev()
             .find(|(_, e)| e.kind == "replace")
@@ -223,15 +290,7 @@ async fn scale_down_retires_the_least_busy_then_reaps_once_gone() {
     w.observed.policies[0].min = 1;
     w.tick().await;
     // Mean 1/3 against target 2: one instance is enough.
-    let retired: Vec<String> = w
-        .journal
-        .state
-        .lock()
-        .unwrap()
-        .retired
-        .iter()
-        .map(|(_, id)| id.clone())
-        .collect();
+    let retired: Vec<String> = w.retired().iter().map(|(_, id)| id.clone()).collect();
     assert_eq!(retired.len(), 2);
     assert!(!retired.contains(&ids[0]), "the busy one stays");
     assert_eq!(
@@ -240,9 +299,9 @@ async fn scale_down_retires_the_least_busy_then_reaps_once_gone() {
     );
 
     // Retiring: not counted, no new decision while they drain.
-    let before = w.journal.events("app").len();
+    let before = w.events().len();
     w.tick().await;
-    assert_eq!(w.journal.events("app").len(), before);
+    assert_eq!(w.events().len(), before);
     assert_eq!(w.driver.ids().len(), 3, "not reaped before they exit");
 
     // They leave the registry and exit 0: reaped, not replaced.
@@ -271,7 +330,7 @@ async fn a_silent_gateway_is_never_read_as_zero_load() {
     w.observed.policies[0] = p;
     w.tick().await;
     w.tick().await;
-    let events = w.journal.events("app");
+    let events = w.events();
     let refused: Vec<&ScalingEvent> = events
         .iter()
         .map(|(_, e)| e)
@@ -284,7 +343,7 @@ async fn a_silent_gateway_is_never_read_as_zero_load() {
         refused[0].reason
     );
     assert_eq!((refused[0].current, refused[0].desired), (2, 2));
-    assert!(w.journal.state.lock().unwrap().retired.is_empty());
+    assert!(w.retired().is_empty());
     assert_eq!(w.driver.ids().len(), 2);
 }
 
@@ -308,8 +367,7 @@ async fn an_instance_whose_lease_expired_is_stopped_and_replaced() {
     assert_eq!(ids.len(), 1);
     assert_ne!(ids[0], id, "stopped and replaced");
     let last_replace = w
-        .journal
-        .events("app")
+        .events()
         .into_iter()
         .map(|(_, e)| e)
         .find(|e| e.kind == "replace")
@@ -324,7 +382,7 @@ async fn an_instance_whose_lease_expired_is_stopped_and_replaced() {
 #[tokio::test(start_paused = true)]
 async fn a_deposed_leader_acts_on_nothing() {
     let mut w = World::new(policy(2));
-    w.journal.state.lock().unwrap().lost = true;
+    w.depose();
     let result = w
         .controller
         .tick(Instant::now(), &w.observed, &w.journal)
@@ -347,11 +405,11 @@ async fn a_new_leader_waits_a_whole_window_before_scaling_down() {
     w.controller.new_term();
     for _ in 0..5 {
         w.tick().await;
-        assert!(w.journal.state.lock().unwrap().retired.is_empty());
+        assert!(w.retired().is_empty());
         tokio::time::advance(Duration::from_secs(1)).await;
     }
     w.tick().await;
-    assert_eq!(w.journal.state.lock().unwrap().retired.len(), 2);
+    assert_eq!(w.retired().len(), 2);
 }
 
 #[tokio::test(start_paused = true)]
@@ -364,7 +422,7 @@ async fn a_retired_instance_that_does_not_leave_is_stopped_at_the_deadline() {
     w.observed.policies[0] = p;
     tokio::time::advance(Duration::from_secs(1)).await;
     w.tick().await;
-    let retired = w.journal.state.lock().unwrap().retired.clone();
+    let retired = w.retired();
     assert_eq!(retired.len(), 1);
     // It never drains; 60 s later it is stopped and its retire key cleared.
     tokio::time::advance(Duration::from_secs(59)).await;
@@ -374,14 +432,14 @@ async fn a_retired_instance_that_does_not_leave_is_stopped_at_the_deadline() {
     w.tick().await;
     assert_eq!(w.driver.ids().len(), 1);
     assert!(!w.driver.ids().contains(&retired[0].1));
-    assert!(w.journal.state.lock().unwrap().retired.is_empty());
+    assert!(w.retired().is_empty());
     assert_eq!(w.kinds().last().map(String::as_str), Some("stop"));
 }
 
 impl World {
     /// Retired instances drain, exit 0 and leave the registry.
     fn retired_leave(&mut self) {
-        let retired = self.journal.state.lock().unwrap().retired.clone();
+        let retired = self.retired();
         for (_, id) in retired {
             if self.driver.ids().contains(&id) {
                 self.driver.exit(&id, 0);
@@ -401,18 +459,11 @@ impl World {
 
     /// What the journal holds for the request (the controller stamps and deletes it).
     fn stored_rollout(&self) -> Option<Rollout> {
-        self.journal
-            .state
-            .lock()
-            .unwrap()
-            .rollouts
-            .get("app")
-            .cloned()
+        self.rollouts().get("app").cloned()
     }
 
     fn last_reason(&self, kind: &str) -> String {
-        self.journal
-            .events("app")
+        self.events()
             .into_iter()
             .rev()
             .find(|(_, e)| e.kind == kind)
@@ -443,7 +494,7 @@ async fn a_rolling_restart_surges_one_at_a_time_and_never_drops_below_desired() 
         w.last_reason("rollout")
     );
     assert_eq!(w.driver.ids().len(), 4, "one surge instance");
-    assert!(w.journal.state.lock().unwrap().retired.is_empty());
+    assert!(w.retired().is_empty());
     // The surge is not ready yet: nothing more happens, and the decision
     // (3 instances at target) neither adds nor removes one.
     w.observed.rollouts.insert("app".into(), stamped);
@@ -456,15 +507,7 @@ async fn a_rolling_restart_surges_one_at_a_time_and_never_drops_below_desired() 
         assert!(rounds <= 10, "the restart finishes");
         // Every new instance gets ready; retired old ones drain and leave.
         let running: Vec<String> = w.driver.ids();
-        let retiring: Vec<String> = w
-            .journal
-            .state
-            .lock()
-            .unwrap()
-            .retired
-            .iter()
-            .map(|(_, id)| id.clone())
-            .collect();
+        let retiring: Vec<String> = w.retired().iter().map(|(_, id)| id.clone()).collect();
         let serving = running.iter().filter(|id| !retiring.contains(id)).count();
         assert!(
             serving >= 3,
@@ -474,7 +517,7 @@ async fn a_rolling_restart_surges_one_at_a_time_and_never_drops_below_desired() 
         w.retired_leave();
         tokio::time::advance(Duration::from_secs(1)).await;
         w.tick().await;
-        w.observed.rollouts = w.journal.state.lock().unwrap().rollouts.clone();
+        w.observed.rollouts = w.rollouts();
     }
     let now: BTreeSet<String> = w.driver.ids().into_iter().collect();
     assert_eq!(now.len(), 3, "back to 3: {now:?}");
@@ -498,11 +541,11 @@ async fn max_unavailable_retires_without_waiting_and_stalled_restarts_are_abando
     w.register_all(InstanceState::Ready, &[1.0, 1.0]);
     w.ask_rollout(0, 1);
     w.tick().await;
-    assert_eq!(w.journal.state.lock().unwrap().retired.len(), 1);
+    assert_eq!(w.retired().len(), 1);
     assert_eq!(w.driver.ids().len(), 3, "its replacement starts at once");
     // The replacement never gets ready: no second old one goes, and after
     // the progress deadline the restart is abandoned.
-    w.observed.rollouts = w.journal.state.lock().unwrap().rollouts.clone();
+    w.observed.rollouts = w.rollouts();
     w.retired_leave();
     w.tick().await;
     let retires = |w: &World| w.kinds().iter().filter(|k| *k == "retire").count();

@@ -1,24 +1,22 @@
-//! What an operator changes through the admin API. Each handler validates its
-//! input with the registry model's own `validate()` (400 with the field and
-//! what to fix), then makes one etcd call bounded by `ETCD_CALL_TIMEOUT`
-//! (503 when etcd does not answer). Changes that depend on what is stored
-//! (pin, retire, rollout) are etcd transactions that compare first, so two
-//! operators never overwrite each other unknowingly (409).
+//! What an operator changes through the admin API. Each handler calls one
+//! operation of the registry store ([`registry::store::Store`]), which
+//! validates the input with the model's own `validate()` (400 with the field
+//! and what to fix), bounds the etcd call (503 when etcd does not answer)
+//! and makes the changes that depend on what is stored (pin, retire,
+//! rollout) compare-first transactions, so two operators never overwrite
+//! each other unknowingly (409).
 //!
 //! The gateway does not act on these itself: the autoscaler reads policies,
 //! pins and rollouts; an instance drains when its retire key appears; every
 //! gateway follows routes.
 
-use std::future::Future;
-
 use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
-use etcd_client::{Compare, CompareOp, PutOptions, Txn, TxnOp};
-use registry::RegistryValue;
-use registry::config::ETCD_CALL_TIMEOUT;
+use registry::StoreError;
 use registry::keys::validate_segment;
-use registry::model::{Rollout, Route, ScalingPolicy};
+use registry::model::{RetireRequest, Rollout, Route, ScalingPolicy};
+use registry::store::{OUTCOME_UNKNOWN, Written};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use utoipa::ToSchema;
@@ -29,30 +27,37 @@ use crate::admin::{AdminState, ApiError};
 
 type Write<T> = Result<(StatusCode, Json<T>), ApiError>;
 
-/// One etcd call, bounded; a failure or silence is a 503 that says so.
-async fn etcd<T>(
-    what: &str,
-    call: impl Future<Output = Result<T, etcd_client::Error>>,
-) -> Result<T, ApiError> {
-    match tokio::time::timeout(ETCD_CALL_TIMEOUT, call).await {
-        Ok(Ok(answer)) => Ok(answer),
-        Ok(Err(e)) => Err(ApiError::registry(what, e)),
-        Err(_) => Err(ApiError::registry(
-            what,
-            format!(
-                "no answer within {} s (the change may or may not have been made; read it back)",
-                ETCD_CALL_TIMEOUT.as_secs()
-            ),
+/// What the store answered that no handler expects as an outcome of its own:
+/// bad input (400), an unusable stored value (409), etcd away (503).
+fn store_error(e: StoreError) -> ApiError {
+    match e {
+        StoreError::Invalid(e) => ApiError::bad_request("invalid", e.to_string()),
+        StoreError::Malformed(e) => ApiError::conflict(format!(
+            "a stored value this change depends on cannot be used ({e}); replace it with a PUT"
         )),
+        StoreError::Unavailable {
+            what,
+            detail,
+            write,
+        } => ApiError::registry(
+            what,
+            if write {
+                format!("{detail} ({OUTCOME_UNKNOWN})")
+            } else {
+                detail
+            },
+        ),
+        StoreError::Refused { what, detail } => ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "registry_refused",
+            format!("the registry (etcd) refused to {what}: {detail}"),
+        ),
+        e => ApiError::conflict(e.to_string()),
     }
 }
 
 fn segment(field: &str, value: &str) -> Result<(), ApiError> {
     validate_segment(field, value).map_err(|e| ApiError::bad_request("invalid", e.to_string()))
-}
-
-fn invalid(e: registry::model::ValidationError) -> ApiError {
-    ApiError::bad_request("invalid", e.to_string())
 }
 
 fn required<T>(body: Option<T>, example: &str) -> Result<T, ApiError> {
@@ -64,12 +69,18 @@ fn required<T>(body: Option<T>, example: &str) -> Result<T, ApiError> {
     })
 }
 
-fn created_or_updated(existed: bool) -> StatusCode {
-    if existed {
-        StatusCode::OK
-    } else {
-        StatusCode::CREATED
+fn created_or_updated(written: Written) -> StatusCode {
+    match written {
+        Written::Replaced => StatusCode::OK,
+        Written::Created => StatusCode::CREATED,
     }
+}
+
+fn deleted(existed: bool, key: String, missing: impl FnOnce() -> String) -> Write<Deleted> {
+    if !existed {
+        return Err(ApiError::not_found(missing()));
+    }
+    Ok((StatusCode::OK, Json(Deleted { deleted: key })))
 }
 
 /// What a delete answers.
@@ -98,21 +109,14 @@ pub async fn put_route(
     Path(name): Path<String>,
     JsonBody(route): JsonBody<Route>,
 ) -> Write<RouteView> {
-    segment("route name", &name)?;
     let route = required(route, r#"{"service":"app","path_prefix":"/api"}"#)?;
-    route.validate().map_err(invalid)?;
-    let key = state.control.keys().route(&name);
-    let json = serde_json::to_string(&route).expect("a Route always serializes");
-    let mut client = state.control.client();
-    let put = etcd(
-        "write the route",
-        client.put(key, json, Some(PutOptions::new().with_prev_key())),
-    )
-    .await?;
-    Ok((
-        created_or_updated(put.prev_key().is_some()),
-        Json(RouteView { name, route }),
-    ))
+    let written = state
+        .control
+        .store()
+        .put_route(&name, &route)
+        .await
+        .map_err(store_error)?;
+    Ok((created_or_updated(written), Json(RouteView { name, route })))
 }
 
 /// `DELETE /api/v1/routes/{name}`.
@@ -128,18 +132,11 @@ pub async fn delete_route(
     State(state): State<AdminState>,
     Path(name): Path<String>,
 ) -> Write<Deleted> {
-    segment("route name", &name)?;
-    let key = state.control.keys().route(&name);
-    delete(&state, key, &format!("no route `{name}` in the registry")).await
-}
-
-async fn delete(state: &AdminState, key: String, missing: &str) -> Write<Deleted> {
-    let mut client = state.control.client();
-    let deleted = etcd("delete it", client.delete(key.as_str(), None)).await?;
-    if deleted.deleted() == 0 {
-        return Err(ApiError::not_found(missing));
-    }
-    Ok((StatusCode::OK, Json(Deleted { deleted: key })))
+    let store = state.control.store();
+    let existed = store.delete_route(&name).await.map_err(store_error)?;
+    deleted(existed, store.keys().route(&name), || {
+        format!("no route `{name}` in the registry")
+    })
 }
 
 /// `PUT /api/v1/policies/{service}`.
@@ -191,16 +188,13 @@ pub async fn put_policy(
             format!("not a scaling policy: {e}; e.g. {{\"min\":1,\"max\":5,\"metric\":\"inflight\",\"target\":4}}"),
         )
     })?;
-    policy.validate().map_err(invalid)?;
-    let key = state.control.keys().policy(&service);
-    let json = serde_json::to_string(&policy).expect("a policy always serializes");
-    let mut client = state.control.client();
-    let put = etcd(
-        "write the policy",
-        client.put(key, json, Some(PutOptions::new().with_prev_key())),
-    )
-    .await?;
-    Ok((created_or_updated(put.prev_key().is_some()), Json(policy)))
+    let written = state
+        .control
+        .store()
+        .put_policy(&policy)
+        .await
+        .map_err(store_error)?;
+    Ok((created_or_updated(written), Json(policy)))
 }
 
 /// `DELETE /api/v1/policies/{service}`.
@@ -216,9 +210,11 @@ pub async fn delete_policy(
     State(state): State<AdminState>,
     Path(service): Path<String>,
 ) -> Write<Deleted> {
-    segment("service", &service)?;
-    let key = state.control.keys().policy(&service);
-    delete(&state, key, &format!("no scaling policy for `{service}`")).await
+    let store = state.control.store();
+    let existed = store.delete_policy(&service).await.map_err(store_error)?;
+    deleted(existed, store.keys().policy(&service), || {
+        format!("no scaling policy for `{service}`")
+    })
 }
 
 /// Body of `PUT .../pin`.
@@ -246,7 +242,6 @@ pub async fn pin(
     Path(service): Path<String>,
     JsonBody(body): JsonBody<PinBody>,
 ) -> Write<ScalingPolicy> {
-    segment("service", &service)?;
     let body = required(body, r#"{"replicas":3}"#)?;
     set_pin(&state, &service, Some(body.replicas)).await
 }
@@ -265,47 +260,24 @@ pub async fn unpin(
     State(state): State<AdminState>,
     Path(service): Path<String>,
 ) -> Write<ScalingPolicy> {
-    segment("service", &service)?;
     set_pin(&state, &service, None).await
 }
 
-/// Read the policy with its mod revision, change `pinned`, write it back only
-/// if nobody else wrote it in between.
+/// Set or clear the pin: a compare-and-set on the policy's revision.
 async fn set_pin(state: &AdminState, service: &str, pinned: Option<u32>) -> Write<ScalingPolicy> {
-    let keys = state.control.keys();
-    let key = keys.policy(service);
-    let mut client = state.control.client();
-    let read = etcd("read the policy", client.get(key.as_str(), None)).await?;
-    let Some(kv) = read.kvs().first() else {
-        return Err(ApiError::not_found(format!(
+    match state.control.store().set_pin(service, pinned).await {
+        Ok(change) => Ok((StatusCode::OK, Json(change.policy))),
+        Err(StoreError::NoPolicy { .. }) => Err(ApiError::not_found(format!(
             "`{service}` has no scaling policy to pin; create one first with PUT /api/v1/policies/{service}"
-        )));
-    };
-    let mut policy = ScalingPolicy::decode(keys, &key, kv.value()).map_err(|e| {
-        ApiError::conflict(format!(
-            "the stored policy cannot be used ({e}); replace it with PUT /api/v1/policies/{service}"
-        ))
-    })?;
-    if policy.pinned == pinned {
-        return Ok((StatusCode::OK, Json(policy)));
-    }
-    policy.pinned = pinned;
-    policy.validate().map_err(invalid)?;
-    let json = serde_json::to_string(&policy).expect("a policy always serializes");
-    let txn = Txn::new()
-        .when([Compare::mod_revision(
-            key.as_str(),
-            CompareOp::Equal,
-            kv.mod_revision(),
-        )])
-        .and_then([TxnOp::put(key.as_str(), json, None)]);
-    let written = etcd("write the policy", client.txn(txn)).await?;
-    if !written.succeeded() {
-        return Err(ApiError::conflict(format!(
+        ))),
+        Err(StoreError::Conflict { .. }) => Err(ApiError::conflict(format!(
             "the policy for `{service}` changed while it was being updated; read it again and retry"
-        )));
+        ))),
+        Err(StoreError::Malformed(e)) => Err(ApiError::conflict(format!(
+            "the stored policy cannot be used ({e}); replace it with PUT /api/v1/policies/{service}"
+        ))),
+        Err(e) => Err(store_error(e)),
     }
-    Ok((StatusCode::OK, Json(policy)))
 }
 
 /// Optional body of `POST .../retire`.
@@ -342,43 +314,27 @@ pub async fn retire(
     Path((service, id)): Path<(String, String)>,
     JsonBody(body): JsonBody<RetireBody>,
 ) -> Write<Retiring> {
-    segment("service", &service)?;
-    segment("instance id", &id)?;
     let reason = body
         .unwrap_or_default()
         .reason
         .unwrap_or_else(|| "retired through the admin API".to_owned());
-    if reason.len() > 1024 || reason.chars().any(char::is_control) {
-        return Err(ApiError::bad_request(
-            "invalid",
-            "reason: at most 1024 bytes of text without control characters",
-        ));
-    }
-    let keys = state.control.keys();
-    let instance = keys.instance(&service, &id);
-    let key = keys.retire(&service, &id);
-    let value = serde_json::json!({"reason": reason, "by": "api"}).to_string();
-    // Only while the instance is registered: a retire key for nobody would
-    // wait for an instance that never comes.
-    let txn = Txn::new()
-        .when([Compare::version(instance.as_str(), CompareOp::Greater, 0)])
-        .and_then([TxnOp::put(key.as_str(), value, None)]);
-    let mut client = state.control.client();
-    let written = etcd("write the retire key", client.txn(txn)).await?;
-    if !written.succeeded() {
-        return Err(ApiError::not_found(format!(
+    let request = RetireRequest::new(reason, Some("api"));
+    let store = state.control.store();
+    match store.retire(&service, &id, &request).await {
+        Ok(()) => Ok((
+            StatusCode::ACCEPTED,
+            Json(Retiring {
+                key: store.keys().retire(&service, &id),
+                service,
+                id,
+                reason: request.reason,
+            }),
+        )),
+        Err(StoreError::NotRegistered { .. }) => Err(ApiError::not_found(format!(
             "no registered instance `{id}` of `{service}`; GET /api/v1/services/{service} lists them"
-        )));
+        ))),
+        Err(e) => Err(store_error(e)),
     }
-    Ok((
-        StatusCode::ACCEPTED,
-        Json(Retiring {
-            service,
-            id,
-            key,
-            reason,
-        }),
-    ))
 }
 
 /// Optional body of `POST .../rollout`.
@@ -417,46 +373,18 @@ pub async fn rollout(
     if let Some(n) = body.max_unavailable {
         rollout.max_unavailable = n;
     }
-    rollout.validate().map_err(invalid)?;
-    let keys = state.control.keys();
-    let key = keys.rollout(&service);
-    let policy = keys.policy(&service);
-    let json = serde_json::to_string(&rollout).expect("a rollout always serializes");
-    let txn = Txn::new()
-        .when([
-            Compare::version(policy.as_str(), CompareOp::Greater, 0),
-            Compare::version(key.as_str(), CompareOp::Equal, 0),
-        ])
-        .and_then([TxnOp::put(key.as_str(), json, None)])
-        .or_else([TxnOp::get(key.as_str(), None)]);
-    let mut client = state.control.client();
-    let written = etcd("write the rollout request", client.txn(txn)).await?;
-    if written.succeeded() {
-        return Ok((StatusCode::ACCEPTED, Json(rollout)));
-    }
-    let existing = written.op_responses().into_iter().find_map(|r| match r {
-        etcd_client::TxnOpResponse::Get(get) => get.kvs().first().map(|kv| kv.value().to_vec()),
-        _ => None,
-    });
-    match existing {
-        Some(value) => {
-            let since = Rollout::decode(keys, &key, &value)
-                .map(|r| {
-                    format!(
-                        " (requested by {} at {})",
-                        r.requested_by,
-                        r.requested_at.to_rfc3339()
-                    )
-                })
-                .unwrap_or_default();
-            Err(ApiError::conflict(format!(
-                "a rollout of `{service}` is already in progress{since}; wait for it to finish \
-                 (GET /api/v1/rollouts)"
-            )))
-        }
-        None => Err(ApiError::not_found(format!(
+    match state.control.store().request_rollout(&rollout).await {
+        Ok(()) => Ok((StatusCode::ACCEPTED, Json(rollout))),
+        Err(StoreError::RolloutInProgress(existing)) => Err(ApiError::conflict(format!(
+            "a rollout of `{service}` is already in progress (requested by {} at {}); wait for it to finish \
+             (GET /api/v1/rollouts)",
+            existing.requested_by,
+            existing.requested_at.to_rfc3339()
+        ))),
+        Err(StoreError::NoPolicy { .. }) => Err(ApiError::not_found(format!(
             "`{service}` has no scaling policy, so the autoscaler does not manage it and nobody would \
              carry the rollout out; create one with PUT /api/v1/policies/{service}"
         ))),
+        Err(e) => Err(store_error(e)),
     }
 }

@@ -3,6 +3,7 @@
 
 use crate::EtcdArgs;
 use crate::config::{ConnectError, ETCD_CALL_TIMEOUT};
+use crate::store::{Store, StoreError};
 use anyhow::anyhow;
 use etcd_client::{Client, GetOptions, GetResponse};
 
@@ -14,6 +15,22 @@ pub async fn connect(args: &EtcdArgs) -> Result<Client, Failure> {
         ConnectError::Config(e) => Failure::Usage(anyhow!("{e}")),
         ConnectError::Etcd { source, .. } => unreachable(args, describe(&source)),
     })
+}
+
+/// The registry store for `args` (the connection is made by the first call).
+pub async fn store(args: &EtcdArgs) -> Result<Store, Failure> {
+    Ok(Store::etcd(connect(args).await?, args.prefix.clone()))
+}
+
+/// A store error as a command's failure: etcd missing is the "cannot reach
+/// etcd" failure (exit 2, with advice), bad input exit 2, anything else
+/// (the command adds its own advice first where it has some) exit 1.
+pub fn store_failure(args: &EtcdArgs, error: StoreError) -> Failure {
+    match error {
+        StoreError::Unavailable { detail, .. } => unreachable(args, detail),
+        StoreError::Invalid(_) => Failure::Usage(anyhow!("{error}")),
+        other => Failure::Runtime(anyhow!("{other}")),
+    }
 }
 
 /// Every key under `prefix`, or the "cannot reach etcd" failure.

@@ -96,7 +96,12 @@ impl LeaseBackend for EtcdLeases {
 
     async fn keep_alive(&mut self, lease: i64) -> Result<i64, BackendError> {
         if self.stream.as_ref().is_none_or(|(id, ..)| *id != lease) {
-            let (keeper, stream) = bounded(self.client.lease_keep_alive(lease), lease).await?;
+            // etcd-client reports a lease that is gone when the stream opens
+            // as an error, and on an open stream as TTL 0: the trait says 0.
+            let (keeper, stream) = match bounded(self.client.lease_keep_alive(lease), lease).await {
+                Err(BackendError::LeaseNotFound(_)) => return Ok(0),
+                opened => opened?,
+            };
             self.stream = Some((lease, keeper, stream));
         }
         let (_, keeper, stream) = self.stream.as_mut().expect("stream was just opened");

@@ -13,8 +13,7 @@
 
 pub mod backend;
 mod keeper;
-#[cfg(test)]
-mod memory;
+pub mod memory;
 
 use std::time::Duration;
 

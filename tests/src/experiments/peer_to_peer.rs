@@ -17,7 +17,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use registry::{Keys, PeerBalancer};
+use registry::{Keys, PeerBalancer, Store};
 
 use super::{Config, Row, Stack, http_client, spread, verdict};
 
@@ -37,7 +37,7 @@ struct Measured {
 
 pub async fn run(config: &Config) -> anyhow::Result<Row> {
     let stack = Stack::start(INSTANCES, &[], &[], true).await?;
-    let balancer = PeerBalancer::new(stack.client.clone(), Keys::default(), "app");
+    let balancer = PeerBalancer::new(&Store::etcd(stack.client.clone(), Keys::default()), "app");
     if !balancer
         .wait_ready(INSTANCES, Duration::from_secs(10))
         .await

@@ -306,16 +306,15 @@ async fn when_the_leader_is_killed_the_standby_acts_within_one_ttl() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn events_continue_their_sequence_across_leaders_and_keep_the_last_200() {
     use autoscaler::controller::event;
-    use autoscaler::controller::journal::{
-        EtcdJournal, Journal, JournalError, KEEP_EVENTS, Write, sequence,
-    };
+    use autoscaler::controller::journal::{Journal, JournalError, KEEP_EVENTS, Write, sequence};
+    use registry::Store;
     use registry::election::Election;
 
     let etcd = Etcd::start().await;
     let client = etcd.client().await;
     let keys = Keys::default();
     let ttl = Duration::from_secs(2);
-    let commit = |journal: EtcdJournal, n: usize| async move {
+    let commit = |journal: Journal, n: usize| async move {
         let last = journal.last_event_seq("app").await.unwrap();
         let (seqs, below) = sequence(last, n, KEEP_EVENTS);
         let mut writes: Vec<Write> = below
@@ -340,7 +339,8 @@ async fn events_continue_their_sequence_across_leaders_and_keep_the_last_200() {
             .await
             .unwrap(),
     );
-    let journal = EtcdJournal::new(client.clone(), keys.clone(), first.clone());
+    let store = Store::etcd(client.clone(), keys.clone());
+    let journal = Journal::new(store.clone(), first.fence(), first.lost());
     for _ in 0..15 {
         commit(journal.clone(), 10).await.unwrap();
     }
@@ -365,7 +365,7 @@ async fn events_continue_their_sequence_across_leaders_and_keep_the_last_200() {
             .await
             .unwrap(),
     );
-    let next = EtcdJournal::new(client.clone(), keys.clone(), second);
+    let next = Journal::new(store.clone(), second.fence(), second.lost());
     for _ in 0..6 {
         commit(next.clone(), 10).await.unwrap();
     }
@@ -374,8 +374,9 @@ async fn events_continue_their_sequence_across_leaders_and_keep_the_last_200() {
     assert_eq!(seqs, (11..=210).collect::<Vec<_>>());
     assert_eq!(stored.last().unwrap().1.reason, "#210");
 
-    // The deposed leader writes nothing.
+    // The deposed leader writes nothing, and its term ends.
     assert!(matches!(commit(journal, 1).await, Err(JournalError::Lost)));
+    assert!(first.lost().is_cancelled());
     assert_eq!(events(&client).await.len(), 200);
 }
 

@@ -2,10 +2,19 @@
 
 use std::time::{Duration, Instant};
 
-use etcd_client::TxnOp;
-use registry::Keys;
-use registry::election::{Election, ElectionError};
+use registry::election::Election;
+use registry::store::Write;
+use registry::{Keys, Store, StoreError};
 use shoal_tests::Etcd;
+
+/// A fenced write of `who` as the retire reason of test/owner.
+fn owner(who: &str) -> Vec<Write> {
+    vec![Write::Retire {
+        service: "test".into(),
+        id: "owner".into(),
+        reason: who.into(),
+    }]
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_leader_acts_and_a_deposed_one_cannot() {
@@ -16,12 +25,10 @@ async fn one_leader_acts_and_a_deposed_one_cannot() {
     let a = Election::new(client.clone(), &keys);
     let b = Election::new(etcd.client().await, &keys);
 
+    let store = Store::etcd(client.clone(), keys.clone());
     let leader_a = a.campaign("controller-a", ttl).await.unwrap();
     assert_eq!(a.leader().await.unwrap().as_deref(), Some("controller-a"));
-    leader_a
-        .txn(vec![TxnOp::put("/shoal/test/owner", "a", None)])
-        .await
-        .unwrap();
+    store.commit(&leader_a.fence(), owner("a")).await.unwrap();
 
     // b campaigns in the background and must not win while a holds the lease.
     let campaign_b = tokio::spawn(async move { b.campaign("controller-b", ttl).await });
@@ -45,17 +52,22 @@ async fn one_leader_acts_and_a_deposed_one_cannot() {
     );
     assert_eq!(a.leader().await.unwrap().as_deref(), Some("controller-b"));
 
-    let refused = leader_a
-        .txn(vec![TxnOp::put("/shoal/test/owner", "a-again", None)])
-        .await;
-    assert!(matches!(refused, Err(ElectionError::Lost)), "{refused:?}");
-    assert!(leader_a.lost().is_cancelled());
-    leader_b
-        .txn(vec![TxnOp::put("/shoal/test/owner", "b", None)])
+    let refused = store.commit(&leader_a.fence(), owner("a-again")).await;
+    assert!(matches!(refused, Err(StoreError::Deposed)), "{refused:?}");
+    // Its keeper finds the lease gone within a third of the TTL.
+    tokio::time::timeout(ttl, leader_a.lost().cancelled())
+        .await
+        .expect("the deposed leader learns it lost");
+    store.commit(&leader_b.fence(), owner("b")).await.unwrap();
+    let stored = client
+        .get(keys.retire("test", "owner"), None)
         .await
         .unwrap();
-    let owner = client.get("/shoal/test/owner", None).await.unwrap();
-    assert_eq!(owner.kvs()[0].value(), b"b");
+    assert!(
+        String::from_utf8_lossy(stored.kvs()[0].value()).contains(r#""reason":"b""#),
+        "{:?}",
+        stored.kvs()[0]
+    );
 
     leader_b.resign().await;
     assert_eq!(a.leader().await.unwrap(), None);

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use nix::sys::signal::Signal;
-use registry::{Keys, PeerBalancer};
+use registry::{Keys, PeerBalancer, Store};
 use shoal_tests::{AppServer, AppServerOptions, Etcd};
 
 /// Make `n` calls with `concurrency` callers; count answers per instance id.
@@ -55,7 +55,7 @@ async fn calls_spread_over_instances_and_stop_going_to_one_that_left() {
     for _ in 0..3 {
         servers.push(AppServer::start(&etcd, AppServerOptions::default()).await);
     }
-    let balancer = PeerBalancer::new(etcd.client().await, Keys::default(), "app");
+    let balancer = PeerBalancer::new(&Store::etcd(etcd.client().await, Keys::default()), "app");
     assert!(
         balancer.wait_ready(3, Duration::from_secs(5)).await,
         "three ready instances"

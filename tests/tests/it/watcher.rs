@@ -4,7 +4,7 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use etcd_client::{Client, CompactionOptions, WatchOptions};
-use registry::{Instance, InstanceState, Keys, Watcher};
+use registry::{Instance, InstanceState, Keys, Store, Watcher};
 use shoal_tests::Etcd;
 use shoal_tests::binaries::registry_cli;
 
@@ -47,7 +47,8 @@ async fn a_watcher_resumed_from_a_compacted_revision_lists_again() {
     put(&client, &instance("a")).await;
     put(&client, &instance("b")).await;
 
-    let first = Watcher::<Instance>::start(client.clone(), keys.clone(), keys.instances());
+    let first =
+        Watcher::<Instance>::start(&Store::etcd(client.clone(), keys.clone()), keys.instances());
     assert!(first.wait_synced(Duration::from_secs(5)).await);
     let saved = first.snapshot();
     drop(first);
@@ -96,7 +97,11 @@ async fn a_watcher_resumed_from_a_compacted_revision_lists_again() {
         );
     }
 
-    let resumed = Watcher::resume(client.clone(), keys.clone(), keys.instances(), saved);
+    let resumed = Watcher::resume(
+        &Store::etcd(client.clone(), keys.clone()),
+        keys.instances(),
+        saved,
+    );
     assert!(
         resumed
             .wait_for(Duration::from_secs(5), |s| s.connected
@@ -126,7 +131,8 @@ async fn a_delete_at_the_compaction_revision_is_not_missed_on_resume() {
     let keys = Keys::default();
     put(&client, &instance("a")).await;
     put(&client, &instance("b")).await;
-    let first = Watcher::<Instance>::start(client.clone(), keys.clone(), keys.instances());
+    let first =
+        Watcher::<Instance>::start(&Store::etcd(client.clone(), keys.clone()), keys.instances());
     assert!(first.wait_synced(Duration::from_secs(5)).await);
     let saved = first.snapshot();
     drop(first);
@@ -148,7 +154,11 @@ async fn a_delete_at_the_compaction_revision_is_not_missed_on_resume() {
         .await
         .unwrap();
 
-    let resumed = Watcher::resume(client.clone(), keys.clone(), keys.instances(), saved);
+    let resumed = Watcher::resume(
+        &Store::etcd(client.clone(), keys.clone()),
+        keys.instances(),
+        saved,
+    );
     assert!(
         resumed
             .wait_for(Duration::from_secs(5), |s| s.connected
@@ -192,7 +202,8 @@ async fn malformed_entries_are_skipped_with_a_warning_and_the_rest_still_list() 
     );
     assert!(stderr.contains("/shoal/instances/app/other"), "{stderr}");
 
-    let watcher = Watcher::<Instance>::start(client.clone(), keys.clone(), keys.instances());
+    let watcher =
+        Watcher::<Instance>::start(&Store::etcd(client.clone(), keys.clone()), keys.instances());
     assert!(watcher.wait_synced(Duration::from_secs(5)).await);
     assert_eq!(ids(&watcher), set(&["good"]));
 
@@ -221,7 +232,8 @@ async fn the_last_snapshot_is_kept_while_etcd_is_away_and_updated_when_it_return
     let keys = Keys::default();
     put(&client, &instance("a")).await;
     put(&client, &instance("b")).await;
-    let watcher = Watcher::<Instance>::start(client.clone(), keys.clone(), keys.instances());
+    let watcher =
+        Watcher::<Instance>::start(&Store::etcd(client.clone(), keys.clone()), keys.instances());
     assert!(
         watcher
             .wait_for(Duration::from_secs(5), |s| s.entries.len() == 2)
@@ -258,7 +270,8 @@ async fn a_frozen_etcd_is_noticed_and_the_snapshot_kept() {
     let etcd = Etcd::start().await;
     let client = etcd.client().await;
     let keys = Keys::default();
-    let watcher = Watcher::<Instance>::start(client.clone(), keys.clone(), keys.instances());
+    let watcher =
+        Watcher::<Instance>::start(&Store::etcd(client.clone(), keys.clone()), keys.instances());
     assert!(watcher.wait_synced(Duration::from_secs(5)).await);
     // A change that arrives through the watch stream: the stream is established
     // (freezing etcd while the watch is being created would test something else).

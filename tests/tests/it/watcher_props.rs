@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use etcd_client::{Client, CompactionOptions, DeleteOptions, GetOptions};
-use registry::{Instance, InstanceState, Keys, RegistryValue, Update, Watcher};
+use registry::{Instance, InstanceState, Keys, RegistryValue, Store, Update, Watcher};
 use shoal_tests::Etcd;
 
 const STEPS: usize = 30;
@@ -273,8 +273,7 @@ async fn run_seed(seed: u64) {
     let keys = Keys::default();
     let mut rng = Rng(seed);
     let mut observed = Observed::new(Watcher::start(
-        client.clone(),
-        keys.clone(),
+        &Store::etcd(client.clone(), keys.clone()),
         keys.instances(),
     ));
     let mut done: Vec<Step> = Vec::new();
@@ -291,8 +290,7 @@ async fn run_seed(seed: u64) {
                 }
                 compact(&client).await;
                 observed = Observed::new(Watcher::resume(
-                    client.clone(),
-                    keys.clone(),
+                    &Store::etcd(client.clone(), keys.clone()),
                     keys.instances(),
                     saved,
                 ));

@@ -1,6 +1,6 @@
 //! `registry route set|get|delete`: the gateway routes at
-//! `{prefix}/routes/{name}`, written straight to etcd (as `autoscaler policy`
-//! writes policies), for set-ups without the gateway's admin token or
+//! `{prefix}/routes/{name}`, written through the registry store (as
+//! `autoscaler policy` writes policies), for set-ups without the gateway's admin token or
 //! `etcdctl`: `scripts/up` and the compose one-shot use it. `set` takes the
 //! route as the same JSON the admin API takes and refuses one that does not
 //! validate (exit 2) before writing it; gateways pick it up within
@@ -8,11 +8,9 @@
 
 use anyhow::anyhow;
 use clap::{Args, Subcommand, ValueEnum};
-use etcd_client::{DeleteOptions, PutOptions};
 use registry::EtcdArgs;
 use registry::keys::validate_segment;
-use registry::model::{NamedRoute, RegistryValue, Route};
-use tracing::warn;
+use registry::model::{NamedRoute, Route};
 
 use crate::exit::{Failure, OK, Outcome};
 use crate::{etcd, out};
@@ -88,38 +86,27 @@ fn parse_route(s: &str) -> Result<Route, String> {
 
 pub async fn run(args: RouteArgs, etcd_args: EtcdArgs) -> Outcome {
     let keys = &etcd_args.prefix;
-    let mut client = etcd::connect(&etcd_args).await?;
+    let store = etcd::store(&etcd_args).await?;
+    let failure = |e| etcd::store_failure(&etcd_args, e);
     let lines = match args.action {
         RouteAction::Set(set) => {
-            let json = serde_json::to_string(&set.route).expect("a Route always serializes");
-            etcd::bounded(
-                &etcd_args,
-                client.put(keys.route(&set.name), json, None::<PutOptions>),
-            )
-            .await?;
+            store
+                .put_route(&set.name, &set.route)
+                .await
+                .map_err(failure)?;
             vec![pretty(&[NamedRoute {
                 name: set.name,
                 route: set.route,
             }])?]
         }
         RouteAction::Get(get) => {
-            let prefix = match &get.name {
-                Some(name) => keys.route(name),
-                None => keys.routes(),
-            };
-            let response = etcd::get_prefix(&mut client, &etcd_args, &prefix).await?;
-            let mut routes = Vec::new();
-            for kv in response.kvs() {
-                let key = String::from_utf8_lossy(kv.key());
-                match NamedRoute::decode(keys, &key, kv.value()) {
-                    // A prefix read of `routes/api` also finds `routes/api2`.
-                    Ok(route) if get.name.as_ref().is_none_or(|n| *n == route.name) => {
-                        routes.push(route)
-                    }
-                    Ok(_) => {}
-                    Err(e) => warn!(key = %key, error = %e, "skipping malformed route"),
-                }
-            }
+            let routes: Vec<NamedRoute> = store
+                .routes()
+                .await
+                .map_err(failure)?
+                .into_iter()
+                .filter(|route| get.name.as_ref().is_none_or(|n| *n == route.name))
+                .collect();
             if let Some(name) = &get.name
                 && routes.is_empty()
             {
@@ -142,10 +129,8 @@ pub async fn run(args: RouteArgs, etcd_args: EtcdArgs) -> Outcome {
             }
         }
         RouteAction::Delete(delete) => {
-            let key = keys.route(&delete.name);
-            let response =
-                etcd::bounded(&etcd_args, client.delete(key, None::<DeleteOptions>)).await?;
-            vec![if response.deleted() > 0 {
+            let deleted = store.delete_route(&delete.name).await.map_err(failure)?;
+            vec![if deleted {
                 format!("deleted the route {}", delete.name)
             } else {
                 format!("there was no route {}; nothing deleted", delete.name)

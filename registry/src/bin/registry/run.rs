@@ -20,7 +20,7 @@ use anyhow::{Context, anyhow, bail};
 use clap::{ArgGroup, Args};
 use registry::config::{parse_duration, parse_lease_ttl};
 use registry::stop::{RetireWatch, StopSignals};
-use registry::{EtcdArgs, Instance, InstanceState, Registration};
+use registry::{EtcdArgs, Instance, InstanceState, Registration, Store};
 use serde::Serialize;
 use tokio::time::{Instant, MissedTickBehavior, sleep_until};
 use tracing::{Instrument, info, info_span, warn};
@@ -181,12 +181,8 @@ async fn supervise(args: RunArgs, etcd_args: EtcdArgs, plan: Plan) -> Outcome {
     let registration =
         Registration::start(client.clone(), &keys, plan.instance.clone(), args.lease_ttl)
             .map_err(|e| Failure::Usage(anyhow!("cannot register this instance: {e}")))?;
-    let retire = RetireWatch::start(
-        client.clone(),
-        &keys,
-        &plan.instance.service,
-        &plan.instance.id,
-    );
+    let store = Store::etcd(client.clone(), keys.clone());
+    let retire = RetireWatch::start(&store, &plan.instance.service, &plan.instance.id);
     let mut life = Life {
         child,
         signals,
@@ -196,7 +192,7 @@ async fn supervise(args: RunArgs, etcd_args: EtcdArgs, plan: Plan) -> Outcome {
     let outcome = serve_and_drain(&mut life, &registration, &probe, &args, &plan, pid).await;
 
     registration.deregister().await;
-    life.retire.clean_up(client).await;
+    life.retire.clean_up(&store).await;
     outcome
 }
 

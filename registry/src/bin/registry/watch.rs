@@ -5,7 +5,7 @@
 use anyhow::anyhow;
 use clap::{Args, ValueEnum};
 use registry::config::ETCD_CALL_TIMEOUT;
-use registry::{EtcdArgs, Instance, Key, Keys, Update, Watcher};
+use registry::{EtcdArgs, Instance, Key, Keys, Store, Update, Watcher};
 use serde::Serialize;
 use tracing::{info, warn};
 
@@ -44,7 +44,7 @@ pub async fn run(args: WatchArgs, etcd_args: EtcdArgs) -> Outcome {
     // Fail at once, with advice, if etcd is not there when we start; after
     // that the watcher rides out outages and we only note them.
     etcd::check(&mut client, &etcd_args).await?;
-    let watcher = Watcher::<Instance>::start(client, keys.clone(), prefix);
+    let watcher = Watcher::<Instance>::start(&Store::etcd(client, keys.clone()), prefix);
     if !watcher.wait_synced(ETCD_CALL_TIMEOUT).await {
         return Err(etcd::unreachable(
             &etcd_args,
