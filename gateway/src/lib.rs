@@ -55,6 +55,8 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use anyhow::{Context, anyhow};
+use registry::Watcher;
+use registry::model::NamedRoute;
 use registry::stop::StopSignals;
 use serde::Serialize;
 use tokio::net::{TcpListener, TcpSocket};
@@ -126,9 +128,12 @@ async fn run_gateway(config: Config, id: String) -> anyhow::Result<()> {
         .await
         .context("cannot connect to etcd; check --etcd, and --etcd-user/--etcd-password and --etcd-ca/--etcd-cert/--etcd-key if etcd requires them")?;
     let keys = &config.etcd.prefix;
+    // One watcher of `routes/`, for the routing table and the admin API.
+    let routes = Watcher::<NamedRoute>::start(client.clone(), keys.clone(), keys.routes());
     let table = discovery::start(
         client.clone(),
         keys.clone(),
+        routes.clone(),
         Defaults {
             service: config.default_service.clone(),
             policy: config.default_policy,
@@ -160,7 +165,7 @@ async fn run_gateway(config: Config, id: String) -> anyhow::Result<()> {
         ServerSettings::from_config(&config),
     );
     let mut proxy_task = tokio::spawn(server.run(stop.clone(), DRAIN_TIMEOUT).in_current_span());
-    let control = Control::start(client.clone(), keys.clone());
+    let control = Control::start(client.clone(), keys.clone(), routes);
     let history = History::default();
     let sampler = history.spawn_sampler(table.clone(), control.clone(), stop.clone());
     let admin_app = admin::api::app(AdminState {

@@ -62,10 +62,12 @@ pub async fn test_state_with(table: TableHandle) -> AdminState {
         .connect()
         .await
         .expect("a lazy client");
+    let keys = registry::Keys::default();
+    let routes = registry::Watcher::start(client.clone(), keys.clone(), keys.routes());
     AdminState {
         table,
         gateway_id: "gw-1".into(),
-        control: Control::start(client, registry::Keys::default()),
+        control: Control::start(client, keys, routes),
         history: History::default(),
         token: None,
         stop: tokio_util::sync::CancellationToken::new(),
