@@ -1,6 +1,8 @@
 //! From the registry to the routing table: one task follows the instances and
-//! routes prefixes (each through a `registry::Watcher`) and publishes a new
-//! [`RoutingTable`](crate::table::RoutingTable) whenever either changes.
+//! routes prefixes (each through a `registry::Watcher`; the routes watcher is
+//! given, since the gateway's other readers of `routes/` share it) and
+//! publishes a new [`RoutingTable`](crate::table::RoutingTable) whenever
+//! either changes.
 //!
 //! Instances whose address `--allowed-backends` refuses are left out here,
 //! before the table is built ([`AllowedBackends`]).
@@ -25,19 +27,20 @@ use crate::allowed::AllowedBackends;
 use crate::grace::Grace;
 use crate::table::{Defaults, LiveState, TableHandle};
 
-/// Start following the registry; the returned handle always has a table
-/// (empty until the first list succeeds). Instances outside `allowed` are
-/// left out first; `grace` is how long an instance that left while ready
-/// stays routable (zero: not at all).
+/// Start following the registry's instances, and its routes through
+/// `routes` (a watcher of `keys.routes()`); the returned handle always has a
+/// table (empty until the first list succeeds). Instances outside `allowed`
+/// are left out first; `grace` is how long an instance that left while
+/// ready stays routable (zero: not at all).
 pub fn start(
     store: &Store,
+    routes: Watcher<NamedRoute>,
     defaults: Defaults,
     mut allowed: AllowedBackends,
     grace: Duration,
 ) -> TableHandle {
     let keys = store.keys();
     let instances = Watcher::<Instance>::start(store, keys.instances());
-    let routes = Watcher::<NamedRoute>::start(store, keys.routes());
     let mut instance_changes = instances.snapshots();
     let mut route_changes = routes.snapshots();
     let mut live = LiveState::default();

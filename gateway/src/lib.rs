@@ -8,7 +8,8 @@
 //! backend when that is safe, and records the outcome in [`stats`] and
 //! [`health`] (passive ejection).
 //!
-//! Files:
+//! Two layers. The data plane is every module but [`admin`], and it imports
+//! nothing from [`admin`] (a unit test below reads the sources to check):
 //! - [`config`] holds the flags.
 //! - [`discovery`] turns the registry into the immutable [`table`] snapshot (ArcSwap);
 //!   [`allowed`] leaves out instances outside `--allowed-backends`;
@@ -19,13 +20,12 @@
 //! - [`server`] is the client-facing listener: connections, timeouts, graceful drain.
 //! - [`proxy`] is the request handler (one file per concern inside).
 //! - [`health`] is passive ejection and optional active `/healthz` checks.
-//! - [`announce`] keeps the gateway's own entry under `/shoal/gateways/`.
-//! - [`admin`] is the admin listener's stats API, [`metrics`] its Prometheus text.
-//! - [`api`] assembles the admin router and its OpenAPI document, with the
-//!   registry reads, the operator's writes (behind `--admin-token`) and the
-//!   dashboard's event stream; [`dashboard`] is the page.
-//! - [`control`] follows routes, policies, events and rollouts for them, off
-//!   the request path; [`history`] keeps the charts' samples.
+//!
+//! The admin side, [`admin`], sits on top and reads the data plane: the
+//! admin listener's stats API, Prometheus metrics, router and OpenAPI
+//! document, registry reads and writes, dashboard, the control data it
+//! follows and the charts' history; and the gateway's announcement in the
+//! registry, which carries the admin address.
 //!
 //! [`run`] puts them together: bind both listeners (with `--reuse-port`, the
 //! proxy listener only once the registry has been read, so that a gateway
@@ -38,19 +38,13 @@
 
 pub mod admin;
 pub mod allowed;
-pub mod announce;
-pub mod api;
 pub mod backend;
 pub mod balance;
 pub mod config;
-pub mod control;
-pub mod dashboard;
 pub mod discovery;
 pub mod ewma;
 pub mod grace;
 pub mod health;
-pub mod history;
-pub mod metrics;
 pub mod proxy;
 pub mod server;
 pub mod stats;
@@ -61,6 +55,8 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use anyhow::{Context, anyhow};
+use registry::Watcher;
+use registry::model::NamedRoute;
 use registry::stop::StopSignals;
 use serde::Serialize;
 use tokio::net::{TcpListener, TcpSocket};
@@ -70,10 +66,10 @@ use tracing::{Instrument, error, info, info_span, warn};
 pub use config::Config;
 
 use admin::AdminState;
+use admin::announce::Announcement;
+use admin::control::Control;
+use admin::history::History;
 use allowed::AllowedBackends;
-use announce::Announcement;
-use control::Control;
-use history::History;
 use proxy::{Proxy, ProxySettings};
 use server::{Drained, Server, ServerSettings};
 use table::Defaults;
@@ -133,8 +129,11 @@ async fn run_gateway(config: Config, id: String) -> anyhow::Result<()> {
         .context("cannot connect to etcd; check --etcd, and --etcd-user/--etcd-password and --etcd-ca/--etcd-cert/--etcd-key if etcd requires them")?;
     let keys = &config.etcd.prefix;
     let store = registry::Store::etcd(client.clone(), keys.clone());
+    // One watcher of `routes/`, for the routing table and the admin API.
+    let routes = Watcher::<NamedRoute>::start(&store, keys.routes());
     let table = discovery::start(
         &store,
+        routes.clone(),
         Defaults {
             service: config.default_service.clone(),
             policy: config.default_policy,
@@ -166,15 +165,15 @@ async fn run_gateway(config: Config, id: String) -> anyhow::Result<()> {
         ServerSettings::from_config(&config),
     );
     let mut proxy_task = tokio::spawn(server.run(stop.clone(), DRAIN_TIMEOUT).in_current_span());
-    let control = Control::start(store);
+    let control = Control::start(store, routes);
     let history = History::default();
     let sampler = history.spawn_sampler(table.clone(), control.clone(), stop.clone());
-    let admin_app = api::app(AdminState {
+    let admin_app = admin::api::app(AdminState {
         table: table.clone(),
         gateway_id: id.clone(),
         control,
         history,
-        token: config.admin_token.clone().map(api::AdminToken::new),
+        token: config.admin_token.clone().map(admin::api::AdminToken::new),
         stop: stop.clone(),
     });
     let mut admin_task = tokio::spawn(
@@ -311,5 +310,56 @@ fn print_listening(line: &Listening<'_>) {
     let mut stdout = std::io::stdout().lock();
     if let Err(e) = writeln!(stdout, "{json}").and_then(|()| stdout.flush()) {
         warn!(error = %e, "cannot print the listening line to stdout");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::{Path, PathBuf};
+
+    /// The `.rs` files under `dir`, recursively.
+    fn sources(dir: &Path, found: &mut Vec<PathBuf>) {
+        for entry in std::fs::read_dir(dir).expect("the source directory is readable") {
+            let path = entry.expect("a directory entry").path();
+            if path.is_dir() {
+                sources(&path, found);
+            } else if path.extension().is_some_and(|e| e == "rs") {
+                found.push(path);
+            }
+        }
+    }
+
+    /// The layering rule: the data plane (every module but `admin`) never
+    /// names the admin side, so the request path builds and reads without
+    /// it. `lib.rs` wires both layers together and `main.rs` only starts it.
+    #[test]
+    fn the_data_plane_imports_nothing_from_the_admin_side() {
+        let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+        let mut files = Vec::new();
+        sources(&src, &mut files);
+        let data_plane: Vec<PathBuf> = files
+            .into_iter()
+            .filter(|f| !f.starts_with(src.join("admin")))
+            .filter(|f| *f != src.join("lib.rs") && *f != src.join("main.rs"))
+            .collect();
+        // Guards against the walk finding nothing and passing vacuously.
+        for expected in ["proxy/mod.rs", "table.rs", "server.rs", "balance/mod.rs"] {
+            assert!(
+                data_plane.contains(&src.join(expected)),
+                "{expected} was not scanned"
+            );
+        }
+        for file in data_plane {
+            let text = std::fs::read_to_string(&file).expect("a source file is readable");
+            for (n, line) in text.lines().enumerate() {
+                assert!(
+                    !line.contains("crate::admin") && !line.contains("super::admin"),
+                    "{}:{}: the data plane names the admin side: `{}`; move what both need into the data plane",
+                    file.display(),
+                    n + 1,
+                    line.trim()
+                );
+            }
+        }
     }
 }

@@ -15,7 +15,7 @@ use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 use utoipa::ToSchema;
 
-use crate::control::Control;
+use crate::admin::control::Control;
 use crate::table::{RoutingTable, TableHandle};
 
 /// Samples kept per service: 10 minutes at one a second.

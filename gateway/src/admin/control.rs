@@ -3,9 +3,10 @@
 //! `registry::Watcher` (list-then-watch) in its own background task, plus
 //! the registry store the admin API writes with.
 //!
-//! None of this is on the proxy's request path: the routing table has its own
-//! watchers ([`crate::discovery`]). Handlers read the latest snapshots (an
-//! `Arc` clone each) and never wait for etcd to answer a read.
+//! The routes watcher is the one [`crate::discovery`] builds the routing
+//! table from (a clone of its handle); the other three are started here.
+//! None of this is on the proxy's request path: handlers read the latest
+//! snapshots (an `Arc` clone each) and never wait for etcd to answer a read.
 
 use std::sync::Arc;
 
@@ -28,11 +29,12 @@ struct Inner {
 }
 
 impl Control {
-    /// Start the four watchers.
-    pub fn start(store: Store) -> Control {
+    /// Start the policies, events and rollouts watchers; `routes` is the
+    /// gateway's watcher of `store.keys().routes()`.
+    pub fn start(store: Store, routes: Watcher<NamedRoute>) -> Control {
         let keys = store.keys();
         let inner = Inner {
-            routes: Watcher::start(&store, keys.routes()),
+            routes,
             policies: Watcher::start(&store, keys.policies()),
             events: Watcher::start(&store, keys.events()),
             rollouts: Watcher::start(&store, keys.rollouts()),

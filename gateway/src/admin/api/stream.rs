@@ -22,8 +22,9 @@ use tokio_stream::wrappers::ReceiverStream;
 use tracing::debug;
 use utoipa::ToSchema;
 
-use crate::admin::{AdminState, ServiceDetail};
-use crate::history::Sample;
+use crate::admin::AdminState;
+use crate::admin::history::Sample;
+use crate::admin::stats::ServiceDetail;
 
 /// A snapshot is pushed at least this often.
 pub const PERIOD: Duration = Duration::from_secs(1);

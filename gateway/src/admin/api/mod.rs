@@ -3,17 +3,17 @@
 //! annotations by `utoipa-axum`, so the document and the router come from the
 //! same registrations), the token rule and the JSON fallbacks.
 //!
-//! - [`crate::admin`]: health, metrics and the routing table's services and
+//! - [`stats`]: health, metrics and the routing table's services and
 //!   instances with their live stats.
 //! - [`reads`]: the registry's routes, policies, scaling events and rollouts
-//!   (from [`crate::control`]'s watchers), and the charts' history.
+//!   (from [`control`](super::control)'s watchers), and the charts' history.
 //! - [`writes`]: what an operator changes: routes, policies, pins, retiring an
-//!   instance, asking for a rolling restart. Behind [`auth::require_token`].
+//!   instance, asking for a rolling restart. Behind [`auth::guard_writes`].
 //! - [`stream`]: server-sent events with a snapshot for the dashboard.
-//! - [`crate::dashboard`]: the page itself.
+//! - [`dashboard`]: the page itself.
 //! - [`body`]: JSON request bodies with a size cap; [`auth`]: the token.
 //!
-//! Every route is registered with `.routes(routes!(handler))` in [`routes`],
+//! Every route is registered with `.routes(routes!(handler))` in [`routes()`],
 //! which adds it to the router and to the document at once; the unit tests
 //! check that each documented operation is served and that nothing is
 //! registered any other way.
@@ -32,8 +32,7 @@ use utoipa::openapi::OpenApi;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use crate::admin::{self, AdminState, ApiError};
-use crate::dashboard;
+use super::{AdminState, ApiError, ErrorBody, dashboard, stats};
 
 pub use auth::AdminToken;
 
@@ -50,24 +49,13 @@ pub use auth::AdminToken;
 )]
 struct ApiDoc;
 
-/// Every error answer.
-#[derive(utoipa::ToSchema)]
-#[allow(dead_code)] // documents the shape `ApiError` serializes to
-pub struct ErrorBody {
-    /// A stable code: `bad_request`, `invalid`, `invalid_json`, `unauthorized`,
-    /// `not_found`, `conflict`, `body_too_large`, `registry_unavailable`, ...
-    error: String,
-    /// What went wrong and what to do about it.
-    detail: String,
-}
-
 /// Every endpoint, in the router and in the OpenAPI document.
 pub fn routes() -> OpenApiRouter<AdminState> {
     let reads = OpenApiRouter::with_openapi(<ApiDoc as utoipa::OpenApi>::openapi())
-        .routes(routes!(admin::healthz))
-        .routes(routes!(admin::metrics_text))
-        .routes(routes!(admin::services))
-        .routes(routes!(admin::service))
+        .routes(routes!(stats::healthz))
+        .routes(routes!(stats::metrics_text))
+        .routes(routes!(stats::services))
+        .routes(routes!(stats::service))
         .routes(routes!(reads::routes_list))
         .routes(routes!(reads::policies_list))
         .routes(routes!(reads::events))
@@ -191,41 +179,6 @@ pub fn methods_of(item: &utoipa::openapi::PathItem) -> Vec<String> {
     .collect()
 }
 
-impl ApiError {
-    pub fn new(status: StatusCode, error: &'static str, detail: impl Into<String>) -> Self {
-        ApiError {
-            status,
-            error,
-            detail: detail.into(),
-        }
-    }
-
-    pub fn bad_request(error: &'static str, detail: impl Into<String>) -> Self {
-        Self::new(StatusCode::BAD_REQUEST, error, detail)
-    }
-
-    pub fn not_found(detail: impl Into<String>) -> Self {
-        Self::new(StatusCode::NOT_FOUND, "not_found", detail)
-    }
-
-    pub fn conflict(detail: impl Into<String>) -> Self {
-        Self::new(StatusCode::CONFLICT, "conflict", detail)
-    }
-
-    /// etcd did not answer (or refused): 503, saying that nothing may have
-    /// been done.
-    pub fn registry(what: &str, problem: impl std::fmt::Display) -> Self {
-        Self::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "registry_unavailable",
-            format!(
-                "the registry (etcd) cannot be reached to {what}: {problem}; try again once \
-                 /healthz says `\"registry\":\"connected\"`"
-            ),
-        )
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use axum::body::Body;
@@ -309,12 +262,16 @@ mod tests {
     #[test]
     fn nothing_is_routed_without_being_documented() {
         let sources = [
-            ("api/mod.rs", include_str!("mod.rs")),
-            ("admin.rs", include_str!("../admin.rs")),
-            ("api/reads.rs", include_str!("reads.rs")),
-            ("api/writes.rs", include_str!("writes.rs")),
-            ("api/stream.rs", include_str!("stream.rs")),
-            ("dashboard/mod.rs", include_str!("../dashboard/mod.rs")),
+            ("admin/api/mod.rs", include_str!("mod.rs")),
+            ("admin/mod.rs", include_str!("../mod.rs")),
+            ("admin/stats.rs", include_str!("../stats.rs")),
+            ("admin/api/reads.rs", include_str!("reads.rs")),
+            ("admin/api/writes.rs", include_str!("writes.rs")),
+            ("admin/api/stream.rs", include_str!("stream.rs")),
+            (
+                "admin/dashboard/mod.rs",
+                include_str!("../dashboard/mod.rs"),
+            ),
         ];
         for (file, text) in sources {
             for forbidden in [

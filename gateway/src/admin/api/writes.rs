@@ -99,10 +99,10 @@ pub struct Deleted {
     responses(
         (status = 201, description = "Created", body = RouteView),
         (status = 200, description = "Replaced", body = RouteView),
-        (status = 400, description = "Invalid name or route; `detail` names the field", body = crate::api::ErrorBody),
-        (status = 401, description = "Missing or wrong bearer token", body = crate::api::ErrorBody),
-        (status = 413, description = "Body over 64 KiB", body = crate::api::ErrorBody),
-        (status = 503, description = "etcd unreachable", body = crate::api::ErrorBody),
+        (status = 400, description = "Invalid name or route; `detail` names the field", body = crate::admin::ErrorBody),
+        (status = 401, description = "Missing or wrong bearer token", body = crate::admin::ErrorBody),
+        (status = 413, description = "Body over 64 KiB", body = crate::admin::ErrorBody),
+        (status = 503, description = "etcd unreachable", body = crate::admin::ErrorBody),
     ))]
 pub async fn put_route(
     State(state): State<AdminState>,
@@ -124,9 +124,9 @@ pub async fn put_route(
     params(("name" = String, Path, description = "Route name")),
     responses(
         (status = 200, description = "Deleted", body = Deleted),
-        (status = 401, description = "Missing or wrong bearer token", body = crate::api::ErrorBody),
-        (status = 404, description = "No such route", body = crate::api::ErrorBody),
-        (status = 503, description = "etcd unreachable", body = crate::api::ErrorBody),
+        (status = 401, description = "Missing or wrong bearer token", body = crate::admin::ErrorBody),
+        (status = 404, description = "No such route", body = crate::admin::ErrorBody),
+        (status = 503, description = "etcd unreachable", body = crate::admin::ErrorBody),
     ))]
 pub async fn delete_route(
     State(state): State<AdminState>,
@@ -150,10 +150,10 @@ pub async fn delete_route(
     responses(
         (status = 201, description = "Created", body = Object),
         (status = 200, description = "Replaced", body = Object),
-        (status = 400, description = "Invalid policy; `detail` names the field", body = crate::api::ErrorBody),
-        (status = 401, description = "Missing or wrong bearer token", body = crate::api::ErrorBody),
-        (status = 413, description = "Body over 64 KiB", body = crate::api::ErrorBody),
-        (status = 503, description = "etcd unreachable", body = crate::api::ErrorBody),
+        (status = 400, description = "Invalid policy; `detail` names the field", body = crate::admin::ErrorBody),
+        (status = 401, description = "Missing or wrong bearer token", body = crate::admin::ErrorBody),
+        (status = 413, description = "Body over 64 KiB", body = crate::admin::ErrorBody),
+        (status = 503, description = "etcd unreachable", body = crate::admin::ErrorBody),
     ))]
 pub async fn put_policy(
     State(state): State<AdminState>,
@@ -202,9 +202,9 @@ pub async fn put_policy(
     params(("service" = String, Path, description = "Service name")),
     responses(
         (status = 200, description = "Deleted; the autoscaler stops managing the service", body = Deleted),
-        (status = 401, description = "Missing or wrong bearer token", body = crate::api::ErrorBody),
-        (status = 404, description = "No such policy", body = crate::api::ErrorBody),
-        (status = 503, description = "etcd unreachable", body = crate::api::ErrorBody),
+        (status = 401, description = "Missing or wrong bearer token", body = crate::admin::ErrorBody),
+        (status = 404, description = "No such policy", body = crate::admin::ErrorBody),
+        (status = 503, description = "etcd unreachable", body = crate::admin::ErrorBody),
     ))]
 pub async fn delete_policy(
     State(state): State<AdminState>,
@@ -231,11 +231,11 @@ pub struct PinBody {
     request_body(content = PinBody, content_type = "application/json"),
     responses(
         (status = 200, description = "Pinned; the policy as stored", body = Object),
-        (status = 400, description = "Invalid replica count", body = crate::api::ErrorBody),
-        (status = 401, description = "Missing or wrong bearer token", body = crate::api::ErrorBody),
-        (status = 404, description = "The service has no policy", body = crate::api::ErrorBody),
-        (status = 409, description = "The policy changed meanwhile; read it and try again", body = crate::api::ErrorBody),
-        (status = 503, description = "etcd unreachable", body = crate::api::ErrorBody),
+        (status = 400, description = "Invalid replica count", body = crate::admin::ErrorBody),
+        (status = 401, description = "Missing or wrong bearer token", body = crate::admin::ErrorBody),
+        (status = 404, description = "The service has no policy", body = crate::admin::ErrorBody),
+        (status = 409, description = "The policy changed meanwhile; read it and try again", body = crate::admin::ErrorBody),
+        (status = 503, description = "etcd unreachable", body = crate::admin::ErrorBody),
     ))]
 pub async fn pin(
     State(state): State<AdminState>,
@@ -251,10 +251,10 @@ pub async fn pin(
     params(("service" = String, Path, description = "Service name")),
     responses(
         (status = 200, description = "Unpinned (or was not pinned); the policy as stored", body = Object),
-        (status = 401, description = "Missing or wrong bearer token", body = crate::api::ErrorBody),
-        (status = 404, description = "The service has no policy", body = crate::api::ErrorBody),
-        (status = 409, description = "The policy changed meanwhile; try again", body = crate::api::ErrorBody),
-        (status = 503, description = "etcd unreachable", body = crate::api::ErrorBody),
+        (status = 401, description = "Missing or wrong bearer token", body = crate::admin::ErrorBody),
+        (status = 404, description = "The service has no policy", body = crate::admin::ErrorBody),
+        (status = 409, description = "The policy changed meanwhile; try again", body = crate::admin::ErrorBody),
+        (status = 503, description = "etcd unreachable", body = crate::admin::ErrorBody),
     ))]
 pub async fn unpin(
     State(state): State<AdminState>,
@@ -304,10 +304,10 @@ pub struct Retiring {
     request_body(content = Option<RetireBody>, content_type = "application/json"),
     responses(
         (status = 202, description = "The retire key is written; the instance drains and leaves by itself", body = Retiring),
-        (status = 400, description = "Bad service, id or reason", body = crate::api::ErrorBody),
-        (status = 401, description = "Missing or wrong bearer token", body = crate::api::ErrorBody),
-        (status = 404, description = "No such registered instance", body = crate::api::ErrorBody),
-        (status = 503, description = "etcd unreachable", body = crate::api::ErrorBody),
+        (status = 400, description = "Bad service, id or reason", body = crate::admin::ErrorBody),
+        (status = 401, description = "Missing or wrong bearer token", body = crate::admin::ErrorBody),
+        (status = 404, description = "No such registered instance", body = crate::admin::ErrorBody),
+        (status = 503, description = "etcd unreachable", body = crate::admin::ErrorBody),
     ))]
 pub async fn retire(
     State(state): State<AdminState>,
@@ -353,11 +353,11 @@ pub struct RolloutBody {
     request_body(content = Option<RolloutBody>, content_type = "application/json"),
     responses(
         (status = 202, description = "Requested; the autoscaler replaces every instance and deletes the request when done", body = Object),
-        (status = 400, description = "Invalid surge/unavailable", body = crate::api::ErrorBody),
-        (status = 401, description = "Missing or wrong bearer token", body = crate::api::ErrorBody),
-        (status = 404, description = "The service has no policy (the autoscaler does not manage it)", body = crate::api::ErrorBody),
-        (status = 409, description = "A rollout of the service is already in progress", body = crate::api::ErrorBody),
-        (status = 503, description = "etcd unreachable", body = crate::api::ErrorBody),
+        (status = 400, description = "Invalid surge/unavailable", body = crate::admin::ErrorBody),
+        (status = 401, description = "Missing or wrong bearer token", body = crate::admin::ErrorBody),
+        (status = 404, description = "The service has no policy (the autoscaler does not manage it)", body = crate::admin::ErrorBody),
+        (status = 409, description = "A rollout of the service is already in progress", body = crate::admin::ErrorBody),
+        (status = 503, description = "etcd unreachable", body = crate::admin::ErrorBody),
     ))]
 pub async fn rollout(
     State(state): State<AdminState>,

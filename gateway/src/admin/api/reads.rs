@@ -1,5 +1,5 @@
 //! Reads of the registry's control data: routes, scaling policies, scaling
-//! events and rollouts, served from [`crate::control`]'s watchers (never a
+//! events and rollouts, served from [`control`](crate::admin::control)'s watchers (never a
 //! call to etcd in the handler), and the charts' history.
 //!
 //! While etcd is unreachable these answer from the last snapshot with
@@ -17,8 +17,8 @@ use registry::{RegistryValue, Snapshot};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
+use crate::admin::history::Sample;
 use crate::admin::{AdminState, ApiError};
-use crate::history::Sample;
 
 /// Says whether a read comes from a live watch or the last snapshot.
 pub const REGISTRY_HEADER: HeaderName = HeaderName::from_static("x-shoal-registry");
@@ -68,7 +68,7 @@ pub struct RouteView {
 #[utoipa::path(get, path = "/api/v1/routes", tag = "registry",
     responses(
         (status = 200, description = "Every route in the registry, by name", body = Vec<RouteView>),
-        (status = 503, description = "The registry has not been read yet", body = crate::api::ErrorBody),
+        (status = 503, description = "The registry has not been read yet", body = crate::admin::ErrorBody),
     ))]
 pub async fn routes_list(State(state): State<AdminState>) -> Read<Vec<RouteView>> {
     let (routes, connected) = values(state.control.routes(), "routes")?;
@@ -83,7 +83,7 @@ pub async fn routes_list(State(state): State<AdminState>) -> Read<Vec<RouteView>
 #[utoipa::path(get, path = "/api/v1/policies", tag = "registry",
     responses(
         (status = 200, description = "Every scaling policy (`service`, `min`, `max`, `metric`, `target`, ..., `pinned`)", body = Vec<Object>),
-        (status = 503, description = "The registry has not been read yet", body = crate::api::ErrorBody),
+        (status = 503, description = "The registry has not been read yet", body = crate::admin::ErrorBody),
     ))]
 pub async fn policies_list(
     State(state): State<AdminState>,
@@ -105,8 +105,8 @@ pub struct EventsQuery {
     responses(
         (status = 200, description = "The autoscaler's newest events for the service, newest first \
             (`at`, `kind`, `current`, `desired`, `reason`, `bounded_by`, `inputs`, `instance`)", body = Vec<Object>),
-        (status = 400, description = "Bad service name or limit", body = crate::api::ErrorBody),
-        (status = 503, description = "The registry has not been read yet", body = crate::api::ErrorBody),
+        (status = 400, description = "Bad service name or limit", body = crate::admin::ErrorBody),
+        (status = 503, description = "The registry has not been read yet", body = crate::admin::ErrorBody),
     ))]
 pub async fn events(
     State(state): State<AdminState>,
@@ -139,7 +139,7 @@ pub async fn events(
     responses(
         (status = 200, description = "Rolling restarts requested and not finished \
             (`service`, `requested_at`, `requested_by`, `max_surge`, `max_unavailable`, `replacing`)", body = Vec<Object>),
-        (status = 503, description = "The registry has not been read yet", body = crate::api::ErrorBody),
+        (status = 503, description = "The registry has not been read yet", body = crate::admin::ErrorBody),
     ))]
 pub async fn rollouts_list(State(state): State<AdminState>) -> Read<Vec<registry::model::Rollout>> {
     let (rollouts, connected) = values(state.control.rollouts(), "rollouts")?;

@@ -38,7 +38,7 @@
 use std::fmt::{self, Display, Write};
 use std::time::Instant;
 
-use crate::admin::{InstanceHealth, InstanceStatus};
+use crate::admin::stats::{InstanceHealth, InstanceStatus};
 use crate::stats::{Class, RequestStats};
 use crate::table::RoutingTable;
 

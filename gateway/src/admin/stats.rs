@@ -1,6 +1,8 @@
-//! The admin listener's HTTP API. Everything is read from the current
-//! routing-table snapshot ([`TableHandle::load`]), so a handler never blocks
-//! the request path. The autoscaler reads the JSON endpoints: their field
+//! The admin API's stats: health, metrics, and the routing table's services
+//! and instances with their live stats. Everything is read from the current
+//! routing-table snapshot
+//! ([`TableHandle::load`](crate::table::TableHandle::load)), so a handler
+//! never blocks the request path. The autoscaler reads the JSON endpoints: their field
 //! names are snake_case and stable; new fields may be added, none renamed.
 //!
 //! `GET /healthz` → 200 always (the gateway keeps serving from its last
@@ -43,10 +45,10 @@
 //! in the registry; known services: a, b"}`; a known service with no instance
 //! is a 200 with an empty `instances`.
 //!
-//! `GET /metrics` → Prometheus text format, see [`crate::metrics`].
+//! `GET /metrics` → Prometheus text format, see [`super::metrics`].
 //!
 //! The router, the registry-backed endpoints, the writes and the dashboard
-//! are in [`crate::api`]; any other path is a 404 and any other method a 405,
+//! are in [`super::api`]; any other path is a 404 and any other method a 405,
 //! both JSON `{"error","detail"}` like every error of the admin API.
 
 use std::collections::BTreeMap;
@@ -61,63 +63,10 @@ use registry::InstanceState;
 use serde::Serialize;
 use utoipa::ToSchema;
 
-use crate::api::AdminToken;
+use super::{AdminState, ApiError, metrics};
 use crate::backend::Backend;
-use crate::control::Control;
-use crate::history::History;
-use crate::metrics;
 use crate::stats::StatsSnapshot;
-use crate::table::{ServicePool, TableHandle};
-
-/// What the admin handlers read and write with.
-#[derive(Clone)]
-pub struct AdminState {
-    pub table: TableHandle,
-    /// This gateway's id in the registry.
-    pub gateway_id: String,
-    /// Routes, policies, events and rollouts, and the client for writes.
-    pub control: Control,
-    /// The charts' samples.
-    pub history: History,
-    /// Required for writes when set (`--admin-token`).
-    pub token: Option<AdminToken>,
-    /// Cancelled when the gateway stops (ends the event streams).
-    pub stop: tokio_util::sync::CancellationToken,
-}
-
-/// State for unit tests: `table`, and an etcd client for an address where
-/// nothing listens (the registry reads as unreachable).
-#[cfg(test)]
-pub async fn test_state_with(table: TableHandle) -> AdminState {
-    // An etcd that does not answer: what these tests check needs none.
-    let etcd = registry::store::memory::MemoryEtcd::default();
-    etcd.set_up(false);
-    AdminState {
-        table,
-        gateway_id: "gw-1".into(),
-        control: Control::start(registry::Store::memory(&etcd, registry::Keys::default())),
-        history: History::default(),
-        token: None,
-        stop: tokio_util::sync::CancellationToken::new(),
-    }
-}
-
-/// [`test_state_with`] an empty table.
-#[cfg(test)]
-pub async fn test_state() -> AdminState {
-    let table = crate::table::LiveState::default().build(
-        &Default::default(),
-        &Default::default(),
-        &crate::table::Defaults {
-            service: "app".into(),
-            policy: registry::model::BalancePolicy::RoundRobin,
-        },
-        false,
-        0,
-        Instant::now(),
-    );
-    test_state_with(TableHandle::new(table).0).await
-}
+use crate::table::ServicePool;
 
 /// `GET /healthz`.
 #[derive(Debug, Clone, Serialize, ToSchema)]
@@ -319,29 +268,6 @@ impl InstanceView {
     }
 }
 
-/// An admin API error: `{"error": ..., "detail": ...}` with its status.
-#[derive(Debug, Clone)]
-pub struct ApiError {
-    pub status: StatusCode,
-    pub error: &'static str,
-    pub detail: String,
-}
-
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
-        #[derive(Serialize)]
-        struct Body<'a> {
-            error: &'a str,
-            detail: &'a str,
-        }
-        let body = Body {
-            error: self.error,
-            detail: &self.detail,
-        };
-        (self.status, Json(body)).into_response()
-    }
-}
-
 /// `GET /healthz`.
 #[utoipa::path(get, path = "/healthz", tag = "stats",
     responses((status = 200, description = "Always 200; `registry` says whether etcd is connected", body = HealthReport)))]
@@ -384,7 +310,7 @@ pub async fn services(State(state): State<AdminState>) -> Json<Vec<ServiceSummar
     params(("service" = String, Path, description = "Service name")),
     responses(
         (status = 200, description = "The service and every registered instance with live stats", body = ServiceDetail),
-        (status = 404, description = "No such service", body = crate::api::ErrorBody),
+        (status = 404, description = "No such service", body = crate::admin::ErrorBody),
     ))]
 pub async fn service(
     State(state): State<AdminState>,
@@ -433,7 +359,8 @@ mod tests {
     use tower::ServiceExt;
 
     use super::*;
-    use crate::table::{Defaults, LiveState, RoutingTable};
+    use crate::admin::test_state_with;
+    use crate::table::{Defaults, LiveState, RoutingTable, TableHandle};
 
     fn instance(id: &str, state: InstanceState) -> Instance {
         let mut i = Instance::new("app", format!("127.0.0.1:{}", 1000 + id.len()));
@@ -475,7 +402,7 @@ mod tests {
 
     async fn router(table: RoutingTable) -> Router {
         let (table, _publisher) = TableHandle::new(table);
-        crate::api::app(test_state_with(table).await)
+        crate::admin::api::app(test_state_with(table).await)
     }
 
     async fn get(router: &Router, uri: &str) -> (StatusCode, String, String) {
