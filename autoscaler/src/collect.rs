@@ -127,7 +127,7 @@ pub async fn collect(
 #[cfg(test)]
 mod tests {
     use registry::InstanceState;
-    use registry::wire::gateway::{InstanceStatus, InstanceView, RequestStats, ServiceSummary};
+    use registry::wire::gateway::{InstanceStatus, InstanceView, ServiceSummary, StatsSnapshot};
 
     use super::*;
 
@@ -137,11 +137,11 @@ mod tests {
         held: i64,
         instances: &[(&str, i64, f64, bool)],
     ) -> Option<ServiceDetail> {
-        let stats = |in_flight, rate, p95_ms| RequestStats {
+        let stats = |in_flight, rate, p95_ms| StatsSnapshot {
             in_flight,
             rate,
             p95_ms,
-            ..RequestStats::default()
+            ..StatsSnapshot::default()
         };
         Some(ServiceDetail {
             summary: ServiceSummary {

@@ -11,6 +11,7 @@
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+pub use registry::wire::gateway::StatsSnapshot;
 use serde::Serialize;
 
 /// Seconds covered by the recent window.
@@ -116,22 +117,6 @@ impl Default for RequestStats {
     fn default() -> Self {
         Self::new(Instant::now())
     }
-}
-
-/// What the admin API reports for one set of requests.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, utoipa::ToSchema)]
-pub struct StatsSnapshot {
-    pub in_flight: i64,
-    pub requests_total: u64,
-    pub errors_total: u64,
-    /// Requests per second over the recent window.
-    pub rate: f64,
-    /// Errors per second over the recent window.
-    pub error_rate: f64,
-    /// Latency percentiles over the recent window, in ms (None without requests).
-    pub p50_ms: Option<f64>,
-    pub p95_ms: Option<f64>,
-    pub p99_ms: Option<f64>,
 }
 
 /// The cumulative histogram, as Prometheus wants it.

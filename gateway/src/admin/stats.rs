@@ -2,44 +2,16 @@
 //! and instances with their live stats. Everything is read from the current
 //! routing-table snapshot
 //! ([`TableHandle::load`](crate::table::TableHandle::load)), so a handler
-//! never blocks the request path. The autoscaler reads the JSON endpoints: their field
-//! names are snake_case and stable; new fields may be added, none renamed.
+//! never blocks the request path.
 //!
-//! `GET /healthz` → 200 always (the gateway keeps serving from its last
-//! snapshot while etcd is away), [`HealthReport`]:
-//! `status` (`"ok"`), `gateway_id`, `registry` (`"connected"` |
-//! `"unreachable"`), `generation` (routing-table generation), `services`
-//! (how many services the table knows), and `detail` (only while the
-//! registry is unreachable: routing uses the last known instances).
-//!
-//! `GET /api/v1/services` → a JSON array of [`ServiceSummary`], one per
-//! service the table knows (services with instances, the default service,
-//! services named by a route), sorted by name:
-//! - `name`, `ready_instances`, `total_instances`, `ejected_instances`,
-//!   `unconfirmed_instances` (left the registry while ready, still routed: see [`crate::grace`]);
-//! - the service's request stats (client requests, whatever the instance):
-//!   `in_flight`, `requests_total`, `errors_total` (5xx and failed), `rate`
-//!   and `error_rate` (per second over the last 10 s), `p50_ms`, `p95_ms`,
-//!   `p99_ms` (over the last 10 s; `null` when there were no requests);
-//! - `held_now`, `held_total`, `hold_timeouts_total` (requests waiting for a
-//!   ready instance: scale from zero), `retries_total`,
-//!   `retries_refused_total` (refused by the retry budget).
-//!
-//! `GET /api/v1/services/{service}` → [`ServiceDetail`]: the summary's fields
-//! plus `instances`, one [`InstanceView`] per registered instance whatever its
-//! state, sorted by id:
-//! - from the registry: `id`, `addr`, `version`, `zone`, `labels` (object),
-//!   `weight`, `registry_state` (`starting` | `ready` | `draining`),
-//!   `age_secs` (since the instance's `started_at`);
-//! - `state`: `registry_state`, or `ejected` while passive health has ejected
-//!   it, or `unconfirmed` while it is kept routable after leaving the
-//!   registry while ready; `ejected` (bool), `ejected_for_ms` (time left in the ejection, `null`
-//!   when not ejected), `consecutive_failures`, `ejections` (ejections in a
-//!   row, which drive the back-off);
-//! - the same request stats as a service (`in_flight`, `requests_total`,
-//!   `errors_total`, `rate`, `error_rate`, `p50_ms`, `p95_ms`, `p99_ms`),
-//!   counting attempts sent to this instance;
-//! - `peak_ewma_ms`: the latency estimate least-request balancing uses.
+//! `GET /healthz` → [`HealthReport`], `GET /api/v1/services` → a JSON array
+//! of [`ServiceSummary`] (one per service the table knows, sorted by name),
+//! `GET /api/v1/services/{service}` → [`ServiceDetail`] (the summary plus
+//! one [`InstanceView`] per registered instance whatever its state, sorted
+//! by id). These types, and what each field means, are the wire contract in
+//! `registry::wire::gateway`: the autoscaler decodes the very same types.
+//! This file fills them from the routing table ([`service_summary`],
+//! [`service_detail`], [`instance_view`]).
 //!
 //! An unknown service is a 404 `{"error":"not_found","detail":"no service `x`
 //! in the registry; known services: a, b"}`; a known service with no instance
@@ -51,7 +23,7 @@
 //! are in [`super::api`]; any other path is a 404 and any other method a 405,
 //! both JSON `{"error","detail"}` like every error of the admin API.
 
-use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use axum::Json;
@@ -60,106 +32,13 @@ use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use chrono::{DateTime, Utc};
 use registry::InstanceState;
-use serde::Serialize;
-use utoipa::ToSchema;
+pub use registry::wire::gateway::{
+    HealthReport, InstanceStatus, InstanceView, ServiceDetail, ServiceSummary,
+};
 
 use super::{AdminState, ApiError, metrics};
 use crate::backend::Backend;
-use crate::stats::StatsSnapshot;
 use crate::table::ServicePool;
-
-/// `GET /healthz`.
-#[derive(Debug, Clone, Serialize, ToSchema)]
-pub struct HealthReport {
-    pub status: &'static str,
-    pub gateway_id: String,
-    pub registry: &'static str,
-    pub generation: u64,
-    pub services: usize,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub detail: Option<String>,
-}
-
-/// One service in `GET /api/v1/services` (fields documented on the module).
-#[derive(Debug, Clone, Serialize, ToSchema)]
-pub struct ServiceSummary {
-    pub name: String,
-    pub ready_instances: usize,
-    pub total_instances: usize,
-    pub ejected_instances: usize,
-    pub unconfirmed_instances: usize,
-    #[serde(flatten)]
-    pub stats: StatsSnapshot,
-    pub held_now: i64,
-    pub held_total: u64,
-    pub hold_timeouts_total: u64,
-    pub retries_total: u64,
-    pub retries_refused_total: u64,
-}
-
-/// `GET /api/v1/services/{service}`.
-#[derive(Debug, Clone, Serialize, ToSchema)]
-pub struct ServiceDetail {
-    #[serde(flatten)]
-    pub summary: ServiceSummary,
-    pub instances: Vec<InstanceView>,
-}
-
-/// One instance in [`ServiceDetail`] (fields documented on the module).
-#[derive(Debug, Clone, Serialize, ToSchema)]
-pub struct InstanceView {
-    pub id: String,
-    pub addr: String,
-    pub version: String,
-    pub zone: String,
-    pub labels: BTreeMap<String, String>,
-    pub weight: u32,
-    pub state: InstanceStatus,
-    #[schema(value_type = String, example = "ready")]
-    pub registry_state: InstanceState,
-    pub ejected: bool,
-    pub ejected_for_ms: Option<u64>,
-    pub consecutive_failures: u32,
-    pub ejections: u32,
-    pub age_secs: f64,
-    #[serde(flatten)]
-    pub stats: StatsSnapshot,
-    pub peak_ewma_ms: f64,
-}
-
-/// An instance's state as the admin API and `/metrics` report it: its
-/// registry state, unless passive health has ejected it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ToSchema)]
-#[serde(rename_all = "lowercase")]
-pub enum InstanceStatus {
-    Starting,
-    Ready,
-    Draining,
-    Ejected,
-    /// Left the registry while ready and kept routable for a grace period
-    /// until it registers again ([`grace`](crate::grace)).
-    Unconfirmed,
-}
-
-impl InstanceStatus {
-    pub const ALL: [InstanceStatus; 5] = [
-        InstanceStatus::Starting,
-        InstanceStatus::Ready,
-        InstanceStatus::Draining,
-        InstanceStatus::Ejected,
-        InstanceStatus::Unconfirmed,
-    ];
-
-    pub fn label(self) -> &'static str {
-        match self {
-            InstanceStatus::Starting => "starting",
-            InstanceStatus::Ready => "ready",
-            InstanceStatus::Draining => "draining",
-            InstanceStatus::Ejected => "ejected",
-            InstanceStatus::Unconfirmed => "unconfirmed",
-        }
-    }
-}
 
 /// An instance's registry state and passive health at one moment, read
 /// under one lock.
@@ -209,62 +88,59 @@ impl InstanceHealth {
     }
 }
 
-impl ServiceSummary {
-    pub fn of(pool: &ServicePool, now: Instant) -> Self {
-        let c = &pool.counters;
-        let load = |v: &std::sync::atomic::AtomicU64| v.load(std::sync::atomic::Ordering::Relaxed);
-        ServiceSummary {
-            name: pool.service.clone(),
-            ready_instances: pool.ready.len(),
-            total_instances: pool.all.len(),
-            ejected_instances: pool.all.iter().filter(|b| b.state.is_ejected(now)).count(),
-            unconfirmed_instances: pool.all.iter().filter(|b| b.unconfirmed.is_some()).count(),
-            stats: c.requests.snapshot(now),
-            held_now: c.held_now.load(std::sync::atomic::Ordering::Relaxed),
-            held_total: load(&c.held_total),
-            hold_timeouts_total: load(&c.hold_timeouts_total),
-            retries_total: load(&c.retries_total),
-            retries_refused_total: load(&c.retries_refused_total),
-        }
+/// A service's summary from its pool.
+pub fn service_summary(pool: &ServicePool, now: Instant) -> ServiceSummary {
+    let c = &pool.counters;
+    let load = |v: &AtomicU64| v.load(Ordering::Relaxed);
+    ServiceSummary {
+        name: pool.service.clone(),
+        ready_instances: pool.ready.len(),
+        total_instances: pool.all.len(),
+        ejected_instances: pool.all.iter().filter(|b| b.state.is_ejected(now)).count(),
+        unconfirmed_instances: pool.all.iter().filter(|b| b.unconfirmed.is_some()).count(),
+        stats: c.requests.snapshot(now),
+        held_now: c.held_now.load(Ordering::Relaxed),
+        held_total: load(&c.held_total),
+        hold_timeouts_total: load(&c.hold_timeouts_total),
+        retries_total: load(&c.retries_total),
+        retries_refused_total: load(&c.retries_refused_total),
     }
 }
 
-impl ServiceDetail {
-    /// `now` for the stats window and ejections, `wall` for instance ages.
-    pub fn of(pool: &ServicePool, now: Instant, wall: DateTime<Utc>) -> Self {
-        ServiceDetail {
-            summary: ServiceSummary::of(pool, now),
-            instances: pool
-                .all
-                .iter()
-                .map(|b| InstanceView::of(b, now, wall))
-                .collect(),
-        }
+/// A service's detail from its pool: `now` for the stats window and
+/// ejections, `wall` for instance ages.
+pub fn service_detail(pool: &ServicePool, now: Instant, wall: DateTime<Utc>) -> ServiceDetail {
+    ServiceDetail {
+        summary: service_summary(pool, now),
+        instances: pool
+            .all
+            .iter()
+            .map(|b| instance_view(b, now, wall))
+            .collect(),
     }
 }
 
-impl InstanceView {
-    pub fn of(backend: &Backend, now: Instant, wall: DateTime<Utc>) -> Self {
-        let i = &backend.instance;
-        let health = InstanceHealth::of(backend, now);
-        let age = (wall - i.started_at).num_milliseconds().max(0);
-        InstanceView {
-            id: i.id.clone(),
-            addr: i.addr.clone(),
-            version: i.version.clone(),
-            zone: i.zone.clone(),
-            labels: i.labels.clone(),
-            weight: i.weight,
-            state: health.status(),
-            registry_state: health.registry_state,
-            ejected: health.ejected_for.is_some(),
-            ejected_for_ms: health.ejected_for.map(|d| d.as_millis() as u64),
-            consecutive_failures: health.consecutive_failures,
-            ejections: health.ejections,
-            age_secs: age as f64 / 1000.0,
-            stats: backend.state.stats.snapshot(now),
-            peak_ewma_ms: backend.state.rtt.get_nanos(std::time::Instant::now()) / 1e6,
-        }
+/// One instance as the admin API shows it.
+pub fn instance_view(backend: &Backend, now: Instant, wall: DateTime<Utc>) -> InstanceView {
+    let i = &backend.instance;
+    let health = InstanceHealth::of(backend, now);
+    let age = (wall - i.started_at).num_milliseconds().max(0);
+    InstanceView {
+        id: i.id.clone(),
+        addr: i.addr.clone(),
+        version: i.version.clone(),
+        zone: i.zone.clone(),
+        labels: i.labels.clone(),
+        weight: i.weight,
+        state: health.status(),
+        registry_state: health.registry_state,
+        ejected: health.ejected_for.is_some(),
+        ejected_for_ms: health.ejected_for.map(|d| d.as_millis() as u64),
+        consecutive_failures: health.consecutive_failures,
+        ejections: health.ejections,
+        age_secs: age as f64 / 1000.0,
+        stats: backend.state.stats.snapshot(now),
+        peak_ewma_ms: backend.state.rtt.get_nanos(std::time::Instant::now()) / 1e6,
     }
 }
 
@@ -275,9 +151,9 @@ pub async fn healthz(State(state): State<AdminState>) -> Json<HealthReport> {
     let table = state.table.load();
     let connected = table.registry_connected;
     Json(HealthReport {
-        status: "ok",
+        status: "ok".into(),
         gateway_id: state.gateway_id.clone(),
-        registry: if connected { "connected" } else { "unreachable" },
+        registry: if connected { "connected" } else { "unreachable" }.into(),
         generation: table.generation,
         services: table.pools.len(),
         detail: (!connected).then(|| {
@@ -300,7 +176,7 @@ pub async fn services(State(state): State<AdminState>) -> Json<Vec<ServiceSummar
         table
             .pools
             .values()
-            .map(|pool| ServiceSummary::of(pool, now))
+            .map(|pool| service_summary(pool, now))
             .collect(),
     )
 }
@@ -330,7 +206,7 @@ pub async fn service(
             detail: format!("no service `{name}` in the registry; known services: {known}"),
         });
     };
-    Ok(Json(ServiceDetail::of(pool, Instant::now(), Utc::now())))
+    Ok(Json(service_detail(pool, Instant::now(), Utc::now())))
 }
 
 /// `GET /metrics`.
@@ -580,14 +456,14 @@ mod tests {
                 );
             }
         }
-        let summary = ServiceSummary::of(pool, t0 + Duration::from_millis(5500));
+        let summary = service_summary(pool, t0 + Duration::from_millis(5500));
         // 40 requests over the 5 whole seconds the stats have existed.
         assert_eq!(summary.stats.rate, 8.0);
         assert_eq!(summary.stats.error_rate, 0.2);
         let p50 = summary.stats.p50_ms.unwrap();
         assert!((2.0..=5.0).contains(&p50), "{p50}");
         assert!(summary.stats.p99_ms.unwrap() <= 5.0);
-        let later = ServiceSummary::of(pool, t0 + Duration::from_secs(20));
+        let later = service_summary(pool, t0 + Duration::from_secs(20));
         assert_eq!((later.stats.rate, later.stats.p50_ms), (0.0, None));
         assert_eq!(later.stats.requests_total, 40, "totals never decay");
     }

@@ -6,7 +6,7 @@
 //! with instances, the default service, services named by a route):
 //! - `name`, `ready_instances`, `total_instances`, `ejected_instances`,
 //!   `unconfirmed_instances` (left the registry while ready, still routed);
-//! - [`RequestStats`] of the service's client requests, whatever the
+//! - [`StatsSnapshot`] of the service's client requests, whatever the
 //!   instance: `in_flight`, `requests_total`, `errors_total` (5xx and
 //!   failed), `rate` and `error_rate` (per second over the last 10 s),
 //!   `p50_ms`, `p95_ms`, `p99_ms` (over the last 10 s; `null` when there
@@ -25,7 +25,7 @@
 //!   the registry while ready; `ejected`, `ejected_for_ms` (time left,
 //!   `null` when not ejected), `consecutive_failures`, `ejections` (in a
 //!   row, which drive the back-off);
-//! - the same [`RequestStats`], counting attempts sent to this instance;
+//! - the same [`StatsSnapshot`], counting attempts sent to this instance;
 //! - `peak_ewma_ms`: the latency estimate least-request balancing uses (the
 //!   worst recent latency, decaying: peak-EWMA).
 
@@ -38,7 +38,7 @@ use crate::model::InstanceState;
 /// Request statistics of a service or an instance.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
-pub struct RequestStats {
+pub struct StatsSnapshot {
     pub in_flight: i64,
     pub requests_total: u64,
     pub errors_total: u64,
@@ -65,7 +65,7 @@ pub struct ServiceSummary {
     pub ejected_instances: usize,
     pub unconfirmed_instances: usize,
     #[serde(flatten)]
-    pub stats: RequestStats,
+    pub stats: StatsSnapshot,
     pub held_now: i64,
     pub held_total: u64,
     pub hold_timeouts_total: u64,
@@ -102,7 +102,7 @@ pub struct InstanceView {
     pub ejections: u32,
     pub age_secs: f64,
     #[serde(flatten)]
-    pub stats: RequestStats,
+    pub stats: StatsSnapshot,
     pub peak_ewma_ms: f64,
 }
 
@@ -165,8 +165,8 @@ pub struct HealthReport {
 mod tests {
     use super::*;
 
-    fn stats() -> RequestStats {
-        RequestStats {
+    fn stats() -> StatsSnapshot {
+        StatsSnapshot {
             in_flight: 3,
             requests_total: 100,
             errors_total: 2,

@@ -24,7 +24,7 @@ use utoipa::ToSchema;
 
 use crate::admin::AdminState;
 use crate::admin::history::Sample;
-use crate::admin::stats::ServiceDetail;
+use crate::admin::stats::{ServiceDetail, service_detail};
 
 /// A snapshot is pushed at least this often.
 pub const PERIOD: Duration = Duration::from_secs(1);
@@ -92,7 +92,7 @@ impl DashboardSnapshot {
                 .pools
                 .iter()
                 .map(|(name, pool)| ServicePanel {
-                    detail: ServiceDetail::of(pool, now, wall),
+                    detail: service_detail(pool, now, wall),
                     policy: control.policy(name),
                     desired: control.desired(name),
                     rollout: control.rollout(name),
