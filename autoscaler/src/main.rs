@@ -10,10 +10,12 @@ use registry::EtcdArgs;
 use registry::LogArgs;
 use registry::cli::exit::Failure;
 
+use autoscaler::cli::apply::ApplyArgs;
 use autoscaler::cli::events::EventsArgs;
 use autoscaler::cli::policy::PolicyCommand;
 use autoscaler::cli::rollout::RolloutCommand;
 use autoscaler::cli::scale::ScaleArgs;
+use autoscaler::cli::services::{DescribeCommand, GetCommand};
 use autoscaler::cli::status::StatusArgs;
 use autoscaler::run::RunConfig;
 
@@ -21,6 +23,10 @@ const LONG_ABOUT: &str = "\
 Shoal's autoscaler: the controller, and the commands that steer it.
 
   autoscaler run                      the controller (leader-elected; scales every service with a policy)
+  autoscaler apply -f shoal.yaml [--dry-run] [--prune]
+                                      declare services, policies and routes (a diff, then one transaction)
+  autoscaler get services             every declared service: version, policy, instances, rollout
+  autoscaler describe service NAME    one service in full: spec, instances, history, events
   autoscaler policy set SERVICE --min N --max N --metric inflight|rps|p95-latency|cpu --target X
   autoscaler policy get [SERVICE]     the policies, as a table or JSON
   autoscaler policy delete SERVICE
@@ -29,6 +35,8 @@ Shoal's autoscaler: the controller, and the commands that steer it.
   autoscaler events SERVICE [--follow]
   autoscaler rollout restart SERVICE [--max-surge N] [--max-unavailable N]
                                       replace every instance, a few at a time (progress until done)
+  autoscaler rollout status SERVICE   a rollout's progress and the versions instances run
+  autoscaler rollout undo SERVICE     put the previous spec back (the controller rolls onto it)
   autoscaler completions bash|zsh|fish|elvish|powershell
                                       shell completions on stdout
 
@@ -70,9 +78,10 @@ impl Cli {
             Command::Scale(args) => args.etcd = etcd,
             Command::Status(args) => args.etcd = etcd,
             Command::Events(args) => args.etcd = etcd,
-            Command::Rollout(command) => match &mut command.action {
-                autoscaler::cli::rollout::RolloutAction::Restart(args) => args.etcd = etcd,
-            },
+            Command::Rollout(command) => *command.etcd_mut() = etcd,
+            Command::Apply(args) => args.etcd = etcd,
+            Command::Get(command) => command.etcd = etcd,
+            Command::Describe(command) => command.etcd = etcd,
             Command::Completions { .. } => {}
         }
         Ok(cli)
@@ -83,6 +92,12 @@ impl Cli {
 enum Command {
     /// Run the controller: elect a leader, scale every service with a policy.
     Run(RunConfig),
+    /// Declare services, policies and routes from a file: a diff, then one transaction.
+    Apply(ApplyArgs),
+    /// List declared objects (`get services`).
+    Get(GetCommand),
+    /// Show one object in full (`describe service NAME`).
+    Describe(DescribeCommand),
     /// Set, show or delete scaling policies.
     Policy(PolicyCommand),
     /// Pin a service at N instances (or `--unpin`): the pin overrides the metric.
@@ -116,6 +131,9 @@ async fn main() -> ExitCode {
         Command::Status(args) => autoscaler::cli::status::run(args).await,
         Command::Events(args) => autoscaler::cli::events::run(args).await,
         Command::Rollout(command) => autoscaler::cli::rollout::run(command).await,
+        Command::Apply(args) => autoscaler::cli::apply::run(args).await,
+        Command::Get(command) => autoscaler::cli::services::get(command).await,
+        Command::Describe(command) => autoscaler::cli::services::describe(command).await,
         Command::Completions { shell } => {
             use clap::CommandFactory;
             clap_complete::generate(
@@ -183,7 +201,9 @@ mod tests {
         else {
             panic!("not rollout")
         };
-        let autoscaler::cli::rollout::RolloutAction::Restart(r) = r.action;
+        let autoscaler::cli::rollout::RolloutAction::Restart(r) = r.action else {
+            panic!("not restart")
+        };
         assert_eq!(r.etcd.prefix.prefix(), "/q");
     }
 
@@ -195,7 +215,9 @@ mod tests {
         else {
             panic!("not rollout")
         };
-        let autoscaler::cli::rollout::RolloutAction::Restart(r) = r.action;
+        let autoscaler::cli::rollout::RolloutAction::Restart(r) = r.action else {
+            panic!("not restart")
+        };
         assert_eq!((r.max_surge, r.max_unavailable, r.no_wait), (2, 0, false));
         let err = parse(&["rollout", "restart", "app", "--max-surge", "many"])
             .err()

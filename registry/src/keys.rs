@@ -9,6 +9,8 @@
 //! {prefix}/rollouts/{service}                  Rollout JSON, until the rolling restart ends
 //! {prefix}/autoscaler/leader                   etcd election name
 //! {prefix}/events/{service}/{seq:020}          ScalingEvent JSON, bounded history
+//! {prefix}/services/{service}                  Service JSON (how to run it), persistent
+//! {prefix}/service-history/{service}/{seq:020} earlier Service specs, for rollback
 //! ```
 //!
 //! Prefix directories end with `/` so that a prefix watch on `instances/app/`
@@ -35,6 +37,8 @@ pub enum Key {
     Policy { service: String },
     Rollout { service: String },
     Event { service: String, seq: u64 },
+    Service { service: String },
+    ServiceHistory { service: String, seq: u64 },
     Leader,
 }
 
@@ -187,6 +191,23 @@ impl Keys {
         format!("{}/events/{service}/{seq:020}", self.prefix)
     }
 
+    pub fn services(&self) -> String {
+        format!("{}/services/", self.prefix)
+    }
+
+    pub fn service(&self, service: &str) -> String {
+        format!("{}/services/{service}", self.prefix)
+    }
+
+    pub fn service_history(&self, service: &str) -> String {
+        format!("{}/service-history/{service}/", self.prefix)
+    }
+
+    /// Zero-padded so that etcd's lexical order is the sequence order.
+    pub fn service_history_entry(&self, service: &str, seq: u64) -> String {
+        format!("{}/service-history/{service}/{seq:020}", self.prefix)
+    }
+
     /// Parse any key of the layout; segments are validated.
     pub fn parse(&self, key: &str) -> Result<Key, KeyError> {
         let rest = key
@@ -200,6 +221,12 @@ impl Keys {
                 source,
             })?;
             Ok(s.to_owned())
+        };
+        let seq = |s: &str| -> Result<u64, KeyError> {
+            s.parse().map_err(|_| KeyError::BadSegment {
+                key: key.to_owned(),
+                source: ValidationError::new("sequence number", format!("`{s}` is not a number")),
+            })
         };
         match parts.as_slice() {
             ["instances", service, id] => Ok(Key::Instance {
@@ -222,12 +249,16 @@ impl Keys {
             ["rollouts", service] => Ok(Key::Rollout {
                 service: seg("service", service)?,
             }),
-            ["events", service, seq] => Ok(Key::Event {
+            ["events", service, n] => Ok(Key::Event {
                 service: seg("service", service)?,
-                seq: seq.parse().map_err(|_| KeyError::BadSegment {
-                    key: key.to_owned(),
-                    source: ValidationError::new("event seq", format!("`{seq}` is not a number")),
-                })?,
+                seq: seq(n)?,
+            }),
+            ["services", service] => Ok(Key::Service {
+                service: seg("service", service)?,
+            }),
+            ["service-history", service, n] => Ok(Key::ServiceHistory {
+                service: seg("service", service)?,
+                seq: seq(n)?,
             }),
             ["autoscaler", "leader", ..] => Ok(Key::Leader),
             _ => Err(KeyError::Unknown(key.to_owned())),
@@ -269,6 +300,19 @@ mod tests {
                 k.rollout("app"),
                 Key::Rollout {
                     service: "app".into(),
+                },
+            ),
+            (
+                k.service("app"),
+                Key::Service {
+                    service: "app".into(),
+                },
+            ),
+            (
+                k.service_history_entry("app", 7),
+                Key::ServiceHistory {
+                    service: "app".into(),
+                    seq: 7,
                 },
             ),
             (

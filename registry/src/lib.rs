@@ -2,6 +2,8 @@
 //!
 //! - [`model`]: the values stored in etcd (`Instance`, `Route`, `ScalingPolicy`,
 //!   `ScalingEvent`, `GatewayInfo`) with validation that names the bad field.
+//! - [`manifest`]: a declarative file of services, policies and routes,
+//!   checked whole before anything is written.
 //! - [`keys`]: the key layout under a configurable prefix, built and parsed.
 //! - [`cli`]: what the command-line tools share: reaching etcd with a helpful
 //!   error, exit codes, tables on stdout.
@@ -18,6 +20,8 @@
 //! - [`watcher`]: list-then-watch of a prefix with resets after compaction or
 //!   reconnection, skipping malformed entries.
 //! - [`election`]: leader election and transactions fenced on leadership.
+//! - [`spec`]: a service's declared workload (`services/{service}`): how to
+//!   run it per driver, readiness, who registers it, its content version.
 //! - [`stop`]: what asks an instance to stop (signals, its retire key).
 //! - [`rendezvous`]: weighted rendezvous hashing, so gateways and app servers
 //!   agree on which instance owns a key.
@@ -33,10 +37,12 @@ pub mod election;
 pub mod etcd_tls;
 pub mod healthcheck;
 pub mod keys;
+pub mod manifest;
 pub mod model;
 pub mod peer;
 pub mod registration;
 pub mod rendezvous;
+pub mod spec;
 pub mod stop;
 pub mod store;
 pub mod watcher;

@@ -88,7 +88,7 @@ pub(crate) fn decode_json<T: serde::de::DeserializeOwned>(
     Ok(parsed)
 }
 
-fn key_mismatch(key: &str, what: &str, in_key: &str, in_value: &str) -> DecodeError {
+pub(crate) fn key_mismatch(key: &str, what: &str, in_key: &str, in_value: &str) -> DecodeError {
     DecodeError::Invalid {
         key: key.to_owned(),
         source: ValidationError::new(

@@ -1,6 +1,8 @@
-//! The operator subcommands of `autoscaler`, one file each: [`policy`]
-//! (`set`/`get`/`delete`), [`scale`] (pin a replica count), [`status`],
-//! [`events`] and [`rollout`] (rolling restarts). This file holds what they share: argument parsers and the
+//! The operator subcommands of `autoscaler`, one file each: [`apply`] (a
+//! file of services, policies and routes), [`services`] (`get services`,
+//! `describe service`), [`policy`] (`set`/`get`/`delete`), [`scale`] (pin a
+//! replica count), [`status`], [`events`] and [`rollout`] (rolling
+//! restarts, their status, undoing a spec change). This file holds what they share: argument parsers and the
 //! `--output` choice.
 //!
 //! Every command returns an [`Outcome`]; registry access goes through the
@@ -8,10 +10,12 @@
 //! [`registry::cli::etcd::store_failure`], so an unreachable etcd is exit
 //! code 2 with advice.
 
+pub mod apply;
 pub mod events;
 pub mod policy;
 pub mod rollout;
 pub mod scale;
+pub mod services;
 pub mod status;
 
 use clap::ValueEnum;

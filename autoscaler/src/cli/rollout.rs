@@ -41,6 +41,19 @@ pub struct RolloutCommand {
 pub enum RolloutAction {
     /// Replace every instance of a service, a few at a time, with no request dropped.
     Restart(RestartArgs),
+    /// Whether a rollout is in progress, and which spec version each instance runs.
+    Status(ServiceArgs),
+    /// Put the service's previous spec back; the controller rolls its instances onto it.
+    Undo(ServiceArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ServiceArgs {
+    /// `--etcd`, `--prefix`, ...: filled in by `main`.
+    #[arg(skip)]
+    pub etcd: EtcdArgs,
+    #[arg(value_parser = service_name)]
+    pub service: String,
 }
 
 #[derive(Debug, Args)]
@@ -69,7 +82,93 @@ pub struct RestartArgs {
 pub async fn run(command: RolloutCommand) -> Outcome {
     match command.action {
         RolloutAction::Restart(args) => restart(args).await,
+        RolloutAction::Status(args) => status(args).await,
+        RolloutAction::Undo(args) => undo(args).await,
     }
+}
+
+impl RolloutCommand {
+    /// Where the top-level etcd flags go.
+    pub fn etcd_mut(&mut self) -> &mut EtcdArgs {
+        match &mut self.action {
+            RolloutAction::Restart(args) => &mut args.etcd,
+            RolloutAction::Status(args) | RolloutAction::Undo(args) => &mut args.etcd,
+        }
+    }
+}
+
+/// `rollout status SERVICE`: the request in progress, if any, and the
+/// versions the instances run against the spec's.
+async fn status(args: ServiceArgs) -> Outcome {
+    let store = etcd::store(&args.etcd).await?;
+    let failure = |e| etcd::store_failure(&args.etcd, e);
+    let service = args.service.as_str();
+    let keys = store.keys();
+    let rollout = store
+        .get::<Rollout>(&keys.rollout(service))
+        .await
+        .map_err(failure)?
+        .map(|r| r.value);
+    let instances: Vec<Instance> = store
+        .list(&keys.service_instances(service))
+        .await
+        .map_err(failure)?
+        .into_iter()
+        .map(|(_, i)| i)
+        .collect();
+    let spec = store
+        .service(service)
+        .await
+        .map_err(failure)?
+        .map(|s| s.value);
+    let mut lines = vec![match &rollout {
+        Some(r) => format!(
+            "{} (requested by {} at {})",
+            progress_line(service, Some(r), &instances),
+            r.requested_by,
+            r.requested_at.to_rfc3339()
+        ),
+        None => format!("{service}: no rollout in progress"),
+    }];
+    match spec {
+        Some(spec) => {
+            let version = spec.version();
+            let current = instances.iter().filter(|i| i.version == version).count();
+            lines.push(format!(
+                "spec version {version}: {current} of {} instance(s) run it",
+                instances.len()
+            ));
+        }
+        None => lines.push(format!(
+            "{service} has no spec (it runs the controller's default command)"
+        )),
+    }
+    out::finish(lines)?;
+    Ok(OK)
+}
+
+/// `rollout undo SERVICE`: the previous spec back; the controller rolls.
+async fn undo(args: ServiceArgs) -> Outcome {
+    let store = etcd::store(&args.etcd).await?;
+    let service = args.service.as_str();
+    let change = store.undo_service(service).await.map_err(|e| match e {
+        StoreError::NoService { .. } => Failure::Runtime(anyhow!(
+            "{service} has no spec to roll back; autoscaler get services lists the declared ones"
+        )),
+        StoreError::NothingToUndo { .. } => Failure::Runtime(anyhow!(
+            "{service} has no earlier spec: it has not been changed since it was declared"
+        )),
+        StoreError::Conflict { .. } => Failure::Runtime(anyhow!(
+            "the spec of {service} changed while it was being rolled back; run the command again"
+        )),
+        other => etcd::store_failure(&args.etcd, other),
+    })?;
+    out::finish([format!(
+        "rolled {service} back: spec version {} → {}; the controller rolls its instances onto it (autoscaler rollout status {service})",
+        change.previous.as_deref().unwrap_or("-"),
+        change.version
+    )])?;
+    Ok(OK)
 }
 
 async fn restart(args: RestartArgs) -> Outcome {

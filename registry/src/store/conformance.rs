@@ -16,13 +16,15 @@ use futures::stream::BoxStream;
 use super::backend::{
     BackendError, Cmp, Compare, Op, OpResult, Range, Span, Target, Txn, WatchEvent, WatchMessage,
 };
-use super::{Fence, Store, StoreError, Write, Written};
+use super::{Action, Fence, KEEP_SERVICE_HISTORY, Kind, Store, StoreError, Write, Written};
 use crate::keys::Keys;
+use crate::manifest::Manifest;
 use crate::model::{
     Instance, NamedRoute, RegistryValue, RetireRequest, Rollout, Route, ScalingEvent,
     ScalingMetric, ScalingPolicy,
 };
 use crate::registration::backend::{BackendError as LeaseError, LeaseBackend};
+use crate::spec::Service;
 use crate::watcher::Watcher;
 
 /// How long a check waits for a watch to deliver what it must.
@@ -48,6 +50,8 @@ pub async fn run(store: &Store, leases: impl LeaseBackend, compact: impl AsyncFn
     check!(rollout_requests);
     check!(retiring);
     check!(fenced_commits);
+    check!(service_specs_and_their_history);
+    check!(manifests_apply_whole_or_not_at_all);
     check!(watcher_over_the_store);
 }
 
@@ -669,4 +673,193 @@ pub async fn watcher_over_the_store(store: &Store) {
         instance("b").to_json().as_bytes(),
     );
     assert!(decoded.is_ok());
+}
+
+fn spec(greeting: &str) -> Service {
+    serde_json::from_value(serde_json::json!({
+        "name": "web",
+        "process": {"argv": ["node", "server.js"], "port_env": "PORT", "env": {"GREETING": greeting}},
+    }))
+    .expect("a valid spec")
+}
+
+pub async fn service_specs_and_their_history(store: &Store) {
+    let first = store.put_service(&spec("a")).await.unwrap();
+    assert_eq!(
+        (first.written, first.previous.clone()),
+        (Written::Created, None)
+    );
+    let again = store.put_service(&spec("a")).await.unwrap();
+    assert!(again.unchanged(), "the same spec writes nothing");
+    assert!(store.service_history("web").await.unwrap().is_empty());
+
+    let second = store.put_service(&spec("b")).await.unwrap();
+    assert_eq!(second.previous.as_deref(), Some(first.version.as_str()));
+    let history = store.service_history("web").await.unwrap();
+    assert_eq!(history.len(), 1);
+    assert_eq!(history[0].1, spec("a"), "the replaced spec is kept");
+
+    let undone = store.undo_service("web").await.unwrap();
+    assert_eq!(undone.version, first.version);
+    let current = store.service("web").await.unwrap().unwrap().value;
+    assert_eq!(current, spec("a"));
+    let history: Vec<Service> = store
+        .service_history("web")
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|(_, s)| s)
+        .collect();
+    assert_eq!(history, [spec("b")], "undo swaps the two");
+    store.undo_service("web").await.unwrap();
+    assert_eq!(
+        store.service("web").await.unwrap().unwrap().value,
+        spec("b")
+    );
+
+    for n in 0..12 {
+        store.put_service(&spec(&format!("v{n}"))).await.unwrap();
+    }
+    let history = store.service_history("web").await.unwrap();
+    assert_eq!(
+        history.len() as u64,
+        KEEP_SERVICE_HISTORY,
+        "the history is bounded"
+    );
+    assert_eq!(history[0].1, spec("v10"), "newest first");
+    assert!(history.windows(2).all(|w| w[0].0 > w[1].0));
+
+    let mut invalid = spec("x");
+    invalid.process.as_mut().unwrap().argv.clear();
+    assert!(matches!(
+        store.put_service(&invalid).await,
+        Err(StoreError::Invalid(_))
+    ));
+    assert!(matches!(
+        store.undo_service("nothing").await,
+        Err(StoreError::NoService { .. })
+    ));
+    assert!(store.delete_service("web").await.unwrap());
+    assert!(
+        store.service_history("web").await.unwrap().is_empty(),
+        "the history goes with it"
+    );
+    store.put_service(&spec("only")).await.unwrap();
+    assert!(matches!(
+        store.undo_service("web").await,
+        Err(StoreError::NothingToUndo { .. })
+    ));
+}
+
+fn manifest(greeting: &str, max: u32) -> Manifest {
+    Manifest::from_value(serde_json::json!({
+        "services": {"web": {"process": {"argv": ["node", "server.js"], "port_env": "PORT", "env": {"GREETING": greeting}}}},
+        "policies": {"web": {"min": 1, "max": max, "metric": "inflight", "target": 4.0}},
+        "routes": {"web": {"path_prefix": "/node/", "service": "web"}},
+    }))
+    .expect("a valid manifest")
+}
+
+fn actions(plan: &super::ApplyPlan) -> Vec<(Kind, Action)> {
+    plan.changes.iter().map(|c| (c.kind, c.action)).collect()
+}
+
+pub async fn manifests_apply_whole_or_not_at_all(store: &Store) {
+    let plan = store.plan_apply(&manifest("a", 4), false).await.unwrap();
+    assert_eq!(
+        actions(&plan),
+        [
+            (Kind::Service, Action::Create),
+            (Kind::Policy, Action::Create),
+            (Kind::Route, Action::Create)
+        ]
+    );
+    store.apply(&plan).await.unwrap();
+    let again = store.plan_apply(&manifest("a", 4), false).await.unwrap();
+    assert!(!again.changes_anything(), "{:?}", again.changes);
+
+    // The pin is the operator's: a file without one keeps it.
+    store.set_pin("web", Some(3)).await.unwrap();
+    let edit = store.plan_apply(&manifest("b", 6), false).await.unwrap();
+    assert_eq!(
+        actions(&edit),
+        [
+            (Kind::Service, Action::Update),
+            (Kind::Policy, Action::Update),
+            (Kind::Route, Action::Unchanged)
+        ]
+    );
+    let policy_change = edit
+        .changes
+        .iter()
+        .find(|c| c.kind == Kind::Policy)
+        .unwrap();
+    assert_eq!(policy_change.detail, "max 4 → 6", "{policy_change}");
+
+    // Someone changes the route between the plan and the apply: nothing is written.
+    let mut route = store.routes().await.unwrap().remove(0).route;
+    route.strip_prefix = true;
+    store.put_route("web", &route).await.unwrap();
+    let stale = store.plan_apply(&manifest("c", 5), false).await.unwrap();
+    store
+        .put_route("web", &route_with_prefix("/other/"))
+        .await
+        .unwrap();
+    assert!(matches!(
+        store.apply(&stale).await,
+        Err(StoreError::Conflict { .. })
+    ));
+    assert_eq!(
+        store.policy("web").await.unwrap().unwrap().value.max,
+        4,
+        "nothing of the stale plan was written"
+    );
+
+    store.apply(&edit).await.unwrap();
+    let stored = store.policy("web").await.unwrap().unwrap().value;
+    assert_eq!((stored.max, stored.pinned), (6, Some(3)));
+    assert_eq!(
+        store.service_history("web").await.unwrap().len(),
+        1,
+        "the replaced spec is kept"
+    );
+
+    // Prune: what the file no longer lists goes.
+    store
+        .put_route("extra", &route_with_prefix("/extra/"))
+        .await
+        .unwrap();
+    let only_service = Manifest::from_value(serde_json::json!({
+        "services": {"web": {"process": {"argv": ["node", "server.js"], "port_env": "PORT", "env": {"GREETING": "b"}}}}
+    }))
+    .unwrap();
+    let without = store.plan_apply(&only_service, false).await.unwrap();
+    assert!(
+        !without.changes_anything(),
+        "without --prune nothing is deleted"
+    );
+    let pruned = store.plan_apply(&only_service, true).await.unwrap();
+    let deletes: Vec<(Kind, String)> = pruned
+        .changes
+        .iter()
+        .filter(|c| c.action == Action::Delete)
+        .map(|c| (c.kind, c.name.clone()))
+        .collect();
+    assert_eq!(
+        deletes,
+        [
+            (Kind::Policy, "web".to_owned()),
+            (Kind::Route, "extra".to_owned()),
+            (Kind::Route, "web".to_owned())
+        ]
+    );
+    store.apply(&pruned).await.unwrap();
+    assert!(store.routes().await.unwrap().is_empty());
+    assert!(store.policies().await.unwrap().is_empty());
+    assert_eq!(store.services().await.unwrap().len(), 1);
+}
+
+fn route_with_prefix(prefix: &str) -> Route {
+    serde_json::from_value(serde_json::json!({ "service": "web", "path_prefix": prefix }))
+        .expect("a valid route")
 }

@@ -30,6 +30,12 @@ pub enum StoreError {
     /// The service has no scaling policy.
     #[error("no scaling policy for `{service}`")]
     NoPolicy { service: String },
+    /// The service has no spec.
+    #[error("no service spec for `{service}`")]
+    NoService { service: String },
+    /// The service's spec history has no earlier spec to go back to.
+    #[error("`{service}` has no earlier spec to roll back to")]
+    NothingToUndo { service: String },
     /// The instance is not in the registry.
     #[error("no registered instance `{id}` of `{service}`")]
     NotRegistered { service: String, id: String },

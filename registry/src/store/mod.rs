@@ -13,7 +13,9 @@
 //! Files: `backend.rs` the primitives (range, transaction, watch) ·
 //! `etcd.rs`, `memory.rs` their two implementations · `operator.rs` what an
 //! operator changes (routes, policies, pins, rollouts, retiring an instance)
-//! · `controller.rs` the autoscaler's writes, fenced on its leadership ·
+//! · `services.rs` service specs and their history · `apply.rs` a
+//! manifest's diff, applied in one transaction · `controller.rs` the
+//! autoscaler's writes, fenced on its leadership ·
 //! `reads.rs` typed reads · `error.rs` [`StoreError`].
 //!
 //! **Timeout and retry policy** (here only): every operation is bounded by
@@ -22,6 +24,7 @@
 //! harmless; writes are made once, because a write that failed in flight
 //! may or may not have been made, and its error says so.
 
+mod apply;
 pub mod backend;
 mod controller;
 mod error;
@@ -29,6 +32,7 @@ pub mod etcd;
 pub mod memory;
 mod operator;
 mod reads;
+mod services;
 
 #[cfg(any(test, feature = "conformance"))]
 pub mod conformance;
@@ -38,11 +42,13 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
+pub use apply::{Action, ApplyPlan, Change, Kind, MAX_TXN_OPS};
 pub use backend::{Backend, BackendError};
 pub use controller::{Fence, Write};
 pub use error::{OUTCOME_UNKNOWN, StoreError};
 pub use operator::{PinChange, Written};
 pub use reads::Stored;
+pub use services::{KEEP_SERVICE_HISTORY, ServiceChange};
 
 use crate::config::ETCD_CALL_TIMEOUT;
 use crate::keys::Keys;
