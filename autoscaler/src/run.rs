@@ -140,11 +140,26 @@ impl RunConfig {
                 ]
             }
         };
+        // Every instance reaches the controller's registry: self-registering
+        // programs and `registry run` read these.
+        let mut env = vec![
+            ("SHOAL_ETCD".to_owned(), self.etcd.endpoints.join(",")),
+            (
+                "SHOAL_PREFIX".to_owned(),
+                self.etcd.prefix.prefix().to_owned(),
+            ),
+            (
+                "SHOAL_LEASE_TTL".to_owned(),
+                format!("{}ms", self.lease_ttl.as_millis()),
+            ),
+        ];
+        env.extend(self.etcd.credentials_env());
+        let exe = std::env::current_exe().context("cannot find this executable")?;
         Ok(ProcessTemplate {
             argv,
-            // The instances use the controller's etcd user and TLS files.
-            env: self.etcd.credentials_env(),
+            env,
             log_dir: self.log_dir.clone(),
+            registry: exe.with_file_name("registry"),
         })
     }
 }

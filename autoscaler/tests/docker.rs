@@ -226,6 +226,7 @@ fn spec(id: &str) -> StartSpec {
     StartSpec {
         service: "app".into(),
         id: id.into(),
+        spec: None,
     }
 }
 

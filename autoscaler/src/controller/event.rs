@@ -15,6 +15,10 @@ pub const START: &str = "start";
 pub const RETIRE: &str = "retire";
 pub const REPLACE: &str = "replace";
 pub const STOP: &str = "stop";
+/// A start the driver refused (program or image missing, spec unusable).
+pub const START_FAILED: &str = "start-failed";
+/// The spec changed: instances on other versions are rolled onto it.
+pub const SPEC: &str = "spec";
 
 /// The numbers a decision was computed from.
 pub fn inputs(

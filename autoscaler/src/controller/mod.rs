@@ -34,6 +34,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use registry::model::{Rollout, ScalingEvent, ScalingMetric, ScalingPolicy};
+use registry::spec::Service;
 use registry::{Instance, InstanceState};
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
@@ -107,11 +108,18 @@ struct ServiceState {
     last_seq: Option<Option<u64>>,
     /// A rolling restart in progress.
     rollout: Option<rollout::Progress>,
+    /// Starts the driver refused since the last tick, with why: reported
+    /// as events on the next commit.
+    start_failures: Vec<(String, String)>,
+    /// The spec version this controller last asked to roll onto.
+    rolled_to: Option<String>,
 }
 
 /// What one service's tick will do, decided before anything is done.
 #[derive(Debug, Default)]
 struct Plan {
+    /// The spec this tick's starts run (`None`: the driver's default).
+    spec: Option<Arc<Service>>,
     events: Vec<ScalingEvent>,
     starts: Vec<String>,
     retires: Vec<(String, String)>,
@@ -181,6 +189,7 @@ impl<D: Driver> Controller<D> {
             let mine: Vec<&Owned> = owned.iter().filter(|o| o.service == service).collect();
             let view = View {
                 policy,
+                spec: observed.services.get(service),
                 rollout: observed.rollouts.get(service),
                 registered: observed.instances.get(service).unwrap_or(&no_instances),
                 load: observed.loads.get(service).unwrap_or(&no_load),
@@ -215,9 +224,22 @@ impl<D: Driver> Controller<D> {
             }
         };
 
-        let mut plan = Plan::default();
+        let mut plan = Plan {
+            spec: view.spec.cloned(),
+            ..Plan::default()
+        };
+        for (id, why) in st.start_failures.drain(..) {
+            plan.events.push(event::new(
+                &service,
+                event::START_FAILED,
+                (0, 0),
+                format!("could not start {id}: {why}"),
+                Some(&id),
+            ));
+        }
         let counted = heal(st, now, view, &settings, &mut plan);
         let (current, desired) = scale(st, t, view, &counted, &mut plan);
+        roll_onto_spec(st, view, &counted, &mut plan);
         rollout::step(st, now, view, &counted, &mut plan);
         // Actions carry the decision's numbers too.
         for e in plan.events.iter_mut().filter(|e| e.kind != event::DECISION) {
@@ -287,6 +309,7 @@ impl<D: Driver> Controller<D> {
             let spec = StartSpec {
                 service: service.to_owned(),
                 id: id.clone(),
+                spec: plan.spec.clone(),
             };
             match self.driver.start(&spec).await {
                 Ok(()) => {
@@ -306,6 +329,8 @@ impl<D: Driver> Controller<D> {
                     let delay = st.backoff.on_crash(now, false);
                     warn!(service, %id, error = %e, retry_in_ms = delay.as_millis() as u64, "cannot start instance");
                     st.pending.push(Pending { due: now + delay });
+                    st.start_failures
+                        .push((id, format!("{e}; retrying in {:.0} s", delay.as_secs_f64())));
                 }
             }
         }
@@ -315,6 +340,7 @@ impl<D: Driver> Controller<D> {
 /// One service's slice of the tick's observations.
 struct View<'a> {
     policy: &'a ScalingPolicy,
+    spec: Option<&'a Arc<Service>>,
     rollout: Option<&'a Rollout>,
     registered: &'a BTreeMap<String, Instance>,
     load: &'a ServiceLoad,
@@ -424,9 +450,15 @@ fn heal(
                 replace(st, now, service, failed, plan);
             }
             Verdict::Lost { why } => {
+                let why = if tracking.ever_registered {
+                    why.clone()
+                } else {
+                    never_registered(why, &o.id, view)
+                };
+                warn!(service, id = %o.id, reason = %why, "replacing an instance");
                 let failed = Failed {
                     id: &o.id,
-                    why: why.clone(),
+                    why,
                     exit_code: None,
                     served,
                     grace: settings.stop_grace,
@@ -459,6 +491,75 @@ fn heal(
         plan.starts.push(id);
     }
     counted
+}
+
+/// Why an instance this controller started never showed up under its id,
+/// and what to change: the usual cause is a program that registers itself
+/// under another id (e.g. a `registry run` without `--id`).
+fn never_registered(why: &str, id: &str, view: &View<'_>) -> String {
+    let owned: HashSet<&str> = view.owned.iter().map(|o| o.id.as_str()).collect();
+    let strangers: Vec<&str> = view
+        .registered
+        .keys()
+        .map(String::as_str)
+        .filter(|other| !owned.contains(other))
+        .collect();
+    let fix = "a program that registers itself must use the id in SHOAL_INSTANCE_ID (`registry run` and `app-server` read it; or put {id} in its command, e.g. `registry run --id {id}`), or let the platform register it (`registration: managed` in its spec)";
+    if strangers.is_empty() {
+        format!("{why}: nothing registered under {id}; {fix}")
+    } else {
+        format!(
+            "{why}: nothing registered under {id}, while {} not started by this controller did ({}); {fix}",
+            if strangers.len() == 1 {
+                "an instance"
+            } else {
+                "instances"
+            },
+            strangers.join(", ")
+        )
+    }
+}
+
+/// When the service's spec changed, ask for a rollout of the instances that
+/// registered another version (once per version, and not while a rollout
+/// is in progress: surge instances start from the current spec anyway).
+fn roll_onto_spec(st: &mut ServiceState, view: &View<'_>, counted: &[Counted], plan: &mut Plan) {
+    let Some(spec) = view.spec else { return };
+    if view.rollout.is_some() || st.rollout.is_some() {
+        return;
+    }
+    let version = spec.version();
+    if st.rolled_to.as_deref() == Some(version.as_str()) {
+        return;
+    }
+    let stale: Vec<String> = counted
+        .iter()
+        .filter(|c| {
+            view.registered
+                .get(&c.id)
+                .is_some_and(|i| i.version != version)
+        })
+        .map(|c| c.id.clone())
+        .collect();
+    if stale.is_empty() {
+        return;
+    }
+    let service = view.policy.service.as_str();
+    plan.events.push(event::new(
+        service,
+        event::SPEC,
+        (0, 0),
+        format!(
+            "spec version {version}: {} instance(s) run another version; rolling them onto it",
+            stale.len()
+        ),
+        None,
+    ));
+    plan.journal.push(Write::PutRollout(Rollout {
+        replacing: Some(stale),
+        ..Rollout::request(service, "spec")
+    }));
+    st.rolled_to = Some(version);
 }
 
 /// An owned instance that failed.

@@ -1,5 +1,5 @@
-//! What the controller looks at each tick: the policies, the registry's
-//! instances, every gateway's view of each service, and — for `cpu`
+//! What the controller looks at each tick: the policies, the service specs,
+//! the registry's instances, every gateway's view of each service, and — for `cpu`
 //! policies — each instance's own `/load`, turned into cores busy
 //! (`cpu_seconds` delta per wall second between two ticks).
 //!
@@ -9,9 +9,11 @@
 //! driven from tests without etcd or HTTP.
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
 use std::time::Duration;
 
 use registry::model::{GatewayInfo, Rollout, ScalingMetric, ScalingPolicy};
+use registry::spec::Service;
 use registry::wire::load::LoadReport;
 use registry::{Instance, Store, Watcher};
 use tokio::time::Instant;
@@ -26,6 +28,9 @@ pub const LOAD_TIMEOUT: Duration = Duration::from_millis(500);
 #[derive(Debug, Clone, Default)]
 pub struct Observed {
     pub policies: Vec<ScalingPolicy>,
+    /// Declared workloads, by service (a service without one runs the
+    /// driver's default).
+    pub services: BTreeMap<String, Arc<Service>>,
     /// Rolling restarts asked for, by service.
     pub rollouts: BTreeMap<String, Rollout>,
     /// Registered instances by service, then id.
@@ -42,6 +47,7 @@ pub struct Observed {
 /// Reads the registry through watchers and load over HTTP.
 pub struct Observer {
     policies: Watcher<ScalingPolicy>,
+    services: Watcher<Service>,
     rollouts: Watcher<Rollout>,
     instances: Watcher<Instance>,
     gateways: Watcher<GatewayInfo>,
@@ -59,6 +65,7 @@ impl Observer {
             .expect("a plain HTTP client always builds");
         Observer {
             policies: Watcher::start(store, keys.policies()),
+            services: Watcher::start(store, keys.services()),
             rollouts: Watcher::start(store, keys.rollouts()),
             instances: Watcher::start(store, keys.instances()),
             gateways: Watcher::start(store, keys.gateways()),
@@ -70,6 +77,7 @@ impl Observer {
     /// Wait until every watcher has listed once, up to `timeout`.
     pub async fn wait_synced(&self, timeout: Duration) -> bool {
         self.policies.wait_synced(timeout).await
+            && self.services.wait_synced(timeout).await
             && self.rollouts.wait_synced(timeout).await
             && self.instances.wait_synced(timeout).await
             && self.gateways.wait_synced(timeout).await
@@ -80,7 +88,18 @@ impl Observer {
         let instances = self.instances.snapshot();
         let gateways = self.gateways.snapshot();
         let rollouts = self.rollouts.snapshot();
-        let synced = policies.synced && instances.synced && gateways.synced && rollouts.synced;
+        let services = self.services.snapshot();
+        let synced = policies.synced
+            && services.synced
+            && instances.synced
+            && gateways.synced
+            && rollouts.synced;
+        // Shared by the tick's starts.
+        let services: BTreeMap<String, Arc<Service>> = services
+            .entries
+            .values()
+            .map(|s| (s.name.clone(), Arc::new(s.clone())))
+            .collect();
         let rollouts: BTreeMap<String, Rollout> = rollouts
             .entries
             .values()
@@ -138,6 +157,7 @@ impl Observer {
 
         Observed {
             policies,
+            services,
             rollouts,
             instances: by_service,
             loads,

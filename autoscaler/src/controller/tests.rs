@@ -20,9 +20,21 @@ use crate::driver::DriverError;
 #[derive(Default)]
 struct MemoryDriver {
     owned: Mutex<BTreeMap<String, Owned>>,
+    /// The spec version each instance was started with ("" without a spec).
+    versions: Mutex<BTreeMap<String, String>>,
+    /// When set, every start is refused with this reason.
+    refuse: Mutex<Option<String>>,
 }
 
 impl MemoryDriver {
+    fn version(&self, id: &str) -> String {
+        self.versions
+            .lock()
+            .unwrap()
+            .get(id)
+            .cloned()
+            .unwrap_or_default()
+    }
     fn exit(&self, id: &str, code: i32) {
         self.owned.lock().unwrap().get_mut(id).unwrap().exited = Some(code);
     }
@@ -36,6 +48,17 @@ impl Driver for MemoryDriver {
         "memory"
     }
     async fn start(&self, spec: &StartSpec) -> Result<(), DriverError> {
+        if let Some(reason) = self.refuse.lock().unwrap().clone() {
+            return Err(DriverError::Start {
+                service: spec.service.clone(),
+                id: spec.id.clone(),
+                reason,
+            });
+        }
+        self.versions.lock().unwrap().insert(
+            spec.id.clone(),
+            spec.spec.as_ref().map(|s| s.version()).unwrap_or_default(),
+        );
         self.owned.lock().unwrap().insert(
             spec.id.clone(),
             Owned {
@@ -196,6 +219,7 @@ impl World {
             let mut i = Instance::new("app", "127.0.0.1:1");
             i.id = id.clone();
             i.state = state;
+            i.version = self.driver.version(id);
             registered.insert(id.clone(), i);
             load.instances.insert(
                 id.clone(),
@@ -573,4 +597,126 @@ async fn max_unavailable_retires_without_waiting_and_stalled_restarts_are_abando
     );
     assert_eq!(retires(&w), 1, "the other old instance keeps serving");
     assert_eq!(w.driver.ids().len(), 2);
+}
+
+fn spec(greeting: &str) -> Arc<registry::spec::Service> {
+    Arc::new(
+        serde_json::from_value(serde_json::json!({
+            "name": "app",
+            "process": {"argv": ["node", "server.js"], "port_env": "PORT", "env": {"GREETING": greeting}},
+        }))
+        .unwrap(),
+    )
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_spec_change_rolls_the_instances_onto_the_new_version() {
+    let mut w = World::new(policy(2));
+    let v1 = spec("hello");
+    w.observed.services.insert("app".into(), v1.clone());
+    w.tick().await;
+    let first = w.driver.ids();
+    assert_eq!(first.len(), 2);
+    assert!(
+        first.iter().all(|id| w.driver.version(id) == v1.version()),
+        "started from the spec"
+    );
+    w.register_all(InstanceState::Ready, &[]);
+    w.tick().await;
+    assert!(
+        w.rollouts().is_empty(),
+        "every instance runs the spec's version"
+    );
+
+    let v2 = spec("bonjour");
+    w.observed.services.insert("app".into(), v2.clone());
+    w.tick().await;
+    let rollouts = w.rollouts();
+    let request = rollouts.get("app").expect("a rollout was asked for");
+    assert_eq!(request.requested_by, "spec");
+    let mut replacing = request.replacing.clone().unwrap();
+    replacing.sort();
+    assert_eq!(replacing, first);
+    assert!(
+        w.last_reason(event::SPEC).contains(&v2.version()),
+        "{}",
+        w.last_reason(event::SPEC)
+    );
+    w.tick().await;
+    assert_eq!(w.rollouts().len(), 1, "asked once, not every tick");
+
+    // The leader carries it out: the surge instance runs the new spec.
+    w.observed.rollouts = w.rollouts();
+    w.tick().await;
+    let new: Vec<String> = w
+        .driver
+        .ids()
+        .into_iter()
+        .filter(|id| !first.contains(id))
+        .collect();
+    assert_eq!(new.len(), 1, "one surge instance");
+    assert_eq!(w.driver.version(&new[0]), v2.version());
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_start_the_driver_refuses_is_an_event_and_is_retried_with_back_off() {
+    let mut w = World::new(policy(1));
+    *w.driver.refuse.lock().unwrap() = Some("cannot run `nodex`: no such program on PATH".into());
+    w.tick().await;
+    assert!(w.driver.ids().is_empty());
+    w.tick().await;
+    let why = w.last_reason(event::START_FAILED);
+    assert!(
+        why.contains("nodex") && why.contains("retrying in"),
+        "{why}"
+    );
+    // The first failures are retried at once; from the third, the crash-loop
+    // back-off delays the next attempt (no time passes on this paused clock).
+    for _ in 0..5 {
+        w.tick().await;
+    }
+    let failures = |w: &World| {
+        w.kinds()
+            .iter()
+            .filter(|k| *k == event::START_FAILED)
+            .count()
+    };
+    assert_eq!(failures(&w), backoff::THRESHOLD as usize, "{:?}", w.kinds());
+    tokio::time::advance(backoff::FIRST_DELAY).await;
+    w.tick().await;
+    w.tick().await;
+    assert_eq!(
+        failures(&w),
+        backoff::THRESHOLD as usize + 1,
+        "one more attempt after the delay"
+    );
+
+    *w.driver.refuse.lock().unwrap() = None;
+    tokio::time::advance(Duration::from_secs(31)).await;
+    w.tick().await;
+    assert_eq!(w.driver.ids().len(), 1, "retried once the back-off passed");
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_instance_that_registers_under_another_id_is_explained() {
+    let mut w = World::new(policy(1));
+    w.tick().await;
+    let mine = w.driver.ids().pop().unwrap();
+    // A wrapper registered the program under an id of its own.
+    let mut stranger = Instance::new("app", "127.0.0.1:2");
+    stranger.id = "random-id".into();
+    stranger.state = InstanceState::Ready;
+    w.observed.instances.insert(
+        "app".into(),
+        BTreeMap::from([(stranger.id.clone(), stranger)]),
+    );
+    tokio::time::advance(Duration::from_secs(21)).await;
+    w.tick().await;
+    let why = w.last_reason(event::REPLACE);
+    assert!(why.contains(&mine), "{why}");
+    assert!(
+        why.contains("random-id"),
+        "names who registered instead: {why}"
+    );
+    assert!(why.contains("SHOAL_INSTANCE_ID"), "names the fix: {why}");
 }

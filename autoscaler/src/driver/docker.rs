@@ -553,11 +553,13 @@ mod tests {
         let spec = StartSpec {
             service: "My_App.v2".into(),
             id: "3F2A9C10-aaaa-bbbb".into(),
+            spec: None,
         };
         assert_eq!(container_name("Shoal", &spec), "shoal-my-app-v2-3f2a9c10");
         let spec = StartSpec {
             service: "app".into(),
             id: "-_x".into(),
+            spec: None,
         };
         assert_eq!(container_name("shoal", &spec), "shoal-app-x");
     }

@@ -15,7 +15,10 @@ pub mod docker_args;
 pub mod process;
 
 use std::future::Future;
+use std::sync::Arc;
 use std::time::Duration;
+
+use registry::spec::Service;
 
 /// What to start.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -23,6 +26,34 @@ pub struct StartSpec {
     pub service: String,
     /// The instance id it must register under (uuid v4 from the controller).
     pub id: String,
+    /// The service's declared workload; `None`: the driver's default
+    /// (`--command`, `--image`).
+    pub spec: Option<Arc<Service>>,
+}
+
+impl StartSpec {
+    /// The environment every instance gets, so that whatever registers it
+    /// (the program itself, `registry run`) uses the controller's id and
+    /// version: `SHOAL_SERVICE`, `SHOAL_INSTANCE_ID`, and with a spec
+    /// `SHOAL_VERSION` and `SHOAL_LABELS`.
+    pub fn identity_env(&self) -> Vec<(String, String)> {
+        let mut env = vec![
+            ("SHOAL_SERVICE".to_owned(), self.service.clone()),
+            ("SHOAL_INSTANCE_ID".to_owned(), self.id.clone()),
+        ];
+        if let Some(spec) = &self.spec {
+            env.push(("SHOAL_VERSION".to_owned(), spec.version()));
+            if !spec.labels.is_empty() {
+                let labels: Vec<String> = spec
+                    .labels
+                    .iter()
+                    .map(|(k, v)| format!("{k}={v}"))
+                    .collect();
+                env.push(("SHOAL_LABELS".to_owned(), labels.join(",")));
+            }
+        }
+        env
+    }
 }
 
 /// An instance a driver owns.

@@ -1,8 +1,22 @@
-//! The `process` driver: instances are local child processes started from a
-//! command template. `{id}`, `{service}` and `{port}` (a free loopback port)
-//! are replaced in every argument; stdout and stderr go to
-//! `{log_dir}/{service}-{id}.log`. A reaper task per child records its exit,
-//! so a crash shows up in [`Driver::list`] with its exit code.
+//! The `process` driver: instances are local child processes, started from
+//! the service's spec (`process:` in a [`Service`]) or, for a service
+//! without one, from the `--command` template. `{id}`, `{service}`,
+//! `{port}` (a free loopback port) and `{version}` are replaced in every
+//! argument; stdout and stderr go to `{log_dir}/{service}-{id}.log`. A
+//! reaper task per child records its exit, so a crash shows up in
+//! [`Driver::list`] with its exit code.
+//!
+//! A spec with `registration: managed` (the default) runs the program under
+//! `registry run` (the `registry` binary next to `autoscaler`), which
+//! registers it under the controller's id once it answers, marks it
+//! draining and sends it SIGTERM when it is retired, and deregisters it: any
+//! program works unchanged, and the registration lives with the instance,
+//! not with the controller, so a controller failover leaves it alone. With
+//! `registration: self` the program registers itself. Either way every
+//! instance gets `SHOAL_SERVICE`, `SHOAL_INSTANCE_ID`, `SHOAL_VERSION`, the
+//! controller's etcd endpoints, prefix, lease TTL and credentials in its
+//! environment, so `app-server` or a `registry run` inside the command picks
+//! up the id the controller waits for.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -12,6 +26,7 @@ use std::time::Duration;
 
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
+use registry::spec::{RegistrationMode, Service, fill};
 use tokio::process::Command;
 use tokio::sync::watch;
 use tracing::{info, warn};
@@ -21,10 +36,23 @@ use super::{Driver, DriverError, Owned, StartSpec};
 /// How to start an instance.
 #[derive(Debug, Clone)]
 pub struct ProcessTemplate {
-    /// Program and arguments, with `{id}`, `{service}`, `{port}` placeholders.
+    /// For a service without a spec: program and arguments, with `{id}`,
+    /// `{service}`, `{port}` placeholders.
     pub argv: Vec<String>,
+    /// Every instance's environment: the controller's etcd endpoints,
+    /// prefix, lease TTL and credentials.
     pub env: Vec<(String, String)>,
     pub log_dir: PathBuf,
+    /// The `registry` binary that runs managed instances.
+    pub registry: PathBuf,
+}
+
+/// One start, worked out: what to run, with what, where.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Launch {
+    argv: Vec<String>,
+    env: Vec<(String, String)>,
+    cwd: Option<String>,
 }
 
 struct Child {
@@ -48,19 +76,121 @@ impl ProcessDriver {
         }
     }
 
-    fn argv(&self, spec: &StartSpec) -> Vec<String> {
-        let port = free_port()
-            .map(|p| p.to_string())
-            .unwrap_or_else(|| "0".into());
-        self.template
-            .argv
-            .iter()
-            .map(|a| {
-                a.replace("{id}", &spec.id)
-                    .replace("{service}", &spec.service)
-                    .replace("{port}", &port)
-            })
-            .collect()
+    /// What to run for `spec` on `port`.
+    fn launch(&self, spec: &StartSpec, port: u16) -> Result<Launch, String> {
+        let mut env = self.template.env.clone();
+        env.extend(spec.identity_env());
+        let Some(service) = spec.spec.as_deref() else {
+            let argv = self
+                .template
+                .argv
+                .iter()
+                .map(|a| fill(a, port, &spec.id, &spec.service, ""))
+                .collect();
+            return Ok(Launch {
+                argv,
+                env,
+                cwd: None,
+            });
+        };
+        let Some(run) = &service.process else {
+            return Err(format!(
+                "the spec of {} has no `process` section and this controller runs the process driver; add one (process: {{argv: [...], port_env: PORT}}) or run the service under a docker-driver controller",
+                spec.service
+            ));
+        };
+        let version = service.version();
+        let filled = |text: &String| fill(text, port, &spec.id, &spec.service, &version);
+        let program: Vec<String> = run.argv.iter().map(filled).collect();
+        env.extend(run.env.iter().map(|(k, v)| (k.clone(), filled(v))));
+        if let Some(var) = &run.port_env {
+            env.push((var.clone(), port.to_string()));
+        }
+        env.push(("SHOAL_PORT".to_owned(), port.to_string()));
+        let argv = match service.registration {
+            RegistrationMode::SelfRegistered => program,
+            RegistrationMode::Managed => {
+                managed(&self.template.registry, service, spec, port, program)?
+            }
+        };
+        Ok(Launch {
+            argv,
+            env,
+            cwd: run.cwd.clone(),
+        })
+    }
+}
+
+/// `registry run ... -- PROGRAM`: the platform registers the instance.
+fn managed(
+    registry: &std::path::Path,
+    service: &Service,
+    spec: &StartSpec,
+    port: u16,
+    program: Vec<String>,
+) -> Result<Vec<String>, String> {
+    if let Some(program) = program.first() {
+        find_program(
+            program,
+            spec.spec
+                .as_deref()
+                .and_then(|s| s.process.as_ref()?.cwd.as_deref()),
+        )?;
+    }
+    if !registry.is_file() {
+        return Err(format!(
+            "managed registration runs the program under `registry run`, and there is no {}; build it (cargo build --bins) or declare `registration: self`",
+            registry.display()
+        ));
+    }
+    let mut argv = vec![
+        registry.display().to_string(),
+        "run".into(),
+        "--service".into(),
+        spec.service.clone(),
+        "--id".into(),
+        spec.id.clone(),
+        "--port".into(),
+        port.to_string(),
+        "--version".into(),
+        service.version(),
+        "--drain-grace".into(),
+        format!("{}s", service.drain_grace_secs),
+    ];
+    if let Some(path) = &service.readiness.path {
+        argv.extend(["--health-path".into(), path.clone()]);
+    }
+    argv.push("--".into());
+    argv.extend(program);
+    Ok(argv)
+}
+
+/// Whether `program` can be run (from `cwd`, or found on `PATH`): a managed
+/// instance's program is started by `registry run`, whose failure would
+/// only show as an exit code, so a missing one is refused here, by name.
+fn find_program(program: &str, cwd: Option<&str>) -> Result<(), String> {
+    let found = if program.contains('/') {
+        let path = std::path::Path::new(program);
+        match cwd {
+            Some(dir) if path.is_relative() => std::path::Path::new(dir).join(path).is_file(),
+            _ => path.is_file(),
+        }
+    } else {
+        std::env::var_os("PATH").is_some_and(|paths| {
+            std::env::split_paths(&paths).any(|dir| dir.join(program).is_file())
+        })
+    };
+    if found {
+        Ok(())
+    } else {
+        Err(format!(
+            "cannot run `{program}`: no such program{}; fix the spec's process.argv",
+            if program.contains('/') {
+                String::new()
+            } else {
+                " on PATH".to_owned()
+            }
+        ))
     }
 }
 
@@ -91,8 +221,10 @@ impl Driver for ProcessDriver {
             id: spec.id.clone(),
             reason,
         };
-        let argv = self.argv(spec);
-        let (program, args) = argv
+        let port = free_port().ok_or_else(|| fail("no free loopback port".into()))?;
+        let launch = self.launch(spec, port).map_err(fail)?;
+        let (program, args) = launch
+            .argv
             .split_first()
             .ok_or_else(|| fail("the command template is empty".into()))?;
         std::fs::create_dir_all(&self.template.log_dir).map_err(|e| {
@@ -110,14 +242,25 @@ impl Driver for ProcessDriver {
         let log_err = log
             .try_clone()
             .map_err(|e| fail(format!("cannot reuse {}: {e}", log_path.display())))?;
-        let mut child = Command::new(program)
+        let mut command = Command::new(program);
+        if let Some(dir) = &launch.cwd {
+            command.current_dir(dir);
+        }
+        let mut child = command
             .args(args)
-            .envs(self.template.env.iter().cloned())
+            .envs(launch.env.iter().cloned())
             .stdin(Stdio::null())
             .stdout(log)
             .stderr(log_err)
             .spawn()
-            .map_err(|e| fail(format!("cannot run `{program}`: {e}")))?;
+            .map_err(|e| {
+                let dir = launch
+                    .cwd
+                    .as_ref()
+                    .map(|d| format!(" in {d}"))
+                    .unwrap_or_default();
+                fail(format!("cannot run `{program}`{dir}: {e}"))
+            })?;
         let pid = child
             .id()
             .ok_or_else(|| fail("exited before it could be tracked".into()))?;
@@ -225,6 +368,7 @@ mod tests {
             ],
             env: vec![("GREETING".into(), "hi".into())],
             log_dir: dir.path().to_path_buf(),
+            registry: PathBuf::from("/nonexistent/registry"),
         };
         (ProcessDriver::new(template), dir)
     }
@@ -233,6 +377,7 @@ mod tests {
         StartSpec {
             service: "app".into(),
             id: id.into(),
+            spec: None,
         }
     }
 
@@ -293,11 +438,121 @@ mod tests {
             argv: vec!["/nonexistent/app-server".into()],
             env: vec![],
             log_dir: dir.path().to_path_buf(),
+            registry: PathBuf::from("/nonexistent/registry"),
         });
         let err = d.start(&spec("x")).await.unwrap_err().to_string();
         assert!(
             err.starts_with("cannot start app/x: cannot run `/nonexistent/app-server`"),
             "{err}"
         );
+    }
+
+    fn declared(registration: &str) -> StartSpec {
+        let service: Service = serde_json::from_value(serde_json::json!({
+            "name": "web",
+            "process": {
+                "argv": ["sh", "-c", "exec server --port {port} --name {service}-{id}"],
+                "port_env": "PORT",
+                "env": {"GREETING": "hi from {id}"},
+                "cwd": "/tmp"
+            },
+            "readiness": {"path": "/ready"},
+            "registration": registration,
+            "drain_grace_secs": 2
+        }))
+        .unwrap();
+        StartSpec {
+            service: "web".into(),
+            id: "i1".into(),
+            spec: Some(std::sync::Arc::new(service)),
+        }
+    }
+
+    fn env_of<'a>(launch: &'a Launch, name: &str) -> Option<&'a str> {
+        launch
+            .env
+            .iter()
+            .rev()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    #[test]
+    fn a_managed_spec_runs_under_registry_run_with_the_controllers_id() {
+        let dir = tempfile::tempdir().unwrap();
+        let registry = dir.path().join("registry");
+        std::fs::write(&registry, "").unwrap();
+        let d = ProcessDriver::new(ProcessTemplate {
+            argv: vec!["unused".into()],
+            env: vec![("SHOAL_ETCD".into(), "http://127.0.0.1:2379".into())],
+            log_dir: dir.path().to_path_buf(),
+            registry: registry.clone(),
+        });
+        let spec = declared("managed");
+        let version = spec.spec.as_ref().unwrap().version();
+        let launch = d.launch(&spec, 4321).unwrap();
+        let registry = registry.display().to_string();
+        let expected: Vec<&str> = vec![
+            &registry,
+            "run",
+            "--service",
+            "web",
+            "--id",
+            "i1",
+            "--port",
+            "4321",
+            "--version",
+            &version,
+            "--drain-grace",
+            "2s",
+            "--health-path",
+            "/ready",
+            "--",
+            "sh",
+            "-c",
+            "exec server --port 4321 --name web-i1",
+        ];
+        assert_eq!(launch.argv, expected);
+        assert_eq!(launch.cwd.as_deref(), Some("/tmp"));
+        assert_eq!(env_of(&launch, "PORT"), Some("4321"));
+        assert_eq!(env_of(&launch, "GREETING"), Some("hi from i1"));
+        assert_eq!(env_of(&launch, "SHOAL_INSTANCE_ID"), Some("i1"));
+        assert_eq!(env_of(&launch, "SHOAL_VERSION"), Some(version.as_str()));
+        assert_eq!(env_of(&launch, "SHOAL_ETCD"), Some("http://127.0.0.1:2379"));
+    }
+
+    #[test]
+    fn a_self_registering_spec_runs_as_is_with_its_identity_in_the_environment() {
+        let (d, _dir) = driver("true");
+        let launch = d.launch(&declared("self"), 4321).unwrap();
+        assert_eq!(launch.argv[0], "sh");
+        assert_eq!(env_of(&launch, "SHOAL_INSTANCE_ID"), Some("i1"));
+        assert_eq!(env_of(&launch, "SHOAL_SERVICE"), Some("web"));
+        assert_eq!(env_of(&launch, "SHOAL_PORT"), Some("4321"));
+    }
+
+    #[test]
+    fn unusable_specs_are_refused_by_name() {
+        let (d, _dir) = driver("true");
+        let mut missing = declared("managed");
+        std::sync::Arc::make_mut(missing.spec.as_mut().unwrap())
+            .process
+            .as_mut()
+            .unwrap()
+            .argv[0] = "no-such-program-here".into();
+        let err = d.launch(&missing, 1).unwrap_err();
+        assert!(
+            err.contains("`no-such-program-here`") && err.contains("PATH"),
+            "{err}"
+        );
+
+        let no_registry = d.launch(&declared("managed"), 1).unwrap_err();
+        assert!(no_registry.contains("registry run"), "{no_registry}");
+
+        let mut docker_only = declared("self");
+        let service = std::sync::Arc::make_mut(docker_only.spec.as_mut().unwrap());
+        service.process = None;
+        let err = d.launch(&docker_only, 1).unwrap_err();
+        assert!(err.contains("no `process` section"), "{err}");
     }
 }
