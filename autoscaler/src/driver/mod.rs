@@ -6,12 +6,14 @@
 //! so the controller can tell a crash from a retirement. Instances register
 //! themselves in etcd; a driver never writes the registry.
 //!
-//! - [`process`]: local child processes from a command template.
+//! - [`process`]: local child processes from a spec or a command template;
+//!   [`pidfile`] lets another controller process adopt them.
 //! - [`docker`]: containers through the Docker Engine API, adopted by label;
 //!   [`docker_args`] its flags in `autoscaler run`.
 
 pub mod docker;
 pub mod docker_args;
+pub mod pidfile;
 pub mod process;
 
 use std::future::Future;

@@ -17,6 +17,15 @@
 //! controller's etcd endpoints, prefix, lease TTL and credentials in its
 //! environment, so `app-server` or a `registry run` inside the command picks
 //! up the id the controller waits for.
+//!
+//! Instances outlive the controller process (stopping a controller must not
+//! take a service down). Each one has a pid file ([`PidFile`]), so a
+//! controller that takes over on the same machine with the same
+//! `--log-dir` adopts the instances it finds alive there: it lists them,
+//! stops them (SIGTERM to the pid, SIGKILL after the grace) and counts them
+//! instead of starting duplicates. An adopted instance's exit code cannot be
+//! known (it is not this process's child): it is reported as
+//! [`UNKNOWN_EXIT`].
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -31,7 +40,11 @@ use tokio::process::Command;
 use tokio::sync::watch;
 use tracing::{info, warn};
 
+use super::pidfile::PidFile;
 use super::{Driver, DriverError, Owned, StartSpec};
+
+/// The exit code reported for an adopted instance that is gone.
+pub const UNKNOWN_EXIT: i32 = -1;
 
 /// How to start an instance.
 #[derive(Debug, Clone)]
@@ -277,6 +290,14 @@ impl Driver for ProcessDriver {
             info!(%id, pid, code, "instance process exited");
             exit_tx.send_replace(Some(code));
         });
+        match PidFile::of(&spec.service, &spec.id, pid) {
+            Some(file) => {
+                if let Err(e) = file.write(&self.template.log_dir) {
+                    warn!(id = %spec.id, error = %e, "cannot write the pid file; another controller could not adopt this instance");
+                }
+            }
+            None => warn!(id = %spec.id, pid, "exited at once; no pid file"),
+        }
         info!(service = %spec.service, id = %spec.id, pid, log = %log_path.display(), "started instance process");
         self.children
             .lock()
@@ -293,62 +314,110 @@ impl Driver for ProcessDriver {
     }
 
     async fn stop(&self, id: &str, grace: Duration) -> Result<(), DriverError> {
-        let (pid, mut exit) = {
+        let own = {
             let children = self.children.lock().expect("children lock poisoned");
-            let child = children
+            children
                 .get(id)
-                .ok_or_else(|| DriverError::Unknown(id.to_owned()))?;
-            (child.pid, child.exit.clone())
+                .map(|c| (c.service.clone(), c.pid, c.exit.clone()))
         };
-        if exit.borrow().is_none() {
-            let pid = Pid::from_raw(pid as i32);
-            if let Err(e) = kill(pid, Signal::SIGTERM) {
-                warn!(id, error = %e, "cannot send SIGTERM");
+        let (service, pid, exited) = match own {
+            Some((service, pid, exit)) => {
+                let mut exit = exit;
+                let exited = async move {
+                    if exit.wait_for(Option::is_some).await.is_err() {
+                        // The reaper task is gone, so the process is too.
+                    }
+                };
+                (service, pid, futures::future::Either::Left(exited))
             }
-            if tokio::time::timeout(grace, exit.wait_for(Option::is_some))
-                .await
-                .is_err()
-            {
-                warn!(
-                    id,
-                    grace_ms = grace.as_millis() as u64,
-                    "instance did not exit in time; killing it"
-                );
-                kill(pid, Signal::SIGKILL).map_err(|e| DriverError::Stop {
-                    id: id.to_owned(),
-                    reason: e.to_string(),
-                })?;
-                if tokio::time::timeout(Duration::from_secs(5), exit.wait_for(Option::is_some))
-                    .await
-                    .is_err()
-                {
-                    return Err(DriverError::Stop {
-                        id: id.to_owned(),
-                        reason: "still running 5 s after SIGKILL".into(),
-                    });
-                }
+            None => {
+                let file = PidFile::scan(&self.template.log_dir)
+                    .into_iter()
+                    .find(|f| f.id == id)
+                    .ok_or_else(|| DriverError::Unknown(id.to_owned()))?;
+                let (service, pid) = (file.service.clone(), file.pid);
+                let gone = async move {
+                    while file.alive() {
+                        tokio::time::sleep(ADOPTED_POLL).await;
+                    }
+                };
+                (service, pid, futures::future::Either::Right(gone))
             }
-        }
+        };
+        terminate(id, pid, grace, exited).await?;
         self.children
             .lock()
             .expect("children lock poisoned")
             .remove(id);
+        PidFile::remove(&self.template.log_dir, &service, id);
         Ok(())
     }
 
     async fn list(&self) -> Result<Vec<Owned>, DriverError> {
-        let children = self.children.lock().expect("children lock poisoned");
-        let mut owned: Vec<Owned> = children
-            .iter()
-            .map(|(id, c)| Owned {
-                id: id.clone(),
-                service: c.service.clone(),
-                exited: *c.exit.borrow(),
-            })
-            .collect();
+        let mut owned: Vec<Owned> = {
+            let children = self.children.lock().expect("children lock poisoned");
+            children
+                .iter()
+                .map(|(id, c)| Owned {
+                    id: id.clone(),
+                    service: c.service.clone(),
+                    exited: *c.exit.borrow(),
+                })
+                .collect()
+        };
+        // Instances another controller process started here: adopted.
+        for file in PidFile::scan(&self.template.log_dir) {
+            if owned.iter().any(|o| o.id == file.id) {
+                continue;
+            }
+            owned.push(Owned {
+                exited: (!file.alive()).then_some(UNKNOWN_EXIT),
+                id: file.id,
+                service: file.service,
+            });
+        }
         owned.sort_by(|a, b| a.id.cmp(&b.id));
         Ok(owned)
     }
+}
+
+/// How often an adopted instance (not this process's child, so it cannot
+/// be waited for) is checked for having exited.
+const ADOPTED_POLL: Duration = Duration::from_millis(50);
+
+/// SIGTERM `pid` unless `exited` is already done, SIGKILL after `grace`.
+async fn terminate(
+    id: &str,
+    pid: u32,
+    grace: Duration,
+    exited: impl std::future::Future<Output = ()>,
+) -> Result<(), DriverError> {
+    let mut exited = std::pin::pin!(exited);
+    if futures::poll!(exited.as_mut()).is_ready() {
+        return Ok(());
+    }
+    let pid = Pid::from_raw(pid as i32);
+    if let Err(e) = kill(pid, Signal::SIGTERM) {
+        warn!(id, error = %e, "cannot send SIGTERM");
+    }
+    if tokio::time::timeout(grace, exited.as_mut()).await.is_ok() {
+        return Ok(());
+    }
+    warn!(
+        id,
+        grace_ms = grace.as_millis() as u64,
+        "instance did not exit in time; killing it"
+    );
+    kill(pid, Signal::SIGKILL).map_err(|e| DriverError::Stop {
+        id: id.to_owned(),
+        reason: e.to_string(),
+    })?;
+    tokio::time::timeout(Duration::from_secs(5), exited)
+        .await
+        .map_err(|_| DriverError::Stop {
+            id: id.to_owned(),
+            reason: "still running 5 s after SIGKILL".into(),
+        })
 }
 
 #[cfg(test)]
@@ -554,5 +623,33 @@ mod tests {
         service.process = None;
         let err = d.launch(&docker_only, 1).unwrap_err();
         assert!(err.contains("no `process` section"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn another_driver_on_the_same_log_dir_adopts_and_stops_an_instance() {
+        let (first, dir) = driver("trap 'exit 0' TERM; while :; do sleep 0.05; done");
+        first.start(&spec("kept")).await.unwrap();
+        let second = ProcessDriver::new(ProcessTemplate {
+            argv: vec!["unused".into()],
+            env: vec![],
+            log_dir: dir.path().to_path_buf(),
+            registry: PathBuf::from("/nonexistent/registry"),
+        });
+        let adopted = second.list().await.unwrap();
+        assert_eq!(adopted.len(), 1);
+        assert_eq!((adopted[0].id.as_str(), adopted[0].exited), ("kept", None));
+
+        second.stop("kept", Duration::from_secs(5)).await.unwrap();
+        assert!(
+            second.list().await.unwrap().is_empty(),
+            "stopped and forgotten"
+        );
+        // 0 once sh's trap is installed, 128 + 15 before: SIGTERM, not SIGKILL.
+        let code = wait_exited(&first, "kept").await;
+        assert!(matches!(code, Some(0) | Some(143)), "{code:?}");
+        assert!(matches!(
+            second.stop("kept", Duration::ZERO).await,
+            Err(DriverError::Unknown(_))
+        ));
     }
 }
