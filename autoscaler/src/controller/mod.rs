@@ -195,6 +195,11 @@ impl<D: Driver> Controller<D> {
                 load: observed.loads.get(service).unwrap_or(&no_load),
                 cpu: &observed.cpu,
                 owned: &mine,
+                last_words: &mine
+                    .iter()
+                    .filter(|o| o.exited.is_some())
+                    .filter_map(|o| Some((o.id.clone(), self.driver.last_words(service, &o.id)?)))
+                    .collect(),
             };
             match self.reconcile(now, &view, journal).await {
                 Ok(()) => {}
@@ -346,6 +351,8 @@ struct View<'a> {
     load: &'a ServiceLoad,
     cpu: &'a BTreeMap<String, f64>,
     owned: &'a [&'a Owned],
+    /// What exited instances printed last (when the driver keeps it).
+    last_words: &'a HashMap<String, String>,
 }
 
 /// A counted instance and what the tick knows of it.
@@ -439,9 +446,14 @@ fn heal(
                 }
             }
             Verdict::Crashed { code } => {
+                let said = view
+                    .last_words
+                    .get(&o.id)
+                    .map(|words| format!("; it said: {words}"))
+                    .unwrap_or_default();
                 let failed = Failed {
                     id: &o.id,
-                    why: format!("exited with code {code}"),
+                    why: format!("exited with code {code}{said}"),
                     exit_code: Some(*code),
                     served,
                     // It has exited: stopping only makes the driver forget it.

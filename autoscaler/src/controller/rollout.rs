@@ -238,7 +238,7 @@ fn begin(
                 .cloned()
                 .collect();
             let reason = format!(
-                "carrying on with the rolling restart requested by {} at {}: {} of {} instance(s) left",
+                "rolling restart requested by {} at {}: {} of {} instance(s) left to replace",
                 request.requested_by,
                 request.requested_at.format("%H:%M:%S"),
                 left.len(),

@@ -102,4 +102,10 @@ pub trait Driver: Send + Sync + 'static {
 
     /// Every instance this driver owns, running or exited (not yet stopped).
     fn list(&self) -> impl Future<Output = Result<Vec<Owned>, DriverError>> + Send;
+
+    /// The end of what an instance printed, if the driver keeps it: what
+    /// a crash event quotes, so a program that cannot start says why.
+    fn last_words(&self, _service: &str, _id: &str) -> Option<String> {
+        None
+    }
 }

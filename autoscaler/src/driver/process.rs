@@ -165,7 +165,7 @@ fn managed(
         spec.id.clone(),
         "--port".into(),
         port.to_string(),
-        "--version".into(),
+        "--version-label".into(),
         service.version(),
         "--drain-grace".into(),
         format!("{}s", service.drain_grace_secs),
@@ -353,6 +353,12 @@ impl Driver for ProcessDriver {
         Ok(())
     }
 
+    fn last_words(&self, service: &str, id: &str) -> Option<String> {
+        let log = self.template.log_dir.join(format!("{service}-{id}.log"));
+        let text = std::fs::read(&log).ok()?;
+        last_lines(&String::from_utf8_lossy(&text))
+    }
+
     async fn list(&self) -> Result<Vec<Owned>, DriverError> {
         let mut owned: Vec<Owned> = {
             let children = self.children.lock().expect("children lock poisoned");
@@ -379,6 +385,27 @@ impl Driver for ProcessDriver {
         owned.sort_by(|a, b| a.id.cmp(&b.id));
         Ok(owned)
     }
+}
+
+/// The end of an instance's output, for the event of a crash: its last
+/// three non-empty lines, at most 400 characters.
+fn last_lines(output: &str) -> Option<String> {
+    let lines: Vec<&str> = output
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect();
+    let tail = lines[lines.len().saturating_sub(3)..].join(" / ");
+    if tail.is_empty() {
+        return None;
+    }
+    let mut chars = tail.chars();
+    let start: String = chars.by_ref().take(400).collect();
+    Some(if chars.next().is_some() {
+        format!("{start}…")
+    } else {
+        start
+    })
 }
 
 /// How often an adopted instance (not this process's child, so it cannot
@@ -473,6 +500,9 @@ mod tests {
         );
         let log = std::fs::read_to_string(dir.path().join("app-i1.log")).unwrap();
         assert_eq!(log, "hi app i1\n");
+        assert_eq!(d.last_words("app", "i1").as_deref(), Some("hi app i1"));
+        assert_eq!(last_lines("a\n\nb\nc\nd\n").as_deref(), Some("b / c / d"));
+        assert_eq!(last_lines("\n  \n"), None);
     }
 
     #[tokio::test]
@@ -570,7 +600,7 @@ mod tests {
             "i1",
             "--port",
             "4321",
-            "--version",
+            "--version-label",
             &version,
             "--drain-grace",
             "2s",
