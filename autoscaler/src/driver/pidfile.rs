@@ -112,7 +112,7 @@ mod tests {
         me.write(dir.path()).unwrap();
         std::fs::write(dir.path().join("junk.pid"), "not json").unwrap();
         std::fs::write(dir.path().join("app-i1.log"), "").unwrap();
-        assert_eq!(PidFile::scan(dir.path()), [me.clone()]);
+        assert_eq!(PidFile::scan(dir.path()), std::slice::from_ref(&me));
 
         let reused = PidFile {
             start_time: me.start_time + 1,
