@@ -230,13 +230,17 @@ pub struct LogArgs {
 }
 
 impl LogArgs {
-    /// Install the global subscriber; the filter comes from `RUST_LOG` (default `info`).
+    /// Install the global subscriber; the filter comes from `RUST_LOG`
+    /// (default `info`). Colours only on a terminal, so log files (an
+    /// instance's log, quoted in crash events) stay plain text.
     pub fn init(&self) {
+        use std::io::IsTerminal;
         let filter = tracing_subscriber::EnvFilter::try_from_default_env()
             .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
         let builder = tracing_subscriber::fmt()
             .with_env_filter(filter)
-            .with_writer(std::io::stderr);
+            .with_writer(std::io::stderr)
+            .with_ansi(std::io::stderr().is_terminal());
         match self.log_format {
             LogFormat::Text => builder.init(),
             LogFormat::Json => builder.json().init(),

@@ -274,6 +274,26 @@ pub fn validate_addr(field: &str, addr: &str) -> Result<(), ValidationError> {
     Ok(())
 }
 
+/// `text` as [`validate_text`] accepts it: each control character (a
+/// newline, a tab, an escape) becomes a space and text beyond `max` bytes is
+/// cut at a character boundary and marked with `…`. For free text a program
+/// quotes into the registry, such as an instance's last log lines.
+pub fn plain_text(text: &str, max: usize) -> String {
+    const MARK: char = '…';
+    let plain: String = text
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect();
+    if plain.len() <= max {
+        return plain;
+    }
+    let mut end = max.saturating_sub(MARK.len_utf8());
+    while !plain.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}{MARK}", &plain[..end])
+}
+
 fn validate_text(field: &str, text: &str, max: usize) -> Result<(), ValidationError> {
     if text.len() > max {
         return Err(ValidationError::new(
@@ -673,10 +693,13 @@ pub struct ScalingEvent {
 }
 
 impl ScalingEvent {
+    /// The longest reason, in bytes.
+    pub const MAX_REASON: usize = 4096;
+
     pub fn validate(&self) -> Result<(), ValidationError> {
         validate_segment("event.service", &self.service)?;
         validate_text("event.kind", &self.kind, 64)?;
-        validate_text("event.reason", &self.reason, 4096)?;
+        validate_text("event.reason", &self.reason, ScalingEvent::MAX_REASON)?;
         Ok(())
     }
 }
@@ -792,6 +815,17 @@ mod tests {
 
     fn keys() -> Keys {
         Keys::new("/shoal").unwrap()
+    }
+
+    #[test]
+    fn plain_text_is_what_validation_accepts() {
+        assert_eq!(plain_text("a\tb\nc\u{1b}", 64), "a b c ");
+        let long = "é".repeat(20);
+        let cut = plain_text(&long, 9);
+        assert_eq!(cut, "ééé…", "cut at a character boundary within 9 bytes");
+        assert!(validate_text("t", &cut, 9).is_ok());
+        let noisy = "x\u{7}".repeat(3000);
+        assert!(validate_text("t", &plain_text(&noisy, 4096), 4096).is_ok());
     }
 
     #[test]

@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 
 use chrono::Utc;
-use registry::model::ScalingEvent;
+use registry::model::{ScalingEvent, plain_text};
 
 use crate::collect::ServiceLoad;
 use crate::decide::Decision;
@@ -45,7 +45,8 @@ pub fn inputs(
     m
 }
 
-/// An event about `service` as of now.
+/// An event about `service` as of now. The reason is made plain text (it
+/// may quote what an instance printed), so the event is always writable.
 pub fn new(
     service: &str,
     kind: &str,
@@ -59,7 +60,7 @@ pub fn new(
         kind: kind.to_owned(),
         current,
         desired,
-        reason,
+        reason: plain_text(&reason, ScalingEvent::MAX_REASON),
         bounded_by: None,
         inputs: BTreeMap::new(),
         instance: instance.map(str::to_owned),

@@ -388,11 +388,16 @@ impl Driver for ProcessDriver {
 }
 
 /// The end of an instance's output, for the event of a crash: its last
-/// three non-empty lines, at most 400 characters.
+/// three non-empty lines as plain text (no colour codes, no tabs), at most
+/// 400 characters.
 fn last_lines(output: &str) -> Option<String> {
-    let lines: Vec<&str> = output
+    let plain: Vec<String> = output
         .lines()
-        .map(str::trim)
+        .map(|l| registry::model::plain_text(&without_escape_sequences(l), usize::MAX))
+        .collect();
+    let lines: Vec<&str> = plain
+        .iter()
+        .map(|l| l.trim())
         .filter(|l| !l.is_empty())
         .collect();
     let tail = lines[lines.len().saturating_sub(3)..].join(" / ");
@@ -406,6 +411,27 @@ fn last_lines(output: &str) -> Option<String> {
     } else {
         start
     })
+}
+
+/// `line` without its terminal escape sequences (`ESC [ … final`), the
+/// colours a program prints when it logs to what it thinks is a terminal.
+fn without_escape_sequences(line: &str) -> String {
+    let mut out = String::with_capacity(line.len());
+    let mut chars = line.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' && chars.peek() == Some(&'[') {
+            chars.next();
+            // Parameters and intermediates, up to the final byte @..~.
+            for c in chars.by_ref() {
+                if ('@'..='~').contains(&c) {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
 
 /// How often an adopted instance (not this process's child, so it cannot
@@ -503,6 +529,15 @@ mod tests {
         assert_eq!(d.last_words("app", "i1").as_deref(), Some("hi app i1"));
         assert_eq!(last_lines("a\n\nb\nc\nd\n").as_deref(), Some("b / c / d"));
         assert_eq!(last_lines("\n  \n"), None);
+    }
+
+    #[test]
+    fn last_words_are_plain_text_without_colour_codes_or_tabs() {
+        let coloured = "\u{1b}[2m2026-12-02T14:00:00Z\u{1b}[0m \u{1b}[31mERROR\u{1b}[0m bind:\tin use\r\n";
+        assert_eq!(
+            last_lines(coloured).as_deref(),
+            Some("2026-12-02T14:00:00Z ERROR bind: in use")
+        );
     }
 
     #[tokio::test]

@@ -597,6 +597,21 @@ pub async fn fenced_commits(store: &Store) {
         Some("scale down".to_owned())
     );
 
+    // A value its readers would refuse is refused before anything is written.
+    let mut unreadable = event(5);
+    if let Write::Event { event, .. } = &mut unreadable {
+        event.reason = "crashed: \u{1b}[31mERROR\u{1b}[0m".into();
+    }
+    assert!(matches!(
+        store.commit(&fence, vec![event(5), unreadable]).await,
+        Err(StoreError::Invalid(e)) if e.field == "event.reason"
+    ));
+    assert_eq!(
+        store.last_event_seq("app").await.unwrap(),
+        Some(4),
+        "nothing of a refused commit was written"
+    );
+
     // Another term: the key was deleted and created again.
     txn(store, Txn::ops(vec![Op::delete(format!("{leader}/1"))])).await;
     txn(

@@ -53,10 +53,15 @@ fn json(value: &impl serde::Serialize) -> Vec<u8> {
 }
 
 impl Store {
-    fn op(&self, write: Write) -> Op {
+    /// The operation for `write`, refused if its value is one the registry's
+    /// readers would not decode (so nothing unreadable is ever written).
+    fn op(&self, write: Write) -> Result<Op, StoreError> {
         let keys = &self.keys;
-        match write {
-            Write::Event { seq, event } => Op::put(keys.event(&event.service, seq), json(&event)),
+        Ok(match write {
+            Write::Event { seq, event } => {
+                event.validate()?;
+                Op::put(keys.event(&event.service, seq), json(&event))
+            }
             Write::TrimEvents { service, below } => Op::Delete(Span::Range {
                 from: keys.event(&service, 0),
                 to: keys.event(&service, below),
@@ -65,17 +70,23 @@ impl Store {
                 service,
                 id,
                 reason,
-            } => Op::put(
-                keys.retire(&service, &id),
-                json(&RetireRequest::new(reason, None)),
-            ),
+            } => {
+                let request = RetireRequest::new(reason, None);
+                request.validate()?;
+                Op::put(keys.retire(&service, &id), json(&request))
+            }
             Write::ClearRetire { service, id } => Op::delete(keys.retire(&service, &id)),
-            Write::PutRollout(rollout) => Op::put(keys.rollout(&rollout.service), json(&rollout)),
+            Write::PutRollout(rollout) => {
+                rollout.validate()?;
+                Op::put(keys.rollout(&rollout.service), json(&rollout))
+            }
             Write::EndRollout { service } => Op::delete(keys.rollout(&service)),
-        }
+        })
     }
 
-    /// Make `writes` atomically, only while `fence` holds.
+    /// Make `writes` atomically, only while `fence` holds. A write whose
+    /// value does not validate refuses the whole commit
+    /// ([`StoreError::Invalid`]) before anything is sent.
     pub async fn commit(&self, fence: &Fence, writes: Vec<Write>) -> Result<(), StoreError> {
         if writes.is_empty() {
             return Ok(());
@@ -87,7 +98,10 @@ impl Store {
                 super::backend::Cmp::Equal,
                 fence.create_revision,
             )],
-            then: writes.into_iter().map(|w| self.op(w)).collect(),
+            then: writes
+                .into_iter()
+                .map(|w| self.op(w))
+                .collect::<Result<_, _>>()?,
             otherwise: vec![],
         };
         if self
