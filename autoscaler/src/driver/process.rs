@@ -533,7 +533,8 @@ mod tests {
 
     #[test]
     fn last_words_are_plain_text_without_colour_codes_or_tabs() {
-        let coloured = "\u{1b}[2m2026-12-02T14:00:00Z\u{1b}[0m \u{1b}[31mERROR\u{1b}[0m bind:\tin use\r\n";
+        let coloured =
+            "\u{1b}[2m2026-12-02T14:00:00Z\u{1b}[0m \u{1b}[31mERROR\u{1b}[0m bind:\tin use\r\n";
         assert_eq!(
             last_lines(coloured).as_deref(),
             Some("2026-12-02T14:00:00Z ERROR bind: in use")
