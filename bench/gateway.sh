@@ -82,7 +82,7 @@ busy_pct() {
 
 build_release
 if [ "${NO_BUILD:-0}" != 1 ]; then
-  cargo build --release -p shoal-tests --bin fixed_rate --bin paired --quiet
+  cargo build --release -p shoal-bench --bin fixed_rate --bin paired --quiet
 fi
 pick_gateway
 start_backends
@@ -174,7 +174,7 @@ fixed_field() {
 declare -A F_RPS=() F_P50=() F_P99=() F_P999=() F_ERRORS=() F_CPU=()
 if [ "$FIXED_RATE" != 0 ]; then
   if [ ! -x "$BIN/fixed_rate" ]; then
-    echo "error: no fixed_rate binary at $BIN/fixed_rate (cargo build --release -p shoal-tests --bin fixed_rate, or FIXED_RATE=0)" >&2
+    echo "error: no fixed_rate binary at $BIN/fixed_rate (cargo build --release -p shoal-bench --bin fixed_rate, or FIXED_RATE=0)" >&2
     exit 1
   fi
   for round in $(seq 1 "$ROUNDS"); do
@@ -264,7 +264,7 @@ fi
 
 # Shoal against each other proxy, round by round: the ratio of the two
 # figures in each round (taken seconds apart), its median, and an interval
-# for that median that assumes no distribution (tests/src/paired.rs).
+# for that median that assumes no distribution (bench/src/paired.rs).
 if [[ " $PROXIES " == *" shoal "* ]] && [ "$ROUNDS" -ge 2 ] && [ -x "$BIN/paired" ]; then
   # pair SHOAL_VALUES OTHER_VALUES: "1.02x (0.95-1.10)", with "higher" or
   # "lower" when the interval leaves out 1.

@@ -38,8 +38,8 @@ need_tools() {
 }
 
 # exec_release_bin NAME: replace this shell with the release build of NAME
-# (a binary of the `tests` crate), told where Shoal's other binaries are;
-# honours CARGO_TARGET_DIR. For the bench/ wrappers.
+# (a binary of the `shoal-bench` crate, bench/src/bin/), told where Shoal's
+# other binaries are; honours CARGO_TARGET_DIR. For the bench/ wrappers.
 exec_release_bin() {
   local target_dir=${CARGO_TARGET_DIR:-$PWD/target}
   SHOAL_BIN_DIR=$target_dir/release exec "$target_dir/release/$1"

@@ -97,6 +97,21 @@ pub async fn scale(etcd: &Etcd, service: &str, n: usize) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// How many controllers campaign in the election (each holds a key under
+/// `{prefix}/autoscaler/leader/`, the leader's the oldest); 0 if etcd does
+/// not answer.
+pub async fn election_candidates(client: &etcd_client::Client) -> usize {
+    let prefix = format!("{}/", registry::Keys::default().leader());
+    let options = etcd_client::GetOptions::new()
+        .with_prefix()
+        .with_count_only();
+    let mut client = client.clone();
+    match tokio::time::timeout(Duration::from_secs(2), client.get(prefix, Some(options))).await {
+        Ok(Ok(resp)) => resp.count() as usize,
+        _ => 0,
+    }
+}
+
 impl Drop for Autoscaler {
     fn drop(&mut self) {
         if self.proc.has_exited() {
@@ -106,6 +121,7 @@ impl Drop for Autoscaler {
         self.proc.signal(Signal::SIGTERM);
         let started = Instant::now();
         while !self.proc.has_exited() && started.elapsed() < Duration::from_secs(5) {
+            // Polling the exit in `drop`, which cannot await `wait_until`.
             std::thread::sleep(Duration::from_millis(20));
         }
     }

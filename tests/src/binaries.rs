@@ -75,6 +75,16 @@ impl Default for AppServerOptions {
     }
 }
 
+impl AppServerOptions {
+    /// The default options for an instance of `service`.
+    pub fn for_service(service: &str) -> Self {
+        AppServerOptions {
+            service: service.to_owned(),
+            ..Default::default()
+        }
+    }
+}
+
 /// The line app-server prints on stdout once it listens.
 #[derive(Debug, Deserialize)]
 struct Listening {
@@ -162,7 +172,6 @@ impl AppServer {
     }
 }
 
-/// Read an instance's registry entry, if present and decodable.
 /// Every registered instance of `service` that decodes; none if etcd does not answer.
 pub async fn service_instances(
     client: &etcd_client::Client,
@@ -211,6 +220,29 @@ pub async fn wait_ready(
     .map_err(anyhow::Error::msg)
 }
 
+/// Wait until every one of `servers` is registered and ready (up to 10 s each).
+pub async fn wait_instances_ready(
+    client: &etcd_client::Client,
+    servers: &[AppServer],
+) -> anyhow::Result<()> {
+    for server in servers {
+        let key = server.key();
+        crate::wait_until_async(
+            Duration::from_secs(10),
+            &format!("{} ({}) registered and ready", server.id, server.service),
+            || async {
+                instance_in_registry(client, &key)
+                    .await
+                    .is_some_and(|i| i.state == registry::InstanceState::Ready)
+            },
+        )
+        .await
+        .map_err(anyhow::Error::msg)?;
+    }
+    Ok(())
+}
+
+/// Read an instance's registry entry, if present and decodable.
 pub async fn instance_in_registry(
     client: &etcd_client::Client,
     key: &str,

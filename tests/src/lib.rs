@@ -10,40 +10,35 @@
 //!   stderr saved under `target/test-logs/`.
 //! - [`browser`]: headless Chromium through chromedriver, for the dashboard.
 //! - [`binaries`]: where the built binaries are, and typed launchers for them.
-//! - [`gateway`]: a launcher for the gateway, with its proxy and admin addresses.
+//! - [`gateway`]: a launcher for the gateway, with its proxy and admin
+//!   addresses, and reads of its admin API.
 //! - [`autoscaler`]: a launcher for `autoscaler run` with the process driver.
-//! - [`experiments`]: the source notes' experiments rerun on Shoal, one
-//!   table with Shoal's figures next to the source's (`bench/seed-experiments.sh`).
-//! - [`kv_check`]: the distributed key-value store's checker (scale 2 → 5 → 2,
-//!   a kill -9, every acknowledged write accounted for).
-//! - [`faults`]: the fault suite (etcd restarted, unreachable or wiped, an
-//!   instance frozen, the gateway restarted, the autoscaler leader killed, an
-//!   instance cut off from etcd) under load, with a table of failed requests,
-//!   lost writes and recovery times.
+//! - [`platform`]: the one builder that starts a whole platform (etcd,
+//!   routes and policies, app servers, gateways, autoscalers) for the
+//!   end-to-end tests, the experiments and the fault suite, and its steady
+//!   state.
 //! - [`netns`]: a network namespace with a veth pair to the host, and
 //!   iptables cuts inside it.
+//! - [`cut_off`]: an app server in a network namespace cut off from etcd
+//!   and healed.
 //! - [`load`]: clients sending requests back to back, counting failures.
-//! - [`settings`]: the benchmark binaries' environment settings.
-//! - [`paired`]: round-by-round ratios of two proxies' benchmark figures,
-//!   with a distribution-free interval for their median (`bench/gateway.sh`).
 //! - [`wait`]: polling with deadlines (no fixed sleeps in tests).
 //!
+//! The benchmark programs that run on this harness (experiments, the fault
+//! suite, the key-value checker) are the `shoal-bench` crate in `bench/`.
 //! The tests themselves are in `tests/it/`, one module per area.
 
 pub mod autoscaler;
 pub mod binaries;
 pub mod browser;
+pub mod cut_off;
 pub mod etcd;
-pub mod experiments;
-pub mod faults;
 pub mod gateway;
-pub mod kv_check;
 pub mod load;
 pub mod netns;
-pub mod paired;
 pub mod pki;
+pub mod platform;
 pub mod process;
-pub mod settings;
 pub mod wait;
 
 pub use autoscaler::Autoscaler;
@@ -51,8 +46,9 @@ pub use binaries::{AppServer, AppServerOptions, bin_path};
 pub use etcd::Etcd;
 pub use gateway::Gateway;
 pub use load::{Load, LoadReport};
+pub use platform::{Platform, http_client};
 pub use process::Proc;
-pub use wait::{wait_until, wait_until_async};
+pub use wait::{wait_for, wait_until, wait_until_async};
 
 /// Install a test log subscriber once (honours `RUST_LOG`, default warn).
 pub fn init_logging() {

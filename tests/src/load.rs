@@ -2,17 +2,30 @@
 //! one URL back to back until stopped, counting what was served and keeping
 //! every failure (status other than 200, transport error, broken body) with
 //! its reason, so a test can assert "zero failed requests" and say which.
-//! It also notes when each instance (`x-shoal-instance`) first and last served.
+//! It also notes when each instance (`x-shoal-instance`) first and last
+//! served and how many it served, and tests wait on those counts (the load
+//! has reached an instance, has gone on past an event) instead of letting
+//! it run for a fixed time.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use tokio::task::JoinHandle;
 
-/// Instance id → when it first and last answered one of this load's requests.
-type Served = Arc<Mutex<HashMap<String, (Instant, Instant)>>>;
+use crate::wait::wait_until;
+
+/// What one instance answered of this load's requests.
+#[derive(Debug, Clone, Copy)]
+struct ServedBy {
+    first: Instant,
+    last: Instant,
+    count: u64,
+}
+
+/// Instance id → what it answered.
+type Served = Arc<Mutex<HashMap<String, ServedBy>>>;
 
 /// Clients running against one URL.
 pub struct Load {
@@ -64,8 +77,15 @@ impl Load {
                                     .lock()
                                     .expect("served-by lock")
                                     .entry(instance)
-                                    .and_modify(|(_, last)| *last = now)
-                                    .or_insert((now, now));
+                                    .and_modify(|s| {
+                                        s.last = now;
+                                        s.count += 1;
+                                    })
+                                    .or_insert(ServedBy {
+                                        first: now,
+                                        last: now,
+                                        count: 1,
+                                    });
                             }
                             Err(e) => failures.lock().expect("failures lock").push(e),
                         }
@@ -89,7 +109,7 @@ impl Load {
             .lock()
             .expect("served-by lock")
             .iter()
-            .map(|(id, (first, _))| (id.clone(), *first))
+            .map(|(id, s)| (id.clone(), s.first))
             .collect();
         seen.sort_by_key(|(_, at)| *at);
         seen
@@ -101,12 +121,45 @@ impl Load {
             .lock()
             .expect("served-by lock")
             .get(instance)
-            .map(|(_, last)| *last)
+            .map(|s| s.last)
+    }
+
+    /// Requests `instance` has answered so far.
+    pub fn served_by(&self, instance: &str) -> u64 {
+        self.served_by
+            .lock()
+            .expect("served-by lock")
+            .get(instance)
+            .map_or(0, |s| s.count)
     }
 
     /// Requests served so far.
     pub fn served(&self) -> u64 {
         self.served.load(Ordering::Relaxed)
+    }
+
+    /// Wait until `n` more requests than now have been served: the load
+    /// goes on past whatever just happened. How long it took.
+    pub async fn wait_more_served(&self, n: u64, timeout: Duration) -> Result<Duration, String> {
+        let target = self.served() + n;
+        wait_until(timeout, &format!("{n} more requests served"), || {
+            self.served() >= target
+        })
+        .await
+    }
+
+    /// Wait until `instance` has answered a request that was answered after
+    /// `since`; how long it took.
+    pub async fn wait_served_by(
+        &self,
+        instance: &str,
+        since: Instant,
+        timeout: Duration,
+    ) -> Result<Duration, String> {
+        wait_until(timeout, &format!("a request served by {instance}"), || {
+            self.last_served(instance).is_some_and(|last| last > since)
+        })
+        .await
     }
 
     /// Stop every client after its current request; what they saw.

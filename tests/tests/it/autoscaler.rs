@@ -17,7 +17,8 @@ use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use registry::model::ScalingEvent;
 use registry::{Instance, InstanceState, Keys, RegistryValue};
-use shoal_tests::{Autoscaler, Etcd, Gateway, Load, wait_until_async};
+use shoal_tests::autoscaler::election_candidates;
+use shoal_tests::{Autoscaler, Etcd, Load, Platform, wait_until, wait_until_async};
 
 use crate::gateway::http;
 
@@ -66,14 +67,15 @@ struct Work {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn scales_out_under_load_back_in_after_the_window_and_replaces_a_killed_instance() {
-    let etcd = Etcd::start().await;
-    let client = etcd.client().await;
-    let gateway = Gateway::start(&etcd, &[]).await;
-    let mut c = client.clone();
-    c.put(Keys::default().policy("app"), POLICY, None)
-        .await
-        .unwrap();
-    let mut scaler = Autoscaler::start(&etcd, &[]);
+    let mut platform = Platform::builder()
+        .policy("app", POLICY)
+        .gateway(&[])
+        .autoscalers(1)
+        .start()
+        .await;
+    let client = platform.client.clone();
+    let gateway = &platform.gateways[0];
+    let scaler = &mut platform.autoscalers[0];
     let http = http();
 
     // The minimum: one ready instance, reachable through the gateway.
@@ -136,8 +138,23 @@ async fn scales_out_under_load_back_in_after_the_window_and_replaces_a_killed_in
         second < Duration::from_secs(5),
         "the 2nd instance serves within 5 s of the step"
     );
-    // Keep the load on a moment so the new instances serve some of it.
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    // Keep the load on until every ready instance has served some of it.
+    let serving: Vec<String> = ready(&instances(&client).await)
+        .iter()
+        .map(|i| i.id.clone())
+        .collect();
+    wait_until(Duration::from_secs(10), "every instance serving", || {
+        serving
+            .iter()
+            .all(|id| base.served_by(id) + extra.served_by(id) > 0)
+    })
+    .await
+    .unwrap_or_else(|e| {
+        panic!(
+            "{e}: {serving:?}; autoscaler log:\n{}",
+            scaler.proc.stderr()
+        )
+    });
     let extra = extra.stop().await;
 
     // Down to 2 clients (≈ 2 in flight, the target for one instance): back to
@@ -157,8 +174,11 @@ async fn scales_out_under_load_back_in_after_the_window_and_replaces_a_killed_in
         lighter.elapsed() >= Duration::from_secs(4),
         "not before the window"
     );
-    // A moment on the one that is left, then stop.
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // The one that is left serves the load, then stop.
+    let left = instances(&client).await.remove(0);
+    base.wait_served_by(&left.id, Instant::now(), Duration::from_secs(10))
+        .await
+        .unwrap();
     let base = base.stop().await;
     let failures: Vec<String> = base.failures.into_iter().chain(extra.failures).collect();
     println!(
@@ -181,7 +201,11 @@ async fn scales_out_under_load_back_in_after_the_window_and_replaces_a_killed_in
     // Under load: requests in flight to it are retried, new ones held until
     // the replacement is ready.
     let during_kill = Load::start(&http, &gateway.url("/"), 4);
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    during_kill
+        .wait_served_by(&survivor.id, Instant::now(), Duration::from_secs(10))
+        .await
+        .unwrap();
+    let killed = Instant::now();
     kill(Pid::from_raw(work.pid as i32), Signal::SIGKILL).unwrap();
     let replaced = wait_until_async(Duration::from_secs(15), "a replacement", || async {
         ready(&instances(&client).await)
@@ -190,7 +214,16 @@ async fn scales_out_under_load_back_in_after_the_window_and_replaces_a_killed_in
     })
     .await
     .unwrap_or_else(|e| panic!("{e}; autoscaler log:\n{}", scaler.proc.stderr()));
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Until the replacement serves the load.
+    let replacement = ready(&instances(&client).await)
+        .into_iter()
+        .find(|i| i.id != survivor.id)
+        .map(|i| i.id.clone())
+        .expect("the replacement is ready");
+    during_kill
+        .wait_served_by(&replacement, killed, Duration::from_secs(10))
+        .await
+        .unwrap();
     let during_kill = during_kill.stop().await;
     println!(
         "measured: kill -9 of {}: replacement ready after {:.2} s; {} requests, {} failed",
@@ -270,8 +303,14 @@ async fn when_the_leader_is_killed_the_standby_acts_within_one_ttl() {
         .json()
         .await
         .unwrap();
-    // Let the standby campaign, then kill the leader without a chance to resign.
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Once the standby campaigns, kill the leader without a chance to resign.
+    wait_until_async(
+        Duration::from_secs(10),
+        "the standby to campaign",
+        || async { election_candidates(&client).await == 2 },
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}; standby log:\n{}", standby.proc.stderr()));
     leader.proc.kill9().await;
     let killed = Instant::now();
     let elected = wait_until_async(Duration::from_secs(10), "the standby to lead", || {

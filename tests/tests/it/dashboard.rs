@@ -10,9 +10,9 @@ use registry::Keys;
 use registry::model::ScalingEvent;
 use shoal_tests::binaries::{instance_in_registry, logs_dir};
 use shoal_tests::browser::Browser;
-use shoal_tests::{AppServer, AppServerOptions, Etcd, Gateway, wait_until_async};
+use shoal_tests::{AppServer, AppServerOptions, Platform, wait_until_async};
 
-use crate::{is_gone, is_ready, wait_instance};
+use crate::{is_gone, wait_instance};
 
 /// Stated in the issue: a registry change shows on the page within this.
 const LIVE_WITHIN: Duration = Duration::from_secs(2);
@@ -92,49 +92,36 @@ async fn the_dashboard_follows_the_registry_live_and_shows_text_as_text() {
         return;
     };
     let page = browser.client();
-    let mut etcd = Etcd::start().await;
-    let etcd_client = etcd.client().await;
     let keys = Keys::default();
     let options = |extra: &[&str]| AppServerOptions {
         lease_ttl: Duration::from_secs(2),
         extra: extra.iter().map(|s| s.to_string()).collect(),
         ..Default::default()
     };
-    let plain = AppServer::start(
-        &etcd,
-        options(&["--version-label", "1.4.2", "--zone", "z1"]),
-    )
-    .await;
     let hostile_label = format!("note={HOSTILE_LABEL}");
-    let mut hostile = AppServer::start(
-        &etcd,
-        options(&[
-            "--version-label",
-            HOSTILE_VERSION,
-            "--label",
-            &hostile_label,
-        ]),
-    )
-    .await;
-    for app in [&plain, &hostile] {
-        wait_instance(
-            &etcd_client,
-            &app.key(),
-            Duration::from_secs(10),
-            "ready",
-            is_ready,
+    // A policy and (below) an event, so the header, the desired line and
+    // the timeline have something.
+    let mut platform = Platform::builder()
+        .app_servers_with(1, options(&["--version-label", "1.4.2", "--zone", "z1"]))
+        .app_servers_with(
+            1,
+            options(&[
+                "--version-label",
+                HOSTILE_VERSION,
+                "--label",
+                &hostile_label,
+            ]),
         )
+        .policy(
+            "app",
+            r#"{"service":"app","min":1,"max":4,"metric":"rps","target":50}"#,
+        )
+        .start()
         .await;
-    }
-    // A policy and an event, so the header, the desired line and the timeline have something.
+    let mut hostile = platform.app_servers.remove(1);
+    let plain = platform.app_servers.remove(0);
+    let etcd_client = platform.client.clone();
     let mut kv = etcd_client.clone();
-    kv.put(
-        keys.policy("app"),
-        r#"{"service":"app","min":1,"max":4,"metric":"rps","target":50}"#,
-        None,
-    )
-    .await
-    .unwrap();
     let event = ScalingEvent {
         service: "app".into(),
         at: chrono::Utc::now(),
@@ -154,7 +141,8 @@ async fn the_dashboard_follows_the_registry_live_and_shows_text_as_text() {
     .await
     .unwrap();
 
-    let gateway = Gateway::start(&etcd, &[]).await;
+    platform.start_gateway(&[]).await;
+    let gateway = &platform.gateways[0];
     // Some traffic for the charts, bounded in count and time.
     let traffic = {
         let url = gateway.url("/");
@@ -162,6 +150,7 @@ async fn the_dashboard_follows_the_registry_live_and_shows_text_as_text() {
             let http = crate::gateway::http();
             for _ in 0..3000 {
                 let _ignored = http.get(&url).timeout(Duration::from_secs(1)).send().await;
+                // A client's pace, not a wait: a request every 20 ms.
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
         })
@@ -234,7 +223,7 @@ async fn the_dashboard_follows_the_registry_live_and_shows_text_as_text() {
     assert_eq!(pwned, serde_json::Value::Null, "an onerror handler ran");
 
     // A new instance shows up without a reload.
-    let added = AppServer::start(&etcd, options(&["--version-label", "2.0.0"])).await;
+    let added = AppServer::start(&platform.etcd, options(&["--version-label", "2.0.0"])).await;
     let registered = registry_change(
         &etcd_client,
         &added.key(),
@@ -350,7 +339,7 @@ async fn the_dashboard_follows_the_registry_live_and_shows_text_as_text() {
         0,
         "no banner while etcd is up"
     );
-    etcd.stop().await;
+    platform.etcd.stop().await;
     let took = wait_count(
         page,
         "#banner[data-registry=\"unreachable\"]:not([hidden])",
@@ -367,7 +356,7 @@ async fn the_dashboard_follows_the_registry_live_and_shows_text_as_text() {
         1,
         "the last known instances stay on the page"
     );
-    etcd.start_again().await;
+    platform.etcd.start_again().await;
     wait_count(
         page,
         "#banner:not([hidden])",

@@ -5,7 +5,8 @@ use std::time::{Duration, Instant};
 use registry::election::Election;
 use registry::store::Write;
 use registry::{Keys, Store, StoreError};
-use shoal_tests::Etcd;
+use shoal_tests::autoscaler::election_candidates;
+use shoal_tests::{Etcd, wait_until_async};
 
 /// A fenced write of `who` as the retire reason of test/owner.
 fn owner(who: &str) -> Vec<Write> {
@@ -32,6 +33,16 @@ async fn one_leader_acts_and_a_deposed_one_cannot() {
 
     // b campaigns in the background and must not win while a holds the lease.
     let campaign_b = tokio::spawn(async move { b.campaign("controller-b", ttl).await });
+    wait_until_async(Duration::from_secs(5), "b to campaign", || async {
+        election_candidates(&client).await == 2
+    })
+    .await
+    .unwrap();
+    // No condition marks "b has not won": the claim is that a's keep-alive
+    // holds its lease past a whole TTL, which only time shows on a real
+    // etcd, so b is watched for a TTL and a half second. (The keep-alive
+    // loop, `registry::election::keep_lease`, talks to etcd directly and has
+    // no paused-time test yet.)
     tokio::time::sleep(ttl + Duration::from_millis(500)).await;
     assert!(
         !campaign_b.is_finished(),

@@ -6,12 +6,11 @@
 //! Needs root for `ip netns` and `iptables`: skipped with a note otherwise,
 //! except under `CI=true`, where it fails.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use shoal_tests::Load;
-use shoal_tests::faults::FaultsConfig;
-use shoal_tests::faults::cut_off::{cut_and_heal, platform_with_outsider};
+use shoal_tests::cut_off::{cut_and_heal, platform_with_outsider};
 use shoal_tests::netns::NetNs;
+use shoal_tests::{Load, Platform};
 
 const TTL: Duration = Duration::from_secs(3);
 
@@ -20,21 +19,30 @@ async fn an_instance_cut_off_from_etcd_fences_is_dropped_without_failures_and_re
     let Some(mut netns) = NetNs::create_or_skip("the partition test") else {
         return;
     };
-    let config = FaultsConfig {
-        instances: 2,
-        lease_ttl: TTL,
-        recover_timeout: Duration::from_secs(20),
-        ..Default::default()
-    };
-    let (platform, outsider) = platform_with_outsider(&config, &netns)
+    let builder = Platform::builder()
+        .pinned(2)
+        .gateway(&[])
+        .autoscalers(1)
+        .autoscaler_flags(&["--interval", "500ms", "--lease-ttl", "3s"]);
+    let (platform, outsider) = platform_with_outsider(builder, &netns, TTL)
         .await
         .unwrap_or_else(|e| panic!("{e:#}"));
-    let load = Load::start(&platform.http, &platform.gateway.url("/"), 4);
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let times = cut_and_heal(&platform, &mut netns, &outsider)
+    let load = Load::start(&platform.http, &platform.gateway().url("/"), 4);
+    // Under load before the cut: the outsider has served some of it.
+    if let Err(e) = load
+        .wait_served_by(&outsider.id, Instant::now(), Duration::from_secs(10))
+        .await
+    {
+        panic!("{e}; {}", platform.describe().await);
+    }
+    let times = cut_and_heal(&platform, &mut netns, &outsider, Duration::from_secs(20))
         .await
         .unwrap_or_else(|e| panic!("{e:#}"));
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // And after the heal: the outsider serves the load again.
+    let healed = Instant::now();
+    let back = load
+        .wait_served_by(&outsider.id, healed, Duration::from_secs(10))
+        .await;
     let report = load.stop().await;
     println!(
         "measured: cut off from etcd (lease TTL {TTL:?}): {times:?}; {} GETs served",
@@ -67,5 +75,9 @@ async fn an_instance_cut_off_from_etcd_fences_is_dropped_without_failures_and_re
         times.serving.is_some(),
         "not ready and serving through the gateway after the heal: {}",
         platform.describe().await
+    );
+    assert!(
+        back.is_ok(),
+        "the rejoined instance served none of the load: {back:?}"
     );
 }

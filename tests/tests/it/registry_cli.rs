@@ -154,16 +154,19 @@ async fn list_against_a_dead_etcd_says_what_to_do() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn route_set_get_delete_drive_a_real_gateway() {
-    use shoal_tests::Gateway;
     use shoal_tests::binaries::registry_cli;
+    use shoal_tests::{AppServerOptions, Platform};
 
-    use crate::gateway::{http, start_apps, wait_routed};
+    use crate::gateway::{http, wait_routed};
 
-    let etcd = Etcd::start().await;
-    let apps = start_apps(&etcd, 1, "other").await;
-    let gateway = Gateway::start(&etcd, &[]).await;
+    let platform = Platform::builder()
+        .app_servers_with(1, AppServerOptions::for_service("other"))
+        .gateway(&[])
+        .start()
+        .await;
+    let (etcd, apps, gateway) = (&platform.etcd, &platform.app_servers, platform.gateway());
     let route = r#"{"path_prefix":"/other","service":"other","strip_prefix":true}"#;
-    let set = registry_cli(&etcd, &["route", "set", "other", route]).await;
+    let set = registry_cli(etcd, &["route", "set", "other", route]).await;
     assert!(set.status.success(), "{set:?}");
     let printed: serde_json::Value = serde_json::from_slice(&set.stdout).unwrap();
     assert_eq!(printed["route"]["service"], "other", "{printed}");
@@ -171,14 +174,14 @@ async fn route_set_get_delete_drive_a_real_gateway() {
     // The gateway follows it: /other goes to the other service.
     wait_routed(
         &http(),
-        &gateway,
+        gateway,
         "/other/",
         &[apps[0].id.as_str()],
         Duration::from_secs(5),
     )
     .await;
 
-    let table = registry_cli(&etcd, &["route", "get"]).await;
+    let table = registry_cli(etcd, &["route", "get"]).await;
     let table = String::from_utf8_lossy(&table.stdout);
     let rows: Vec<Vec<&str>> = table
         .lines()
@@ -195,7 +198,7 @@ async fn route_set_get_delete_drive_a_real_gateway() {
 
     // A route that does not validate is refused before anything is written.
     let bad = registry_cli(
-        &etcd,
+        etcd,
         &[
             "route",
             "set",
@@ -207,17 +210,17 @@ async fn route_set_get_delete_drive_a_real_gateway() {
     let stderr = String::from_utf8_lossy(&bad.stderr);
     assert_eq!(bad.status.code(), Some(2), "{stderr}");
     assert!(stderr.contains("hash_key"), "{stderr}");
-    let missing = registry_cli(&etcd, &["route", "get", "hashed"]).await;
+    let missing = registry_cli(etcd, &["route", "get", "hashed"]).await;
     let stderr = String::from_utf8_lossy(&missing.stderr);
     assert_eq!(missing.status.code(), Some(1), "{stderr}");
     assert!(stderr.contains("registry route set hashed"), "{stderr}");
 
-    let deleted = registry_cli(&etcd, &["route", "delete", "other"]).await;
+    let deleted = registry_cli(etcd, &["route", "delete", "other"]).await;
     assert_eq!(
         String::from_utf8_lossy(&deleted.stdout).trim(),
         "deleted the route other"
     );
-    let json = registry_cli(&etcd, &["route", "get", "-o", "json"]).await;
+    let json = registry_cli(etcd, &["route", "get", "-o", "json"]).await;
     let listed: serde_json::Value = serde_json::from_slice(&json.stdout).unwrap();
     assert_eq!(listed, serde_json::json!([]));
 }

@@ -7,8 +7,7 @@ use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
-use registry::Keys;
-use shoal_tests::{Autoscaler, Etcd, Gateway, Load, wait_until_async};
+use shoal_tests::{Load, Platform, wait_until_async};
 
 use crate::autoscaler::{autoscaler_cli, events, instances, ready};
 use crate::gateway::http;
@@ -25,20 +24,21 @@ async fn ready_ids(client: &etcd_client::Client) -> BTreeSet<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rolling_restart_under_load_replaces_every_instance_and_drops_nothing() {
-    let etcd = Etcd::start().await;
-    let client = etcd.client().await;
-    let gateway = Gateway::start(&etcd, &[]).await;
-    let mut c = client.clone();
-    c.put(Keys::default().policy("app"), POLICY, None)
-        .await
-        .unwrap();
-    let mut scaler = Autoscaler::start(&etcd, &["--interval", "500ms"]);
+    let mut platform = Platform::builder()
+        .policy("app", POLICY)
+        .gateway(&[])
+        .autoscalers(1)
+        .autoscaler_flags(&["--interval", "500ms"])
+        .start()
+        .await;
+    let (etcd, client, gateway) = (&platform.etcd, &platform.client, &platform.gateways[0]);
+    let scaler = &mut platform.autoscalers[0];
     wait_until_async(Duration::from_secs(20), "3 ready instances", || async {
-        ready_ids(&client).await.len() == 3
+        ready_ids(client).await.len() == 3
     })
     .await
     .unwrap_or_else(|e| panic!("{e}; autoscaler log:\n{}", scaler.proc.stderr()));
-    let first = ready_ids(&client).await;
+    let first = ready_ids(client).await;
 
     let http = http();
     let hello = gateway.url("/");
@@ -83,7 +83,7 @@ async fn a_rolling_restart_under_load_replaces_every_instance_and_drops_nothing(
             .starts_with("app: rolling restart done: 3 instance(s) replaced in"),
         "{stdout}"
     );
-    let second = ready_ids(&client).await;
+    let second = ready_ids(client).await;
     assert_eq!(second.len(), 3, "{second:?}");
     assert!(second.is_disjoint(&first), "every instance replaced");
     let during_cli = load.served();
@@ -130,7 +130,7 @@ async fn a_rolling_restart_under_load_replaces_every_instance_and_drops_nothing(
     )
     .await
     .unwrap_or_else(|e| panic!("{e}; autoscaler log:\n{}", scaler.proc.stderr()));
-    let third = ready_ids(&client).await;
+    let third = ready_ids(client).await;
     assert!(third.is_disjoint(&second));
 
     // 2. SIGUSR2 to the controller: every service with a policy rolls.
@@ -139,9 +139,9 @@ async fn a_rolling_restart_under_load_replaces_every_instance_and_drops_nothing(
     wait_until_async(Duration::from_secs(90), "the SIGUSR2 restart done", done(3))
         .await
         .unwrap_or_else(|e| panic!("{e}; autoscaler log:\n{}", scaler.proc.stderr()));
-    let fourth = ready_ids(&client).await;
+    let fourth = ready_ids(client).await;
     assert!(fourth.is_disjoint(&third), "every instance replaced again");
-    let by_signal = events(&client)
+    let by_signal = events(client)
         .await
         .into_iter()
         .any(|(_, e)| e.kind == "rollout" && e.reason.contains("requested by signal"));
@@ -173,9 +173,9 @@ async fn a_rolling_restart_under_load_replaces_every_instance_and_drops_nothing(
                 scaler.proc.stderr()
             )
         });
-    let fifth = ready_ids(&client).await;
+    let fifth = ready_ids(client).await;
     assert!(fifth.is_disjoint(&fourth), "every instance replaced again");
-    let by_api = events(&client)
+    let by_api = events(client)
         .await
         .into_iter()
         .any(|(_, e)| e.kind == "rollout" && e.reason.contains("requested by api: max surge 2"));

@@ -11,11 +11,11 @@
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use etcd_client::{Client, CompactionOptions, DeleteOptions, GetOptions};
 use registry::{Instance, InstanceState, Keys, RegistryValue, Store, Update, Watcher};
-use shoal_tests::Etcd;
+use shoal_tests::{Etcd, wait_for, wait_until};
 
 const STEPS: usize = 30;
 const SERVICES: [&str; 2] = ["app", "app2"];
@@ -130,15 +130,19 @@ where
     F: Fn(Client) -> Fut,
     Fut: std::future::Future<Output = Result<T, etcd_client::Error>>,
 {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
+    let last = std::sync::Mutex::new(String::from("no answer"));
+    let answer = wait_for(Duration::from_secs(10), what, || async {
         match tokio::time::timeout(Duration::from_secs(3), call(client.clone())).await {
-            Ok(Ok(v)) => return v,
-            Ok(Err(e)) if Instant::now() > deadline => panic!("{what}: {e}"),
-            Err(_) if Instant::now() > deadline => panic!("{what}: no answer"),
-            _ => tokio::time::sleep(Duration::from_millis(100)).await,
+            Ok(Ok(v)) => Some(v),
+            Ok(Err(e)) => {
+                *last.lock().expect("last error lock") = e.to_string();
+                None
+            }
+            Err(_) => None,
         }
-    }
+    })
+    .await;
+    answer.unwrap_or_else(|e| panic!("{e}: {}", last.lock().expect("last error lock")))
 }
 
 async fn apply_change(client: &Client, keys: &Keys, step: &Step) {
@@ -299,25 +303,25 @@ async fn run_seed(seed: u64) {
         }
         done.push(step);
         let want = etcd_state(&client, &keys).await;
-        let deadline = Instant::now() + CATCH_UP;
-        while !observed.agrees(&want) {
-            if Instant::now() > deadline {
-                let got = observed.watcher.snapshot();
-                let streamed = observed.from_updates.lock().expect("set lock").clone();
-                panic!(
-                    "seed {seed}: after {} steps the watcher disagrees with etcd\n\
-                     steps: {done:#?}\n\
-                     etcd: {:?}\nsnapshot: {:?} (revision {}, connected {})\nfrom updates: {:?}\n\
-                     rerun with SHOAL_WATCHER_SEEDS={seed}",
-                    done.len(),
-                    want.keys().collect::<Vec<_>>(),
-                    got.entries.keys().collect::<Vec<_>>(),
-                    got.revision,
-                    got.connected,
-                    streamed.keys().collect::<Vec<_>>(),
-                );
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
+        let caught_up = wait_until(CATCH_UP, "the watcher to agree with etcd", || {
+            observed.agrees(&want)
+        })
+        .await;
+        if caught_up.is_err() {
+            let got = observed.watcher.snapshot();
+            let streamed = observed.from_updates.lock().expect("set lock").clone();
+            panic!(
+                "seed {seed}: after {} steps the watcher disagrees with etcd\n\
+                 steps: {done:#?}\n\
+                 etcd: {:?}\nsnapshot: {:?} (revision {}, connected {})\nfrom updates: {:?}\n\
+                 rerun with SHOAL_WATCHER_SEEDS={seed}",
+                done.len(),
+                want.keys().collect::<Vec<_>>(),
+                got.entries.keys().collect::<Vec<_>>(),
+                got.revision,
+                got.connected,
+                streamed.keys().collect::<Vec<_>>(),
+            );
         }
     }
     println!("seed {seed}: {STEPS} steps, the watcher agreed with etcd after each");

@@ -4,9 +4,9 @@
 use std::time::Duration;
 
 use registry::Keys;
-use shoal_tests::{Etcd, Gateway};
+use shoal_tests::Platform;
 
-use super::{get_json, http, instance_stats, spread_of, start_apps, wait_json};
+use super::{get_json, http, instance_stats, spread_of, wait_json};
 
 /// Sum of the samples of `metric` whose labels include `label`.
 fn metric_sum(text: &str, metric: &str, label: &str) -> f64 {
@@ -18,14 +18,13 @@ fn metric_sum(text: &str, metric: &str, label: &str) -> f64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn admin_stats_and_metrics_add_up_to_the_traffic_sent() {
-    let etcd = Etcd::start().await;
-    let apps = start_apps(&etcd, 2, "app").await;
     // Slow start off so that round-robin splits the requests exactly in two.
-    let gateway = Gateway::start(
-        &etcd,
-        &["--default-policy", "round-robin", "--slow-start", "0s"],
-    )
-    .await;
+    let platform = Platform::builder()
+        .app_servers(2)
+        .gateway(&["--default-policy", "round-robin", "--slow-start", "0s"])
+        .start()
+        .await;
+    let (apps, gateway) = (&platform.app_servers, platform.gateway());
     let http = http();
     let url = gateway.admin_url("/api/v1/services/app");
 
@@ -40,7 +39,7 @@ async fn admin_stats_and_metrics_add_up_to_the_traffic_sent() {
     .await;
 
     let sent = 60;
-    let spread = spread_of(&http, &gateway, "/", sent).await;
+    let spread = spread_of(&http, gateway, "/", sent).await;
     assert_eq!(spread.values().copied().collect::<Vec<_>>(), [30, 30]);
 
     let total = |service: &serde_json::Value| -> u64 {
@@ -64,7 +63,7 @@ async fn admin_stats_and_metrics_add_up_to_the_traffic_sent() {
     )
     .await;
     assert_eq!(total(&last), u64::from(sent), "{last:#}");
-    for app in &apps {
+    for app in apps {
         let s = instance_stats(&last, &app.id).unwrap();
         assert_eq!(s["requests_total"], 30, "{s:#}");
         assert_eq!(s["in_flight"], 0, "{s:#}");
@@ -104,7 +103,7 @@ async fn admin_stats_and_metrics_add_up_to_the_traffic_sent() {
         f64::from(sent),
         "shoal_gateway_requests_total{{service=\"app\"}} over all series:\n{metrics}"
     );
-    for app in &apps {
+    for app in apps {
         let label = format!("instance=\"{}\"", app.id);
         let attempts = metric_sum(&metrics, "shoal_gateway_upstream_requests_total", &label);
         assert_eq!(
@@ -117,7 +116,7 @@ async fn admin_stats_and_metrics_add_up_to_the_traffic_sent() {
     let health = get_json(&http, &gateway.admin_url("/healthz")).await;
     assert_eq!(health["registry"], "connected", "{health:#}");
 
-    let mut client = etcd.client().await;
+    let mut client = platform.client.clone();
     let entry = client
         .get(Keys::default().gateway(&gateway.id), None)
         .await

@@ -8,9 +8,9 @@ use registry::{Keys, RegistryValue};
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 use shoal_tests::process::Proc;
-use shoal_tests::{Etcd, Gateway, bin_path, wait_until_async};
+use shoal_tests::{Etcd, Platform, bin_path, wait_until_async};
 
-use super::{get_json, http, start_apps, wait_json};
+use super::{get_json, http, wait_json};
 use crate::{is_gone, wait_instance};
 
 const TOKEN: &str = "test-token-0123456789abcdef";
@@ -75,9 +75,11 @@ async fn etcd_value(client: &etcd_client::Client, key: &str) -> Option<Value> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn routes_and_policies_are_written_through_the_api_with_the_token() {
-    let etcd = Etcd::start().await;
-    let gateway = Gateway::start(&etcd, &["--admin-token", TOKEN]).await;
-    let client = etcd.client().await;
+    let platform = Platform::builder()
+        .gateway(&["--admin-token", TOKEN])
+        .start()
+        .await;
+    let (client, gateway) = (&platform.client, platform.gateway());
     let http = http();
     let url = |path: &str| gateway.admin_url(path);
     let keys = Keys::default();
@@ -119,7 +121,7 @@ async fn routes_and_policies_are_written_through_the_api_with_the_token() {
         "not this gateway's --admin-token",
     );
     assert_eq!(
-        etcd_value(&client, &keys.route("api")).await,
+        etcd_value(client, &keys.route("api")).await,
         None,
         "nothing written"
     );
@@ -128,7 +130,7 @@ async fn routes_and_policies_are_written_through_the_api_with_the_token() {
     assert_eq!(status, StatusCode::CREATED, "{body:#}");
     assert_eq!(body["name"], "api");
     assert_eq!(body["service"], "api");
-    let stored = etcd_value(&client, &keys.route("api"))
+    let stored = etcd_value(client, &keys.route("api"))
         .await
         .expect("route stored");
     assert_eq!(stored["path_prefix"], "/api");
@@ -212,7 +214,7 @@ async fn routes_and_policies_are_written_through_the_api_with_the_token() {
         "65536 bytes",
     );
     assert_eq!(
-        etcd_value(&client, &keys.route("api")).await.unwrap()["path_prefix"],
+        etcd_value(client, &keys.route("api")).await.unwrap()["path_prefix"],
         "/v2",
         "refused writes change nothing"
     );
@@ -303,7 +305,7 @@ async fn routes_and_policies_are_written_through_the_api_with_the_token() {
     let (status, body) = pin(Some(r#"{"replicas":3}"#), Method::PUT, "app").await;
     assert_eq!(status, StatusCode::OK, "{body:#}");
     assert_eq!(body["pinned"], 3);
-    let stored = etcd_value(&client, &keys.policy("app")).await.unwrap();
+    let stored = etcd_value(client, &keys.policy("app")).await.unwrap();
     assert_eq!(
         (
             stored["pinned"].clone(),
@@ -337,7 +339,7 @@ async fn routes_and_policies_are_written_through_the_api_with_the_token() {
     assert_eq!(status, StatusCode::OK, "{body:#}");
     assert_eq!(body.get("pinned"), None, "{body:#}");
     assert_eq!(
-        etcd_value(&client, &keys.policy("app"))
+        etcd_value(client, &keys.policy("app"))
             .await
             .unwrap()
             .get("pinned"),
@@ -397,10 +399,13 @@ async fn routes_and_policies_are_written_through_the_api_with_the_token() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn events_rollouts_and_retiring_an_instance() {
-    let etcd = Etcd::start().await;
-    let apps = start_apps(&etcd, 1, "app").await;
-    let gateway = Gateway::start(&etcd, &["--admin-token", TOKEN]).await;
-    let client = etcd.client().await;
+    let platform = Platform::builder()
+        .app_servers(1)
+        .gateway(&["--admin-token", TOKEN])
+        .start()
+        .await;
+    let (apps, gateway) = (&platform.app_servers, platform.gateway());
+    let client = &platform.client;
     let http = http();
     let url = |path: &str| gateway.admin_url(path);
     let keys = Keys::default();
@@ -500,7 +505,7 @@ async fn events_rollouts_and_retiring_an_instance() {
         (body["max_surge"].clone(), body["max_unavailable"].clone()),
         (json!(2), json!(0))
     );
-    let stored = etcd_value(&client, &keys.rollout("app"))
+    let stored = etcd_value(client, &keys.rollout("app"))
         .await
         .expect("rollout stored");
     assert_eq!(stored["requested_by"], "api");
@@ -545,14 +550,14 @@ async fn events_rollouts_and_retiring_an_instance() {
         "no registered instance `no-such-instance`",
     );
     assert_eq!(
-        etcd_value(&client, &keys.retire("app", "no-such-instance")).await,
+        etcd_value(client, &keys.retire("app", "no-such-instance")).await,
         None
     );
     let (status, body) = retire(&app.id).await;
     assert_eq!(status, StatusCode::ACCEPTED, "{body:#}");
     assert_eq!(body["key"], keys.retire("app", &app.id));
     let took = wait_instance(
-        &client,
+        client,
         &app.key(),
         Duration::from_secs(10),
         "the retired instance gone",
@@ -564,7 +569,7 @@ async fn events_rollouts_and_retiring_an_instance() {
         Duration::from_secs(5),
         "the retire key deleted by the instance",
         || async {
-            etcd_value(&client, &keys.retire("app", &app.id))
+            etcd_value(client, &keys.retire("app", &app.id))
                 .await
                 .is_none()
         },
@@ -575,9 +580,9 @@ async fn events_rollouts_and_retiring_an_instance() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_etcd_writes_are_503_and_reads_keep_the_last_snapshot() {
-    let mut etcd = Etcd::start().await;
     // No token configured: writes need none.
-    let gateway = Gateway::start(&etcd, &[]).await;
+    let mut platform = Platform::builder().gateway(&[]).start().await;
+    let gateway = &platform.gateways[0];
     let http = http();
     let url = |path: &str| gateway.admin_url(path);
     let (status, body) = call(
@@ -602,7 +607,7 @@ async fn without_etcd_writes_are_503_and_reads_keep_the_last_snapshot() {
     )
     .await;
 
-    etcd.stop().await;
+    platform.etcd.stop().await;
     let got = call(
         &http,
         Method::PUT,
@@ -718,17 +723,16 @@ async fn next_event(resp: &mut reqwest::Response, buffer: &mut String, name: &st
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_stream_history_openapi_and_dashboard_are_served() {
-    let etcd = Etcd::start().await;
-    let apps = start_apps(&etcd, 1, "app").await;
+    let mut platform = Platform::builder()
+        .app_servers(1)
+        .policy(
+            "app",
+            r#"{"service":"app","min":1,"max":4,"metric":"rps","target":50}"#,
+        )
+        .start()
+        .await;
     let keys = Keys::default();
-    let mut kv = etcd.client().await;
-    kv.put(
-        keys.policy("app"),
-        r#"{"service":"app","min":1,"max":4,"metric":"rps","target":50}"#,
-        None,
-    )
-    .await
-    .unwrap();
+    let mut kv = platform.client.clone();
     let event = ScalingEvent {
         service: "app".into(),
         at: chrono::Utc::now(),
@@ -747,7 +751,8 @@ async fn the_stream_history_openapi_and_dashboard_are_served() {
     )
     .await
     .unwrap();
-    let gateway = Gateway::start(&etcd, &[]).await;
+    let app_id = platform.app_servers[0].id.clone();
+    let gateway = platform.start_gateway(&[]).await;
     let http = http();
 
     // The stream: history first, then snapshots with everything the page shows.
@@ -793,7 +798,7 @@ async fn the_stream_history_openapi_and_dashboard_are_served() {
         .iter()
         .find(|s| s["name"] == "app")
         .unwrap();
-    assert_eq!(app["instances"][0]["id"], apps[0].id, "{app:#}");
+    assert_eq!(app["instances"][0]["id"], app_id, "{app:#}");
     assert_eq!(app["policy"]["max"], 4, "{app:#}");
     assert_eq!(app["desired"], 2, "{app:#}");
     assert_eq!(app["events"][0]["reason"], "1 → 2: test", "{app:#}");

@@ -6,29 +6,26 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use futures::StreamExt;
-use shoal_tests::{Etcd, Gateway, wait_until_async};
+use shoal_tests::{Gateway, Platform, wait_until_async};
 
-use super::{
-    gateway_log, http, put_route, served_by, spread_of, start_apps, wait_known, wait_routed,
-};
+use super::{gateway_log, http, served_by, spread_of, wait_known, wait_routed};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn round_robin_spreads_300_requests_evenly_over_3_instances() {
-    let etcd = Etcd::start().await;
-    let apps = start_apps(&etcd, 3, "app").await;
     // Slow start off: every instance is new to a new gateway, and slow start
     // skips new instances at random for its first 10 s; this test counts the
     // steady-state spread, not the ramp.
-    let gateway = Gateway::start(
-        &etcd,
-        &["--default-policy", "round-robin", "--slow-start", "0s"],
-    )
-    .await;
+    let platform = Platform::builder()
+        .app_servers(3)
+        .gateway(&["--default-policy", "round-robin", "--slow-start", "0s"])
+        .start()
+        .await;
+    let (apps, gateway) = (&platform.app_servers, platform.gateway());
     let http = http();
     let ids: Vec<&str> = apps.iter().map(|a| a.id.as_str()).collect();
-    wait_routed(&http, &gateway, "/", &ids, Duration::from_secs(5)).await;
+    wait_routed(&http, gateway, "/", &ids, Duration::from_secs(5)).await;
 
-    let spread = spread_of(&http, &gateway, "/", 300).await;
+    let spread = spread_of(&http, gateway, "/", 300).await;
     println!("measured: round-robin spread of 300 requests: {spread:?}");
     assert_eq!(
         spread.keys().map(String::as_str).collect::<Vec<_>>(),
@@ -72,23 +69,22 @@ fn keys(prefix: &str, n: usize) -> Vec<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn consistent_hash_is_stable_and_a_fourth_instance_takes_about_a_quarter_of_the_keys() {
-    let etcd = Etcd::start().await;
-    let mut apps = start_apps(&etcd, 3, "app").await;
-    put_route(
-        &etcd,
-        "by-user",
-        r#"{"path_prefix":"/","service":"app","policy":"consistent-hash","hash_key":{"from":"header","name":"x-user"}}"#,
-    )
-    .await;
-    put_route(
-        &etcd,
-        "by-path",
-        r#"{"path_prefix":"/users","service":"app","policy":"consistent-hash","hash_key":{"from":"path-segment","name":0}}"#,
-    )
-    .await;
     // Slow start off: with it a new instance's weight ramps up, so the fourth
     // would win fewer keys than its 1/4 until the window has passed.
-    let gateway = Gateway::start(&etcd, &["--slow-start", "0s"]).await;
+    let platform = Platform::builder()
+        .route(
+            "by-user",
+            r#"{"path_prefix":"/","service":"app","policy":"consistent-hash","hash_key":{"from":"header","name":"x-user"}}"#,
+        )
+        .route(
+            "by-path",
+            r#"{"path_prefix":"/users","service":"app","policy":"consistent-hash","hash_key":{"from":"path-segment","name":0}}"#,
+        )
+        .app_servers(3)
+        .gateway(&["--slow-start", "0s"])
+        .start()
+        .await;
+    let (apps, gateway) = (&platform.app_servers, platform.gateway());
     let http = http();
 
     // The route is in force once a few keys map the same way twice over all
@@ -99,17 +95,17 @@ async fn consistent_hash_is_stable_and_a_fourth_instance_takes_about_a_quarter_o
         Duration::from_secs(5),
         "the hash route over 3 instances",
         || async {
-            let a = map_keys(&http, &gateway, &probe).await;
-            let b = map_keys(&http, &gateway, &probe).await;
+            let a = map_keys(&http, gateway, &probe).await;
+            let b = map_keys(&http, gateway, &probe).await;
             a == b && ids.iter().all(|id| a.values().any(|v| v == id))
         },
     )
     .await
-    .unwrap_or_else(|e| panic!("{e}; {}", gateway_log(&gateway)));
+    .unwrap_or_else(|e| panic!("{e}; {}", gateway_log(gateway)));
 
     let keys = keys("user-", 1000);
-    let before = map_keys(&http, &gateway, &keys).await;
-    let again = map_keys(&http, &gateway, &keys).await;
+    let before = map_keys(&http, gateway, &keys).await;
+    let again = map_keys(&http, gateway, &keys).await;
     let changed = keys.iter().filter(|k| before[*k] != again[*k]).count();
     assert_eq!(
         changed, 0,
@@ -138,22 +134,22 @@ async fn consistent_hash_is_stable_and_a_fourth_instance_takes_about_a_quarter_o
         );
     }
 
-    apps.extend(start_apps(&etcd, 1, "app").await);
-    let new = apps[3].id.clone();
+    let fourth = platform.start_app_servers(1, "app").await;
+    let new = fourth[0].id.clone();
     wait_until_async(
         Duration::from_secs(5),
         "a key on the fourth instance",
         || async {
-            map_keys(&http, &gateway, &probe)
+            map_keys(&http, gateway, &probe)
                 .await
                 .values()
                 .any(|v| *v == new)
         },
     )
     .await
-    .unwrap_or_else(|e| panic!("{e}; {}", gateway_log(&gateway)));
+    .unwrap_or_else(|e| panic!("{e}; {}", gateway_log(gateway)));
 
-    let after = map_keys(&http, &gateway, &keys).await;
+    let after = map_keys(&http, gateway, &keys).await;
     let moved: Vec<&String> = keys.iter().filter(|k| before[*k] != after[*k]).collect();
     let elsewhere: Vec<_> = moved
         .iter()
@@ -204,12 +200,16 @@ async fn get_with_cookie(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sticky_cookie_pins_and_is_rewritten_when_the_pinned_instance_dies() {
-    let etcd = Etcd::start().await;
-    let mut apps = start_apps(&etcd, 3, "app").await;
-    let gateway = Gateway::start(&etcd, &["--default-policy", "sticky"]).await;
+    let mut platform = Platform::builder()
+        .app_servers(3)
+        .gateway(&["--default-policy", "sticky"])
+        .start()
+        .await;
+    let mut apps = std::mem::take(&mut platform.app_servers);
+    let gateway = platform.gateway();
     let http = http();
 
-    let first = get_with_cookie(&http, &gateway, None).await;
+    let first = get_with_cookie(&http, gateway, None).await;
     let pinned = served_by(&first);
     assert_eq!(
         sticky_cookie(&first).as_deref(),
@@ -220,10 +220,10 @@ async fn a_sticky_cookie_pins_and_is_rewritten_when_the_pinned_instance_dies() {
     // Make sure the gateway knows every instance before relying on the others.
     let ids: Vec<String> = apps.iter().map(|a| a.id.clone()).collect();
     let id_refs: Vec<&str> = ids.iter().map(String::as_str).collect();
-    wait_known(&http, &gateway, "app", &id_refs, Duration::from_secs(5)).await;
+    wait_known(&http, gateway, "app", &id_refs, Duration::from_secs(5)).await;
 
     for i in 0..20 {
-        let resp = get_with_cookie(&http, &gateway, Some(&pinned)).await;
+        let resp = get_with_cookie(&http, gateway, Some(&pinned)).await;
         assert_eq!(served_by(&resp), pinned, "request {i} with the cookie");
         let rewritten = sticky_cookie(&resp);
         assert!(
@@ -233,7 +233,7 @@ async fn a_sticky_cookie_pins_and_is_rewritten_when_the_pinned_instance_dies() {
     }
 
     // A cookie naming no instance is replaced.
-    let resp = get_with_cookie(&http, &gateway, Some("no-such-instance")).await;
+    let resp = get_with_cookie(&http, gateway, Some("no-such-instance")).await;
     assert_eq!(sticky_cookie(&resp), Some(served_by(&resp)));
 
     let victim = apps
@@ -242,7 +242,7 @@ async fn a_sticky_cookie_pins_and_is_rewritten_when_the_pinned_instance_dies() {
         .expect("pinned to one of ours");
     victim.proc.kill9().await;
 
-    let resp = get_with_cookie(&http, &gateway, Some(&pinned)).await;
+    let resp = get_with_cookie(&http, gateway, Some(&pinned)).await;
     let moved = served_by(&resp);
     assert_ne!(moved, pinned, "served by the dead instance?");
     assert!(ids.contains(&moved), "served by {moved}");
@@ -253,7 +253,7 @@ async fn a_sticky_cookie_pins_and_is_rewritten_when_the_pinned_instance_dies() {
         resp.headers()
     );
     for i in 0..10 {
-        let resp = get_with_cookie(&http, &gateway, Some(&moved)).await;
+        let resp = get_with_cookie(&http, gateway, Some(&moved)).await;
         assert_eq!(served_by(&resp), moved, "request {i} with the new cookie");
     }
 }

@@ -9,11 +9,9 @@ use std::time::{Duration, Instant};
 
 use etcd_client::{EventType, WatchOptions};
 use registry::{Instance, InstanceState, Keys};
-use shoal_tests::{Etcd, Gateway, wait_until, wait_until_async};
+use shoal_tests::{AppServerOptions, Gateway, Platform, wait_until, wait_until_async};
 
-use super::{
-    gateway_log, get_json, http, put_route, served_by, start_apps, wait_known, wait_routed,
-};
+use super::{gateway_log, get_json, http, put_route, served_by, wait_known, wait_routed};
 
 /// One client sending a GET every few milliseconds, recording when each answer came and who served it.
 struct Load {
@@ -34,7 +32,8 @@ impl Load {
                         let id = served_by(&resp);
                         seen.lock().unwrap().push((Instant::now(), id));
                     }
-                    // Light: a request every few ms is resolution enough.
+                    // A client's pace, not a wait: a request every few ms
+                    // is resolution enough.
                     tokio::time::sleep(Duration::from_millis(2)).await;
                 }
             }
@@ -67,19 +66,19 @@ impl Load {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_new_instance_and_a_new_route_get_traffic_soon_after_their_etcd_write() {
-    let etcd = Etcd::start().await;
-    let first = start_apps(&etcd, 1, "app").await.remove(0);
-    let svc2 = start_apps(&etcd, 1, "svc2").await.remove(0);
     // Round-robin without slow start: once the new instance is in the table,
     // the next request or the one after goes to it. Slow start would give it
     // only a 10% share at first, which measures the ramp, not the routing.
-    let gateway = Gateway::start(
-        &etcd,
-        &["--default-policy", "round-robin", "--slow-start", "0s"],
-    )
-    .await;
+    let platform = Platform::builder()
+        .app_servers(1)
+        .app_servers_with(1, AppServerOptions::for_service("svc2"))
+        .gateway(&["--default-policy", "round-robin", "--slow-start", "0s"])
+        .start()
+        .await;
+    let (etcd, gateway) = (&platform.etcd, platform.gateway());
+    let (first, svc2) = (&platform.app_servers[0], &platform.app_servers[1]);
     let http = http();
-    wait_routed(&http, &gateway, "/", &[&first.id], Duration::from_secs(5)).await;
+    wait_routed(&http, gateway, "/", &[&first.id], Duration::from_secs(5)).await;
 
     // When each instance key was first seen `ready`, by a watch of our own.
     let ready_at = Arc::new(Mutex::new(BTreeMap::<String, Instant>::new()));
@@ -112,7 +111,7 @@ async fn a_new_instance_and_a_new_route_get_traffic_soon_after_their_etcd_write(
     });
 
     let load = Load::start(&http, gateway.url("/"));
-    let new = start_apps(&etcd, 1, "app").await.remove(0);
+    let new = platform.start_app_servers(1, "app").await.remove(0);
     wait_until(Duration::from_secs(2), "our watch to see it ready", || {
         ready_at.lock().unwrap().contains_key(&new.key())
     })
@@ -120,7 +119,7 @@ async fn a_new_instance_and_a_new_route_get_traffic_soon_after_their_etcd_write(
     .unwrap();
     let registered = ready_at.lock().unwrap()[&new.key()];
     let routed = load
-        .wait_first_from(&new.id, Duration::from_secs(5), &gateway)
+        .wait_first_from(&new.id, Duration::from_secs(5), gateway)
         .await;
     let instance_took = routed.saturating_duration_since(registered);
     println!(
@@ -139,13 +138,13 @@ async fn a_new_instance_and_a_new_route_get_traffic_soon_after_their_etcd_write(
     .unwrap();
     let written = Instant::now();
     put_route(
-        &etcd,
+        etcd,
         "r",
         r#"{"path_prefix":"/r","service":"svc2","policy":"round-robin","strip_prefix":true}"#,
     )
     .await;
     let routed = load
-        .wait_first_from(&svc2.id, Duration::from_secs(5), &gateway)
+        .wait_first_from(&svc2.id, Duration::from_secs(5), gateway)
         .await;
     let route_took = routed.saturating_duration_since(written);
     println!(
@@ -179,25 +178,24 @@ async fn registry_health(http: &reqwest::Client, gateway: &Gateway) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn etcd_down_for_ten_seconds_the_gateway_keeps_serving_and_catches_up_after() {
-    let mut etcd = Etcd::start().await;
-    let apps = start_apps(&etcd, 2, "app").await;
     // Round-robin without slow start, so that "the instance started after the
     // outage gets traffic" is certain once the gateway knows it.
-    let gateway = Gateway::start(
-        &etcd,
-        &["--default-policy", "round-robin", "--slow-start", "0s"],
-    )
-    .await;
+    let mut platform = Platform::builder()
+        .app_servers(2)
+        .gateway(&["--default-policy", "round-robin", "--slow-start", "0s"])
+        .start()
+        .await;
+    let (apps, gateway) = (&platform.app_servers, &platform.gateways[0]);
     let http = http();
     let ids: Vec<&str> = apps.iter().map(|a| a.id.as_str()).collect();
-    wait_routed(&http, &gateway, "/", &ids, Duration::from_secs(5)).await;
+    wait_routed(&http, gateway, "/", &ids, Duration::from_secs(5)).await;
     wait_until_async(Duration::from_secs(5), "healthz: connected", || async {
-        registry_health(&http, &gateway).await == "connected"
+        registry_health(&http, gateway).await == "connected"
     })
     .await
     .unwrap();
 
-    etcd.stop().await;
+    platform.etcd.stop().await;
     let down = Instant::now();
     let mut served = 0;
     let mut failures = Vec::new();
@@ -212,9 +210,10 @@ async fn etcd_down_for_ten_seconds_the_gateway_keeps_serving_and_catches_up_afte
             )),
             Err(e) => failures.push(e.to_string()),
         }
-        if noticed.is_none() && registry_health(&http, &gateway).await == "unreachable" {
+        if noticed.is_none() && registry_health(&http, gateway).await == "unreachable" {
             noticed = Some(down.elapsed());
         }
+        // A client's pace through the outage, whose 10 s are the scenario.
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     println!(
@@ -227,16 +226,16 @@ async fn etcd_down_for_ten_seconds_the_gateway_keeps_serving_and_catches_up_afte
         "{} requests failed during the outage, first {:?}; {}",
         failures.len(),
         &failures[..failures.len().min(5)],
-        gateway_log(&gateway)
+        gateway_log(gateway)
     );
     assert!(served > 100, "only {served} requests in 10 s");
     assert!(noticed.is_some(), "/healthz never said unreachable");
 
-    etcd.start_again().await;
+    platform.etcd.start_again().await;
     let back = Instant::now();
-    let late = start_apps(&etcd, 1, "app").await.remove(0);
+    let late = platform.start_app_servers(1, "app").await.remove(0);
     let ready = back.elapsed();
-    wait_routed(&http, &gateway, "/", &[&late.id], Duration::from_secs(5)).await;
+    wait_routed(&http, gateway, "/", &[&late.id], Duration::from_secs(5)).await;
     println!(
         "measured: after the outage, an instance started then is ready {} ms and routed {} ms after etcd answered",
         ready.as_millis(),
@@ -245,7 +244,7 @@ async fn etcd_down_for_ten_seconds_the_gateway_keeps_serving_and_catches_up_afte
     wait_until_async(
         Duration::from_secs(5),
         "healthz: connected again",
-        || async { registry_health(&http, &gateway).await == "connected" },
+        || async { registry_health(&http, gateway).await == "connected" },
     )
     .await
     .unwrap();
@@ -253,15 +252,24 @@ async fn etcd_down_for_ten_seconds_the_gateway_keeps_serving_and_catches_up_afte
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn malformed_instances_and_routes_are_skipped_and_named_in_the_log() {
-    let etcd = Etcd::start().await;
-    let apps = start_apps(&etcd, 2, "app").await;
-    let svc2 = start_apps(&etcd, 1, "svc2").await.remove(0);
+    let mut platform = Platform::builder()
+        .app_servers(2)
+        .app_servers_with(1, AppServerOptions::for_service("svc2"))
+        .start()
+        .await;
     let keys = Keys::default();
-    let mut client = etcd.client().await;
+    let mut client = platform.client.clone();
+    let svc2 = platform.app_servers[2].addr.clone();
+    let svc2_id = platform.app_servers[2].id.clone();
+    let ids: Vec<String> = platform.app_servers[..2]
+        .iter()
+        .map(|a| a.id.clone())
+        .collect();
+    let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
 
     // Listed at start: garbage, and an entry under `app` that says it is svc2
     // and points at svc2's server (taken, it would serve `/` from svc2).
-    let mut mislabelled = Instance::new("svc2", svc2.addr.clone());
+    let mut mislabelled = Instance::new("svc2", svc2);
     mislabelled.state = InstanceState::Ready;
     let mislabelled_key = keys.instance("app", &mislabelled.id);
     let garbage_key = keys.instance("app", "garbage");
@@ -287,24 +295,16 @@ async fn malformed_instances_and_routes_are_skipped_and_named_in_the_log() {
         .await
         .unwrap();
     put_route(
-        &etcd,
+        &platform.etcd,
         "good",
         r#"{"path_prefix":"/good","service":"svc2","strip_prefix":true}"#,
     )
     .await;
 
-    let gateway = Gateway::start(&etcd, &[]).await;
+    let gateway = platform.start_gateway(&[]).await;
     let http = http();
-    let ids: Vec<&str> = apps.iter().map(|a| a.id.as_str()).collect();
-    wait_known(&http, &gateway, "app", &ids, Duration::from_secs(5)).await;
-    wait_routed(
-        &http,
-        &gateway,
-        "/good",
-        &[&svc2.id],
-        Duration::from_secs(5),
-    )
-    .await;
+    wait_known(&http, gateway, "app", &ids, Duration::from_secs(5)).await;
+    wait_routed(&http, gateway, "/good", &[&svc2_id], Duration::from_secs(5)).await;
 
     // And while it runs: more garbage, watched rather than listed.
     let late_instance = keys.instance("app", "late");
@@ -340,7 +340,7 @@ async fn malformed_instances_and_routes_are_skipped_and_named_in_the_log() {
             .iter()
             .filter(|k| !log.contains(k.as_str()))
             .collect();
-        panic!("{e}: not named: {missing:?}; {}", gateway_log(&gateway));
+        panic!("{e}: not named: {missing:?}; {}", gateway_log(gateway));
     }
 
     for i in 0..60 {
@@ -353,7 +353,7 @@ async fn malformed_instances_and_routes_are_skipped_and_named_in_the_log() {
         let resp = http.get(gateway.url(path)).send().await.unwrap();
         assert_eq!(
             (resp.status().as_u16(), served_by(&resp)),
-            (200, svc2.id.clone()),
+            (200, svc2_id.clone()),
             "{path}"
         );
     }

@@ -2,116 +2,78 @@
 //! registered address that refuses connections, and no instance at all
 //! (requests held until one registers, or a 503 after the hold timeout).
 
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
 use registry::{Instance, InstanceState, Keys};
-use shoal_tests::{AppServer, AppServerOptions, Etcd, Gateway};
+use shoal_tests::{AppServer, AppServerOptions, Gateway, Load, Platform};
 
-use super::{
-    Spread, gateway_log, get_json, http, instance_stats, served_by, start_apps, wait_json,
-    wait_known, wait_routed,
-};
-
-/// What the load clients saw.
-#[derive(Default)]
-struct Tally {
-    served: Spread,
-    failures: Vec<String>,
-}
+use super::{gateway_log, get_json, http, instance_stats, served_by, wait_json, wait_routed};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn steady_load_loses_no_request_when_one_instance_is_killed_and_another_drained() {
-    let etcd = Etcd::start().await;
-    let mut apps = start_apps(&etcd, 3, "app").await;
-    let gateway = Gateway::start(&etcd, &[]).await;
+    let mut platform = Platform::builder()
+        .app_servers(3)
+        .gateway(&[])
+        .start()
+        .await;
+    let mut apps = std::mem::take(&mut platform.app_servers);
+    let gateway = platform.gateway();
     let http = http();
-    let ids: Vec<&str> = apps.iter().map(|a| a.id.as_str()).collect();
-    wait_known(&http, &gateway, "app", &ids, Duration::from_secs(5)).await;
 
-    let tally = Arc::new(Mutex::new(Tally::default()));
     let started = Instant::now();
-    let length = Duration::from_secs(6);
-    let clients: Vec<_> = (0..8)
-        .map(|_| {
-            let (http, tally, url) = (http.clone(), tally.clone(), gateway.url("/"));
-            tokio::spawn(async move {
-                while started.elapsed() < length {
-                    let outcome = match http.get(&url).send().await {
-                        Ok(resp) if resp.status() == 200 => {
-                            let id = served_by(&resp);
-                            match resp.text().await {
-                                Ok(_) => Ok(id),
-                                Err(e) => Err(format!("body from {id}: {e}")),
-                            }
-                        }
-                        Ok(resp) => Err(format!(
-                            "status {} from `{}`: {}",
-                            resp.status(),
-                            served_by(&resp),
-                            resp.text().await.unwrap_or_default()
-                        )),
-                        Err(e) => Err(format!("{e:?}")),
-                    };
-                    let mut tally = tally.lock().unwrap();
-                    match outcome {
-                        Ok(id) => *tally.served.entry(id).or_default() += 1,
-                        Err(e) => tally.failures.push(e),
-                    }
-                }
-            })
-        })
-        .collect();
-
-    let served_by_now = |id: &str| tally.lock().unwrap().served.get(id).copied().unwrap_or(0);
-    // The scenario's own timeline: a crash 1.5 s in, a drain 3 s in.
-    tokio::time::sleep(Duration::from_millis(1500)).await;
-    let killed_before = served_by_now(&apps[0].id);
-    apps[0].proc.kill9().await;
-    tokio::time::sleep(Duration::from_millis(1500)).await;
-    let drained_before = served_by_now(&apps[1].id);
-    apps[1].proc.signal(Signal::SIGTERM);
-
-    for client in clients {
-        client.await.unwrap();
+    let load = Load::start(&http, &gateway.url("/"), 8);
+    let waiting = Duration::from_secs(10);
+    // The scenario: under load, every instance serving, one is killed; once
+    // the load goes on past the crash, another is drained; once it has
+    // exited, the load goes on past that too.
+    for app in &apps {
+        load.wait_served_by(&app.id, started, waiting)
+            .await
+            .unwrap_or_else(|e| panic!("{e}; {}", gateway_log(gateway)));
     }
+    let killed_before = load.served_by(&apps[0].id);
+    apps[0].proc.kill9().await;
+    load.wait_more_served(200, waiting).await.unwrap();
+    let drained_before = load.served_by(&apps[1].id);
+    apps[1].proc.signal(Signal::SIGTERM);
     let exit = apps[1].proc.wait_exit(Duration::from_secs(10)).await;
-    let tally = tally.lock().unwrap();
-    let total: u32 = tally.served.values().sum::<u32>() + tally.failures.len() as u32;
+    let survivor_before = load.served_by(&apps[2].id);
+    load.wait_more_served(200, waiting).await.unwrap();
+    let survivor_after = load.served_by(&apps[2].id);
+    let report = load.stop().await;
+
+    let total = report.served + report.failures.len() as u64;
     println!(
-        "measured: {total} requests in {:?} over kill -9 and SIGTERM, {} failed; served {:?}",
-        length,
-        tally.failures.len(),
-        tally.served
+        "measured: {total} requests in {:.1} s over kill -9 and SIGTERM, {} failed",
+        started.elapsed().as_secs_f64(),
+        report.failures.len(),
     );
     assert!(
-        tally.failures.is_empty(),
-        "{} of {total} requests failed, first: {:?}; {}",
-        tally.failures.len(),
-        &tally.failures[..tally.failures.len().min(5)],
-        gateway_log(&gateway)
+        report.failures.is_empty(),
+        "{}; {}",
+        report.failure_summary(),
+        gateway_log(gateway)
     );
     assert!(
         killed_before > 0 && drained_before > 0,
         "the killed ({killed_before}) and drained ({drained_before}) instances must have served before"
     );
     assert!(
-        tally.served.get(&apps[2].id).copied().unwrap_or(0) > 0,
-        "the survivor served nothing: {:?}",
-        tally.served
+        survivor_after > survivor_before,
+        "the survivor served nothing after the drain ({survivor_before} before)"
     );
     assert_eq!(exit.code(), Some(0), "the drained instance exited {exit:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_registered_address_that_refuses_connections_is_retried_around_and_ejected() {
-    let etcd = Etcd::start().await;
-    let live = start_apps(&etcd, 1, "app").await.remove(0);
+    let mut platform = Platform::builder().app_servers(1).start().await;
+    let live = platform.app_servers.remove(0);
     // A ready instance whose port nobody listens on, written directly with no lease.
     let mut dead = Instance::new("app", format!("127.0.0.1:{}", shoal_tests::free_port()));
     dead.state = InstanceState::Ready;
-    let mut client = etcd.client().await;
+    let mut client = platform.client.clone();
     client
         .put(
             Keys::default().instance("app", &dead.id),
@@ -122,20 +84,18 @@ async fn a_registered_address_that_refuses_connections_is_retried_around_and_eje
         .unwrap();
     // Round-robin without slow start sends every other request to the dead
     // address until it is ejected, so retries are exercised for sure.
-    let gateway = Gateway::start(
-        &etcd,
-        &[
+    let gateway = platform
+        .start_gateway(&[
             "--default-policy",
             "round-robin",
             "--slow-start",
             "0s",
             "--eject-after",
             "3",
-        ],
-    )
-    .await;
+        ])
+        .await;
     let http = http();
-    wait_routed(&http, &gateway, "/", &[&live.id], Duration::from_secs(5)).await;
+    wait_routed(&http, gateway, "/", &[&live.id], Duration::from_secs(5)).await;
 
     for i in 0..20 {
         let resp = http.get(gateway.url("/")).send().await.unwrap();
@@ -203,8 +163,11 @@ async fn a_registered_address_that_refuses_connections_is_retried_around_and_eje
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_request_with_no_instance_to_go_to_is_held_until_one_registers() {
-    let etcd = Etcd::start().await;
-    let gateway = Gateway::start(&etcd, &["--hold-timeout", "10s"]).await;
+    let platform = Platform::builder()
+        .gateway(&["--hold-timeout", "10s"])
+        .start()
+        .await;
+    let gateway = platform.gateway();
     let http = http();
     let sent = Instant::now();
     let request = tokio::spawn({
@@ -214,15 +177,15 @@ async fn a_request_with_no_instance_to_go_to_is_held_until_one_registers() {
             (resp.status().as_u16(), served_by(&resp), Instant::now())
         }
     });
-    // The scenario: the first instance starts about a second after the request.
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    // The gateway holds it, and nothing answers it while no instance exists.
+    wait_held(&http, gateway, 1).await;
     assert!(
         !request.is_finished(),
         "answered with no instance registered: {:?}",
         request.await
     );
     let started = Instant::now();
-    let server = AppServer::start(&etcd, AppServerOptions::default()).await;
+    let server = platform.start_app_server(AppServerOptions::default()).await;
     let (status, id, answered) = request.await.unwrap();
     println!(
         "measured: held request answered {} ms after it was sent, {} ms after the instance was started",
@@ -233,14 +196,17 @@ async fn a_request_with_no_instance_to_go_to_is_held_until_one_registers() {
         (status, id),
         (200, server.id.clone()),
         "{}",
-        gateway_log(&gateway)
+        gateway_log(gateway)
     );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_no_instance_ever_a_held_request_gets_a_json_503_after_the_hold_timeout() {
-    let etcd = Etcd::start().await;
-    let gateway = Gateway::start(&etcd, &["--hold-timeout", "1s"]).await;
+    let platform = Platform::builder()
+        .gateway(&["--hold-timeout", "1s"])
+        .start()
+        .await;
+    let gateway = platform.gateway();
     let http = http();
     let sent = Instant::now();
     let resp = http.get(gateway.url("/")).send().await.unwrap();
@@ -269,12 +235,16 @@ async fn with_no_instance_ever_a_held_request_gets_a_json_503_after_the_hold_tim
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn when_the_only_instance_dies_requests_wait_for_the_next_one() {
-    let etcd = Etcd::start().await;
-    let mut apps = start_apps(&etcd, 1, "app").await;
-    let gateway = Gateway::start(&etcd, &[]).await;
+    let mut platform = Platform::builder()
+        .app_servers(1)
+        .gateway(&[])
+        .start()
+        .await;
+    let mut only = platform.app_servers.remove(0);
+    let gateway = platform.gateway();
     let http = http();
-    let first = apps[0].id.clone();
-    wait_routed(&http, &gateway, "/", &[&first], Duration::from_secs(5)).await;
+    let first = only.id.clone();
+    wait_routed(&http, gateway, "/", &[&first], Duration::from_secs(5)).await;
 
     // A GET in flight (about 2 s of work) when the instance is killed: the
     // connection is reset, nothing else is registered yet.
@@ -282,15 +252,15 @@ async fn when_the_only_instance_dies_requests_wait_for_the_next_one() {
         let (http, url) = (http.clone(), gateway.url("/work?iterations=200000000"));
         async move { http.get(url).send().await }
     });
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    apps[0].proc.signal(Signal::SIGKILL);
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    // A POST after the kill: refused (the dead instance is still registered).
+    // Killed once it is working on the GET, and reaped.
+    wait_in_flight(&http, &only, 1).await;
+    only.proc.kill9().await;
+    // A PUT after the kill: refused (the dead instance is still registered).
     let refused = tokio::spawn({
         let (http, url) = (http.clone(), gateway.url("/kv/after-kill"));
         async move { http.put(url).body("v").send().await }
     });
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    wait_held(&http, gateway, 2).await;
     assert!(
         !in_flight.is_finished() && !refused.is_finished(),
         "both held"
@@ -298,7 +268,7 @@ async fn when_the_only_instance_dies_requests_wait_for_the_next_one() {
 
     // The replacement registers; both are answered by it.
     let started = Instant::now();
-    let replacement = AppServer::start(&etcd, AppServerOptions::default()).await;
+    let replacement = platform.start_app_server(AppServerOptions::default()).await;
     for (what, handle) in [("reset GET", in_flight), ("refused PUT", refused)] {
         let resp = handle
             .await
@@ -316,5 +286,31 @@ async fn when_the_only_instance_dies_requests_wait_for_the_next_one() {
     );
     let stats = get_json(&http, &gateway.admin_url("/api/v1/services/app")).await;
     assert!(stats["held_total"].as_u64().unwrap_or(0) >= 2, "{stats:#}");
-    apps.push(replacement);
+    drop(replacement);
+}
+
+/// Wait until the gateway holds `n` requests of `app` (`held_now`): they
+/// reached it and wait for an instance.
+async fn wait_held(http: &reqwest::Client, gateway: &Gateway, n: u64) {
+    let url = gateway.admin_url("/api/v1/services/app");
+    wait_json(
+        http,
+        &url,
+        Duration::from_secs(5),
+        &format!("{n} requests held"),
+        |v| v["held_now"] == n,
+    )
+    .await;
+}
+
+/// Wait until `server` has `n` requests in flight (its own `/load`).
+async fn wait_in_flight(http: &reqwest::Client, server: &AppServer, n: u64) {
+    wait_json(
+        http,
+        &server.url("/load"),
+        Duration::from_secs(5),
+        &format!("{n} requests in flight on {}", server.id),
+        |v| v["in_flight"] == n,
+    )
+    .await;
 }

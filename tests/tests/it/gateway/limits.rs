@@ -6,17 +6,27 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use shoal_tests::{Etcd, Gateway};
+use shoal_tests::Platform;
 
-use super::{gateway_log, http, served_by, start_apps, wait_routed};
+use super::{gateway_log, http, served_by, wait_routed};
+
+/// One app server behind a gateway with `flags`, routed to.
+async fn one_app_behind(flags: &[&str]) -> Platform {
+    let platform = Platform::builder()
+        .app_servers(1)
+        .gateway(flags)
+        .start()
+        .await;
+    let (app, gateway) = (&platform.app_servers[0], platform.gateway());
+    wait_routed(&http(), gateway, "/", &[&app.id], Duration::from_secs(5)).await;
+    platform
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_oversize_body_gets_a_json_413_and_never_reaches_the_instance() {
-    let etcd = Etcd::start().await;
-    let app = start_apps(&etcd, 1, "app").await.remove(0);
-    let gateway = Gateway::start(&etcd, &["--max-body-bytes", "1024"]).await;
+    let platform = one_app_behind(&["--max-body-bytes", "1024"]).await;
+    let (app, gateway) = (&platform.app_servers[0], platform.gateway());
     let http = http();
-    wait_routed(&http, &gateway, "/", &[&app.id], Duration::from_secs(5)).await;
 
     let resp = http
         .put(gateway.url("/kv/small"))
@@ -56,11 +66,9 @@ async fn an_oversize_body_gets_a_json_413_and_never_reaches_the_instance() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_oversize_chunked_body_gets_a_413_too() {
-    let etcd = Etcd::start().await;
-    let app = start_apps(&etcd, 1, "app").await.remove(0);
-    let gateway = Gateway::start(&etcd, &["--max-body-bytes", "1024"]).await;
+    let platform = one_app_behind(&["--max-body-bytes", "1024"]).await;
+    let (app, gateway) = (&platform.app_servers[0], platform.gateway());
     let http = http();
-    wait_routed(&http, &gateway, "/", &[&app.id], Duration::from_secs(5)).await;
 
     // No length up front: the body is found too big on the way, after the
     // request may already have gone to the instance. Sent at once as any
@@ -84,7 +92,7 @@ async fn an_oversize_chunked_body_gets_a_413_too() {
         assert!(
             answer.starts_with("HTTP/1.1 413") && answer.contains("body_too_large"),
             "{chunks} KiB chunked, connection {connection}: answer {answer:?} (write: {written:?}, then {ended}); {}",
-            gateway_log(&gateway)
+            gateway_log(gateway)
         );
         let stored = http
             .get(app.url(&format!("/kv/{key}")))
@@ -153,11 +161,8 @@ async fn closed_within(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_that_never_finishes_its_headers_is_cut_off_after_the_header_read_timeout() {
-    let etcd = Etcd::start().await;
-    let app = start_apps(&etcd, 1, "app").await.remove(0);
-    let gateway = Gateway::start(&etcd, &["--header-read-timeout", "1s"]).await;
-    let http = http();
-    wait_routed(&http, &gateway, "/", &[&app.id], Duration::from_secs(5)).await;
+    let platform = one_app_behind(&["--header-read-timeout", "1s"]).await;
+    let gateway = platform.gateway();
 
     // The same raw request, finished, is answered: the cut-off below is the timeout.
     let mut complete = TcpStream::connect(&gateway.addr).await.unwrap();
@@ -202,6 +207,7 @@ async fn a_client_that_never_finishes_its_headers_is_cut_off_after_the_header_re
                     return;
                 }
                 for _ in 0..25 {
+                    // The slow client's pace: a byte every 200 ms.
                     tokio::time::sleep(Duration::from_millis(200)).await;
                     if writer.write_all(b"z").await.is_err() {
                         return;
@@ -222,7 +228,7 @@ async fn a_client_that_never_finishes_its_headers_is_cut_off_after_the_header_re
         let closed = closed.unwrap_or_else(|| {
             panic!(
                 "the {what} client was still connected after 5 s; {}",
-                gateway_log(&gateway)
+                gateway_log(gateway)
             )
         });
         assert!(

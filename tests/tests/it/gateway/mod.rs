@@ -10,8 +10,10 @@
 //! - [`admin`]: per-instance stats, Prometheus metrics, health.
 //! - [`api`]: the admin API's registry reads and operator writes, the token rule.
 //!
-//! Every proxied response names the instance that served it in
-//! `x-shoal-instance`; the tests count and compare those.
+//! Each test starts its platform (`shoal_tests::Platform`: etcd, app
+//! servers, a gateway with the flags under test). Every proxied response
+//! names the instance that served it in `x-shoal-instance`; the tests count
+//! and compare those.
 
 mod admin;
 mod api;
@@ -25,21 +27,16 @@ mod replace;
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use shoal_tests::wait::POLL;
-use shoal_tests::{AppServer, AppServerOptions, Etcd, Gateway};
-
-use crate::{is_ready, wait_instance};
+use shoal_tests::wait::wait_for;
+use shoal_tests::{Etcd, Gateway};
 
 /// Header in which the gateway names the instance that served a response.
 pub const INSTANCE: &str = "x-shoal-instance";
 
-/// An HTTP client that never goes through a proxy from the environment.
+/// An HTTP client that never goes through a proxy from the environment,
+/// with room for a request held 10 s by the gateway.
 pub fn http() -> reqwest::Client {
-    reqwest::Client::builder()
-        .no_proxy()
-        .timeout(Duration::from_secs(15))
-        .build()
-        .expect("reqwest client")
+    shoal_tests::http_client(Duration::from_secs(15))
 }
 
 /// The instance that served `resp`, or "" if the header is missing.
@@ -49,27 +46,6 @@ pub fn served_by(resp: &reqwest::Response) -> String {
         .and_then(|v| v.to_str().ok())
         .unwrap_or_default()
         .to_owned()
-}
-
-/// `n` app servers of `service`, each ready in the registry.
-pub async fn start_apps(etcd: &Etcd, n: usize, service: &str) -> Vec<AppServer> {
-    let client = etcd.client().await;
-    let mut servers = Vec::new();
-    for _ in 0..n {
-        let server = AppServer::start(
-            etcd,
-            AppServerOptions {
-                service: service.to_owned(),
-                ..Default::default()
-            },
-        )
-        .await;
-        servers.push(server);
-    }
-    for s in &servers {
-        wait_instance(&client, &s.key(), Duration::from_secs(5), "ready", is_ready).await;
-    }
-    servers
 }
 
 /// Send GETs to `path` through the gateway until every instance in `ids` has
@@ -82,22 +58,25 @@ pub async fn wait_routed(
     timeout: Duration,
 ) -> Duration {
     let started = Instant::now();
-    let mut seen = Spread::new();
-    loop {
+    let seen = std::sync::Mutex::new(Spread::new());
+    let routed = shoal_tests::wait_until_async(timeout, "routed", || async {
         let request = http.get(gateway.url(path)).timeout(Duration::from_secs(2));
-        if let Ok(resp) = request.send().await {
+        let answer = request.send().await;
+        let mut seen = seen.lock().unwrap();
+        if let Ok(resp) = answer {
             *seen.entry(served_by(&resp)).or_default() += 1;
         }
-        if ids.iter().all(|id| seen.contains_key(*id)) {
-            return started.elapsed();
-        }
-        assert!(
-            started.elapsed() < timeout,
-            "{path} not routed to every instance within {timeout:?}: wanted {ids:?}, served by {seen:?}; {}",
+        ids.iter().all(|id| seen.contains_key(*id))
+    })
+    .await;
+    if routed.is_err() {
+        panic!(
+            "{path} not routed to every instance within {timeout:?}: wanted {ids:?}, served by {:?}; {}",
+            seen.lock().unwrap(),
             gateway_log(gateway)
         );
-        tokio::time::sleep(POLL).await;
     }
+    started.elapsed()
 }
 
 /// The stats of instance `id` in a `/api/v1/services/{service}` answer.
@@ -112,9 +91,7 @@ pub fn instance_stats<'a>(
 }
 
 /// Wait until the gateway's admin API lists every instance in `ids` of
-/// `service` as ready: it knows them, whether or not its policy has sent
-/// them anything yet (least-request's two random choices never pick the
-/// costliest of three idle instances, so traffic alone cannot tell).
+/// `service` as ready; panics after `timeout` with the gateway's log.
 pub async fn wait_known(
     http: &reqwest::Client,
     gateway: &Gateway,
@@ -122,21 +99,13 @@ pub async fn wait_known(
     ids: &[&str],
     timeout: Duration,
 ) {
-    let url = gateway.admin_url(&format!("/api/v1/services/{service}"));
-    wait_json(
-        http,
-        &url,
-        timeout,
-        "every instance ready in the gateway",
-        |v| {
-            ids.iter().all(|id| {
-                v["instances"]
-                    .as_array()
-                    .is_some_and(|all| all.iter().any(|i| i["id"] == *id && i["state"] == "ready"))
-            })
-        },
-    )
-    .await;
+    if let Err(e) = gateway
+        .admin()
+        .wait_listed_ready(http, service, ids, timeout)
+        .await
+    {
+        panic!("{e}; {}", gateway_log(gateway));
+    }
 }
 
 /// GET `url` (JSON) until `cond` holds for the answer, and return it; panics
@@ -148,18 +117,15 @@ pub async fn wait_json(
     what: &str,
     cond: impl Fn(&serde_json::Value) -> bool,
 ) -> serde_json::Value {
-    let started = Instant::now();
-    loop {
-        let last = get_json(http, url).await;
-        if cond(&last) {
-            return last;
-        }
-        assert!(
-            started.elapsed() < timeout,
-            "timed out after {timeout:?} waiting for {what}; last {url}: {last:#}"
-        );
-        tokio::time::sleep(POLL).await;
-    }
+    let last = std::sync::Mutex::new(serde_json::Value::Null);
+    let found = wait_for(timeout, what, || async {
+        let answer = get_json(http, url).await;
+        let found = cond(&answer).then(|| answer.clone());
+        *last.lock().unwrap() = answer;
+        found
+    })
+    .await;
+    found.unwrap_or_else(|e| panic!("{e}; last {url}: {:#}", last.lock().unwrap()))
 }
 
 /// Write the route `name` (JSON text) to the registry.

@@ -7,35 +7,42 @@
 use std::time::{Duration, Instant};
 
 use shoal_tests::gateway::{TableSeen, TableWatch};
-use shoal_tests::{AppServer, Etcd, Gateway, Load};
+use shoal_tests::{Etcd, Load, Platform, wait_until};
 
-use super::{http, start_apps, wait_known};
+use super::{http, wait_known};
 use crate::{is_ready, wait_instance};
 
-/// Three instances behind a gateway, all known to it as ready.
-async fn three_behind_a_gateway(etcd: &Etcd) -> (Vec<AppServer>, Gateway, reqwest::Client) {
-    let apps = start_apps(etcd, 3, "app").await;
-    let gateway = Gateway::start(etcd, &[]).await;
+/// Three instances behind a gateway, all known to it as ready, under load:
+/// run `event`, then wait until every instance is registered again and
+/// ready in the gateway; assert nothing failed and the table never lost an
+/// instance.
+async fn survive(what: &str, event: impl AsyncFnOnce(&mut Etcd)) {
+    let mut platform = Platform::builder()
+        .app_servers(3)
+        .gateway(&[])
+        .start()
+        .await;
+    let (apps, gateway) = (&platform.app_servers, &platform.gateways[0]);
     let http = http();
-    let ids: Vec<&str> = apps.iter().map(|a| a.id.as_str()).collect();
-    wait_known(&http, &gateway, "app", &ids, Duration::from_secs(10)).await;
-    (apps, gateway, http)
-}
-
-/// Under load, run `event`, then wait until every instance is registered
-/// again and ready in the gateway; assert nothing failed and the table
-/// never lost an instance.
-async fn survive(what: &str, etcd: &mut Etcd, event: impl AsyncFnOnce(&mut Etcd)) {
-    let (apps, gateway, http) = three_behind_a_gateway(etcd).await;
     let load = Load::start(&http, &gateway.url("/"), 8);
-    let table = TableWatch::start(&http, &gateway, "app");
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    let table = TableWatch::start(&http, gateway, "app");
+    // Under way before the event: requests served, the table read.
+    load.wait_more_served(50, Duration::from_secs(10))
+        .await
+        .unwrap();
+    wait_until(
+        Duration::from_secs(5),
+        "the table watch's first read",
+        || table.polls() > 0,
+    )
+    .await
+    .unwrap();
     let served_before = load.served();
 
-    event(etcd).await;
+    event(&mut platform.etcd).await;
     let after_event = Instant::now();
-    let client = etcd.client().await;
-    for app in &apps {
+    let client = platform.etcd.client().await;
+    for app in apps {
         wait_instance(
             &client,
             &app.key(),
@@ -48,8 +55,11 @@ async fn survive(what: &str, etcd: &mut Etcd, event: impl AsyncFnOnce(&mut Etcd)
     let registered = after_event.elapsed();
     let ids: Vec<&str> = apps.iter().map(|a| a.id.as_str()).collect();
     // Confirmed again: listed as ready (not unconfirmed) by the gateway.
-    wait_known(&http, &gateway, "app", &ids, Duration::from_secs(5)).await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    wait_known(&http, gateway, "app", &ids, Duration::from_secs(5)).await;
+    // And the load goes on past that, with the table watched.
+    load.wait_more_served(50, Duration::from_secs(10))
+        .await
+        .unwrap();
 
     let TableSeen {
         min_ready,
@@ -81,10 +91,8 @@ async fn survive(what: &str, etcd: &mut Etcd, event: impl AsyncFnOnce(&mut Etcd)
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deleting_every_instance_key_under_load_fails_nothing_and_they_come_back() {
-    let mut etcd = Etcd::start().await;
     survive(
         "etcdctl del --prefix instances/",
-        &mut etcd,
         async |etcd: &mut Etcd| {
             let status = tokio::process::Command::new("etcdctl")
                 .args([
@@ -105,9 +113,5 @@ async fn deleting_every_instance_key_under_load_fails_nothing_and_they_come_back
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn wiping_etcd_under_load_fails_nothing_and_every_instance_comes_back() {
-    let mut etcd = Etcd::start().await;
-    survive("etcd wiped", &mut etcd, async |etcd: &mut Etcd| {
-        etcd.wipe().await
-    })
-    .await;
+    survive("etcd wiped", async |etcd: &mut Etcd| etcd.wipe().await).await;
 }

@@ -14,18 +14,19 @@
 
 use std::time::Duration;
 
-use shoal_tests::{Etcd, Gateway, Load, Proc, bin_path, binaries::logs_dir};
+use shoal_tests::{Load, Platform, Proc, bin_path, binaries::logs_dir};
 
-use super::{http, start_apps, wait_known};
+use super::http;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_gateway_replaced_with_reuse_port_refuses_and_fails_nothing() {
-    let etcd = Etcd::start().await;
-    let apps = start_apps(&etcd, 2, "app").await;
-    let mut gateway = Gateway::start(&etcd, &["--reuse-port"]).await;
+    let mut platform = Platform::builder()
+        .app_servers(2)
+        .gateway(&["--reuse-port"])
+        .start()
+        .await;
+    let gateway = platform.gateway_mut();
     let http = http();
-    let ids: Vec<&str> = apps.iter().map(|a| a.id.as_str()).collect();
-    wait_known(&http, &gateway, "app", &ids, Duration::from_secs(5)).await;
 
     let migrate = std::fs::read_to_string("/proc/sys/net/ipv4/tcp_migrate_req")
         .is_ok_and(|v| v.trim() == "1");
@@ -47,7 +48,12 @@ async fn a_gateway_replaced_with_reuse_port_refuses_and_fails_nothing() {
         .build()
         .unwrap();
     let fresh = Load::start(&one_shot, &url, 2);
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Both kinds of client under way through the old gateway.
+    for load in [&pooled, &fresh] {
+        load.wait_more_served(20, Duration::from_secs(10))
+            .await
+            .unwrap();
+    }
 
     let old_id = gateway.id.clone();
     let (addr, admin_addr) = (gateway.addr.clone(), gateway.admin_addr.clone());
@@ -56,7 +62,12 @@ async fn a_gateway_replaced_with_reuse_port_refuses_and_fails_nothing() {
     assert_ne!(gateway.id, old_id);
     assert_eq!((&gateway.addr, &gateway.admin_addr), (&addr, &admin_addr));
     let served_by_old = pooled.served() + fresh.served();
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Both kinds of client go on through the new one.
+    for (load, n) in [(&pooled, 40), (&fresh, 20)] {
+        load.wait_more_served(n, Duration::from_secs(10))
+            .await
+            .unwrap_or_else(|e| panic!("through the new gateway: {e}"));
+    }
 
     let (pooled, fresh) = (pooled.stop().await, fresh.stop().await);
     let served = pooled.served + fresh.served;
@@ -76,14 +87,14 @@ async fn a_gateway_replaced_with_reuse_port_refuses_and_fails_nothing() {
 
 #[tokio::test]
 async fn without_reuse_port_a_second_gateway_on_a_port_in_use_is_refused_with_a_hint() {
-    let etcd = Etcd::start().await;
-    let first = Gateway::start(&etcd, &[]).await;
+    let platform = Platform::builder().gateway(&[]).start().await;
+    let first = platform.gateway();
     let mut second = Proc::spawn(
         "gateway",
         &bin_path("gateway"),
         &[
             "--etcd".into(),
-            etcd.endpoint(),
+            platform.etcd.endpoint(),
             "--listen".into(),
             first.addr.clone(),
             "--admin-listen".into(),
