@@ -190,10 +190,17 @@ fn typed<T: DeserializeOwned + serde::Serialize>(
         Value::Object(fields) => fields.keys().cloned().collect(),
         _ => Vec::new(),
     };
-    let value: T = match serde_json::from_value(entry) {
+    // The path inside the entry, so a typo deep in it is named where it is.
+    let value: T = match serde_path_to_error::deserialize(entry) {
         Ok(value) => value,
         Err(e) => {
-            errors.push(ManifestError::new(path, e.to_string()));
+            let inner = e.path().to_string();
+            let at = if inner == "." {
+                path.to_owned()
+            } else {
+                format!("{path}.{inner}")
+            };
+            errors.push(ManifestError::new(at, e.into_inner().to_string()));
             return None;
         }
     };
@@ -256,6 +263,8 @@ mod tests {
             json!({"service": "web", "min": 1, "max": 2, "metric": "inflight", "target": 1});
         bad["routes"]["web"]["polcy"] = json!("sticky");
         bad["extras"] = json!({});
+        bad["services"]["typo"] =
+            json!({"process": {"argv": ["node", "server.js"], "prot_env": "PORT"}});
         let errors = Manifest::from_value(bad).unwrap_err();
         let paths: Vec<&str> = errors.iter().map(|e| e.path.as_str()).collect();
         assert!(paths.contains(&"services.web.process.argv"), "{errors:?}");
@@ -266,7 +275,11 @@ mod tests {
         assert!(paths.contains(&"policies.other.service"), "{errors:?}");
         assert!(paths.contains(&"routes.web.polcy"), "{errors:?}");
         assert!(paths.contains(&"extras"), "{errors:?}");
-        assert_eq!(errors.len(), 5, "{errors:?}");
+        assert!(
+            paths.contains(&"services.typo.process.prot_env"),
+            "a typo inside a section is named where it is: {errors:?}"
+        );
+        assert_eq!(errors.len(), 6, "{errors:?}");
     }
 
     #[test]

@@ -3,19 +3,36 @@
 //! sends SIGTERM and waits briefly, so the instances it started do not
 //! outlive the test.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
 
-use crate::binaries::{bin_path, logs_dir};
+use crate::binaries::{bin_path, logs_dir, workspace_root};
 use crate::etcd::Etcd;
 use crate::process::Proc;
 
 /// A running controller.
 pub struct Autoscaler {
     pub proc: Proc,
-    /// Where its instances' output goes.
-    pub instance_logs: tempfile::TempDir,
+    /// Where its instances' output and pid files go; shared by controllers
+    /// started with [`Autoscaler::start_sharing`], so that one adopts what
+    /// another started.
+    pub instance_logs: Arc<tempfile::TempDir>,
+}
+
+/// A fresh directory for instances' logs under `target/test-logs/`, deleted
+/// with the last controller using it unless `SHOAL_TEST_KEEP_LOGS` is set;
+/// then it stays in `target/test-logs/instances-*` (run with
+/// `RUST_LOG=app_server=debug` to see what the instances did).
+pub fn instance_logs_dir() -> Arc<tempfile::TempDir> {
+    std::fs::create_dir_all(logs_dir()).expect("create target/test-logs");
+    let mut dir = tempfile::Builder::new()
+        .prefix("instances-")
+        .tempdir_in(logs_dir())
+        .expect("a directory for the instances' logs");
+    dir.disable_cleanup(std::env::var_os("SHOAL_TEST_KEEP_LOGS").is_some());
+    Arc::new(dir)
 }
 
 impl Autoscaler {
@@ -27,18 +44,20 @@ impl Autoscaler {
 
     /// [`Autoscaler::start`] with extra environment variables, which its
     /// instances inherit too (e.g. `SHOAL_KV_REPLICAS`).
-    ///
-    /// The instances' logs are deleted with the test unless
-    /// `SHOAL_TEST_KEEP_LOGS` is set; then they stay in
-    /// `target/test-logs/instances-*` (run with `RUST_LOG=app_server=debug`
-    /// to see what the instances did).
     pub fn start_with_env(etcd: &Etcd, extra: &[&str], env: &[(&str, &str)]) -> Autoscaler {
-        std::fs::create_dir_all(logs_dir()).expect("create target/test-logs");
-        let mut instance_logs = tempfile::Builder::new()
-            .prefix("instances-")
-            .tempdir_in(logs_dir())
-            .expect("a directory for the instances' logs");
-        instance_logs.disable_cleanup(std::env::var_os("SHOAL_TEST_KEEP_LOGS").is_some());
+        Self::start_sharing(etcd, extra, env, instance_logs_dir())
+    }
+
+    /// A controller whose instances' logs and pid files go to `instance_logs`,
+    /// as several controllers on one machine share `--log-dir`. It runs in
+    /// the workspace's root, as an operator runs it from a checkout, so the
+    /// examples' relative paths (`examples/node-hello/server.js`) resolve.
+    pub fn start_sharing(
+        etcd: &Etcd,
+        extra: &[&str],
+        env: &[(&str, &str)],
+        instance_logs: Arc<tempfile::TempDir>,
+    ) -> Autoscaler {
         let mut args: Vec<String> = vec![
             "run".into(),
             "--etcd".into(),
@@ -54,12 +73,13 @@ impl Autoscaler {
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect();
-        let proc = Proc::spawn(
+        let proc = Proc::spawn_in(
             "autoscaler",
             &bin_path("autoscaler"),
             &args,
             &env,
             &logs_dir(),
+            &workspace_root(),
         );
         Autoscaler {
             proc,

@@ -5,7 +5,7 @@
 //! directory (or in `SHOAL_BIN_DIR`). They must be built before the tests run;
 //! `./scripts/test` does that.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Output;
 use std::time::Duration;
 
@@ -34,6 +34,14 @@ pub fn bin_path(name: &str) -> PathBuf {
         path.display()
     );
     path
+}
+
+/// The workspace's root directory (where `examples/` and `scripts/` are).
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("the tests crate is inside the workspace")
+        .to_path_buf()
 }
 
 /// Where process logs go: `target/test-logs/`, kept after the run.

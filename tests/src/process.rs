@@ -32,6 +32,18 @@ impl Proc {
         env: &[(String, String)],
         log_dir: &Path,
     ) -> Proc {
+        Self::spawn_in(label, program, args, env, log_dir, Path::new("."))
+    }
+
+    /// [`Proc::spawn`] in working directory `cwd`.
+    pub fn spawn_in(
+        label: &str,
+        program: &Path,
+        args: &[String],
+        env: &[(String, String)],
+        log_dir: &Path,
+        cwd: &Path,
+    ) -> Proc {
         std::fs::create_dir_all(log_dir)
             .unwrap_or_else(|e| panic!("create {}: {e}", log_dir.display()));
         let log = log_dir.join(format!("{label}-{}.log", uuid::Uuid::new_v4().simple()));
@@ -40,6 +52,7 @@ impl Proc {
         let mut command = Command::new(program);
         command
             .args(args)
+            .current_dir(cwd)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(stderr)

@@ -27,7 +27,7 @@
 //! known (it is not this process's child): it is reported as
 //! [`UNKNOWN_EXIT`].
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
 use std::process::Stdio;
 use std::sync::{Arc, Mutex};
@@ -79,6 +79,8 @@ struct Child {
 pub struct ProcessDriver {
     template: ProcessTemplate,
     children: Arc<Mutex<HashMap<String, Child>>>,
+    /// Ids of the instances adopted so far (logged once each).
+    adopted: Mutex<HashSet<String>>,
 }
 
 impl ProcessDriver {
@@ -86,6 +88,7 @@ impl ProcessDriver {
         ProcessDriver {
             template,
             children: Arc::default(),
+            adopted: Mutex::default(),
         }
     }
 
@@ -376,8 +379,18 @@ impl Driver for ProcessDriver {
             if owned.iter().any(|o| o.id == file.id) {
                 continue;
             }
+            let alive = file.alive();
+            if alive
+                && self
+                    .adopted
+                    .lock()
+                    .expect("adopted lock poisoned")
+                    .insert(file.id.clone())
+            {
+                info!(service = %file.service, id = %file.id, pid = file.pid, "adopted an instance another controller started here (its pid file)");
+            }
             owned.push(Owned {
-                exited: (!file.alive()).then_some(UNKNOWN_EXIT),
+                exited: (!alive).then_some(UNKNOWN_EXIT),
                 id: file.id,
                 service: file.service,
             });

@@ -5,7 +5,9 @@
 //! 2. the operator's routes and policies, written before anything reads them;
 //! 3. app servers, each waited for until registered and ready;
 //! 4. gateways, each waited for until it listens;
-//! 5. `autoscaler run` controllers (ids `controller-0`, ...), not waited for;
+//! 5. `autoscaler run` controllers (ids `controller-0`, ...), not waited for,
+//!    sharing one instance directory as controllers on one machine do (so a
+//!    standby adopts a killed leader's instances);
 //! 6. with gateways and app servers: each gateway lists every app server
 //!    ready; with [`PlatformBuilder::pinned`]: the steady state.
 //!
@@ -20,6 +22,7 @@ use anyhow::Context;
 use registry::Keys;
 
 use super::{APP, Platform, http_client, pinned_policy};
+use crate::autoscaler::instance_logs_dir;
 use crate::binaries::{AppServer, AppServerOptions, wait_instances_ready};
 use crate::{Autoscaler, Etcd, Gateway};
 
@@ -170,13 +173,19 @@ impl PlatformBuilder {
             .iter()
             .map(|(k, v)| (k.as_str(), v.as_str()))
             .collect();
+        // One machine's controllers share its instance directory, so a
+        // standby adopts what a killed leader started (pid files).
+        let instance_logs = instance_logs_dir();
         for i in 0..self.autoscalers {
             let id = format!("controller-{i}");
             let mut flags: Vec<&str> = self.autoscaler_flags.iter().map(String::as_str).collect();
             flags.extend(["--id", &id]);
-            platform
-                .autoscalers
-                .push(Autoscaler::start_with_env(&platform.etcd, &flags, &env));
+            platform.autoscalers.push(Autoscaler::start_sharing(
+                &platform.etcd,
+                &flags,
+                &env,
+                instance_logs.clone(),
+            ));
         }
         for gateway in &platform.gateways {
             platform.wait_lists_app_servers(gateway).await?;

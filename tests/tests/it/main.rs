@@ -16,6 +16,7 @@ mod registry_cli;
 mod rollout;
 mod scale_edges;
 mod security;
+mod services;
 mod store;
 mod watcher;
 mod watcher_props;
