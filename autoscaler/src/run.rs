@@ -13,10 +13,10 @@
 //! and exits 0, **leaving the instances it started running**: they are
 //! registered and serving, and stopping a controller must not take a service
 //! down. With `--stop-on-exit` (a local `autoscaler up`) it stops them first.
-//! The process driver cannot adopt children of an earlier controller process,
-//! so instances left running that way are no longer managed by anyone; the
-//! docker driver (`--driver docker`, flags in [`DockerArgs`]) adopts the
-//! containers labelled with its prefix.
+//! A later controller adopts them: the process driver through the pid files
+//! in `--log-dir` (same machine, same directory), the docker driver
+//! (`--driver docker`, flags in [`DockerArgs`]) through the labels of the
+//! containers on its engine.
 
 use std::path::PathBuf;
 use std::sync::Arc;

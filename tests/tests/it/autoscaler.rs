@@ -319,8 +319,9 @@ async fn when_the_leader_is_killed_the_standby_acts_within_one_ttl() {
     })
     .await
     .unwrap_or_else(|e| panic!("{e}; standby log:\n{}", standby.proc.stderr()));
-    // The process driver cannot adopt the first controller's instance: the
-    // standby starts its own, which shows it leads and acts.
+    // The standby has an instance directory of its own (another machine, as
+    // far as it can tell), so it cannot adopt the first controller's
+    // instance: it starts its own, which shows it leads and acts.
     wait_until_async(Duration::from_secs(10), "the standby to act", || async {
         instances(&client).await.iter().any(|i| i.id != orphan.id)
     })

@@ -90,6 +90,83 @@ async fn run_registers_a_python_http_server_and_deregisters_it_on_sigterm() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_attach_registers_a_program_it_did_not_start_and_leaves_it_running() {
+    let etcd = Etcd::start().await;
+    let client = etcd.client().await;
+    let port = shoal_tests::free_port().to_string();
+    let mut server = Proc::spawn(
+        "http-server",
+        std::path::Path::new("python3"),
+        &["-m", "http.server", &port, "--bind", "127.0.0.1"].map(String::from),
+        &[],
+        &logs_dir(),
+    );
+    let args: Vec<String> = [
+        "--etcd",
+        &etcd.endpoint(),
+        "run",
+        "--attach",
+        "--service",
+        "py",
+        "--id",
+        "attached-1",
+        "--port",
+        &port,
+        "--health-path",
+        "/",
+        "--drain-grace",
+        "200ms",
+    ]
+    .map(String::from)
+    .to_vec();
+    let mut wrapper = Proc::spawn(
+        "registry-run",
+        &bin_path("registry"),
+        &args,
+        &[],
+        &logs_dir(),
+    );
+    let key = registry::Keys::default().instance("py", "attached-1");
+    wait_instance(
+        &client,
+        &key,
+        Duration::from_secs(20),
+        "the attached server ready",
+        is_ready,
+    )
+    .await;
+
+    wrapper.signal(Signal::SIGTERM);
+    let status = wrapper.wait_exit(Duration::from_secs(15)).await;
+    wait_instance(
+        &client,
+        &key,
+        Duration::from_millis(500),
+        "deregistered",
+        is_gone,
+    )
+    .await;
+    assert_eq!(status.code(), Some(0), "stderr:\n{}", wrapper.stderr());
+    assert!(
+        !server.has_exited(),
+        "the program it did not start is left running"
+    );
+    let resp = reqwest::get(format!("http://127.0.0.1:{port}/"))
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    server.signal(Signal::SIGTERM);
+
+    // --attach without --port, or with a command too, is a usage error.
+    let out = tokio::process::Command::new(bin_path("registry"))
+        .args(["run", "--attach", "--service", "py", "--", "true"])
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn watch_prints_one_line_per_change() {
     let etcd = Etcd::start().await;
     let args = vec![

@@ -9,6 +9,12 @@
 //! 5. drain: `draining`, the grace period while the child still serves,
 //!    SIGTERM, SIGKILL after the drain timeout;
 //! 6. deregister, delete the retire key, exit with the child's code.
+//!
+//! With `--attach` there is no child: the program runs elsewhere (another
+//! container sharing this one's network) and `run` only registers what
+//! answers on `--port`, drains it on a trigger, and exits 0 after the grace
+//! period; whoever started the program stops it. The Docker driver runs
+//! managed instances of stock images this way.
 
 use std::collections::BTreeMap;
 use std::io;
@@ -104,8 +110,17 @@ pub struct RunArgs {
     #[arg(long, env = "SHOAL_ZONE", default_value = "")]
     pub zone: String,
 
+    /// Register a program started by someone else that listens on --port,
+    /// instead of running COMMAND; exit 0 after the drain grace.
+    #[arg(long, env = "SHOAL_ATTACH", conflicts_with_all = ["command", "port_env"], requires = "port")]
+    pub attach: bool,
+
     /// The program and its arguments, after `--`. Every `{port}` is replaced by the port.
-    #[arg(last = true, required = true, value_name = "COMMAND")]
+    #[arg(
+        last = true,
+        required_unless_present = "attach",
+        value_name = "COMMAND"
+    )]
     pub command: Vec<String>,
 }
 
@@ -133,7 +148,7 @@ impl Plan {
             None => free_port(&args.host)?,
         };
         let argv = child::substitute_port(&args.command, port);
-        if argv[0].is_empty() {
+        if !args.attach && argv.first().is_none_or(|p| p.is_empty()) {
             bail!("the command after `--` is empty");
         }
         let advertise = match &args.advertise {
@@ -174,10 +189,16 @@ async fn supervise(args: RunArgs, etcd_args: EtcdArgs, plan: Plan) -> Outcome {
         .context("cannot build the HTTP readiness probe")?;
     let signals = StopSignals::install().context("cannot install signal handlers")?;
 
-    let child = child::spawn(&plan.argv, args.port_env.as_deref().map(|v| (v, plan.port)))
-        .map_err(|e| spawn_failure(&plan.argv[0], e))?;
-    let pid = child.id().unwrap_or_default();
-    info!(pid, port = plan.port, command = ?plan.argv, "started the program");
+    let child = if args.attach {
+        info!(port = plan.port, "attached to the program listening there");
+        None
+    } else {
+        let child = child::spawn(&plan.argv, args.port_env.as_deref().map(|v| (v, plan.port)))
+            .map_err(|e| spawn_failure(&plan.argv[0], e))?;
+        info!(pid = child.id().unwrap_or_default(), port = plan.port, command = ?plan.argv, "started the program");
+        Some(child)
+    };
+    let pid = child.as_ref().and_then(|c| c.id()).unwrap_or_default();
     let registration =
         Registration::start(client.clone(), &keys, plan.instance.clone(), args.lease_ttl)
             .map_err(|e| Failure::Usage(anyhow!("cannot register this instance: {e}")))?;
@@ -244,9 +265,9 @@ async fn serve_and_drain(
     Ok(child::exit_code(status))
 }
 
-/// The running child and the things that can end its service.
+/// The running child (none with `--attach`) and the things that can end its service.
 struct Life {
-    child: tokio::process::Child,
+    child: Option<tokio::process::Child>,
     signals: StopSignals,
     retire: RetireWatch,
 }
@@ -263,10 +284,27 @@ impl Life {
     /// The next trigger. Cancel-safe, so it can race a probe or a timer.
     async fn next_trigger(&mut self) -> anyhow::Result<Trigger> {
         tokio::select! {
-            status = self.child.wait() => Ok(Trigger::Exited(status.context("waiting for the program")?)),
+            status = wait_child(&mut self.child) => Ok(Trigger::Exited(status.context("waiting for the program")?)),
             signal = self.signals.recv() => Ok(Trigger::Signal(signal)),
             reason = self.retire.requested() => Ok(Trigger::Retired(reason)),
         }
+    }
+}
+
+/// The child's exit; never, without a child.
+async fn wait_child(child: &mut Option<tokio::process::Child>) -> io::Result<ExitStatus> {
+    match child {
+        Some(child) => child.wait().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Stop the child after the drain timeout; an attached program is not
+/// ours to stop (0).
+async fn stop_child(life: &mut Life, timeout: Duration) -> io::Result<ExitStatus> {
+    match &mut life.child {
+        Some(child) => child::stop(child, timeout, &mut life.signals).await,
+        None => Ok(std::os::unix::process::ExitStatusExt::from_raw(0)),
     }
 }
 
@@ -300,7 +338,8 @@ async fn wait_ready(life: &mut Life, probe: &Probe, timeout: Duration) -> anyhow
 
 /// Stop a program that never became ready, and explain what to check.
 async fn give_up_starting(life: &mut Life, probe: &Probe, args: &RunArgs, plan: &Plan) -> Failure {
-    let stopped = match child::stop(&mut life.child, args.drain_timeout, &mut life.signals).await {
+    let stopped = match stop_child(life, args.drain_timeout).await {
+        Ok(_) if args.attach => "and it was left running (it is not ours to stop)".to_owned(),
         Ok(status) => format!("so it was stopped ({status})"),
         Err(e) => format!("and stopping it failed ({e})"),
     };
@@ -316,7 +355,9 @@ async fn give_up_starting(life: &mut Life, probe: &Probe, args: &RunArgs, plan: 
     };
     Failure::Runtime(anyhow!(
         "`{}` did not become ready within {:?}: {probe} never succeeded, {stopped}. {hint}",
-        plan.argv[0],
+        plan.argv
+            .first()
+            .map_or("the attached program", String::as_str),
         args.startup_timeout,
     ))
 }
@@ -343,13 +384,13 @@ async fn drain(
         }
         tokio::select! {
             () = tokio::time::sleep(args.drain_grace) => {}
-            status = life.child.wait() => return status.context("waiting for the program"),
+            status = wait_child(&mut life.child) => return status.context("waiting for the program"),
             signal = life.signals.recv() => {
                 info!(signal, "another stop signal; skipping the rest of the grace period");
             }
         }
     }
-    child::stop(&mut life.child, args.drain_timeout, &mut life.signals)
+    stop_child(life, args.drain_timeout)
         .await
         .context("stopping the program")
 }
