@@ -19,10 +19,14 @@
 #!                     0.0.0.0:2379 and advertises http://etcd:2379; with
 #!                     etcdctl next to it when there is one (etcd-client), for
 #!                     healthchecks (`etcdctl endpoint health`)
+#!   shoal/node-hello  a stock Node.js image (no Shoal inside): the node
+#!                     binary that is on PATH, and examples/node-hello/server.js,
+#!                     entrypoint `node /app/server.js`; for a service spec
+#!                     with managed registration (skipped without node)
 #!
-#! Usage: docker/build-images.sh [--no-build] [app-server|shoal|etcd ...]
-#!   (no image names: all three; etcd is skipped with a note when
-#!   /usr/bin/etcd is absent)
+#! Usage: docker/build-images.sh [--no-build] [app-server|shoal|etcd|node-hello ...]
+#!   (no image names: all four; etcd and node-hello are skipped with a note
+#!   when /usr/bin/etcd or node is absent)
 #!   --no-build  use the binaries already built: target/release, and the
 #!               profile-guided gateway in target/pgo/use/release when
 #!               there is one
@@ -41,14 +45,14 @@ images=()
 for arg in "$@"; do
   case $arg in
     --no-build) build=0 ;;
-    app-server | shoal | etcd) images+=("$arg") ;;
+    app-server | shoal | etcd | node-hello) images+=("$arg") ;;
     -h | --help) awk 'NR > 1 && /^#!/ { sub(/^#! ?/, ""); print }' "$0"; exit 0 ;;
     *) echo "build-images.sh: unknown argument '$arg' (try --help)" >&2; exit 2 ;;
   esac
 done
 explicit_etcd=0
 if [ ${#images[@]} -eq 0 ]; then
-  images=(app-server shoal etcd)
+  images=(app-server shoal etcd node-hello)
 else
   for i in "${images[@]}"; do [ "$i" = etcd ] && explicit_etcd=1; done
 fi
@@ -182,5 +186,21 @@ if want etcd; then
     die "$etcd_bin not found: apt-get install etcd-server"
   else
     echo "skipped shoal/etcd:$tag: $etcd_bin not found (apt-get install etcd-server)"
+  fi
+fi
+
+if want node-hello; then
+  if node_bin=$(command -v node); then
+    rootfs=$stage/node-hello
+    new_rootfs "$rootfs"
+    copy_with_libs "$rootfs" "$(readlink -f "$node_bin")" node
+    install -D -m 0644 "$root/examples/node-hello/server.js" "$rootfs/app/server.js"
+    # Listening on every interface: the registrar beside it probes
+    # localhost, gateways reach it by container name.
+    import "$rootfs" "shoal/node-hello:$tag" \
+      --change 'ENTRYPOINT ["/usr/local/bin/node", "/app/server.js"]' \
+      --change 'ENV HOST=0.0.0.0 PORT=8080' --change 'EXPOSE 8080'
+  else
+    echo "skipped shoal/node-hello:$tag: node not found (a Node.js runtime, e.g. apt-get install nodejs)"
   fi
 fi

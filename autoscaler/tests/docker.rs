@@ -1,7 +1,9 @@
 //! The `docker` driver against this machine's real Docker engine.
 //!
-//! Needs the images `docker/build-images.sh` builds (`shoal/app-server:dev`
-//! and `shoal/etcd:dev`); it builds nothing itself. Without a reachable
+//! Needs the images `docker/build-images.sh` builds (`shoal/app-server:dev`,
+//! `shoal/etcd:dev`, and for the spec test `shoal/shoal:dev`, whose
+//! `registry` is the registrar, and `shoal/node-hello:dev`); it builds
+//! nothing itself. Without a reachable
 //! engine it skips with a message, except under `CI=true`, where a missing
 //! engine or image fails with the command that fixes it.
 //!
@@ -10,7 +12,10 @@
 //! test can read the registry): start two instances, list them, see them
 //! register under their container names, stop one, crash one with
 //! `docker kill`, adopt the rest with a fresh driver, reap them, and check
-//! the errors for a missing image or network. A `Cleanup` guard removes
+//! the errors for a missing image or network. A second test runs service
+//! specs: a stock Node.js image registered by its registrar and the app
+//! server registering itself, side by side; retired, crashed, stopped; and a
+//! missing image refused. A `Cleanup` guard removes
 //! every container (by the `shoal.test={run}` label) and the network, even
 //! when an assertion fails. All traffic from the host goes to 127.0.0.1.
 
@@ -19,7 +24,9 @@ use std::future::Future;
 use std::hash::BuildHasher;
 use std::time::{Duration, Instant};
 
-use autoscaler::driver::docker::{Advertise, ConnectError, DockerConfig, DockerDriver};
+use autoscaler::driver::docker::{
+    Advertise, ConnectError, DEFAULT_REGISTRAR_IMAGE, DockerConfig, DockerDriver,
+};
 use autoscaler::driver::{Driver, DriverError, Owned, StartSpec};
 use bollard::Docker;
 use bollard::models::{
@@ -242,14 +249,25 @@ async fn http_get(addr: &str) -> Option<String> {
     response.lines().next().map(str::to_owned)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn docker_driver_starts_lists_adopts_and_stops_containers() {
-    let Some(docker) = engine().await else {
-        return;
-    };
+/// A user-defined network and an etcd container on it for one test, removed
+/// (with every container labelled with the run) when dropped.
+struct World {
+    docker: Docker,
+    run: String,
+    network: String,
+    etcd_name: String,
+    prefix: String,
+    keys: Keys,
+    etcd: EtcdArgs,
+    _cleanup: Cleanup,
+}
+
+/// The test's world, or `None` when the test should be skipped.
+async fn world() -> Option<World> {
+    let docker = engine().await?;
     let run = random_hex()[..12].to_owned();
     let network = format!("shoal-test-{run}");
-    let _cleanup = Cleanup {
+    let cleanup = Cleanup {
         docker: docker.clone(),
         run: run.clone(),
         network: network.clone(),
@@ -267,13 +285,40 @@ async fn docker_driver_starts_lists_adopts_and_stops_containers() {
     let etcd_port = start_etcd(&docker, &run, &network, &etcd_name).await;
     let prefix = format!("/shoal-test-{run}");
     let keys = Keys::new(&prefix).expect("a valid prefix");
-    let mut etcd_args = EtcdArgs::for_endpoint(format!("http://127.0.0.1:{etcd_port}"));
-    etcd_args.prefix = keys.clone();
-    let etcd = &etcd_args;
+    let mut etcd = EtcdArgs::for_endpoint(format!("http://127.0.0.1:{etcd_port}"));
+    etcd.prefix = keys.clone();
     wait_for("etcd to answer", Duration::from_secs(20), || {
-        etcd_get(etcd, format!("{prefix}/probe"))
+        etcd_get(&etcd, format!("{prefix}/probe"))
     })
     .await;
+    Some(World {
+        docker,
+        run,
+        network,
+        etcd_name,
+        prefix,
+        keys,
+        etcd,
+        _cleanup: cleanup,
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn docker_driver_starts_lists_adopts_and_stops_containers() {
+    let Some(World {
+        docker,
+        run,
+        network,
+        etcd_name,
+        prefix,
+        keys,
+        etcd: etcd_args,
+        _cleanup,
+    }) = world().await
+    else {
+        return;
+    };
+    let etcd = &etcd_args;
 
     let config = DockerConfig {
         network: Some(network.clone()),
@@ -494,4 +539,216 @@ async fn docker_driver_starts_lists_adopts_and_stops_containers() {
     .err()
     .expect("container names need a user-defined network");
     assert!(matches!(err, ConnectError::Config(_)), "{err}");
+}
+
+const NODE_IMAGE: &str = "shoal/node-hello:dev";
+
+/// A service spec from its JSON.
+fn service(json: serde_json::Value) -> std::sync::Arc<registry::spec::Service> {
+    let service: registry::spec::Service = serde_json::from_value(json).expect("a spec");
+    service.validate().expect("a valid spec");
+    std::sync::Arc::new(service)
+}
+
+/// The instance's registry entry once it is there, as JSON.
+async fn registered(
+    etcd: &EtcdArgs,
+    keys: &Keys,
+    service: &str,
+    id: &str,
+) -> Option<serde_json::Value> {
+    let value = etcd_get(etcd, keys.instance(service, id)).await??;
+    serde_json::from_slice(&value).ok()
+}
+
+/// GET / on `addr`; the body.
+async fn hello(addr: &str) -> Option<String> {
+    let mut stream = tokio::net::TcpStream::connect(addr).await.ok()?;
+    stream
+        .write_all(b"GET / HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n")
+        .await
+        .ok()?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await.ok()?;
+    response
+        .split_once("\r\n\r\n")
+        .map(|(_, body)| body.to_owned())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn specs_run_their_own_images_and_a_stock_image_is_registered_by_a_registrar() {
+    let Some(world) = world().await else {
+        return;
+    };
+    for image in [NODE_IMAGE, DEFAULT_REGISTRAR_IMAGE] {
+        if let Err(e) = world.docker.inspect_image(image).await {
+            // node-hello is built only where Node.js is installed (as on CI).
+            let fix = format!("image {image} is missing ({e}): {FIX} (with Node.js installed)");
+            if std::env::var("CI").is_ok_and(|v| v == "true") {
+                panic!("{fix}");
+            }
+            eprintln!("SKIPPED: {fix}");
+            return;
+        }
+    }
+    let (etcd, keys) = (&world.etcd, &world.keys);
+    let config = DockerConfig {
+        network: Some(world.network.clone()),
+        // Published on loopback, so that this test reaches the instances.
+        advertise: Advertise::HostPort,
+        etcd_url: format!("http://{}:2379", world.etcd_name),
+        prefix: world.prefix.clone(),
+        labels: vec![(TEST_LABEL.into(), world.run.clone())],
+        name_prefix: "shoal-test".into(),
+        lease_ttl: Duration::from_secs(3),
+        ..DockerConfig::default()
+    };
+    let driver = DockerDriver::connect(config)
+        .await
+        .expect("connect the docker driver");
+
+    // A stock Node.js image, registered by the platform, and Shoal's app
+    // server, which registers itself: two images side by side.
+    let web = service(serde_json::json!({
+        "name": "web",
+        "docker": {"image": NODE_IMAGE, "container_port": 8080, "env": {"GREETING": "Hallo"}},
+        "readiness": {"path": "/healthz"},
+        "drain_grace_secs": 1,
+        "labels": {"tier": "front"}
+    }));
+    let app = service(serde_json::json!({
+        "name": "app",
+        "docker": {"image": APP_IMAGE, "container_port": 8080, "env": {"SHOAL_LISTEN": "0.0.0.0:{port}"}},
+        "registration": "self"
+    }));
+    let start = |service: &str, spec: &std::sync::Arc<registry::spec::Service>| StartSpec {
+        service: service.into(),
+        id: random_hex(),
+        spec: Some(spec.clone()),
+    };
+    let (web1, web2, app1) = (start("web", &web), start("web", &web), start("app", &app));
+    for instance in [&web1, &web2, &app1] {
+        driver.start(instance).await.expect("start");
+    }
+    let listed = owned(&driver).await;
+    assert_eq!(
+        listed.len(),
+        3,
+        "one instance per id, its registrar not counted apart: {listed:?}"
+    );
+    assert!(listed.iter().all(|o| o.exited.is_none()), "{listed:?}");
+
+    // Each registers under the controller's id, ready, and answers.
+    for (instance, greeting) in [
+        (&web1, "Hallo from node process"),
+        (&web2, "Hallo from node process"),
+        (&app1, "Hello from instance"),
+    ] {
+        let entry = wait_for(
+            &format!("{} {} registered ready", instance.service, instance.id),
+            Duration::from_secs(30),
+            || async {
+                registered(etcd, keys, &instance.service, &instance.id)
+                    .await
+                    .filter(|e| e["state"] == "ready")
+            },
+        )
+        .await;
+        let addr = entry["addr"].as_str().expect("an addr").to_owned();
+        let body = wait_for("an answer", Duration::from_secs(10), || hello(&addr)).await;
+        // Node answers chunked: the greeting is inside the body.
+        assert!(body.contains(greeting), "{}: {body}", instance.service);
+        if instance.service == "web" {
+            assert_eq!(entry["version"], web.version(), "the spec's version");
+            assert_eq!(entry["labels"]["tier"], "front", "the spec's labels");
+        }
+    }
+
+    // Retired (the controller's way: the retire key): the registrar drains
+    // the instance and leaves, exit 0, deregistered; stop removes both.
+    let mut client = etcd.connect().await.expect("etcd client");
+    client
+        .put(
+            keys.retire("web", &web1.id),
+            r#"{"reason":"scale down"}"#,
+            None,
+        )
+        .await
+        .expect("write the retire key");
+    let exited = wait_for("web1 listed as exited", Duration::from_secs(30), || {
+        let driver = &driver;
+        let id = web1.id.clone();
+        async move {
+            owned(driver)
+                .await
+                .into_iter()
+                .find(|o| o.id == id)
+                .and_then(|o| o.exited)
+        }
+    })
+    .await;
+    assert_eq!(exited, 0, "a retired instance ends cleanly");
+    assert_eq!(
+        registered(etcd, keys, "web", &web1.id).await,
+        None,
+        "deregistered"
+    );
+    driver
+        .stop(&web1.id, Duration::from_secs(5))
+        .await
+        .expect("stop web1");
+
+    // The program crashes under its registrar: the instance is exited (137).
+    let web2_name = driver.container_name(&web2);
+    world
+        .docker
+        .kill_container(
+            &web2_name,
+            Some(
+                KillContainerOptionsBuilder::default()
+                    .signal("KILL")
+                    .build(),
+            ),
+        )
+        .await
+        .expect("kill web2's program");
+    let crashed = wait_for("web2 listed as exited", Duration::from_secs(10), || {
+        let driver = &driver;
+        let id = web2.id.clone();
+        async move {
+            owned(driver)
+                .await
+                .into_iter()
+                .find(|o| o.id == id)
+                .and_then(|o| o.exited)
+        }
+    })
+    .await;
+    assert_eq!(crashed, 137);
+    for instance in [&web2, &app1] {
+        driver
+            .stop(&instance.id, Duration::from_secs(5))
+            .await
+            .expect("stop");
+    }
+    assert!(owned(&driver).await.is_empty(), "every container removed");
+
+    // An image that is not there: refused by name, nothing left behind.
+    let missing = service(serde_json::json!({
+        "name": "ghost",
+        "docker": {"image": "shoal/no-such-image:dev", "container_port": 8080}
+    }));
+    let err = driver
+        .start(&start("ghost", &missing))
+        .await
+        .expect_err("a missing image");
+    assert!(
+        err.to_string()
+            .contains("image shoal/no-such-image:dev not found"),
+        "{err}"
+    );
+    assert!(
+        owned(&driver).await.is_empty(),
+        "nothing half-made is listed"
+    );
 }

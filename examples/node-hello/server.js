@@ -8,6 +8,8 @@
 const http = require('http');
 
 const port = Number(process.env.PORT || 8080);
+// 127.0.0.1 unless told otherwise (a container listens on every interface).
+const host = process.env.HOST || '127.0.0.1';
 const greeting = process.env.GREETING || 'Hello';
 
 // A busy loop, as in the notes: 10^7 iterations by default.
@@ -38,8 +40,8 @@ const server = http.createServer((req, res) => {
 });
 
 server.keepAliveTimeout = 65000;
-server.listen(port, '127.0.0.1', () => {
-  console.log(`listening on 127.0.0.1:${port} (pid ${process.pid})`);
+server.listen(port, host, () => {
+  console.log(`listening on ${host}:${port} (pid ${process.pid})`);
 });
 
 // Finish what is in flight, then leave.

@@ -41,6 +41,25 @@
 //! makes app-server drain and deregister, then SIGKILL), then removal; a
 //! crashed container stays listed with its exit code (137 after SIGKILL)
 //! until the controller stops it.
+//!
+//! ## Services with a spec
+//!
+//! A service whose spec has a `docker` section runs its own image: the
+//! spec's command (default: the image's), env and `container_port` (the
+//! placeholders filled with that port), and the identity the controller
+//! gives every instance (`SHOAL_SERVICE`, `SHOAL_INSTANCE_ID`,
+//! `SHOAL_VERSION`, `SHOAL_LABELS`), plus `SHOAL_ETCD`, `SHOAL_PREFIX`,
+//! `SHOAL_LEASE_TTL`, `SHOAL_PORT` and `SHOAL_ADVERTISE` (the address
+//! gateways use). With `registration: self` the program registers itself
+//! from those. With `registration: managed` (a stock image that knows nothing
+//! of etcd) a second container, the *registrar* ([`DockerConfig::registrar_image`],
+//! `{name}-reg`), shares the instance's network namespace and runs `registry
+//! run --attach`: it probes the program on localhost, registers it once
+//! ready, and on a retire key or SIGTERM marks it draining and leaves after
+//! the drain grace. Both carry the instance's labels; the instance counts
+//! as exited when either has exited (the registrar's code first, so a
+//! retired instance's 0 is seen), and stopping it stops the registrar first
+//! (drain), then the program.
 
 use std::collections::HashMap;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -55,12 +74,15 @@ use bollard::query_parameters::{
     CreateContainerOptionsBuilder, ListContainersOptionsBuilder, RemoveContainerOptionsBuilder,
     StopContainerOptionsBuilder,
 };
+use registry::spec::{RegistrationMode, Service, fill};
 use tracing::{info, warn};
 
 use super::{Driver, DriverError, Owned, StartSpec};
 
 /// The image `docker/build-images.sh` builds.
 pub const DEFAULT_IMAGE: &str = "shoal/app-server:dev";
+/// The image with every Shoal binary, `registry` among them.
+pub const DEFAULT_REGISTRAR_IMAGE: &str = "shoal/shoal:dev";
 /// The port app-server listens on inside every container.
 pub const CONTAINER_PORT: u16 = 8080;
 
@@ -70,6 +92,9 @@ pub const LABEL_MANAGED: &str = "shoal.managed";
 pub const LABEL_PREFIX: &str = "shoal.prefix";
 pub const LABEL_SERVICE: &str = "shoal.service";
 pub const LABEL_ID: &str = "shoal.id";
+/// `registrar` on the container that registers a managed instance.
+pub const LABEL_ROLE: &str = "shoal.role";
+const ROLE_REGISTRAR: &str = "registrar";
 
 /// A container still `created` (never started) after this long was left
 /// behind by a controller that died between create and start: it is reported
@@ -121,6 +146,9 @@ pub struct DockerConfig {
     /// (so `docker ps` shows whether an instance is ready); the image must
     /// have `app-server` on its `PATH`.
     pub healthcheck: bool,
+    /// Image of the registrar that runs beside each managed instance of a
+    /// spec'd service (see the module doc).
+    pub registrar_image: String,
 }
 
 impl Default for DockerConfig {
@@ -139,6 +167,7 @@ impl Default for DockerConfig {
             labels: Vec::new(),
             name_prefix: "shoal".into(),
             healthcheck: false,
+            registrar_image: DEFAULT_REGISTRAR_IMAGE.into(),
         }
     }
 }
@@ -281,21 +310,6 @@ impl DockerDriver {
             format!("{}ms", c.lease_ttl.as_millis()),
         ];
         cmd.extend(c.args.iter().cloned());
-        let mut labels: HashMap<String, String> = c.labels.iter().cloned().collect();
-        labels.insert(LABEL_MANAGED.into(), "true".into());
-        labels.insert(LABEL_PREFIX.into(), c.prefix.clone());
-        labels.insert(LABEL_SERVICE.into(), spec.service.clone());
-        labels.insert(LABEL_ID.into(), spec.id.clone());
-        let port_key = format!("{CONTAINER_PORT}/tcp");
-        let port_bindings = host_port.map(|port| {
-            HashMap::from([(
-                port_key.clone(),
-                Some(vec![PortBinding {
-                    host_ip: Some("127.0.0.1".into()),
-                    host_port: Some(port.to_string()),
-                }]),
-            )])
-        });
         // Docker's durations are nanoseconds.
         let healthcheck = c.healthcheck.then(|| HealthConfig {
             test: Some(vec![
@@ -316,27 +330,208 @@ impl DockerDriver {
             hostname: Some(name.to_owned()),
             entrypoint: c.entrypoint.clone(),
             cmd: Some(cmd),
-            env: Some(c.env.iter().map(|(k, v)| format!("{k}={v}")).collect()),
-            labels: Some(labels),
-            exposed_ports: Some(vec![port_key]),
-            host_config: Some(HostConfig {
-                network_mode: c.network.clone(),
-                port_bindings,
-                binds: (!c.read_only_files.is_empty()).then(|| {
-                    c.read_only_files
-                        .iter()
-                        .map(|f| format!("{0}:{0}:ro", f.display()))
-                        .collect()
-                }),
-                restart_policy: Some(RestartPolicy {
-                    name: Some(RestartPolicyNameEnum::NO),
-                    maximum_retry_count: None,
-                }),
-                ..Default::default()
+            env: Some(env_list(&c.env)),
+            labels: Some(self.labels(spec, None)),
+            exposed_ports: Some(vec![format!("{CONTAINER_PORT}/tcp")]),
+            host_config: Some(self.host_config(c.network.clone(), CONTAINER_PORT, host_port)),
+            ..Default::default()
+        }
+    }
+
+    /// The labels of an instance's containers (`role`: the registrar's).
+    fn labels(&self, spec: &StartSpec, role: Option<&str>) -> HashMap<String, String> {
+        let c = &self.config;
+        let mut labels: HashMap<String, String> = c.labels.iter().cloned().collect();
+        labels.insert(LABEL_MANAGED.into(), "true".into());
+        labels.insert(LABEL_PREFIX.into(), c.prefix.clone());
+        labels.insert(LABEL_SERVICE.into(), spec.service.clone());
+        labels.insert(LABEL_ID.into(), spec.id.clone());
+        if let Some(role) = role {
+            labels.insert(LABEL_ROLE.into(), role.into());
+        }
+        labels
+    }
+
+    /// On `network_mode`, `port` published on `127.0.0.1:{host_port}` if
+    /// given, the read-only files bound, never restarted by Docker.
+    fn host_config(
+        &self,
+        network_mode: Option<String>,
+        port: u16,
+        host_port: Option<u16>,
+    ) -> HostConfig {
+        let c = &self.config;
+        let port_bindings = host_port.map(|host_port| {
+            HashMap::from([(
+                format!("{port}/tcp"),
+                Some(vec![PortBinding {
+                    host_ip: Some("127.0.0.1".into()),
+                    host_port: Some(host_port.to_string()),
+                }]),
+            )])
+        });
+        HostConfig {
+            network_mode,
+            port_bindings,
+            binds: (!c.read_only_files.is_empty()).then(|| {
+                c.read_only_files
+                    .iter()
+                    .map(|f| format!("{0}:{0}:ro", f.display()))
+                    .collect()
+            }),
+            restart_policy: Some(RestartPolicy {
+                name: Some(RestartPolicyNameEnum::NO),
+                maximum_retry_count: None,
             }),
             ..Default::default()
         }
     }
+
+    /// The containers of an instance of a service with a spec: its program
+    /// and, when the platform registers it, the registrar beside it (see
+    /// the module doc), each with its name.
+    fn spec_bodies(
+        &self,
+        spec: &StartSpec,
+        service: &Service,
+        name: &str,
+        host_port: Option<u16>,
+    ) -> Result<Vec<(String, ContainerCreateBody)>, String> {
+        let Some(run) = &service.docker else {
+            return Err(format!(
+                "the spec of {} has no `docker` section and this controller runs the docker driver; add one (docker: {{image: ..., container_port: N}}) or run the service under a process-driver controller",
+                spec.service
+            ));
+        };
+        let c = &self.config;
+        let port = run.container_port;
+        let version = service.version();
+        let filled = |text: &String| fill(text, port, &spec.id, &spec.service, &version);
+        let advertise = match host_port {
+            Some(host_port) => format!("127.0.0.1:{host_port}"),
+            None => format!("{name}:{port}"),
+        };
+        let lease_ttl = format!("{}ms", c.lease_ttl.as_millis());
+        let mut env = c.env.clone();
+        env.extend(spec.identity_env());
+        env.extend([
+            ("SHOAL_ETCD".to_owned(), c.etcd_url.clone()),
+            ("SHOAL_PREFIX".to_owned(), c.prefix.clone()),
+            ("SHOAL_LEASE_TTL".to_owned(), lease_ttl.clone()),
+            ("SHOAL_PORT".to_owned(), port.to_string()),
+            ("SHOAL_ADVERTISE".to_owned(), advertise.clone()),
+        ]);
+        env.extend(run.env.iter().map(|(k, v)| (k.clone(), filled(v))));
+        let program = ContainerCreateBody {
+            image: Some(run.image.clone()),
+            hostname: Some(name.to_owned()),
+            cmd: (!run.command.is_empty()).then(|| run.command.iter().map(filled).collect()),
+            env: Some(env_list(&env)),
+            labels: Some(self.labels(spec, None)),
+            exposed_ports: Some(vec![format!("{port}/tcp")]),
+            host_config: Some(self.host_config(c.network.clone(), port, host_port)),
+            ..Default::default()
+        };
+        let mut bodies = vec![(name.to_owned(), program)];
+        if service.registration == RegistrationMode::Managed {
+            let mut cmd: Vec<String> = [
+                "run",
+                "--attach",
+                "--etcd",
+                &c.etcd_url,
+                "--prefix",
+                &c.prefix,
+                "--service",
+                &spec.service,
+                "--id",
+                &spec.id,
+                "--port",
+                &port.to_string(),
+                "--advertise",
+                &advertise,
+                "--version-label",
+                &version,
+                "--drain-grace",
+                &format!("{}s", service.drain_grace_secs),
+                "--lease-ttl",
+                &lease_ttl,
+            ]
+            .map(str::to_owned)
+            .to_vec();
+            if let Some(path) = &service.readiness.path {
+                cmd.extend(["--health-path".to_owned(), path.clone()]);
+            }
+            for (key, value) in &service.labels {
+                cmd.extend(["--label".to_owned(), format!("{key}={value}")]);
+            }
+            let registrar = ContainerCreateBody {
+                image: Some(c.registrar_image.clone()),
+                entrypoint: Some(vec!["registry".to_owned()]),
+                cmd: Some(cmd),
+                env: Some(env_list(&c.env)),
+                labels: Some(self.labels(spec, Some(ROLE_REGISTRAR))),
+                host_config: Some(self.host_config(Some(format!("container:{name}")), port, None)),
+                ..Default::default()
+            };
+            bodies.push((format!("{name}-reg"), registrar));
+        }
+        Ok(bodies)
+    }
+
+    /// Create and start container `name`; a container that cannot start is
+    /// removed, so nothing half-made is listed as an instance.
+    async fn create_and_start(&self, name: &str, body: ContainerCreateBody) -> Result<(), String> {
+        let image = body.image.clone().unwrap_or_default();
+        let options = CreateContainerOptionsBuilder::default().name(name).build();
+        let created = self
+            .docker
+            .create_container(Some(options), body)
+            .await
+            .map_err(|e| match status(&e) {
+                Some(404) => {
+                    format!("image {image} not found: build it (docker/build-images.sh builds Shoal's) or fix the image name")
+                }
+                Some(409) => format!("a container named {name} already exists"),
+                _ => format!("cannot create container {name}: {e}"),
+            })?;
+        for warning in &created.warnings {
+            warn!(container = %name, warning, "Docker warned while creating the container");
+        }
+        if let Err(e) = self.docker.start_container(&created.id, None).await {
+            self.remove(name).await;
+            return Err(format!("cannot start container {name}: {e}"));
+        }
+        Ok(())
+    }
+
+    /// Remove container `name` whatever its state, logging a failure.
+    async fn remove(&self, name: &str) {
+        let remove = RemoveContainerOptionsBuilder::default().force(true).build();
+        if let Err(e) = self.docker.remove_container(name, Some(remove)).await
+            && status(&e) != Some(404)
+        {
+            warn!(container = %name, error = %e, "cannot remove the container that failed to start");
+        }
+    }
+}
+
+/// What [`Driver::list`] gathers of one instance's containers.
+#[derive(Default)]
+struct Instance {
+    service: String,
+    program_exit: Option<i32>,
+    registrar_exit: Option<i32>,
+}
+
+fn is_registrar(c: &ContainerSummary) -> bool {
+    c.labels
+        .as_ref()
+        .and_then(|l| l.get(LABEL_ROLE))
+        .is_some_and(|role| role == ROLE_REGISTRAR)
+}
+
+fn env_list(env: &[(String, String)]) -> Vec<String> {
+    env.iter().map(|(k, v)| format!("{k}={v}")).collect()
 }
 
 /// The HTTP status of an engine error, if it is one.
@@ -398,37 +593,23 @@ impl Driver for DockerDriver {
                 Some(free_port().map_err(|e| fail(format!("cannot find a free host port: {e}")))?)
             }
         };
-        let body = self.create_body(spec, &name, host_port);
-        let options = CreateContainerOptionsBuilder::default().name(&name).build();
-        let created = self
-            .docker
-            .create_container(Some(options), body)
-            .await
-            .map_err(|e| {
-                fail(match status(&e) {
-                    Some(404) => format!(
-                        "image {} not found: build it with docker/build-images.sh",
-                        self.config.image
-                    ),
-                    Some(409) => format!("a container named {name} already exists"),
-                    _ => format!("cannot create container {name}: {e}"),
-                })
-            })?;
-        for warning in &created.warnings {
-            warn!(container = %name, warning, "Docker warned while creating the container");
-        }
-        if let Err(e) = self.docker.start_container(&created.id, None).await {
-            // Leave nothing half-made behind: a created container would be
-            // listed as an instance that never starts.
-            let remove = RemoveContainerOptionsBuilder::default().force(true).build();
-            if let Err(re) = self
-                .docker
-                .remove_container(&created.id, Some(remove))
-                .await
-            {
-                warn!(container = %name, error = %re, "cannot remove the container that failed to start");
+        let bodies = match spec.spec.as_deref() {
+            None => vec![(name.clone(), self.create_body(spec, &name, host_port))],
+            Some(service) => self
+                .spec_bodies(spec, service, &name, host_port)
+                .map_err(fail)?,
+        };
+        let mut started: Vec<String> = Vec::new();
+        for (container, body) in bodies {
+            if let Err(e) = self.create_and_start(&container, body).await {
+                // All or nothing: a program without its registrar would
+                // never be routed to.
+                for earlier in &started {
+                    self.remove(earlier).await;
+                }
+                return Err(fail(e));
             }
-            return Err(fail(format!("cannot start container {name}: {e}")));
+            started.push(container);
         }
         info!(
             service = %spec.service,
@@ -452,6 +633,9 @@ impl Driver for DockerDriver {
         if containers.is_empty() {
             return Err(DriverError::Unknown(id.to_owned()));
         }
+        // The registrar first: it drains the instance, then the program stops.
+        let mut containers = containers;
+        containers.sort_by_key(|c| !is_registrar(c));
         for container in containers {
             let Some(cid) = container.id.as_deref() else {
                 continue;
@@ -498,7 +682,8 @@ impl Driver for DockerDriver {
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_secs() as i64);
-        let mut owned = Vec::with_capacity(containers.len());
+        // An instance's containers: its program and, if managed, its registrar.
+        let mut instances: HashMap<String, Instance> = HashMap::new();
         for c in containers {
             let labels = c.labels.clone().unwrap_or_default();
             let (Some(id), Some(service), Some(cid)) = (
@@ -533,12 +718,25 @@ impl Driver for DockerDriver {
                 Some(ContainerSummaryStateEnum::REMOVING) => continue,
                 _ => None,
             };
-            owned.push(Owned {
-                id: id.clone(),
+            let instance = instances.entry(id.clone()).or_insert_with(|| Instance {
                 service: service.clone(),
-                exited,
+                ..Instance::default()
             });
+            if is_registrar(&c) {
+                instance.registrar_exit = exited;
+            } else {
+                instance.program_exit = exited;
+            }
         }
+        let mut owned: Vec<Owned> = instances
+            .into_iter()
+            .map(|(id, i)| Owned {
+                id,
+                service: i.service,
+                // The registrar's code first: 0 after a retirement.
+                exited: i.registrar_exit.or(i.program_exit),
+            })
+            .collect();
         owned.sort_by(|a, b| a.id.cmp(&b.id));
         Ok(owned)
     }

@@ -64,6 +64,12 @@ pub struct DockerArgs {
     #[arg(long, env = "SHOAL_DOCKER_NAME_PREFIX", default_value = "shoal")]
     pub name_prefix: String,
 
+    /// Image of the registrar beside each managed instance of a service
+    /// whose spec runs a stock image (`registry run --attach`; it must have
+    /// `registry` on its PATH).
+    #[arg(long, env = "SHOAL_REGISTRAR_IMAGE", default_value = super::docker::DEFAULT_REGISTRAR_IMAGE)]
+    pub registrar_image: String,
+
     /// Give the containers a Docker healthcheck (`app-server --healthcheck`,
     /// so the image needs app-server on its PATH); `docker ps` then shows
     /// whether each instance is ready.
@@ -137,6 +143,7 @@ impl DockerArgs {
             labels: Vec::new(),
             name_prefix: self.name_prefix.clone(),
             healthcheck: self.instance_healthcheck,
+            registrar_image: self.registrar_image.clone(),
         })
     }
 }
