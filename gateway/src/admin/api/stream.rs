@@ -54,14 +54,11 @@ pub struct ServicePanel {
     /// The service's stats and every instance (as `GET /api/v1/services/{service}`).
     #[serde(flatten)]
     pub detail: ServiceDetail,
-    #[schema(value_type = Option<Object>)]
     pub policy: Option<ScalingPolicy>,
     /// The newest scaling event's `desired`.
     pub desired: Option<u32>,
-    #[schema(value_type = Option<Object>)]
     pub rollout: Option<Rollout>,
     /// Newest first.
-    #[schema(value_type = Vec<Object>)]
     pub events: Vec<ScalingEvent>,
     /// The newest chart sample.
     pub sample: Option<Sample>,

@@ -1,0 +1,1 @@
+//! Every admin endpoint called in-process over a live in-memory registry.
