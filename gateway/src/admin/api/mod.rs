@@ -123,8 +123,13 @@ pub fn openapi() -> OpenApi {
 }
 
 /// What the annotations cannot say once for all: every path parameter is a
-/// registry name segment, with the pattern the handlers check.
-fn finish(mut doc: OpenApi) -> OpenApi {
+/// registry name segment, with the pattern the handlers check; unsigned
+/// integers are `uint32` / `uint64` (utoipa writes `int32` / `int64`, whose
+/// ranges stop at half of what the fields accept).
+fn finish(doc: OpenApi) -> OpenApi {
+    let mut json = serde_json::to_value(doc).expect("the document serializes");
+    unsigned_formats(&mut json);
+    let mut doc: OpenApi = serde_json::from_value(json).expect("the document reads back");
     for item in doc.paths.paths.values_mut() {
         for operation in operations_mut(item) {
             for parameter in operation.parameters.iter_mut().flatten() {
@@ -140,6 +145,29 @@ fn finish(mut doc: OpenApi) -> OpenApi {
         }
     }
     doc
+}
+
+fn unsigned_formats(value: &mut serde_json::Value) {
+    match value {
+        serde_json::Value::Object(object) => {
+            let unsigned = object
+                .get("minimum")
+                .and_then(serde_json::Value::as_f64)
+                .is_some_and(|m| m >= 0.0);
+            if let Some(format) = object.get_mut("format")
+                && unsigned
+            {
+                match format.as_str() {
+                    Some("int32") => *format = "uint32".into(),
+                    Some("int64") => *format = "uint64".into(),
+                    _ => {}
+                }
+            }
+            object.values_mut().for_each(unsigned_formats);
+        }
+        serde_json::Value::Array(items) => items.iter_mut().for_each(unsigned_formats),
+        _ => {}
+    }
 }
 
 /// The operations of a path item.
