@@ -24,7 +24,7 @@ use utoipa::ToSchema;
 
 use crate::admin::AdminState;
 use crate::admin::history::Sample;
-use crate::admin::stats::{ServiceDetail, service_detail};
+use crate::admin::stats::{ServiceDetail, ServiceSummary, service_detail};
 
 /// A snapshot is pushed at least this often.
 pub const PERIOD: Duration = Duration::from_secs(1);
@@ -62,6 +62,11 @@ pub struct ServicePanel {
     pub events: Vec<ScalingEvent>,
     /// The newest chart sample.
     pub sample: Option<Sample>,
+    /// The version of the service's spec (`null` without a spec).
+    pub spec_version: Option<String>,
+    /// How many instances run `spec_version` (`null` without a spec):
+    /// during a rollout, its progress ("2/4 on the new version").
+    pub on_spec_version: Option<usize>,
 }
 
 impl DashboardSnapshot {
@@ -85,19 +90,60 @@ impl DashboardSnapshot {
                     .to_owned()
             }),
             generation: table.generation,
-            services: table
-                .pools
-                .iter()
-                .map(|(name, pool)| ServicePanel {
-                    detail: service_detail(pool, now, wall),
-                    policy: control.policy(name),
-                    desired: control.desired(name),
-                    rollout: control.rollout(name),
-                    events: control.events_of(name, EVENTS_PER_SERVICE),
-                    sample: latest.get(name).cloned(),
-                })
-                .collect(),
+            services: {
+                // Every service the table knows, and every declared one
+                // (a spec with no instance yet).
+                let mut details: BTreeMap<String, ServiceDetail> = table
+                    .pools
+                    .iter()
+                    .map(|(name, pool)| (name.clone(), service_detail(pool, now, wall)))
+                    .collect();
+                for spec in control.specs().entries.values() {
+                    details
+                        .entry(spec.name.clone())
+                        .or_insert_with(|| empty_detail(&spec.name));
+                }
+                details
+                    .into_iter()
+                    .map(|(name, detail)| {
+                        let spec_version = control.spec(&name).map(|s| s.version());
+                        let on_spec_version = spec_version
+                            .as_ref()
+                            .map(|v| detail.instances.iter().filter(|i| &i.version == v).count());
+                        ServicePanel {
+                            policy: control.policy(&name),
+                            desired: control.desired(&name),
+                            rollout: control.rollout(&name),
+                            events: control.events_of(&name, EVENTS_PER_SERVICE),
+                            sample: latest.get(&name).cloned(),
+                            spec_version,
+                            on_spec_version,
+                            detail,
+                        }
+                    })
+                    .collect()
+            },
         }
+    }
+}
+
+/// A declared service the routing table does not know yet: no instance.
+fn empty_detail(name: &str) -> ServiceDetail {
+    ServiceDetail {
+        summary: ServiceSummary {
+            name: name.to_owned(),
+            ready_instances: 0,
+            total_instances: 0,
+            ejected_instances: 0,
+            unconfirmed_instances: 0,
+            stats: Default::default(),
+            held_now: 0,
+            held_total: 0,
+            hold_timeouts_total: 0,
+            retries_total: 0,
+            retries_refused_total: 0,
+        },
+        instances: Vec::new(),
     }
 }
 
