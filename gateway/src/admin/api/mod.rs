@@ -61,7 +61,7 @@ pub use auth::AdminToken;
                        Writes need `Authorization: Bearer <token>` when the gateway has --admin-token. \
                        Errors are JSON `{\"error\",\"detail\"}`."
     ),
-    components(schemas(ErrorBody))
+    components(schemas(ErrorBody, stream::DashboardSnapshot))
 )]
 struct ApiDoc;
 

@@ -150,9 +150,10 @@ fn empty_detail(name: &str) -> ServiceDetail {
 /// `GET /api/v1/stream`.
 #[utoipa::path(get, path = "/api/v1/stream", tag = "stats",
     responses((status = 200, content_type = "text/event-stream",
-        description = "Server-sent events: first `history` (samples per service, as /api/v1/history), \
-                       then `snapshot` (a DashboardSnapshot) on every change and at least every second",
-        body = DashboardSnapshot)))]
+        description = "Server-sent events, never ending: first `history` (its data: samples per service, as \
+                       /api/v1/history), then `snapshot` (its data: a `DashboardSnapshot`, \
+                       #/components/schemas/DashboardSnapshot) on every change and at least every second",
+        body = String)))]
 pub async fn stream(
     State(state): State<AdminState>,
 ) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {

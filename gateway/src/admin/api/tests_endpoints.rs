@@ -900,6 +900,12 @@ async fn unknown_paths_and_methods_are_json_errors() {
 async fn the_stream_opens_with_history_then_a_snapshot() {
     use http_body_util::BodyExt;
     let api = Api::start(None).await;
+    // A declared service with no instance yet is on the dashboard too.
+    let spec = r#"{"process":{"argv":["node","server.js","{port}"]}}"#;
+    let got = api
+        .write(Method::PUT, "/api/v1/services/web/spec", Some(spec))
+        .await;
+    let version = got.body["version"].as_str().unwrap().to_owned();
     let response = api
         .router
         .clone()
@@ -915,7 +921,7 @@ async fn the_stream_opens_with_history_then_a_snapshot() {
     );
     let mut body = response.into_body();
     let mut text = String::new();
-    while !text.contains("event: snapshot") || !text.ends_with("\n\n") {
+    while !text.contains(&version) || !text.ends_with("\n\n") {
         let frame = tokio::time::timeout(Duration::from_secs(5), body.frame())
             .await
             .expect("an event within 5 s")
@@ -928,10 +934,53 @@ async fn the_stream_opens_with_history_then_a_snapshot() {
     assert!(text.starts_with("event: history\n"), "{text}");
     let snapshot = text
         .split("\n\n")
-        .find(|block| block.starts_with("event: snapshot"))
+        .find(|block| block.starts_with("event: snapshot") && block.contains(&version))
         .and_then(|block| block.lines().find_map(|l| l.strip_prefix("data: ")))
         .expect("a snapshot with data");
     let snapshot: Value = serde_json::from_str(snapshot).unwrap();
     assert_eq!(snapshot["gateway_id"], "gw-1");
-    assert!(snapshot["services"].is_array(), "{snapshot:#}");
+    let web = snapshot["services"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["name"] == "web")
+        .unwrap_or_else(|| panic!("no `web` panel: {snapshot:#}"));
+    assert_eq!(web["spec_version"], version.as_str());
+    assert_eq!(
+        (&web["on_spec_version"], &web["total_instances"]),
+        (&json!(0), &json!(0))
+    );
+
+    // The data is the documented DashboardSnapshot: every required field of
+    // it and of each panel (with what it flattens in) is there.
+    let schemas = &api.doc["components"]["schemas"];
+    for field in required_fields(schemas, &schemas["DashboardSnapshot"]) {
+        assert!(snapshot.get(&field).is_some(), "snapshot without `{field}`");
+    }
+    let fields = required_fields(schemas, &schemas["ServicePanel"]);
+    assert!(fields.len() > 10, "{fields:?}");
+    for field in fields {
+        assert!(
+            web.get(&field).is_some(),
+            "panel without `{field}`: {web:#}"
+        );
+    }
+}
+
+/// The required properties of `schema`, following `$ref` and `allOf`.
+fn required_fields(schemas: &Value, schema: &Value) -> Vec<String> {
+    if let Some(name) = schema["$ref"].as_str() {
+        let name = name.trim_start_matches("#/components/schemas/");
+        return required_fields(schemas, &schemas[name]);
+    }
+    let mut fields: Vec<String> = schema["required"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|v| v.as_str().unwrap().to_owned())
+        .collect();
+    for part in schema["allOf"].as_array().into_iter().flatten() {
+        fields.extend(required_fields(schemas, part));
+    }
+    fields
 }
