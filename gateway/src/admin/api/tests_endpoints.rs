@@ -984,3 +984,31 @@ fn required_fields(schemas: &Value, schema: &Value) -> Vec<String> {
     }
     fields
 }
+
+/// Spec reads go to the store, which retries them within its bound: with
+/// etcd down they answer 503 after it (paused time), as do spec writes.
+#[tokio::test(start_paused = true)]
+async fn spec_reads_and_writes_are_503_while_etcd_is_down() {
+    let api = Api::start(Some(TOKEN)).await;
+    let spec = r#"{"process":{"argv":["node","server.js","{port}"]}}"#;
+    let got = api
+        .write(Method::PUT, "/api/v1/services/web/spec", Some(spec))
+        .await;
+    assert_eq!(got.status, StatusCode::CREATED);
+    api.etcd.set_up(false);
+    for (method, path) in [
+        (Method::GET, "/api/v1/services/web/spec"),
+        (Method::GET, "/api/v1/services/web/spec/history"),
+        (Method::POST, "/api/v1/services/web/spec/undo"),
+        (Method::PUT, "/api/v1/services/web/spec"),
+    ] {
+        let body = (method == Method::PUT).then_some(spec);
+        let got = api.write(method.clone(), path, body).await;
+        assert_error(
+            &got,
+            StatusCode::SERVICE_UNAVAILABLE,
+            "registry_unavailable",
+            "the registry (etcd) cannot be reached",
+        );
+    }
+}
