@@ -57,7 +57,7 @@ fn answer<T>(body: T, connected: bool) -> Read<T> {
 /// `GET /api/v1/routes`.
 #[utoipa::path(get, path = "/api/v1/routes", tag = "registry",
     responses(
-        (status = 200, description = "Every route in the registry, by name", body = Vec<RouteView>),
+        (status = 200, description = "Every route in the registry, by name", body = Vec<RouteView>, headers(("x-shoal-registry" = String, description = "`connected`, or `unreachable` while this comes from the last snapshot"))),
         (status = 503, description = "The registry has not been read yet", body = ErrorBody),
     ))]
 pub async fn routes_list(State(state): State<AdminState>) -> Read<Vec<RouteView>> {
@@ -72,7 +72,7 @@ pub async fn routes_list(State(state): State<AdminState>) -> Read<Vec<RouteView>
 /// `GET /api/v1/policies`.
 #[utoipa::path(get, path = "/api/v1/policies", tag = "registry",
     responses(
-        (status = 200, description = "Every scaling policy", body = Vec<ScalingPolicy>),
+        (status = 200, description = "Every scaling policy", body = Vec<ScalingPolicy>, headers(("x-shoal-registry" = String, description = "`connected`, or `unreachable` while this comes from the last snapshot"))),
         (status = 503, description = "The registry has not been read yet", body = ErrorBody),
     ))]
 pub async fn policies_list(State(state): State<AdminState>) -> Read<Vec<ScalingPolicy>> {
@@ -93,7 +93,7 @@ pub struct EventsQuery {
 #[utoipa::path(get, path = "/api/v1/events/{service}", tag = "registry",
     params(("service" = String, Path, description = "Service name"), EventsQuery),
     responses(
-        (status = 200, description = "The autoscaler's newest events for the service, newest first", body = Vec<ScalingEvent>),
+        (status = 200, description = "The autoscaler's newest events for the service, newest first", body = Vec<ScalingEvent>, headers(("x-shoal-registry" = String, description = "`connected`, or `unreachable` while this comes from the last snapshot"))),
         (status = 400, description = "Bad service name or query string (`limit` 1..=1000)", body = ErrorBody),
         (status = 503, description = "The registry has not been read yet", body = ErrorBody),
     ))]
@@ -124,7 +124,7 @@ pub async fn events(
 /// `GET /api/v1/rollouts`.
 #[utoipa::path(get, path = "/api/v1/rollouts", tag = "registry",
     responses(
-        (status = 200, description = "Rolling restarts requested and not finished", body = Vec<Rollout>),
+        (status = 200, description = "Rolling restarts requested and not finished", body = Vec<Rollout>, headers(("x-shoal-registry" = String, description = "`connected`, or `unreachable` while this comes from the last snapshot"))),
         (status = 503, description = "The registry has not been read yet", body = ErrorBody),
     ))]
 pub async fn rollouts_list(State(state): State<AdminState>) -> Read<Vec<Rollout>> {

@@ -3,7 +3,7 @@
 //! behaviour by the store's conformance suite): success and error cases,
 //! the token rule, and what the extractors refuse. Every answer is also
 //! checked against the OpenAPI document: its status is one the operation
-//! declares, and it has the declared content type.
+//! declares, with the declared content type and headers.
 
 use std::time::Duration;
 
@@ -111,6 +111,17 @@ impl Api {
             declared.is_object(),
             "{method} {path} answered {status}, which its operation does not declare"
         );
+        for name in declared["headers"]
+            .as_object()
+            .into_iter()
+            .flatten()
+            .map(|(n, _)| n)
+        {
+            assert!(
+                headers.contains_key(name.as_str()),
+                "{method} {path} {status}: the declared header `{name}` is missing"
+            );
+        }
         let types: Vec<&String> = declared["content"].as_object().unwrap().keys().collect();
         assert!(
             types.iter().any(|t| content_type.starts_with(t.as_str())),
@@ -1010,5 +1021,47 @@ async fn spec_reads_and_writes_are_503_while_etcd_is_down() {
             "registry_unavailable",
             "the registry (etcd) cannot be reached",
         );
+    }
+}
+
+/// The reads that need no registry, checked against the document too: the
+/// charts' history, a service's stats by a bad name, and the dashboard's
+/// files with their content types and CSP.
+#[tokio::test]
+async fn history_stats_and_the_dashboard_files() {
+    let api = Api::start(None).await;
+    let got = api.get("/api/v1/history").await;
+    assert_eq!(got.status, StatusCode::OK);
+    assert!(got.body.is_object(), "{:#}", got.body);
+    let got = api.get("/api/v1/services/a%20b").await;
+    assert_error(
+        &got,
+        StatusCode::BAD_REQUEST,
+        "invalid",
+        "use letters, digits",
+    );
+    for (path, kind) in [
+        ("/dashboard", "text/html"),
+        ("/dashboard/dashboard.js", "text/javascript"),
+        ("/dashboard/dashboard.css", "text/css"),
+    ] {
+        let response = api
+            .router
+            .clone()
+            .oneshot(Request::get(path).body(Body::empty()).unwrap())
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::OK, "{path}");
+        let headers = response.headers();
+        api.check_documented(&Method::GET, path, response.status(), headers);
+        assert!(
+            headers[header::CONTENT_TYPE]
+                .to_str()
+                .unwrap()
+                .starts_with(kind),
+            "{path}"
+        );
+        let csp = headers[header::CONTENT_SECURITY_POLICY].to_str().unwrap();
+        assert!(csp.contains("default-src 'none'"), "{path}: {csp}");
     }
 }
