@@ -159,6 +159,24 @@ mod tests {
             previous: None,
             version: "00000000000000ff".into(),
         });
+        // The literal document of v1.
+        assert_eq!(
+            serde_json::to_value(SpecChange {
+                service: "web".into(),
+                written: SpecWritten::Replaced,
+                previous: Some("0000000000000001".into()),
+                version: "0000000000000002".into(),
+            })
+            .unwrap(),
+            json!({"service":"web","written":"replaced","previous":"0000000000000001","version":"0000000000000002"})
+        );
+        assert_eq!(
+            serde_json::to_value(Deleted {
+                deleted: "/shoal/routes/api".into()
+            })
+            .unwrap(),
+            json!({"deleted":"/shoal/routes/api"})
+        );
         assert!(serde_json::from_value::<PinBody>(json!({"replica": 3})).is_err());
         assert!(serde_json::from_value::<RolloutBody>(json!({"max_surge": "2"})).is_err());
         assert!(
