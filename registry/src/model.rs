@@ -99,6 +99,7 @@ pub(crate) fn key_mismatch(key: &str, what: &str, in_key: &str, in_value: &str) 
 }
 
 /// Lifecycle state of an instance. Gateways send new requests only to `Ready`.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum InstanceState {
@@ -308,6 +309,7 @@ fn validate_text(field: &str, text: &str, max: usize) -> Result<(), ValidationEr
 }
 
 /// How a gateway picks an instance for a request.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum BalancePolicy {
@@ -341,6 +343,7 @@ impl std::str::FromStr for BalancePolicy {
 }
 
 /// Where the consistent-hash policy takes its key from.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case", tag = "from", content = "name")]
 pub enum HashKey {
@@ -352,14 +355,26 @@ pub enum HashKey {
 }
 
 /// A gateway route: host and longest path prefix map to a service and policy.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Route {
     /// Exact `Host` to match (without port); absent matches every host.
     #[serde(default)]
+    #[cfg_attr(feature = "openapi", schema(pattern = r"^[^/ :]+$"))]
     pub host: Option<String>,
     /// Path prefix, starting with `/`; the longest matching prefix wins.
     #[serde(default = "default_prefix")]
+    #[cfg_attr(
+        feature = "openapi",
+        schema(max_length = 1024, pattern = r"^/[^\u0000-\u001f\u007f-\u009f]*$")
+    )]
     pub path_prefix: String,
+    #[cfg_attr(
+        feature = "openapi",
+        schema(
+            pattern = r"^([A-Za-z0-9_-][A-Za-z0-9._-]{0,127}|\.[A-Za-z0-9_-][A-Za-z0-9._-]{0,126}|\.\.[A-Za-z0-9._-]{1,126})$"
+        )
+    )]
     pub service: String,
     #[serde(default)]
     pub policy: BalancePolicy,
@@ -371,15 +386,18 @@ pub struct Route {
     pub strip_prefix: bool,
     /// Per-request response timeout in milliseconds.
     #[serde(default)]
+    #[cfg_attr(feature = "openapi", schema(minimum = 1))]
     pub timeout_ms: Option<u64>,
     /// Per-attempt timeout in milliseconds: an idempotent request whose
     /// instance sends no response headers within it is tried once more on
     /// another instance (a frozen or stalled instance costs this much, not
     /// the whole response timeout).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(minimum = 1))]
     pub try_timeout_ms: Option<u64>,
     /// Extra attempts on another instance after a failure.
     #[serde(default)]
+    #[cfg_attr(feature = "openapi", schema(minimum = 0, maximum = 10))]
     pub retries: Option<u32>,
 }
 
@@ -451,6 +469,7 @@ impl RegistryValue for NamedRoute {
 }
 
 /// The load signal a scaling policy tracks.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum ScalingMetric {
@@ -475,15 +494,26 @@ fn default_step_period() -> u64 {
 }
 
 /// Target-tracking policy for one service, stored at `policies/{service}`.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ScalingPolicy {
+    #[cfg_attr(
+        feature = "openapi",
+        schema(
+            pattern = r"^([A-Za-z0-9_-][A-Za-z0-9._-]{0,127}|\.[A-Za-z0-9_-][A-Za-z0-9._-]{0,126}|\.\.[A-Za-z0-9._-]{1,126})$"
+        )
+    )]
     pub service: String,
+    #[cfg_attr(feature = "openapi", schema(minimum = 0, maximum = 1000))]
     pub min: u32,
+    #[cfg_attr(feature = "openapi", schema(minimum = 1, maximum = 1000))]
     pub max: u32,
     pub metric: ScalingMetric,
+    #[cfg_attr(feature = "openapi", schema(exclusive_minimum = 0))]
     pub target: f64,
     /// Ratio band around 1.0 inside which no change is made (default 0.1).
     #[serde(default = "default_tolerance")]
+    #[cfg_attr(feature = "openapi", schema(minimum = 0, exclusive_maximum = 1))]
     pub tolerance: f64,
     #[serde(default)]
     pub scale_up_stabilization_secs: u64,
@@ -491,11 +521,14 @@ pub struct ScalingPolicy {
     pub scale_down_stabilization_secs: u64,
     /// At most this many instances added per `step_period_secs` (absent: no limit).
     #[serde(default)]
+    #[cfg_attr(feature = "openapi", schema(minimum = 1))]
     pub max_scale_up_step: Option<u32>,
     /// At most this many instances removed per `step_period_secs` (absent: no limit).
     #[serde(default)]
+    #[cfg_attr(feature = "openapi", schema(minimum = 1))]
     pub max_scale_down_step: Option<u32>,
     #[serde(default = "default_step_period")]
+    #[cfg_attr(feature = "openapi", schema(minimum = 1))]
     pub step_period_secs: u64,
     /// Seconds after start during which an instance's metrics are ignored.
     #[serde(default)]
@@ -503,6 +536,7 @@ pub struct ScalingPolicy {
     /// A replica count an operator pinned (`autoscaler scale SERVICE N`): it
     /// replaces the metric's answer until unpinned; `min` and `max` are kept.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(minimum = 0, maximum = 1000))]
     pub pinned: Option<u32>,
 }
 
@@ -581,6 +615,7 @@ impl RegistryValue for ScalingPolicy {
 /// A rolling restart of one service, stored at `rollouts/{service}` by
 /// whoever asks for it (`autoscaler rollout restart`, the admin API, SIGUSR2
 /// to a controller) and deleted by the leading controller when it is done.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Rollout {
     pub service: String,
@@ -671,6 +706,7 @@ impl RegistryValue for Rollout {
 }
 
 /// One autoscaler decision or action, kept as bounded history under `events/{service}/`.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ScalingEvent {
     pub service: String,

@@ -22,10 +22,17 @@ use crate::rendezvous::hash;
 pub const PLACEHOLDERS: [&str; 4] = ["{port}", "{id}", "{service}", "{version}"];
 
 /// How a service's instances are run and joined to the registry.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Service {
     /// The service (the last segment of its key).
+    #[cfg_attr(
+        feature = "openapi",
+        schema(
+            pattern = r"^([A-Za-z0-9_-][A-Za-z0-9._-]{0,127}|\.[A-Za-z0-9_-][A-Za-z0-9._-]{0,126}|\.\.[A-Za-z0-9._-]{1,126})$"
+        )
+    )]
     pub name: String,
     /// How the `process` driver runs it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -42,10 +49,30 @@ pub struct Service {
     /// How long a managed instance keeps serving after it is marked
     /// draining, before it is sent SIGTERM (gateways move away meanwhile).
     #[serde(default = "default_drain_grace")]
+    #[cfg_attr(feature = "openapi", schema(minimum = 0, maximum = 3600))]
     pub drain_grace_secs: u64,
     /// Labels every instance registers with.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[cfg_attr(feature = "openapi", schema(schema_with = labels_schema))]
     pub labels: BTreeMap<String, String>,
+}
+
+/// `labels`: a string map of at most 64 entries.
+#[cfg(feature = "openapi")]
+fn labels_schema() -> utoipa::openapi::Object {
+    utoipa::openapi::ObjectBuilder::new()
+        .additional_properties(Some(
+            utoipa::openapi::ObjectBuilder::new()
+                .schema_type(utoipa::openapi::schema::Type::String)
+                .max_length(Some(1024)),
+        ))
+        .property_names(Some(
+            utoipa::openapi::ObjectBuilder::new()
+                .schema_type(utoipa::openapi::schema::Type::String)
+                .max_length(Some(128)),
+        ))
+        .max_properties(Some(64))
+        .build()
 }
 
 fn default_drain_grace() -> u64 {
@@ -53,10 +80,12 @@ fn default_drain_grace() -> u64 {
 }
 
 /// A local program.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ProcessRun {
     /// The program and its arguments, with [`PLACEHOLDERS`] replaced.
+    #[cfg_attr(feature = "openapi", schema(min_items = 1))]
     pub argv: Vec<String>,
     /// Extra environment variables (placeholders replaced in values too).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
@@ -70,6 +99,7 @@ pub struct ProcessRun {
 }
 
 /// A container image.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DockerRun {
@@ -84,6 +114,7 @@ pub struct DockerRun {
 }
 
 /// When an instance is routable.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Readiness {
@@ -98,6 +129,7 @@ pub struct Readiness {
 }
 
 /// Who registers an instance.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum RegistrationMode {

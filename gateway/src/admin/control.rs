@@ -1,16 +1,17 @@
 //! The registry's control data as the admin API and the dashboard see it:
-//! routes, scaling policies, scaling events and rollouts, each followed by a
+//! routes, scaling policies, scaling events, rollouts and service specs, each followed by a
 //! `registry::Watcher` (list-then-watch) in its own background task, plus
 //! the registry store the admin API writes with.
 //!
 //! The routes watcher is the one [`crate::discovery`] builds the routing
-//! table from (a clone of its handle); the other three are started here.
+//! table from (a clone of its handle); the other four are started here.
 //! None of this is on the proxy's request path: handlers read the latest
 //! snapshots (an `Arc` clone each) and never wait for etcd to answer a read.
 
 use std::sync::Arc;
 
 use registry::model::{NamedRoute, Rollout, ScalingEvent, ScalingPolicy};
+use registry::spec::Service;
 use registry::{Keys, Snapshot, Store, Watcher};
 use tokio::sync::watch;
 
@@ -26,6 +27,7 @@ struct Inner {
     policies: Watcher<ScalingPolicy>,
     events: Watcher<ScalingEvent>,
     rollouts: Watcher<Rollout>,
+    specs: Watcher<Service>,
 }
 
 impl Control {
@@ -38,6 +40,7 @@ impl Control {
             policies: Watcher::start(&store, keys.policies()),
             events: Watcher::start(&store, keys.events()),
             rollouts: Watcher::start(&store, keys.rollouts()),
+            specs: Watcher::start(&store, keys.services()),
             store,
         };
         Control {
@@ -68,6 +71,18 @@ impl Control {
 
     pub fn rollouts(&self) -> Snapshot<Rollout> {
         self.inner.rollouts.snapshot()
+    }
+
+    pub fn specs(&self) -> Snapshot<Service> {
+        self.inner.specs.snapshot()
+    }
+
+    /// The spec of `service`, if any.
+    pub fn spec(&self, service: &str) -> Option<Service> {
+        self.specs()
+            .entries
+            .get(&self.keys().service(service))
+            .cloned()
     }
 
     /// The policy of `service`, if any.
@@ -103,6 +118,7 @@ impl Control {
             && self.policies().synced
             && self.events().synced
             && self.rollouts().synced
+            && self.specs().synced
     }
 
     /// Every watcher's stream is up.
@@ -111,15 +127,17 @@ impl Control {
             && self.policies().connected
             && self.events().connected
             && self.rollouts().connected
+            && self.specs().connected
     }
 
-    /// Notifications of any change to any of the four snapshots.
+    /// Notifications of any change to any of the five snapshots.
     pub fn changes(&self) -> ControlChanges {
         ControlChanges {
             routes: self.inner.routes.snapshots(),
             policies: self.inner.policies.snapshots(),
             events: self.inner.events.snapshots(),
             rollouts: self.inner.rollouts.snapshots(),
+            specs: self.inner.specs.snapshots(),
         }
     }
 }
@@ -130,6 +148,7 @@ pub struct ControlChanges {
     policies: watch::Receiver<Snapshot<ScalingPolicy>>,
     events: watch::Receiver<Snapshot<ScalingEvent>>,
     rollouts: watch::Receiver<Snapshot<Rollout>>,
+    specs: watch::Receiver<Snapshot<Service>>,
 }
 
 impl ControlChanges {
@@ -140,6 +159,7 @@ impl ControlChanges {
             r = self.policies.changed() => r.is_err(),
             r = self.events.changed() => r.is_err(),
             r = self.rollouts.changed() => r.is_err(),
+            r = self.specs.changed() => r.is_err(),
         };
         if closed {
             std::future::pending::<()>().await;

@@ -61,14 +61,25 @@ pub async fn test_state_with(table: TableHandle) -> AdminState {
     // An etcd that does not answer: what these tests check needs none.
     let etcd = registry::store::memory::MemoryEtcd::default();
     etcd.set_up(false);
-    let store = registry::Store::memory(&etcd, registry::Keys::default());
+    test_state_over(table, &etcd, None)
+}
+
+/// State for unit tests over `etcd` (an in-memory one, up or down), with
+/// `token` required for writes when given.
+#[cfg(test)]
+pub fn test_state_over(
+    table: TableHandle,
+    etcd: &registry::store::memory::MemoryEtcd,
+    token: Option<&str>,
+) -> AdminState {
+    let store = registry::Store::memory(etcd, registry::Keys::default());
     let routes = registry::Watcher::start(&store, store.keys().routes());
     AdminState {
         table,
         gateway_id: "gw-1".into(),
         control: Control::start(store, routes),
         history: History::default(),
-        token: None,
+        token: token.map(AdminToken::new),
         stop: tokio_util::sync::CancellationToken::new(),
     }
 }
@@ -76,6 +87,12 @@ pub async fn test_state_with(table: TableHandle) -> AdminState {
 /// [`test_state_with`] an empty table.
 #[cfg(test)]
 pub async fn test_state() -> AdminState {
+    test_state_with(empty_table()).await
+}
+
+/// A routing table with no service.
+#[cfg(test)]
+pub fn empty_table() -> TableHandle {
     let table = crate::table::LiveState::default().build(
         &Default::default(),
         &Default::default(),
@@ -87,7 +104,7 @@ pub async fn test_state() -> AdminState {
         0,
         std::time::Instant::now(),
     );
-    test_state_with(TableHandle::new(table).0).await
+    TableHandle::new(table).0
 }
 
 /// An admin API error: `{"error": ..., "detail": ...}` with its status.

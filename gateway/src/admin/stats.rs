@@ -27,7 +27,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use axum::Json;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use chrono::{DateTime, Utc};
@@ -36,6 +36,7 @@ pub use registry::wire::gateway::{
     HealthReport, InstanceStatus, InstanceView, ServiceDetail, ServiceSummary,
 };
 
+use super::api::params::Name;
 use super::{AdminState, ApiError, metrics};
 use crate::backend::Backend;
 use crate::table::ServicePool;
@@ -186,11 +187,12 @@ pub async fn services(State(state): State<AdminState>) -> Json<Vec<ServiceSummar
     params(("service" = String, Path, description = "Service name")),
     responses(
         (status = 200, description = "The service and every registered instance with live stats", body = ServiceDetail),
+        (status = 400, description = "Invalid service name", body = crate::admin::ErrorBody),
         (status = 404, description = "No such service", body = crate::admin::ErrorBody),
     ))]
 pub async fn service(
     State(state): State<AdminState>,
-    Path(name): Path<String>,
+    Name(name): Name,
 ) -> Result<Json<ServiceDetail>, ApiError> {
     let table = state.table.load();
     let Some(pool) = table.pool(&name) else {

@@ -93,7 +93,6 @@ pub struct InstanceView {
     pub labels: BTreeMap<String, String>,
     pub weight: u32,
     pub state: InstanceStatus,
-    #[cfg_attr(feature = "openapi", schema(value_type = String, example = "ready"))]
     pub registry_state: InstanceState,
     pub ejected: bool,
     #[serde(deserialize_with = "super::nullable")]

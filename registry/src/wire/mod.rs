@@ -15,6 +15,7 @@
 //! With the `openapi` feature the types derive `utoipa::ToSchema`, so the
 //! gateway's OpenAPI document describes exactly these.
 
+pub mod admin;
 pub mod gateway;
 pub mod load;
 

@@ -1,6 +1,7 @@
 //! The dashboard in a real browser (headless Chromium through chromedriver):
 //! instance cards follow the registry live without a reload, registry text is
-//! shown as text, and the "registry unreachable" banner follows etcd.
+//! shown as text, every declared service shows its spec version and a
+//! rollout its progress, and the "registry unreachable" banner follows etcd.
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -221,6 +222,58 @@ async fn the_dashboard_follows_the_registry_live_and_shows_text_as_text() {
         .await
         .unwrap();
     assert_eq!(pwned, serde_json::Value::Null, "an onerror handler ran");
+
+    // Declared services: each with its spec version (short), and a rollout's
+    // progress from the instances' versions (neither runs the spec's).
+    let specs: Vec<registry::spec::Service> = [
+        r#"{"name":"app","process":{"argv":["app-server","--port","{port}"]}}"#,
+        r#"{"name":"web","process":{"argv":["node","server.js","{port}"]}}"#,
+    ]
+    .iter()
+    .map(|json| serde_json::from_str(json).unwrap())
+    .collect();
+    for spec in &specs {
+        kv.put(
+            keys.service(&spec.name),
+            serde_json::to_string(spec).unwrap(),
+            None,
+        )
+        .await
+        .unwrap();
+    }
+    kv.put(
+        keys.rollout("app"),
+        serde_json::to_string(&registry::model::Rollout::request("app", "test")).unwrap(),
+        None,
+    )
+    .await
+    .unwrap();
+    for spec in &specs {
+        let css = format!(
+            "section[data-service=\"{}\"] [data-spec-version=\"{}\"]",
+            spec.name,
+            spec.version()
+        );
+        wait_count(page, &css, 1, Duration::from_secs(5), "the spec version").await;
+        assert_eq!(
+            text(page, &css).await,
+            format!("spec {}", &spec.version()[..8])
+        );
+    }
+    let rollout = "section[data-service=\"app\"] [data-rollout]";
+    wait_count(
+        page,
+        rollout,
+        1,
+        Duration::from_secs(5),
+        "the rollout badge",
+    )
+    .await;
+    let progress = text(page, rollout).await;
+    assert!(
+        progress.starts_with("rolling: 0/2 on new version"),
+        "{progress}"
+    );
 
     // A new instance shows up without a reload.
     let added = AppServer::start(&platform.etcd, options(&["--version-label", "2.0.0"])).await;

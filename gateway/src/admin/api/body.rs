@@ -1,4 +1,4 @@
-//! Request bodies of the admin API: JSON, at most [`MAX_BODY_BYTES`], with
+//! Request bodies of the admin API: a JSON object, at most [`MAX_BODY_BYTES`], with
 //! errors in the API's `{"error","detail"}` shape (axum's own `Json`
 //! extractor answers in plain text).
 
@@ -64,6 +64,13 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
                 StatusCode::UNSUPPORTED_MEDIA_TYPE,
                 "unsupported_media_type",
                 format!("the body is `{ct}`; send JSON with `Content-Type: application/json`"),
+            ));
+        }
+        if bytes.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+            return Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "invalid_json",
+                "the body must be a JSON object (`{...}`); every request body of this API is one",
             ));
         }
         serde_json::from_slice(&bytes)

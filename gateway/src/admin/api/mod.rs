@@ -9,9 +9,17 @@
 //!   (from [`control`](super::control)'s watchers), and the charts' history.
 //! - [`writes`]: what an operator changes: routes, policies, pins, retiring an
 //!   instance, asking for a rolling restart. Behind [`auth::guard_writes`].
+//! - [`specs`]: service specs (`/api/v1/services/{service}/spec`), their
+//!   history and undo; writes, behind the token too.
 //! - [`stream`]: server-sent events with a snapshot for the dashboard.
 //! - [`dashboard`]: the page itself.
-//! - [`body`]: JSON request bodies with a size cap; [`auth`]: the token.
+//! - [`body`]: JSON request bodies with a size cap; [`params`]: path and
+//!   query parameters; [`auth`]: the token. Every rejection of theirs is the
+//!   JSON `{"error","detail"}`, like every other error.
+//!
+//! `tests_endpoints` calls every endpoint in-process over a live in-memory
+//! registry; `tests_doc` walks the document and checks it says what the
+//! handlers do.
 //!
 //! Every route is registered with `.routes(routes!(handler))` in [`routes()`],
 //! which adds it to the router and to the document at once; the unit tests
@@ -20,14 +28,22 @@
 
 pub mod auth;
 pub mod body;
+pub mod params;
 pub mod reads;
+pub mod specs;
 pub mod stream;
 pub mod writes;
 
+#[cfg(test)]
+mod tests_doc;
+#[cfg(test)]
+mod tests_endpoints;
+
 use axum::Router;
 use axum::extract::OriginalUri;
-use axum::http::StatusCode;
+use axum::http::{StatusCode, header};
 use axum::middleware;
+use axum::response::{IntoResponse, Response};
 use utoipa::openapi::OpenApi;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
@@ -45,7 +61,7 @@ pub use auth::AdminToken;
                        Writes need `Authorization: Bearer <token>` when the gateway has --admin-token. \
                        Errors are JSON `{\"error\",\"detail\"}`."
     ),
-    components(schemas(ErrorBody))
+    components(schemas(ErrorBody, stream::DashboardSnapshot))
 )]
 struct ApiDoc;
 
@@ -74,7 +90,12 @@ pub fn routes() -> OpenApiRouter<AdminState> {
         .routes(routes!(writes::pin))
         .routes(routes!(writes::unpin))
         .routes(routes!(writes::retire))
-        .routes(routes!(writes::rollout));
+        .routes(routes!(writes::rollout))
+        .routes(routes!(specs::get_spec))
+        .routes(routes!(specs::put_spec))
+        .routes(routes!(specs::delete_spec))
+        .routes(routes!(specs::spec_history))
+        .routes(routes!(specs::undo_spec));
     reads.merge(writes)
 }
 
@@ -87,6 +108,7 @@ pub fn app(state: AdminState) -> Router {
 /// The router (writes behind the token check) and the OpenAPI document.
 fn split(state: AdminState) -> (Router<AdminState>, OpenApi) {
     let (router, doc) = routes().split_for_parts();
+    let doc = finish(doc);
     // The token check wraps only the routes whose method changes something.
     let router = router
         .route_layer(middleware::from_fn_with_state(state, auth::guard_writes))
@@ -97,7 +119,72 @@ fn split(state: AdminState) -> (Router<AdminState>, OpenApi) {
 
 /// The OpenAPI document of this admin API.
 pub fn openapi() -> OpenApi {
-    routes().into_openapi()
+    finish(routes().into_openapi())
+}
+
+/// What the annotations cannot say once for all: every path parameter is a
+/// registry name segment, with the pattern the handlers check; unsigned
+/// integers are `uint32` / `uint64` (utoipa writes `int32` / `int64`, whose
+/// ranges stop at half of what the fields accept).
+fn finish(doc: OpenApi) -> OpenApi {
+    let mut json = serde_json::to_value(doc).expect("the document serializes");
+    unsigned_formats(&mut json);
+    let mut doc: OpenApi = serde_json::from_value(json).expect("the document reads back");
+    for item in doc.paths.paths.values_mut() {
+        for operation in operations_mut(item) {
+            for parameter in operation.parameters.iter_mut().flatten() {
+                if parameter.parameter_in == utoipa::openapi::path::ParameterIn::Path {
+                    parameter.schema = Some(
+                        utoipa::openapi::ObjectBuilder::new()
+                            .schema_type(utoipa::openapi::schema::Type::String)
+                            .pattern(Some(params::SEGMENT_PATTERN))
+                            .into(),
+                    );
+                }
+            }
+        }
+    }
+    doc
+}
+
+fn unsigned_formats(value: &mut serde_json::Value) {
+    match value {
+        serde_json::Value::Object(object) => {
+            let unsigned = object
+                .get("minimum")
+                .and_then(serde_json::Value::as_f64)
+                .is_some_and(|m| m >= 0.0);
+            if let Some(format) = object.get_mut("format")
+                && unsigned
+            {
+                match format.as_str() {
+                    Some("int32") => *format = "uint32".into(),
+                    Some("int64") => *format = "uint64".into(),
+                    _ => {}
+                }
+            }
+            object.values_mut().for_each(unsigned_formats);
+        }
+        serde_json::Value::Array(items) => items.iter_mut().for_each(unsigned_formats),
+        _ => {}
+    }
+}
+
+/// The operations of a path item.
+pub fn operations_mut(
+    item: &mut utoipa::openapi::PathItem,
+) -> impl Iterator<Item = &mut utoipa::openapi::path::Operation> {
+    [
+        &mut item.get,
+        &mut item.put,
+        &mut item.post,
+        &mut item.delete,
+        &mut item.patch,
+        &mut item.head,
+        &mut item.options,
+    ]
+    .into_iter()
+    .flatten()
 }
 
 /// `GET /api/openapi.json`.
@@ -130,7 +217,7 @@ async fn unknown_path(OriginalUri(uri): OriginalUri) -> ApiError {
     )
 }
 
-async fn wrong_method(method: axum::http::Method, OriginalUri(uri): OriginalUri) -> ApiError {
+async fn wrong_method(method: axum::http::Method, OriginalUri(uri): OriginalUri) -> Response {
     let path = uri.path();
     let allowed: Vec<String> = openapi()
         .paths
@@ -139,18 +226,24 @@ async fn wrong_method(method: axum::http::Method, OriginalUri(uri): OriginalUri)
         .filter(|(template, _)| template_matches(template, path))
         .flat_map(|(_, item)| methods_of(item))
         .collect();
-    ApiError::new(
+    let allowed = if allowed.is_empty() {
+        vec!["GET".to_owned()]
+    } else {
+        allowed
+    };
+    let mut response = ApiError::new(
         StatusCode::METHOD_NOT_ALLOWED,
         "method_not_allowed",
         format!(
             "`{method} {path}` is not served; use {}",
-            if allowed.is_empty() {
-                "GET".to_owned()
-            } else {
-                allowed.join(" or ")
-            }
+            allowed.join(" or ")
         ),
     )
+    .into_response();
+    if let Ok(value) = allowed.join(", ").parse() {
+        response.headers_mut().insert(header::ALLOW, value);
+    }
+    response
 }
 
 /// Whether `/a/{x}/b` matches `/a/1/b`.
@@ -253,7 +346,7 @@ mod tests {
                 );
             }
         }
-        assert_eq!(operations, 22, "update this count with the endpoints");
+        assert_eq!(operations, 27, "update this count with the endpoints");
     }
 
     /// The other direction: [`routes`] registers everything through
@@ -268,6 +361,7 @@ mod tests {
             ("admin/api/reads.rs", include_str!("reads.rs")),
             ("admin/api/writes.rs", include_str!("writes.rs")),
             ("admin/api/stream.rs", include_str!("stream.rs")),
+            ("admin/api/specs.rs", include_str!("specs.rs")),
             (
                 "admin/dashboard/mod.rs",
                 include_str!("../dashboard/mod.rs"),

@@ -9,16 +9,17 @@
 use std::collections::BTreeMap;
 
 use axum::Json;
-use axum::extract::{Path, Query, State};
+use axum::extract::State;
 use axum::http::HeaderName;
-use registry::keys::validate_segment;
-use registry::model::{NamedRoute, Route};
+use registry::model::{NamedRoute, Rollout, ScalingEvent, ScalingPolicy};
+use registry::wire::admin::RouteView;
 use registry::{RegistryValue, Snapshot};
-use serde::{Deserialize, Serialize};
-use utoipa::{IntoParams, ToSchema};
+use serde::Deserialize;
+use utoipa::IntoParams;
 
+use super::params::{ApiQuery, Name};
 use crate::admin::history::Sample;
-use crate::admin::{AdminState, ApiError};
+use crate::admin::{AdminState, ApiError, ErrorBody};
 
 /// Says whether a read comes from a live watch or the last snapshot.
 pub const REGISTRY_HEADER: HeaderName = HeaderName::from_static("x-shoal-registry");
@@ -53,22 +54,11 @@ fn answer<T>(body: T, connected: bool) -> Read<T> {
     Ok(([(REGISTRY_HEADER, state)], Json(body)))
 }
 
-/// A route with its name.
-#[derive(Debug, Clone, Serialize, ToSchema)]
-pub struct RouteView {
-    pub name: String,
-    /// The route as stored: `host`, `path_prefix`, `service`, `policy`,
-    /// `hash_key`, `strip_prefix`, `timeout_ms`, `try_timeout_ms`, `retries`.
-    #[serde(flatten)]
-    #[schema(value_type = Object)]
-    pub route: Route,
-}
-
 /// `GET /api/v1/routes`.
 #[utoipa::path(get, path = "/api/v1/routes", tag = "registry",
     responses(
-        (status = 200, description = "Every route in the registry, by name", body = Vec<RouteView>),
-        (status = 503, description = "The registry has not been read yet", body = crate::admin::ErrorBody),
+        (status = 200, description = "Every route in the registry, by name", body = Vec<RouteView>, headers(("x-shoal-registry" = String, description = "`connected`, or `unreachable` while this comes from the last snapshot"))),
+        (status = 503, description = "The registry has not been read yet", body = ErrorBody),
     ))]
 pub async fn routes_list(State(state): State<AdminState>) -> Read<Vec<RouteView>> {
     let (routes, connected) = values(state.control.routes(), "routes")?;
@@ -82,20 +72,20 @@ pub async fn routes_list(State(state): State<AdminState>) -> Read<Vec<RouteView>
 /// `GET /api/v1/policies`.
 #[utoipa::path(get, path = "/api/v1/policies", tag = "registry",
     responses(
-        (status = 200, description = "Every scaling policy (`service`, `min`, `max`, `metric`, `target`, ..., `pinned`)", body = Vec<Object>),
-        (status = 503, description = "The registry has not been read yet", body = crate::admin::ErrorBody),
+        (status = 200, description = "Every scaling policy", body = Vec<ScalingPolicy>, headers(("x-shoal-registry" = String, description = "`connected`, or `unreachable` while this comes from the last snapshot"))),
+        (status = 503, description = "The registry has not been read yet", body = ErrorBody),
     ))]
-pub async fn policies_list(
-    State(state): State<AdminState>,
-) -> Read<Vec<registry::model::ScalingPolicy>> {
+pub async fn policies_list(State(state): State<AdminState>) -> Read<Vec<ScalingPolicy>> {
     let (policies, connected) = values(state.control.policies(), "policies")?;
     answer(policies, connected)
 }
 
 /// `?limit=` of the events endpoint.
 #[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct EventsQuery {
     /// How many of the newest events (default 50, at most 1000).
+    #[param(minimum = 1, maximum = 1000)]
     pub limit: Option<usize>,
 }
 
@@ -103,18 +93,15 @@ pub struct EventsQuery {
 #[utoipa::path(get, path = "/api/v1/events/{service}", tag = "registry",
     params(("service" = String, Path, description = "Service name"), EventsQuery),
     responses(
-        (status = 200, description = "The autoscaler's newest events for the service, newest first \
-            (`at`, `kind`, `current`, `desired`, `reason`, `bounded_by`, `inputs`, `instance`)", body = Vec<Object>),
-        (status = 400, description = "Bad service name or limit", body = crate::admin::ErrorBody),
-        (status = 503, description = "The registry has not been read yet", body = crate::admin::ErrorBody),
+        (status = 200, description = "The autoscaler's newest events for the service, newest first", body = Vec<ScalingEvent>, headers(("x-shoal-registry" = String, description = "`connected`, or `unreachable` while this comes from the last snapshot"))),
+        (status = 400, description = "Bad service name or query string (`limit` 1..=1000)", body = ErrorBody),
+        (status = 503, description = "The registry has not been read yet", body = ErrorBody),
     ))]
 pub async fn events(
     State(state): State<AdminState>,
-    Path(service): Path<String>,
-    Query(query): Query<EventsQuery>,
-) -> Read<Vec<registry::model::ScalingEvent>> {
-    validate_segment("service", &service)
-        .map_err(|e| ApiError::bad_request("bad_request", e.to_string()))?;
+    Name(service): Name,
+    ApiQuery(query): ApiQuery<EventsQuery>,
+) -> Read<Vec<ScalingEvent>> {
     let limit = query.limit.unwrap_or(DEFAULT_EVENT_LIMIT);
     if !(1..=MAX_EVENT_LIMIT).contains(&limit) {
         return Err(ApiError::bad_request(
@@ -137,11 +124,10 @@ pub async fn events(
 /// `GET /api/v1/rollouts`.
 #[utoipa::path(get, path = "/api/v1/rollouts", tag = "registry",
     responses(
-        (status = 200, description = "Rolling restarts requested and not finished \
-            (`service`, `requested_at`, `requested_by`, `max_surge`, `max_unavailable`, `replacing`)", body = Vec<Object>),
-        (status = 503, description = "The registry has not been read yet", body = crate::admin::ErrorBody),
+        (status = 200, description = "Rolling restarts requested and not finished", body = Vec<Rollout>, headers(("x-shoal-registry" = String, description = "`connected`, or `unreachable` while this comes from the last snapshot"))),
+        (status = 503, description = "The registry has not been read yet", body = ErrorBody),
     ))]
-pub async fn rollouts_list(State(state): State<AdminState>) -> Read<Vec<registry::model::Rollout>> {
+pub async fn rollouts_list(State(state): State<AdminState>) -> Read<Vec<Rollout>> {
     let (rollouts, connected) = values(state.control.rollouts(), "rollouts")?;
     answer(rollouts, connected)
 }

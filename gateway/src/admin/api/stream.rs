@@ -24,7 +24,7 @@ use utoipa::ToSchema;
 
 use crate::admin::AdminState;
 use crate::admin::history::Sample;
-use crate::admin::stats::{ServiceDetail, service_detail};
+use crate::admin::stats::{ServiceDetail, ServiceSummary, service_detail};
 
 /// A snapshot is pushed at least this often.
 pub const PERIOD: Duration = Duration::from_secs(1);
@@ -54,17 +54,19 @@ pub struct ServicePanel {
     /// The service's stats and every instance (as `GET /api/v1/services/{service}`).
     #[serde(flatten)]
     pub detail: ServiceDetail,
-    #[schema(value_type = Option<Object>)]
     pub policy: Option<ScalingPolicy>,
     /// The newest scaling event's `desired`.
     pub desired: Option<u32>,
-    #[schema(value_type = Option<Object>)]
     pub rollout: Option<Rollout>,
     /// Newest first.
-    #[schema(value_type = Vec<Object>)]
     pub events: Vec<ScalingEvent>,
     /// The newest chart sample.
     pub sample: Option<Sample>,
+    /// The version of the service's spec (`null` without a spec).
+    pub spec_version: Option<String>,
+    /// How many instances run `spec_version` (`null` without a spec):
+    /// during a rollout, its progress ("2/4 on the new version").
+    pub on_spec_version: Option<usize>,
 }
 
 impl DashboardSnapshot {
@@ -88,28 +90,70 @@ impl DashboardSnapshot {
                     .to_owned()
             }),
             generation: table.generation,
-            services: table
-                .pools
-                .iter()
-                .map(|(name, pool)| ServicePanel {
-                    detail: service_detail(pool, now, wall),
-                    policy: control.policy(name),
-                    desired: control.desired(name),
-                    rollout: control.rollout(name),
-                    events: control.events_of(name, EVENTS_PER_SERVICE),
-                    sample: latest.get(name).cloned(),
-                })
-                .collect(),
+            services: {
+                // Every service the table knows, and every declared one
+                // (a spec with no instance yet).
+                let mut details: BTreeMap<String, ServiceDetail> = table
+                    .pools
+                    .iter()
+                    .map(|(name, pool)| (name.clone(), service_detail(pool, now, wall)))
+                    .collect();
+                for spec in control.specs().entries.values() {
+                    details
+                        .entry(spec.name.clone())
+                        .or_insert_with(|| empty_detail(&spec.name));
+                }
+                details
+                    .into_iter()
+                    .map(|(name, detail)| {
+                        let spec_version = control.spec(&name).map(|s| s.version());
+                        let on_spec_version = spec_version
+                            .as_ref()
+                            .map(|v| detail.instances.iter().filter(|i| &i.version == v).count());
+                        ServicePanel {
+                            policy: control.policy(&name),
+                            desired: control.desired(&name),
+                            rollout: control.rollout(&name),
+                            events: control.events_of(&name, EVENTS_PER_SERVICE),
+                            sample: latest.get(&name).cloned(),
+                            spec_version,
+                            on_spec_version,
+                            detail,
+                        }
+                    })
+                    .collect()
+            },
         }
+    }
+}
+
+/// A declared service the routing table does not know yet: no instance.
+fn empty_detail(name: &str) -> ServiceDetail {
+    ServiceDetail {
+        summary: ServiceSummary {
+            name: name.to_owned(),
+            ready_instances: 0,
+            total_instances: 0,
+            ejected_instances: 0,
+            unconfirmed_instances: 0,
+            stats: Default::default(),
+            held_now: 0,
+            held_total: 0,
+            hold_timeouts_total: 0,
+            retries_total: 0,
+            retries_refused_total: 0,
+        },
+        instances: Vec::new(),
     }
 }
 
 /// `GET /api/v1/stream`.
 #[utoipa::path(get, path = "/api/v1/stream", tag = "stats",
     responses((status = 200, content_type = "text/event-stream",
-        description = "Server-sent events: first `history` (samples per service, as /api/v1/history), \
-                       then `snapshot` (a DashboardSnapshot) on every change and at least every second",
-        body = DashboardSnapshot)))]
+        description = "Server-sent events, never ending: first `history` (its data: samples per service, as \
+                       /api/v1/history), then `snapshot` (its data: a `DashboardSnapshot`, \
+                       #/components/schemas/DashboardSnapshot) on every change and at least every second",
+        body = String)))]
 pub async fn stream(
     State(state): State<AdminState>,
 ) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {

@@ -10,26 +10,31 @@
 //! pins and rollouts; an instance drains when its retire key appears; every
 //! gateway follows routes.
 
+use std::borrow::Cow;
+
 use axum::Json;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use registry::StoreError;
-use registry::keys::validate_segment;
 use registry::model::{RetireRequest, Rollout, Route, ScalingPolicy};
 use registry::store::{OUTCOME_UNKNOWN, Written};
-use serde::{Deserialize, Serialize};
+use registry::wire::admin::{
+    Deleted, MAX_RETIRE_REASON_CHARS, PinBody, RetireBody, Retiring, RolloutBody, RouteView,
+};
+use serde::de::DeserializeOwned;
 use serde_json::Value;
-use utoipa::ToSchema;
+use utoipa::openapi::{RefOr, Schema};
+use utoipa::{PartialSchema, ToSchema};
 
 use super::body::JsonBody;
-use super::reads::RouteView;
-use crate::admin::{AdminState, ApiError};
+use super::params::{Name, ServiceAndId};
+use crate::admin::{AdminState, ApiError, ErrorBody};
 
 type Write<T> = Result<(StatusCode, Json<T>), ApiError>;
 
 /// What the store answered that no handler expects as an outcome of its own:
 /// bad input (400), an unusable stored value (409), etcd away (503).
-fn store_error(e: StoreError) -> ApiError {
+pub(super) fn store_error(e: StoreError) -> ApiError {
     match e {
         StoreError::Invalid(e) => ApiError::bad_request("invalid", e.to_string()),
         StoreError::Malformed(e) => ApiError::conflict(format!(
@@ -56,11 +61,7 @@ fn store_error(e: StoreError) -> ApiError {
     }
 }
 
-fn segment(field: &str, value: &str) -> Result<(), ApiError> {
-    validate_segment(field, value).map_err(|e| ApiError::bad_request("invalid", e.to_string()))
-}
-
-fn required<T>(body: Option<T>, example: &str) -> Result<T, ApiError> {
+pub(super) fn required<T>(body: Option<T>, example: &str) -> Result<T, ApiError> {
     body.ok_or_else(|| {
         ApiError::bad_request(
             "bad_request",
@@ -69,44 +70,110 @@ fn required<T>(body: Option<T>, example: &str) -> Result<T, ApiError> {
     })
 }
 
-fn created_or_updated(written: Written) -> StatusCode {
+pub(super) fn created_or_updated(written: Written) -> StatusCode {
     match written {
         Written::Replaced => StatusCode::OK,
         Written::Created => StatusCode::CREATED,
     }
 }
 
-fn deleted(existed: bool, key: String, missing: impl FnOnce() -> String) -> Write<Deleted> {
+pub(super) fn deleted(
+    existed: bool,
+    key: String,
+    missing: impl FnOnce() -> String,
+) -> Write<Deleted> {
     if !existed {
         return Err(ApiError::not_found(missing()));
     }
     Ok((StatusCode::OK, Json(Deleted { deleted: key })))
 }
 
-/// What a delete answers.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct Deleted {
-    /// The registry key removed.
-    pub deleted: String,
+/// A body naming the object of its path in `field`, which may be left out:
+/// filled in from the path, or refused when it says something else. Then
+/// decoded as `T`.
+pub(super) fn named_body<T: DeserializeOwned>(
+    body: Value,
+    field: &str,
+    name: &str,
+    what: &str,
+    example: &str,
+) -> Result<T, ApiError> {
+    let mut body = body;
+    let Some(fields) = body.as_object_mut() else {
+        return Err(ApiError::bad_request(
+            "invalid_json",
+            format!("the {what} must be a JSON object, e.g. {example}"),
+        ));
+    };
+    match fields.get(field) {
+        None => {
+            fields.insert(field.into(), Value::String(name.to_owned()));
+        }
+        Some(Value::String(s)) if s == name => {}
+        Some(other) => {
+            return Err(ApiError::bad_request(
+                "invalid",
+                format!(
+                    "{what}.{field}: the body says {other} but the path says `{name}`; make them agree or leave `{field}` out"
+                ),
+            ));
+        }
+    }
+    serde_json::from_value(body).map_err(|e| {
+        ApiError::bad_request("invalid_json", format!("not a {what}: {e}; e.g. {example}"))
+    })
+}
+
+/// The schema of `T` with `field` no longer required (it comes from the path).
+pub(super) fn without_required<T: PartialSchema>(field: &str, description: &str) -> RefOr<Schema> {
+    let mut schema = T::schema();
+    if let RefOr::T(Schema::Object(object)) = &mut schema {
+        object.required.retain(|f| f != field);
+        object.description = Some(description.to_owned());
+    }
+    schema
+}
+
+/// The request body of `PUT /api/v1/policies/{service}`: a [`ScalingPolicy`]
+/// whose `service` may be left out.
+pub struct PolicyBody;
+
+impl PartialSchema for PolicyBody {
+    fn schema() -> RefOr<Schema> {
+        without_required::<ScalingPolicy>(
+            "service",
+            "A ScalingPolicy; `service` may be left out (it must match the path if given). \
+             Also: `min` <= `max`.",
+        )
+    }
+}
+
+impl ToSchema for PolicyBody {
+    fn name() -> Cow<'static, str> {
+        Cow::Borrowed("PolicyBody")
+    }
+    fn schemas(schemas: &mut Vec<(String, RefOr<Schema>)>) {
+        <ScalingPolicy as ToSchema>::schemas(schemas);
+    }
 }
 
 /// `PUT /api/v1/routes/{name}`.
 #[utoipa::path(put, path = "/api/v1/routes/{name}", tag = "operator",
     params(("name" = String, Path, description = "Route name (letters, digits, `.`, `_`, `-`)")),
-    request_body(content = Object, description = "A Route: `service` (required), `path_prefix` (default `/`), \
-        `host`, `policy` (round-robin | least-request | consistent-hash | sticky), `hash_key`, `strip_prefix`, \
-        `timeout_ms`, `try_timeout_ms`, `retries`", content_type = "application/json"),
+    request_body(content = Route, description = "A Route. `consistent-hash` needs `hash_key`.",
+        content_type = "application/json"),
     responses(
         (status = 201, description = "Created", body = RouteView),
         (status = 200, description = "Replaced", body = RouteView),
-        (status = 400, description = "Invalid name or route; `detail` names the field", body = crate::admin::ErrorBody),
-        (status = 401, description = "Missing or wrong bearer token", body = crate::admin::ErrorBody),
-        (status = 413, description = "Body over 64 KiB", body = crate::admin::ErrorBody),
-        (status = 503, description = "etcd unreachable", body = crate::admin::ErrorBody),
+        (status = 400, description = "Invalid name, body or route; `detail` names the field", body = ErrorBody),
+        (status = 401, description = "Missing or wrong bearer token", body = ErrorBody),
+        (status = 413, description = "Body over 64 KiB", body = ErrorBody),
+        (status = 415, description = "The body is not `application/json`", body = ErrorBody),
+        (status = 503, description = "etcd unreachable", body = ErrorBody),
     ))]
 pub async fn put_route(
     State(state): State<AdminState>,
-    Path(name): Path<String>,
+    Name(name): Name,
     JsonBody(route): JsonBody<Route>,
 ) -> Write<RouteView> {
     let route = required(route, r#"{"service":"app","path_prefix":"/api"}"#)?;
@@ -124,14 +191,12 @@ pub async fn put_route(
     params(("name" = String, Path, description = "Route name")),
     responses(
         (status = 200, description = "Deleted", body = Deleted),
-        (status = 401, description = "Missing or wrong bearer token", body = crate::admin::ErrorBody),
-        (status = 404, description = "No such route", body = crate::admin::ErrorBody),
-        (status = 503, description = "etcd unreachable", body = crate::admin::ErrorBody),
+        (status = 400, description = "Invalid name", body = ErrorBody),
+        (status = 401, description = "Missing or wrong bearer token", body = ErrorBody),
+        (status = 404, description = "No such route", body = ErrorBody),
+        (status = 503, description = "etcd unreachable", body = ErrorBody),
     ))]
-pub async fn delete_route(
-    State(state): State<AdminState>,
-    Path(name): Path<String>,
-) -> Write<Deleted> {
+pub async fn delete_route(State(state): State<AdminState>, Name(name): Name) -> Write<Deleted> {
     let store = state.control.store();
     let existed = store.delete_route(&name).await.map_err(store_error)?;
     deleted(existed, store.keys().route(&name), || {
@@ -139,55 +204,28 @@ pub async fn delete_route(
     })
 }
 
+const POLICY_EXAMPLE: &str = r#"{"min":1,"max":5,"metric":"inflight","target":4}"#;
+
 /// `PUT /api/v1/policies/{service}`.
 #[utoipa::path(put, path = "/api/v1/policies/{service}", tag = "operator",
     params(("service" = String, Path, description = "Service name")),
-    request_body(content = Object, description = "A ScalingPolicy: `min`, `max`, `metric` (inflight | rps | \
-        p95-latency | cpu), `target`, and optionally `tolerance`, `scale_up_stabilization_secs`, \
-        `scale_down_stabilization_secs`, `max_scale_up_step`, `max_scale_down_step`, `step_period_secs`, \
-        `warmup_secs`, `pinned`. `service` may be omitted; if present it must match the path.",
-        content_type = "application/json"),
+    request_body(content = PolicyBody, content_type = "application/json"),
     responses(
-        (status = 201, description = "Created", body = Object),
-        (status = 200, description = "Replaced", body = Object),
-        (status = 400, description = "Invalid policy; `detail` names the field", body = crate::admin::ErrorBody),
-        (status = 401, description = "Missing or wrong bearer token", body = crate::admin::ErrorBody),
-        (status = 413, description = "Body over 64 KiB", body = crate::admin::ErrorBody),
-        (status = 503, description = "etcd unreachable", body = crate::admin::ErrorBody),
+        (status = 201, description = "Created", body = ScalingPolicy),
+        (status = 200, description = "Replaced", body = ScalingPolicy),
+        (status = 400, description = "Invalid service, body or policy; `detail` names the field", body = ErrorBody),
+        (status = 401, description = "Missing or wrong bearer token", body = ErrorBody),
+        (status = 413, description = "Body over 64 KiB", body = ErrorBody),
+        (status = 415, description = "The body is not `application/json`", body = ErrorBody),
+        (status = 503, description = "etcd unreachable", body = ErrorBody),
     ))]
 pub async fn put_policy(
     State(state): State<AdminState>,
-    Path(service): Path<String>,
+    Name(service): Name,
     JsonBody(body): JsonBody<Value>,
 ) -> Write<ScalingPolicy> {
-    segment("service", &service)?;
-    let mut body = required(body, r#"{"min":1,"max":5,"metric":"inflight","target":4}"#)?;
-    let Some(fields) = body.as_object_mut() else {
-        return Err(ApiError::bad_request(
-            "invalid_json",
-            "the policy must be a JSON object",
-        ));
-    };
-    match fields.get("service") {
-        None => {
-            fields.insert("service".into(), Value::String(service.clone()));
-        }
-        Some(Value::String(s)) if *s == service => {}
-        Some(other) => {
-            return Err(ApiError::bad_request(
-                "invalid",
-                format!(
-                    "policy.service: the body says {other} but the path says `{service}`; make them agree or leave `service` out"
-                ),
-            ));
-        }
-    }
-    let policy: ScalingPolicy = serde_json::from_value(body).map_err(|e| {
-        ApiError::bad_request(
-            "invalid_json",
-            format!("not a scaling policy: {e}; e.g. {{\"min\":1,\"max\":5,\"metric\":\"inflight\",\"target\":4}}"),
-        )
-    })?;
+    let body = required(body, POLICY_EXAMPLE)?;
+    let policy: ScalingPolicy = named_body(body, "service", &service, "policy", POLICY_EXAMPLE)?;
     let written = state
         .control
         .store()
@@ -202,14 +240,12 @@ pub async fn put_policy(
     params(("service" = String, Path, description = "Service name")),
     responses(
         (status = 200, description = "Deleted; the autoscaler stops managing the service", body = Deleted),
-        (status = 401, description = "Missing or wrong bearer token", body = crate::admin::ErrorBody),
-        (status = 404, description = "No such policy", body = crate::admin::ErrorBody),
-        (status = 503, description = "etcd unreachable", body = crate::admin::ErrorBody),
+        (status = 400, description = "Invalid service name", body = ErrorBody),
+        (status = 401, description = "Missing or wrong bearer token", body = ErrorBody),
+        (status = 404, description = "No such policy", body = ErrorBody),
+        (status = 503, description = "etcd unreachable", body = ErrorBody),
     ))]
-pub async fn delete_policy(
-    State(state): State<AdminState>,
-    Path(service): Path<String>,
-) -> Write<Deleted> {
+pub async fn delete_policy(State(state): State<AdminState>, Name(service): Name) -> Write<Deleted> {
     let store = state.control.store();
     let existed = store.delete_policy(&service).await.map_err(store_error)?;
     deleted(existed, store.keys().policy(&service), || {
@@ -217,29 +253,23 @@ pub async fn delete_policy(
     })
 }
 
-/// Body of `PUT .../pin`.
-#[derive(Debug, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct PinBody {
-    /// The replica count to hold (0..=1000); replaces the metric's answer.
-    pub replicas: u32,
-}
-
 /// `PUT /api/v1/services/{service}/pin`.
 #[utoipa::path(put, path = "/api/v1/services/{service}/pin", tag = "operator",
     params(("service" = String, Path, description = "Service name")),
     request_body(content = PinBody, content_type = "application/json"),
     responses(
-        (status = 200, description = "Pinned; the policy as stored", body = Object),
-        (status = 400, description = "Invalid replica count", body = crate::admin::ErrorBody),
-        (status = 401, description = "Missing or wrong bearer token", body = crate::admin::ErrorBody),
-        (status = 404, description = "The service has no policy", body = crate::admin::ErrorBody),
-        (status = 409, description = "The policy changed meanwhile; read it and try again", body = crate::admin::ErrorBody),
-        (status = 503, description = "etcd unreachable", body = crate::admin::ErrorBody),
+        (status = 200, description = "Pinned; the policy as stored", body = ScalingPolicy),
+        (status = 400, description = "Invalid service, body or replica count", body = ErrorBody),
+        (status = 401, description = "Missing or wrong bearer token", body = ErrorBody),
+        (status = 404, description = "The service has no policy", body = ErrorBody),
+        (status = 409, description = "The policy changed meanwhile, or cannot be used; read it and try again", body = ErrorBody),
+        (status = 413, description = "Body over 64 KiB", body = ErrorBody),
+        (status = 415, description = "The body is not `application/json`", body = ErrorBody),
+        (status = 503, description = "etcd unreachable", body = ErrorBody),
     ))]
 pub async fn pin(
     State(state): State<AdminState>,
-    Path(service): Path<String>,
+    Name(service): Name,
     JsonBody(body): JsonBody<PinBody>,
 ) -> Write<ScalingPolicy> {
     let body = required(body, r#"{"replicas":3}"#)?;
@@ -250,16 +280,14 @@ pub async fn pin(
 #[utoipa::path(delete, path = "/api/v1/services/{service}/pin", tag = "operator",
     params(("service" = String, Path, description = "Service name")),
     responses(
-        (status = 200, description = "Unpinned (or was not pinned); the policy as stored", body = Object),
-        (status = 401, description = "Missing or wrong bearer token", body = crate::admin::ErrorBody),
-        (status = 404, description = "The service has no policy", body = crate::admin::ErrorBody),
-        (status = 409, description = "The policy changed meanwhile; try again", body = crate::admin::ErrorBody),
-        (status = 503, description = "etcd unreachable", body = crate::admin::ErrorBody),
+        (status = 200, description = "Unpinned (or was not pinned); the policy as stored", body = ScalingPolicy),
+        (status = 400, description = "Invalid service name", body = ErrorBody),
+        (status = 401, description = "Missing or wrong bearer token", body = ErrorBody),
+        (status = 404, description = "The service has no policy", body = ErrorBody),
+        (status = 409, description = "The policy changed meanwhile, or cannot be used; try again", body = ErrorBody),
+        (status = 503, description = "etcd unreachable", body = ErrorBody),
     ))]
-pub async fn unpin(
-    State(state): State<AdminState>,
-    Path(service): Path<String>,
-) -> Write<ScalingPolicy> {
+pub async fn unpin(State(state): State<AdminState>, Name(service): Name) -> Write<ScalingPolicy> {
     set_pin(&state, &service, None).await
 }
 
@@ -280,44 +308,34 @@ async fn set_pin(state: &AdminState, service: &str, pinned: Option<u32>) -> Writ
     }
 }
 
-/// Optional body of `POST .../retire`.
-#[derive(Debug, Default, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct RetireBody {
-    /// Why, for the logs (default "retired through the admin API").
-    pub reason: Option<String>,
-}
-
-/// What a retire answers.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct Retiring {
-    pub service: String,
-    pub id: String,
-    /// The retire key written.
-    pub key: String,
-    pub reason: String,
-}
-
 /// `POST /api/v1/services/{service}/instances/{id}/retire`.
 #[utoipa::path(post, path = "/api/v1/services/{service}/instances/{id}/retire", tag = "operator",
     params(("service" = String, Path, description = "Service name"), ("id" = String, Path, description = "Instance id")),
-    request_body(content = Option<RetireBody>, content_type = "application/json"),
+    request_body(content = Option<RetireBody>, description = "Optional", content_type = "application/json"),
     responses(
         (status = 202, description = "The retire key is written; the instance drains and leaves by itself", body = Retiring),
-        (status = 400, description = "Bad service, id or reason", body = crate::admin::ErrorBody),
-        (status = 401, description = "Missing or wrong bearer token", body = crate::admin::ErrorBody),
-        (status = 404, description = "No such registered instance", body = crate::admin::ErrorBody),
-        (status = 503, description = "etcd unreachable", body = crate::admin::ErrorBody),
+        (status = 400, description = "Bad service, id, body or reason", body = ErrorBody),
+        (status = 401, description = "Missing or wrong bearer token", body = ErrorBody),
+        (status = 404, description = "No such registered instance", body = ErrorBody),
+        (status = 413, description = "Body over 64 KiB", body = ErrorBody),
+        (status = 415, description = "The body is not `application/json`", body = ErrorBody),
+        (status = 503, description = "etcd unreachable", body = ErrorBody),
     ))]
 pub async fn retire(
     State(state): State<AdminState>,
-    Path((service, id)): Path<(String, String)>,
+    ServiceAndId(service, id): ServiceAndId,
     JsonBody(body): JsonBody<RetireBody>,
 ) -> Write<Retiring> {
     let reason = body
         .unwrap_or_default()
         .reason
         .unwrap_or_else(|| "retired through the admin API".to_owned());
+    if reason.chars().count() > MAX_RETIRE_REASON_CHARS {
+        return Err(ApiError::bad_request(
+            "invalid",
+            format!("retire.reason: at most {MAX_RETIRE_REASON_CHARS} characters"),
+        ));
+    }
     let request = RetireRequest::new(reason, Some("api"));
     let store = state.control.store();
     match store.retire(&service, &id, &request).await {
@@ -337,34 +355,25 @@ pub async fn retire(
     }
 }
 
-/// Optional body of `POST .../rollout`.
-#[derive(Debug, Default, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct RolloutBody {
-    /// New instances started beyond the desired count at a time (default 1).
-    pub max_surge: Option<u32>,
-    /// Old instances retired before their replacement is ready (default 0).
-    pub max_unavailable: Option<u32>,
-}
-
 /// `POST /api/v1/services/{service}/rollout`.
 #[utoipa::path(post, path = "/api/v1/services/{service}/rollout", tag = "operator",
     params(("service" = String, Path, description = "Service name")),
-    request_body(content = Option<RolloutBody>, content_type = "application/json"),
+    request_body(content = Option<RolloutBody>, description = "Optional", content_type = "application/json"),
     responses(
-        (status = 202, description = "Requested; the autoscaler replaces every instance and deletes the request when done", body = Object),
-        (status = 400, description = "Invalid surge/unavailable", body = crate::admin::ErrorBody),
-        (status = 401, description = "Missing or wrong bearer token", body = crate::admin::ErrorBody),
-        (status = 404, description = "The service has no policy (the autoscaler does not manage it)", body = crate::admin::ErrorBody),
-        (status = 409, description = "A rollout of the service is already in progress", body = crate::admin::ErrorBody),
-        (status = 503, description = "etcd unreachable", body = crate::admin::ErrorBody),
+        (status = 202, description = "Requested; the autoscaler replaces every instance and deletes the request when done", body = Rollout),
+        (status = 400, description = "Invalid service, body or surge/unavailable (not both 0)", body = ErrorBody),
+        (status = 401, description = "Missing or wrong bearer token", body = ErrorBody),
+        (status = 404, description = "The service has no policy (the autoscaler does not manage it)", body = ErrorBody),
+        (status = 409, description = "A rollout of the service is already in progress", body = ErrorBody),
+        (status = 413, description = "Body over 64 KiB", body = ErrorBody),
+        (status = 415, description = "The body is not `application/json`", body = ErrorBody),
+        (status = 503, description = "etcd unreachable", body = ErrorBody),
     ))]
 pub async fn rollout(
     State(state): State<AdminState>,
-    Path(service): Path<String>,
+    Name(service): Name,
     JsonBody(body): JsonBody<RolloutBody>,
 ) -> Write<Rollout> {
-    segment("service", &service)?;
     let body = body.unwrap_or_default();
     let mut rollout = Rollout::request(service.clone(), "api");
     if let Some(n) = body.max_surge {

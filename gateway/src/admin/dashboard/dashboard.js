@@ -154,9 +154,20 @@ function servicePanel(p, nowMs) {
       head.append(el("span", { class: "badge", "data-pinned": pol.pinned }, `pinned at ${pol.pinned}`));
     }
   }
+  if (p.spec_version) {
+    head.append(el("span", { class: "muted", "data-spec-version": p.spec_version, title: p.spec_version },
+      `spec ${p.spec_version.slice(0, 8)}`));
+  }
   if (p.rollout) {
-    head.append(el("span", { class: "badge", "data-rollout": "" },
-      `rollout in progress (surge ${p.rollout.max_surge}, unavailable ${p.rollout.max_unavailable})`));
+    // With a spec: how many instances run its version; without, how many
+    // of the instances being replaced are gone.
+    const old = p.rollout.replacing;
+    const progress = p.on_spec_version !== null && p.on_spec_version !== undefined
+      ? `${p.on_spec_version}/${p.total_instances} on new version`
+      : old ? `${old.filter((id) => !p.instances.some((i) => i.id === id && i.state !== "draining")).length}/${old.length} replaced`
+      : "waiting for the autoscaler";
+    head.append(el("span", { class: "badge", "data-rollout": progress },
+      `rolling: ${progress} (surge ${p.rollout.max_surge}, unavailable ${p.rollout.max_unavailable})`));
   }
   const cards = el("div", { class: "instances" });
   if (p.instances.length === 0) cards.append(el("p", { class: "empty" }, "no instances"));
