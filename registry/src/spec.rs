@@ -128,6 +128,20 @@ pub struct Readiness {
     pub while_running: bool,
 }
 
+impl Readiness {
+    /// The `registry run` flags that carry this readiness rule.
+    pub fn registry_run_flags(&self) -> Vec<String> {
+        let mut flags = Vec::new();
+        if let Some(path) = &self.path {
+            flags.extend(["--health-path".to_owned(), path.clone()]);
+        }
+        if self.while_running {
+            flags.push("--health-while-running".to_owned());
+        }
+        flags
+    }
+}
+
 /// Who registers an instance.
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]

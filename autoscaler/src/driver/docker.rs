@@ -458,9 +458,7 @@ impl DockerDriver {
             ]
             .map(str::to_owned)
             .to_vec();
-            if let Some(path) = &service.readiness.path {
-                cmd.extend(["--health-path".to_owned(), path.clone()]);
-            }
+            cmd.extend(service.readiness.registry_run_flags());
             for (key, value) in &service.labels {
                 cmd.extend(["--label".to_owned(), format!("{key}={value}")]);
             }

@@ -173,9 +173,7 @@ fn managed(
         "--drain-grace".into(),
         format!("{}s", service.drain_grace_secs),
     ];
-    if let Some(path) = &service.readiness.path {
-        argv.extend(["--health-path".into(), path.clone()]);
-    }
+    argv.extend(service.readiness.registry_run_flags());
     argv.push("--".into());
     argv.extend(program);
     Ok(argv)

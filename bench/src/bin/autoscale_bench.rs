@@ -16,7 +16,8 @@
 
 use std::time::{Duration, Instant};
 
-use registry::{Instance, InstanceState, Keys};
+use registry::model::ScalingPolicy;
+use registry::{Instance, InstanceState, Keys, Store};
 use shoal_tests::autoscaler::autoscaler_cli;
 use shoal_tests::platform::APP;
 use shoal_tests::{Load, Platform, wait_until_async};
@@ -140,13 +141,11 @@ async fn round(window: u64) -> anyhow::Result<Round> {
     r.scale_in_failed = base_report.failures.len();
 
     // The rolling restart under the 2 clients; the policy keeps 2 running.
-    client
-        .clone()
-        .put(
-            Keys::default().policy("app"),
-            r#"{"service":"app","min":2,"max":4,"metric":"inflight","target":2,"scale_down_stabilization_secs":30}"#,
-            None,
-        )
+    let policy: ScalingPolicy = serde_json::from_str(
+        r#"{"service":"app","min":2,"max":4,"metric":"inflight","target":2,"scale_down_stabilization_secs":30}"#,
+    )?;
+    Store::etcd(client.clone(), Keys::default())
+        .put_policy(&policy)
         .await?;
     wait_until_async(Duration::from_secs(20), "2 ready instances", || async {
         instances(&client)

@@ -166,6 +166,87 @@ async fn run_attach_registers_a_program_it_did_not_start_and_leaves_it_running()
     assert_eq!(out.status.code(), Some(2), "{out:?}");
 }
 
+/// A Python HTTP server whose `/healthz` answers 503 while `{dir}/sick` exists.
+const TOGGLED_HEALTH: &str = r#"
+import os, sys
+from http.server import BaseHTTPRequestHandler, HTTPServer
+sick = os.path.join(sys.argv[2], "sick")
+class H(BaseHTTPRequestHandler):
+    def do_GET(self):
+        self.send_response(503 if os.path.exists(sick) else 200)
+        self.send_header("content-length", "0")
+        self.end_headers()
+    def log_message(self, *args):
+        pass
+HTTPServer(("127.0.0.1", int(sys.argv[1])), H).serve_forever()
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_while_running_takes_a_failing_program_out_of_routing_and_back() {
+    let etcd = Etcd::start().await;
+    let client = etcd.client().await;
+    let dir = tempfile::tempdir().unwrap();
+    let dir_arg = dir.path().display().to_string();
+    let args: Vec<String> = [
+        "--etcd",
+        &etcd.endpoint(),
+        "run",
+        "--service",
+        "py",
+        "--id",
+        "toggled",
+        "--port-env",
+        "PORT",
+        "--health-path",
+        "/healthz",
+        "--health-while-running",
+        "--",
+        "sh",
+        "-c",
+        &format!("exec python3 -c '{TOGGLED_HEALTH}' \"$PORT\" {dir_arg}"),
+    ]
+    .map(String::from)
+    .to_vec();
+    let mut wrapper = Proc::spawn(
+        "registry-run",
+        &bin_path("registry"),
+        &args,
+        &[],
+        &logs_dir(),
+    );
+    let key = registry::Keys::default().instance("py", "toggled");
+    let is_starting = |i: Option<&registry::Instance>| {
+        i.is_some_and(|i| i.state == registry::InstanceState::Starting)
+    };
+    wait_instance(&client, &key, Duration::from_secs(20), "ready", is_ready).await;
+    std::fs::write(dir.path().join("sick"), "").unwrap();
+    // Three failed probes a second apart.
+    wait_instance(
+        &client,
+        &key,
+        Duration::from_secs(10),
+        "out of routing while sick",
+        is_starting,
+    )
+    .await;
+    std::fs::remove_file(dir.path().join("sick")).unwrap();
+    wait_instance(
+        &client,
+        &key,
+        Duration::from_secs(5),
+        "back in routing",
+        is_ready,
+    )
+    .await;
+    wrapper.signal(Signal::SIGTERM);
+    wrapper.wait_exit(Duration::from_secs(15)).await;
+    let log = wrapper.stderr();
+    assert!(
+        log.contains("out of routing until it passes") && log.contains("back in routing"),
+        "both changes are logged:\n{log}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn watch_prints_one_line_per_change() {
     let etcd = Etcd::start().await;

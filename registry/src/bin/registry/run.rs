@@ -5,7 +5,10 @@
 //!    (every input error surfaces here, before anything starts);
 //! 2. spawn the child and register it `starting` at once;
 //! 3. wait until it answers ([`wait_ready`]), then mark it `ready`;
-//! 4. serve until a trigger: SIGTERM/SIGINT, the retire key, or the child exiting;
+//! 4. serve until a trigger: SIGTERM/SIGINT, the retire key, or the child
+//!    exiting; with `--health-while-running`, out of routing (`starting`)
+//!    while the probe fails [`FAILURES_BEFORE_UNREADY`] times in a row, back
+//!    once it passes ([`serve`]);
 //! 5. drain: `draining`, the grace period while the child still serves,
 //!    SIGTERM, SIGKILL after the drain timeout;
 //! 6. deregister, delete the retire key, exit with the child's code.
@@ -37,6 +40,10 @@ use crate::{child, etcd, out};
 
 /// How often readiness is probed while the child starts.
 const PROBE_INTERVAL: Duration = Duration::from_millis(50);
+/// How often a ready program is probed with `--health-while-running`.
+const WHILE_RUNNING_INTERVAL: Duration = Duration::from_secs(1);
+/// Probes in a row that must fail before a ready program leaves routing.
+const FAILURES_BEFORE_UNREADY: u32 = 3;
 /// How long to wait for etcd to confirm a state change before going on without it.
 const STATE_WRITE_WAIT: Duration = Duration::from_secs(2);
 
@@ -72,6 +79,11 @@ pub struct RunArgs {
     /// ready means its port accepts a TCP connection.
     #[arg(long, env = "SHOAL_HEALTH_PATH", value_name = "PATH", value_parser = health_path)]
     pub health_path: Option<String>,
+
+    /// Keep probing once ready: out of routing while the probe fails (3 in a
+    /// row, 1 s apart), back in once it passes.
+    #[arg(long, env = "SHOAL_HEALTH_WHILE_RUNNING")]
+    pub health_while_running: bool,
 
     /// How long the program may take to become ready before it is stopped.
     #[arg(long, env = "SHOAL_STARTUP_TIMEOUT", default_value = "60s", value_parser = positive_duration)]
@@ -237,7 +249,7 @@ async fn serve_and_drain(
             }
             info!(addr = %plan.instance.addr, pid, "ready");
             announce(&plan.instance, pid);
-            (life.next_trigger().await?, true)
+            (serve(life, registration, probe, args).await?, true)
         }
         Startup::Ended(trigger) => (trigger, false),
         Startup::TimedOut => return Err(give_up_starting(life, probe, args, plan).await),
@@ -305,6 +317,52 @@ async fn stop_child(life: &mut Life, timeout: Duration) -> io::Result<ExitStatus
     match &mut life.child {
         Some(child) => child::stop(child, timeout, &mut life.signals).await,
         None => Ok(std::os::unix::process::ExitStatusExt::from_raw(0)),
+    }
+}
+
+/// Serve until a trigger. With `--health-while-running`, the program is
+/// probed every [`WHILE_RUNNING_INTERVAL`]: [`FAILURES_BEFORE_UNREADY`]
+/// failures in a row mark it `starting` (gateways stop routing to it), a
+/// pass marks it `ready` again.
+async fn serve(
+    life: &mut Life,
+    registration: &Registration,
+    probe: &Probe,
+    args: &RunArgs,
+) -> anyhow::Result<Trigger> {
+    if !args.health_while_running {
+        return life.next_trigger().await;
+    }
+    let mut tick = tokio::time::interval(WHILE_RUNNING_INTERVAL);
+    tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    // The first tick is now, and the program was just probed ready.
+    tick.tick().await;
+    let (mut failures, mut routed) = (0u32, true);
+    loop {
+        let probed = async {
+            tick.tick().await;
+            probe.is_ready().await
+        };
+        tokio::select! {
+            trigger = life.next_trigger() => return trigger,
+            ready = probed => {
+                if ready {
+                    failures = 0;
+                    if !routed {
+                        routed = true;
+                        registration.set_state(InstanceState::Ready);
+                        info!(%probe, "the probe passes again: back in routing");
+                    }
+                } else {
+                    failures += 1;
+                    if routed && failures >= FAILURES_BEFORE_UNREADY {
+                        routed = false;
+                        registration.set_state(InstanceState::Starting);
+                        warn!(failures, %probe, "the probe fails: out of routing until it passes");
+                    }
+                }
+            }
+        }
     }
 }
 
