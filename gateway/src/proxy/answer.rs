@@ -15,6 +15,7 @@ use super::response::ResponseBody;
 use super::{headers, upgrade};
 
 /// The instance's response on its way to the client.
+#[inline(always)]
 pub(super) fn respond(
     answer: Answer,
     service: &str,

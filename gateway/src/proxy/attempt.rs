@@ -5,14 +5,18 @@
 //! reclaimable body, the client side of an upgrade, the instances it failed
 //! on). A [`Plan`] is what one table says about it: the route's entry, the
 //! response and per-try timeouts, the retries allowed and the attempts made
-//! so far. [`Exchange::attempt`] makes one attempt: pick an instance not
-//! tried yet, admit it past the concurrency limit, send with the per-try
-//! timeout, then classify the result into an [`Attempted`]: an answer to
-//! relay, an error to answer with, another try, or no attempt left. When
-//! none is left, [`Exchange::hold_again`] says whether to wait for another
+//! so far. One attempt is four steps, which `Inner::serve` runs in order:
+//! [`Exchange::pick`] an instance not tried yet, [`Inner::admit`] it past
+//! the concurrency limit, send the [`Exchange::outgoing`] request to it [`within`] the
+//! per-try timeout, then [`Exchange::classify`] the result into an
+//! [`Attempted`]: an answer to relay, an error to answer with, another try,
+//! or no attempt left. The steps are plain functions, and the two waits
+//! (admit, send) are awaited by `serve` itself, so that a request is one
+//! state machine, not one nested in another. When none is left, [`Exchange::hold_again`] says whether to wait for another
 //! instance (step 4), and [`Exchange::give_up`] makes the error from the
 //! last failure.
 
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::task::Poll;
@@ -20,23 +24,24 @@ use std::time::{Duration, Instant};
 
 use http::request::Parts;
 use http::uri::PathAndQuery;
-use http::{HeaderValue, Response, StatusCode};
+use http::{HeaderValue, Request, Response, StatusCode};
 use hyper::body::Incoming;
 use hyper::upgrade::OnUpgrade;
 use registry::InstanceState;
 use tokio::sync::OwnedSemaphorePermit;
+use tokio::time::Sleep;
 use tracing::debug;
 
 use super::answer::fail;
-use super::body::Reclaimable;
+use super::body::{AttemptBody, Reclaimable};
 use super::error::GatewayError;
 use super::forward::{self, AttemptError};
 use super::limit::{InstanceLimit, Rejected};
-use super::pool::PooledBody;
+use super::pool::{PooledBody, SendError};
 use super::record::{AttemptRecord, RequestRecord};
 use super::response::ResponseBody;
 use super::retry::{self, Failure};
-use super::{Inner, MAX_ATTEMPTS, MAX_RETRIES, ResponseTimer, now};
+use super::{Inner, MAX_ATTEMPTS, MAX_RETRIES, now};
 use crate::backend::Backend;
 use crate::balance::{PickContext, RequestView};
 use crate::health::{self, Outcome};
@@ -45,8 +50,6 @@ use crate::table::{RouteEntry, RoutingTable};
 /// One request on its way through the handler, across hold rounds.
 pub(super) struct Exchange<'a> {
     pub proxy: &'a Inner,
-    /// The client connection's response timer.
-    pub timer: &'a ResponseTimer,
     pub started: Instant,
     /// The request's one clock reading, until the first attempt uses it;
     /// later attempts (after a failure or a hold) read the clock again.
@@ -92,6 +95,18 @@ impl Attempts {
     }
 }
 
+/// The instance picked for one attempt.
+pub(super) struct Pick {
+    pub backend: Arc<Backend>,
+    /// The instance's `x-shoal-instance` value.
+    pub instance: HeaderValue,
+    /// Whether the policy asks for the sticky cookie.
+    set_cookie: bool,
+    /// The attempt's clock reading: the pick's, unless it waited for a
+    /// concurrency permit.
+    pub sent_at: Instant,
+}
+
 /// What one attempt came to.
 pub(super) enum Attempted {
     /// The instance answered: relay its response.
@@ -117,6 +132,7 @@ pub(super) struct Answer {
 impl<'a> Exchange<'a> {
     /// The plan for the request on `entry`, `entry`'s table being the
     /// latest one read; the request is counted in its service's retry budget.
+    #[inline(always)]
     pub fn plan<'t>(&self, entry: &'t RouteEntry) -> Plan<'t> {
         let settings = &self.proxy.settings;
         let pool = &entry.pool;
@@ -165,13 +181,13 @@ impl<'a> Exchange<'a> {
         }
     }
 
-    /// One attempt: pick an instance not tried yet, admit it, send the
-    /// request with the per-try timeout, and classify what came back.
-    /// `table` is the snapshot `plan` was made from.
-    pub async fn attempt(&mut self, plan: &mut Plan<'_>, table: &RoutingTable) -> Attempted {
+    /// An attempt's first step: pick an instance not tried yet; `None` when
+    /// no attempt is left to make on `plan`.
+    #[inline(always)]
+    pub fn pick(&mut self, plan: &mut Plan<'_>) -> Option<Pick> {
         let attempts = &mut plan.attempts;
         if attempts.made >= attempts.max {
-            return Attempted::NoneLeft;
+            return None;
         }
         let entry = plan.entry;
         let pool = &entry.pool;
@@ -185,62 +201,91 @@ impl<'a> Exchange<'a> {
             now: at,
             slow_start: self.proxy.settings.slow_start,
         };
-        let Some(pick) = entry
+        let pick = entry
             .balancer
-            .pick(&pool.ready, &view, attempts.tried(), &ctx)
-        else {
-            return Attempted::NoneLeft;
-        };
+            .pick(&pool.ready, &view, attempts.tried(), &ctx)?;
         let backend = pool.ready[pick.index].clone();
         attempts.tried[attempts.made] = pick.index;
         attempts.made += 1;
-        let instance = backend.id_header.clone();
+        Some(Pick {
+            instance: backend.id_header.clone(),
+            backend,
+            set_cookie: pick.set_cookie,
+            sent_at: at,
+        })
+    }
 
-        let permit = match self.proxy.admit(&backend, table, plan.timeout).await {
-            Ok(permit) => permit,
-            Err(rejected) => {
-                debug!(instance = backend.id(), service = %pool.service, ?rejected, "instance at its concurrency limit");
-                let e = GatewayError::Overloaded {
-                    service: pool.service.clone(),
-                    instance: backend.id().to_owned(),
-                };
-                return Attempted::Failed(e, instance, None);
-            }
+    /// The gateway's answer when `pick`'s instance is at its concurrency
+    /// limit and its queue is full or the wait for a permit timed out.
+    #[cold]
+    pub fn overloaded(
+        &self,
+        plan: &Plan<'_>,
+        pick: &Pick,
+        rejected: Rejected,
+        record: RequestRecord,
+    ) -> Response<ResponseBody> {
+        let pool = &plan.entry.pool;
+        let backend = &pick.backend;
+        debug!(instance = backend.id(), service = %pool.service, ?rejected, "instance at its concurrency limit");
+        let e = GatewayError::Overloaded {
+            service: pool.service.clone(),
+            instance: backend.id().to_owned(),
         };
-        let Some(attempt_body) = self.body.attempt() else {
-            return Attempted::NoneLeft; // not reached: a retry is only chosen while the body is available
-        };
-        // Copied, not taken: a refused connection may be followed by a
-        // hold and another attempt.
-        let outgoing = forward::request(
+        fail(e, Some(&pick.instance), record, None)
+    }
+
+    /// The request `pick`'s instance is sent, with `body`: copied, not
+    /// taken, since a refused connection may be followed by a hold and
+    /// another attempt.
+    #[inline(always)]
+    pub fn outgoing(
+        &self,
+        plan: &Plan<'_>,
+        body: AttemptBody<Incoming>,
+    ) -> Request<AttemptBody<Incoming>> {
+        forward::request(
             &self.parts.method,
             plan.path_and_query.clone(),
             self.parts.headers.clone(),
-            attempt_body,
-        );
-        let sent_at = if permit.is_some() { now() } else { at };
-        let mut attempt = AttemptRecord::start(backend.clone(), permit, sent_at);
-        // The timeout counts from the attempt's clock reading.
-        let mut expiry = self
-            .timer
-            .start(tokio::time::Instant::from_std(sent_at) + plan.attempt_timeout);
-        let result = {
-            let send = self.proxy.upstream.send(
-                &backend,
-                outgoing,
-                sent_at,
-                self.client_upgrade.is_some(),
-            );
-            tokio::pin!(send);
-            std::future::poll_fn(|cx| {
-                if let Poll::Ready(sent) = send.as_mut().poll(cx) {
-                    return Poll::Ready(Some(sent));
-                }
-                expiry.as_mut().poll(cx).map(|()| None)
-            })
-            .await
-        };
-        self.timer.finish(expiry);
+            body,
+        )
+    }
+
+    /// Once admitted (with `permit` when limits are on): the attempt's
+    /// record and its deadline, counted from the attempt's clock reading.
+    #[inline(always)]
+    pub fn start(
+        &self,
+        plan: &Plan<'_>,
+        pick: &mut Pick,
+        permit: Option<OwnedSemaphorePermit>,
+    ) -> (AttemptRecord, tokio::time::Instant) {
+        if permit.is_some() {
+            pick.sent_at = now();
+        }
+        let attempt = AttemptRecord::start(pick.backend.clone(), permit, pick.sent_at);
+        let deadline = tokio::time::Instant::from_std(pick.sent_at) + plan.attempt_timeout;
+        (attempt, deadline)
+    }
+
+    /// An attempt's last step: what the instance's `result` (`None`: no
+    /// response headers before the deadline) comes to.
+    #[inline(always)]
+    pub fn classify(
+        &mut self,
+        plan: &mut Plan<'_>,
+        pick: Pick,
+        mut attempt: AttemptRecord,
+        result: Option<Result<Response<PooledBody>, SendError>>,
+    ) -> Attempted {
+        let Pick {
+            backend,
+            instance,
+            set_cookie,
+            sent_at,
+        } = pick;
+        let pool = &plan.entry.pool;
         let now = now();
         let ejection = &self.proxy.settings.ejection;
 
@@ -269,7 +314,7 @@ impl<'a> Exchange<'a> {
                 Attempted::Answered(Answer {
                     response,
                     instance,
-                    set_cookie: pick.set_cookie,
+                    set_cookie,
                     attempt,
                 })
             }
@@ -437,6 +482,22 @@ impl<'a> Exchange<'a> {
     }
 }
 
+/// `send`'s output, or `None` if `expiry` fires first. A plain future
+/// over both (no state machine of its own): the request's one async fn
+/// awaits it.
+#[inline]
+pub(super) fn within<F: Future>(
+    mut send: Pin<&mut F>,
+    mut expiry: Pin<&mut Sleep>,
+) -> impl Future<Output = Option<F::Output>> {
+    std::future::poll_fn(move |cx| {
+        if let Poll::Ready(sent) = send.as_mut().poll(cx) {
+            return Poll::Ready(Some(sent));
+        }
+        expiry.as_mut().poll(cx).map(|()| None)
+    })
+}
+
 impl Inner {
     /// Whether the latest table shows `backend` draining or gone.
     fn is_leaving(&self, backend: &Backend) -> bool {
@@ -449,7 +510,7 @@ impl Inner {
 
     /// A concurrency permit for `backend` when limits are on (ready at once
     /// when they are off).
-    fn admit(
+    pub(super) fn admit(
         &self,
         backend: &Backend,
         table: &RoutingTable,

@@ -68,15 +68,14 @@ use crate::config::Config;
 use crate::health::EjectionPolicy;
 use crate::table::TableHandle;
 use answer::{fail, respond};
-use attempt::{Attempted, Exchange};
-use body::Reclaimable;
+use attempt::{Attempted, Exchange, within};
 pub use error::GatewayError;
 pub use forward::HttpClient;
 use limit::InstanceLimit;
 use live_map::LiveMap;
 use pool::Upstream;
 use record::RequestRecord;
-use resolve::ClientRequest;
+use resolve::HostSource;
 pub use response::ResponseBody;
 pub use timer::ResponseTimer;
 
@@ -189,35 +188,31 @@ impl Inner {
     ) -> Response<ResponseBody> {
         let started = now();
         // 1. Resolve the route.
-        let ClientRequest {
-            mut parts,
-            body,
-            upgrade,
-            client_upgrade,
-            host,
-        } = match ClientRequest::new(request) {
-            Ok(request) => request,
+        let source = HostSource::of(&request);
+        let mut exchange = match Exchange::new(self, started, request) {
+            Ok(exchange) => exchange,
             Err(e) => return e.to_response(None),
         };
-        let host = match host.host() {
+        let host = match source.host() {
             Ok(host) => host,
             Err(e) => return e.to_response(None),
         };
         let first_table = self.table.load();
-        let first = first_table.resolve(host, parts.uri.path());
+        let first = first_table.resolve(host, exchange.parts.uri.path());
         let record = RequestRecord::start(&first.stats, &first.pool.counters, started);
-        if let Err(e) = limit::check_content_length(&parts.headers, self.settings.max_body_bytes) {
+        if let Err(e) =
+            limit::check_content_length(&exchange.parts.headers, self.settings.max_body_bytes)
+        {
             return fail(e, None, record, None);
         }
 
         // 2. Hold while the service has no ready instance. The first attempt
         // reuses the request's clock reading, unless the request was held.
-        let mut clock = Some(started);
         // Replaced when the request is held and a newer table answers.
         let mut table = first_table.clone();
         if first.pool.ready.is_empty() {
             let pool = first.pool.clone();
-            clock = None;
+            exchange.clock = None;
             // Boxed, here and on the other rare paths: the request's future
             // is moved several times on its way into hyper, so what it
             // carries inline is copied on every request.
@@ -232,28 +227,37 @@ impl Inner {
                 }
             }
         }
+        let parts = &mut exchange.parts;
+        let upgrade = exchange.client_upgrade.is_some();
         headers::prepare_request(&mut parts.headers, &parts.uri, upgrade, &client_ip);
-        let mut exchange = Exchange {
-            proxy: self,
-            timer,
-            started,
-            clock,
-            body: Reclaimable::new(body, self.settings.max_body_bytes),
-            parts,
-            client_upgrade,
-            failed_on: Vec::new(),
-            second_chance_used: false,
-        };
         loop {
             let entry = if Arc::ptr_eq(&table, &first_table) {
                 first
             } else {
                 table.resolve(host, exchange.parts.uri.path())
             };
-            // 3. Attempts on this table's instances.
+            // 3. Attempts on this table's instances: pick, admit, send, classify.
             let mut plan = exchange.plan(entry);
-            loop {
-                match exchange.attempt(&mut plan, &table).await {
+            while let Some(mut pick) = exchange.pick(&mut plan) {
+                let permit = match self.admit(&pick.backend, &table, plan.timeout).await {
+                    Ok(permit) => permit,
+                    Err(rejected) => return exchange.overloaded(&plan, &pick, rejected, record),
+                };
+                let Some(body) = exchange.body.attempt() else {
+                    break; // not reached: a retry is only chosen while the body is available
+                };
+                let outgoing = exchange.outgoing(&plan, body);
+                let (attempt, deadline) = exchange.start(&plan, &mut pick, permit);
+                let mut expiry = timer.start(deadline);
+                let result = {
+                    let send = self
+                        .upstream
+                        .send(&pick.backend, outgoing, pick.sent_at, upgrade);
+                    tokio::pin!(send);
+                    within(send, expiry.as_mut()).await
+                };
+                timer.finish(expiry);
+                match exchange.classify(&mut plan, pick, attempt, result) {
                     // 5. Answer.
                     Attempted::Answered(answer) => {
                         let upgrade = exchange.client_upgrade.take();

@@ -1,68 +1,75 @@
 //! Step 1 of a request: what routing needs from the client's request,
-//! checked. The request is taken apart (its parts, its body and, for an
-//! upgrade, the client side of the tunnel), and its host is read from the
-//! `Host` header, or the URI's authority for HTTP/2; the handler then
-//! resolves the route in the current table snapshot with it.
+//! checked. The request is taken apart into its [`Exchange`] (its parts, its
+//! body and, for an upgrade, the client side of the tunnel), and its host is
+//! read from the `Host` header, or the URI's authority for HTTP/2; the
+//! handler then resolves the route in the current table snapshot with it.
 //!
 //! The gateway proxies origin-form requests only: CONNECT, the `*` form and
 //! a `Host` that is not text get 400 before anything is routed or recorded.
 
+use std::time::Instant;
+
 use http::header::HOST;
-use http::request::Parts;
 use http::uri::Authority;
 use http::{HeaderValue, Method, Request};
 use hyper::body::Incoming;
-use hyper::upgrade::OnUpgrade;
 
+use super::attempt::Exchange;
+use super::body::Reclaimable;
 use super::error::GatewayError;
-use super::headers;
+use super::{Inner, headers};
 
-/// The client's request, taken apart for the handler's steps.
-pub(super) struct ClientRequest {
-    pub parts: Parts,
-    pub body: Incoming,
-    /// Whether it asks for an upgrade (HTTP/1.1 `Connection: upgrade`).
-    pub upgrade: bool,
-    /// The client side of that upgrade.
-    pub client_upgrade: Option<OnUpgrade>,
-    /// Where its host comes from, kept apart from `parts` (whose headers are
-    /// rewritten for the instance) so that every table it is resolved in
-    /// sees the host the client sent.
-    pub host: HostSource,
-}
-
-/// The request's `Host` header and URI authority, as the client sent them.
+/// The request's `Host` header and URI authority, as the client sent them,
+/// kept apart from the exchange (whose headers are rewritten for the
+/// instance) so that every table it is resolved in sees the host the client
+/// sent.
 pub(super) struct HostSource {
     header: Option<HeaderValue>,
     authority: Option<Authority>,
 }
 
-impl ClientRequest {
-    /// Take `request` apart; 400 for a request the gateway does not route.
-    pub fn new(mut request: Request<Incoming>) -> Result<Self, GatewayError> {
+impl<'a> Exchange<'a> {
+    /// Take `request` apart into the exchange that carries it through the
+    /// handler; 400 for a request the gateway does not route.
+    #[inline(always)]
+    pub fn new(
+        proxy: &'a Inner,
+        started: Instant,
+        mut request: Request<Incoming>,
+    ) -> Result<Self, GatewayError> {
         if request.method() == Method::CONNECT || !request.uri().path().starts_with('/') {
             return Err(GatewayError::BadRequest(
                 "the gateway proxies origin-form requests (GET /path); CONNECT and `*` are not supported".into(),
             ));
         }
+        // An upgrade is asked for (HTTP/1.1 `Connection: upgrade`) exactly
+        // when the client side of it is kept.
         let upgrade = headers::is_upgrade(request.version(), request.headers());
         let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut request));
         let (parts, body) = request.into_parts();
-        let host = HostSource {
-            header: headers::get(&parts.headers, &HOST).cloned(),
-            authority: parts.uri.authority().cloned(),
-        };
-        Ok(ClientRequest {
+        Ok(Exchange {
+            proxy,
+            started,
+            clock: Some(started),
             parts,
-            body,
-            upgrade,
+            body: Reclaimable::new(body, proxy.settings.max_body_bytes),
             client_upgrade,
-            host,
+            failed_on: Vec::new(),
+            second_chance_used: false,
         })
     }
 }
 
 impl HostSource {
+    /// Where `request`'s host comes from.
+    #[inline]
+    pub fn of(request: &Request<Incoming>) -> Self {
+        HostSource {
+            header: headers::get(request.headers(), &HOST).cloned(),
+            authority: request.uri().authority().cloned(),
+        }
+    }
+
     /// The host routes are matched on: the `Host` header, else the URI's
     /// authority (HTTP/2), else none; 400 when the header is not text.
     pub fn host(&self) -> Result<Option<&str>, GatewayError> {
