@@ -14,16 +14,19 @@
 #   bench/gateway-cost.sh                          # about 3 minutes
 #   IR_REQUESTS=0 bench/gateway-cost.sh            # CPU time only
 #   PROXIES=shoal KEEP_TMP=1 bench/gateway-cost.sh # keeps the callgrind profiles
+#   PROXIES="shoal before" BEFORE_BIN=/tmp/gateway-old bench/gateway-cost.sh
 #
 # Settings (environment): REQUESTS (50000), CONNECTIONS (64), ROUNDS (3),
 # IR_REQUESTS (5000; 0 skips callgrind), CACHE_SIM (1: callgrind also
 # simulates the caches, and the table gets cache misses per request),
-# PROXIES ("shoal nginx haproxy"), POLICIES ("round-robin least-request"),
+# PROXIES ("shoal nginx haproxy"; also `before`, see BEFORE_BIN), POLICIES ("round-robin least-request"),
 # PROXY_CORE (0), LOAD_CORES (1),
-# GATEWAY_BIN (a gateway binary other than the fresh build, e.g. a copy of
-# an earlier one to compare against), NO_BUILD=1 (use the release binaries
-# already built), KEEP_TMP=1 keeps configs, logs and callgrind profiles
-# (`callgrind_annotate $TMP/callgrind-shoal-round-robin.out.1`).
+# GATEWAY_BIN (a gateway binary other than the fresh build), BEFORE_BIN (an
+# earlier gateway binary, measured as the proxy `before`:
+# PROXIES="shoal before" compares a change with what it changes in one run),
+# NO_BUILD=1 (use the release binaries already built), KEEP_TMP=1 keeps
+# configs, logs and callgrind profiles
+# (`callgrind_annotate $TMP/callgrind-shoal-round-robin.out`).
 #
 # Exit status: 0 when every proxy was measured; 1 otherwise.
 set -euo pipefail
@@ -50,12 +53,6 @@ for setting in REQUESTS CONNECTIONS ROUNDS IR_REQUESTS; do
   [[ ${!setting} =~ ^[0-9]+$ ]] || { echo "error: $setting must be a whole number, not \`${!setting}\`" >&2; exit 1; }
 done
 [ "$REQUESTS" -ge 1000 ] || { echo "error: REQUESTS=$REQUESTS is too few to time; use at least 1000" >&2; exit 1; }
-for proxy in $PROXIES; do
-  case $proxy in
-    shoal | nginx | haproxy) ;;
-    *) echo "error: unknown proxy $proxy in PROXIES; use shoal, nginx, haproxy" >&2; exit 1 ;;
-  esac
-done
 
 source scripts/lib.sh
 source bench/lib/common.sh
@@ -199,6 +196,8 @@ row() { printf "$row_format\n" "${@:1:$row_columns}"; }
 echo
 echo "$(date -u '+%Y-%m-%d %H:%M UTC'), $(nproc) cores: $(awk -F': ' '/^model name/ { print $2; exit }' /proc/cpuinfo)"
 echo "wrk -t1 -c$CONNECTIONS, $REQUESTS requests x $ROUNDS round(s) (median), callgrind over $IR_REQUESTS; proxy on core $PROXY_CORE, wrk and 2 app servers on core(s) $LOAD_CORES"
+echo "Shoal's gateway: ${GATEWAY_BIN:-$BIN/gateway}"
+if [[ " $PROXIES " == *" before "* ]]; then echo "before: $BEFORE_BIN"; fi
 echo "(req/s is wall-clock and only meaningful on a quiet machine)"
 echo
 if [ "$CACHE_SIM" = 1 ]; then

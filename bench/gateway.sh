@@ -27,7 +27,10 @@
 # configs and logs. The gateway measured is the one the images ship, the
 # profile-guided build (scripts/pgo-gateway, about 12 minutes more; with
 # NO_BUILD=1 the one it last built); PGO=0 measures the plain release build,
-# GATEWAY_BIN=<path> any other.
+# GATEWAY_BIN=<path> any other. The proxy `before` is the gateway from
+# BEFORE_BIN, e.g. a copy of the build before a change:
+# PROXIES="shoal before nginx" BEFORE_BIN=/tmp/gateway-old PGO=0 bench/gateway.sh
+# puts the change against it round by round in the third table.
 #
 # Exit status: 0 when every proxy was measured; 1 when one did not answer
 # (its rows say FAILED and its log is printed) or something else went wrong.
@@ -216,6 +219,7 @@ echo
 echo "$(date -u '+%Y-%m-%d %H:%M UTC'), $(nproc) cores: $(awk -F': ' '/^model name/ { print $2; exit }' /proc/cpuinfo)"
 echo "wrk -t1 -c$CONNECTIONS -d${DURATION}s, median of $ROUNDS round(s); proxy on core $PROXY_CORE, wrk and 2 app servers on core(s) $LOAD_CORES"
 echo "Shoal's gateway: ${GATEWAY_BIN#"$ROOT"/}"
+if [[ " $PROXIES " == *" before "* ]]; then echo "before: $BEFORE_BIN"; fi
 echo
 row proxy policy "req/s" "p50 ms" "p99 ms" "p99 rounds" "vs nginx" errors "proxy cpu" "cpu us/req" "load cpu"
 echo "|---------|---------------|----------|---------|---------|-------------|----------|--------|-----------|-------------|----------|"

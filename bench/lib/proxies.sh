@@ -13,7 +13,9 @@
 # proxy's command, e.g. (valgrind --tool=callgrind); NGINX_MASTER=off runs
 # nginx as a single process (no master), which a wrapper needs to see the
 # worker. GATEWAY_BIN (default $BIN/gateway) runs another build of the
-# gateway, e.g. a copy of an earlier one to compare against.
+# gateway. The proxy `before` is Shoal's gateway again, from BEFORE_BIN (a
+# copy of an earlier build): with PROXIES="shoal before", one run measures
+# a change against what it changes, round by round.
 
 declare -A PORT=() LOG=() PID=() ADMIN=() FAILED=() STOP_STATUS=()
 PROXY_WRAPPER=(${PROXY_WRAPPER[@]+"${PROXY_WRAPPER[@]}"})
@@ -29,26 +31,41 @@ assign_ports() {
 
 # start_shoal [POLICY...]: one gateway per policy (default: POLICIES).
 start_shoal() {
-  local policy admin_port policies=${*:-$POLICIES}
-  local gateway=${GATEWAY_BIN:-$BIN/gateway}
+  start_gateway shoal "${GATEWAY_BIN:-$BIN/gateway}" GATEWAY_BIN "$@"
+}
+
+# start_before [POLICY...]: the same, from BEFORE_BIN, as the proxy `before`.
+start_before() {
+  start_gateway before "${BEFORE_BIN:-}" BEFORE_BIN "$@"
+}
+
+# start_gateway NAME BINARY SETTING [POLICY...]: one gateway per policy
+# (default: POLICIES) from BINARY, measured as the proxy NAME; SETTING is
+# the variable that names BINARY, for the message when it is missing.
+start_gateway() {
+  local name=$1 gateway=$2 setting=$3 policy admin_port id
+  shift 3
+  local policies=${*:-$POLICIES}
   if [ ! -x "$gateway" ]; then
     for policy in $policies; do
-      FAILED[shoal/$policy]="no gateway binary at $gateway (build it, or point GATEWAY_BIN at one)"
+      FAILED[$name/$policy]="no gateway binary at \`$gateway\` (build it, or point $setting at one)"
     done
     return
   fi
   for policy in $policies; do
-    LOG[shoal/$policy]=$TMP/shoal-$policy.log
+    LOG[$name/$policy]=$TMP/$name-$policy.log
     free_port admin_port
-    ADMIN[shoal/$policy]=$admin_port
+    ADMIN[$name/$policy]=$admin_port
+    id=bench-$policy
+    [ "$name" = shoal ] || id=bench-$name-$policy
     # Slow start off: nginx and HAProxy have none, and every instance is
     # "new" to a gateway that just started.
     taskset -c "$PROXY_CORE" ${PROXY_WRAPPER[@]+"${PROXY_WRAPPER[@]}"} "$gateway" --etcd "$ETCD_URL" \
-      --listen "127.0.0.1:${PORT[shoal/$policy]}" --admin-listen "127.0.0.1:$admin_port" \
+      --listen "127.0.0.1:${PORT[$name/$policy]}" --admin-listen "127.0.0.1:$admin_port" \
       --workers 1 --default-service app --default-policy "$policy" --slow-start 0s \
-      --id "bench-$policy" >"${LOG[shoal/$policy]}" 2>&1 &
+      --id "$id" >"${LOG[$name/$policy]}" 2>&1 &
     pids+=($!)
-    PID[shoal/$policy]=$!
+    PID[$name/$policy]=$!
   done
 }
 
@@ -147,11 +164,21 @@ CONF
   for policy in $POLICIES; do PID[haproxy/$policy]=$!; done
 }
 
-# check_settings: every policy in POLICIES is one the three proxies share,
-# and PGO (which gateway build pick_gateway measures) is 0 or 1; exits with
-# a message otherwise, before anything is built or started.
+# check_settings: every proxy in PROXIES is known (`before` only with
+# BEFORE_BIN), every policy in POLICIES is one the proxies share, and PGO
+# (which gateway build pick_gateway measures) is 0 or 1; exits with a
+# message otherwise, before anything is built or started.
 check_settings() {
-  local policy
+  local proxy policy
+  for proxy in $PROXIES; do
+    case $proxy in
+      shoal | nginx | haproxy) ;;
+      before)
+        [ -n "${BEFORE_BIN:-}" ] || { echo "error: PROXIES has before but BEFORE_BIN is not set; point it at an earlier gateway binary" >&2; exit 1; }
+        ;;
+      *) echo "error: unknown proxy $proxy in PROXIES; use shoal, before, nginx, haproxy" >&2; exit 1 ;;
+    esac
+  done
   for policy in $POLICIES; do
     case $policy in
       round-robin | least-request) ;;
@@ -164,13 +191,14 @@ check_settings() {
   esac
 }
 
-# start_proxy PROXY: start one of shoal, nginx, haproxy.
+# start_proxy PROXY: start one of shoal, before, nginx, haproxy.
 start_proxy() {
   case $1 in
     shoal) start_shoal ;;
+    before) start_before ;;
     nginx) start_nginx ;;
     haproxy) start_haproxy ;;
-    *) echo "error: unknown proxy $1 in PROXIES; use shoal, nginx, haproxy" >&2; exit 1 ;;
+    *) echo "error: unknown proxy $1 in PROXIES; use shoal, before, nginx, haproxy" >&2; exit 1 ;;
   esac
 }
 

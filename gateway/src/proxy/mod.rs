@@ -1,46 +1,55 @@
 //! The request handler: from a client's request to an instance's response.
 //!
-//! [`Proxy::handle`] takes one request through these steps:
-//! 1. Resolve the route in the current [`RoutingTable`] snapshot from the
-//!    `Host` header (or the URI authority, for HTTP/2) and the path; 400 for
-//!    a request it cannot route (CONNECT, `*`, a non-text Host).
-//! 2. Refuse a declared body over `--max-body-bytes` (413).
-//! 3. If the service has no ready instance, hold the request until one
-//!    registers, up to `--hold-timeout` (scale from zero), else 503.
-//! 4. Pick an instance with the route's policy, wait for a concurrency permit
-//!    if limits are on ([`limit`]), and send the request on the pooled client
-//!    with the response timeout ([`forward`]).
-//! 5. On failure, retry on another instance when [`retry`] allows; record
-//!    every attempt's outcome for passive [`health`](crate::health) and its
-//!    latency in the instance's peak-EWMA. When the last failure could be
-//!    retried but no other instance is left to try (a refused connection, so
-//!    nothing was sent; or, for an idempotent request, a reset), hold the
-//!    request until the registry offers an instance not tried yet, within
-//!    the same `--hold-timeout`: the only instance of a service was killed
-//!    and its replacement is on the way.
-//! 6. Stream the response back with `x-shoal-instance` (and the sticky cookie
-//!    when the policy asks), or join both sides of an upgrade ([`upgrade`]).
+//! [`Proxy::handle`] takes one request through these steps, each in a file
+//! of its own, run in order by `Inner::serve`:
+//! 1. Resolve ([`resolve`]): take the request apart and resolve its route in
+//!    the current [`RoutingTable`](crate::table::RoutingTable) snapshot
+//!    from the `Host` header (or the URI authority, for HTTP/2) and the
+//!    path; 400 for a request it cannot route (CONNECT, `*`, a non-text
+//!    Host). Refuse a declared body over `--max-body-bytes` (413).
+//! 2. Hold ([`hold`]): if the service has no ready instance, hold the request
+//!    until one registers, up to `--hold-timeout` (scale from zero), else 503.
+//! 3. Attempt ([`attempt`]): pick an instance with the route's policy, wait
+//!    for a concurrency permit if limits are on ([`limit`]), send the request
+//!    on a pooled connection ([`pool`]) with the response (or per-try)
+//!    timeout, and classify the result: on failure, retry on another
+//!    instance when [`retry`] allows; record every attempt's outcome for
+//!    passive [`health`](crate::health) and its latency in the instance's
+//!    peak-EWMA.
+//! 4. Hold again ([`hold`]): when the last failure could be retried but no
+//!    other instance is left to try (a refused connection, so nothing was
+//!    sent; or, for an idempotent request, a reset), hold the request until
+//!    the registry offers an instance not tried yet, within the same
+//!    `--hold-timeout`, then attempt again: the only instance of a service
+//!    was killed and its replacement is on the way.
+//! 5. Answer ([`answer`]): stream the response back with `x-shoal-instance`
+//!    (and the sticky cookie when the policy asks), or join both sides of an
+//!    upgrade ([`upgrade`]); or answer with the gateway's own error.
 //!
-//! Files: [`headers`] (rewriting), [`body`] (reclaimable, limited request
-//! body), [`response`] (response body carrying the stats guards), [`record`]
-//! (the guards), [`forward`] (one attempt), [`pool`] (keep-alive connections
-//! to instances), [`retry`] (rule and budget),
-//! [`limit`] (body size, per-instance concurrency), [`error`] (the gateway's
-//! own JSON errors), [`upgrade`] (tunnels), [`live_map`] (state kept across
-//! snapshots), [`timer`] (the response timer a connection's requests reuse).
+//! Other files: [`headers`] (rewriting), [`body`] (reclaimable, limited
+//! request body), [`response`] (response body carrying the stats guards),
+//! [`record`] (the guards), [`forward`] (the request an instance is sent,
+//! and what a failed send means), [`limit`] (body size, per-instance
+//! concurrency), [`error`] (the gateway's own JSON errors), [`live_map`]
+//! (state kept across snapshots), [`timer`] (the response timer a
+//! connection's requests reuse).
 //!
 //! `x-shoal-instance` on a response the gateway made names the last instance
 //! the request was sent to (the one that timed out or failed), or is `-` when
 //! no instance was involved (400, 413 on Content-Length, hold timeout).
 
+pub mod answer;
+pub mod attempt;
 pub mod body;
 pub mod error;
 pub mod forward;
 pub mod headers;
+pub mod hold;
 pub mod limit;
 pub mod live_map;
 pub mod pool;
 pub mod record;
+pub mod resolve;
 pub mod response;
 pub mod retry;
 pub mod timer;
@@ -50,33 +59,24 @@ pub mod upgrade;
 mod tests;
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
-use std::task::Poll;
 use std::time::{Duration, Instant};
 
-use http::header::{HOST, SET_COOKIE};
-use http::{HeaderValue, Method, Request, Response, StatusCode};
+use http::{HeaderValue, Request, Response};
 use hyper::body::Incoming;
-use hyper::upgrade::OnUpgrade;
-use registry::InstanceState;
-use tokio::sync::OwnedSemaphorePermit;
-use tracing::debug;
 
-use crate::backend::Backend;
-use crate::balance::{PickContext, RequestView};
 use crate::config::Config;
-use crate::health::{self, EjectionPolicy, Outcome};
-use crate::table::{RoutingTable, ServicePool, TableHandle};
-use body::Reclaimable;
+use crate::health::EjectionPolicy;
+use crate::table::TableHandle;
+use answer::{fail, respond};
+use attempt::{Attempted, Exchange, within};
 pub use error::GatewayError;
-use forward::AttemptError;
 pub use forward::HttpClient;
-use limit::{InstanceLimit, Rejected};
+use limit::InstanceLimit;
 use live_map::LiveMap;
-use pool::{PooledBody, Upstream};
-use record::{AttemptRecord, RequestRecord};
+use pool::Upstream;
+use record::RequestRecord;
+use resolve::HostSource;
 pub use response::ResponseBody;
-use retry::{Failure, RetryBudget};
 pub use timer::ResponseTimer;
 
 /// Most retries a request gets, whatever the configuration says.
@@ -178,71 +178,41 @@ impl Proxy {
     }
 }
 
-/// Where the attempts of one request stand.
-struct Attempts {
-    tried: [usize; MAX_ATTEMPTS],
-    made: usize,
-    max: usize,
-    /// The one retry after a reset or a draining 503 has been used.
-    second_chance_used: bool,
-    /// The last failure and the instance it happened on.
-    last_failure: Option<(Failure, String, Arc<Backend>)>,
-}
-
-impl Attempts {
-    fn tried(&self) -> &[usize] {
-        &self.tried[..self.made]
-    }
-}
-
 impl Inner {
+    /// One request, step by step (see the module doc).
     async fn serve(
         &self,
-        mut request: Request<Incoming>,
+        request: Request<Incoming>,
         client_ip: HeaderValue,
         timer: &ResponseTimer,
     ) -> Response<ResponseBody> {
         let started = now();
-        if request.method() == Method::CONNECT || !request.uri().path().starts_with('/') {
-            return GatewayError::BadRequest(
-                "the gateway proxies origin-form requests (GET /path); CONNECT and `*` are not supported".into(),
-            )
-            .to_response(None);
-        }
-        let upgrade = headers::is_upgrade(request.version(), request.headers());
-        let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut request));
-        let (mut parts, body) = request.into_parts();
-
-        let host_header = headers::get(&parts.headers, &HOST).cloned();
-        let authority = parts.uri.authority().cloned();
-        let host = match (&host_header, &authority) {
-            (Some(value), _) => match value.to_str() {
-                Ok(host) => Some(host),
-                Err(_) => {
-                    return GatewayError::BadRequest(
-                        "the Host header is not valid text; send a host name such as api.example.com".into(),
-                    )
-                    .to_response(None);
-                }
-            },
-            (None, Some(authority)) => Some(authority.as_str()),
-            (None, None) => None,
+        // 1. Resolve the route.
+        let source = HostSource::of(&request);
+        let mut exchange = match Exchange::new(self, started, request) {
+            Ok(exchange) => exchange,
+            Err(e) => return e.to_response(None),
         };
-
+        let host = match source.host() {
+            Ok(host) => host,
+            Err(e) => return e.to_response(None),
+        };
         let first_table = self.table.load();
-        let first = first_table.resolve(host, parts.uri.path());
-        // Replaced when the request is held and a newer table answers.
-        let mut table = first_table.clone();
+        let first = first_table.resolve(host, exchange.parts.uri.path());
         let record = RequestRecord::start(&first.stats, &first.pool.counters, started);
-        if let Err(e) = limit::check_content_length(&parts.headers, self.settings.max_body_bytes) {
+        if let Err(e) =
+            limit::check_content_length(&exchange.parts.headers, self.settings.max_body_bytes)
+        {
             return fail(e, None, record, None);
         }
-        // The first attempt reuses the request's clock reading; later ones
-        // (after a failure or a hold) read the clock again.
-        let mut clock = Some(started);
+
+        // 2. Hold while the service has no ready instance. The first attempt
+        // reuses the request's clock reading, unless the request was held.
+        // Replaced when the request is held and a newer table answers.
+        let mut table = first_table.clone();
         if first.pool.ready.is_empty() {
             let pool = first.pool.clone();
-            clock = None;
+            exchange.clock = None;
             // Boxed, here and on the other rare paths: the request's future
             // is moved several times on its way into hyper, so what it
             // carries inline is copied on every request.
@@ -257,487 +227,61 @@ impl Inner {
                 }
             }
         }
+        let parts = &mut exchange.parts;
+        let upgrade = exchange.client_upgrade.is_some();
         headers::prepare_request(&mut parts.headers, &parts.uri, upgrade, &client_ip);
-        let body = Reclaimable::new(body, self.settings.max_body_bytes);
-        let mut client_upgrade = client_upgrade;
-        let headers = parts.headers;
-        // Instances this request failed on, across hold rounds.
-        let mut failed_on: Vec<Arc<Backend>> = Vec::new();
-        let mut second_chance_used = false;
-        'hold: loop {
+        loop {
             let entry = if Arc::ptr_eq(&table, &first_table) {
                 first
             } else {
-                table.resolve(host, parts.uri.path())
+                table.resolve(host, exchange.parts.uri.path())
             };
-            let pool = &entry.pool;
-
-            let budget = &pool.counters.retry_budget;
-            budget.deposit(tokio::time::Instant::from_std(clock.unwrap_or_else(now)));
-
-            let timeout = entry
-                .route
-                .timeout_ms
-                .map_or(self.settings.response_timeout, Duration::from_millis);
-            // Each attempt's limit: the per-try timeout when it is shorter.
-            let attempt_timeout = entry
-                .route
-                .try_timeout_ms
-                .map(Duration::from_millis)
-                .or(self.settings.try_timeout)
-                .map_or(timeout, |per_try| per_try.min(timeout));
-            let retries = entry
-                .route
-                .retries
-                .unwrap_or(self.settings.retries)
-                .min(MAX_RETRIES);
-            let path_and_query = forward::forward_path_and_query(entry, &parts.uri);
-            let mut attempts = Attempts {
-                tried: [0; MAX_ATTEMPTS],
-                made: 0,
-                max: 1 + retries as usize,
-                second_chance_used,
-                last_failure: None,
-            };
-            // Instances that failed before the hold are not tried again.
-            for (index, backend) in pool.ready.iter().enumerate() {
-                if attempts.made < MAX_ATTEMPTS && failed_on.iter().any(|r| r.id() == backend.id())
-                {
-                    attempts.tried[attempts.made] = index;
-                    attempts.made += 1;
-                }
-            }
-            attempts.max = (attempts.made + 1 + retries as usize).min(MAX_ATTEMPTS);
-
-            loop {
-                if attempts.made >= attempts.max {
-                    break;
-                }
-                let view = RequestView {
-                    path: entry.path_after_prefix(parts.uri.path()),
-                    query: parts.uri.query(),
-                    headers: &headers,
-                };
-                let at = clock.take().unwrap_or_else(now);
-                let ctx = PickContext {
-                    now: at,
-                    slow_start: self.settings.slow_start,
-                };
-                let Some(pick) = entry
-                    .balancer
-                    .pick(&pool.ready, &view, attempts.tried(), &ctx)
-                else {
-                    break;
-                };
-                let backend = pool.ready[pick.index].clone();
-                attempts.tried[attempts.made] = pick.index;
-                attempts.made += 1;
-                let instance_header = backend.id_header.clone();
-
-                let permit = match self.admit(&backend, &table, timeout).await {
+            // 3. Attempts on this table's instances: pick, admit, send, classify.
+            let mut plan = exchange.plan(entry);
+            while let Some(mut pick) = exchange.pick(&mut plan) {
+                let permit = match self.admit(&pick.backend, &table, plan.timeout).await {
                     Ok(permit) => permit,
-                    Err(rejected) => {
-                        debug!(instance = backend.id(), service = %pool.service, ?rejected, "instance at its concurrency limit");
-                        let e = GatewayError::Overloaded {
-                            service: pool.service.clone(),
-                            instance: backend.id().to_owned(),
-                        };
-                        return fail(e, Some(&instance_header), record, None);
-                    }
+                    Err(rejected) => return exchange.overloaded(&plan, &pick, rejected, record),
                 };
-                let Some(attempt_body) = body.attempt() else {
+                let Some(body) = exchange.body.attempt() else {
                     break; // not reached: a retry is only chosen while the body is available
                 };
-                // Copied, not taken: a refused connection may be followed by a
-                // hold and another attempt.
-                let attempt_headers = headers.clone();
-                let outgoing = forward::request(
-                    &parts.method,
-                    path_and_query.clone(),
-                    attempt_headers,
-                    attempt_body,
-                );
-                let sent_at = if permit.is_some() { now() } else { at };
-                let mut attempt = AttemptRecord::start(backend.clone(), permit, sent_at);
-                // The timeout counts from the attempt's clock reading.
-                let mut expiry =
-                    timer.start(tokio::time::Instant::from_std(sent_at) + attempt_timeout);
+                let outgoing = exchange.outgoing(&plan, body);
+                let (attempt, deadline) = exchange.start(&plan, &mut pick, permit);
+                let mut expiry = timer.start(deadline);
                 let result = {
-                    let send =
-                        self.upstream
-                            .send(&backend, outgoing, sent_at, client_upgrade.is_some());
+                    let send = self
+                        .upstream
+                        .send(&pick.backend, outgoing, pick.sent_at, upgrade);
                     tokio::pin!(send);
-                    std::future::poll_fn(|cx| {
-                        if let Poll::Ready(sent) = send.as_mut().poll(cx) {
-                            return Poll::Ready(Some(sent));
-                        }
-                        expiry.as_mut().poll(cx).map(|()| None)
-                    })
-                    .await
+                    within(send, expiry.as_mut()).await
                 };
                 timer.finish(expiry);
-                let now = now();
-
-                match result {
-                    Some(Ok(response)) => {
-                        backend
-                            .state
-                            .rtt
-                            .observe(now.saturating_duration_since(sent_at), now);
-                        let status = response.status();
-                        let leaving_503 =
-                            status == StatusCode::SERVICE_UNAVAILABLE && self.is_leaving(&backend);
-                        let outcome = if matches!(status.as_u16(), 502..=504) && !leaving_503 {
-                            Outcome::Failure
-                        } else {
-                            Outcome::Success
-                        };
-                        health::record(&backend, outcome, now, &self.settings.ejection);
-                        if leaving_503
-                            && self.retry_allowed(
-                                Failure::DrainingUnavailable,
-                                &parts.method,
-                                &attempts,
-                                pool,
-                                &body,
-                                budget,
-                            )
-                        {
-                            debug!(instance = backend.id(), service = %pool.service, "503 from a draining instance; retrying on another");
-                            attempts.second_chance_used = true;
-                            attempt.set_status(Some(status.as_u16()));
-                            continue;
-                        }
-                        return respond(
-                            response,
-                            &pool.service,
-                            instance_header,
-                            pick.set_cookie,
-                            record,
-                            attempt,
-                            client_upgrade.take(),
-                        );
+                match exchange.classify(&mut plan, pick, attempt, result) {
+                    // 5. Answer.
+                    Attempted::Answered(answer) => {
+                        let upgrade = exchange.client_upgrade.take();
+                        return respond(answer, &entry.pool.service, record, upgrade);
                     }
-                    Some(Err(error)) => match forward::classify(&error) {
-                        AttemptError::BodyTooLarge { limit } => {
-                            attempt.set_status(Some(StatusCode::PAYLOAD_TOO_LARGE.as_u16()));
-                            return fail(
-                                GatewayError::BodyTooLarge { limit },
-                                Some(&instance_header),
-                                record,
-                                Some(attempt),
-                            );
-                        }
-                        AttemptError::ClientBody(cause) => {
-                            return fail(
-                                GatewayError::ClientBody(cause),
-                                Some(&instance_header),
-                                record,
-                                Some(attempt),
-                            );
-                        }
-                        AttemptError::Failed(failure, cause) => {
-                            health::record(
-                                &backend,
-                                Outcome::Failure,
-                                now,
-                                &self.settings.ejection,
-                            );
-                            attempt.set_status(None);
-                            debug!(instance = backend.id(), service = %pool.service, ?failure, %cause, "attempt failed");
-                            failed_on.push(backend.clone());
-                            let retry = self.retry_allowed(
-                                failure,
-                                &parts.method,
-                                &attempts,
-                                pool,
-                                &body,
-                                budget,
-                            );
-                            attempts.last_failure = Some((failure, cause, backend));
-                            if !retry {
-                                break;
-                            }
-                            if failure != Failure::NotSent {
-                                attempts.second_chance_used = true;
-                            }
-                        }
-                    },
-                    None => {
-                        // No response headers in time. The peak-EWMA learns how slow it was.
-                        backend.state.rtt.observe(attempt_timeout, now);
-                        health::record(&backend, Outcome::Failure, now, &self.settings.ejection);
-                        attempt.set_status(None);
-                        let per_try = attempt_timeout < timeout;
-                        if per_try
-                            && self.retry_allowed(
-                                Failure::TryTimeout,
-                                &parts.method,
-                                &attempts,
-                                pool,
-                                &body,
-                                budget,
-                            )
-                        {
-                            debug!(instance = backend.id(), service = %pool.service, try_timeout_ms = attempt_timeout.as_millis() as u64, "no response headers within the per-try timeout; retrying on another instance");
-                            failed_on.push(backend.clone());
-                            attempts.second_chance_used = true;
-                            attempts.last_failure = Some((
-                                Failure::TryTimeout,
-                                format!(
-                                    "no response headers within {} ms",
-                                    attempt_timeout.as_millis()
-                                ),
-                                backend,
-                            ));
-                            continue;
-                        }
-                        debug!(instance = backend.id(), service = %pool.service, timeout_ms = attempt_timeout.as_millis() as u64, "no response headers in time");
-                        let e = GatewayError::Timeout {
-                            service: pool.service.clone(),
-                            instance: backend.id().to_owned(),
-                            after: attempt_timeout,
-                        };
-                        return fail(e, Some(&instance_header), record, Some(attempt));
+                    Attempted::Failed(e, instance, attempt) => {
+                        return fail(e, Some(&instance), record, attempt);
                     }
+                    Attempted::Again => {}
+                    Attempted::NoneLeft => break,
                 }
             }
-
-            // The last failure could be retried, but no instance was left to
-            // try: wait for one not tried yet.
-            let retriable = attempts.last_failure.as_ref().is_some_and(|(failure, ..)| {
-                retry::may_retry(*failure, &parts.method, attempts.second_chance_used)
-            });
-            let left = self
-                .settings
-                .hold_timeout
-                .saturating_sub(now().saturating_duration_since(started));
-            if retriable && body.is_available() && failed_on.len() < MAX_ATTEMPTS && !left.is_zero()
-            {
-                if let Some((failure, ..)) = &attempts.last_failure
-                    && *failure != Failure::NotSent
-                {
-                    second_chance_used = true;
-                }
-                let failed_ids: Vec<&str> = failed_on.iter().map(|b| b.id()).collect();
-                if let Some(newer) = Box::pin(self.hold_for_another(pool, &failed_ids, left)).await
+            // 4. Hold again, for an instance not tried yet.
+            if let Some(left) = exchange.hold_again(&plan) {
+                let failed: Vec<&str> = exchange.failed_on.iter().map(|b| b.id()).collect();
+                if let Some(newer) =
+                    Box::pin(self.hold_for_another(&entry.pool, &failed, left)).await
                 {
                     table = newer;
-                    continue 'hold;
+                    continue;
                 }
             }
-
-            break match attempts.last_failure {
-                // Retried after a per-try timeout, with no instance left to try.
-                Some((Failure::TryTimeout, _, backend)) => {
-                    let e = GatewayError::Timeout {
-                        service: pool.service.clone(),
-                        instance: backend.id().to_owned(),
-                        after: attempt_timeout,
-                    };
-                    fail(e, Some(&backend.id_header), record, None)
-                }
-                Some((Failure::Reset, cause, backend)) => {
-                    let e = GatewayError::BadGateway {
-                        service: pool.service.clone(),
-                        instance: backend.id().to_owned(),
-                        cause,
-                    };
-                    fail(e, Some(&backend.id_header), record, None)
-                }
-                Some((_, cause, backend)) => {
-                    let e = GatewayError::Unreachable {
-                        service: pool.service.clone(),
-                        attempts: attempts.made,
-                        cause,
-                    };
-                    fail(e, Some(&backend.id_header), record, None)
-                }
-                None => {
-                    // Only when the route changed to another service, still without
-                    // instances, while this request was held.
-                    let e = GatewayError::NoInstance {
-                        service: pool.service.clone(),
-                        waited: now().saturating_duration_since(started),
-                    };
-                    fail(e, None, record, None)
-                }
-            };
+            // 5. Answer with the last failure.
+            return exchange.give_up(plan, record);
         }
     }
-
-    /// After a retriable failure with no instance left to try: wait, up to
-    /// `timeout`, for `pool`'s service to have a ready instance that is not
-    /// one of `failed`; the table that has one.
-    async fn hold_for_another(
-        &self,
-        pool: &ServicePool,
-        failed: &[&str],
-        timeout: Duration,
-    ) -> Option<Arc<RoutingTable>> {
-        debug!(service = %pool.service, ?failed, "no instance left to retry on; holding the request for another");
-        self.hold_until(pool, timeout, |p| {
-            p.ready.iter().any(|b| !failed.contains(&b.id()))
-        })
-        .await
-    }
-
-    /// Wait for `pool`'s service to have a ready instance; the table that has one.
-    async fn hold(&self, pool: &ServicePool) -> Option<Arc<RoutingTable>> {
-        debug!(service = %pool.service, "no ready instance; holding the request");
-        self.hold_until(pool, self.settings.hold_timeout, |p| !p.ready.is_empty())
-            .await
-    }
-
-    /// Wait, up to `timeout`, until `pool`'s service satisfies `accept`; the
-    /// table where it does. Counted as held while waiting (also when the
-    /// client goes away meanwhile), and as a hold timeout if it never does.
-    async fn hold_until(
-        &self,
-        pool: &ServicePool,
-        timeout: Duration,
-        accept: impl Fn(&ServicePool) -> bool,
-    ) -> Option<Arc<RoutingTable>> {
-        let counters = &pool.counters;
-        counters.held_total.fetch_add(1, Ordering::Relaxed);
-        counters.held_now.fetch_add(1, Ordering::Relaxed);
-        struct Unhold<'a>(&'a std::sync::atomic::AtomicI64);
-        impl Drop for Unhold<'_> {
-            fn drop(&mut self) {
-                self.0.fetch_sub(1, Ordering::Relaxed);
-            }
-        }
-        let _unhold = Unhold(&counters.held_now);
-        let table = self.table.wait_for(&pool.service, timeout, accept).await;
-        if table.is_none() {
-            counters.hold_timeouts_total.fetch_add(1, Ordering::Relaxed);
-            debug!(service = %pool.service, timeout_ms = timeout.as_millis() as u64, "held until the timeout; giving up");
-        }
-        table
-    }
-
-    /// Whether one more attempt may be made after `failure` (the retry
-    /// rule, then attempts, instances and body left, then the budget),
-    /// taking a retry token if so.
-    fn retry_allowed(
-        &self,
-        failure: Failure,
-        method: &Method,
-        attempts: &Attempts,
-        pool: &ServicePool,
-        body: &Reclaimable<Incoming>,
-        budget: &RetryBudget,
-    ) -> bool {
-        if !retry::may_retry(failure, method, attempts.second_chance_used) {
-            return false;
-        }
-        if attempts.made >= attempts.max
-            || attempts.made >= pool.ready.len()
-            || !body.is_available()
-        {
-            return false;
-        }
-        if budget.try_withdraw(tokio::time::Instant::now()) {
-            pool.counters.retries_total.fetch_add(1, Ordering::Relaxed);
-            true
-        } else {
-            pool.counters
-                .retries_refused_total
-                .fetch_add(1, Ordering::Relaxed);
-            debug!(service = %pool.service, "retry budget spent; not retrying");
-            false
-        }
-    }
-
-    /// Whether the latest table shows `backend` draining or gone.
-    fn is_leaving(&self, backend: &Backend) -> bool {
-        let table = self.table.load();
-        let current = table
-            .pool(&backend.instance.service)
-            .and_then(|pool| pool.all.iter().find(|b| b.id() == backend.id()));
-        current.is_none_or(|b| b.instance.state == InstanceState::Draining)
-    }
-
-    /// A concurrency permit for `backend` when limits are on (ready at once
-    /// when they are off).
-    fn admit(
-        &self,
-        backend: &Backend,
-        table: &RoutingTable,
-        wait: Duration,
-    ) -> impl Future<Output = Result<Option<OwnedSemaphorePermit>, Rejected>> + use<> {
-        let max = self.settings.max_inflight_per_instance;
-        if max == 0 {
-            return futures::future::Either::Left(std::future::ready(Ok(None)));
-        }
-        let limit = self.limits.get_or_insert(
-            backend.id(),
-            || InstanceLimit::new(max, self.settings.queue_per_instance),
-            |id| {
-                table
-                    .pools
-                    .values()
-                    .any(|p| p.all.iter().any(|b| b.id() == id))
-            },
-        );
-        futures::future::Either::Right(Box::pin(async move { limit.acquire(wait).await.map(Some) }))
-    }
-}
-
-/// The instance's response on its way to the client.
-fn respond(
-    mut response: Response<PooledBody>,
-    service: &str,
-    instance: HeaderValue,
-    set_cookie: bool,
-    mut record: RequestRecord,
-    mut attempt: AttemptRecord,
-    client_upgrade: Option<OnUpgrade>,
-) -> Response<ResponseBody> {
-    let status = response.status();
-    let switching = status == StatusCode::SWITCHING_PROTOCOLS;
-    if switching {
-        let Some(client_upgrade) = client_upgrade else {
-            attempt.set_status(Some(status.as_u16()));
-            let id = attempt.backend().id().to_owned();
-            let e = GatewayError::BadGateway {
-                service: service.to_owned(),
-                instance: id,
-                cause: "101 Switching Protocols to a request that asked for no upgrade".into(),
-            };
-            return fail(e, Some(&instance), record, Some(attempt));
-        };
-        let instance_upgrade = hyper::upgrade::on(&mut response);
-        upgrade::spawn_tunnel(
-            client_upgrade,
-            instance_upgrade,
-            attempt.backend().id(),
-            service,
-        );
-    }
-    let (mut parts, body) = response.into_parts();
-    headers::strip_hop_by_hop(&mut parts.headers, switching);
-    if set_cookie {
-        parts.headers.append(
-            SET_COOKIE,
-            headers::sticky_cookie(service, attempt.backend().id()),
-        );
-    }
-    parts.headers.insert(headers::X_SHOAL_INSTANCE, instance);
-    record.set_status(Some(status.as_u16()));
-    attempt.set_status(Some(status.as_u16()));
-    Response::from_parts(parts, ResponseBody::from_instance(body, record, attempt))
-}
-
-/// A response the gateway made, with the request (and attempt) recorded.
-fn fail(
-    error: GatewayError,
-    instance: Option<&HeaderValue>,
-    mut record: RequestRecord,
-    attempt: Option<AttemptRecord>,
-) -> Response<ResponseBody> {
-    record.set_status(Some(error.status().as_u16()));
-    let response = error.to_response(instance);
-    let (parts, body) = response.into_parts();
-    Response::from_parts(parts, body.with_records(Some(record), attempt))
 }
