@@ -229,6 +229,18 @@ async fn owned(driver: &DockerDriver) -> Vec<Owned> {
     driver.list().await.expect("list")
 }
 
+/// Wait until instance `id` is listed as exited; its exit code.
+async fn wait_exited(driver: &DockerDriver, id: &str, deadline: Duration) -> i32 {
+    wait_for(&format!("{id} listed as exited"), deadline, || async {
+        owned(driver)
+            .await
+            .into_iter()
+            .find(|o| o.id == id)
+            .and_then(|o| o.exited)
+    })
+    .await
+}
+
 fn spec(id: &str) -> StartSpec {
     StartSpec {
         service: "app".into(),
@@ -435,18 +447,8 @@ async fn docker_driver_starts_lists_adopts_and_stops_containers() {
         )
         .await
         .expect("kill b");
-    let crashed = wait_for("b to be listed as exited", Duration::from_secs(10), || {
-        let driver = &driver;
-        let b = b.clone();
-        async move {
-            owned(driver)
-                .await
-                .into_iter()
-                .find(|o| o.id == b && o.exited.is_some())
-        }
-    })
-    .await;
-    assert_eq!(crashed.exited, Some(137));
+    let crashed = wait_exited(&driver, &b, Duration::from_secs(10)).await;
+    assert_eq!(crashed, 137);
 
     // One advertising a published loopback port, for gateways on the host.
     let host_driver = DockerDriver::connect(DockerConfig {
@@ -675,18 +677,7 @@ async fn specs_run_their_own_images_and_a_stock_image_is_registered_by_a_registr
         )
         .await
         .expect("write the retire key");
-    let exited = wait_for("web1 listed as exited", Duration::from_secs(30), || {
-        let driver = &driver;
-        let id = web1.id.clone();
-        async move {
-            owned(driver)
-                .await
-                .into_iter()
-                .find(|o| o.id == id)
-                .and_then(|o| o.exited)
-        }
-    })
-    .await;
+    let exited = wait_exited(&driver, &web1.id, Duration::from_secs(30)).await;
     assert_eq!(exited, 0, "a retired instance ends cleanly");
     assert_eq!(
         registered(etcd, keys, "web", &web1.id).await,
@@ -712,18 +703,7 @@ async fn specs_run_their_own_images_and_a_stock_image_is_registered_by_a_registr
         )
         .await
         .expect("kill web2's program");
-    let crashed = wait_for("web2 listed as exited", Duration::from_secs(10), || {
-        let driver = &driver;
-        let id = web2.id.clone();
-        async move {
-            owned(driver)
-                .await
-                .into_iter()
-                .find(|o| o.id == id)
-                .and_then(|o| o.exited)
-        }
-    })
-    .await;
+    let crashed = wait_exited(&driver, &web2.id, Duration::from_secs(10)).await;
     assert_eq!(crashed, 137);
     for instance in [&web2, &app1] {
         driver

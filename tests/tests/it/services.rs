@@ -97,6 +97,11 @@ async fn wait_routed(platform: &Platform, path: &str) {
     .unwrap();
 }
 
+/// GET `url`; the body.
+async fn text(http: &reqwest::Client, url: &str) -> String {
+    http.get(url).send().await.unwrap().text().await.unwrap()
+}
+
 fn controller_logs(platform: &Platform) -> String {
     platform
         .autoscalers
@@ -131,14 +136,7 @@ async fn platform_with_examples(controllers: usize) -> Platform {
 async fn three_services_scale_independently_through_one_gateway() {
     let platform = platform_with_examples(1).await;
     let http = http();
-    let hello = http
-        .get(platform.gateway().url("/node/"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let hello = text(&http, &platform.gateway().url("/node/")).await;
     assert!(hello.starts_with("Hello from node process"), "{hello}");
 
     // In flight: 12 clients on node (target 4: 3 instances), 8 on py (2).
@@ -187,14 +185,7 @@ async fn three_services_scale_independently_through_one_gateway() {
 
 /// The pid of the Node.js process behind `instance` (it says so in its hello).
 async fn node_pid(instance: &Instance) -> u32 {
-    let body = http()
-        .get(format!("http://{}/", instance.addr))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let body = text(&http(), &format!("http://{}/", instance.addr)).await;
     body.trim()
         .rsplit(' ')
         .next()
@@ -385,14 +376,7 @@ async fn wait_rolled(
     )
     .await
     .unwrap_or_else(|e| panic!("{e}; controller log:\n{}", controller_logs(platform)));
-    let body = http()
-        .get(platform.gateway().url("/node/"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let body = text(&http(), &platform.gateway().url("/node/")).await;
     assert!(body.starts_with(&format!("{greeting} from node")), "{body}");
 }
 
