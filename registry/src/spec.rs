@@ -206,8 +206,17 @@ impl Service {
             return Err(ValidationError::new("service.labels", "at most 64 labels"));
         }
         for (k, v) in &self.labels {
-            text(&format!("service.labels.{k}"), k, 128)?;
-            text(&format!("service.labels.{k}"), v, 1024)?;
+            let field = format!("service.labels.{k}");
+            text(&field, k, 128)?;
+            text(&field, v, 1024)?;
+            // Instances receive them as SHOAL_LABELS=k=v,k=v (and
+            // `registry run --label k=v`).
+            if k.is_empty() || k.contains(['=', ',']) || v.contains(',') {
+                return Err(ValidationError::new(
+                    field,
+                    "a label key may not be empty or hold `=` or `,`, and a value may not hold `,` (instances receive labels as k=v,k=v); choose other characters",
+                ));
+            }
         }
         Ok(())
     }
@@ -426,6 +435,10 @@ mod tests {
         }))
         .unwrap();
         assert_eq!(docker.validate().unwrap_err().field, "service.docker.image");
+
+        let mut comma = node();
+        comma.labels.insert("tier".into(), "a,b".into());
+        assert_eq!(comma.validate().unwrap_err().field, "service.labels.tier");
     }
 
     #[test]
