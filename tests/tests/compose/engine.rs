@@ -18,10 +18,9 @@ use bollard::query_parameters::{
 use futures::StreamExt;
 
 /// The images the check runs (`tests/compose/offline.yaml`).
-const IMAGES: [&str; 2] = ["shoal/shoal:dev", "shoal/etcd:dev"];
+const IMAGES: [&str; 3] = ["shoal/shoal:dev", "shoal/etcd:dev", "shoal/node-hello:dev"];
 /// How to get them.
-const FIX: &str =
-    "build them with `SHOAL_PGO=0 docker/build-images.sh shoal etcd` (scripts/test does)";
+const FIX: &str = "build them with `SHOAL_PGO=0 docker/build-images.sh shoal etcd node-hello` (scripts/test does; node-hello needs Node.js installed)";
 
 /// Whether a missing engine or compose fails the check (`CI=true`) rather
 /// than skipping it.

@@ -20,6 +20,10 @@
 //!    drops it, the autoscaler replaces it and removes it;
 //! 7. adopt: the autoscaler is killed (SIGKILL) and started again: it adopts
 //!    the running app servers (none started or stopped) and scales them to 3;
+//!    7b. declared: a service spec, policy and route for `web` through the
+//!    admin API (with the token): the autoscaler runs two containers of the
+//!    stock `shoal/node-hello:dev` image, each registered by a registrar
+//!    container beside it, and `/web/` answers through the gateway;
 //! 8. down: `docker compose down` leaves no container of the project, none
 //!    labelled `shoal.managed=true` with our prefix, and no network.
 //!
@@ -401,6 +405,61 @@ async fn compose_up_traffic_scaling_replacement_adoption_and_down() {
         "adopted app servers were replaced"
     );
     c.step_done("adopt: the restarted autoscaler kept the 2 app servers and scaled them to 3");
+
+    // 7b a declared service beside app: a stock Node.js image (no Shoal
+    // inside) that the autoscaler runs from its spec and that a registrar
+    // container registers, written through the admin API with the token.
+    let t0 = Instant::now();
+    let token = c.project.admin_token().to_owned();
+    for (path, body) in [
+        (
+            "/api/v1/services/web/spec",
+            serde_json::json!({"docker": {"image": "shoal/node-hello:dev", "container_port": 8080}, "readiness": {"path": "/healthz"}}),
+        ),
+        (
+            "/api/v1/policies/web",
+            serde_json::json!({"min": 2, "max": 2, "metric": "inflight", "target": 4}),
+        ),
+        (
+            "/api/v1/routes/web",
+            serde_json::json!({"path_prefix": "/web/", "service": "web", "strip_prefix": true}),
+        ),
+    ] {
+        let answer = c
+            .http
+            .put(c.admin.url(path))
+            .bearer_auth(&token)
+            .json(&body)
+            .send()
+            .await
+            .expect("the admin API answers");
+        let status = answer.status();
+        let text = answer.text().await.unwrap_or_default();
+        assert!(status.is_success(), "PUT {path}: {status} {text}");
+    }
+    c.wait(90, "two web instances ready behind the gateway", || async {
+        c.admin
+            .ready_ids(&c.http, "web")
+            .await
+            .is_some_and(|ids| ids.len() == 2)
+    })
+    .await;
+    burst(&c.http, &c.url("/web/"), 100, 4, &c.codes).await;
+    let hello = c
+        .http
+        .get(c.url("/web/"))
+        .send()
+        .await
+        .expect("the gateway answers");
+    let hello = hello.text().await.unwrap_or_default();
+    assert!(
+        hello.starts_with("Hello from node process"),
+        "GET /web/: {hello}"
+    );
+    c.step_done(&format!(
+        "declared: a stock Node.js image spec'd through the admin API → 2 instances, registered by their registrars, serving /web/ in {} s",
+        t0.elapsed().as_secs()
+    ));
 
     // 8 down
     let t0 = Instant::now();

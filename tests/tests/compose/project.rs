@@ -168,6 +168,15 @@ impl Project {
     }
 
     /// The check passed: nothing to print or clean up on drop.
+    /// The admin token the gateway runs with (for admin API writes).
+    pub fn admin_token(&self) -> &str {
+        self.env
+            .iter()
+            .find(|(k, _)| *k == "SHOAL_ADMIN_TOKEN")
+            .map(|(_, v)| v.as_str())
+            .expect("the project sets an admin token")
+    }
+
     pub fn passed(&mut self) {
         self.passed = true;
     }
