@@ -51,6 +51,8 @@ pub struct Observer {
     rollouts: Watcher<Rollout>,
     instances: Watcher<Instance>,
     gateways: Watcher<GatewayInfo>,
+    /// For reads the watchers cannot answer yet (see [`Observer::observe`]).
+    store: Store,
     http: reqwest::Client,
     /// Last `/load` sample per instance: (cpu seconds, when).
     cpu_samples: HashMap<String, (f64, Instant)>,
@@ -69,6 +71,7 @@ impl Observer {
             rollouts: Watcher::start(store, keys.rollouts()),
             instances: Watcher::start(store, keys.instances()),
             gateways: Watcher::start(store, keys.gateways()),
+            store: store.clone(),
             http,
             cpu_samples: HashMap::new(),
         }
@@ -94,6 +97,7 @@ impl Observer {
             && instances.synced
             && gateways.synced
             && rollouts.synced;
+        let services_revision = services.revision;
         // Shared by the tick's starts.
         let services: BTreeMap<String, Arc<Service>> = services
             .entries
@@ -106,7 +110,12 @@ impl Observer {
             .map(|r| (r.service.clone(), r.clone()))
             .collect();
         let gateways: Vec<GatewayInfo> = gateways.entries.values().cloned().collect();
+        let policies_revision = policies.revision;
         let policies: Vec<ScalingPolicy> = policies.entries.values().cloned().collect();
+        let mut services = services;
+        if services_revision < policies_revision {
+            self.catch_up_specs(&policies, &mut services).await;
+        }
 
         let mut by_service: BTreeMap<String, BTreeMap<String, Instance>> = BTreeMap::new();
         for i in instances.entries.values() {
@@ -167,6 +176,38 @@ impl Observer {
     }
 }
 
+impl Observer {
+    /// The two watchers follow etcd separately, so a spec and its policy
+    /// written in one transaction (`autoscaler apply`) may reach the policy
+    /// watcher first; read then, the service would look spec-less and be
+    /// started with the driver's default program under its name. So when the
+    /// specs' view is older than the policies', each policy without a spec
+    /// is checked with a direct (linearizable) read, which sees at least
+    /// what the policies' view saw. If etcd does not answer, the view stays
+    /// as the watchers have it (nothing new can be written meanwhile).
+    async fn catch_up_specs(
+        &self,
+        policies: &[ScalingPolicy],
+        services: &mut BTreeMap<String, Arc<Service>>,
+    ) {
+        for policy in policies {
+            if services.contains_key(&policy.service) {
+                continue;
+            }
+            match self.store.service(&policy.service).await {
+                Ok(Some(spec)) => {
+                    debug!(service = %policy.service, "spec read ahead of its watcher");
+                    services.insert(policy.service.clone(), Arc::new(spec.value));
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    debug!(service = %policy.service, error = %e, "cannot read its spec; going by the watcher's view");
+                }
+            }
+        }
+    }
+}
+
 /// Cores busy between two `(cpu_seconds, when)` samples: CPU time per wall
 /// second. `None` without wall time between them; a counter that went back
 /// (a restarted process under the same id) reads as idle, not negative.
@@ -193,7 +234,42 @@ async fn cpu_seconds(http: &reqwest::Client, addr: &str) -> Option<f64> {
 
 #[cfg(test)]
 mod tests {
+    use registry::Keys;
+    use registry::store::memory::MemoryEtcd;
+
     use super::*;
+
+    #[tokio::test]
+    async fn a_spec_its_watcher_has_not_delivered_is_read_before_the_service_counts_as_spec_less() {
+        let etcd = MemoryEtcd::default();
+        let store = Store::memory(&etcd, Keys::default());
+        let spec: Service = serde_json::from_value(serde_json::json!({
+            "name": "web", "process": {"argv": ["node", "server.js"], "port_env": "PORT"}
+        }))
+        .unwrap();
+        store.put_service(&spec).await.unwrap();
+        let observer = Observer::start(&store);
+        let policy = |service: &str| -> ScalingPolicy {
+            serde_json::from_value(serde_json::json!({
+                "service": service, "min": 1, "max": 2, "metric": "inflight", "target": 4
+            }))
+            .unwrap()
+        };
+        // As the tick would see it with the services watcher behind: web's
+        // policy, no spec yet; app has neither spec nor a stored one.
+        let mut services = BTreeMap::new();
+        observer
+            .catch_up_specs(&[policy("web"), policy("app")], &mut services)
+            .await;
+        assert_eq!(
+            services.get("web").map(|s| s.version()),
+            Some(spec.version())
+        );
+        assert!(
+            !services.contains_key("app"),
+            "app runs the default program"
+        );
+    }
 
     #[test]
     fn cpu_is_cpu_seconds_per_wall_second() {
