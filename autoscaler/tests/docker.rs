@@ -218,11 +218,21 @@ async fn etcd_get(etcd: &EtcdArgs, key: String) -> Option<Option<Vec<u8>>> {
     Some(resp.kvs().first().map(|kv| kv.value().to_vec()))
 }
 
+/// The instance's registry entry once it is there, as JSON.
+async fn registered(
+    etcd: &EtcdArgs,
+    keys: &Keys,
+    service: &str,
+    id: &str,
+) -> Option<serde_json::Value> {
+    let value = etcd_get(etcd, keys.instance(service, id)).await??;
+    serde_json::from_slice(&value).ok()
+}
+
 /// The `addr` an instance registered, once it has.
 async fn registered_addr(etcd: &EtcdArgs, keys: &Keys, service: &str, id: &str) -> Option<String> {
-    let value = etcd_get(etcd, keys.instance(service, id)).await??;
-    let value: serde_json::Value = serde_json::from_slice(&value).ok()?;
-    value["addr"].as_str().map(str::to_owned)
+    let entry = registered(etcd, keys, service, id).await?;
+    entry["addr"].as_str().map(str::to_owned)
 }
 
 async fn owned(driver: &DockerDriver) -> Vec<Owned> {
@@ -249,8 +259,8 @@ fn spec(id: &str) -> StartSpec {
     }
 }
 
-/// GET / through a published port on loopback; the status line.
-async fn http_get(addr: &str) -> Option<String> {
+/// GET / through a published port on loopback; the whole response.
+async fn get_root(addr: &str) -> Option<String> {
     let mut stream = tokio::net::TcpStream::connect(addr).await.ok()?;
     stream
         .write_all(b"GET / HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n")
@@ -258,7 +268,12 @@ async fn http_get(addr: &str) -> Option<String> {
         .ok()?;
     let mut response = String::new();
     stream.read_to_string(&mut response).await.ok()?;
-    response.lines().next().map(str::to_owned)
+    Some(response)
+}
+
+/// GET / on `addr`; the status line.
+async fn http_get(addr: &str) -> Option<String> {
+    get_root(addr).await?.lines().next().map(str::to_owned)
 }
 
 /// A user-defined network and an etcd container on it for one test, removed
@@ -552,27 +567,10 @@ fn service(json: serde_json::Value) -> std::sync::Arc<registry::spec::Service> {
     std::sync::Arc::new(service)
 }
 
-/// The instance's registry entry once it is there, as JSON.
-async fn registered(
-    etcd: &EtcdArgs,
-    keys: &Keys,
-    service: &str,
-    id: &str,
-) -> Option<serde_json::Value> {
-    let value = etcd_get(etcd, keys.instance(service, id)).await??;
-    serde_json::from_slice(&value).ok()
-}
-
 /// GET / on `addr`; the body.
 async fn hello(addr: &str) -> Option<String> {
-    let mut stream = tokio::net::TcpStream::connect(addr).await.ok()?;
-    stream
-        .write_all(b"GET / HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n")
-        .await
-        .ok()?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response).await.ok()?;
-    response
+    get_root(addr)
+        .await?
         .split_once("\r\n\r\n")
         .map(|(_, body)| body.to_owned())
 }

@@ -103,19 +103,8 @@ async fn status(args: ServiceArgs) -> Outcome {
     let store = etcd::store(&args.etcd).await?;
     let failure = |e| etcd::store_failure(&args.etcd, e);
     let service = args.service.as_str();
-    let keys = store.keys();
-    let rollout = store
-        .get::<Rollout>(&keys.rollout(service))
-        .await
-        .map_err(failure)?
-        .map(|r| r.value);
-    let instances: Vec<Instance> = store
-        .list(&keys.service_instances(service))
-        .await
-        .map_err(failure)?
-        .into_iter()
-        .map(|(_, i)| i)
-        .collect();
+    let rollout = store.rollout(service).await.map_err(failure)?;
+    let instances = store.instances(service).await.map_err(failure)?;
     let spec = store
         .service(service)
         .await
@@ -220,13 +209,7 @@ async fn restart(args: RestartArgs) -> Outcome {
             }
             Err(e) => return Err(failure(e)),
         };
-        let instances: Vec<Instance> = store
-            .list(&keys.service_instances(service))
-            .await
-            .map_err(failure)?
-            .into_iter()
-            .map(|(_, i)| i)
-            .collect();
+        let instances = store.instances(service).await.map_err(failure)?;
         let line = progress_line(service, current.as_ref(), &instances);
         if line != shown {
             let written = if terminal {

@@ -68,16 +68,8 @@ impl ServiceView {
         Ok(ServiceView {
             version: spec.version(),
             policy: store.policy(&name).await?.map(|p| p.value),
-            instances: store
-                .list(&store.keys().service_instances(&name))
-                .await?
-                .into_iter()
-                .map(|(_, i)| i)
-                .collect(),
-            rollout: store
-                .get::<Rollout>(&store.keys().rollout(&name))
-                .await?
-                .map(|r| r.value),
+            instances: store.instances(&name).await?,
+            rollout: store.rollout(&name).await?,
             spec,
         })
     }

@@ -9,7 +9,7 @@ use tracing::warn;
 use super::backend::{Kv, Range};
 use super::{Store, StoreError};
 use crate::keys::Key;
-use crate::model::{NamedRoute, RegistryValue, ScalingEvent, ScalingPolicy};
+use crate::model::{Instance, NamedRoute, RegistryValue, Rollout, ScalingEvent, ScalingPolicy};
 
 /// A value as stored, with the revision of its last write (for a
 /// compare-and-set that must not overwrite someone else's change).
@@ -72,6 +72,24 @@ impl Store {
             .into_iter()
             .map(|(_, p)| p)
             .collect())
+    }
+
+    /// Every registered instance of `service` (undecodable ones skipped).
+    pub async fn instances(&self, service: &str) -> Result<Vec<Instance>, StoreError> {
+        Ok(self
+            .list(&self.keys.service_instances(service))
+            .await?
+            .into_iter()
+            .map(|(_, i)| i)
+            .collect())
+    }
+
+    /// The rolling restart asked for `service`, if any.
+    pub async fn rollout(&self, service: &str) -> Result<Option<Rollout>, StoreError> {
+        Ok(self
+            .get::<Rollout>(&self.keys.rollout(service))
+            .await?
+            .map(|r| r.value))
     }
 
     /// Every route, with its name.

@@ -15,6 +15,26 @@ struct Registered {
     addr: String,
 }
 
+/// SIGTERM to a `registry run`, its exit, and its instance gone from the
+/// registry within half a second of it.
+async fn stop_and_wait_deregistered(
+    wrapper: &mut Proc,
+    client: &etcd_client::Client,
+    key: &str,
+) -> std::process::ExitStatus {
+    wrapper.signal(Signal::SIGTERM);
+    let status = wrapper.wait_exit(Duration::from_secs(15)).await;
+    wait_instance(
+        client,
+        key,
+        Duration::from_millis(500),
+        "deregistered",
+        is_gone,
+    )
+    .await;
+    status
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn run_registers_a_python_http_server_and_deregisters_it_on_sigterm() {
     let etcd = Etcd::start().await;
@@ -70,16 +90,7 @@ async fn run_registers_a_python_http_server_and_deregisters_it_on_sigterm() {
         "python's http.server answers through the registered address"
     );
 
-    wrapper.signal(Signal::SIGTERM);
-    let status = wrapper.wait_exit(Duration::from_secs(15)).await;
-    wait_instance(
-        &client,
-        &key,
-        Duration::from_millis(500),
-        "deregistered",
-        is_gone,
-    )
-    .await;
+    let status = stop_and_wait_deregistered(&mut wrapper, &client, &key).await;
     // python3 -m http.server dies of the forwarded SIGTERM; the wrapper reports it the shell way.
     assert_eq!(
         status.code(),
@@ -136,16 +147,7 @@ async fn run_attach_registers_a_program_it_did_not_start_and_leaves_it_running()
     )
     .await;
 
-    wrapper.signal(Signal::SIGTERM);
-    let status = wrapper.wait_exit(Duration::from_secs(15)).await;
-    wait_instance(
-        &client,
-        &key,
-        Duration::from_millis(500),
-        "deregistered",
-        is_gone,
-    )
-    .await;
+    let status = stop_and_wait_deregistered(&mut wrapper, &client, &key).await;
     assert_eq!(status.code(), Some(0), "stderr:\n{}", wrapper.stderr());
     assert!(
         !server.has_exited(),

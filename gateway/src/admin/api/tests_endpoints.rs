@@ -158,20 +158,15 @@ impl Api {
 
     /// Reads `path` until `done` holds of its body.
     async fn read_until(&self, path: &str, what: &str, done: impl Fn(&Value) -> bool) -> Value {
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-        loop {
+        poll(what, async || {
             let answer = self.get(path).await;
             if answer.status == StatusCode::OK && done(&answer.body) {
-                return answer.body;
+                Ok(answer.body)
+            } else {
+                Err(format!("last {} {:#}", answer.status, answer.body))
             }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "{what}: last {} {:#}",
-                answer.status,
-                answer.body
-            );
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+        })
+        .await
     }
 
     fn stored(&self, key: &str) -> Option<Value> {
@@ -182,9 +177,22 @@ impl Api {
 }
 
 async fn wait_for(what: &str, done: impl Fn() -> bool) {
+    poll(
+        what,
+        async || if done() { Ok(()) } else { Err(String::new()) },
+    )
+    .await;
+}
+
+/// Polls `check` every 10 ms until it answers `Ok`; after 5 s, fails naming
+/// `what` and the last `Err` (what the check saw).
+async fn poll<T>(what: &str, mut check: impl AsyncFnMut() -> Result<T, String>) -> T {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-    while !done() {
-        assert!(tokio::time::Instant::now() < deadline, "{what}");
+    loop {
+        match check().await {
+            Ok(done) => return done,
+            Err(seen) => assert!(tokio::time::Instant::now() < deadline, "{what}: {seen}"),
+        }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
@@ -847,23 +855,21 @@ async fn without_a_token_writes_need_none_and_etcd_down_is_503() {
         );
     }
     // Reads keep the last snapshot, and say so.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-    loop {
+    poll("reads marked unreachable", async || {
         let got = api.get("/api/v1/policies").await;
         assert_eq!(got.status, StatusCode::OK);
         assert_eq!(
             got.body[0]["service"], "app",
             "the last snapshot is still served"
         );
-        if got.headers["x-shoal-registry"] == "unreachable" {
-            break;
+        let marked = &got.headers["x-shoal-registry"];
+        if marked == "unreachable" {
+            Ok(())
+        } else {
+            Err(format!("x-shoal-registry: {marked:?}"))
         }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "reads never marked unreachable"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    })
+    .await;
 }
 
 #[tokio::test]
