@@ -1,8 +1,10 @@
 //! One instance as the gateway sees it: its registry entry plus the live
 //! state that balancing and ejection read (request stats with the in-flight count, peak-EWMA
 //! latency, consecutive failures, ejection back-off, first-seen time for slow
-//! start) and its idle keep-alive connections. The live state is keyed by instance id and survives routing-table
+//! start). The live state is keyed by instance id and survives routing-table
 //! rebuilds, so a registry change never resets an instance's statistics.
+//! Idle keep-alive connections belong to the instance's *address* (shared
+//! by every entry that names it, see [`crate::table`]).
 
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -29,8 +31,6 @@ pub struct BackendState {
     /// every instance back into slow start.
     pub age_when_seen: Duration,
     pub health: Mutex<Health>,
-    /// Idle keep-alive connections to the instance.
-    pub conns: ConnPool,
 }
 
 /// Passive health: consecutive failures and ejection back-off.
@@ -56,7 +56,6 @@ impl BackendState {
             first_seen: now,
             age_when_seen: age,
             health: Mutex::new(Health::default()),
-            conns: ConnPool::default(),
         }
     }
 
@@ -98,6 +97,9 @@ pub struct Backend {
     /// Set when the instance has left the registry while ready and is kept
     /// routable for a grace period ([`grace`](crate::grace)).
     pub unconfirmed: Option<std::sync::Arc<Unconfirmed>>,
+    /// Idle keep-alive connections to `authority`; the table shares one pool
+    /// among the entries with the same address.
+    pub conns: std::sync::Arc<ConnPool>,
 }
 
 impl Backend {
@@ -114,6 +116,7 @@ impl Backend {
             authority,
             id_header,
             unconfirmed: None,
+            conns: Default::default(),
         })
     }
 

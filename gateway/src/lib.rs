@@ -12,10 +12,12 @@
 //! nothing from [`admin`] (a unit test below reads the sources to check):
 //! - [`config`] holds the flags.
 //! - [`discovery`] turns the registry into the immutable [`table`] snapshot (ArcSwap);
+//!   [`route_index`] finds a request's route in it without scanning the routes;
 //!   [`allowed`] leaves out instances outside `--allowed-backends`;
 //!   [`grace`] keeps instances that left while ready routable, unconfirmed, for a while.
 //! - [`backend`] and [`ewma`] are an instance and its live state (in-flight, peak-EWMA latency, ejection).
-//! - [`balance`] has the policies: round-robin, least-request (P2C), consistent-hash, sticky; slow start.
+//! - [`balance`] has the policies: round-robin, least-request (P2C), consistent-hash, sticky; slow start;
+//!   each picks in O(1) or O(log n) for n instances.
 //! - [`stats`] records request statistics without locks.
 //! - [`server`] is the client-facing listener: connections, timeouts, graceful drain.
 //! - [`proxy`] is the request handler (one file per concern inside).
@@ -46,6 +48,7 @@ pub mod ewma;
 pub mod grace;
 pub mod health;
 pub mod proxy;
+pub mod route_index;
 pub mod server;
 pub mod stats;
 pub mod table;

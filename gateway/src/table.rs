@@ -7,16 +7,21 @@
 //! prefix of the path at a segment boundary (`/api` matches `/api` and
 //! `/api/x`, not `/apix`). Host-specific routes win over host-less ones, then
 //! the longest prefix wins, then the name (for determinism). No match: the
-//! default route to `--default-service` with `--default-policy`.
+//! default route to `--default-service` with `--default-policy`. Matching
+//! goes through a [`RouteIndex`], so it does not scan the routes.
 //!
 //! Instances that left the registry while ready may be added for a grace
 //! period, marked unconfirmed ([`crate::grace`]); they are routed like ready ones.
 //!
 //! Live per-instance state (in-flight, latency, ejection) and per-service and
 //! per-route counters are kept across rebuilds in [`LiveState`], keyed by
-//! instance id, service and route name.
+//! instance id, service and route name; so is what the policies derive from
+//! a service's ready set (round-robin schedule, hash ring: `Prepared`), made
+//! anew only when that set changes. Idle upstream connections are kept per
+//! instance address, shared by every entry naming it.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
+use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 use std::sync::atomic::AtomicUsize;
 use std::time::Instant;
@@ -28,8 +33,10 @@ use tokio::sync::watch;
 use tracing::warn;
 
 use crate::backend::{Backend, BackendState};
-use crate::balance::Balancer;
+use crate::balance::{Balancer, Prepared};
 use crate::grace::Routable;
+use crate::proxy::pool::ConnPool;
+use crate::route_index::RouteIndex;
 use crate::stats::{RequestStats, ServiceCounters};
 
 /// Name of the route used when no configured route matches. Not a valid
@@ -45,6 +52,9 @@ pub struct ServicePool {
     /// Every registered instance, whatever its state (for stats and the admin API).
     pub all: Vec<Arc<Backend>>,
     pub counters: Arc<ServiceCounters>,
+    /// What the policies derive from `ready` (schedule, ring), shared by the
+    /// service's routes and kept across snapshots while `ready` is unchanged.
+    pub prepared: Arc<Prepared>,
 }
 
 /// A route compiled against this snapshot's instances.
@@ -58,15 +68,6 @@ pub struct RouteEntry {
 }
 
 impl RouteEntry {
-    fn matches(&self, host: Option<&str>, path: &str) -> bool {
-        let host_ok = match (&self.route.host, host) {
-            (None, _) => true,
-            (Some(want), Some(got)) => want.eq_ignore_ascii_case(got),
-            (Some(_), None) => false,
-        };
-        host_ok && prefix_matches(&self.route.path_prefix, path)
-    }
-
     /// The path to forward: with the prefix removed if the route says so.
     pub fn forward_path<'a>(&self, path: &'a str) -> std::borrow::Cow<'a, str> {
         if !self.route.strip_prefix || self.route.path_prefix == "/" {
@@ -111,6 +112,7 @@ pub struct Defaults {
 pub struct RoutingTable {
     /// Sorted: host-specific first, then longest prefix, then name.
     pub routes: Vec<RouteEntry>,
+    index: RouteIndex,
     pub default_route: RouteEntry,
     pub pools: BTreeMap<String, Arc<ServicePool>>,
     /// Whether the registry watch was connected when this snapshot was built.
@@ -122,11 +124,10 @@ pub struct RoutingTable {
 impl RoutingTable {
     /// The route for a request (the default route when none matches).
     pub fn resolve(&self, host: Option<&str>, path: &str) -> &RouteEntry {
-        let host = host.map(strip_port);
-        self.routes
-            .iter()
-            .find(|r| r.matches(host, path))
-            .unwrap_or(&self.default_route)
+        match self.index.find(host.map(strip_port), path) {
+            Some(position) => &self.routes[position],
+            None => &self.default_route,
+        }
     }
 
     pub fn pool(&self, service: &str) -> Option<&Arc<ServicePool>> {
@@ -155,6 +156,27 @@ pub struct LiveState {
     backends: HashMap<String, Arc<BackendState>>,
     services: HashMap<String, Arc<ServiceCounters>>,
     routes: HashMap<String, RouteLive>,
+    prepared: HashMap<String, ServicePrepared>,
+    /// Idle connections by instance address (`Instance::addr`).
+    conn_pools: HashMap<String, Arc<ConnPool>>,
+}
+
+/// What the policies derived from a service's ready set, and that set's
+/// [`ready_fingerprint`].
+#[derive(Debug)]
+struct ServicePrepared {
+    fingerprint: u64,
+    prepared: Arc<Prepared>,
+}
+
+/// What [`Prepared`] depends on: the ready backends' ids and weights, in order.
+fn ready_fingerprint(ready: &[Arc<Backend>]) -> u64 {
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    for backend in ready {
+        (backend.id(), backend.instance.weight).hash(&mut hasher);
+    }
+    ready.len().hash(&mut hasher);
+    hasher.finish()
 }
 
 /// What a route keeps across snapshots: its request stats, and where its
@@ -216,6 +238,11 @@ impl LiveState {
             match Backend::new(instance.clone(), state) {
                 Some(mut backend) => {
                     backend.unconfirmed = routable.unconfirmed.get(&instance.id).cloned();
+                    backend.conns = self
+                        .conn_pools
+                        .entry(instance.addr.clone())
+                        .or_default()
+                        .clone();
                     by_service
                         .entry(&instance.service)
                         .or_default()
@@ -230,6 +257,9 @@ impl LiveState {
         }
         let present: HashSet<&str> = instances.values().map(|i| i.id.as_str()).collect();
         self.backends.retain(|id, _| present.contains(id.as_str()));
+        let addresses: HashSet<&str> = instances.values().map(|i| i.addr.as_str()).collect();
+        self.conn_pools
+            .retain(|addr, _| addresses.contains(addr.as_str()));
 
         let mut wanted: Vec<&str> = by_service.keys().copied().collect();
         wanted.push(&defaults.service);
@@ -241,12 +271,13 @@ impl LiveState {
             }
             let mut all = by_service.remove(service).unwrap_or_default();
             all.sort_by(|a, b| a.instance.id.cmp(&b.instance.id));
-            let ready = all
+            let ready: Vec<Arc<Backend>> = all
                 .iter()
                 .filter(|b| b.instance.state == InstanceState::Ready)
                 .cloned()
                 .collect();
             let counters = self.services.entry(service.to_owned()).or_default().clone();
+            let prepared = self.prepared_for(service, &ready);
             pools.insert(
                 service.to_owned(),
                 Arc::new(ServicePool {
@@ -254,6 +285,7 @@ impl LiveState {
                     ready,
                     all,
                     counters,
+                    prepared,
                 }),
             );
         }
@@ -284,14 +316,38 @@ impl LiveState {
             },
             &pools,
         );
+        let named: HashSet<&str> = routes.values().map(|r| r.name.as_str()).collect();
         self.routes
-            .retain(|name, _| name == DEFAULT_ROUTE || routes.values().any(|r| &r.name == name));
+            .retain(|name, _| name == DEFAULT_ROUTE || named.contains(name.as_str()));
+        self.prepared
+            .retain(|service, _| pools.contains_key(service));
         RoutingTable {
+            index: RouteIndex::new(&entries),
             routes: entries,
             default_route,
             pools,
             registry_connected,
             generation,
+        }
+    }
+
+    /// `service`'s [`Prepared`]: the one kept from an earlier snapshot while
+    /// its ready set is unchanged, else a new one.
+    fn prepared_for(&mut self, service: &str, ready: &[Arc<Backend>]) -> Arc<Prepared> {
+        let fingerprint = ready_fingerprint(ready);
+        match self.prepared.get(service) {
+            Some(kept) if kept.fingerprint == fingerprint => kept.prepared.clone(),
+            _ => {
+                let prepared = Arc::<Prepared>::default();
+                self.prepared.insert(
+                    service.to_owned(),
+                    ServicePrepared {
+                        fingerprint,
+                        prepared: prepared.clone(),
+                    },
+                );
+                prepared
+            }
         }
     }
 
@@ -310,6 +366,7 @@ impl LiveState {
             route.policy,
             route.hash_key.as_ref(),
             &pool.ready,
+            &pool.prepared,
             live.rotation.clone(),
         );
         let stats = live.stats.clone();
@@ -591,6 +648,106 @@ mod tests {
             0,
             "a returning instance starts fresh"
         );
+    }
+
+    /// What a scan in table order finds: the reference the index must agree with.
+    fn scanned<'t>(t: &'t RoutingTable, host: Option<&str>, path: &str) -> &'t str {
+        let host = host.map(strip_port);
+        t.routes
+            .iter()
+            .find(|r| {
+                let host_ok = match (&r.route.host, host) {
+                    (None, _) => true,
+                    (Some(want), Some(got)) => want.eq_ignore_ascii_case(got),
+                    (Some(_), None) => false,
+                };
+                host_ok && prefix_matches(&r.route.path_prefix, path)
+            })
+            .map_or(DEFAULT_ROUTE, |r| r.name.as_str())
+    }
+
+    #[test]
+    fn the_route_index_finds_what_a_scan_finds() {
+        // Routes on nested prefixes (with and without a trailing slash),
+        // hosts in mixed case, and names that tie on the same prefix.
+        let mut routes = Vec::new();
+        for i in 0..60 {
+            let prefix = match i % 6 {
+                0 => format!("/s{}", i % 7),
+                1 => format!("/s{}/", i % 7),
+                2 => format!("/s{}/t{}", i % 7, i % 5),
+                3 => format!("/s{}/t{}/", i % 7, i % 5),
+                4 => "/".to_owned(),
+                _ => format!("/s{}/t{}/u", i % 7, i % 5),
+            };
+            let host = match i % 4 {
+                0 => format!(r#","host":"H{}.example""#, i % 3),
+                _ => String::new(),
+            };
+            let json = format!(r#"{{"service":"app","path_prefix":"{prefix}"{host}}}"#);
+            routes.push(route(&format!("r{:02}", i % 45), &json));
+        }
+        let mut live = LiveState::default();
+        let t = build(&mut live, &[], &routes);
+        let mut checked = 0;
+        for host in [
+            None,
+            Some("h0.example"),
+            Some("H1.EXAMPLE:80"),
+            Some("other"),
+        ] {
+            for s in 0..8 {
+                for path in [
+                    format!("/s{s}"),
+                    format!("/s{s}/"),
+                    format!("/s{s}x"),
+                    format!("/s{s}/t{}", s % 5),
+                    format!("/s{s}/t{}/u/v", s % 5),
+                    format!("/s{s}/t{}x/", s % 5),
+                    "/".to_owned(),
+                    "/é/s1".to_owned(),
+                ] {
+                    assert_eq!(
+                        t.resolve(host, &path).name,
+                        scanned(&t, host, &path),
+                        "{host:?} {path}"
+                    );
+                    checked += 1;
+                }
+            }
+        }
+        assert_eq!(checked, 256);
+    }
+
+    #[test]
+    fn a_service_ring_is_rebuilt_only_when_its_ready_set_changes() {
+        let mut live = LiveState::default();
+        let ch = route(
+            "ch",
+            r#"{"service":"app","path_prefix":"/","policy":"consistent-hash","hash_key":{"from":"header","name":"x-user"}}"#,
+        );
+        let ring = |t: &RoutingTable| match &t.resolve(None, "/").balancer {
+            Balancer::ConsistentHash(_, ring) => ring.clone(),
+            other => panic!("{other:?}"),
+        };
+        let (a, b) = (
+            instance("app", "a", InstanceState::Ready),
+            instance("app", "b", InstanceState::Ready),
+        );
+        let starting = instance("app", "c", InstanceState::Starting);
+        let t1 = build(
+            &mut live,
+            std::slice::from_ref(&a),
+            std::slice::from_ref(&ch),
+        );
+        let t2 = build(&mut live, &[a.clone(), starting], std::slice::from_ref(&ch));
+        assert!(
+            Arc::ptr_eq(&ring(&t1), &ring(&t2)),
+            "only a starting instance came"
+        );
+        let t3 = build(&mut live, &[a, b], std::slice::from_ref(&ch));
+        assert!(!Arc::ptr_eq(&ring(&t2), &ring(&t3)));
+        assert_eq!(ring(&t3).len(), 2);
     }
 
     #[test]

@@ -23,8 +23,8 @@
 //! - [`spec`]: a service's declared workload (`services/{service}`): how to
 //!   run it per driver, readiness, who registers it, its content version.
 //! - [`stop`]: what asks an instance to stop (signals, its retire key).
-//! - [`rendezvous`]: weighted rendezvous hashing, so gateways and app servers
-//!   agree on which instance owns a key.
+//! - [`ring`]: the weighted hash ring, so gateways and app servers agree on
+//!   which instance owns a key; [`stable_hash`]: the fixed hash it uses.
 //! - [`peer`]: a client-side balancer (power of two choices) over a service's
 //!   ready instances, for calling peers without a gateway.
 //!
@@ -41,8 +41,9 @@ pub mod manifest;
 pub mod model;
 pub mod peer;
 pub mod registration;
-pub mod rendezvous;
+pub mod ring;
 pub mod spec;
+pub mod stable_hash;
 pub mod stop;
 pub mod store;
 pub mod watcher;

@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::keys::{Key, Keys, validate_segment};
 use crate::model::{DecodeError, RegistryValue, ValidationError, decode_json, key_mismatch};
-use crate::rendezvous::hash;
+use crate::stable_hash::hash;
 
 /// Placeholders replaced in a process's argv (and a container's command):
 /// the port it must listen on, its instance id, its service, its version.

@@ -1,6 +1,6 @@
 //! Who owns a key: the service's ready instances as this instance last saw
-//! them, ranked per key by rendezvous hashing (`registry::rendezvous`, the
-//! same ranking as the gateway's `consistent-hash` policy).
+//! them, ranked per key on a hash ring (`registry::ring`, built once per
+//! view; the same ranking as the gateway's `consistent-hash` policy).
 //!
 //! - The **owners** of a key are the first R ready instances in its ranking,
 //!   skipping peers marked down (a refused connection or a peer that said it
@@ -27,7 +27,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime};
 
-use registry::rendezvous;
+use registry::ring::Ring;
+use registry::stable_hash;
 use tokio::sync::watch;
 
 /// How long after the last membership change reads still ask previous owners
@@ -61,7 +62,10 @@ impl Member {
 
 #[derive(Debug)]
 struct Seen {
+    /// Sorted by id.
     members: Arc<Vec<Member>>,
+    /// The ring of `members`, in their order.
+    ring: Ring,
     /// When this view stopped being current (`None`: it still is).
     replaced: Option<Instant>,
 }
@@ -103,10 +107,7 @@ impl Membership {
             me: me.clone(),
             replicas: replicas.max(1),
             state: Mutex::new(State {
-                views: VecDeque::from([Seen {
-                    members: Arc::new(vec![me]),
-                    replaced: None,
-                }]),
+                views: VecDeque::from([Seen::new(vec![me])]),
                 down: HashMap::new(),
                 last_change: Instant::now(),
             }),
@@ -140,10 +141,7 @@ impl Membership {
         if let Some(current) = state.views.back_mut() {
             current.replaced = Some(now);
         }
-        state.views.push_back(Seen {
-            members: Arc::new(members),
-            replaced: None,
-        });
+        state.views.push_back(Seen::new(members));
         state.last_change = now;
         prune(&mut state.views, now);
         drop(state);
@@ -198,15 +196,20 @@ impl Membership {
     /// How many ready instances the current view has that are not marked
     /// down (refused a connection in the last [`DOWN_FOR`]).
     pub fn up_size(&self) -> usize {
-        up_members(&mut self.lock()).len()
+        let mut state = self.lock();
+        forget_expired_marks(&mut state);
+        let current = state.views.back().expect("there is always a current view");
+        let down = |m: &&Member| state.down.contains_key(&m.id);
+        current.members.iter().filter(|m| !down(m)).count()
     }
 
     /// The key's owners now: the first R of its ranking among ready
     /// instances that are not marked down.
     pub fn owners(&self, key: &str) -> Vec<Member> {
-        let up = up_members(&mut self.lock());
-        let candidates: Vec<&Member> = up.iter().collect();
-        top(key, &candidates, self.replicas)
+        let mut state = self.lock();
+        forget_expired_marks(&mut state);
+        let current = state.views.back().expect("there is always a current view");
+        current.top(key, self.replicas, |m| !state.down.contains_key(&m.id))
     }
 
     /// The key's ranking in every view seen within [`SETTLE`], oldest view
@@ -217,10 +220,7 @@ impl Membership {
         state
             .views
             .iter()
-            .map(|view| {
-                let all: Vec<&Member> = view.members.iter().collect();
-                top(key, &all, all.len())
-            })
+            .map(|view| view.top(key, view.members.len(), |_| true))
             .collect()
     }
 
@@ -264,20 +264,12 @@ impl Membership {
 /// A fixed fingerprint of an owner set (order-sensitive: the primary matters).
 pub fn fingerprint(owners: &[Member]) -> u64 {
     let ids: Vec<&str> = owners.iter().map(|m| m.id.as_str()).collect();
-    rendezvous::hash(ids.join(",").as_bytes(), b"owners").max(1)
+    stable_hash::hash(ids.join(",").as_bytes(), b"owners").max(1)
 }
 
-/// The current view's members not marked down (expired marks forgotten).
-fn up_members(state: &mut State) -> Vec<Member> {
+fn forget_expired_marks(state: &mut State) {
     let now = Instant::now();
     state.down.retain(|_, until| *until > now);
-    let current = state.views.back().expect("there is always a current view");
-    current
-        .members
-        .iter()
-        .filter(|m| !state.down.contains_key(&m.id))
-        .cloned()
-        .collect()
 }
 
 /// The members to ask for the newest copy of a key, given its ranking in
@@ -312,12 +304,25 @@ pub fn to_ask(
     ask
 }
 
-fn top(key: &str, candidates: &[&Member], n: usize) -> Vec<Member> {
-    rendezvous::rank(key, candidates, |m| (m.id.as_str(), m.weight))
-        .into_iter()
-        .take(n)
-        .map(|i| candidates[i].clone())
-        .collect()
+impl Seen {
+    /// A current view of `members` (sorted by id).
+    fn new(members: Vec<Member>) -> Seen {
+        let ring = Ring::new(members.iter().map(|m| (m.id.as_str(), m.weight)));
+        Seen {
+            members: Arc::new(members),
+            ring,
+            replaced: None,
+        }
+    }
+
+    /// `key`'s first `n` members that `eligible` accepts, in ranking order.
+    fn top(&self, key: &str, n: usize, eligible: impl Fn(&Member) -> bool) -> Vec<Member> {
+        self.ring
+            .rank(key, n, |i| eligible(&self.members[i]))
+            .into_iter()
+            .map(|i| self.members[i].clone())
+            .collect()
+    }
 }
 
 /// Forget views replaced more than [`SETTLE`] ago.
@@ -355,9 +360,10 @@ mod tests {
         let owners = m.owners("user:1");
         assert_eq!(owners.len(), 2);
         let current = m.current();
-        let expected: Vec<&str> = rendezvous::rank("user:1", &current, |m| (m.id.as_str(), 1))
+        let ring = Ring::new(current.iter().map(|m| (m.id.as_str(), 1)));
+        let expected: Vec<&str> = ring
+            .rank("user:1", 3, |_| true)
             .into_iter()
-            .take(3)
             .map(|i| current[i].id.as_str())
             .collect();
         assert_eq!(ids(&owners), expected[..2]);
@@ -398,7 +404,10 @@ mod tests {
         // An instance that has been around wins the key: the old owner is still asked.
         let newcomer = (0..)
             .map(|i| format!("n{i}"))
-            .find(|id| rendezvous::score(&key, id, 1) > rendezvous::score(&key, "b", 1))
+            .find(|id| {
+                let ring = Ring::new(["a", "b", id.as_str()].map(|m| (m, 1)));
+                ring.owner(&key, |_| true) == Some(2)
+            })
             .unwrap();
         m.update(vec![member("a"), member("b"), member(&newcomer)]);
         assert_eq!(m.owners(&key)[0].id, newcomer);
@@ -418,12 +427,12 @@ mod tests {
         let mut listing = old.clone();
         listing.extend(["new", "also-new"].map(started_now));
         m.update(listing);
-        let old_refs: Vec<&Member> = old.iter().collect();
+        let old_view = Seen::new(old);
         let mut new_first = 0;
         for i in 0..200 {
             let key = format!("k{i}");
             let asked = ask(&m, &key, |_| true);
-            for owner in top(&key, &old_refs, 2) {
+            for owner in old_view.top(&key, 2, |_| true) {
                 assert!(
                     asked.contains(&owner.id),
                     "{key}: {asked:?} lacks {}",

@@ -1,6 +1,6 @@
 //! The distributed key-value store behind `/kv/{key}`: every key lives on R
-//! instances of the service (its owners, by rendezvous hashing over the
-//! ready instances), versioned by a hybrid logical clock, moved when the
+//! instances of the service (its owners, on a hash ring over the ready
+//! instances), versioned by a hybrid logical clock, moved when the
 //! membership changes and handed off before an instance leaves.
 //!
 //! - [`key`]: key and value rules.

@@ -84,7 +84,7 @@ pub struct Clock {
 impl Clock {
     pub fn new(node_id: &str) -> Self {
         Clock {
-            node: registry::rendezvous::hash(node_id.as_bytes(), b""),
+            node: registry::stable_hash::hash(node_id.as_bytes(), b""),
             last: AtomicU64::new(0),
         }
     }

@@ -1,15 +1,19 @@
-//! Consistent hashing by weighted rendezvous (highest random weight): every
-//! backend scores the request key, the highest score wins. The same key reaches
-//! the same backend while the set is unchanged; adding an (N+1)-th backend
-//! moves only the keys it now wins, about 1/(N+1) of them, and removing one
-//! moves only its own keys. The ranking is `registry::rendezvous`, fixed
-//! across builds, so every gateway maps keys the same way, and to the
-//! instance the app servers' key-value store makes the key's primary.
+//! Consistent hashing on a weighted hash ring (`registry::ring`): the
+//! request key's owner is the first eligible backend clockwise from the key
+//! on the ring of the service's ready backends. The same key reaches the same
+//! backend while the set is unchanged; adding an (N+1)-th backend moves only
+//! the keys it now wins, about 1/(N+1) of them, and removing, ejecting or
+//! having tried one moves only its own keys, each to the key's next backend.
+//! The ring is fixed across builds, so every gateway maps keys the same way,
+//! and to the instance the app servers' key-value store makes the key's
+//! primary. A pick is a binary search, O(log n); the ring is built once per
+//! change of the service's ready set (see `table::LiveState`).
 
 use std::borrow::Cow;
 use std::sync::Arc;
 
 use registry::model::HashKey;
+use registry::ring::Ring;
 
 use super::{Eligible, RequestView, cookie_value};
 use crate::backend::Backend;
@@ -39,16 +43,17 @@ pub fn key_of<'a>(key: &HashKey, request: &RequestView<'a>) -> Option<Cow<'a, st
     }
 }
 
-pub fn pick(backends: &[Arc<Backend>], eligible: &Eligible, key: &str) -> Option<usize> {
-    eligible
-        .iter()
-        .max_by(|&a, &b| score(key, &backends[a]).total_cmp(&score(key, &backends[b])))
+/// The key's owner: the first backend on `ring` that [`Eligible::accepts`];
+/// when none does (panic mode), the first untried one.
+pub fn pick(ring: &Ring, eligible: &Eligible, key: &str) -> Option<usize> {
+    ring.owner(key, |i| eligible.accepts(i))
+        .or_else(|| ring.owner(key, |i| eligible.untried(i)))
 }
 
-/// Weighted rendezvous score (`registry::rendezvous`, the ranking app
-/// servers use for their key-value store too).
-pub fn score(key: &str, backend: &Backend) -> f64 {
-    registry::rendezvous::score(key, backend.id(), backend.instance.weight)
+/// The ring of `backends` (in their order: the table sorts them by id, as
+/// the key-value store sorts its members, so both number them alike).
+pub fn ring_of(backends: &[Arc<Backend>]) -> Ring {
+    Ring::new(backends.iter().map(|b| (b.id(), b.instance.weight)))
 }
 
 #[cfg(test)]
@@ -61,8 +66,14 @@ mod tests {
     use super::*;
 
     fn owner(b: &[Arc<Backend>], key: &str) -> String {
-        let eligible = Eligible::new(b, &[], Instant::now());
-        b[pick(b, &eligible, key).unwrap()].id().to_owned()
+        owner_skipping(b, key, &[])
+    }
+
+    fn owner_skipping(b: &[Arc<Backend>], key: &str, tried: &[usize]) -> String {
+        let eligible = Eligible::new(b, tried, Instant::now());
+        b[pick(&ring_of(b), &eligible, key).unwrap()]
+            .id()
+            .to_owned()
     }
 
     #[test]
@@ -100,6 +111,44 @@ mod tests {
             if before != "b1" {
                 assert_eq!(owner(&without_b1, &key), before);
             }
+        }
+    }
+
+    #[test]
+    fn an_ejected_or_tried_owner_hands_only_its_keys_to_their_next_backend() {
+        let b = backends(4);
+        let without_b2: Vec<_> = b.iter().filter(|x| x.id() != "b2").cloned().collect();
+        let until = Instant::now() + std::time::Duration::from_secs(5);
+        for k in 0..500 {
+            let key = format!("k{k}");
+            assert_eq!(owner_skipping(&b, &key, &[2]), owner(&without_b2, &key));
+        }
+        b[2].state.health.lock().unwrap().ejected_until = Some(until);
+        for k in 0..500 {
+            let key = format!("k{k}");
+            assert_eq!(owner(&b, &key), owner(&without_b2, &key));
+        }
+        // Every backend ejected: keys still map as if none were (panic mode).
+        for x in &b {
+            x.state.health.lock().unwrap().ejected_until = Some(until);
+        }
+        let fresh = backends(4);
+        for k in 0..100 {
+            let key = format!("k{k}");
+            assert_eq!(owner(&b, &key), owner(&fresh, &key));
+        }
+    }
+
+    #[test]
+    fn the_gateway_and_the_key_value_store_agree_on_owners() {
+        // The key-value store ranks its members (sorted by id) on the same ring.
+        let b = backends(5);
+        let ids: Vec<&str> = b.iter().map(|x| x.id()).collect();
+        let store_ring = Ring::new(ids.iter().map(|id| (*id, 1)));
+        for k in 0..200 {
+            let key = format!("user:{k}");
+            let store_owner = ids[store_ring.owner(&key, |_| true).unwrap()];
+            assert_eq!(owner(&b, &key), store_owner);
         }
     }
 

@@ -3,6 +3,7 @@
 //! global scan), and it avoids the herd behaviour of always picking the single
 //! least-loaded backend. Slow start is probabilistic: a cold winner keeps the
 //! pick with probability equal to its warmth, else the warmer one gets it.
+//! A pick is O(1) while most backends are eligible (see [`two_candidates`]).
 
 use std::sync::Arc;
 
@@ -30,31 +31,60 @@ pub fn cost(backend: &Backend, latency_nanos: f64) -> f64 {
     latency_nanos * (backend.state.in_flight() as f64 + 1.0) / backend.instance.weight as f64
 }
 
+/// How many random draws a pick spends looking for an eligible candidate
+/// before it lists the eligible set instead.
+const DRAWS: usize = 8;
+
 pub fn pick(backends: &[Arc<Backend>], eligible: &Eligible, ctx: &PickContext) -> Option<usize> {
-    match eligible.len() {
-        0 => None,
-        1 => eligible.first(),
-        n => {
-            let mut rng = rand::rng();
-            let first = rng.random_range(0..n);
-            let second = (first + rng.random_range(1..n)) % n;
-            let (a, b) = (eligible.nth(first), eligible.nth(second));
-            let (la, lb) = latencies(&backends[a], &backends[b], ctx.now);
-            let (winner, other) = if cost(&backends[b], lb) < cost(&backends[a], la) {
-                (b, a)
-            } else {
-                (a, b)
-            };
-            // Slow start: a cold winner keeps the pick with probability = its warmth.
-            let warmth = |i: usize| backends[i].state.warmth(ctx.now, ctx.slow_start);
-            let w = warmth(winner);
-            if w < 1.0 && warmth(other) > w && rng.random::<f64>() > w {
-                Some(other)
-            } else {
-                Some(winner)
+    let mut rng = rand::rng();
+    let (a, b) = match two_candidates(eligible, &mut rng) {
+        Some(pair) => pair,
+        None => {
+            // Most backends are tried or ejected: draw from the listed set.
+            let list = eligible.list();
+            match list.len() {
+                0 => return None,
+                1 => return Some(list[0]),
+                n => {
+                    let first = rng.random_range(0..n);
+                    let second = (first + rng.random_range(1..n)) % n;
+                    (list[first], list[second])
+                }
             }
         }
+    };
+    let (la, lb) = latencies(&backends[a], &backends[b], ctx.now);
+    let (winner, other) = if cost(&backends[b], lb) < cost(&backends[a], la) {
+        (b, a)
+    } else {
+        (a, b)
+    };
+    // Slow start: a cold winner keeps the pick with probability = its warmth.
+    let warmth = |i: usize| backends[i].state.warmth(ctx.now, ctx.slow_start);
+    let w = warmth(winner);
+    if w < 1.0 && warmth(other) > w && rng.random::<f64>() > w {
+        Some(other)
+    } else {
+        Some(winner)
     }
+}
+
+/// Two distinct backends drawn uniformly among those [`Eligible::accepts`]
+/// (rejection sampling: the same distribution as drawing from the listed
+/// set, in O(1) while most backends are eligible). `None` when the draws
+/// keep failing, or when fewer than two backends could be eligible.
+fn two_candidates(eligible: &Eligible, rng: &mut impl Rng) -> Option<(usize, usize)> {
+    let n = eligible.backends();
+    if n < 2 {
+        return None;
+    }
+    let first = (0..DRAWS)
+        .map(|_| rng.random_range(0..n))
+        .find(|&i| eligible.accepts(i))?;
+    let second = (0..DRAWS)
+        .map(|_| (first + rng.random_range(1..n)) % n)
+        .find(|&i| eligible.accepts(i))?;
+    Some((first, second))
 }
 
 #[cfg(test)]

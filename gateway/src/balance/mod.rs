@@ -1,30 +1,36 @@
 //! Load-balancing policies: which backend of a service gets a request.
 //!
 //! A [`Balancer`] is built once per routing-table snapshot for one route (the
-//! policy's own state, like the round-robin schedule, lives in it) and is then
-//! only read on the request path. Every policy:
+//! policy's own state, like the round-robin schedule or the hash ring, lives
+//! in it) and is then only read on the request path. Every policy:
 //! - picks among *eligible* backends: in the table (which holds only `ready`
 //!   instances), not ejected, not already tried by this request (`tried`);
 //!   when every backend is ejected it falls back to all of them ("panic
 //!   mode", as Envoy does) rather than failing a request a backend might serve;
 //! - honours slow start: a backend first seen less than `slow_start` ago gets
-//!   a share that ramps from 10% to 100% (see `BackendState::warmth`).
+//!   a share that ramps from 10% to 100% (see `BackendState::warmth`);
+//! - costs O(1) or O(log n) per request for n backends: eligibility is
+//!   checked only for the candidates a policy considers ([`Eligible`]), and
+//!   the explicit set is listed (O(n)) only when candidates keep failing,
+//!   i.e. when most backends are ejected or tried.
 //!
 //! Files: [`round_robin`] (weighted, the source notes' policy),
 //! [`least_request`] (P2C over peak-EWMA × (in-flight + 1)),
-//! [`consistent_hash`] (weighted rendezvous hashing), [`sticky`] (cookie).
+//! [`consistent_hash`] (a weighted hash ring, `registry::ring`), [`sticky`]
+//! (cookie).
 
 pub mod consistent_hash;
 pub mod least_request;
 pub mod round_robin;
 pub mod sticky;
 
-use std::sync::Arc;
 use std::sync::atomic::AtomicUsize;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use http::HeaderMap;
 use registry::model::{BalancePolicy, HashKey};
+use registry::ring::Ring;
 
 use crate::backend::Backend;
 
@@ -49,26 +55,55 @@ pub struct Pick {
 pub enum Balancer {
     RoundRobin(round_robin::RoundRobin),
     LeastRequest,
-    ConsistentHash(HashKey),
+    /// The ring is the service's, shared by its routes and kept across
+    /// snapshots while the set of ready backends is unchanged.
+    ConsistentHash(HashKey, Arc<Ring>),
     Sticky(sticky::Sticky),
 }
 
+/// What policies derive from a service's ready backends (the round-robin
+/// schedule, the hash ring), each built on first use and shared by the
+/// service's routes. The table keeps it across snapshots while the ready
+/// set (ids and weights, in order) is unchanged, so a registry change that
+/// does not touch a service rebuilds nothing of it.
+#[derive(Debug, Default)]
+pub struct Prepared {
+    schedule: OnceLock<Arc<round_robin::Schedule>>,
+    ring: OnceLock<Arc<Ring>>,
+}
+
+impl Prepared {
+    fn schedule(&self, backends: &[Arc<Backend>]) -> Arc<round_robin::Schedule> {
+        self.schedule
+            .get_or_init(|| Arc::new(round_robin::Schedule::of_backends(backends)))
+            .clone()
+    }
+
+    fn ring(&self, backends: &[Arc<Backend>]) -> Arc<Ring> {
+        self.ring
+            .get_or_init(|| Arc::new(consistent_hash::ring_of(backends)))
+            .clone()
+    }
+}
+
 impl Balancer {
-    /// `rotation` is the route's round-robin position, kept across snapshots
-    /// (other policies ignore it).
+    /// `prepared` belongs to `backends`; `rotation` is the route's
+    /// round-robin position, kept across snapshots (other policies ignore it).
     pub fn new(
         policy: BalancePolicy,
         hash_key: Option<&HashKey>,
         backends: &[Arc<Backend>],
+        prepared: &Prepared,
         rotation: Arc<AtomicUsize>,
     ) -> Self {
         match policy {
-            BalancePolicy::RoundRobin => {
-                Balancer::RoundRobin(round_robin::RoundRobin::new(backends, rotation))
-            }
+            BalancePolicy::RoundRobin => Balancer::RoundRobin(round_robin::RoundRobin::new(
+                prepared.schedule(backends),
+                rotation,
+            )),
             BalancePolicy::LeastRequest => Balancer::LeastRequest,
             BalancePolicy::ConsistentHash => match hash_key {
-                Some(key) => Balancer::ConsistentHash(key.clone()),
+                Some(key) => Balancer::ConsistentHash(key.clone(), prepared.ring(backends)),
                 // Route validation requires a key; without one, balance by load.
                 None => Balancer::LeastRequest,
             },
@@ -95,10 +130,9 @@ impl Balancer {
         match self {
             Balancer::RoundRobin(rr) => rr.pick(backends, &eligible, ctx).map(plain),
             Balancer::LeastRequest => least_request::pick(backends, &eligible, ctx).map(plain),
-            Balancer::ConsistentHash(key) => {
-                let hash_input = consistent_hash::key_of(key, request);
-                match hash_input {
-                    Some(input) => consistent_hash::pick(backends, &eligible, &input).map(plain),
+            Balancer::ConsistentHash(key, ring) => {
+                match consistent_hash::key_of(key, request) {
+                    Some(input) => consistent_hash::pick(ring, &eligible, &input).map(plain),
                     // No key in this request: spread it by load.
                     None => least_request::pick(backends, &eligible, ctx).map(plain),
                 }
@@ -115,80 +149,69 @@ pub struct PickContext {
     pub slow_start: Duration,
 }
 
-/// Indices of the backends a request may go to.
+/// Which backends a request may go to, decided per candidate.
+///
+/// A backend is *healthy-eligible* when this request has not tried it and it
+/// is not ejected ([`Eligible::accepts`]). When no untried backend is healthy
+/// (every one ejected), every untried backend is eligible (panic mode).
+/// Policies ask [`Eligible::accepts`] about the few candidates they consider
+/// and fall back to [`Eligible::list`] (O(n)) only when those keep failing.
 #[derive(Debug)]
-pub struct Eligible {
-    set: Set,
+pub struct Eligible<'a> {
+    backends: &'a [Arc<Backend>],
+    /// Distinct indices (an attempt never picks a tried backend).
+    tried: &'a [usize],
+    now: Instant,
 }
 
-/// Most requests are a first attempt with no backend ejected: then every
-/// backend is eligible, and no list is allocated.
-#[derive(Debug)]
-enum Set {
-    /// All of `0..n`.
-    All(usize),
-    Listed(Vec<usize>),
-}
-
-impl Eligible {
-    fn new(backends: &[Arc<Backend>], tried: &[usize], now: Instant) -> Self {
-        if tried.is_empty() && !backends.iter().any(|b| b.state.is_ejected(now)) {
-            return Eligible {
-                set: Set::All(backends.len()),
-            };
+impl<'a> Eligible<'a> {
+    pub fn new(backends: &'a [Arc<Backend>], tried: &'a [usize], now: Instant) -> Self {
+        Eligible {
+            backends,
+            tried,
+            now,
         }
-        let untried = (0..backends.len()).filter(|i| !tried.contains(i));
-        let healthy: Vec<usize> = untried
-            .clone()
-            .filter(|&i| !backends[i].state.is_ejected(now))
+    }
+
+    /// How many backends are there to choose from.
+    pub fn backends(&self) -> usize {
+        self.backends.len()
+    }
+
+    /// No backend is left untried.
+    pub fn is_empty(&self) -> bool {
+        self.tried.len() >= self.backends.len()
+    }
+
+    /// Not tried by this request.
+    pub fn untried(&self, index: usize) -> bool {
+        !self.tried.contains(&index)
+    }
+
+    /// Untried and not ejected: a candidate a policy may take at once.
+    pub fn accepts(&self, index: usize) -> bool {
+        self.untried(index) && !self.backends[index].state.is_ejected(self.now)
+    }
+
+    /// The eligible set, listed (O(n)): the healthy untried backends, or,
+    /// when there are none, every untried one (panic mode).
+    pub fn list(&self) -> Vec<usize> {
+        let healthy: Vec<usize> = (0..self.backends.len())
+            .filter(|&i| self.accepts(i))
             .collect();
-        let indices = if healthy.is_empty() {
-            untried.collect()
+        if healthy.is_empty() {
+            (0..self.backends.len())
+                .filter(|&i| self.untried(i))
+                .collect()
         } else {
             healthy
-        };
-        Eligible {
-            set: Set::Listed(indices),
         }
     }
 
-    pub fn len(&self) -> usize {
-        match &self.set {
-            Set::All(n) => *n,
-            Set::Listed(indices) => indices.len(),
-        }
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
-    /// The `nth` eligible index (`nth` < [`Eligible::len`]).
-    pub fn nth(&self, nth: usize) -> usize {
-        match &self.set {
-            Set::All(_) => nth,
-            Set::Listed(indices) => indices[nth],
-        }
-    }
-
-    pub fn first(&self) -> Option<usize> {
-        (!self.is_empty()).then(|| self.nth(0))
-    }
-
-    pub fn contains(&self, index: usize) -> bool {
-        match &self.set {
-            Set::All(n) => index < *n,
-            Set::Listed(indices) => indices.contains(&index),
-        }
-    }
-
-    pub fn iter(&self) -> impl Iterator<Item = usize> + '_ {
-        (0..self.len()).map(|nth| self.nth(nth))
-    }
-
-    /// The eligible indices, in order (for tests and logs).
-    pub fn indices(&self) -> Vec<usize> {
-        self.iter().collect()
+    /// Whether panic mode applies: no untried backend is healthy (O(n); for
+    /// fallbacks only).
+    pub fn panicking(&self) -> bool {
+        !(0..self.backends.len()).any(|i| self.accepts(i))
     }
 }
 
@@ -232,10 +255,13 @@ mod tests {
         let b = backends(3);
         let now = Instant::now();
         b[0].state.health.lock().unwrap().ejected_until = Some(now + Duration::from_secs(5));
-        assert_eq!(Eligible::new(&b, &[], now).indices(), &[1, 2]);
-        assert_eq!(Eligible::new(&b, &[1], now).indices(), &[2]);
+        assert_eq!(Eligible::new(&b, &[], now).list(), &[1, 2]);
+        assert!(!Eligible::new(&b, &[], now).accepts(0));
+        assert_eq!(Eligible::new(&b, &[1], now).list(), &[2]);
         // Everything else tried or ejected: the ejected one is better than nothing.
-        assert_eq!(Eligible::new(&b, &[1, 2], now).indices(), &[0]);
+        let cornered = Eligible::new(&b, &[1, 2], now);
+        assert_eq!(cornered.list(), &[0]);
+        assert!(cornered.panicking() && !cornered.accepts(0));
         assert!(Eligible::new(&b, &[0, 1, 2], now).is_empty());
     }
 }

@@ -2,7 +2,8 @@
 //! pins a client to an instance. While that instance is eligible (in the
 //! table, hence ready; not ejected; not already tried by this request) the
 //! request goes there. Otherwise the request is balanced by least-request and
-//! the cookie is rewritten to the new instance.
+//! the cookie is rewritten to the new instance. The pinned instance is found
+//! by binary search: the table keeps a service's backends sorted by id.
 
 use std::sync::Arc;
 
@@ -27,7 +28,8 @@ impl Sticky {
     ) -> Option<Pick> {
         let service = &backends.first()?.instance.service;
         if let Some(pinned) = cookie_value(request.headers, &cookie_name(service))
-            && let Some(index) = eligible.iter().find(|&i| backends[i].id() == pinned)
+            && let Ok(index) = backends.binary_search_by(|b| b.id().cmp(&pinned))
+            && (eligible.accepts(index) || eligible.untried(index) && eligible.panicking())
         {
             return Some(Pick {
                 index,

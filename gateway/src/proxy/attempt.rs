@@ -163,9 +163,12 @@ impl<'a> Exchange<'a> {
             second_chance_used: self.second_chance_used,
             last_failure: None,
         };
-        // Instances that failed before the hold are not tried again.
-        for (index, backend) in pool.ready.iter().enumerate() {
-            if attempts.made < MAX_ATTEMPTS && self.failed_on.iter().any(|r| r.id() == backend.id())
+        // Instances that failed before the hold are not tried again (found by
+        // binary search: the table keeps a pool's backends sorted by id).
+        for failed in &self.failed_on {
+            if attempts.made < MAX_ATTEMPTS
+                && let Ok(index) = pool.ready.binary_search_by(|b| b.id().cmp(failed.id()))
+                && !attempts.tried().contains(&index)
             {
                 attempts.tried[attempts.made] = index;
                 attempts.made += 1;
@@ -502,9 +505,10 @@ impl Inner {
     /// Whether the latest table shows `backend` draining or gone.
     fn is_leaving(&self, backend: &Backend) -> bool {
         let table = self.table.load();
-        let current = table
-            .pool(&backend.instance.service)
-            .and_then(|pool| pool.all.iter().find(|b| b.id() == backend.id()));
+        let current = table.pool(&backend.instance.service).and_then(|pool| {
+            let found = pool.all.binary_search_by(|b| b.id().cmp(backend.id()));
+            found.ok().map(|index| &pool.all[index])
+        });
         current.is_none_or(|b| b.instance.state == InstanceState::Draining)
     }
 

@@ -1,9 +1,12 @@
 //! Keep-alive HTTP/1.1 connections to instances, on the request path in
 //! place of hyper-util's legacy client.
 //!
-//! Each instance's live state ([`BackendState`]) holds its own small pool
-//! ([`ConnPool`]): a stack of idle connections behind a mutex that only that
-//! instance's requests touch, held for a push or a pop. No pool key is built
+//! Each instance address has its own small pool ([`ConnPool`], held by the
+//! [`Backend`]s with that address): a stack of idle connections behind a
+//! mutex that only requests to that address touch, held for a push or a
+//! pop. Keyed by address, not by instance id, so idle connections are bounded
+//! by the concurrency per address, whatever the number of registry entries
+//! naming it. No pool key is built
 //! or hashed, nothing is boxed per request, and no task is spawned.
 //!
 //! **A connection is driven by the request that holds it.** hyper's
@@ -56,7 +59,7 @@ use tokio::net::TcpStream;
 use tracing::debug;
 
 use super::body::AttemptBody;
-use crate::backend::{Backend, BackendState};
+use crate::backend::Backend;
 
 /// One connection's request handle.
 type Sender = http1::SendRequest<AttemptBody<Incoming>>;
@@ -188,7 +191,7 @@ pub struct Upstream {
 struct Checkin {
     conn: Conn,
     authority: Authority,
-    state: Arc<BackendState>,
+    pool: Arc<ConnPool>,
     idle_timeout: Duration,
 }
 
@@ -200,7 +203,7 @@ impl Checkin {
             &mut self.conn.driver,
             &mut Context::from_waker(Waker::noop()),
         ) {
-            let pool = &self.state.conns;
+            let pool = &self.pool;
             pool.put(self.conn, self.authority, now, self.idle_timeout);
         }
     }
@@ -317,7 +320,7 @@ impl Upstream {
             // Boxed: rare, and it would make every request's future bigger.
             return Box::pin(self.send_upgrade(backend, request)).await;
         }
-        let pool = &backend.state.conns;
+        let pool = &backend.conns;
         loop {
             let (mut conn, reused) = match pool.take(&backend.authority, now, self.idle_timeout) {
                 Some(conn) => (conn, true),
@@ -349,7 +352,7 @@ impl Upstream {
                     let checkin = conn.driver.is_some().then(|| Checkin {
                         conn,
                         authority: backend.authority.clone(),
-                        state: backend.state.clone(),
+                        pool: backend.conns.clone(),
                         idle_timeout: self.idle_timeout,
                     });
                     return Ok(response.map(|body| PooledBody {
@@ -439,7 +442,11 @@ mod tests {
         let mut instance = Instance::new("app", addr.to_string());
         instance.id = "i-1".into();
         instance.state = InstanceState::Ready;
-        Backend::new(instance, Arc::new(BackendState::new(Instant::now()))).unwrap()
+        Backend::new(
+            instance,
+            Arc::new(crate::backend::BackendState::new(Instant::now())),
+        )
+        .unwrap()
     }
 
     fn get() -> Request<AttemptBody<Incoming>> {
@@ -541,7 +548,7 @@ mod tests {
             assert_eq!(send_and_read(&upstream, &backend).await, "ok");
         }
         assert_eq!(accepted.load(Ordering::SeqCst), 1, "one connection for all");
-        assert_eq!(backend.state.conns.idle(), 1);
+        assert_eq!(backend.conns.idle(), 1);
     }
 
     #[tokio::test]
@@ -580,18 +587,14 @@ mod tests {
         let backend = backend(addr);
         let upstream = Upstream::new(Duration::from_secs(1), Duration::from_secs(60));
         assert_eq!(send_and_read(&upstream, &backend).await, "ok");
-        assert_eq!(backend.state.conns.idle(), 1);
+        assert_eq!(backend.conns.idle(), 1);
         close_all.notify_waiters();
         tokio::time::sleep(Duration::from_millis(50)).await; // the FIN arrives
         let second =
             tokio::time::timeout(Duration::from_secs(5), send_and_read(&upstream, &backend));
         assert_eq!(second.await.expect("no answer within 5 s"), "ok");
         assert_eq!(accepted.load(Ordering::SeqCst), 2);
-        assert_eq!(
-            backend.state.conns.idle(),
-            1,
-            "the new connection is parked"
-        );
+        assert_eq!(backend.conns.idle(), 1, "the new connection is parked");
     }
 
     #[tokio::test]
@@ -634,7 +637,7 @@ mod tests {
         tokio::time::sleep(Duration::from_millis(20)).await;
         assert_eq!(send_and_read(&upstream, &backend).await, "ok");
         assert_eq!(accepted.load(Ordering::SeqCst), 2);
-        assert_eq!(backend.state.conns.idle(), 1, "the expired one was dropped");
+        assert_eq!(backend.conns.idle(), 1, "the expired one was dropped");
     }
 
     #[tokio::test]
