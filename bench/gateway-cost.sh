@@ -72,17 +72,6 @@ check_cores
 setup_tmp shoal-cost
 CLK_TCK=$(getconf CLK_TCK)
 
-# cpu_ticks_of PID: user + system clock ticks of PID and its children so far.
-cpu_ticks_of() {
-  local total=0 pid ticks
-  for pid in "$1" $(pgrep -P "$1" || true); do
-    # Fields after the command name (which may hold spaces): utime is the 12th, stime the 13th.
-    ticks=$(sed 's/^.*) //' "/proc/$pid/stat" 2>/dev/null | awk '{ print $12 + $13 }') || ticks=0
-    total=$((total + ${ticks:-0}))
-  done
-  echo "$total"
-}
-
 url_of() { echo "http://127.0.0.1:${PORT[$1]}/"; }
 
 build_release
@@ -215,13 +204,4 @@ for key in "${keys[@]}"; do
     "$(printf '%.0f' "$(median ${RPS[$key]})")" "${ERRORS[$key]}" "${D1[$key]:--}" "${I1[$key]:--}" "${LL[$key]:--}"
 done
 
-if [ ${#FAILED[@]} -gt 0 ]; then
-  for key in "${!FAILED[@]}"; do
-    echo "FAILED: $key: ${FAILED[$key]}" >&2
-    if [ -n "${LOG[$key]:-}" ] && [ -s "${LOG[$key]}" ]; then
-      echo "--- last lines of ${LOG[$key]}:" >&2
-      tail -n 10 "${LOG[$key]}" >&2
-    fi
-  done
-  exit 1
-fi
+report_failed

@@ -298,14 +298,4 @@ if [[ " $PROXIES " == *" shoal "* ]] && [ "$ROUNDS" -ge 2 ] && [ -x "$BIN/paired
   done
 fi
 
-if [ ${#FAILED[@]} -gt 0 ]; then
-  echo
-  for key in "${!FAILED[@]}"; do
-    echo "FAILED: $key: ${FAILED[$key]}" >&2
-    if [ -n "${LOG[$key]:-}" ] && [ -s "${LOG[$key]}" ]; then
-      echo "--- last lines of ${LOG[$key]}:" >&2
-      tail -n 10 "${LOG[$key]}" >&2
-    fi
-  done
-  exit 1
-fi
+report_failed

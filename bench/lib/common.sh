@@ -1,5 +1,6 @@
-# Shared by bench/gateway.sh and bench/gateway-cost.sh: cores, ports, the
-# temporary directory and the processes to stop on exit, waiting for a URL.
+# Shared by the gateway benchmarks: cores, ports, the temporary directory
+# and the processes to stop on exit, waiting for a URL, a process's CPU time
+# and memory.
 # Source it from the repository root after `set -euo pipefail`.
 
 # nginx and haproxy live in sbin, which is not on every user's PATH.
@@ -54,7 +55,8 @@ setup_tmp() {
 cleanup() {
   local status=$?
   trap - INT TERM EXIT
-  for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
+  # CONT too: a process held with SIGSTOP handles its TERM only once resumed.
+  for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null && kill -CONT "$pid" 2>/dev/null || true; done
   for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
   if [ "${KEEP_TMP:-0}" = 1 ]; then echo "configs and logs kept in $TMP" >&2; else rm -rf "$TMP"; fi
   exit "$status"
@@ -121,4 +123,20 @@ round_order() {
 median() {
   printf '%s\n' "$@" | sort -g | awk '{ v[NR] = $1 } END {
     if (NR % 2) printf "%.3f", v[(NR + 1) / 2]; else printf "%.3f", (v[NR / 2] + v[NR / 2 + 1]) / 2 }'
+}
+
+# cpu_ticks_of PID: user + system clock ticks of PID and its children so far.
+cpu_ticks_of() {
+  local total=0 pid ticks
+  for pid in "$1" $(pgrep -P "$1" || true); do
+    # Fields after the command name (which may hold spaces): utime is the 12th, stime the 13th.
+    ticks=$(sed 's/^.*) //' "/proc/$pid/stat" 2>/dev/null | awk '{ print $12 + $13 }') || ticks=0
+    total=$((total + ${ticks:-0}))
+  done
+  echo "$total"
+}
+
+# rss_kb PID: the resident memory of PID (VmRSS), in KiB.
+rss_kb() {
+  awk '/^VmRSS:/ { print $2 }' "/proc/$1/status"
 }

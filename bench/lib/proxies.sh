@@ -12,7 +12,8 @@
 # Settings: PROXY_WRAPPER (array, empty by default) is put before each
 # proxy's command, e.g. (valgrind --tool=callgrind); NGINX_MASTER=off runs
 # nginx as a single process (no master), which a wrapper needs to see the
-# worker. GATEWAY_BIN (default $BIN/gateway) runs another build of the
+# worker. PROXY_MAX_CONNECTIONS (default 4096) is nginx's
+# worker_connections and HAProxy's maxconn. GATEWAY_BIN (default $BIN/gateway) runs another build of the
 # gateway. The proxy `before` is Shoal's gateway again, from BEFORE_BIN (a
 # copy of an earlier build): with PROXIES="shoal before", one run measures
 # a change against what it changes, round by round.
@@ -20,6 +21,7 @@
 declare -A PORT=() LOG=() PID=() ADMIN=() FAILED=() STOP_STATUS=()
 PROXY_WRAPPER=(${PROXY_WRAPPER[@]+"${PROXY_WRAPPER[@]}"})
 NGINX_MASTER=${NGINX_MASTER:-on}
+PROXY_MAX_CONNECTIONS=${PROXY_MAX_CONNECTIONS:-4096}
 
 # assign_ports: a free port for every proxy of PROXIES and policy of POLICIES.
 assign_ports() {
@@ -80,7 +82,7 @@ master_process $NGINX_MASTER;
 daemon off;
 pid $TMP/nginx/nginx.pid;
 error_log $TMP/nginx/error.log warn;
-events { worker_connections 4096; }
+events { worker_connections $PROXY_MAX_CONNECTIONS; }
 http {
   access_log off;
   client_body_temp_path $TMP/nginx/body;
@@ -133,7 +135,10 @@ start_haproxy() {
     cat <<CONF
 global
   nbthread 1
-  maxconn 4096
+  maxconn $PROXY_MAX_CONNECTIONS
+  # Start even when the open-file limit is below 2 x maxconn (it refuses by
+  # default): gateway-scale.sh's 10,000 idle connections need only one each.
+  no strict-limits
 defaults
   mode http
   timeout connect 5s
@@ -244,4 +249,20 @@ stop_proxies() {
   for pid in "${pids[@]}"; do [ -n "${status_of[$pid]:-}" ] || kept+=("$pid"); done
   pids=("${kept[@]}")
   PID=()
+}
+
+# report_failed: after the table, every FAILED entry with the end of its
+# proxy's log, and exit 1 when there is one.
+report_failed() {
+  local key
+  [ ${#FAILED[@]} -gt 0 ] || return 0
+  echo
+  for key in "${!FAILED[@]}"; do
+    echo "FAILED: $key: ${FAILED[$key]}" >&2
+    if [ -n "${LOG[$key]:-}" ] && [ -s "${LOG[$key]}" ]; then
+      echo "--- last lines of ${LOG[$key]}:" >&2
+      tail -n 10 "${LOG[$key]}" >&2
+    fi
+  done
+  exit 1
 }

@@ -15,12 +15,16 @@
 //!   a kill -9, every acknowledged write accounted for; `kv-check.sh`).
 //! - [`paired`]: round-by-round ratios of two proxies' benchmark figures,
 //!   with a distribution-free interval for their median (`gateway.sh`).
+//! - [`scale`]: thousands of fake instances and routes written into the
+//!   registry, and the time until a gateway routes a change
+//!   (`gateway-scale.sh`).
 //! - [`settings`]: the binaries' environment settings.
 //!
 //! Binaries (`src/bin/`): `seed_experiments`, `faults`, `kv_check`,
 //! `kv_bench` (`kv.sh`), `autoscale_bench` (`autoscale.sh`), `fixed_rate`
-//! (an open-loop load at a fixed rate, `gateway.sh`'s second table) and
-//! `paired` (`gateway.sh`'s intervals).
+//! (an open-loop load at a fixed rate, `gateway.sh`'s second table),
+//! `paired` (`gateway.sh`'s intervals) and `scale_registry`
+//! (`gateway-scale.sh`).
 //!
 //! `tests/` runs the checker end to end as a test.
 
@@ -29,4 +33,5 @@ pub mod faults;
 pub mod kv_check;
 pub mod kv_load;
 pub mod paired;
+pub mod scale;
 pub mod settings;

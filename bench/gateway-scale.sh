@@ -1,0 +1,348 @@
+#!/usr/bin/env bash
+# The gateway's cost with thousands of instances and routes (issue 24): for
+# each policy (round-robin, least-request, consistent-hash on a header,
+# sticky), req/s and p99 relative to 2 instances and 10 routes, gateway RSS,
+# CPU per request, and the time from a registry put until the gateway routes
+# it; then the memory of 10,000 idle keep-alive client connections to Shoal,
+# nginx and HAProxy.
+#
+# Setup (bench/lib/*.sh): etcd and two release app servers on LOAD_CORES.
+# Each configuration (instances x routes) is a registry prefix of its own,
+# `/scale-i{I}-r{R}`, filled by `scale_registry` (bench/src/scale/): I fake
+# `ready` instances on one lease pointing in turn at the two app servers,
+# written in batches, and R routes: one measured route per policy
+# (`/round-robin/`, ...) behind R - 4 filler routes that a linear scan
+# passes first. One gateway per configuration follows its prefix (pinned to
+# PROXY_CORE, --workers 1, --slow-start 0s); the configurations are
+# measured one after another, each with only its own gateway running, and
+# within one, the policies round by round in alternating order. Ratios are
+# to the first configuration (the fewest instances, the fewest routes) of
+# the same policy in the same run. Configurations: every count of
+# INSTANCE_COUNTS with the first of ROUTE_COUNTS, and the fewest instances
+# with every further route count.
+#
+# Load: wrk -t1 -cCONNECTIONS -dDURATION --latency on LOAD_CORES, WARMUP
+# seconds unmeasured per configuration and policy, then ROUNDS rounds
+# (median). Consistent-hash hashes the header `x-user: user-42`; sticky
+# sends the cookie that pins the instance last in id order (the table's
+# backends are sorted by id). cpu us/req: the gateway's utime + stime
+# (/proc/PID/stat) over the run / requests. RSS: VmRSS once the table is
+# loaded (idle) and after every round (loaded). put->routed: median of
+# SAMPLES puts of a new instance until the gateway's admin API
+# (/api/v1/services, read from the routing table) counts it, taken before
+# the load with the gateway idle.
+#
+# Idle connections: IDLE_CONNECTIONS keep-alive connections to each proxy of
+# IDLE_PROXIES (one GET each, then idle; `idle_conns`), the proxy's VmRSS
+# before and after, per connection. Shoal is a fresh gateway on the first
+# configuration; nginx and HAProxy are configured as in bench/gateway.sh
+# (one worker, round-robin to the two app servers).
+#
+#   bench/gateway-scale.sh                                 # about 10 minutes
+#   DURATION=2 ROUNDS=1 IDLE_CONNECTIONS=1000 bench/gateway-scale.sh   # a quick look
+#   GATEWAY_BIN=/tmp/gateway-before bench/gateway-scale.sh # another build
+#
+# Settings (environment): CONNECTIONS (32), DURATION (5), ROUNDS (3),
+# WARMUP (1), INSTANCE_COUNTS ("2 100 1000 10000"), ROUTE_COUNTS
+# ("10 10000"), SCALE_POLICIES ("round-robin least-request consistent-hash
+# sticky"), SAMPLES (5), IDLE_CONNECTIONS (10000; 0 skips), IDLE_PROXIES
+# ("shoal nginx haproxy"), PROXY_CORE (0), LOAD_CORES (1), GATEWAY_BIN (the
+# gateway binary; default the fresh release build), NO_BUILD=1 (the
+# binaries as they are), KEEP_TMP=1 (keeps logs and wrk outputs).
+#
+# Exit status: 0 when every configuration and proxy was measured; 1 otherwise.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+
+CONNECTIONS=${CONNECTIONS:-32}
+DURATION=${DURATION:-5}
+ROUNDS=${ROUNDS:-3}
+WARMUP=${WARMUP:-1}
+INSTANCE_COUNTS=${INSTANCE_COUNTS:-"2 100 1000 10000"}
+ROUTE_COUNTS=${ROUTE_COUNTS:-"10 10000"}
+SCALE_POLICIES=${SCALE_POLICIES:-"round-robin least-request consistent-hash sticky"}
+SAMPLES=${SAMPLES:-5}
+IDLE_CONNECTIONS=${IDLE_CONNECTIONS:-10000}
+IDLE_PROXIES=${IDLE_PROXIES:-"shoal nginx haproxy"}
+PROXY_CORE=${PROXY_CORE:-0}
+LOAD_CORES=${LOAD_CORES:-1}
+# bench/lib/proxies.sh: the idle test's nginx and HAProxy (one process each).
+PROXIES=$IDLE_PROXIES
+POLICIES=round-robin
+NGINX_MASTER=off
+
+for setting in CONNECTIONS DURATION ROUNDS WARMUP SAMPLES IDLE_CONNECTIONS; do
+  [[ ${!setting} =~ ^[0-9]+$ ]] || { echo "error: $setting must be a whole number, not \`${!setting}\`" >&2; exit 1; }
+done
+for setting in CONNECTIONS DURATION ROUNDS SAMPLES; do
+  [ "${!setting}" -ge 1 ] || { echo "error: $setting must be at least 1" >&2; exit 1; }
+done
+for count in $INSTANCE_COUNTS; do
+  [[ $count =~ ^[0-9]+$ ]] && [ "$count" -ge 2 ] ||
+    { echo "error: INSTANCE_COUNTS holds \`$count\`; use whole numbers of at least 2, e.g. \"2 100 1000\"" >&2; exit 1; }
+done
+for count in $ROUTE_COUNTS; do
+  [[ $count =~ ^[0-9]+$ ]] && [ "$count" -ge 4 ] ||
+    { echo "error: ROUTE_COUNTS holds \`$count\`; use whole numbers of at least 4 (the measured routes), e.g. \"10 10000\"" >&2; exit 1; }
+done
+for policy in $SCALE_POLICIES; do
+  case $policy in
+    round-robin | least-request | consistent-hash | sticky) ;;
+    *) echo "error: SCALE_POLICIES may hold round-robin, least-request, consistent-hash and sticky, not $policy" >&2; exit 1 ;;
+  esac
+done
+[ -n "$INSTANCE_COUNTS" ] && [ -n "$ROUTE_COUNTS" ] && [ -n "$SCALE_POLICIES" ] ||
+  { echo "error: INSTANCE_COUNTS, ROUTE_COUNTS and SCALE_POLICIES must each name at least one" >&2; exit 1; }
+
+source scripts/lib.sh
+source bench/lib/common.sh
+source bench/lib/backends.sh
+source bench/lib/proxies.sh
+source bench/lib/wrk.sh
+check_settings
+SHOAL_PACKAGE[taskset]=util-linux
+tools=(protoc etcd curl taskset wrk)
+for proxy in $IDLE_PROXIES; do [ "$proxy" = shoal ] || tools+=("$proxy"); done
+need_tools "${tools[@]}"
+
+check_cores
+setup_tmp shoal-scale
+CLK_TCK=$(getconf CLK_TCK)
+# Every idle connection is a file descriptor, in the client and in the proxy.
+ulimit -n "$(ulimit -Hn)"
+if [ "$IDLE_CONNECTIONS" -gt 0 ] && [ "$(ulimit -n)" -lt $((IDLE_CONNECTIONS + 500)) ]; then
+  echo "error: IDLE_CONNECTIONS=$IDLE_CONNECTIONS needs more open files than this shell may have ($(ulimit -n)); lower it or raise the hard limit" >&2
+  exit 1
+fi
+
+build_release
+if [ "${NO_BUILD:-0}" != 1 ]; then cargo build --release -p shoal-bench --bin scale_registry --bin idle_conns --quiet; fi
+GATEWAY_BIN=${GATEWAY_BIN:-$BIN/gateway}
+start_backends
+ADDRS=127.0.0.1:${APP_PORTS[0]},127.0.0.1:${APP_PORTS[1]}
+
+# scale_registry COMMAND PREFIX [VAR=VALUE...]: the registry program on PREFIX.
+scale_registry() {
+  local command=$1 prefix=$2
+  shift 2
+  env ETCD="$ETCD_URL" PREFIX="$prefix" ADDRS="$ADDRS" "$@" "$BIN/scale_registry" "$command"
+}
+
+# ready_instances KEY: the ready instances of `app` the gateway of KEY shows.
+ready_instances() {
+  curl -s --max-time 5 "http://127.0.0.1:${ADMIN[$1]}/api/v1/services" |
+    grep -o '"ready_instances":[0-9]*' | head -n 1 | cut -d: -f2
+}
+
+# --- configurations ------------------------------------------------------------
+
+read -ra instance_counts <<<"$INSTANCE_COUNTS"
+read -ra route_counts <<<"$ROUTE_COUNTS"
+fewest=$(printf '%s\n' "${instance_counts[@]}" | sort -n | head -n 1)
+configs=()
+for count in "${instance_counts[@]}"; do configs+=("i$count-r${route_counts[0]}"); done
+for routes in "${route_counts[@]:1}"; do configs+=("i$fewest-r$routes"); done
+base=i$fewest-r${route_counts[0]}
+instances_of() { local c=${1#i}; echo "${c%-r*}"; }
+routes_of() { echo "${1#*-r}"; }
+
+declare -A RSS_IDLE=() RSS_LOADED=() PROPAGATION=()
+for config in "${configs[@]}"; do
+  prefix=/scale-$config
+  echo "registry $prefix: $(instances_of "$config") instances, $(routes_of "$config") routes" >&2
+  scale_registry instances "$prefix" COUNT="$(instances_of "$config")" 2>>"$TMP/scale_registry.log"
+  scale_registry routes "$prefix" ROUTES="$(routes_of "$config")" 2>>"$TMP/scale_registry.log"
+done
+
+# run_wrk KEY SECONDS OUT: wrk through the gateway of KEY's configuration on
+# KEY's policy.
+run_wrk() {
+  local config=${1%/*} policy=${1#*/} headers=()
+  case $policy in
+    consistent-hash) headers=(-H "x-user: user-42") ;;
+    sticky) headers=(-H "Cookie: shoal-sticky-app=$(printf 'fake-%05d' $(($(instances_of "$config") - 1)))") ;;
+  esac
+  taskset -c "$LOAD_CORES" wrk -t1 -c"$CONNECTIONS" -d"$2"s --latency "${headers[@]}" \
+    "http://127.0.0.1:${PORT[$config/round-robin]}/$policy/" >"$3" 2>&1 || true
+}
+
+# stop_gateway KEY: SIGTERM, and SIGKILL when it has not exited within 20 s
+# (a gateway busy rebuilding a large table was seen not to).
+stop_gateway() {
+  local pid=${PID[$1]} waited=0
+  kill -TERM "$pid" 2>/dev/null || true
+  while kill -0 "$pid" 2>/dev/null && [ "$waited" -lt 200 ]; do sleep 0.1; waited=$((waited + 1)); done
+  if kill -0 "$pid" 2>/dev/null; then
+    echo "gateway $1 did not stop within 20 s of SIGTERM; killed" >&2
+    kill -KILL "$pid" 2>/dev/null || true
+  fi
+  wait "$pid" 2>/dev/null || true
+  stop_proxies # forgets it (and stops nothing else: it is the only one)
+}
+
+# One configuration at a time, each with its own gateway, started as the
+# proxy named after the configuration (bench/lib/proxies.sh: its PORT, PID,
+# LOG and ADMIN are under $config/round-robin, its default route's policy;
+# every measured request takes one of the routes) and stopped before the
+# next. Gateways left idle beside the measured one are not free: one with
+# 10,000 routes kept half of PROXY_CORE busy rebuilding its table, and
+# holding the others with SIGSTOP set off the same rebuilding when they
+# were resumed. Within a configuration, each round runs every policy once,
+# in alternating order.
+declare -A RPS=() P99=() US=() ERRORS=()
+for config in "${configs[@]}"; do
+  key=$config/round-robin
+  free_port "PORT[$key]"
+  SHOAL_PREFIX=/scale-$config start_gateway "$config" "$GATEWAY_BIN" GATEWAY_BIN round-robin
+  [ -z "${FAILED[$key]:-}" ] || continue
+  want=$(instances_of "$config")
+  started=$SECONDS
+  until [ "$(ready_instances "$key" || true)" = "$want" ]; do
+    if ! kill -0 "${PID[$key]}" 2>/dev/null || [ $((SECONDS - started)) -ge 120 ]; then
+      FAILED[$key]="its table did not reach $want ready instances within 120 s"
+      break
+    fi
+    sleep 0.2
+  done
+  for policy in $SCALE_POLICIES; do
+    [ -z "${FAILED[$key]:-}" ] || break
+    if ! wait_for "gateway $config ($policy)" "http://127.0.0.1:${PORT[$key]}/$policy/" "${LOG[$key]}" "${PID[$key]}"; then
+      FAILED[$key]="did not answer 200 at /$policy/"
+    fi
+  done
+  if [ -n "${FAILED[$key]:-}" ]; then
+    echo "FAILED: gateway $config: ${FAILED[$key]}" >&2
+    stop_gateway "$key"
+    continue
+  fi
+  echo "gateway $config: $want instances routable after $((SECONDS - started)) s" >&2
+  RSS_IDLE[$config]=$(rss_kb "${PID[$key]}")
+  if line=$(scale_registry propagation "/scale-$config" ADMIN="http://127.0.0.1:${ADMIN[$key]}" SAMPLES="$SAMPLES" 2>>"$TMP/scale_registry.log"); then
+    PROPAGATION[$config]=$(awk '{ print $3 }' <<<"$line")
+    echo "put->routed $config: $line" >&2
+  else
+    # The load is still measured; the row says FAILED in this column.
+    PROPAGATION[$config]=FAILED
+    FAILED[$key/put-routed]="$(tail -n 1 "$TMP/scale_registry.log")"
+  fi
+
+  measured=()
+  for policy in $SCALE_POLICIES; do measured+=("$config/$policy"); done
+  if [ "$WARMUP" -gt 0 ]; then
+    for run in "${measured[@]}"; do run_wrk "$run" "$WARMUP" "$TMP/warmup.txt"; done
+  fi
+  pid=${PID[$key]}
+  for round in $(seq 1 "$ROUNDS"); do
+    round_order "$round"
+    for run in "${order[@]}"; do
+      out=$TMP/wrk-${run//\//-}-$round.txt
+      before=$(cpu_ticks_of "$pid")
+      run_wrk "$run" "$DURATION" "$out"
+      after=$(cpu_ticks_of "$pid")
+      read -r rps _ p99 errors < <(parse_wrk "$out") || { echo "error: no wrk result for $run" >&2; exit 1; }
+      requests=$(wrk_requests "$out")
+      us=$(awk -v t=$((after - before)) -v hz="$CLK_TCK" -v n="$requests" 'BEGIN { printf "%.2f", n ? t / hz * 1e6 / n : 0 }')
+      RPS[$run]+="$rps "
+      P99[$run]+="$p99 "
+      US[$run]+="$us "
+      ERRORS[$run]=$((${ERRORS[$run]:-0} + errors))
+      rss=$(rss_kb "$pid")
+      [ "$rss" -le "${RSS_LOADED[$config]:-0}" ] || RSS_LOADED[$config]=$rss
+      printf 'round %d/%d  %-30s %8.0f req/s  p99 %7.2f ms  %6.2f cpu us/req  rss %6.1f MB\n' \
+        "$round" "$ROUNDS" "$run" "$rps" "$p99" "$us" "$(awk -v k="$rss" 'BEGIN { print k / 1024 }')" >&2
+    done
+  done
+  stop_gateway "$key"
+done
+
+# --- idle connections ---------------------------------------------------------
+
+declare -A IDLE_OPEN=() IDLE_BEFORE=() IDLE_AFTER=()
+if [ "$IDLE_CONNECTIONS" -gt 0 ]; then
+  PROXY_MAX_CONNECTIONS=$((IDLE_CONNECTIONS + 500))
+  for proxy in $IDLE_PROXIES; do
+    free_port "PORT[$proxy/round-robin]"
+    url=http://127.0.0.1:${PORT[$proxy/round-robin]}/
+    case $proxy in
+      shoal)
+        SHOAL_PREFIX=/scale-$base start_gateway shoal "$GATEWAY_BIN" GATEWAY_BIN round-robin
+        url+=round-robin/
+        ;;
+      *) start_proxy "$proxy" ;;
+    esac
+    key=$proxy/round-robin
+    if ! wait_for "$proxy" "$url" "${LOG[$key]}" "${PID[$key]}"; then
+      FAILED[$key]="did not answer 200 at $url"
+      stop_proxies
+      continue
+    fi
+    IDLE_BEFORE[$proxy]=$(rss_kb "${PID[$key]}")
+    URL=$url CONNECTIONS=$IDLE_CONNECTIONS HOLD_SECS=120 taskset -c "$LOAD_CORES" "$BIN/idle_conns" \
+      >"$TMP/idle-$proxy.out" 2>"$TMP/idle-$proxy.log" &
+    idle_pid=$!
+    pids+=("$idle_pid")
+    while kill -0 "$idle_pid" 2>/dev/null && ! grep -q '^open ' "$TMP/idle-$proxy.out"; do sleep 0.1; done
+    if grep -q '^open ' "$TMP/idle-$proxy.out"; then
+      # Let the proxy settle what the last requests left (buffers freed).
+      sleep 1
+      IDLE_AFTER[$proxy]=$(rss_kb "${PID[$key]}")
+      IDLE_OPEN[$proxy]=$(awk '/^open / { print $2 }' "$TMP/idle-$proxy.out")
+      echo "idle $proxy: $(cat "$TMP/idle-$proxy.out"); rss ${IDLE_BEFORE[$proxy]} -> ${IDLE_AFTER[$proxy]} KiB" >&2
+    else
+      FAILED[$key]="idle_conns failed: $(tail -n 3 "$TMP/idle-$proxy.log")"
+    fi
+    kill -TERM "$idle_pid" 2>/dev/null || true
+    wait "$idle_pid" 2>/dev/null || true
+    stop_proxies
+  done
+fi
+
+# --- report -------------------------------------------------------------------
+
+mb() { awk -v k="$1" 'BEGIN { printf "%.1f", k / 1024 }'; }
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "-" }'; }
+row() { printf '| %-15s | %9s | %6s | %7s | %6s | %7s | %6s | %10s | %16s | %11s | %6s |\n' "$@"; }
+echo
+echo "$(date -u '+%Y-%m-%d %H:%M UTC'), $(nproc) cores: $(awk -F': ' '/^model name/ { print $2; exit }' /proc/cpuinfo); load: $(uptime | sed 's/.*load average: //')"
+echo "wrk -t1 -c$CONNECTIONS -d${DURATION}s x $ROUNDS round(s) (median); gateway on core $PROXY_CORE (--workers 1), wrk, etcd and 2 app servers on core(s) $LOAD_CORES"
+echo "gateway: $GATEWAY_BIN"
+echo "ratios: to the $(instances_of "$base")-instance, $(routes_of "$base")-route row of the same policy; put->routed: median of $SAMPLES (ms)"
+echo
+row policy instances routes req/s "x base" "p99 ms" "x base" "cpu us/req" "RSS MB idle/load" "put->routed" errors
+row '' '' '' '' '' '' '' '' '' '' '' | tr ' ' '-'
+for policy in $SCALE_POLICIES; do
+  base_rps=$(median ${RPS[$base/$policy]:-0})
+  base_p99=$(median ${P99[$base/$policy]:-0})
+  for config in "${configs[@]}"; do
+    key=$config/$policy
+    if [ -z "${RPS[$key]:-}" ]; then
+      row "$policy" "$(instances_of "$config")" "$(routes_of "$config")" FAILED - - - - - - -
+      continue
+    fi
+    rps=$(median ${RPS[$key]})
+    p99=$(median ${P99[$key]})
+    row "$policy" "$(instances_of "$config")" "$(routes_of "$config")" "$(printf '%.0f' "$rps")" "$(ratio "$rps" "$base_rps")" \
+      "$(printf '%.2f' "$p99")" "$(ratio "$p99" "$base_p99")" "$(printf '%.2f' "$(median ${US[$key]})")" \
+      "$(mb "${RSS_IDLE[$config]}")/$(mb "${RSS_LOADED[$config]}")" "${PROPAGATION[$config]}" "${ERRORS[$key]}"
+  done
+done
+
+if [ "$IDLE_CONNECTIONS" -gt 0 ]; then
+  echo
+  echo "$IDLE_CONNECTIONS idle keep-alive client connections (one GET each), proxy RSS before and after"
+  echo
+  printf '| %-7s | %6s | %13s | %12s | %8s |\n' proxy open "RSS before MB" "RSS after MB" "KB/conn"
+  printf '| %-7s | %6s | %13s | %12s | %8s |\n' '' '' '' '' '' | tr ' ' '-'
+  for proxy in $IDLE_PROXIES; do
+    if [ -z "${IDLE_AFTER[$proxy]:-}" ]; then
+      printf '| %-7s | %6s | %13s | %12s | %8s |\n' "$proxy" FAILED - - -
+      continue
+    fi
+    printf '| %-7s | %6s | %13s | %12s | %8s |\n' "$proxy" "${IDLE_OPEN[$proxy]}" "$(mb "${IDLE_BEFORE[$proxy]}")" \
+      "$(mb "${IDLE_AFTER[$proxy]}")" \
+      "$(awk -v a="${IDLE_AFTER[$proxy]}" -v b="${IDLE_BEFORE[$proxy]}" -v n="${IDLE_OPEN[$proxy]}" 'BEGIN { printf "%.2f", (a - b) * 1.024 / n }')"
+  done
+fi
+
+report_failed
