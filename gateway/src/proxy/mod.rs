@@ -32,7 +32,9 @@
 //! and what a failed send means), [`limit`] (body size, per-instance
 //! concurrency), [`error`] (the gateway's own JSON errors), [`live_map`]
 //! (state kept across snapshots), [`timer`] (the response timer a
-//! connection's requests reuse).
+//! connection's requests reuse), [`hedge`] (an attempt slower than its
+//! service's recent p99 raced by a second one; in step 3) and [`sketch`]
+//! (that p99).
 //!
 //! `x-shoal-instance` on a response the gateway made names the last instance
 //! the request was sent to (the one that timed out or failed), or is `-` when
