@@ -10,6 +10,9 @@
 # over CONNECTIONS keep-alive connections, ROUNDS times (median); then, with
 # IR_REQUESTS > 0, each proxy runs again under valgrind's callgrind, is
 # warmed up, and its instructions are counted over IR_REQUESTS requests.
+# After the timed rounds, each gateway's /metrics gives its attempts sent to
+# instances per client request (`upstream` lines: the extra attempts are
+# retries and hedges, see docs/architecture.md, "Hedged requests").
 #
 #   bench/gateway-cost.sh                          # about 3 minutes
 #   IR_REQUESTS=0 bench/gateway-cost.sh            # CPU time only
@@ -121,6 +124,11 @@ for round in $(seq 1 "$ROUNDS"); do
     printf 'round %d/%d  %-22s %7d requests  %6.2f cpu us/req  %8.0f req/s\n' \
       "$round" "$ROUNDS" "$key" "$done_requests" "$us" "$rps" >&2
   done
+done
+# Extra attempts (retries, hedges) per client request, warm-up included.
+for key in "${measured[@]}"; do
+  overhead=$(upstream_overhead "$key")
+  [ -z "$overhead" ] || printf 'upstream   %-22s %s\n' "$key" "$overhead" >&2
 done
 stop_proxies
 

@@ -156,6 +156,9 @@ mod tests {
                 hold_timeouts_total: 0,
                 retries_total: 0,
                 retries_refused_total: 0,
+                hedges_total: 0,
+                hedges_won_total: 0,
+                headers_p99_ms: None,
             },
             instances: instances
                 .iter()

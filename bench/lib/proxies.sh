@@ -71,6 +71,20 @@ start_gateway() {
   done
 }
 
+# upstream_overhead KEY: for a gateway (shoal or before), its client
+# requests, its attempts sent to instances, and its hedges so far, from its
+# /metrics: `requests R attempts A (+X.XX%) hedges H`. Empty for other proxies.
+upstream_overhead() {
+  local port=${ADMIN[$1]:-}
+  [ -n "$port" ] || return 0
+  curl -sf "http://127.0.0.1:$port/metrics" | awk '
+    /^shoal_gateway_requests_total\{/ { requests += $NF }
+    /^shoal_gateway_upstream_requests_total\{/ { attempts += $NF }
+    /^shoal_gateway_hedges_total\{/ { hedges += $NF }
+    END { if (requests > 0) printf "requests %d attempts %d (%+.2f%%) hedges %d\n",
+      requests, attempts, (attempts - requests) * 100 / requests, hedges }'
+}
+
 # start_nginx: one nginx serving every policy of POLICIES on its own port.
 start_nginx() {
   local conf=$TMP/nginx.conf policy upstream least_conn

@@ -94,6 +94,22 @@ pub struct Config {
     #[arg(long, env = "SHOAL_TRY_TIMEOUT", value_parser = parse_try_timeout)]
     pub try_timeout: Option<Duration>,
 
+    /// Hedged requests: an idempotent request without a body whose attempt
+    /// has had no response headers for the service's recent p99 (within the
+    /// two bounds below) is also sent to another instance, within the retry
+    /// budget; the first response wins. `--hedge false` turns it off.
+    #[arg(long, env = "SHOAL_HEDGE", default_value_t = true, action = clap::ArgAction::Set)]
+    pub hedge: bool,
+
+    /// The shortest wait before a hedge, whatever the p99.
+    #[arg(long, env = "SHOAL_HEDGE_MIN_DELAY", default_value = "10ms", value_parser = parse_duration)]
+    pub hedge_min_delay: Duration,
+
+    /// The longest wait before a hedge, and the wait before the service has
+    /// a p99 (its first second, or under 10 responses a second).
+    #[arg(long, env = "SHOAL_HEDGE_MAX_DELAY", default_value = "1s", value_parser = parse_duration)]
+    pub hedge_max_delay: Duration,
+
     /// How long an idle keep-alive connection (client or backend side) is kept.
     #[arg(long, env = "SHOAL_IDLE_TIMEOUT", default_value = "60s", value_parser = parse_duration)]
     pub idle_timeout: Duration,
@@ -194,6 +210,18 @@ impl Config {
         }
         Ok(())
     }
+
+    /// Refuse hedge bounds the wrong way round.
+    pub fn check_hedge_delays(&self) -> Result<(), String> {
+        if self.hedge_min_delay > self.hedge_max_delay {
+            return Err(format!(
+                "--hedge-min-delay {:?} is above --hedge-max-delay {:?}; the hedge delay is the \
+                 service's p99 clamped between them",
+                self.hedge_min_delay, self.hedge_max_delay
+            ));
+        }
+        Ok(())
+    }
 }
 
 fn parse_service(s: &str) -> Result<String, String> {
@@ -214,6 +242,8 @@ mod tests {
         assert_eq!(c.default_policy, BalancePolicy::LeastRequest);
         assert_eq!(c.hold_timeout, Duration::from_secs(10));
         assert_eq!(c.slow_start, Duration::from_secs(10));
+        assert!(c.hedge, "hedging is on by default");
+        c.check_hedge_delays().unwrap();
     }
 
     #[test]
@@ -257,5 +287,20 @@ mod tests {
             let c = Config::try_parse_from(["gateway", "--admin-listen", loopback]).unwrap();
             c.check_admin_exposure().unwrap();
         }
+    }
+
+    #[test]
+    fn hedge_flags() {
+        let c =
+            Config::try_parse_from(["gateway", "--hedge", "false", "--hedge-max-delay", "200ms"])
+                .unwrap();
+        assert!(!c.hedge);
+        assert_eq!(c.hedge_max_delay, Duration::from_millis(200));
+        let c = Config::try_parse_from(["gateway", "--hedge-min-delay", "2s"]).unwrap();
+        let err = c.check_hedge_delays().unwrap_err();
+        assert!(
+            err.contains("--hedge-min-delay 2s is above --hedge-max-delay 1s"),
+            "{err}"
+        );
     }
 }

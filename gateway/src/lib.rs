@@ -107,6 +107,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
 async fn run_gateway(config: Config, id: String) -> anyhow::Result<()> {
     // Before announcing: a harness may signal as soon as it reads the line.
     config.check_admin_exposure().map_err(|e| anyhow!(e))?;
+    config.check_hedge_delays().map_err(|e| anyhow!(e))?;
     let mut signals =
         StopSignals::install().context("cannot install the SIGTERM/SIGINT handlers")?;
     // With --reuse-port the proxy listener opens only once the registry has

@@ -297,8 +297,14 @@ pub struct ServiceCounters {
     pub hold_timeouts_total: AtomicU64,
     /// Extra attempts made on another instance.
     pub retries_total: AtomicU64,
-    /// Retries refused by the retry budget.
+    /// Retries and hedges refused by the retry budget.
     pub retries_refused_total: AtomicU64,
+    /// Hedges sent: a second attempt beside one slower than the service's p99.
+    pub hedges_total: AtomicU64,
+    /// Hedges whose response was relayed (they beat the first attempt).
+    pub hedges_won_total: AtomicU64,
+    /// The service's recent time to response headers, for the hedge delay.
+    pub latency: crate::proxy::sketch::LatencySketch,
     /// The service's retry budget, read on every request: kept here, with
     /// the counters that outlive table rebuilds, so the request path reaches
     /// it through its pool instead of a lookup by name.

@@ -21,6 +21,8 @@
 //! | `shoal_gateway_hold_timeouts_total` | counter | `service` |
 //! | `shoal_gateway_retries_total` | counter | `service` |
 //! | `shoal_gateway_retries_refused_total` | counter | `service` |
+//! | `shoal_gateway_hedges_total` | counter | `service` |
+//! | `shoal_gateway_hedges_won_total` | counter | `service` |
 //! | `shoal_gateway_registry_connected` | gauge (0/1) | none |
 //! | `shoal_gateway_table_generation` | gauge | none |
 //!
@@ -235,7 +237,7 @@ impl Exposition {
         }
 
         type Counter = fn(&crate::stats::ServiceCounters) -> Value;
-        let per_service: [(&str, &str, &str, Counter); 5] = [
+        let per_service: [(&str, &str, &str, Counter); 7] = [
             (
                 "shoal_gateway_held",
                 "gauge",
@@ -263,8 +265,20 @@ impl Exposition {
             (
                 "shoal_gateway_retries_refused_total",
                 "counter",
-                "Retries not made because the retry budget was spent.",
+                "Retries and hedges not made because the retry budget was spent.",
                 |c| Value::Uint(load_u(&c.retries_refused_total)),
+            ),
+            (
+                "shoal_gateway_hedges_total",
+                "counter",
+                "Hedges: requests also sent to a second instance after waiting past the service's recent p99.",
+                |c| Value::Uint(load_u(&c.hedges_total)),
+            ),
+            (
+                "shoal_gateway_hedges_won_total",
+                "counter",
+                "Hedges whose response was relayed (they beat the first attempt).",
+                |c| Value::Uint(load_u(&c.hedges_won_total)),
             ),
         ];
         for (name, kind, help, value) in per_service {
@@ -552,6 +566,7 @@ mod tests {
             .requests
             .record_finished(Some(503), Duration::from_secs(60), t0);
         pool.counters.retries_total.store(4, Ordering::Relaxed);
+        pool.counters.hedges_total.store(6, Ordering::Relaxed);
         pool.counters.held_now.store(2, Ordering::Relaxed);
         pool.counters.held_total.store(9, Ordering::Relaxed);
         pool.all[1].state.health.lock().unwrap().ejected_until = Some(t0 + Duration::from_secs(5));
@@ -568,6 +583,8 @@ mod tests {
             ("shoal_gateway_held_total", "counter"),
             ("shoal_gateway_retries_total", "counter"),
             ("shoal_gateway_retries_refused_total", "counter"),
+            ("shoal_gateway_hedges_total", "counter"),
+            ("shoal_gateway_hedges_won_total", "counter"),
             ("shoal_gateway_registry_connected", "gauge"),
         ] {
             assert_eq!(
@@ -628,6 +645,7 @@ mod tests {
         assert_eq!(app("shoal_gateway_request_duration_seconds_count"), 2.0);
         assert!((app("shoal_gateway_request_duration_seconds_sum") - 60.003).abs() < 1e-9);
         assert_eq!(app("shoal_gateway_retries_total"), 4.0);
+        assert_eq!(app("shoal_gateway_hedges_total"), 6.0);
         assert_eq!(app("shoal_gateway_held"), 2.0);
         assert_eq!(app("shoal_gateway_held_total"), 9.0);
 

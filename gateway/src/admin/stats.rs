@@ -105,6 +105,9 @@ pub fn service_summary(pool: &ServicePool, now: Instant) -> ServiceSummary {
         hold_timeouts_total: load(&c.hold_timeouts_total),
         retries_total: load(&c.retries_total),
         retries_refused_total: load(&c.retries_refused_total),
+        hedges_total: load(&c.hedges_total),
+        hedges_won_total: load(&c.hedges_won_total),
+        headers_p99_ms: c.latency.p99().map(|p| p.as_secs_f64() * 1000.0),
     }
 }
 
@@ -384,6 +387,8 @@ mod tests {
         pool.counters
             .retries_refused_total
             .store(1, Ordering::Relaxed);
+        pool.counters.hedges_total.store(5, Ordering::Relaxed);
+        pool.counters.hedges_won_total.store(4, Ordering::Relaxed);
         t
     }
 
@@ -415,6 +420,9 @@ mod tests {
         assert_eq!(app["hold_timeouts_total"], 2);
         assert_eq!(app["retries_total"], 3);
         assert_eq!(app["retries_refused_total"], 1);
+        assert_eq!(app["hedges_total"], 5);
+        assert_eq!(app["hedges_won_total"], 4);
+        assert_eq!(app["headers_p99_ms"], Value::Null, "no full second yet");
         let mut keys: Vec<_> = app.as_object().unwrap().keys().cloned().collect();
         keys.sort();
         assert_eq!(
@@ -423,6 +431,9 @@ mod tests {
                 "ejected_instances",
                 "error_rate",
                 "errors_total",
+                "headers_p99_ms",
+                "hedges_total",
+                "hedges_won_total",
                 "held_now",
                 "held_total",
                 "hold_timeouts_total",

@@ -82,11 +82,13 @@ pub(super) struct Plan<'t> {
 pub(super) struct Attempts {
     tried: [usize; MAX_ATTEMPTS],
     pub made: usize,
-    max: usize,
+    pub max: usize,
     /// The one retry after a reset or a draining 503 has been used.
     second_chance_used: bool,
     /// The last failure and the instance it happened on.
     last_failure: Option<(Failure, String, Arc<Backend>)>,
+    /// A hedge was sent (at most one per round of attempts).
+    pub hedged: bool,
 }
 
 impl Attempts {
@@ -162,6 +164,7 @@ impl<'a> Exchange<'a> {
             max: 1 + retries as usize,
             second_chance_used: self.second_chance_used,
             last_failure: None,
+            hedged: false,
         };
         // Instances that failed before the hold are not tried again (found by
         // binary search: the table keeps a pool's backends sorted by id).
@@ -294,10 +297,11 @@ impl<'a> Exchange<'a> {
 
         match result {
             Some(Ok(response)) => {
-                backend
-                    .state
-                    .rtt
-                    .observe(now.saturating_duration_since(sent_at), now);
+                let latency = now.saturating_duration_since(sent_at);
+                backend.state.rtt.observe(latency, now);
+                pool.counters
+                    .latency
+                    .record(latency, tokio::time::Instant::from_std(now));
                 let status = response.status();
                 let leaving_503 =
                     status == StatusCode::SERVICE_UNAVAILABLE && self.proxy.is_leaving(&backend);

@@ -67,6 +67,12 @@ impl<B: Body> Reclaimable<B> {
         })
     }
 
+    /// Whether the body is empty: any number of attempts can send it at once
+    /// (a hedge needs that).
+    pub fn is_empty(&self) -> bool {
+        self.slot.is_none()
+    }
+
     /// Whether another attempt could still send the body.
     pub fn is_available(&self) -> bool {
         self.slot

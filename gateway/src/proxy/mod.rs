@@ -32,7 +32,9 @@
 //! and what a failed send means), [`limit`] (body size, per-instance
 //! concurrency), [`error`] (the gateway's own JSON errors), [`live_map`]
 //! (state kept across snapshots), [`timer`] (the response timer a
-//! connection's requests reuse).
+//! connection's requests reuse), [`hedge`] (an attempt slower than its
+//! service's recent p99 raced by a second one; in step 3) and [`sketch`]
+//! (that p99).
 //!
 //! `x-shoal-instance` on a response the gateway made names the last instance
 //! the request was sent to (the one that timed out or failed), or is `-` when
@@ -44,6 +46,7 @@ pub mod body;
 pub mod error;
 pub mod forward;
 pub mod headers;
+pub mod hedge;
 pub mod hold;
 pub mod limit;
 pub mod live_map;
@@ -52,6 +55,7 @@ pub mod record;
 pub mod resolve;
 pub mod response;
 pub mod retry;
+pub mod sketch;
 pub mod timer;
 pub mod upgrade;
 
@@ -71,6 +75,7 @@ use answer::{fail, respond};
 use attempt::{Attempted, Exchange, within};
 pub use error::GatewayError;
 pub use forward::HttpClient;
+pub use hedge::HedgePolicy;
 use limit::InstanceLimit;
 use live_map::LiveMap;
 use pool::Upstream;
@@ -104,6 +109,7 @@ pub struct ProxySettings {
     pub max_inflight_per_instance: u32,
     pub queue_per_instance: u32,
     pub ejection: EjectionPolicy,
+    pub hedge: HedgePolicy,
 }
 
 impl ProxySettings {
@@ -120,6 +126,7 @@ impl ProxySettings {
             max_inflight_per_instance: config.max_inflight_per_instance,
             queue_per_instance: config.queue_per_instance,
             ejection: EjectionPolicy::from_config(config),
+            hedge: HedgePolicy::from_config(config),
         }
     }
 }
@@ -248,15 +255,37 @@ impl Inner {
                 };
                 let outgoing = exchange.outgoing(&plan, body);
                 let (attempt, deadline) = exchange.start(&plan, &mut pick, permit);
-                let mut expiry = timer.start(deadline);
-                let result = {
+                let hedge_at = exchange.hedge_at(&plan, &pick, deadline);
+                let mut expiry = timer.start(hedge_at.unwrap_or(deadline));
+                let (result, hedge) = {
                     let send = self
                         .upstream
                         .send(&pick.backend, outgoing, pick.sent_at, upgrade);
                     tokio::pin!(send);
-                    within(send, expiry.as_mut()).await
+                    match within(send.as_mut(), expiry.as_mut()).await {
+                        // The hedge time passed with no response headers.
+                        None if hedge_at.is_some() => {
+                            let race = self.hedge(
+                                &mut exchange,
+                                &mut plan,
+                                &table,
+                                send,
+                                expiry.as_mut(),
+                                deadline,
+                            );
+                            Box::pin(race).await
+                        }
+                        result => (result, None),
+                    }
                 };
                 timer.finish(expiry);
+                let (pick, attempt) = match hedge {
+                    Some((hedge, record, first_failed)) => {
+                        exchange.outrun(&plan, pick, attempt, first_failed);
+                        (hedge, record)
+                    }
+                    None => (pick, attempt),
+                };
                 match exchange.classify(&mut plan, pick, attempt, result) {
                     // 5. Answer.
                     Attempted::Answered(answer) => {

@@ -128,6 +128,7 @@ fn settings() -> ProxySettings {
             base: Duration::from_secs(1),
             max: MAX_EJECTION,
         },
+        hedge: HedgePolicy::default(),
     }
 }
 
@@ -863,6 +864,17 @@ async fn stuck_then_ok() -> (Arc<Mutex<Registry>>, TableHandle) {
     (registry, table)
 }
 
+/// A GET through the gateway at `addr` (first to `a-stuck`, see
+/// [`stuck_then_ok`]) answered by `b-ok`, after at least `min` and within `max`.
+async fn get_answered_by_b_ok(addr: SocketAddr, min: Duration, max: Duration) {
+    let started = Instant::now();
+    let reply = send(&client(), get_req(addr, "/hello")).await;
+    let took = started.elapsed();
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    assert_eq!(reply.instance(), "b-ok");
+    assert!(took >= min && took < max, "{took:?}");
+}
+
 /// An instance that takes requests and never answers (a frozen process).
 async fn stuck_backend() -> SocketAddr {
     let app = Router::new().fallback(|| async {
@@ -880,15 +892,7 @@ async fn past_the_per_try_timeout_an_idempotent_request_is_tried_on_another_inst
         r#"{"service":"app","path_prefix":"/","policy":"round-robin","try_timeout_ms":200}"#,
     );
     let gw = gateway(table.clone(), settings(), server_settings()).await;
-    let started = Instant::now();
-    let reply = send(&client(), get_req(gw.addr, "/hello")).await;
-    let took = started.elapsed();
-    assert_eq!(reply.status, 200, "{}", reply.text());
-    assert_eq!(reply.instance(), "b-ok");
-    assert!(
-        took >= Duration::from_millis(200) && took < Duration::from_secs(5),
-        "{took:?}"
-    );
+    get_answered_by_b_ok(gw.addr, Duration::from_millis(200), Duration::from_secs(5)).await;
     let counters = table.load().pool("app").unwrap().counters.clone();
     assert_eq!(counters.retries_total.load(Ordering::Relaxed), 1);
 }
@@ -920,4 +924,100 @@ async fn past_the_per_try_timeout_a_post_gets_504_and_is_not_sent_twice() {
     );
     let counters = table.load().pool("app").unwrap().counters.clone();
     assert_eq!(counters.retries_total.load(Ordering::Relaxed), 0);
+}
+
+/// Settings whose hedge waits `delay` while the service has no p99 yet.
+fn hedging_after(delay: Duration) -> ProxySettings {
+    ProxySettings {
+        hedge: HedgePolicy {
+            enabled: true,
+            min_delay: Duration::from_millis(10),
+            max_delay: delay,
+        },
+        ..settings()
+    }
+}
+
+#[tokio::test]
+async fn a_get_stuck_past_the_hedge_delay_is_answered_by_another_instance() {
+    let (_registry, table) = stuck_then_ok().await;
+    let gw = gateway(
+        table.clone(),
+        hedging_after(Duration::from_millis(100)),
+        server_settings(),
+    )
+    .await;
+    get_answered_by_b_ok(gw.addr, Duration::from_millis(100), Duration::from_secs(2)).await;
+    let pool = table.load().pool("app").unwrap().clone();
+    let counters = &pool.counters;
+    assert_eq!(counters.hedges_total.load(Ordering::Relaxed), 1);
+    assert_eq!(counters.hedges_won_total.load(Ordering::Relaxed), 1);
+    assert_eq!(counters.retries_total.load(Ordering::Relaxed), 0);
+
+    // Every request round-robin sends to the stuck instance loses its race:
+    // five in a row eject it (--eject-after), and then no request waits.
+    let stuck = pool.all.iter().find(|b| b.id() == "a-stuck").unwrap();
+    for _ in 0..9 {
+        let reply = send(&client(), get_req(gw.addr, "/hello")).await;
+        assert_eq!(reply.status, 200, "{}", reply.text());
+    }
+    assert!(stuck.state.is_ejected(now()), "ejected by lost races");
+    assert_eq!(counters.hedges_won_total.load(Ordering::Relaxed), 5);
+    let started = Instant::now();
+    let reply = send(&client(), get_req(gw.addr, "/hello")).await;
+    assert_eq!(reply.instance(), "b-ok");
+    assert!(started.elapsed() < Duration::from_millis(100));
+    assert_eq!(counters.hedges_total.load(Ordering::Relaxed), 5);
+}
+
+#[tokio::test]
+async fn a_request_with_a_body_a_spent_budget_or_hedging_off_is_not_hedged() {
+    let (registry, table) = stuck_then_ok().await;
+    registry.lock().unwrap().put_route(
+        "all",
+        r#"{"service":"app","path_prefix":"/","policy":"round-robin","timeout_ms":400}"#,
+    );
+    let gw = gateway(
+        table.clone(),
+        hedging_after(Duration::from_millis(50)),
+        server_settings(),
+    )
+    .await;
+    let counters = table.load().pool("app").unwrap().counters.clone();
+    // A PUT with a body: idempotent, but its body cannot be sent twice.
+    let request = Request::put(format!("http://{}/echo", gw.addr))
+        .body(Full::new(Bytes::from_static(b"once")))
+        .unwrap();
+    let reply = send(&client(), request).await;
+    assert_eq!(reply.status, 504, "{}", reply.text());
+    assert_eq!(reply.instance(), "a-stuck");
+    assert_eq!(counters.hedges_total.load(Ordering::Relaxed), 0);
+    // The round robin's next pick is b-ok; skip it.
+    assert_eq!(send(&client(), get_req(gw.addr, "/")).await.status, 200);
+
+    // A spent budget: no hedge, and the refusal is counted.
+    while counters
+        .retry_budget
+        .try_withdraw(tokio::time::Instant::now())
+    {}
+    let reply = send(&client(), get_req(gw.addr, "/hello")).await;
+    assert_eq!(reply.status, 504, "{}", reply.text());
+    assert_eq!(counters.hedges_total.load(Ordering::Relaxed), 0);
+    assert_eq!(counters.retries_refused_total.load(Ordering::Relaxed), 1);
+
+    // Hedging off.
+    let (_registry, table) = stuck_then_ok().await;
+    let off = ProxySettings {
+        hedge: HedgePolicy {
+            enabled: false,
+            ..HedgePolicy::default()
+        },
+        response_timeout: Duration::from_millis(400),
+        ..settings()
+    };
+    let gw = gateway(table.clone(), off, server_settings()).await;
+    let reply = send(&client(), get_req(gw.addr, "/hello")).await;
+    assert_eq!(reply.status, 504, "{}", reply.text());
+    let counters = table.load().pool("app").unwrap().counters.clone();
+    assert_eq!(counters.hedges_total.load(Ordering::Relaxed), 0);
 }

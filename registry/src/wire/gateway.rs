@@ -13,7 +13,10 @@
 //!   were no requests);
 //! - `held_now`, `held_total`, `hold_timeouts_total` (requests waiting for
 //!   a ready instance: scale from zero), `retries_total`,
-//!   `retries_refused_total` (refused by the retry budget).
+//!   `retries_refused_total` (retries and hedges refused by the retry
+//!   budget), `hedges_total`, `hedges_won_total` (hedged requests: sent, and
+//!   answered by the hedge), `headers_p99_ms` (the recent p99 time to
+//!   response headers the hedge delay is clamped from; `null` until known).
 //!
 //! [`ServiceDetail`]: the summary's fields plus `instances`, one
 //! [`InstanceView`] per registered instance whatever its state, sorted by id:
@@ -71,6 +74,16 @@ pub struct ServiceSummary {
     pub hold_timeouts_total: u64,
     pub retries_total: u64,
     pub retries_refused_total: u64,
+    /// Hedges sent and hedges whose response was relayed (absent from
+    /// gateways before hedging: read as 0).
+    #[serde(default)]
+    pub hedges_total: u64,
+    #[serde(default)]
+    pub hedges_won_total: u64,
+    /// The service's recent p99 time to response headers the hedge delay is
+    /// taken from; `null` until a second has had 10 responses.
+    #[serde(default)]
+    pub headers_p99_ms: Option<f64>,
 }
 
 /// `GET /api/v1/services/{service}`.
@@ -191,6 +204,9 @@ mod tests {
                 hold_timeouts_total: 0,
                 retries_total: 2,
                 retries_refused_total: 0,
+                hedges_total: 3,
+                hedges_won_total: 1,
+                headers_p99_ms: Some(2.5),
             },
             instances: vec![InstanceView {
                 id: "i1".into(),

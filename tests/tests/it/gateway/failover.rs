@@ -314,3 +314,85 @@ async fn wait_in_flight(http: &reqwest::Client, server: &AppServer, n: u64) {
     )
     .await;
 }
+
+/// Hedged requests with the default settings: under load over two
+/// instances, one is frozen (SIGSTOP: its connections stay open, nothing
+/// answers). Every GET is still answered, each within 2 s (the load's
+/// client timeout; without hedging a GET sent to the frozen instance waits
+/// the 30 s response timeout), the gateway's counters show the hedges that
+/// did it, and the frozen instance is ejected by the races it lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gets_to_a_frozen_instance_are_hedged_to_the_other_with_default_settings() {
+    let platform = Platform::builder()
+        .app_servers(2)
+        .gateway(&[])
+        .start()
+        .await;
+    let gateway = platform.gateway();
+    let (frozen, other) = (&platform.app_servers[0], &platform.app_servers[1]);
+    let http = http();
+    wait_routed(
+        &http,
+        gateway,
+        "/",
+        &[&frozen.id, &other.id],
+        Duration::from_secs(10),
+    )
+    .await;
+    let admin = gateway.admin();
+    let quick = shoal_tests::http_client(Duration::from_secs(2));
+    let load = Load::start(&quick, &gateway.url("/"), 4);
+    // The service's p99 is known (one second with 10 responses), so the
+    // hedge waits that rather than `--hedge-max-delay`.
+    let summary = wait_json(
+        &http,
+        &admin.url("/api/v1/services/app"),
+        Duration::from_secs(10),
+        "a p99 time to response headers",
+        |s| s["headers_p99_ms"].is_f64(),
+    )
+    .await;
+    let hedges_before = summary["hedges_total"].as_u64().unwrap();
+
+    frozen.proc.signal(Signal::SIGSTOP);
+    let frozen_at = Instant::now();
+    let ejected = wait_json(
+        &http,
+        &admin.url("/api/v1/services/app"),
+        Duration::from_secs(10),
+        "the frozen instance ejected",
+        |s| {
+            s["instances"].as_array().is_some_and(|list| {
+                list.iter()
+                    .any(|i| i["id"] == frozen.id.as_str() && i["state"] == "ejected")
+            })
+        },
+    )
+    .await;
+    let ejected_after = frozen_at.elapsed();
+    load.wait_more_served(500, Duration::from_secs(10))
+        .await
+        .unwrap();
+    let report = load.stop().await;
+    frozen.proc.signal(Signal::SIGCONT);
+    let summary = get_json(&http, &admin.url("/api/v1/services/app")).await;
+    let (hedges, won) = (
+        summary["hedges_total"].as_u64().unwrap() - hedges_before,
+        summary["hedges_won_total"].as_u64().unwrap(),
+    );
+    println!(
+        "measured: {} GETs, {} failed; frozen instance ejected after {:.2} s; {hedges} hedges \
+         ({won} won in all), p99 to headers before the freeze {} ms",
+        report.served + report.failures.len() as u64,
+        report.failures.len(),
+        ejected_after.as_secs_f64(),
+        ejected["headers_p99_ms"],
+    );
+    assert!(
+        report.failures.is_empty(),
+        "{}; {}",
+        report.failure_summary(),
+        gateway_log(gateway)
+    );
+    assert!(hedges >= 1 && won >= 1, "{summary:#}");
+}

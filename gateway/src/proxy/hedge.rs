@@ -1,0 +1,294 @@
+//! Hedged requests ("backup requests", as Finagle calls them; "The Tail at
+//! Scale", Dean & Barroso): when an attempt has waited longer than its
+//! service's recent p99 time to response headers, the request is also sent
+//! to another instance and the first response headers win.
+//!
+//! The rule ([`HedgePolicy::delay`], [`Exchange::hedge_at`]):
+//! - only for idempotent methods ([`retry::is_idempotent`]) with an empty
+//!   body (a streamed body cannot be sent twice), not for upgrades;
+//! - the delay is the service's p99 ([`LatencySketch`]) clamped to
+//!   `--hedge-min-delay`..`--hedge-max-delay`; `--hedge-max-delay` until the
+//!   sketch has an estimate; no hedge when the attempt's own deadline
+//!   (response or per-try timeout) comes first;
+//! - at most one hedge per round of attempts, only when an instance not
+//!   tried yet is ready and an attempt is left (`--retries`), and only with
+//!   a token from the service's [`RetryBudget`](super::retry::RetryBudget)
+//!   (no token, no hedge: counted in `retries_refused_total`); with
+//!   concurrency limits on, only when the other instance has a free permit
+//!   at once.
+//!
+//! The race ([`Inner::hedge`]): both attempts run until one has response
+//! headers, which is relayed; the other is dropped, and with it its
+//! connection (never returned to the pool mid-request). A failed attempt
+//! (reset, refused) leaves the other to finish alone. When the hedge wins,
+//! the first instance is recorded as failed for passive health (so a frozen
+//! instance, which loses every race, is ejected after `--eject-after`
+//! lost races in a row: the same evidence) and its peak-EWMA learns how
+//! long it kept the request. A hedge the first attempt outran is recorded
+//! as cancelled (499), not as the instance's failure.
+//!
+//! Cost when no hedge fires: one atomic load and a comparison per request
+//! (the attempt's timer is set to the hedge time instead of the deadline),
+//! and one atomic add per response into the sketch; the race itself is a
+//! boxed future entered only when the hedge time passes.
+
+use std::pin::Pin;
+use std::sync::atomic::Ordering;
+use std::task::Poll;
+use std::time::Duration;
+
+use http::Response;
+use tokio::time::{Instant, Sleep};
+use tracing::debug;
+
+use super::attempt::{Exchange, Pick, Plan};
+use super::pool::{PooledBody, SendError};
+use super::record::AttemptRecord;
+use super::retry;
+use super::{Inner, now};
+use crate::config::Config;
+use crate::health::{self, Outcome};
+use crate::table::RoutingTable;
+
+/// An attempt's result: response headers, a failed send, or (`None`) no
+/// headers before its deadline.
+pub(super) type Sent = Option<Result<Response<PooledBody>, SendError>>;
+
+/// When to hedge (`--hedge`, `--hedge-min-delay`, `--hedge-max-delay`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HedgePolicy {
+    pub enabled: bool,
+    /// The shortest delay, whatever the p99: below it a hedge would chase noise.
+    pub min_delay: Duration,
+    /// The longest delay, and the delay before the service has an estimate.
+    pub max_delay: Duration,
+}
+
+impl Default for HedgePolicy {
+    fn default() -> Self {
+        HedgePolicy {
+            enabled: true,
+            min_delay: Duration::from_millis(10),
+            max_delay: Duration::from_secs(1),
+        }
+    }
+}
+
+impl HedgePolicy {
+    pub fn from_config(config: &Config) -> Self {
+        HedgePolicy {
+            enabled: config.hedge,
+            min_delay: config.hedge_min_delay,
+            max_delay: config.hedge_max_delay,
+        }
+    }
+
+    /// How long an attempt waits before a hedge, given the service's p99.
+    pub fn delay(&self, p99: Option<Duration>) -> Duration {
+        p99.map_or(self.max_delay, |p| p.clamp(self.min_delay, self.max_delay))
+    }
+}
+
+impl Exchange<'_> {
+    /// When the attempt `pick` (deadline `deadline`) should be hedged, if it
+    /// may be (see the module doc; the budget is asked only when it fires).
+    #[inline(always)]
+    pub fn hedge_at(&self, plan: &Plan<'_>, pick: &Pick, deadline: Instant) -> Option<Instant> {
+        let policy = &self.proxy.settings.hedge;
+        let attempts = &plan.attempts;
+        let pool = &plan.entry.pool;
+        if !policy.enabled
+            || attempts.hedged
+            || attempts.made >= attempts.max
+            || attempts.made >= pool.ready.len()
+            || !retry::is_idempotent(&self.parts.method)
+            || !self.body.is_empty()
+            || self.client_upgrade.is_some()
+        {
+            return None;
+        }
+        let at = Instant::from_std(pick.sent_at) + policy.delay(pool.counters.latency.p99());
+        (at < deadline).then_some(at)
+    }
+
+    /// The first attempt `pick` (with `attempt`) lost the race to a hedge,
+    /// or failed while the hedge was on its way (`failed`).
+    #[cold]
+    pub fn outrun(&self, plan: &Plan<'_>, pick: Pick, mut attempt: AttemptRecord, failed: bool) {
+        let now = now();
+        let backend = &pick.backend;
+        let waited = now.saturating_duration_since(pick.sent_at);
+        backend.state.rtt.observe(waited, now);
+        health::record(
+            backend,
+            Outcome::Failure,
+            now,
+            &self.proxy.settings.ejection,
+        );
+        if failed {
+            attempt.set_status(None);
+        }
+        debug!(instance = backend.id(), service = %plan.entry.pool.service, waited_ms = waited.as_millis() as u64, failed, "outrun by a hedge");
+    }
+}
+
+/// How the race ended.
+enum Race {
+    /// The first attempt's response, or its failure after the hedge's.
+    First(Result<Response<PooledBody>, SendError>),
+    /// The hedge's response, or its failure after the first one also failed.
+    Hedge(Result<Response<PooledBody>, SendError>),
+    /// The deadline came with at least one attempt still waiting.
+    Expired,
+}
+
+impl Inner {
+    /// The hedge time of the first attempt `first` (on its way in `send`)
+    /// has passed: send the hedge, if the budget, an instance and a permit
+    /// allow, and race the two until `deadline`. Returns the deciding
+    /// result, with the hedge's pick and record when it is the hedge's, and
+    /// whether the first attempt failed (the caller then calls
+    /// [`Exchange::outrun`] for the first attempt).
+    #[allow(clippy::too_many_arguments)]
+    pub(super) async fn hedge<F>(
+        &self,
+        exchange: &mut Exchange<'_>,
+        plan: &mut Plan<'_>,
+        table: &RoutingTable,
+        mut send: Pin<&mut F>,
+        mut expiry: Pin<&mut Sleep>,
+        deadline: Instant,
+    ) -> (Sent, Option<(Pick, AttemptRecord, bool)>)
+    where
+        F: Future<Output = Result<Response<PooledBody>, SendError>>,
+    {
+        expiry.as_mut().reset(deadline);
+        plan.attempts.hedged = true;
+        let Some((mut hedge, permit)) = self.hedge_pick(exchange, plan, table).await else {
+            return (super::attempt::within(send, expiry).await, None);
+        };
+        let counters = &plan.entry.pool.counters;
+        counters.hedges_total.fetch_add(1, Ordering::Relaxed);
+        let (mut record, _) = exchange.start(plan, &mut hedge, permit);
+        debug!(instance = hedge.backend.id(), service = %plan.entry.pool.service, "hedging");
+        let outgoing = exchange.outgoing(plan, super::body::AttemptBody::empty());
+        let (race, first_failed, hedge_failed) = {
+            let other = self
+                .upstream
+                .send(&hedge.backend, outgoing, hedge.sent_at, false);
+            let mut other = std::pin::pin!(other);
+            let (mut first_failed, mut hedge_failed) = (false, false);
+            let race = std::future::poll_fn(|cx| {
+                if !first_failed && let Poll::Ready(sent) = send.as_mut().poll(cx) {
+                    match decides(sent, hedge_failed) {
+                        Some(result) => return Poll::Ready(Race::First(result)),
+                        None => first_failed = true,
+                    }
+                }
+                if !hedge_failed && let Poll::Ready(sent) = other.as_mut().poll(cx) {
+                    match decides(sent, first_failed) {
+                        Some(result) => return Poll::Ready(Race::Hedge(result)),
+                        None => hedge_failed = true,
+                    }
+                }
+                expiry.as_mut().poll(cx).map(|()| Race::Expired)
+            })
+            .await;
+            (race, first_failed, hedge_failed)
+        };
+        let ejection = &self.settings.ejection;
+        match race {
+            Race::Hedge(result) => {
+                if result.is_ok() {
+                    counters.hedges_won_total.fetch_add(1, Ordering::Relaxed);
+                }
+                (Some(result), Some((hedge, record, first_failed)))
+            }
+            // The first attempt failed; the hedge ran out of time.
+            Race::Expired if first_failed => (None, Some((hedge, record, true))),
+            Race::First(result) => {
+                if hedge_failed {
+                    health::record(&hedge.backend, Outcome::Failure, now(), ejection);
+                    record.set_status(None);
+                }
+                (Some(result), None)
+            }
+            Race::Expired => {
+                if hedge_failed {
+                    health::record(&hedge.backend, Outcome::Failure, now(), ejection);
+                }
+                record.set_status(None);
+                (None, None)
+            }
+        }
+    }
+
+    /// The hedge's instance and its permit: a token from the budget, an
+    /// instance not tried yet, a permit at once if limits are on.
+    async fn hedge_pick(
+        &self,
+        exchange: &mut Exchange<'_>,
+        plan: &mut Plan<'_>,
+        table: &RoutingTable,
+    ) -> Option<(Pick, Option<tokio::sync::OwnedSemaphorePermit>)> {
+        let counters = &plan.entry.pool.counters;
+        if !counters.retry_budget.try_withdraw(Instant::now()) {
+            counters
+                .retries_refused_total
+                .fetch_add(1, Ordering::Relaxed);
+            debug!(service = %plan.entry.pool.service, "retry budget spent; not hedging");
+            return None;
+        }
+        let pick = exchange.pick(plan)?;
+        match self.admit(&pick.backend, table, Duration::ZERO).await {
+            Ok(permit) => Some((pick, permit)),
+            Err(rejected) => {
+                debug!(
+                    instance = pick.backend.id(),
+                    ?rejected,
+                    "no permit for a hedge"
+                );
+                None
+            }
+        }
+    }
+}
+
+/// Whether an attempt's result ends the race: a response does, and so does
+/// a failure once the other attempt has failed too; `None` for a failure
+/// that leaves the other attempt to finish.
+fn decides(
+    sent: Result<Response<PooledBody>, SendError>,
+    other_failed: bool,
+) -> Option<Result<Response<PooledBody>, SendError>> {
+    (sent.is_ok() || other_failed).then_some(sent)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_delay_is_the_p99_within_its_bounds() {
+        let policy = HedgePolicy::default();
+        assert_eq!(
+            policy.delay(None),
+            Duration::from_secs(1),
+            "no estimate yet"
+        );
+        assert_eq!(
+            policy.delay(Some(Duration::from_millis(1))),
+            Duration::from_millis(10),
+            "floor"
+        );
+        assert_eq!(
+            policy.delay(Some(Duration::from_millis(42))),
+            Duration::from_millis(42)
+        );
+        assert_eq!(
+            policy.delay(Some(Duration::from_secs(9))),
+            Duration::from_secs(1),
+            "ceiling"
+        );
+    }
+}
