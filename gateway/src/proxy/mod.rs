@@ -278,7 +278,7 @@ impl Inner {
                         result => (result, None),
                     }
                 };
-                timer.finish(expiry);
+                timer.finish(expiry, deadline);
                 let (pick, attempt) = match hedge {
                     Some((hedge, record, first_failed)) => {
                         exchange.outrun(&plan, pick, attempt, first_failed);

@@ -38,8 +38,14 @@ impl ResponseTimer {
         }
     }
 
-    /// Hand the timer back for the connection's next request.
-    pub fn finish(&self, sleep: Pin<Box<Sleep>>) {
+    /// Hand the timer back for the connection's next request, moved on to
+    /// `not_before` if it was set earlier (a hedge time, tens of
+    /// milliseconds away): left there, it would fire on the idle connection
+    /// and wake it for nothing. Moving a timer later is one atomic update.
+    pub fn finish(&self, mut sleep: Pin<Box<Sleep>>, not_before: Instant) {
+        if sleep.deadline() < not_before {
+            sleep.as_mut().reset(not_before);
+        }
         let mut idle = self.idle.lock().expect("response timer lock poisoned");
         if idle.is_none() {
             *idle = Some(sleep);
@@ -57,17 +63,32 @@ mod tests {
     async fn a_reused_timer_fires_at_its_new_deadline() {
         let timer = ResponseTimer::default();
         let first = timer.start(Instant::now() + Duration::from_secs(1));
-        timer.finish(first);
+        timer.finish(first, Instant::now());
         let mut second = timer.start(Instant::now() + Duration::from_secs(5));
         assert_eq!(second.deadline(), Instant::now() + Duration::from_secs(5));
         let start = Instant::now();
         second.as_mut().await;
         assert_eq!(start.elapsed(), Duration::from_secs(5));
-        timer.finish(second);
+        timer.finish(second, Instant::now());
         // Elapsed, then reset to an earlier deadline than it last had.
         let third = timer.start(Instant::now() + Duration::from_millis(10));
         let start = Instant::now();
         third.await;
         assert_eq!(start.elapsed(), Duration::from_millis(10));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_timer_handed_back_early_is_moved_to_the_later_deadline() {
+        let timer = ResponseTimer::default();
+        let hedge_time = timer.start(Instant::now() + Duration::from_millis(10));
+        let deadline = Instant::now() + Duration::from_secs(30);
+        timer.finish(hedge_time, deadline);
+        let idle = timer
+            .idle
+            .lock()
+            .unwrap()
+            .take()
+            .expect("kept for the next request");
+        assert_eq!(idle.deadline(), deadline);
     }
 }
