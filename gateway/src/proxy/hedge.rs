@@ -64,6 +64,8 @@ pub struct HedgePolicy {
     pub max_delay: Duration,
 }
 
+/// Hedging on, with the flags' default bounds (the flag itself defaults to
+/// off; see `Config::hedge`).
 impl Default for HedgePolicy {
     fn default() -> Self {
         HedgePolicy {
