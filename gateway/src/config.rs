@@ -246,7 +246,7 @@ mod tests {
         assert_eq!(c.default_policy, BalancePolicy::LeastRequest);
         assert_eq!(c.hold_timeout, Duration::from_secs(10));
         assert_eq!(c.slow_start, Duration::from_secs(10));
-        assert!(c.hedge, "hedging is on by default");
+        assert!(!c.hedge, "hedging is off by default");
         c.check_hedge_delays().unwrap();
     }
 
