@@ -59,8 +59,10 @@ impl BackendState {
         }
     }
 
+    /// Attempts in flight on the instance, racing hedges included (what
+    /// least-request balances on).
     pub fn in_flight(&self) -> u32 {
-        self.stats.in_flight().max(0) as u32
+        self.stats.load().max(0) as u32
     }
 
     pub fn is_ejected(&self, now: Instant) -> bool {

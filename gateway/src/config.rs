@@ -96,13 +96,13 @@ pub struct Config {
 
     /// Hedged requests: an idempotent request without a body whose attempt
     /// has had no response headers for the service's recent p99 (within the
-    /// two bounds below) is also sent to another instance, within the retry
-    /// budget; the first response wins. Off by default: on a saturated,
-    /// CPU-bound service the duplicated work raised in-flight per instance
-    /// from 4 to 4.5 under a steady load and made the autoscaler scale out
-    /// (test `scale_edges::a_steady_load_at_the_target...`); to be on by
-    /// default once hedges are capped by a ratio of requests.
-    #[arg(long, env = "SHOAL_HEDGE", default_value_t = false, action = clap::ArgAction::Set)]
+    /// two bounds below) is also sent to another instance; the first
+    /// response wins. Within the retry budget, and at most 2% of the
+    /// service's requests over 10 s plus one (hedges duplicate work on an
+    /// instance that is merely slow: uncapped, they raised in-flight per
+    /// instance from 4 to 4.5 under a steady CPU-bound load and made the
+    /// autoscaler scale out). `--hedge false` turns them off.
+    #[arg(long, env = "SHOAL_HEDGE", default_value_t = true, action = clap::ArgAction::Set)]
     pub hedge: bool,
 
     /// The shortest wait before a hedge, whatever the p99.
@@ -246,7 +246,7 @@ mod tests {
         assert_eq!(c.default_policy, BalancePolicy::LeastRequest);
         assert_eq!(c.hold_timeout, Duration::from_secs(10));
         assert_eq!(c.slow_start, Duration::from_secs(10));
-        assert!(!c.hedge, "hedging is off by default");
+        assert!(c.hedge, "hedging is on by default");
         c.check_hedge_delays().unwrap();
     }
 

@@ -110,6 +110,9 @@ pub struct RequestStats {
     buckets: [AtomicU64; BUCKETS_MS.len()],
     latency_sum_us: AtomicU64,
     in_flight: AtomicI64,
+    /// Hedges racing an attempt that is still counted in `in_flight` (see
+    /// [`RequestStats::start_racing`]).
+    racing: AtomicI64,
     slots: [Slot; SLOTS],
 }
 
@@ -136,6 +139,7 @@ impl RequestStats {
             buckets: Default::default(),
             latency_sum_us: AtomicU64::new(0),
             in_flight: AtomicI64::new(0),
+            racing: AtomicI64::new(0),
             slots: Default::default(),
         }
     }
@@ -148,6 +152,30 @@ impl RequestStats {
     /// A request ended with `status` (None: no response) after `latency`.
     pub fn record(&self, status: Option<u16>, latency: Duration, now: Instant) {
         self.in_flight.fetch_sub(1, Ordering::Relaxed);
+        self.record_finished(status, latency, now);
+    }
+
+    /// A started attempt is a hedge, racing another attempt of the same
+    /// client request, which that attempt already counts in flight: it is
+    /// counted apart, so that `in_flight` (what the autoscaler reads as
+    /// demand) counts each client request once, while [`RequestStats::load`]
+    /// (what balancing reads) counts it, since the instance is working on
+    /// it. Then [`RequestStats::promote`] if it wins, and
+    /// [`RequestStats::record_racing`] if it ends still racing.
+    pub fn race(&self) {
+        self.in_flight.fetch_sub(1, Ordering::Relaxed);
+        self.racing.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A racing hedge won (or its rival failed): it now stands for the request.
+    pub fn promote(&self) {
+        self.racing.fetch_sub(1, Ordering::Relaxed);
+        self.in_flight.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A racing hedge ended without winning.
+    pub fn record_racing(&self, status: Option<u16>, latency: Duration, now: Instant) {
+        self.racing.fetch_sub(1, Ordering::Relaxed);
         self.record_finished(status, latency, now);
     }
 
@@ -179,8 +207,14 @@ impl RequestStats {
         slot.buckets[bucket].fetch_add(1, Ordering::Relaxed);
     }
 
+    /// Client requests in flight, each counted once (a racing hedge is not).
     pub fn in_flight(&self) -> i64 {
         self.in_flight.load(Ordering::Relaxed)
+    }
+
+    /// Attempts in flight, racing hedges included: the work an instance has.
+    pub fn load(&self) -> i64 {
+        self.in_flight.load(Ordering::Relaxed) + self.racing.load(Ordering::Relaxed)
     }
 
     pub fn total(&self, class: Class) -> u64 {

@@ -12,8 +12,10 @@
 //!   (response or per-try timeout) comes first;
 //! - at most one hedge per round of attempts, only when an instance not
 //!   tried yet is ready and an attempt is left (`--retries`), and only with
-//!   a token from the service's [`RetryBudget`](super::retry::RetryBudget)
-//!   (no token, no hedge: counted in `retries_refused_total`); with
+//!   a hedge token from the service's
+//!   [`RetryBudget`](super::retry::RetryBudget): a retry token, within 2% of
+//!   the last 10 s of requests plus one (no token, no hedge: counted in
+//!   `retries_refused_total`); with
 //!   concurrency limits on, only when the other instance has a free permit
 //!   at once.
 //!
@@ -25,7 +27,11 @@
 //! instance, which loses every race, is ejected after `--eject-after`
 //! lost races in a row: the same evidence) and its peak-EWMA learns how
 //! long it kept the request. A hedge the first attempt outran is recorded
-//! as cancelled (499), not as the instance's failure.
+//! as cancelled (499), not as the instance's failure. While it races, a
+//! hedge is load on its instance (least-request sees it) but not a second
+//! client request in flight (the `in_flight` the autoscaler scales on), so
+//! a hedge never reads as extra demand; it counts as the request's once it
+//! wins.
 //!
 //! Cost when no hedge fires: one atomic load and a comparison per request
 //! (the attempt's timer is set to the hedge time instead of the deadline),
@@ -64,8 +70,7 @@ pub struct HedgePolicy {
     pub max_delay: Duration,
 }
 
-/// Hedging on, with the flags' default bounds (the flag itself defaults to
-/// off; see `Config::hedge`).
+/// Hedging on, with the flags' defaults (see `Config::hedge`).
 impl Default for HedgePolicy {
     fn default() -> Self {
         HedgePolicy {
@@ -172,6 +177,7 @@ impl Inner {
         let counters = &plan.entry.pool.counters;
         counters.hedges_total.fetch_add(1, Ordering::Relaxed);
         let (mut record, _) = exchange.start(plan, &mut hedge, permit);
+        record.race();
         debug!(instance = hedge.backend.id(), service = %plan.entry.pool.service, "hedging");
         let outgoing = exchange.outgoing(plan, super::body::AttemptBody::empty());
         let (race, first_failed, hedge_failed) = {
@@ -204,10 +210,14 @@ impl Inner {
                 if result.is_ok() {
                     counters.hedges_won_total.fetch_add(1, Ordering::Relaxed);
                 }
+                record.won();
                 (Some(result), Some((hedge, record, first_failed)))
             }
             // The first attempt failed; the hedge ran out of time.
-            Race::Expired if first_failed => (None, Some((hedge, record, true))),
+            Race::Expired if first_failed => {
+                record.won();
+                (None, Some((hedge, record, true)))
+            }
             Race::First(result) => {
                 if hedge_failed {
                     health::record(&hedge.backend, Outcome::Failure, now(), ejection);
@@ -234,11 +244,11 @@ impl Inner {
         table: &RoutingTable,
     ) -> Option<(Pick, Option<tokio::sync::OwnedSemaphorePermit>)> {
         let counters = &plan.entry.pool.counters;
-        if !counters.retry_budget.try_withdraw(Instant::now()) {
+        if !counters.retry_budget.try_hedge(Instant::now()) {
             counters
                 .retries_refused_total
                 .fetch_add(1, Ordering::Relaxed);
-            debug!(service = %plan.entry.pool.service, "retry budget spent; not hedging");
+            debug!(service = %plan.entry.pool.service, "hedge or retry budget spent; not hedging");
             return None;
         }
         let pick = exchange.pick(plan)?;

@@ -79,6 +79,9 @@ pub struct AttemptRecord {
     started: Instant,
     status: Option<u16>,
     recorded: bool,
+    /// A hedge racing the request's first attempt (see
+    /// [`RequestStats::start_racing`](crate::stats::RequestStats::start_racing)).
+    racing: bool,
     _permit: Option<OwnedSemaphorePermit>,
 }
 
@@ -94,7 +97,23 @@ impl AttemptRecord {
             started: now,
             status: Some(CLIENT_CLOSED),
             recorded: false,
+            racing: false,
             _permit: permit,
+        }
+    }
+
+    /// This attempt is a hedge racing the request's first attempt: not a
+    /// second client request in flight until it wins ([`AttemptRecord::won`]).
+    pub fn race(&mut self) {
+        if !std::mem::replace(&mut self.racing, true) {
+            self.backend.state.stats.race();
+        }
+    }
+
+    /// This racing hedge won, or its rival failed: it stands for the request.
+    pub fn won(&mut self) {
+        if std::mem::replace(&mut self.racing, false) {
+            self.backend.state.stats.promote();
         }
     }
 
@@ -117,7 +136,12 @@ impl AttemptRecord {
             return;
         }
         let latency = now.saturating_duration_since(self.started);
-        self.backend.state.stats.record(self.status, latency, now);
+        let stats = &self.backend.state.stats;
+        if self.racing {
+            stats.record_racing(self.status, latency, now);
+        } else {
+            stats.record(self.status, latency, now);
+        }
     }
 }
 
@@ -161,5 +185,28 @@ mod tests {
         assert_eq!(route.total(Class::ClientError), 1);
         assert_eq!(backend.state.stats.total(Class::ClientError), 1);
         assert_eq!((route.in_flight(), backend.state.stats.in_flight()), (0, 0));
+    }
+
+    #[test]
+    fn a_racing_hedge_is_load_but_not_a_second_request_until_it_wins() {
+        let backend = backends(1).remove(0);
+        let (stats, now) = (&backend.state.stats, Instant::now());
+        let counts = || (stats.in_flight(), stats.load(), backend.state.in_flight());
+
+        let mut losing = AttemptRecord::start(backend.clone(), None, now);
+        losing.race();
+        assert_eq!(counts(), (0, 1, 1), "racing: load, not demand");
+        drop(losing);
+        assert_eq!(counts(), (0, 0, 0));
+        assert_eq!(stats.total(Class::ClientError), 1, "recorded as cancelled");
+
+        let mut winning = AttemptRecord::start(backend.clone(), None, now);
+        winning.race();
+        winning.won();
+        assert_eq!(counts(), (1, 1, 1), "it now stands for the request");
+        winning.set_status(Some(200));
+        winning.finish(now);
+        assert_eq!(counts(), (0, 0, 0));
+        assert_eq!(stats.total(Class::Success), 1);
     }
 }

@@ -21,6 +21,16 @@
 //! `--retries`), an instance not yet tried, a request body that can be sent
 //! again (see [`body`](super::body)) and a token from the service's
 //! [`RetryBudget`].
+//!
+//! A hedge ([`hedge`](super::hedge)) is a retry sent before the first
+//! attempt has failed, so it takes a retry token too, and also has its own,
+//! tighter cap ([`RetryBudget::try_hedge`]): at most [`HEDGE_RATIO`] of the
+//! window's requests, plus one per window (no per-second reserve: a quiet
+//! service may hedge once every 10 s). Hedges fire on slowness,
+//! and slowness is what extra requests make worse: a reserve of 10 a second
+//! let a slow service at 40 requests a second hedge a quarter of them, and
+//! the losing hedges kept its instances busy (the autoscaler saw in-flight
+//! grow and scaled out).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -73,6 +83,12 @@ pub const RETRY_RATIO: f64 = 0.2;
 /// quiet service can still retry.
 pub const MIN_RETRIES_PER_SEC: u64 = 10;
 
+/// Hedges allowed per request in the window, plus [`HEDGES_PER_WINDOW`].
+pub const HEDGE_RATIO: f64 = 0.02;
+/// Hedges allowed per window whatever the traffic, so that a quiet service
+/// still hedges now and then; not per second, unlike retries' reserve.
+pub const HEDGES_PER_WINDOW: u64 = 1;
+
 const SLOTS: usize = WINDOW_SECS as usize;
 
 #[derive(Debug, Default)]
@@ -80,12 +96,14 @@ struct Slot {
     /// Which second since the epoch this slot holds.
     second: AtomicU64,
     requests: AtomicU64,
+    /// Retries, hedges included.
     retries: AtomicU64,
+    hedges: AtomicU64,
 }
 
 /// Finagle-style retry budget for one service: over the last 10 s, retries
-/// may be at most 20% of requests plus 10 per second. Lock-free: one atomic
-/// add per request.
+/// may be at most 20% of requests plus 10 per second, and hedges (which are
+/// retries too) at most 2% of requests. Lock-free: one atomic add per request.
 #[derive(Debug)]
 pub struct RetryBudget {
     epoch: Instant,
@@ -115,22 +133,42 @@ impl RetryBudget {
     /// Take a token for one retry; false (and nothing taken) when the budget
     /// is spent.
     pub fn try_withdraw(&self, now: Instant) -> bool {
-        let current = self.second(now);
-        let oldest = current.saturating_sub(WINDOW_SECS - 1);
-        let (mut requests, mut retries) = (0u64, 0u64);
-        for slot in &self.slots {
-            let second = slot.second.load(Ordering::Relaxed);
-            if (oldest..=current).contains(&second) {
-                requests += slot.requests.load(Ordering::Relaxed);
-                retries += slot.retries.load(Ordering::Relaxed);
-            }
-        }
-        let allowed = RETRY_RATIO * requests as f64 + (MIN_RETRIES_PER_SEC * WINDOW_SECS) as f64;
-        if (retries + 1) as f64 > allowed {
+        let window = self.window(now);
+        if !window.may_retry() {
             return false;
         }
         self.slot(now).retries.fetch_add(1, Ordering::Relaxed);
         true
+    }
+
+    /// Take a token for one hedge: a retry token, within [`HEDGE_RATIO`] of
+    /// the window's requests; false (and nothing taken) when either is spent.
+    pub fn try_hedge(&self, now: Instant) -> bool {
+        let window = self.window(now);
+        if !window.may_retry() || (window.hedges + 1) as f64 > HEDGE_RATIO * window.requests as f64
+        {
+            return false;
+        }
+        let slot = self.slot(now);
+        slot.retries.fetch_add(1, Ordering::Relaxed);
+        slot.hedges.fetch_add(1, Ordering::Relaxed);
+        true
+    }
+
+    /// The counts of the seconds still in the window at `now`.
+    fn window(&self, now: Instant) -> Window {
+        let current = self.second(now);
+        let oldest = current.saturating_sub(WINDOW_SECS - 1);
+        let mut window = Window::default();
+        for slot in &self.slots {
+            let second = slot.second.load(Ordering::Relaxed);
+            if (oldest..=current).contains(&second) {
+                window.requests += slot.requests.load(Ordering::Relaxed);
+                window.retries += slot.retries.load(Ordering::Relaxed);
+                window.hedges += slot.hedges.load(Ordering::Relaxed);
+            }
+        }
+        window
     }
 
     fn second(&self, now: Instant) -> u64 {
@@ -146,8 +184,26 @@ impl RetryBudget {
             // be lost; the budget is a rate limit, not an account.
             slot.requests.store(0, Ordering::Relaxed);
             slot.retries.store(0, Ordering::Relaxed);
+            slot.hedges.store(0, Ordering::Relaxed);
         }
         slot
+    }
+}
+
+/// A budget's counts over its window.
+#[derive(Debug, Default)]
+struct Window {
+    requests: u64,
+    retries: u64,
+    hedges: u64,
+}
+
+impl Window {
+    /// Whether one more retry fits: 20% of requests plus the reserve.
+    fn may_retry(&self) -> bool {
+        let allowed =
+            RETRY_RATIO * self.requests as f64 + (MIN_RETRIES_PER_SEC * WINDOW_SECS) as f64;
+        (self.retries + 1) as f64 <= allowed
     }
 }
 
@@ -230,5 +286,51 @@ mod tests {
             .filter(|_| budget.try_withdraw(Instant::now()))
             .count();
         assert_eq!(granted, 100, "old requests no longer count");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn hedges_are_two_percent_of_requests_with_no_reserve() {
+        let budget = RetryBudget::new(Instant::now());
+        assert!(
+            !budget.try_hedge(Instant::now()),
+            "a service with no requests does not hedge (retries have a reserve, hedges do not)"
+        );
+        for _ in 0..1000 {
+            budget.deposit(Instant::now());
+        }
+        let granted = (0..100)
+            .filter(|_| budget.try_hedge(Instant::now()))
+            .count();
+        assert_eq!(granted, 20, "2% of 1,000 requests");
+        // Hedges used retry tokens: 100 + 0.2 × 1,000 = 300 in all, 20 taken.
+        let retries = (0..1000)
+            .filter(|_| budget.try_withdraw(Instant::now()))
+            .count();
+        assert_eq!(retries, 280);
+        advance(WINDOW + Duration::from_secs(1)).await;
+        for _ in 0..100 {
+            budget.deposit(Instant::now());
+        }
+        assert_eq!(
+            (0..10).filter(|_| budget.try_hedge(Instant::now())).count(),
+            2,
+            "the window slid: 2% of the 100 new requests"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_spent_retry_budget_stops_hedges_too() {
+        let budget = RetryBudget::new(Instant::now());
+        for _ in 0..10_000 {
+            budget.deposit(Instant::now());
+        }
+        let retries = (0..5000)
+            .filter(|_| budget.try_withdraw(Instant::now()))
+            .count();
+        assert_eq!(retries, 2100, "0.2 × 10,000 + 100");
+        assert!(
+            !budget.try_hedge(Instant::now()),
+            "hedge ratio left (0 of 201 used) but no retry token"
+        );
     }
 }

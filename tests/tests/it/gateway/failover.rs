@@ -315,17 +315,17 @@ async fn wait_in_flight(http: &reqwest::Client, server: &AppServer, n: u64) {
     .await;
 }
 
-/// Hedged requests (`--hedge true`; off by default): under load over two
+/// Hedged requests (on by default): under load over two
 /// instances, one is frozen (SIGSTOP: its connections stay open, nothing
 /// answers). Every GET is still answered, each within 2 s (the load's
 /// client timeout; without hedging a GET sent to the frozen instance waits
 /// the 30 s response timeout), the gateway's counters show the hedges that
 /// did it, and the frozen instance is ejected by the races it lost.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn gets_to_a_frozen_instance_are_hedged_to_the_other_with_hedging_on() {
+async fn gets_to_a_frozen_instance_are_hedged_to_the_other_by_default() {
     let platform = Platform::builder()
         .app_servers(2)
-        .gateway(&["--hedge", "true"])
+        .gateway(&[])
         .start()
         .await;
     let gateway = platform.gateway();
