@@ -21,55 +21,49 @@ use std::time::{Duration, Instant};
 
 use registry::model::NamedRoute;
 use registry::{Instance, Store, Watcher};
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 
 use crate::allowed::AllowedBackends;
 use crate::grace::Grace;
-use crate::table::{Defaults, LiveState, TableHandle};
+use crate::table::{Defaults, LiveState, RoutingTable, TableHandle};
 
 /// Start following the registry's instances, and its routes through
 /// `routes` (a watcher of `keys.routes()`); the returned handle always has a
 /// table (empty until the first list succeeds). Instances outside `allowed`
 /// are left out first; `grace` is how long an instance that left while
 /// ready stays routable (zero: not at all).
+///
+/// Tables are built on tokio's blocking pool, not on a worker: with
+/// thousands of instances a build takes tens of milliseconds (mostly the
+/// consistent-hash ring of the changed service), and requests on a worker
+/// would wait behind it (`--workers 1` has one worker).
 pub fn start(
     store: &Store,
     routes: Watcher<NamedRoute>,
     defaults: Defaults,
-    mut allowed: AllowedBackends,
+    allowed: AllowedBackends,
     grace: Duration,
 ) -> TableHandle {
     let keys = store.keys();
     let instances = Watcher::<Instance>::start(store, keys.instances());
     let mut instance_changes = instances.snapshots();
     let mut route_changes = routes.snapshots();
-    let mut live = LiveState::default();
-    let mut grace = Grace::new(grace);
-    let failures = grace.failures();
-    let mut generation = 0;
-    let mut build = move |live: &mut LiveState, grace: &mut Grace, generation: u64| {
-        let (i, r) = (instances.snapshot(), routes.snapshot());
-        let now = Instant::now();
-        let allowed_entries = match allowed.filter(&i.entries) {
-            Cow::Borrowed(_) => i.entries.clone(),
-            Cow::Owned(only_allowed) => Arc::new(only_allowed),
-        };
-        let routable = grace.apply(&allowed_entries, now);
-        live.build_routable(
-            &routable,
-            &r.entries,
-            &defaults,
-            i.connected && r.connected,
-            generation,
-            now,
-        )
+    let mut builder = Builder {
+        instances,
+        routes,
+        defaults,
+        allowed,
+        live: LiveState::default(),
+        grace: Grace::new(grace),
     };
-    let (handle, publisher) = TableHandle::new(build(&mut live, &mut grace, generation));
+    let failures = builder.grace.failures();
+    let mut generation = 0;
+    let (handle, publisher) = TableHandle::new(builder.build(generation));
 
     tokio::spawn(async move {
         let mut connected = false;
         loop {
-            let grace_ends = grace.next_deadline();
+            let grace_ends = builder.grace.next_deadline();
             tokio::select! {
                 changed = instance_changes.changed() => if changed.is_err() { return },
                 changed = route_changes.changed() => if changed.is_err() { return },
@@ -77,7 +71,21 @@ pub fn start(
                 _ = tokio::time::sleep_until(grace_ends.unwrap_or_else(Instant::now).into()), if grace_ends.is_some() => {}
             }
             generation += 1;
-            let table = build(&mut live, &mut grace, generation);
+            let table;
+            (builder, table) = match tokio::task::spawn_blocking(move || {
+                let table = builder.build(generation);
+                (builder, table)
+            })
+            .await
+            {
+                Ok(built) => built,
+                Err(e) => {
+                    // A panic in a build: the table stops following the
+                    // registry; say so loudly rather than serve silently.
+                    error!(error = %e, "building the routing table failed; it no longer follows the registry");
+                    return;
+                }
+            };
             if table.registry_connected != connected {
                 connected = table.registry_connected;
                 if connected {
@@ -93,4 +101,36 @@ pub fn start(
         }
     });
     handle
+}
+
+/// Everything a table is built from, and the state kept between builds;
+/// owned by the discovery task, lent to the blocking pool for each build.
+struct Builder {
+    instances: Watcher<Instance>,
+    routes: Watcher<NamedRoute>,
+    defaults: Defaults,
+    allowed: AllowedBackends,
+    live: LiveState,
+    grace: Grace,
+}
+
+impl Builder {
+    /// A table from the watchers' latest snapshots.
+    fn build(&mut self, generation: u64) -> RoutingTable {
+        let (i, r) = (self.instances.snapshot(), self.routes.snapshot());
+        let now = Instant::now();
+        let allowed_entries = match self.allowed.filter(&i.entries) {
+            Cow::Borrowed(_) => i.entries.clone(),
+            Cow::Owned(only_allowed) => Arc::new(only_allowed),
+        };
+        let routable = self.grace.apply(&allowed_entries, now);
+        self.live.build_routable(
+            &routable,
+            &r.entries,
+            &self.defaults,
+            i.connected && r.connected,
+            generation,
+            now,
+        )
+    }
 }

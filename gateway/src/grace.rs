@@ -64,12 +64,33 @@ struct Kept {
     routed: bool,
 }
 
-/// What the routing table is built from: the registry's instances plus the
-/// unconfirmed ones, and the marks of the latter by instance id.
+/// What the routing table is built from: the registry's instances (shared
+/// with the registry watcher's snapshot, not copied) plus the unconfirmed
+/// ones, and the marks of the latter by instance id.
 #[derive(Debug, Default)]
 pub struct Routable {
-    pub instances: BTreeMap<String, Instance>,
+    /// The registry's instances, by key.
+    pub registered: Arc<BTreeMap<String, Instance>>,
+    /// Instances that left while ready and are routed meanwhile, in key
+    /// order; none of them is in `registered`.
+    pub kept: Vec<Instance>,
+    /// The marks of `kept`, by instance id.
     pub unconfirmed: HashMap<String, Arc<Unconfirmed>>,
+}
+
+impl Routable {
+    /// Every routable instance with its mark if it is unconfirmed: the
+    /// registered ones in key order, then the kept ones.
+    pub fn instances(&self) -> impl Iterator<Item = (&Instance, Option<&Arc<Unconfirmed>>)> {
+        self.registered
+            .values()
+            .map(|instance| (instance, None))
+            .chain(
+                self.kept
+                    .iter()
+                    .map(|instance| (instance, self.unconfirmed.get(&instance.id))),
+            )
+    }
 }
 
 /// Tracks which instances left while ready; owned by the discovery task.
@@ -169,23 +190,27 @@ impl Grace {
         self.previous = current.clone();
 
         let mut routable = Routable {
-            instances: (**current).clone(),
-            unconfirmed: HashMap::new(),
+            registered: current.clone(),
+            ..Routable::default()
         };
-        for (key, kept) in self.kept.iter().filter(|(_, k)| k.routed) {
+        for kept in self.kept.values().filter(|k| k.routed) {
             routable
                 .unconfirmed
                 .insert(kept.instance.id.clone(), kept.mark.clone());
-            routable
-                .instances
-                .insert(key.clone(), kept.instance.clone());
+            routable.kept.push(kept.instance.clone());
         }
         routable
     }
 
-    /// When the earliest grace period ends (a rebuild is due then).
+    /// When the earliest grace period of a routed instance ends (a rebuild
+    /// is due then). Instances kept but not routed (a lone loss) change no
+    /// table when their grace ends; the next rebuild drops them.
     pub fn next_deadline(&self) -> Option<Instant> {
-        self.kept.values().map(|k| k.until).min()
+        self.kept
+            .values()
+            .filter(|k| k.routed)
+            .map(|k| k.until)
+            .min()
     }
 
     /// Woken when an unconfirmed instance fails (a rebuild is due).
@@ -210,7 +235,7 @@ mod tests {
     }
 
     fn ids(r: &Routable) -> Vec<&str> {
-        r.instances.values().map(|i| i.id.as_str()).collect()
+        r.instances().map(|(i, _)| i.id.as_str()).collect()
     }
 
     const PERIOD: Duration = Duration::from_secs(10);
@@ -256,7 +281,13 @@ mod tests {
             ids(&grace.apply(&set(&[]), now + PERIOD - Duration::from_millis(1))),
             ["b"]
         );
-        assert!(grace.apply(&set(&[]), now + PERIOD).instances.is_empty());
+        assert!(
+            grace
+                .apply(&set(&[]), now + PERIOD)
+                .instances()
+                .next()
+                .is_none()
+        );
     }
 
     #[test]
@@ -270,11 +301,11 @@ mod tests {
             ]),
             now,
         );
-        assert!(grace.apply(&set(&[]), now).instances.is_empty());
+        assert!(grace.apply(&set(&[]), now).instances().next().is_none());
 
         let mut off = Grace::new(Duration::ZERO);
         off.apply(&set(&[instance("a", InstanceState::Ready)]), now);
-        assert!(off.apply(&set(&[]), now).instances.is_empty());
+        assert!(off.apply(&set(&[]), now).instances().next().is_none());
     }
 
     #[test]
@@ -287,7 +318,11 @@ mod tests {
         // kept but not routed.
         let one_lost = grace.apply(&set(&[a.clone(), b.clone()]), now);
         assert_eq!(ids(&one_lost), ["a", "b"]);
-        assert_eq!(grace.next_deadline(), Some(now + PERIOD), "still kept");
+        assert_eq!(
+            grace.next_deadline(),
+            None,
+            "kept, not routed: the end of its grace changes no table"
+        );
         // c registers again; then every lease is lost at once (etcd wiped):
         // all three are routed, and stay routed as they register again one
         // by one.

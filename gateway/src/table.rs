@@ -34,7 +34,7 @@ use tracing::warn;
 
 use crate::backend::{Backend, BackendState};
 use crate::balance::{Balancer, Prepared};
-use crate::grace::Routable;
+use crate::grace::{Routable, Unconfirmed};
 use crate::proxy::pool::ConnPool;
 use crate::route_index::RouteIndex;
 use crate::stats::{RequestStats, ServiceCounters};
@@ -153,12 +153,31 @@ fn age_of(instance: &Instance) -> std::time::Duration {
 /// State that outlives any one snapshot.
 #[derive(Debug, Default)]
 pub struct LiveState {
-    backends: HashMap<String, Arc<BackendState>>,
+    /// Each instance's backend in the latest snapshot, by id: reused as it
+    /// is while its entry is unchanged, so a rebuild allocates only for the
+    /// instances that changed.
+    backends: HashMap<String, KnownBackend>,
     services: HashMap<String, Arc<ServiceCounters>>,
     routes: HashMap<String, RouteLive>,
     prepared: HashMap<String, ServicePrepared>,
     /// Idle connections by instance address (`Instance::addr`).
-    conn_pools: HashMap<String, Arc<ConnPool>>,
+    conn_pools: HashMap<String, AddressPool>,
+    /// Builds so far: marks which backends the latest build saw.
+    builds: u64,
+}
+
+/// An instance's backend, and the build that last saw it.
+#[derive(Debug)]
+struct KnownBackend {
+    backend: Arc<Backend>,
+    seen: u64,
+}
+
+/// The idle connections to one address, and how many known backends use it.
+#[derive(Debug)]
+struct AddressPool {
+    conns: Arc<ConnPool>,
+    users: usize,
 }
 
 /// What the policies derived from a service's ready set, and that set's
@@ -177,6 +196,17 @@ fn ready_fingerprint(ready: &[Arc<Backend>]) -> u64 {
     }
     ready.len().hash(&mut hasher);
     hasher.finish()
+}
+
+/// One known backend no longer uses `addr`'s idle connections; the pool goes
+/// with its last user.
+fn release(pools: &mut HashMap<String, AddressPool>, addr: &str) {
+    if let Some(pool) = pools.get_mut(addr) {
+        pool.users -= 1;
+        if pool.users == 0 {
+            pools.remove(addr);
+        }
+    }
 }
 
 /// What a route keeps across snapshots: its request stats, and where its
@@ -201,8 +231,8 @@ impl LiveState {
         now: Instant,
     ) -> RoutingTable {
         let routable = Routable {
-            instances: instances.clone(),
-            unconfirmed: HashMap::new(),
+            registered: Arc::new(instances.clone()),
+            ..Routable::default()
         };
         self.build_routable(
             &routable,
@@ -225,41 +255,31 @@ impl LiveState {
         generation: u64,
         now: Instant,
     ) -> RoutingTable {
-        let instances = &routable.instances;
-        // Backends, grouped by service, sorted by id so balancer state (e.g. the
-        // round-robin schedule) does not depend on etcd's key order.
+        self.builds += 1;
+        let build = self.builds;
+        // Backends, grouped by service; sorted by id below, so balancer state
+        // (e.g. the round-robin schedule) does not depend on etcd's key order.
         let mut by_service: BTreeMap<&str, Vec<Arc<Backend>>> = BTreeMap::new();
-        for instance in instances.values() {
-            let state = self
-                .backends
-                .entry(instance.id.clone())
-                .or_insert_with(|| Arc::new(BackendState::with_age(now, age_of(instance))))
-                .clone();
-            match Backend::new(instance.clone(), state) {
-                Some(mut backend) => {
-                    backend.unconfirmed = routable.unconfirmed.get(&instance.id).cloned();
-                    backend.conns = self
-                        .conn_pools
-                        .entry(instance.addr.clone())
-                        .or_default()
-                        .clone();
-                    by_service
-                        .entry(&instance.service)
-                        .or_default()
-                        .push(Arc::new(backend))
-                }
-                None => warn!(
-                    id = %instance.id,
-                    addr = %instance.addr,
-                    "skipping instance: its address cannot be used in a request URI"
-                ),
+        for (instance, unconfirmed) in routable.instances() {
+            if let Some(backend) = self.backend_for(instance, unconfirmed, build, now) {
+                by_service
+                    .entry(&instance.service)
+                    .or_default()
+                    .push(backend);
             }
         }
-        let present: HashSet<&str> = instances.values().map(|i| i.id.as_str()).collect();
-        self.backends.retain(|id, _| present.contains(id.as_str()));
-        let addresses: HashSet<&str> = instances.values().map(|i| i.addr.as_str()).collect();
-        self.conn_pools
-            .retain(|addr, _| addresses.contains(addr.as_str()));
+        let LiveState {
+            backends,
+            conn_pools,
+            ..
+        } = self;
+        backends.retain(|_, known| {
+            let present = known.seen == build;
+            if !present {
+                release(conn_pools, &known.backend.instance.addr);
+            }
+            present
+        });
 
         let mut wanted: Vec<&str> = by_service.keys().copied().collect();
         wanted.push(&defaults.service);
@@ -329,6 +349,73 @@ impl LiveState {
             registry_connected,
             generation,
         }
+    }
+
+    /// `instance`'s backend, marked as seen by build `build`: the one from
+    /// the last snapshot while its entry and mark are unchanged, else a new
+    /// one keeping the instance's live state (and its address's idle
+    /// connections). `None` (with a warning) when the address cannot be used.
+    fn backend_for(
+        &mut self,
+        instance: &Instance,
+        unconfirmed: Option<&Arc<Unconfirmed>>,
+        build: u64,
+        now: Instant,
+    ) -> Option<Arc<Backend>> {
+        if let Some(known) = self.backends.get_mut(instance.id.as_str()) {
+            let old = &known.backend;
+            let same_mark = match (&old.unconfirmed, unconfirmed) {
+                (None, None) => true,
+                (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+                _ => false,
+            };
+            if old.instance == *instance && same_mark {
+                known.seen = build;
+                return Some(old.clone());
+            }
+        }
+        let (state, old_addr) = match self.backends.get(instance.id.as_str()) {
+            Some(known) => (
+                known.backend.state.clone(),
+                Some(known.backend.instance.addr.clone()),
+            ),
+            None => (
+                Arc::new(BackendState::with_age(now, age_of(instance))),
+                None,
+            ),
+        };
+        let Some(mut backend) = Backend::new(instance.clone(), state) else {
+            warn!(
+                id = %instance.id,
+                addr = %instance.addr,
+                "skipping instance: its address cannot be used in a request URI"
+            );
+            return None;
+        };
+        backend.unconfirmed = unconfirmed.cloned();
+        if old_addr.as_deref() != Some(instance.addr.as_str()) {
+            let pool = self
+                .conn_pools
+                .entry(instance.addr.clone())
+                .or_insert_with(|| AddressPool {
+                    conns: Arc::default(),
+                    users: 0,
+                });
+            pool.users += 1;
+            if let Some(old_addr) = old_addr {
+                release(&mut self.conn_pools, &old_addr);
+            }
+        }
+        backend.conns = self.conn_pools[instance.addr.as_str()].conns.clone();
+        let backend = Arc::new(backend);
+        self.backends.insert(
+            instance.id.clone(),
+            KnownBackend {
+                backend: backend.clone(),
+                seen: build,
+            },
+        );
+        Some(backend)
     }
 
     /// `service`'s [`Prepared`]: the one kept from an earlier snapshot while
