@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-#! Builds Shoal's container images offline, from this repo's release binaries.
+#! Builds Shoal's container images offline, from this repo's binaries
+#! (release builds unless SHOAL_IMAGE_PROFILE=debug).
 #!
 #! No base image is pulled: each image is a `FROM scratch`-style root
 #! filesystem holding the binaries, the shared libraries `ldd` names for them
@@ -27,10 +28,15 @@
 #! Usage: docker/build-images.sh [--no-build] [app-server|shoal|etcd|node-hello ...]
 #!   (no image names: all four; etcd and node-hello are skipped with a note
 #!   when /usr/bin/etcd or node is absent)
-#!   --no-build  use the binaries already built: target/release, and the
+#!   --no-build  use the binaries already built: target/release (target/debug with
+#!               SHOAL_IMAGE_PROFILE=debug), and the
 #!               profile-guided gateway in target/pgo/use/release when
 #!               there is one
-#! Env: CARGO_TARGET_DIR, SHOAL_IMAGE_TAG (default dev), SHOAL_ETCD_BIN
+#! Env: CARGO_TARGET_DIR, SHOAL_IMAGE_TAG (default dev), SHOAL_IMAGE_PROFILE
+#! (release, the default; or debug: the images get the debug binaries of
+#! `cargo build --workspace --bins`, debug info stripped, and the plain
+#! gateway; scripts/test uses them, since tests check behaviour and the
+#! release build with fat LTO costs CI ten minutes or more), SHOAL_ETCD_BIN
 #! (default /usr/bin/etcd), SHOAL_PGO (1: the profile-guided gateway;
 #! 0: the plain release build's), SHOAL_GATEWAY_BIN (a gateway binary to
 #! put in shoal/shoal instead of either).
@@ -41,6 +47,7 @@ target_dir=${CARGO_TARGET_DIR:-$root/target}
 tag=${SHOAL_IMAGE_TAG:-dev}
 build=1
 pgo=${SHOAL_PGO:-1}
+profile=${SHOAL_IMAGE_PROFILE:-release}
 images=()
 for arg in "$@"; do
   case $arg in
@@ -62,6 +69,11 @@ case $pgo in
   0 | 1) ;;
   *) die "SHOAL_PGO=$pgo is not allowed: use 1 (the profile-guided gateway, the default) or 0 (the plain release build)" ;;
 esac
+case $profile in
+  release) ;;
+  debug) pgo=0 ;;
+  *) die "SHOAL_IMAGE_PROFILE=$profile is not allowed: use release (the default) or debug" ;;
+esac
 command -v docker >/dev/null || die "docker is not installed"
 docker version >/dev/null 2>&1 || die "cannot reach the Docker engine (is dockerd running, may this user use /var/run/docker.sock?)"
 
@@ -73,6 +85,9 @@ trap 'rm -rf "$stage"' EXIT
 copy_with_libs() {
   local rootfs=$1 bin=$2 name=$3 lib
   install -D -m 0755 "$bin" "$rootfs/usr/local/bin/$name"
+  # A debug binary's debug info is most of its size; symbols stay.
+  [ "$profile" = debug ] && [ "$name" != etcd ] && [ "$name" != etcdctl ] && [ "$name" != node ] &&
+    strip --strip-debug "$rootfs/usr/local/bin/$name"
   # `libX.so => /path (addr)` lines, and the loader's `/lib64/ld-... (addr)`.
   for lib in $(ldd "$bin" | awk '$2 == "=>" && $3 ~ /^\// { print $3 } $1 ~ /^\// { print $1 }'); do
     [ -e "$rootfs$lib" ] || cp -L --parents "$lib" "$rootfs"
@@ -107,14 +122,16 @@ import() {
 
 want() { local i; for i in "${images[@]}"; do [ "$i" = "$1" ] && return 0; done; return 1; }
 
+cargo_profile=()
+[ "$profile" = release ] && cargo_profile=(--release)
 if [ $build = 1 ] && { want app-server || want shoal; }; then
   if want shoal; then
-    (cd "$root" && cargo build --release --workspace --bins)
+    (cd "$root" && cargo build "${cargo_profile[@]}" --workspace --bins)
   else
-    (cd "$root" && cargo build --release -p app-server --bin app-server)
+    (cd "$root" && cargo build "${cargo_profile[@]}" -p app-server --bin app-server)
   fi
 fi
-release=$target_dir/release
+bins=$target_dir/$profile
 
 # The gateway shoal/shoal ships: SHOAL_GATEWAY_BIN, else the profile-guided
 # build (made here unless --no-build), else the release build's.
@@ -132,10 +149,10 @@ if want shoal && [ -z "$gateway_bin" ] && [ "$pgo" = 1 ]; then
 fi
 
 if want app-server; then
-  [ -x "$release/app-server" ] || die "$release/app-server is missing: run cargo build --release (or drop --no-build)"
+  [ -x "$bins/app-server" ] || die "$bins/app-server is missing: run cargo build ${cargo_profile[*]} --workspace --bins (or drop --no-build)"
   rootfs=$stage/app-server
   new_rootfs "$rootfs"
-  copy_with_libs "$rootfs" "$release/app-server" app-server
+  copy_with_libs "$rootfs" "$bins/app-server" app-server
   import "$rootfs" "shoal/app-server:$tag" \
     --change 'ENTRYPOINT ["/usr/local/bin/app-server"]' --change 'EXPOSE 8080'
 fi
@@ -149,16 +166,16 @@ if want shoal; then
   new_rootfs "$rootfs"
   found=()
   for bin in registry app-server gateway autoscaler; do
-    src=$release/$bin
+    src=$bins/$bin
     [ "$bin" = gateway ] && [ -n "$gateway_bin" ] && src=$gateway_bin
     if [ -x "$src" ]; then
       copy_with_libs "$rootfs" "$src" "$bin"
       found+=("$bin")
     fi
   done
-  [ ${#found[@]} -gt 0 ] || die "no binary in $release: run cargo build --release (or drop --no-build)"
+  [ ${#found[@]} -gt 0 ] || die "no binary in $bins: run cargo build ${cargo_profile[*]} --workspace --bins (or drop --no-build)"
   import "$rootfs" "shoal/shoal:$tag"
-  echo "  shoal/shoal:$tag holds: ${found[*]} (gateway: ${gateway_bin:-$release/gateway})"
+  echo "  shoal/shoal:$tag holds: ${found[*]} (gateway: ${gateway_bin:-$bins/gateway})"
 fi
 
 if want etcd; then
