@@ -47,18 +47,22 @@ pub fn get<'a>(headers: &'a HeaderMap, name: &HeaderName) -> Option<&'a HeaderVa
     }
 }
 
-/// The only value of `name` in `headers`, or none; `Err` when there are
-/// several (as for two `Host` header lines).
+/// A header that must appear at most once appeared more often.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Repeated;
+
+/// The only value of `name` in `headers`, or none; [`Repeated`] when there
+/// are several (as for two `Host` header lines).
 pub fn get_only<'a>(
     headers: &'a HeaderMap,
     name: &HeaderName,
-) -> Result<Option<&'a HeaderValue>, ()> {
+) -> Result<Option<&'a HeaderValue>, Repeated> {
     let mut found = None;
     if headers.len() <= SCAN_AT_MOST {
         for (n, value) in headers.iter() {
             if n == name {
                 if found.is_some() {
-                    return Err(());
+                    return Err(Repeated);
                 }
                 found = Some(value);
             }
@@ -68,7 +72,7 @@ pub fn get_only<'a>(
     let mut all = headers.get_all(name).iter();
     found = all.next();
     match all.next() {
-        Some(_) => Err(()),
+        Some(_) => Err(Repeated),
         None => Ok(found),
     }
 }

@@ -67,7 +67,7 @@ impl HostSource {
     pub fn of(request: &Request<Incoming>) -> Result<Self, GatewayError> {
         let header = match headers::get_only(request.headers(), &HOST) {
             Ok(header) => header.cloned(),
-            Err(()) => {
+            Err(headers::Repeated) => {
                 return Err(bad(
                     "the request has more than one Host header; send exactly one",
                 ));
@@ -143,7 +143,7 @@ pub(super) fn valid_host(host: &[u8]) -> bool {
             return false;
         };
         let inner = std::str::from_utf8(&host[1..end]).ok();
-        if !inner.is_some_and(|i| i.parse::<std::net::Ipv6Addr>().is_ok()) {
+        if inner.is_none_or(|i| i.parse::<std::net::Ipv6Addr>().is_err()) {
             return false;
         }
         (&host[..=end], &host[end + 1..])
