@@ -28,7 +28,8 @@
 //! `Forwarded` carries no `host=`: the gateway forwards `Host` unchanged
 //! (RFC 7239 §5.3 makes the parameter optional), and leaving it out lets
 //! the whole element be made once per connection, so the common case (no
-//! trusted proxies) allocates nothing per request for these headers.
+//! trusted proxies) allocates nothing per request for these headers (the
+//! values are shared; the map is grown once, by the entries added).
 
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -112,6 +113,14 @@ pub struct Present {
 }
 
 impl Present {
+    /// How many of the four headers are missing (each an entry [`set`] adds).
+    pub fn missing(&self) -> usize {
+        [self.forwarded_for, self.proto, self.host, self.forwarded]
+            .iter()
+            .filter(|p| !**p)
+            .count()
+    }
+
     /// Note `name` if it is one of the forwarded headers; whether it was.
     #[inline]
     pub fn note(&mut self, name: &HeaderName) -> bool {

@@ -5,7 +5,7 @@
 //! except `Upgrade` and `Connection: upgrade` on an upgrade handshake, which
 //! must reach the other side; `Host` kept (the target's authority when the
 //! request has one); `X-Forwarded-For/-Proto/-Host` and `Forwarded` set as
-//! [`forwarded`](super::forwarded) says; `x-shoal-instance` and the sticky
+//! [`forwarded`] says; `x-shoal-instance` and the sticky
 //! `Set-Cookie` on the way back. `Connection` cannot name `Host` or
 //! `Content-Length` away: the first is what routing used, the second the
 //! body's framing.
@@ -171,12 +171,15 @@ pub fn prepare_request(
 ) {
     strip_hop_by_hop(headers, upgrade);
     // One pass to learn which of the rarer headers are there at all.
-    let (mut proxy, mut expect, mut present) = (false, false, Present::default());
+    let (mut proxy, mut expect, mut has_host) = (false, false, false);
+    let mut present = Present::default();
     for name in headers.keys() {
         if present.note(name) {
             continue;
         }
-        if *name == PROXY {
+        if *name == HOST {
+            has_host = true;
+        } else if *name == PROXY {
             proxy = true;
         } else if *name == EXPECT {
             expect = true;
@@ -188,8 +191,10 @@ pub fn prepare_request(
     if expect {
         headers.remove(EXPECT);
     }
-    // Room for the headers added below, made once.
-    headers.reserve(5);
+    // Room for the headers added below, made once, and no more than they
+    // need: one entry more than the map holds can cost a reallocation.
+    let added = usize::from(!has_host && uri.authority().is_some()) + present.missing();
+    headers.reserve(added);
     let host = match (uri.authority(), get(headers, &HOST)) {
         (Some(authority), Some(host)) if host.as_bytes() == authority.as_str().as_bytes() => {
             Some(host.clone())

@@ -1,11 +1,37 @@
 //! Step 1 of a request: what routing needs from the client's request,
 //! checked. The request is taken apart into its [`Exchange`] (its parts, its
 //! body and, for an upgrade, the client side of the tunnel), and its host is
-//! read from the `Host` header, or the URI's authority for HTTP/2; the
-//! handler then resolves the route in the current table snapshot with it.
+//! found (`HostSource`); the handler then resolves the route in the
+//! current table snapshot with it.
 //!
-//! The gateway proxies origin-form requests only: CONNECT, the `*` form and
-//! a `Host` that is not text get 400 before anything is routed or recorded.
+//! The gateway proxies origin-form and absolute-form requests only:
+//! CONNECT and the `*` form get 400 before anything is routed or recorded.
+//!
+//! # Framing at the edge: who refuses what
+//!
+//! A request is forwarded only when it can be read one way. Two layers see
+//! it before an instance does:
+//!
+//! | request | RFC | refused by | answer |
+//! |---|---|---|---|
+//! | `Content-Length` and `Transfer-Encoding` together | 9112 §6.1 | hyper | framed by the chunks alone, `Content-Length` dropped, connection closed after the response (§6.1 allows this instead of a 400); the instance gets chunks only |
+//! | `Transfer-Encoding` whose last coding is not `chunked`; any in HTTP/1.0 | 9112 §6.1, §6.3 | hyper | 400, connection closed |
+//! | two `Content-Length` that differ, a list (`5, 5`), not digits, too large | 9112 §6.3, 9110 §8.6 | hyper | 400, connection closed |
+//! | two equal `Content-Length` | 9110 §8.6 | hyper | forwarded with one |
+//! | obsolete line folding; control bytes (NUL, lone CR, DEL) in a value; a name that is not a token; whitespace before the colon; a line without one | 9112 §5.1, §5.2, 9110 §5.5 | hyper (httparse) | 400, connection closed |
+//! | HTTP/1.1 without `Host` | 9112 §3.2 | here | 400 |
+//! | two `Host` lines (even equal ones) | 9112 §3.2 | here | 400 |
+//! | `Host` not `uri-host[:port]` (empty, a path, user information, a non-numeric port, not text) | 9112 §3.2, 9110 §7.2 | here | 400 |
+//! | absolute-form target (or HTTP/2 `:authority`) whose host or port differs from `Host`; one with user information or a scheme other than http(s) | 9112 §3.2.2, 9110 §4.2.4 | here | 400 |
+//! | absolute-form target agreeing with `Host` (case and the scheme's default port aside), or with no `Host` in HTTP/1.0 | 9112 §3.2.2 | — | routed by the target's authority, forwarded in origin form with `Host` set to it |
+//! | HTTP/1.0 without `Host` | 9112 §3.2 (only 1.1 must send it) | — | default route; the instance gets `Host: <its own address>` ([`pool`](super::pool)) |
+//! | hop-by-hop headers and those `Connection` names | 9110 §7.6.1 | [`headers`] | removed (never `Host` or `Content-Length`) |
+//! | `X-Forwarded-*`, `Forwarded` | 7239 | [`forwarded`](super::forwarded) | replaced, or kept and appended to from `--trusted-proxies` |
+//!
+//! The gateway's 400s are JSON (`"error":"bad_request"`) and keep the
+//! connection open; hyper's parse errors have no body and close it.
+//! HTTP/2 requests get the same `Host`/`:authority` checks; their framing is
+//! h2's (lengths are frames, and it refuses connection-specific headers).
 
 use std::time::Instant;
 
