@@ -614,6 +614,35 @@ async fn a_trusted_proxy_s_forwarded_headers_are_kept() {
 }
 
 #[tokio::test]
+async fn an_h2c_host_header_that_disagrees_with_the_authority_gets_400() {
+    let (registry, table) = Registry::new(BalancePolicy::RoundRobin);
+    put(&registry, "a", backend("a").await, InstanceState::Ready);
+    let gw = gateway(table, settings(), server_settings()).await;
+    let h2: TestClient = Client::builder(TokioExecutor::new())
+        .http2_only(true)
+        .build_http();
+    let request = |host: String| {
+        Request::get(format!("http://{}/headers", gw.addr))
+            .header("host", host)
+            .body(Full::default())
+            .unwrap()
+    };
+    let other = send(&h2, request("other.example".into())).await;
+    assert_eq!(other.status, StatusCode::BAD_REQUEST);
+    let error = other.json();
+    assert_eq!(error["error"], "bad_request");
+    assert!(
+        error["detail"]
+            .as_str()
+            .unwrap()
+            .contains("name different hosts"),
+        "{error}"
+    );
+    let same = send(&h2, request(gw.addr.to_string())).await;
+    assert_eq!(same.status, StatusCode::OK);
+}
+
+#[tokio::test]
 async fn h2c_clients_are_served() {
     let (registry, table) = Registry::new(BalancePolicy::RoundRobin);
     put(&registry, "a", backend("a").await, InstanceState::Ready);
