@@ -166,6 +166,23 @@ pub struct Config {
     )]
     pub allowed_backends: Vec<ipnet::IpNet>,
 
+    /// Networks (CIDR, comma-separated) of the proxies in front of the
+    /// gateway whose forwarded headers are believed. A request from a peer
+    /// in the list keeps its X-Forwarded-For (the peer is appended),
+    /// Forwarded (our element appended), X-Forwarded-Proto and
+    /// X-Forwarded-Host, and the client's address is the right-most
+    /// X-Forwarded-For entry outside the list. From any other peer those
+    /// headers are dropped and set from the connection. Unset: no peer is
+    /// trusted.
+    #[arg(
+        long,
+        env = "SHOAL_TRUSTED_PROXIES",
+        value_delimiter = ',',
+        value_name = "CIDR,...",
+        value_parser = crate::allowed::parse_cidr
+    )]
+    pub trusted_proxies: Vec<ipnet::IpNet>,
+
     /// This gateway's id in the registry (default: a fresh uuid).
     #[arg(long, env = "SHOAL_GATEWAY_ID", value_parser = parse_service)]
     pub id: Option<String>,
@@ -291,6 +308,28 @@ mod tests {
             let c = Config::try_parse_from(["gateway", "--admin-listen", loopback]).unwrap();
             c.check_admin_exposure().unwrap();
         }
+    }
+
+    #[test]
+    fn trusted_proxies() {
+        let c = Config::try_parse_from(["gateway"]).unwrap();
+        assert!(c.trusted_proxies.is_empty(), "nobody is trusted by default");
+        let c = Config::try_parse_from([
+            "gateway",
+            "--trusted-proxies",
+            "10.0.0.0/8, 192.0.2.7,fd00::/8",
+        ])
+        .unwrap();
+        let nets: Vec<String> = c.trusted_proxies.iter().map(ToString::to_string).collect();
+        assert_eq!(nets, ["10.0.0.0/8", "192.0.2.7/32", "fd00::/8"]);
+        let err =
+            Config::try_parse_from(["gateway", "--trusted-proxies", "10.0.0.0/8,10.0.0.0/33"])
+                .unwrap_err()
+                .to_string();
+        assert!(
+            err.contains("--trusted-proxies") && err.contains("`10.0.0.0/33` is not a network"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -53,8 +53,7 @@ use tracing::{debug, info, warn};
 
 use crate::config::Config;
 use crate::proxy::body::BoxError;
-use crate::proxy::headers::forwarded_for_value;
-use crate::proxy::{Proxy, ResponseBody, ResponseTimer};
+use crate::proxy::{Peer, Proxy, ResponseBody, ResponseTimer};
 
 /// Smallest HTTP/1 read buffer hyper accepts.
 const MIN_BUF: usize = 8192;
@@ -86,8 +85,9 @@ impl ServerSettings {
 #[derive(Debug)]
 pub struct ConnInfo {
     pub remote: SocketAddr,
-    /// The client's IP as an `X-Forwarded-For` entry, made once per connection.
-    pub forwarded_for: HeaderValue,
+    /// The client's address and the forwarded-header values that name it,
+    /// made once per connection.
+    pub peer: Peer,
     /// The response timer the connection's requests reuse.
     pub response_timer: ResponseTimer,
 }
@@ -107,8 +107,7 @@ impl Handler for Proxy {
     type Body = ResponseBody;
 
     async fn call(self, request: Request<Incoming>, conn: Arc<ConnInfo>) -> Response<ResponseBody> {
-        let client_ip = conn.forwarded_for.clone();
-        self.handle(request, client_ip, &conn.response_timer).await
+        self.handle(request, &conn.peer, &conn.response_timer).await
     }
 }
 
@@ -289,7 +288,7 @@ async fn serve_connection<H: Handler>(
     });
     let info = Arc::new(ConnInfo {
         remote,
-        forwarded_for: forwarded_for_value(remote.ip()),
+        peer: Peer::new(remote.ip()),
         response_timer: ResponseTimer::default(),
     });
     let service = {

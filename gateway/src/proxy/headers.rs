@@ -3,29 +3,31 @@
 //! names, `Keep-Alive`, `Proxy-Connection`, `Proxy-Authenticate`,
 //! `Proxy-Authorization`, `TE`, `Trailer`, `Transfer-Encoding`, `Upgrade`),
 //! except `Upgrade` and `Connection: upgrade` on an upgrade handshake, which
-//! must reach the other side; `X-Forwarded-For/-Proto/-Host` added;
-//! `x-shoal-instance` and the sticky `Set-Cookie` on the way back.
+//! must reach the other side; `Host` kept (the target's authority when the
+//! request has one); `X-Forwarded-For/-Proto/-Host` and `Forwarded` set as
+//! [`forwarded`] says; `x-shoal-instance` and the sticky
+//! `Set-Cookie` on the way back. `Connection` cannot name `Host` or
+//! `Content-Length` away: the first is what routing used, the second the
+//! body's framing.
 //!
 //! Two more request headers never reach an instance: `Proxy` (httpoxy: CGI
 //! programs would read it as `HTTP_PROXY`) and `Expect` (the gateway answers
 //! `100-continue` itself when it starts reading the body).
 
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::Bytes;
 use http::header::{
-    CONNECTION, EXPECT, HOST, PROXY_AUTHENTICATE, PROXY_AUTHORIZATION, TE, TRAILER,
+    CONNECTION, CONTENT_LENGTH, EXPECT, HOST, PROXY_AUTHENTICATE, PROXY_AUTHORIZATION, TE, TRAILER,
     TRANSFER_ENCODING, UPGRADE,
 };
 use http::{HeaderMap, HeaderName, HeaderValue, Uri, Version};
 
+use super::forwarded::{self, Peer, Present};
 use crate::balance::sticky;
 
 /// The id of the instance that served a response.
 pub const X_SHOAL_INSTANCE: HeaderName = HeaderName::from_static("x-shoal-instance");
 /// `x-shoal-instance` on a response no instance was involved in.
 pub const NO_INSTANCE: &str = "-";
-pub const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
-pub const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
-pub const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
 const PROXY: HeaderName = HeaderName::from_static("proxy");
@@ -42,6 +44,36 @@ pub fn get<'a>(headers: &'a HeaderMap, name: &HeaderName) -> Option<&'a HeaderVa
         headers.iter().find(|(n, _)| *n == name).map(|(_, v)| v)
     } else {
         headers.get(name)
+    }
+}
+
+/// A header that must appear at most once appeared more often.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Repeated;
+
+/// The only value of `name` in `headers`, or none; [`Repeated`] when there
+/// are several (as for two `Host` header lines).
+pub fn get_only<'a>(
+    headers: &'a HeaderMap,
+    name: &HeaderName,
+) -> Result<Option<&'a HeaderValue>, Repeated> {
+    let mut found = None;
+    if headers.len() <= SCAN_AT_MOST {
+        for (n, value) in headers.iter() {
+            if n == name {
+                if found.is_some() {
+                    return Err(Repeated);
+                }
+                found = Some(value);
+            }
+        }
+        return Ok(found);
+    }
+    let mut all = headers.get_all(name).iter();
+    found = all.next();
+    match all.next() {
+        Some(_) => Err(Repeated),
+        None => Ok(found),
     }
 }
 
@@ -106,8 +138,9 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
             .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
             .collect();
         for name in named {
-            // Never let `Connection` name an end-to-end header we rely on.
-            if name != HOST {
+            // Never let `Connection` name an end-to-end header we rely on:
+            // the host routing used, the body's framing.
+            if name != HOST && name != CONTENT_LENGTH {
                 headers.remove(&name);
             }
         }
@@ -124,21 +157,32 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
 }
 
 /// Rewrite a client's request headers for an instance: hop-by-hop headers,
-/// `Proxy` and `Expect` removed; `Host` kept (filled in from the URI for
-/// HTTP/2 clients, which send `:authority` instead); `X-Forwarded-For`
-/// appended with `client_ip`; `X-Forwarded-Proto: http`; `X-Forwarded-Host`
-/// set to the client's host.
-pub fn prepare_request(headers: &mut HeaderMap, uri: &Uri, upgrade: bool, client_ip: &HeaderValue) {
+/// `Proxy` and `Expect` removed; `Host` kept, or set to the URI's authority
+/// when there is one (HTTP/2's `:authority`, an HTTP/1 absolute-form
+/// target: [`resolve`](super::resolve) has checked that a `Host` sent with
+/// it agrees); the forwarded headers set for `peer` as [`forwarded`] says,
+/// believing the client's own when `trusted`.
+pub fn prepare_request(
+    headers: &mut HeaderMap,
+    uri: &Uri,
+    upgrade: bool,
+    peer: &Peer,
+    trusted: bool,
+) {
     strip_hop_by_hop(headers, upgrade);
     // One pass to learn which of the rarer headers are there at all.
-    let (mut proxy, mut expect, mut forwarded_for) = (false, false, false);
+    let (mut proxy, mut expect, mut has_host) = (false, false, false);
+    let mut present = Present::default();
     for name in headers.keys() {
-        if *name == PROXY {
+        if present.note(name) {
+            continue;
+        }
+        if *name == HOST {
+            has_host = true;
+        } else if *name == PROXY {
             proxy = true;
         } else if *name == EXPECT {
             expect = true;
-        } else if *name == X_FORWARDED_FOR {
-            forwarded_for = true;
         }
     }
     if proxy {
@@ -147,66 +191,24 @@ pub fn prepare_request(headers: &mut HeaderMap, uri: &Uri, upgrade: bool, client
     if expect {
         headers.remove(EXPECT);
     }
-    // Room for the headers added below, made once.
-    headers.reserve(4);
-    let host = match get(headers, &HOST) {
-        Some(host) => Some(host.clone()),
-        None => {
-            let value = uri
-                .authority()
-                .and_then(|a| HeaderValue::from_str(a.as_str()).ok());
+    // Room for the headers added below, made once, and no more than they
+    // need: one entry more than the map holds can cost a reallocation.
+    let added = usize::from(!has_host && uri.authority().is_some()) + present.missing();
+    headers.reserve(added);
+    let host = match (uri.authority(), get(headers, &HOST)) {
+        (Some(authority), Some(host)) if host.as_bytes() == authority.as_str().as_bytes() => {
+            Some(host.clone())
+        }
+        (Some(authority), _) => {
+            let value = HeaderValue::from_str(authority.as_str()).ok();
             if let Some(value) = &value {
                 headers.insert(HOST, value.clone());
             }
             value
         }
+        (None, host) => host.cloned(),
     };
-    match host {
-        Some(host) => {
-            headers.insert(X_FORWARDED_HOST, host);
-        }
-        None => {
-            headers.remove(X_FORWARDED_HOST);
-        }
-    }
-    if forwarded_for {
-        append_forwarded_for(headers, client_ip);
-    } else {
-        headers.insert(X_FORWARDED_FOR, client_ip.clone());
-    }
-    headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static("http"));
-}
-
-/// `X-Forwarded-For: <earlier hops>, <client_ip>`, folding several headers into one.
-fn append_forwarded_for(headers: &mut HeaderMap, client_ip: &HeaderValue) {
-    let earlier: Vec<&HeaderValue> = headers.get_all(X_FORWARDED_FOR).iter().collect();
-    if earlier.is_empty() {
-        headers.insert(X_FORWARDED_FOR, client_ip.clone());
-        return;
-    }
-    let len = earlier.iter().map(|v| v.len() + 2).sum::<usize>() + client_ip.len();
-    let mut joined = BytesMut::with_capacity(len);
-    for value in earlier {
-        joined.put_slice(value.as_bytes());
-        joined.put_slice(b", ");
-    }
-    joined.put_slice(client_ip.as_bytes());
-    match HeaderValue::from_maybe_shared(joined.freeze()) {
-        Ok(value) => {
-            headers.insert(X_FORWARDED_FOR, value);
-        }
-        // Earlier values were valid header values and so is the IP; keep
-        // at least the hop we know about.
-        Err(_) => {
-            headers.insert(X_FORWARDED_FOR, client_ip.clone());
-        }
-    }
-}
-
-/// The `X-Forwarded-For` value for a client address.
-pub fn forwarded_for_value(ip: std::net::IpAddr) -> HeaderValue {
-    HeaderValue::from_maybe_shared(Bytes::from(ip.to_string()))
-        .expect("an IP address is a valid header value")
+    forwarded::set(headers, peer, trusted, host, present);
 }
 
 /// `Set-Cookie` that pins a client to `instance` of `service`.
@@ -222,6 +224,9 @@ pub fn sticky_cookie(service: &str, instance: &str) -> HeaderValue {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::proxy::forwarded::{
+        FORWARDED, X_FORWARDED_FOR, X_FORWARDED_HOST, X_FORWARDED_PROTO,
+    };
 
     fn map(pairs: &[(&str, &str)]) -> HeaderMap {
         let mut h = HeaderMap::new();
@@ -287,41 +292,67 @@ mod tests {
     }
 
     #[test]
-    fn forwarded_headers_are_added() {
-        let ip = forwarded_for_value("10.1.2.3".parse().unwrap());
+    fn forwarded_headers_are_set_and_proxy_and_expect_removed() {
+        let peer = Peer::new("10.1.2.3".parse().unwrap());
         let uri: Uri = "/x".parse().unwrap();
-        let mut h = map(&[
+        let spoofed = [
             ("host", "shop.example:8080"),
             ("x-forwarded-for", "1.1.1.1"),
-            ("x-forwarded-for", "2.2.2.2, 3.3.3.3"),
             ("x-forwarded-proto", "https"),
             ("x-forwarded-host", "spoofed"),
+            ("forwarded", "for=1.1.1.1"),
             ("proxy", "http://evil"),
             ("expect", "100-continue"),
-        ]);
-        prepare_request(&mut h, &uri, false, &ip);
-        assert_eq!(h[X_FORWARDED_FOR], "1.1.1.1, 2.2.2.2, 3.3.3.3, 10.1.2.3");
-        assert_eq!(h.get_all(X_FORWARDED_FOR).iter().count(), 1);
+        ];
+        let mut h = map(&spoofed);
+        prepare_request(&mut h, &uri, false, &peer, false);
+        assert_eq!(h[X_FORWARDED_FOR], "10.1.2.3");
+        assert_eq!(h[FORWARDED], "for=10.1.2.3;proto=http");
         assert_eq!(h[X_FORWARDED_PROTO], "http");
         assert_eq!(h[X_FORWARDED_HOST], "shop.example:8080");
         assert_eq!(h[HOST], "shop.example:8080");
         assert!(h.get(PROXY).is_none() && h.get(EXPECT).is_none());
 
+        let mut h = map(&spoofed);
+        prepare_request(&mut h, &uri, false, &peer, true);
+        assert_eq!(h[X_FORWARDED_FOR], "1.1.1.1, 10.1.2.3");
+        assert_eq!(h[FORWARDED], "for=1.1.1.1, for=10.1.2.3;proto=http");
+        assert_eq!(h[X_FORWARDED_PROTO], "https");
+        assert_eq!(h[X_FORWARDED_HOST], "spoofed");
+
         let mut first_hop = HeaderMap::new();
-        prepare_request(&mut first_hop, &uri, false, &ip);
+        prepare_request(&mut first_hop, &uri, false, &peer, false);
         assert_eq!(first_hop[X_FORWARDED_FOR], "10.1.2.3");
         assert!(first_hop.get(X_FORWARDED_HOST).is_none());
     }
 
     #[test]
-    fn http2_authority_becomes_the_host_header() {
-        let ip = forwarded_for_value("::1".parse().unwrap());
+    fn the_authority_becomes_the_host_header() {
+        let peer = Peer::new("::1".parse().unwrap());
+        // HTTP/2 (`:authority`, no Host).
         let uri: Uri = "http://api.example:81/v1".parse().unwrap();
         let mut h = HeaderMap::new();
-        prepare_request(&mut h, &uri, false, &ip);
+        prepare_request(&mut h, &uri, false, &peer, false);
         assert_eq!(h[HOST], "api.example:81");
         assert_eq!(h[X_FORWARDED_HOST], "api.example:81");
         assert_eq!(h[X_FORWARDED_FOR], "::1");
+        // An absolute-form target with a Host that agrees up to case and
+        // the default port: the target's authority is forwarded.
+        let uri: Uri = "http://API.example/v1".parse().unwrap();
+        let mut h = map(&[("host", "api.example:80")]);
+        prepare_request(&mut h, &uri, false, &peer, false);
+        assert_eq!(h.get_all(HOST).iter().collect::<Vec<_>>(), ["API.example"]);
+    }
+
+    #[test]
+    fn connection_cannot_remove_content_length() {
+        let mut h = map(&[
+            ("connection", "content-length, x-a"),
+            ("content-length", "3"),
+            ("x-a", "1"),
+        ]);
+        strip_hop_by_hop(&mut h, false);
+        assert_eq!(names(&h), ["content-length"]);
     }
 
     #[test]

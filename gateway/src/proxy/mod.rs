@@ -4,9 +4,10 @@
 //! of its own, run in order by `Inner::serve`:
 //! 1. Resolve ([`resolve`]): take the request apart and resolve its route in
 //!    the current [`RoutingTable`](crate::table::RoutingTable) snapshot
-//!    from the `Host` header (or the URI authority, for HTTP/2) and the
-//!    path; 400 for a request it cannot route (CONNECT, `*`, a non-text
-//!    Host). Refuse a declared body over `--max-body-bytes` (413).
+//!    from the target's authority (absolute-form, HTTP/2) or the `Host`
+//!    header, and the path; 400 for a request it cannot route or whose host
+//!    is missing, doubled, malformed or ambiguous (the framing rules are in
+//!    [`resolve`]'s doc). Refuse a declared body over `--max-body-bytes` (413).
 //! 2. Hold ([`hold`]): if the service has no ready instance, hold the request
 //!    until one registers, up to `--hold-timeout` (scale from zero), else 503.
 //! 3. Attempt ([`attempt`]): pick an instance with the route's policy, wait
@@ -26,7 +27,8 @@
 //!    (and the sticky cookie when the policy asks), or join both sides of an
 //!    upgrade ([`upgrade`]); or answer with the gateway's own error.
 //!
-//! Other files: [`headers`] (rewriting), [`body`] (reclaimable, limited
+//! Other files: [`headers`] (rewriting), [`forwarded`] (`X-Forwarded-*`,
+//! `Forwarded`, `--trusted-proxies`), [`body`] (reclaimable, limited
 //! request body), [`response`] (response body carrying the stats guards),
 //! [`record`] (the guards), [`forward`] (the request an instance is sent,
 //! and what a failed send means), [`limit`] (body size, per-instance
@@ -45,6 +47,7 @@ pub mod attempt;
 pub mod body;
 pub mod error;
 pub mod forward;
+pub mod forwarded;
 pub mod headers;
 pub mod hedge;
 pub mod hold;
@@ -65,7 +68,7 @@ mod tests;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use http::{HeaderValue, Request, Response};
+use http::{Request, Response};
 use hyper::body::Incoming;
 
 use crate::config::Config;
@@ -75,6 +78,7 @@ use answer::{fail, respond};
 use attempt::{Attempted, Exchange, within};
 pub use error::GatewayError;
 pub use forward::HttpClient;
+pub use forwarded::{Peer, TrustedProxies};
 pub use hedge::HedgePolicy;
 use limit::InstanceLimit;
 use live_map::LiveMap;
@@ -110,6 +114,8 @@ pub struct ProxySettings {
     pub queue_per_instance: u32,
     pub ejection: EjectionPolicy,
     pub hedge: HedgePolicy,
+    /// `--trusted-proxies`.
+    pub trusted_proxies: TrustedProxies,
 }
 
 impl ProxySettings {
@@ -127,6 +133,7 @@ impl ProxySettings {
             queue_per_instance: config.queue_per_instance,
             ejection: EjectionPolicy::from_config(config),
             hedge: HedgePolicy::from_config(config),
+            trusted_proxies: TrustedProxies::new(config.trusted_proxies.clone()),
         }
     }
 }
@@ -169,19 +176,18 @@ impl Proxy {
         &self.inner.table
     }
 
-    /// Serve one request from a client whose `X-Forwarded-For` entry is
-    /// `client_ip`. Never fails: every problem becomes a JSON error response.
-    /// `timer` is the client connection's response timer, reused by its
-    /// requests.
+    /// Serve one request from a client connection's `peer`. Never fails:
+    /// every problem becomes a JSON error response. `timer` is the client
+    /// connection's response timer, reused by its requests.
     pub async fn handle(
         &self,
         request: Request<Incoming>,
-        client_ip: HeaderValue,
+        peer: &Peer,
         timer: &ResponseTimer,
     ) -> Response<ResponseBody> {
         // Boxed once here, so that the layers above (and hyper) move a
         // pointer rather than the whole request state.
-        Box::pin(self.inner.serve(request, client_ip, timer)).await
+        Box::pin(self.inner.serve(request, peer, timer)).await
     }
 }
 
@@ -190,20 +196,20 @@ impl Inner {
     async fn serve(
         &self,
         request: Request<Incoming>,
-        client_ip: HeaderValue,
+        peer: &Peer,
         timer: &ResponseTimer,
     ) -> Response<ResponseBody> {
         let started = now();
         // 1. Resolve the route.
-        let source = HostSource::of(&request);
+        let source = match HostSource::of(&request) {
+            Ok(source) => source,
+            Err(e) => return e.to_response(None),
+        };
         let mut exchange = match Exchange::new(self, started, request) {
             Ok(exchange) => exchange,
             Err(e) => return e.to_response(None),
         };
-        let host = match source.host() {
-            Ok(host) => host,
-            Err(e) => return e.to_response(None),
-        };
+        let host = source.host();
         let first_table = self.table.load();
         let first = first_table.resolve(host, exchange.parts.uri.path());
         let record = RequestRecord::start(&first.stats, &first.pool.counters, started);
@@ -236,7 +242,8 @@ impl Inner {
         }
         let parts = &mut exchange.parts;
         let upgrade = exchange.client_upgrade.is_some();
-        headers::prepare_request(&mut parts.headers, &parts.uri, upgrade, &client_ip);
+        let trusted = self.settings.trusted_proxies.contains(peer.ip);
+        headers::prepare_request(&mut parts.headers, &parts.uri, upgrade, peer, trusted);
         loop {
             let entry = if Arc::ptr_eq(&table, &first_table) {
                 first

@@ -129,6 +129,7 @@ fn settings() -> ProxySettings {
             max: MAX_EJECTION,
         },
         hedge: HedgePolicy::default(),
+        trusted_proxies: TrustedProxies::default(),
     }
 }
 
@@ -564,26 +565,29 @@ async fn read_head(stream: &mut TcpStream) -> String {
     String::from_utf8(head).unwrap()
 }
 
-#[tokio::test]
-async fn forwarded_headers_are_set_and_hop_by_hop_ones_removed() {
+/// A request with spoofed forwarded headers and a hop-by-hop header, as
+/// `backend`'s `/headers` saw it through a gateway with `settings`.
+async fn seen_through(settings: ProxySettings) -> serde_json::Value {
     let (registry, table) = Registry::new(BalancePolicy::RoundRobin);
     put(&registry, "a", backend("a").await, InstanceState::Ready);
-    let gw = gateway(table, settings(), server_settings()).await;
+    let gw = gateway(table, settings, server_settings()).await;
     let request = Request::get(format!("http://{}/headers", gw.addr))
         .header("host", "shop.example")
         .header("x-forwarded-for", "203.0.113.9")
+        .header("x-forwarded-proto", "https")
         .header("connection", "x-hop")
         .header("x-hop", "secret")
         .header("te", "trailers")
         .header("x-kept", "yes")
         .body(Full::default())
         .unwrap();
-    let reply = send(&client(), request).await;
-    let seen = reply.json();
-    assert_eq!(
-        seen["x-forwarded-for"],
-        serde_json::json!(["203.0.113.9, 127.0.0.1"])
-    );
+    send(&client(), request).await.json()
+}
+
+#[tokio::test]
+async fn forwarded_headers_are_set_and_hop_by_hop_ones_removed() {
+    let seen = seen_through(settings()).await;
+    assert_eq!(seen["x-forwarded-for"], serde_json::json!(["127.0.0.1"]));
     assert_eq!(seen["x-forwarded-proto"], serde_json::json!(["http"]));
     assert_eq!(
         seen["x-forwarded-host"],
@@ -593,6 +597,49 @@ async fn forwarded_headers_are_set_and_hop_by_hop_ones_removed() {
     assert_eq!(seen["x-hop"], serde_json::json!([]));
     assert_eq!(seen["te"], serde_json::json!([]));
     assert_eq!(seen["x-kept"], serde_json::json!(["yes"]));
+}
+
+#[tokio::test]
+async fn a_trusted_proxy_s_forwarded_headers_are_kept() {
+    let trusting = ProxySettings {
+        trusted_proxies: TrustedProxies::new(vec!["127.0.0.0/8".parse().unwrap()]),
+        ..settings()
+    };
+    let seen = seen_through(trusting).await;
+    assert_eq!(
+        seen["x-forwarded-for"],
+        serde_json::json!(["203.0.113.9, 127.0.0.1"])
+    );
+    assert_eq!(seen["x-forwarded-proto"], serde_json::json!(["https"]));
+}
+
+#[tokio::test]
+async fn an_h2c_host_header_that_disagrees_with_the_authority_gets_400() {
+    let (registry, table) = Registry::new(BalancePolicy::RoundRobin);
+    put(&registry, "a", backend("a").await, InstanceState::Ready);
+    let gw = gateway(table, settings(), server_settings()).await;
+    let h2: TestClient = Client::builder(TokioExecutor::new())
+        .http2_only(true)
+        .build_http();
+    let request = |host: String| {
+        Request::get(format!("http://{}/headers", gw.addr))
+            .header("host", host)
+            .body(Full::default())
+            .unwrap()
+    };
+    let other = send(&h2, request("other.example".into())).await;
+    assert_eq!(other.status, StatusCode::BAD_REQUEST);
+    let error = other.json();
+    assert_eq!(error["error"], "bad_request");
+    assert!(
+        error["detail"]
+            .as_str()
+            .unwrap()
+            .contains("name different hosts"),
+        "{error}"
+    );
+    let same = send(&h2, request(gw.addr.to_string())).await;
+    assert_eq!(same.status, StatusCode::OK);
 }
 
 #[tokio::test]

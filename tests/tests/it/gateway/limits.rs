@@ -110,7 +110,7 @@ async fn an_oversize_chunked_body_gets_a_413_too() {
 /// One response read off `stream`: until it is complete by its
 /// `content-length`, the connection closes, or 2 s of silence; and how the
 /// reading ended.
-async fn read_answer(stream: &mut TcpStream) -> (String, String) {
+pub(super) async fn read_answer(stream: &mut TcpStream) -> (String, String) {
     let mut answer = Vec::new();
     let mut buf = [0u8; 4096];
     let ended = loop {

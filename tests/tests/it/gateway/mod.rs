@@ -5,6 +5,7 @@
 //! - [`failover`]: instances killed or drained under load, retries and ejection, held requests.
 //! - [`discovery`]: registry-to-routing time, an etcd outage, malformed entries.
 //! - [`limits`]: body size and slow clients.
+//! - [`framing`]: strict HTTP/1.1 framing and forwarded headers, on raw sockets.
 //! - [`registry_loss`]: keys deleted or etcd wiped under load; the table never empties.
 //! - [`replace`]: a gateway replaced in place (`--reuse-port`) refuses nothing.
 //! - [`admin`]: per-instance stats, Prometheus metrics, health.
@@ -20,6 +21,7 @@ mod api;
 mod balancing;
 mod discovery;
 mod failover;
+mod framing;
 mod limits;
 mod registry_loss;
 mod replace;
