@@ -117,13 +117,9 @@ impl Grace {
     /// ones, updating which are kept.
     pub fn apply(&mut self, current: &Arc<BTreeMap<String, Instance>>, now: Instant) -> Routable {
         if !self.period.is_zero() {
-            let lost: Vec<(&String, &Instance)> = self
-                .previous
-                .iter()
+            let lost: Vec<(&String, &Instance)> = removed(&self.previous, current)
                 .filter(|(key, instance)| {
-                    instance.state == InstanceState::Ready
-                        && !current.contains_key(*key)
-                        && !self.kept.contains_key(*key)
+                    instance.state == InstanceState::Ready && !self.kept.contains_key(*key)
                 })
                 .collect();
             let mut lost_of: HashMap<&str, usize> = HashMap::new();
@@ -217,6 +213,25 @@ impl Grace {
     pub fn failures(&self) -> Arc<Notify> {
         self.wake.clone()
     }
+}
+
+/// The entries of `previous` whose keys `current` lacks, in key order: one
+/// walk over both sorted maps (a lookup per key would compare each key
+/// about log n times, on every rebuild), and nothing when they are the
+/// same snapshot.
+fn removed<'a>(
+    previous: &'a Arc<BTreeMap<String, Instance>>,
+    current: &'a Arc<BTreeMap<String, Instance>>,
+) -> impl Iterator<Item = (&'a String, &'a Instance)> {
+    let same = Arc::ptr_eq(previous, current);
+    let mut now = current.keys().peekable();
+    previous
+        .iter()
+        .filter(move |_| !same)
+        .filter(move |(key, _)| {
+            while now.next_if(|k| k < key).is_some() {}
+            now.next_if(|k| k == key).is_none()
+        })
 }
 
 #[cfg(test)]
@@ -338,5 +353,27 @@ mod tests {
         let mut grace = Grace::new(PERIOD);
         grace.apply(&set(&[a.clone(), b, c]), now);
         assert_eq!(ids(&grace.apply(&set(&[a]), now)), ["a", "b", "c"]);
+    }
+
+    #[test]
+    fn removed_walks_both_maps_once() {
+        let map = |ids: &[&str]| {
+            set(&ids
+                .iter()
+                .map(|id| instance(id, InstanceState::Ready))
+                .collect::<Vec<_>>())
+        };
+        let gone = |before: &[&str], after: &[&str]| -> Vec<String> {
+            let (before, after) = (map(before), map(after));
+            removed(&before, &after)
+                .map(|(_, i)| i.id.clone())
+                .collect()
+        };
+        assert_eq!(gone(&["a", "b", "c", "d"], &["b", "d", "e"]), ["a", "c"]);
+        assert_eq!(gone(&["a", "b"], &[]), ["a", "b"]);
+        assert!(gone(&[], &["a"]).is_empty());
+        assert!(gone(&["a", "c"], &["a", "b", "c", "z"]).is_empty());
+        let same = map(&["a"]);
+        assert_eq!(removed(&same, &same).count(), 0);
     }
 }

@@ -21,7 +21,6 @@
 //! instance address, shared by every entry naming it.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 use std::sync::atomic::AtomicUsize;
 use std::time::Instant;
@@ -180,22 +179,22 @@ struct AddressPool {
     users: usize,
 }
 
-/// What the policies derived from a service's ready set, and that set's
-/// [`ready_fingerprint`].
+/// What the policies derived from a service's ready set, and that set.
 #[derive(Debug)]
 struct ServicePrepared {
-    fingerprint: u64,
+    ready: Vec<Arc<Backend>>,
     prepared: Arc<Prepared>,
 }
 
-/// What [`Prepared`] depends on: the ready backends' ids and weights, in order.
-fn ready_fingerprint(ready: &[Arc<Backend>]) -> u64 {
-    let mut hasher = std::collections::hash_map::DefaultHasher::new();
-    for backend in ready {
-        (backend.id(), backend.instance.weight).hash(&mut hasher);
-    }
-    ready.len().hash(&mut hasher);
-    hasher.finish()
+/// Whether [`Prepared`] built for `before` holds for `now`: the same ids
+/// and weights in the same order. Backends unchanged since the last build
+/// are the same `Arc`s, so this is mostly pointer comparisons.
+fn same_ready_set(before: &[Arc<Backend>], now: &[Arc<Backend>]) -> bool {
+    before.len() == now.len()
+        && before.iter().zip(now).all(|(a, b)| {
+            Arc::ptr_eq(a, b)
+                || (a.instance.id == b.instance.id && a.instance.weight == b.instance.weight)
+        })
 }
 
 /// One known backend no longer uses `addr`'s idle connections; the pool goes
@@ -421,15 +420,17 @@ impl LiveState {
     /// `service`'s [`Prepared`]: the one kept from an earlier snapshot while
     /// its ready set is unchanged, else a new one.
     fn prepared_for(&mut self, service: &str, ready: &[Arc<Backend>]) -> Arc<Prepared> {
-        let fingerprint = ready_fingerprint(ready);
-        match self.prepared.get(service) {
-            Some(kept) if kept.fingerprint == fingerprint => kept.prepared.clone(),
+        match self.prepared.get_mut(service) {
+            Some(kept) if same_ready_set(&kept.ready, ready) => {
+                kept.ready = ready.to_vec();
+                kept.prepared.clone()
+            }
             _ => {
                 let prepared = Arc::<Prepared>::default();
                 self.prepared.insert(
                     service.to_owned(),
                     ServicePrepared {
-                        fingerprint,
+                        ready: ready.to_vec(),
                         prepared: prepared.clone(),
                     },
                 );
