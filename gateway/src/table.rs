@@ -425,8 +425,11 @@ impl LiveState {
                 kept.ready = ready.to_vec();
                 kept.prepared.clone()
             }
-            _ => {
-                let prepared = Arc::<Prepared>::default();
+            kept => {
+                let prepared = Arc::new(match kept {
+                    Some(kept) => Prepared::following(&kept.prepared, &kept.ready, ready),
+                    None => Prepared::default(),
+                });
                 self.prepared.insert(
                     service.to_owned(),
                     ServicePrepared {
@@ -836,6 +839,11 @@ mod tests {
         let t3 = build(&mut live, &[a, b], std::slice::from_ref(&ch));
         assert!(!Arc::ptr_eq(&ring(&t2), &ring(&t3)));
         assert_eq!(ring(&t3).len(), 2);
+        assert_eq!(
+            *ring(&t3),
+            crate::balance::consistent_hash::ring_of(&t3.pool("app").unwrap().ready),
+            "updated from t2's ring: the ring built anew"
+        );
     }
 
     #[test]

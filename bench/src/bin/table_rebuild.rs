@@ -12,7 +12,9 @@
 //!   round-robin schedule and the consistent-hash ring of a changed
 //!   service included: the routes' balancers are built with the table).
 //!
-//! Usage: `table_rebuild [SAMPLES]` (default 11). Run the release build:
+//! Usage: `table_rebuild [SAMPLES [INSTANCES ROUTES]]` (default 11 samples,
+//! every configuration; INSTANCES ROUTES: that one alone, e.g. to profile it).
+//! Run the release build:
 //! `cargo run --release -p shoal-bench --bin table_rebuild`.
 
 use std::collections::BTreeMap;
@@ -42,11 +44,25 @@ fn main() -> anyhow::Result<()> {
         None => 11,
     };
     anyhow::ensure!(samples > 0, "SAMPLES must be at least 1");
+    let count = |n: usize, what: &str| -> anyhow::Result<Option<usize>> {
+        std::env::args()
+            .nth(n)
+            .map(|v| {
+                v.parse()
+                    .map_err(|e| anyhow::anyhow!("{what} must be a number, not {v:?}: {e}"))
+            })
+            .transpose()
+    };
+    let configurations = match (count(2, "INSTANCES")?, count(3, "ROUTES")?) {
+        (Some(instances), Some(routes)) => vec![(instances, routes)],
+        (None, None) => CONFIGURATIONS.to_vec(),
+        _ => anyhow::bail!("give both INSTANCES and ROUTES, or neither"),
+    };
     println!("one registry change (put, then delete, of one instance), median of {samples}, ms");
     println!();
     println!("| instances | routes | map copy | rebuild |");
     println!("|-----------|--------|----------|---------|");
-    for (instances, routes) in CONFIGURATIONS {
+    for (instances, routes) in configurations {
         let row = measure(instances, routes, samples);
         println!(
             "| {instances:>9} | {routes:>6} | {:>8.2} | {:>7.2} |",

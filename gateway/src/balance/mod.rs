@@ -79,6 +79,27 @@ impl Prepared {
             .clone()
     }
 
+    /// What follows `previous` (built for `before`) for the ready set `now`:
+    /// the hash ring, if `previous` had built one, is updated from it
+    /// ([`Ring::updated`]: a merge, not a sort of every point) rather than
+    /// built anew on first use; the schedule is left to be built.
+    pub fn following(previous: &Prepared, before: &[Arc<Backend>], now: &[Arc<Backend>]) -> Self {
+        let next = Prepared::default();
+        if let Some(ring) = previous.ring.get() {
+            fn members(backends: &[Arc<Backend>]) -> Vec<(&str, u32)> {
+                backends
+                    .iter()
+                    .map(|b| (b.id(), b.instance.weight))
+                    .collect()
+            }
+            let updated = ring.updated(&members(before), &members(now));
+            next.ring
+                .set(Arc::new(updated))
+                .expect("a new Prepared has no ring yet");
+        }
+        next
+    }
+
     fn ring(&self, backends: &[Arc<Backend>]) -> Arc<Ring> {
         self.ring
             .get_or_init(|| Arc::new(consistent_hash::ring_of(backends)))
