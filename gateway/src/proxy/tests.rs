@@ -130,6 +130,8 @@ fn settings() -> ProxySettings {
         },
         hedge: HedgePolicy::default(),
         trusted_proxies: TrustedProxies::default(),
+        trace_headers: true,
+        access_log: None,
     }
 }
 
