@@ -111,6 +111,7 @@ async fn run_gateway(config: Config, id: String) -> anyhow::Result<()> {
     // Before announcing: a harness may signal as soon as it reads the line.
     config.check_admin_exposure().map_err(|e| anyhow!(e))?;
     config.check_hedge_delays().map_err(|e| anyhow!(e))?;
+    let access_log = start_access_log(config.access_log.clone())?;
     let mut signals =
         StopSignals::install().context("cannot install the SIGTERM/SIGINT handlers")?;
     // With --reuse-port the proxy listener opens only once the registry has
@@ -163,7 +164,6 @@ async fn run_gateway(config: Config, id: String) -> anyhow::Result<()> {
     let addr = listener
         .local_addr()
         .context("cannot read the proxy listener's address")?;
-    let access_log = start_access_log(config.access_log.clone())?;
     let proxy = Proxy::new(
         table.clone(),
         ProxySettings {
