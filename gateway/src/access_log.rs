@@ -87,8 +87,8 @@ struct Shared {
 
 enum Message {
     Line(Vec<u8>),
-    /// Wake the writer to look at `reopen`.
-    Wake,
+    /// Reopen the file now (in order: lines sent before go to the old one).
+    Reopen,
     /// Flush, then answer.
     Flush(std::sync::mpsc::Sender<()>),
 }
@@ -158,7 +158,7 @@ impl AccessLog {
     pub fn reopen(&self) {
         self.shared.reopen.store(true, Ordering::Relaxed);
         // Full: the writer is busy and looks at the flag after this batch.
-        if let Err(TrySendError::Disconnected(_)) = self.lines.try_send(Message::Wake) {
+        if let Err(TrySendError::Disconnected(_)) = self.lines.try_send(Message::Reopen) {
             warn!("the access log writer has stopped; cannot reopen the file");
         }
     }
@@ -248,7 +248,7 @@ impl Writer {
                         let result = self.out.writer().write_all(&line);
                         self.note(result);
                     }
-                    Message::Wake => {}
+                    Message::Reopen => self.reopen_if_asked(),
                     Message::Flush(done) => flushed.push(done),
                 }
                 message = lines.try_recv().ok();
@@ -259,9 +259,7 @@ impl Writer {
                 // The asker may have given up waiting: nothing to tell then.
                 done.send(()).ok();
             }
-            if self.shared.reopen.swap(false, Ordering::Relaxed) {
-                self.reopen();
-            }
+            self.reopen_if_asked();
         }
         let result = self.out.writer().flush();
         self.note(result);
@@ -278,7 +276,13 @@ impl Writer {
         }
     }
 
-    fn reopen(&mut self) {
+    /// Reopen the file if asked since the last time (flushing what the old one has).
+    fn reopen_if_asked(&mut self) {
+        if !self.shared.reopen.swap(false, Ordering::Relaxed) {
+            return;
+        }
+        let result = self.out.writer().flush();
+        self.note(result);
         match Output::open(&self.target) {
             Ok(out) => self.out = out,
             Err(e) => {

@@ -35,7 +35,8 @@
 //! concurrency), [`error`] (the gateway's own JSON errors), [`live_map`]
 //! (state kept across snapshots), [`timer`] (the response timer a
 //! connection's requests reuse), [`trace`] (`x-request-id` and
-//! `traceparent`, set after the headers are rewritten in step 3), [`hedge`] (an attempt slower than its
+//! `traceparent`: decided in step 1, set on the instance's request once its
+//! headers are rewritten), [`hedge`] (an attempt slower than its
 //! service's recent p99 raced by a second one; in step 3) and [`sketch`]
 //! (that p99).
 //!
@@ -225,6 +226,13 @@ impl Inner {
         if let Some(log) = &self.settings.access_log {
             record.log_to(self.log_entry(log, peer, &exchange.parts, host, first));
         }
+        let ids = self
+            .settings
+            .trace_headers
+            .then(|| trace::read(&exchange.parts.headers));
+        if let Some(ids) = &ids {
+            record.set_trace(ids);
+        }
         if let Err(e) =
             limit::check_content_length(&exchange.parts.headers, self.settings.max_body_bytes)
         {
@@ -258,8 +266,8 @@ impl Inner {
         let upgrade = exchange.client_upgrade.is_some();
         let trusted = self.settings.trusted_proxies.contains(peer.ip);
         headers::prepare_request(&mut parts.headers, &parts.uri, upgrade, peer, trusted);
-        if self.settings.trace_headers {
-            record.set_trace(trace::prepare(&mut parts.headers));
+        if let Some(ids) = &ids {
+            trace::set(&mut parts.headers, ids);
         }
         loop {
             let entry = if Arc::ptr_eq(&table, &first_table) {

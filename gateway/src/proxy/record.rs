@@ -68,13 +68,13 @@ impl RequestRecord {
         self.log.as_deref_mut()
     }
 
-    /// The ids the instance was sent: the request id for the response, both for the log.
-    pub fn set_trace(&mut self, ids: TraceIds) {
+    /// The request's ids: the request id for the response, both for the log.
+    pub fn set_trace(&mut self, ids: &TraceIds) {
         if let Some(log) = self.log() {
             log.request_id = Some(ids.request_id.clone());
-            log.traceparent = Some(ids.traceparent);
+            log.traceparent = Some(ids.traceparent.clone());
         }
-        self.request_id = Some(ids.request_id);
+        self.request_id = Some(ids.request_id.clone());
     }
 
     /// The `x-request-id` for the response (once).

@@ -40,42 +40,56 @@ pub const TRACESTATE: HeaderName = HeaderName::from_static("tracestate");
 /// The longest client request id kept.
 pub const MAX_REQUEST_ID: usize = 200;
 
-/// The ids a request travels with, as set on the instance's request.
+/// The ids a request travels with, decided from the client's headers
+/// ([`read`]) as soon as the request is routed, so that every answer carries
+/// the request id (a hold timeout's 503 too), and set on the instance's
+/// request ([`set`]) once its headers are rewritten.
 #[derive(Debug, Clone)]
 pub struct TraceIds {
     pub request_id: HeaderValue,
     pub traceparent: HeaderValue,
+    /// The client's trace was not continued: its `tracestate` goes too.
+    restarted: bool,
 }
 
-/// Set `x-request-id` and `traceparent` in the request `headers` an instance
-/// gets (see the module doc); the values set.
-pub fn prepare(headers: &mut HeaderMap) -> TraceIds {
+/// The ids for a request with these `headers` (see the module doc).
+pub fn read(headers: &HeaderMap) -> TraceIds {
     let request_id = match headers::get_only(headers, &X_REQUEST_ID) {
         Ok(Some(id)) if valid_request_id(id.as_bytes()) => id.clone(),
-        _ => {
-            let id = new_request_id();
-            headers.insert(X_REQUEST_ID, id.clone());
-            id
-        }
+        _ => new_request_id(),
     };
     let parent = match headers::get_only(headers, &TRACEPARENT) {
         Ok(Some(value)) => parse_traceparent(value.as_bytes()),
         _ => None,
     };
-    let traceparent = match parent {
-        Some(parent) => continue_trace(&parent),
-        None => {
-            if headers::has(headers, &TRACESTATE) {
-                headers.remove(TRACESTATE);
-            }
-            new_trace()
-        }
+    let (traceparent, restarted) = match parent {
+        Some(parent) => (continue_trace(&parent), false),
+        None => (new_trace(), true),
     };
-    headers.insert(TRACEPARENT, traceparent.clone());
     TraceIds {
         request_id,
         traceparent,
+        restarted,
     }
+}
+
+/// Set `ids` in the request `headers` an instance gets (replacing the
+/// client's values; after the rewrite, so that no `Connection` header can
+/// name them away).
+pub fn set(headers: &mut HeaderMap, ids: &TraceIds) {
+    if ids.restarted && headers::has(headers, &TRACESTATE) {
+        headers.remove(TRACESTATE);
+    }
+    headers.insert(X_REQUEST_ID, ids.request_id.clone());
+    headers.insert(TRACEPARENT, ids.traceparent.clone());
+}
+
+/// [`read`] then [`set`].
+#[cfg(test)]
+fn prepare(headers: &mut HeaderMap) -> TraceIds {
+    let ids = read(headers);
+    set(headers, &ids);
+    ids
 }
 
 /// One value of visible ASCII, 1 to [`MAX_REQUEST_ID`] bytes.
