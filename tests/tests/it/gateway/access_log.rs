@@ -314,3 +314,33 @@ async fn an_access_log_that_cannot_be_opened_stops_the_gateway_naming_the_flag()
         "{stderr}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_reopens_the_file_after_a_rotation() {
+    let dir = tempfile::tempdir().unwrap();
+    let (log, flag) = log_path(&dir);
+    let (platform, _recorder) = behind_recorder(&["--access-log", &flag]).await;
+    let gateway = platform.gateway();
+    let http = http();
+    let get = |path: &'static str| {
+        let request = http.get(gateway.url(path)).send();
+        async move { assert_eq!(request.await.unwrap().status(), 200) }
+    };
+    get("/before-rotation").await;
+    wait_lines(&log, "/before-rotation", 1, gateway).await;
+
+    // logrotate's `create` mode: move the file away, then SIGHUP.
+    let rotated = dir.path().join("access.log.1");
+    std::fs::rename(&log, &rotated).unwrap();
+    gateway.proc.signal(nix::sys::signal::Signal::SIGHUP);
+    // The writer creates the file again as it reopens it.
+    wait_until(Duration::from_secs(5), "the file reopened", || log.exists())
+        .await
+        .unwrap_or_else(|e| panic!("{e}; {}", gateway_log(gateway)));
+    get("/after-rotation").await;
+    wait_lines(&log, "/after-rotation", 1, gateway).await;
+    assert!(!gateway.proc.stderr().contains("panicked"));
+    let old = lines_for(&rotated, "/before-rotation");
+    assert_eq!(old.len(), 1, "the rotated file keeps its line");
+    assert!(lines_for(&rotated, "/after-rotation").is_empty());
+}
