@@ -27,8 +27,9 @@
 //! to response headers; `null` when no instance answered), `bytes` (body
 //! bytes handed to the client connection), `retries` (attempts after the
 //! first, hedge not counted), `hedged`, `held_ms` (time held waiting for an
-//! instance), `request_id` and `traceparent` (as sent to the instance;
-//! `null` with `--trace-headers false`). Times are in milliseconds with
+//! instance), `request_id` and `traceparent` (as sent to the instance: with
+//! `--trace-headers` the gateway's, else the client's own as they passed
+//! through, `null` when it sent none). Times are in milliseconds with
 //! microsecond decimals.
 //!
 //! Requests refused before routing (malformed framing: no or two `Host`

@@ -365,7 +365,7 @@ impl Inner {
     ) -> Box<Entry> {
         let client =
             forwarded::client_address(peer.ip, &parts.headers, &self.settings.trusted_proxies);
-        Entry::start(
+        let mut entry = Entry::start(
             log,
             client,
             &parts.method,
@@ -373,6 +373,11 @@ impl Inner {
             parts.uri.path(),
             &route.name,
             &route.pool.service,
-        )
+        );
+        // The client's ids, as they pass through; with --trace-headers the
+        // ones the instance gets replace them.
+        entry.request_id = headers::get(&parts.headers, &trace::X_REQUEST_ID).cloned();
+        entry.traceparent = headers::get(&parts.headers, &trace::TRACEPARENT).cloned();
+        entry
     }
 }

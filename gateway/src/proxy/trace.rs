@@ -1,4 +1,4 @@
-//! Tracing headers (`--trace-headers`, on by default): `x-request-id` and
+//! Tracing headers (`--trace-headers`, off by default): `x-request-id` and
 //! W3C Trace Context's `traceparent` (<https://www.w3.org/TR/trace-context/>),
 //! set on the request an instance gets; the request id also goes back to
 //! the client, and both go into the [access log](crate::access_log).

@@ -73,7 +73,7 @@ fn parts_of(traceparent: &str) -> (&str, &str, &str) {
 async fn ids_reach_the_instance_and_the_client_and_each_request_gets_one_log_line() {
     let dir = tempfile::tempdir().unwrap();
     let (log, flag) = log_path(&dir);
-    let (platform, recorder) = behind_recorder(&["--access-log", &flag]).await;
+    let (platform, recorder) = behind_recorder(&["--access-log", &flag, "--trace-headers"]).await;
     let gateway = platform.gateway();
     let http = http();
 
@@ -319,15 +319,31 @@ async fn an_access_log_that_cannot_be_opened_stops_the_gateway_naming_the_flag()
 async fn sighup_reopens_the_file_after_a_rotation() {
     let dir = tempfile::tempdir().unwrap();
     let (log, flag) = log_path(&dir);
-    let (platform, _recorder) = behind_recorder(&["--access-log", &flag]).await;
+    let (platform, recorder) = behind_recorder(&["--access-log", &flag]).await;
     let gateway = platform.gateway();
     let http = http();
     let get = |path: &'static str| {
         let request = http.get(gateway.url(path)).send();
         async move { assert_eq!(request.await.unwrap().status(), 200) }
     };
-    get("/before-rotation").await;
-    wait_lines(&log, "/before-rotation", 1, gateway).await;
+    // Without --trace-headers a client's ids pass through untouched, and
+    // are logged as they came.
+    let resp = http
+        .get(gateway.url("/before-rotation"))
+        .header("x-request-id", "as is")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert!(resp.headers().get("x-request-id").is_none());
+    let seen = recorder.request_for("/before-rotation", gateway).await;
+    assert_eq!(header_values(&seen, "x-request-id"), ["as is"]);
+    assert!(header_values(&seen, "traceparent").is_empty(), "{seen}");
+    let line = wait_lines(&log, "/before-rotation", 1, gateway)
+        .await
+        .remove(0);
+    assert_eq!(line["request_id"], "as is");
+    assert!(line["traceparent"].is_null(), "{line}");
 
     // logrotate's `create` mode: move the file away, then SIGHUP.
     let rotated = dir.path().join("access.log.1");
