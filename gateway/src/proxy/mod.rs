@@ -226,12 +226,8 @@ impl Inner {
         if let Some(log) = &self.settings.access_log {
             record.log_to(self.log_entry(log, peer, &exchange.parts, host, first));
         }
-        let ids = self
-            .settings
-            .trace_headers
-            .then(|| trace::read(&exchange.parts.headers));
-        if let Some(ids) = &ids {
-            record.set_trace(ids);
+        if self.settings.trace_headers {
+            record.set_trace(trace::read(&exchange.parts.headers));
         }
         if let Err(e) =
             limit::check_content_length(&exchange.parts.headers, self.settings.max_body_bytes)
@@ -266,7 +262,7 @@ impl Inner {
         let upgrade = exchange.client_upgrade.is_some();
         let trusted = self.settings.trusted_proxies.contains(peer.ip);
         headers::prepare_request(&mut parts.headers, &parts.uri, upgrade, peer, trusted);
-        if let Some(ids) = &ids {
+        if let Some(ids) = record.trace() {
             trace::set(&mut parts.headers, ids);
         }
         loop {

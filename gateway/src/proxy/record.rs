@@ -36,8 +36,11 @@ pub struct RequestRecord {
     started: Instant,
     status: Option<u16>,
     recorded: bool,
-    /// The `x-request-id` the response gets.
-    request_id: Option<HeaderValue>,
+    /// With `--trace-headers`: the request's ids, set on the instance's
+    /// request, then the `x-request-id` the response gets. Boxed, like the
+    /// log entry, so that with both off the guard (which travels in the
+    /// response body) grows by two pointers only.
+    trace: Option<Box<TraceIds>>,
     /// With `--access-log`: the request's line in the making.
     log: Option<Box<Entry>>,
 }
@@ -52,7 +55,7 @@ impl RequestRecord {
             started: now,
             status: Some(CLIENT_CLOSED),
             recorded: false,
-            request_id: None,
+            trace: None,
             log: None,
         }
     }
@@ -68,18 +71,25 @@ impl RequestRecord {
         self.log.as_deref_mut()
     }
 
-    /// The request's ids: the request id for the response, both for the log.
-    pub fn set_trace(&mut self, ids: &TraceIds) {
+    /// The request's ids: for the instance's request, the response and the log.
+    pub fn set_trace(&mut self, ids: TraceIds) {
         if let Some(log) = self.log() {
             log.request_id = Some(ids.request_id.clone());
             log.traceparent = Some(ids.traceparent.clone());
         }
-        self.request_id = Some(ids.request_id.clone());
+        self.trace = Some(Box::new(ids));
+    }
+
+    /// The request's ids, when `--trace-headers` is on.
+    #[inline(always)]
+    pub fn trace(&self) -> Option<&TraceIds> {
+        self.trace.as_deref()
     }
 
     /// The `x-request-id` for the response (once).
+    #[inline(always)]
     pub fn take_request_id(&mut self) -> Option<HeaderValue> {
-        self.request_id.take()
+        self.trace.take().map(|ids| ids.request_id)
     }
 
     /// One more attempt was started (for the log's `retries`).
