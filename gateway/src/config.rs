@@ -194,7 +194,7 @@ pub struct Config {
     /// Set `x-request-id` (a client's valid one kept, else a new one; also
     /// returned to the client) and W3C `traceparent` (a client's valid one
     /// continued with the gateway's own parent-id, else a new sampled trace)
-    /// on the requests instances get. Off by default: it costs about 9% more
+    /// on the requests instances get. Off by default: it costs about 10% more
     /// instructions per request (docs/architecture.md); off, a client's
     /// headers pass through untouched.
     #[arg(
