@@ -22,6 +22,7 @@
 //! - [`server`] is the client-facing listener: connections, timeouts, graceful drain.
 //! - [`proxy`] is the request handler (one file per concern inside).
 //! - [`health`] is passive ejection and optional active `/healthz` checks.
+//! - [`access_log`] is the optional JSON access log and its writer thread.
 //!
 //! The admin side, [`admin`], sits on top and reads the data plane: the
 //! admin listener's stats API, Prometheus metrics, router and OpenAPI
@@ -38,6 +39,7 @@
 //! in-flight requests (up to [`DRAIN_TIMEOUT`]; a second signal cuts it
 //! short), withdraw the announcement and return.
 
+pub mod access_log;
 pub mod admin;
 pub mod allowed;
 pub mod backend;
@@ -68,6 +70,7 @@ use tracing::{Instrument, error, info, info_span, warn};
 
 pub use config::Config;
 
+use access_log::{AccessLog, Target};
 use admin::AdminState;
 use admin::announce::Announcement;
 use admin::control::Control;
@@ -108,6 +111,7 @@ async fn run_gateway(config: Config, id: String) -> anyhow::Result<()> {
     // Before announcing: a harness may signal as soon as it reads the line.
     config.check_admin_exposure().map_err(|e| anyhow!(e))?;
     config.check_hedge_delays().map_err(|e| anyhow!(e))?;
+    let access_log = start_access_log(config.access_log.clone())?;
     let mut signals =
         StopSignals::install().context("cannot install the SIGTERM/SIGINT handlers")?;
     // With --reuse-port the proxy listener opens only once the registry has
@@ -160,7 +164,13 @@ async fn run_gateway(config: Config, id: String) -> anyhow::Result<()> {
     let addr = listener
         .local_addr()
         .context("cannot read the proxy listener's address")?;
-    let proxy = Proxy::new(table.clone(), ProxySettings::from_config(&config));
+    let proxy = Proxy::new(
+        table.clone(),
+        ProxySettings {
+            access_log: access_log.clone(),
+            ..ProxySettings::from_config(&config)
+        },
+    );
     let stop = CancellationToken::new();
 
     let server = Server::new(
@@ -179,6 +189,7 @@ async fn run_gateway(config: Config, id: String) -> anyhow::Result<()> {
         history,
         token: config.admin_token.clone().map(admin::api::AdminToken::new),
         stop: stop.clone(),
+        access_log: access_log.clone(),
     });
     let mut admin_task = tokio::spawn(
         axum::serve(admin_listener, admin_app)
@@ -261,6 +272,9 @@ async fn run_gateway(config: Config, id: String) -> anyhow::Result<()> {
         checks.abort();
     }
     sampler.abort();
+    if let Some(log) = access_log {
+        flush_access_log(log).await;
+    }
     announcement.withdraw().await;
     if drained.complete {
         info!("drained and withdrawn; exiting");
@@ -271,6 +285,27 @@ async fn run_gateway(config: Config, id: String) -> anyhow::Result<()> {
             drained.abandoned,
             DRAIN_TIMEOUT.as_secs()
         ))
+    }
+}
+
+/// Open `--access-log` (when given) and reopen a file on SIGHUP; an
+/// error naming the flag when the file cannot be opened.
+fn start_access_log(target: Option<Target>) -> anyhow::Result<Option<AccessLog>> {
+    let Some(target) = target else {
+        return Ok(None);
+    };
+    let log = AccessLog::start(target.clone())?;
+    log.reopen_on_sighup(&target)
+        .context("cannot install the SIGHUP handler that reopens --access-log")?;
+    Ok(Some(log))
+}
+
+/// Wait (a second at most) for the access log's last lines to be written.
+async fn flush_access_log(log: AccessLog) {
+    const WAIT: Duration = Duration::from_secs(1);
+    let flushed = tokio::task::spawn_blocking(move || log.flush(WAIT)).await;
+    if !matches!(flushed, Ok(true)) {
+        warn!("the access log's last lines were not written within 1 s");
     }
 }
 

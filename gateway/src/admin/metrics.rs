@@ -25,6 +25,7 @@
 //! | `shoal_gateway_hedges_won_total` | counter | `service` |
 //! | `shoal_gateway_registry_connected` | gauge (0/1) | none |
 //! | `shoal_gateway_table_generation` | gauge | none |
+//! | `shoal_gateway_access_log_dropped_total` | counter | none (0 without `--access-log`) |
 //!
 //! Two request counters rather than one family with two label sets, so that
 //! `sum()` over either never double counts: `requests_total` counts client
@@ -47,10 +48,12 @@ use crate::table::RoutingTable;
 /// The `Content-Type` of the text exposition format.
 pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 
-/// Render every family for `table`, as of `now`.
-pub fn render(table: &RoutingTable, now: Instant) -> String {
+/// Render every family for `table`, as of `now`, with the access log's
+/// `dropped` lines.
+pub fn render(table: &RoutingTable, now: Instant, dropped: u64) -> String {
     let mut out = Exposition::default();
     out.write_table(table, now)
+        .and_then(|()| out.write_access_log(dropped))
         .expect("formatting into a String never fails");
     out.text
 }
@@ -309,6 +312,16 @@ impl Exposition {
             &[],
             Value::Uint(table.generation),
         )
+    }
+
+    fn write_access_log(&mut self, dropped: u64) -> fmt::Result {
+        let name = "shoal_gateway_access_log_dropped_total";
+        self.family(
+            name,
+            "counter",
+            "Access log lines dropped because the writer could not keep up.",
+        )?;
+        self.sample(name, &[], Value::Uint(dropped))
     }
 
     /// One sample per status class.
@@ -571,7 +584,7 @@ mod tests {
         pool.counters.held_total.store(9, Ordering::Relaxed);
         pool.all[1].state.health.lock().unwrap().ejected_until = Some(t0 + Duration::from_secs(5));
 
-        let (types, samples) = parse(&render(&t, t0));
+        let (types, samples) = parse(&render(&t, t0, 0));
         for (family, kind) in [
             ("shoal_gateway_requests_total", "counter"),
             ("shoal_gateway_upstream_requests_total", "counter"),
@@ -681,7 +694,7 @@ mod tests {
         assert_eq!(value(&samples, "shoal_gateway_table_generation", &[]), 7.0);
 
         // Once the ejection has run out, the instance is back to its registry state.
-        let (_, later) = parse(&render(&t, t0 + Duration::from_secs(6)));
+        let (_, later) = parse(&render(&t, t0 + Duration::from_secs(6), 0));
         assert_eq!(
             value(&later, "shoal_gateway_ejected", &[("instance", "b")]),
             0.0
@@ -695,7 +708,7 @@ mod tests {
             &[instance("app", hostile, InstanceState::Ready)],
             Instant::now(),
         );
-        let text = render(&t, Instant::now());
+        let text = render(&t, Instant::now(), 0);
         assert!(
             text.contains(r#"shoal_gateway_in_flight{service="app",instance="a\"b\nc\\d"} 0"#),
             "{text}"

@@ -52,6 +52,8 @@ pub struct AdminState {
     pub token: Option<AdminToken>,
     /// Cancelled when the gateway stops (ends the event streams).
     pub stop: tokio_util::sync::CancellationToken,
+    /// `--access-log`, when on (for its dropped-lines counter).
+    pub access_log: Option<crate::access_log::AccessLog>,
 }
 
 /// State for unit tests: `table`, and an in-memory etcd that is down (the
@@ -81,6 +83,7 @@ pub fn test_state_over(
         history: History::default(),
         token: token.map(AdminToken::new),
         stop: tokio_util::sync::CancellationToken::new(),
+        access_log: None,
     }
 }
 

@@ -221,7 +221,11 @@ pub async fn metrics_text(State(state): State<AdminState>) -> Response {
     let table = state.table.load();
     (
         [(header::CONTENT_TYPE, metrics::CONTENT_TYPE)],
-        metrics::render(&table, Instant::now()),
+        metrics::render(
+            &table,
+            Instant::now(),
+            state.access_log.as_ref().map_or(0, |log| log.dropped()),
+        ),
     )
         .into_response()
 }

@@ -1,6 +1,6 @@
 //! Step 5 of a request: the answer to the client, with the request (and
 //! its last attempt) recorded. Either the instance's response, relayed with
-//! `x-shoal-instance` and, when the policy asks, the sticky cookie (an
+//! `x-shoal-instance`, `x-request-id` (with `--trace-headers`) and, when the policy asks, the sticky cookie (an
 //! upgrade's `101` also joins both sides into a tunnel), or the gateway's
 //! own JSON error.
 
@@ -12,7 +12,7 @@ use super::attempt::Answer;
 use super::error::GatewayError;
 use super::record::{AttemptRecord, RequestRecord};
 use super::response::ResponseBody;
-use super::{headers, upgrade};
+use super::{headers, trace, upgrade};
 
 /// The instance's response on its way to the client.
 #[inline(always)]
@@ -57,7 +57,11 @@ pub(super) fn respond(
             headers::sticky_cookie(service, attempt.backend().id()),
         );
     }
+    record.answered_by(&instance, Some(attempt.started()));
     parts.headers.insert(headers::X_SHOAL_INSTANCE, instance);
+    if let Some(id) = record.take_request_id() {
+        parts.headers.insert(trace::X_REQUEST_ID, id);
+    }
     record.set_status(Some(status.as_u16()));
     attempt.set_status(Some(status.as_u16()));
     Response::from_parts(parts, ResponseBody::from_instance(body, record, attempt))
@@ -71,7 +75,13 @@ pub(super) fn fail(
     attempt: Option<AttemptRecord>,
 ) -> Response<ResponseBody> {
     record.set_status(Some(error.status().as_u16()));
+    if let Some(instance) = instance {
+        record.answered_by(instance, None);
+    }
     let response = error.to_response(instance);
-    let (parts, body) = response.into_parts();
+    let (mut parts, body) = response.into_parts();
+    if let Some(id) = record.take_request_id() {
+        parts.headers.insert(trace::X_REQUEST_ID, id);
+    }
     Response::from_parts(parts, body.with_records(Some(record), attempt))
 }

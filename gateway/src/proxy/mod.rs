@@ -34,7 +34,9 @@
 //! and what a failed send means), [`limit`] (body size, per-instance
 //! concurrency), [`error`] (the gateway's own JSON errors), [`live_map`]
 //! (state kept across snapshots), [`timer`] (the response timer a
-//! connection's requests reuse), [`hedge`] (an attempt slower than its
+//! connection's requests reuse), [`trace`] (`x-request-id` and
+//! `traceparent`: decided in step 1, set on the instance's request once its
+//! headers are rewritten), [`hedge`] (an attempt slower than its
 //! service's recent p99 raced by a second one; in step 3) and [`sketch`]
 //! (that p99).
 //!
@@ -60,6 +62,7 @@ pub mod response;
 pub mod retry;
 pub mod sketch;
 pub mod timer;
+pub mod trace;
 pub mod upgrade;
 
 #[cfg(test)]
@@ -71,9 +74,10 @@ use std::time::{Duration, Instant};
 use http::{Request, Response};
 use hyper::body::Incoming;
 
+use crate::access_log::{AccessLog, Entry};
 use crate::config::Config;
 use crate::health::EjectionPolicy;
-use crate::table::TableHandle;
+use crate::table::{self, TableHandle};
 use answer::{fail, respond};
 use attempt::{Attempted, Exchange, within};
 pub use error::GatewayError;
@@ -116,6 +120,10 @@ pub struct ProxySettings {
     pub hedge: HedgePolicy,
     /// `--trusted-proxies`.
     pub trusted_proxies: TrustedProxies,
+    /// `--trace-headers`: set `x-request-id` and `traceparent` ([`trace`]).
+    pub trace_headers: bool,
+    /// `--access-log`, when on (opened by the caller: it can fail).
+    pub access_log: Option<AccessLog>,
 }
 
 impl ProxySettings {
@@ -134,6 +142,8 @@ impl ProxySettings {
             ejection: EjectionPolicy::from_config(config),
             hedge: HedgePolicy::from_config(config),
             trusted_proxies: TrustedProxies::new(config.trusted_proxies.clone()),
+            trace_headers: config.trace_headers,
+            access_log: None,
         }
     }
 }
@@ -212,7 +222,13 @@ impl Inner {
         let host = source.host();
         let first_table = self.table.load();
         let first = first_table.resolve(host, exchange.parts.uri.path());
-        let record = RequestRecord::start(&first.stats, &first.pool.counters, started);
+        let mut record = RequestRecord::start(&first.stats, &first.pool.counters, started);
+        if let Some(log) = &self.settings.access_log {
+            record.log_to(self.log_entry(log, peer, &exchange.parts, host, first));
+        }
+        if self.settings.trace_headers {
+            record.set_trace(trace::read(&exchange.parts.headers));
+        }
         if let Err(e) =
             limit::check_content_length(&exchange.parts.headers, self.settings.max_body_bytes)
         {
@@ -229,7 +245,9 @@ impl Inner {
             // Boxed, here and on the other rare paths: the request's future
             // is moved several times on its way into hyper, so what it
             // carries inline is copied on every request.
-            match Box::pin(self.hold(&pool)).await {
+            let held = Box::pin(self.hold(&pool)).await;
+            record.held(now().saturating_duration_since(started));
+            match held {
                 Some(ready) => table = ready,
                 None => {
                     let e = GatewayError::NoInstance {
@@ -244,6 +262,9 @@ impl Inner {
         let upgrade = exchange.client_upgrade.is_some();
         let trusted = self.settings.trusted_proxies.contains(peer.ip);
         headers::prepare_request(&mut parts.headers, &parts.uri, upgrade, peer, trusted);
+        if let Some(ids) = record.trace() {
+            trace::set(&mut parts.headers, ids);
+        }
         loop {
             let entry = if Arc::ptr_eq(&table, &first_table) {
                 first
@@ -262,6 +283,7 @@ impl Inner {
                 };
                 let outgoing = exchange.outgoing(&plan, body);
                 let (attempt, deadline) = exchange.start(&plan, &mut pick, permit);
+                record.attempted();
                 let hedge_at = exchange.hedge_at(&plan, &pick, deadline);
                 let mut expiry = timer.start(hedge_at.unwrap_or(deadline));
                 let (result, hedge) = {
@@ -280,7 +302,11 @@ impl Inner {
                                 expiry.as_mut(),
                                 deadline,
                             );
-                            Box::pin(race).await
+                            let raced = Box::pin(race).await;
+                            if let Some(log) = record.log() {
+                                log.hedged |= plan.attempts.hedged;
+                            }
+                            raced
                         }
                         result => (result, None),
                     }
@@ -309,9 +335,10 @@ impl Inner {
             // 4. Hold again, for an instance not tried yet.
             if let Some(left) = exchange.hold_again(&plan) {
                 let failed: Vec<&str> = exchange.failed_on.iter().map(|b| b.id()).collect();
-                if let Some(newer) =
-                    Box::pin(self.hold_for_another(&entry.pool, &failed, left)).await
-                {
+                let holding = now();
+                let held = Box::pin(self.hold_for_another(&entry.pool, &failed, left)).await;
+                record.held(now().saturating_duration_since(holding));
+                if let Some(newer) = held {
                     table = newer;
                     continue;
                 }
@@ -319,5 +346,34 @@ impl Inner {
             // 5. Answer with the last failure.
             return exchange.give_up(plan, record);
         }
+    }
+
+    /// The access log entry of a request arriving from `peer` (before its
+    /// headers are rewritten: the client address may come from them).
+    #[cold]
+    fn log_entry(
+        &self,
+        log: &AccessLog,
+        peer: &Peer,
+        parts: &http::request::Parts,
+        host: Option<&str>,
+        route: &table::RouteEntry,
+    ) -> Box<Entry> {
+        let client =
+            forwarded::client_address(peer.ip, &parts.headers, &self.settings.trusted_proxies);
+        let mut entry = Entry::start(
+            log,
+            client,
+            &parts.method,
+            host,
+            parts.uri.path(),
+            &route.name,
+            &route.pool.service,
+        );
+        // The client's ids, as they pass through; with --trace-headers the
+        // ones the instance gets replace them.
+        entry.request_id = headers::get(&parts.headers, &trace::X_REQUEST_ID).cloned();
+        entry.traceparent = headers::get(&parts.headers, &trace::TRACEPARENT).cloned();
+        entry
     }
 }

@@ -8,12 +8,20 @@
 //! exchange. A request dropped before any outcome is recorded as 499 ("client
 //! closed request", as nginx logs it): neither the gateway nor the instance
 //! failed, so it is not an error.
+//!
+//! The request's guard also carries what the gateway says about the request
+//! beyond the stats: its `x-request-id` on its way to the response (see
+//! [`trace`](super::trace)), and, with `--access-log`, its
+//! [access log entry](crate::access_log::Entry), written when it records.
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
+use http::HeaderValue;
 use tokio::sync::OwnedSemaphorePermit;
 
+use super::trace::TraceIds;
+use crate::access_log::Entry;
 use crate::backend::Backend;
 use crate::stats::{RequestStats, ServiceCounters};
 
@@ -28,6 +36,13 @@ pub struct RequestRecord {
     started: Instant,
     status: Option<u16>,
     recorded: bool,
+    /// With `--trace-headers`: the request's ids, set on the instance's
+    /// request, then the `x-request-id` the response gets. Boxed, like the
+    /// log entry, so that with both off the guard (which travels in the
+    /// response body) grows by two pointers only.
+    trace: Option<Box<TraceIds>>,
+    /// With `--access-log`: the request's line in the making.
+    log: Option<Box<Entry>>,
 }
 
 impl RequestRecord {
@@ -40,6 +55,65 @@ impl RequestRecord {
             started: now,
             status: Some(CLIENT_CLOSED),
             recorded: false,
+            trace: None,
+            log: None,
+        }
+    }
+
+    /// Write `entry` to the access log when the request is recorded.
+    pub fn log_to(&mut self, entry: Box<Entry>) {
+        self.log = Some(entry);
+    }
+
+    /// The access log entry, when the log is on.
+    #[inline(always)]
+    pub fn log(&mut self) -> Option<&mut Entry> {
+        self.log.as_deref_mut()
+    }
+
+    /// The request's ids: for the instance's request, the response and the log.
+    pub fn set_trace(&mut self, ids: TraceIds) {
+        if let Some(log) = self.log() {
+            log.request_id = Some(ids.request_id.clone());
+            log.traceparent = Some(ids.traceparent.clone());
+        }
+        self.trace = Some(Box::new(ids));
+    }
+
+    /// The request's ids, when `--trace-headers` is on.
+    #[inline(always)]
+    pub fn trace(&self) -> Option<&TraceIds> {
+        self.trace.as_deref()
+    }
+
+    /// The `x-request-id` for the response (once).
+    #[inline(always)]
+    pub fn take_request_id(&mut self) -> Option<HeaderValue> {
+        self.trace.take().map(|ids| ids.request_id)
+    }
+
+    /// One more attempt was started (for the log's `retries`).
+    #[inline(always)]
+    pub fn attempted(&mut self) {
+        if let Some(log) = self.log() {
+            log.attempts += 1;
+        }
+    }
+
+    /// The request was held for `held` (for the log's `held_ms`).
+    pub fn held(&mut self, held: Duration) {
+        if let Some(log) = self.log() {
+            log.held += held;
+        }
+    }
+
+    /// Its answer came from, or its last attempt went to, `instance`; with
+    /// the time since the attempt's `sent_at` when the instance answered.
+    #[inline(always)]
+    pub fn answered_by(&mut self, instance: &HeaderValue, sent_at: Option<Instant>) {
+        if let Some(log) = self.log() {
+            log.instance = Some(instance.clone());
+            log.upstream = sent_at.map(|at| super::now().saturating_duration_since(at));
         }
     }
 
@@ -60,6 +134,9 @@ impl RequestRecord {
         let latency = now.saturating_duration_since(self.started);
         self.route.record(self.status, latency, now);
         self.service.requests.record(self.status, latency, now);
+        if let Some(log) = self.log.take() {
+            log.finish(self.status, latency);
+        }
     }
 }
 
@@ -124,6 +201,11 @@ impl AttemptRecord {
 
     pub fn backend(&self) -> &Arc<Backend> {
         &self.backend
+    }
+
+    /// When the attempt was sent.
+    pub fn started(&self) -> Instant {
+        self.started
     }
 
     /// Record it now, with a clock reading the caller already has.

@@ -100,6 +100,14 @@ impl Body for ResponseBody {
                 .map(|frame| frame.map(|r| r.map_err(BoxError::from))),
         };
         match &polled {
+            Poll::Ready(Some(Ok(frame))) => {
+                // The access log's `bytes` (with the log off: one `Option` check).
+                if let Some(log) = this.request.as_mut().and_then(RequestRecord::log)
+                    && let Some(data) = frame.data_ref()
+                {
+                    log.bytes += data.len() as u64;
+                }
+            }
             Poll::Ready(None) => this.finish(),
             Poll::Ready(Some(Err(_))) => {
                 // The instance cut the body off: the exchange failed after all.

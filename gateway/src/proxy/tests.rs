@@ -130,6 +130,8 @@ fn settings() -> ProxySettings {
         },
         hedge: HedgePolicy::default(),
         trusted_proxies: TrustedProxies::default(),
+        trace_headers: true,
+        access_log: None,
     }
 }
 
@@ -1072,4 +1074,83 @@ async fn a_request_with_a_body_a_spent_budget_or_hedging_off_is_not_hedged() {
     assert_eq!(reply.status, 504, "{}", reply.text());
     let counters = table.load().pool("app").unwrap().counters.clone();
     assert_eq!(counters.hedges_total.load(Ordering::Relaxed), 0);
+}
+
+/// The access log's lines so far, once they are `n`; panics after 5 s.
+async fn log_lines(
+    log: &crate::access_log::AccessLog,
+    path: &std::path::Path,
+    n: usize,
+) -> Vec<serde_json::Value> {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        assert!(log.flush(Duration::from_secs(1)));
+        let text = std::fs::read_to_string(path).unwrap_or_default();
+        let lines: Vec<serde_json::Value> = text
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        if lines.len() >= n || Instant::now() > deadline {
+            assert_eq!(lines.len(), n, "{text}");
+            return lines;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+#[tokio::test]
+async fn the_gateway_s_own_error_carries_the_request_id_and_is_logged() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("access.log");
+    let log =
+        crate::access_log::AccessLog::start(crate::access_log::Target::File(path.clone())).unwrap();
+    let (_registry, table) = Registry::new(BalancePolicy::RoundRobin);
+    let gw = gateway(
+        table,
+        ProxySettings {
+            hold_timeout: Duration::from_millis(200),
+            access_log: Some(log.clone()),
+            ..settings()
+        },
+        server_settings(),
+    )
+    .await;
+    let reply = send(&client(), get_req(gw.addr, "/nothing?secret=1")).await;
+    assert_eq!(reply.status, 503);
+    let id = reply.headers[trace::X_REQUEST_ID]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(id.len(), 32);
+    let line = log_lines(&log, &path, 1).await.remove(0);
+    assert_eq!(line["status"], 503);
+    assert_eq!(line["path"], "/nothing", "no query string");
+    assert_eq!(line["route"], "(default)");
+    assert_eq!(line["service"], "app");
+    assert!(line["instance"].is_null(), "{line}");
+    assert!(line["upstream_ms"].is_null(), "{line}");
+    assert!(line["held_ms"].as_f64().unwrap() >= 200.0, "{line}");
+    assert_eq!(line["request_id"], id.as_str());
+    assert_eq!(line["client"], "127.0.0.1");
+    assert!(line["bytes"].as_u64().unwrap() > 0, "the JSON error body");
+}
+
+#[tokio::test]
+async fn with_trace_headers_off_no_ids_are_set() {
+    let (registry, table) = Registry::new(BalancePolicy::RoundRobin);
+    put(&registry, "a", backend("a").await, InstanceState::Ready);
+    let gw = gateway(
+        table,
+        ProxySettings {
+            trace_headers: false,
+            ..settings()
+        },
+        server_settings(),
+    )
+    .await;
+    let reply = send(&client(), get_req(gw.addr, "/hello")).await;
+    assert_eq!(reply.status, 200);
+    assert!(!reply.headers.contains_key(trace::X_REQUEST_ID));
+    let reply = send(&client(), get_req(gw.addr, "/hello")).await;
+    assert!(!reply.headers.contains_key(trace::X_REQUEST_ID));
 }

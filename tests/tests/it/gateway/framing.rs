@@ -28,14 +28,14 @@ use super::limits::read_answer;
 use super::{gateway_log, http, put_route, wait_routed};
 
 /// An instance that records the requests it gets (see the module doc).
-struct Recorder {
-    id: String,
+pub(super) struct Recorder {
+    pub(super) id: String,
     addr: String,
     seen: Arc<Mutex<Vec<String>>>,
 }
 
 impl Recorder {
-    async fn start() -> Recorder {
+    pub(super) async fn start() -> Recorder {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap().to_string();
         let seen: Arc<Mutex<Vec<String>>> = Arc::default();
@@ -48,7 +48,7 @@ impl Recorder {
     }
 
     /// Register as a ready instance of `service`.
-    async fn register(&mut self, platform: &Platform, service: &str) {
+    pub(super) async fn register(&mut self, platform: &Platform, service: &str) {
         let mut instance = Instance::new(service, self.addr.clone());
         instance.state = InstanceState::Ready;
         self.id = instance.id.clone();
@@ -64,7 +64,7 @@ impl Recorder {
     }
 
     /// The request whose request line has `path`, waiting up to 5 s.
-    async fn request_for(&self, path: &str, gateway: &Gateway) -> String {
+    pub(super) async fn request_for(&self, path: &str, gateway: &Gateway) -> String {
         let found = wait_until(Duration::from_secs(5), path, || self.find(path).is_some()).await;
         if let Err(e) = found {
             panic!(
@@ -190,7 +190,7 @@ fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
 }
 
 /// The values of header `name` in a recorded request's head, in order.
-fn header_values(request: &str, name: &str) -> Vec<String> {
+pub(super) fn header_values(request: &str, name: &str) -> Vec<String> {
     let head = request.split("\r\n\r\n").next().unwrap_or_default();
     head.split("\r\n")
         .skip(1)
@@ -227,7 +227,7 @@ async fn exchange_and_closed(gateway: &Gateway, request: &[u8]) -> (String, bool
 
 /// A gateway with `flags` and a recorder as the only instance of `app`,
 /// routed to.
-async fn behind_recorder(flags: &[&str]) -> (Platform, Recorder) {
+pub(super) async fn behind_recorder(flags: &[&str]) -> (Platform, Recorder) {
     let platform = Platform::builder().gateway(flags).start().await;
     let mut recorder = Recorder::start().await;
     recorder.register(&platform, "app").await;

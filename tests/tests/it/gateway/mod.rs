@@ -8,6 +8,7 @@
 //! - [`framing`]: strict HTTP/1.1 framing and forwarded headers, on raw sockets.
 //! - [`registry_loss`]: keys deleted or etcd wiped under load; the table never empties.
 //! - [`replace`]: a gateway replaced in place (`--reuse-port`) refuses nothing.
+//! - [`access_log`]: `--access-log` lines, `x-request-id` and `traceparent` on their way through.
 //! - [`admin`]: per-instance stats, Prometheus metrics, health.
 //! - [`api`]: the admin API's registry reads and operator writes, the token rule.
 //!
@@ -16,6 +17,7 @@
 //! names the instance that served it in `x-shoal-instance`; the tests count
 //! and compare those.
 
+mod access_log;
 mod admin;
 mod api;
 mod balancing;
