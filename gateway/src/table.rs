@@ -361,23 +361,20 @@ impl LiveState {
         build: u64,
         now: Instant,
     ) -> Option<Arc<Backend>> {
-        if let Some(known) = self.backends.get_mut(instance.id.as_str()) {
-            let old = &known.backend;
-            let same_mark = match (&old.unconfirmed, unconfirmed) {
-                (None, None) => true,
-                (Some(a), Some(b)) => Arc::ptr_eq(a, b),
-                _ => false,
-            };
-            if old.instance == *instance && same_mark {
-                known.seen = build;
-                return Some(old.clone());
+        let (state, old_addr) = match self.backends.get_mut(instance.id.as_str()) {
+            Some(known) => {
+                let old = &known.backend;
+                let same_mark = match (&old.unconfirmed, unconfirmed) {
+                    (None, None) => true,
+                    (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+                    _ => false,
+                };
+                if old.instance == *instance && same_mark {
+                    known.seen = build;
+                    return Some(old.clone());
+                }
+                (old.state.clone(), Some(old.instance.addr.clone()))
             }
-        }
-        let (state, old_addr) = match self.backends.get(instance.id.as_str()) {
-            Some(known) => (
-                known.backend.state.clone(),
-                Some(known.backend.instance.addr.clone()),
-            ),
             None => (
                 Arc::new(BackendState::with_age(now, age_of(instance))),
                 None,
