@@ -247,13 +247,7 @@ fn bucket_bits_for(points: usize) -> u32 {
 /// are uniform hashes).
 fn bucket_sort(points: Vec<u64>) -> (Vec<u64>, Vec<u32>, u32) {
     let bits = bucket_bits_for(points.len());
-    let mut bounds = vec![0u32; (1 << bits) + 1];
-    for &p in &points {
-        bounds[bucket_of(p, bits) + 1] += 1;
-    }
-    for j in 1..bounds.len() {
-        bounds[j] += bounds[j - 1];
-    }
+    let bounds = bounds_of(&points, bits);
     let mut next = bounds.clone();
     let mut sorted = vec![0u64; points.len()];
     for p in points {
@@ -270,14 +264,20 @@ fn bucket_sort(points: Vec<u64>) -> (Vec<u64>, Vec<u32>, u32) {
 /// The bucket bounds of points already sorted.
 fn bucket_bounds(sorted: &[u64]) -> (Vec<u32>, u32) {
     let bits = bucket_bits_for(sorted.len());
+    (bounds_of(sorted, bits), bits)
+}
+
+/// Where each of the `2^bits` buckets of `points` would begin once sorted
+/// (a count per bucket, summed), with the end as a last bound.
+fn bounds_of(points: &[u64], bits: u32) -> Vec<u32> {
     let mut bounds = vec![0u32; (1 << bits) + 1];
-    for &p in sorted {
+    for &p in points {
         bounds[bucket_of(p, bits) + 1] += 1;
     }
     for j in 1..bounds.len() {
         bounds[j] += bounds[j - 1];
     }
-    (bounds, bits)
+    bounds
 }
 
 #[cfg(test)]

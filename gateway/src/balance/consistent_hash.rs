@@ -53,7 +53,20 @@ pub fn pick(ring: &Ring, eligible: &Eligible, key: &str) -> Option<usize> {
 /// The ring of `backends` (in their order: the table sorts them by id, as
 /// the key-value store sorts its members, so both number them alike).
 pub fn ring_of(backends: &[Arc<Backend>]) -> Ring {
-    Ring::new(backends.iter().map(|b| (b.id(), b.instance.weight)))
+    Ring::new(backends.iter().map(member))
+}
+
+/// The ring of `now`, updated from `ring`, the ring of `before`
+/// ([`Ring::updated`]: the same ring [`ring_of`] builds, by a merge).
+pub fn ring_following(ring: &Ring, before: &[Arc<Backend>], now: &[Arc<Backend>]) -> Ring {
+    let before: Vec<_> = before.iter().map(member).collect();
+    let now: Vec<_> = now.iter().map(member).collect();
+    ring.updated(&before, &now)
+}
+
+/// A backend as a ring member: its id and weight.
+fn member(backend: &Arc<Backend>) -> (&str, u32) {
+    (backend.id(), backend.instance.weight)
 }
 
 #[cfg(test)]

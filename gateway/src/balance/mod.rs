@@ -86,13 +86,7 @@ impl Prepared {
     pub fn following(previous: &Prepared, before: &[Arc<Backend>], now: &[Arc<Backend>]) -> Self {
         let next = Prepared::default();
         if let Some(ring) = previous.ring.get() {
-            fn members(backends: &[Arc<Backend>]) -> Vec<(&str, u32)> {
-                backends
-                    .iter()
-                    .map(|b| (b.id(), b.instance.weight))
-                    .collect()
-            }
-            let updated = ring.updated(&members(before), &members(now));
+            let updated = consistent_hash::ring_following(ring, before, now);
             next.ring
                 .set(Arc::new(updated))
                 .expect("a new Prepared has no ring yet");
