@@ -52,6 +52,28 @@ pub fn logs_dir() -> PathBuf {
         .unwrap_or_else(|| std::env::temp_dir().join("shoal-test-logs"))
 }
 
+/// Run `binary ARGS...` to completion, within `within`: a hang is a
+/// failure of its own (the process is killed and the test panics).
+pub async fn run_to_exit<S: AsRef<std::ffi::OsStr>>(
+    binary: &str,
+    args: &[S],
+    within: std::time::Duration,
+) -> Output {
+    let out = tokio::time::timeout(
+        within,
+        tokio::process::Command::new(bin_path(binary))
+            .args(args)
+            .kill_on_drop(true)
+            .output(),
+    )
+    .await
+    .unwrap_or_else(|_| {
+        let args: Vec<_> = args.iter().map(|a| a.as_ref().to_owned()).collect();
+        panic!("{binary} {args:?} did not exit within {within:?}")
+    });
+    out.unwrap_or_else(|e| panic!("cannot run {binary}: {e}"))
+}
+
 /// Run `registry ARGS...` against `etcd` to completion.
 pub async fn registry_cli(etcd: &Etcd, args: &[&str]) -> Output {
     tokio::process::Command::new(bin_path("registry"))

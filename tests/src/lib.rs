@@ -42,7 +42,7 @@ pub mod process;
 pub mod wait;
 
 pub use autoscaler::Autoscaler;
-pub use binaries::{AppServer, AppServerOptions, bin_path};
+pub use binaries::{AppServer, AppServerOptions, bin_path, run_to_exit};
 pub use etcd::Etcd;
 pub use gateway::Gateway;
 pub use load::{Load, LoadReport};

@@ -222,13 +222,14 @@ pub fn sticky_cookie(service: &str, instance: &str) -> HeaderValue {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
     use crate::proxy::forwarded::{
         FORWARDED, X_FORWARDED_FOR, X_FORWARDED_HOST, X_FORWARDED_PROTO,
     };
 
-    fn map(pairs: &[(&str, &str)]) -> HeaderMap {
+    /// A header map of `pairs`, appended in order (repeated names kept).
+    pub(in crate::proxy) fn map(pairs: &[(&str, &str)]) -> HeaderMap {
         let mut h = HeaderMap::new();
         for (k, v) in pairs {
             h.append(

@@ -8,7 +8,7 @@ use std::process::Output;
 use std::time::Duration;
 
 use shoal_tests::etcd::Security;
-use shoal_tests::{AppServer, AppServerOptions, Autoscaler, Etcd, Gateway, bin_path};
+use shoal_tests::{AppServer, AppServerOptions, Autoscaler, Etcd, Gateway, run_to_exit};
 
 use crate::{is_ready, wait_instance};
 
@@ -17,18 +17,9 @@ const BOTH: Security = Security {
     auth: true,
 };
 
-/// Run a binary to completion; a hang is a failure of its own.
+/// Run a binary to completion; a hang (20 s) is a failure of its own.
 async fn run(binary: &str, args: &[String]) -> Output {
-    let out = tokio::time::timeout(
-        Duration::from_secs(20),
-        tokio::process::Command::new(bin_path(binary))
-            .args(args)
-            .kill_on_drop(true)
-            .output(),
-    )
-    .await
-    .unwrap_or_else(|_| panic!("{binary} {args:?} did not exit within 20 s"));
-    out.expect("run the binary")
+    run_to_exit(binary, args, Duration::from_secs(20)).await
 }
 
 fn strings(args: &[&str]) -> Vec<String> {

@@ -227,10 +227,7 @@ async fn a_held_request_and_a_retry_after_a_refused_connection_are_logged_as_suc
 
     // An instance that refuses connections, next to the recorder: round-
     // robin sends every other request there first, and it is retried.
-    let dead_addr = {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        listener.local_addr().unwrap().to_string()
-    };
+    let dead_addr = format!("127.0.0.1:{}", shoal_tests::free_port());
     let mut dead = Instance::new("app", dead_addr);
     dead.state = InstanceState::Ready;
     let mut client = platform.client.clone();
@@ -297,16 +294,19 @@ async fn a_held_request_and_a_retry_after_a_refused_connection_are_logged_as_suc
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_access_log_that_cannot_be_opened_stops_the_gateway_naming_the_flag() {
-    let out = tokio::time::timeout(
+    let out = shoal_tests::run_to_exit(
+        "gateway",
+        &[
+            "--access-log",
+            "/nonexistent-dir/access.log",
+            "--listen",
+            "127.0.0.1:0",
+            "--admin-listen",
+            "127.0.0.1:0",
+        ],
         Duration::from_secs(10),
-        tokio::process::Command::new(shoal_tests::bin_path("gateway"))
-            .args(["--access-log", "/nonexistent-dir/access.log"])
-            .args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
-            .output(),
     )
-    .await
-    .expect("the gateway exits at once")
-    .expect("run the gateway");
+    .await;
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "{stderr}");
     assert!(
