@@ -54,6 +54,8 @@ pub mod route_index;
 pub mod server;
 pub mod stats;
 pub mod table;
+#[cfg(test)]
+mod testing;
 
 use std::io::Write;
 use std::net::SocketAddr;

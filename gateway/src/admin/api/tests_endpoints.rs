@@ -18,6 +18,7 @@ use tower::ServiceExt;
 
 use super::{app, openapi, template_matches};
 use crate::admin::{empty_table, test_state_over};
+use crate::testing::poll;
 
 const TOKEN: &str = "test-token-0123456789abcdef";
 
@@ -182,19 +183,6 @@ async fn wait_for(what: &str, done: impl Fn() -> bool) {
         async || if done() { Ok(()) } else { Err(String::new()) },
     )
     .await;
-}
-
-/// Polls `check` every 10 ms until it answers `Ok`; after 5 s, fails naming
-/// `what` and the last `Err` (what the check saw).
-async fn poll<T>(what: &str, mut check: impl AsyncFnMut() -> Result<T, String>) -> T {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-    loop {
-        match check().await {
-            Ok(done) => return done,
-            Err(seen) => assert!(tokio::time::Instant::now() < deadline, "{what}: {seen}"),
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
 }
 
 /// An error answer: the status, the code, a detail containing `hint`, and

@@ -1,0 +1,16 @@
+//! Test support shared by the crate's unit tests.
+
+use std::time::Duration;
+
+/// Polls `check` every 10 ms until it answers `Ok`; after 5 s, fails naming
+/// `what` and the last `Err` (what the check saw).
+pub(crate) async fn poll<T>(what: &str, mut check: impl AsyncFnMut() -> Result<T, String>) -> T {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        match check().await {
+            Ok(done) => return done,
+            Err(seen) => assert!(tokio::time::Instant::now() < deadline, "{what}: {seen}"),
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
