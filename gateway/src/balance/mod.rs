@@ -102,6 +102,13 @@ impl Prepared {
 }
 
 impl Balancer {
+    /// Whether the policy ties a request to one instance (consistent hashing
+    /// by key, sticky sessions): such a request is never hedged to another
+    /// instance while its own may still answer (see `proxy::hedge`).
+    pub fn has_affinity(&self) -> bool {
+        matches!(self, Balancer::ConsistentHash(..) | Balancer::Sticky(_))
+    }
+
     /// `prepared` belongs to `backends`; `rotation` is the route's
     /// round-robin position, kept across snapshots (other policies ignore it).
     pub fn new(

@@ -5,7 +5,13 @@
 //!
 //! The rule ([`HedgePolicy::delay`], [`Exchange::hedge_at`]):
 //! - only for idempotent methods ([`retry::is_idempotent`]) with an empty
-//!   body (a streamed body cannot be sent twice), not for upgrades;
+//!   body (a streamed body cannot be sent twice), not for upgrades, and
+//!   not on routes whose policy ties a request to one instance
+//!   (consistent-hash, sticky): a hedge there would answer a key from
+//!   another instance while its own is merely slow (the full suite's
+//!   `balancing::consistent_hash_is_stable…` saw 1 of 1,000 keys answered
+//!   elsewhere). A failed attempt there is still retried on the next
+//!   instance, as before;
 //! - the delay is the service's p99 ([`LatencySketch`]) clamped to
 //!   `--hedge-min-delay`..`--hedge-max-delay`; `--hedge-max-delay` until the
 //!   sketch has an estimate; no hedge when the attempt's own deadline
@@ -105,6 +111,7 @@ impl Exchange<'_> {
         let attempts = &plan.attempts;
         let pool = &plan.entry.pool;
         if !policy.enabled
+            || plan.entry.balancer.has_affinity()
             || attempts.hedged
             || attempts.made >= attempts.max
             || attempts.made >= pool.ready.len()
