@@ -14,7 +14,7 @@ use registry::model::validate_addr;
 use registry::{EtcdArgs, LogArgs};
 
 use crate::crash::CrashWindow;
-use crate::kv::KvConfig;
+use crate::kv::{Durability, KvConfig};
 
 /// Shoal's reference service: hello, CPU-bound work and a key-value API,
 /// registered in etcd for as long as it runs.
@@ -122,6 +122,15 @@ pub struct Config {
     #[arg(long, env = "SHOAL_DATA_DIR", value_name = "DIR")]
     pub data_dir: Option<std::path::PathBuf>,
 
+    /// When a key-value write is acknowledged: `none`, once W owners hold
+    /// it in memory (with --data-dir each has written it to the OS, which
+    /// survives the process being killed, and flushes to the disk every
+    /// second); `fsync`, once W owners have flushed it to the disk (group
+    /// commit: concurrent writes share one fsync), which survives the
+    /// machine losing power. `fsync` needs --data-dir.
+    #[arg(long, env = "SHOAL_DURABILITY", value_enum, default_value_t = Durability::None)]
+    pub durability: Durability,
+
     /// Do not serve: probe the /readyz of the app-server listening on
     /// --listen (on loopback when bound to 0.0.0.0) and exit 0 if it answers
     /// 2xx, 1 otherwise; for container healthchecks.
@@ -142,6 +151,12 @@ impl Config {
             }
             config.write_quorum = w as usize;
         }
+        if self.durability == Durability::Fsync && self.data_dir.is_none() {
+            return Err(
+                "--durability fsync needs --data-dir: without a data directory there is nothing to flush; give each instance its own --data-dir (SHOAL_DATA_DIR) or use --durability none".into(),
+            );
+        }
+        config.durability = self.durability;
         Ok(config)
     }
 
@@ -303,6 +318,24 @@ mod tests {
     }
 
     #[test]
+    fn fsync_durability_needs_a_data_directory() {
+        assert_eq!(
+            parse(&[]).unwrap().kv_config().unwrap().durability,
+            Durability::None
+        );
+        let err = parse(&["--durability", "fsync"])
+            .unwrap()
+            .kv_config()
+            .unwrap_err();
+        assert!(err.contains("needs --data-dir"), "{err}");
+        let config = parse(&["--durability", "fsync", "--data-dir", "/tmp/x"])
+            .unwrap()
+            .kv_config()
+            .unwrap();
+        assert_eq!(config.durability, Durability::Fsync);
+    }
+
+    #[test]
     fn bad_flags_say_what_is_wrong_and_how_to_fix_it() {
         let cases: &[(&[&str], &str)] = &[
             (&["--lease-ttl", "1s"], "below the 2s minimum"),
@@ -320,6 +353,7 @@ mod tests {
             (&["--weight", "0"], "1..=1000"),
             (&["--weight", "1001"], "1..=1000"),
             (&["--drain-timeout=-1s"], "out of range"),
+            (&["--durability", "always"], "possible values: none, fsync"),
         ];
         for (args, expected) in cases {
             let err = parse(args).expect_err(&format!("{args:?} should be refused"));

@@ -9,7 +9,8 @@
 //!    `--drain-timeout`. A second signal stops waiting.
 //!    The key-value store hands every entry to its other owners from the
 //!    moment the instance is draining, and once more after the last
-//!    in-flight request, before the lease goes (`kv::sync::hand_off`).
+//!    in-flight request, before the lease goes (`kv::sync::hand_off`);
+//!    once every entry is handed off, the `--data-dir` journal is emptied.
 //! 4. Revoke the lease (deleting the key), delete the retire key if there was
 //!    one, and exit 0 if the drain finished, 1 if it was cut short.
 
@@ -255,6 +256,13 @@ async fn drain(
         warn!(error = %e, "the key-value hand-off task failed");
     }
     let handed_off = kv::sync::hand_off(state.kv(), config.drain_timeout).await;
+    if handed_off {
+        // Every entry lives on at its other owners; a later instance on the
+        // same --data-dir must not bring back values deleted meanwhile.
+        if let Err(e) = state.kv().store().forget_all() {
+            warn!(error = %e, "cannot empty the key-value data directory after handing every entry off; an instance started on it later may bring back stale values");
+        }
+    }
     served && handed_off
 }
 

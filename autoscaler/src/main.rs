@@ -91,7 +91,7 @@ impl Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Run the controller: elect a leader, scale every service with a policy.
-    Run(RunConfig),
+    Run(Box<RunConfig>),
     /// Declare services, policies and routes from a file: a diff, then one transaction.
     Apply(ApplyArgs),
     /// List declared objects (`get services`).
@@ -118,7 +118,7 @@ async fn main() -> ExitCode {
     cli.log.init();
     let outcome = match cli.command {
         Command::Run(config) => {
-            return match autoscaler::run::run(config).await {
+            return match autoscaler::run::run(*config).await {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     tracing::error!(error = format!("{e:#}"), "autoscaler failed");

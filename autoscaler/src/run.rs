@@ -73,6 +73,11 @@ pub struct RunConfig {
     #[arg(long, env = "SHOAL_LOG_DIR", default_value = ".shoal/instances")]
     pub log_dir: PathBuf,
 
+    /// Where the process driver keeps the data directories of services
+    /// whose spec says `data_dir: true` (`{service}/{n}` below it).
+    #[arg(long, env = "SHOAL_DATA_ROOT", default_value = ".shoal/data")]
+    pub data_root: PathBuf,
+
     /// How often the leader observes and decides.
     #[arg(long, env = "SHOAL_INTERVAL", default_value = "1s", value_parser = parse_duration)]
     pub interval: Duration,
@@ -159,6 +164,7 @@ impl RunConfig {
             argv,
             env,
             log_dir: self.log_dir.clone(),
+            data_root: self.data_root.clone(),
             registry: exe.with_file_name("registry"),
         })
     }

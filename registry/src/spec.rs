@@ -55,6 +55,13 @@ pub struct Service {
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     #[cfg_attr(feature = "openapi", schema(schema_with = labels_schema))]
     pub labels: BTreeMap<String, String>,
+    /// Give every instance a data directory that outlives it, named in
+    /// `SHOAL_DATA_DIR` (which `app-server` reads as `--data-dir`): the
+    /// replacement of a crashed instance gets the crashed one's directory
+    /// and what it held. The process driver keeps them under its
+    /// `--data-root`, the docker driver in named volumes.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub data_dir: bool,
 }
 
 /// `labels`: a string map of at most 64 entries.
@@ -403,6 +410,18 @@ mod tests {
         }))
         .unwrap();
         assert_eq!(explicit.version(), a.version());
+        // A field added later and left at its default (`data_dir: false`)
+        // is not serialized, so upgrading Shoal does not roll every service.
+        let mut with_default = explicit.clone();
+        with_default.data_dir = false;
+        assert_eq!(with_default.version(), a.version());
+        assert_eq!(
+            a.version(),
+            "130c664c3cf1630e",
+            "the version of an unchanged spec changed"
+        );
+        with_default.data_dir = true;
+        assert_ne!(with_default.version(), a.version());
     }
 
     #[test]

@@ -37,16 +37,30 @@ pub struct KvConfig {
     pub replicas: usize,
     /// Owners that must hold a write before it is acknowledged (W).
     pub write_quorum: usize,
+    /// What "hold" means: in memory, or flushed to the disk.
+    pub durability: Durability,
 }
 
 impl KvConfig {
-    /// R copies, acknowledged by a majority of them.
+    /// R copies, acknowledged by a majority of them, in memory.
     pub fn majority(replicas: usize) -> Self {
         KvConfig {
             replicas,
             write_quorum: replicas / 2 + 1,
+            durability: Durability::None,
         }
     }
+}
+
+/// `--durability`: what an owner must have done with a write before it
+/// counts towards W.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum Durability {
+    /// Stored in memory (and, with a data directory, written to the OS).
+    #[default]
+    None,
+    /// Flushed to the disk ([`LocalStore::flushed`], group commit).
+    Fsync,
 }
 
 /// Where a client request for a key should be handled.
@@ -250,40 +264,10 @@ impl Kv {
                 WriteRefused::Storage(e) => KvError::Storage(e),
             })?;
 
-        let mut stored_by: Vec<String> = Vec::new();
-        let mut failures: Vec<String> = Vec::new();
-        // A refused owner is replaced by the next in the ranking: a few rounds at most.
-        for _ in 0..self.config.replicas + 1 {
-            let owners = self.membership.owners(key);
-            let ids = owner_ids(&owners);
-            let targets: Vec<&Member> = owners
-                .iter()
-                .filter(|o| o.id != self.self_id() && !stored_by.contains(&o.id))
-                .collect();
-            if targets.is_empty() {
-                break;
-            }
-            let answers = join_all(
-                targets
-                    .iter()
-                    .map(|o| self.peers.push(o, key, &entry, &ids)),
-            )
-            .await;
-            let mut refused = false;
-            for (owner, answer) in targets.iter().zip(answers) {
-                match answer {
-                    Ok(()) => stored_by.push(owner.id.clone()),
-                    Err(e) => {
-                        refused |= matches!(e, PeerError::Unavailable { .. });
-                        failures.push(e.to_string());
-                        self.note_failure(owner, &e);
-                    }
-                }
-            }
-            if !refused {
-                break;
-            }
-        }
+        // This owner's flush (with --durability fsync) runs beside the pushes.
+        let (flushed, (stored_by, failures)) =
+            tokio::join!(self.durable(), self.replicate(key, &entry));
+        flushed.map_err(KvError::Storage)?;
         let owners = self.membership.owners(key);
         let here = owners.iter().any(|o| o.id == self.self_id()) as usize;
         let copies = here + owners.iter().filter(|o| stored_by.contains(&o.id)).count();
@@ -317,6 +301,51 @@ impl Kv {
                     failures.join("; ")
                 },
             })
+        }
+    }
+
+    /// Send a new entry to the key's other owners; a refused owner is
+    /// replaced by the next in the ranking (a few rounds at most). The ids
+    /// of the owners that stored it, and what the others said.
+    async fn replicate(&self, key: &str, entry: &Entry) -> (Vec<String>, Vec<String>) {
+        let mut stored_by: Vec<String> = Vec::new();
+        let mut failures: Vec<String> = Vec::new();
+        for _ in 0..self.config.replicas + 1 {
+            let owners = self.membership.owners(key);
+            let ids = owner_ids(&owners);
+            let targets: Vec<&Member> = owners
+                .iter()
+                .filter(|o| o.id != self.self_id() && !stored_by.contains(&o.id))
+                .collect();
+            if targets.is_empty() {
+                break;
+            }
+            let answers =
+                join_all(targets.iter().map(|o| self.peers.push(o, key, entry, &ids))).await;
+            let mut refused = false;
+            for (owner, answer) in targets.iter().zip(answers) {
+                match answer {
+                    Ok(()) => stored_by.push(owner.id.clone()),
+                    Err(e) => {
+                        refused |= matches!(e, PeerError::Unavailable { .. });
+                        failures.push(e.to_string());
+                        self.note_failure(owner, &e);
+                    }
+                }
+            }
+            if !refused {
+                break;
+            }
+        }
+        (stored_by, failures)
+    }
+
+    /// Wait until this instance's changes so far count as held under
+    /// `--durability` (flushed to the disk for `fsync`).
+    pub async fn durable(&self) -> Result<(), StorageFailed> {
+        match self.config.durability {
+            Durability::None => Ok(()),
+            Durability::Fsync => self.store.flushed().await,
         }
     }
 

@@ -84,6 +84,9 @@ pub struct Journal {
     file: File,
     /// Bytes in the file, header included.
     len: u64,
+    /// Bytes of records ever appended since the journal was opened (not
+    /// reset by compaction): the position group commit waits for.
+    written: u64,
     /// Held (locked) for as long as the journal is open.
     _lock: File,
 }
@@ -142,6 +145,7 @@ impl Journal {
                 dir: dir.to_owned(),
                 file,
                 len,
+                written: 0,
                 _lock: lock,
             },
             entries,
@@ -154,7 +158,15 @@ impl Journal {
         let bytes = encode(record);
         self.file.write_all(&bytes)?;
         self.len += bytes.len() as u64;
+        self.written += bytes.len() as u64;
         Ok(())
+    }
+
+    /// Bytes of records appended since the journal was opened; everything
+    /// up to this position is on the disk once a flush that started after
+    /// it was read has finished.
+    pub fn written(&self) -> u64 {
+        self.written
     }
 
     /// A handle to flush the file without holding the journal (fsync can

@@ -15,9 +15,17 @@
 //! directory's [`Journal`] under the same lock, before the map changes, so
 //! the journal replays to exactly this map. A change the journal cannot
 //! record is refused ([`StorageFailed`]), never half made.
+//!
+//! [`LocalStore::flushed`] is group commit for `--durability fsync`: a
+//! writer waits until the journal is on the disk up to its own record. One
+//! waiter at a time runs `fsync` (on the blocking pool, outside the map's
+//! lock); the writers that append meanwhile queue behind it, and the next
+//! one's `fsync` covers all of them, so under load one `fsync` serves many
+//! writes and the map's lock is never held across one.
 
 use std::collections::HashMap;
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard};
 use std::time::Instant;
 
@@ -96,6 +104,13 @@ pub enum Precondition {
 #[derive(Debug, Default)]
 pub struct LocalStore {
     inner: Mutex<Inner>,
+    /// Group commit: the journal position ([`Journal::written`]) known to
+    /// be on the disk.
+    synced: AtomicU64,
+    /// Held by the one caller of [`LocalStore::flushed`] running `fsync`.
+    flushing: tokio::sync::Mutex<()>,
+    /// `fsync` calls made for [`LocalStore::flushed`].
+    fsyncs: AtomicU64,
 }
 
 #[derive(Debug, Default)]
@@ -132,6 +147,7 @@ impl LocalStore {
                 slots,
                 journal: Some(journal),
             }),
+            ..LocalStore::default()
         })
     }
 
@@ -226,7 +242,7 @@ impl LocalStore {
     /// if it has grown past twice what the entries need. Nothing to do
     /// without a data directory.
     pub fn persist(&self) -> std::io::Result<()> {
-        let file = {
+        let (file, upto) = {
             let mut inner = self.lock();
             let Inner { slots, journal } = &mut *inner;
             let Some(journal) = journal else {
@@ -242,9 +258,68 @@ impl LocalStore {
                     "key-value journal compacted"
                 );
             }
-            journal.sync_handle()?
+            (journal.sync_handle()?, journal.written())
         };
-        file.sync_data()
+        file.sync_data()?;
+        self.synced.fetch_max(upto, Ordering::AcqRel);
+        Ok(())
+    }
+
+    /// Drop every entry, and empty the data directory's journal (on the
+    /// disk when this returns): for an instance that has handed everything
+    /// to its other owners and leaves, so that a later instance started on
+    /// the same directory cannot bring back values deleted meanwhile.
+    pub fn forget_all(&self) -> std::io::Result<()> {
+        let mut inner = self.lock();
+        if let Some(journal) = &mut inner.journal {
+            journal.compact(std::iter::empty())?;
+            let written = journal.written();
+            self.synced.fetch_max(written, Ordering::AcqRel);
+        }
+        inner.slots.clear();
+        Ok(())
+    }
+
+    /// Wait until every change recorded so far is on the disk (group
+    /// commit, see the module doc). Nothing to wait for without a data
+    /// directory. An error means the changes may not have reached the disk.
+    pub async fn flushed(&self) -> Result<(), StorageFailed> {
+        let wanted = match &self.lock().journal {
+            Some(journal) => journal.written(),
+            None => return Ok(()),
+        };
+        if self.synced.load(Ordering::Acquire) >= wanted {
+            return Ok(());
+        }
+        let _turn = self.flushing.lock().await;
+        // The flush before ours may have covered our record.
+        if self.synced.load(Ordering::Acquire) >= wanted {
+            return Ok(());
+        }
+        let failed = |e: &dyn std::fmt::Display| StorageFailed(format!("fsync failed: {e}"));
+        let (file, upto) = {
+            let inner = self.lock();
+            let journal = inner
+                .journal
+                .as_ref()
+                .expect("a journal is never taken away");
+            (
+                journal.sync_handle().map_err(|e| failed(&e))?,
+                journal.written(),
+            )
+        };
+        tokio::task::spawn_blocking(move || file.sync_data())
+            .await
+            .map_err(|e| failed(&e))?
+            .map_err(|e| failed(&e))?;
+        self.fsyncs.fetch_add(1, Ordering::Relaxed);
+        self.synced.fetch_max(upto, Ordering::AcqRel);
+        Ok(())
+    }
+
+    /// `fsync` calls made by [`LocalStore::flushed`] so far.
+    pub fn fsyncs(&self) -> u64 {
+        self.fsyncs.load(Ordering::Relaxed)
     }
 
     /// Every entry with its confirmation fingerprint and age, for the sync task.
@@ -391,6 +466,47 @@ mod tests {
         assert!(store.is_empty());
     }
 
+    #[tokio::test]
+    async fn concurrent_writers_share_fsyncs_and_each_waits_for_its_own_record() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = std::sync::Arc::new(LocalStore::open(dir.path()).unwrap());
+        let writers: Vec<_> = (0..64u64)
+            .map(|i| {
+                let store = store.clone();
+                tokio::spawn(async move {
+                    let key = format!("k{i}");
+                    store.apply(&key, live(i + 1, "v"), 0).unwrap();
+                    let mine = store.lock().journal.as_ref().unwrap().written();
+                    store.flushed().await.unwrap();
+                    // Flushed: on the disk up to this writer's record at least.
+                    (mine, store.synced.load(Ordering::Acquire))
+                })
+            })
+            .collect();
+        for writer in writers {
+            let (mine, synced) = writer.await.unwrap();
+            assert!(synced >= mine, "flushed returned at {synced} before {mine}");
+        }
+        let fsyncs = store.fsyncs();
+        assert!(
+            (1..16).contains(&fsyncs),
+            "64 concurrent writes took {fsyncs} fsyncs; group commit should share them"
+        );
+        let written = store.lock().journal.as_ref().unwrap().written();
+        assert_eq!(store.synced.load(Ordering::Acquire), written);
+        // Nothing more to flush: no further fsync.
+        store.flushed().await.unwrap();
+        assert_eq!(store.fsyncs(), fsyncs);
+    }
+
+    #[tokio::test]
+    async fn flushed_is_immediate_without_a_data_directory() {
+        let store = LocalStore::default();
+        store.apply("k", live(1, "v"), 0).unwrap();
+        store.flushed().await.unwrap();
+        assert_eq!(store.fsyncs(), 0);
+    }
+
     #[test]
     fn a_store_in_a_data_directory_comes_back_as_it_was() {
         let dir = tempfile::tempdir().unwrap();
@@ -429,5 +545,19 @@ mod tests {
                 .iter()
                 .all(|(_, _, confirmed, _)| *confirmed == 0)
         );
+    }
+
+    #[test]
+    fn a_store_that_forgets_everything_leaves_an_empty_data_directory() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = LocalStore::open(dir.path()).unwrap();
+            store.apply("a", live(1, "one"), 0).unwrap();
+            store.forget_all().unwrap();
+            assert!(store.is_empty());
+        }
+        let store = LocalStore::open(dir.path()).unwrap();
+        assert!(store.is_empty());
+        assert_eq!(store.get("a"), None);
     }
 }

@@ -63,6 +63,13 @@ pub async fn put(
             NotReceived::Leaving => ApiError::Leaving,
             NotReceived::Storage(e) => ApiError::StorageFailed(e.to_string()),
         })?;
+    // The sender counts this copy towards W only once it is held as
+    // `--durability` says (already on the disk when it was not newer).
+    state
+        .kv()
+        .durable()
+        .await
+        .map_err(|e| ApiError::StorageFailed(e.to_string()))?;
     Ok(Json(json!({ "stored": applied == Applied::Stored })).into_response())
 }
 

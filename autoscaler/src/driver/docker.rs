@@ -403,6 +403,12 @@ impl DockerDriver {
                 spec.service
             ));
         };
+        if service.data_dir {
+            return Err(format!(
+                "the spec of {} asks for data directories (`data_dir: true`), which the docker driver does not give yet (only the process driver does); run the service under a process-driver controller, or drop `data_dir` and mount a volume yourself",
+                spec.service
+            ));
+        }
         let c = &self.config;
         let port = run.container_port;
         let version = service.version();

@@ -7,10 +7,12 @@
 //! themselves in etcd; a driver never writes the registry.
 //!
 //! - [`process`]: local child processes from a spec or a command template;
-//!   [`pidfile`] lets another controller process adopt them.
+//!   [`pidfile`] lets another controller process adopt them; [`data_slots`]
+//!   their data directories.
 //! - [`docker`]: containers through the Docker Engine API, adopted by label;
 //!   [`docker_args`] its flags in `autoscaler run`.
 
+pub mod data_slots;
 pub mod docker;
 pub mod docker_args;
 pub mod pidfile;

@@ -40,6 +40,7 @@ use tokio::process::Command;
 use tokio::sync::watch;
 use tracing::{info, warn};
 
+use super::data_slots::DataSlots;
 use super::pidfile::PidFile;
 use super::{Driver, DriverError, Owned, StartSpec};
 
@@ -56,6 +57,9 @@ pub struct ProcessTemplate {
     /// prefix, lease TTL and credentials.
     pub env: Vec<(String, String)>,
     pub log_dir: PathBuf,
+    /// Where instances of services with `data_dir: true` keep their data
+    /// directories ([`DataSlots`]).
+    pub data_root: PathBuf,
     /// The `registry` binary that runs managed instances.
     pub registry: PathBuf,
 }
@@ -81,21 +85,50 @@ pub struct ProcessDriver {
     children: Arc<Mutex<HashMap<String, Child>>>,
     /// Ids of the instances adopted so far (logged once each).
     adopted: Mutex<HashSet<String>>,
+    /// Held from claiming a data directory until the instance is in
+    /// `children`, so two starts never claim the same one.
+    data_slots: Mutex<DataSlots>,
 }
 
 impl ProcessDriver {
     pub fn new(template: ProcessTemplate) -> Self {
         ProcessDriver {
+            data_slots: Mutex::new(DataSlots::new(template.data_root.clone())),
             template,
             children: Arc::default(),
             adopted: Mutex::default(),
         }
     }
 
-    /// What to run for `spec` on `port`.
-    fn launch(&self, spec: &StartSpec, port: u16) -> Result<Launch, String> {
+    /// Whether instance `id` is running: a child of this driver that has
+    /// not exited, or an adopted one whose process is alive.
+    fn is_live(&self, id: &str) -> bool {
+        if let Some(child) = self
+            .children
+            .lock()
+            .expect("children lock poisoned")
+            .get(id)
+        {
+            return child.exit.borrow().is_none();
+        }
+        PidFile::scan(&self.template.log_dir)
+            .iter()
+            .any(|f| f.id == id && f.alive())
+    }
+
+    /// What to run for `spec` on `port` (with `data_dir`, the directory
+    /// claimed for it when its spec asks for one).
+    fn launch(
+        &self,
+        spec: &StartSpec,
+        port: u16,
+        data_dir: Option<&std::path::Path>,
+    ) -> Result<Launch, String> {
         let mut env = self.template.env.clone();
         env.extend(spec.identity_env());
+        if let Some(dir) = data_dir {
+            env.push(("SHOAL_DATA_DIR".to_owned(), dir.display().to_string()));
+        }
         let Some(service) = spec.spec.as_deref() else {
             let argv = self
                 .template
@@ -236,7 +269,22 @@ impl Driver for ProcessDriver {
             reason,
         };
         let port = free_port().ok_or_else(|| fail("no free loopback port".into()))?;
-        let launch = self.launch(spec, port).map_err(fail)?;
+        let slots = self.data_slots.lock().expect("data slots lock poisoned");
+        let data_dir = if spec.spec.as_ref().is_some_and(|s| s.data_dir) {
+            let dir = slots
+                .claim(&spec.service, &spec.id, |owner| self.is_live(owner))
+                .map_err(|e| {
+                    fail(format!(
+                        "cannot claim a data directory under {}: {e}; check --data-root",
+                        self.template.data_root.display()
+                    ))
+                })?;
+            info!(service = %spec.service, id = %spec.id, dir = %dir.display(), "data directory claimed");
+            Some(dir)
+        } else {
+            None
+        };
+        let launch = self.launch(spec, port, data_dir.as_deref()).map_err(fail)?;
         let (program, args) = launch
             .argv
             .split_first()
@@ -311,6 +359,7 @@ impl Driver for ProcessDriver {
                     exit: exit_rx,
                 },
             );
+        drop(slots);
         Ok(())
     }
 
@@ -501,6 +550,7 @@ mod tests {
             ],
             env: vec![("GREETING".into(), "hi".into())],
             log_dir: dir.path().to_path_buf(),
+            data_root: dir.path().join("data"),
             registry: PathBuf::from("/nonexistent/registry"),
         };
         (ProcessDriver::new(template), dir)
@@ -584,6 +634,7 @@ mod tests {
             argv: vec!["/nonexistent/app-server".into()],
             env: vec![],
             log_dir: dir.path().to_path_buf(),
+            data_root: dir.path().join("data"),
             registry: PathBuf::from("/nonexistent/registry"),
         });
         let err = d.start(&spec("x")).await.unwrap_err().to_string();
@@ -632,11 +683,12 @@ mod tests {
             argv: vec!["unused".into()],
             env: vec![("SHOAL_ETCD".into(), "http://127.0.0.1:2379".into())],
             log_dir: dir.path().to_path_buf(),
+            data_root: dir.path().join("data"),
             registry: registry.clone(),
         });
         let spec = declared("managed");
         let version = spec.spec.as_ref().unwrap().version();
-        let launch = d.launch(&spec, 4321).unwrap();
+        let launch = d.launch(&spec, 4321, None).unwrap();
         let registry = registry.display().to_string();
         let expected: Vec<&str> = vec![
             &registry,
@@ -670,7 +722,7 @@ mod tests {
     #[test]
     fn a_self_registering_spec_runs_as_is_with_its_identity_in_the_environment() {
         let (d, _dir) = driver("true");
-        let launch = d.launch(&declared("self"), 4321).unwrap();
+        let launch = d.launch(&declared("self"), 4321, None).unwrap();
         assert_eq!(launch.argv[0], "sh");
         assert_eq!(env_of(&launch, "SHOAL_INSTANCE_ID"), Some("i1"));
         assert_eq!(env_of(&launch, "SHOAL_SERVICE"), Some("web"));
@@ -686,19 +738,19 @@ mod tests {
             .as_mut()
             .unwrap()
             .argv[0] = "no-such-program-here".into();
-        let err = d.launch(&missing, 1).unwrap_err();
+        let err = d.launch(&missing, 1, None).unwrap_err();
         assert!(
             err.contains("`no-such-program-here`") && err.contains("PATH"),
             "{err}"
         );
 
-        let no_registry = d.launch(&declared("managed"), 1).unwrap_err();
+        let no_registry = d.launch(&declared("managed"), 1, None).unwrap_err();
         assert!(no_registry.contains("registry run"), "{no_registry}");
 
         let mut docker_only = declared("self");
         let service = std::sync::Arc::make_mut(docker_only.spec.as_mut().unwrap());
         service.process = None;
-        let err = d.launch(&docker_only, 1).unwrap_err();
+        let err = d.launch(&docker_only, 1, None).unwrap_err();
         assert!(err.contains("no `process` section"), "{err}");
     }
 
@@ -710,6 +762,7 @@ mod tests {
             argv: vec!["unused".into()],
             env: vec![],
             log_dir: dir.path().to_path_buf(),
+            data_root: dir.path().join("data"),
             registry: PathBuf::from("/nonexistent/registry"),
         });
         let adopted = second.list().await.unwrap();

@@ -1,5 +1,6 @@
 //! `kv-bench`: PUT and GET throughput and p99 of the distributed key-value
-//! store through the gateway, for R = 1 and 2 at 1, 2 and 4 instances, and
+//! store through the gateway, for R = 1 and 2 at 1, 2 and 4 instances (and
+//! R = 2 with `--durability fsync` at 2 and 4, a data directory each), and
 //! etcd's own put and get in the same run, as one table. Run it through
 //! `bench/kv.sh`, which builds the release binaries first.
 //!
@@ -76,18 +77,26 @@ async fn shoal(
     s: Settings,
     replicas: usize,
     instances: usize,
+    fsync: bool,
 ) -> anyhow::Result<(Figures, Figures)> {
-    let options = AppServerOptions {
-        extra: vec!["--kv-replicas".into(), replicas.to_string()],
-        ..AppServerOptions::default()
-    };
+    // With `fsync`, each instance has its own data directory.
+    let data = tempfile::tempdir()?;
+    let mut builder = Platform::builder().route("kv", KV_ROUTE).gateway(&[]);
+    for i in 0..instances {
+        let mut extra = vec!["--kv-replicas".into(), replicas.to_string()];
+        if fsync {
+            let dir = data.path().join(i.to_string());
+            extra.extend(["--durability".into(), "fsync".into(), "--data-dir".into()]);
+            extra.push(dir.display().to_string());
+        }
+        let options = AppServerOptions {
+            extra,
+            ..AppServerOptions::default()
+        };
+        builder = builder.app_servers_with(1, options);
+    }
     // Returns once every instance is ready and the gateway lists each.
-    let platform = Platform::builder()
-        .route("kv", KV_ROUTE)
-        .app_servers_with(instances, options)
-        .gateway(&[])
-        .try_start()
-        .await?;
+    let platform = builder.try_start().await?;
     // The store's membership settles SETTLE after its last change (reads
     // ask previous owners until then), and that is not visible from outside:
     // measure the settled store, a second after it must have settled.
@@ -166,12 +175,16 @@ async fn main() -> anyhow::Result<()> {
         s.secs, s.clients, s.keys, s.value_bytes
     );
     let mut rows = Vec::new();
-    for replicas in [1, 2] {
+    for (replicas, fsync) in [(1, false), (2, false), (2, true)] {
         for instances in [1, 2, 4] {
-            eprintln!("  measuring R = {replicas}, {instances} instance(s)…");
-            let (puts, gets) = shoal(s, replicas, instances).await?;
+            if fsync && instances == 1 {
+                continue;
+            }
+            let durability = if fsync { " --durability fsync" } else { "" };
+            eprintln!("  measuring R = {replicas}{durability}, {instances} instance(s)…");
+            let (puts, gets) = shoal(s, replicas, instances, fsync).await?;
             rows.push((
-                format!("shoal R={replicas}"),
+                format!("shoal R={replicas}{durability}"),
                 instances.to_string(),
                 puts,
                 gets,

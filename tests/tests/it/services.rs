@@ -542,3 +542,135 @@ async fn a_missing_program_backs_off_with_events_while_others_scale_and_a_bad_fi
         "nothing was written"
     );
 }
+
+/// A key-value service whose spec asks for data directories, run with
+/// `--durability fsync`: every instance killed with SIGKILL at once, the
+/// controller replaces each on the directory of one that died, and every
+/// write acknowledged before the kill is read back. Nothing else held the
+/// data: the replacements can only have it from the disk.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_key_value_instance_killed_at_once_loses_no_acknowledged_write() {
+    let data_root = tempfile::tempdir().unwrap();
+    let root = data_root.path().display().to_string();
+    let platform = Platform::builder()
+        .route("kv", r#"{"path_prefix":"/kv/","service":"kv"}"#)
+        .gateway(&[])
+        .autoscalers(1)
+        .autoscaler_flags(&[
+            "--interval",
+            "500ms",
+            "--lease-ttl",
+            "2s",
+            "--data-root",
+            &root,
+        ])
+        .start()
+        .await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("kv.yaml");
+    let app_server = shoal_tests::bin_path("app-server");
+    std::fs::write(
+        &file,
+        format!(
+            "services:\n  kv:\n    process:\n      argv: ['{}', --listen, '127.0.0.1:{{port}}', --durability, fsync, --drain-grace, 0s]\n    registration: self\n    data_dir: true\npolicies:\n  kv:\n    min: 3\n    max: 3\n    metric: inflight\n    target: 100\n",
+            app_server.display()
+        ),
+    )
+    .unwrap();
+    apply(&platform, &file).await;
+    wait_ready_at_least(&platform, "kv", 3, Duration::from_secs(30)).await;
+    let first = ready_ids(&platform, "kv").await;
+    let http = http();
+    let probe = platform.gateway().url("/kv/probe");
+    wait_until_async(Duration::from_secs(15), "a write routed", || async {
+        let put = http.put(&probe).body("x").send().await;
+        put.is_ok_and(|r| r.status().is_success())
+    })
+    .await
+    .unwrap();
+
+    // 8 writers, 50 keys each, every key written twice (the second value
+    // is the one to find). Only acknowledged writes are counted.
+    let writers: Vec<_> = (0..8)
+        .map(|w| {
+            let http = http.clone();
+            let url = platform.gateway().url("/kv/");
+            tokio::spawn(async move {
+                let mut acknowledged = Vec::new();
+                for k in 0..50 {
+                    let key = format!("w{w}-k{k}");
+                    for round in 0..2 {
+                        let value = format!("{key}-v{round}");
+                        let put = http
+                            .put(format!("{url}{key}"))
+                            .body(value.clone())
+                            .send()
+                            .await;
+                        if put.is_ok_and(|r| r.status().is_success()) && round == 1 {
+                            acknowledged.push((key.clone(), value));
+                        }
+                    }
+                }
+                acknowledged
+            })
+        })
+        .collect();
+    let mut acknowledged = Vec::new();
+    for writer in writers {
+        acknowledged.extend(writer.await.unwrap());
+    }
+    assert_eq!(
+        acknowledged.len(),
+        400,
+        "every write acknowledged before the kill"
+    );
+
+    // SIGKILL to every instance at once (their pid files say which processes).
+    let pids: Vec<_> =
+        autoscaler::driver::pidfile::PidFile::scan(platform.autoscalers[0].instance_logs.path())
+            .into_iter()
+            .filter(|f| f.service == "kv" && first.contains(&f.id))
+            .collect();
+    assert_eq!(pids.len(), 3, "a pid file per instance: {pids:?}");
+    for file in &pids {
+        kill(Pid::from_raw(file.pid as i32), Signal::SIGKILL).unwrap();
+    }
+    let killed = Instant::now();
+    wait_until_async(Duration::from_secs(60), "3 replacements ready", || async {
+        let now = ready_ids(&platform, "kv").await;
+        now.len() == 3 && now.is_disjoint(&first)
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}; controller log:\n{}", controller_logs(&platform)));
+    let replaced = killed.elapsed();
+
+    let mut lost = Vec::new();
+    for (key, value) in &acknowledged {
+        let url = platform.gateway().url(&format!("/kv/{key}"));
+        let read = wait_until_async(
+            Duration::from_secs(10),
+            &format!("a read of {key}"),
+            || async {
+                http.get(&url)
+                    .send()
+                    .await
+                    .is_ok_and(|r| r.status() == 200 || r.status() == 404)
+            },
+        )
+        .await;
+        read.unwrap();
+        let got = http.get(&url).send().await.unwrap();
+        let status = got.status();
+        let body = got.text().await.unwrap();
+        if status != 200 || &body != value {
+            lost.push(format!("{key}: {status} {body:?}, expected {value:?}"));
+        }
+    }
+    println!(
+        "measured: {} acknowledged writes (--durability fsync, R = 2), every instance killed at once, 3 replacements ready after {:.2} s, {} lost",
+        acknowledged.len(),
+        replaced.as_secs_f64(),
+        lost.len()
+    );
+    assert!(lost.is_empty(), "acknowledged writes lost: {lost:?}");
+}
