@@ -52,11 +52,13 @@ pub struct CertPair {
 /// Why a certificate pair cannot be used; each says which file and what to do.
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
-    #[error("cannot read {flag} {}: {source}; check the path and that the gateway may read the file", path.display())]
+    // `cause`, not `source`: the message already says it, and a source
+    // would print it twice in the start-up error's chain.
+    #[error("cannot read {flag} {}: {cause}; check the path and that the gateway may read the file", path.display())]
     Read {
         flag: &'static str,
         path: PathBuf,
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     #[error("--tls-cert {}: {problem}; give the certificate chain in PEM (-----BEGIN CERTIFICATE-----), the server's own certificate first", path.display())]
     BadCert { path: PathBuf, problem: String },
@@ -144,10 +146,10 @@ impl CertSet {
 }
 
 fn read(flag: &'static str, path: &Path) -> Result<Vec<u8>, TlsError> {
-    std::fs::read(path).map_err(|source| TlsError::Read {
+    std::fs::read(path).map_err(|cause| TlsError::Read {
         flag,
         path: path.to_owned(),
-        source,
+        cause,
     })
 }
 
