@@ -7,6 +7,8 @@
 //!   TLS 1.2 too; the instance is told `X-Forwarded-Proto: https`.
 //! - SNI picks the right certificate of two (a wildcard one included); no
 //!   match gets the first.
+//! - A client that never finishes its handshake is cut off after
+//!   `--header-read-timeout`.
 //! - A TLS 1.1 hello is refused with a protocol_version alert, where the
 //!   same hello saying TLS 1.2 gets a ServerHello.
 //! - Unusable certificates (mismatched key, missing file, not PEM, a TLS
@@ -28,7 +30,7 @@ use shoal_tests::tls::{BOTH_VERSIONS, TlsConn, cert_der};
 use shoal_tests::{Gateway, Platform, run_to_exit, wait_until, wait_until_async};
 
 use super::framing::{Recorder, behind_recorder, header_values};
-use super::limits::read_answer;
+use super::limits::{closed_within, read_answer};
 use super::{gateway_log, http, put_route};
 
 const BOTH_ALPN: &[&str] = &["h2", "http/1.1"];
@@ -159,6 +161,35 @@ async fn sni_picks_the_certificate_of_two() {
     assert!(
         err.contains("not valid for name") && err.contains("a.test") && !err.contains("b.test"),
         "the default (a.test) certificate was served: {err}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_handshake_that_never_finishes_is_cut_off_after_the_header_read_timeout() {
+    let pki = Pki::generate();
+    let cert = pki.server_cert("shop", &["shop.example"], None);
+    let mut flags = tls_flags(&[&cert]);
+    flags.extend(["--header-read-timeout".to_owned(), "1s".to_owned()]);
+    let (platform, _recorder) = behind_recorder(&as_strs(&flags)).await;
+    let gateway = platform.gateway();
+    let since = std::time::Instant::now();
+    // Half a ClientHello, then silence.
+    let mut silent = TcpStream::connect(tls_addr(gateway)).await.unwrap();
+    let hello = client_hello([0x03, 0x03]);
+    silent.write_all(&hello[..hello.len() / 2]).await.unwrap();
+    // Meanwhile a client that finishes its handshake is served.
+    let mut other = connect(gateway, "shop.example", &["http/1.1"], &pki.ca).await;
+    assert_eq!(other.get("shop.example", "/other").await.unwrap().0, 200);
+    let closed = closed_within(&mut silent, since, Duration::from_secs(5)).await;
+    let took = closed.unwrap_or_else(|| {
+        panic!(
+            "an unfinished handshake was kept for 5 s; {}",
+            gateway_log(gateway)
+        )
+    });
+    assert!(
+        took >= Duration::from_millis(900),
+        "cut off after {took:?}, before the 1 s timeout"
     );
 }
 
