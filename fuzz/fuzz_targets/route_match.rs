@@ -79,6 +79,7 @@ fuzz_target!(|input: Input| {
             timeout_ms: None,
             try_timeout_ms: None,
             retries: None,
+            https_redirect: false,
         };
         // The registry skips what does not validate; so does the table's input.
         if validate_segment("route", &r.name).is_err() || route.validate().is_err() {

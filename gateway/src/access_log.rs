@@ -36,7 +36,8 @@
 //! headers, a bad target) are not logged: they never reach a route.
 //!
 //! On SIGHUP a file log is reopened (for logrotate's `create` mode): the
-//! writer thread flushes, opens the path again and carries on.
+//! writer thread flushes, opens the path again and carries on ([`crate::hangup`]
+//! owns the signal).
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, BufWriter, Write};
@@ -50,7 +51,7 @@ use std::time::{Duration, SystemTime};
 use chrono::{DateTime, SecondsFormat, Utc};
 use http::{HeaderValue, Method};
 use serde::Serialize;
-use tracing::{info, warn};
+use tracing::warn;
 
 /// Lines the channel holds before new ones are dropped.
 pub const CHANNEL_LINES: usize = 16 * 1024;
@@ -183,23 +184,6 @@ impl AccessLog {
         flushed
             .recv_timeout(deadline.saturating_duration_since(std::time::Instant::now()))
             .is_ok()
-    }
-
-    /// SIGHUP reopens a file log, from a task that runs until the runtime
-    /// stops; nothing for stdout.
-    pub fn reopen_on_sighup(&self, target: &Target) -> io::Result<()> {
-        if *target == Target::Stdout {
-            return Ok(());
-        }
-        let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
-        let log = self.clone();
-        tokio::spawn(async move {
-            while hangup.recv().await.is_some() {
-                info!("SIGHUP: reopening the access log");
-                log.reopen();
-            }
-        });
-        Ok(())
     }
 }
 

@@ -24,6 +24,24 @@ pub struct Config {
     #[arg(long, env = "SHOAL_LISTEN", default_value = "0.0.0.0:8080")]
     pub listen: SocketAddr,
 
+    /// A TLS listener (HTTP/1.1 and HTTP/2 by ALPN; TLS 1.2 and 1.3), with
+    /// the certificates of --tls-cert/--tls-key. It serves the same routes
+    /// as --listen; requests from it carry `X-Forwarded-Proto: https`.
+    #[arg(long, env = "SHOAL_TLS_LISTEN")]
+    pub tls_listen: Option<SocketAddr>,
+
+    /// A PEM certificate chain for --tls-listen (the server's certificate
+    /// first), given with its --tls-key. Repeat the pair for several
+    /// certificates: each handshake gets the one whose DNS names (SAN,
+    /// `*.example.com` wildcards too) match the client's SNI, else the
+    /// first. The files are read again on SIGHUP.
+    #[arg(long, env = "SHOAL_TLS_CERT", value_name = "PATH")]
+    pub tls_cert: Vec<std::path::PathBuf>,
+
+    /// The PEM private key of the --tls-cert given in the same position.
+    #[arg(long, env = "SHOAL_TLS_KEY", value_name = "PATH")]
+    pub tls_key: Vec<std::path::PathBuf>,
+
     /// Open both listeners with SO_REUSEPORT, so that a new gateway can start
     /// on the same addresses while the old one still serves: start the new
     /// one (it opens --listen once it has read the registry, or after
@@ -269,6 +287,41 @@ impl Config {
     }
 }
 
+impl Config {
+    /// The certificate pairs for --tls-listen, or `None` without it; an
+    /// error for a flag given without its partner.
+    pub fn tls_pairs(&self) -> Result<Option<Vec<crate::tls::CertPair>>, String> {
+        if self.tls_cert.len() != self.tls_key.len() {
+            return Err(format!(
+                "{} --tls-cert and {} --tls-key given; give them in pairs, each certificate followed by its key \
+                 (--tls-cert a.pem --tls-key a-key.pem --tls-cert b.pem --tls-key b-key.pem)",
+                self.tls_cert.len(),
+                self.tls_key.len()
+            ));
+        }
+        match (self.tls_listen, self.tls_cert.is_empty()) {
+            (None, true) => Ok(None),
+            (None, false) => Err(
+                "--tls-cert/--tls-key given without --tls-listen; add --tls-listen 0.0.0.0:8443 (or drop the certificates)"
+                    .into(),
+            ),
+            (Some(addr), true) => Err(format!(
+                "--tls-listen {addr} needs a certificate; add --tls-cert cert.pem --tls-key key.pem (PEM files)"
+            )),
+            (Some(_), false) => Ok(Some(
+                self.tls_cert
+                    .iter()
+                    .zip(&self.tls_key)
+                    .map(|(cert, key)| crate::tls::CertPair {
+                        cert: cert.clone(),
+                        key: key.clone(),
+                    })
+                    .collect(),
+            )),
+        }
+    }
+}
+
 fn parse_service(s: &str) -> Result<String, String> {
     registry::keys::validate_segment("name", s).map_err(|e| e.problem)?;
     Ok(s.to_owned())
@@ -381,6 +434,63 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("--access-log"), "{err}");
+    }
+
+    #[test]
+    fn tls_flags_come_in_pairs_with_a_listener() {
+        let c = Config::try_parse_from(["gateway"]).unwrap();
+        assert_eq!(c.tls_pairs(), Ok(None), "no TLS by default");
+        let c = Config::try_parse_from([
+            "gateway",
+            "--tls-listen",
+            "127.0.0.1:8443",
+            "--tls-cert",
+            "a.pem",
+            "--tls-key",
+            "a-key.pem",
+            "--tls-cert",
+            "b.pem",
+            "--tls-key",
+            "b-key.pem",
+        ])
+        .unwrap();
+        let pairs = c.tls_pairs().unwrap().unwrap();
+        assert_eq!(
+            pairs,
+            [
+                crate::tls::CertPair {
+                    cert: "a.pem".into(),
+                    key: "a-key.pem".into()
+                },
+                crate::tls::CertPair {
+                    cert: "b.pem".into(),
+                    key: "b-key.pem".into()
+                }
+            ]
+        );
+        let c = Config::try_parse_from(["gateway", "--tls-listen", "127.0.0.1:8443"]).unwrap();
+        let err = c.tls_pairs().unwrap_err();
+        assert!(
+            err.contains("--tls-listen 127.0.0.1:8443 needs a certificate"),
+            "{err}"
+        );
+        let c = Config::try_parse_from(["gateway", "--tls-cert", "a.pem", "--tls-key", "k.pem"])
+            .unwrap();
+        let err = c.tls_pairs().unwrap_err();
+        assert!(err.contains("without --tls-listen"), "{err}");
+        let c = Config::try_parse_from([
+            "gateway",
+            "--tls-listen",
+            "127.0.0.1:8443",
+            "--tls-cert",
+            "a.pem",
+        ])
+        .unwrap();
+        let err = c.tls_pairs().unwrap_err();
+        assert!(
+            err.contains("1 --tls-cert and 0 --tls-key given; give them in pairs"),
+            "{err}"
+        );
     }
 
     #[test]

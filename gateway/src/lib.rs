@@ -19,10 +19,12 @@
 //! - [`balance`] has the policies: round-robin, least-request (P2C), consistent-hash, sticky; slow start;
 //!   each picks in O(1) or O(log n) for n instances.
 //! - [`stats`] records request statistics without locks.
-//! - [`server`] is the client-facing listener: connections, timeouts, graceful drain.
+//! - [`server`] is the client-facing listener: connections, timeouts, graceful drain;
+//!   [`tls`] its certificates (SNI, reload, expiry) and rustls configuration for `--tls-listen`.
 //! - [`proxy`] is the request handler (one file per concern inside).
 //! - [`health`] is passive ejection and optional active `/healthz` checks.
 //! - [`access_log`] is the optional JSON access log and its writer thread.
+//! - [`hangup`] is SIGHUP: reopen the access log, reload the TLS certificates.
 //!
 //! The admin side, [`admin`], sits on top and reads the data plane: the
 //! admin listener's stats API, Prometheus metrics, router and OpenAPI
@@ -30,11 +32,13 @@
 //! follows and the charts' history; and the gateway's announcement in the
 //! registry, which carries the admin address.
 //!
-//! [`run`] puts them together: bind both listeners (with `--reuse-port`, the
-//! proxy listener only once the registry has been read, so that a gateway
+//! [`run`] puts them together: load the TLS certificates (a start-up error
+//! if one cannot be used), bind the listeners (with `--reuse-port`, the
+//! proxy listeners only once the registry has been read, so that a gateway
 //! started in place of a running one takes traffic when it can route it),
 //! print one JSON line to stdout
-//! (`{"event":"listening","addr":…,"admin_addr":…,"id":…}`), follow
+//! (`{"event":"listening","addr":…,"admin_addr":…,"id":…}`, and `tls_addr`
+//! with `--tls-listen`), follow
 //! the registry, serve, announce; on SIGTERM or Ctrl-C stop accepting, drain
 //! in-flight requests (up to [`DRAIN_TIMEOUT`]; a second signal cuts it
 //! short), withdraw the announcement and return.
@@ -48,6 +52,7 @@ pub mod config;
 pub mod discovery;
 pub mod ewma;
 pub mod grace;
+pub mod hangup;
 pub mod health;
 pub mod proxy;
 pub mod route_index;
@@ -56,6 +61,7 @@ pub mod stats;
 pub mod table;
 #[cfg(test)]
 mod testing;
+pub mod tls;
 
 use std::io::Write;
 use std::net::SocketAddr;
@@ -78,6 +84,7 @@ use admin::announce::Announcement;
 use admin::control::Control;
 use admin::history::History;
 use allowed::AllowedBackends;
+use hangup::OnHangup;
 use proxy::{Proxy, ProxySettings};
 use server::{Drained, Server, ServerSettings};
 use table::Defaults;
@@ -94,6 +101,9 @@ pub struct Listening<'a> {
     pub event: &'static str,
     pub addr: SocketAddr,
     pub admin_addr: SocketAddr,
+    /// The `--tls-listen` listener, when there is one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls_addr: Option<SocketAddr>,
     pub id: &'a str,
 }
 
@@ -113,16 +123,33 @@ async fn run_gateway(config: Config, id: String) -> anyhow::Result<()> {
     // Before announcing: a harness may signal as soon as it reads the line.
     config.check_admin_exposure().map_err(|e| anyhow!(e))?;
     config.check_hedge_delays().map_err(|e| anyhow!(e))?;
-    let access_log = start_access_log(config.access_log.clone())?;
+    let tls_pairs = config.tls_pairs().map_err(|e| anyhow!(e))?;
+    let certs = tls_pairs.map(tls::Certs::load).transpose()?;
+    let access_log = config
+        .access_log
+        .as_ref()
+        .map(|target| AccessLog::start(target.clone()))
+        .transpose()?;
+    OnHangup {
+        // Stdout is not reopened.
+        access_log: access_log
+            .clone()
+            .filter(|_| matches!(config.access_log, Some(Target::File(_)))),
+        certs: certs.clone(),
+    }
+    .spawn()
+    .context(
+        "cannot install the SIGHUP handler (it reopens --access-log and reloads --tls-cert)",
+    )?;
     let mut signals =
         StopSignals::install().context("cannot install the SIGTERM/SIGINT handlers")?;
     // With --reuse-port the proxy listener opens only once the registry has
     // been read, so that the gateway being replaced keeps every request
     // until this one can route it.
-    let early_listener = if config.reuse_port {
+    let early_listeners = if config.reuse_port {
         None
     } else {
-        Some(bind(config.listen, "--listen", false)?)
+        Some(bind_proxy_listeners(&config, false)?)
     };
     let admin_listener = bind(config.admin_listen, "--admin-listen", config.reuse_port)?;
     if config.reuse_port {
@@ -151,8 +178,8 @@ async fn run_gateway(config: Config, id: String) -> anyhow::Result<()> {
         AllowedBackends::new(config.allowed_backends.clone()),
         config.unconfirmed_grace,
     );
-    let listener = match early_listener {
-        Some(listener) => listener,
+    let (listener, tls_listener) = match early_listeners {
+        Some(listeners) => listeners,
         None => {
             if !table.wait_for_registry(config.hold_timeout).await {
                 warn!(
@@ -160,27 +187,38 @@ async fn run_gateway(config: Config, id: String) -> anyhow::Result<()> {
                     "the registry has not been read within --hold-timeout; opening the proxy listener anyway (requests wait for instances as usual)"
                 );
             }
-            bind(config.listen, "--listen", true)?
+            bind_proxy_listeners(&config, true)?
         }
     };
     let addr = listener
         .local_addr()
         .context("cannot read the proxy listener's address")?;
+    let tls_addr = tls_listener
+        .as_ref()
+        .map(TcpListener::local_addr)
+        .transpose()
+        .context("cannot read the TLS listener's address")?;
     let proxy = Proxy::new(
         table.clone(),
         ProxySettings {
             access_log: access_log.clone(),
+            https_port: tls_addr.map(|a| a.port()),
             ..ProxySettings::from_config(&config)
         },
     );
     let stop = CancellationToken::new();
 
-    let server = Server::new(
-        listener,
-        proxy.clone(),
-        ServerSettings::from_config(&config),
-    );
-    let mut proxy_task = tokio::spawn(server.run(stop.clone(), DRAIN_TIMEOUT).in_current_span());
+    let settings = ServerSettings::from_config(&config);
+    let server = Server::new(listener, proxy.clone(), settings);
+    let tls_server = match (tls_listener, &certs) {
+        (Some(listener), Some(certs)) => Some(
+            Server::new(listener, proxy.clone(), settings)
+                .with_tls(tls::server_config(certs.clone())),
+        ),
+        _ => None,
+    };
+    let mut proxy_task =
+        tokio::spawn(serve_both(server, tls_server, stop.clone()).in_current_span());
     let control = Control::start(store, routes);
     let history = History::default();
     let sampler = history.spawn_sampler(table.clone(), control.clone(), stop.clone());
@@ -192,6 +230,7 @@ async fn run_gateway(config: Config, id: String) -> anyhow::Result<()> {
         token: config.admin_token.clone().map(admin::api::AdminToken::new),
         stop: stop.clone(),
         access_log: access_log.clone(),
+        certs,
     });
     let mut admin_task = tokio::spawn(
         axum::serve(admin_listener, admin_app)
@@ -203,6 +242,7 @@ async fn run_gateway(config: Config, id: String) -> anyhow::Result<()> {
         event: "listening",
         addr,
         admin_addr,
+        tls_addr,
         id: &id,
     });
 
@@ -223,7 +263,7 @@ async fn run_gateway(config: Config, id: String) -> anyhow::Result<()> {
             stop.clone(),
         )
     });
-    info!(%addr, %admin_addr, "serving");
+    info!(%addr, %admin_addr, tls_addr = tls_addr.map(tracing::field::display), "serving");
 
     let failure = tokio::select! {
         signal = signals.recv() => {
@@ -290,16 +330,36 @@ async fn run_gateway(config: Config, id: String) -> anyhow::Result<()> {
     }
 }
 
-/// Open `--access-log` (when given) and reopen a file on SIGHUP; an
-/// error naming the flag when the file cannot be opened.
-fn start_access_log(target: Option<Target>) -> anyhow::Result<Option<AccessLog>> {
-    let Some(target) = target else {
-        return Ok(None);
+/// Run the plain server and the TLS one (if any) until `stop`, and drain both.
+async fn serve_both(
+    plain: Server<Proxy>,
+    tls: Option<Server<Proxy>>,
+    stop: CancellationToken,
+) -> Drained {
+    let Some(tls) = tls else {
+        return plain.run(stop, DRAIN_TIMEOUT).await;
     };
-    let log = AccessLog::start(target.clone())?;
-    log.reopen_on_sighup(&target)
-        .context("cannot install the SIGHUP handler that reopens --access-log")?;
-    Ok(Some(log))
+    let (a, b) = tokio::join!(
+        plain.run(stop.clone(), DRAIN_TIMEOUT),
+        tls.run(stop, DRAIN_TIMEOUT)
+    );
+    Drained {
+        complete: a.complete && b.complete,
+        abandoned: a.abandoned + b.abandoned,
+    }
+}
+
+/// `--listen`, and `--tls-listen` when given.
+fn bind_proxy_listeners(
+    config: &Config,
+    reuse_port: bool,
+) -> anyhow::Result<(TcpListener, Option<TcpListener>)> {
+    let plain = bind(config.listen, "--listen", reuse_port)?;
+    let tls = config
+        .tls_listen
+        .map(|addr| bind(addr, "--tls-listen", reuse_port))
+        .transpose()?;
+    Ok((plain, tls))
 }
 
 /// Wait (a second at most) for the access log's last lines to be written.

@@ -1,6 +1,15 @@
-//! The client-facing listener: accepts connections, speaks HTTP/1.1 and h2c
-//! (hyper-util's `auto` builder, upgrades enabled), and hands each request to
+//! The client-facing listeners: accept connections, speak HTTP/1.1 and h2c
+//! (hyper-util's `auto` builder, upgrades enabled), and hand each request to
 //! a [`Handler`] (the [`Proxy`](crate::proxy::Proxy) in production).
+//!
+//! The `--listen` and `--tls-listen` listeners are the same [`Server`]; a
+//! TLS one ([`Server::with_tls`]) runs a rustls handshake (within
+//! `--header-read-timeout`) before the connection code below, which is
+//! generic over the stream ([`ClientStream`]: TCP, or TLS over TCP), so
+//! timeouts, limits and shutdown are the same for both. The handshake's ALPN
+//! needs nothing more: hyper's `auto` builder tells HTTP/2 by its preface.
+//! Requests from a TLS connection carry `proto=https` in their
+//! [`Peer`].
 //!
 //! Per connection: TCP_NODELAY; `--max-header-bytes` (HTTP/1 read buffer,
 //! 431 past it; HTTP/2 header list size); and a watchdog, polled alongside
@@ -47,6 +56,7 @@ use hyper_util::server::conn::auto;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::time::Instant;
+use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
@@ -126,6 +136,8 @@ pub struct Server<H> {
     handler: H,
     settings: ServerSettings,
     builder: Arc<auto::Builder<TokioExecutor>>,
+    /// A TLS handshake first (`--tls-listen`), or none.
+    tls: Option<TlsAcceptor>,
 }
 
 impl<H: Handler> Server<H> {
@@ -136,7 +148,15 @@ impl<H: Handler> Server<H> {
             handler,
             settings,
             builder,
+            tls: None,
         }
+    }
+
+    /// Make this a TLS listener: each connection starts with a handshake
+    /// configured by `config`.
+    pub fn with_tls(mut self, config: Arc<rustls::ServerConfig>) -> Self {
+        self.tls = Some(TlsAcceptor::from(config));
+        self
     }
 
     pub fn local_addr(&self) -> io::Result<SocketAddr> {
@@ -146,6 +166,11 @@ impl<H: Handler> Server<H> {
     /// Serve until `shutdown` is cancelled, then drain for up to `drain_timeout`.
     pub async fn run(self, shutdown: CancellationToken, drain_timeout: Duration) -> Drained {
         let connections = TaskTracker::new();
+        let spawn = Spawn {
+            handler: self.handler,
+            settings: self.settings,
+            tls: self.tls,
+        };
         loop {
             let accepted = tokio::select! {
                 biased;
@@ -164,27 +189,14 @@ impl<H: Handler> Server<H> {
             if let Err(e) = stream.set_nodelay(true) {
                 debug!(%remote, error = %e, "cannot set TCP_NODELAY");
             }
-            connections.spawn(serve_connection(
-                stream,
-                remote,
-                self.handler.clone(),
-                self.builder.clone(),
-                self.settings,
-                shutdown.clone(),
-            ));
+            spawn.connection(&connections, stream, remote, &self.builder, &shutdown);
         }
         // Connections the kernel has queued would be reset when the listener
         // closes: answer one request on each instead.
         let last = Arc::new(last_request_builder(&self.settings));
+        let not_stopping = CancellationToken::new();
         for (stream, remote) in take_queued(self.listener) {
-            connections.spawn(serve_connection(
-                stream,
-                remote,
-                self.handler.clone(),
-                last.clone(),
-                self.settings,
-                CancellationToken::new(),
-            ));
+            spawn.connection(&connections, stream, remote, &last, &not_stopping);
         }
         connections.close();
         let open = connections.len();
@@ -205,6 +217,104 @@ impl<H: Handler> Server<H> {
                 abandoned: connections.len(),
             },
         }
+    }
+}
+
+/// Starts a task per accepted connection.
+struct Spawn<H> {
+    handler: H,
+    settings: ServerSettings,
+    tls: Option<TlsAcceptor>,
+}
+
+impl<H: Handler> Spawn<H> {
+    /// Serve `stream` in a task of `connections`; over TLS, after the
+    /// handshake. (Two task types rather than one that branches: a plain
+    /// connection's task does not carry room for a TLS session.)
+    fn connection(
+        &self,
+        connections: &TaskTracker,
+        stream: TcpStream,
+        remote: SocketAddr,
+        builder: &Arc<auto::Builder<TokioExecutor>>,
+        shutdown: &CancellationToken,
+    ) {
+        let handler = self.handler.clone();
+        let builder = builder.clone();
+        let shutdown = shutdown.clone();
+        match &self.tls {
+            None => {
+                connections.spawn(serve_connection(
+                    stream,
+                    remote,
+                    handler,
+                    builder,
+                    self.settings,
+                    shutdown,
+                ));
+            }
+            Some(acceptor) => {
+                connections.spawn(serve_tls(
+                    acceptor.clone(),
+                    stream,
+                    remote,
+                    handler,
+                    builder,
+                    self.settings,
+                    shutdown,
+                ));
+            }
+        }
+    }
+}
+
+/// The TLS handshake, within the header read timeout, then the connection.
+async fn serve_tls<H: Handler>(
+    acceptor: TlsAcceptor,
+    stream: TcpStream,
+    remote: SocketAddr,
+    handler: H,
+    builder: Arc<auto::Builder<TokioExecutor>>,
+    settings: ServerSettings,
+    shutdown: CancellationToken,
+) {
+    let handshake = tokio::time::timeout(settings.header_read_timeout, acceptor.accept(stream));
+    let stream = match handshake.await {
+        Ok(Ok(stream)) => stream,
+        Ok(Err(e)) => {
+            debug!(%remote, error = %e, "TLS handshake failed");
+            return;
+        }
+        Err(_) => {
+            debug!(%remote, timeout_ms = settings.header_read_timeout.as_millis() as u64, "TLS handshake not completed in time; closing the connection");
+            return;
+        }
+    };
+    serve_connection(stream, remote, handler, builder, settings, shutdown).await;
+}
+
+/// A client connection's byte stream: TCP, or TLS over TCP.
+pub trait ClientStream: AsyncRead + AsyncWrite + Unpin + Send + 'static {
+    /// Whether it is TLS (the request's scheme is https).
+    const TLS: bool;
+
+    /// The TCP socket underneath (for the lingering close).
+    fn tcp(&self) -> &TcpStream;
+}
+
+impl ClientStream for TcpStream {
+    const TLS: bool = false;
+
+    fn tcp(&self) -> &TcpStream {
+        self
+    }
+}
+
+impl ClientStream for tokio_rustls::server::TlsStream<TcpStream> {
+    const TLS: bool = true;
+
+    fn tcp(&self) -> &TcpStream {
+        self.get_ref().0
     }
 }
 
@@ -273,8 +383,8 @@ fn builder(settings: &ServerSettings) -> auto::Builder<TokioExecutor> {
     builder
 }
 
-async fn serve_connection<H: Handler>(
-    stream: TcpStream,
+async fn serve_connection<S: ClientStream, H: Handler>(
+    stream: S,
     remote: SocketAddr,
     handler: H,
     builder: Arc<auto::Builder<TokioExecutor>>,
@@ -288,7 +398,7 @@ async fn serve_connection<H: Handler>(
     });
     let info = Arc::new(ConnInfo {
         remote,
-        peer: Peer::new(remote.ip()),
+        peer: Peer::new(remote.ip(), S::TLS),
         response_timer: ResponseTimer::default(),
     });
     let service = {
@@ -499,8 +609,8 @@ async fn watchdog(activity: &Activity, settings: ServerSettings) -> Verdict {
 }
 
 /// The client's TCP stream, counting the bytes read for the watchdog.
-struct Counted {
-    inner: TcpStream,
+struct Counted<S: ClientStream> {
+    inner: S,
     activity: Arc<Activity>,
 }
 
@@ -508,7 +618,7 @@ struct Counted {
 const LINGER_TIME: Duration = Duration::from_secs(2);
 const LINGER_BYTES: usize = 1 << 20;
 
-impl Drop for Counted {
+impl<S: ClientStream> Drop for Counted<S> {
     /// Lingering close (as nginx does): a connection closed while the client
     /// is still sending (a 431 for huge headers, a 413 before the body was
     /// read) would make the kernel answer with a reset, and the client would
@@ -516,7 +626,7 @@ impl Drop for Counted {
     /// close only our side and discard the client's bytes for a moment.
     fn drop(&mut self) {
         let mut probe = [0u8; 1];
-        if !matches!(self.inner.try_read(&mut probe), Ok(n) if n > 0) {
+        if !matches!(self.inner.tcp().try_read(&mut probe), Ok(n) if n > 0) {
             return;
         }
         match self.inner_std() {
@@ -528,12 +638,12 @@ impl Drop for Counted {
     }
 }
 
-impl Counted {
+impl<S: ClientStream> Counted<S> {
     /// A duplicate of the socket, so the lingering task can own it while
     /// this one is dropped.
     fn inner_std(&self) -> io::Result<TcpStream> {
         use std::os::fd::AsFd;
-        let fd = self.inner.as_fd().try_clone_to_owned()?;
+        let fd = self.inner.tcp().as_fd().try_clone_to_owned()?;
         let std = std::net::TcpStream::from(fd);
         std.set_nonblocking(true)?;
         TcpStream::from_std(std)
@@ -562,7 +672,7 @@ async fn linger(mut stream: TcpStream) {
 
 const H2_PREFACE_START: &[u8] = b"PRI * HTTP/2.0";
 
-impl AsyncRead for Counted {
+impl<S: ClientStream> AsyncRead for Counted<S> {
     fn poll_read(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -588,7 +698,7 @@ impl AsyncRead for Counted {
     }
 }
 
-impl AsyncWrite for Counted {
+impl<S: ClientStream> AsyncWrite for Counted<S> {
     fn poll_write(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,

@@ -332,6 +332,7 @@ impl LiveState {
                 timeout_ms: None,
                 try_timeout_ms: None,
                 retries: None,
+                https_redirect: false,
             },
             &pools,
         );

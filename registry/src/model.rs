@@ -399,6 +399,11 @@ pub struct Route {
     #[serde(default)]
     #[cfg_attr(feature = "openapi", schema(minimum = 0, maximum = 10))]
     pub retries: Option<u32>,
+    /// Answer plain-HTTP requests with a 308 to the same URL over HTTPS
+    /// (the gateway's `--tls-listen` port, 443 without one); requests that
+    /// came over TLS are proxied as usual.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub https_redirect: bool,
 }
 
 fn default_prefix() -> String {

@@ -6,6 +6,8 @@
 //!   the same port with its data, or replaced by an empty one.
 //! - [`pki`]: test certificates (CA, server, client, an untrusted CA) for a
 //!   TLS etcd.
+//! - [`tls`]: a TLS client for the gateway's `--tls-listen` (SNI, ALPN,
+//!   versions; HTTP/1.1 or HTTP/2 on one connection).
 //! - [`process`]: a child process of ours, with its stdout lines captured and
 //!   stderr saved under `target/test-logs/`.
 //! - [`browser`]: headless Chromium through chromedriver, for the dashboard.
@@ -39,6 +41,7 @@ pub mod netns;
 pub mod pki;
 pub mod platform;
 pub mod process;
+pub mod tls;
 pub mod wait;
 
 pub use autoscaler::Autoscaler;

@@ -1,7 +1,10 @@
 //! Certificates for a test's TLS etcd, generated in the test with `rcgen`
 //! (no `openssl` CLI needed): a CA, a server certificate for `127.0.0.1` and
 //! `localhost`, a client certificate, and a second, untrusted CA with a
-//! client certificate of its own — for the "wrong CA" cases.
+//! client certificate of its own — for the "wrong CA" cases. More server
+//! certificates from the same CA ([`Pki::server_cert`]), for the gateway's
+//! `--tls-listen`: ECDSA P-256 keys (rcgen's default), DNS names and expiry
+//! of the test's choosing.
 //!
 //! Every file is PEM, in a temp dir that lives as long as the [`Pki`].
 
@@ -32,6 +35,7 @@ pub struct Pki {
     pub other_ca: PathBuf,
     /// Signed by [`other_ca`](Self::other_ca).
     pub other_client: CertFiles,
+    issuer: CertifiedIssuer<'static, KeyPair>,
 }
 
 impl Pki {
@@ -61,7 +65,20 @@ impl Pki {
             client,
             other_ca,
             other_client,
+            issuer: ca_issuer,
         }
+    }
+
+    /// A server certificate from [`ca`](Self::ca) for DNS `names`, as
+    /// `{file}.pem` and `{file}-key.pem`, valid until `not_after` (y, m, d;
+    /// rcgen's default, the year 4096, when `None`).
+    pub fn server_cert(
+        &self,
+        file: &str,
+        names: &[&str],
+        not_after: Option<(i32, u8, u8)>,
+    ) -> CertFiles {
+        leaf_until(self.dir(), file, names[0], names, &self.issuer, not_after)
     }
 
     /// The directory holding every file.
@@ -98,8 +115,22 @@ fn leaf(
     names: &[&str],
     issuer: &CertifiedIssuer<'static, KeyPair>,
 ) -> CertFiles {
+    leaf_until(dir, name, cn, names, issuer, None)
+}
+
+fn leaf_until(
+    dir: &Path,
+    name: &str,
+    cn: &str,
+    names: &[&str],
+    issuer: &CertifiedIssuer<'static, KeyPair>,
+    not_after: Option<(i32, u8, u8)>,
+) -> CertFiles {
     let names: Vec<String> = names.iter().map(|s| s.to_string()).collect();
     let mut params = CertificateParams::new(names).expect("leaf params");
+    if let Some((y, m, d)) = not_after {
+        params.not_after = rcgen::date_time_ymd(y, m, d);
+    }
     params.distinguished_name.push(DnType::CommonName, cn);
     params.key_usages = vec![
         KeyUsagePurpose::DigitalSignature,

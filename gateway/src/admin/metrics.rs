@@ -26,6 +26,7 @@
 //! | `shoal_gateway_registry_connected` | gauge (0/1) | none |
 //! | `shoal_gateway_table_generation` | gauge | none |
 //! | `shoal_gateway_access_log_dropped_total` | counter | none (0 without `--access-log`) |
+//! | `shoal_gateway_tls_cert_expiry_seconds` | gauge | `name` (the `--tls-cert` path; only with `--tls-listen`) |
 //!
 //! Two request counters rather than one family with two label sets, so that
 //! `sum()` over either never double counts: `requests_total` counts client
@@ -49,11 +50,18 @@ use crate::table::RoutingTable;
 pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 
 /// Render every family for `table`, as of `now`, with the access log's
-/// `dropped` lines.
-pub fn render(table: &RoutingTable, now: Instant, dropped: u64) -> String {
+/// `dropped` lines and the seconds each TLS certificate has left
+/// (`tls_expiry`: name, seconds; empty without `--tls-listen`).
+pub fn render(
+    table: &RoutingTable,
+    now: Instant,
+    dropped: u64,
+    tls_expiry: &[(String, i64)],
+) -> String {
     let mut out = Exposition::default();
     out.write_table(table, now)
         .and_then(|()| out.write_access_log(dropped))
+        .and_then(|()| out.write_tls_expiry(tls_expiry))
         .expect("formatting into a String never fails");
     out.text
 }
@@ -324,6 +332,22 @@ impl Exposition {
         self.sample(name, &[], Value::Uint(dropped))
     }
 
+    fn write_tls_expiry(&mut self, certs: &[(String, i64)]) -> fmt::Result {
+        if certs.is_empty() {
+            return Ok(());
+        }
+        let name = "shoal_gateway_tls_cert_expiry_seconds";
+        self.family(
+            name,
+            "gauge",
+            "Seconds until the TLS certificate's notAfter (negative once expired).",
+        )?;
+        for (cert, left) in certs {
+            self.sample(name, &[("name", cert)], Value::Int(*left))?;
+        }
+        Ok(())
+    }
+
     /// One sample per status class.
     fn classes(
         &mut self,
@@ -584,7 +608,7 @@ mod tests {
         pool.counters.held_total.store(9, Ordering::Relaxed);
         pool.all[1].state.health.lock().unwrap().ejected_until = Some(t0 + Duration::from_secs(5));
 
-        let (types, samples) = parse(&render(&t, t0, 0));
+        let (types, samples) = parse(&render(&t, t0, 0, &[]));
         for (family, kind) in [
             ("shoal_gateway_requests_total", "counter"),
             ("shoal_gateway_upstream_requests_total", "counter"),
@@ -694,7 +718,7 @@ mod tests {
         assert_eq!(value(&samples, "shoal_gateway_table_generation", &[]), 7.0);
 
         // Once the ejection has run out, the instance is back to its registry state.
-        let (_, later) = parse(&render(&t, t0 + Duration::from_secs(6), 0));
+        let (_, later) = parse(&render(&t, t0 + Duration::from_secs(6), 0, &[]));
         assert_eq!(
             value(&later, "shoal_gateway_ejected", &[("instance", "b")]),
             0.0
@@ -708,7 +732,7 @@ mod tests {
             &[instance("app", hostile, InstanceState::Ready)],
             Instant::now(),
         );
-        let text = render(&t, Instant::now(), 0);
+        let text = render(&t, Instant::now(), 0, &[]);
         assert!(
             text.contains(r#"shoal_gateway_in_flight{service="app",instance="a\"b\nc\\d"} 0"#),
             "{text}"
@@ -722,6 +746,22 @@ mod tests {
             ),
             0.0
         );
+    }
+
+    #[test]
+    fn tls_certificate_expiry_is_a_gauge_per_certificate() {
+        let t = table(&[], Instant::now());
+        let without = render(&t, Instant::now(), 0, &[]);
+        assert!(
+            !without.contains("tls_cert_expiry"),
+            "no TLS family without certificates"
+        );
+        let certs = [("/etc/a.pem".to_owned(), 86_400), ("b.pem".to_owned(), -5)];
+        let (types, samples) = parse(&render(&t, Instant::now(), 0, &certs));
+        let name = "shoal_gateway_tls_cert_expiry_seconds";
+        assert_eq!(types[name], "gauge");
+        assert_eq!(value(&samples, name, &[("name", "/etc/a.pem")]), 86_400.0);
+        assert_eq!(value(&samples, name, &[("name", "b.pem")]), -5.0);
     }
 
     #[test]

@@ -54,6 +54,8 @@ pub struct AdminState {
     pub stop: tokio_util::sync::CancellationToken,
     /// `--access-log`, when on (for its dropped-lines counter).
     pub access_log: Option<crate::access_log::AccessLog>,
+    /// `--tls-cert`s, when `--tls-listen` is on (for their expiry metric).
+    pub certs: Option<std::sync::Arc<crate::tls::Certs>>,
 }
 
 /// State for unit tests: `table`, and an in-memory etcd that is down (the
@@ -84,6 +86,7 @@ pub fn test_state_over(
         token: token.map(AdminToken::new),
         stop: tokio_util::sync::CancellationToken::new(),
         access_log: None,
+        certs: None,
     }
 }
 

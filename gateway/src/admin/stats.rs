@@ -225,6 +225,7 @@ pub async fn metrics_text(State(state): State<AdminState>) -> Response {
             &table,
             Instant::now(),
             state.access_log.as_ref().map_or(0, |log| log.dropped()),
+            &state.certs.as_ref().map(|c| c.expiry()).unwrap_or_default(),
         ),
     )
         .into_response()

@@ -85,3 +85,26 @@ pub(super) fn fail(
     }
     Response::from_parts(parts, body.with_records(Some(record), attempt))
 }
+
+/// A redirect the gateway made (a route's `https_redirect`), recorded like
+/// any answer; no instance was involved.
+pub(super) fn redirect(
+    status: StatusCode,
+    location: HeaderValue,
+    mut record: RequestRecord,
+) -> Response<ResponseBody> {
+    record.set_status(Some(status.as_u16()));
+    let mut response = Response::new(ResponseBody::empty());
+    *response.status_mut() = status;
+    let headers = response.headers_mut();
+    headers.insert(http::header::LOCATION, location);
+    headers.insert(
+        headers::X_SHOAL_INSTANCE,
+        HeaderValue::from_static(headers::NO_INSTANCE),
+    );
+    if let Some(id) = record.take_request_id() {
+        headers.insert(trace::X_REQUEST_ID, id);
+    }
+    let (parts, body) = response.into_parts();
+    Response::from_parts(parts, body.with_records(Some(record), None))
+}

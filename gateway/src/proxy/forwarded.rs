@@ -9,10 +9,11 @@
 //!   default: nobody is).
 //! - Peer not trusted: whatever the client sent in `X-Forwarded-For`,
 //!   `X-Forwarded-Proto`, `X-Forwarded-Host` and `Forwarded` is dropped and
-//!   replaced: `X-Forwarded-For: <peer>`, `X-Forwarded-Proto: http`,
-//!   `X-Forwarded-Host: <Host>` (absent when the request has no host),
-//!   `Forwarded: for=<peer>;proto=http`. A client cannot make an instance
-//!   believe it comes from another address or over TLS.
+//!   replaced: `X-Forwarded-For: <peer>`, `X-Forwarded-Proto: http` (`https`
+//!   on a `--tls-listen` connection), `X-Forwarded-Host: <Host>` (absent
+//!   when the request has no host), `Forwarded: for=<peer>;proto=http` (or
+//!   `https`). A client cannot make an instance believe it comes from
+//!   another address or over TLS.
 //! - Peer trusted (a load balancer in front of the gateway): its
 //!   `X-Forwarded-For` is kept and the peer appended (`<earlier>, <peer>`,
 //!   several header lines folded into one); its `Forwarded` is kept and our
@@ -75,25 +76,35 @@ impl TrustedProxies {
 #[derive(Debug, Clone)]
 pub struct Peer {
     pub ip: IpAddr,
+    /// The connection is TLS (`--tls-listen`).
+    pub tls: bool,
     /// The peer as an `X-Forwarded-For` entry.
     pub forwarded_for: HeaderValue,
-    /// This hop's `Forwarded` element: `for=<peer>;proto=http`.
+    /// This hop's `Forwarded` element: `for=<peer>;proto=http` (or `https`).
     pub forwarded: HeaderValue,
 }
 
 impl Peer {
-    pub fn new(ip: IpAddr) -> Self {
+    /// The peer at `ip`, on a TLS connection or not.
+    pub fn new(ip: IpAddr, tls: bool) -> Self {
         let ip = ip.to_canonical();
+        let proto = if tls { "https" } else { "http" };
         let forwarded = match ip {
-            IpAddr::V4(v4) => format!("for={v4};proto=http"),
+            IpAddr::V4(v4) => format!("for={v4};proto={proto}"),
             // RFC 7239 §6: an IPv6 node is bracketed, and so quoted.
-            IpAddr::V6(v6) => format!("for=\"[{v6}]\";proto=http"),
+            IpAddr::V6(v6) => format!("for=\"[{v6}]\";proto={proto}"),
         };
         Peer {
             ip,
+            tls,
             forwarded_for: value(ip.to_string()),
             forwarded: value(forwarded),
         }
+    }
+
+    /// The `X-Forwarded-Proto` this hop sets.
+    pub fn proto(&self) -> HeaderValue {
+        HeaderValue::from_static(if self.tls { "https" } else { "http" })
     }
 }
 
@@ -162,7 +173,7 @@ pub fn set(
             headers.insert(FORWARDED, peer.forwarded.clone());
         }
         if !present.proto {
-            headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static("http"));
+            headers.insert(X_FORWARDED_PROTO, peer.proto());
         }
         if !present.host
             && let Some(host) = host
@@ -174,7 +185,7 @@ pub fn set(
     // `insert` replaces every value the client sent.
     headers.insert(X_FORWARDED_FOR, peer.forwarded_for.clone());
     headers.insert(FORWARDED, peer.forwarded.clone());
-    headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static("http"));
+    headers.insert(X_FORWARDED_PROTO, peer.proto());
     match host {
         Some(host) => {
             headers.insert(X_FORWARDED_HOST, host);
@@ -275,7 +286,7 @@ mod tests {
 
     #[test]
     fn an_untrusted_peer_s_forwarded_headers_are_replaced() {
-        let peer = Peer::new("10.1.2.3".parse().unwrap());
+        let peer = Peer::new("10.1.2.3".parse().unwrap(), false);
         let mut h = spoofed();
         let p = present(&h);
         set(
@@ -305,7 +316,7 @@ mod tests {
 
     #[test]
     fn a_trusted_peer_s_forwarded_headers_are_kept_and_appended_to() {
-        let peer = Peer::new("10.1.2.3".parse().unwrap());
+        let peer = Peer::new("10.1.2.3".parse().unwrap(), false);
         let mut h = spoofed();
         let p = present(&h);
         set(
@@ -342,11 +353,25 @@ mod tests {
     }
 
     #[test]
+    fn a_tls_connection_is_https() {
+        let peer = Peer::new("10.1.2.3".parse().unwrap(), true);
+        assert_eq!(peer.forwarded, "for=10.1.2.3;proto=https");
+        let mut h = spoofed();
+        let p = present(&h);
+        set(&mut h, &peer, false, None, p);
+        assert_eq!(h[X_FORWARDED_PROTO], "https");
+        assert_eq!(h[FORWARDED], "for=10.1.2.3;proto=https");
+        let mut h = HeaderMap::new();
+        set(&mut h, &peer, true, None, Present::default());
+        assert_eq!(h[X_FORWARDED_PROTO], "https");
+    }
+
+    #[test]
     fn ipv6_peers_are_quoted_in_forwarded_and_mapped_ipv4_is_ipv4() {
-        let peer = Peer::new("2001:db8::7".parse().unwrap());
+        let peer = Peer::new("2001:db8::7".parse().unwrap(), false);
         assert_eq!(peer.forwarded, "for=\"[2001:db8::7]\";proto=http");
         assert_eq!(peer.forwarded_for, "2001:db8::7");
-        let mapped = Peer::new("::ffff:192.0.2.1".parse().unwrap());
+        let mapped = Peer::new("::ffff:192.0.2.1".parse().unwrap(), false);
         assert_eq!(mapped.forwarded, "for=192.0.2.1;proto=http");
         assert!(trusted(&["192.0.2.0/24"]).contains("::ffff:192.0.2.1".parse().unwrap()));
     }

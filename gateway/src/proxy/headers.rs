@@ -294,7 +294,7 @@ pub(super) mod tests {
 
     #[test]
     fn forwarded_headers_are_set_and_proxy_and_expect_removed() {
-        let peer = Peer::new("10.1.2.3".parse().unwrap());
+        let peer = Peer::new("10.1.2.3".parse().unwrap(), false);
         let uri: Uri = "/x".parse().unwrap();
         let spoofed = [
             ("host", "shop.example:8080"),
@@ -329,7 +329,7 @@ pub(super) mod tests {
 
     #[test]
     fn the_authority_becomes_the_host_header() {
-        let peer = Peer::new("::1".parse().unwrap());
+        let peer = Peer::new("::1".parse().unwrap(), false);
         // HTTP/2 (`:authority`, no Host).
         let uri: Uri = "http://api.example:81/v1".parse().unwrap();
         let mut h = HeaderMap::new();

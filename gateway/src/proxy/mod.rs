@@ -8,6 +8,8 @@
 //!    header, and the path; 400 for a request it cannot route or whose host
 //!    is missing, doubled, malformed or ambiguous (the framing rules are in
 //!    [`resolve`]'s doc). Refuse a declared body over `--max-body-bytes` (413).
+//!    A route with `https_redirect` answers a plain-HTTP request with a 308
+//!    to HTTPS here ([`redirect`]).
 //! 2. Hold ([`hold`]): if the service has no ready instance, hold the request
 //!    until one registers, up to `--hold-timeout` (scale from zero), else 503.
 //! 3. Attempt ([`attempt`]): pick an instance with the route's policy, wait
@@ -57,6 +59,7 @@ pub mod limit;
 pub mod live_map;
 pub mod pool;
 pub mod record;
+pub mod redirect;
 pub mod resolve;
 pub mod response;
 pub mod retry;
@@ -124,6 +127,9 @@ pub struct ProxySettings {
     pub trace_headers: bool,
     /// `--access-log`, when on (opened by the caller: it can fail).
     pub access_log: Option<AccessLog>,
+    /// The `--tls-listen` port, for `https_redirect` routes' `Location`
+    /// (443 when unset).
+    pub https_port: Option<u16>,
 }
 
 impl ProxySettings {
@@ -144,6 +150,7 @@ impl ProxySettings {
             trusted_proxies: TrustedProxies::new(config.trusted_proxies.clone()),
             trace_headers: config.trace_headers,
             access_log: None,
+            https_port: None,
         }
     }
 }
@@ -228,6 +235,16 @@ impl Inner {
         }
         if self.settings.trace_headers {
             record.set_trace(trace::read(&exchange.parts.headers));
+        }
+        if first.route.https_redirect {
+            let trusted = self.settings.trusted_proxies.contains(peer.ip);
+            if redirect::wanted(peer, trusted, &exchange.parts.headers) {
+                let port = self.settings.https_port.unwrap_or(443);
+                return match redirect::location(host, &exchange.parts.uri, port) {
+                    Ok(location) => answer::redirect(redirect::STATUS, location, record),
+                    Err(e) => fail(e, None, record, None),
+                };
+            }
         }
         if let Err(e) =
             limit::check_content_length(&exchange.parts.headers, self.settings.max_body_bytes)

@@ -132,6 +132,7 @@ fn settings() -> ProxySettings {
         trusted_proxies: TrustedProxies::default(),
         trace_headers: true,
         access_log: None,
+        https_port: None,
     }
 }
 

@@ -25,6 +25,8 @@ pub use table_watch::{TableSeen, TableWatch};
 struct Listening {
     addr: String,
     admin_addr: String,
+    #[serde(default)]
+    tls_addr: Option<String>,
     id: String,
 }
 
@@ -35,6 +37,8 @@ pub struct Gateway {
     pub addr: String,
     /// The admin listener, `127.0.0.1:port`.
     pub admin_addr: String,
+    /// The `--tls-listen` listener, when started with one.
+    pub tls_addr: Option<String>,
     /// This gateway's id in the registry.
     pub id: String,
     /// Its flags after the listeners', for a replacement.
@@ -71,6 +75,7 @@ impl Gateway {
             proc,
             addr: listening.addr,
             admin_addr: listening.admin_addr,
+            tls_addr: listening.tls_addr,
             id: listening.id,
             extra,
             etcd,

@@ -142,7 +142,7 @@ fn is_complete(bytes: &[u8]) -> bool {
 
 /// Read until the peer closes the connection (EOF or reset); how long it took
 /// from `since`, or None if it stayed open for `limit`.
-async fn closed_within(
+pub(super) async fn closed_within(
     stream: &mut (impl AsyncRead + Unpin),
     since: Instant,
     limit: Duration,

@@ -11,6 +11,7 @@
 //! - [`access_log`]: `--access-log` lines, `x-request-id` and `traceparent` on their way through.
 //! - [`admin`]: per-instance stats, Prometheus metrics, health.
 //! - [`api`]: the admin API's registry reads and operator writes, the token rule.
+//! - [`tls`]: `--tls-listen`: ALPN, SNI, TLS versions, start-up errors, SIGHUP reload, HTTPS redirects.
 //!
 //! Each test starts its platform (`shoal_tests::Platform`: etcd, app
 //! servers, a gateway with the flags under test). Every proxied response
@@ -27,6 +28,7 @@ mod framing;
 mod limits;
 mod registry_loss;
 mod replace;
+mod tls;
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
