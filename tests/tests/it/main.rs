@@ -6,6 +6,7 @@
 mod autoscaler;
 mod dashboard;
 mod election;
+mod etcd_cluster;
 mod gateway;
 mod kv;
 mod lifecycle;
