@@ -95,30 +95,34 @@ impl LeaseBackend for EtcdLeases {
     }
 
     async fn keep_alive(&mut self, lease: i64) -> Result<i64, BackendError> {
-        if self.stream.as_ref().is_none_or(|(id, ..)| *id != lease) {
-            // etcd-client reports a lease that is gone when the stream opens
-            // as an error, and on an open stream as TTL 0: the trait says 0.
-            let (keeper, stream) = match bounded(self.client.lease_keep_alive(lease), lease).await {
-                Err(BackendError::LeaseNotFound(_)) => return Ok(0),
-                opened => opened?,
-            };
-            self.stream = Some((lease, keeper, stream));
-        }
-        let (_, keeper, stream) = self.stream.as_mut().expect("stream was just opened");
+        // Taken out while in use and put back only after an answer: a call
+        // its caller gave up on (a member cut off, the connection hung)
+        // leaves no stream behind, and the next call opens a new one, which
+        // may go to another member.
+        let (keeper, stream) = match self.stream.take() {
+            Some((id, keeper, stream)) if id == lease => (keeper, stream),
+            _ => {
+                // etcd-client reports a lease that is gone when the stream
+                // opens as an error, and on an open stream as TTL 0: the
+                // trait says 0.
+                match bounded(self.client.lease_keep_alive(lease), lease).await {
+                    Err(BackendError::LeaseNotFound(_)) => return Ok(0),
+                    opened => opened?,
+                }
+            }
+        };
+        let (mut keeper, mut stream) = (keeper, stream);
         let result = async {
             keeper.keep_alive().await?;
             stream.message().await
         };
         match bounded(result, lease).await {
-            Ok(Some(resp)) => Ok(resp.ttl()),
-            Ok(None) => {
-                self.stream = None;
-                Err(BackendError::Etcd("keep-alive stream closed".into()))
+            Ok(Some(resp)) => {
+                self.stream = Some((lease, keeper, stream));
+                Ok(resp.ttl())
             }
-            Err(e) => {
-                self.stream = None;
-                Err(e)
-            }
+            Ok(None) => Err(BackendError::Etcd("keep-alive stream closed".into())),
+            Err(e) => Err(e),
         }
     }
 

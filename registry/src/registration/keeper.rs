@@ -3,6 +3,9 @@
 //! gone and registers again, checks after each keep-alive that the key is
 //! still there (and writes it again if someone deleted it), writes state changes in place, marks itself
 //! fenced when keep-alives have failed for a whole TTL, and revokes on shutdown.
+//! A keep-alive attempt that does not answer within a sixth of the TTL is
+//! given up and the next one sent at once (an etcd member cut off hangs
+//! calls rather than failing them).
 
 use std::time::Duration;
 
@@ -20,6 +23,12 @@ const FIRST_RETRY: Duration = Duration::from_millis(100);
 /// Retries stay this frequent so that registration resumes within about a
 /// second of etcd answering again.
 const MAX_RETRY: Duration = Duration::from_secs(1);
+/// A keep-alive attempt (and the key check after it) may take this part of
+/// the TTL. The first is sent a third of the way in, so three more fit
+/// before the lease could expire; on an etcd cluster a call that went to a
+/// member cut off hangs rather than fails, and the next attempt, on a new
+/// stream, may go to another member.
+const ATTEMPTS_PER_TTL: u32 = 6;
 
 pub(super) struct Keeper<B, V> {
     pub backend: B,
@@ -131,7 +140,7 @@ impl<B: LeaseBackend, V: LeasedValue> Keeper<B, V> {
                             }
                         }
                     }
-                    Next::KeepAlive => match self.backend.keep_alive(lease).await {
+                    Next::KeepAlive => match self.attempt(|b| b.keep_alive(lease)).await {
                         Ok(ttl) if ttl > 0 => {
                             if self.status.borrow().fenced {
                                 info!(key = %self.key, lease, "keep-alive succeeded again; no longer fenced");
@@ -143,7 +152,8 @@ impl<B: LeaseBackend, V: LeasedValue> Keeper<B, V> {
                             next_keep_alive = last_ok + self.ttl / 3;
                             // The lease lives, but the key may not: an operator's
                             // `etcdctl del --prefix` deletes keys and leaves leases.
-                            match self.backend.holds(&self.key, lease).await {
+                            let key = self.key.clone();
+                            match self.attempt(|b| b.holds(&key, lease)).await {
                                 Ok(true) => {}
                                 Ok(false) => {
                                     warn!(key = %self.key, lease, "key deleted while the lease lives; writing it again");
@@ -162,7 +172,12 @@ impl<B: LeaseBackend, V: LeasedValue> Keeper<B, V> {
                             if failures == 1 || failures.is_power_of_two() {
                                 warn!(key = %self.key, lease, error = %e, failures, "keep-alive failed; retrying");
                             }
-                            next_keep_alive = Instant::now() + retry.min(self.ttl / 3);
+                            // An attempt that timed out has waited already.
+                            let wait = match e {
+                                BackendError::Timeout(_) => Duration::ZERO,
+                                _ => retry.min(self.ttl / 3),
+                            };
+                            next_keep_alive = Instant::now() + wait;
                             retry = (retry * 2).min(MAX_RETRY);
                         }
                     },
@@ -176,6 +191,21 @@ impl<B: LeaseBackend, V: LeasedValue> Keeper<B, V> {
             });
             self.fence_if_stale(last_ok);
         }
+    }
+
+    /// `call` on the backend, given up after a [`ATTEMPTS_PER_TTL`]th of the
+    /// TTL.
+    async fn attempt<'a, T, F>(
+        &'a mut self,
+        call: impl FnOnce(&'a mut B) -> F,
+    ) -> Result<T, BackendError>
+    where
+        F: std::future::Future<Output = Result<T, BackendError>> + 'a,
+    {
+        let deadline = self.ttl / ATTEMPTS_PER_TTL;
+        tokio::time::timeout(deadline, call(&mut self.backend))
+            .await
+            .unwrap_or(Err(BackendError::Timeout(deadline)))
     }
 
     async fn register(&mut self) -> Result<i64, BackendError> {
