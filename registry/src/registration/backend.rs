@@ -21,6 +21,25 @@ pub enum BackendError {
     Etcd(String),
 }
 
+/// A keep-alive attempt may take this part of the lease TTL. The first is
+/// sent a third of the way in, so three more fit before the lease could
+/// expire; on an etcd cluster a call that went to a member cut off hangs
+/// rather than fails, and the next attempt, on a new stream, may go to
+/// another member.
+pub const ATTEMPTS_PER_TTL: u32 = 6;
+
+/// `call` (a keep-alive, or the check after it, on a lease of `ttl`), given
+/// up with [`BackendError::Timeout`] after `ttl / ATTEMPTS_PER_TTL`.
+pub async fn attempt<T>(
+    ttl: Duration,
+    call: impl Future<Output = Result<T, BackendError>>,
+) -> Result<T, BackendError> {
+    let deadline = ttl / ATTEMPTS_PER_TTL;
+    tokio::time::timeout(deadline, call)
+        .await
+        .unwrap_or(Err(BackendError::Timeout(deadline)))
+}
+
 /// What a lease keeper needs from etcd.
 pub trait LeaseBackend: Send + 'static {
     /// Grant a lease of `ttl` and return its id.

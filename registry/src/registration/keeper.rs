@@ -16,20 +16,13 @@ use tracing::{info, warn};
 
 use super::LeasedValue;
 use super::RegistrationStatus;
-use super::backend::{BackendError, LeaseBackend};
+use super::backend::{BackendError, LeaseBackend, attempt};
 
 /// First retry delay after a failed etcd call; doubles up to [`MAX_RETRY`].
 const FIRST_RETRY: Duration = Duration::from_millis(100);
 /// Retries stay this frequent so that registration resumes within about a
 /// second of etcd answering again.
 const MAX_RETRY: Duration = Duration::from_secs(1);
-/// A keep-alive attempt (and the key check after it) may take this part of
-/// the TTL. The first is sent a third of the way in, so three more fit
-/// before the lease could expire; on an etcd cluster a call that went to a
-/// member cut off hangs rather than fails, and the next attempt, on a new
-/// stream, may go to another member.
-const ATTEMPTS_PER_TTL: u32 = 6;
-
 pub(super) struct Keeper<B, V> {
     pub backend: B,
     pub key: String,
@@ -140,47 +133,49 @@ impl<B: LeaseBackend, V: LeasedValue> Keeper<B, V> {
                             }
                         }
                     }
-                    Next::KeepAlive => match self.attempt(|b| b.keep_alive(lease)).await {
-                        Ok(ttl) if ttl > 0 => {
-                            if self.status.borrow().fenced {
-                                info!(key = %self.key, lease, "keep-alive succeeded again; no longer fenced");
-                            }
-                            last_ok = Instant::now();
-                            retry = FIRST_RETRY;
-                            failures = 0;
-                            self.status.send_modify(|s| s.fenced = false);
-                            next_keep_alive = last_ok + self.ttl / 3;
-                            // The lease lives, but the key may not: an operator's
-                            // `etcdctl del --prefix` deletes keys and leaves leases.
-                            let key = self.key.clone();
-                            match self.attempt(|b| b.holds(&key, lease)).await {
-                                Ok(true) => {}
-                                Ok(false) => {
-                                    warn!(key = %self.key, lease, "key deleted while the lease lives; writing it again");
-                                    self.desired.mark_changed();
+                    Next::KeepAlive => {
+                        match attempt(self.ttl, self.backend.keep_alive(lease)).await {
+                            Ok(ttl) if ttl > 0 => {
+                                if self.status.borrow().fenced {
+                                    info!(key = %self.key, lease, "keep-alive succeeded again; no longer fenced");
                                 }
-                                Err(e) => {
-                                    warn!(key = %self.key, lease, error = %e, "cannot check the key is still there; checking again after the next keep-alive");
+                                last_ok = Instant::now();
+                                retry = FIRST_RETRY;
+                                failures = 0;
+                                self.status.send_modify(|s| s.fenced = false);
+                                next_keep_alive = last_ok + self.ttl / 3;
+                                // The lease lives, but the key may not: an operator's
+                                // `etcdctl del --prefix` deletes keys and leaves leases.
+                                match attempt(self.ttl, self.backend.holds(&self.key, lease)).await
+                                {
+                                    Ok(true) => {}
+                                    Ok(false) => {
+                                        warn!(key = %self.key, lease, "key deleted while the lease lives; writing it again");
+                                        self.desired.mark_changed();
+                                    }
+                                    Err(e) => {
+                                        warn!(key = %self.key, lease, error = %e, "cannot check the key is still there; checking again after the next keep-alive");
+                                    }
                                 }
                             }
-                        }
-                        Ok(_) | Err(BackendError::LeaseNotFound(_)) => {
-                            break "lease expired or etcd lost it";
-                        }
-                        Err(e) => {
-                            failures += 1;
-                            if failures == 1 || failures.is_power_of_two() {
-                                warn!(key = %self.key, lease, error = %e, failures, "keep-alive failed; retrying");
+                            Ok(_) | Err(BackendError::LeaseNotFound(_)) => {
+                                break "lease expired or etcd lost it";
                             }
-                            // An attempt that timed out has waited already.
-                            let wait = match e {
-                                BackendError::Timeout(_) => Duration::ZERO,
-                                _ => retry.min(self.ttl / 3),
-                            };
-                            next_keep_alive = Instant::now() + wait;
-                            retry = (retry * 2).min(MAX_RETRY);
+                            Err(e) => {
+                                failures += 1;
+                                if failures == 1 || failures.is_power_of_two() {
+                                    warn!(key = %self.key, lease, error = %e, failures, "keep-alive failed; retrying");
+                                }
+                                // An attempt that timed out has waited already.
+                                let wait = match e {
+                                    BackendError::Timeout(_) => Duration::ZERO,
+                                    _ => retry.min(self.ttl / 3),
+                                };
+                                next_keep_alive = Instant::now() + wait;
+                                retry = (retry * 2).min(MAX_RETRY);
+                            }
                         }
-                    },
+                    }
                 }
             };
             warn!(key = %self.key, lease, reason = lost, "lease lost; registering again");
@@ -191,21 +186,6 @@ impl<B: LeaseBackend, V: LeasedValue> Keeper<B, V> {
             });
             self.fence_if_stale(last_ok);
         }
-    }
-
-    /// `call` on the backend, given up after a [`ATTEMPTS_PER_TTL`]th of the
-    /// TTL.
-    async fn attempt<'a, T, F>(
-        &'a mut self,
-        call: impl FnOnce(&'a mut B) -> F,
-    ) -> Result<T, BackendError>
-    where
-        F: std::future::Future<Output = Result<T, BackendError>> + 'a,
-    {
-        let deadline = self.ttl / ATTEMPTS_PER_TTL;
-        tokio::time::timeout(deadline, call(&mut self.backend))
-            .await
-            .unwrap_or(Err(BackendError::Timeout(deadline)))
     }
 
     async fn register(&mut self) -> Result<i64, BackendError> {

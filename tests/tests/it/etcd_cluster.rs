@@ -7,8 +7,9 @@
 //!   re-registers (same ids on the same leases), registry writes resume
 //!   after an election (the time is printed), the controller keeps deciding;
 //! - one member cut off (firewall, both ways; needs root): clients move to
-//!   the majority, and a write through the cut member alone is never
-//!   accepted while writes through the others are;
+//!   the majority (calls stop going to it: `registry::etcd_members`), and a
+//!   write through the cut member alone is never accepted while writes
+//!   through the others are; the controller keeps its leadership;
 //! - two of three members killed: the gateway keeps serving on its last
 //!   table, and registrations and decisions resume when quorum is back.
 //!
@@ -18,9 +19,10 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use registry::Keys;
+use shoal_tests::autoscaler::election_leases;
 use shoal_tests::platform::{APP, pinned_policy};
 use shoal_tests::wait::hold_until;
-use shoal_tests::{Load, Platform, wait_for};
+use shoal_tests::{Load, Platform, wait_for, wait_until_async};
 
 use crate::autoscaler::events;
 
@@ -66,6 +68,16 @@ async fn registrations(client: &etcd_client::Client) -> BTreeMap<String, i64> {
         .iter()
         .map(|kv| (String::from_utf8_lossy(kv.key()).into_owned(), kv.lease()))
         .collect()
+}
+
+/// The controllers' election leases (the leader's first), retried for up
+/// to 10 s like [`registrations`].
+async fn leader_leases(client: &etcd_client::Client) -> Vec<i64> {
+    wait_for(Duration::from_secs(10), "the election keys read", || {
+        election_leases(client)
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}"))
 }
 
 /// Put [`PROBE`] through `client` until one put succeeds (each try bounded
@@ -124,6 +136,7 @@ async fn the_etcd_leader_killed_under_load_loses_no_request_and_no_registration(
     let mut platform = platform().await;
     let before = registrations(&platform.client).await;
     assert_eq!(before.len(), 2, "{before:?}");
+    let controller = leader_leases(&platform.client).await;
     let load = Load::start(&platform.http, &platform.gateway().url("/"), 4);
     load.wait_more_served(100, Duration::from_secs(10))
         .await
@@ -142,6 +155,7 @@ async fn the_etcd_leader_killed_under_load_loses_no_request_and_no_registration(
         .unwrap();
     hold_until(killed, TTL + Duration::from_secs(1)).await;
     let after = registrations(&platform.client).await;
+    let controller_after = leader_leases(&platform.client).await;
     let decided = keeps_deciding(&mut platform, killed).await;
     let report = load.stop().await;
     println!(
@@ -159,6 +173,10 @@ async fn the_etcd_leader_killed_under_load_loses_no_request_and_no_registration(
         before, after,
         "an instance lost its registration (key → lease before and after the kill)"
     );
+    assert_eq!(
+        controller, controller_after,
+        "the controller lost its leadership (election leases before and after the kill)"
+    );
     // The killed member comes back with its data and catches up.
     platform.etcd.start_again().await;
 }
@@ -168,6 +186,7 @@ async fn a_member_cut_off_takes_no_write_and_clients_move_to_the_majority() {
     let mut platform = platform().await;
     let leader = platform.etcd.leader(Duration::from_secs(5)).await.unwrap();
     let before = registrations(&platform.client).await;
+    let controller = leader_leases(&platform.client).await;
     let load = Load::start(&platform.http, &platform.gateway().url("/"), 4);
     load.wait_more_served(100, Duration::from_secs(10))
         .await
@@ -184,6 +203,24 @@ async fn a_member_cut_off_takes_no_write_and_clients_move_to_the_majority() {
     let write = first_write(&platform.client, cut).await;
     let new_leader = platform.etcd.leader(Duration::from_secs(10)).await.unwrap();
     assert_ne!(new_leader, leader, "the cut member is still the leader");
+    // Clients of all three endpoints move to the majority: twenty calls in
+    // a row each answer within a second (one in three would hang on the
+    // cut member if it stayed in their balance).
+    let moved = wait_until_async(
+        Duration::from_secs(10),
+        "20 calls in a row answered",
+        || async {
+            for _ in 0..20 {
+                if !put_accepted(&platform.client, PROBE, Duration::from_secs(1)).await {
+                    return false;
+                }
+            }
+            true
+        },
+    )
+    .await;
+    let moved_after = cut.elapsed();
+    moved.unwrap_or_else(|e| panic!("the clients did not move to the majority: {e}"));
 
     // Through the cut member alone a write is never accepted; through the
     // others it is, at once.
@@ -205,6 +242,7 @@ async fn a_member_cut_off_takes_no_write_and_clients_move_to_the_majority() {
         .unwrap();
     hold_until(cut, TTL + Duration::from_secs(1)).await;
     let during = registrations(&platform.client).await;
+    let controller_during = leader_leases(&platform.client).await;
     let decided = keeps_deciding(&mut platform, cut).await;
 
     platform.etcd.heal_member(leader).unwrap();
@@ -231,10 +269,11 @@ async fn a_member_cut_off_takes_no_write_and_clients_move_to_the_majority() {
     .await;
     let report = load.stop().await;
     println!(
-        "measured: etcd leader cut off: first registry write {} ms after the cut; {} of {} \
-         requests failed; a new instance ready and routed {} ms after the re-pin; caught up {} \
-         ms after the heal",
+        "measured: etcd leader cut off: first registry write {} ms after the cut, every call \
+         answered {} ms after the cut; {} of {} requests failed; a new instance ready and \
+         routed {} ms after the re-pin; caught up {} ms after the heal",
         write.as_millis(),
+        moved_after.as_millis(),
         report.failures.len(),
         report.served + report.failures.len() as u64,
         decided.as_millis(),
@@ -255,6 +294,10 @@ async fn a_member_cut_off_takes_no_write_and_clients_move_to_the_majority() {
     assert_eq!(
         before, during,
         "an instance lost its registration during the cut"
+    );
+    assert_eq!(
+        controller, controller_during,
+        "the controller lost its leadership during the cut"
     );
 }
 
