@@ -138,11 +138,13 @@ impl EtcdArgs {
     /// succeeds while etcd is down, and calls fail (and are retried by their
     /// owners) until it is up. With it, etcd-client authenticates at once, so
     /// a wrong password (or an etcd that is not there) is an error here.
+    /// With several endpoints, members that do not answer are kept out of
+    /// its balance ([`crate::etcd_members`]).
     pub async fn connect(&self) -> Result<Client, ConnectError> {
         let options = self
             .security()
             .apply(&self.endpoints, self.connect_options())?;
-        Client::connect(&self.endpoints, Some(options))
+        let client = Client::connect(&self.endpoints, Some(options.clone()))
             .await
             .map_err(|source| {
                 let text = crate::cli::etcd::describe(&source);
@@ -151,7 +153,9 @@ impl EtcdArgs {
                     None => text,
                 };
                 ConnectError::Etcd { message, source }
-            })
+            })?;
+        crate::etcd_members::guard(&client, &self.endpoints, &options);
+        Ok(client)
     }
 
     /// Whether the endpoints are `https://` and no client certificate is given.

@@ -18,7 +18,7 @@ use tracing::{info, warn};
 
 use crate::config::ETCD_CALL_TIMEOUT;
 use crate::keys::Keys;
-use crate::registration::backend::{EtcdLeases, LeaseBackend};
+use crate::registration::backend::{BackendError, EtcdLeases, LeaseBackend, attempt};
 use crate::store::Fence;
 
 #[derive(Debug, thiserror::Error)]
@@ -169,14 +169,20 @@ impl Drop for Leadership {
 
 /// Keep `lease` alive every ttl/3; cancel `lost` when it is gone or a whole
 /// TTL passes without a successful keep-alive (another candidate may then win).
+/// An attempt that does not answer within a
+/// [`crate::registration::backend::ATTEMPTS_PER_TTL`]th of the TTL
+/// is given up and the next sent at once (an etcd member cut off hangs
+/// calls rather than failing them).
 async fn keep_lease(mut leases: EtcdLeases, lease: i64, ttl: Duration, lost: CancellationToken) {
     let mut last_ok = Instant::now();
+    let mut wait = ttl / 3;
     loop {
         tokio::select! {
             _ = lost.cancelled() => return,
-            _ = tokio::time::sleep(ttl / 3) => {}
+            _ = tokio::time::sleep(wait) => {}
         }
-        match leases.keep_alive(lease).await {
+        wait = ttl / 3;
+        match attempt(ttl, leases.keep_alive(lease)).await {
             Ok(t) if t > 0 => last_ok = Instant::now(),
             Ok(_) => {
                 warn!(lease, "leader lease expired");
@@ -188,6 +194,9 @@ async fn keep_lease(mut leases: EtcdLeases, lease: i64, ttl: Duration, lost: Can
                 if last_ok.elapsed() >= ttl {
                     lost.cancel();
                     return;
+                }
+                if matches!(e, BackendError::Timeout(_)) {
+                    wait = Duration::ZERO;
                 }
             }
         }

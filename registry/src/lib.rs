@@ -9,6 +9,8 @@
 //!   error, exit codes, tables on stdout.
 //! - [`config`]: `--etcd` / `--prefix` / `--log-format` flags shared by every binary.
 //! - [`etcd_tls`]: TLS files and their checks against the endpoints.
+//! - [`etcd_members`]: a client of several endpoints kept off the members
+//!   that do not answer.
 //! - [`healthcheck`]: the `--healthcheck` probe of a binary's own endpoint.
 //! - [`registration`]: an instance's leased self-registration (keep-alive,
 //!   re-registration after lease loss, fencing, revoke on shutdown).
@@ -34,6 +36,7 @@
 pub mod cli;
 pub mod config;
 pub mod election;
+pub mod etcd_members;
 pub mod etcd_tls;
 pub mod healthcheck;
 pub mod keys;

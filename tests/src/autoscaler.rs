@@ -132,6 +132,23 @@ pub async fn election_candidates(client: &etcd_client::Client) -> usize {
     }
 }
 
+/// The leases of the controllers' election keys, the leader's first
+/// (oldest key first); `None` if etcd does not answer within 2 s.
+pub async fn election_leases(client: &etcd_client::Client) -> Option<Vec<i64>> {
+    let prefix = format!("{}/", registry::Keys::default().leader());
+    let options = etcd_client::GetOptions::new().with_prefix().with_sort(
+        etcd_client::SortTarget::Create,
+        etcd_client::SortOrder::Ascend,
+    );
+    let mut client = client.clone();
+    let get = client.get(prefix, Some(options));
+    let resp = tokio::time::timeout(Duration::from_secs(2), get)
+        .await
+        .ok()?
+        .ok()?;
+    Some(resp.kvs().iter().map(|kv| kv.lease()).collect())
+}
+
 impl Drop for Autoscaler {
     fn drop(&mut self) {
         if self.proc.has_exited() {

@@ -50,11 +50,7 @@ impl Browser {
                 "the browser test needs Chromium and chromedriver; install them with `{INSTALL}` \
                  (./scripts/test does as root)"
             );
-            if std::env::var("CI").is_ok_and(|v| v == "true") {
-                panic!("{message}");
-            }
-            eprintln!("skipping: {message}");
-            return None;
+            return crate::skip_unless_ci(&message);
         };
         let port = crate::free_port();
         let driver = Proc::spawn(

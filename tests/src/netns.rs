@@ -110,16 +110,9 @@ impl NetNs {
     pub fn create_or_skip(what: &str) -> Option<NetNs> {
         match NetNs::create() {
             Ok(netns) => Some(netns),
-            Err(e) => {
-                let message = format!(
-                    "{what} needs a network namespace (root, `apt-get install iproute2 iptables`): {e}"
-                );
-                if std::env::var("CI").is_ok_and(|v| v == "true") {
-                    panic!("{message}");
-                }
-                eprintln!("skipping: {message}");
-                None
-            }
+            Err(e) => crate::skip_unless_ci(&format!(
+                "{what} needs a network namespace (root, `apt-get install iproute2 iptables`): {e}"
+            )),
         }
     }
 

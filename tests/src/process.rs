@@ -44,6 +44,38 @@ impl Proc {
         log_dir: &Path,
         cwd: &Path,
     ) -> Proc {
+        Self::spawn_full(label, program, args, env, log_dir, cwd, None)
+    }
+
+    /// [`Proc::spawn`] as user and group `uid` (the caller is root), so
+    /// that firewall rules can match its packets by owner.
+    pub fn spawn_as(
+        label: &str,
+        program: &Path,
+        args: &[String],
+        log_dir: &Path,
+        uid: u32,
+    ) -> Proc {
+        Self::spawn_full(
+            label,
+            program,
+            args,
+            &[],
+            log_dir,
+            Path::new("."),
+            Some(uid),
+        )
+    }
+
+    fn spawn_full(
+        label: &str,
+        program: &Path,
+        args: &[String],
+        env: &[(String, String)],
+        log_dir: &Path,
+        cwd: &Path,
+        uid: Option<u32>,
+    ) -> Proc {
         std::fs::create_dir_all(log_dir)
             .unwrap_or_else(|e| panic!("create {}: {e}", log_dir.display()));
         let log = log_dir.join(format!("{label}-{}.log", uuid::Uuid::new_v4().simple()));
@@ -59,6 +91,10 @@ impl Proc {
             .kill_on_drop(true);
         for (k, v) in env {
             command.env(k, v);
+        }
+        if let Some(uid) = uid {
+            // std drops the supplementary groups too when root sets a uid.
+            command.uid(uid).gid(uid);
         }
         let mut child = command
             .spawn()

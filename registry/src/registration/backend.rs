@@ -21,6 +21,25 @@ pub enum BackendError {
     Etcd(String),
 }
 
+/// A keep-alive attempt may take this part of the lease TTL. The first is
+/// sent a third of the way in, so three more fit before the lease could
+/// expire; on an etcd cluster a call that went to a member cut off hangs
+/// rather than fails, and the next attempt, on a new stream, may go to
+/// another member.
+pub const ATTEMPTS_PER_TTL: u32 = 6;
+
+/// `call` (a keep-alive, or the check after it, on a lease of `ttl`), given
+/// up with [`BackendError::Timeout`] after `ttl / ATTEMPTS_PER_TTL`.
+pub async fn attempt<T>(
+    ttl: Duration,
+    call: impl Future<Output = Result<T, BackendError>>,
+) -> Result<T, BackendError> {
+    let deadline = ttl / ATTEMPTS_PER_TTL;
+    tokio::time::timeout(deadline, call)
+        .await
+        .unwrap_or(Err(BackendError::Timeout(deadline)))
+}
+
 /// What a lease keeper needs from etcd.
 pub trait LeaseBackend: Send + 'static {
     /// Grant a lease of `ttl` and return its id.
@@ -95,30 +114,34 @@ impl LeaseBackend for EtcdLeases {
     }
 
     async fn keep_alive(&mut self, lease: i64) -> Result<i64, BackendError> {
-        if self.stream.as_ref().is_none_or(|(id, ..)| *id != lease) {
-            // etcd-client reports a lease that is gone when the stream opens
-            // as an error, and on an open stream as TTL 0: the trait says 0.
-            let (keeper, stream) = match bounded(self.client.lease_keep_alive(lease), lease).await {
-                Err(BackendError::LeaseNotFound(_)) => return Ok(0),
-                opened => opened?,
-            };
-            self.stream = Some((lease, keeper, stream));
-        }
-        let (_, keeper, stream) = self.stream.as_mut().expect("stream was just opened");
+        // Taken out while in use and put back only after an answer: a call
+        // its caller gave up on (a member cut off, the connection hung)
+        // leaves no stream behind, and the next call opens a new one, which
+        // may go to another member.
+        let (keeper, stream) = match self.stream.take() {
+            Some((id, keeper, stream)) if id == lease => (keeper, stream),
+            _ => {
+                // etcd-client reports a lease that is gone when the stream
+                // opens as an error, and on an open stream as TTL 0: the
+                // trait says 0.
+                match bounded(self.client.lease_keep_alive(lease), lease).await {
+                    Err(BackendError::LeaseNotFound(_)) => return Ok(0),
+                    opened => opened?,
+                }
+            }
+        };
+        let (mut keeper, mut stream) = (keeper, stream);
         let result = async {
             keeper.keep_alive().await?;
             stream.message().await
         };
         match bounded(result, lease).await {
-            Ok(Some(resp)) => Ok(resp.ttl()),
-            Ok(None) => {
-                self.stream = None;
-                Err(BackendError::Etcd("keep-alive stream closed".into()))
+            Ok(Some(resp)) => {
+                self.stream = Some((lease, keeper, stream));
+                Ok(resp.ttl())
             }
-            Err(e) => {
-                self.stream = None;
-                Err(e)
-            }
+            Ok(None) => Err(BackendError::Etcd("keep-alive stream closed".into())),
+            Err(e) => Err(e),
         }
     }
 

@@ -3,6 +3,9 @@
 //! gone and registers again, checks after each keep-alive that the key is
 //! still there (and writes it again if someone deleted it), writes state changes in place, marks itself
 //! fenced when keep-alives have failed for a whole TTL, and revokes on shutdown.
+//! A keep-alive attempt that does not answer within a sixth of the TTL is
+//! given up and the next one sent at once (an etcd member cut off hangs
+//! calls rather than failing them).
 
 use std::time::Duration;
 
@@ -13,14 +16,13 @@ use tracing::{info, warn};
 
 use super::LeasedValue;
 use super::RegistrationStatus;
-use super::backend::{BackendError, LeaseBackend};
+use super::backend::{BackendError, LeaseBackend, attempt};
 
 /// First retry delay after a failed etcd call; doubles up to [`MAX_RETRY`].
 const FIRST_RETRY: Duration = Duration::from_millis(100);
 /// Retries stay this frequent so that registration resumes within about a
 /// second of etcd answering again.
 const MAX_RETRY: Duration = Duration::from_secs(1);
-
 pub(super) struct Keeper<B, V> {
     pub backend: B,
     pub key: String,
@@ -131,41 +133,49 @@ impl<B: LeaseBackend, V: LeasedValue> Keeper<B, V> {
                             }
                         }
                     }
-                    Next::KeepAlive => match self.backend.keep_alive(lease).await {
-                        Ok(ttl) if ttl > 0 => {
-                            if self.status.borrow().fenced {
-                                info!(key = %self.key, lease, "keep-alive succeeded again; no longer fenced");
-                            }
-                            last_ok = Instant::now();
-                            retry = FIRST_RETRY;
-                            failures = 0;
-                            self.status.send_modify(|s| s.fenced = false);
-                            next_keep_alive = last_ok + self.ttl / 3;
-                            // The lease lives, but the key may not: an operator's
-                            // `etcdctl del --prefix` deletes keys and leaves leases.
-                            match self.backend.holds(&self.key, lease).await {
-                                Ok(true) => {}
-                                Ok(false) => {
-                                    warn!(key = %self.key, lease, "key deleted while the lease lives; writing it again");
-                                    self.desired.mark_changed();
+                    Next::KeepAlive => {
+                        match attempt(self.ttl, self.backend.keep_alive(lease)).await {
+                            Ok(ttl) if ttl > 0 => {
+                                if self.status.borrow().fenced {
+                                    info!(key = %self.key, lease, "keep-alive succeeded again; no longer fenced");
                                 }
-                                Err(e) => {
-                                    warn!(key = %self.key, lease, error = %e, "cannot check the key is still there; checking again after the next keep-alive");
+                                last_ok = Instant::now();
+                                retry = FIRST_RETRY;
+                                failures = 0;
+                                self.status.send_modify(|s| s.fenced = false);
+                                next_keep_alive = last_ok + self.ttl / 3;
+                                // The lease lives, but the key may not: an operator's
+                                // `etcdctl del --prefix` deletes keys and leaves leases.
+                                match attempt(self.ttl, self.backend.holds(&self.key, lease)).await
+                                {
+                                    Ok(true) => {}
+                                    Ok(false) => {
+                                        warn!(key = %self.key, lease, "key deleted while the lease lives; writing it again");
+                                        self.desired.mark_changed();
+                                    }
+                                    Err(e) => {
+                                        warn!(key = %self.key, lease, error = %e, "cannot check the key is still there; checking again after the next keep-alive");
+                                    }
                                 }
                             }
-                        }
-                        Ok(_) | Err(BackendError::LeaseNotFound(_)) => {
-                            break "lease expired or etcd lost it";
-                        }
-                        Err(e) => {
-                            failures += 1;
-                            if failures == 1 || failures.is_power_of_two() {
-                                warn!(key = %self.key, lease, error = %e, failures, "keep-alive failed; retrying");
+                            Ok(_) | Err(BackendError::LeaseNotFound(_)) => {
+                                break "lease expired or etcd lost it";
                             }
-                            next_keep_alive = Instant::now() + retry.min(self.ttl / 3);
-                            retry = (retry * 2).min(MAX_RETRY);
+                            Err(e) => {
+                                failures += 1;
+                                if failures == 1 || failures.is_power_of_two() {
+                                    warn!(key = %self.key, lease, error = %e, failures, "keep-alive failed; retrying");
+                                }
+                                // An attempt that timed out has waited already.
+                                let wait = match e {
+                                    BackendError::Timeout(_) => Duration::ZERO,
+                                    _ => retry.min(self.ttl / 3),
+                                };
+                                next_keep_alive = Instant::now() + wait;
+                                retry = (retry * 2).min(MAX_RETRY);
+                            }
                         }
-                    },
+                    }
                 }
             };
             warn!(key = %self.key, lease, reason = lost, "lease lost; registering again");

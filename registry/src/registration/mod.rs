@@ -205,6 +205,7 @@ impl<V: LeasedValue> Drop for Registration<V> {
 
 #[cfg(test)]
 mod tests {
+    use super::backend::BackendError;
     use super::memory::MemoryEtcd;
     use super::*;
     use tokio::time::{Instant, advance, sleep};
@@ -415,5 +416,61 @@ mod tests {
         etcd.set_up(true);
         let took = run_until(&reg, Duration::from_secs(2), |s| s.registered && !s.fenced).await;
         assert!(took <= Duration::from_millis(1100), "{took:?}");
+    }
+
+    /// The in-memory leases, except that the next `hang` keep-alives never
+    /// answer, as through an etcd member that was cut off.
+    struct Hanging {
+        inner: memory::MemoryLeases,
+        hang: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    }
+
+    impl LeaseBackend for Hanging {
+        async fn grant(&mut self, ttl: Duration) -> Result<i64, BackendError> {
+            self.inner.grant(ttl).await
+        }
+        async fn put(&mut self, key: &str, value: String, lease: i64) -> Result<(), BackendError> {
+            self.inner.put(key, value, lease).await
+        }
+        async fn keep_alive(&mut self, lease: i64) -> Result<i64, BackendError> {
+            use std::sync::atomic::Ordering;
+            let hang = self
+                .hang
+                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1));
+            if hang.is_ok() {
+                std::future::pending::<()>().await;
+            }
+            self.inner.keep_alive(lease).await
+        }
+        async fn revoke(&mut self, lease: i64) -> Result<(), BackendError> {
+            self.inner.revoke(lease).await
+        }
+        async fn holds(&mut self, key: &str, lease: i64) -> Result<bool, BackendError> {
+            self.inner.holds(key, lease).await
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn keep_alives_that_hang_are_given_up_in_time_to_keep_the_lease() {
+        let etcd = MemoryEtcd::default();
+        let hang = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let backend = Hanging {
+            inner: etcd.backend(),
+            hang: hang.clone(),
+        };
+        let mut instance = Instance::new("app", "127.0.0.1:9000");
+        instance.id = "i1".into();
+        let reg = Registration::start_with(backend, &Keys::default(), instance, TTL).unwrap();
+        run_until(&reg, Duration::from_millis(50), |s| s.registered).await;
+        let lease = reg.status().lease;
+        // Three in a row hang: each is given up after TTL/6 and the next sent
+        // at once, so the fourth renews the lease before it expires.
+        hang.store(3, std::sync::atomic::Ordering::SeqCst);
+        sleep(TTL * 3).await;
+        assert_eq!(hang.load(std::sync::atomic::Ordering::SeqCst), 0);
+        let s = reg.status();
+        assert_eq!(s.lease, lease, "the lease was lost: {s:?}");
+        assert!(s.registered && !s.fenced && s.registrations == 1, "{s:?}");
+        assert!(etcd.get("/shoal/instances/app/i1").is_some());
     }
 }

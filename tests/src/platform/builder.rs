@@ -1,7 +1,9 @@
 //! [`PlatformBuilder`]: what a platform starts, in this order, and what
 //! [`PlatformBuilder::start`] waits for before it returns.
 //!
-//! 1. etcd (also on a second address with [`PlatformBuilder::etcd_also_on`]);
+//! 1. etcd (also on a second address with [`PlatformBuilder::etcd_also_on`],
+//!    or a cluster with [`PlatformBuilder::etcd_members`], whose endpoint
+//!    list every part is given);
 //! 2. the operator's routes and policies, written before anything reads them;
 //! 3. app servers, each waited for until registered and ready;
 //! 4. gateways, each waited for until it listens;
@@ -35,6 +37,7 @@ const STEADY: Duration = Duration::from_secs(60);
 #[derive(Debug, Default, Clone)]
 pub struct PlatformBuilder {
     etcd_also_on: Option<Ipv4Addr>,
+    etcd_members: Option<usize>,
     routes: Vec<(String, String)>,
     policies: Vec<(String, String)>,
     app_servers: Vec<AppServerOptions>,
@@ -53,6 +56,13 @@ impl PlatformBuilder {
     /// etcd also serves clients on `ip` (the host end of a network namespace).
     pub fn etcd_also_on(mut self, ip: Ipv4Addr) -> Self {
         self.etcd_also_on = Some(ip);
+        self
+    }
+
+    /// etcd is a cluster of `members` ([`Etcd::start_cluster`]): every
+    /// part is given all their endpoints.
+    pub fn etcd_members(mut self, members: usize) -> Self {
+        self.etcd_members = Some(members);
         self
     }
 
@@ -124,9 +134,11 @@ impl PlatformBuilder {
     /// Start everything; an error says what did not come up (for the
     /// benchmarks, which report it and go on).
     pub async fn try_start(self) -> anyhow::Result<Platform> {
-        let etcd = match self.etcd_also_on {
-            Some(ip) => Etcd::start_also_on(ip).await,
-            None => Etcd::start().await,
+        let etcd = match (self.etcd_also_on, self.etcd_members) {
+            (Some(_), Some(_)) => anyhow::bail!("etcd_also_on is for a single etcd, not a cluster"),
+            (Some(ip), None) => Etcd::start_also_on(ip).await,
+            (None, Some(members)) => Etcd::start_cluster(members).await,
+            (None, None) => Etcd::start().await,
         };
         let client = etcd.client().await;
         let keys = Keys::default();

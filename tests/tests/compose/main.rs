@@ -5,8 +5,9 @@
 //! ports of its own ([`project`]), so it never touches another stack on
 //! the same engine. Then, in order:
 //!
-//! 1. up: etcd, gateway and autoscaler come up; the autoscaler creates the
-//!    two app servers; both are ready behind the gateway;
+//! 1. up: etcd, two gateways and autoscaler come up; the autoscaler
+//!    creates the two app servers; both are ready behind the gateway, and
+//!    the second gateway (`gateway-b`) routes to the same two;
 //! 2. traffic: requests through the gateway all answer 200, spread over
 //!    both; a key-value PUT and GET through the `kv` route the `routes`
 //!    one-shot wrote;
@@ -188,6 +189,22 @@ async fn compose_up_traffic_scaling_replacement_adoption_and_down() {
         "up: 2 app servers created by the autoscaler, ready behind the gateway ({} s)",
         t0.elapsed().as_secs()
     ));
+
+    // 1b the second gateway, on the same registry, routes to the same two.
+    let routed = c.routable().await.expect("the gateway's admin API answers");
+    let admin_b = AdminApi::at(&c.project.admin_b_addr);
+    let gateway_b = format!("{}/", c.project.gateway_b);
+    c.wait(30, "gateway-b to route to the same app servers", || {
+        let (c, admin_b, gateway_b, routed) = (&c, &admin_b, &gateway_b, &routed);
+        async move {
+            let listed = admin_b.ready_ids(&c.http, "app").await;
+            let answered = c.http.get(gateway_b).send().await;
+            listed.is_some_and(|ids| ids.into_iter().collect::<BTreeSet<_>>() == *routed)
+                && answered.is_ok_and(|r| r.status() == 200)
+        }
+    })
+    .await;
+    c.step_done("gateway-b: the second gateway routes to the same app servers and answers 200");
 
     // 2 traffic. Least-request concentrates sequential traffic on the
     // fastest instance, but requests that overlap spread over both (the

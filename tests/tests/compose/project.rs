@@ -65,6 +65,10 @@ pub struct Project {
     pub gateway: String,
     /// `127.0.0.1:{port}`, the gateway's admin listener.
     pub admin_addr: String,
+    /// `http://127.0.0.1:{port}`, the second gateway's proxy listener.
+    pub gateway_b: String,
+    /// `127.0.0.1:{port}`, the second gateway's admin listener.
+    pub admin_b_addr: String,
     env: Vec<(&'static str, String)>,
     passed: bool,
 }
@@ -91,11 +95,14 @@ impl Project {
         let name = format!("shoal-check-{run}");
         let prefix = format!("/shoal-check-{run}");
         let (gateway_port, admin_port) = (shoal_tests::free_port(), shoal_tests::free_port());
+        let (gateway_b_port, admin_b_port) = (shoal_tests::free_port(), shoal_tests::free_port());
         let env = vec![
             ("SHOAL_PREFIX", prefix.clone()),
             ("SHOAL_NETWORK", name.clone()),
             ("SHOAL_GATEWAY_PORT", gateway_port.to_string()),
             ("SHOAL_ADMIN_PORT", admin_port.to_string()),
+            ("SHOAL_GATEWAY_B_PORT", gateway_b_port.to_string()),
+            ("SHOAL_ADMIN_B_PORT", admin_b_port.to_string()),
             // 16 characters at least.
             ("SHOAL_ADMIN_TOKEN", format!("compose-check-token-{run}")),
         ];
@@ -109,6 +116,8 @@ impl Project {
             },
             gateway: format!("http://127.0.0.1:{gateway_port}"),
             admin_addr: format!("127.0.0.1:{admin_port}"),
+            gateway_b: format!("http://127.0.0.1:{gateway_b_port}"),
+            admin_b_addr: format!("127.0.0.1:{admin_b_port}"),
             env,
             passed: false,
         }
@@ -116,11 +125,12 @@ impl Project {
 
     pub fn describe(&self) -> String {
         format!(
-            "project {}, prefix {}, gateway {}, admin {}, {}",
+            "project {}, prefix {}, gateway {}, admin {}, gateway-b {}, {}",
             self.engine.project,
             self.engine.prefix,
             self.gateway,
             self.admin_addr,
+            self.gateway_b,
             self.cli.name()
         )
     }

@@ -18,7 +18,7 @@ use nix::unistd::Pid;
 use registry::model::ScalingEvent;
 use registry::{Instance, InstanceState, Keys, RegistryValue};
 use shoal_tests::autoscaler::election_candidates;
-use shoal_tests::{Autoscaler, Etcd, Load, Platform, wait_until, wait_until_async};
+use shoal_tests::{Autoscaler, Etcd, Load, Platform, wait_for, wait_until, wait_until_async};
 
 use crate::gateway::http;
 
@@ -29,17 +29,21 @@ pub(crate) async fn instances(client: &etcd_client::Client) -> Vec<Instance> {
     shoal_tests::binaries::service_instances(client, "app").await
 }
 
-/// Every scaling event of `app`, by sequence number.
+/// Every scaling event of `app`, by sequence number. The read is retried
+/// for up to 10 s: through a cluster's endpoints one call may land on a
+/// member that is down.
 pub(crate) async fn events(client: &etcd_client::Client) -> Vec<(u64, ScalingEvent)> {
     let keys = Keys::default();
-    let mut client = client.clone();
-    let resp = client
-        .get(
-            keys.service_events("app"),
-            Some(etcd_client::GetOptions::new().with_prefix()),
-        )
-        .await
-        .unwrap();
+    let resp = wait_for(Duration::from_secs(10), "the events read", || {
+        let mut client = client.clone();
+        let prefix = keys.service_events("app");
+        async move {
+            let options = etcd_client::GetOptions::new().with_prefix();
+            client.get(prefix, Some(options)).await.ok()
+        }
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}"));
     resp.kvs()
         .iter()
         .map(|kv| {

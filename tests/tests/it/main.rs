@@ -6,6 +6,7 @@
 mod autoscaler;
 mod dashboard;
 mod election;
+mod etcd_cluster;
 mod gateway;
 mod kv;
 mod lifecycle;
@@ -18,6 +19,7 @@ mod scale_edges;
 mod security;
 mod services;
 mod store;
+mod two_gateways;
 mod watcher;
 mod watcher_props;
 

@@ -42,7 +42,7 @@ async fn round_robin_spreads_300_requests_evenly_over_3_instances() {
 }
 
 /// Which instance serves each key, the key sent in header `x-user`.
-async fn map_keys(
+pub(crate) async fn map_keys(
     http: &reqwest::Client,
     gateway: &Gateway,
     keys: &[String],

@@ -21,7 +21,7 @@
 mod access_log;
 mod admin;
 mod api;
-mod balancing;
+pub(crate) mod balancing;
 mod discovery;
 mod failover;
 mod framing;

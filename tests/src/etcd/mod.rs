@@ -13,7 +13,15 @@
 //! (the host end of a [`crate::netns::NetNs`]), for processes in a network
 //! namespace.
 //!
+//! [`Etcd::start_cluster`] starts a cluster of plain members instead, whose
+//! [`Etcd::endpoint`] is the comma list our binaries take (`--etcd a,b,c`);
+//! [`cluster`] has what only a cluster has (its leader, one member killed,
+//! started again or cut off). Stopping, starting again, wiping and
+//! signalling act on every member.
+//!
 //! The binary is `etcd` from PATH (Debian's `etcd-server`) or `SHOAL_ETCD_BIN`.
+
+mod cluster;
 
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
@@ -45,16 +53,48 @@ pub struct Security {
     pub auth: bool,
 }
 
+/// One etcd server: one member, or a cluster of them.
 pub struct Etcd {
     dir: TempDir,
-    client_port: u16,
-    peer_port: u16,
+    members: Vec<Member>,
+    /// Tells this cluster's members from another test's on recycled ports.
+    token: String,
     generation: u32,
-    proc: Option<Proc>,
     security: Security,
     pki: Option<Pki>,
-    metrics_port: u16,
     also_on: Option<Ipv4Addr>,
+}
+
+/// One etcd process and its ports.
+struct Member {
+    name: String,
+    client_port: u16,
+    peer_port: u16,
+    metrics_port: u16,
+    /// The user a cluster member runs as when the harness is root: its own,
+    /// so that a cut can match its packets ([`cluster`]).
+    uid: Option<u32>,
+    proc: Option<Proc>,
+    /// The firewall rules that cut it off, removed by a heal.
+    cut: Vec<cluster::Rule>,
+}
+
+impl Member {
+    fn new(name: String, uid: Option<u32>) -> Member {
+        Member {
+            name,
+            client_port: crate::free_port(),
+            peer_port: crate::free_port(),
+            metrics_port: crate::free_port(),
+            uid,
+            proc: None,
+            cut: Vec::new(),
+        }
+    }
+
+    fn peer_url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.peer_port)
+    }
 }
 
 fn etcd_binary() -> PathBuf {
@@ -95,7 +135,7 @@ impl Etcd {
         // Free ports are found by binding and releasing them; another process may
         // take one in between, so a failed start is retried on new ports.
         for _ in 0..3 {
-            let mut etcd = Etcd::unstarted(Security::default());
+            let mut etcd = Etcd::unstarted(Security::default(), 1);
             etcd.also_on = also_on;
             match etcd.launch().await {
                 Ok(()) => return etcd,
@@ -105,16 +145,22 @@ impl Etcd {
         panic!("etcd did not start: {last_error}");
     }
 
-    fn unstarted(security: Security) -> Etcd {
+    /// `size` members, not started; a single one is named `shoal-test`.
+    fn unstarted(security: Security, size: usize) -> Etcd {
+        let members = if size == 1 {
+            vec![Member::new("shoal-test".to_owned(), None)]
+        } else {
+            (0..size)
+                .map(|i| Member::new(format!("shoal-test-{i}"), cluster::member_uid()))
+                .collect()
+        };
         Etcd {
             dir: tempfile::tempdir().expect("temp dir"),
-            client_port: crate::free_port(),
-            peer_port: crate::free_port(),
+            members,
+            token: uuid::Uuid::new_v4().simple().to_string(),
             generation: 0,
-            proc: None,
             security,
             pki: security.tls.then(Pki::generate),
-            metrics_port: crate::free_port(),
             also_on: None,
         }
     }
@@ -126,7 +172,7 @@ impl Etcd {
         crate::init_logging();
         let mut last_error = String::new();
         for _ in 0..3 {
-            let mut etcd = Etcd::unstarted(security);
+            let mut etcd = Etcd::unstarted(security, 1);
             match etcd.launch().await {
                 Ok(()) => {
                     if security.auth {
@@ -145,25 +191,41 @@ impl Etcd {
         self.pki.as_ref()
     }
 
+    /// The client URL, or a cluster's client URLs as a comma list (what
+    /// `--etcd` takes).
     pub fn endpoint(&self) -> String {
+        self.endpoints().join(",")
+    }
+
+    fn endpoints(&self) -> Vec<String> {
+        (0..self.members.len())
+            .map(|i| self.member_endpoint(i))
+            .collect()
+    }
+
+    /// Member `i`'s client URL.
+    pub fn member_endpoint(&self, i: usize) -> String {
         let scheme = if self.security.tls { "https" } else { "http" };
-        format!("{scheme}://127.0.0.1:{}", self.client_port)
+        format!("{scheme}://127.0.0.1:{}", self.members[i].client_port)
     }
 
     /// Its client URL on `ip` (given to [`Etcd::start_also_on`]).
     pub fn endpoint_on(&self, ip: Ipv4Addr) -> String {
-        format!("http://{ip}:{}", self.client_port)
+        format!("http://{ip}:{}", self.port())
     }
 
-    /// The client port (the same on every address it listens on).
+    /// The client port of a single etcd (the same on every address it
+    /// listens on).
     pub fn port(&self) -> u16 {
-        self.client_port
+        assert_eq!(self.members.len(), 1, "a cluster has one port per member");
+        self.members[0].client_port
     }
 
     /// Arguments for this etcd, with the shoal user and the client
     /// certificate when it needs them.
     pub fn args(&self) -> EtcdArgs {
-        let mut args = EtcdArgs::for_endpoint(self.endpoint());
+        let mut args = EtcdArgs::for_endpoint(self.member_endpoint(0));
+        args.endpoints = self.endpoints();
         if let Some(pki) = &self.pki {
             args.etcd_ca = Some(pki.ca.clone());
             args.etcd_cert = Some(pki.client.cert.clone());
@@ -234,22 +296,71 @@ impl Etcd {
         self.args().connect().await.expect("etcd client")
     }
 
-    fn data_dir(&self) -> PathBuf {
-        self.dir.path().join(format!("data-{}", self.generation))
+    /// Member `i`'s data directory (a fresh one after a wipe), created
+    /// and owned by the member's user.
+    fn data_dir(&self, i: usize) -> Result<PathBuf, String> {
+        let member = &self.members[i];
+        let dir = self
+            .dir
+            .path()
+            .join(format!("data-{}-{}", self.generation, member.name));
+        if let Some(uid) = member.uid {
+            cluster::own_dir(self.dir.path(), &dir, uid)?;
+        }
+        Ok(dir)
     }
 
+    /// Start every member that is not running, then wait until each
+    /// answers `/health` (which needs a quorum: a cluster's members are all
+    /// spawned before any is waited for).
     async fn launch(&mut self) -> Result<(), String> {
-        let peer = format!("http://127.0.0.1:{}", self.peer_port);
-        let client = self.endpoint();
+        let initial_cluster: Vec<String> = self
+            .members
+            .iter()
+            .map(|m| format!("{}={}", m.name, m.peer_url()))
+            .collect();
+        let initial_cluster = initial_cluster.join(",");
+        let mut spawned = Vec::new();
+        for i in 0..self.members.len() {
+            if self.members[i].proc.is_some() {
+                continue;
+            }
+            let args = self.member_args(i, &initial_cluster)?;
+            let member = &self.members[i];
+            let proc = match member.uid {
+                Some(uid) => Proc::spawn_as("etcd", &etcd_binary(), &args, &logs_dir(), uid),
+                None => Proc::spawn("etcd", &etcd_binary(), &args, &[], &logs_dir()),
+            };
+            self.members[i].proc = Some(proc);
+            spawned.push(i);
+        }
+        for &i in &spawned {
+            if let Err(e) = self.wait_healthy(i).await {
+                for &j in &spawned {
+                    if let Some(mut proc) = self.members[j].proc.take() {
+                        proc.kill9().await;
+                    }
+                }
+                return Err(e);
+            }
+        }
+        Ok(())
+    }
+
+    /// The command line of member `i`.
+    fn member_args(&self, i: usize, initial_cluster: &str) -> Result<Vec<String>, String> {
+        let member = &self.members[i];
+        let peer = member.peer_url();
+        let client = self.member_endpoint(i);
         let listen = match self.also_on {
             Some(ip) => format!("{client},{}", self.endpoint_on(ip)),
             None => client.clone(),
         };
         let mut args: Vec<String> = [
             "--name",
-            "shoal-test",
+            &member.name,
             "--data-dir",
-            &self.data_dir().to_string_lossy(),
+            &self.data_dir(i)?.to_string_lossy(),
             "--listen-client-urls",
             &listen,
             "--advertise-client-urls",
@@ -259,7 +370,9 @@ impl Etcd {
             "--initial-advertise-peer-urls",
             &peer,
             "--initial-cluster",
-            &format!("shoal-test={peer}"),
+            initial_cluster,
+            "--initial-cluster-token",
+            &self.token,
             "--logger",
             "zap",
             "--log-level",
@@ -268,11 +381,7 @@ impl Etcd {
         .iter()
         .map(|s| s.to_string())
         .collect();
-        // A TLS etcd's /health is read on a plain metrics port.
-        let mut health = format!("{client}/health");
         if let Some(pki) = &self.pki {
-            let metrics = format!("http://127.0.0.1:{}", self.metrics_port);
-            health = format!("{metrics}/health");
             for (flag, value) in [
                 ("--cert-file", &pki.server.cert),
                 ("--key-file", &pki.server.key),
@@ -283,9 +392,24 @@ impl Etcd {
             }
             args.push("--client-cert-auth".to_owned());
             args.push("--listen-metrics-urls".to_owned());
-            args.push(metrics);
+            args.push(self.health_base(i));
         }
-        let mut proc = Proc::spawn("etcd", &etcd_binary(), &args, &[], &logs_dir());
+        Ok(args)
+    }
+
+    /// Where member `i` serves `/health`: a TLS etcd's is read on a plain
+    /// metrics port.
+    fn health_base(&self, i: usize) -> String {
+        match self.pki {
+            Some(_) => format!("http://127.0.0.1:{}", self.members[i].metrics_port),
+            None => self.member_endpoint(i),
+        }
+    }
+
+    /// Wait until member `i` says it is healthy (it has a leader and can
+    /// serve a linearizable read).
+    async fn wait_healthy(&mut self, i: usize) -> Result<(), String> {
+        let health = format!("{}/health", self.health_base(i));
         let http = reqwest::Client::new();
         let up = wait_until_async(Duration::from_secs(15), "etcd /health", || {
             let http = http.clone();
@@ -303,23 +427,18 @@ impl Etcd {
             }
         })
         .await;
-        match up {
-            Ok(_) => {
-                self.proc = Some(proc);
-                Ok(())
-            }
-            Err(e) => {
-                let exited = proc.has_exited();
-                let log = proc.stderr();
-                Err(format!("{e} (exited: {exited}); log:\n{log}"))
-            }
-        }
+        up.map(|_| ()).map_err(|e| {
+            let proc = self.members[i].proc.as_mut().expect("just spawned");
+            let exited = proc.has_exited();
+            let log = proc.stderr();
+            format!("{e} (member {i}, exited: {exited}); log:\n{log}")
+        })
     }
 
-    /// Kill etcd (SIGKILL: as abrupt as a crash).
+    /// Kill etcd, every member (SIGKILL: as abrupt as a crash).
     pub async fn stop(&mut self) {
-        if let Some(mut proc) = self.proc.take() {
-            proc.kill9().await;
+        for i in 0..self.members.len() {
+            self.stop_member(i).await;
         }
     }
 
@@ -329,11 +448,15 @@ impl Etcd {
         self.start_again().await;
     }
 
-    /// Start a stopped etcd again on the same ports with its data.
+    /// Start a stopped etcd (every stopped member) again on the same
+    /// ports with its data, and wait until each answers.
     pub async fn start_again(&mut self) {
-        assert!(self.proc.is_none(), "etcd is still running");
+        assert!(
+            self.members.iter().any(|m| m.proc.is_none()),
+            "etcd is still running"
+        );
         if let Err(e) = self.launch().await {
-            panic!("etcd did not start again on port {}: {e}", self.client_port);
+            panic!("etcd did not start again on {}: {e}", self.endpoint());
         }
     }
 
@@ -344,8 +467,14 @@ impl Etcd {
         self.start_again().await;
     }
 
-    /// Freeze or thaw the server (SIGSTOP / SIGCONT).
+    /// Freeze or thaw the server, every member (SIGSTOP / SIGCONT).
     pub fn signal(&self, signal: Signal) {
-        self.proc.as_ref().expect("etcd is running").signal(signal);
+        for member in &self.members {
+            member
+                .proc
+                .as_ref()
+                .expect("etcd is running")
+                .signal(signal);
+        }
     }
 }
