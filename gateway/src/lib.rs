@@ -55,6 +55,7 @@ pub mod grace;
 pub mod hangup;
 pub mod health;
 pub mod proxy;
+pub mod rate_limit;
 pub mod route_index;
 pub mod server;
 pub mod stats;
@@ -65,6 +66,8 @@ pub mod tls;
 
 use std::io::Write;
 use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::AtomicUsize;
 use std::time::Duration;
 
 use anyhow::{Context, anyhow};
@@ -198,11 +201,14 @@ async fn run_gateway(config: Config, id: String) -> anyhow::Result<()> {
         .map(TcpListener::local_addr)
         .transpose()
         .context("cannot read the TLS listener's address")?;
+    let live_gateways = Arc::new(AtomicUsize::new(1));
+    rate_limit::follow_live_gateways(&store, live_gateways.clone());
     let proxy = Proxy::new(
         table.clone(),
         ProxySettings {
             access_log: access_log.clone(),
             https_port: tls_addr.map(|a| a.port()),
+            live_gateways: live_gateways.clone(),
             ..ProxySettings::from_config(&config)
         },
     );
@@ -231,6 +237,7 @@ async fn run_gateway(config: Config, id: String) -> anyhow::Result<()> {
         stop: stop.clone(),
         access_log: access_log.clone(),
         certs,
+        live_gateways,
     });
     let mut admin_task = tokio::spawn(
         axum::serve(admin_listener, admin_app)

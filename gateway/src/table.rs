@@ -35,6 +35,7 @@ use crate::backend::{Backend, BackendState};
 use crate::balance::{Balancer, Prepared};
 use crate::grace::{Routable, Unconfirmed};
 use crate::proxy::pool::ConnPool;
+use crate::rate_limit::RouteLimiter;
 use crate::route_index::RouteIndex;
 use crate::stats::{RequestStats, ServiceCounters};
 
@@ -64,6 +65,8 @@ pub struct RouteEntry {
     pub pool: Arc<ServicePool>,
     pub balancer: Balancer,
     pub stats: Arc<RequestStats>,
+    /// The route's `rate_limit`, if it has one.
+    pub limiter: Option<Arc<RouteLimiter>>,
 }
 
 impl RouteEntry {
@@ -216,6 +219,8 @@ fn release(pools: &mut HashMap<String, AddressPool>, addr: &str) {
 struct RouteLive {
     stats: Arc<RequestStats>,
     rotation: Arc<AtomicUsize>,
+    /// Its rate limit's buckets, kept while the limit is unchanged.
+    limiter: Option<Arc<RouteLimiter>>,
 }
 
 impl LiveState {
@@ -333,6 +338,7 @@ impl LiveState {
                 try_timeout_ms: None,
                 retries: None,
                 https_redirect: false,
+                rate_limit: None,
             },
             &pools,
         );
@@ -459,12 +465,18 @@ impl LiveState {
             live.rotation.clone(),
         );
         let stats = live.stats.clone();
+        live.limiter = match (&route.rate_limit, live.limiter.take()) {
+            (None, _) => None,
+            (Some(limit), Some(kept)) if kept.limit() == limit => Some(kept),
+            (Some(limit), _) => Some(Arc::new(RouteLimiter::new(limit.clone()))),
+        };
         RouteEntry {
             name: name.to_owned(),
             route,
             pool,
             balancer,
             stats,
+            limiter: live.limiter.clone(),
         }
     }
 }

@@ -354,6 +354,98 @@ pub enum HashKey {
     Cookie(String),
 }
 
+/// A route's rate limit: a token bucket per key (client, header value, or
+/// the whole route), kept in each gateway's memory.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimit {
+    /// Requests per second a key may make: the bucket's refill rate.
+    #[cfg_attr(feature = "openapi", schema(minimum = 0.001, maximum = 1000000))]
+    pub per_second: f64,
+    /// Requests a key may make at once after a quiet spell: the bucket's
+    /// size [default: `per_second` rounded up, at least 1].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(minimum = 1, maximum = 1000000))]
+    pub burst: Option<u32>,
+    /// What a bucket is kept per [default: the client's address].
+    #[serde(default)]
+    pub by: RateKey,
+    /// `per_second` (and `burst`) are for all gateways together: each
+    /// allows its share, divided by the live gateways in the registry.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub shared: bool,
+}
+
+impl RateLimit {
+    /// Largest `per_second` and `burst`.
+    pub const MAX: f64 = 1_000_000.0;
+
+    /// The bucket's size: `burst`, or `per_second` rounded up (at least 1).
+    pub fn bucket(&self) -> f64 {
+        match self.burst {
+            Some(burst) => f64::from(burst),
+            None => self.per_second.ceil().max(1.0),
+        }
+    }
+
+    pub fn validate(&self) -> Result<(), ValidationError> {
+        if !(self.per_second.is_finite()
+            && self.per_second >= 0.001
+            && self.per_second <= Self::MAX)
+        {
+            return Err(ValidationError::new(
+                "route.rate_limit.per_second",
+                format!(
+                    "{} is not a rate; give requests per second between 0.001 and 1000000, e.g. 100",
+                    self.per_second
+                ),
+            ));
+        }
+        if let Some(burst) = self.burst
+            && !(1..=Self::MAX as u32).contains(&burst)
+        {
+            return Err(ValidationError::new(
+                "route.rate_limit.burst",
+                format!("{burst} is not a bucket size; give 1 to 1000000, or omit it"),
+            ));
+        }
+        if let RateKey::Header(name) = &self.by
+            && http_header_name(name).is_none()
+        {
+            return Err(ValidationError::new(
+                "route.rate_limit.by.name",
+                format!("`{name}` is not a header name; use e.g. x-api-key"),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// `name` as a lower-case HTTP header name, if it is one (RFC 9110 token
+/// characters, 1–256 bytes).
+fn http_header_name(name: &str) -> Option<String> {
+    let token = |c: char| c.is_ascii_alphanumeric() || "!#$%&'*+-.^_`|~".contains(c);
+    (!name.is_empty() && name.len() <= 256 && name.chars().all(token))
+        .then(|| name.to_ascii_lowercase())
+}
+
+/// What a rate limit keeps a bucket per.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", tag = "from", content = "name")]
+pub enum RateKey {
+    /// The client's address (the connection's peer; the first address in
+    /// `X-Forwarded-For` when the peer is a `--trusted-proxies` proxy).
+    #[default]
+    ClientIp,
+    /// A request header's value (e.g. an API key); requests without it
+    /// share one bucket.
+    Header(String),
+    /// One bucket for the whole route.
+    Route,
+}
+
 /// A gateway route: host and longest path prefix map to a service and policy.
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -404,6 +496,9 @@ pub struct Route {
     /// came over TLS are proxied as usual.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub https_redirect: bool,
+    /// Requests beyond this rate get 429 with `Retry-After`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_limit: Option<RateLimit>,
 }
 
 fn default_prefix() -> String {
@@ -448,6 +543,9 @@ impl Route {
         }
         if self.retries.is_some_and(|r| r > 10) {
             return Err(ValidationError::new("route.retries", "at most 10"));
+        }
+        if let Some(limit) = &self.rate_limit {
+            limit.validate()?;
         }
         Ok(())
     }
@@ -1031,6 +1129,67 @@ mod tests {
         )
         .unwrap();
         assert_eq!(r.route.hash_key, Some(HashKey::PathSegment(1)));
+    }
+
+    #[test]
+    fn rate_limits() {
+        let k = keys();
+        let decode = |json: &str| NamedRoute::decode(&k, "/shoal/routes/api", json.as_bytes());
+        let r = decode(r#"{"service":"app","rate_limit":{"per_second":2.5}}"#).unwrap();
+        let limit = r.route.rate_limit.unwrap();
+        assert_eq!(limit.by, RateKey::ClientIp);
+        assert_eq!(limit.bucket(), 3.0, "burst defaults to the rate rounded up");
+        assert!(!limit.shared);
+        let r = decode(
+            r#"{"service":"app","rate_limit":{"per_second":0.5,"burst":10,"by":{"from":"header","name":"X-Api-Key"},"shared":true}}"#,
+        )
+        .unwrap();
+        let limit = r.route.rate_limit.unwrap();
+        assert_eq!(limit.by, RateKey::Header("X-Api-Key".into()));
+        assert_eq!(limit.bucket(), 10.0);
+        assert!(limit.shared);
+        assert_eq!(
+            decode(r#"{"service":"app","rate_limit":{"per_second":0.1,"by":{"from":"route"}}}"#)
+                .unwrap()
+                .route
+                .rate_limit
+                .unwrap()
+                .bucket(),
+            1.0
+        );
+        for (json, expected) in [
+            (
+                r#"{"per_second":0}"#,
+                "route.rate_limit.per_second: 0 is not a rate",
+            ),
+            (r#"{"per_second":2000000}"#, "between 0.001 and 1000000"),
+            (
+                r#"{"per_second":1,"burst":0}"#,
+                "route.rate_limit.burst: 0 is not a bucket size",
+            ),
+            (
+                r#"{"per_second":1,"by":{"from":"header","name":"x key"}}"#,
+                "route.rate_limit.by.name: `x key` is not a header name",
+            ),
+            (
+                r#"{"per_second":1,"by":{"from":"cookie","name":"x"}}"#,
+                "unknown variant `cookie`",
+            ),
+            (
+                r#"{"per_second":1,"per_minute":3}"#,
+                "unknown field `per_minute`",
+            ),
+        ] {
+            let err = decode(&format!(r#"{{"service":"app","rate_limit":{json}}}"#)).unwrap_err();
+            assert!(err.to_string().contains(expected), "{json}: {err}");
+        }
+        // Left out, it is not written back (a route's JSON stays as it was).
+        let plain = decode(r#"{"service":"app"}"#).unwrap().route;
+        assert!(
+            !serde_json::to_string(&plain)
+                .unwrap()
+                .contains("rate_limit")
+        );
     }
 
     #[test]

@@ -9,6 +9,7 @@
 //! | family | type | labels |
 //! |---|---|---|
 //! | `shoal_gateway_requests_total` | counter | `route`, `service`, `class` |
+//! | `shoal_gateway_rate_limited_total` | counter | `route`, `service` (routes with a `rate_limit`) |
 //! | `shoal_gateway_upstream_requests_total` | counter | `service`, `instance`, `class` |
 //! | `shoal_gateway_request_duration_seconds` | histogram | `service` (+ `le`) |
 //! | `shoal_gateway_in_flight` | gauge | `service`, `instance` |
@@ -27,6 +28,7 @@
 //! | `shoal_gateway_table_generation` | gauge | none |
 //! | `shoal_gateway_access_log_dropped_total` | counter | none (0 without `--access-log`) |
 //! | `shoal_gateway_tls_cert_expiry_seconds` | gauge | `name` (the `--tls-cert` path; only with `--tls-listen`) |
+//! | `shoal_gateway_live_gateways` | gauge | none |
 //!
 //! Two request counters rather than one family with two label sets, so that
 //! `sum()` over either never double counts: `requests_total` counts client
@@ -49,19 +51,25 @@ use crate::table::RoutingTable;
 /// The `Content-Type` of the text exposition format.
 pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 
-/// Render every family for `table`, as of `now`, with the access log's
-/// `dropped` lines and the seconds each TLS certificate has left
-/// (`tls_expiry`: name, seconds; empty without `--tls-listen`).
-pub fn render(
-    table: &RoutingTable,
-    now: Instant,
-    dropped: u64,
-    tls_expiry: &[(String, i64)],
-) -> String {
+/// What the gateway knows besides its routing table.
+#[derive(Debug, Clone, Default)]
+pub struct GatewayFigures {
+    /// Access log lines dropped (0 without `--access-log`).
+    pub dropped: u64,
+    /// Seconds each TLS certificate has left: name, seconds (empty without
+    /// `--tls-listen`).
+    pub tls_expiry: Vec<(String, i64)>,
+    /// Live gateways in the registry, which shared rate limits divide by.
+    pub live_gateways: usize,
+}
+
+/// Render every family for `table` and `figures`, as of `now`.
+pub fn render(table: &RoutingTable, now: Instant, figures: &GatewayFigures) -> String {
     let mut out = Exposition::default();
     out.write_table(table, now)
-        .and_then(|()| out.write_access_log(dropped))
-        .and_then(|()| out.write_tls_expiry(tls_expiry))
+        .and_then(|()| out.write_access_log(figures.dropped))
+        .and_then(|()| out.write_tls_expiry(&figures.tls_expiry))
+        .and_then(|()| out.write_live_gateways(figures.live_gateways))
         .expect("formatting into a String never fails");
     out.text
 }
@@ -129,6 +137,21 @@ impl Exposition {
                 &[("route", &route.name), ("service", &route.route.service)],
                 &route.stats,
             )?;
+        }
+
+        self.family(
+            "shoal_gateway_rate_limited_total",
+            "counter",
+            "Requests answered 429 by their route's rate limit, by this gateway (limits are kept per gateway).",
+        )?;
+        for route in table.routes.iter() {
+            if let Some(limiter) = &route.limiter {
+                self.sample(
+                    "shoal_gateway_rate_limited_total",
+                    &[("route", &route.name), ("service", &route.route.service)],
+                    Value::Uint(limiter.limited()),
+                )?;
+            }
         }
 
         self.family(
@@ -330,6 +353,16 @@ impl Exposition {
             "Access log lines dropped because the writer could not keep up.",
         )?;
         self.sample(name, &[], Value::Uint(dropped))
+    }
+
+    fn write_live_gateways(&mut self, live: usize) -> fmt::Result {
+        let name = "shoal_gateway_live_gateways";
+        self.family(
+            name,
+            "gauge",
+            "Gateways registered in the registry (at least this one): what shared rate limits are divided by.",
+        )?;
+        self.sample(name, &[], Value::Uint(live as u64))
     }
 
     fn write_tls_expiry(&mut self, certs: &[(String, i64)]) -> fmt::Result {
@@ -608,7 +641,7 @@ mod tests {
         pool.counters.held_total.store(9, Ordering::Relaxed);
         pool.all[1].state.health.lock().unwrap().ejected_until = Some(t0 + Duration::from_secs(5));
 
-        let (types, samples) = parse(&render(&t, t0, 0, &[]));
+        let (types, samples) = parse(&render(&t, t0, &GatewayFigures::default()));
         for (family, kind) in [
             ("shoal_gateway_requests_total", "counter"),
             ("shoal_gateway_upstream_requests_total", "counter"),
@@ -718,7 +751,11 @@ mod tests {
         assert_eq!(value(&samples, "shoal_gateway_table_generation", &[]), 7.0);
 
         // Once the ejection has run out, the instance is back to its registry state.
-        let (_, later) = parse(&render(&t, t0 + Duration::from_secs(6), 0, &[]));
+        let (_, later) = parse(&render(
+            &t,
+            t0 + Duration::from_secs(6),
+            &GatewayFigures::default(),
+        ));
         assert_eq!(
             value(&later, "shoal_gateway_ejected", &[("instance", "b")]),
             0.0
@@ -732,7 +769,7 @@ mod tests {
             &[instance("app", hostile, InstanceState::Ready)],
             Instant::now(),
         );
-        let text = render(&t, Instant::now(), 0, &[]);
+        let text = render(&t, Instant::now(), &GatewayFigures::default());
         assert!(
             text.contains(r#"shoal_gateway_in_flight{service="app",instance="a\"b\nc\\d"} 0"#),
             "{text}"
@@ -751,13 +788,20 @@ mod tests {
     #[test]
     fn tls_certificate_expiry_is_a_gauge_per_certificate() {
         let t = table(&[], Instant::now());
-        let without = render(&t, Instant::now(), 0, &[]);
+        let without = render(&t, Instant::now(), &GatewayFigures::default());
         assert!(
             !without.contains("tls_cert_expiry"),
             "no TLS family without certificates"
         );
         let certs = [("/etc/a.pem".to_owned(), 86_400), ("b.pem".to_owned(), -5)];
-        let (types, samples) = parse(&render(&t, Instant::now(), 0, &certs));
+        let (types, samples) = parse(&render(
+            &t,
+            Instant::now(),
+            &GatewayFigures {
+                tls_expiry: certs.to_vec(),
+                ..GatewayFigures::default()
+            },
+        ));
         let name = "shoal_gateway_tls_cert_expiry_seconds";
         assert_eq!(types[name], "gauge");
         assert_eq!(value(&samples, name, &[("name", "/etc/a.pem")]), 86_400.0);

@@ -56,6 +56,8 @@ pub struct AdminState {
     pub access_log: Option<crate::access_log::AccessLog>,
     /// `--tls-cert`s, when `--tls-listen` is on (for their expiry metric).
     pub certs: Option<std::sync::Arc<crate::tls::Certs>>,
+    /// Live gateways in the registry (the proxy's count, for the metric).
+    pub live_gateways: std::sync::Arc<std::sync::atomic::AtomicUsize>,
 }
 
 /// State for unit tests: `table`, and an in-memory etcd that is down (the
@@ -87,6 +89,7 @@ pub fn test_state_over(
         stop: tokio_util::sync::CancellationToken::new(),
         access_log: None,
         certs: None,
+        live_gateways: std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(1)),
     }
 }
 

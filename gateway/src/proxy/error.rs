@@ -16,7 +16,7 @@ use super::headers::{NO_INSTANCE, X_SHOAL_INSTANCE};
 use super::response::ResponseBody;
 
 /// Something the gateway answers on its own instead of an instance.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum GatewayError {
     #[error("bad request: {0}")]
     BadRequest(String),
@@ -48,6 +48,12 @@ pub enum GatewayError {
     },
     #[error("the request body could not be read from the client: {0}")]
     ClientBody(String),
+    #[error("over route {route}'s rate limit")]
+    RateLimited {
+        route: String,
+        per_second: f64,
+        retry_after: Duration,
+    },
 }
 
 impl GatewayError {
@@ -62,6 +68,7 @@ impl GatewayError {
                 StatusCode::BAD_GATEWAY
             }
             GatewayError::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
+            GatewayError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
         }
     }
 
@@ -76,6 +83,7 @@ impl GatewayError {
             GatewayError::Unreachable { .. } => "unreachable",
             GatewayError::BadGateway { .. } => "bad_gateway",
             GatewayError::Timeout { .. } => "timeout",
+            GatewayError::RateLimited { .. } => "rate_limited",
         }
     }
 
@@ -114,6 +122,11 @@ impl GatewayError {
                 "instance `{instance}` of service `{service}` sent no response within {} ms; the request may still be processed there",
                 after.as_millis()
             ),
+            GatewayError::RateLimited {
+                route, per_second, ..
+            } => format!(
+                "route `{route}` allows {per_second} request(s) per second; retry after the delay in Retry-After"
+            ),
         }
     }
 
@@ -133,8 +146,15 @@ impl GatewayError {
                 .cloned()
                 .unwrap_or(HeaderValue::from_static(NO_INSTANCE)),
         );
-        if self.status() == StatusCode::SERVICE_UNAVAILABLE {
-            headers.insert(RETRY_AFTER, HeaderValue::from_static("1"));
+        match self {
+            GatewayError::RateLimited { retry_after, .. } => {
+                let secs = crate::rate_limit::retry_after_secs(*retry_after);
+                headers.insert(RETRY_AFTER, HeaderValue::from(secs));
+            }
+            _ if self.status() == StatusCode::SERVICE_UNAVAILABLE => {
+                headers.insert(RETRY_AFTER, HeaderValue::from_static("1"));
+            }
+            _ => {}
         }
         response
     }
@@ -180,6 +200,24 @@ mod tests {
         assert!(response.headers().get(RETRY_AFTER).is_none());
         assert_eq!(json_of(response).await["error"], "timeout");
         assert_eq!(GatewayError::BodyTooLarge { limit: 1 }.status(), 413);
+
+        let e = GatewayError::RateLimited {
+            route: "api".into(),
+            per_second: 2.5,
+            retry_after: Duration::from_millis(1200),
+        };
+        let response = e.to_response(None);
+        assert_eq!(response.status(), 429);
+        assert_eq!(response.headers()[RETRY_AFTER], "2", "rounded up");
+        let body = json_of(response).await;
+        assert_eq!(body["error"], "rate_limited");
+        assert!(
+            body["detail"]
+                .as_str()
+                .unwrap()
+                .contains("route `api` allows 2.5"),
+            "{body}"
+        );
         assert_eq!(GatewayError::BadRequest("x".into()).status(), 400);
     }
 }

@@ -9,7 +9,9 @@
 //!    is missing, doubled, malformed or ambiguous (the framing rules are in
 //!    [`resolve`]'s doc). Refuse a declared body over `--max-body-bytes` (413).
 //!    A route with `https_redirect` answers a plain-HTTP request with a 308
-//!    to HTTPS here ([`redirect`]).
+//!    to HTTPS here ([`redirect`]); a route with a `rate_limit` answers a
+//!    request over it with 429 and `Retry-After`
+//!    ([`rate_limit`](crate::rate_limit)).
 //! 2. Hold ([`hold`]): if the service has no ready instance, hold the request
 //!    until one registers, up to `--hold-timeout` (scale from zero), else 503.
 //! 3. Attempt ([`attempt`]): pick an instance with the route's policy, wait
@@ -72,6 +74,7 @@ pub mod upgrade;
 mod tests;
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use http::{Request, Response};
@@ -80,6 +83,7 @@ use hyper::body::Incoming;
 use crate::access_log::{AccessLog, Entry};
 use crate::config::Config;
 use crate::health::EjectionPolicy;
+use crate::rate_limit::Verdict;
 use crate::table::{self, TableHandle};
 use answer::{fail, respond};
 use attempt::{Attempted, Exchange, within};
@@ -130,6 +134,9 @@ pub struct ProxySettings {
     /// The `--tls-listen` port, for `https_redirect` routes' `Location`
     /// (443 when unset).
     pub https_port: Option<u16>,
+    /// Live gateways in the registry (at least 1), which `shared` rate
+    /// limits are divided by; kept up to date by the caller.
+    pub live_gateways: Arc<AtomicUsize>,
 }
 
 impl ProxySettings {
@@ -151,6 +158,7 @@ impl ProxySettings {
             trace_headers: config.trace_headers,
             access_log: None,
             https_port: None,
+            live_gateways: Arc::new(AtomicUsize::new(1)),
         }
     }
 }
@@ -244,6 +252,21 @@ impl Inner {
                     Ok(location) => answer::redirect(redirect::STATUS, location, record),
                     Err(e) => fail(e, None, record, None),
                 };
+            }
+        }
+        if let Some(limiter) = &first.limiter {
+            let parts = &exchange.parts;
+            let trusted = &self.settings.trusted_proxies;
+            let client = forwarded::client_address(peer.ip, &parts.headers, trusted);
+            let key = limiter.key(client, &parts.headers);
+            let gateways = self.settings.live_gateways.load(Ordering::Relaxed);
+            if let Verdict::Limited { retry_after } = limiter.check(key, started, gateways) {
+                let e = GatewayError::RateLimited {
+                    route: first.name.clone(),
+                    per_second: limiter.limit().per_second,
+                    retry_after,
+                };
+                return fail(e, None, record, None);
             }
         }
         if let Err(e) =

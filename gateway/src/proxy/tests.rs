@@ -133,6 +133,7 @@ fn settings() -> ProxySettings {
         trace_headers: true,
         access_log: None,
         https_port: None,
+        live_gateways: Arc::new(std::sync::atomic::AtomicUsize::new(1)),
     }
 }
 

@@ -6,16 +6,9 @@ use std::time::Duration;
 use registry::Keys;
 use shoal_tests::Platform;
 
-use super::{get_json, http, instance_stats, spread_of, wait_json};
+use super::{get_json, http, instance_stats, metric_sum, spread_of, wait_json};
 
 /// Sum of the samples of `metric` whose labels include `label`.
-fn metric_sum(text: &str, metric: &str, label: &str) -> f64 {
-    text.lines()
-        .filter(|l| l.starts_with(&format!("{metric}{{")) && l.contains(label))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn admin_stats_and_metrics_add_up_to_the_traffic_sent() {
     // Slow start off so that round-robin splits the requests exactly in two.

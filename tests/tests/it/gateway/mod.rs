@@ -5,6 +5,7 @@
 //! - [`failover`]: instances killed or drained under load, retries and ejection, held requests.
 //! - [`discovery`]: registry-to-routing time, an etcd outage, malformed entries.
 //! - [`limits`]: body size and slow clients.
+//! - [`rate_limit`]: routes' rate limits per client, per header and shared by gateways.
 //! - [`framing`]: strict HTTP/1.1 framing and forwarded headers, on raw sockets.
 //! - [`registry_loss`]: keys deleted or etcd wiped under load; the table never empties.
 //! - [`replace`]: a gateway replaced in place (`--reuse-port`) refuses nothing.
@@ -26,6 +27,7 @@ mod discovery;
 mod failover;
 mod framing;
 mod limits;
+mod rate_limit;
 mod registry_loss;
 mod replace;
 mod tls;
@@ -43,6 +45,15 @@ pub const INSTANCE: &str = "x-shoal-instance";
 /// with room for a request held 10 s by the gateway.
 pub fn http() -> reqwest::Client {
     shoal_tests::http_client(Duration::from_secs(15))
+}
+
+/// The sum of `metric`'s samples whose labels contain `label` in a
+/// Prometheus text exposition.
+pub fn metric_sum(text: &str, metric: &str, label: &str) -> f64 {
+    text.lines()
+        .filter(|l| l.starts_with(&format!("{metric}{{")) && l.contains(label))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
 }
 
 /// The instance that served `resp`, or "" if the header is missing.
