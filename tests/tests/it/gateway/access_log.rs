@@ -17,7 +17,7 @@ use serde_json::Value;
 use shoal_tests::{Gateway, Platform, wait_until};
 
 use super::framing::{Recorder, behind_recorder, header_values};
-use super::{gateway_log, http, wait_json, wait_known};
+use super::{gateway_log, http, metrics_text, wait_json, wait_known};
 
 const TRACEPARENT: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
 
@@ -276,14 +276,7 @@ async fn a_held_request_and_a_retry_after_a_refused_connection_are_logged_as_suc
     );
 
     // The dropped-lines counter is exported, at zero.
-    let metrics = http
-        .get(gateway.admin_url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = metrics_text(&http, gateway).await;
     assert!(
         metrics
             .lines()

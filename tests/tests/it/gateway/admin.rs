@@ -6,7 +6,7 @@ use std::time::Duration;
 use registry::Keys;
 use shoal_tests::Platform;
 
-use super::{get_json, http, instance_stats, metric_sum, spread_of, wait_json};
+use super::{get_json, http, instance_stats, metric_sum, metrics_text, spread_of, wait_json};
 
 /// Sum of the samples of `metric` whose labels include `label`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -83,13 +83,7 @@ async fn admin_stats_and_metrics_add_up_to_the_traffic_sent() {
     assert_eq!(app["requests_total"], sent, "{app:#}");
     assert_eq!(app["ready_instances"], 2, "{app:#}");
 
-    let metrics = http
-        .get(gateway.admin_url("/metrics"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(metrics.status(), 200);
-    let metrics = metrics.text().await.unwrap();
+    let metrics = metrics_text(&http, gateway).await;
     let counted = metric_sum(&metrics, "shoal_gateway_requests_total", "service=\"app\"");
     assert_eq!(
         counted,

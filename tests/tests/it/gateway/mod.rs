@@ -47,6 +47,17 @@ pub fn http() -> reqwest::Client {
     shoal_tests::http_client(Duration::from_secs(15))
 }
 
+/// `gateway`'s `/metrics` text (asserting a 200).
+pub async fn metrics_text(http: &reqwest::Client, gateway: &Gateway) -> String {
+    let response = http
+        .get(gateway.admin_url("/metrics"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    response.text().await.unwrap()
+}
+
 /// The sum of `metric`'s samples whose labels contain `label` in a
 /// Prometheus text exposition.
 pub fn metric_sum(text: &str, metric: &str, label: &str) -> f64 {

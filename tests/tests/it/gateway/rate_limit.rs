@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use shoal_tests::{Gateway, Platform, wait_until_async};
 
-use super::{INSTANCE, http, metric_sum, served_by};
+use super::{INSTANCE, http, metric_sum, metrics_text, served_by};
 
 /// Send `n` GETs of `path` through `gateway` with `headers`, one after the
 /// other; the statuses, and the `Retry-After` of every 429.
@@ -70,16 +70,6 @@ async fn wait_limited_route(http: &reqwest::Client, gateway: &Gateway, path: &st
     .unwrap();
 }
 
-async fn metrics(http: &reqwest::Client, gateway: &Gateway) -> String {
-    let response = http
-        .get(gateway.admin_url("/metrics"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 200);
-    response.text().await.unwrap()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn requests_over_a_route_s_rate_get_429_per_client_and_per_key() {
     let platform = Platform::builder()
@@ -121,7 +111,7 @@ async fn requests_over_a_route_s_rate_get_429_per_client_and_per_key() {
     assert_eq!(bob, [200, 200, 429, 429]);
     assert_eq!(alice_again, [429], "alice's bucket is still empty");
 
-    let text = metrics(&http, gateway).await;
+    let text = metrics_text(&http, gateway).await;
     let limited = |route: &str| {
         metric_sum(
             &text,
@@ -153,9 +143,8 @@ async fn a_shared_limit_is_split_between_the_live_gateways() {
         .await;
     let http = http();
     for gateway in &platform.gateways {
-        let url = gateway.admin_url("/metrics");
         wait_until_async(Duration::from_secs(10), "2 live gateways", || async {
-            let text = http.get(&url).send().await.unwrap().text().await.unwrap();
+            let text = metrics_text(&http, gateway).await;
             text.contains("\nshoal_gateway_live_gateways 2\n")
         })
         .await

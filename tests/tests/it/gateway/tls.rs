@@ -31,7 +31,7 @@ use shoal_tests::{Gateway, Platform, run_to_exit, wait_until, wait_until_async};
 
 use super::framing::{Recorder, behind_recorder, header_values};
 use super::limits::{closed_within, read_answer};
-use super::{gateway_log, http, put_route};
+use super::{gateway_log, http, metrics_text, put_route};
 
 const BOTH_ALPN: &[&str] = &["h2", "http/1.1"];
 
@@ -398,14 +398,7 @@ async fn sighup_swaps_the_certificate_while_an_open_connection_keeps_working() {
     assert!(kept.served == cert_der(&first.cert));
 
     // The renewed certificate expires in about 10 days: metric and warning.
-    let metrics = http()
-        .get(gateway.admin_url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = metrics_text(&http(), gateway).await;
     let line = metrics
         .lines()
         .find(|l| l.starts_with("shoal_gateway_tls_cert_expiry_seconds{"))
