@@ -26,7 +26,7 @@
 #
 # Rows, per proxy, each the median of ROUNDS rounds (proxies alternate
 # within a round, reversed every other round):
-# - keep-alive: wrk -t1 -cCONNECTIONS -dDURATION --latency https://...
+# - keep-alive: wrk -t1 -cCONNECTIONS -dDURATION --latency https://localhost:PORT/
 # - full handshakes: tls_connects (bench/src/bin/tls_connects.rs), TLS_CLIENTS
 #   clients each making connection after connection for DURATION seconds: TCP
 #   connect, a full handshake (rustls, resumption off, certificate checked),
@@ -121,13 +121,13 @@ make_certificate() {
   mkdir -p "$dir"
   {
     openssl ecparam -name prime256v1 -genkey -noout -out "$dir/ca-key.pem"
-    openssl req -x509 -new -key "$dir/ca-key.pem" -subj "/CN=shoal bench CA" -days 2 -out "$dir/ca.pem"
+    openssl req -x509 -new -key "$dir/ca-key.pem" -subj "/CN=shoal bench CA" -days 30 -out "$dir/ca.pem"
     openssl ecparam -name prime256v1 -genkey -noout -out "$dir/key.pem"
     openssl req -new -key "$dir/key.pem" -subj "/CN=localhost" -out "$dir/cert.csr"
     printf '%s\n' "subjectAltName=DNS:localhost,IP:127.0.0.1" "basicConstraints=CA:FALSE" \
       "keyUsage=digitalSignature" "extendedKeyUsage=serverAuth" >"$dir/ext.cnf"
     openssl x509 -req -in "$dir/cert.csr" -CA "$dir/ca.pem" -CAkey "$dir/ca-key.pem" \
-      -CAcreateserial -days 2 -extfile "$dir/ext.cnf" -out "$dir/cert.pem"
+      -CAcreateserial -days 30 -extfile "$dir/ext.cnf" -out "$dir/cert.pem"
   } >"$dir/openssl.log" 2>&1 || { echo "error: openssl could not make the certificate:" >&2; cat "$dir/openssl.log" >&2; exit 1; }
   cat "$dir/cert.pem" "$dir/key.pem" >"$dir/cert+key.pem"
   CA=$dir/ca.pem
@@ -165,7 +165,10 @@ done
 
 # --- measure ----------------------------------------------------------------------
 
-tls_url() { echo "https://127.0.0.1:${TLS_PORT[$1]}/"; }
+# By name: wrk sends the URL's host as SNI, and an IP address there is
+# illegal (RFC 6066); rustls then logs a warning for every connection.
+# localhost must resolve to 127.0.0.1, where the proxies listen.
+tls_url() { echo "https://localhost:${TLS_PORT[$1]}/"; }
 
 run_keepalive() { # KEY SECONDS OUT
   taskset -c "$LOAD_CORES" wrk -t1 -c"$CONNECTIONS" -d"$2"s --latency "$(tls_url "$1")" >"$3" 2>&1 || true
