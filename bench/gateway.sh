@@ -15,8 +15,8 @@
 # interval for it), to say whether a difference is larger than the rounds'
 # spread. See bench/README.md.
 #
-#   bench/gateway.sh                        # 10 s runs, 3 rounds (about 4 minutes)
-#   DURATION=5 ROUNDS=1 bench/gateway.sh    # a quick look
+#   bench/gateway.sh                        # 10 s runs, 3 rounds (about 4 minutes, and 7 for TLS)
+#   DURATION=5 ROUNDS=1 TLS=0 bench/gateway.sh   # a quick look
 #   FIXED_RATE=0 bench/gateway.sh           # wrk only, no fixed-rate table
 #
 # Settings (environment): DURATION (s per run, default 10), ROUNDS (3),
