@@ -15,8 +15,8 @@
 # interval for it), to say whether a difference is larger than the rounds'
 # spread. See bench/README.md.
 #
-#   bench/gateway.sh                        # 10 s runs, 3 rounds (about 4 minutes)
-#   DURATION=5 ROUNDS=1 bench/gateway.sh    # a quick look
+#   bench/gateway.sh                        # 10 s runs, 3 rounds (about 4 minutes, and 7 for TLS)
+#   DURATION=5 ROUNDS=1 TLS=0 bench/gateway.sh   # a quick look
 #   FIXED_RATE=0 bench/gateway.sh           # wrk only, no fixed-rate table
 #
 # Settings (environment): DURATION (s per run, default 10), ROUNDS (3),
@@ -27,7 +27,9 @@
 # configs and logs. The gateway measured is the one the images ship, the
 # profile-guided build (scripts/pgo-gateway, about 12 minutes more; with
 # NO_BUILD=1 the one it last built); PGO=0 measures the plain release build,
-# GATEWAY_BIN=<path> any other. The proxy `before` is the gateway from
+# GATEWAY_BIN=<path> any other. TLS (1) then runs bench/gateway-tls.sh with
+# the same gateway, DURATION, ROUNDS, cores and proxies, for the TLS table
+# (a few minutes more); TLS=0 skips it. The proxy `before` is the gateway from
 # BEFORE_BIN, e.g. a copy of the build before a change:
 # PROXIES="shoal before nginx" BEFORE_BIN=/tmp/gateway-old PGO=0 bench/gateway.sh
 # puts the change against it round by round in the third table.
@@ -47,6 +49,11 @@ POLICIES=${POLICIES:-"round-robin least-request"}
 PROXY_CORE=${PROXY_CORE:-0}
 LOAD_CORES=${LOAD_CORES:-1}
 FIXED_RATE=${FIXED_RATE:-10000}
+TLS=${TLS:-1}
+case $TLS in
+  0 | 1) ;;
+  *) echo "error: TLS=$TLS is not allowed; use 1 (also the TLS table, bench/gateway-tls.sh; the default) or 0" >&2; exit 1 ;;
+esac
 case $FIXED_RATE in
   '' | *[!0-9]*) echo "error: FIXED_RATE=$FIXED_RATE is not allowed; use a whole number of requests per second (0 skips the fixed-rate table)" >&2; exit 1 ;;
 esac
@@ -298,4 +305,20 @@ if [[ " $PROXIES " == *" shoal "* ]] && [ "$ROUNDS" -ge 2 ] && [ -x "$BIN/paired
   done
 fi
 
+# The TLS table (bench/gateway-tls.sh), once this run's processes are
+# stopped: it starts its own, with a certificate.
+tls_status=0
+if [ "$TLS" = 1 ]; then
+  stop_proxies
+  for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
+  for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
+  pids=()
+  tls_proxies=
+  for proxy in $PROXIES; do [ "$proxy" = before ] || tls_proxies+="$proxy "; done
+  echo
+  GATEWAY_BIN=$GATEWAY_BIN DURATION=$DURATION ROUNDS=$ROUNDS PROXIES=$tls_proxies PROXY_CORE=$PROXY_CORE \
+    LOAD_CORES=$LOAD_CORES bench/gateway-tls.sh || tls_status=$?
+fi
+
 report_failed
+exit "$tls_status"

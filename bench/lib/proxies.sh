@@ -17,8 +17,15 @@
 # gateway. The proxy `before` is Shoal's gateway again, from BEFORE_BIN (a
 # copy of an earlier build): with PROXIES="shoal before", one run measures
 # a change against what it changes, round by round.
+#
+# TLS: with TLS_CERT and TLS_KEY set (a PEM certificate chain and its key;
+# TLS_PEM, the two in one file, for HAProxy), every proxy also terminates
+# TLS 1.2 and 1.3 with them on TLS_PORT[proxy/policy] (assign_ports picks
+# it), in front of the same upstreams: the gateway's --tls-listen, nginx's
+# `listen ... ssl`, HAProxy's `bind ... ssl crt`, each with its own defaults
+# otherwise (session resumption included). Without TLS_CERT nothing changes.
 
-declare -A PORT=() LOG=() PID=() ADMIN=() FAILED=() STOP_STATUS=()
+declare -A PORT=() TLS_PORT=() LOG=() PID=() ADMIN=() FAILED=() STOP_STATUS=()
 PROXY_WRAPPER=(${PROXY_WRAPPER[@]+"${PROXY_WRAPPER[@]}"})
 NGINX_MASTER=${NGINX_MASTER:-on}
 PROXY_MAX_CONNECTIONS=${PROXY_MAX_CONNECTIONS:-4096}
@@ -27,7 +34,10 @@ PROXY_MAX_CONNECTIONS=${PROXY_MAX_CONNECTIONS:-4096}
 assign_ports() {
   local proxy policy
   for proxy in $PROXIES; do
-    for policy in $POLICIES; do free_port "PORT[$proxy/$policy]"; done
+    for policy in $POLICIES; do
+      free_port "PORT[$proxy/$policy]"
+      [ -z "${TLS_CERT:-}" ] || free_port "TLS_PORT[$proxy/$policy]"
+    done
   done
 }
 
@@ -45,7 +55,7 @@ start_before() {
 # (default: POLICIES) from BINARY, measured as the proxy NAME; SETTING is
 # the variable that names BINARY, for the message when it is missing.
 start_gateway() {
-  local name=$1 gateway=$2 setting=$3 policy admin_port id
+  local name=$1 gateway=$2 setting=$3 policy admin_port id tls
   shift 3
   local policies=${*:-$POLICIES}
   if [ ! -x "$gateway" ]; then
@@ -60,12 +70,16 @@ start_gateway() {
     ADMIN[$name/$policy]=$admin_port
     id=bench-$policy
     [ "$name" = shoal ] || id=bench-$name-$policy
+    tls=()
+    if [ -n "${TLS_CERT:-}" ]; then
+      tls=(--tls-listen "127.0.0.1:${TLS_PORT[$name/$policy]}" --tls-cert "$TLS_CERT" --tls-key "$TLS_KEY")
+    fi
     # Slow start off: nginx and HAProxy have none, and every instance is
     # "new" to a gateway that just started.
     taskset -c "$PROXY_CORE" ${PROXY_WRAPPER[@]+"${PROXY_WRAPPER[@]}"} "$gateway" --etcd "$ETCD_URL" \
       --listen "127.0.0.1:${PORT[$name/$policy]}" --admin-listen "127.0.0.1:$admin_port" \
       --workers 1 --default-service app --default-policy "$policy" --slow-start 0s \
-      --id "$id" >"${LOG[$name/$policy]}" 2>&1 &
+      --id "$id" ${tls[@]+"${tls[@]}"} >"${LOG[$name/$policy]}" 2>&1 &
     pids+=($!)
     PID[$name/$policy]=$!
   done
@@ -122,6 +136,7 @@ CONF
   }
   server {
     listen 127.0.0.1:${PORT[nginx/$policy]};
+$(nginx_tls "$policy")
     location / {
       proxy_pass http://$upstream;
       proxy_http_version 1.1;
@@ -140,6 +155,17 @@ CONF
     -e "$TMP/nginx/error.log" -c "$conf" >"$TMP/nginx/stdout.log" 2>&1 &
   pids+=($!)
   for policy in $POLICIES; do PID[nginx/$policy]=$!; done
+}
+
+# nginx_tls POLICY: the TLS listener of nginx's server for POLICY, when TLS_CERT is set.
+nginx_tls() {
+  [ -n "${TLS_CERT:-}" ] || return 0
+  cat <<CONF
+    listen 127.0.0.1:${TLS_PORT[nginx/$1]} ssl;
+    ssl_certificate $TLS_CERT;
+    ssl_certificate_key $TLS_KEY;
+    ssl_protocols TLSv1.2 TLSv1.3;
+CONF
 }
 
 # start_haproxy: one HAProxy serving every policy of POLICIES on its own port.
@@ -167,6 +193,7 @@ CONF
       cat <<CONF
 frontend ${policy}_in
   bind 127.0.0.1:${PORT[haproxy/$policy]}
+$(haproxy_tls "$policy")
   default_backend ${policy}_app
 backend ${policy}_app
   balance $balance
@@ -181,6 +208,16 @@ CONF
     >"$TMP/haproxy.log" 2>&1 &
   pids+=($!)
   for policy in $POLICIES; do PID[haproxy/$policy]=$!; done
+}
+
+# haproxy_tls POLICY: the TLS bind of HAProxy's frontend for POLICY, when
+# TLS_CERT is set; X-Forwarded-Proto as the gateway and nginx send it.
+haproxy_tls() {
+  [ -n "${TLS_CERT:-}" ] || return 0
+  cat <<CONF
+  bind 127.0.0.1:${TLS_PORT[haproxy/$1]} ssl crt $TLS_PEM ssl-min-ver TLSv1.2
+  http-request set-header X-Forwarded-Proto https if { ssl_fc }
+CONF
 }
 
 # check_settings: every proxy in PROXIES is known (`before` only with

@@ -1,15 +1,23 @@
 //! `idle_conns`: many idle keep-alive client connections to one proxy, for
-//! `bench/gateway-scale.sh`'s memory per idle connection. Opens CONNECTIONS
-//! HTTP/1.1 connections to URL (PARALLEL at a time), sends one `GET` on each
-//! and reads its whole response, then keeps every connection open and idle.
-//! Once all are open it prints `open N failed F` on stdout, and it holds them
-//! for HOLD_SECS (the script ends it sooner, once it has measured).
+//! the memory per idle connection of `bench/gateway-scale.sh` (HTTP) and
+//! `bench/gateway-tls.sh` (HTTPS). Opens CONNECTIONS HTTP/1.1 connections to
+//! URL (PARALLEL at a time), sends one `GET` on each and reads its whole
+//! response, then keeps every connection open and idle. Once all are open it
+//! prints `open N failed F` on stdout, and it holds them for HOLD_SECS (the
+//! script ends it sooner, once it has measured).
 //!
-//! Settings (environment): URL (required, `http://HOST:PORT/PATH`),
-//! CONNECTIONS (10000), PARALLEL (200), HOLD_SECS (60). The process needs a
-//! file descriptor per connection (`ulimit -n`). Exit status 2 when the
-//! settings are wrong or no connection was opened.
+//! An `https://` URL makes each connection a full TLS handshake (TLS 1.2 or
+//! 1.3, ALPN `http/1.1`; `shoal_tests::tls`, a fresh client configuration per
+//! connection, so nothing is resumed), trusting the CA certificate in the PEM
+//! file CA and sending SNI SERVER_NAME (default `localhost`).
+//!
+//! Settings (environment): URL (required, `http://HOST:PORT/PATH` or
+//! `https://...`), CONNECTIONS (10000), PARALLEL (200), HOLD_SECS (60), CA
+//! (required with https), SERVER_NAME. The process needs a file descriptor
+//! per connection (`ulimit -n`). Exit status 2 when the settings are wrong or
+//! no connection was opened.
 
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -18,6 +26,7 @@ use http_body_util::{BodyExt, Empty};
 use hyper::client::conn::http1;
 use hyper_util::rt::TokioIo;
 use shoal_bench::settings::{env_number, read_or_exit};
+use shoal_tests::tls::{BOTH_VERSIONS, TlsConn};
 use tokio::net::TcpStream;
 use tokio::task::JoinSet;
 
@@ -25,6 +34,8 @@ use tokio::task::JoinSet;
 struct Settings {
     authority: String,
     path: String,
+    /// For an `https://` URL: the CA to trust and the SNI name to send.
+    tls: Option<(PathBuf, String)>,
     connections: u64,
     parallel: u64,
     hold: Duration,
@@ -33,9 +44,19 @@ struct Settings {
 fn settings() -> Result<Settings, String> {
     let url = std::env::var("URL")
         .map_err(|_| "URL is not set; use e.g. URL=http://127.0.0.1:8080/".to_owned())?;
-    let rest = url
-        .strip_prefix("http://")
-        .ok_or_else(|| format!("URL={url:?} is not allowed; use an http:// URL"))?;
+    let (rest, tls) = if let Some(rest) = url.strip_prefix("https://") {
+        let ca = std::env::var("CA").map_err(|_| {
+            format!("URL={url:?} is https but CA is not set; set CA to the PEM file of the CA that signed the proxy's certificate")
+        })?;
+        let name = std::env::var("SERVER_NAME").unwrap_or_else(|_| "localhost".to_owned());
+        (rest, Some((PathBuf::from(ca), name)))
+    } else if let Some(rest) = url.strip_prefix("http://") {
+        (rest, None)
+    } else {
+        return Err(format!(
+            "URL={url:?} is not allowed; use an http:// or https:// URL"
+        ));
+    };
     let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
     if authority.is_empty() {
         return Err(format!(
@@ -45,15 +66,36 @@ fn settings() -> Result<Settings, String> {
     Ok(Settings {
         authority: authority.to_owned(),
         path: if path.is_empty() { "/" } else { path }.to_owned(),
+        tls,
         connections: env_number("CONNECTIONS", 10_000, 1)?,
         parallel: env_number("PARALLEL", 200, 1)?,
         hold: Duration::from_secs(env_number("HOLD_SECS", 60, 1)?),
     })
 }
 
+/// What keeps one connection open (never read, only dropped at the end).
+type Held = Box<dyn std::any::Any + Send>;
+
 /// One connection, one request answered 200; answers the handle that keeps
 /// the connection open.
-async fn open(authority: String, path: String) -> anyhow::Result<http1::SendRequest<Empty<Bytes>>> {
+async fn open(
+    authority: String,
+    path: String,
+    tls: Option<(PathBuf, String)>,
+) -> anyhow::Result<Held> {
+    let Some((ca, name)) = tls else {
+        return Ok(Box::new(open_plain(authority, path).await?));
+    };
+    let mut conn = TlsConn::connect(&authority, &name, &["http/1.1"], BOTH_VERSIONS, &ca).await?;
+    let (status, _, _) = conn.get(&authority, &path).await?;
+    anyhow::ensure!(status == 200, "answered {status}");
+    Ok(Box::new(conn))
+}
+
+async fn open_plain(
+    authority: String,
+    path: String,
+) -> anyhow::Result<http1::SendRequest<Empty<Bytes>>> {
     let stream = TcpStream::connect(&authority).await?;
     let (mut sender, connection) = http1::handshake(TokioIo::new(stream)).await?;
     tokio::spawn(connection);
@@ -80,7 +122,11 @@ async fn main() -> ExitCode {
     let mut started = 0;
     while started < settings.connections || !tasks.is_empty() {
         while started < settings.connections && (tasks.len() as u64) < settings.parallel {
-            tasks.spawn(open(settings.authority.clone(), settings.path.clone()));
+            tasks.spawn(open(
+                settings.authority.clone(),
+                settings.path.clone(),
+                settings.tls.clone(),
+            ));
             started += 1;
         }
         match tasks.join_next().await {
