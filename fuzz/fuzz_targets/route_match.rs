@@ -80,6 +80,7 @@ fuzz_target!(|input: Input| {
             try_timeout_ms: None,
             retries: None,
             https_redirect: false,
+            rate_limit: None,
         };
         // The registry skips what does not validate; so does the table's input.
         if validate_segment("route", &r.name).is_err() || route.validate().is_err() {

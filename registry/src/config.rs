@@ -233,14 +233,21 @@ pub struct LogArgs {
     pub log_format: LogFormat,
 }
 
+/// The log filter without `RUST_LOG`: `info`, except rustls's warnings
+/// about what a TLS peer sent (`rustls::msgs::handshake`), which come once
+/// per connection and are the peer's to fix (an IP address as SNI, which
+/// wrk and OpenSSL's s_client send, would otherwise write a line for every
+/// connection any client makes to the gateway's TLS listener).
+pub const DEFAULT_LOG_FILTER: &str = "info,rustls::msgs::handshake=error";
+
 impl LogArgs {
     /// Install the global subscriber; the filter comes from `RUST_LOG`
-    /// (default `info`). Colours only on a terminal, so log files (an
-    /// instance's log, quoted in crash events) stay plain text.
+    /// (default [`DEFAULT_LOG_FILTER`]). Colours only on a terminal, so log
+    /// files (an instance's log, quoted in crash events) stay plain text.
     pub fn init(&self) {
         use std::io::IsTerminal;
         let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-            .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+            .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(DEFAULT_LOG_FILTER));
         let builder = tracing_subscriber::fmt()
             .with_env_filter(filter)
             .with_writer(std::io::stderr)

@@ -175,7 +175,7 @@ async fn a_handshake_that_never_finishes_is_cut_off_after_the_header_read_timeou
     let since = std::time::Instant::now();
     // Half a ClientHello, then silence.
     let mut silent = TcpStream::connect(tls_addr(gateway)).await.unwrap();
-    let hello = client_hello([0x03, 0x03]);
+    let hello = client_hello([0x03, 0x03], b"shop.example");
     silent.write_all(&hello[..hello.len() / 2]).await.unwrap();
     // Meanwhile a client that finishes its handshake is served.
     let mut other = connect(gateway, "shop.example", &["http/1.1"], &pki.ca).await;
@@ -193,12 +193,11 @@ async fn a_handshake_that_never_finishes_is_cut_off_after_the_header_read_timeou
     );
 }
 
-/// A ClientHello on raw bytes, with `version` as its only version (no
-/// supported_versions extension), ECDHE-ECDSA suites and the extensions a
-/// TLS 1.2 server needs for them.
-fn client_hello(version: [u8; 2]) -> Vec<u8> {
+/// A ClientHello on raw bytes for `sni`, with `version` as its only version
+/// (no supported_versions extension), ECDHE-ECDSA suites and the
+/// extensions a TLS 1.2 server needs for them.
+fn client_hello(version: [u8; 2], sni: &[u8]) -> Vec<u8> {
     let mut exts = Vec::new();
-    let sni = b"shop.example";
     let mut server_name = vec![0x00];
     server_name.extend_from_slice(&(sni.len() as u16).to_be_bytes());
     server_name.extend_from_slice(sni);
@@ -261,7 +260,7 @@ async fn tls_1_1_is_refused() {
     let addr = tls_addr(platform.gateway());
 
     // The control: the same hello saying TLS 1.2 gets a ServerHello.
-    let answer = first_record(addr, &client_hello([0x03, 0x03])).await;
+    let answer = first_record(addr, &client_hello([0x03, 0x03], b"shop.example")).await;
     assert_eq!(
         answer[..1],
         [0x16],
@@ -269,13 +268,36 @@ async fn tls_1_1_is_refused() {
     );
     assert_eq!(answer[5], 0x02, "a ServerHello: {answer:02x?}");
 
-    let answer = first_record(addr, &client_hello([0x03, 0x02])).await;
+    let answer = first_record(addr, &client_hello([0x03, 0x02], b"shop.example")).await;
     assert_eq!(answer.len(), 7, "an alert record: {answer:02x?}");
     assert_eq!(answer[0], 0x15, "an alert, no ServerHello: {answer:02x?}");
     assert_eq!(
         answer[5..],
         [0x02, 70],
         "a fatal protocol_version alert: {answer:02x?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_ip_address_as_sni_is_served_without_a_log_line_per_connection() {
+    let pki = Pki::generate();
+    let cert = pki.server_cert("shop", &["shop.example"], None);
+    let flags = tls_flags(&[&cert]);
+    let platform = Platform::builder().gateway(&as_strs(&flags)).start().await;
+    let gateway = platform.gateway();
+    // What wrk and OpenSSL's s_client send when given an IP address, which
+    // RFC 6066 forbids: rustls ignores it (the default certificate is
+    // served) and warns, once per connection, which any client could use
+    // to flood the gateway's log.
+    for _ in 0..20 {
+        let answer =
+            first_record(tls_addr(gateway), &client_hello([0x03, 0x03], b"127.0.0.1")).await;
+        assert_eq!(answer[5], 0x02, "a ServerHello: {answer:02x?}");
+    }
+    let log = gateway_log(gateway);
+    assert!(
+        !log.contains("Illegal SNI"),
+        "rustls's warning reached the gateway's log: {log}"
     );
 }
 
