@@ -109,12 +109,7 @@ need_tools "${tools[@]}"
 check_cores
 setup_tmp shoal-scale
 CLK_TCK=$(getconf CLK_TCK)
-# Every idle connection is a file descriptor, in the client and in the proxy.
-ulimit -n "$(ulimit -Hn)"
-if [ "$IDLE_CONNECTIONS" -gt 0 ] && [ "$(ulimit -n)" -lt $((IDLE_CONNECTIONS + 500)) ]; then
-  echo "error: IDLE_CONNECTIONS=$IDLE_CONNECTIONS needs more open files than this shell may have ($(ulimit -n)); lower it or raise the hard limit" >&2
-  exit 1
-fi
+raise_open_files "$IDLE_CONNECTIONS"
 
 build_release
 if [ "${NO_BUILD:-0}" != 1 ]; then cargo build --release -p shoal-bench --bin scale_registry --bin idle_conns --quiet; fi

@@ -95,12 +95,7 @@ need_tools "${tools[@]}"
 check_cores
 setup_tmp shoal-tls
 CLK_TCK=$(getconf CLK_TCK)
-# Every idle connection is a file descriptor, in the client and in the proxy.
-ulimit -n "$(ulimit -Hn)"
-if [ "$IDLE_CONNECTIONS" -gt 0 ] && [ "$(ulimit -n)" -lt $((IDLE_CONNECTIONS + 500)) ]; then
-  echo "error: IDLE_CONNECTIONS=$IDLE_CONNECTIONS needs more open files than this shell may have ($(ulimit -n)); lower it or raise the hard limit" >&2
-  exit 1
-fi
+raise_open_files "$IDLE_CONNECTIONS"
 PROXY_MAX_CONNECTIONS=$((IDLE_CONNECTIONS + 500))
 
 build_release

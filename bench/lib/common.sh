@@ -140,3 +140,15 @@ cpu_ticks_of() {
 rss_kb() {
   awk '/^VmRSS:/ { print $2 }' "/proc/$1/status"
 }
+
+# raise_open_files CONNECTIONS: raise this shell's open-file limit to its
+# hard limit, since every idle connection is a file descriptor, in the
+# client and in the proxy; exit with the fix when that is still too few for
+# CONNECTIONS (IDLE_CONNECTIONS) and some to spare.
+raise_open_files() {
+  ulimit -n "$(ulimit -Hn)"
+  if [ "$1" -gt 0 ] && [ "$(ulimit -n)" -lt $(($1 + 500)) ]; then
+    echo "error: IDLE_CONNECTIONS=$1 needs more open files than this shell may have ($(ulimit -n)); lower it or raise the hard limit" >&2
+    exit 1
+  fi
+}
