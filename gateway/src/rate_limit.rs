@@ -125,12 +125,13 @@ impl RouteLimiter {
         self.limited.load(Ordering::Relaxed)
     }
 
-    /// The bucket a request belongs to: its client's address, its header's
-    /// value (requests without the header share one bucket), or the route.
-    pub fn key(&self, client: IpAddr, headers: &HeaderMap) -> u64 {
+    /// The bucket a request belongs to: its client's address (`client` is
+    /// only called for a limit by client), its header's value (requests
+    /// without the header share one bucket), or the route.
+    pub fn key(&self, client: impl FnOnce() -> IpAddr, headers: &HeaderMap) -> u64 {
         let mut hasher = self.hasher.build_hasher();
         match (&self.limit.by, &self.header) {
-            (RateKey::ClientIp, _) => match client {
+            (RateKey::ClientIp, _) => match client() {
                 IpAddr::V4(ip) => hasher.write(&ip.octets()),
                 IpAddr::V6(ip) => hasher.write(&ip.octets()),
             },
@@ -231,7 +232,7 @@ mod tests {
     #[test]
     fn a_burst_then_the_rate() {
         let l = limiter(r#"{"per_second":10,"burst":5}"#);
-        let key = l.key(A, &HeaderMap::new());
+        let key = l.key(|| A, &HeaderMap::new());
         let t0 = l.epoch + Duration::from_secs(1);
         assert_eq!(allowed(&l, key, t0, 20, 1), 5, "the bucket's size at once");
         let Verdict::Limited { retry_after } = l.check(key, t0, 1) else {
@@ -251,8 +252,8 @@ mod tests {
         let t = Instant::now() + Duration::from_secs(1);
         let by_ip = limiter(r#"{"per_second":1}"#);
         let (a, b) = (
-            by_ip.key(A, &HeaderMap::new()),
-            by_ip.key(B, &HeaderMap::new()),
+            by_ip.key(|| A, &HeaderMap::new()),
+            by_ip.key(|| B, &HeaderMap::new()),
         );
         assert_eq!(allowed(&by_ip, a, t, 3, 1), 1);
         assert_eq!(allowed(&by_ip, b, t, 3, 1), 1, "another client has its own");
@@ -263,23 +264,26 @@ mod tests {
             headers.insert("x-api-key", value.parse().unwrap());
             headers
         };
-        let (k1, k2) = (by_header.key(A, &with("k1")), by_header.key(A, &with("k2")));
+        let (k1, k2) = (
+            by_header.key(|| A, &with("k1")),
+            by_header.key(|| A, &with("k2")),
+        );
         assert_ne!(k1, k2);
         assert_eq!(
-            by_header.key(B, &with("k1")),
+            by_header.key(|| B, &with("k1")),
             k1,
             "the header, not the client"
         );
         assert_ne!(
-            by_header.key(A, &HeaderMap::new()),
+            by_header.key(|| A, &HeaderMap::new()),
             k1,
             "no header: a bucket of its own"
         );
 
         let by_route = limiter(r#"{"per_second":1,"by":{"from":"route"}}"#);
         assert_eq!(
-            by_route.key(A, &with("k1")),
-            by_route.key(B, &HeaderMap::new())
+            by_route.key(|| A, &with("k1")),
+            by_route.key(|| B, &HeaderMap::new())
         );
     }
 

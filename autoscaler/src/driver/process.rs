@@ -100,20 +100,22 @@ impl ProcessDriver {
         }
     }
 
-    /// Whether instance `id` is running: a child of this driver that has
-    /// not exited, or an adopted one whose process is alive.
-    fn is_live(&self, id: &str) -> bool {
-        if let Some(child) = self
-            .children
-            .lock()
-            .expect("children lock poisoned")
-            .get(id)
-        {
-            return child.exit.borrow().is_none();
-        }
-        PidFile::scan(&self.template.log_dir)
+    /// The instances running now: this driver's children that have not
+    /// exited, and adopted ones whose process is alive.
+    fn live_ids(&self) -> HashSet<String> {
+        let children = self.children.lock().expect("children lock poisoned");
+        let mut live: HashSet<String> = children
             .iter()
-            .any(|f| f.id == id && f.alive())
+            .filter(|(_, child)| child.exit.borrow().is_none())
+            .map(|(id, _)| id.clone())
+            .collect();
+        live.extend(
+            PidFile::scan(&self.template.log_dir)
+                .into_iter()
+                .filter(|f| !children.contains_key(&f.id) && f.alive())
+                .map(|f| f.id),
+        );
+        live
     }
 
     /// What to run for `spec` on `port` (with `data_dir`, the directory
@@ -271,8 +273,9 @@ impl Driver for ProcessDriver {
         let port = free_port().ok_or_else(|| fail("no free loopback port".into()))?;
         let slots = self.data_slots.lock().expect("data slots lock poisoned");
         let data_dir = if spec.spec.as_ref().is_some_and(|s| s.data_dir) {
+            let live = self.live_ids();
             let dir = slots
-                .claim(&spec.service, &spec.id, |owner| self.is_live(owner))
+                .claim(&spec.service, &spec.id, |owner| live.contains(owner))
                 .map_err(|e| {
                     fail(format!(
                         "cannot claim a data directory under {}: {e}; check --data-root",

@@ -257,7 +257,7 @@ impl Inner {
         if let Some(limiter) = &first.limiter {
             let parts = &exchange.parts;
             let trusted = &self.settings.trusted_proxies;
-            let client = forwarded::client_address(peer.ip, &parts.headers, trusted);
+            let client = || forwarded::client_address(peer.ip, &parts.headers, trusted);
             let key = limiter.key(client, &parts.headers);
             let gateways = self.settings.live_gateways.load(Ordering::Relaxed);
             if let Verdict::Limited { retry_after } = limiter.check(key, started, gateways) {
