@@ -23,6 +23,7 @@ use registry::election::Election;
 use registry::{Instance, InstanceState, Keys};
 use shoal_tests::autoscaler::{autoscaler_cli, election_candidates};
 use shoal_tests::binaries::{service_instances, workspace_root};
+use shoal_tests::wait::wait_for;
 use shoal_tests::{Load, Platform, wait_until_async};
 
 use crate::gateway::http;
@@ -647,21 +648,21 @@ async fn every_key_value_instance_killed_at_once_loses_no_acknowledged_write() {
     let mut lost = Vec::new();
     for (key, value) in &acknowledged {
         let url = platform.gateway().url(&format!("/kv/{key}"));
-        let read = wait_until_async(
+        // A read that gets an answer from the store (a value or its absence).
+        let (status, body) = wait_for(
             Duration::from_secs(10),
             &format!("a read of {key}"),
             || async {
-                http.get(&url)
-                    .send()
-                    .await
-                    .is_ok_and(|r| r.status() == 200 || r.status() == 404)
+                let got = http.get(&url).send().await.ok()?;
+                let status = got.status();
+                if status != 200 && status != 404 {
+                    return None;
+                }
+                Some((status, got.text().await.ok()?))
             },
         )
-        .await;
-        read.unwrap();
-        let got = http.get(&url).send().await.unwrap();
-        let status = got.status();
-        let body = got.text().await.unwrap();
+        .await
+        .unwrap();
         if status != 200 || &body != value {
             lost.push(format!("{key}: {status} {body:?}, expected {value:?}"));
         }
