@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Benchmark the distributed key-value store through the gateway: PUT and GET
 # ops/s and p99 with R = 1 and R = 2 at 1, 2 and 4 instances, next to etcd's
-# own put and get on the same machine in the same run; one table. See
-# bench/README.md.
+# own put and get and Redis's SET and GET (memory only, appendfsync
+# everysec, one replica with WAIT 1) on the same machine in the same run;
+# one table. See bench/README.md.
 #
 #   bench/kv.sh                  # 5 s per measurement, about 2 minutes
 #   SECS=2 bench/kv.sh           # a quick look
@@ -11,6 +12,6 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/lib.sh
-need_tools protoc etcd
+need_tools protoc etcd redis-server
 cargo build --release --workspace --bins
 exec_release_bin kv_bench

@@ -10,7 +10,10 @@
 //! SIGKILL, and the service is scaled back to 2 (each change through the
 //! `autoscaler scale` CLI, each followed by a phase of load). Finally every
 //! key is read and compared with its last acknowledged write (see
-//! [`crate::kv_load`] for what counts as lost or stale).
+//! [`crate::kv_load`] for what counts as lost or stale). Beside them, other
+//! clients contend for a few hot keys ([`crate::kv_history`]), and each
+//! key's recorded history is checked for linearizability
+//! ([`crate::linearizability`]).
 
 use std::collections::HashMap;
 use std::fmt::Write as _;
@@ -22,10 +25,14 @@ use nix::unistd::Pid;
 use shoal_tests::Platform;
 use shoal_tests::autoscaler::scale;
 use shoal_tests::binaries::{instance_pid, service_instances, wait_ready};
+use shoal_tests::cut_off::{cut_and_heal, platform_with_outsider};
+use shoal_tests::netns::NetNs;
 use shoal_tests::platform::{APP, KV_ROUTE, pinned_policy, short};
 use shoal_tests::wait_until_async;
 
+use crate::kv_history::HotKeyClients;
 use crate::kv_load::KvClients;
+use crate::linearizability::{self, Verdict};
 
 /// What to run.
 #[derive(Debug, Clone)]
@@ -36,6 +43,11 @@ pub struct CheckConfig {
     /// Load time after each membership change settles.
     pub phase: Duration,
     pub replicas: usize,
+    /// Clients contending for the hot keys, and how many hot keys.
+    pub hot_clients: usize,
+    pub hot_keys: usize,
+    /// How long the linearizability checker may search one key's history.
+    pub check_budget: Duration,
 }
 
 impl Default for CheckConfig {
@@ -45,6 +57,9 @@ impl Default for CheckConfig {
             keys_per_client: 50,
             phase: Duration::from_secs(10),
             replicas: 2,
+            hot_clients: 6,
+            hot_keys: 4,
+            check_budget: Duration::from_secs(60),
         }
     }
 }
@@ -65,6 +80,8 @@ pub struct CheckReport {
     pub phases: Vec<(String, f64)>,
     /// Up to 10 examples of lost keys or stale reads.
     pub examples: Vec<String>,
+    /// The hot keys' histories, checked.
+    pub linearizability: Verdict,
 }
 
 impl CheckReport {
@@ -88,6 +105,7 @@ impl CheckReport {
         for e in &self.examples {
             let _ = writeln!(out, "  example: {e}");
         }
+        let _ = writeln!(out, "{}", self.linearizability.summary());
         let _ = write!(
             out,
             "ops {}, acknowledged {}, failed {}, lost {}",
@@ -120,7 +138,8 @@ pub async fn run(config: CheckConfig) -> anyhow::Result<CheckReport> {
         .phases
         .push(("2 instances ready".into(), started.elapsed().as_secs_f64()));
 
-    let mut kv = KvClients::start(http, &base, config.clients, config.keys_per_client);
+    let kv = KvClients::start(http, &base, config.clients, config.keys_per_client);
+    let hot = HotKeyClients::start(http, &base, config.hot_clients, config.hot_keys);
 
     load_phase(&config).await;
     scale(&platform.etcd, APP, 5).await?;
@@ -170,8 +189,70 @@ pub async fn run(config: CheckConfig) -> anyhow::Result<CheckReport> {
     ));
     load_phase(&config).await;
 
+    finish(&config, kv, hot, http, &base, report).await
+}
+
+/// The same clients while one more instance, in a network namespace, is cut
+/// off from etcd (not from the gateway or its peers) and healed
+/// ([`shoal_tests::cut_off`]): its lease expires, it fences itself and
+/// leaves the others' view, then rejoins. One phase of load before the cut
+/// and one after the heal. `netns`: from `NetNs::create`.
+pub async fn run_cut_off(config: CheckConfig, mut netns: NetNs) -> anyhow::Result<CheckReport> {
+    let replicas = config.replicas.to_string();
+    let builder = Platform::builder()
+        .route("kv", KV_ROUTE)
+        .pinned(2)
+        .gateway(&[])
+        .autoscalers(1)
+        .autoscaler_flags(&["--interval", "500ms", "--lease-ttl", "3s"])
+        .instance_env("SHOAL_KV_REPLICAS", &replicas);
+    let (platform, outsider) =
+        platform_with_outsider(builder, &netns, Duration::from_secs(3)).await?;
+    let base = platform.gateway().url("/kv/");
+    let mut report = CheckReport::default();
+    let kv = KvClients::start(
+        &platform.http,
+        &base,
+        config.clients,
+        config.keys_per_client,
+    );
+    let hot = HotKeyClients::start(&platform.http, &base, config.hot_clients, config.hot_keys);
+    load_phase(&config).await;
+    let clock = kv.elapsed().as_secs_f64();
+    let times = cut_and_heal(&platform, &mut netns, &outsider, Duration::from_secs(30)).await?;
+    let secs =
+        |d: Option<Duration>| d.map_or("never".into(), |d| format!("{:.2} s", d.as_secs_f64()));
+    report.phases.push((
+        format!(
+            "cut {} off etcd at {clock:.1} s: fenced {}, out of rotation {}, serving again {} after the heal",
+            short(&outsider.id),
+            secs(times.fenced),
+            secs(times.out_of_rotation),
+            secs(times.serving)
+        ),
+        kv.elapsed().as_secs_f64() - clock,
+    ));
+    anyhow::ensure!(
+        times.serving.is_some(),
+        "the cut-off instance did not serve again after the heal"
+    );
+    load_phase(&config).await;
+    finish(&config, kv, hot, &platform.http, &base, report).await
+}
+
+/// Stop the clients, read every key back and check the hot keys' histories.
+async fn finish(
+    config: &CheckConfig,
+    mut kv: KvClients,
+    mut hot: HotKeyClients,
+    http: &reqwest::Client,
+    base: &str,
+    mut report: CheckReport,
+) -> anyhow::Result<CheckReport> {
     let tally = kv.stop().await?;
-    let verdict = kv.verify(http, &base).await?;
+    let recording = hot.stop().await?;
+    report.linearizability = linearizability::check(recording, config.check_budget).await;
+    let verdict = kv.verify(http, base).await?;
     report.ops = tally.ops;
     report.acknowledged = tally.acknowledged;
     report.failed = tally.failed;

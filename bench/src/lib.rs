@@ -11,10 +11,15 @@
 //!   lost writes and recovery times (`faults.sh`).
 //! - [`kv_load`]: key-value clients that remember every acknowledged write
 //!   and check them all at the end (the checker's and the fault suite's load).
+//! - [`kv_history`]: key-value clients contending for a few hot keys, every
+//!   operation recorded with its times for [`linearizability`], which checks
+//!   each key's history (Wing–Gong–Lowe, as Porcupine).
 //! - [`kv_check`]: the distributed key-value store's checker (scale 2 → 5 → 2,
-//!   a kill -9, every acknowledged write accounted for; `kv-check.sh`).
+//!   a kill -9, every acknowledged write accounted for, the hot keys'
+//!   histories linearizable; `kv-check.sh`).
 //! - [`paired`]: round-by-round ratios of two proxies' benchmark figures,
 //!   with a distribution-free interval for their median (`gateway.sh`).
+//! - [`redis`]: Redis servers (and a replica) beside the store in `kv.sh`.
 //! - [`scale`]: thousands of fake instances and routes written into the
 //!   registry, and the time until a gateway routes a change
 //!   (`gateway-scale.sh`).
@@ -31,7 +36,10 @@
 pub mod experiments;
 pub mod faults;
 pub mod kv_check;
+pub mod kv_history;
 pub mod kv_load;
+pub mod linearizability;
 pub mod paired;
+pub mod redis;
 pub mod scale;
 pub mod settings;

@@ -1,7 +1,9 @@
 //! `kv-bench`: PUT and GET throughput and p99 of the distributed key-value
 //! store through the gateway, for R = 1 and 2 at 1, 2 and 4 instances (and
 //! R = 2 with `--durability fsync` at 2 and 4, a data directory each), and
-//! etcd's own put and get in the same run, as one table. Run it through
+//! etcd's own put and get and Redis's SET and GET (memory only, `appendfsync
+//! everysec`, and with a replica and `WAIT 1`) in the same run, as one
+//! table. Run it through
 //! `bench/kv.sh`, which builds the release binaries first.
 //!
 //! Each configuration gets a fresh etcd, gateway (route `/kv/` by consistent
@@ -15,6 +17,7 @@ use std::time::{Duration, Instant};
 
 use app_server::kv::membership::SETTLE;
 use rand::Rng;
+use shoal_bench::redis::{Persistence, RedisServer};
 use shoal_bench::settings::env_number;
 use shoal_tests::platform::KV_ROUTE;
 use shoal_tests::{AppServerOptions, Etcd, Platform};
@@ -161,6 +164,65 @@ async fn etcd_own(s: Settings) -> anyhow::Result<(Figures, Figures)> {
     Ok((puts, gets))
 }
 
+/// Redis measured like etcd: one multiplexed connection shared by the
+/// clients; with `replicated`, a replica, and each SET followed by `WAIT 1`
+/// (acknowledged once the replica has it, as Shoal's R = 2 acknowledges once
+/// both owners have it).
+async fn redis_own(
+    s: Settings,
+    persistence: Persistence,
+    replicated: bool,
+) -> anyhow::Result<(Figures, Figures)> {
+    let (primary, _replica) = if replicated {
+        let (primary, replica) = RedisServer::start_replicated(persistence).await?;
+        (primary, Some(replica))
+    } else {
+        (RedisServer::start(persistence, None).await?, None)
+    };
+    let connection = primary.connect().await?;
+    let value = vec![b'v'; s.value_bytes];
+    let put = {
+        let (connection, value) = (connection.clone(), value.clone());
+        move |k: usize| {
+            let (mut c, value) = (connection.clone(), value.clone());
+            async move {
+                let key = format!("bench/k{k}");
+                if !replicated {
+                    return redis::cmd("SET")
+                        .arg(key)
+                        .arg(value)
+                        .exec_async(&mut c)
+                        .await
+                        .is_ok();
+                }
+                let acked: Result<(String, i64), _> = redis::pipe()
+                    .cmd("SET")
+                    .arg(key)
+                    .arg(value)
+                    .cmd("WAIT")
+                    .arg(1)
+                    .arg(1000)
+                    .query_async(&mut c)
+                    .await;
+                acked.is_ok_and(|(_, replicas)| replicas >= 1)
+            }
+        }
+    };
+    let get = move |k: usize| {
+        let mut c = connection.clone();
+        async move {
+            redis::cmd("GET")
+                .arg(format!("bench/k{k}"))
+                .query_async::<Option<Vec<u8>>>(&mut c)
+                .await
+                .is_ok()
+        }
+    };
+    let puts = drive(s, put).await;
+    let gets = drive(s, get).await;
+    Ok((puts, gets))
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     shoal_tests::init_logging();
@@ -194,6 +256,19 @@ async fn main() -> anyhow::Result<()> {
     eprintln!("  measuring etcd…");
     let (puts, gets) = etcd_own(s).await?;
     rows.push(("etcd (1 member)".into(), "-".into(), puts, gets));
+    for (name, persistence, replicated) in [
+        ("redis (appendonly no)", Persistence::Memory, false),
+        (
+            "redis (appendfsync everysec)",
+            Persistence::EverySecond,
+            false,
+        ),
+        ("redis + 1 replica, WAIT 1", Persistence::Memory, true),
+    ] {
+        eprintln!("  measuring {name}…");
+        let (puts, gets) = redis_own(s, persistence, replicated).await?;
+        rows.push((name.into(), "-".into(), puts, gets));
+    }
 
     println!("| store | instances | PUT ops/s | PUT p99 ms | GET ops/s | GET p99 ms | errors |");
     println!("|---|---|---|---|---|---|---|");
