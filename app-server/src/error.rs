@@ -76,6 +76,11 @@ pub enum ApiError {
     )]
     Leaving,
 
+    #[error(
+        "this instance could not renew its registry lease in time (is etcd reachable from it?), so another instance may own `{0}` now; retry: the gateway sends it to one that holds its lease"
+    )]
+    LeaseLost(String),
+
     /// The detail says what failed and what to check.
     #[error("{0}; nothing was stored")]
     StorageFailed(String),
@@ -105,6 +110,7 @@ impl ApiError {
             ApiError::TooFewOwners { .. }
             | ApiError::OwnerFailed { .. }
             | ApiError::Leaving
+            | ApiError::LeaseLost(_)
             | ApiError::StorageFailed(_)
             | ApiError::TooManySessions => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::ValueTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
@@ -130,6 +136,7 @@ impl ApiError {
             ApiError::TooFewOwners { .. } => "too_few_owners",
             ApiError::OwnerFailed { .. } => "owner_unavailable",
             ApiError::Leaving => "leaving",
+            ApiError::LeaseLost(_) => "lease_lost",
             ApiError::StorageFailed(_) => "storage_failed",
             ApiError::TooManySessions => "too_many_sessions",
             ApiError::BadVersion => "bad_version",
@@ -148,7 +155,10 @@ impl IntoResponse for ApiError {
                     .headers_mut()
                     .insert(header::ALLOW, HeaderValue::from_static(allow));
             }
-            ApiError::TooFewOwners { .. } | ApiError::OwnerFailed { .. } | ApiError::Leaving => {
+            ApiError::TooFewOwners { .. }
+            | ApiError::OwnerFailed { .. }
+            | ApiError::Leaving
+            | ApiError::LeaseLost(_) => {
                 response
                     .headers_mut()
                     .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));

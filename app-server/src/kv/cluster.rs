@@ -15,12 +15,19 @@
 //!   and store it here, so the sync task repairs the other owners.
 //! - **Receive** (any instance): keep the newer of the local entry and the
 //!   one sent, unless this instance is leaving.
+//! - **Lease fence**: an instance coordinates reads and writes only while
+//!   its registry lease surely lives ([`Kv::holds_lease`]); the others take
+//!   over its keys only once that lease has expired, so two primaries of a
+//!   key never answer at the same time for want of etcd.
 
 use std::collections::HashMap;
-use std::time::SystemTime;
+use std::sync::OnceLock;
+use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 use futures::future::join_all;
+use registry::RegistrationStatus;
+use tokio::sync::watch;
 use tracing::{debug, warn};
 
 use super::membership::{Member, Membership, fingerprint, to_ask};
@@ -106,6 +113,12 @@ pub enum NotReceived {
     Storage(StorageFailed),
 }
 
+/// How long before its lease may end a primary stops coordinating: the
+/// time between the check and the answer, and clocks that do not tick at
+/// exactly the same rate on every machine. Keep-alives go every third of a
+/// TTL (at least 2 s), so a healthy instance is always further away.
+pub const LEASE_MARGIN: Duration = Duration::from_millis(250);
+
 #[derive(Debug)]
 pub struct Kv {
     store: LocalStore,
@@ -113,6 +126,9 @@ pub struct Kv {
     membership: Membership,
     peers: Peers,
     config: KvConfig,
+    /// The registration whose lease fences coordination; unset: not
+    /// fenced (a store without a registry).
+    lease: OnceLock<watch::Receiver<RegistrationStatus>>,
 }
 
 impl Kv {
@@ -134,7 +150,30 @@ impl Kv {
             membership: Membership::new(self_id, self_addr, config.replicas),
             peers: Peers::default(),
             config,
+            lease: OnceLock::new(),
         }
+    }
+
+    /// Coordinate only while `registration`'s lease surely lives (see
+    /// [`Kv::holds_lease`]). Set once, by the instance that registers.
+    pub fn fence_on(&self, registration: watch::Receiver<RegistrationStatus>) {
+        let _ = self.lease.set(registration);
+    }
+
+    /// Whether this instance may coordinate a read or write now: its lease
+    /// lives for [`LEASE_MARGIN`] more at least. Others take its keys over
+    /// only after etcd has expired the lease (their registry watch sees its
+    /// key go), and etcd counts the TTL from a keep-alive's arrival, after
+    /// `lease_until`'s start: so the two never coordinate the same key at
+    /// the same time because etcd was out of reach.
+    pub fn holds_lease(&self) -> bool {
+        let Some(registration) = self.lease.get() else {
+            return true;
+        };
+        registration
+            .borrow()
+            .lease_until
+            .is_some_and(|until| tokio::time::Instant::now() + LEASE_MARGIN < until)
     }
 
     /// A store of one instance, for tests and tools without a registry.

@@ -70,6 +70,7 @@ pub async fn get(
     if let Some(response) = forward(&state, method, &key, &headers, Bytes::new()).await {
         return response;
     }
+    coordinating(&state, &key)?;
     let entry = state
         .kv()
         .read(&key)
@@ -99,6 +100,7 @@ pub async fn put(
     if let Some(response) = forward(&state, method, &key, &headers, value.clone()).await {
         return response;
     }
+    coordinating(&state, &key)?;
     let bytes = value.len();
     let written = state
         .kv()
@@ -138,6 +140,7 @@ pub async fn delete(
     if let Some(response) = forward(&state, method, &key, &headers, Bytes::new()).await {
         return response;
     }
+    coordinating(&state, &key)?;
     match state
         .kv()
         .write(&key, None, precondition.unwrap_or(Precondition::Exists))
@@ -146,6 +149,16 @@ pub async fn delete(
         Ok(_) => Ok(StatusCode::NO_CONTENT.into_response()),
         Err(KvError::Mismatch(_)) if precondition.is_none() => Err(ApiError::KeyNotFound(key)),
         Err(e) => Err(write_error(&key, &headers, e)),
+    }
+}
+
+/// Refuse to coordinate `key` without a live lease
+/// ([`crate::kv::Kv::holds_lease`]).
+fn coordinating(state: &AppState, key: &str) -> Result<(), ApiError> {
+    if state.kv().holds_lease() {
+        Ok(())
+    } else {
+        Err(ApiError::LeaseLost(key.to_owned()))
     }
 }
 
@@ -242,6 +255,43 @@ mod tests {
     use crate::kv::MAX_VALUE_BYTES;
     use crate::routes::testing::*;
     use axum::http::StatusCode;
+
+    #[tokio::test(start_paused = true)]
+    async fn no_coordination_without_a_live_lease() {
+        use crate::kv::LEASE_MARGIN;
+        use std::time::Duration;
+        use tokio::time::Instant;
+
+        let t = TestApp::new();
+        t.state.kv().fence_on(t.registration.subscribe());
+        // Not registered yet: no lease.
+        let r = t.call(req_with("PUT", "/kv/k", "v")).await;
+        r.error(StatusCode::SERVICE_UNAVAILABLE, "lease_lost");
+        let lease_for = |d: Duration| {
+            t.registration
+                .send_modify(|s| s.lease_until = Some(Instant::now() + d));
+        };
+        lease_for(Duration::from_secs(3));
+        assert_eq!(
+            t.call(req_with("PUT", "/kv/k", "v")).await.status,
+            StatusCode::CREATED
+        );
+        assert_eq!(t.call(req("GET", "/kv/k")).await.status, StatusCode::OK);
+        // The lease's end near (no keep-alive for a while): reads, writes
+        // and deletes all refused, and nothing changed.
+        tokio::time::advance(Duration::from_secs(3) - LEASE_MARGIN).await;
+        for request in [
+            req("GET", "/kv/k"),
+            req_with("PUT", "/kv/k", "w"),
+            req("DELETE", "/kv/k"),
+        ] {
+            let r = t.call(request).await;
+            let detail = r.error(StatusCode::SERVICE_UNAVAILABLE, "lease_lost");
+            assert!(detail.contains("is etcd reachable"), "{detail}");
+        }
+        lease_for(Duration::from_secs(3));
+        assert_eq!(t.call(req("GET", "/kv/k")).await.body, b"v");
+    }
 
     #[tokio::test]
     async fn put_get_replace_delete() {

@@ -50,13 +50,14 @@ impl<B: LeaseBackend, V: LeasedValue> Keeper<B, V> {
         let shutdown = self.shutdown.clone();
         loop {
             // Not registered: grant a lease and put the instance.
-            let lease = loop {
+            let (lease, asked) = loop {
+                let asked = Instant::now();
                 let attempt = tokio::select! {
                     _ = shutdown.cancelled() => return,
                     r = self.register() => r,
                 };
                 match attempt {
-                    Ok(lease) => break lease,
+                    Ok(lease) => break (lease, asked),
                     Err(e) => {
                         failures += 1;
                         if failures == 1 || failures.is_power_of_two() {
@@ -77,11 +78,13 @@ impl<B: LeaseBackend, V: LeasedValue> Keeper<B, V> {
                     }
                 }
             };
-            last_ok = Instant::now();
+            // The lease's TTL runs from when etcd granted it: after we asked.
+            last_ok = asked;
             retry = FIRST_RETRY;
             let again = self.status.borrow().registrations > 0;
             self.status.send_modify(|s| {
                 s.lease = Some(lease);
+                s.lease_until = Some(asked + self.ttl);
                 s.registered = true;
                 s.fenced = false;
                 s.registrations += 1;
@@ -115,7 +118,7 @@ impl<B: LeaseBackend, V: LeasedValue> Keeper<B, V> {
                         let value = self.desired.borrow_and_update().clone();
                         match self.backend.put(&self.key, value.to_json(), lease).await {
                             Ok(()) => {
-                                last_ok = Instant::now();
+                                // A put does not renew the lease: `last_ok` stays.
                                 self.status.send_modify(|s| s.written_state = value.state());
                                 info!(key = %self.key, state = ?value.state(), "value written");
                             }
@@ -134,16 +137,23 @@ impl<B: LeaseBackend, V: LeasedValue> Keeper<B, V> {
                         }
                     }
                     Next::KeepAlive => {
+                        // etcd renews the lease when the keep-alive reaches it,
+                        // after we sent it: count from sending.
+                        let asked = Instant::now();
                         match attempt(self.ttl, self.backend.keep_alive(lease)).await {
                             Ok(ttl) if ttl > 0 => {
                                 if self.status.borrow().fenced {
                                     info!(key = %self.key, lease, "keep-alive succeeded again; no longer fenced");
                                 }
-                                last_ok = Instant::now();
+                                last_ok = asked;
                                 retry = FIRST_RETRY;
                                 failures = 0;
-                                self.status.send_modify(|s| s.fenced = false);
-                                next_keep_alive = last_ok + self.ttl / 3;
+                                let granted = Duration::from_secs(ttl as u64).min(self.ttl);
+                                self.status.send_modify(|s| {
+                                    s.fenced = false;
+                                    s.lease_until = Some(asked + granted);
+                                });
+                                next_keep_alive = Instant::now() + self.ttl / 3;
                                 // The lease lives, but the key may not: an operator's
                                 // `etcdctl del --prefix` deletes keys and leaves leases.
                                 match attempt(self.ttl, self.backend.holds(&self.key, lease)).await
@@ -181,6 +191,7 @@ impl<B: LeaseBackend, V: LeasedValue> Keeper<B, V> {
             warn!(key = %self.key, lease, reason = lost, "lease lost; registering again");
             self.status.send_modify(|s| {
                 s.lease = None;
+                s.lease_until = None;
                 s.registered = false;
                 s.written_state = None;
             });
@@ -210,6 +221,7 @@ impl<B: LeaseBackend, V: LeasedValue> Keeper<B, V> {
         }
         self.status.send_modify(|s| {
             s.lease = None;
+            s.lease_until = None;
             s.registered = false;
             s.written_state = None;
         });

@@ -17,6 +17,8 @@ pub mod memory;
 
 use std::time::Duration;
 
+use tokio::time::Instant;
+
 use etcd_client::Client;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -40,6 +42,12 @@ pub struct RegistrationStatus {
     /// No keep-alive has succeeded for a whole TTL: the key may be gone.
     pub fenced: bool,
     pub lease: Option<i64>,
+    /// Until when the lease surely lives in etcd: a TTL after the last
+    /// successful grant or keep-alive was *sent* (etcd counts from when it
+    /// received it, which is later). Whoever must stop before others can
+    /// take over the instance's place (the key-value store's primaries)
+    /// stops by then. `None`: no lease.
+    pub lease_until: Option<Instant>,
     /// How many times a lease was granted and the instance put (1 + re-registrations).
     pub registrations: u64,
     /// The state last written to etcd on the current lease.
@@ -329,6 +337,35 @@ mod tests {
         let (_, stored_lease) = etcd.get("/shoal/instances/app/i1").unwrap();
         assert_eq!(stored_lease, lease, "written again on the same lease");
         assert_eq!(reg.status().registrations, 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_lease_is_reported_alive_no_longer_than_etcd_keeps_it() {
+        let etcd = MemoryEtcd::default();
+        let reg = start(&etcd);
+        run_until(&reg, Duration::from_millis(50), |s| s.registered).await;
+        // Renewed by keep-alives: always more than two thirds of a TTL ahead.
+        for _ in 0..10 {
+            sleep(TTL / 4).await;
+            let until = reg.status().lease_until.expect("a lease");
+            assert!(until >= Instant::now() + TTL * 2 / 3 - Duration::from_millis(50));
+        }
+        etcd.set_up(false);
+        let until = reg.status().lease_until.expect("a lease");
+        assert!(
+            until > Instant::now(),
+            "the lease was renewed less than a TTL ago"
+        );
+        // etcd (in memory, on the same clock) expires the lease no earlier.
+        while etcd.get("/shoal/instances/app/i1").is_some() {
+            sleep(Duration::from_millis(10)).await;
+        }
+        assert!(
+            Instant::now() >= until,
+            "etcd expired the lease {:?} before the instance stopped counting on it",
+            until - Instant::now()
+        );
+        run_until(&reg, TTL, |s| s.fenced).await;
     }
 
     #[tokio::test(start_paused = true)]
