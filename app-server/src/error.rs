@@ -7,6 +7,7 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
+use crate::kv::peers::REFUSED_HEADER;
 use crate::kv::{MAX_KEY_BYTES, MAX_VALUE_BYTES};
 use crate::routes::counter::MAX_SESSIONS;
 use crate::routes::work::{DEFAULT_ITERATIONS, MAX_ITERATIONS};
@@ -155,13 +156,16 @@ impl IntoResponse for ApiError {
                     .headers_mut()
                     .insert(header::ALLOW, HeaderValue::from_static(allow));
             }
-            ApiError::TooFewOwners { .. }
-            | ApiError::OwnerFailed { .. }
-            | ApiError::Leaving
-            | ApiError::LeaseLost(_) => {
+            ApiError::TooFewOwners { .. } | ApiError::OwnerFailed { .. } | ApiError::Leaving => {
                 response
                     .headers_mut()
                     .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            }
+            ApiError::LeaseLost(_) => {
+                let headers = response.headers_mut();
+                headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+                // Nothing was done: any method may be sent again.
+                headers.insert(REFUSED_HEADER, HeaderValue::from_static("lease_lost"));
             }
             _ => {}
         }

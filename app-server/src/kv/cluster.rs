@@ -18,10 +18,14 @@
 //! - **Lease fence**: an instance coordinates reads and writes only while
 //!   its registry lease surely lives ([`Kv::holds_lease`]); the others take
 //!   over its keys only once that lease has expired, so two primaries of a
-//!   key never answer at the same time for want of etcd.
+//!   key never answer at the same time for want of etcd. Without its lease
+//!   it hands requests over to the key's successor
+//!   ([`Coordination::HandedOver`]), the instance that will be primary once
+//!   the lease is gone.
 
 use std::collections::HashMap;
 use std::sync::OnceLock;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
@@ -113,6 +117,18 @@ pub enum NotReceived {
     Storage(StorageFailed),
 }
 
+/// Why this instance coordinates a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Coordination {
+    /// It is the key's primary in its view (or stands in for an unreachable
+    /// one): a settled primary answers from its own copy.
+    Primary,
+    /// The key's primary lost its lease and handed the request over to its
+    /// successor, this instance, whose view may still name the old primary:
+    /// the recent holders are asked first, every time.
+    HandedOver,
+}
+
 /// How long before its lease may end a primary stops coordinating: the
 /// time between the check and the answer, and clocks that do not tick at
 /// exactly the same rate on every machine. Keep-alives go every third of a
@@ -129,6 +145,8 @@ pub struct Kv {
     /// The registration whose lease fences coordination; unset: not
     /// fenced (a store without a registry).
     lease: OnceLock<watch::Receiver<RegistrationStatus>>,
+    /// The lease this instance last coordinated on (0: none yet).
+    coordinated_on: AtomicI64,
 }
 
 impl Kv {
@@ -151,6 +169,7 @@ impl Kv {
             peers: Peers::default(),
             config,
             lease: OnceLock::new(),
+            coordinated_on: AtomicI64::new(0),
         }
     }
 
@@ -170,10 +189,26 @@ impl Kv {
         let Some(registration) = self.lease.get() else {
             return true;
         };
-        registration
-            .borrow()
+        let status = registration.borrow();
+        let live = status
             .lease_until
-            .is_some_and(|until| tokio::time::Instant::now() + LEASE_MARGIN < until)
+            .is_some_and(|until| tokio::time::Instant::now() + LEASE_MARGIN < until);
+        if !live {
+            return false;
+        }
+        // A new lease after one that lapsed: the others left this instance
+        // out meanwhile. Noticed before coordinating anything on it.
+        let lease = status.lease.unwrap_or(0);
+        let before = self.coordinated_on.swap(lease, Ordering::AcqRel);
+        if before != 0 && before != lease {
+            warn!(
+                lease,
+                before,
+                "registered again on a new lease: asking the other holders before answering"
+            );
+            self.membership.rejoined();
+        }
+        true
     }
 
     /// A store of one instance, for tests and tools without a registry.
@@ -207,14 +242,14 @@ impl Kv {
     }
 
     /// The key's live value, if any (coordinated by this instance).
-    pub async fn read(&self, key: &str) -> Option<Entry> {
-        self.latest(key).await.filter(|e| !e.is_tombstone())
+    pub async fn read(&self, key: &str, how: Coordination) -> Option<Entry> {
+        self.latest(key, how).await.filter(|e| !e.is_tombstone())
     }
 
     /// The newest entry of the key (tombstones included) this instance can find.
-    async fn latest(&self, key: &str) -> Option<Entry> {
+    async fn latest(&self, key: &str, how: Coordination) -> Option<Entry> {
         let local = self.store.get(key);
-        if local.is_some() && self.membership.settled() {
+        if local.is_some() && self.membership.settled() && how == Coordination::Primary {
             return local;
         }
         let rankings = self.membership.recent_rankings(key);
@@ -287,10 +322,14 @@ impl Kv {
         key: &str,
         value: Option<Bytes>,
         precondition: Precondition,
+        how: Coordination,
     ) -> Result<Written, KvError> {
         let local_missing = self.store.get(key).is_none();
-        if !self.membership.settled() || (local_missing && precondition != Precondition::None) {
-            self.latest(key).await;
+        if !self.membership.settled()
+            || how == Coordination::HandedOver
+            || (local_missing && precondition != Precondition::None)
+        {
+            self.latest(key, how).await;
         }
         let (entry, replaced) = self
             .store

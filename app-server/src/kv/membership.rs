@@ -164,6 +164,33 @@ impl Membership {
         );
     }
 
+    /// This instance is back after its registry lease lapsed: the others'
+    /// views left it out meanwhile and they coordinated its keys, so the
+    /// view without it counts as a recent view (its successors are asked
+    /// about its keys) and the membership is not settled: nothing is
+    /// answered from the local copy alone for [`SETTLE`].
+    pub fn rejoined(&self) {
+        let current = self.current();
+        let without: Vec<Member> = current
+            .iter()
+            .filter(|m| m.id != self.self_id)
+            .cloned()
+            .collect();
+        let mut state = self.lock();
+        let now = Instant::now();
+        if let Some(view) = state.views.back_mut() {
+            view.replaced = Some(now);
+        }
+        let mut absent = Seen::new(without);
+        absent.replaced = Some(now);
+        state.views.push_back(absent);
+        state.views.push_back(Seen::new((*current).clone()));
+        state.last_change = now;
+        prune(&mut state.views, now);
+        drop(state);
+        self.epoch.send_modify(|e| *e += 1);
+    }
+
     pub fn is_leaving(&self) -> bool {
         self.leaving.load(Ordering::Acquire)
     }
@@ -210,6 +237,20 @@ impl Membership {
         forget_expired_marks(&mut state);
         let current = state.views.back().expect("there is always a current view");
         current.top(key, self.replicas, |m| !state.down.contains_key(&m.id))
+    }
+
+    /// The instance that takes the key over when this one leaves the view:
+    /// the first of its ranking other than this instance, not marked down.
+    pub fn successor(&self, key: &str) -> Option<Member> {
+        let mut state = self.lock();
+        forget_expired_marks(&mut state);
+        let current = state.views.back().expect("there is always a current view");
+        current
+            .top(key, 1, |m| {
+                m.id != self.self_id && !state.down.contains_key(&m.id)
+            })
+            .into_iter()
+            .next()
     }
 
     /// The key's ranking in every view seen within [`SETTLE`], oldest view

@@ -26,5 +26,5 @@ pub mod store;
 pub mod sync;
 pub mod version;
 
-pub use cluster::{Durability, Kv, KvConfig, KvError, LEASE_MARGIN, Route, Written};
+pub use cluster::{Coordination, Durability, Kv, KvConfig, KvError, LEASE_MARGIN, Route, Written};
 pub use key::{MAX_KEY_BYTES, MAX_VALUE_BYTES, check_key};

@@ -27,6 +27,12 @@ pub const TOMBSTONE_HEADER: HeaderName = HeaderName::from_static("x-shoal-kv-tom
 pub const OWNERS_HEADER: HeaderName = HeaderName::from_static("x-shoal-kv-owners");
 /// Set on a client request forwarded to the primary: handle it, never forward again.
 pub const FORWARDED_HEADER: HeaderName = HeaderName::from_static("x-shoal-kv-forwarded-by");
+/// On a request a primary without its lease hands over to the key's
+/// successor: the handing instance's id ([`crate::kv::Coordination`]).
+pub const HANDOVER_HEADER: HeaderName = HeaderName::from_static("x-shoal-kv-handed-over-by");
+/// On a 503 answer that did nothing at all (`lease_lost`): why. A client
+/// or gateway may send any method again.
+pub const REFUSED_HEADER: HeaderName = HeaderName::from_static("x-shoal-kv-refused");
 /// On a response: the instance that coordinated the request.
 pub const PRIMARY_HEADER: HeaderName = HeaderName::from_static("x-shoal-kv-primary");
 
@@ -149,6 +155,7 @@ impl Peers {
         for name in [
             axum::http::header::IF_MATCH,
             axum::http::header::CONTENT_TYPE,
+            HANDOVER_HEADER,
         ] {
             if let Some(value) = headers.get(&name) {
                 request = request.header(name, value);

@@ -19,10 +19,13 @@ use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
 use crate::error::ApiError;
-use crate::kv::peers::{FORWARDED_HEADER, PRIMARY_HEADER, PeerError};
+use crate::kv::membership::Member;
+use crate::kv::peers::{
+    FORWARDED_HEADER, Forwarded, HANDOVER_HEADER, PRIMARY_HEADER, PeerError, REFUSED_HEADER,
+};
 use crate::kv::store::Precondition;
 use crate::kv::version::Version;
-use crate::kv::{KvError, Route, check_key};
+use crate::kv::{Coordination, KvError, Route, check_key};
 use crate::state::AppState;
 
 /// The checked key of a `/kv/{key}` or `/_shoal/kv/{key}` path.
@@ -67,13 +70,13 @@ pub async fn get(
     path: Result<Path<String>, PathRejection>,
 ) -> Result<Response, ApiError> {
     let key = key(path)?;
-    if let Some(response) = forward(&state, method, &key, &headers, Bytes::new()).await {
-        return response;
-    }
-    coordinating(&state, &key)?;
+    let how = match handling(&state, method, &key, &headers, Bytes::new()).await {
+        Handling::Here(how) => how,
+        Handling::Answered(answer) => return answer,
+    };
     let entry = state
         .kv()
-        .read(&key)
+        .read(&key, how)
         .await
         .ok_or(ApiError::KeyNotFound(key))?;
     let value = entry.value.unwrap_or_default();
@@ -97,10 +100,10 @@ pub async fn put(
     let key = key(path)?;
     let value = body.map_err(body_error)?;
     let precondition = if_match(&headers)?;
-    if let Some(response) = forward(&state, method, &key, &headers, value.clone()).await {
-        return response;
-    }
-    coordinating(&state, &key)?;
+    let how = match handling(&state, method, &key, &headers, value.clone()).await {
+        Handling::Here(how) => how,
+        Handling::Answered(answer) => return answer,
+    };
     let bytes = value.len();
     let written = state
         .kv()
@@ -108,6 +111,7 @@ pub async fn put(
             &key,
             Some(value),
             precondition.unwrap_or(Precondition::None),
+            how,
         )
         .await
         .map_err(|e| write_error(&key, &headers, e))?;
@@ -137,13 +141,18 @@ pub async fn delete(
 ) -> Result<Response, ApiError> {
     let key = key(path)?;
     let precondition = if_match(&headers)?;
-    if let Some(response) = forward(&state, method, &key, &headers, Bytes::new()).await {
-        return response;
-    }
-    coordinating(&state, &key)?;
+    let how = match handling(&state, method, &key, &headers, Bytes::new()).await {
+        Handling::Here(how) => how,
+        Handling::Answered(answer) => return answer,
+    };
     match state
         .kv()
-        .write(&key, None, precondition.unwrap_or(Precondition::Exists))
+        .write(
+            &key,
+            None,
+            precondition.unwrap_or(Precondition::Exists),
+            how,
+        )
         .await
     {
         Ok(_) => Ok(StatusCode::NO_CONTENT.into_response()),
@@ -152,13 +161,73 @@ pub async fn delete(
     }
 }
 
-/// Refuse to coordinate `key` without a live lease
-/// ([`crate::kv::Kv::holds_lease`]).
-fn coordinating(state: &AppState, key: &str) -> Result<(), ApiError> {
-    if state.kv().holds_lease() {
-        Ok(())
+/// Where a client request for a key is handled.
+enum Handling {
+    /// Coordinated by this instance.
+    Here(Coordination),
+    /// Sent to another instance: its answer, or why there is none.
+    Answered(Result<Response, ApiError>),
+}
+
+/// Forward to the key's primary; else coordinate here while this instance
+/// holds its lease ([`crate::kv::Kv::holds_lease`]); else hand over to the
+/// key's successor.
+async fn handling(
+    state: &AppState,
+    method: Method,
+    key: &str,
+    headers: &HeaderMap,
+    body: Bytes,
+) -> Handling {
+    if let Some(answer) = forward(state, method.clone(), key, headers, body.clone()).await {
+        return Handling::Answered(answer);
+    }
+    let how = if headers.contains_key(HANDOVER_HEADER) {
+        Coordination::HandedOver
     } else {
-        Err(ApiError::LeaseLost(key.to_owned()))
+        Coordination::Primary
+    };
+    if state.kv().holds_lease() {
+        return Handling::Here(how);
+    }
+    Handling::Answered(hand_over(state, method, key, headers, body, how).await)
+}
+
+/// Without its lease this instance must not coordinate: others may already
+/// own its keys, or soon will. The key's successor (the next instance of its
+/// ranking, primary once this one's lease is gone) coordinates instead,
+/// asking the key's holders first. A request handed over once is not handed
+/// over again: 503 `lease_lost`, nothing done (safe to retry).
+async fn hand_over(
+    state: &AppState,
+    method: Method,
+    key: &str,
+    headers: &HeaderMap,
+    body: Bytes,
+    how: Coordination,
+) -> Result<Response, ApiError> {
+    let lease_lost = || ApiError::LeaseLost(key.to_owned());
+    if how == Coordination::HandedOver {
+        return Err(lease_lost());
+    }
+    let successor = state
+        .kv()
+        .membership()
+        .successor(key)
+        .ok_or_else(lease_lost)?;
+    let mut headers = headers.clone();
+    headers.insert(HANDOVER_HEADER, state.id_header().clone());
+    match state
+        .kv()
+        .peers()
+        .forward(&successor, state.id(), method, key, &headers, body)
+        .await
+    {
+        Ok(answer) => Ok(relayed(answer, &successor)),
+        Err(e) => {
+            state.kv().note_failure(&successor, &e);
+            Err(lease_lost())
+        }
     }
 }
 
@@ -211,23 +280,7 @@ async fn forward(
             )
             .await
         {
-            Ok(answer) => {
-                let mut response = (answer.status, answer.body).into_response();
-                for name in [
-                    header::CONTENT_TYPE,
-                    header::ETAG,
-                    header::RETRY_AFTER,
-                    header::ALLOW,
-                ] {
-                    if let Some(value) = answer.headers.get(&name) {
-                        response.headers_mut().insert(name, value.clone());
-                    }
-                }
-                if let Ok(id) = HeaderValue::from_str(&owner.id) {
-                    response.headers_mut().insert(PRIMARY_HEADER, id);
-                }
-                return Some(Ok(response));
-            }
+            Ok(answer) => return Some(Ok(relayed(answer, owner))),
             Err(e @ PeerError::Unavailable { .. }) => state.kv().note_failure(owner, &e),
             Err(e) => {
                 state.kv().note_failure(owner, &e);
@@ -241,6 +294,27 @@ async fn forward(
     // No owner could be reached: coordinate here (the sync task moves the
     // key to its owners once they are back or gone from the registry).
     None
+}
+
+/// The answer of the instance `owner` that coordinated a request, as this
+/// instance's answer, naming `owner` in `x-shoal-kv-primary`.
+fn relayed(answer: Forwarded, owner: &Member) -> Response {
+    let mut response = (answer.status, answer.body).into_response();
+    for name in [
+        header::CONTENT_TYPE,
+        header::ETAG,
+        header::RETRY_AFTER,
+        header::ALLOW,
+        REFUSED_HEADER,
+    ] {
+        if let Some(value) = answer.headers.get(&name) {
+            response.headers_mut().insert(name, value.clone());
+        }
+    }
+    if let Ok(id) = HeaderValue::from_str(&owner.id) {
+        response.headers_mut().insert(PRIMARY_HEADER, id);
+    }
+    response
 }
 
 pub async fn method_not_allowed(method: Method) -> ApiError {
@@ -288,6 +362,7 @@ mod tests {
             let r = t.call(request).await;
             let detail = r.error(StatusCode::SERVICE_UNAVAILABLE, "lease_lost");
             assert!(detail.contains("is etcd reachable"), "{detail}");
+            assert_eq!(r.refused.as_deref(), Some("lease_lost"));
         }
         lease_for(Duration::from_secs(3));
         assert_eq!(t.call(req("GET", "/kv/k")).await.body, b"v");

@@ -10,6 +10,7 @@ use tokio::sync::watch;
 use tower::ServiceExt;
 
 use super::{INSTANCE_HEADER, app};
+use crate::kv::peers::REFUSED_HEADER;
 use crate::state::AppState;
 
 pub const TEST_ID: &str = "test-instance";
@@ -44,6 +45,7 @@ impl TestApp {
         let content_type = header(header::CONTENT_TYPE);
         let allow = header(header::ALLOW);
         let etag = header(header::ETAG);
+        let refused = header(REFUSED_HEADER);
         let status = response.status();
         let body = response.into_body().collect().await.unwrap().to_bytes();
         Reply {
@@ -52,6 +54,7 @@ impl TestApp {
             content_type,
             allow,
             etag,
+            refused,
             body: body.to_vec(),
         }
     }
@@ -98,6 +101,8 @@ pub struct Reply {
     pub content_type: Option<String>,
     pub allow: Option<String>,
     pub etag: Option<String>,
+    /// `x-shoal-kv-refused`.
+    pub refused: Option<String>,
     pub body: Vec<u8>,
 }
 
