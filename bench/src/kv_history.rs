@@ -8,7 +8,9 @@
 //! version it last saw (`If-Match` with the `ETag` of its last read or
 //! acknowledged write of that key). Every operation is recorded with its
 //! invocation and completion times; one without an answer is recorded as
-//! indeterminate and the client goes on as a new process.
+//! indeterminate and the client goes on as a new process. An answer that
+//! says nothing was done (503 `lease_lost`: the instance refused to
+//! coordinate) is left out, like a read without an answer.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -21,6 +23,9 @@ use reqwest::header::{ETAG, IF_MATCH};
 use tokio::sync::Mutex;
 
 use crate::linearizability::{KvOp, Recorded};
+
+/// Set by an app server on an answer that did nothing (see [`refused`]).
+const REFUSED_HEADER: &str = "x-shoal-kv-refused";
 
 /// Recording clients on shared keys; see the module doc.
 pub struct HotKeyClients {
@@ -175,6 +180,9 @@ async fn put(
         request = request.header(IF_MATCH, etag);
     }
     let answer = request.send().await;
+    if refused(&answer) {
+        return (None, true);
+    }
     let outcome = match &answer {
         Ok(r) if r.status().is_success() => {
             if let Some(etag) = etag_of(r) {
@@ -201,12 +209,27 @@ async fn put(
 
 async fn delete(shared: &Shared, url: &str, key: &str, seen: &mut Seen) -> (Option<KvOp>, bool) {
     seen.remove(key);
-    let existed = match shared.http.delete(url).send().await {
+    let answer = shared.http.delete(url).send().await;
+    if refused(&answer) {
+        return (None, true);
+    }
+    let existed = match answer {
         Ok(r) if r.status().is_success() => Some(true),
         Ok(r) if r.status() == StatusCode::NOT_FOUND => Some(false),
         _ => None,
     };
     (Some(KvOp::Delete(existed)), existed.is_some())
+}
+
+/// 503 with `Retry-After` and nothing done: the instance had lost its lease
+/// and refused to coordinate (`x-shoal-kv-refused: lease_lost`).
+fn refused(answer: &Result<reqwest::Response, reqwest::Error>) -> bool {
+    answer.as_ref().is_ok_and(|r| {
+        r.status() == StatusCode::SERVICE_UNAVAILABLE
+            && r.headers()
+                .get(REFUSED_HEADER)
+                .is_some_and(|v| v.as_bytes() == b"lease_lost")
+    })
 }
 
 fn etag_of(r: &reqwest::Response) -> Option<String> {

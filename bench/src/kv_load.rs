@@ -257,7 +257,7 @@ async fn client_loop(c: usize, shared: &Shared) {
             let answer = http.put(&url).body(value.clone()).send().await;
             state.written = true;
             let served = answer.as_ref().ok().map(|r| Served::of(r, *started));
-            if record(tally, "PUT", answer.map(|r| r.status())).await {
+            if record(tally, "PUT", status_and_code(answer).await).await {
                 state.acked = Some(value);
                 state.unsure.clear();
                 state.acked_at = served.unwrap_or_default();
@@ -268,11 +268,11 @@ async fn client_loop(c: usize, shared: &Shared) {
             let answer = http.delete(&url).send().await;
             let served = answer.as_ref().ok().map(|r| Served::of(r, *started));
             // 404 means it was already absent: acknowledged as absent.
-            let answer = answer.map(|r| {
-                if r.status() == 404 {
-                    reqwest::StatusCode::NO_CONTENT
+            let answer = status_and_code(answer).await.map(|(status, code)| {
+                if status == 404 {
+                    (reqwest::StatusCode::NO_CONTENT, None)
                 } else {
-                    r.status()
+                    (status, code)
                 }
             });
             if record(tally, "DELETE", answer).await {
@@ -290,7 +290,7 @@ async fn client_loop(c: usize, shared: &Shared) {
                 }
                 Ok(r) if r.status() == 404 => (Some(None), Served::of(&r, *started)),
                 Ok(r) => {
-                    record(tally, "GET", Ok(r.status())).await;
+                    record(tally, "GET", status_and_code(Ok(r)).await).await;
                     continue;
                 }
                 Err(e) => {
@@ -324,11 +324,29 @@ async fn client_loop(c: usize, shared: &Shared) {
     }
 }
 
-/// Count one write; true if acknowledged (2xx).
+/// A response's status and, when it is an error, the `error` code of its
+/// JSON body (Shoal's errors carry one), for the failure reasons.
+async fn status_and_code(
+    answer: Result<reqwest::Response, reqwest::Error>,
+) -> Result<(reqwest::StatusCode, Option<String>), reqwest::Error> {
+    let r = answer?;
+    let status = r.status();
+    if status.is_success() {
+        return Ok((status, None));
+    }
+    let code = r
+        .json::<serde_json::Value>()
+        .await
+        .ok()
+        .and_then(|body| body.get("error")?.as_str().map(str::to_owned));
+    Ok((status, code))
+}
+
+/// Count one request; true if acknowledged (2xx).
 async fn record(
     tally: &Mutex<Tally>,
     method: &str,
-    answer: Result<reqwest::StatusCode, reqwest::Error>,
+    answer: Result<(reqwest::StatusCode, Option<String>), reqwest::Error>,
 ) -> bool {
     let mut t = tally.lock().await;
     t.ops += 1;
@@ -336,13 +354,17 @@ async fn record(
         t.writes += 1;
     }
     match answer {
-        Ok(status) if status.is_success() => {
+        Ok((status, _)) if status.is_success() => {
             t.acknowledged += 1;
             true
         }
-        Ok(status) => {
+        Ok((status, code)) => {
             t.failed += 1;
-            *t.failures.entry(format!("{method}: {status}")).or_default() += 1;
+            let reason = match code {
+                Some(code) => format!("{method}: {status} {code}"),
+                None => format!("{method}: {status}"),
+            };
+            *t.failures.entry(reason).or_default() += 1;
             false
         }
         Err(e) => {

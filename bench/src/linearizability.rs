@@ -161,12 +161,13 @@ pub async fn check(recording: Vec<Recorded>, budget: Duration) -> Verdict {
         verdict.operations += ops.len();
         verdict.indeterminate += ops.iter().filter(|o| o.returned.is_none()).count();
         let history = history_of(ops);
-        let decided = tokio::time::timeout(
-            budget,
-            tokio::task::spawn_blocking(move || WGLChecker::<KvRegister>::is_linearizable(history)),
-        )
-        .await;
-        match decided {
+        // A thread of its own, not the blocking pool: a search that runs
+        // past its budget is left behind (the runtime would wait for it).
+        let (decided, verdict_of) = tokio::sync::oneshot::channel();
+        std::thread::spawn(move || {
+            let _ = decided.send(WGLChecker::<KvRegister>::is_linearizable(history));
+        });
+        match tokio::time::timeout(budget, verdict_of).await {
             Ok(Ok(true)) => {}
             Ok(Ok(false)) => verdict.violations.push(key),
             Ok(Err(_)) | Err(_) => verdict.undecided.push(key),
