@@ -11,7 +11,11 @@
 //!   their data directories.
 //! - [`docker`]: containers through the Docker Engine API, adopted by label;
 //!   [`docker_args`] its flags in `autoscaler run`.
+//! - [`containers`]: what container drivers share: their
+//!   configuration, labels, names, engine checks, and each instance's
+//!   containers (image, command, environment).
 
+pub mod containers;
 pub mod data_slots;
 pub mod docker;
 pub mod docker_args;
