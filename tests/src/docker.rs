@@ -195,12 +195,14 @@ impl Leftovers {
                 continue;
             };
             for network in networks.into_iter().filter_map(|n| n.id) {
-                // An overlay network's last endpoints can take a moment to go.
+                // An overlay network's last endpoints can take a moment to
+                // go, and a swarm removes the network itself a moment after
+                // it accepted the removal: done once it is not found.
                 let removed = wait_until_async(Duration::from_secs(20), "network removed", || {
                     let (docker, network) = (docker.clone(), network.clone());
                     async move {
                         match docker.remove_network(&network).await {
-                            Ok(()) => true,
+                            Ok(()) => !network_exists(&docker, &network).await,
                             Err(e) => status(&e) == Some(404),
                         }
                     }

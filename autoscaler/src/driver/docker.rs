@@ -35,7 +35,9 @@
 //! The container's command is `--etcd`, `--prefix`, `--service`, `--id`,
 //! `--listen 0.0.0.0:8080`, `--advertise` and `--lease-ttl`, then
 //! [`DockerConfig::args`]; `autoscaler run --driver docker` fills the
-//! configuration from its flags ([`super::docker_args`]).
+//! configuration from its flags ([`super::docker_args`]). What the container
+//! is (image, command, environment, labels, name) comes from
+//! [`super::containers`], which the `swarm` driver shares.
 //!
 //! Stopping is `docker stop` with the grace as its timeout (SIGTERM, which
 //! makes app-server drain and deregister, then SIGKILL), then removal; a

@@ -15,6 +15,8 @@
 //! instance on the overlay network. One test, in order (the swarm is the
 //! engine's, so its scenarios share it rather than take turns):
 //!
+//! 0. a controller given a bridge network, or a missing image, exits at
+//!    once saying what to change;
 //! 1. the policy's minimum, 1 instance, ready behind the gateway;
 //! 2. scale-out under load (6 clients of `/work` against a target of 2 in
 //!    flight): the time from the controller's decision to the new instance
@@ -52,7 +54,9 @@ use shoal_tests::docker::{
 };
 use shoal_tests::gateway::AdminApi;
 use shoal_tests::wait::holds_for;
-use shoal_tests::{Autoscaler, Load, free_port, http_client, wait_for, wait_until_async};
+use shoal_tests::{
+    Autoscaler, Load, free_port, http_client, run_to_exit, wait_for, wait_until_async,
+};
 
 use crate::autoscaler::events_under;
 
@@ -380,6 +384,27 @@ async fn swarm_driver_scales_out_retires_drain_first_restarts_killed_tasks_and_a
     ])
     .await;
 
+    // 0. A misconfigured controller stops at once, saying what to change:
+    // a bridge network, a missing image.
+    for (flags, says) in [
+        (["--network", "bridge"], "overlay network"),
+        (
+            ["--image", "shoal/no-such-image:dev"],
+            "build it with docker/build-images.sh",
+        ),
+    ] {
+        let mut args = w.controller.clone();
+        let at = args.iter().position(|a| a == flags[0]).expect("the flag") + 1;
+        args[at] = flags[1].to_owned();
+        let out = run_to_exit("autoscaler", &args, Duration::from_secs(30)).await;
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success() && stderr.contains(says),
+            "{flags:?}: {:?} {stderr}",
+            out.status
+        );
+    }
+
     // 1. The minimum: one instance, a Swarm service, routed by the gateway.
     let mut controller = w.start_controller("swarm-test-1");
     let took = w
@@ -646,6 +671,10 @@ async fn swarm_driver_scales_out_retires_drain_first_restarts_killed_tasks_and_a
 
     drop(w);
     drop(leftovers);
+    assert!(
+        docker.inspect_network(&network, None).await.is_err(),
+        "the test's network removed"
+    );
     let owned = swarm.owned();
     drop(swarm);
     if owned {
