@@ -17,7 +17,8 @@
 //!
 //! 0. a controller given a bridge network, or a missing image, exits at
 //!    once saying what to change;
-//! 1. the policy's minimum, 1 instance, ready behind the gateway;
+//! 1. the policy's minimum, 1 instance, ready behind the gateway, which
+//!    connects to the task's own overlay IP;
 //! 2. scale-out under load (6 clients of `/work` against a target of 2 in
 //!    flight): the time from the controller's decision to the new instance
 //!    serving through the gateway is measured; no request fails;
@@ -35,6 +36,7 @@
 //! Figures are printed with `measured:`.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
 
 use bollard::Docker;
@@ -225,6 +227,27 @@ impl World {
     }
 }
 
+/// The remote IPv4 addresses of the established TCP connections to `port`
+/// in process `pid`'s network namespace (`/proc/{pid}/net/tcp`).
+fn connected_to(pid: i64, port: u16) -> Vec<Ipv4Addr> {
+    let table = std::fs::read_to_string(format!("/proc/{pid}/net/tcp"))
+        .unwrap_or_else(|e| panic!("read /proc/{pid}/net/tcp: {e}"));
+    table
+        .lines()
+        .skip(1)
+        .filter_map(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            // sl, local_address, rem_address, st (01: established).
+            let (remote, state) = (fields.get(2)?, fields.get(3)?);
+            let (ip, remote_port) = remote.split_once(':')?;
+            (*state == "01" && u16::from_str_radix(remote_port, 16).ok()? == port).then_some(())?;
+            // The kernel prints the address as a host-order number.
+            let ip = u32::from_str_radix(ip, 16).ok()?;
+            Some(Ipv4Addr::from(ip.to_le_bytes()))
+        })
+        .collect()
+}
+
 /// An `Instant` as wall-clock time.
 fn wall(at: Instant) -> DateTime<Utc> {
     let ago = Instant::now().saturating_duration_since(at);
@@ -315,7 +338,7 @@ async fn swarm_driver_scales_out_retires_drain_first_restarts_killed_tasks_and_a
 
     let (proxy_port, admin_port) = (free_port(), free_port());
     let instance_etcd = format!("http://{etcd_name}:2379");
-    start_container(
+    let gateway_id = start_container(
         &docker,
         &format!("shoal-swarm-gateway-{run}"),
         ContainerCreateBody {
@@ -464,6 +487,50 @@ async fn swarm_driver_scales_out_retires_drain_first_restarts_killed_tasks_and_a
         format!("{name}:8080"),
         "registers its service name, which the overlay's DNS answers with the task's IP"
     );
+    // The gateway reaches the task at the task's own overlay IP (no virtual
+    // IP in between): its pooled connections to port 8080, read from its
+    // network namespace, go to that address.
+    let task = w
+        .running_containers(first_id)
+        .await
+        .into_iter()
+        .next()
+        .expect("the task's container");
+    let task_ip: Ipv4Addr = docker
+        .inspect_container(&task, None)
+        .await
+        .ok()
+        .and_then(|c| {
+            c.network_settings?
+                .networks?
+                .get(&network)?
+                .ip_address
+                .clone()
+        })
+        .and_then(|ip| ip.parse().ok())
+        .expect("the task's IP on the overlay network");
+    let gateway_pid = docker
+        .inspect_container(&gateway_id, None)
+        .await
+        .ok()
+        .and_then(|c| c.state?.pid)
+        .expect("the gateway's pid");
+    wait_until_async(
+        Duration::from_secs(10),
+        "the gateway connected to the task's overlay IP",
+        || async {
+            let answered = w.http.get(format!("{}/", w.gateway)).send().await;
+            answered.is_ok_and(|r| r.status() == 200)
+                && connected_to(gateway_pid, 8080).contains(&task_ip)
+        },
+    )
+    .await
+    .unwrap_or_else(|e| {
+        panic!(
+            "{e}: the gateway's connections to :8080 go to {:?}",
+            connected_to(gateway_pid, 8080)
+        )
+    });
 
     // 2. Scale-out under load.
     let before = w.services().await;
