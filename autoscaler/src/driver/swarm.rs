@@ -219,67 +219,6 @@ impl SwarmDriver {
         self.docker.list_services(Some(options)).await
     }
 
-    /// The service spec of an instance: one replica of its program on the
-    /// overlay network, found by DNS at its own IP, restarted on failure.
-    fn service_spec(&self, plan: &ContainerPlan) -> ServiceSpec {
-        let c = &self.config.containers;
-        let mut container_labels = plan.labels.clone();
-        container_labels.remove(LABEL_MANAGED);
-        let mounts = c
-            .read_only_files
-            .iter()
-            .map(|f| Mount {
-                target: Some(f.display().to_string()),
-                source: Some(f.display().to_string()),
-                typ: Some(MountType::BIND),
-                read_only: Some(true),
-                ..Default::default()
-            })
-            .collect::<Vec<_>>();
-        let container = TaskSpecContainerSpec {
-            image: Some(plan.image.clone()),
-            labels: Some(container_labels),
-            // Swarm's `Command` is Docker's entrypoint, `Args` its cmd.
-            command: plan.entrypoint.clone(),
-            args: plan.args.clone(),
-            hostname: Some(plan.name.clone()),
-            env: Some(plan.env_list()),
-            mounts: (!mounts.is_empty()).then_some(mounts),
-            stop_grace_period: Some(nanos(self.config.stop_grace)),
-            health_check: plan.healthcheck.then(|| app_healthcheck(plan.port)),
-            ..Default::default()
-        };
-        ServiceSpec {
-            name: Some(plan.name.clone()),
-            labels: Some(plan.labels.clone()),
-            task_template: Some(TaskSpec {
-                container_spec: Some(container),
-                restart_policy: Some(TaskSpecRestartPolicy {
-                    condition: Some(TaskSpecRestartPolicyConditionEnum::ON_FAILURE),
-                    delay: Some(nanos(self.config.restart_delay)),
-                    max_attempts: Some(i64::from(self.config.restart_attempts)),
-                    window: Some(0),
-                }),
-                networks: c.network.as_ref().map(|network| {
-                    vec![NetworkAttachmentConfig {
-                        target: Some(network.clone()),
-                        ..Default::default()
-                    }]
-                }),
-                ..Default::default()
-            }),
-            mode: Some(ServiceSpecMode {
-                replicated: Some(ServiceSpecModeReplicated { replicas: Some(1) }),
-                ..Default::default()
-            }),
-            endpoint_spec: Some(EndpointSpec {
-                mode: Some(EndpointSpecModeEnum::DNSRR),
-                ports: None,
-            }),
-            ..Default::default()
-        }
-    }
-
     /// Whether any container of instance `id` (a task of its service) is
     /// still on this engine, in any state.
     async fn has_containers(&self, id: &str) -> Result<bool, BollardError> {
@@ -295,6 +234,67 @@ impl SwarmDriver {
             .filters(&filters)
             .build();
         Ok(!self.docker.list_containers(Some(options)).await?.is_empty())
+    }
+}
+
+/// The service spec of an instance: one replica of its program on the
+/// overlay network, found by DNS at its own IP, restarted on failure.
+fn service_spec(config: &SwarmConfig, plan: &ContainerPlan) -> ServiceSpec {
+    let c = &config.containers;
+    let mut container_labels = plan.labels.clone();
+    container_labels.remove(LABEL_MANAGED);
+    let mounts = c
+        .read_only_files
+        .iter()
+        .map(|f| Mount {
+            target: Some(f.display().to_string()),
+            source: Some(f.display().to_string()),
+            typ: Some(MountType::BIND),
+            read_only: Some(true),
+            ..Default::default()
+        })
+        .collect::<Vec<_>>();
+    let container = TaskSpecContainerSpec {
+        image: Some(plan.image.clone()),
+        labels: Some(container_labels),
+        // Swarm's `Command` is Docker's entrypoint, `Args` its cmd.
+        command: plan.entrypoint.clone(),
+        args: plan.args.clone(),
+        hostname: Some(plan.name.clone()),
+        env: Some(plan.env_list()),
+        mounts: (!mounts.is_empty()).then_some(mounts),
+        stop_grace_period: Some(nanos(config.stop_grace)),
+        health_check: plan.healthcheck.then(|| app_healthcheck(plan.port)),
+        ..Default::default()
+    };
+    ServiceSpec {
+        name: Some(plan.name.clone()),
+        labels: Some(plan.labels.clone()),
+        task_template: Some(TaskSpec {
+            container_spec: Some(container),
+            restart_policy: Some(TaskSpecRestartPolicy {
+                condition: Some(TaskSpecRestartPolicyConditionEnum::ON_FAILURE),
+                delay: Some(nanos(config.restart_delay)),
+                max_attempts: Some(i64::from(config.restart_attempts)),
+                window: Some(0),
+            }),
+            networks: c.network.as_ref().map(|network| {
+                vec![NetworkAttachmentConfig {
+                    target: Some(network.clone()),
+                    ..Default::default()
+                }]
+            }),
+            ..Default::default()
+        }),
+        mode: Some(ServiceSpecMode {
+            replicated: Some(ServiceSpecModeReplicated { replicas: Some(1) }),
+            ..Default::default()
+        }),
+        endpoint_spec: Some(EndpointSpec {
+            mode: Some(EndpointSpecModeEnum::DNSRR),
+            ports: None,
+        }),
+        ..Default::default()
     }
 }
 
@@ -392,7 +392,7 @@ impl Driver for SwarmDriver {
         };
         let created = self
             .docker
-            .create_service(self.service_spec(plan), None)
+            .create_service(service_spec(&self.config, plan), None)
             .await
             .map_err(|e| {
                 fail(match status(&e) {
@@ -576,6 +576,96 @@ mod tests {
         assert_eq!(
             exited(&[task(SHUTDOWN, FAILED, Some(2), 60)], just_now, now, 3),
             Some(2)
+        );
+    }
+
+    fn start_spec(spec: Option<serde_json::Value>) -> StartSpec {
+        StartSpec {
+            service: "app".into(),
+            id: "0123456789abcdef".into(),
+            spec: spec.map(|json| {
+                let service: registry::spec::Service = serde_json::from_value(json).unwrap();
+                std::sync::Arc::new(service)
+            }),
+        }
+    }
+
+    #[test]
+    fn an_instance_is_one_replica_found_by_its_name_restarted_on_failure() {
+        let config = SwarmConfig {
+            containers: DockerConfig {
+                network: Some("overlay-net".into()),
+                read_only_files: vec!["/etc/shoal/ca.pem".into()],
+                ..DockerConfig::default()
+            },
+            stop_grace: Duration::from_secs(7),
+            ..SwarmConfig::default()
+        };
+        let spec = start_spec(None);
+        let name = container_name(&config.containers.name_prefix, &spec);
+        let plans = instance_containers(
+            &config.containers,
+            &spec,
+            |p| format!("{name}:{p}"),
+            "swarm",
+        )
+        .unwrap();
+        let s = service_spec(&config, &plans[0]);
+        assert_eq!(s.name.as_deref(), Some("shoal-app-01234567"));
+        let labels = s.labels.clone().unwrap();
+        assert_eq!(labels[LABEL_MANAGED], "true");
+        assert_eq!(labels[LABEL_ID], "0123456789abcdef");
+        assert_eq!(
+            s.mode.and_then(|m| m.replicated).and_then(|r| r.replicas),
+            Some(1)
+        );
+        assert_eq!(
+            s.endpoint_spec.and_then(|e| e.mode),
+            Some(EndpointSpecModeEnum::DNSRR)
+        );
+        let task = s.task_template.unwrap();
+        let restart = task.restart_policy.unwrap();
+        assert_eq!(
+            restart.condition,
+            Some(TaskSpecRestartPolicyConditionEnum::ON_FAILURE)
+        );
+        assert_eq!(restart.max_attempts, Some(3));
+        assert_eq!(restart.delay, Some(1_000_000_000));
+        assert_eq!(
+            task.networks.unwrap()[0].target.as_deref(),
+            Some("overlay-net")
+        );
+        let container = task.container_spec.unwrap();
+        let container_labels = container.labels.unwrap();
+        assert!(
+            !container_labels.contains_key(LABEL_MANAGED),
+            "a docker driver must not list task containers as its own"
+        );
+        assert_eq!(container_labels[LABEL_ID], "0123456789abcdef");
+        assert_eq!(container.stop_grace_period, Some(7_000_000_000));
+        let args = container.args.unwrap();
+        let advertise = args.iter().position(|a| a == "--advertise").unwrap();
+        assert_eq!(args[advertise + 1], "shoal-app-01234567:8080");
+        let mount = &container.mounts.unwrap()[0];
+        assert_eq!(mount.source.as_deref(), Some("/etc/shoal/ca.pem"));
+        assert_eq!(mount.read_only, Some(true));
+    }
+
+    #[tokio::test]
+    async fn a_managed_spec_is_refused_with_what_to_do_instead() {
+        // No request reaches the engine: the spec is refused first.
+        let driver = SwarmDriver {
+            docker: Docker::connect_with_local_defaults().unwrap(),
+            config: SwarmConfig::default(),
+        };
+        let spec = start_spec(Some(serde_json::json!({
+            "name": "app",
+            "docker": {"image": "node:22", "container_port": 3000}
+        })));
+        let err = driver.start(&spec).await.unwrap_err().to_string();
+        assert!(
+            err.contains("registration: managed") && err.contains("registration: self"),
+            "{err}"
         );
     }
 
