@@ -16,7 +16,8 @@
 //! A later controller adopts them: the process driver through the pid files
 //! in `--log-dir` (same machine, same directory), the docker driver
 //! (`--driver docker`, flags in [`DockerArgs`]) through the labels of the
-//! containers on its engine.
+//! containers on its engine, the swarm driver (`--driver swarm`, the same
+//! flags) through the labels of the Swarm services.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -41,6 +42,7 @@ use crate::driver::Driver;
 use crate::driver::docker::DockerDriver;
 use crate::driver::docker_args::DockerArgs;
 use crate::driver::process::{ProcessDriver, ProcessTemplate};
+use crate::driver::swarm::{SwarmConfig, SwarmDriver};
 
 /// How instances are run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -49,6 +51,9 @@ pub enum DriverKind {
     Process,
     /// Containers through the Docker Engine API.
     Docker,
+    /// One Docker Swarm service per instance, on a Swarm manager (the
+    /// docker driver's flags; `--network` an overlay network).
+    Swarm,
 }
 
 /// Flags of `autoscaler run`.
@@ -193,6 +198,22 @@ pub async fn run(config: RunConfig) -> anyhow::Result<()> {
             let driver = DockerDriver::connect(docker)
                 .await
                 .context("docker driver")?;
+            run_with(config, driver, signals, usr2).await
+        }
+        DriverKind::Swarm => {
+            let containers = config.docker.config(&config.etcd, config.lease_ttl)?;
+            info!(
+                image = %containers.image,
+                network = ?containers.network,
+                instance_etcd = %containers.etcd_url,
+                "swarm driver"
+            );
+            let swarm = SwarmConfig {
+                containers,
+                stop_grace: config.stop_timeout,
+                ..SwarmConfig::default()
+            };
+            let driver = SwarmDriver::connect(swarm).await.context("swarm driver")?;
             run_with(config, driver, signals, usr2).await
         }
     }

@@ -1,4 +1,5 @@
-//! A running `autoscaler run` process with the process driver, started
+//! A running `autoscaler run` process (the process driver, or any flags:
+//! [`Autoscaler::start_with_args`]), started
 //! against a test's etcd. It runs with `--stop-on-exit`, and dropping it
 //! sends SIGTERM and waits briefly, so the instances it started do not
 //! outlive the test.
@@ -87,6 +88,23 @@ impl Autoscaler {
         }
     }
 
+    /// A controller run with exactly `args` after `autoscaler` (another
+    /// driver, an etcd the harness did not start), in the workspace's root.
+    pub fn start_with_args(args: &[String]) -> Autoscaler {
+        let proc = Proc::spawn_in(
+            "autoscaler",
+            &bin_path("autoscaler"),
+            args,
+            &[],
+            &logs_dir(),
+            &workspace_root(),
+        );
+        Autoscaler {
+            proc,
+            instance_logs: instance_logs_dir(),
+        }
+    }
+
     /// SIGTERM, then wait for a clean exit (it stops its instances first).
     pub async fn stop(&mut self, timeout: Duration) -> std::process::ExitStatus {
         self.proc.signal(Signal::SIGTERM);
@@ -96,9 +114,14 @@ impl Autoscaler {
 
 /// Run `autoscaler --etcd ENDPOINT ARGS...` (the operator's CLI) to completion.
 pub async fn autoscaler_cli(etcd: &Etcd, args: &[&str]) -> std::process::Output {
+    autoscaler_cli_at(&etcd.endpoint(), args).await
+}
+
+/// Run `autoscaler --etcd ENDPOINT ARGS...` against any etcd endpoint.
+pub async fn autoscaler_cli_at(endpoint: &str, args: &[&str]) -> std::process::Output {
     tokio::process::Command::new(bin_path("autoscaler"))
         .arg("--etcd")
-        .arg(etcd.endpoint())
+        .arg(endpoint)
         .args(args)
         .output()
         .await

@@ -14,6 +14,8 @@
 //!   stderr saved under `target/test-logs/`.
 //! - [`browser`]: headless Chromium through chromedriver, for the dashboard.
 //! - [`binaries`]: where the built binaries are, and typed launchers for them.
+//! - [`docker`]: the local Docker engine (skip or fail under `CI=true`),
+//!   containers, cleanup on drop, and a single-node swarm left as found.
 //! - [`gateway`]: a launcher for the gateway, with its proxy and admin
 //!   addresses, and reads of its admin API.
 //! - [`autoscaler`]: a launcher for `autoscaler run` with the process driver.
@@ -36,6 +38,7 @@ pub mod autoscaler;
 pub mod binaries;
 pub mod browser;
 pub mod cut_off;
+pub mod docker;
 pub mod etcd;
 pub mod gateway;
 pub mod load;

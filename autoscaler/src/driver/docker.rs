@@ -35,7 +35,9 @@
 //! The container's command is `--etcd`, `--prefix`, `--service`, `--id`,
 //! `--listen 0.0.0.0:8080`, `--advertise` and `--lease-ttl`, then
 //! [`DockerConfig::args`]; `autoscaler run --driver docker` fills the
-//! configuration from its flags ([`super::docker_args`]).
+//! configuration from its flags ([`super::docker_args`]). What the container
+//! is (image, command, environment, labels, name) comes from
+//! [`super::containers`], which the `swarm` driver shares.
 //!
 //! Stopping is `docker stop` with the grace as its timeout (SIGTERM, which
 //! makes app-server drain and deregister, then SIGKILL), then removal; a
@@ -67,127 +69,29 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use bollard::Docker;
 use bollard::errors::Error as BollardError;
 use bollard::models::{
-    ContainerCreateBody, ContainerSummary, ContainerSummaryStateEnum, HealthConfig, HostConfig,
-    PortBinding, RestartPolicy, RestartPolicyNameEnum,
+    ContainerCreateBody, ContainerSummary, ContainerSummaryStateEnum, HostConfig, PortBinding,
+    RestartPolicy, RestartPolicyNameEnum,
 };
 use bollard::query_parameters::{
     CreateContainerOptionsBuilder, ListContainersOptionsBuilder, RemoveContainerOptionsBuilder,
     StopContainerOptionsBuilder,
 };
-use registry::spec::{RegistrationMode, Service, fill};
 use tracing::{info, warn};
 
+pub use super::containers::{
+    Advertise, CONTAINER_PORT, ConnectError, DEFAULT_IMAGE, DEFAULT_REGISTRAR_IMAGE, DockerConfig,
+    LABEL_ID, LABEL_MANAGED, LABEL_PREFIX, LABEL_ROLE, LABEL_SERVICE,
+};
+use super::containers::{
+    ContainerPlan, ROLE_REGISTRAR, app_healthcheck, check_image, check_network, container_name,
+    instance_containers, owner_filter, status,
+};
 use super::{Driver, DriverError, Owned, StartSpec};
-
-/// The image `docker/build-images.sh` builds.
-pub const DEFAULT_IMAGE: &str = "shoal/app-server:dev";
-/// The image with every Shoal binary, `registry` among them.
-pub const DEFAULT_REGISTRAR_IMAGE: &str = "shoal/shoal:dev";
-/// The port app-server listens on inside every container.
-pub const CONTAINER_PORT: u16 = 8080;
-
-/// Set to `true` on every container a Shoal driver starts.
-pub const LABEL_MANAGED: &str = "shoal.managed";
-/// The registry prefix of the controller that owns the container.
-pub const LABEL_PREFIX: &str = "shoal.prefix";
-pub const LABEL_SERVICE: &str = "shoal.service";
-pub const LABEL_ID: &str = "shoal.id";
-/// `registrar` on the container that registers a managed instance.
-pub const LABEL_ROLE: &str = "shoal.role";
-const ROLE_REGISTRAR: &str = "registrar";
 
 /// A container still `created` (never started) after this long was left
 /// behind by a controller that died between create and start: it is reported
 /// as exited so that the controller reaps and replaces it.
 const STUCK_CREATED: Duration = Duration::from_secs(60);
-
-/// What address an instance registers for gateways to use; see the module doc.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
-pub enum Advertise {
-    /// `{container name}:8080`, for gateways on the same user-defined network.
-    #[default]
-    ContainerName,
-    /// `127.0.0.1:{published port}`, for gateways on the host.
-    HostPort,
-}
-
-/// How to run instances as containers.
-#[derive(Debug, Clone)]
-pub struct DockerConfig {
-    /// Image to run; its entrypoint must be app-server (or set `entrypoint`).
-    pub image: String,
-    /// Overrides the image's entrypoint, e.g. `["app-server"]` for the
-    /// all-binaries `shoal/shoal:dev` image.
-    pub entrypoint: Option<Vec<String>>,
-    /// User-defined network to attach containers to; `None` is Docker's
-    /// default `bridge`, which only [`Advertise::HostPort`] can use.
-    pub network: Option<String>,
-    pub advertise: Advertise,
-    /// etcd endpoint(s), comma-separated, as seen from inside a container.
-    pub etcd_url: String,
-    /// Registry prefix, passed as `--prefix` and used to tell this
-    /// controller's containers from other platforms' on the same engine.
-    pub prefix: String,
-    /// Lease TTL of the instances' registrations, passed as `--lease-ttl`.
-    pub lease_ttl: Duration,
-    /// Extra environment variables for every container.
-    pub env: Vec<(String, String)>,
-    /// Host files bind-mounted read-only into every container at the same
-    /// (absolute) path: the etcd TLS files, so `SHOAL_ETCD_CA` & co. work
-    /// unchanged inside.
-    pub read_only_files: Vec<std::path::PathBuf>,
-    /// Extra app-server arguments, after the ones the driver sets.
-    pub args: Vec<String>,
-    /// Extra container labels (the `shoal.*` labels always win).
-    pub labels: Vec<(String, String)>,
-    /// First part of container names.
-    pub name_prefix: String,
-    /// Give every container a Docker healthcheck, `app-server --healthcheck`
-    /// (so `docker ps` shows whether an instance is ready); the image must
-    /// have `app-server` on its `PATH`.
-    pub healthcheck: bool,
-    /// Image of the registrar that runs beside each managed instance of a
-    /// spec'd service (see the module doc).
-    pub registrar_image: String,
-}
-
-impl Default for DockerConfig {
-    fn default() -> Self {
-        DockerConfig {
-            image: DEFAULT_IMAGE.into(),
-            entrypoint: None,
-            network: Some("shoal".into()),
-            advertise: Advertise::ContainerName,
-            etcd_url: "http://etcd:2379".into(),
-            prefix: registry::keys::DEFAULT_PREFIX.into(),
-            lease_ttl: Duration::from_secs(5),
-            env: Vec::new(),
-            read_only_files: Vec::new(),
-            args: Vec::new(),
-            labels: Vec::new(),
-            name_prefix: "shoal".into(),
-            healthcheck: false,
-            registrar_image: DEFAULT_REGISTRAR_IMAGE.into(),
-        }
-    }
-}
-
-/// Why [`DockerDriver::connect`] failed.
-#[derive(Debug, thiserror::Error)]
-pub enum ConnectError {
-    #[error(
-        "cannot reach the Docker engine at {socket}: {reason} (is dockerd running, and may this user use its socket?)"
-    )]
-    Unreachable { socket: String, reason: String },
-    #[error("image {0} not found: build it with docker/build-images.sh")]
-    ImageMissing(String),
-    #[error("network {0} not found: create it with `docker network create {0}`")]
-    NetworkMissing(String),
-    #[error("invalid docker driver configuration: {0}")]
-    Config(String),
-    #[error("the Docker engine refused a request: {0}")]
-    Engine(String),
-}
 
 /// Containers on the local Docker engine.
 pub struct DockerDriver {
@@ -216,35 +120,10 @@ impl DockerDriver {
                     .into(),
             ));
         }
-        let socket = std::env::var("DOCKER_HOST")
-            .ok()
-            .filter(|h| h.starts_with("unix://"))
-            .unwrap_or_else(|| "unix:///var/run/docker.sock".into());
-        let unreachable = |e: BollardError| ConnectError::Unreachable {
-            socket: socket.clone(),
-            reason: e.to_string(),
-        };
-        // The API version the engine speaks may be older than bollard's.
-        let docker = Docker::connect_with_local_defaults()
-            .map_err(unreachable)?
-            .negotiate_version()
-            .await
-            .map_err(unreachable)?;
-        match docker.inspect_image(&config.image).await {
-            Ok(_) => {}
-            Err(e) if status(&e) == Some(404) => {
-                return Err(ConnectError::ImageMissing(config.image.clone()));
-            }
-            Err(e) => return Err(ConnectError::Engine(e.to_string())),
-        }
+        let docker = super::containers::connect().await?;
+        check_image(&docker, &config.image).await?;
         if let Some(network) = network {
-            match docker.inspect_network(network, None).await {
-                Ok(_) => {}
-                Err(e) if status(&e) == Some(404) => {
-                    return Err(ConnectError::NetworkMissing(network.to_owned()));
-                }
-                Err(e) => return Err(ConnectError::Engine(e.to_string())),
-            }
+            check_network(&docker, network).await?;
         }
         Ok(DockerDriver { docker, config })
     }
@@ -261,16 +140,9 @@ impl DockerDriver {
         container_name(&self.config.name_prefix, spec)
     }
 
-    fn owner_filter(&self) -> Vec<String> {
-        vec![
-            format!("{LABEL_MANAGED}=true"),
-            format!("{LABEL_PREFIX}={}", self.config.prefix),
-        ]
-    }
-
     /// This driver's containers, all states, optionally only instance `id`'s.
     async fn containers(&self, id: Option<&str>) -> Result<Vec<ContainerSummary>, BollardError> {
-        let mut labels = self.owner_filter();
+        let mut labels = owner_filter(&self.config.prefix);
         if let Some(id) = id {
             labels.push(format!("{LABEL_ID}={id}"));
         }
@@ -282,74 +154,36 @@ impl DockerDriver {
         self.docker.list_containers(Some(options)).await
     }
 
+    /// The create body of one of an instance's containers: the program on
+    /// the configured network (its port published on `host_port` if
+    /// given), or its registrar in the program's network namespace.
     fn create_body(
         &self,
-        spec: &StartSpec,
-        name: &str,
+        plan: &ContainerPlan,
+        program: &str,
         host_port: Option<u16>,
     ) -> ContainerCreateBody {
-        let c = &self.config;
-        let advertise = match host_port {
-            Some(port) => format!("127.0.0.1:{port}"),
-            None => format!("{name}:{CONTAINER_PORT}"),
+        let (network_mode, host_port, exposed) = if plan.registrar {
+            (Some(format!("container:{program}")), None, None)
+        } else {
+            (
+                self.config.network.clone(),
+                host_port,
+                Some(vec![format!("{}/tcp", plan.port)]),
+            )
         };
-        let mut cmd = vec![
-            "--etcd".to_owned(),
-            c.etcd_url.clone(),
-            "--prefix".to_owned(),
-            c.prefix.clone(),
-            "--service".to_owned(),
-            spec.service.clone(),
-            "--id".to_owned(),
-            spec.id.clone(),
-            "--listen".to_owned(),
-            format!("0.0.0.0:{CONTAINER_PORT}"),
-            "--advertise".to_owned(),
-            advertise,
-            "--lease-ttl".to_owned(),
-            format!("{}ms", c.lease_ttl.as_millis()),
-        ];
-        cmd.extend(c.args.iter().cloned());
-        // Docker's durations are nanoseconds.
-        let healthcheck = c.healthcheck.then(|| HealthConfig {
-            test: Some(vec![
-                "CMD".into(),
-                "app-server".into(),
-                "--healthcheck".into(),
-                "--listen".into(),
-                format!("0.0.0.0:{CONTAINER_PORT}"),
-            ]),
-            interval: Some(2_000_000_000),
-            timeout: Some(3_000_000_000),
-            retries: Some(3),
-            ..Default::default()
-        });
         ContainerCreateBody {
-            image: Some(c.image.clone()),
-            healthcheck,
-            hostname: Some(name.to_owned()),
-            entrypoint: c.entrypoint.clone(),
-            cmd: Some(cmd),
-            env: Some(env_list(&c.env)),
-            labels: Some(self.labels(spec, None)),
-            exposed_ports: Some(vec![format!("{CONTAINER_PORT}/tcp")]),
-            host_config: Some(self.host_config(c.network.clone(), CONTAINER_PORT, host_port)),
+            image: Some(plan.image.clone()),
+            healthcheck: plan.healthcheck.then(|| app_healthcheck(plan.port)),
+            hostname: (!plan.registrar).then(|| plan.name.clone()),
+            entrypoint: plan.entrypoint.clone(),
+            cmd: plan.args.clone(),
+            env: Some(plan.env_list()),
+            labels: Some(plan.labels.clone()),
+            exposed_ports: exposed,
+            host_config: Some(self.host_config(network_mode, plan.port, host_port)),
             ..Default::default()
         }
-    }
-
-    /// The labels of an instance's containers (`role`: the registrar's).
-    fn labels(&self, spec: &StartSpec, role: Option<&str>) -> HashMap<String, String> {
-        let c = &self.config;
-        let mut labels: HashMap<String, String> = c.labels.iter().cloned().collect();
-        labels.insert(LABEL_MANAGED.into(), "true".into());
-        labels.insert(LABEL_PREFIX.into(), c.prefix.clone());
-        labels.insert(LABEL_SERVICE.into(), spec.service.clone());
-        labels.insert(LABEL_ID.into(), spec.id.clone());
-        if let Some(role) = role {
-            labels.insert(LABEL_ROLE.into(), role.into());
-        }
-        labels
     }
 
     /// On `network_mode`, `port` published on `127.0.0.1:{host_port}` if
@@ -386,103 +220,6 @@ impl DockerDriver {
             ..Default::default()
         }
     }
-
-    /// The containers of an instance of a service with a spec: its program
-    /// and, when the platform registers it, the registrar beside it (see
-    /// the module doc), each with its name.
-    fn spec_bodies(
-        &self,
-        spec: &StartSpec,
-        service: &Service,
-        name: &str,
-        host_port: Option<u16>,
-    ) -> Result<Vec<(String, ContainerCreateBody)>, String> {
-        let Some(run) = &service.docker else {
-            return Err(format!(
-                "the spec of {} has no `docker` section and this controller runs the docker driver; add one (docker: {{image: ..., container_port: N}}) or run the service under a process-driver controller",
-                spec.service
-            ));
-        };
-        if service.data_dir {
-            return Err(format!(
-                "the spec of {} asks for data directories (`data_dir: true`), which the docker driver does not give yet (only the process driver does); run the service under a process-driver controller, or drop `data_dir` and mount a volume yourself",
-                spec.service
-            ));
-        }
-        let c = &self.config;
-        let port = run.container_port;
-        let version = service.version();
-        let filled = |text: &String| fill(text, port, &spec.id, &spec.service, &version);
-        let advertise = match host_port {
-            Some(host_port) => format!("127.0.0.1:{host_port}"),
-            None => format!("{name}:{port}"),
-        };
-        let lease_ttl = format!("{}ms", c.lease_ttl.as_millis());
-        let mut env = c.env.clone();
-        env.extend(spec.identity_env());
-        env.extend([
-            ("SHOAL_ETCD".to_owned(), c.etcd_url.clone()),
-            ("SHOAL_PREFIX".to_owned(), c.prefix.clone()),
-            ("SHOAL_LEASE_TTL".to_owned(), lease_ttl.clone()),
-            ("SHOAL_PORT".to_owned(), port.to_string()),
-            ("SHOAL_ADVERTISE".to_owned(), advertise.clone()),
-        ]);
-        env.extend(run.env.iter().map(|(k, v)| (k.clone(), filled(v))));
-        let program = ContainerCreateBody {
-            image: Some(run.image.clone()),
-            hostname: Some(name.to_owned()),
-            cmd: (!run.command.is_empty()).then(|| run.command.iter().map(filled).collect()),
-            env: Some(env_list(&env)),
-            labels: Some(self.labels(spec, None)),
-            exposed_ports: Some(vec![format!("{port}/tcp")]),
-            host_config: Some(self.host_config(c.network.clone(), port, host_port)),
-            ..Default::default()
-        };
-        let mut bodies = vec![(name.to_owned(), program)];
-        if service.registration == RegistrationMode::Managed {
-            let mut cmd: Vec<String> = [
-                "run",
-                "--attach",
-                "--etcd",
-                &c.etcd_url,
-                "--prefix",
-                &c.prefix,
-                "--service",
-                &spec.service,
-                "--id",
-                &spec.id,
-                "--port",
-                &port.to_string(),
-                "--advertise",
-                &advertise,
-                "--version-label",
-                &version,
-                "--drain-grace",
-                &format!("{}s", service.drain_grace_secs),
-                "--lease-ttl",
-                &lease_ttl,
-            ]
-            .map(str::to_owned)
-            .to_vec();
-            cmd.extend(service.readiness.registry_run_flags());
-            for (key, value) in &service.labels {
-                cmd.extend(["--label".to_owned(), format!("{key}={value}")]);
-            }
-            let registrar = ContainerCreateBody {
-                image: Some(c.registrar_image.clone()),
-                entrypoint: Some(vec!["registry".to_owned()]),
-                cmd: Some(cmd),
-                env: Some(env_list(&c.env)),
-                labels: Some(self.labels(spec, Some(ROLE_REGISTRAR))),
-                host_config: Some(self.host_config(Some(format!("container:{name}")), port, None)),
-                ..Default::default()
-            };
-            bodies.push((format!("{name}-reg"), registrar));
-        }
-        Ok(bodies)
-    }
-
-    /// Create and start container `name`; a container that cannot start is
     /// removed, so nothing half-made is listed as an instance.
     async fn create_and_start(&self, name: &str, body: ContainerCreateBody) -> Result<(), String> {
         let image = body.image.clone().unwrap_or_default();
@@ -534,39 +271,6 @@ fn is_registrar(c: &ContainerSummary) -> bool {
         .is_some_and(|role| role == ROLE_REGISTRAR)
 }
 
-fn env_list(env: &[(String, String)]) -> Vec<String> {
-    env.iter().map(|(k, v)| format!("{k}={v}")).collect()
-}
-
-/// The HTTP status of an engine error, if it is one.
-fn status(e: &BollardError) -> Option<u16> {
-    match e {
-        BollardError::DockerResponseServerError { status_code, .. } => Some(*status_code),
-        _ => None,
-    }
-}
-
-fn container_name(name_prefix: &str, spec: &StartSpec) -> String {
-    let mut service = dns_safe(&spec.service);
-    service.truncate(40);
-    let id: String = dns_safe(&spec.id).chars().take(8).collect();
-    format!("{}-{}-{}", dns_safe(name_prefix), service, id)
-}
-
-fn dns_safe(s: &str) -> String {
-    let s: String = s
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() {
-                c.to_ascii_lowercase()
-            } else {
-                '-'
-            }
-        })
-        .collect();
-    s.trim_matches('-').to_owned()
-}
-
 fn free_port() -> std::io::Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?
         .local_addr()?
@@ -597,12 +301,14 @@ impl Driver for DockerDriver {
                 Some(free_port().map_err(|e| fail(format!("cannot find a free host port: {e}")))?)
             }
         };
-        let bodies = match spec.spec.as_deref() {
-            None => vec![(name.clone(), self.create_body(spec, &name, host_port))],
-            Some(service) => self
-                .spec_bodies(spec, service, &name, host_port)
-                .map_err(fail)?,
+        let advertise = |port: u16| match host_port {
+            Some(host_port) => format!("127.0.0.1:{host_port}"),
+            None => format!("{name}:{port}"),
         };
+        let plans = instance_containers(&self.config, spec, advertise, "docker").map_err(fail)?;
+        let bodies = plans
+            .iter()
+            .map(|plan| (plan.name.clone(), self.create_body(plan, &name, host_port)));
         let mut started: Vec<String> = Vec::new();
         for (container, body) in bodies {
             if let Err(e) = self.create_and_start(&container, body).await {
@@ -749,22 +455,6 @@ impl Driver for DockerDriver {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn container_names_are_dns_labels() {
-        let spec = StartSpec {
-            service: "My_App.v2".into(),
-            id: "3F2A9C10-aaaa-bbbb".into(),
-            spec: None,
-        };
-        assert_eq!(container_name("Shoal", &spec), "shoal-my-app-v2-3f2a9c10");
-        let spec = StartSpec {
-            service: "app".into(),
-            id: "-_x".into(),
-            spec: None,
-        };
-        assert_eq!(container_name("shoal", &spec), "shoal-app-x");
-    }
 
     #[tokio::test]
     async fn unusable_networks_are_refused_before_connecting() {

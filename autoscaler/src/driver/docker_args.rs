@@ -1,4 +1,4 @@
-//! The flags of `autoscaler run` that configure the `docker` driver
+//! The flags of `autoscaler run` that configure the `docker` and `swarm` drivers
 //! (flattened into `RunConfig`), each with a `SHOAL_*` env var, and how they
 //! become a [`DockerConfig`].
 //!
@@ -17,11 +17,11 @@ use anyhow::bail;
 use clap::Args;
 use registry::EtcdArgs;
 
-use super::docker::{Advertise, DEFAULT_IMAGE, DockerConfig};
+use super::containers::{Advertise, DEFAULT_IMAGE, DockerConfig};
 
 /// Flags of the docker driver.
 #[derive(Debug, Clone, Args)]
-#[command(next_help_heading = "Docker driver (--driver docker)")]
+#[command(next_help_heading = "Docker and Swarm drivers (--driver docker|swarm)")]
 pub struct DockerArgs {
     /// Image the instances run (its entrypoint must be app-server, or set
     /// --instance-entrypoint); `docker/build-images.sh` builds the default.
@@ -34,13 +34,13 @@ pub struct DockerArgs {
     pub instance_entrypoint: Option<String>,
 
     /// User-defined Docker network the containers join (`bridge` only with
-    /// `--advertise host-port`).
+    /// `--advertise host-port`); with `--driver swarm`, an overlay network.
     #[arg(long, env = "SHOAL_DOCKER_NETWORK", default_value = "shoal")]
     pub network: String,
 
     /// Address the instances register: `container-name` (`{name}:8080`, for
     /// gateways on the same network) or `host-port` (a port published on
-    /// 127.0.0.1, for gateways on the host).
+    /// 127.0.0.1, for gateways on the host; not with `--driver swarm`).
     #[arg(long, env = "SHOAL_DOCKER_ADVERTISE", value_enum, default_value_t = Advertise::ContainerName)]
     pub advertise: Advertise,
 
@@ -67,7 +67,7 @@ pub struct DockerArgs {
     /// Image of the registrar beside each managed instance of a service
     /// whose spec runs a stock image (`registry run --attach`; it must have
     /// `registry` on its PATH).
-    #[arg(long, env = "SHOAL_REGISTRAR_IMAGE", default_value = super::docker::DEFAULT_REGISTRAR_IMAGE)]
+    #[arg(long, env = "SHOAL_REGISTRAR_IMAGE", default_value = super::containers::DEFAULT_REGISTRAR_IMAGE)]
     pub registrar_image: String,
 
     /// Give the containers a Docker healthcheck (`app-server --healthcheck`,

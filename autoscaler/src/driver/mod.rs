@@ -11,12 +11,19 @@
 //!   their data directories.
 //! - [`docker`]: containers through the Docker Engine API, adopted by label;
 //!   [`docker_args`] its flags in `autoscaler run`.
+//! - [`swarm`]: one Docker Swarm service per instance, adopted by label; it
+//!   takes the docker driver's flags.
+//! - [`containers`]: what the docker and swarm drivers share: their
+//!   configuration, labels, names, engine checks, and each instance's
+//!   containers (image, command, environment).
 
+pub mod containers;
 pub mod data_slots;
 pub mod docker;
 pub mod docker_args;
 pub mod pidfile;
 pub mod process;
+pub mod swarm;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -87,7 +94,7 @@ pub enum DriverError {
 
 /// Starts, stops and lists instances.
 pub trait Driver: Send + Sync + 'static {
-    /// A short name for logs and events (`process`, `docker`).
+    /// A short name for logs and events (`process`, `docker`, `swarm`).
     fn name(&self) -> &'static str;
 
     /// Start an instance; returns once it has been launched (not once it is ready:

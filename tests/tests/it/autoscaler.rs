@@ -33,10 +33,19 @@ pub(crate) async fn instances(client: &etcd_client::Client) -> Vec<Instance> {
 /// for up to 10 s: through a cluster's endpoints one call may land on a
 /// member that is down.
 pub(crate) async fn events(client: &etcd_client::Client) -> Vec<(u64, ScalingEvent)> {
-    let keys = Keys::default();
+    events_under(client, &Keys::default(), "app").await
+}
+
+/// Every scaling event of `service` under the prefix of `keys`, by
+/// sequence number (see [`events`]).
+pub(crate) async fn events_under(
+    client: &etcd_client::Client,
+    keys: &Keys,
+    service: &str,
+) -> Vec<(u64, ScalingEvent)> {
     let resp = wait_for(Duration::from_secs(10), "the events read", || {
         let mut client = client.clone();
-        let prefix = keys.service_events("app");
+        let prefix = keys.service_events(service);
         async move {
             let options = etcd_client::GetOptions::new().with_prefix();
             client.get(prefix, Some(options)).await.ok()
@@ -51,7 +60,7 @@ pub(crate) async fn events(client: &etcd_client::Client) -> Vec<(u64, ScalingEve
             let Ok(registry::Key::Event { seq, .. }) = keys.parse(&key) else {
                 panic!("{key} is not an event key");
             };
-            (seq, ScalingEvent::decode(&keys, &key, kv.value()).unwrap())
+            (seq, ScalingEvent::decode(keys, &key, kv.value()).unwrap())
         })
         .collect()
 }

@@ -19,6 +19,7 @@ mod scale_edges;
 mod security;
 mod services;
 mod store;
+mod swarm;
 mod two_gateways;
 mod watcher;
 mod watcher_props;
