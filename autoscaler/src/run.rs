@@ -143,8 +143,8 @@ impl RunConfig {
                     "{service}".into(),
                     "--id".into(),
                     "{id}".into(),
-                    "--listen".into(),
-                    "127.0.0.1:0".into(),
+                    // No --listen: app-server's default (127.0.0.1:0), or
+                    // SHOAL_LISTEN from the controller's environment.
                     "--lease-ttl".into(),
                     format!("{}ms", self.lease_ttl.as_millis()),
                 ]

@@ -22,13 +22,13 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
+use shoal_tests::Platform;
 use shoal_tests::autoscaler::scale;
 use shoal_tests::binaries::{instance_pid, service_instances, wait_ready};
 use shoal_tests::cut_off::{cut_and_heal, platform_with_outsider};
 use shoal_tests::netns::NetNs;
 use shoal_tests::platform::{APP, KV_ROUTE, pinned_policy, short};
 use shoal_tests::wait_until_async;
-use shoal_tests::{AppServerOptions, Platform};
 
 use crate::kv_history::HotKeyClients;
 use crate::kv_load::KvClients;
@@ -192,30 +192,21 @@ pub async fn run(config: CheckConfig) -> anyhow::Result<CheckReport> {
     finish(&config, kv, hot, http, &base, report).await
 }
 
-/// The same clients on two app servers and one more in a network namespace,
-/// which is cut off from etcd (not from the gateway or its peers, which
-/// listen on the namespace's host address) and healed
+/// The same clients while one more instance, in a network namespace, is cut
+/// off from etcd (not from the gateway or its peers, which listen on the
+/// namespace's host address) and healed
 /// ([`shoal_tests::cut_off`]): its lease expires, it fences itself and
 /// leaves the others' view, then rejoins. One phase of load before the cut
 /// and one after the heal. `netns`: from `NetNs::create`.
 pub async fn run_cut_off(config: CheckConfig, mut netns: NetNs) -> anyhow::Result<CheckReport> {
     let replicas = config.replicas.to_string();
-    // Two app servers on the namespace's host address, which the instance
-    // inside it reaches (127.0.0.1 there is its own): it is cut off from
-    // etcd only, not from its peers.
-    let options = AppServerOptions {
-        extra: vec![
-            "--kv-replicas".into(),
-            replicas,
-            "--listen".into(),
-            format!("{}:0", netns.host_ip),
-        ],
-        ..AppServerOptions::default()
-    };
     let builder = Platform::builder()
         .route("kv", KV_ROUTE)
+        .pinned(2)
         .gateway(&[])
-        .app_servers_with(2, options);
+        .autoscalers(1)
+        .autoscaler_flags(&["--interval", "500ms", "--lease-ttl", "3s"])
+        .instance_env("SHOAL_KV_REPLICAS", &replicas);
     let (platform, outsider) =
         platform_with_outsider(builder, &netns, Duration::from_secs(3)).await?;
     let base = platform.gateway().url("/kv/");

@@ -34,15 +34,23 @@ pub struct CutTimes {
     pub serving: Option<Duration>,
 }
 
-/// Start `builder`'s platform with etcd also listening on `netns`'s host
-/// address, and an app server of `app` (lease `lease_ttl`) inside `netns`;
+/// Start `builder`'s platform with etcd and the autoscaler's instances
+/// listening on `netns`'s host address, and an app server of `app` (lease
+/// `lease_ttl`) inside `netns`;
 /// returns once it is registered, ready and listed by the gateway.
 pub async fn platform_with_outsider(
     builder: PlatformBuilder,
     netns: &NetNs,
     lease_ttl: Duration,
 ) -> anyhow::Result<(Platform, AppServer)> {
-    let mut platform = builder.etcd_also_on(netns.host_ip).try_start().await?;
+    // The autoscaler's instances listen on the namespace's host address too,
+    // so the instance inside (whose 127.0.0.1 is its own) reaches its peers:
+    // cut off from etcd, not from them.
+    let mut platform = builder
+        .etcd_also_on(netns.host_ip)
+        .instance_env("SHOAL_LISTEN", &format!("{}:0", netns.host_ip))
+        .try_start()
+        .await?;
     let outsider = AppServer::start_in_netns(
         netns,
         platform.etcd.endpoint_on(netns.host_ip),
