@@ -347,7 +347,7 @@ impl<'a> Exchange<'a> {
                     if !retry {
                         return Attempted::NoneLeft;
                     }
-                    if failure != Failure::NotSent {
+                    if !failure.unprocessed() {
                         plan.attempts.second_chance_used = true;
                     }
                     Attempted::Again
@@ -439,7 +439,7 @@ impl<'a> Exchange<'a> {
             return None;
         }
         if let Some((failure, ..)) = &attempts.last_failure
-            && *failure != Failure::NotSent
+            && !failure.unprocessed()
         {
             self.second_chance_used = true;
         }

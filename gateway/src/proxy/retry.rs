@@ -5,6 +5,11 @@
 //! - the request never left the gateway (connection refused or failed, or a
 //!   pooled connection found closed before anything was written): any
 //!   method, since the instance cannot have acted on it;
+//! - the instance refused it unprocessed (h2c routes): an HTTP/2 stream
+//!   reset with `REFUSED_STREAM`, or one above the last stream id of a
+//!   `GOAWAY` the instance sent (RFC 9113 §8.7: both guarantee the request
+//!   was not processed): any method, so gRPC calls (POSTs) too, as long as
+//!   the body can be replayed ([`body`](super::body));
 //! - the connection was reset or closed before response headers, or the
 //!   instance answered 503 while the latest table shows it draining or gone:
 //!   idempotent methods only (GET, HEAD, OPTIONS, PUT, DELETE, TRACE), and
@@ -45,6 +50,9 @@ use crate::stats::claim_second;
 pub enum Failure {
     /// The request was not sent (connect error, pooled connection closed first).
     NotSent,
+    /// Sent on an HTTP/2 connection, and refused by the instance before it
+    /// processed it (`REFUSED_STREAM`, or above a `GOAWAY`'s last stream id).
+    Refused,
     /// Sent, then the connection was reset or closed before response headers.
     Reset,
     /// 503 from an instance that is draining or gone from the registry.
@@ -53,6 +61,14 @@ pub enum Failure {
     TryTimeout,
     /// No response headers within the response timeout.
     Timeout,
+}
+
+impl Failure {
+    /// The instance cannot have acted on the request: retrying it is safe
+    /// for any method and does not use the request's one second chance.
+    pub fn unprocessed(self) -> bool {
+        matches!(self, Failure::NotSent | Failure::Refused)
+    }
 }
 
 /// Methods that may be repeated without changing the outcome (RFC 9110 §9.2.2).
@@ -67,7 +83,7 @@ pub fn is_idempotent(method: &Method) -> bool {
 /// request already had its one retry after a reset or a draining 503.
 pub fn may_retry(failure: Failure, method: &Method, second_chance_used: bool) -> bool {
     match failure {
-        Failure::NotSent => true,
+        Failure::NotSent | Failure::Refused => true,
         Failure::Reset | Failure::DrainingUnavailable | Failure::TryTimeout => {
             is_idempotent(method) && !second_chance_used
         }
@@ -235,6 +251,10 @@ mod tests {
             assert!(
                 may_retry(Failure::NotSent, &m, true),
                 "never sent: any method"
+            );
+            assert!(
+                may_retry(Failure::Refused, &m, true),
+                "refused unprocessed: any method"
             );
             assert!(!may_retry(Failure::Reset, &m, false));
             assert!(!may_retry(Failure::DrainingUnavailable, &m, false));
