@@ -31,6 +31,11 @@
 //!    (and the sticky cookie when the policy asks), or join both sides of an
 //!    upgrade ([`upgrade`]); or answer with the gateway's own error.
 //!
+//! Routes with `"upstream_protocol": "h2c"` are sent over the instance's
+//! one multiplexed HTTP/2 connection ([`h2c`]), with a replayable body
+//! so that a stream the instance refused unprocessed can be retried; a
+//! gRPC call the gateway answers itself gets a gRPC status ([`grpc`]).
+//!
 //! Other files: [`headers`] (rewriting), [`forwarded`] (`X-Forwarded-*`,
 //! `Forwarded`, `--trusted-proxies`), [`body`] (reclaimable, limited
 //! request body), [`response`] (response body carrying the stats guards),
