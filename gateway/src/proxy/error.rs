@@ -107,7 +107,7 @@ impl GatewayError {
             GatewayError::Unreachable {
                 service, attempts, ..
             } => format!(
-                "could not connect to any instance of service `{service}` ({attempts} attempt(s)); the service may be restarting; retry later"
+                "no instance of service `{service}` took the request ({attempts} attempt(s): connection refused, or refused unprocessed); it was not processed; the service may be restarting; retry later"
             ),
             GatewayError::BadGateway {
                 service, instance, ..
