@@ -187,9 +187,10 @@ enum State<B> {
     /// Not polled yet: the body is still in the shared slot.
     Waiting(Slot<B>),
     /// Sending: first the frames earlier attempts took (`replayed` of them
-    /// so far), then the client's body, if this attempt holds it.
+    /// so far), then the client's body, if this attempt holds it. `slot`
+    /// only with replay on: without it, the body is polled with no lock.
     Streaming {
-        slot: Slot<B>,
+        slot: Option<Slot<B>>,
         replayed: usize,
         source: Option<B>,
     },
@@ -218,9 +219,11 @@ impl<B> AttemptBody<B> {
     /// Stop: the client's body goes back to the slot for another attempt
     /// when replay kept what this one sent.
     fn finish(&mut self) {
-        if let State::Streaming { slot, source, .. } =
-            std::mem::replace(&mut self.state, State::Done)
-            && let Some(source) = source
+        if let State::Streaming {
+            slot: Some(slot),
+            source: Some(source),
+            ..
+        } = std::mem::replace(&mut self.state, State::Done)
         {
             let mut shared = slot.lock().expect("body slot poisoned");
             if shared.kept.is_some() {
@@ -261,8 +264,9 @@ where
                     }
                     shared.taken = true;
                     let source = shared.source.take();
+                    let replay = shared.kept.is_some();
                     drop(shared);
-                    let slot = slot.clone();
+                    let slot = replay.then(|| slot.clone());
                     this.state = State::Streaming {
                         slot,
                         replayed: 0,
@@ -274,7 +278,7 @@ where
                     replayed,
                     source,
                 } => {
-                    {
+                    if let Some(slot) = slot {
                         let shared = slot.lock().expect("body slot poisoned");
                         if let Some(kept) = &shared.kept
                             && let Some(frame) = kept.frames.get(*replayed)
@@ -291,9 +295,9 @@ where
                     match Pin::new(body).poll_frame(cx) {
                         Poll::Pending => return Poll::Pending,
                         Poll::Ready(None) => {
-                            let mut shared = slot.lock().expect("body slot poisoned");
-                            shared.ended = true;
-                            drop(shared);
+                            if let Some(slot) = slot {
+                                slot.lock().expect("body slot poisoned").ended = true;
+                            }
                             *source = None;
                             this.state = State::Done;
                             return Poll::Ready(None);
@@ -304,10 +308,12 @@ where
                             return Poll::Ready(Some(Err(BodyError::Client(e.into()))));
                         }
                         Poll::Ready(Some(Ok(frame))) => {
-                            let mut shared = slot.lock().expect("body slot poisoned");
-                            shared.keep(&frame);
-                            if let Some(kept) = &shared.kept {
-                                *replayed = kept.frames.len();
+                            if let Some(slot) = slot {
+                                let mut shared = slot.lock().expect("body slot poisoned");
+                                shared.keep(&frame);
+                                if let Some(kept) = &shared.kept {
+                                    *replayed = kept.frames.len();
+                                }
                             }
                             break frame;
                         }
