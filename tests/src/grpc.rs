@@ -118,7 +118,8 @@ pub async fn serve(
 }
 
 /// A `grpc-test-server` registered as instance `id` of `service` by
-/// `registry run` (TCP readiness probe, short lease).
+/// `registry run` (TCP readiness probe, 3 s lease, the default 1 s drain
+/// grace: gateways stop routing to it before it is told to stop).
 pub struct GrpcInstance {
     pub id: String,
     /// The registered address.
@@ -150,8 +151,6 @@ impl GrpcInstance {
             "PORT",
             "--lease-ttl",
             "3s",
-            "--drain-grace",
-            "500ms",
             "--",
             bin_path("grpc-test-server").to_str().expect("a UTF-8 path"),
             "--port",
