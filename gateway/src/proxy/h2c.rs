@@ -22,9 +22,22 @@
 //! What a failure means for a retry is [`forward::classify`](super::forward::classify)'s
 //! call: a stream the instance refused (`REFUSED_STREAM`), or one above the
 //! last stream id of its `GOAWAY`, was not processed and may be sent again.
+//!
+//! **`GOAWAY` ends a connection's use.** h2 keeps opening streams on a
+//! connection whose peer sent `GOAWAY` (and hyper is not told of it); the
+//! instance ignores them, and they fail only when it closes the
+//! connection, as if cut off, although they were never processed. So the
+//! socket is [`Watched`]: its reads are scanned for frame headers (9 bytes
+//! each, payloads skipped), and once a `GOAWAY` frame has gone by, the next
+//! request opens a new connection, while the old one finishes the streams
+//! it has. A server closing connections on its own (grpc-go's
+//! `MaxConnectionAge`) then costs no call.
 
 use std::io;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::task::{Context, Poll, ready};
 
 use http::header::{HOST, TE};
 use http::uri::{Authority, Scheme};
@@ -32,6 +45,7 @@ use http::{HeaderValue, Request, Response, Uri};
 use hyper::body::Incoming;
 use hyper::client::conn::http2;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tracing::debug;
 
@@ -63,6 +77,14 @@ struct Conn {
     /// Tells connections apart, so that a request that found one closed
     /// does not throw away the one another request just made.
     id: u64,
+    /// The instance sent `GOAWAY`: no new stream goes on it.
+    going_away: Arc<AtomicBool>,
+}
+
+impl Conn {
+    fn takes_streams(&self) -> bool {
+        !self.sender.is_closed() && !self.going_away.load(Ordering::Relaxed)
+    }
 }
 
 impl Slot {
@@ -74,13 +96,13 @@ impl Slot {
         }
     }
 
-    /// Whether a connection is held and open (for tests).
+    /// Whether a connection is held that takes new streams (for tests).
     pub async fn is_open(&self) -> bool {
         self.conn
             .lock()
             .await
             .as_ref()
-            .is_some_and(|c| !c.sender.is_closed())
+            .is_some_and(Conn::takes_streams)
     }
 }
 
@@ -151,7 +173,7 @@ impl H2c {
     ) -> Result<(Sender, u64, bool), SendError> {
         let mut held = slot.conn.lock().await;
         if let Some(conn) = &*held
-            && !conn.sender.is_closed()
+            && conn.takes_streams()
             && conn.authority.as_str() == backend.authority.as_str()
         {
             return Ok((conn.sender.clone(), conn.id, false));
@@ -171,6 +193,12 @@ impl H2c {
         if let Err(e) = stream.set_nodelay(true) {
             debug!(instance = backend.id(), error = %e, "cannot set TCP_NODELAY");
         }
+        let going_away = Arc::new(AtomicBool::new(false));
+        let stream = Watched {
+            stream,
+            scan: FrameScan::default(),
+            going_away: going_away.clone(),
+        };
         let (sender, driver) = self
             .builder
             .handshake(TokioIo::new(stream))
@@ -187,8 +215,103 @@ impl H2c {
             sender: sender.clone(),
             authority: backend.authority.clone(),
             id,
+            going_away,
         });
         Ok((sender, id, true))
+    }
+}
+
+/// An h2c connection's socket, noting when the instance sends `GOAWAY`.
+struct Watched {
+    stream: TcpStream,
+    scan: FrameScan,
+    going_away: Arc<AtomicBool>,
+}
+
+/// Where the bytes read stand in HTTP/2's frame layout (RFC 9113 §4.1:
+/// a 9-byte header, its first 3 bytes the payload's length, the 4th the
+/// type). A server's bytes are frames from the first one on.
+#[derive(Debug, Default)]
+struct FrameScan {
+    head: [u8; 9],
+    /// Header bytes gathered so far.
+    have: usize,
+    /// Payload bytes still to skip.
+    skip: usize,
+}
+
+/// The `GOAWAY` frame type.
+const GOAWAY: u8 = 0x7;
+
+impl FrameScan {
+    /// Go over `bytes`; whether a `GOAWAY` frame header was among them.
+    fn feed(&mut self, mut bytes: &[u8]) -> bool {
+        let mut goaway = false;
+        while !bytes.is_empty() {
+            if self.skip > 0 {
+                let n = self.skip.min(bytes.len());
+                self.skip -= n;
+                bytes = &bytes[n..];
+                continue;
+            }
+            let n = (9 - self.have).min(bytes.len());
+            self.head[self.have..self.have + n].copy_from_slice(&bytes[..n]);
+            self.have += n;
+            bytes = &bytes[n..];
+            if self.have == 9 {
+                let [a, b, c, kind, ..] = self.head;
+                goaway |= kind == GOAWAY;
+                self.skip = u32::from_be_bytes([0, a, b, c]) as usize;
+                self.have = 0;
+            }
+        }
+        goaway
+    }
+}
+
+impl AsyncRead for Watched {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = &mut *self;
+        let before = buf.filled().len();
+        ready!(Pin::new(&mut this.stream).poll_read(cx, buf))?;
+        if this.scan.feed(&buf.filled()[before..]) {
+            this.going_away.store(true, Ordering::Relaxed);
+        }
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl AsyncWrite for Watched {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.stream).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.stream).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.stream.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.stream).poll_shutdown(cx)
     }
 }
 
@@ -358,6 +481,132 @@ mod tests {
             "{}",
             forward::chain(&error)
         );
+    }
+
+    #[test]
+    fn goaway_frames_are_found_wherever_the_reads_split_them() {
+        let frame = |kind: u8, payload: &[u8]| {
+            let len = (payload.len() as u32).to_be_bytes();
+            let mut f = vec![len[1], len[2], len[3], kind, 0, 0, 0, 0, 1];
+            f.extend_from_slice(payload);
+            f
+        };
+        // A DATA frame whose payload holds a byte 7 where a type would be,
+        // then a GOAWAY.
+        let mut bytes = frame(0x0, &[0, 0, 0, GOAWAY, 0, 0, 0, 0, 0, 9, 9]);
+        let data_len = bytes.len();
+        bytes.extend(frame(GOAWAY, &[0, 0, 0, 1, 0, 0, 0, 0]));
+        for split in 0..bytes.len() {
+            let mut scan = FrameScan::default();
+            let first = scan.feed(&bytes[..split]);
+            let second = scan.feed(&bytes[split..]);
+            assert!(!first || split > data_len + 3, "split at {split}");
+            assert!(first || second, "split at {split}");
+        }
+        let mut scan = FrameScan::default();
+        assert!(!scan.feed(&bytes[..data_len]), "not in a payload");
+    }
+
+    /// An HTTP/2 instance of raw frames. On its first connection it holds
+    /// the first stream unanswered (a long call), answers the second with
+    /// `200`, then sends `GOAWAY` naming that one as the last, and ignores
+    /// later streams (RFC 9113 §6.8) while the held one keeps the
+    /// connection open, as a server closing connections by itself does.
+    /// Later connections answer every stream.
+    /// Also counts the streams it saw.
+    async fn going_away_instance() -> (SocketAddr, Arc<AtomicUsize>, Arc<AtomicUsize>) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let seen = Arc::new(AtomicUsize::new(0));
+        let (count, seen_by_server) = (accepted.clone(), seen.clone());
+        tokio::spawn(async move {
+            loop {
+                let (mut socket, _) = listener.accept().await.unwrap();
+                let first_connection = count.fetch_add(1, Ordering::SeqCst) == 0;
+                let seen = seen_by_server.clone();
+                tokio::spawn(async move {
+                    let mut preface = [0u8; 24];
+                    socket.read_exact(&mut preface).await?;
+                    socket.write_all(&[0, 0, 0, 0x4, 0, 0, 0, 0, 0]).await?;
+                    let mut streams = 0;
+                    loop {
+                        let mut head = [0u8; 9];
+                        socket.read_exact(&mut head).await?;
+                        let len = u32::from_be_bytes([0, head[0], head[1], head[2]]) as usize;
+                        let mut payload = vec![0u8; len];
+                        socket.read_exact(&mut payload).await?;
+                        let stream = [head[5], head[6], head[7], head[8]];
+                        match (head[3], head[4]) {
+                            (0x4, 0) => socket.write_all(&[0, 0, 0, 0x4, 1, 0, 0, 0, 0]).await?,
+                            (0x1, _) => {
+                                streams += 1;
+                                seen.fetch_add(1, Ordering::SeqCst);
+                                if first_connection && streams != 2 {
+                                    continue; // held, or after the GOAWAY: ignored
+                                }
+                                // HEADERS `:status: 200` (HPACK static index 8), END_STREAM.
+                                let mut reply = vec![0, 0, 1, 0x1, 0x5];
+                                reply.extend_from_slice(&stream);
+                                reply.push(0x88);
+                                if first_connection {
+                                    // GOAWAY: this stream is the last, NO_ERROR.
+                                    reply.extend_from_slice(&[0, 0, 8, GOAWAY, 0, 0, 0, 0, 0]);
+                                    reply.extend_from_slice(&stream);
+                                    reply.extend_from_slice(&[0, 0, 0, 0]);
+                                }
+                                socket.write_all(&reply).await?;
+                            }
+                            _ => {}
+                        }
+                    }
+                    #[allow(unreachable_code)]
+                    Ok::<(), io::Error>(())
+                });
+            }
+        });
+        (addr, accepted, seen)
+    }
+
+    #[tokio::test]
+    async fn after_a_goaway_new_streams_go_on_a_new_connection() {
+        let (addr, accepted, seen) = going_away_instance().await;
+        let backend = Arc::new(backend(addr));
+        let upstream = Arc::new(upstream());
+        // A long call keeps the first connection open past its GOAWAY.
+        let held = {
+            let (upstream, backend) = (upstream.clone(), backend.clone());
+            tokio::spawn(async move { post(&upstream, &backend).await.map(|r| r.status()) })
+        };
+        tokio::time::timeout(Duration::from_secs(5), async {
+            while seen.load(Ordering::SeqCst) == 0 {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+        })
+        .await
+        .expect("the long call's stream arrives first");
+        let answered = post(&upstream, &backend).await.expect("second call");
+        assert_eq!(answered.status(), 200);
+        tokio::time::timeout(Duration::from_secs(5), async {
+            while backend.conns.h2c.is_open().await {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        })
+        .await
+        .expect("the GOAWAY is noticed");
+        // On the first connection it would be ignored and never answered.
+        let third = tokio::time::timeout(Duration::from_secs(5), post(&upstream, &backend))
+            .await
+            .expect("the third call is answered")
+            .expect("third call");
+        assert_eq!(third.status(), 200);
+        assert_eq!(accepted.load(Ordering::SeqCst), 2);
+        assert!(
+            !held.is_finished(),
+            "the long call still runs on the first connection"
+        );
+        held.abort();
     }
 
     #[tokio::test]
