@@ -234,8 +234,17 @@ impl<B> AttemptBody<B> {
 }
 
 impl<B> Drop for AttemptBody<B> {
+    /// An attempt that ends while it holds the client's body hands it back
+    /// when replay is on.
     fn drop(&mut self) {
-        self.finish();
+        if let State::Streaming {
+            slot: Some(_),
+            source: Some(_),
+            ..
+        } = self.state
+        {
+            self.finish();
+        }
     }
 }
 

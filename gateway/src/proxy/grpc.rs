@@ -45,7 +45,8 @@ pub enum Code {
 }
 
 /// Whether a request is a gRPC call: its content type is
-/// `application/grpc`, alone or with a `+codec` or `;parameters` suffix.
+/// `application/grpc`, alone or with a `+codec` or `;parameters` suffix
+/// (the handler asks only for POSTs, as gRPC calls all are).
 pub fn is_grpc(headers: &HeaderMap) -> bool {
     let Some(value) = headers.get(CONTENT_TYPE) else {
         return false;

@@ -219,7 +219,8 @@ impl Proxy {
         peer: &Peer,
         timer: &ResponseTimer,
     ) -> Response<ResponseBody> {
-        let grpc = grpc::is_grpc(request.headers());
+        // gRPC calls are POSTs: other requests skip the header lookup.
+        let grpc = request.method() == http::Method::POST && grpc::is_grpc(request.headers());
         // Boxed once here, so that the layers above (and hyper) move a
         // pointer rather than the whole request state.
         let mut response = Box::pin(self.inner.serve(request, peer, timer)).await;
