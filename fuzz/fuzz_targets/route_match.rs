@@ -88,6 +88,7 @@ fuzz_target!(|input: Input| {
             } else {
                 UpstreamProtocol::Http1
             },
+            idempotent: r.h2c,
         };
         // The registry skips what does not validate; so does the table's input.
         if validate_segment("route", &r.name).is_err() || route.validate().is_err() {

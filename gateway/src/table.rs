@@ -340,6 +340,7 @@ impl LiveState {
                 https_redirect: false,
                 rate_limit: None,
                 upstream_protocol: UpstreamProtocol::Http1,
+                idempotent: false,
             },
             &pools,
         );

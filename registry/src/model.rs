@@ -504,6 +504,13 @@ pub struct Route {
     /// multiplexed connection per instance: for gRPC servers).
     #[serde(default, skip_serializing_if = "UpstreamProtocol::is_default")]
     pub upstream_protocol: UpstreamProtocol,
+    /// Every request on this route may be processed twice (e.g. gRPC
+    /// methods that are idempotent): a POST is then retried as a GET is,
+    /// once, after a reset before response headers (an instance killed
+    /// with the request on it), a draining 503 or a per-try timeout.
+    /// Without it only requests no instance processed are retried.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub idempotent: bool,
 }
 
 /// The protocol a gateway speaks to a route's instances.
@@ -1242,6 +1249,8 @@ mod tests {
         assert_eq!(grpc.upstream_protocol, UpstreamProtocol::H2c);
         let json = serde_json::to_string(&grpc).unwrap();
         assert!(json.contains(r#""upstream_protocol":"h2c""#), "{json}");
+        assert!(!grpc.idempotent, "off by default");
+        assert!(!json.contains("idempotent"), "{json}");
         let err = decode(r#"{"service":"app","upstream_protocol":"h2"}"#).unwrap_err();
         assert!(
             err.to_string()

@@ -290,15 +290,17 @@ impl Inner {
         {
             return fail(e, None, record, None);
         }
-        if first.route.upstream_protocol == UpstreamProtocol::H2c {
-            if exchange.client_upgrade.is_some() {
-                let e = GatewayError::BadRequest(format!(
-                    "route `{}` speaks h2c to its instances, which cannot carry an HTTP/1.1 upgrade (WebSocket); send the upgrade to a route with \"upstream_protocol\": \"http1\"",
-                    first.name
-                ));
-                return fail(e, None, record, None);
-            }
-            // A stream the instance refuses unprocessed can be sent again.
+        let h2c = first.route.upstream_protocol == UpstreamProtocol::H2c;
+        if h2c && exchange.client_upgrade.is_some() {
+            let e = GatewayError::BadRequest(format!(
+                "route `{}` speaks h2c to its instances, which cannot carry an HTTP/1.1 upgrade (WebSocket); send the upgrade to a route with \"upstream_protocol\": \"http1\"",
+                first.name
+            ));
+            return fail(e, None, record, None);
+        }
+        if h2c || first.route.idempotent {
+            // A stream the instance refused unprocessed, or (idempotent
+            // route) a request cut off, can be sent again with its body.
             exchange.body.replayable(h2c::REPLAY_LIMIT);
         }
 

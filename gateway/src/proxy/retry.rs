@@ -12,8 +12,10 @@
 //!   the body can be replayed ([`body`](super::body));
 //! - the connection was reset or closed before response headers, or the
 //!   instance answered 503 while the latest table shows it draining or gone:
-//!   idempotent methods only (GET, HEAD, OPTIONS, PUT, DELETE, TRACE), and
-//!   only once per request;
+//!   idempotent methods only (GET, HEAD, OPTIONS, PUT, DELETE, TRACE), or
+//!   any method on a route with `"idempotent": true` (the operator says its
+//!   requests may run twice, e.g. gRPC methods that are), and only once per
+//!   request;
 //! - no response headers within the per-try timeout (a route's
 //!   `try_timeout_ms`, else `--try-timeout`; off by default): idempotent
 //!   methods only, and only once per request (the same one retry as above):
@@ -79,13 +81,15 @@ pub fn is_idempotent(method: &Method) -> bool {
     )
 }
 
-/// Whether `failure` may be retried; `second_chance_used` says whether this
+/// Whether `failure` may be retried; `idempotent`: the request may be
+/// sent twice (its method is idempotent, or its route says every request
+/// on it is: [`Route::idempotent`](registry::model::Route)); `second_chance_used` says whether this
 /// request already had its one retry after a reset or a draining 503.
-pub fn may_retry(failure: Failure, method: &Method, second_chance_used: bool) -> bool {
+pub fn may_retry(failure: Failure, idempotent: bool, second_chance_used: bool) -> bool {
     match failure {
         Failure::NotSent | Failure::Refused => true,
         Failure::Reset | Failure::DrainingUnavailable | Failure::TryTimeout => {
-            is_idempotent(method) && !second_chance_used
+            idempotent && !second_chance_used
         }
         Failure::Timeout => false,
     }
@@ -232,6 +236,14 @@ mod tests {
     use tokio::time::advance;
 
     #[test]
+    fn a_route_can_say_its_posts_may_run_twice() {
+        assert!(!may_retry(Failure::Reset, false, false));
+        assert!(may_retry(Failure::Reset, true, false), "idempotent route");
+        assert!(!may_retry(Failure::Reset, true, true), "still only once");
+        assert!(!may_retry(Failure::Timeout, true, false));
+    }
+
+    #[test]
     fn idempotency_and_the_retry_rule() {
         for m in [
             Method::GET,
@@ -242,27 +254,53 @@ mod tests {
             Method::TRACE,
         ] {
             assert!(is_idempotent(&m), "{m}");
-            assert!(may_retry(Failure::Reset, &m, false));
-            assert!(!may_retry(Failure::Reset, &m, true), "only once");
-            assert!(may_retry(Failure::DrainingUnavailable, &m, false));
+            assert!(may_retry(Failure::Reset, is_idempotent(&m), false));
+            assert!(
+                !may_retry(Failure::Reset, is_idempotent(&m), true),
+                "only once"
+            );
+            assert!(may_retry(
+                Failure::DrainingUnavailable,
+                is_idempotent(&m),
+                false
+            ));
         }
         for m in [Method::POST, Method::PATCH, Method::CONNECT] {
             assert!(!is_idempotent(&m), "{m}");
             assert!(
-                may_retry(Failure::NotSent, &m, true),
+                may_retry(Failure::NotSent, is_idempotent(&m), true),
                 "never sent: any method"
             );
             assert!(
-                may_retry(Failure::Refused, &m, true),
+                may_retry(Failure::Refused, is_idempotent(&m), true),
                 "refused unprocessed: any method"
             );
-            assert!(!may_retry(Failure::Reset, &m, false));
-            assert!(!may_retry(Failure::DrainingUnavailable, &m, false));
+            assert!(!may_retry(Failure::Reset, is_idempotent(&m), false));
+            assert!(!may_retry(
+                Failure::DrainingUnavailable,
+                is_idempotent(&m),
+                false
+            ));
         }
-        assert!(!may_retry(Failure::Timeout, &Method::GET, false));
-        assert!(may_retry(Failure::TryTimeout, &Method::GET, false));
-        assert!(!may_retry(Failure::TryTimeout, &Method::GET, true), "once");
-        assert!(!may_retry(Failure::TryTimeout, &Method::POST, false));
+        assert!(!may_retry(
+            Failure::Timeout,
+            is_idempotent(&Method::GET),
+            false
+        ));
+        assert!(may_retry(
+            Failure::TryTimeout,
+            is_idempotent(&Method::GET),
+            false
+        ));
+        assert!(
+            !may_retry(Failure::TryTimeout, is_idempotent(&Method::GET), true),
+            "once"
+        );
+        assert!(!may_retry(
+            Failure::TryTimeout,
+            is_idempotent(&Method::POST),
+            false
+        ));
     }
 
     #[tokio::test(start_paused = true)]

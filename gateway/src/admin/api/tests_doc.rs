@@ -184,6 +184,7 @@ fn bodies_declare_their_bounds_and_required_fields() {
         route["properties"]["upstream_protocol"].is_object(),
         "{route}"
     );
+    assert_eq!(route["properties"]["idempotent"]["type"], "boolean");
     let protocol = schema(&doc, "UpstreamProtocol");
     assert_eq!(protocol["enum"], serde_json::json!(["http1", "h2c"]));
 

@@ -5,7 +5,8 @@
 //! gateway's own answers as gRPC statuses; under unary load, one instance
 //! killed -9 and another drained: no call fails but those in flight on the
 //! killed instance when it died (which may have been processed, so are
-//! not sent again), and none at all at the drain.
+//! not sent again), none at the drain, and none at all on a route that
+//! says its calls are idempotent.
 
 use std::time::{Duration, Instant};
 
@@ -26,8 +27,17 @@ const ROUTE: &str = r#"{"path_prefix":"/shoal.test.Echo/","service":"grpc","upst
 /// A platform with the h2c route and `ids` gRPC instances, each listed
 /// ready by the gateway.
 async fn platform(ids: &[&str], gateway_flags: &[&str]) -> (Platform, Vec<GrpcInstance>) {
+    platform_with(ROUTE, ids, gateway_flags).await
+}
+
+/// [`platform`] with `route` as the `grpc` route.
+async fn platform_with(
+    route: &str,
+    ids: &[&str],
+    gateway_flags: &[&str],
+) -> (Platform, Vec<GrpcInstance>) {
     let platform = Platform::builder()
-        .route("grpc", ROUTE)
+        .route("grpc", route)
         .gateway(gateway_flags)
         .start()
         .await;
@@ -217,10 +227,20 @@ async fn the_gateways_own_answers_are_grpc_statuses() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn no_unary_call_fails_while_an_instance_is_killed_and_another_drained() {
+/// What the kill and drain scenario saw: the load's report, and the calls
+/// that had failed by the time the drain began.
+struct KillAndDrain {
+    report: shoal_tests::grpc::UnaryReport,
+    failed_at_kill: Vec<String>,
+}
+
+/// 4 clients calling `Unary` back to back through `route` to 3 instances;
+/// once each has served 100 calls, g-1 is killed -9; 500 calls later g-2
+/// is drained; 500 calls later the load stops. Only calls in flight on
+/// the killed instance when it died may fail by the drain, none after.
+async fn kill_and_drain(route: &str) -> KillAndDrain {
     let ids = ["g-1", "g-2", "g-3"];
-    let (platform, mut instances) = platform(&ids, &[]).await;
+    let (platform, mut instances) = platform_with(route, &ids, &[]).await;
     let gateway = platform.gateway();
     let load = UnaryLoad::start(&gateway.addr, CLIENTS).await;
     let all_serve = wait_until(
@@ -239,8 +259,9 @@ async fn no_unary_call_fails_while_an_instance_is_killed_and_another_drained() {
     // the gateway's connection to it is cut, and new ones are refused
     // (nothing sent: retried on another instance). The calls it had been
     // sent and not answered when it died may have been processed: the
-    // gateway cannot know, so it does not send a POST again and answers
-    // UNAVAILABLE (bad_gateway). At most one per client is in flight.
+    // gateway cannot know, so it does not send a POST again (unless the
+    // route says its calls are idempotent) and answers UNAVAILABLE
+    // (bad_gateway). At most one per client is in flight.
     let mut killed = instances.remove(0);
     killed.kill9().await;
     let at_kill = load.ok();
@@ -285,13 +306,6 @@ async fn no_unary_call_fails_while_an_instance_is_killed_and_another_drained() {
     );
 
     let report = load.stop().await;
-    println!(
-        "unary calls under a kill -9 and a drain ({CLIENTS} clients): {} answered, {} failed \
-         (all in flight on the killed instance when it died); by instance: {:?}",
-        report.ok,
-        report.failures.len(),
-        report.served_by
-    );
     assert_eq!(
         report.failures,
         in_flight_at_kill,
@@ -299,4 +313,47 @@ async fn no_unary_call_fails_while_an_instance_is_killed_and_another_drained() {
         gateway_log(gateway)
     );
     assert!(report.served_by.get("g-3").copied().unwrap_or(0) > 0);
+    KillAndDrain {
+        report,
+        failed_at_kill: in_flight_at_kill,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unary_calls_fail_only_if_in_flight_on_an_instance_killed_and_none_at_a_drain() {
+    let seen = kill_and_drain(ROUTE).await;
+    let report = &seen.report;
+    println!(
+        "unary calls under a kill -9 and a drain ({CLIENTS} clients): {} answered, {} failed \
+         (all in flight on the killed instance when it died); by instance: {:?}",
+        report.ok,
+        report.failures.len(),
+        report.served_by
+    );
+    assert!(seen.failed_at_kill.len() <= CLIENTS);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_unary_call_fails_on_an_idempotent_route_while_an_instance_is_killed_and_another_drained()
+ {
+    // The route says its calls may run twice: those cut off by the kill
+    // are sent again to another instance, with their body.
+    let seen = kill_and_drain(
+        r#"{"path_prefix":"/shoal.test.Echo/","service":"grpc","upstream_protocol":"h2c","policy":"round-robin","idempotent":true}"#,
+    )
+    .await;
+    let report = &seen.report;
+    println!(
+        "unary calls on an idempotent route under a kill -9 and a drain ({CLIENTS} clients): {} answered, {} failed; by instance: {:?}",
+        report.ok,
+        report.failures.len(),
+        report.served_by
+    );
+    assert!(
+        report.failures.is_empty(),
+        "{} of {} calls failed, first: {:?}",
+        report.failures.len(),
+        report.ok + report.failures.len() as u64,
+        report.failures.first()
+    );
 }
