@@ -7,8 +7,9 @@
 //! driver (hyper's HTTP/2 client connection) runs in a task of its own,
 //! since many requests share it; request bodies are piped to their streams
 //! by tasks hyper spawns. A connection that has closed (the instance went
-//! away, or ended it with `GOAWAY` and finished its streams) is replaced by
-//! a new one on the next request. The slot is behind an async mutex, held
+//! away, or ended it with `GOAWAY` and finished its streams), or on which a
+//! stream failed by the instance's doing, is replaced by a new one on the
+//! next request. The slot is behind an async mutex, held
 //! only while a new connection is made, so that concurrent requests to a
 //! fresh instance share one handshake instead of racing to open several.
 //!
@@ -50,6 +51,7 @@ use tokio::net::TcpStream;
 use tracing::debug;
 
 use super::body::AttemptBody;
+use super::forward::{self, AttemptError};
 use super::pool::{PooledBody, SendError};
 use crate::backend::Backend;
 
@@ -149,17 +151,24 @@ impl H2c {
             }
             match sender.try_send_request(request).await {
                 Ok(response) => return Ok(response.map(PooledBody::unpooled)),
-                Err(mut e) => {
-                    slot.forget(id).await;
-                    match e.take_message() {
-                        // Never handed to the connection: send it on a new one.
-                        Some(again) if !fresh => {
-                            debug!(instance = backend.id(), error = %e.error(), "h2c connection closed before the request was sent; sending it on another");
-                            request = again;
-                        }
-                        _ => return Err(SendError::Http(e.into_error())),
+                Err(mut e) => match e.take_message() {
+                    // Never handed to the connection: send it on a new one.
+                    Some(again) if !fresh => {
+                        slot.forget(id).await;
+                        debug!(instance = backend.id(), error = %e.error(), "h2c connection closed before the request was sent; sending it on another");
+                        request = again;
                     }
-                }
+                    _ => {
+                        let error = SendError::Http(e.into_error());
+                        // The instance's doing (not the client's body): the
+                        // connection may be going away; new requests open
+                        // another.
+                        if let AttemptError::Failed(..) = forward::classify(&error) {
+                            slot.forget(id).await;
+                        }
+                        return Err(error);
+                    }
+                },
             }
         }
     }
