@@ -19,7 +19,7 @@ use arbitrary::Arbitrary;
 use gateway::table::{DEFAULT_ROUTE, Defaults, LiveState};
 use libfuzzer_sys::fuzz_target;
 use registry::keys::validate_segment;
-use registry::model::{BalancePolicy, HashKey, NamedRoute, Route};
+use registry::model::{BalancePolicy, HashKey, NamedRoute, Route, UpstreamProtocol};
 
 #[derive(Debug, Arbitrary)]
 struct FuzzRoute {
@@ -28,6 +28,8 @@ struct FuzzRoute {
     path_prefix: String,
     strip_prefix: bool,
     hashed: bool,
+    /// Matching must not depend on the protocol spoken to instances.
+    h2c: bool,
 }
 
 #[derive(Debug, Arbitrary)]
@@ -81,6 +83,12 @@ fuzz_target!(|input: Input| {
             retries: None,
             https_redirect: false,
             rate_limit: None,
+            upstream_protocol: if r.h2c {
+                UpstreamProtocol::H2c
+            } else {
+                UpstreamProtocol::Http1
+            },
+            idempotent: r.h2c,
         };
         // The registry skips what does not validate; so does the table's input.
         if validate_segment("route", &r.name).is_err() || route.validate().is_err() {

@@ -26,7 +26,7 @@ use std::sync::atomic::AtomicUsize;
 use std::time::Instant;
 
 use arc_swap::ArcSwap;
-use registry::model::{BalancePolicy, NamedRoute, Route};
+use registry::model::{BalancePolicy, NamedRoute, Route, UpstreamProtocol};
 use registry::{Instance, InstanceState};
 use tokio::sync::watch;
 use tracing::warn;
@@ -339,6 +339,8 @@ impl LiveState {
                 retries: None,
                 https_redirect: false,
                 rate_limit: None,
+                upstream_protocol: UpstreamProtocol::Http1,
+                idempotent: false,
             },
             &pools,
         );

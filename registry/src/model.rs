@@ -499,6 +499,47 @@ pub struct Route {
     /// Requests beyond this rate get 429 with `Retry-After`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rate_limit: Option<RateLimit>,
+    /// How the gateway talks to the route's instances: `http1` (the
+    /// default) or `h2c` (HTTP/2 over plain TCP with prior knowledge, one
+    /// multiplexed connection per instance: for gRPC servers).
+    #[serde(default, skip_serializing_if = "UpstreamProtocol::is_default")]
+    pub upstream_protocol: UpstreamProtocol,
+    /// Every request on this route may be processed twice (e.g. gRPC
+    /// methods that are idempotent): a POST is then retried as a GET is,
+    /// once, after a reset before response headers (an instance killed
+    /// with the request on it), a draining 503 or a per-try timeout.
+    /// Without it only requests no instance processed are retried.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub idempotent: bool,
+}
+
+/// The protocol a gateway speaks to a route's instances.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum UpstreamProtocol {
+    /// HTTP/1.1 with keep-alive connections.
+    #[default]
+    Http1,
+    /// HTTP/2 over plain TCP with prior knowledge (no upgrade, no TLS):
+    /// what gRPC servers speak. Trailers and streaming bodies pass through
+    /// both ways.
+    H2c,
+}
+
+impl UpstreamProtocol {
+    pub fn is_default(&self) -> bool {
+        *self == UpstreamProtocol::Http1
+    }
+}
+
+impl fmt::Display for UpstreamProtocol {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            UpstreamProtocol::Http1 => "http1",
+            UpstreamProtocol::H2c => "h2c",
+        })
+    }
 }
 
 fn default_prefix() -> String {
@@ -1189,6 +1230,32 @@ mod tests {
             !serde_json::to_string(&plain)
                 .unwrap()
                 .contains("rate_limit")
+        );
+    }
+
+    #[test]
+    fn upstream_protocols() {
+        let k = keys();
+        let decode = |json: &str| NamedRoute::decode(&k, "/shoal/routes/api", json.as_bytes());
+        let plain = decode(r#"{"service":"app"}"#).unwrap().route;
+        assert_eq!(plain.upstream_protocol, UpstreamProtocol::Http1);
+        // The default is not written back: existing routes' JSON (and so
+        // their versions) stay as they were.
+        let json = serde_json::to_string(&plain).unwrap();
+        assert!(!json.contains("upstream_protocol"), "{json}");
+        let grpc = decode(r#"{"service":"app","upstream_protocol":"h2c"}"#)
+            .unwrap()
+            .route;
+        assert_eq!(grpc.upstream_protocol, UpstreamProtocol::H2c);
+        let json = serde_json::to_string(&grpc).unwrap();
+        assert!(json.contains(r#""upstream_protocol":"h2c""#), "{json}");
+        assert!(!grpc.idempotent, "off by default");
+        assert!(!json.contains("idempotent"), "{json}");
+        let err = decode(r#"{"service":"app","upstream_protocol":"h2"}"#).unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("unknown variant `h2`, expected `http1` or `h2c`"),
+            "{err}"
         );
     }
 

@@ -28,6 +28,8 @@
 //! - [`cut_off`]: an app server in a network namespace cut off from etcd
 //!   and healed.
 //! - [`load`]: clients sending requests back to back, counting failures.
+//! - [`grpc`]: a real gRPC service (tonic) for h2c routes, its launcher
+//!   behind `registry run`, and gRPC clients and load through the gateway.
 //! - [`wait`]: polling with deadlines (no fixed sleeps in tests).
 //!
 //! The benchmark programs that run on this harness (experiments, the fault
@@ -41,6 +43,7 @@ pub mod cut_off;
 pub mod docker;
 pub mod etcd;
 pub mod gateway;
+pub mod grpc;
 pub mod load;
 pub mod netns;
 pub mod pki;

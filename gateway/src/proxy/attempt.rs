@@ -347,7 +347,7 @@ impl<'a> Exchange<'a> {
                     if !retry {
                         return Attempted::NoneLeft;
                     }
-                    if failure != Failure::NotSent {
+                    if !failure.unprocessed() {
                         plan.attempts.second_chance_used = true;
                     }
                     Attempted::Again
@@ -385,13 +385,19 @@ impl<'a> Exchange<'a> {
         }
     }
 
+    /// Whether the request may be sent twice: its method is idempotent, or
+    /// its route says every request on it is.
+    fn idempotent(&self, plan: &Plan<'_>) -> bool {
+        plan.entry.route.idempotent || retry::is_idempotent(&self.parts.method)
+    }
+
     /// Whether one more attempt may be made after `failure` (the retry
     /// rule, then attempts, instances and body left, then the budget),
     /// taking a retry token if so.
     fn retry_allowed(&self, failure: Failure, plan: &Plan<'_>) -> bool {
         let attempts = &plan.attempts;
         let pool = &plan.entry.pool;
-        if !retry::may_retry(failure, &self.parts.method, attempts.second_chance_used) {
+        if !retry::may_retry(failure, self.idempotent(plan), attempts.second_chance_used) {
             return false;
         }
         if attempts.made >= attempts.max
@@ -424,7 +430,7 @@ impl<'a> Exchange<'a> {
     pub fn hold_again(&mut self, plan: &Plan<'_>) -> Option<Duration> {
         let attempts = &plan.attempts;
         let retriable = attempts.last_failure.as_ref().is_some_and(|(failure, ..)| {
-            retry::may_retry(*failure, &self.parts.method, attempts.second_chance_used)
+            retry::may_retry(*failure, self.idempotent(plan), attempts.second_chance_used)
         });
         let left = self
             .proxy
@@ -439,7 +445,7 @@ impl<'a> Exchange<'a> {
             return None;
         }
         if let Some((failure, ..)) = &attempts.last_failure
-            && *failure != Failure::NotSent
+            && !failure.unprocessed()
         {
             self.second_chance_used = true;
         }

@@ -2,19 +2,33 @@
 //! limited to `--max-body-bytes`, and reclaimable for a retry as long as no
 //! attempt has started reading it.
 //!
-//! [`Reclaimable`] holds the client's body in a take-once slot. Each attempt
+//! [`Reclaimable`] holds the client's body in a shared slot. Each attempt
 //! gets an [`AttemptBody`] pointing at the slot; the first poll takes the body
 //! out. When an attempt fails before its body was polled (connection refused,
 //! a pooled connection found closed), the body is still in the slot and the
 //! next attempt can send it: that is what makes retrying a POST safe. Once
 //! taken it can never be sent again, so a second attempt gets `None`. An
 //! empty body needs no slot and can be sent any number of times.
+//!
+//! **Replay** ([`Reclaimable::replayable`], h2c routes only): an HTTP/2
+//! client starts sending a body as soon as its stream opens, so by the time
+//! an instance refuses the stream unprocessed (`REFUSED_STREAM`, or a
+//! `GOAWAY` below its id) the body has been taken. With replay on, the
+//! frames an attempt takes are also kept (the `Bytes` are shared, not
+//! copied) up to a limit, and the client's body goes back to the slot when
+//! the attempt ends: the next attempt sends the kept frames again, then
+//! goes on with the client's body. The body still streams: nothing waits
+//! for it to be complete. Past the limit the kept frames are dropped and
+//! the body can no longer be sent again, as without replay. Whether a
+//! failed attempt may be retried at all is [`retry`](super::retry)'s call,
+//! not this module's.
 
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
+use http::HeaderMap;
 use hyper::body::{Body, Frame, SizeHint};
 
 /// Boxed error, as hyper wants them.
@@ -31,10 +45,73 @@ pub enum BodyError {
     Client(#[source] BoxError),
 }
 
-type Slot<B> = Arc<Mutex<Option<B>>>;
+/// The client's body and what attempts took of it, shared by the attempts.
+struct Shared<B> {
+    /// The client's body, while no attempt holds it (and it has not ended).
+    source: Option<B>,
+    /// Some attempt took `source` at least once.
+    taken: bool,
+    /// `source` was read to its end (by an attempt that kept its frames).
+    ended: bool,
+    /// With replay on: the frames taken so far; `None` when replay is off,
+    /// or the frames went past the limit.
+    kept: Option<Kept>,
+}
+
+/// Frames taken from the client's body, to send again.
+#[derive(Default)]
+struct Kept {
+    frames: Vec<KeptFrame>,
+    bytes: u64,
+    limit: u64,
+}
+
+#[derive(Clone)]
+enum KeptFrame {
+    Data(Bytes),
+    Trailers(HeaderMap),
+}
+
+impl KeptFrame {
+    fn to_frame(&self) -> Frame<Bytes> {
+        match self {
+            KeptFrame::Data(data) => Frame::data(data.clone()),
+            KeptFrame::Trailers(trailers) => Frame::trailers(trailers.clone()),
+        }
+    }
+}
+
+impl<B> Shared<B> {
+    /// Whether a new attempt could send the whole body.
+    fn is_available(&self) -> bool {
+        if !self.taken {
+            return self.source.is_some();
+        }
+        self.kept.is_some() && (self.source.is_some() || self.ended)
+    }
+
+    /// Keep `frame` if replay is on and it fits, else stop keeping.
+    fn keep(&mut self, frame: &Frame<Bytes>) {
+        let Some(kept) = &mut self.kept else { return };
+        let copy = if let Some(data) = frame.data_ref() {
+            kept.bytes += data.len() as u64;
+            KeptFrame::Data(data.clone())
+        } else if let Some(trailers) = frame.trailers_ref() {
+            KeptFrame::Trailers(trailers.clone())
+        } else {
+            return;
+        };
+        if kept.bytes > kept.limit {
+            self.kept = None;
+        } else {
+            kept.frames.push(copy);
+        }
+    }
+}
+
+type Slot<B> = Arc<Mutex<Shared<B>>>;
 
 /// The client's request body, shared by the attempts of one request.
-#[derive(Debug)]
 pub struct Reclaimable<B> {
     /// `None` for an empty body.
     slot: Option<Slot<B>>,
@@ -46,17 +123,41 @@ impl<B: Body> Reclaimable<B> {
     /// Hold `body`; attempts will refuse to send more than `limit` bytes of it.
     pub fn new(body: B, limit: u64) -> Self {
         let hint = body.size_hint();
-        let slot = (!body.is_end_stream()).then(|| Arc::new(Mutex::new(Some(body))));
+        let slot = (!body.is_end_stream()).then(|| {
+            Arc::new(Mutex::new(Shared {
+                source: Some(body),
+                taken: false,
+                ended: false,
+                kept: None,
+            }))
+        });
         Reclaimable { slot, hint, limit }
+    }
+}
+
+impl<B> Reclaimable<B> {
+    /// Keep up to `limit` bytes of what attempts send, so that a later
+    /// attempt can send the body again (see the module doc). Only before
+    /// the first attempt.
+    pub fn replayable(&mut self, limit: u64) {
+        if let Some(slot) = &self.slot {
+            let mut shared = slot.lock().expect("body slot poisoned");
+            if !shared.taken {
+                shared.kept = Some(Kept {
+                    limit,
+                    ..Kept::default()
+                });
+            }
+        }
     }
 
     /// The body for the next attempt, or `None` when an earlier attempt
-    /// already started sending it (it cannot be sent twice).
+    /// already started sending it and it cannot be sent again.
     pub fn attempt(&self) -> Option<AttemptBody<B>> {
         let Some(slot) = &self.slot else {
             return Some(AttemptBody::empty());
         };
-        if slot.lock().expect("body slot poisoned").is_none() {
+        if !slot.lock().expect("body slot poisoned").is_available() {
             return None;
         }
         Some(AttemptBody {
@@ -77,7 +178,7 @@ impl<B: Body> Reclaimable<B> {
     pub fn is_available(&self) -> bool {
         self.slot
             .as_ref()
-            .is_none_or(|slot| slot.lock().expect("body slot poisoned").is_some())
+            .is_none_or(|slot| slot.lock().expect("body slot poisoned").is_available())
     }
 }
 
@@ -85,7 +186,14 @@ enum State<B> {
     Empty,
     /// Not polled yet: the body is still in the shared slot.
     Waiting(Slot<B>),
-    Streaming(B),
+    /// Sending: first the frames earlier attempts took (`replayed` of them
+    /// so far), then the client's body, if this attempt holds it. `slot`
+    /// only with replay on: without it, the body is polled with no lock.
+    Streaming {
+        slot: Option<Slot<B>>,
+        replayed: usize,
+        source: Option<B>,
+    },
     Done,
 }
 
@@ -107,6 +215,37 @@ impl<B> AttemptBody<B> {
             sent: 0,
         }
     }
+
+    /// Stop: the client's body goes back to the slot for another attempt
+    /// when replay kept what this one sent.
+    fn finish(&mut self) {
+        if let State::Streaming {
+            slot: Some(slot),
+            source: Some(source),
+            ..
+        } = std::mem::replace(&mut self.state, State::Done)
+        {
+            let mut shared = slot.lock().expect("body slot poisoned");
+            if shared.kept.is_some() {
+                shared.source = Some(source);
+            }
+        }
+    }
+}
+
+impl<B> Drop for AttemptBody<B> {
+    /// An attempt that ends while it holds the client's body hands it back
+    /// when replay is on.
+    fn drop(&mut self) {
+        if let State::Streaming {
+            slot: Some(_),
+            source: Some(_),
+            ..
+        } = self.state
+        {
+            self.finish();
+        }
+    }
 }
 
 impl<B> Body for AttemptBody<B>
@@ -122,61 +261,100 @@ where
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         let this = &mut *self;
-        loop {
+        let frame = loop {
             match &mut this.state {
                 State::Empty | State::Done => return Poll::Ready(None),
                 State::Waiting(slot) => {
-                    let taken = slot.lock().expect("body slot poisoned").take();
-                    match taken {
-                        Some(body) => this.state = State::Streaming(body),
-                        None => {
+                    let mut shared = slot.lock().expect("body slot poisoned");
+                    if !shared.is_available() {
+                        drop(shared);
+                        this.state = State::Done;
+                        return Poll::Ready(Some(Err(BodyError::AlreadyUsed)));
+                    }
+                    shared.taken = true;
+                    let source = shared.source.take();
+                    let replay = shared.kept.is_some();
+                    drop(shared);
+                    let slot = replay.then(|| slot.clone());
+                    this.state = State::Streaming {
+                        slot,
+                        replayed: 0,
+                        source,
+                    };
+                }
+                State::Streaming {
+                    slot,
+                    replayed,
+                    source,
+                } => {
+                    if let Some(slot) = slot {
+                        let shared = slot.lock().expect("body slot poisoned");
+                        if let Some(kept) = &shared.kept
+                            && let Some(frame) = kept.frames.get(*replayed)
+                        {
+                            *replayed += 1;
+                            break frame.to_frame();
+                        }
+                    }
+                    let Some(body) = source else {
+                        // Every frame was replayed and the body had ended.
+                        this.state = State::Done;
+                        return Poll::Ready(None);
+                    };
+                    match Pin::new(body).poll_frame(cx) {
+                        Poll::Pending => return Poll::Pending,
+                        Poll::Ready(None) => {
+                            if let Some(slot) = slot {
+                                slot.lock().expect("body slot poisoned").ended = true;
+                            }
+                            *source = None;
                             this.state = State::Done;
-                            return Poll::Ready(Some(Err(BodyError::AlreadyUsed)));
+                            return Poll::Ready(None);
+                        }
+                        Poll::Ready(Some(Err(e))) => {
+                            *source = None;
+                            this.state = State::Done;
+                            return Poll::Ready(Some(Err(BodyError::Client(e.into()))));
+                        }
+                        Poll::Ready(Some(Ok(frame))) => {
+                            if let Some(slot) = slot {
+                                let mut shared = slot.lock().expect("body slot poisoned");
+                                shared.keep(&frame);
+                                if let Some(kept) = &shared.kept {
+                                    *replayed = kept.frames.len();
+                                }
+                            }
+                            break frame;
                         }
                     }
                 }
-                State::Streaming(body) => {
-                    return match Pin::new(body).poll_frame(cx) {
-                        Poll::Pending => Poll::Pending,
-                        Poll::Ready(None) => {
-                            this.state = State::Done;
-                            Poll::Ready(None)
-                        }
-                        Poll::Ready(Some(Err(e))) => {
-                            this.state = State::Done;
-                            Poll::Ready(Some(Err(BodyError::Client(e.into()))))
-                        }
-                        Poll::Ready(Some(Ok(frame))) => {
-                            if let Some(data) = frame.data_ref() {
-                                this.sent += data.len() as u64;
-                                if this.sent > this.limit {
-                                    this.state = State::Done;
-                                    return Poll::Ready(Some(Err(BodyError::TooLarge {
-                                        limit: this.limit,
-                                    })));
-                                }
-                            }
-                            Poll::Ready(Some(Ok(frame)))
-                        }
-                    };
-                }
+            }
+        };
+        if let Some(data) = frame.data_ref() {
+            this.sent += data.len() as u64;
+            if this.sent > this.limit {
+                this.finish();
+                return Poll::Ready(Some(Err(BodyError::TooLarge { limit: this.limit })));
             }
         }
+        Poll::Ready(Some(Ok(frame)))
     }
 
     fn is_end_stream(&self) -> bool {
         match &self.state {
             State::Empty | State::Done => true,
             State::Waiting(_) => false,
-            State::Streaming(body) => body.is_end_stream(),
+            State::Streaming { source, .. } => source.as_ref().is_some_and(B::is_end_stream),
         }
     }
 
     fn size_hint(&self) -> SizeHint {
         match &self.state {
             State::Empty | State::Done => SizeHint::with_exact(0),
-            State::Waiting(_) => self.hint,
-            State::Streaming(body) => body.size_hint(),
+            State::Waiting(_) | State::Streaming { source: None, .. } => self.hint,
+            State::Streaming {
+                source: Some(body), ..
+            } => body.size_hint(),
         }
     }
 }
@@ -233,6 +411,57 @@ mod tests {
             assert!(attempt.is_end_stream());
             assert!(attempt.collect().await.unwrap().to_bytes().is_empty());
         }
+    }
+
+    fn chunks(
+        parts: &'static [&'static str],
+    ) -> impl Body<Data = Bytes, Error = Infallible> + Unpin {
+        StreamBody::new(futures::stream::iter(parts.iter().map(|c| {
+            Ok::<_, Infallible>(Frame::data(Bytes::from_static(c.as_bytes())))
+        })))
+    }
+
+    #[tokio::test]
+    async fn with_replay_a_body_taken_by_a_failed_attempt_is_sent_again_whole() {
+        let mut body = Reclaimable::new(chunks(&["ab", "cd", "ef"]), 100);
+        body.replayable(1024);
+        let mut first = body.attempt().unwrap();
+        assert_eq!(
+            first.frame().await.unwrap().unwrap().into_data().unwrap(),
+            "ab"
+        );
+        // Refused after one frame: the attempt ends, the rest stays unread.
+        drop(first);
+        assert!(body.is_available());
+        let second = body.attempt().unwrap();
+        assert_eq!(second.collect().await.unwrap().to_bytes(), "abcdef");
+        // Read to its end: still available, all from the kept frames.
+        assert!(body.is_available());
+        let third = body.attempt().unwrap();
+        assert_eq!(third.collect().await.unwrap().to_bytes(), "abcdef");
+    }
+
+    #[tokio::test]
+    async fn with_replay_a_live_attempt_still_owns_the_unread_rest() {
+        let mut body = Reclaimable::new(chunks(&["ab", "cd"]), 100);
+        body.replayable(1024);
+        let mut first = body.attempt().unwrap();
+        first.frame().await.unwrap().unwrap();
+        assert!(!body.is_available(), "the first attempt still streams it");
+        let second = body.attempt();
+        assert!(second.is_none());
+        drop(first);
+        assert!(body.is_available());
+    }
+
+    #[tokio::test]
+    async fn past_the_replay_limit_a_body_is_not_sent_twice() {
+        let mut body = Reclaimable::new(chunks(&["abcd", "efgh"]), 100);
+        body.replayable(6);
+        let first = body.attempt().unwrap();
+        assert_eq!(first.collect().await.unwrap().to_bytes(), "abcdefgh");
+        assert!(!body.is_available());
+        assert!(body.attempt().is_none());
     }
 
     #[tokio::test]

@@ -107,7 +107,7 @@ impl GatewayError {
             GatewayError::Unreachable {
                 service, attempts, ..
             } => format!(
-                "could not connect to any instance of service `{service}` ({attempts} attempt(s)); the service may be restarting; retry later"
+                "no instance of service `{service}` took the request ({attempts} attempt(s): connection refused, or refused unprocessed); it was not processed; the service may be restarting; retry later"
             ),
             GatewayError::BadGateway {
                 service, instance, ..
@@ -138,6 +138,9 @@ impl GatewayError {
         bytes.push(b'\n');
         let mut response = Response::new(ResponseBody::full(Bytes::from(bytes)));
         *response.status_mut() = self.status();
+        // For the handler: a gRPC call gets the error in gRPC's terms
+        // ([`grpc`](super::grpc)).
+        response.extensions_mut().insert(self.clone());
         let headers = response.headers_mut();
         headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
         headers.insert(

@@ -93,16 +93,27 @@ pub fn classify(error: &SendError) -> AttemptError {
         Some(BodyError::Client(e)) => return AttemptError::ClientBody(e.to_string()),
         Some(BodyError::AlreadyUsed) | None => {}
     }
-    let not_sent = match error {
-        SendError::Connect(_) => true,
-        SendError::Http(e) => e.is_canceled(),
-    };
-    let failure = if not_sent {
-        Failure::NotSent
-    } else {
-        Failure::Reset
+    let failure = match error {
+        SendError::Connect(_) => Failure::NotSent,
+        SendError::Http(e) if e.is_canceled() => Failure::NotSent,
+        SendError::Http(_) if find::<h2::Error>(error).is_some_and(refused_unprocessed) => {
+            Failure::Refused
+        }
+        SendError::Http(_) => Failure::Reset,
     };
     AttemptError::Failed(failure, chain(error))
+}
+
+/// Whether an HTTP/2 stream error says the instance did not process the
+/// request (RFC 9113 §8.7): it reset the stream with `REFUSED_STREAM`, or
+/// sent a `GOAWAY` whose last stream id is below the stream's (h2 fails
+/// only those streams with the peer's `GOAWAY` error; the ones at or below
+/// it that the connection's end cuts off fail with an I/O error, as they
+/// may have been processed).
+pub fn refused_unprocessed(error: &h2::Error) -> bool {
+    error.is_remote()
+        && (error.is_go_away()
+            || (error.is_reset() && error.reason() == Some(h2::Reason::REFUSED_STREAM)))
 }
 
 /// The first error of type `T` in `error`'s source chain.

@@ -188,9 +188,13 @@ impl Inner {
         debug!(instance = hedge.backend.id(), service = %plan.entry.pool.service, "hedging");
         let outgoing = exchange.outgoing(plan, super::body::AttemptBody::empty());
         let (race, first_failed, hedge_failed) = {
-            let other = self
-                .upstream
-                .send(&hedge.backend, outgoing, hedge.sent_at, false);
+            let other = self.upstream.send(
+                &hedge.backend,
+                outgoing,
+                hedge.sent_at,
+                false,
+                plan.entry.route.upstream_protocol,
+            );
             let mut other = std::pin::pin!(other);
             let (mut first_failed, mut hedge_failed) = (false, false);
             let race = std::future::poll_fn(|cx| {

@@ -31,6 +31,11 @@
 //!    (and the sticky cookie when the policy asks), or join both sides of an
 //!    upgrade ([`upgrade`]); or answer with the gateway's own error.
 //!
+//! Routes with `"upstream_protocol": "h2c"` are sent over the instance's
+//! one multiplexed HTTP/2 connection ([`h2c`]), with a replayable body
+//! so that a stream the instance refused unprocessed can be retried; a
+//! gRPC call the gateway answers itself gets a gRPC status ([`grpc`]).
+//!
 //! Other files: [`headers`] (rewriting), [`forwarded`] (`X-Forwarded-*`,
 //! `Forwarded`, `--trusted-proxies`), [`body`] (reclaimable, limited
 //! request body), [`response`] (response body carrying the stats guards),
@@ -54,6 +59,8 @@ pub mod body;
 pub mod error;
 pub mod forward;
 pub mod forwarded;
+pub mod grpc;
+pub mod h2c;
 pub mod headers;
 pub mod hedge;
 pub mod hold;
@@ -79,6 +86,7 @@ use std::time::{Duration, Instant};
 
 use http::{Request, Response};
 use hyper::body::Incoming;
+use registry::model::UpstreamProtocol;
 
 use crate::access_log::{AccessLog, Entry};
 use crate::config::Config;
@@ -202,7 +210,8 @@ impl Proxy {
     }
 
     /// Serve one request from a client connection's `peer`. Never fails:
-    /// every problem becomes a JSON error response. `timer` is the client
+    /// every problem becomes a JSON error response (for a gRPC call, a
+    /// gRPC status: [`grpc`]). `timer` is the client
     /// connection's response timer, reused by its requests.
     pub async fn handle(
         &self,
@@ -210,9 +219,16 @@ impl Proxy {
         peer: &Peer,
         timer: &ResponseTimer,
     ) -> Response<ResponseBody> {
+        // gRPC calls are POSTs: other requests skip the header lookup.
+        let grpc = request.method() == http::Method::POST && grpc::is_grpc(request.headers());
         // Boxed once here, so that the layers above (and hyper) move a
         // pointer rather than the whole request state.
-        Box::pin(self.inner.serve(request, peer, timer)).await
+        let mut response = Box::pin(self.inner.serve(request, peer, timer)).await;
+        // The gateway's own answer to a gRPC call: in gRPC's terms.
+        if grpc && let Some(error) = response.extensions_mut().remove::<GatewayError>() {
+            response = grpc::trailers_only(&error, response);
+        }
+        response
     }
 }
 
@@ -274,6 +290,19 @@ impl Inner {
         {
             return fail(e, None, record, None);
         }
+        let h2c = first.route.upstream_protocol == UpstreamProtocol::H2c;
+        if h2c && exchange.client_upgrade.is_some() {
+            let e = GatewayError::BadRequest(format!(
+                "route `{}` speaks h2c to its instances, which cannot carry an HTTP/1.1 upgrade (WebSocket); send the upgrade to a route with \"upstream_protocol\": \"http1\"",
+                first.name
+            ));
+            return fail(e, None, record, None);
+        }
+        if h2c || first.route.idempotent {
+            // A stream the instance refused unprocessed, or (idempotent
+            // route) a request cut off, can be sent again with its body.
+            exchange.body.replayable(h2c::REPLAY_LIMIT);
+        }
 
         // 2. Hold while the service has no ready instance. The first attempt
         // reuses the request's clock reading, unless the request was held.
@@ -327,9 +356,13 @@ impl Inner {
                 let hedge_at = exchange.hedge_at(&plan, &pick, deadline);
                 let mut expiry = timer.start(hedge_at.unwrap_or(deadline));
                 let (result, hedge) = {
-                    let send = self
-                        .upstream
-                        .send(&pick.backend, outgoing, pick.sent_at, upgrade);
+                    let send = self.upstream.send(
+                        &pick.backend,
+                        outgoing,
+                        pick.sent_at,
+                        upgrade,
+                        entry.route.upstream_protocol,
+                    );
                     tokio::pin!(send);
                     match within(send.as_mut(), expiry.as_mut()).await {
                         // The hedge time passed with no response headers.

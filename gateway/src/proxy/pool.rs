@@ -55,6 +55,7 @@ use http::{HeaderValue, Request, Response};
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 use hyper::client::conn::http1;
 use hyper_util::rt::TokioIo;
+use registry::model::UpstreamProtocol;
 use tokio::net::TcpStream;
 use tracing::debug;
 
@@ -105,10 +106,12 @@ fn drive_then<T>(
     }
 }
 
-/// Idle connections of one instance, most recently used last.
+/// Idle connections of one instance, most recently used last, and its
+/// multiplexed h2c connection (for `h2c` routes, see [`h2c`](super::h2c)).
 #[derive(Debug, Default)]
 pub struct ConnPool {
     idle: Mutex<Vec<Idle>>,
+    pub h2c: super::h2c::Slot,
 }
 
 #[derive(Debug)]
@@ -173,7 +176,7 @@ pub enum SendError {
     Connect(#[source] io::Error),
     /// hyper's error on the connection (canceled before sending, reset,
     /// closed before the response, or the request body's own error).
-    #[error("http/1.1 connection to the instance")]
+    #[error("connection to the instance")]
     Http(#[source] hyper::Error),
 }
 
@@ -183,6 +186,7 @@ pub struct Upstream {
     connect_timeout: Duration,
     idle_timeout: Duration,
     builder: http1::Builder,
+    h2c: super::h2c::H2c,
 }
 
 /// A connection in use, driven by the response body and returned to its
@@ -220,6 +224,12 @@ pub struct PooledBody {
 }
 
 impl PooledBody {
+    /// A body whose connection is driven elsewhere (an upgrade's, an h2c
+    /// connection's task) and never checked in.
+    pub(super) fn unpooled(body: Incoming) -> Self {
+        PooledBody { body, conn: None }
+    }
+
     fn check_in(&mut self) {
         if let Some(checkin) = self.conn.take() {
             checkin.finish(super::now());
@@ -295,6 +305,7 @@ impl Upstream {
                 builder.writev(false);
                 builder
             },
+            h2c: Default::default(),
         }
     }
 
@@ -302,19 +313,26 @@ impl Upstream {
     /// or a new one: the response, whose body drives the connection and
     /// checks it in when read to the end. `now` is the request's clock
     /// reading, for idle ages. `upgrade`: the request asks for a protocol
-    /// upgrade, and gets a connection of its own.
+    /// upgrade, and gets a connection of its own. `protocol`: the route's
+    /// `upstream_protocol`; `h2c` goes to the instance's [`h2c`](super::h2c)
+    /// connection instead.
     pub async fn send(
         &self,
         backend: &Backend,
         mut request: Request<AttemptBody<Incoming>>,
         now: Instant,
         upgrade: bool,
+        protocol: UpstreamProtocol,
     ) -> Result<Response<PooledBody>, SendError> {
         if !super::headers::has(request.headers(), &HOST) {
             // A client without Host (HTTP/1.0): name the instance, as HTTP/1.1 requires.
             if let Ok(host) = HeaderValue::from_str(backend.authority.as_str()) {
                 request.headers_mut().insert(HOST, host);
             }
+        }
+        if protocol == UpstreamProtocol::H2c {
+            // Boxed: it would make every HTTP/1.1 request's future bigger.
+            return Box::pin(self.h2c.send(backend, request, self.connect_timeout)).await;
         }
         if upgrade {
             // Boxed: rare, and it would make every request's future bigger.
@@ -532,7 +550,13 @@ mod tests {
 
     async fn send_and_read(upstream: &Upstream, backend: &Backend) -> String {
         let response = upstream
-            .send(backend, get(), Instant::now(), false)
+            .send(
+                backend,
+                get(),
+                Instant::now(),
+                false,
+                UpstreamProtocol::Http1,
+            )
             .await
             .expect("a response");
         let body = response.into_body().collect().await.unwrap().to_bytes();
@@ -557,7 +581,13 @@ mod tests {
         let backend = backend(addr);
         let upstream = Upstream::new(Duration::from_secs(1), Duration::from_secs(60));
         let response = upstream
-            .send(&backend, get(), Instant::now(), false)
+            .send(
+                &backend,
+                get(),
+                Instant::now(),
+                false,
+                UpstreamProtocol::Http1,
+            )
             .await
             .unwrap();
         drop(response); // the client left before the body
@@ -610,7 +640,13 @@ mod tests {
         let upstream = Upstream::new(Duration::from_secs(1), Duration::from_secs(60));
         for _ in 0..2 {
             let response = upstream
-                .send(&backend, get(), Instant::now(), false)
+                .send(
+                    &backend,
+                    get(),
+                    Instant::now(),
+                    false,
+                    UpstreamProtocol::Http1,
+                )
                 .await
                 .expect("a response");
             let got = response.into_body().collect().await.unwrap().to_bytes();
@@ -647,7 +683,13 @@ mod tests {
         drop(listener);
         let upstream = Upstream::new(Duration::from_secs(1), Duration::from_secs(60));
         let error = upstream
-            .send(&backend(addr), get(), Instant::now(), false)
+            .send(
+                &backend(addr),
+                get(),
+                Instant::now(),
+                false,
+                UpstreamProtocol::Http1,
+            )
             .await
             .unwrap_err();
         assert!(matches!(error, SendError::Connect(_)), "{error}");

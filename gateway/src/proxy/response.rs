@@ -50,6 +50,12 @@ impl ResponseBody {
         }
     }
 
+    /// The same body with nothing in it: its records stay.
+    pub fn emptied(mut self) -> Self {
+        self.kind = Kind::Full(None);
+        self
+    }
+
     /// Attach the records to a body (e.g. the gateway's own response after an attempt).
     pub fn with_records(
         mut self,

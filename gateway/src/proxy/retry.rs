@@ -5,10 +5,17 @@
 //! - the request never left the gateway (connection refused or failed, or a
 //!   pooled connection found closed before anything was written): any
 //!   method, since the instance cannot have acted on it;
+//! - the instance refused it unprocessed (h2c routes): an HTTP/2 stream
+//!   reset with `REFUSED_STREAM`, or one above the last stream id of a
+//!   `GOAWAY` the instance sent (RFC 9113 §8.7: both guarantee the request
+//!   was not processed): any method, so gRPC calls (POSTs) too, as long as
+//!   the body can be replayed ([`body`](super::body));
 //! - the connection was reset or closed before response headers, or the
 //!   instance answered 503 while the latest table shows it draining or gone:
-//!   idempotent methods only (GET, HEAD, OPTIONS, PUT, DELETE, TRACE), and
-//!   only once per request;
+//!   idempotent methods only (GET, HEAD, OPTIONS, PUT, DELETE, TRACE), or
+//!   any method on a route with `"idempotent": true` (the operator says its
+//!   requests may run twice, e.g. gRPC methods that are), and only once per
+//!   request;
 //! - no response headers within the per-try timeout (a route's
 //!   `try_timeout_ms`, else `--try-timeout`; off by default): idempotent
 //!   methods only, and only once per request (the same one retry as above):
@@ -45,6 +52,9 @@ use crate::stats::claim_second;
 pub enum Failure {
     /// The request was not sent (connect error, pooled connection closed first).
     NotSent,
+    /// Sent on an HTTP/2 connection, and refused by the instance before it
+    /// processed it (`REFUSED_STREAM`, or above a `GOAWAY`'s last stream id).
+    Refused,
     /// Sent, then the connection was reset or closed before response headers.
     Reset,
     /// 503 from an instance that is draining or gone from the registry.
@@ -55,6 +65,14 @@ pub enum Failure {
     Timeout,
 }
 
+impl Failure {
+    /// The instance cannot have acted on the request: retrying it is safe
+    /// for any method and does not use the request's one second chance.
+    pub fn unprocessed(self) -> bool {
+        matches!(self, Failure::NotSent | Failure::Refused)
+    }
+}
+
 /// Methods that may be repeated without changing the outcome (RFC 9110 §9.2.2).
 pub fn is_idempotent(method: &Method) -> bool {
     matches!(
@@ -63,13 +81,15 @@ pub fn is_idempotent(method: &Method) -> bool {
     )
 }
 
-/// Whether `failure` may be retried; `second_chance_used` says whether this
+/// Whether `failure` may be retried; `idempotent`: the request may be
+/// sent twice (its method is idempotent, or its route says every request
+/// on it is: [`Route::idempotent`](registry::model::Route)); `second_chance_used` says whether this
 /// request already had its one retry after a reset or a draining 503.
-pub fn may_retry(failure: Failure, method: &Method, second_chance_used: bool) -> bool {
+pub fn may_retry(failure: Failure, idempotent: bool, second_chance_used: bool) -> bool {
     match failure {
-        Failure::NotSent => true,
+        Failure::NotSent | Failure::Refused => true,
         Failure::Reset | Failure::DrainingUnavailable | Failure::TryTimeout => {
-            is_idempotent(method) && !second_chance_used
+            idempotent && !second_chance_used
         }
         Failure::Timeout => false,
     }
@@ -216,6 +236,14 @@ mod tests {
     use tokio::time::advance;
 
     #[test]
+    fn a_route_can_say_its_posts_may_run_twice() {
+        assert!(!may_retry(Failure::Reset, false, false));
+        assert!(may_retry(Failure::Reset, true, false), "idempotent route");
+        assert!(!may_retry(Failure::Reset, true, true), "still only once");
+        assert!(!may_retry(Failure::Timeout, true, false));
+    }
+
+    #[test]
     fn idempotency_and_the_retry_rule() {
         for m in [
             Method::GET,
@@ -226,23 +254,53 @@ mod tests {
             Method::TRACE,
         ] {
             assert!(is_idempotent(&m), "{m}");
-            assert!(may_retry(Failure::Reset, &m, false));
-            assert!(!may_retry(Failure::Reset, &m, true), "only once");
-            assert!(may_retry(Failure::DrainingUnavailable, &m, false));
+            assert!(may_retry(Failure::Reset, is_idempotent(&m), false));
+            assert!(
+                !may_retry(Failure::Reset, is_idempotent(&m), true),
+                "only once"
+            );
+            assert!(may_retry(
+                Failure::DrainingUnavailable,
+                is_idempotent(&m),
+                false
+            ));
         }
         for m in [Method::POST, Method::PATCH, Method::CONNECT] {
             assert!(!is_idempotent(&m), "{m}");
             assert!(
-                may_retry(Failure::NotSent, &m, true),
+                may_retry(Failure::NotSent, is_idempotent(&m), true),
                 "never sent: any method"
             );
-            assert!(!may_retry(Failure::Reset, &m, false));
-            assert!(!may_retry(Failure::DrainingUnavailable, &m, false));
+            assert!(
+                may_retry(Failure::Refused, is_idempotent(&m), true),
+                "refused unprocessed: any method"
+            );
+            assert!(!may_retry(Failure::Reset, is_idempotent(&m), false));
+            assert!(!may_retry(
+                Failure::DrainingUnavailable,
+                is_idempotent(&m),
+                false
+            ));
         }
-        assert!(!may_retry(Failure::Timeout, &Method::GET, false));
-        assert!(may_retry(Failure::TryTimeout, &Method::GET, false));
-        assert!(!may_retry(Failure::TryTimeout, &Method::GET, true), "once");
-        assert!(!may_retry(Failure::TryTimeout, &Method::POST, false));
+        assert!(!may_retry(
+            Failure::Timeout,
+            is_idempotent(&Method::GET),
+            false
+        ));
+        assert!(may_retry(
+            Failure::TryTimeout,
+            is_idempotent(&Method::GET),
+            false
+        ));
+        assert!(
+            !may_retry(Failure::TryTimeout, is_idempotent(&Method::GET), true),
+            "once"
+        );
+        assert!(!may_retry(
+            Failure::TryTimeout,
+            is_idempotent(&Method::POST),
+            false
+        ));
     }
 
     #[tokio::test(start_paused = true)]

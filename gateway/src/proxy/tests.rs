@@ -1195,3 +1195,133 @@ async fn with_trace_headers_off_no_ids_are_set() {
     let reply = send(&client(), get_req(gw.addr, "/hello")).await;
     assert!(!reply.headers.contains_key(trace::X_REQUEST_ID));
 }
+
+/// An HTTP/2 instance that takes no request: it answers the first HEADERS
+/// frame of each connection with `GOAWAY` (last stream id 0, NO_ERROR),
+/// as a server shutting down says "I processed none of yours"; or, with
+/// `vanish`, drops the connection then, as a killed one does (the request
+/// may have been processed). Raw frames, so that happens at a known
+/// point. Counts the requests it saw.
+async fn refusing_h2c_instance(vanish: bool) -> (SocketAddr, Arc<std::sync::atomic::AtomicUsize>) {
+    const SETTINGS: u8 = 0x4;
+    const HEADERS: u8 = 0x1;
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let refused = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let count = refused.clone();
+    tokio::spawn(async move {
+        loop {
+            let (mut socket, _) = listener.accept().await.unwrap();
+            let count = count.clone();
+            tokio::spawn(async move {
+                let mut preface = [0u8; 24];
+                socket.read_exact(&mut preface).await?;
+                assert_eq!(&preface, b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n");
+                socket
+                    .write_all(&[0, 0, 0, SETTINGS, 0, 0, 0, 0, 0])
+                    .await?;
+                loop {
+                    let mut head = [0u8; 9];
+                    socket.read_exact(&mut head).await?;
+                    let len = u32::from_be_bytes([0, head[0], head[1], head[2]]) as usize;
+                    let mut payload = vec![0u8; len];
+                    socket.read_exact(&mut payload).await?;
+                    match (head[3], head[4]) {
+                        (SETTINGS, 0) => {
+                            socket
+                                .write_all(&[0, 0, 0, SETTINGS, 1, 0, 0, 0, 0])
+                                .await?;
+                        }
+                        (HEADERS, _) => {
+                            count.fetch_add(1, Ordering::SeqCst);
+                            if vanish {
+                                return Ok(());
+                            }
+                            // GOAWAY: 8 bytes, last stream id 0, NO_ERROR.
+                            let goaway = [0, 0, 8, 0x7, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];
+                            socket.write_all(&goaway).await?;
+                        }
+                        _ => {}
+                    }
+                }
+                #[allow(unreachable_code)]
+                Ok::<(), std::io::Error>(())
+            });
+        }
+    });
+    (addr, refused)
+}
+
+#[tokio::test]
+async fn a_post_an_h2c_instance_refused_unprocessed_goes_to_another_with_its_body() {
+    let (registry, table) = Registry::new(BalancePolicy::RoundRobin);
+    let (refusing, refused) = refusing_h2c_instance(false).await;
+    put(&registry, "a", refusing, InstanceState::Ready);
+    // axum serves h2c (prior knowledge) as well as HTTP/1.1.
+    put(&registry, "b", backend("b").await, InstanceState::Ready);
+    registry.lock().unwrap().put_route(
+        "grpc",
+        r#"{"path_prefix":"/","service":"app","upstream_protocol":"h2c","policy":"round-robin"}"#,
+    );
+    let gw = gateway(table, settings(), server_settings()).await;
+    let client = client();
+    for i in 0..6 {
+        let payload = format!("call {i}: not processed by a, so sent to b whole");
+        let request = Request::post(format!("http://{}/echo", gw.addr))
+            .body(Full::new(Bytes::from(payload.clone())))
+            .unwrap();
+        let reply = send(&client, request).await;
+        assert_eq!(reply.status, 200, "{}", reply.text());
+        assert_eq!(reply.instance(), "b");
+        assert_eq!(reply.text(), payload, "the body, replayed");
+    }
+    assert!(
+        refused.load(Ordering::SeqCst) >= 1,
+        "the refusing instance was tried"
+    );
+}
+
+#[tokio::test]
+async fn a_post_cut_off_on_an_h2c_instance_is_sent_again_only_on_an_idempotent_route() {
+    let (registry, table) = Registry::new(BalancePolicy::RoundRobin);
+    let (vanishing, seen) = refusing_h2c_instance(true).await;
+    put(&registry, "a", vanishing, InstanceState::Ready);
+    put(&registry, "b", backend("b").await, InstanceState::Ready);
+    let route = |idempotent: bool| {
+        format!(
+            r#"{{"path_prefix":"/","service":"app","upstream_protocol":"h2c","policy":"round-robin","idempotent":{idempotent}}}"#
+        )
+    };
+    let gw = gateway(table, settings(), server_settings()).await;
+    let client = client();
+    let post = |i: usize| {
+        Request::post(format!("http://{}/echo", gw.addr))
+            .body(Full::new(Bytes::from(format!("call {i}"))))
+            .unwrap()
+    };
+    // Not idempotent: a call cut off on `a` may have run there; 502.
+    registry.lock().unwrap().put_route("grpc", &route(false));
+    let mut cut_off = 0;
+    for i in 0..4 {
+        let reply = send(&client, post(i)).await;
+        match reply.status {
+            StatusCode::OK => assert_eq!(reply.text(), format!("call {i}")),
+            StatusCode::BAD_GATEWAY => {
+                assert_eq!(reply.json()["error"], "bad_gateway");
+                cut_off += 1;
+            }
+            other => panic!("{other}: {}", reply.text()),
+        }
+    }
+    assert!(cut_off >= 1, "round-robin sent some to `a`");
+    // The route says its calls may run twice: sent again, with the body.
+    registry.lock().unwrap().put_route("grpc", &route(true));
+    let before = seen.load(Ordering::SeqCst);
+    for i in 0..4 {
+        let reply = send(&client, post(i)).await;
+        assert_eq!(reply.status, 200, "{}", reply.text());
+        assert_eq!(reply.instance(), "b");
+        assert_eq!(reply.text(), format!("call {i}"), "the body, replayed");
+    }
+    assert!(seen.load(Ordering::SeqCst) > before, "`a` was tried");
+}

@@ -180,6 +180,13 @@ fn bodies_declare_their_bounds_and_required_fields() {
     let route = schema(&doc, "Route");
     assert_eq!(required(&route), ["service"]);
     assert_eq!(route["properties"]["retries"]["maximum"], 10);
+    assert!(
+        route["properties"]["upstream_protocol"].is_object(),
+        "{route}"
+    );
+    assert_eq!(route["properties"]["idempotent"]["type"], "boolean");
+    let protocol = schema(&doc, "UpstreamProtocol");
+    assert_eq!(protocol["enum"], serde_json::json!(["http1", "h2c"]));
 
     let rollout = schema(&doc, "RolloutBody");
     assert!(required(&rollout).is_empty());

@@ -12,6 +12,7 @@
 //! - [`access_log`]: `--access-log` lines, `x-request-id` and `traceparent` on their way through.
 //! - [`admin`]: per-instance stats, Prometheus metrics, health.
 //! - [`api`]: the admin API's registry reads and operator writes, the token rule.
+//! - [`grpc`]: gRPC over h2c routes (tonic both ends): streaming, trailers, gRPC statuses, a kill and a drain under load.
 //! - [`tls`]: `--tls-listen`: ALPN, SNI, TLS versions, start-up errors, SIGHUP reload, HTTPS redirects.
 //!
 //! Each test starts its platform (`shoal_tests::Platform`: etcd, app
@@ -26,6 +27,7 @@ pub(crate) mod balancing;
 mod discovery;
 mod failover;
 mod framing;
+mod grpc;
 mod limits;
 mod rate_limit;
 mod registry_loss;
