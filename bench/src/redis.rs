@@ -1,7 +1,6 @@
 //! Redis beside Shoal's key-value store in `kv.sh`: Debian's `redis-server`
 //! started on loopback with a given persistence, optionally with one
-//! replica, and a multiplexed client (the `redis` crate) shared by the
-//! benchmark's client tasks, as etcd's client is.
+//! replica, and connections to it (the `redis` crate).
 
 use std::path::Path;
 use std::time::Duration;
@@ -110,7 +109,7 @@ impl RedisServer {
         Ok((primary, replica))
     }
 
-    /// A multiplexed connection (one socket, pipelined requests).
+    /// A connection (one socket; clones share it).
     pub async fn connect(&self) -> anyhow::Result<MultiplexedConnection> {
         let client = redis::Client::open(format!("redis://127.0.0.1:{}/", self.port))?;
         Ok(client.get_multiplexed_async_connection().await?)

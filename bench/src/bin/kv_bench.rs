@@ -2,8 +2,8 @@
 //! store through the gateway, for R = 1 and 2 at 1, 2 and 4 instances (and
 //! R = 2 with `--durability fsync` at 2 and 4, a data directory each), and
 //! etcd's own put and get and Redis's SET and GET (memory only, `appendfsync
-//! everysec`, and with a replica and `WAIT 1`) in the same run, as one
-//! table. Run it through
+//! everysec`, and with a replica and `WAIT 1`; a connection per client) in
+//! the same run, as one table. Run it through
 //! `bench/kv.sh`, which builds the release binaries first.
 //!
 //! Each configuration gets a fresh etcd, gateway (route `/kv/` by consistent
@@ -34,9 +34,10 @@ struct Settings {
 /// ops/s, p99 ms, errors.
 type Figures = (f64, f64, u64);
 
+/// Run `op(client, key)` from `s.clients` tasks for `s.secs` seconds.
 async fn drive<F, Fut>(s: Settings, op: F) -> Figures
 where
-    F: Fn(usize) -> Fut + Clone + Send + 'static,
+    F: Fn(usize, usize) -> Fut + Clone + Send + 'static,
     Fut: std::future::Future<Output = bool> + Send,
 {
     let latencies = Arc::new(Mutex::new(Vec::new()));
@@ -44,14 +45,14 @@ where
     let start = Instant::now();
     let end = start + Duration::from_secs(s.secs);
     let mut tasks = Vec::new();
-    for _ in 0..s.clients {
+    for client in 0..s.clients {
         let (op, latencies, errors) = (op.clone(), latencies.clone(), errors.clone());
         tasks.push(tokio::spawn(async move {
             let mut mine = Vec::new();
             while Instant::now() < end {
                 let key = rand::rng().random_range(0..s.keys);
                 let t = Instant::now();
-                if op(key).await {
+                if op(client, key).await {
                     mine.push(t.elapsed());
                 } else {
                     errors.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -112,7 +113,7 @@ async fn shoal(
     let value = bytes::Bytes::from(vec![b'v'; s.value_bytes]);
     let put = {
         let (http, base, value) = (http.clone(), base.clone(), value.clone());
-        move |k: usize| {
+        move |_, k: usize| {
             let (http, base, value) = (http.clone(), base.clone(), value.clone());
             async move {
                 http.put(format!("{base}k{k}"))
@@ -125,7 +126,7 @@ async fn shoal(
     };
     let get = {
         let (http, base) = (http.clone(), base.clone());
-        move |k: usize| {
+        move |_, k: usize| {
             let (http, base) = (http.clone(), base.clone());
             async move {
                 match http.get(format!("{base}k{k}")).send().await {
@@ -147,14 +148,14 @@ async fn etcd_own(s: Settings) -> anyhow::Result<(Figures, Figures)> {
     let value = vec![b'v'; s.value_bytes];
     let put = {
         let (client, value) = (client.clone(), value.clone());
-        move |k: usize| {
+        move |_, k: usize| {
             let (mut client, value) = (client.clone(), value.clone());
             async move { client.put(format!("bench/k{k}"), value, None).await.is_ok() }
         }
     };
     let get = {
         let client = client.clone();
-        move |k: usize| {
+        move |_, k: usize| {
             let mut client = client.clone();
             async move { client.get(format!("bench/k{k}"), None).await.is_ok() }
         }
@@ -164,10 +165,10 @@ async fn etcd_own(s: Settings) -> anyhow::Result<(Figures, Figures)> {
     Ok((puts, gets))
 }
 
-/// Redis measured like etcd: one multiplexed connection shared by the
-/// clients; with `replicated`, a replica, and each SET followed by `WAIT 1`
-/// (acknowledged once the replica has it, as Shoal's R = 2 acknowledges once
-/// both owners have it).
+/// Redis with a connection per client (as Shoal's clients each have their
+/// own): with `replicated`, a replica, and each SET followed by `WAIT 1` on
+/// the same connection (acknowledged once the replica has it, as Shoal's
+/// R = 2 acknowledges once both owners have it).
 async fn redis_own(
     s: Settings,
     persistence: Persistence,
@@ -179,18 +180,22 @@ async fn redis_own(
     } else {
         (RedisServer::start(persistence, None).await?, None)
     };
-    let connection = primary.connect().await?;
-    let value = vec![b'v'; s.value_bytes];
+    let mut connections = Vec::with_capacity(s.clients);
+    for _ in 0..s.clients {
+        connections.push(primary.connect().await?);
+    }
+    let connections = Arc::new(connections);
+    let value = bytes::Bytes::from(vec![b'v'; s.value_bytes]);
     let put = {
-        let (connection, value) = (connection.clone(), value.clone());
-        move |k: usize| {
-            let (mut c, value) = (connection.clone(), value.clone());
+        let (connections, value) = (connections.clone(), value.clone());
+        move |client: usize, k: usize| {
+            let (mut c, value) = (connections[client].clone(), value.clone());
             async move {
                 let key = format!("bench/k{k}");
                 if !replicated {
                     return redis::cmd("SET")
                         .arg(key)
-                        .arg(value)
+                        .arg(&value[..])
                         .exec_async(&mut c)
                         .await
                         .is_ok();
@@ -198,7 +203,7 @@ async fn redis_own(
                 let acked: Result<(String, i64), _> = redis::pipe()
                     .cmd("SET")
                     .arg(key)
-                    .arg(value)
+                    .arg(&value[..])
                     .cmd("WAIT")
                     .arg(1)
                     .arg(1000)
@@ -208,8 +213,8 @@ async fn redis_own(
             }
         }
     };
-    let get = move |k: usize| {
-        let mut c = connection.clone();
+    let get = move |client: usize, k: usize| {
+        let mut c = connections[client].clone();
         async move {
             redis::cmd("GET")
                 .arg(format!("bench/k{k}"))
