@@ -200,6 +200,18 @@ impl AppServer {
     pub fn key(&self) -> String {
         Keys::default().instance(&self.service, &self.id)
     }
+
+    /// Wait until `/readyz` says ready: registered on a lease, so its
+    /// key-value store coordinates (before that it answers 503 `lease_lost`).
+    pub async fn wait_ready(&self, http: &reqwest::Client) {
+        crate::wait_until_async(Duration::from_secs(10), "the app server ready", || async {
+            readyz(http, &self.addr)
+                .await
+                .is_some_and(|(code, _)| code == 200)
+        })
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    }
 }
 
 /// Every registered instance of `service` that decodes; none if etcd does not answer.

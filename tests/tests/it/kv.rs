@@ -293,6 +293,7 @@ async fn an_instance_restarted_with_its_data_dir_comes_back_with_its_data() {
     };
     let mut first = AppServer::start(&etcd, options.clone()).await;
     let http = http();
+    first.wait_ready(&http).await;
     const KEYS: usize = 200;
     let mut etags = Vec::new();
     for i in 0..KEYS {
