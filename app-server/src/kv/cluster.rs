@@ -342,6 +342,9 @@ impl Kv {
                 WriteRefused::Storage(e) => KvError::Storage(e),
             })?;
 
+        // W in the view the pushes start from: one that grows meanwhile (a
+        // new instance seen) does not ask more of a write sent under it.
+        let needed_before = self.write_quorum();
         // This owner's flush (with --durability fsync) runs beside the pushes.
         let (flushed, (stored_by, failures)) =
             tokio::join!(self.durable(), self.replicate(key, &entry));
@@ -353,7 +356,7 @@ impl Kv {
             self.store.confirm(key, entry.version, fingerprint(&owners));
         }
         // After the pushes: an owner that refused meanwhile no longer counts.
-        let needed = self.write_quorum();
+        let needed = self.write_quorum().min(needed_before);
         debug!(
             key,
             version = %entry.version,

@@ -598,6 +598,7 @@ async fn every_key_value_instance_killed_at_once_loses_no_acknowledged_write() {
             let url = platform.gateway().url("/kv/");
             tokio::spawn(async move {
                 let mut acknowledged = Vec::new();
+                let mut failed = Vec::new();
                 for k in 0..50 {
                     let key = format!("w{w}-k{k}");
                     for round in 0..2 {
@@ -607,23 +608,35 @@ async fn every_key_value_instance_killed_at_once_loses_no_acknowledged_write() {
                             .body(value.clone())
                             .send()
                             .await;
-                        if put.is_ok_and(|r| r.status().is_success()) && round == 1 {
-                            acknowledged.push((key.clone(), value));
+                        match put {
+                            Ok(r) if r.status().is_success() => {
+                                if round == 1 {
+                                    acknowledged.push((key.clone(), value));
+                                }
+                            }
+                            Ok(r) => failed.push(format!(
+                                "{key}: {} {}",
+                                r.status(),
+                                r.text().await.unwrap_or_default()
+                            )),
+                            Err(e) => failed.push(format!("{key}: {e}")),
                         }
                     }
                 }
-                acknowledged
+                (acknowledged, failed)
             })
         })
         .collect();
-    let mut acknowledged = Vec::new();
+    let (mut acknowledged, mut failed) = (Vec::new(), Vec::new());
     for writer in writers {
-        acknowledged.extend(writer.await.unwrap());
+        let (ok, not) = writer.await.unwrap();
+        acknowledged.extend(ok);
+        failed.extend(not);
     }
     assert_eq!(
         acknowledged.len(),
         400,
-        "every write acknowledged before the kill"
+        "every write acknowledged before the kill; failed: {failed:?}"
     );
 
     // SIGKILL to every instance at once (their pid files say which processes).
