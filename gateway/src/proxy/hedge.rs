@@ -21,7 +21,9 @@
 //!   a hedge token from the service's
 //!   [`RetryBudget`](super::retry::RetryBudget): a retry token, within 2% of
 //!   the last 10 s of requests plus one (no token, no hedge: counted in
-//!   `retries_refused_total`); with
+//!   `retries_refused_total`), unless the first attempt's instance is
+//!   ejected while the request waits on it ([`Budget::FirstEjected`]: then
+//!   it is hedged at once, like a retry after a failure); with
 //!   concurrency limits on, only when the other instance has a free permit
 //!   at once.
 //!
@@ -58,6 +60,7 @@ use super::pool::{PooledBody, SendError};
 use super::record::AttemptRecord;
 use super::retry;
 use super::{Inner, now};
+use crate::backend::Backend;
 use crate::config::Config;
 use crate::health::{self, Outcome};
 use crate::table::RoutingTable;
@@ -169,6 +172,7 @@ impl Inner {
         exchange: &mut Exchange<'_>,
         plan: &mut Plan<'_>,
         table: &RoutingTable,
+        first: &Backend,
         mut send: Pin<&mut F>,
         mut expiry: Pin<&mut Sleep>,
         deadline: Instant,
@@ -178,8 +182,19 @@ impl Inner {
     {
         expiry.as_mut().reset(deadline);
         plan.attempts.hedged = true;
-        let Some((mut hedge, permit)) = self.hedge_pick(exchange, plan, table).await else {
-            return (super::attempt::within(send, expiry).await, None);
+        let mut budget = Budget::Ask;
+        let (mut hedge, permit) = loop {
+            match self.hedge_pick(exchange, plan, table, budget).await {
+                Ok(picked) => break picked,
+                Err(NoHedge::Budget) if budget == Budget::Ask => {
+                    let recheck = self.settings.hedge.min_delay;
+                    match until_ejected(send.as_mut(), expiry.as_mut(), first, recheck).await {
+                        Waited::Done(sent) => return (*sent, None),
+                        Waited::Ejected => budget = Budget::FirstEjected,
+                    }
+                }
+                Err(_) => return (super::attempt::within(send, expiry).await, None),
+            }
         };
         let counters = &plan.entry.pool.counters;
         counters.hedges_total.fetch_add(1, Ordering::Relaxed);
@@ -246,35 +261,94 @@ impl Inner {
         }
     }
 
-    /// The hedge's instance and its permit: a token from the budget, an
-    /// instance not tried yet, a permit at once if limits are on.
+    /// The hedge's instance and its permit: a token from the budget (unless
+    /// the first attempt's instance has been ejected meanwhile), an instance
+    /// not tried yet, a permit at once if limits are on.
     async fn hedge_pick(
         &self,
         exchange: &mut Exchange<'_>,
         plan: &mut Plan<'_>,
         table: &RoutingTable,
-    ) -> Option<(Pick, Option<tokio::sync::OwnedSemaphorePermit>)> {
+        budget: Budget,
+    ) -> Result<(Pick, Option<tokio::sync::OwnedSemaphorePermit>), NoHedge> {
         let counters = &plan.entry.pool.counters;
-        if !counters.retry_budget.try_hedge(Instant::now()) {
+        if budget == Budget::Ask && !counters.retry_budget.try_hedge(Instant::now()) {
             counters
                 .retries_refused_total
                 .fetch_add(1, Ordering::Relaxed);
-            debug!(service = %plan.entry.pool.service, "hedge or retry budget spent; not hedging");
-            return None;
+            debug!(service = %plan.entry.pool.service, "hedge or retry budget spent; hedging only if the instance is ejected");
+            return Err(NoHedge::Budget);
         }
-        let pick = exchange.pick(plan)?;
+        let pick = exchange.pick(plan).ok_or(NoHedge::Unavailable)?;
         match self.admit(&pick.backend, table, Duration::ZERO).await {
-            Ok(permit) => Some((pick, permit)),
+            Ok(permit) => Ok((pick, permit)),
             Err(rejected) => {
                 debug!(
                     instance = pick.backend.id(),
                     ?rejected,
                     "no permit for a hedge"
                 );
-                None
+                Err(NoHedge::Unavailable)
             }
         }
     }
+}
+
+/// Whether a hedge needs a token from the budget.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Budget {
+    Ask,
+    /// The first attempt's instance was ejected while it waited: passive
+    /// health has judged it (a frozen instance loses every race), so the
+    /// request is moved like a retry after a failure, whatever the budget
+    /// says. Without this, the requests a frozen instance held beyond the
+    /// budget's few hedges waited for their whole timeout.
+    FirstEjected,
+}
+
+/// Why no hedge was sent.
+enum NoHedge {
+    Budget,
+    /// No instance left to try, or no permit at once.
+    Unavailable,
+}
+
+/// How waiting on a first attempt whose hedge the budget refused ended.
+enum Waited {
+    /// Its response, its failure, or (`None`) its deadline (boxed: a cold
+    /// path, and the response is large).
+    Done(Box<Sent>),
+    /// Its instance was ejected first.
+    Ejected,
+}
+
+/// Wait for `send` until `expiry`, checking every `recheck` whether
+/// `first` (its instance) has been ejected.
+async fn until_ejected<F>(
+    mut send: Pin<&mut F>,
+    mut expiry: Pin<&mut Sleep>,
+    first: &Backend,
+    recheck: Duration,
+) -> Waited
+where
+    F: Future<Output = Result<Response<PooledBody>, SendError>>,
+{
+    let mut ticks = tokio::time::interval(recheck.max(Duration::from_millis(1)));
+    std::future::poll_fn(|cx| {
+        if let Poll::Ready(sent) = send.as_mut().poll(cx) {
+            return Poll::Ready(Waited::Done(Box::new(Some(sent))));
+        }
+        if expiry.as_mut().poll(cx).is_ready() {
+            return Poll::Ready(Waited::Done(Box::new(None)));
+        }
+        while ticks.poll_tick(cx).is_ready() {
+            if first.state.is_ejected(now()) {
+                return Poll::Ready(Waited::Ejected);
+            }
+        }
+        Poll::Pending
+    })
+    .await
 }
 
 /// Whether an attempt's result ends the race: a response does, and so does

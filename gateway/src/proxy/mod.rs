@@ -371,6 +371,7 @@ impl Inner {
                                 &mut exchange,
                                 &mut plan,
                                 &table,
+                                &pick.backend,
                                 send,
                                 expiry.as_mut(),
                                 deadline,

@@ -1116,6 +1116,53 @@ async fn a_request_with_a_body_a_spent_budget_or_hedging_off_is_not_hedged() {
     assert_eq!(counters.hedges_total.load(Ordering::Relaxed), 0);
 }
 
+#[tokio::test]
+async fn a_get_whose_instance_is_ejected_while_it_waits_is_hedged_whatever_the_budget() {
+    let (registry, table) = stuck_then_ok().await;
+    registry.lock().unwrap().put_route(
+        "all",
+        r#"{"service":"app","path_prefix":"/","policy":"round-robin","timeout_ms":3000}"#,
+    );
+    let gw = gateway(
+        table.clone(),
+        hedging_after(Duration::from_millis(50)),
+        server_settings(),
+    )
+    .await;
+    let pool = table.load().pool("app").unwrap().clone();
+    let counters = &pool.counters;
+    while counters
+        .retry_budget
+        .try_withdraw(tokio::time::Instant::now())
+    {}
+    // The round robin's first pick is the stuck instance; the budget
+    // refuses the hedge, so the request waits on it...
+    let started = Instant::now();
+    let addr = gw.addr;
+    let waiting = tokio::spawn(async move { send(&client(), get_req(addr, "/hello")).await });
+    crate::testing::poll("the hedge refused", async || {
+        match counters.retries_refused_total.load(Ordering::Relaxed) {
+            1 => Ok(()),
+            n => Err(format!("{n} refused")),
+        }
+    })
+    .await;
+    assert!(!waiting.is_finished());
+    // ...until passive health ejects the instance (as lost races do to a
+    // frozen one): then it is hedged at once.
+    let stuck = pool.all.iter().find(|b| b.id() == "a-stuck").unwrap();
+    stuck.state.health.lock().unwrap().ejected_until = Some(now() + Duration::from_secs(10));
+    let reply = waiting.await.unwrap();
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    assert_eq!(reply.instance(), "b-ok");
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(counters.hedges_total.load(Ordering::Relaxed), 1);
+}
+
 /// The access log's lines so far, once they are `n`; panics after 5 s.
 async fn log_lines(
     log: &crate::access_log::AccessLog,
