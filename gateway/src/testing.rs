@@ -14,3 +14,15 @@ pub(crate) async fn poll<T>(what: &str, mut check: impl AsyncFnMut() -> Result<T
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
+
+/// A ready instance `i-1` of `app` at `addr`, with fresh live state.
+pub(crate) fn ready_backend(addr: std::net::SocketAddr) -> crate::backend::Backend {
+    let mut instance = registry::Instance::new("app", addr.to_string());
+    instance.id = "i-1".into();
+    instance.state = registry::InstanceState::Ready;
+    crate::backend::Backend::new(
+        instance,
+        std::sync::Arc::new(crate::backend::BackendState::new(std::time::Instant::now())),
+    )
+    .unwrap()
+}

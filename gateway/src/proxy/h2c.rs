@@ -357,13 +357,13 @@ mod tests {
     use http::{HeaderMap, Method};
     use http_body_util::BodyExt;
     use registry::model::UpstreamProtocol;
-    use registry::{Instance, InstanceState};
     use tokio::net::TcpListener;
 
     use super::*;
     use crate::proxy::forward::{self, AttemptError};
     use crate::proxy::pool::Upstream;
     use crate::proxy::retry::Failure;
+    use crate::testing::ready_backend as backend;
 
     /// What a test instance does with each stream.
     #[derive(Clone, Copy)]
@@ -408,17 +408,6 @@ mod tests {
             }
         });
         (addr, accepted)
-    }
-
-    fn backend(addr: SocketAddr) -> Backend {
-        let mut instance = Instance::new("app", addr.to_string());
-        instance.id = "i-1".into();
-        instance.state = InstanceState::Ready;
-        Backend::new(
-            instance,
-            Arc::new(crate::backend::BackendState::new(Instant::now())),
-        )
-        .unwrap()
     }
 
     async fn post(
@@ -588,22 +577,23 @@ mod tests {
             let (upstream, backend) = (upstream.clone(), backend.clone());
             tokio::spawn(async move { post(&upstream, &backend).await.map(|r| r.status()) })
         };
-        tokio::time::timeout(Duration::from_secs(5), async {
-            while seen.load(Ordering::SeqCst) == 0 {
-                tokio::time::sleep(Duration::from_millis(1)).await;
-            }
-        })
-        .await
-        .expect("the long call's stream arrives first");
+        crate::testing::poll(
+            "the long call's stream to arrive first",
+            async || match seen.load(Ordering::SeqCst) {
+                0 => Err("no stream yet".to_owned()),
+                _ => Ok(()),
+            },
+        )
+        .await;
         let answered = post(&upstream, &backend).await.expect("second call");
         assert_eq!(answered.status(), 200);
-        tokio::time::timeout(Duration::from_secs(5), async {
-            while backend.conns.h2c.is_open().await {
-                tokio::time::sleep(Duration::from_millis(5)).await;
+        crate::testing::poll("the GOAWAY to be noticed", async || {
+            match backend.conns.h2c.is_open().await {
+                true => Err("the connection is still open".to_owned()),
+                false => Ok(()),
             }
         })
-        .await
-        .expect("the GOAWAY is noticed");
+        .await;
         // On the first connection it would be ignored and never answered.
         let third = tokio::time::timeout(Duration::from_secs(5), post(&upstream, &backend))
             .await

@@ -447,7 +447,6 @@ mod tests {
     use http::uri::PathAndQuery;
     use http::{HeaderMap, Method};
     use http_body_util::BodyExt;
-    use registry::{Instance, InstanceState};
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio::net::TcpListener;
     use tokio::sync::Notify;
@@ -455,17 +454,7 @@ mod tests {
     use super::*;
     use crate::proxy::forward::{self, AttemptError};
     use crate::proxy::retry::Failure;
-
-    fn backend(addr: SocketAddr) -> Backend {
-        let mut instance = Instance::new("app", addr.to_string());
-        instance.id = "i-1".into();
-        instance.state = InstanceState::Ready;
-        Backend::new(
-            instance,
-            Arc::new(crate::backend::BackendState::new(Instant::now())),
-        )
-        .unwrap()
-    }
+    use crate::testing::ready_backend as backend;
 
     fn get() -> Request<AttemptBody<Incoming>> {
         forward::request(
