@@ -10,7 +10,11 @@ use gateway::Config;
 /// mimalloc rather than the system allocator: a proxied request makes a
 /// couple of dozen short-lived allocations (header maps, bodies, hyper's
 /// buffers and channels), and glibc's malloc/free were about 7% of the
-/// gateway's instructions per request (`bench/gateway-cost.sh`).
+/// gateway's instructions per request (`bench/gateway-cost.sh`). Built
+/// with `no_thp` (the workspace's Cargo.toml): with transparent huge pages
+/// it asks the kernel for whole 2 MiB pages for its arenas, and an idle
+/// keep-alive client connection cost 22 KB of RSS instead of 14
+/// (`bench/gateway-scale.sh`, idle connections).
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

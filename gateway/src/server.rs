@@ -1,15 +1,27 @@
-//! The client-facing listeners: accept connections, speak HTTP/1.1 and h2c
-//! (hyper-util's `auto` builder, upgrades enabled), and hand each request to
-//! a [`Handler`] (the [`Proxy`](crate::proxy::Proxy) in production).
+//! The client-facing listeners: accept connections, speak HTTP/1.1 (with
+//! upgrades) and HTTP/2, and hand each request to a [`Handler`] (the
+//! [`Proxy`](crate::proxy::Proxy) in production).
 //!
 //! The `--listen` and `--tls-listen` listeners are the same [`Server`]; a
 //! TLS one ([`Server::with_tls`]) runs a rustls handshake (within
 //! `--header-read-timeout`) before the connection code below, which is
 //! generic over the stream ([`ClientStream`]: TCP, or TLS over TCP), so
-//! timeouts, limits and shutdown are the same for both. The handshake's ALPN
-//! needs nothing more: hyper's `auto` builder tells HTTP/2 by its preface.
-//! Requests from a TLS connection carry `proto=https` in their
-//! [`Peer`].
+//! timeouts, limits and shutdown are the same for both. Requests from a TLS
+//! connection carry `proto=https` in their [`Peer`].
+//!
+//! The protocol is chosen before hyper sees a byte ([`ClientStream::protocol`]):
+//! over TLS by ALPN (`h2`, else HTTP/1.1: RFC 9113 §3.3 has TLS clients
+//! negotiate HTTP/2 by ALPN), in plain TCP by peeking for the HTTP/2
+//! preface (h2c with prior knowledge) without consuming it. hyper-util's
+//! `auto` builder did this by reading the first bytes and handing them back,
+//! and that cost every idle HTTP/1 connection memory: hyper's read buffer
+//! wants 8 KiB free before each read, so the handed-back prefix (a partial
+//! request) made it grow to 16 KiB; and the connection's future, sized for
+//! the largest protocol, held HTTP/2's state on every HTTP/1 connection.
+//! Here an HTTP/1 connection's task holds HTTP/1 state only (HTTP/2's is
+//! boxed), and the request handler's future is boxed per request, so an
+//! idle connection does not keep room for one (`bench/gateway-scale.sh`,
+//! idle connections).
 //!
 //! Per connection: TCP_NODELAY; `--max-header-bytes` (HTTP/1 read buffer,
 //! 431 past it; HTTP/2 header list size); and a watchdog, polled alongside
@@ -51,8 +63,8 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::{HeaderValue, Request, Response};
 use hyper::body::{Body, Frame, Incoming, SizeHint};
+use hyper::server::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::time::Instant;
@@ -67,6 +79,12 @@ use crate::proxy::{Peer, Proxy, ResponseBody, ResponseTimer};
 
 /// Smallest HTTP/1 read buffer hyper accepts.
 const MIN_BUF: usize = 8192;
+/// The HTTP/2 connection preface (RFC 9113 §3.4) a prior-knowledge h2c
+/// client opens with.
+const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+/// While the bytes peeked so far are the start of the preface but not all
+/// of it, how long to wait before peeking again.
+const PREFACE_REPEEK: Duration = Duration::from_millis(5);
 /// Shortest watchdog tick.
 const MIN_TICK: Duration = Duration::from_millis(10);
 /// At shutdown, how long an idle HTTP/1 connection stays open for one more
@@ -135,19 +153,19 @@ pub struct Server<H> {
     listener: TcpListener,
     handler: H,
     settings: ServerSettings,
-    builder: Arc<auto::Builder<TokioExecutor>>,
+    builders: Arc<Builders>,
     /// A TLS handshake first (`--tls-listen`), or none.
     tls: Option<TlsAcceptor>,
 }
 
 impl<H: Handler> Server<H> {
     pub fn new(listener: TcpListener, handler: H, settings: ServerSettings) -> Self {
-        let builder = Arc::new(builder(&settings));
+        let builders = Arc::new(Builders::new(&settings));
         Server {
             listener,
             handler,
             settings,
-            builder,
+            builders,
             tls: None,
         }
     }
@@ -189,11 +207,11 @@ impl<H: Handler> Server<H> {
             if let Err(e) = stream.set_nodelay(true) {
                 debug!(%remote, error = %e, "cannot set TCP_NODELAY");
             }
-            spawn.connection(&connections, stream, remote, &self.builder, &shutdown);
+            spawn.connection(&connections, stream, remote, &self.builders, &shutdown);
         }
         // Connections the kernel has queued would be reset when the listener
         // closes: answer one request on each instead.
-        let last = Arc::new(last_request_builder(&self.settings));
+        let last = Arc::new(Builders::last_request(&self.settings));
         let not_stopping = CancellationToken::new();
         for (stream, remote) in take_queued(self.listener) {
             spawn.connection(&connections, stream, remote, &last, &not_stopping);
@@ -236,11 +254,11 @@ impl<H: Handler> Spawn<H> {
         connections: &TaskTracker,
         stream: TcpStream,
         remote: SocketAddr,
-        builder: &Arc<auto::Builder<TokioExecutor>>,
+        builders: &Arc<Builders>,
         shutdown: &CancellationToken,
     ) {
         let handler = self.handler.clone();
-        let builder = builder.clone();
+        let builders = builders.clone();
         let shutdown = shutdown.clone();
         match &self.tls {
             None => {
@@ -248,7 +266,7 @@ impl<H: Handler> Spawn<H> {
                     stream,
                     remote,
                     handler,
-                    builder,
+                    builders,
                     self.settings,
                     shutdown,
                 ));
@@ -259,7 +277,7 @@ impl<H: Handler> Spawn<H> {
                     stream,
                     remote,
                     handler,
-                    builder,
+                    builders,
                     self.settings,
                     shutdown,
                 ));
@@ -274,7 +292,7 @@ async fn serve_tls<H: Handler>(
     stream: TcpStream,
     remote: SocketAddr,
     handler: H,
-    builder: Arc<auto::Builder<TokioExecutor>>,
+    builders: Arc<Builders>,
     settings: ServerSettings,
     shutdown: CancellationToken,
 ) {
@@ -290,7 +308,14 @@ async fn serve_tls<H: Handler>(
             return;
         }
     };
-    serve_connection(stream, remote, handler, builder, settings, shutdown).await;
+    serve_connection(stream, remote, handler, builders, settings, shutdown).await;
+}
+
+/// What a client connection speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Protocol {
+    Http1,
+    Http2,
 }
 
 /// A client connection's byte stream: TCP, or TLS over TCP.
@@ -300,6 +325,10 @@ pub trait ClientStream: AsyncRead + AsyncWrite + Unpin + Send + 'static {
 
     /// The TCP socket underneath (for the lingering close).
     fn tcp(&self) -> &TcpStream;
+
+    /// The protocol the client speaks, found without consuming a byte;
+    /// `Err` when the connection failed before it could be told.
+    fn protocol(&self) -> impl Future<Output = io::Result<Protocol>> + Send;
 }
 
 impl ClientStream for TcpStream {
@@ -308,6 +337,29 @@ impl ClientStream for TcpStream {
     fn tcp(&self) -> &TcpStream {
         self
     }
+
+    /// h2c with prior knowledge opens with the HTTP/2 preface; anything
+    /// else is HTTP/1 (an HTTP/1.1 `Upgrade: h2c` is not supported, as
+    /// before). Peeks until the bytes decide: the first byte that differs
+    /// from the preface, or all 24 of it. A connection closed before any
+    /// byte is HTTP/1 (hyper reports the empty connection); one that sends
+    /// part of the preface and no more is closed after the header read
+    /// timeout, as one that sends part of a request head is.
+    async fn protocol(&self) -> io::Result<Protocol> {
+        let mut peeked = [0u8; H2_PREFACE.len()];
+        loop {
+            let n = self.peek(&mut peeked).await?;
+            if n == 0 || peeked[..n] != H2_PREFACE[..n] {
+                return Ok(Protocol::Http1);
+            }
+            if n == H2_PREFACE.len() {
+                return Ok(Protocol::Http2);
+            }
+            // The start of the preface and no more yet: peeking again at
+            // once would return the same bytes.
+            tokio::time::sleep(PREFACE_REPEEK).await;
+        }
+    }
 }
 
 impl ClientStream for tokio_rustls::server::TlsStream<TcpStream> {
@@ -315,6 +367,14 @@ impl ClientStream for tokio_rustls::server::TlsStream<TcpStream> {
 
     fn tcp(&self) -> &TcpStream {
         self.get_ref().0
+    }
+
+    /// By ALPN: `h2`, else HTTP/1.1 (also when the client offered none).
+    async fn protocol(&self) -> io::Result<Protocol> {
+        Ok(match self.get_ref().1.alpn_protocol() {
+            Some(b"h2") => Protocol::Http2,
+            _ => Protocol::Http1,
+        })
     }
 }
 
@@ -355,42 +415,101 @@ fn take_queued(listener: TcpListener) -> Vec<(TcpStream, SocketAddr)> {
     queued
 }
 
-/// The builder for connections taken at shutdown: one HTTP/1 request each.
-fn last_request_builder(settings: &ServerSettings) -> auto::Builder<TokioExecutor> {
-    let mut builder = builder(settings);
-    builder.http1().keep_alive(false);
-    builder
+/// hyper's connection settings, one builder per protocol.
+struct Builders {
+    http1: http1::Builder,
+    http2: http2::Builder<TokioExecutor>,
 }
 
-fn builder(settings: &ServerSettings) -> auto::Builder<TokioExecutor> {
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    let buf = settings.max_header_bytes.max(MIN_BUF);
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(None)
-        .keep_alive(true)
-        .max_buf_size(buf)
-        // One buffer per write: the head and a small body go out together
-        // without building an iovec list for every response.
-        .writev(false);
-    // Not `pipeline_flush(true)`: with it, hyper 1.x closes without sending
-    // its automatic 431 for oversized headers.
-    builder
-        .http2()
-        .timer(TokioTimer::new())
-        .max_header_list_size(u32::try_from(settings.max_header_bytes).unwrap_or(u32::MAX));
-    builder
+impl Builders {
+    fn new(settings: &ServerSettings) -> Self {
+        let mut http1 = http1::Builder::new();
+        http1
+            .timer(TokioTimer::new())
+            .header_read_timeout(None)
+            .keep_alive(true)
+            .max_buf_size(settings.max_header_bytes.max(MIN_BUF))
+            // One buffer per write: the head and a small body go out together
+            // without building an iovec list for every response.
+            .writev(false);
+        // Not `pipeline_flush(true)`: with it, hyper 1.x closes without sending
+        // its automatic 431 for oversized headers.
+        let mut http2 = http2::Builder::new(TokioExecutor::new());
+        http2
+            .timer(TokioTimer::new())
+            .max_header_list_size(u32::try_from(settings.max_header_bytes).unwrap_or(u32::MAX));
+        Builders { http1, http2 }
+    }
+
+    /// For connections taken at shutdown: one HTTP/1 request each.
+    fn last_request(settings: &ServerSettings) -> Self {
+        let mut builders = Builders::new(settings);
+        builders.http1.keep_alive(false);
+        builders
+    }
+}
+
+/// A request's response, boxed: hyper keeps room for the service's future
+/// in every connection for its whole life, so a future stored inline would
+/// cost each idle connection its size.
+type BoxedResponse<B> =
+    Pin<Box<dyn Future<Output = Result<Response<Tracked<B>>, Infallible>> + Send>>;
+
+/// A hyper connection being served, whichever the protocol.
+trait ServedConnection: Future<Output = hyper::Result<()>> {
+    /// Finish the requests in progress, take no more, then end.
+    fn graceful_shutdown(self: Pin<&mut Self>);
+}
+
+impl<I, S, B> ServedConnection for http1::UpgradeableConnection<I, S>
+where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+    S: hyper::service::HttpService<Incoming, ResBody = B>,
+    S::Error: Into<BoxError>,
+    B: Body + 'static,
+    B::Error: Into<BoxError>,
+{
+    fn graceful_shutdown(self: Pin<&mut Self>) {
+        http1::UpgradeableConnection::graceful_shutdown(self);
+    }
+}
+
+impl<I, S, B> ServedConnection for http2::Connection<I, S, TokioExecutor>
+where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin,
+    S: hyper::service::HttpService<Incoming, ResBody = B>,
+    S::Error: Into<BoxError>,
+    B: Body + 'static,
+    B::Error: Into<BoxError>,
+    TokioExecutor: hyper::rt::bounds::Http2ServerConnExec<S::Future, B>,
+{
+    fn graceful_shutdown(self: Pin<&mut Self>) {
+        http2::Connection::graceful_shutdown(self);
+    }
 }
 
 async fn serve_connection<S: ClientStream, H: Handler>(
     stream: S,
     remote: SocketAddr,
     handler: H,
-    builder: Arc<auto::Builder<TokioExecutor>>,
+    builders: Arc<Builders>,
     settings: ServerSettings,
     shutdown: CancellationToken,
 ) {
+    // Bounded like the request head that should follow: a client that
+    // sends nothing is closed after the header read timeout either way.
+    let protocol = match tokio::time::timeout(settings.header_read_timeout, stream.protocol()).await
+    {
+        Ok(Ok(protocol)) => protocol,
+        Ok(Err(e)) => {
+            debug!(%remote, error = %e, "connection failed before its first request");
+            return;
+        }
+        Err(_) => {
+            debug!(%remote, timeout_ms = settings.header_read_timeout.as_millis() as u64, "no request received in time; closing the connection");
+            return;
+        }
+    };
     let activity = Arc::new(Activity::default());
     let io = TokioIo::new(Counted {
         inner: stream,
@@ -403,11 +522,11 @@ async fn serve_connection<S: ClientStream, H: Handler>(
     });
     let service = {
         let activity = activity.clone();
-        hyper::service::service_fn(move |request| {
+        hyper::service::service_fn(move |request| -> BoxedResponse<H::Body> {
             let open = Open::begin(&activity);
             let response = handler.clone().call(request, info.clone());
             let activity = activity.clone();
-            async move {
+            Box::pin(async move {
                 let mut response = response.await;
                 if activity.last_call.load(Ordering::Relaxed)
                     && response.status() != http::StatusCode::SWITCHING_PROTOCOLS
@@ -416,11 +535,33 @@ async fn serve_connection<S: ClientStream, H: Handler>(
                         .headers_mut()
                         .insert(http::header::CONNECTION, HeaderValue::from_static("close"));
                 }
-                Ok::<_, Infallible>(response.map(|body| Tracked { body, _open: open }))
-            }
+                Ok(response.map(|body| Tracked { body, _open: open }))
+            })
         })
     };
-    let connection = builder.serve_connection_with_upgrades(io, service);
+    match protocol {
+        Protocol::Http1 => {
+            let connection = builders.http1.serve_connection(io, service).with_upgrades();
+            drive(connection, remote, &activity, settings, &shutdown).await;
+        }
+        // Boxed: HTTP/1 connections' tasks need no room for HTTP/2's state.
+        Protocol::Http2 => {
+            activity.h2.store(true, Ordering::Relaxed);
+            let connection = builders.http2.serve_connection(io, service);
+            Box::pin(drive(connection, remote, &activity, settings, &shutdown)).await;
+        }
+    }
+}
+
+/// Serve `connection` to its end, closing it early for the watchdog's
+/// verdicts and at shutdown (see the module doc).
+async fn drive<C: ServedConnection>(
+    connection: C,
+    remote: SocketAddr,
+    activity: &Activity,
+    settings: ServerSettings,
+    shutdown: &CancellationToken,
+) {
     tokio::pin!(connection);
     // Shutdown and the watchdog, as one future polled only when one of them
     // woke it: the connection's task is woken several times per request,
@@ -429,7 +570,7 @@ async fn serve_connection<S: ClientStream, H: Handler>(
         tokio::select! {
             biased;
             () = shutdown.cancelled() => None,
-            verdict = watchdog(&activity, settings) => Some(verdict),
+            verdict = watchdog(activity, settings) => Some(verdict),
         }
     });
     tokio::pin!(events);
@@ -541,7 +682,7 @@ struct Activity {
     started: AtomicU64,
     /// Requests whose response body has not been sent yet.
     open: AtomicU64,
-    /// The client opened with the HTTP/2 preface.
+    /// The connection speaks HTTP/2.
     h2: AtomicBool,
     /// The server is stopping: responses say `Connection: close`.
     last_call: AtomicBool,
@@ -670,8 +811,6 @@ async fn linger(mut stream: TcpStream) {
     let _ = tokio::time::timeout(LINGER_TIME, discard).await;
 }
 
-const H2_PREFACE_START: &[u8] = b"PRI * HTTP/2.0";
-
 impl<S: ClientStream> AsyncRead for Counted<S> {
     fn poll_read(
         mut self: Pin<&mut Self>,
@@ -682,17 +821,9 @@ impl<S: ClientStream> AsyncRead for Counted<S> {
         let polled = Pin::new(&mut self.inner).poll_read(cx, buf);
         let read = buf.filled().len() - before;
         if read > 0 {
-            let total = self
-                .activity
+            self.activity
                 .bytes_read
                 .fetch_add(read as u64, Ordering::Relaxed);
-            if total == 0 {
-                let first = &buf.filled()[before..];
-                let n = first.len().min(H2_PREFACE_START.len());
-                if n >= 4 && first[..n] == H2_PREFACE_START[..n] {
-                    self.activity.h2.store(true, Ordering::Relaxed);
-                }
-            }
         }
         polled
     }
@@ -751,5 +882,54 @@ impl<B: Body + Unpin> Body for Tracked<B> {
 
     fn size_hint(&self) -> SizeHint {
         self.body.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tokio::io::AsyncWriteExt;
+
+    use super::*;
+
+    /// A connected pair on loopback: the client's end and the server's.
+    async fn pair() -> (TcpStream, TcpStream) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let client = TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (server, _) = listener.accept().await.unwrap();
+        (client, server)
+    }
+
+    #[tokio::test]
+    async fn an_http1_request_is_told_from_its_first_bytes_and_nothing_is_consumed() {
+        for request in [&b"GET / HTTP/1.1\r\n"[..], b"PUT / HTTP/1.1\r\n", b"POST"] {
+            let (mut client, server) = pair().await;
+            client.write_all(request).await.unwrap();
+            assert_eq!(server.protocol().await.unwrap(), Protocol::Http1);
+            let mut buf = vec![0u8; request.len()];
+            server.try_read(&mut buf).unwrap();
+            assert_eq!(buf, request, "the bytes are left for hyper");
+        }
+    }
+
+    // Paused time: "not decided yet" is a rule about waiting.
+    #[tokio::test(start_paused = true)]
+    async fn the_http2_preface_is_told_also_when_it_arrives_in_pieces() {
+        let (mut client, server) = pair().await;
+        client.write_all(&H2_PREFACE[..3]).await.unwrap();
+        let told = tokio::spawn(async move { server.protocol().await.unwrap() });
+        // Not decided on the first piece: the rest is still owed.
+        tokio::time::sleep(PREFACE_REPEEK * 4).await;
+        assert!(!told.is_finished(), "decided on three bytes of the preface");
+        client.write_all(&H2_PREFACE[3..]).await.unwrap();
+        assert_eq!(told.await.unwrap(), Protocol::Http2);
+    }
+
+    #[tokio::test]
+    async fn a_connection_closed_before_a_byte_is_left_to_http1() {
+        let (client, server) = pair().await;
+        drop(client);
+        assert_eq!(server.protocol().await.unwrap(), Protocol::Http1);
     }
 }
