@@ -1,0 +1,64 @@
+//! `--tls-registry-certs`: the registry's TLS certificates
+//! (`{prefix}/certs/`) served beside the `--tls-cert` files. One task
+//! follows a [`Watcher`] of the prefix and hands each new set, in name
+//! order, to [`Certs::set_registry`], which swaps it in for the next
+//! handshakes (open connections keep their session).
+//!
+//! The watcher checks every entry as it decodes it (PEM, key against
+//! certificate: [`registry::tls_cert`]) and skips a bad one with a warning
+//! naming its key and the command that fixes it; the others are served. A
+//! bad value replacing a good one takes that name out of the set (the entry
+//! is no longer usable), as for every registry value. While etcd is
+//! unreachable the watcher keeps its last snapshot, so the last good set
+//! stays in use.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use registry::tls_cert::NamedCert;
+use registry::{Store, Watcher};
+use tracing::{info, warn};
+
+use crate::tls::{Certs, LoadedCert, Origin};
+
+/// Follow `{prefix}/certs/` into `certs`, in a task that runs as long as
+/// the runtime does.
+pub fn follow(store: &Store, certs: Arc<Certs>) {
+    let watcher = Watcher::<NamedCert>::start(store, store.keys().certs());
+    let mut snapshots = watcher.snapshots();
+    let prefix = store.keys().certs();
+    tokio::spawn(async move {
+        // Held by the task: dropping the last handle stops the watch.
+        let _watcher = watcher;
+        let mut served: Option<Arc<BTreeMap<String, NamedCert>>> = None;
+        while snapshots.changed().await.is_ok() {
+            let snapshot = snapshots.borrow_and_update().clone();
+            let same = served
+                .as_ref()
+                .is_some_and(|last| Arc::ptr_eq(last, &snapshot.entries));
+            if !snapshot.synced || same {
+                // Not read yet, or only the connection state changed.
+                continue;
+            }
+            let set: Vec<LoadedCert> = snapshot
+                .entries
+                .values()
+                .map(|entry| {
+                    LoadedCert::new(
+                        format!("registry:{}", entry.name),
+                        Origin::Registry,
+                        entry.cert.clone(),
+                    )
+                })
+                .collect();
+            let names: Vec<&str> = snapshot.entries.values().map(|e| e.name.as_str()).collect();
+            if names.is_empty() {
+                warn!(%prefix, "no TLS certificate in the registry; put one with `registry certs put NAME --cert CHAIN.pem --key KEY.pem`");
+            } else {
+                info!(%prefix, certificates = ?names, "TLS certificates from the registry in use for new handshakes");
+            }
+            certs.set_registry(set);
+            served = Some(snapshot.entries);
+        }
+    });
+}
