@@ -25,7 +25,8 @@ pub struct Config {
     pub listen: SocketAddr,
 
     /// A TLS listener (HTTP/1.1 and HTTP/2 by ALPN; TLS 1.2 and 1.3), with
-    /// the certificates of --tls-cert/--tls-key. It serves the same routes
+    /// the certificates of --tls-cert/--tls-key and, with
+    /// --tls-registry-certs, the registry's. It serves the same routes
     /// as --listen; requests from it carry `X-Forwarded-Proto: https`.
     #[arg(long, env = "SHOAL_TLS_LISTEN")]
     pub tls_listen: Option<SocketAddr>,

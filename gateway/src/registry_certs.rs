@@ -12,11 +12,11 @@
 //! unreachable the watcher keeps its last snapshot, so the last good set
 //! stays in use.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use registry::tls_cert::NamedCert;
 use registry::{Store, Watcher};
+use rustls::pki_types::CertificateDer;
 use tracing::{info, warn};
 
 use crate::tls::{Certs, LoadedCert, Origin};
@@ -30,14 +30,21 @@ pub fn follow(store: &Store, certs: Arc<Certs>) {
     tokio::spawn(async move {
         // Held by the task: dropping the last handle stops the watch.
         let _watcher = watcher;
-        let mut served: Option<Arc<BTreeMap<String, NamedCert>>> = None;
+        // What is served now, by name and chain: the watcher publishes a
+        // snapshot for progress notifications and reconnections too, and
+        // those change nothing.
+        let mut served: Option<Vec<(String, Vec<CertificateDer<'static>>)>> = None;
         while snapshots.changed().await.is_ok() {
             let snapshot = snapshots.borrow_and_update().clone();
-            let same = served
-                .as_ref()
-                .is_some_and(|last| Arc::ptr_eq(last, &snapshot.entries));
-            if !snapshot.synced || same {
-                // Not read yet, or only the connection state changed.
+            if !snapshot.synced {
+                continue;
+            }
+            let now: Vec<_> = snapshot
+                .entries
+                .values()
+                .map(|entry| (entry.name.clone(), entry.cert.key.cert.clone()))
+                .collect();
+            if served.as_ref() == Some(&now) {
                 continue;
             }
             let set: Vec<LoadedCert> = snapshot
@@ -52,13 +59,12 @@ pub fn follow(store: &Store, certs: Arc<Certs>) {
                 })
                 .collect();
             let names: Vec<&str> = snapshot.entries.values().map(|e| e.name.as_str()).collect();
-            if names.is_empty() {
-                warn!(%prefix, "no TLS certificate in the registry; put one with `registry certs put NAME --cert CHAIN.pem --key KEY.pem`");
-            } else {
-                info!(%prefix, certificates = ?names, "TLS certificates from the registry in use for new handshakes");
-            }
+            info!(%prefix, certificates = ?names, "TLS certificates from the registry in use for new handshakes");
             certs.set_registry(set);
-            served = Some(snapshot.entries);
+            if certs.current().certs().is_empty() {
+                warn!(%prefix, "no TLS certificate to serve: handshakes fail until one is put with `registry certs put NAME --cert CHAIN.pem --key KEY.pem`");
+            }
+            served = Some(now);
         }
     });
 }

@@ -287,6 +287,7 @@ impl Certs {
 
     /// Serve `certs` (the registry's, in name order) after the files' from
     /// the next handshake on, and warn about those that are new or changed
+    /// (another chain under the name; not a list again after a reconnect)
     /// and expire soon.
     pub fn set_registry(&self, certs: Vec<LoadedCert>) {
         let mut parts = self.parts.lock().unwrap_or_else(PoisonError::into_inner);
@@ -296,7 +297,7 @@ impl Certs {
                 !parts
                     .registry
                     .iter()
-                    .any(|old| old.name == cert.name && Arc::ptr_eq(&old.key, &cert.key))
+                    .any(|old| old.name == cert.name && old.key.cert == cert.key.cert)
             })
             .cloned()
             .collect();
