@@ -68,3 +68,58 @@ pub fn follow(store: &Store, certs: Arc<Certs>) {
         }
     });
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use registry::Keys;
+    use registry::store::memory::MemoryEtcd;
+    use registry::tls_cert::fixture;
+
+    use super::*;
+
+    /// Long enough for the watcher and the follower to act: time is paused,
+    /// so a sleep ends once every other task is idle.
+    async fn settle() {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    fn names(certs: &Certs) -> Vec<String> {
+        certs
+            .current()
+            .certs()
+            .iter()
+            .map(|c| c.name.clone())
+            .collect()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_set_is_swapped_when_the_certificates_change_and_only_then() {
+        let etcd = MemoryEtcd::default();
+        let store = Store::memory(&etcd, Keys::default());
+        let certs = Certs::load(Vec::new()).unwrap();
+        follow(&store, certs.clone());
+        store.put_cert("shop", &fixture::pem()).await.unwrap();
+        settle().await;
+        assert_eq!(names(&certs), ["registry:shop"]);
+        let before = certs.current();
+
+        // The watcher publishes a snapshot for this (a bad entry is
+        // skipped), as it does for each progress notification: nothing
+        // changed, so the set is not swapped.
+        etcd.put(&store.keys().cert("bad"), "{nope");
+        settle().await;
+        assert!(
+            Arc::ptr_eq(&before, &certs.current()),
+            "swapped for nothing"
+        );
+
+        store.put_cert("api", &fixture::pem()).await.unwrap();
+        settle().await;
+        assert_eq!(names(&certs), ["registry:api", "registry:shop"]);
+        store.delete_cert("shop").await.unwrap();
+        settle().await;
+        assert_eq!(names(&certs), ["registry:api"]);
+    }
+}
