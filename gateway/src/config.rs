@@ -25,7 +25,8 @@ pub struct Config {
     pub listen: SocketAddr,
 
     /// A TLS listener (HTTP/1.1 and HTTP/2 by ALPN; TLS 1.2 and 1.3), with
-    /// the certificates of --tls-cert/--tls-key. It serves the same routes
+    /// the certificates of --tls-cert/--tls-key and, with
+    /// --tls-registry-certs, the registry's. It serves the same routes
     /// as --listen; requests from it carry `X-Forwarded-Proto: https`.
     #[arg(long, env = "SHOAL_TLS_LISTEN")]
     pub tls_listen: Option<SocketAddr>,
@@ -41,6 +42,16 @@ pub struct Config {
     /// The PEM private key of the --tls-cert given in the same position.
     #[arg(long, env = "SHOAL_TLS_KEY", value_name = "PATH")]
     pub tls_key: Vec<std::path::PathBuf>,
+
+    /// Also serve the TLS certificates stored in the registry
+    /// (`{prefix}/certs/NAME`, written with `registry certs put`) on
+    /// --tls-listen, after the --tls-cert files (which win for a host both
+    /// name, and whose first is the default), followed live. With it,
+    /// --tls-listen needs no file. Off by default: it makes etcd hold the
+    /// private keys, so the etcd user needs read access to `certs/`, and
+    /// etcd should have auth and TLS on (docs/architecture.md, *TLS*).
+    #[arg(long, env = "SHOAL_TLS_REGISTRY_CERTS")]
+    pub tls_registry_certs: bool,
 
     /// Open both listeners with SO_REUSEPORT, so that a new gateway can start
     /// on the same addresses while the old one still serves: start the new
@@ -288,8 +299,9 @@ impl Config {
 }
 
 impl Config {
-    /// The certificate pairs for --tls-listen, or `None` without it; an
-    /// error for a flag given without its partner.
+    /// The certificate pairs for --tls-listen (none is fine with
+    /// --tls-registry-certs), or `None` without it; an error for a flag
+    /// given without its partner.
     pub fn tls_pairs(&self) -> Result<Option<Vec<crate::tls::CertPair>>, String> {
         if self.tls_cert.len() != self.tls_key.len() {
             return Err(format!(
@@ -299,14 +311,22 @@ impl Config {
                 self.tls_key.len()
             ));
         }
+        if self.tls_registry_certs && self.tls_listen.is_none() {
+            return Err(
+                "--tls-registry-certs given without --tls-listen; add --tls-listen 0.0.0.0:8443 (or drop it)"
+                    .into(),
+            );
+        }
         match (self.tls_listen, self.tls_cert.is_empty()) {
             (None, true) => Ok(None),
+            (Some(_), true) if self.tls_registry_certs => Ok(Some(Vec::new())),
             (None, false) => Err(
                 "--tls-cert/--tls-key given without --tls-listen; add --tls-listen 0.0.0.0:8443 (or drop the certificates)"
                     .into(),
             ),
             (Some(addr), true) => Err(format!(
-                "--tls-listen {addr} needs a certificate; add --tls-cert cert.pem --tls-key key.pem (PEM files)"
+                "--tls-listen {addr} needs a certificate; add --tls-cert cert.pem --tls-key key.pem (PEM files), \
+                 or --tls-registry-certs to serve those written with `registry certs put`"
             )),
             (Some(_), false) => Ok(Some(
                 self.tls_cert
@@ -489,6 +509,28 @@ mod tests {
         let err = c.tls_pairs().unwrap_err();
         assert!(
             err.contains("1 --tls-cert and 0 --tls-key given; give them in pairs"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn registry_certificates_let_the_tls_listener_go_without_files() {
+        let c = Config::try_parse_from(["gateway", "--tls-listen", "127.0.0.1:8443"]).unwrap();
+        assert!(!c.tls_registry_certs, "off by default");
+        let err = c.tls_pairs().unwrap_err();
+        assert!(err.contains("or --tls-registry-certs"), "{err}");
+        let c = Config::try_parse_from([
+            "gateway",
+            "--tls-listen",
+            "127.0.0.1:8443",
+            "--tls-registry-certs",
+        ])
+        .unwrap();
+        assert_eq!(c.tls_pairs(), Ok(Some(Vec::new())));
+        let c = Config::try_parse_from(["gateway", "--tls-registry-certs"]).unwrap();
+        let err = c.tls_pairs().unwrap_err();
+        assert!(
+            err.contains("--tls-registry-certs given without --tls-listen"),
             "{err}"
         );
     }

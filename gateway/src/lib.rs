@@ -20,7 +20,8 @@
 //!   each picks in O(1) or O(log n) for n instances.
 //! - [`stats`] records request statistics without locks.
 //! - [`server`] is the client-facing listener: connections, timeouts, graceful drain;
-//!   [`tls`] its certificates (SNI, reload, expiry) and rustls configuration for `--tls-listen`.
+//!   [`tls`] its certificates (SNI, reload, expiry) and rustls configuration for `--tls-listen`;
+//!   [`registry_certs`] follows the registry's certificates into it (`--tls-registry-certs`).
 //! - [`proxy`] is the request handler (one file per concern inside).
 //! - [`health`] is passive ejection and optional active `/healthz` checks.
 //! - [`access_log`] is the optional JSON access log and its writer thread.
@@ -56,6 +57,7 @@ pub mod hangup;
 pub mod health;
 pub mod proxy;
 pub mod rate_limit;
+pub mod registry_certs;
 pub mod route_index;
 pub mod server;
 pub mod stats;
@@ -169,6 +171,9 @@ async fn run_gateway(config: Config, id: String) -> anyhow::Result<()> {
         .context("cannot connect to etcd; check --etcd, and --etcd-user/--etcd-password and --etcd-ca/--etcd-cert/--etcd-key if etcd requires them")?;
     let keys = &config.etcd.prefix;
     let store = registry::Store::etcd(client.clone(), keys.clone());
+    if let Some(certs) = certs.as_ref().filter(|_| config.tls_registry_certs) {
+        registry_certs::follow(&store, certs.clone());
+    }
     // One watcher of `routes/`, for the routing table and the admin API.
     let routes = Watcher::<NamedRoute>::start(&store, keys.routes());
     let table = discovery::start(

@@ -1,25 +1,36 @@
-//! TLS termination: the certificates of `--tls-cert`/`--tls-key`, chosen by
-//! SNI, and the rustls server configuration of the `--tls-listen` listener
-//! (the listener itself is [`server`](crate::server)'s, with a TLS
-//! handshake in front of the same connection code).
+//! TLS termination: the certificates of `--tls-cert`/`--tls-key` and, with
+//! `--tls-registry-certs`, those of the registry (`{prefix}/certs/`, kept
+//! current by [`registry_certs`](crate::registry_certs)), chosen by SNI,
+//! and the rustls server configuration of the `--tls-listen` listener (the
+//! listener itself is [`server`](crate::server)'s, with a TLS handshake in
+//! front of the same connection code).
 //!
-//! - Loading ([`CertSet::load`]): each pair's files are read, the PEM
-//!   certificate chain and private key parsed, the key checked against the
-//!   certificate, and the certificate's SAN DNS names and `notAfter` read
-//!   (x509-parser). Each failure is an error naming the file and the fix.
+//! - Loading ([`CertSet::load`]): each pair's files are read and checked by
+//!   [`registry::tls_cert::check_pair`] (the check `registry certs put`
+//!   and the registry's readers make too): PEM chain and key, the key
+//!   against the certificate, SAN DNS names and `notAfter`. Each failure is
+//!   an error naming the file and the fix.
 //! - Choosing ([`Certs`], rustls's [`ResolvesServerCert`]): the client's SNI
 //!   name (case-insensitive) against the certificates' DNS names, exact
 //!   names first, then a wildcard (`*.example.com` covers one label:
 //!   `a.example.com`, not `example.com` nor `a.b.example.com`); the first
-//!   pair given when nothing matches or the client sent no SNI. Two
-//!   certificates naming the same host: the one given first.
-//! - Reloading ([`Certs::reload`], on SIGHUP): every pair is read again and
-//!   swapped in whole ([`ArcSwap`]) only if all of them load; handshakes
-//!   from then on get the new certificates, open connections keep their
-//!   session. A failed reload keeps the old set and says why.
-//! - Expiry: a warning at load and reload for a certificate that expires
-//!   within [`EXPIRY_WARNING`] (or has expired); [`Certs::expiry`] feeds the
-//!   `shoal_gateway_tls_cert_expiry_seconds` metric.
+//!   certificate when nothing matches or the client sent no SNI. The order:
+//!   the file pairs as given, then the registry's in name order; so two
+//!   certificates naming the same host resolve to a file pair before a
+//!   registry one, and the default is the first file pair, or the first
+//!   registry certificate when no file is given. No certificate at all (no
+//!   files, none in the registry yet): handshakes fail.
+//! - Reloading: SIGHUP ([`Certs::reload`]) reads every pair again and swaps
+//!   the files' part in only if all of them load; a registry change
+//!   ([`Certs::set_registry`]) swaps the registry's part. Either way the
+//!   whole set is replaced at once ([`ArcSwap`]): handshakes from then on
+//!   get the new certificates, open connections keep their session. A
+//!   failed reload keeps the old set and says why.
+//! - Expiry: a warning for a certificate that expires within
+//!   [`EXPIRY_WARNING`] (or has expired) at load and reload, and for a
+//!   registry certificate when it appears or changes; [`Certs::expiry`]
+//!   feeds the `shoal_gateway_tls_cert_expiry_seconds` metric (name: the
+//!   file's path, or `registry:{name}`).
 //! - Protocol ([`server_config`]): TLS 1.2 and 1.3 only, ALPN `h2` then
 //!   `http/1.1`, rustls's `ring` provider (the one etcd-client's TLS already
 //!   compiles in).
@@ -27,16 +38,15 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
+use registry::tls_cert::{PairError, ParsedCert, check_pair};
+use rustls::ServerConfig;
 use rustls::crypto::CryptoProvider;
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
-use rustls::{InconsistentKeys, ServerConfig};
 use tracing::{info, warn};
 
 /// A certificate expiring within this long gets a warning at load and reload.
@@ -60,18 +70,32 @@ pub enum TlsError {
         path: PathBuf,
         cause: std::io::Error,
     },
-    #[error("--tls-cert {}: {problem}; give the certificate chain in PEM (-----BEGIN CERTIFICATE-----), the server's own certificate first", path.display())]
+    /// `problem` says how to give the chain ([`registry::tls_cert::CHAIN_FORMAT`]).
+    #[error("--tls-cert {}: {problem}", path.display())]
     BadCert { path: PathBuf, problem: String },
-    #[error("--tls-key {}: {problem}; give the private key in PEM (PKCS#8 `BEGIN PRIVATE KEY`, PKCS#1 `BEGIN RSA PRIVATE KEY` or SEC1 `BEGIN EC PRIVATE KEY`)", path.display())]
+    /// `problem` says how to give the key ([`registry::tls_cert::KEY_FORMAT`]).
+    #[error("--tls-key {}: {problem}", path.display())]
     BadKey { path: PathBuf, problem: String },
     #[error("key {} does not match certificate {}; give each --tls-cert with the --tls-key it was issued for, in the same order", key.display(), cert.display())]
     Mismatch { key: PathBuf, cert: PathBuf },
 }
 
+/// Where a certificate came from: what to do when it expires.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Origin {
+    /// A `--tls-cert`/`--tls-key` pair.
+    File,
+    /// `{prefix}/certs/{name}`.
+    Registry,
+}
+
 /// A loaded certificate and what choosing it needs.
+#[derive(Clone)]
 pub struct LoadedCert {
-    /// What logs and the metric call it: the certificate file's path.
+    /// What logs and the metric call it: the certificate file's path, or
+    /// `registry:{name}`.
     pub name: String,
+    pub origin: Origin,
     pub key: Arc<CertifiedKey>,
     /// SAN DNS names, lower case (wildcards as written: `*.example.com`).
     pub dns_names: Vec<String>,
@@ -83,6 +107,7 @@ impl fmt::Debug for LoadedCert {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("LoadedCert")
             .field("name", &self.name)
+            .field("origin", &self.origin)
             .field("dns_names", &self.dns_names)
             .field("not_after", &self.not_after)
             .finish_non_exhaustive()
@@ -102,15 +127,16 @@ pub struct CertSet {
 
 impl CertSet {
     /// Read and check every pair; the first problem is the error.
-    pub fn load(pairs: &[CertPair], provider: &CryptoProvider) -> Result<CertSet, TlsError> {
+    pub fn load(pairs: &[CertPair]) -> Result<CertSet, TlsError> {
         let mut certs = Vec::with_capacity(pairs.len());
         for pair in pairs {
-            certs.push(load_pair(pair, provider)?);
+            certs.push(load_pair(pair)?);
         }
         Ok(CertSet::new(certs))
     }
 
-    fn new(certs: Vec<LoadedCert>) -> CertSet {
+    /// The set of `certs`, in order of precedence.
+    pub fn new(certs: Vec<LoadedCert>) -> CertSet {
         let mut exact = HashMap::new();
         let mut wildcard = HashMap::new();
         for (i, cert) in certs.iter().enumerate() {
@@ -153,82 +179,66 @@ fn read(flag: &'static str, path: &Path) -> Result<Vec<u8>, TlsError> {
     })
 }
 
-fn load_pair(pair: &CertPair, provider: &CryptoProvider) -> Result<LoadedCert, TlsError> {
-    let bad_cert = |problem: String| TlsError::BadCert {
-        path: pair.cert.clone(),
-        problem,
-    };
-    let bad_key = |problem: String| TlsError::BadKey {
-        path: pair.key.clone(),
-        problem,
-    };
+fn load_pair(pair: &CertPair) -> Result<LoadedCert, TlsError> {
     let cert_pem = read("--tls-cert", &pair.cert)?;
-    let chain = CertificateDer::pem_slice_iter(&cert_pem)
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| bad_cert(format!("not valid PEM ({e})")))?;
-    if chain.is_empty() {
-        return Err(bad_cert("no certificate in the file".into()));
-    }
-    let (dns_names, not_after) = describe(&chain[0]).map_err(bad_cert)?;
     let key_pem = read("--tls-key", &pair.key)?;
-    let key = PrivateKeyDer::from_pem_slice(&key_pem).map_err(|e| match e {
-        rustls::pki_types::pem::Error::NoItemsFound => bad_key("no private key in the file".into()),
-        e => bad_key(format!("not valid PEM ({e})")),
+    let parsed = check_pair(&cert_pem, &key_pem).map_err(|e| match e {
+        PairError::Mismatch => TlsError::Mismatch {
+            key: pair.key.clone(),
+            cert: pair.cert.clone(),
+        },
+        e if e.is_about_key() => TlsError::BadKey {
+            path: pair.key.clone(),
+            problem: e.problem("the file"),
+        },
+        e => TlsError::BadCert {
+            path: pair.cert.clone(),
+            problem: e.problem("the file"),
+        },
     })?;
-    let signing = provider
-        .key_provider
-        .load_private_key(key)
-        .map_err(|e| bad_key(format!("unusable key ({e})")))?;
-    let key = CertifiedKey::new(chain, signing);
-    match key.keys_match() {
-        Ok(()) | Err(rustls::Error::InconsistentKeys(InconsistentKeys::Unknown)) => {}
-        Err(rustls::Error::InconsistentKeys(InconsistentKeys::KeyMismatch)) => {
-            return Err(TlsError::Mismatch {
-                key: pair.key.clone(),
-                cert: pair.cert.clone(),
-            });
-        }
-        Err(e) => return Err(bad_cert(format!("cannot read its public key ({e})"))),
-    }
-    Ok(LoadedCert {
-        name: pair.cert.display().to_string(),
-        key: Arc::new(key),
-        dns_names,
-        not_after,
-    })
+    Ok(LoadedCert::new(
+        pair.cert.display().to_string(),
+        Origin::File,
+        parsed,
+    ))
 }
 
-/// A certificate's SAN DNS names (lower case) and `notAfter`.
-fn describe(cert: &CertificateDer<'_>) -> Result<(Vec<String>, i64), String> {
-    let (_, parsed) = x509_parser::parse_x509_certificate(cert)
-        .map_err(|e| format!("the first certificate is not valid X.509 ({e})"))?;
-    let san = parsed
-        .subject_alternative_name()
-        .map_err(|e| format!("its subjectAltName extension is unreadable ({e})"))?;
-    let dns_names = san
-        .map(|san| {
-            san.value
-                .general_names
-                .iter()
-                .filter_map(|name| match name {
-                    x509_parser::extensions::GeneralName::DNSName(dns) => {
-                        Some(dns.trim_end_matches('.').to_ascii_lowercase())
-                    }
-                    _ => None,
-                })
-                .collect()
-        })
-        .unwrap_or_default();
-    Ok((dns_names, parsed.validity().not_after.timestamp()))
+impl LoadedCert {
+    pub fn new(name: String, origin: Origin, parsed: ParsedCert) -> LoadedCert {
+        LoadedCert {
+            name,
+            origin,
+            key: parsed.key,
+            dns_names: parsed.dns_names,
+            not_after: parsed.not_after,
+        }
+    }
 }
 
 /// The certificates in use: what rustls asks for a certificate on each
-/// handshake, what SIGHUP reloads and what the metric reads. Share it in an
-/// `Arc`.
+/// handshake, what SIGHUP reloads, what the registry follower updates and
+/// what the metric reads. Share it in an `Arc`.
 pub struct Certs {
     pairs: Vec<CertPair>,
     provider: Arc<CryptoProvider>,
+    /// Each source's part, kept to build `current` again when the other
+    /// changes; the lock orders a reload and a registry change (never
+    /// taken on a handshake).
+    parts: Mutex<Parts>,
     current: ArcSwap<CertSet>,
+}
+
+/// The files' certificates and the registry's, in their order.
+#[derive(Default)]
+struct Parts {
+    files: Vec<LoadedCert>,
+    registry: Vec<LoadedCert>,
+}
+
+impl Parts {
+    fn set(&self) -> CertSet {
+        CertSet::new(self.files.iter().chain(&self.registry).cloned().collect())
+    }
 }
 
 impl fmt::Debug for Certs {
@@ -240,31 +250,60 @@ impl fmt::Debug for Certs {
 }
 
 impl Certs {
-    /// Load every pair (an error if one cannot be used) and warn about any
+    /// Load every pair (an error if one cannot be used; there may be none
+    /// when the registry's certificates are served) and warn about any
     /// that expires soon.
     pub fn load(pairs: Vec<CertPair>) -> Result<Arc<Certs>, TlsError> {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let set = CertSet::load(&pairs, &provider)?;
-        warn_expiring(&set, unix_now());
+        let set = CertSet::load(&pairs)?;
+        warn_expiring(&set.certs, unix_now());
+        let parts = Parts {
+            files: set.certs,
+            registry: Vec::new(),
+        };
         Ok(Arc::new(Certs {
             pairs,
             provider,
-            current: ArcSwap::from_pointee(set),
+            current: ArcSwap::from_pointee(parts.set()),
+            parts: Mutex::new(parts),
         }))
     }
 
-    /// Read every pair again and use the new set if all of them load;
-    /// otherwise keep the current one and return why. Blocking file reads:
-    /// call it off the request workers.
+    /// Read every pair again and use them if all of them load; otherwise
+    /// keep the current ones and return why. Blocking file reads: call it
+    /// off the request workers.
     pub fn reload(&self) -> Result<(), TlsError> {
-        let set = CertSet::load(&self.pairs, &self.provider)?;
-        warn_expiring(&set, unix_now());
+        let files = CertSet::load(&self.pairs)?.certs;
+        warn_expiring(&files, unix_now());
         info!(
-            certificates = set.certs.len(),
+            certificates = files.len(),
             "TLS certificates reloaded; new handshakes use them"
         );
-        self.current.store(Arc::new(set));
+        let mut parts = self.parts.lock().unwrap_or_else(PoisonError::into_inner);
+        parts.files = files;
+        self.current.store(Arc::new(parts.set()));
         Ok(())
+    }
+
+    /// Serve `certs` (the registry's, in name order) after the files' from
+    /// the next handshake on, and warn about those that are new or changed
+    /// (another chain under the name; not a list again after a reconnect)
+    /// and expire soon.
+    pub fn set_registry(&self, certs: Vec<LoadedCert>) {
+        let mut parts = self.parts.lock().unwrap_or_else(PoisonError::into_inner);
+        let changed: Vec<LoadedCert> = certs
+            .iter()
+            .filter(|cert| {
+                !parts
+                    .registry
+                    .iter()
+                    .any(|old| old.name == cert.name && old.key.cert == cert.key.cert)
+            })
+            .cloned()
+            .collect();
+        warn_expiring(&changed, unix_now());
+        parts.registry = certs;
+        self.current.store(Arc::new(parts.set()));
     }
 
     /// Each certificate's name and seconds until its `notAfter` (negative once expired).
@@ -311,20 +350,26 @@ fn unix_now() -> i64 {
 }
 
 /// Warn about each certificate that expires within [`EXPIRY_WARNING`] of `now`.
-fn warn_expiring(set: &CertSet, now: i64) {
-    for (cert, left) in expiring(set, now) {
+fn warn_expiring(certs: &[LoadedCert], now: i64) {
+    for (cert, left) in expiring(certs, now) {
+        let renew = match cert.origin {
+            Origin::File => "renew it and send the gateway SIGHUP",
+            Origin::Registry => {
+                "renew it and write it again with `registry certs put NAME --cert CHAIN.pem --key KEY.pem`"
+            }
+        };
         if left <= 0 {
-            warn!(certificate = %cert.name, expired_seconds_ago = -left, "TLS certificate has expired; clients will refuse it: renew it and send the gateway SIGHUP");
+            warn!(certificate = %cert.name, expired_seconds_ago = -left, "TLS certificate has expired; clients will refuse it: {renew}");
         } else {
-            warn!(certificate = %cert.name, expires_in_hours = left / 3600, "TLS certificate expires within 14 days; renew it and send the gateway SIGHUP");
+            warn!(certificate = %cert.name, expires_in_hours = left / 3600, "TLS certificate expires within 14 days; {renew}");
         }
     }
 }
 
 /// The certificates expiring within [`EXPIRY_WARNING`] of `now`, and the seconds they have left.
-fn expiring(set: &CertSet, now: i64) -> Vec<(&LoadedCert, i64)> {
+fn expiring(certs: &[LoadedCert], now: i64) -> Vec<(&LoadedCert, i64)> {
     let warn_within = EXPIRY_WARNING.as_secs() as i64;
-    set.certs
+    certs
         .iter()
         .map(|cert| (cert, cert.not_after - now))
         .filter(|(_, left)| *left < warn_within)
@@ -333,6 +378,9 @@ fn expiring(set: &CertSet, now: i64) -> Vec<(&LoadedCert, i64)> {
 
 #[cfg(test)]
 mod tests {
+    use rustls::pki_types::PrivateKeyDer;
+    use rustls::pki_types::pem::PemObject;
+
     use super::*;
 
     fn loaded(name: &str, dns_names: &[&str], not_after: i64) -> LoadedCert {
@@ -342,6 +390,7 @@ mod tests {
         let signing = provider.key_provider.load_private_key(key).unwrap();
         LoadedCert {
             name: name.into(),
+            origin: Origin::File,
             key: Arc::new(CertifiedKey::new(vec![], signing)),
             dns_names: dns_names.iter().map(|s| s.to_string()).collect(),
             not_after,
@@ -384,6 +433,54 @@ mod tests {
         assert_eq!(picked(&set, Some("b.test")), "two");
     }
 
+    fn from_registry(name: &str, dns_names: &[&str]) -> LoadedCert {
+        LoadedCert {
+            origin: Origin::Registry,
+            ..loaded(&format!("registry:{name}"), dns_names, 0)
+        }
+    }
+
+    #[test]
+    fn file_pairs_come_before_the_registry_and_the_first_file_is_the_default() {
+        let parts = Parts {
+            files: vec![
+                loaded("file-a", &["a.test"], 0),
+                loaded("file-shared", &["shared.test"], 0),
+            ],
+            registry: vec![
+                from_registry("r1", &["shared.test", "r.test"]),
+                from_registry("r2", &["*.wild.test"]),
+            ],
+        };
+        let set = parts.set();
+        assert_eq!(picked(&set, Some("shared.test")), "file-shared");
+        assert_eq!(picked(&set, Some("r.test")), "registry:r1");
+        assert_eq!(picked(&set, Some("x.wild.test")), "registry:r2");
+        assert_eq!(picked(&set, Some("unknown.test")), "file-a");
+        assert_eq!(picked(&set, None), "file-a");
+    }
+
+    #[test]
+    fn without_files_the_first_registry_certificate_is_the_default() {
+        let certs = Certs::load(Vec::new()).unwrap();
+        assert!(
+            certs.current().pick(Some("a.test")).is_none(),
+            "nothing to serve yet"
+        );
+        certs.set_registry(vec![
+            from_registry("a", &["a.test"]),
+            from_registry("b", &["b.test"]),
+        ]);
+        let set = certs.current();
+        assert_eq!(picked(&set, Some("b.test")), "registry:b");
+        assert_eq!(picked(&set, Some("other.test")), "registry:a");
+        let names: Vec<String> = certs.expiry().into_iter().map(|(n, _)| n).collect();
+        assert_eq!(names, ["registry:a", "registry:b"]);
+        // Deleted from the registry: gone from the set.
+        certs.set_registry(vec![from_registry("b", &["b.test"])]);
+        assert_eq!(picked(&certs.current(), Some("a.test")), "registry:b");
+    }
+
     #[test]
     fn certificates_expiring_within_14_days_are_named() {
         let day = 24 * 3600;
@@ -392,7 +489,7 @@ mod tests {
             loaded("soon", &[], 1000 + 13 * day),
             loaded("gone", &[], 1000 - day),
         ]);
-        let names: Vec<(&str, i64)> = expiring(&set, 1000)
+        let names: Vec<(&str, i64)> = expiring(set.certs(), 1000)
             .into_iter()
             .map(|(c, left)| (c.name.as_str(), left))
             .collect();
@@ -402,14 +499,11 @@ mod tests {
     #[test]
     fn unreadable_and_empty_files_say_which_and_what_to_do() {
         let dir = tempfile::tempdir().unwrap();
-        let provider = rustls::crypto::ring::default_provider();
         let missing = CertPair {
             cert: dir.path().join("nope.pem"),
             key: dir.path().join("nope-key.pem"),
         };
-        let err = CertSet::load(&[missing], &provider)
-            .unwrap_err()
-            .to_string();
+        let err = CertSet::load(&[missing]).unwrap_err().to_string();
         assert!(
             err.starts_with("cannot read --tls-cert ") && err.contains("nope.pem"),
             "{err}"
@@ -420,7 +514,7 @@ mod tests {
             cert: empty.clone(),
             key: empty,
         };
-        let err = CertSet::load(&[pair], &provider).unwrap_err().to_string();
+        let err = CertSet::load(&[pair]).unwrap_err().to_string();
         assert!(
             err.contains("no certificate in the file") && err.contains("BEGIN CERTIFICATE"),
             "{err}"

@@ -11,6 +11,7 @@
 //! {prefix}/events/{service}/{seq:020}          ScalingEvent JSON, bounded history
 //! {prefix}/services/{service}                  Service JSON (how to run it), persistent
 //! {prefix}/service-history/{service}/{seq:020} earlier Service specs, for rollback
+//! {prefix}/certs/{name}                        CertPem JSON (TLS chain + key), persistent
 //! ```
 //!
 //! Prefix directories end with `/` so that a prefix watch on `instances/app/`
@@ -39,6 +40,7 @@ pub enum Key {
     Event { service: String, seq: u64 },
     Service { service: String },
     ServiceHistory { service: String, seq: u64 },
+    Cert { name: String },
     Leader,
 }
 
@@ -208,6 +210,14 @@ impl Keys {
         format!("{}/service-history/{service}/{seq:020}", self.prefix)
     }
 
+    pub fn certs(&self) -> String {
+        format!("{}/certs/", self.prefix)
+    }
+
+    pub fn cert(&self, name: &str) -> String {
+        format!("{}/certs/{name}", self.prefix)
+    }
+
     /// Parse any key of the layout; segments are validated.
     pub fn parse(&self, key: &str) -> Result<Key, KeyError> {
         let rest = key
@@ -259,6 +269,9 @@ impl Keys {
             ["service-history", service, n] => Ok(Key::ServiceHistory {
                 service: seg("service", service)?,
                 seq: seq(n)?,
+            }),
+            ["certs", name] => Ok(Key::Cert {
+                name: seg("certificate name", name)?,
             }),
             ["autoscaler", "leader", ..] => Ok(Key::Leader),
             _ => Err(KeyError::Unknown(key.to_owned())),
@@ -320,6 +333,12 @@ mod tests {
                 Key::Event {
                     service: "app".into(),
                     seq: 42,
+                },
+            ),
+            (
+                k.cert("shop"),
+                Key::Cert {
+                    name: "shop".into(),
                 },
             ),
             (format!("{}/694d7e", k.leader()), Key::Leader),

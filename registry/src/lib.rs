@@ -24,6 +24,8 @@
 //! - [`election`]: leader election and transactions fenced on leadership.
 //! - [`spec`]: a service's declared workload (`services/{service}`): how to
 //!   run it per driver, readiness, who registers it, its content version.
+//! - [`tls_cert`]: TLS certificates stored in the registry, and the check
+//!   of a PEM chain and key that the CLI, readers and the gateway share.
 //! - [`stop`]: what asks an instance to stop (signals, its retire key).
 //! - [`ring`]: the weighted hash ring, so gateways and app servers agree on
 //!   which instance owns a key; [`stable_hash`]: the fixed hash it uses.
@@ -49,6 +51,7 @@ pub mod spec;
 pub mod stable_hash;
 pub mod stop;
 pub mod store;
+pub mod tls_cert;
 pub mod watcher;
 pub mod wire;
 

@@ -27,7 +27,7 @@
 //! | `shoal_gateway_registry_connected` | gauge (0/1) | none |
 //! | `shoal_gateway_table_generation` | gauge | none |
 //! | `shoal_gateway_access_log_dropped_total` | counter | none (0 without `--access-log`) |
-//! | `shoal_gateway_tls_cert_expiry_seconds` | gauge | `name` (the `--tls-cert` path; only with `--tls-listen`) |
+//! | `shoal_gateway_tls_cert_expiry_seconds` | gauge | `name` (the `--tls-cert` path, or `registry:{name}` for `{prefix}/certs/{name}`; only with `--tls-listen`) |
 //! | `shoal_gateway_live_gateways` | gauge | none |
 //!
 //! Two request counters rather than one family with two label sets, so that

@@ -54,7 +54,8 @@ pub struct AdminState {
     pub stop: tokio_util::sync::CancellationToken,
     /// `--access-log`, when on (for its dropped-lines counter).
     pub access_log: Option<crate::access_log::AccessLog>,
-    /// `--tls-cert`s, when `--tls-listen` is on (for their expiry metric).
+    /// The TLS certificates (files and registry), when `--tls-listen` is on
+    /// (for their expiry metric).
     pub certs: Option<std::sync::Arc<crate::tls::Certs>>,
     /// Live gateways in the registry (the proxy's count, for the metric).
     pub live_gateways: std::sync::Arc<std::sync::atomic::AtomicUsize>,

@@ -25,6 +25,7 @@ use crate::model::{
 };
 use crate::registration::backend::{BackendError as LeaseError, LeaseBackend};
 use crate::spec::Service;
+use crate::tls_cert::{CertPem, fixture};
 use crate::watcher::Watcher;
 
 /// How long a check waits for a watch to deliver what it must.
@@ -46,6 +47,7 @@ pub async fn run(store: &Store, leases: impl LeaseBackend, compact: impl AsyncFn
     check!(compacted_watches, compact);
     check!(lease_operations, leases);
     check!(routes);
+    check!(certificates);
     check!(policies_and_pins);
     check!(rollout_requests);
     check!(retiring);
@@ -428,6 +430,65 @@ pub async fn routes(store: &Store) {
     assert!(store.delete_route("api").await.unwrap());
     assert!(
         !store.delete_route("api").await.unwrap(),
+        "nothing left to delete"
+    );
+}
+
+pub async fn certificates(store: &Store) {
+    assert_eq!(
+        store.put_cert("shop", &fixture::pem()).await.unwrap(),
+        Written::Created
+    );
+    assert_eq!(
+        store.put_cert("shop", &fixture::pem()).await.unwrap(),
+        Written::Replaced
+    );
+    let listed: Vec<(String, Vec<String>, i64)> = store
+        .certs()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|c| (c.name, c.cert.dns_names, c.cert.not_after))
+        .collect();
+    assert_eq!(
+        listed,
+        [(
+            "shop".to_owned(),
+            vec!["a.test".to_owned(), "*.b.test".to_owned()],
+            fixture::NOT_AFTER
+        )]
+    );
+    assert!(store.cert("shop").await.unwrap().is_some());
+    assert!(store.cert("other").await.unwrap().is_none());
+
+    // A pair that does not check out is refused and nothing is written.
+    let crossed = CertPem {
+        key_pem: fixture::OTHER_KEY_PEM.to_owned(),
+        ..fixture::pem()
+    };
+    assert!(
+        matches!(store.put_cert("crossed", &crossed).await, Err(StoreError::Invalid(e)) if e.field == "cert.key_pem")
+    );
+    assert!(
+        matches!(store.put_cert("a/b", &fixture::pem()).await, Err(StoreError::Invalid(e)) if e.field == "certificate name")
+    );
+    assert!(get(store, &store.keys().cert("crossed")).await.is_none());
+
+    // One written around the store is skipped in a listing, and an error
+    // naming its key when read alone.
+    let bad = store.keys().cert("bad");
+    txn(
+        store,
+        Txn::ops(vec![Op::put(bad.as_str(), crossed.to_json())]),
+    )
+    .await;
+    assert_eq!(store.certs().await.unwrap().len(), 1);
+    let err = store.cert("bad").await.unwrap_err().to_string();
+    assert!(err.contains(&bad) && err.contains("cert.key_pem"), "{err}");
+
+    assert!(store.delete_cert("shop").await.unwrap());
+    assert!(
+        !store.delete_cert("shop").await.unwrap(),
         "nothing left to delete"
     );
 }

@@ -13,7 +13,8 @@
 //! Files: `backend.rs` the primitives (range, transaction, watch) ·
 //! `etcd.rs`, `memory.rs` their two implementations · `operator.rs` what an
 //! operator changes (routes, policies, pins, rollouts, retiring an instance)
-//! · `services.rs` service specs and their history · `apply.rs` a
+//! · `services.rs` service specs and their history · `certs.rs` TLS
+//! certificates · `apply.rs` a
 //! manifest's diff, applied in one transaction · `controller.rs` the
 //! autoscaler's writes, fenced on its leadership ·
 //! `reads.rs` typed reads · `error.rs` [`StoreError`].
@@ -26,6 +27,7 @@
 
 mod apply;
 pub mod backend;
+mod certs;
 mod controller;
 mod error;
 pub mod etcd;

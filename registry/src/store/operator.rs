@@ -38,7 +38,7 @@ fn json(value: &impl serde::Serialize) -> Vec<u8> {
 
 impl Store {
     /// Put `value` at `key` and say whether it was new.
-    async fn put(
+    pub(super) async fn put(
         &self,
         what: &'static str,
         key: String,
@@ -54,7 +54,7 @@ impl Store {
     }
 
     /// Delete `key`; whether it was there.
-    async fn delete(&self, what: &'static str, key: String) -> Result<bool, StoreError> {
+    pub(super) async fn delete(&self, what: &'static str, key: String) -> Result<bool, StoreError> {
         let outcome = self.write(what, Txn::ops(vec![Op::delete(key)])).await?;
         Ok(matches!(
             outcome.results.first(),

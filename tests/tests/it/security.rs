@@ -2,12 +2,17 @@
 //! certificates and a user and password; the failures an operator will meet
 //! (wrong password, no client certificate, a CA that did not sign etcd's
 //! certificate) end the program with a message naming the flags to check;
-//! and the gateway's `--allowed-backends`.
+//! the registry's TLS certificates readable only by the user whose role is
+//! granted `certs/` (the gateway's), not by another; and the gateway's
+//! `--allowed-backends`.
 
 use std::process::Output;
 use std::time::Duration;
 
-use shoal_tests::etcd::Security;
+use etcd_client::Permission;
+use shoal_tests::etcd::{ROOT_PASSWORD, Security};
+use shoal_tests::pki::Pki;
+use shoal_tests::tls::{BOTH_VERSIONS, TlsConn, cert_der};
 use shoal_tests::{AppServer, AppServerOptions, Autoscaler, Etcd, Gateway, run_to_exit};
 
 use crate::{is_ready, wait_instance};
@@ -216,6 +221,122 @@ async fn bad_credentials_and_certificates_fail_fast_with_the_flags_to_check() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{stderr}");
     assert!(stderr.contains("no --etcd-ca is given"), "{stderr}");
+}
+
+/// `--etcd-*` flags for `etcd` as `user` (no `--etcd`: the harness adds it).
+fn as_user(etcd: &Etcd, user: &str, password: &str) -> Vec<String> {
+    flags_with(
+        etcd,
+        &[
+            ("--etcd-user", Some(user)),
+            ("--etcd-password", Some(password)),
+        ],
+    )
+    .split_off(2)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn registry_certificates_are_readable_by_the_gateways_user_only() {
+    let etcd = Etcd::start_secure(BOTH).await;
+    let keys = registry::Keys::default();
+    let mut root_args = etcd.args();
+    root_args.etcd_user = Some("root".into());
+    root_args.etcd_password = Some(ROOT_PASSWORD.into());
+    let mut root = root_args.connect().await.expect("etcd as root");
+    // What the operator sets up: a role for everything of Shoal's but
+    // `certs/` (etcd permissions only add up: a role on the whole prefix
+    // would read the keys too), one that reads `certs/`, and the gateway's
+    // user with both while the app servers' user has only the first.
+    let (all, certs) = (keys.root(), keys.certs());
+    let after_certs = format!("{}0", certs.trim_end_matches('/'));
+    let after_all = format!("{}0", all.trim_end_matches('/'));
+    root.role_add("registry").await.unwrap();
+    for permission in [
+        Permission::read_write(all.as_str()).with_range_end(certs.as_str()),
+        Permission::read_write(after_certs).with_range_end(after_all),
+    ] {
+        root.role_grant_permission("registry", permission)
+            .await
+            .unwrap();
+    }
+    root.role_add("certs-reader").await.unwrap();
+    root.role_grant_permission(
+        "certs-reader",
+        Permission::read(certs.as_str()).with_prefix(),
+    )
+    .await
+    .unwrap();
+    for (user, roles) in [
+        ("gateway", &["registry", "certs-reader"][..]),
+        ("app", &["registry"][..]),
+    ] {
+        root.user_add(user, "pw-".to_owned() + user, None)
+            .await
+            .unwrap();
+        for role in roles {
+            root.user_grant_role(user, *role).await.unwrap();
+        }
+    }
+
+    // The operator (the harness's user, granted the whole prefix) puts one.
+    let pki = Pki::generate();
+    let shop = pki.server_cert("shop", &["shop.example"], None);
+    let mut args = strings(&["certs", "put", "shop", "--cert"]);
+    args.push(shop.cert.display().to_string());
+    args.push("--key".into());
+    args.push(shop.key.display().to_string());
+    args.extend(flags_with(&etcd, &[]));
+    let out = run("registry", &args).await;
+    assert!(out.status.success(), "{out:?}");
+
+    // Another user reads neither the key nor the listing.
+    let app_flags = as_user(&etcd, "app", "pw-app");
+    let mut app_args = etcd.args();
+    app_args.etcd_user = Some("app".into());
+    app_args.etcd_password = Some("pw-app".into());
+    let mut app = app_args.connect().await.expect("etcd as app");
+    let denied = app.get(keys.cert("shop"), None).await.unwrap_err();
+    assert!(denied.to_string().contains("permission denied"), "{denied}");
+    // (What that role is for still works.)
+    app.get(keys.routes(), None)
+        .await
+        .expect("the app user reads routes/");
+    let mut args = strings(&["--etcd", &etcd.endpoint(), "certs", "list"]);
+    args.extend(app_flags);
+    let out = run("registry", &args).await;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("permission denied"), "{stderr}");
+    assert!(!String::from_utf8_lossy(&out.stdout).contains("shop"));
+
+    // The gateway, with its user, serves it.
+    let mut flags = as_user(&etcd, "gateway", "pw-gateway");
+    flags.extend(strings(&[
+        "--tls-listen",
+        "127.0.0.1:0",
+        "--tls-registry-certs",
+    ]));
+    let flag_refs: Vec<&str> = flags.iter().map(String::as_str).collect();
+    let gateway = Gateway::start(&etcd, &flag_refs).await;
+    let tls_addr = gateway.tls_addr.clone().expect("a TLS listener");
+    let expected = cert_der(&shop.cert);
+    let served = shoal_tests::wait_until_async(
+        Duration::from_secs(10),
+        "the certificate served",
+        || async {
+            TlsConn::connect(
+                &tls_addr,
+                "shop.example",
+                &["http/1.1"],
+                BOTH_VERSIONS,
+                &pki.ca,
+            )
+            .await
+            .is_ok_and(|conn| conn.served == expected)
+        },
+    )
+    .await;
+    served.unwrap_or_else(|e| panic!("{e}; gateway log:\n{}", gateway.proc.stderr()));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,11 +1,12 @@
 //! `registry`: look at Shoal's service registry and join programs to it.
 //!
 //! - `main.rs`: the command line and the mapping from outcomes to exit codes.
-//! - [`list`], [`watch`], [`run`], [`route`]: one file per subcommand.
+//! - [`list`], [`watch`], [`run`], [`route`], [`certs`]: one file per subcommand.
 //! - [`child`] and [`readiness`]: the wrapped program and how `run` decides it is up.
 //! - `etcd`, `exit`, `out`: reaching etcd with a helpful error, exit codes,
 //!   writing stdout; shared with `autoscaler`, in [`registry::cli`].
 
+mod certs;
 mod child;
 mod list;
 mod readiness;
@@ -28,6 +29,8 @@ Look at Shoal's service registry in etcd, and make any program a registered inst
                                  run CMD and keep it registered while it serves
   registry route set NAME JSON | get [NAME] | delete NAME
                                  the gateways' routes
+  registry certs put NAME --cert CHAIN.pem --key KEY.pem | list | delete NAME
+                                 TLS certificates for gateways with --tls-registry-certs
 
 Logs go to stderr, command output to stdout.
 
@@ -66,6 +69,9 @@ enum Command {
     /// Set, show or delete the gateways' routes (host and path prefix →
     /// service and policy).
     Route(route::RouteArgs),
+    /// Put, list or delete the TLS certificates that gateways with
+    /// --tls-registry-certs serve.
+    Certs(certs::CertsArgs),
 }
 
 #[tokio::main]
@@ -77,6 +83,7 @@ async fn main() -> ExitCode {
         Command::Watch(args) => watch::run(args, cli.etcd).await,
         Command::Run(args) => run::run(*args, cli.etcd).await,
         Command::Route(args) => route::run(args, cli.etcd).await,
+        Command::Certs(args) => certs::run(args, cli.etcd).await,
     };
     match outcome {
         Ok(code) => ExitCode::from(code),

@@ -17,6 +17,13 @@
 //!   connection goes on; the expiry metric and warning follow; a failed
 //!   reload keeps the previous certificate.
 //! - A route with `https_redirect` answers plain HTTP with 308 to HTTPS.
+//! - `--tls-registry-certs`: a certificate put with `registry certs put` is
+//!   served for its SNI name without a restart; replacing it changes what
+//!   new handshakes get while a kept-alive connection goes on (metric and
+//!   expiry warning follow); deleting it falls back to the default; bad
+//!   files are refused by the CLI with nothing written; a bad entry
+//!   written straight to etcd is skipped with a warning and the good ones
+//!   are still served, also while etcd is down. (With etcd auth: `security`.)
 
 use std::path::Path;
 use std::time::Duration;
@@ -25,6 +32,7 @@ use nix::sys::signal::Signal;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+use shoal_tests::binaries::registry_cli;
 use shoal_tests::pki::{CertFiles, Pki};
 use shoal_tests::tls::{BOTH_VERSIONS, TlsConn, cert_der};
 use shoal_tests::{Gateway, Platform, run_to_exit, wait_until, wait_until_async};
@@ -508,4 +516,271 @@ async fn a_redirect_route_answers_plain_http_with_308_to_https() {
     let (status, _, _) = conn.get("shop.example", "/secure/cart").await.unwrap();
     assert_eq!(status, 200);
     recorder.request_for("/secure/cart", gateway).await;
+}
+
+/// `registry certs put NAME` with `files`; its output.
+async fn put_cert(platform: &Platform, name: &str, files: &CertFiles) -> std::process::Output {
+    let (cert, key) = (
+        files.cert.display().to_string(),
+        files.key.display().to_string(),
+    );
+    registry_cli(
+        &platform.etcd,
+        &["certs", "put", name, "--cert", &cert, "--key", &key],
+    )
+    .await
+}
+
+/// `registry certs put NAME` that must succeed; its stdout.
+async fn put_cert_ok(platform: &Platform, name: &str, files: &CertFiles) -> String {
+    let out = put_cert(platform, name, files).await;
+    assert!(out.status.success(), "{out:?}");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Wait until a handshake for `sni` gets the certificate in `served`'s file.
+async fn wait_served(gateway: &Gateway, sni: &str, served: &Path, ca: &Path, what: &str) {
+    let expected = cert_der(served);
+    let got = wait_until_async(Duration::from_secs(10), what, || async {
+        TlsConn::connect(tls_addr(gateway), sni, BOTH_ALPN, BOTH_VERSIONS, ca)
+            .await
+            .is_ok_and(|conn| conn.served == expected)
+    })
+    .await;
+    if let Err(e) = got {
+        panic!("{e}; {}", gateway_log(gateway));
+    }
+}
+
+/// The handshake for `sni`'s failure, once the certificate served for it
+/// is not valid for it (the default one, for another name).
+async fn refused_for(gateway: &Gateway, sni: &str, ca: &Path) -> String {
+    let err = TlsConn::connect(tls_addr(gateway), sni, BOTH_ALPN, BOTH_VERSIONS, ca)
+        .await
+        .err()
+        .unwrap_or_else(|| panic!("a certificate valid for {sni} was served"));
+    format!("{err:#}")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_registry_certificate_is_served_replaced_and_deleted_without_a_restart() {
+    let pki = Pki::generate();
+    let default = pki.server_cert("default", &["default.test"], None);
+    let shop = pki.server_cert("shop", &["shop.example"], None);
+    let soon = chrono::Utc::now() + chrono::Duration::days(10);
+    let renewed = pki.server_cert(
+        "renewed",
+        &["shop.example"],
+        Some((
+            chrono::Datelike::year(&soon),
+            chrono::Datelike::month(&soon) as u8,
+            chrono::Datelike::day(&soon) as u8,
+        )),
+    );
+    let mut flags = tls_flags(&[&default]);
+    flags.push("--tls-registry-certs".into());
+    let (platform, recorder) = behind_recorder(&as_strs(&flags)).await;
+    let gateway = platform.gateway();
+    // Before the put: the default certificate, not valid for the name.
+    let err = refused_for(gateway, "shop.example", &pki.ca).await;
+    assert!(err.contains("default.test"), "{err}");
+
+    let said = put_cert_ok(&platform, "shop", &shop).await;
+    assert!(
+        said.contains("created the certificate shop") && said.contains("shop.example"),
+        "{said}"
+    );
+    wait_served(
+        gateway,
+        "shop.example",
+        &shop.cert,
+        &pki.ca,
+        "the put certificate served",
+    )
+    .await;
+    let mut kept = connect(gateway, "shop.example", &["http/1.1"], &pki.ca).await;
+    assert_eq!(kept.get("shop.example", "/before").await.unwrap().0, 200);
+    // The file pair is still the default.
+    let err = refused_for(gateway, "other.test", &pki.ca).await;
+    assert!(err.contains("default.test"), "{err}");
+
+    // Bad files: refused before anything is written.
+    let crossed = CertFiles {
+        cert: renewed.cert.clone(),
+        key: shop.key.clone(),
+    };
+    let out = put_cert(&platform, "shop", &crossed).await;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "--key {} does not match the certificate",
+            shop.key.display()
+        )),
+        "{stderr}"
+    );
+    let stored = platform
+        .client
+        .clone()
+        .get(registry::Keys::default().cert("shop"), None)
+        .await
+        .unwrap();
+    let stored = String::from_utf8_lossy(stored.kvs()[0].value());
+    assert!(
+        stored.contains(
+            &std::fs::read_to_string(&shop.cert)
+                .unwrap()
+                .replace('\n', "\\n")
+        ),
+        "the stored certificate is still the first one"
+    );
+
+    // Replaced: new handshakes get the new one, the open connection goes on.
+    let said = put_cert_ok(&platform, "shop", &renewed).await;
+    assert!(said.contains("replaced the certificate shop"), "{said}");
+    wait_served(
+        gateway,
+        "shop.example",
+        &renewed.cert,
+        &pki.ca,
+        "the replacement served",
+    )
+    .await;
+    assert_eq!(kept.get("shop.example", "/after").await.unwrap().0, 200);
+    assert!(kept.served == cert_der(&shop.cert));
+    recorder.request_for("/after", gateway).await;
+
+    // Its expiry: the metric by name, and a warning that says how to renew it.
+    let metrics = metrics_text(&http(), gateway).await;
+    let line = metrics
+        .lines()
+        .find(|l| l.starts_with("shoal_gateway_tls_cert_expiry_seconds{name=\"registry:shop\"}"))
+        .unwrap_or_else(|| panic!("no expiry metric for registry:shop: {metrics}"));
+    let days = line.rsplit(' ').next().unwrap().parse::<f64>().unwrap() / 86_400.0;
+    assert!((9.0..=10.0).contains(&days), "{line}: {days} days");
+    let warned = wait_until(Duration::from_secs(5), "the expiry warning", || {
+        gateway.proc.stderr().lines().any(|l| {
+            l.contains("TLS certificate expires within 14 days")
+                && l.contains("registry:shop")
+                && l.contains("registry certs put")
+        })
+    })
+    .await;
+    assert!(warned.is_ok(), "{}", gateway_log(gateway));
+
+    // Listed with names and expiry, never the key.
+    let out = registry_cli(&platform.etcd, &["certs", "list"]).await;
+    assert!(out.status.success(), "{out:?}");
+    let listed = String::from_utf8_lossy(&out.stdout);
+    let expected_date = soon.format("%Y-%m-%d").to_string();
+    assert!(
+        listed.starts_with("NAME")
+            && listed.contains("shop")
+            && listed.contains("shop.example")
+            && listed.contains(&expected_date),
+        "{listed}"
+    );
+    let key_line = std::fs::read_to_string(&renewed.key).unwrap();
+    let key_line = key_line.lines().nth(1).unwrap();
+    assert!(
+        !listed.contains(key_line) && !listed.contains("PRIVATE"),
+        "{listed}"
+    );
+
+    // Deleted: the default again.
+    let out = registry_cli(&platform.etcd, &["certs", "delete", "shop"]).await;
+    assert!(out.status.success(), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("deleted the certificate shop"));
+    let fell_back = wait_until_async(
+        Duration::from_secs(10),
+        "the default served again",
+        || async {
+            refused_for(gateway, "shop.example", &pki.ca)
+                .await
+                .contains("default.test")
+        },
+    )
+    .await;
+    if let Err(e) = fell_back {
+        panic!("{e}; {}", gateway_log(gateway));
+    }
+    assert_eq!(kept.get("shop.example", "/still").await.unwrap().0, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bad_registry_entry_is_skipped_and_the_good_ones_are_served_even_while_etcd_is_down() {
+    let pki = Pki::generate();
+    let good = pki.server_cert("good", &["good.test"], None);
+    let other = pki.server_cert("other", &["other.test"], None);
+    // No file pair at all: the registry's certificates only.
+    let mut platform = Platform::builder()
+        .gateway(&["--tls-listen", "127.0.0.1:0", "--tls-registry-certs"])
+        .start()
+        .await;
+    // Written around the CLI: a key of another certificate, and not JSON.
+    let crossed = serde_json::json!({
+        "chain_pem": std::fs::read_to_string(&other.cert).unwrap(),
+        "key_pem": std::fs::read_to_string(&good.key).unwrap(),
+    });
+    let keys = registry::Keys::default();
+    let mut client = platform.client.clone();
+    client
+        .put(keys.cert("a-crossed"), crossed.to_string(), None)
+        .await
+        .unwrap();
+    client
+        .put(keys.cert("b-garbage"), "{nope", None)
+        .await
+        .unwrap();
+    put_cert_ok(&platform, "good", &good).await;
+
+    let gateway = platform.gateway();
+    wait_served(
+        gateway,
+        "good.test",
+        &good.cert,
+        &pki.ca,
+        "the good certificate served",
+    )
+    .await;
+    // The bad ones are not served: the first good one is the default.
+    let err = refused_for(gateway, "other.test", &pki.ca).await;
+    assert!(err.contains("good.test"), "{err}");
+    let log = gateway.proc.stderr();
+    let warned = |key: &str, what: &str| {
+        log.lines().any(|l| {
+            l.contains("skipping malformed registry entry") && l.contains(key) && l.contains(what)
+        })
+    };
+    assert!(
+        warned(
+            "/shoal/certs/a-crossed",
+            "does not match the certificate; give the key the certificate was issued for; write the pair again with `registry certs put a-crossed"
+        ),
+        "{}",
+        gateway_log(gateway)
+    );
+    assert!(
+        warned("/shoal/certs/b-garbage", "not valid JSON"),
+        "{}",
+        gateway_log(gateway)
+    );
+
+    // etcd gone: the last good set is still served.
+    platform.etcd.stop().await;
+    let gateway = platform.gateway();
+    let noticed = wait_until(
+        Duration::from_secs(15),
+        "the gateway sees etcd gone",
+        || {
+            gateway.proc.stderr().lines().any(|l| {
+                l.contains("/shoal/certs/")
+                    && (l.contains("etcd unreachable") || l.contains("watch stream broken"))
+            })
+        },
+    )
+    .await;
+    assert!(noticed.is_ok(), "{}", gateway_log(gateway));
+    let conn = connect(gateway, "good.test", BOTH_ALPN, &pki.ca).await;
+    assert!(conn.served == cert_der(&good.cert));
 }
