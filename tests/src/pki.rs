@@ -81,6 +81,15 @@ impl Pki {
         leaf_until(self.dir(), file, names[0], names, &self.issuer, not_after)
     }
 
+    /// A server certificate like [`server_cert`](Self::server_cert)'s that
+    /// expires `days` days from today (for the expiry warning and metric).
+    pub fn server_cert_expiring_in(&self, file: &str, names: &[&str], days: i64) -> CertFiles {
+        use chrono::Datelike;
+        let day = chrono::Utc::now() + chrono::Duration::days(days);
+        let not_after = (day.year(), day.month() as u8, day.day() as u8);
+        self.server_cert(file, names, Some(not_after))
+    }
+
     /// The directory holding every file.
     pub fn dir(&self) -> &Path {
         self.dir.path()

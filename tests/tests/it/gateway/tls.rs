@@ -378,16 +378,7 @@ fn install(from: &CertFiles, into: &CertFiles) {
 async fn sighup_swaps_the_certificate_while_an_open_connection_keeps_working() {
     let pki = Pki::generate();
     let first = pki.server_cert("first", &["shop.example"], None);
-    let soon = chrono::Utc::now() + chrono::Duration::days(10);
-    let renewed = pki.server_cert(
-        "renewed",
-        &["shop.example"],
-        Some((
-            chrono::Datelike::year(&soon),
-            chrono::Datelike::month(&soon) as u8,
-            chrono::Datelike::day(&soon) as u8,
-        )),
-    );
+    let renewed = pki.server_cert_expiring_in("renewed", &["shop.example"], 10);
     // The files the gateway is given, rewritten under it.
     let live = CertFiles {
         cert: pki.dir().join("live.pem"),
@@ -567,16 +558,7 @@ async fn a_registry_certificate_is_served_replaced_and_deleted_without_a_restart
     let pki = Pki::generate();
     let default = pki.server_cert("default", &["default.test"], None);
     let shop = pki.server_cert("shop", &["shop.example"], None);
-    let soon = chrono::Utc::now() + chrono::Duration::days(10);
-    let renewed = pki.server_cert(
-        "renewed",
-        &["shop.example"],
-        Some((
-            chrono::Datelike::year(&soon),
-            chrono::Datelike::month(&soon) as u8,
-            chrono::Datelike::day(&soon) as u8,
-        )),
-    );
+    let renewed = pki.server_cert_expiring_in("renewed", &["shop.example"], 10);
     let mut flags = tls_flags(&[&default]);
     flags.push("--tls-registry-certs".into());
     let (platform, recorder) = behind_recorder(&as_strs(&flags)).await;
@@ -672,7 +654,9 @@ async fn a_registry_certificate_is_served_replaced_and_deleted_without_a_restart
     let out = registry_cli(&platform.etcd, &["certs", "list"]).await;
     assert!(out.status.success(), "{out:?}");
     let listed = String::from_utf8_lossy(&out.stdout);
-    let expected_date = soon.format("%Y-%m-%d").to_string();
+    let expected_date = (chrono::Utc::now() + chrono::Duration::days(10))
+        .format("%Y-%m-%d")
+        .to_string();
     assert!(
         listed.starts_with("NAME")
             && listed.contains("shop")
