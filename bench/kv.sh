@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Benchmark the distributed key-value store through the gateway: PUT and GET
-# ops/s and p99 with R = 1 and R = 2 at 1, 2 and 4 instances, next to etcd's
+# ops/s and p99 with R = 1 and R = 2 at 1, 2 and 4 instances (and R = 2 at 2
+# instances direct to each key's primary, no gateway), next to etcd's
 # own put and get and Redis's SET and GET (memory only, appendfsync
 # everysec, one replica with WAIT 1) on the same machine in the same run;
 # one table. See bench/README.md.

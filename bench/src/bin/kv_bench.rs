@@ -1,6 +1,7 @@
 //! `kv-bench`: PUT and GET throughput and p99 of the distributed key-value
 //! store through the gateway, for R = 1 and 2 at 1, 2 and 4 instances (and
-//! R = 2 with `--durability fsync` at 2 and 4, a data directory each), and
+//! R = 2 with `--durability fsync` at 2 and 4, a data directory each; and
+//! R = 2 at 2 instances direct to each key's primary, no gateway), and
 //! etcd's own put and get and Redis's SET and GET (memory only, `appendfsync
 //! everysec`, and with a replica and `WAIT 1`; a connection per client) in
 //! the same run, as one table. Run it through
@@ -11,12 +12,20 @@
 //! random keys of KEYS for SECS seconds, then GET them for SECS seconds.
 //! etcd is measured the same way with the Rust client (`etcd-client`), one
 //! client connection shared by the CLIENTS tasks.
+//!
+//! Direct to the primary: the client places each key as the store does
+//! (the placement ring, `registry::ring::Ring`, over the instances' ids in
+//! id order, all of weight 1) and sends the request to that instance. An
+//! instance that is not the key's primary relays the request and says so
+//! in `x-shoal-kv-primary`; the run counts those and fails if more than 1 %
+//! were relayed, so the row cannot silently measure the relay instead.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use app_server::kv::membership::SETTLE;
 use rand::Rng;
+use registry::ring::Ring;
 use shoal_bench::redis::{Persistence, RedisServer};
 use shoal_bench::settings::env_number;
 use shoal_tests::platform::KV_ROUTE;
@@ -77,11 +86,62 @@ where
     )
 }
 
+/// Where the key-value clients send their requests.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Target {
+    /// The gateway's `/kv/` route (consistent hash on the key).
+    Gateway,
+    /// Each key's primary instance, placed by the client.
+    Primary,
+}
+
+/// Where the request for key `k{k}` goes: `{base}k{k}`.
+struct Bases {
+    /// By key index, when the target is the primary; else one base for all.
+    per_key: Vec<Arc<str>>,
+}
+
+impl Bases {
+    fn of(&self, k: usize) -> &str {
+        &self.per_key[k % self.per_key.len()]
+    }
+}
+
+/// The primary of every key `k0..k{keys}` as the store places it.
+fn primaries(platform: &Platform, keys: usize) -> Bases {
+    let mut servers: Vec<(&str, String)> = platform
+        .app_servers
+        .iter()
+        .map(|a| (a.id.as_str(), a.url("/kv/")))
+        .collect();
+    servers.sort();
+    let ring = Ring::new(servers.iter().map(|(id, _)| (*id, 1)));
+    let per_key = (0..keys)
+        .map(|k| {
+            let owner = ring
+                .owner(&format!("k{k}"), |_| true)
+                .expect("a ring of at least one instance");
+            Arc::from(servers[owner].1.as_str())
+        })
+        .collect();
+    Bases { per_key }
+}
+
+/// Responses an instance relayed to the key's primary (`x-shoal-kv-primary`).
+type Relayed = Arc<std::sync::atomic::AtomicU64>;
+
+fn count_relayed(relayed: &Relayed, response: &reqwest::Response) {
+    if response.headers().contains_key("x-shoal-kv-primary") {
+        relayed.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
 async fn shoal(
     s: Settings,
     replicas: usize,
     instances: usize,
     fsync: bool,
+    target: Target,
 ) -> anyhow::Result<(Figures, Figures)> {
     // With `fsync`, each instance has its own data directory.
     let data = tempfile::tempdir()?;
@@ -109,28 +169,46 @@ async fn shoal(
         .no_proxy()
         .pool_max_idle_per_host(s.clients)
         .build()?;
-    let base = Arc::new(platform.gateway().url("/kv/"));
+    let bases = Arc::new(match target {
+        Target::Gateway => Bases {
+            per_key: vec![Arc::from(platform.gateway().url("/kv/").as_str())],
+        },
+        Target::Primary => primaries(&platform, s.keys),
+    });
+    let relayed = Relayed::default();
     let value = bytes::Bytes::from(vec![b'v'; s.value_bytes]);
     let put = {
-        let (http, base, value) = (http.clone(), base.clone(), value.clone());
+        let (http, bases, value, relayed) =
+            (http.clone(), bases.clone(), value.clone(), relayed.clone());
         move |_, k: usize| {
-            let (http, base, value) = (http.clone(), base.clone(), value.clone());
+            let (http, bases, value, relayed) =
+                (http.clone(), bases.clone(), value.clone(), relayed.clone());
             async move {
-                http.put(format!("{base}k{k}"))
+                match http
+                    .put(format!("{}k{k}", bases.of(k)))
                     .body(value)
                     .send()
                     .await
-                    .is_ok_and(|r| r.status().is_success())
+                {
+                    Ok(r) => {
+                        count_relayed(&relayed, &r);
+                        r.status().is_success()
+                    }
+                    Err(_) => false,
+                }
             }
         }
     };
     let get = {
-        let (http, base) = (http.clone(), base.clone());
+        let (http, bases, relayed) = (http.clone(), bases.clone(), relayed.clone());
         move |_, k: usize| {
-            let (http, base) = (http.clone(), base.clone());
+            let (http, bases, relayed) = (http.clone(), bases.clone(), relayed.clone());
             async move {
-                match http.get(format!("{base}k{k}")).send().await {
-                    Ok(r) if r.status() == 200 || r.status() == 404 => r.bytes().await.is_ok(),
+                match http.get(format!("{}k{k}", bases.of(k))).send().await {
+                    Ok(r) if r.status() == 200 || r.status() == 404 => {
+                        count_relayed(&relayed, &r);
+                        r.bytes().await.is_ok()
+                    }
                     _ => false,
                 }
             }
@@ -139,6 +217,15 @@ async fn shoal(
     let puts = drive(s, put).await;
     let gets = drive(s, get).await;
     drop(platform);
+    if target == Target::Primary {
+        let relayed = relayed.load(std::sync::atomic::Ordering::Relaxed);
+        let total = (puts.0 + gets.0) * s.secs as f64;
+        anyhow::ensure!(
+            (relayed as f64) <= total / 100.0,
+            "{relayed} of about {total:.0} requests sent to the key's primary were relayed by another instance: \
+             the client's placement does not match the store's"
+        );
+    }
     Ok((puts, gets))
 }
 
@@ -249,7 +336,7 @@ async fn main() -> anyhow::Result<()> {
             }
             let durability = if fsync { " --durability fsync" } else { "" };
             eprintln!("  measuring R = {replicas}{durability}, {instances} instance(s)…");
-            let (puts, gets) = shoal(s, replicas, instances, fsync).await?;
+            let (puts, gets) = shoal(s, replicas, instances, fsync, Target::Gateway).await?;
             rows.push((
                 format!("shoal R={replicas}{durability}"),
                 instances.to_string(),
@@ -258,6 +345,14 @@ async fn main() -> anyhow::Result<()> {
             ));
         }
     }
+    eprintln!("  measuring R = 2, 2 instances, direct to each key's primary…");
+    let (puts, gets) = shoal(s, 2, 2, false, Target::Primary).await?;
+    rows.push((
+        "shoal R=2, direct to the primary".into(),
+        "2".into(),
+        puts,
+        gets,
+    ));
     eprintln!("  measuring etcd…");
     let (puts, gets) = etcd_own(s).await?;
     rows.push(("etcd (1 member)".into(), "-".into(), puts, gets));
