@@ -591,7 +591,13 @@ async fn every_key_value_instance_killed_at_once_loses_no_acknowledged_write() {
     .unwrap();
 
     // 8 writers, 50 keys each, every key written twice (the second value
-    // is the one to find). Only acknowledged writes are counted.
+    // is the one to find). Only acknowledged writes are counted. A write
+    // answered 503 `too_few_owners` is sent again, as the answer says to:
+    // the three instances have just started, and a write coordinated while
+    // an instance's view of its peers changes can end with its owners
+    // moved (seen once in CI: "only 0 of the 1 owners needed stored the
+    // write"). What this test is about starts at the kill, with every
+    // write acknowledged.
     let writers: Vec<_> = (0..8)
         .map(|w| {
             let http = http.clone();
@@ -603,22 +609,9 @@ async fn every_key_value_instance_killed_at_once_loses_no_acknowledged_write() {
                     let key = format!("w{w}-k{k}");
                     for round in 0..2 {
                         let value = format!("{key}-v{round}");
-                        let put = http
-                            .put(format!("{url}{key}"))
-                            .body(value.clone())
-                            .send()
-                            .await;
-                        match put {
-                            Ok(r) if r.status().is_success() => {
-                                if round == 1 {
-                                    acknowledged.push((key.clone(), value));
-                                }
-                            }
-                            Ok(r) => failed.push(format!(
-                                "{key}: {} {}",
-                                r.status(),
-                                r.text().await.unwrap_or_default()
-                            )),
+                        match put_acknowledged(&http, &format!("{url}{key}"), &value).await {
+                            Ok(()) if round == 1 => acknowledged.push((key.clone(), value)),
+                            Ok(()) => {}
                             Err(e) => failed.push(format!("{key}: {e}")),
                         }
                     }
@@ -687,4 +680,29 @@ async fn every_key_value_instance_killed_at_once_loses_no_acknowledged_write() {
         lost.len()
     );
     assert!(lost.is_empty(), "acknowledged writes lost: {lost:?}");
+}
+
+/// PUT `value` at `url` until it is acknowledged, sending it again (up to
+/// four more times, 200 ms apart) while the store answers 503
+/// `too_few_owners`; any other answer is the error.
+async fn put_acknowledged(http: &reqwest::Client, url: &str, value: &str) -> Result<(), String> {
+    let mut last = String::new();
+    for _ in 0..5 {
+        match http.put(url).body(value.to_owned()).send().await {
+            Ok(r) if r.status().is_success() => return Ok(()),
+            Ok(r) => {
+                let status = r.status();
+                let body = r.text().await.unwrap_or_default();
+                last = format!("{status} {body}");
+                if status != reqwest::StatusCode::SERVICE_UNAVAILABLE
+                    || !body.contains("too_few_owners")
+                {
+                    return Err(last);
+                }
+            }
+            Err(e) => return Err(e.to_string()),
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    Err(format!("still refused after 5 tries: {last}"))
 }
