@@ -682,27 +682,22 @@ async fn every_key_value_instance_killed_at_once_loses_no_acknowledged_write() {
     assert!(lost.is_empty(), "acknowledged writes lost: {lost:?}");
 }
 
-/// PUT `value` at `url` until it is acknowledged, sending it again (up to
-/// four more times, 200 ms apart) while the store answers 503
-/// `too_few_owners`; any other answer is the error.
+/// PUT `value` at `url` until it is acknowledged, sending it again for up
+/// to a second while the store answers 503 `too_few_owners`; any other
+/// answer is the error at once.
 async fn put_acknowledged(http: &reqwest::Client, url: &str, value: &str) -> Result<(), String> {
-    let mut last = String::new();
-    for _ in 0..5 {
-        match http.put(url).body(value.to_owned()).send().await {
-            Ok(r) if r.status().is_success() => return Ok(()),
-            Ok(r) => {
-                let status = r.status();
-                let body = r.text().await.unwrap_or_default();
-                last = format!("{status} {body}");
-                if status != reqwest::StatusCode::SERVICE_UNAVAILABLE
-                    || !body.contains("too_few_owners")
-                {
-                    return Err(last);
-                }
-            }
-            Err(e) => return Err(e.to_string()),
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    Err(format!("still refused after 5 tries: {last}"))
+    let what = format!("PUT {url} acknowledged (503 too_few_owners meanwhile)");
+    wait_for(Duration::from_secs(1), &what, || async {
+        let response = match http.put(url).body(value.to_owned()).send().await {
+            Ok(r) if r.status().is_success() => return Some(Ok(())),
+            Ok(r) => r,
+            Err(e) => return Some(Err(e.to_string())),
+        };
+        let status = response.status();
+        let body = response.text().await.unwrap_or_default();
+        let retry =
+            status == reqwest::StatusCode::SERVICE_UNAVAILABLE && body.contains("too_few_owners");
+        (!retry).then(|| Err(format!("{status} {body}")))
+    })
+    .await?
 }
