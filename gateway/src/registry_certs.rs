@@ -1,8 +1,9 @@
 //! `--tls-registry-certs`: the registry's TLS certificates
 //! (`{prefix}/certs/`) served beside the `--tls-cert` files. One task
-//! follows a [`Watcher`] of the prefix and hands each new set, in name
-//! order, to [`Certs::set_registry`], which swaps it in for the next
-//! handshakes (open connections keep their session).
+//! follows a [`Watcher`] of the prefix and hands each snapshot's set, in
+//! name order, to [`Certs::set_registry`], which swaps it in for the next
+//! handshakes when a name or chain changed (open connections keep their
+//! session).
 //!
 //! The watcher checks every entry as it decodes it (PEM, key against
 //! certificate: [`registry::tls_cert`]) and skips a bad one with a warning
@@ -16,7 +17,6 @@ use std::sync::Arc;
 
 use registry::tls_cert::NamedCert;
 use registry::{Store, Watcher};
-use rustls::pki_types::CertificateDer;
 use tracing::{info, warn};
 
 use crate::tls::{Certs, LoadedCert, Origin};
@@ -30,21 +30,12 @@ pub fn follow(store: &Store, certs: Arc<Certs>) {
     tokio::spawn(async move {
         // Held by the task: dropping the last handle stops the watch.
         let _watcher = watcher;
-        // What is served now, by name and chain: the watcher publishes a
-        // snapshot for progress notifications and reconnections too, and
-        // those change nothing.
-        let mut served: Option<Vec<(String, Vec<CertificateDer<'static>>)>> = None;
+        // The first synced snapshot is reported even when it is empty: a
+        // gateway with no certificate at all says so at start.
+        let mut first = true;
         while snapshots.changed().await.is_ok() {
             let snapshot = snapshots.borrow_and_update().clone();
             if !snapshot.synced {
-                continue;
-            }
-            let now: Vec<_> = snapshot
-                .entries
-                .values()
-                .map(|entry| (entry.name.clone(), entry.cert.key.cert.clone()))
-                .collect();
-            if served.as_ref() == Some(&now) {
                 continue;
             }
             let set: Vec<LoadedCert> = snapshot
@@ -58,13 +49,15 @@ pub fn follow(store: &Store, certs: Arc<Certs>) {
                     )
                 })
                 .collect();
+            if !certs.set_registry(set) && !first {
+                continue;
+            }
+            first = false;
             let names: Vec<&str> = snapshot.entries.values().map(|e| e.name.as_str()).collect();
             info!(%prefix, certificates = ?names, "TLS certificates from the registry in use for new handshakes");
-            certs.set_registry(set);
             if certs.current().certs().is_empty() {
                 warn!(%prefix, "no TLS certificate to serve: handshakes fail until one is put with `registry certs put NAME --cert CHAIN.pem --key KEY.pem`");
             }
-            served = Some(now);
         }
     });
 }

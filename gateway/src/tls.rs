@@ -287,23 +287,24 @@ impl Certs {
 
     /// Serve `certs` (the registry's, in name order) after the files' from
     /// the next handshake on, and warn about those that are new or changed
-    /// (another chain under the name; not a list again after a reconnect)
-    /// and expire soon.
-    pub fn set_registry(&self, certs: Vec<LoadedCert>) {
+    /// (another chain under the name) and expire soon. The same names and
+    /// chains as now (the registry's watcher publishes its snapshot again
+    /// on progress notifications and reconnections) change nothing: `false`.
+    pub fn set_registry(&self, certs: Vec<LoadedCert>) -> bool {
         let mut parts = self.parts.lock().unwrap_or_else(PoisonError::into_inner);
+        let same = |a: &LoadedCert, b: &LoadedCert| a.name == b.name && a.key.cert == b.key.cert;
         let changed: Vec<LoadedCert> = certs
             .iter()
-            .filter(|cert| {
-                !parts
-                    .registry
-                    .iter()
-                    .any(|old| old.name == cert.name && old.key.cert == cert.key.cert)
-            })
+            .filter(|cert| !parts.registry.iter().any(|old| same(old, cert)))
             .cloned()
             .collect();
+        if changed.is_empty() && certs.len() == parts.registry.len() {
+            return false;
+        }
         warn_expiring(&changed, unix_now());
         parts.registry = certs;
         self.current.store(Arc::new(parts.set()));
+        true
     }
 
     /// Each certificate's name and seconds until its `notAfter` (negative once expired).
