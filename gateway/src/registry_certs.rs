@@ -41,12 +41,10 @@ pub fn follow(store: &Store, certs: Arc<Certs>) {
             let set: Vec<LoadedCert> = snapshot
                 .entries
                 .values()
-                .map(|entry| {
-                    LoadedCert::new(
-                        format!("registry:{}", entry.name),
-                        Origin::Registry,
-                        entry.cert.clone(),
-                    )
+                .map(|entry| LoadedCert {
+                    name: format!("registry:{}", entry.name),
+                    origin: Origin::Registry,
+                    parsed: entry.cert.clone(),
                 })
                 .collect();
             if !certs.set_registry(set) && !first {

@@ -89,29 +89,15 @@ pub enum Origin {
     Registry,
 }
 
-/// A loaded certificate and what choosing it needs.
-#[derive(Clone)]
+/// A checked certificate (its chain and key, SAN DNS names, `notAfter`),
+/// where it came from and what it is called.
+#[derive(Debug, Clone)]
 pub struct LoadedCert {
     /// What logs and the metric call it: the certificate file's path, or
     /// `registry:{name}`.
     pub name: String,
     pub origin: Origin,
-    pub key: Arc<CertifiedKey>,
-    /// SAN DNS names, lower case (wildcards as written: `*.example.com`).
-    pub dns_names: Vec<String>,
-    /// `notAfter`, seconds since the Unix epoch.
-    pub not_after: i64,
-}
-
-impl fmt::Debug for LoadedCert {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("LoadedCert")
-            .field("name", &self.name)
-            .field("origin", &self.origin)
-            .field("dns_names", &self.dns_names)
-            .field("not_after", &self.not_after)
-            .finish_non_exhaustive()
-    }
+    pub parsed: ParsedCert,
 }
 
 /// Every pair, loaded, and the SNI lookup over them.
@@ -140,7 +126,7 @@ impl CertSet {
         let mut exact = HashMap::new();
         let mut wildcard = HashMap::new();
         for (i, cert) in certs.iter().enumerate() {
-            for name in &cert.dns_names {
+            for name in &cert.parsed.dns_names {
                 match name.strip_prefix("*.") {
                     Some(parent) => wildcard.entry(parent.to_owned()).or_insert(i),
                     None => exact.entry(name.clone()).or_insert(i),
@@ -196,23 +182,11 @@ fn load_pair(pair: &CertPair) -> Result<LoadedCert, TlsError> {
             problem: e.problem("the file"),
         },
     })?;
-    Ok(LoadedCert::new(
-        pair.cert.display().to_string(),
-        Origin::File,
+    Ok(LoadedCert {
+        name: pair.cert.display().to_string(),
+        origin: Origin::File,
         parsed,
-    ))
-}
-
-impl LoadedCert {
-    pub fn new(name: String, origin: Origin, parsed: ParsedCert) -> LoadedCert {
-        LoadedCert {
-            name,
-            origin,
-            key: parsed.key,
-            dns_names: parsed.dns_names,
-            not_after: parsed.not_after,
-        }
-    }
+    })
 }
 
 /// The certificates in use: what rustls asks for a certificate on each
@@ -292,7 +266,9 @@ impl Certs {
     /// on progress notifications and reconnections) change nothing: `false`.
     pub fn set_registry(&self, certs: Vec<LoadedCert>) -> bool {
         let mut parts = self.parts.lock().unwrap_or_else(PoisonError::into_inner);
-        let same = |a: &LoadedCert, b: &LoadedCert| a.name == b.name && a.key.cert == b.key.cert;
+        let same = |a: &LoadedCert, b: &LoadedCert| {
+            a.name == b.name && a.parsed.key.cert == b.parsed.key.cert
+        };
         let changed: Vec<LoadedCert> = certs
             .iter()
             .filter(|cert| !parts.registry.iter().any(|old| same(old, cert)))
@@ -314,7 +290,7 @@ impl Certs {
             .load()
             .certs
             .iter()
-            .map(|c| (c.name.clone(), c.not_after - now))
+            .map(|c| (c.name.clone(), c.parsed.not_after - now))
             .collect()
     }
 
@@ -329,7 +305,7 @@ impl ResolvesServerCert for Certs {
         self.current
             .load()
             .pick(hello.server_name())
-            .map(|cert| cert.key.clone())
+            .map(|cert| cert.parsed.key.clone())
     }
 }
 
@@ -372,7 +348,7 @@ fn expiring(certs: &[LoadedCert], now: i64) -> Vec<(&LoadedCert, i64)> {
     let warn_within = EXPIRY_WARNING.as_secs() as i64;
     certs
         .iter()
-        .map(|cert| (cert, cert.not_after - now))
+        .map(|cert| (cert, cert.parsed.not_after - now))
         .filter(|(_, left)| *left < warn_within)
         .collect()
 }
@@ -392,9 +368,11 @@ mod tests {
         LoadedCert {
             name: name.into(),
             origin: Origin::File,
-            key: Arc::new(CertifiedKey::new(vec![], signing)),
-            dns_names: dns_names.iter().map(|s| s.to_string()).collect(),
-            not_after,
+            parsed: ParsedCert {
+                key: Arc::new(CertifiedKey::new(vec![], signing)),
+                dns_names: dns_names.iter().map(|s| s.to_string()).collect(),
+                not_after,
+            },
         }
     }
 
