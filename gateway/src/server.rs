@@ -296,19 +296,33 @@ async fn serve_tls<H: Handler>(
     settings: ServerSettings,
     shutdown: CancellationToken,
 ) {
-    let handshake = tokio::time::timeout(settings.header_read_timeout, acceptor.accept(stream));
-    let stream = match handshake.await {
-        Ok(Ok(stream)) => stream,
-        Ok(Err(e)) => {
-            debug!(%remote, error = %e, "TLS handshake failed");
-            return;
-        }
-        Err(_) => {
-            debug!(%remote, timeout_ms = settings.header_read_timeout.as_millis() as u64, "TLS handshake not completed in time; closing the connection");
-            return;
-        }
+    let handshake = acceptor.accept(stream);
+    let Some(stream) = before_headers("TLS handshake", handshake, remote, settings).await else {
+        return;
     };
     serve_connection(stream, remote, handler, builders, settings, shutdown).await;
+}
+
+/// Run `step` of a new connection (`what`: the TLS handshake, waiting for
+/// the first request) within `--header-read-timeout`; `None`, logged, when
+/// it failed or took longer, and the connection is to be closed.
+async fn before_headers<T>(
+    what: &str,
+    step: impl Future<Output = io::Result<T>>,
+    remote: SocketAddr,
+    settings: ServerSettings,
+) -> Option<T> {
+    match tokio::time::timeout(settings.header_read_timeout, step).await {
+        Ok(Ok(done)) => Some(done),
+        Ok(Err(e)) => {
+            debug!(%remote, error = %e, "{what} failed; closing the connection");
+            None
+        }
+        Err(_) => {
+            debug!(%remote, timeout_ms = settings.header_read_timeout.as_millis() as u64, "{what} not completed in time; closing the connection");
+            None
+        }
+    }
 }
 
 /// What a client connection speaks.
@@ -498,17 +512,9 @@ async fn serve_connection<S: ClientStream, H: Handler>(
 ) {
     // Bounded like the request head that should follow: a client that
     // sends nothing is closed after the header read timeout either way.
-    let protocol = match tokio::time::timeout(settings.header_read_timeout, stream.protocol()).await
-    {
-        Ok(Ok(protocol)) => protocol,
-        Ok(Err(e)) => {
-            debug!(%remote, error = %e, "connection failed before its first request");
-            return;
-        }
-        Err(_) => {
-            debug!(%remote, timeout_ms = settings.header_read_timeout.as_millis() as u64, "no request received in time; closing the connection");
-            return;
-        }
+    let Some(protocol) = before_headers("first request", stream.protocol(), remote, settings).await
+    else {
+        return;
     };
     let activity = Arc::new(Activity::default());
     let io = TokioIo::new(Counted {
