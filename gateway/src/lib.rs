@@ -91,7 +91,7 @@ use admin::history::History;
 use allowed::AllowedBackends;
 use hangup::OnHangup;
 use proxy::{Proxy, ProxySettings};
-use server::{Drained, Server, ServerSettings};
+use server::{ClientConnections, Drained, Server, ServerSettings};
 use table::Defaults;
 
 /// How long a stopping gateway waits for in-flight requests.
@@ -220,10 +220,12 @@ async fn run_gateway(config: Config, id: String) -> anyhow::Result<()> {
     let stop = CancellationToken::new();
 
     let settings = ServerSettings::from_config(&config);
-    let server = Server::new(listener, proxy.clone(), settings);
+    let clients = Arc::new(ClientConnections::default());
+    let server = Server::new(listener, proxy.clone(), settings).with_client_counts(clients.clone());
     let tls_server = match (tls_listener, &certs) {
         (Some(listener), Some(certs)) => Some(
             Server::new(listener, proxy.clone(), settings)
+                .with_client_counts(clients.clone())
                 .with_tls(tls::server_config(certs.clone())),
         ),
         _ => None,
@@ -243,6 +245,7 @@ async fn run_gateway(config: Config, id: String) -> anyhow::Result<()> {
         access_log: access_log.clone(),
         certs,
         live_gateways,
+        clients,
     });
     let mut admin_task = tokio::spawn(
         axum::serve(admin_listener, admin_app)
@@ -509,7 +512,12 @@ mod tests {
             .filter(|f| *f != src.join("lib.rs") && *f != src.join("main.rs"))
             .collect();
         // Guards against the walk finding nothing and passing vacuously.
-        for expected in ["proxy/mod.rs", "table.rs", "server.rs", "balance/mod.rs"] {
+        for expected in [
+            "proxy/mod.rs",
+            "table.rs",
+            "server/mod.rs",
+            "balance/mod.rs",
+        ] {
             assert!(
                 data_plane.contains(&src.join(expected)),
                 "{expected} was not scanned"

@@ -26,3 +26,20 @@ pub(crate) fn ready_backend(addr: std::net::SocketAddr) -> crate::backend::Backe
     )
     .unwrap()
 }
+
+/// Echo every byte of the upgraded connection `on_upgrade` gives, in a task
+/// of its own, until the peer closes it.
+pub(crate) fn spawn_upgraded_echo(on_upgrade: hyper::upgrade::OnUpgrade) {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    tokio::spawn(async move {
+        let upgraded = on_upgrade.await.expect("the connection is upgraded");
+        let mut io = hyper_util::rt::TokioIo::new(upgraded);
+        let mut buf = [0u8; 1024];
+        loop {
+            let n = io.read(&mut buf).await.unwrap_or(0);
+            if n == 0 || io.write_all(&buf[..n]).await.is_err() {
+                return;
+            }
+        }
+    });
+}

@@ -29,6 +29,8 @@
 //! | `shoal_gateway_access_log_dropped_total` | counter | none (0 without `--access-log`) |
 //! | `shoal_gateway_tls_cert_expiry_seconds` | gauge | `name` (the `--tls-cert` path, or `registry:{name}` for `{prefix}/certs/{name}`; only with `--tls-listen`) |
 //! | `shoal_gateway_live_gateways` | gauge | none |
+//! | `shoal_gateway_client_connections` | gauge | `state`: `active`, or `parked` (HTTP/1, idle, hyper's state released) |
+//! | `shoal_gateway_client_connection_releases_total` | counter | none |
 //!
 //! Two request counters rather than one family with two label sets, so that
 //! `sum()` over either never double counts: `requests_total` counts client
@@ -61,6 +63,25 @@ pub struct GatewayFigures {
     pub tls_expiry: Vec<(String, i64)>,
     /// Live gateways in the registry, which shared rate limits divide by.
     pub live_gateways: usize,
+    pub clients: ClientFigures,
+}
+
+/// The proxy listeners' client connections.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct ClientFigures {
+    pub open: usize,
+    pub parked: usize,
+    pub releases: u64,
+}
+
+impl ClientFigures {
+    pub fn of(clients: &crate::server::ClientConnections) -> Self {
+        ClientFigures {
+            open: clients.open(),
+            parked: clients.parked(),
+            releases: clients.releases(),
+        }
+    }
 }
 
 /// Render every family for `table` and `figures`, as of `now`.
@@ -70,6 +91,7 @@ pub fn render(table: &RoutingTable, now: Instant, figures: &GatewayFigures) -> S
         .and_then(|()| out.write_access_log(figures.dropped))
         .and_then(|()| out.write_tls_expiry(&figures.tls_expiry))
         .and_then(|()| out.write_live_gateways(figures.live_gateways))
+        .and_then(|()| out.write_clients(figures.clients))
         .expect("formatting into a String never fails");
     out.text
 }
@@ -363,6 +385,30 @@ impl Exposition {
             "Gateways registered in the registry (at least this one): what shared rate limits are divided by.",
         )?;
         self.sample(name, &[], Value::Uint(live as u64))
+    }
+
+    fn write_clients(&mut self, clients: ClientFigures) -> fmt::Result {
+        let name = "shoal_gateway_client_connections";
+        self.family(
+            name,
+            "gauge",
+            "Client connections open on the proxy listeners: active, or parked (HTTP/1, idle, holding no buffers).",
+        )?;
+        // Read apart, so a connection parking between the reads may count twice.
+        let active = clients.open.saturating_sub(clients.parked);
+        self.sample(name, &[("state", "active")], Value::Uint(active as u64))?;
+        self.sample(
+            name,
+            &[("state", "parked")],
+            Value::Uint(clients.parked as u64),
+        )?;
+        let name = "shoal_gateway_client_connection_releases_total";
+        self.family(
+            name,
+            "counter",
+            "Times a quiet HTTP/1 client connection released its buffers and parked.",
+        )?;
+        self.sample(name, &[], Value::Uint(clients.releases))
     }
 
     fn write_tls_expiry(&mut self, certs: &[(String, i64)]) -> fmt::Result {
@@ -806,6 +852,30 @@ mod tests {
         assert_eq!(types[name], "gauge");
         assert_eq!(value(&samples, name, &[("name", "/etc/a.pem")]), 86_400.0);
         assert_eq!(value(&samples, name, &[("name", "b.pem")]), -5.0);
+    }
+
+    #[test]
+    fn client_connections_are_split_into_active_and_parked() {
+        let t = table(&[], Instant::now());
+        let (types, samples) = parse(&render(
+            &t,
+            Instant::now(),
+            &GatewayFigures {
+                clients: ClientFigures {
+                    open: 5,
+                    parked: 3,
+                    releases: 7,
+                },
+                ..GatewayFigures::default()
+            },
+        ));
+        let name = "shoal_gateway_client_connections";
+        assert_eq!(types[name], "gauge");
+        assert_eq!(value(&samples, name, &[("state", "active")]), 2.0);
+        assert_eq!(value(&samples, name, &[("state", "parked")]), 3.0);
+        let name = "shoal_gateway_client_connection_releases_total";
+        assert_eq!(types[name], "counter");
+        assert_eq!(value(&samples, name, &[]), 7.0);
     }
 
     #[test]

@@ -59,6 +59,8 @@ pub struct AdminState {
     pub certs: Option<std::sync::Arc<crate::tls::Certs>>,
     /// Live gateways in the registry (the proxy's count, for the metric).
     pub live_gateways: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    /// Client connections open and parked, on every proxy listener.
+    pub clients: std::sync::Arc<crate::server::ClientConnections>,
 }
 
 /// State for unit tests: `table`, and an in-memory etcd that is down (the
@@ -91,6 +93,7 @@ pub fn test_state_over(
         access_log: None,
         certs: None,
         live_gateways: std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(1)),
+        clients: std::sync::Arc::default(),
     }
 }
 

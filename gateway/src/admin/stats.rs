@@ -228,6 +228,7 @@ pub async fn metrics_text(State(state): State<AdminState>) -> Response {
                 dropped: state.access_log.as_ref().map_or(0, |log| log.dropped()),
                 tls_expiry: state.certs.as_ref().map(|c| c.expiry()).unwrap_or_default(),
                 live_gateways: state.live_gateways.load(Ordering::Relaxed),
+                clients: metrics::ClientFigures::of(&state.clients),
             },
         ),
     )

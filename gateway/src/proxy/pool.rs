@@ -301,7 +301,7 @@ impl Upstream {
             idle_timeout,
             builder: {
                 let mut builder = http1::Builder::new();
-                // As on the client-facing listener (server.rs): one buffer per write.
+                // As on the client-facing listener (server/mod.rs): one buffer per write.
                 builder.writev(false);
                 builder
             },

@@ -18,7 +18,7 @@ use http::{HeaderMap, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::TokioExecutor;
 use registry::model::{BalancePolicy, NamedRoute, Route};
 use registry::{Instance, InstanceState};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -224,18 +224,7 @@ async fn serve_router(app: Router) -> SocketAddr {
 
 /// Answers `Upgrade: echo` with 101, then echoes every byte.
 async fn upgrade_echo(mut request: AxumRequest) -> axum::response::Response {
-    let on_upgrade = hyper::upgrade::on(&mut request);
-    tokio::spawn(async move {
-        let upgraded = on_upgrade.await.unwrap();
-        let mut io = TokioIo::new(upgraded);
-        let mut buf = [0u8; 1024];
-        loop {
-            let n = io.read(&mut buf).await.unwrap_or(0);
-            if n == 0 || io.write_all(&buf[..n]).await.is_err() {
-                return;
-            }
-        }
-    });
+    crate::testing::spawn_upgraded_echo(hyper::upgrade::on(&mut request));
     Response::builder()
         .status(StatusCode::SWITCHING_PROTOCOLS)
         .header("upgrade", "echo")

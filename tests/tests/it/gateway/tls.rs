@@ -13,6 +13,9 @@
 //!   same hello saying TLS 1.2 gets a ServerHello.
 //! - Unusable certificates (mismatched key, missing file, not PEM, a TLS
 //!   listener without one) stop the gateway at start with the fix.
+//! - A quiet HTTP/1.1 keep-alive connection parks (hyper's buffers
+//!   released; the one-byte wait for its next request reads through rustls)
+//!   and is served again on the same session; an HTTP/2 one never parks.
 //! - SIGHUP swaps the certificate for new handshakes while a kept-alive
 //!   connection goes on; the expiry metric and warning follow; a failed
 //!   reload keeps the previous certificate.
@@ -39,7 +42,7 @@ use shoal_tests::{Gateway, Platform, run_to_exit, wait_until, wait_until_async};
 
 use super::framing::{Recorder, behind_recorder, header_values};
 use super::limits::{closed_within, read_answer};
-use super::{gateway_log, http, metrics_text, put_route};
+use super::{gateway_log, http, metric_sum, metrics_text, put_route};
 
 const BOTH_ALPN: &[&str] = &["h2", "http/1.1"];
 
@@ -372,6 +375,54 @@ async fn unusable_certificates_stop_the_gateway_saying_how_to_fix_them() {
 fn install(from: &CertFiles, into: &CertFiles) {
     std::fs::copy(&from.cert, &into.cert).unwrap();
     std::fs::copy(&from.key, &into.key).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_quiet_https_keep_alive_connection_parks_and_is_served_again() {
+    let pki = Pki::generate();
+    let cert = pki.server_cert("shop", &["shop.example"], None);
+    let (platform, _recorder) = tls_behind_recorder(&[&cert]).await;
+    let gateway = platform.gateway();
+    let http = http();
+    let clients = |state: &'static str| {
+        let http = http.clone();
+        async move {
+            let text = metrics_text(&http, gateway).await;
+            metric_sum(
+                &text,
+                "shoal_gateway_client_connections",
+                &format!("state=\"{state}\""),
+            )
+        }
+    };
+
+    let mut h2 = connect(gateway, "shop.example", &["h2"], &pki.ca).await;
+    let mut h1 = connect(gateway, "shop.example", &["http/1.1"], &pki.ca).await;
+    for round in 1..=2 {
+        assert_eq!(h2.get("shop.example", "/h2").await.unwrap().0, 200);
+        assert_eq!(h1.get("shop.example", "/h1").await.unwrap().0, 200);
+        let parked = wait_until_async(
+            Duration::from_secs(10),
+            "the HTTP/1.1 connection parks",
+            || async { clients("parked").await == 1.0 },
+        )
+        .await;
+        assert!(parked.is_ok(), "round {round}; {}", gateway_log(gateway));
+        // The HTTP/2 connection (and nothing else) is still active; the
+        // admin API's own connection is not a proxy client.
+        assert_eq!(clients("active").await, 1.0, "round {round}");
+    }
+    let text = metrics_text(&http, gateway).await;
+    let releases: f64 = text
+        .lines()
+        .find_map(|l| l.strip_prefix("shoal_gateway_client_connection_releases_total "))
+        .unwrap_or_else(|| panic!("no releases counter: {text}"))
+        .parse()
+        .unwrap();
+    assert!(
+        releases >= 2.0,
+        "{releases} releases after two quiet spells"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

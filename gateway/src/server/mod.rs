@@ -38,6 +38,30 @@
 //! keep-alive connection waits for its next request, which would cap the
 //! idle timeout at the header timeout and race clients' connection pools.)
 //!
+//! **Idle HTTP/1 connections** ([`serve_http1`]). hyper keeps an 8 KiB read
+//! and an 8 KiB write buffer for a connection's whole life and has no
+//! setting to drop them between requests, as nginx and HAProxy do. So an
+//! HTTP/1 connection is served in busy spells: once it has been quiet for
+//! [`RELEASE_AFTER`](watchdog::RELEASE_AFTER) (no request in flight, no
+//! byte arriving, everything written flushed), the watchdog's `Release`
+//! verdict asks hyper to shut down gracefully, which an idle hyper
+//! connection does at once, writing nothing; [`Counted`] turns the
+//! stream shutdown hyper then asks for into a no-op; and the server takes
+//! the stream, any bytes hyper had read and not parsed (a pipelined
+//! request's start, replayed first) and the service back from hyper
+//! (`into_parts`). The connection then waits, **parked**, with no buffer:
+//! a one-byte read for its next request's first byte (which works the same
+//! under TLS, where the socket's readiness says nothing about rustls's
+//! buffers), bounded by the idle timeout counted from the last request,
+//! and at shutdown by [`LAST_CALL`]. The byte starts a new hyper connection
+//! (a new spell, with the header read timeout from its first byte). Were
+//! hyper mid-exchange after all (a request body still arriving after its
+//! response), the graceful shutdown only ends the connection after that
+//! exchange, whose response head is already written, so no
+//! `Connection: close` is added and the stream is still handed back. The
+//! metrics count connections active and parked and the releases
+//! ([`ClientConnections`]).
+//!
 //! Shutdown ([`Server::run`]): when the token is cancelled the connections
 //! the kernel has already queued on the listener are taken (closing the
 //! listener would reset them) and each gets one request answered; the
@@ -55,17 +79,18 @@ use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
+use std::pin::pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::task::{Context, Poll};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
+use futures::FutureExt as _;
 use http::{HeaderValue, Request, Response};
-use hyper::body::{Body, Frame, Incoming, SizeHint};
+use hyper::body::{Body, Incoming};
 use hyper::server::conn::{http1, http2};
+use hyper::service::HttpService;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::time::Instant;
 use tokio_rustls::TlsAcceptor;
@@ -73,20 +98,19 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
+mod stream;
+mod watchdog;
+
 use crate::config::Config;
 use crate::proxy::body::BoxError;
 use crate::proxy::{Peer, Proxy, ResponseBody, ResponseTimer};
+use stream::Counted;
+pub use stream::{ClientStream, Protocol};
+use watchdog::{Activity, OnWake, Open, Tracked, Verdict, watchdog};
 
 /// Smallest HTTP/1 read buffer hyper accepts.
 const MIN_BUF: usize = 8192;
-/// The HTTP/2 connection preface (RFC 9113 §3.4) a prior-knowledge h2c
-/// client opens with.
-const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
-/// While the bytes peeked so far are the start of the preface but not all
-/// of it, how long to wait before peeking again.
-const PREFACE_REPEEK: Duration = Duration::from_millis(5);
-/// Shortest watchdog tick.
-const MIN_TICK: Duration = Duration::from_millis(10);
+
 /// At shutdown, how long an idle HTTP/1 connection stays open for one more
 /// request (answered with `Connection: close`) before it is closed.
 const LAST_CALL: Duration = Duration::from_secs(1);
@@ -121,7 +145,7 @@ pub struct ConnInfo {
 }
 
 /// Answers requests. Cloned for every request (make cloning cheap).
-pub trait Handler: Clone + Send + Sync + 'static {
+pub trait Handler: Clone + Send + Sync + Unpin + 'static {
     type Body: Body<Data = Bytes, Error = BoxError> + Send + Unpin + 'static;
 
     fn call(
@@ -148,6 +172,66 @@ pub struct Drained {
     pub abandoned: usize,
 }
 
+/// Client connections open, for the metrics (one set for every listener
+/// of a gateway).
+#[derive(Debug, Default)]
+pub struct ClientConnections {
+    open: AtomicUsize,
+    /// HTTP/1 connections waiting for their next request with hyper's
+    /// state released (see the module doc).
+    parked: AtomicUsize,
+    releases: AtomicU64,
+}
+
+impl ClientConnections {
+    /// Connections open, parked ones included.
+    pub fn open(&self) -> usize {
+        self.open.load(Ordering::Relaxed)
+    }
+
+    /// Connections parked: idle, holding no hyper state.
+    pub fn parked(&self) -> usize {
+        self.parked.load(Ordering::Relaxed)
+    }
+
+    /// Times a quiet HTTP/1 connection released hyper's state.
+    pub fn releases(&self) -> u64 {
+        self.releases.load(Ordering::Relaxed)
+    }
+}
+
+/// One open connection, counted while it lives.
+struct OpenConnection(Arc<ClientConnections>);
+
+impl OpenConnection {
+    fn new(clients: Arc<ClientConnections>) -> Self {
+        clients.open.fetch_add(1, Ordering::Relaxed);
+        OpenConnection(clients)
+    }
+}
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        self.0.open.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// One parked connection, counted while it waits.
+struct Parked<'a>(&'a ClientConnections);
+
+impl<'a> Parked<'a> {
+    fn new(clients: &'a ClientConnections) -> Self {
+        clients.parked.fetch_add(1, Ordering::Relaxed);
+        Parked(clients)
+    }
+}
+
+impl Drop for Parked<'_> {
+    fn drop(&mut self) {
+        self.0.parked.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 /// The accept loop and its connections.
 pub struct Server<H> {
     listener: TcpListener,
@@ -156,6 +240,7 @@ pub struct Server<H> {
     builders: Arc<Builders>,
     /// A TLS handshake first (`--tls-listen`), or none.
     tls: Option<TlsAcceptor>,
+    clients: Arc<ClientConnections>,
 }
 
 impl<H: Handler> Server<H> {
@@ -167,7 +252,15 @@ impl<H: Handler> Server<H> {
             settings,
             builders,
             tls: None,
+            clients: Arc::default(),
         }
+    }
+
+    /// Count this server's connections in `clients` (shared with the
+    /// gateway's other listeners and its metrics).
+    pub fn with_client_counts(mut self, clients: Arc<ClientConnections>) -> Self {
+        self.clients = clients;
+        self
     }
 
     /// Make this a TLS listener: each connection starts with a handshake
@@ -188,6 +281,7 @@ impl<H: Handler> Server<H> {
             handler: self.handler,
             settings: self.settings,
             tls: self.tls,
+            clients: self.clients,
         };
         loop {
             let accepted = tokio::select! {
@@ -243,6 +337,7 @@ struct Spawn<H> {
     handler: H,
     settings: ServerSettings,
     tls: Option<TlsAcceptor>,
+    clients: Arc<ClientConnections>,
 }
 
 impl<H: Handler> Spawn<H> {
@@ -257,33 +352,32 @@ impl<H: Handler> Spawn<H> {
         builders: &Arc<Builders>,
         shutdown: &CancellationToken,
     ) {
-        let handler = self.handler.clone();
-        let builders = builders.clone();
-        let shutdown = shutdown.clone();
+        let context = Context {
+            handler: self.handler.clone(),
+            builders: builders.clone(),
+            settings: self.settings,
+            shutdown: shutdown.clone(),
+            open: OpenConnection::new(self.clients.clone()),
+        };
         match &self.tls {
             None => {
-                connections.spawn(serve_connection(
-                    stream,
-                    remote,
-                    handler,
-                    builders,
-                    self.settings,
-                    shutdown,
-                ));
+                connections.spawn(serve_connection(stream, remote, context));
             }
             Some(acceptor) => {
-                connections.spawn(serve_tls(
-                    acceptor.clone(),
-                    stream,
-                    remote,
-                    handler,
-                    builders,
-                    self.settings,
-                    shutdown,
-                ));
+                connections.spawn(serve_tls(acceptor.clone(), stream, remote, context));
             }
         }
     }
+}
+
+/// What a connection's task has from its server.
+struct Context<H> {
+    handler: H,
+    builders: Arc<Builders>,
+    settings: ServerSettings,
+    shutdown: CancellationToken,
+    /// Counts the connection open until the task ends.
+    open: OpenConnection,
 }
 
 /// The TLS handshake, within the header read timeout, then the connection.
@@ -291,105 +385,42 @@ async fn serve_tls<H: Handler>(
     acceptor: TlsAcceptor,
     stream: TcpStream,
     remote: SocketAddr,
-    handler: H,
-    builders: Arc<Builders>,
-    settings: ServerSettings,
-    shutdown: CancellationToken,
+    context: Context<H>,
 ) {
-    let handshake = acceptor.accept(stream);
-    let Some(stream) = before_headers("TLS handshake", handshake, remote, settings).await else {
+    // Boxed, as the stream is after it (`ClientStream for Box<TlsStream>`).
+    let handshake = Box::pin(acceptor.accept(stream));
+    let Some(stream) = before_headers("TLS handshake", handshake, remote, context.settings).await
+    else {
         return;
     };
-    serve_connection(stream, remote, handler, builders, settings, shutdown).await;
+    serve_connection(Box::new(stream), remote, context).await;
 }
 
 /// Run `step` of a new connection (`what`: the TLS handshake, waiting for
 /// the first request) within `--header-read-timeout`; `None`, logged, when
 /// it failed or took longer, and the connection is to be closed.
-async fn before_headers<T>(
-    what: &str,
+///
+/// Not an `async fn`: one would hold `step` twice (its argument, and again
+/// inside the timeout it awaits), and that room stays in every
+/// connection's task for its whole life.
+fn before_headers<T>(
+    what: &'static str,
     step: impl Future<Output = io::Result<T>>,
     remote: SocketAddr,
     settings: ServerSettings,
-) -> Option<T> {
-    match tokio::time::timeout(settings.header_read_timeout, step).await {
+) -> impl Future<Output = Option<T>> {
+    let timeout = settings.header_read_timeout;
+    tokio::time::timeout(timeout, step).map(move |done| match done {
         Ok(Ok(done)) => Some(done),
         Ok(Err(e)) => {
             debug!(%remote, error = %e, "{what} failed; closing the connection");
             None
         }
         Err(_) => {
-            debug!(%remote, timeout_ms = settings.header_read_timeout.as_millis() as u64, "{what} not completed in time; closing the connection");
+            debug!(%remote, timeout_ms = timeout.as_millis() as u64, "{what} not completed in time; closing the connection");
             None
         }
-    }
-}
-
-/// What a client connection speaks.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Protocol {
-    Http1,
-    Http2,
-}
-
-/// A client connection's byte stream: TCP, or TLS over TCP.
-pub trait ClientStream: AsyncRead + AsyncWrite + Unpin + Send + 'static {
-    /// Whether it is TLS (the request's scheme is https).
-    const TLS: bool;
-
-    /// The TCP socket underneath (for the lingering close).
-    fn tcp(&self) -> &TcpStream;
-
-    /// The protocol the client speaks, found without consuming a byte;
-    /// `Err` when the connection failed before it could be told.
-    fn protocol(&self) -> impl Future<Output = io::Result<Protocol>> + Send;
-}
-
-impl ClientStream for TcpStream {
-    const TLS: bool = false;
-
-    fn tcp(&self) -> &TcpStream {
-        self
-    }
-
-    /// h2c with prior knowledge opens with the HTTP/2 preface; anything
-    /// else is HTTP/1 (an HTTP/1.1 `Upgrade: h2c` is not supported, as
-    /// before). Peeks until the bytes decide: the first byte that differs
-    /// from the preface, or all 24 of it. A connection closed before any
-    /// byte is HTTP/1 (hyper reports the empty connection); one that sends
-    /// part of the preface and no more is closed after the header read
-    /// timeout, as one that sends part of a request head is.
-    async fn protocol(&self) -> io::Result<Protocol> {
-        let mut peeked = [0u8; H2_PREFACE.len()];
-        loop {
-            let n = self.peek(&mut peeked).await?;
-            if n == 0 || peeked[..n] != H2_PREFACE[..n] {
-                return Ok(Protocol::Http1);
-            }
-            if n == H2_PREFACE.len() {
-                return Ok(Protocol::Http2);
-            }
-            // The start of the preface and no more yet: peeking again at
-            // once would return the same bytes.
-            tokio::time::sleep(PREFACE_REPEEK).await;
-        }
-    }
-}
-
-impl ClientStream for tokio_rustls::server::TlsStream<TcpStream> {
-    const TLS: bool = true;
-
-    fn tcp(&self) -> &TcpStream {
-        self.get_ref().0
-    }
-
-    /// By ALPN: `h2`, else HTTP/1.1 (also when the client offered none).
-    async fn protocol(&self) -> io::Result<Protocol> {
-        Ok(match self.get_ref().1.alpn_protocol() {
-            Some(b"h2") => Protocol::Http2,
-            _ => Protocol::Http1,
-        })
-    }
+    })
 }
 
 /// Accept what the kernel has queued on `listener` without waiting, then
@@ -505,22 +536,30 @@ where
 async fn serve_connection<S: ClientStream, H: Handler>(
     stream: S,
     remote: SocketAddr,
-    handler: H,
-    builders: Arc<Builders>,
-    settings: ServerSettings,
-    shutdown: CancellationToken,
+    context: Context<H>,
 ) {
+    let Context {
+        handler,
+        builders,
+        settings,
+        shutdown,
+        open,
+    } = context;
     // Bounded like the request head that should follow: a client that
     // sends nothing is closed after the header read timeout either way.
-    let Some(protocol) = before_headers("first request", stream.protocol(), remote, settings).await
-    else {
+    // Boxed: the wait is over before the connection's long life starts, and
+    // inline it would keep room in the task for all of it.
+    let detect = Box::pin(before_headers(
+        "first request",
+        stream.protocol(),
+        remote,
+        settings,
+    ));
+    let Some(protocol) = detect.await else {
         return;
     };
     let activity = Arc::new(Activity::default());
-    let io = TokioIo::new(Counted {
-        inner: stream,
-        activity: activity.clone(),
-    });
+    let io = TokioIo::new(Counted::new(stream, activity.clone()));
     let info = Arc::new(ConnInfo {
         remote,
         peer: Peer::new(remote.ip(), S::TLS),
@@ -545,30 +584,107 @@ async fn serve_connection<S: ClientStream, H: Handler>(
             })
         })
     };
+    let conn = Conn {
+        remote,
+        activity: &activity,
+        settings,
+        shutdown: &shutdown,
+        clients: &open.0,
+    };
     match protocol {
-        Protocol::Http1 => {
-            let connection = builders.http1.serve_connection(io, service).with_upgrades();
-            drive(connection, remote, &activity, settings, &shutdown).await;
-        }
+        Protocol::Http1 => serve_http1(io, service, &builders, &conn).await,
         // Boxed: HTTP/1 connections' tasks need no room for HTTP/2's state.
         Protocol::Http2 => {
             activity.h2.store(true, Ordering::Relaxed);
-            let connection = builders.http2.serve_connection(io, service);
-            Box::pin(drive(connection, remote, &activity, settings, &shutdown)).await;
+            Box::pin(async {
+                let connection = builders.http2.serve_connection(io, service);
+                drive(pin!(connection), &conn).await
+            })
+            .await;
         }
     }
 }
 
-/// Serve `connection` to its end, closing it early for the watchdog's
-/// verdicts and at shutdown (see the module doc).
-async fn drive<C: ServedConnection>(
-    connection: C,
+/// What [`drive`] needs of the connection besides hyper's part.
+struct Conn<'a> {
     remote: SocketAddr,
-    activity: &Activity,
+    activity: &'a Activity,
     settings: ServerSettings,
-    shutdown: &CancellationToken,
-) {
-    tokio::pin!(connection);
+    shutdown: &'a CancellationToken,
+    clients: &'a ClientConnections,
+}
+
+/// HTTP/1 in busy spells: hyper serves while requests come; once the
+/// connection has been quiet for [`watchdog::RELEASE_AFTER`], hyper's connection ends
+/// without closing the stream and hands it back, and the next request's
+/// first byte starts a new one (see "Idle HTTP/1 connections" in the module
+/// doc). Each spell's state is boxed, so a waiting connection's task holds
+/// none of it.
+async fn serve_http1<S, Svc, B>(
+    mut io: TokioIo<Counted<S>>,
+    mut service: Svc,
+    builders: &Builders,
+    conn: &Conn<'_>,
+) where
+    S: ClientStream,
+    Svc: HttpService<Incoming, ResBody = B> + Unpin,
+    Svc::Error: Into<BoxError>,
+    B: Body + 'static,
+    B::Error: Into<BoxError>,
+{
+    loop {
+        let spell = Box::pin(async move {
+            let mut connection = builders.http1.serve_connection(io, service).with_upgrades();
+            match drive(Pin::new(&mut connection), conn).await {
+                Ended::Closed => None,
+                // None when the connection was upgraded: the tunnel has the stream.
+                Ended::Released { quiet_since } => {
+                    connection.into_parts().map(|parts| (parts, quiet_since))
+                }
+            }
+        });
+        let Some((parts, quiet_since)) = spell.await else {
+            return;
+        };
+        conn.activity.releasing.store(false, Ordering::Relaxed);
+        conn.clients.releases.fetch_add(1, Ordering::Relaxed);
+        let read_buf;
+        (io, service, read_buf) = (parts.io, parts.service, parts.read_buf);
+        let stream = io.inner_mut();
+        if read_buf.is_empty() {
+            // Even empty, it holds hyper's whole read buffer: let it go.
+            drop(read_buf);
+            let idle_until = quiet_since + conn.settings.idle_timeout;
+            let _parked = Parked::new(conn.clients);
+            if !stream.next_request(idle_until, conn.shutdown).await {
+                return;
+            }
+        } else {
+            // A pipelined request's start, read before the release.
+            stream.replay(read_buf);
+        }
+    }
+}
+
+/// How [`drive`] ended.
+enum Ended {
+    /// hyper's connection ended (or was dropped); the stream is closed.
+    Closed,
+    /// hyper's connection ended on a release: the stream stays open, quiet
+    /// since `quiet_since`.
+    Released { quiet_since: Instant },
+}
+
+/// Serve `connection` to its end, closing it early for the watchdog's
+/// verdicts and at shutdown, or releasing it (see the module doc).
+async fn drive<C: ServedConnection>(mut connection: Pin<&mut C>, conn: &Conn<'_>) -> Ended {
+    let Conn {
+        remote,
+        activity,
+        settings,
+        shutdown,
+        ..
+    } = *conn;
     // Shutdown and the watchdog, as one future polled only when one of them
     // woke it: the connection's task is woken several times per request,
     // and polling both each time cost more than the rest of this loop.
@@ -581,6 +697,7 @@ async fn drive<C: ServedConnection>(
     });
     tokio::pin!(events);
     let mut closing = false;
+    let mut released = None;
     let last_call = tokio::time::sleep(Duration::ZERO);
     tokio::pin!(last_call);
     let mut last_call_armed = false;
@@ -590,8 +707,12 @@ async fn drive<C: ServedConnection>(
             ended = connection.as_mut() => {
                 if let Err(e) = ended {
                     debug!(%remote, error = %e, "connection ended with an error");
+                    return Ended::Closed;
                 }
-                return;
+                return match released {
+                    Some(quiet_since) => Ended::Released { quiet_since },
+                    None => Ended::Closed,
+                };
             }
             () = &mut last_call, if last_call_armed => {
                 last_call_armed = false;
@@ -600,9 +721,17 @@ async fn drive<C: ServedConnection>(
             event = &mut events, if !closing => match event {
                 Some(Verdict::SlowHeaders) => {
                     debug!(%remote, timeout_ms = settings.header_read_timeout.as_millis() as u64, "request headers not received in time; closing the connection");
-                    return;
+                    return Ended::Closed;
                 }
                 Some(Verdict::Idle) => {
+                    connection.as_mut().graceful_shutdown();
+                    closing = true;
+                }
+                // hyper, idle, ends at once without shutting the stream down
+                // (`Counted::poll_shutdown`); mid-exchange, it would end after it.
+                Some(Verdict::Release { quiet_since }) => {
+                    activity.releasing.store(true, Ordering::Relaxed);
+                    released = Some(quiet_since);
                     connection.as_mut().graceful_shutdown();
                     closing = true;
                 }
@@ -626,316 +755,5 @@ async fn drive<C: ServedConnection>(
     }
 }
 
-/// A future that is polled only after its own waker fired (and once at the
-/// start); polling it otherwise costs an atomic swap and a waker check.
-struct OnWake<F> {
-    future: Pin<Box<F>>,
-    flag: Arc<WakeFlag>,
-    waker: std::task::Waker,
-}
-
-#[derive(Debug)]
-struct WakeFlag {
-    woken: AtomicBool,
-    task: futures::task::AtomicWaker,
-}
-
-impl std::task::Wake for WakeFlag {
-    fn wake(self: Arc<Self>) {
-        self.wake_by_ref();
-    }
-
-    fn wake_by_ref(self: &Arc<Self>) {
-        self.woken.store(true, Ordering::Release);
-        self.task.wake();
-    }
-}
-
-impl<F: Future> OnWake<F> {
-    fn new(future: F) -> Self {
-        let flag = Arc::new(WakeFlag {
-            woken: AtomicBool::new(true),
-            task: futures::task::AtomicWaker::new(),
-        });
-        OnWake {
-            future: Box::pin(future),
-            waker: std::task::Waker::from(flag.clone()),
-            flag,
-        }
-    }
-}
-
-impl<F: Future> Future for OnWake<F> {
-    type Output = F::Output;
-
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
-        let this = &mut *self;
-        // Registered before the flag is read, so a wake in between is not lost.
-        this.flag.task.register(cx.waker());
-        if !this.flag.woken.swap(false, Ordering::Acquire) {
-            return Poll::Pending;
-        }
-        let mut inner = Context::from_waker(&this.waker);
-        this.future.as_mut().poll(&mut inner)
-    }
-}
-
-/// Counters one connection keeps for its watchdog.
-#[derive(Debug, Default)]
-struct Activity {
-    bytes_read: AtomicU64,
-    /// Requests handed to the handler.
-    started: AtomicU64,
-    /// Requests whose response body has not been sent yet.
-    open: AtomicU64,
-    /// The connection speaks HTTP/2.
-    h2: AtomicBool,
-    /// The server is stopping: responses say `Connection: close`.
-    last_call: AtomicBool,
-}
-
-/// A request in progress on its connection, until its response body is done.
-struct Open(Arc<Activity>);
-
-impl Open {
-    fn begin(activity: &Arc<Activity>) -> Self {
-        activity.started.fetch_add(1, Ordering::Relaxed);
-        activity.open.fetch_add(1, Ordering::Relaxed);
-        Open(activity.clone())
-    }
-}
-
-impl Drop for Open {
-    fn drop(&mut self) {
-        self.0.open.fetch_sub(1, Ordering::Relaxed);
-    }
-}
-
-enum Verdict {
-    SlowHeaders,
-    Idle,
-}
-
-/// Resolves when the connection should go (see the module doc).
-async fn watchdog(activity: &Activity, settings: ServerSettings) -> Verdict {
-    let header_timeout = settings.header_read_timeout;
-    let idle = settings.idle_timeout;
-    let tick = (header_timeout.min(idle) / 4).max(MIN_TICK);
-    let mut seen_bytes = 0;
-    let mut seen_started = 0;
-    // Since when a request head has been arriving; a new connection owes its first request.
-    let mut head_since = Some(Instant::now());
-    let mut quiet_since = Instant::now();
-    loop {
-        tokio::time::sleep(tick).await;
-        let now = Instant::now();
-        let bytes = activity.bytes_read.load(Ordering::Relaxed);
-        let started = activity.started.load(Ordering::Relaxed);
-        let open = activity.open.load(Ordering::Relaxed);
-        if started != seen_started || open > 0 {
-            seen_started = started;
-            seen_bytes = bytes;
-            head_since = None;
-            quiet_since = now;
-            continue;
-        }
-        if activity.h2.load(Ordering::Relaxed) {
-            // HTTP/2 frames between requests (pings, settings) are not heads.
-            head_since = None;
-        } else if bytes != seen_bytes && head_since.is_none() {
-            head_since = Some(now);
-        }
-        seen_bytes = bytes;
-        if head_since.is_some_and(|since| now.duration_since(since) >= header_timeout) {
-            return Verdict::SlowHeaders;
-        }
-        if now.duration_since(quiet_since) >= idle {
-            return Verdict::Idle;
-        }
-    }
-}
-
-/// The client's TCP stream, counting the bytes read for the watchdog.
-struct Counted<S: ClientStream> {
-    inner: S,
-    activity: Arc<Activity>,
-}
-
-/// Longest lingering close, and most bytes it discards.
-const LINGER_TIME: Duration = Duration::from_secs(2);
-const LINGER_BYTES: usize = 1 << 20;
-
-impl<S: ClientStream> Drop for Counted<S> {
-    /// Lingering close (as nginx does): a connection closed while the client
-    /// is still sending (a 431 for huge headers, a 413 before the body was
-    /// read) would make the kernel answer with a reset, and the client would
-    /// lose the response it has not read yet. So when input is pending,
-    /// close only our side and discard the client's bytes for a moment.
-    fn drop(&mut self) {
-        let mut probe = [0u8; 1];
-        if !matches!(self.inner.tcp().try_read(&mut probe), Ok(n) if n > 0) {
-            return;
-        }
-        match self.inner_std() {
-            Ok(stream) => {
-                tokio::spawn(linger(stream));
-            }
-            Err(e) => debug!(error = %e, "lingering close: cannot duplicate the socket"),
-        }
-    }
-}
-
-impl<S: ClientStream> Counted<S> {
-    /// A duplicate of the socket, so the lingering task can own it while
-    /// this one is dropped.
-    fn inner_std(&self) -> io::Result<TcpStream> {
-        use std::os::fd::AsFd;
-        let fd = self.inner.tcp().as_fd().try_clone_to_owned()?;
-        let std = std::net::TcpStream::from(fd);
-        std.set_nonblocking(true)?;
-        TcpStream::from_std(std)
-    }
-}
-
-async fn linger(mut stream: TcpStream) {
-    use tokio::io::AsyncReadExt as _;
-    if let Err(e) = tokio::io::AsyncWriteExt::shutdown(&mut stream).await {
-        debug!(error = %e, "lingering close: cannot shut down the write side");
-        return;
-    }
-    let discard = async {
-        let mut buf = [0u8; 8192];
-        let mut total = 0;
-        while total < LINGER_BYTES {
-            match stream.read(&mut buf).await {
-                Ok(0) | Err(_) => break,
-                Ok(n) => total += n,
-            }
-        }
-    };
-    // Either way the socket closes here; the client has had its chance to read.
-    let _ = tokio::time::timeout(LINGER_TIME, discard).await;
-}
-
-impl<S: ClientStream> AsyncRead for Counted<S> {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        let before = buf.filled().len();
-        let polled = Pin::new(&mut self.inner).poll_read(cx, buf);
-        let read = buf.filled().len() - before;
-        if read > 0 {
-            self.activity
-                .bytes_read
-                .fetch_add(read as u64, Ordering::Relaxed);
-        }
-        polled
-    }
-}
-
-impl<S: ClientStream> AsyncWrite for Counted<S> {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write(cx, buf)
-    }
-
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.inner.is_write_vectored()
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_shutdown(cx)
-    }
-}
-
-/// A response body that keeps its request open on the connection until sent.
-struct Tracked<B> {
-    body: B,
-    _open: Open,
-}
-
-impl<B: Body + Unpin> Body for Tracked<B> {
-    type Data = B::Data;
-    type Error = B::Error;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<B::Data>, B::Error>>> {
-        Pin::new(&mut self.body).poll_frame(cx)
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.body.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.body.size_hint()
-    }
-}
-
 #[cfg(test)]
-mod tests {
-    use tokio::io::AsyncWriteExt;
-
-    use super::*;
-
-    /// A connected pair on loopback: the client's end and the server's.
-    async fn pair() -> (TcpStream, TcpStream) {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let client = TcpStream::connect(listener.local_addr().unwrap())
-            .await
-            .unwrap();
-        let (server, _) = listener.accept().await.unwrap();
-        (client, server)
-    }
-
-    #[tokio::test]
-    async fn an_http1_request_is_told_from_its_first_bytes_and_nothing_is_consumed() {
-        for request in [&b"GET / HTTP/1.1\r\n"[..], b"PUT / HTTP/1.1\r\n", b"POST"] {
-            let (mut client, server) = pair().await;
-            client.write_all(request).await.unwrap();
-            assert_eq!(server.protocol().await.unwrap(), Protocol::Http1);
-            let mut buf = vec![0u8; request.len()];
-            server.try_read(&mut buf).unwrap();
-            assert_eq!(buf, request, "the bytes are left for hyper");
-        }
-    }
-
-    // Paused time: "not decided yet" is a rule about waiting.
-    #[tokio::test(start_paused = true)]
-    async fn the_http2_preface_is_told_also_when_it_arrives_in_pieces() {
-        let (mut client, server) = pair().await;
-        client.write_all(&H2_PREFACE[..3]).await.unwrap();
-        let told = tokio::spawn(async move { server.protocol().await.unwrap() });
-        // Not decided on the first piece: the rest is still owed.
-        tokio::time::sleep(PREFACE_REPEEK * 4).await;
-        assert!(!told.is_finished(), "decided on three bytes of the preface");
-        client.write_all(&H2_PREFACE[3..]).await.unwrap();
-        assert_eq!(told.await.unwrap(), Protocol::Http2);
-    }
-
-    #[tokio::test]
-    async fn a_connection_closed_before_a_byte_is_left_to_http1() {
-        let (client, server) = pair().await;
-        drop(client);
-        assert_eq!(server.protocol().await.unwrap(), Protocol::Http1);
-    }
-}
+mod tests;
