@@ -103,6 +103,10 @@ new_rootfs() {
   echo 'shoal:x:10001:10001:shoal:/tmp:/nonexistent' >>"$rootfs/etc/passwd"
   printf 'root:x:0:\nshoal:x:10001:\n' >"$rootfs/etc/group"
   echo 'hosts: files dns' >"$rootfs/etc/nsswitch.conf"
+  # Where the docker driver mounts an instance's data volume (`data_dir:
+  # true`); owned by the image's user (in `import`), which Docker copies to
+  # a new volume mounted here.
+  mkdir -p "$rootfs/var/lib/shoal/data"
 }
 
 # import ROOTFS IMAGE [--change ...]: replace IMAGE with the tree, and drop
@@ -111,9 +115,16 @@ import() {
   local rootfs=$1 image=$2 old new
   shift 2
   old=$(docker image inspect --format '{{.Id}}' "$image" 2>/dev/null || true)
-  new=$(tar -C "$rootfs" --numeric-owner --owner=0 --group=0 -c . |
-    docker import --change 'ENV PATH=/usr/local/bin' --change 'USER 10001:10001' \
-      --change "LABEL org.opencontainers.image.source=shoal" "$@" - "$image")
+  # Everything root's, but the data directory the user's (appended apart).
+  local tarball=$stage/rootfs.tar
+  tar -C "$rootfs" --numeric-owner --owner=0 --group=0 --exclude=./var/lib/shoal -cf "$tarball" .
+  if [ -d "$rootfs/var/lib/shoal" ]; then
+    tar -C "$rootfs" --numeric-owner --owner=10001 --group=10001 --no-recursion \
+      -rf "$tarball" ./var/lib/shoal ./var/lib/shoal/data
+  fi
+  new=$(docker import --change 'ENV PATH=/usr/local/bin' --change 'USER 10001:10001' \
+    --change "LABEL org.opencontainers.image.source=shoal" "$@" - "$image" <"$tarball")
+  rm -f "$tarball"
   if [ -n "$old" ] && [ "$old" != "$new" ]; then
     docker image rm "$old" >/dev/null 2>&1 || true
   fi

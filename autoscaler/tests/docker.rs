@@ -15,9 +15,12 @@
 //! the errors for a missing image or network. A second test runs service
 //! specs: a stock Node.js image registered by its registrar and the app
 //! server registering itself, side by side; retired, crashed, stopped; and a
-//! missing image refused. A `Cleanup` guard removes
-//! every container (by the `shoal.test={run}` label) and the network, even
-//! when an assertion fails. All traffic from the host goes to 127.0.0.1.
+//! missing image refused. A third gives a key-value service (`data_dir:
+//! true`, `--durability fsync`) a named volume: a write acknowledged before
+//! the instance is killed is read back from its replacement, which got the
+//! same volume, while an instance started beside it gets another. A
+//! `Cleanup` guard removes every container and volume (by the
+//! `shoal.test={run}` label) and the network, even when an assertion fails. All traffic from the host goes to 127.0.0.1.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -33,8 +36,8 @@ use bollard::models::{
     ContainerCreateBody, HostConfig, NetworkCreateRequest, PortBinding, RestartPolicyNameEnum,
 };
 use bollard::query_parameters::{
-    CreateContainerOptionsBuilder, KillContainerOptionsBuilder, ListContainersOptionsBuilder,
-    RemoveContainerOptionsBuilder,
+    CreateContainerOptionsBuilder, InspectContainerOptions, KillContainerOptionsBuilder,
+    ListContainersOptionsBuilder, ListVolumesOptionsBuilder, RemoveContainerOptionsBuilder,
 };
 use registry::{EtcdArgs, Keys};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -105,6 +108,26 @@ impl Cleanup {
                 }
             }
             Err(e) => eprintln!("cleanup: cannot list the test's containers: {e}"),
+        }
+        let filters = HashMap::from([("label", vec![format!("{TEST_LABEL}={run}")])]);
+        let options = ListVolumesOptionsBuilder::default()
+            .filters(&filters)
+            .build();
+        match docker.list_volumes(Some(options)).await {
+            Ok(listed) => {
+                for volume in listed.volumes.unwrap_or_default() {
+                    if let Err(e) = docker
+                        .remove_volume(
+                            &volume.name,
+                            None::<bollard::query_parameters::RemoveVolumeOptions>,
+                        )
+                        .await
+                    {
+                        eprintln!("cleanup: cannot remove volume {}: {e}", volume.name);
+                    }
+                }
+            }
+            Err(e) => eprintln!("cleanup: cannot list the test's volumes: {e}"),
         }
         if let Err(e) = docker.remove_network(&network).await {
             eprintln!("cleanup: cannot remove network {network}: {e}");
@@ -729,4 +752,165 @@ async fn specs_run_their_own_images_and_a_stock_image_is_registered_by_a_registr
         owned(&driver).await.is_empty(),
         "nothing half-made is listed"
     );
+}
+
+/// Value of `key` read from the instance at `addr` (`GET /kv/{key}`); the
+/// status line and the body.
+async fn kv_get(addr: &str, key: &str) -> Option<(String, String)> {
+    let mut stream = tokio::net::TcpStream::connect(addr).await.ok()?;
+    let request = format!("GET /kv/{key} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.ok()?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await.ok()?;
+    let (head, body) = response.split_once("\r\n\r\n")?;
+    Some((head.lines().next()?.to_owned(), body.to_owned()))
+}
+
+/// `PUT /kv/{key}` with `value` on the instance at `addr`; the status line.
+async fn kv_put(addr: &str, key: &str, value: &str) -> Option<String> {
+    let mut stream = tokio::net::TcpStream::connect(addr).await.ok()?;
+    let request = format!(
+        "PUT /kv/{key} HTTP/1.1\r\nHost: test\r\nConnection: close\r\nContent-Length: {}\r\n\r\n{value}",
+        value.len()
+    );
+    stream.write_all(request.as_bytes()).await.ok()?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await.ok()?;
+    response.lines().next().map(str::to_owned)
+}
+
+/// The data slot label of instance `instance`'s program container.
+async fn data_slot(world: &World, driver: &DockerDriver, instance: &StartSpec) -> String {
+    let inspected = world
+        .docker
+        .inspect_container(
+            &driver.container_name(instance),
+            None::<InspectContainerOptions>,
+        )
+        .await
+        .expect("inspect the instance's container");
+    inspected
+        .config
+        .and_then(|c| c.labels)
+        .and_then(|l| l.get("shoal.data-slot").cloned())
+        .unwrap_or_else(|| panic!("{} has no shoal.data-slot label", instance.id))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_data_dir_service_s_volume_goes_to_the_replacement_of_a_killed_instance() {
+    let Some(world) = world().await else {
+        return;
+    };
+    let (etcd, keys) = (&world.etcd, &world.keys);
+    let config = DockerConfig {
+        network: Some(world.network.clone()),
+        advertise: Advertise::HostPort,
+        etcd_url: format!("http://{}:2379", world.etcd_name),
+        prefix: world.prefix.clone(),
+        labels: vec![(TEST_LABEL.into(), world.run.clone())],
+        name_prefix: "shoal-test".into(),
+        lease_ttl: Duration::from_secs(3),
+        ..DockerConfig::default()
+    };
+    let driver = DockerDriver::connect(config)
+        .await
+        .expect("connect the docker driver");
+    let kv = service(serde_json::json!({
+        "name": "kv",
+        "docker": {"image": APP_IMAGE, "container_port": 8080, "env": {
+            "SHOAL_LISTEN": "0.0.0.0:{port}",
+            "SHOAL_DURABILITY": "fsync",
+            "SHOAL_KV_REPLICAS": "1",
+            "SHOAL_DRAIN_GRACE": "0s"
+        }},
+        "registration": "self",
+        "data_dir": true
+    }));
+    let start = || StartSpec {
+        service: "kv".into(),
+        id: random_hex(),
+        spec: Some(kv.clone()),
+    };
+    let ready_addr = |instance: StartSpec| async move {
+        let entry = wait_for(
+            &format!("kv {} registered ready", instance.id),
+            Duration::from_secs(30),
+            || async {
+                registered(etcd, keys, "kv", &instance.id)
+                    .await
+                    .filter(|e| e["state"] == "ready")
+            },
+        )
+        .await;
+        entry["addr"].as_str().expect("an addr").to_owned()
+    };
+
+    let first = start();
+    driver
+        .start(&first)
+        .await
+        .expect("start the first instance");
+    assert_eq!(data_slot(&world, &driver, &first).await, "0");
+    let addr = ready_addr(first.clone()).await;
+    for n in 0..20 {
+        let status = kv_put(&addr, &format!("k{n}"), &format!("v{n}")).await;
+        assert!(
+            status
+                .as_deref()
+                .is_some_and(|s| s.starts_with("HTTP/1.1 2")),
+            "write k{n} acknowledged: {status:?}"
+        );
+    }
+
+    // Killed: no drain, no hand-off; only the volume holds the data.
+    world
+        .docker
+        .kill_container(
+            &driver.container_name(&first),
+            Some(
+                KillContainerOptionsBuilder::default()
+                    .signal("KILL")
+                    .build(),
+            ),
+        )
+        .await
+        .expect("kill the first instance");
+    assert_eq!(
+        wait_exited(&driver, &first.id, Duration::from_secs(10)).await,
+        137
+    );
+
+    let replacement = start();
+    driver
+        .start(&replacement)
+        .await
+        .expect("start the replacement");
+    assert_eq!(
+        data_slot(&world, &driver, &replacement).await,
+        "0",
+        "the killed instance's slot is free again"
+    );
+    let addr = ready_addr(replacement.clone()).await;
+    for n in 0..20 {
+        let read = kv_get(&addr, &format!("k{n}")).await;
+        assert!(
+            read.as_ref()
+                .is_some_and(|(status, body)| status.contains(" 200") && body == &format!("v{n}")),
+            "k{n} read back from the volume: {read:?}"
+        );
+    }
+
+    // Beside a live instance, a new one gets a volume of its own.
+    let beside = start();
+    driver
+        .start(&beside)
+        .await
+        .expect("start a second instance");
+    assert_eq!(data_slot(&world, &driver, &beside).await, "1");
+    for instance in [&first, &replacement, &beside] {
+        driver
+            .stop(&instance.id, Duration::from_secs(5))
+            .await
+            .expect("stop");
+    }
 }

@@ -16,6 +16,7 @@ use bollard::models::{HealthConfig, NetworkInspect};
 use registry::spec::{RegistrationMode, fill};
 
 use super::StartSpec;
+use super::data_volumes::{DATA_MOUNT, DataVolume, LABEL_DATA_SLOT};
 
 /// The image `docker/build-images.sh` builds.
 pub const DEFAULT_IMAGE: &str = "shoal/app-server:dev";
@@ -148,6 +149,8 @@ pub struct ContainerPlan {
     /// The registrar of a managed instance, which must share the program's
     /// network namespace (the program is the plan before it).
     pub registrar: bool,
+    /// The named volume mounted at [`DATA_MOUNT`] (`data_dir: true`).
+    pub data_volume: Option<String>,
 }
 
 impl ContainerPlan {
@@ -160,11 +163,14 @@ impl ContainerPlan {
 /// The containers of an instance: its program, then, for a spec'd service
 /// whose platform registers it (`registration: managed`), the registrar
 /// beside it. `advertise` gives the address gateways use from the port the
-/// program listens on; `driver` names the driver in error messages.
+/// program listens on; `data` is the volume claimed for a service with
+/// `data_dir: true` (a driver that gives none passes `None`, and such a
+/// spec is refused); `driver` names the driver in error messages.
 pub fn instance_containers(
     config: &DockerConfig,
     spec: &StartSpec,
     advertise: impl Fn(u16) -> String,
+    data: Option<&DataVolume>,
     driver: &str,
 ) -> Result<Vec<ContainerPlan>, String> {
     let c = config;
@@ -200,6 +206,7 @@ pub fn instance_containers(
             advertise,
             healthcheck: c.healthcheck,
             registrar: false,
+            data_volume: None,
         }]);
     };
     let Some(run) = &service.docker else {
@@ -208,12 +215,16 @@ pub fn instance_containers(
             spec.service
         ));
     };
-    if service.data_dir {
-        return Err(format!(
-            "the spec of {} asks for data directories (`data_dir: true`), which the {driver} driver does not give yet (only the process driver does); run the service under a process-driver controller, or drop `data_dir` and mount a volume yourself",
-            spec.service
-        ));
-    }
+    let data = match (service.data_dir, data) {
+        (false, _) => None,
+        (true, Some(data)) => Some(data),
+        (true, None) => {
+            return Err(format!(
+                "the spec of {} asks for data directories (`data_dir: true`), which the {driver} driver does not give yet (the process and docker drivers do); run the service under one of those, or drop `data_dir` and mount a volume yourself",
+                spec.service
+            ));
+        }
+    };
     let port = run.container_port;
     let version = service.version();
     let filled = |text: &String| fill(text, port, &spec.id, &spec.service, &version);
@@ -227,18 +238,26 @@ pub fn instance_containers(
         ("SHOAL_PORT".to_owned(), port.to_string()),
         ("SHOAL_ADVERTISE".to_owned(), advertise.clone()),
     ]);
+    if data.is_some() {
+        env.push(("SHOAL_DATA_DIR".to_owned(), DATA_MOUNT.to_owned()));
+    }
     env.extend(run.env.iter().map(|(k, v)| (k.clone(), filled(v))));
+    let mut program_labels = labels(c, spec, None);
+    if let Some(data) = data {
+        program_labels.insert(LABEL_DATA_SLOT.to_owned(), data.slot.to_string());
+    }
     let program = ContainerPlan {
         name: name.clone(),
         image: run.image.clone(),
         entrypoint: None,
         args: (!run.command.is_empty()).then(|| run.command.iter().map(filled).collect()),
         env,
-        labels: labels(c, spec, None),
+        labels: program_labels,
         port,
         advertise: advertise.clone(),
         healthcheck: false,
         registrar: false,
+        data_volume: data.map(|d| d.name.clone()),
     };
     let mut plans = vec![program];
     if service.registration == RegistrationMode::Managed {
@@ -281,6 +300,7 @@ pub fn instance_containers(
             advertise,
             healthcheck: false,
             registrar: true,
+            data_volume: None,
         });
     }
     Ok(plans)
@@ -301,6 +321,14 @@ pub fn labels(
         labels.insert(LABEL_ROLE.into(), role.into());
     }
     labels
+}
+
+/// Whether `c` is an instance's registrar (not its program).
+pub(super) fn is_registrar(c: &bollard::models::ContainerSummary) -> bool {
+    c.labels
+        .as_ref()
+        .and_then(|l| l.get(LABEL_ROLE))
+        .is_some_and(|role| role == ROLE_REGISTRAR)
 }
 
 /// The label filter of every container (or service) a controller with
@@ -340,7 +368,7 @@ pub fn container_name(name_prefix: &str, spec: &StartSpec) -> String {
     format!("{}-{}-{}", dns_safe(name_prefix), service, id)
 }
 
-fn dns_safe(s: &str) -> String {
+pub(super) fn dns_safe(s: &str) -> String {
     let s: String = s
         .chars()
         .map(|c| {
@@ -434,6 +462,7 @@ mod tests {
             &DockerConfig::default(),
             &spec,
             |port| format!("somewhere:{port}"),
+            None,
             "docker",
         )
         .unwrap();

@@ -9,7 +9,9 @@
 //! The driver keeps no state of its own: [`Driver::list`] asks the engine for
 //! the containers labelled with this driver's registry prefix, so a new
 //! controller (after a restart or a failover) adopts every container a
-//! previous one started, running or exited, with nothing else to do.
+//! previous one started, running or exited, with nothing else to do. A
+//! spec'd service with `data_dir: true` gets a named volume per slot
+//! ([`data_volumes`]), found again through the same labels.
 //!
 //! ## Which address an instance advertises
 //!
@@ -69,8 +71,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use bollard::Docker;
 use bollard::errors::Error as BollardError;
 use bollard::models::{
-    ContainerCreateBody, ContainerSummary, ContainerSummaryStateEnum, HostConfig, PortBinding,
-    RestartPolicy, RestartPolicyNameEnum,
+    ContainerCreateBody, ContainerSummary, ContainerSummaryStateEnum, HostConfig, Mount, MountType,
+    PortBinding, RestartPolicy, RestartPolicyNameEnum,
 };
 use bollard::query_parameters::{
     CreateContainerOptionsBuilder, ListContainersOptionsBuilder, RemoveContainerOptionsBuilder,
@@ -83,9 +85,10 @@ pub use super::containers::{
     LABEL_ID, LABEL_MANAGED, LABEL_PREFIX, LABEL_ROLE, LABEL_SERVICE,
 };
 use super::containers::{
-    ContainerPlan, ROLE_REGISTRAR, app_healthcheck, check_image, check_network, container_name,
-    instance_containers, owner_filter, status,
+    ContainerPlan, app_healthcheck, check_image, check_network, container_name,
+    instance_containers, is_registrar, owner_filter, status,
 };
+use super::data_volumes::{self, DATA_MOUNT};
 use super::{Driver, DriverError, Owned, StartSpec};
 
 /// A container still `created` (never started) after this long was left
@@ -97,6 +100,8 @@ const STUCK_CREATED: Duration = Duration::from_secs(60);
 pub struct DockerDriver {
     docker: Docker,
     config: DockerConfig,
+    /// One data-volume claim at a time (`data_volumes::claim`).
+    claims: tokio::sync::Mutex<()>,
 }
 
 impl DockerDriver {
@@ -125,7 +130,11 @@ impl DockerDriver {
         if let Some(network) = network {
             check_network(&docker, network).await?;
         }
-        Ok(DockerDriver { docker, config })
+        Ok(DockerDriver {
+            docker,
+            config,
+            claims: tokio::sync::Mutex::new(()),
+        })
     }
 
     /// The engine client, for callers that need more than the trait.
@@ -181,7 +190,12 @@ impl DockerDriver {
             env: Some(plan.env_list()),
             labels: Some(plan.labels.clone()),
             exposed_ports: exposed,
-            host_config: Some(self.host_config(network_mode, plan.port, host_port)),
+            host_config: Some(self.host_config(
+                network_mode,
+                plan.port,
+                host_port,
+                plan.data_volume.as_deref(),
+            )),
             ..Default::default()
         }
     }
@@ -193,6 +207,7 @@ impl DockerDriver {
         network_mode: Option<String>,
         port: u16,
         host_port: Option<u16>,
+        data_volume: Option<&str>,
     ) -> HostConfig {
         let c = &self.config;
         let port_bindings = host_port.map(|host_port| {
@@ -212,6 +227,14 @@ impl DockerDriver {
                     .iter()
                     .map(|f| format!("{0}:{0}:ro", f.display()))
                     .collect()
+            }),
+            mounts: data_volume.map(|volume| {
+                vec![Mount {
+                    target: Some(DATA_MOUNT.to_owned()),
+                    source: Some(volume.to_owned()),
+                    typ: Some(MountType::VOLUME),
+                    ..Default::default()
+                }]
             }),
             restart_policy: Some(RestartPolicy {
                 name: Some(RestartPolicyNameEnum::NO),
@@ -264,13 +287,6 @@ struct Instance {
     registrar_exit: Option<i32>,
 }
 
-fn is_registrar(c: &ContainerSummary) -> bool {
-    c.labels
-        .as_ref()
-        .and_then(|l| l.get(LABEL_ROLE))
-        .is_some_and(|role| role == ROLE_REGISTRAR)
-}
-
 fn free_port() -> std::io::Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?
         .local_addr()?
@@ -305,7 +321,27 @@ impl Driver for DockerDriver {
             Some(host_port) => format!("127.0.0.1:{host_port}"),
             None => format!("{name}:{port}"),
         };
-        let plans = instance_containers(&self.config, spec, advertise, "docker").map_err(fail)?;
+        // Held until the instance's containers exist: the next claim must
+        // see this one's slot label.
+        let _claiming = self.claims.lock().await;
+        let data = match spec.spec.as_deref() {
+            Some(service) if service.data_dir => {
+                let containers = self.containers(None).await.map_err(|e| {
+                    fail(format!(
+                        "cannot list containers to claim a data volume: {e}"
+                    ))
+                })?;
+                let data =
+                    data_volumes::claim(&self.docker, &self.config, &spec.service, &containers)
+                        .await
+                        .map_err(fail)?;
+                info!(service = %spec.service, id = %spec.id, volume = %data.name, "data volume claimed");
+                Some(data)
+            }
+            _ => None,
+        };
+        let plans = instance_containers(&self.config, spec, advertise, data.as_ref(), "docker")
+            .map_err(fail)?;
         let bodies = plans
             .iter()
             .map(|plan| (plan.name.clone(), self.create_body(plan, &name, host_port)));

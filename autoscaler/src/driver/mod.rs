@@ -19,6 +19,7 @@
 
 pub mod containers;
 pub mod data_slots;
+pub mod data_volumes;
 pub mod docker;
 pub mod docker_args;
 pub mod pidfile;

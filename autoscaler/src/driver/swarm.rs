@@ -376,8 +376,8 @@ impl Driver for SwarmDriver {
         };
         let name = self.service_name(spec);
         let advertise = |port: u16| format!("{name}:{port}");
-        let plans =
-            instance_containers(&self.config.containers, spec, advertise, "swarm").map_err(fail)?;
+        let plans = instance_containers(&self.config.containers, spec, advertise, None, "swarm")
+            .map_err(fail)?;
         if plans.iter().any(|p| p.registrar) {
             return Err(fail(format!(
                 "the spec of {} says `registration: managed`, whose registrar must share the \
@@ -607,6 +607,7 @@ mod tests {
             &config.containers,
             &spec,
             |p| format!("{name}:{p}"),
+            None,
             "swarm",
         )
         .unwrap();
