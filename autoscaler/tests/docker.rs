@@ -312,6 +312,26 @@ struct World {
     _cleanup: Cleanup,
 }
 
+impl World {
+    /// A docker driver on the world's network and etcd, its instances'
+    /// ports published on loopback so that the test reaches them.
+    async fn host_port_driver(&self) -> DockerDriver {
+        let config = DockerConfig {
+            network: Some(self.network.clone()),
+            advertise: Advertise::HostPort,
+            etcd_url: format!("http://{}:2379", self.etcd_name),
+            prefix: self.prefix.clone(),
+            labels: vec![(TEST_LABEL.into(), self.run.clone())],
+            name_prefix: "shoal-test".into(),
+            lease_ttl: Duration::from_secs(3),
+            ..DockerConfig::default()
+        };
+        DockerDriver::connect(config)
+            .await
+            .expect("connect the docker driver")
+    }
+}
+
 /// The test's world, or `None` when the test should be skipped.
 async fn world() -> Option<World> {
     let docker = engine().await?;
@@ -615,20 +635,7 @@ async fn specs_run_their_own_images_and_a_stock_image_is_registered_by_a_registr
         }
     }
     let (etcd, keys) = (&world.etcd, &world.keys);
-    let config = DockerConfig {
-        network: Some(world.network.clone()),
-        // Published on loopback, so that this test reaches the instances.
-        advertise: Advertise::HostPort,
-        etcd_url: format!("http://{}:2379", world.etcd_name),
-        prefix: world.prefix.clone(),
-        labels: vec![(TEST_LABEL.into(), world.run.clone())],
-        name_prefix: "shoal-test".into(),
-        lease_ttl: Duration::from_secs(3),
-        ..DockerConfig::default()
-    };
-    let driver = DockerDriver::connect(config)
-        .await
-        .expect("connect the docker driver");
+    let driver = world.host_port_driver().await;
 
     // A stock Node.js image, registered by the platform, and Shoal's app
     // server, which registers itself: two images side by side.
@@ -802,19 +809,7 @@ async fn a_data_dir_service_s_volume_goes_to_the_replacement_of_a_killed_instanc
         return;
     };
     let (etcd, keys) = (&world.etcd, &world.keys);
-    let config = DockerConfig {
-        network: Some(world.network.clone()),
-        advertise: Advertise::HostPort,
-        etcd_url: format!("http://{}:2379", world.etcd_name),
-        prefix: world.prefix.clone(),
-        labels: vec![(TEST_LABEL.into(), world.run.clone())],
-        name_prefix: "shoal-test".into(),
-        lease_ttl: Duration::from_secs(3),
-        ..DockerConfig::default()
-    };
-    let driver = DockerDriver::connect(config)
-        .await
-        .expect("connect the docker driver");
+    let driver = world.host_port_driver().await;
     let kv = service(serde_json::json!({
         "name": "kv",
         "docker": {"image": APP_IMAGE, "container_port": 8080, "env": {
