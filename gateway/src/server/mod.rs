@@ -547,15 +547,8 @@ async fn serve_connection<S: ClientStream, H: Handler>(
     } = context;
     // Bounded like the request head that should follow: a client that
     // sends nothing is closed after the header read timeout either way.
-    // Boxed: the wait is over before the connection's long life starts, and
-    // inline it would keep room in the task for all of it.
-    let detect = Box::pin(before_headers(
-        "first request",
-        stream.protocol(),
-        remote,
-        settings,
-    ));
-    let Some(protocol) = detect.await else {
+    let Some(protocol) = before_headers("first request", stream.protocol(), remote, settings).await
+    else {
         return;
     };
     let activity = Arc::new(Activity::default());
