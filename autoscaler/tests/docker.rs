@@ -284,11 +284,18 @@ fn spec(id: &str) -> StartSpec {
 
 /// GET / through a published port on loopback; the whole response.
 async fn get_root(addr: &str) -> Option<String> {
+    exchange(
+        addr,
+        "GET / HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n",
+    )
+    .await
+}
+
+/// Send `request` (which asks for `Connection: close`) to `addr`; the
+/// whole response, read to the close.
+async fn exchange(addr: &str, request: &str) -> Option<String> {
     let mut stream = tokio::net::TcpStream::connect(addr).await.ok()?;
-    stream
-        .write_all(b"GET / HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n")
-        .await
-        .ok()?;
+    stream.write_all(request.as_bytes()).await.ok()?;
     let mut response = String::new();
     stream.read_to_string(&mut response).await.ok()?;
     Some(response)
@@ -764,25 +771,19 @@ async fn specs_run_their_own_images_and_a_stock_image_is_registered_by_a_registr
 /// Value of `key` read from the instance at `addr` (`GET /kv/{key}`); the
 /// status line and the body.
 async fn kv_get(addr: &str, key: &str) -> Option<(String, String)> {
-    let mut stream = tokio::net::TcpStream::connect(addr).await.ok()?;
     let request = format!("GET /kv/{key} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n");
-    stream.write_all(request.as_bytes()).await.ok()?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response).await.ok()?;
+    let response = exchange(addr, &request).await?;
     let (head, body) = response.split_once("\r\n\r\n")?;
     Some((head.lines().next()?.to_owned(), body.to_owned()))
 }
 
 /// `PUT /kv/{key}` with `value` on the instance at `addr`; the status line.
 async fn kv_put(addr: &str, key: &str, value: &str) -> Option<String> {
-    let mut stream = tokio::net::TcpStream::connect(addr).await.ok()?;
     let request = format!(
         "PUT /kv/{key} HTTP/1.1\r\nHost: test\r\nConnection: close\r\nContent-Length: {}\r\n\r\n{value}",
         value.len()
     );
-    stream.write_all(request.as_bytes()).await.ok()?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response).await.ok()?;
+    let response = exchange(addr, &request).await?;
     response.lines().next().map(str::to_owned)
 }
 

@@ -321,24 +321,22 @@ impl Driver for DockerDriver {
             Some(host_port) => format!("127.0.0.1:{host_port}"),
             None => format!("{name}:{port}"),
         };
-        // Held until the instance's containers exist: the next claim must
-        // see this one's slot label.
-        let _claiming = self.claims.lock().await;
-        let data = match spec.spec.as_deref() {
-            Some(service) if service.data_dir => {
-                let containers = self.containers(None).await.map_err(|e| {
-                    fail(format!(
-                        "cannot list containers to claim a data volume: {e}"
-                    ))
-                })?;
-                let data =
-                    data_volumes::claim(&self.docker, &self.config, &spec.service, &containers)
-                        .await
-                        .map_err(fail)?;
-                info!(service = %spec.service, id = %spec.id, volume = %data.name, "data volume claimed");
-                Some(data)
-            }
-            _ => None,
+        // A data-volume claim waits for the others and holds its lock until
+        // the instance's containers exist, so the next claim sees its slot.
+        let (_claiming, data) = if spec.spec.as_deref().is_some_and(|s| s.data_dir) {
+            let claiming = self.claims.lock().await;
+            let containers = self.containers(None).await.map_err(|e| {
+                fail(format!(
+                    "cannot list containers to claim a data volume: {e}"
+                ))
+            })?;
+            let data = data_volumes::claim(&self.docker, &self.config, &spec.service, &containers)
+                .await
+                .map_err(fail)?;
+            info!(service = %spec.service, id = %spec.id, volume = %data.name, "data volume claimed");
+            (Some(claiming), Some(data))
+        } else {
+            (None, None)
         };
         let plans = instance_containers(&self.config, spec, advertise, data.as_ref(), "docker")
             .map_err(fail)?;
