@@ -305,7 +305,7 @@ impl<'a> Exchange<'a> {
                 let status = response.status();
                 let leaving_503 =
                     status == StatusCode::SERVICE_UNAVAILABLE && self.proxy.is_leaving(&backend);
-                let outcome = if matches!(status.as_u16(), 502..=504) && !leaving_503 {
+                let outcome = if failure_status(status) && !leaving_503 {
                     Outcome::Failure
                 } else {
                     Outcome::Success
@@ -493,6 +493,18 @@ impl<'a> Exchange<'a> {
             }
         }
     }
+}
+
+/// A status an instance answers when it could not serve the request
+/// (bad gateway, unavailable, timeout): counted as a failure, and retried.
+fn failure_status(status: StatusCode) -> bool {
+    matches!(status.as_u16(), 502..=504)
+}
+
+/// Whether an attempt ended in response headers that are not a failure
+/// status: no retry can follow it.
+pub(super) fn answered(result: &Option<Result<Response<PooledBody>, SendError>>) -> bool {
+    matches!(result, Some(Ok(response)) if !failure_status(response.status()))
 }
 
 /// `send`'s output, or `None` if `expiry` fires first. A plain future

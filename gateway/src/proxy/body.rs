@@ -22,14 +22,28 @@
 //! the body can no longer be sent again, as without replay. Whether a
 //! failed attempt may be retried at all is [`retry`](super::retry)'s call,
 //! not this module's.
+//!
+//! An attempt on an HTTP/2 connection is streamed by hyper's own send task
+//! once the body is not complete at once, so the attempt's failure (a
+//! reset, say) can reach the proxy before that task has dropped the body
+//! and handed it back. A failed attempt therefore waits, briefly, for the
+//! hand-back ([`Reclaimable::handed_back`]) before the retry decision looks
+//! at [`Reclaimable::is_available`].
 
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::HeaderMap;
 use hyper::body::{Body, Frame, SizeHint};
+use tokio::sync::Notify;
+
+/// How long a failed attempt waits for its body to be handed back
+/// ([`Reclaimable::handed_back`]): hyper's send task drops it within a
+/// scheduler turn or two of the failure.
+pub const HAND_BACK_WAIT: Duration = Duration::from_millis(100);
 
 /// Boxed error, as hyper wants them.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -82,6 +96,13 @@ impl KeptFrame {
 }
 
 impl<B> Shared<B> {
+    /// Whether an attempt is streaming the client's body and will hand it
+    /// back when it ends (replay on, the body neither ended nor past the
+    /// limit).
+    fn out_with_an_attempt(&self) -> bool {
+        self.taken && self.source.is_none() && !self.ended && self.kept.is_some()
+    }
+
     /// Whether a new attempt could send the whole body.
     fn is_available(&self) -> bool {
         if !self.taken {
@@ -109,7 +130,19 @@ impl<B> Shared<B> {
     }
 }
 
-type Slot<B> = Arc<Mutex<Shared<B>>>;
+/// The shared state, and the signal that an attempt handed the body back.
+struct SlotCell<B> {
+    shared: Mutex<Shared<B>>,
+    handed_back: Notify,
+}
+
+impl<B> SlotCell<B> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Shared<B>> {
+        self.shared.lock().expect("body slot poisoned")
+    }
+}
+
+type Slot<B> = Arc<SlotCell<B>>;
 
 /// The client's request body, shared by the attempts of one request.
 pub struct Reclaimable<B> {
@@ -124,12 +157,15 @@ impl<B: Body> Reclaimable<B> {
     pub fn new(body: B, limit: u64) -> Self {
         let hint = body.size_hint();
         let slot = (!body.is_end_stream()).then(|| {
-            Arc::new(Mutex::new(Shared {
-                source: Some(body),
-                taken: false,
-                ended: false,
-                kept: None,
-            }))
+            Arc::new(SlotCell {
+                shared: Mutex::new(Shared {
+                    source: Some(body),
+                    taken: false,
+                    ended: false,
+                    kept: None,
+                }),
+                handed_back: Notify::new(),
+            })
         });
         Reclaimable { slot, hint, limit }
     }
@@ -141,7 +177,7 @@ impl<B> Reclaimable<B> {
     /// the first attempt.
     pub fn replayable(&mut self, limit: u64) {
         if let Some(slot) = &self.slot {
-            let mut shared = slot.lock().expect("body slot poisoned");
+            let mut shared = slot.lock();
             if !shared.taken {
                 shared.kept = Some(Kept {
                     limit,
@@ -157,7 +193,7 @@ impl<B> Reclaimable<B> {
         let Some(slot) = &self.slot else {
             return Some(AttemptBody::empty());
         };
-        if !slot.lock().expect("body slot poisoned").is_available() {
+        if !slot.lock().is_available() {
             return None;
         }
         Some(AttemptBody {
@@ -178,7 +214,29 @@ impl<B> Reclaimable<B> {
     pub fn is_available(&self) -> bool {
         self.slot
             .as_ref()
-            .is_none_or(|slot| slot.lock().expect("body slot poisoned").is_available())
+            .is_none_or(|slot| slot.lock().is_available())
+    }
+
+    /// After a failed attempt: wait, at most `within`, until no attempt is
+    /// streaming the body any more, so that one ending in another task
+    /// (hyper's HTTP/2 send task) has handed it back before a retry is
+    /// decided. Immediate when nothing is out (replay off, the body sent
+    /// whole, or never taken).
+    pub async fn handed_back(&self, within: Duration) {
+        let Some(slot) = &self.slot else { return };
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            let notified = slot.handed_back.notified();
+            tokio::pin!(notified);
+            // Registered before the check: a hand-back in between still wakes it.
+            notified.as_mut().enable();
+            if !slot.lock().out_with_an_attempt() {
+                return;
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                return;
+            }
+        }
     }
 }
 
@@ -225,9 +283,11 @@ impl<B> AttemptBody<B> {
             ..
         } = std::mem::replace(&mut self.state, State::Done)
         {
-            let mut shared = slot.lock().expect("body slot poisoned");
+            let mut shared = slot.lock();
             if shared.kept.is_some() {
                 shared.source = Some(source);
+                drop(shared);
+                slot.handed_back.notify_waiters();
             }
         }
     }
@@ -265,7 +325,7 @@ where
             match &mut this.state {
                 State::Empty | State::Done => return Poll::Ready(None),
                 State::Waiting(slot) => {
-                    let mut shared = slot.lock().expect("body slot poisoned");
+                    let mut shared = slot.lock();
                     if !shared.is_available() {
                         drop(shared);
                         this.state = State::Done;
@@ -288,7 +348,7 @@ where
                     source,
                 } => {
                     if let Some(slot) = slot {
-                        let shared = slot.lock().expect("body slot poisoned");
+                        let shared = slot.lock();
                         if let Some(kept) = &shared.kept
                             && let Some(frame) = kept.frames.get(*replayed)
                         {
@@ -305,20 +365,24 @@ where
                         Poll::Pending => return Poll::Pending,
                         Poll::Ready(None) => {
                             if let Some(slot) = slot {
-                                slot.lock().expect("body slot poisoned").ended = true;
+                                slot.lock().ended = true;
                             }
                             *source = None;
                             this.state = State::Done;
                             return Poll::Ready(None);
                         }
                         Poll::Ready(Some(Err(e))) => {
+                            if let Some(slot) = slot {
+                                // Broken: no attempt can send it whole again.
+                                slot.lock().kept = None;
+                            }
                             *source = None;
                             this.state = State::Done;
                             return Poll::Ready(Some(Err(BodyError::Client(e.into()))));
                         }
                         Poll::Ready(Some(Ok(frame))) => {
                             if let Some(slot) = slot {
-                                let mut shared = slot.lock().expect("body slot poisoned");
+                                let mut shared = slot.lock();
                                 shared.keep(&frame);
                                 if let Some(kept) = &shared.kept {
                                     *replayed = kept.frames.len();
@@ -452,6 +516,53 @@ mod tests {
         assert!(second.is_none());
         drop(first);
         assert!(body.is_available());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_retry_waits_for_a_body_handed_back_by_another_task() {
+        let mut body = Reclaimable::new(chunks(&["ab", "cd"]), 100);
+        body.replayable(1024);
+        let mut first = body.attempt().unwrap();
+        first.frame().await.unwrap().unwrap();
+        // hyper's send task still holds the attempt when its failure is seen.
+        let sender = tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(30)).await;
+            drop(first);
+        });
+        assert!(!body.is_available());
+        let started = tokio::time::Instant::now();
+        body.handed_back(Duration::from_millis(500)).await;
+        assert_eq!(started.elapsed(), Duration::from_millis(30));
+        assert!(body.is_available());
+        sender.await.unwrap();
+        assert_eq!(
+            body.attempt().unwrap().collect().await.unwrap().to_bytes(),
+            "abcd"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_wait_for_a_hand_back_is_bounded_and_skipped_when_nothing_is_out() {
+        let mut body = Reclaimable::new(chunks(&["ab", "cd"]), 100);
+        body.replayable(1024);
+        let started = tokio::time::Instant::now();
+        body.handed_back(Duration::from_millis(500)).await;
+        assert_eq!(started.elapsed(), Duration::ZERO, "never taken");
+
+        let mut held = body.attempt().unwrap();
+        held.frame().await.unwrap().unwrap();
+        body.handed_back(Duration::from_millis(500)).await;
+        assert_eq!(started.elapsed(), Duration::from_millis(500), "still out");
+        assert!(!body.is_available());
+        drop(held);
+
+        // Without replay nothing comes back, so nothing is waited for.
+        let plain = Reclaimable::new(chunks(&["ab"]), 100);
+        let mut taken = plain.attempt().unwrap();
+        taken.frame().await.unwrap().unwrap();
+        let again = tokio::time::Instant::now();
+        plain.handed_back(Duration::from_millis(500)).await;
+        assert_eq!(again.elapsed(), Duration::ZERO);
     }
 
     #[tokio::test]

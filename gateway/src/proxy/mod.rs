@@ -94,7 +94,7 @@ use crate::health::EjectionPolicy;
 use crate::rate_limit::Verdict;
 use crate::table::{self, TableHandle};
 use answer::{fail, respond};
-use attempt::{Attempted, Exchange, within};
+use attempt::{Attempted, Exchange, answered, within};
 pub use error::GatewayError;
 pub use forward::HttpClient;
 pub use forwarded::{Peer, TrustedProxies};
@@ -393,6 +393,11 @@ impl Inner {
                     }
                     None => (pick, attempt),
                 };
+                if !answered(&result) {
+                    // A retry may need the body back from hyper's send task.
+                    // Boxed: a failure path, kept out of every request's future.
+                    Box::pin(exchange.body.handed_back(body::HAND_BACK_WAIT)).await;
+                }
                 match exchange.classify(&mut plan, pick, attempt, result) {
                     // 5. Answer.
                     Attempted::Answered(answer) => {
