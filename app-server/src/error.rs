@@ -89,6 +89,9 @@ pub enum ApiError {
     #[error("internal replication call without a valid `x-shoal-kv-version` header")]
     BadVersion,
 
+    #[error("internal replication batch not understood: {0}; nothing was stored")]
+    BadBatch(String),
+
     #[error(
         "this instance already counts {MAX_SESSIONS} sessions and takes no new one; reuse a session or use /kv/{{key}}"
     )]
@@ -106,7 +109,8 @@ impl ApiError {
             | ApiError::BadKey { .. }
             | ApiError::BadBody(_)
             | ApiError::BadIfMatch { .. }
-            | ApiError::BadVersion => StatusCode::BAD_REQUEST,
+            | ApiError::BadVersion
+            | ApiError::BadBatch(_) => StatusCode::BAD_REQUEST,
             ApiError::VersionMismatch { .. } => StatusCode::CONFLICT,
             ApiError::TooFewOwners { .. }
             | ApiError::OwnerFailed { .. }
@@ -141,6 +145,7 @@ impl ApiError {
             ApiError::StorageFailed(_) => "storage_failed",
             ApiError::TooManySessions => "too_many_sessions",
             ApiError::BadVersion => "bad_version",
+            ApiError::BadBatch(_) => "bad_batch",
             ApiError::Internal => "internal",
         }
     }

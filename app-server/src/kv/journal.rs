@@ -11,9 +11,7 @@
 //! hold when R ≥ 2.
 //!
 //! Format: a header line, then records `len: u32 LE, crc32: u32 LE, payload`,
-//! where the payload is `kind: u8` (0 value, 1 tombstone, 2 removal), the
-//! version (`hlc: u64 LE`, `node: u64 LE`), `key_len: u16 LE`, the key, and
-//! for a value `value_len: u32 LE` and the value. Replay stops at the first
+//! where the payload is a change in [`codec`]'s form. Replay stops at the first
 //! record that is cut short or fails its checksum (a write interrupted by a
 //! crash), says so, and truncates the file there.
 //!
@@ -28,33 +26,17 @@ use std::fs::{File, OpenOptions, TryLockError};
 use std::io::{self, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
 
-use bytes::Bytes;
 use tracing::warn;
 
-use super::key::{MAX_KEY_BYTES, MAX_VALUE_BYTES};
+pub use super::codec::Record;
+use super::codec::{self, MAX_PAYLOAD};
 use super::store::Entry;
-use super::version::Version;
 
 const HEADER: &[u8] = b"shoal key-value journal v1\n";
 const FILE_NAME: &str = "kv.journal";
 const LOCK_NAME: &str = "LOCK";
 /// A journal smaller than this is never compacted.
 pub const COMPACT_AFTER: u64 = 8 << 20;
-/// Longest payload a valid record can have (a key, a value and the fixed fields).
-const MAX_PAYLOAD: usize = 1 + 16 + 2 + MAX_KEY_BYTES + 4 + MAX_VALUE_BYTES;
-
-const KIND_VALUE: u8 = 0;
-const KIND_TOMBSTONE: u8 = 1;
-const KIND_REMOVAL: u8 = 2;
-
-/// One change to the local store.
-#[derive(Debug, Clone, Copy)]
-pub enum Record<'a> {
-    /// `key` now holds `entry` (a value or a tombstone).
-    Put(&'a str, &'a Entry),
-    /// `key`, which held `version`, was removed.
-    Remove(&'a str, Version),
-}
 
 /// Why a data directory could not be used.
 #[derive(Debug, thiserror::Error)]
@@ -219,39 +201,17 @@ impl Journal {
 
 /// Bytes one entry takes in a compacted journal.
 pub fn record_len(key: &str, entry: &Entry) -> u64 {
-    (8 + payload_len(key, entry.value.as_ref().map_or(0, |v| v.len()), true)) as u64
-}
-
-fn payload_len(key: &str, value_len: usize, put: bool) -> usize {
-    1 + 16 + 2 + key.len() + if put { 4 + value_len } else { 0 }
+    (8 + codec::payload_len(Record::Put(key, entry))) as u64
 }
 
 fn encode(record: Record<'_>) -> Vec<u8> {
-    let (kind, key, version, value) = match record {
-        Record::Put(key, entry) => match &entry.value {
-            Some(value) => (KIND_VALUE, key, entry.version, Some(value)),
-            None => (KIND_TOMBSTONE, key, entry.version, None),
-        },
-        Record::Remove(key, version) => (KIND_REMOVAL, key, version, None),
-    };
-    let mut payload = Vec::with_capacity(payload_len(
-        key,
-        value.map_or(0, |v| v.len()),
-        kind == KIND_VALUE,
-    ));
-    payload.push(kind);
-    payload.extend_from_slice(&version.hlc.to_le_bytes());
-    payload.extend_from_slice(&version.node.to_le_bytes());
-    payload.extend_from_slice(&(key.len() as u16).to_le_bytes());
-    payload.extend_from_slice(key.as_bytes());
-    if let Some(value) = value {
-        payload.extend_from_slice(&(value.len() as u32).to_le_bytes());
-        payload.extend_from_slice(value);
-    }
-    let mut bytes = Vec::with_capacity(8 + payload.len());
-    bytes.extend_from_slice(&(payload.len() as u32).to_le_bytes());
-    bytes.extend_from_slice(&crc32fast::hash(&payload).to_le_bytes());
-    bytes.extend_from_slice(&payload);
+    let mut bytes = Vec::with_capacity(8 + codec::payload_len(record));
+    bytes.extend_from_slice(&[0; 8]);
+    codec::encode(record, &mut bytes);
+    let payload_len = bytes.len() - 8;
+    let crc = crc32fast::hash(&bytes[8..]);
+    bytes[..4].copy_from_slice(&(payload_len as u32).to_le_bytes());
+    bytes[4..8].copy_from_slice(&crc.to_le_bytes());
     bytes
 }
 
@@ -295,7 +255,7 @@ fn replay(file: &mut File, path: &Path) -> Result<(HashMap<String, Entry>, u64),
         {
             break;
         }
-        let Some(change) = decode(&payload) else {
+        let Some(change) = codec::decode(&payload) else {
             break;
         };
         match change {
@@ -309,38 +269,6 @@ fn replay(file: &mut File, path: &Path) -> Result<(HashMap<String, Entry>, u64),
         good += (8 + len) as u64;
     }
     Ok((entries, good))
-}
-
-/// A payload as (key, the entry it now holds or `None` when removed).
-fn decode(payload: &[u8]) -> Option<(String, Option<Entry>)> {
-    let (&kind, rest) = payload.split_first()?;
-    let hlc = u64::from_le_bytes(rest.get(..8)?.try_into().ok()?);
-    let node = u64::from_le_bytes(rest.get(8..16)?.try_into().ok()?);
-    let key_len = u16::from_le_bytes(rest.get(16..18)?.try_into().ok()?) as usize;
-    let key = std::str::from_utf8(rest.get(18..18 + key_len)?)
-        .ok()?
-        .to_owned();
-    let rest = &rest[18 + key_len..];
-    let version = Version { hlc, node };
-    match kind {
-        KIND_VALUE => {
-            let value_len = u32::from_le_bytes(rest.get(..4)?.try_into().ok()?) as usize;
-            let value = rest.get(4..4 + value_len)?;
-            (rest.len() == 4 + value_len).then(|| {
-                let value = Some(Bytes::copy_from_slice(value));
-                (key, Some(Entry { version, value }))
-            })
-        }
-        KIND_TOMBSTONE => rest.is_empty().then_some((
-            key,
-            Some(Entry {
-                version,
-                value: None,
-            }),
-        )),
-        KIND_REMOVAL => rest.is_empty().then_some((key, None)),
-        _ => None,
-    }
 }
 
 /// Fill `buf` as far as the reader goes; how many bytes were read.
@@ -359,7 +287,11 @@ fn read_up_to(reader: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
 
 #[cfg(test)]
 mod tests {
+    use bytes::Bytes;
+
     use super::*;
+    use crate::kv::key::{MAX_KEY_BYTES, MAX_VALUE_BYTES};
+    use crate::kv::version::Version;
 
     fn v(hlc: u64) -> Version {
         Version { hlc, node: 7 }
@@ -522,7 +454,7 @@ mod tests {
         let encoded = encode(Record::Put(&key, &entry));
         assert_eq!(encoded.len() - 8, MAX_PAYLOAD);
         assert_eq!(encoded.len() as u64, record_len(&key, &entry));
-        let (decoded_key, decoded) = decode(&encoded[8..]).unwrap();
+        let (decoded_key, decoded) = codec::decode(&encoded[8..]).unwrap();
         assert_eq!((decoded_key, decoded), (key, Some(entry)));
     }
 }

@@ -6,9 +6,11 @@
 //! - [`key`]: key and value rules.
 //! - [`version`]: versions and the clock that issues them.
 //! - [`store`]: the local last-writer-wins map.
+//! - [`codec`]: the binary form of one change, for the journal and the batches.
 //! - [`journal`]: `--data-dir`, the append-only file the map is rebuilt from.
 //! - [`membership`]: ready instances, owners, primaries, down marks, settling.
 //! - [`peers`]: calls to other instances (internal endpoints, forwarding).
+//! - [`batch`]: copies pushed to one peer, gathered into batches.
 //! - [`cluster`]: [`Kv`], coordinating reads and writes.
 //! - [`sync`]: the task that places entries on their owners and hands off.
 //! - [`feed`]: the registry watch that keeps the membership current.
@@ -16,7 +18,9 @@
 //! docs/architecture.md ("Distributed key-value store") describes the
 //! protocol and its guarantees.
 
+pub mod batch;
 pub mod cluster;
+pub mod codec;
 pub mod feed;
 pub mod journal;
 pub mod key;

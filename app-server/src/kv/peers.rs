@@ -2,16 +2,20 @@
 //! (`/_shoal/kv/{key}`, see `routes::kv_peer`) and forwarding a client's
 //! request to the key's primary.
 //!
+//! Copies for the other owners go in batches ([`super::batch`]).
+//!
 //! One pooled HTTP/1.1 client (reqwest) with short timeouts: a peer that
 //! does not connect within [`CONNECT_TIMEOUT`] is treated like a refused one
 //! (marked down by the caller), and no call waits longer than
 //! [`CALL_TIMEOUT`].
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::http::{HeaderMap, HeaderName, Method, StatusCode};
 use bytes::Bytes;
 
+use super::batch::{self, BatchRefused, Batches};
 use super::membership::Member;
 use super::store::Entry;
 use super::version::Version;
@@ -37,7 +41,7 @@ pub const REFUSED_HEADER: HeaderName = HeaderName::from_static("x-shoal-kv-refus
 pub const PRIMARY_HEADER: HeaderName = HeaderName::from_static("x-shoal-kv-primary");
 
 /// Why a call to a peer did not give an answer.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum PeerError {
     /// Not there (refused, no connection in time) or leaving: skip it as an owner.
     #[error("{id} is unreachable or leaving: {why}")]
@@ -57,6 +61,7 @@ pub struct Forwarded {
 #[derive(Debug, Clone)]
 pub struct Peers {
     http: reqwest::Client,
+    batches: Arc<Batches>,
 }
 
 impl Default for Peers {
@@ -69,7 +74,10 @@ impl Default for Peers {
             .no_proxy()
             .build()
             .expect("a client with these settings always builds");
-        Peers { http }
+        Peers {
+            http,
+            batches: Arc::default(),
+        }
     }
 }
 
@@ -98,8 +106,44 @@ impl Peers {
         }
     }
 
-    /// Give the peer a copy of `entry` (it keeps the newer of its own and this).
+    /// Give the peer a copy of `entry` (it keeps the newer of its own and
+    /// this), in a batch with the other copies on their way to it.
     pub async fn push(
+        &self,
+        peer: &Member,
+        key: &str,
+        entry: &Entry,
+        owners: &str,
+    ) -> Result<(), PeerError> {
+        batch::push(self, peer, key, entry, owners).await
+    }
+
+    pub(super) fn batches(&self) -> &Batches {
+        &self.batches
+    }
+
+    /// Send one batch body ([`batch::PATH`]).
+    pub(super) async fn send_batch(&self, peer: &Member, body: Bytes) -> Result<(), BatchRefused> {
+        let response = self
+            .http
+            .post(format!("http://{}{}", peer.addr, batch::PATH))
+            .header(axum::http::header::CONTENT_TYPE, "application/octet-stream")
+            .body(body)
+            .send()
+            .await
+            .map_err(|e| BatchRefused::Peer(error(peer, e)))?;
+        match response.status() {
+            StatusCode::OK => Ok(()),
+            StatusCode::NOT_FOUND | StatusCode::METHOD_NOT_ALLOWED => {
+                Err(BatchRefused::NotUnderstood)
+            }
+            status => Err(BatchRefused::Peer(status_error(peer, status))),
+        }
+    }
+
+    /// One copy in a request of its own (`PUT /_shoal/kv/{key}`), for a
+    /// peer without the batch endpoint.
+    pub(super) async fn push_one(
         &self,
         peer: &Member,
         key: &str,

@@ -8,6 +8,11 @@
 //!   needs to know this instance holds that version or a newer one); 503 if
 //!   this instance is leaving.
 //! - `DELETE` with `x-shoal-kv-version`: forget that tombstone version.
+//!
+//! And `POST /_shoal/kv-batch`: many copies in one body (`kv::batch` has
+//! its format), each kept if newer, then one flush and one answer: 200,
+//! 503 if this instance is leaving (nothing stored) or could not store
+//! them, 400 if the body is not a valid batch (nothing stored).
 
 use axum::Json;
 use axum::body::Bytes;
@@ -18,6 +23,7 @@ use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
 use crate::error::ApiError;
+use crate::kv::batch;
 use crate::kv::cluster::NotReceived;
 use crate::kv::peers::{OWNERS_HEADER, TOMBSTONE_HEADER, VERSION_HEADER, header_version};
 use crate::kv::store::{Applied, Entry};
@@ -71,6 +77,30 @@ pub async fn put(
         .await
         .map_err(|e| ApiError::StorageFailed(e.to_string()))?;
     Ok(Json(json!({ "stored": applied == Applied::Stored })).into_response())
+}
+
+pub async fn batch(
+    State(state): State<AppState>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let body = body.map_err(body_error)?;
+    let copies = batch::decode(&body).map_err(|e| ApiError::BadBatch(e.to_string()))?;
+    let kv = state.kv();
+    let mut stored = 0;
+    for copy in &copies {
+        let applied = kv
+            .receive(&copy.key, copy.entry.clone(), &copy.owners)
+            .map_err(|e| match e {
+                NotReceived::Leaving => ApiError::Leaving,
+                NotReceived::Storage(e) => ApiError::StorageFailed(e.to_string()),
+            })?;
+        stored += (applied == Applied::Stored) as usize;
+    }
+    // One flush for the whole batch (group commit across its copies).
+    kv.durable()
+        .await
+        .map_err(|e| ApiError::StorageFailed(e.to_string()))?;
+    Ok(Json(json!({ "copies": copies.len(), "stored": stored })).into_response())
 }
 
 pub async fn delete(

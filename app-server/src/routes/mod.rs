@@ -4,7 +4,7 @@
 //! - [`work`]: `GET /work?iterations=N`, CPU-bound busy loop
 //! - [`kv`]: `GET|PUT|DELETE /kv/{key}`
 //! - [`counter`]: `POST /counter/{session}`, an instance-local counter
-//! - [`kv_peer`]: `/_shoal/kv/{key}`, replication between instances
+//! - [`kv_peer`]: `/_shoal/kv/{key}` and `/_shoal/kv-batch`, replication between instances
 //! - [`health`]: `GET /healthz`, `/readyz`, `/load`
 //!
 //! Application routes (the first four) are wrapped in the request counter that
@@ -54,13 +54,18 @@ pub fn app(state: AppState) -> Router {
             post(counter::increment).fallback(only_post),
         )
         .route_layer(middleware::from_fn_with_state(state.clone(), count_request));
-    let internal = Router::new().route(
-        "/_shoal/kv/{*key}",
-        get(kv_peer::get)
-            .put(kv_peer::put)
-            .delete(kv_peer::delete)
-            .layer(DefaultBodyLimit::max(MAX_VALUE_BYTES)),
-    );
+    let internal = Router::new()
+        .route(
+            "/_shoal/kv/{*key}",
+            get(kv_peer::get)
+                .put(kv_peer::put)
+                .delete(kv_peer::delete)
+                .layer(DefaultBodyLimit::max(MAX_VALUE_BYTES)),
+        )
+        .route(
+            crate::kv::batch::PATH,
+            post(kv_peer::batch).layer(DefaultBodyLimit::max(crate::kv::batch::MAX_BATCH_BYTES)),
+        );
     let probes = Router::new()
         .route("/healthz", get(health::healthz).fallback(only_get))
         .route("/readyz", get(health::readyz).fallback(only_get))
