@@ -7,6 +7,14 @@ use clap::Parser;
 
 use app_server::Config;
 
+/// mimalloc rather than the system allocator, as in the gateway: every
+/// request makes short-lived allocations (hyper's and axum's per-request
+/// state, header maps, keys and copies of values), and glibc's malloc and
+/// free (`_int_free`, `malloc_consolidate`) were about a tenth of the CPU
+/// in a `perf` profile of `bench/kv.sh`'s direct-to-the-primary PUTs.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     let config = Config::parse();
     if config.healthcheck {
