@@ -28,7 +28,7 @@ use crate::config::ETCD_CALL_TIMEOUT;
 use crate::keys::Keys;
 use crate::model::RegistryValue;
 use crate::store::Store;
-use crate::store::backend::{Backend, Range, WatchEvent, WatchMessage};
+use crate::store::backend::{Backend, BackendError, Range, WatchEvent, WatchMessage};
 
 const FIRST_RETRY: Duration = Duration::from_millis(100);
 const MAX_RETRY: Duration = Duration::from_secs(1);
@@ -267,7 +267,14 @@ impl<T: RegistryValue> WatchTask<T> {
                     self.snapshot
                         .send_if_modified(|s| std::mem::replace(&mut s.connected, false));
                     if failures == 1 || failures.is_power_of_two() {
-                        warn!(prefix = %self.prefix, error = %e, failures, "etcd unreachable; keeping the last snapshot");
+                        match e {
+                            BackendError::Refused(_) | BackendError::Denied(_) => {
+                                warn!(prefix = %self.prefix, error = %e, failures, "etcd refused to list or watch this prefix (does this program's etcd user have a role that reads it?); keeping the last snapshot and trying again")
+                            }
+                            BackendError::Unavailable(_) => {
+                                warn!(prefix = %self.prefix, error = %e, failures, "etcd unreachable; keeping the last snapshot")
+                            }
+                        }
                     }
                     tokio::select! {
                         _ = self.stop.cancelled() => return,
@@ -294,8 +301,9 @@ impl<T: RegistryValue> WatchTask<T> {
     }
 
     /// List, publish a reset, then follow the watch until it must be redone.
-    /// `Err` means etcd could not be reached for the list or the watch.
-    async fn list_and_watch(&mut self) -> Result<Relist, String> {
+    /// `Err` means etcd could not be reached for the list or the watch, or
+    /// refused them.
+    async fn list_and_watch(&mut self) -> Result<Relist, BackendError> {
         let revision = match self.resume.take() {
             Some(revision) => revision,
             None => self.list().await?,
@@ -312,8 +320,9 @@ impl<T: RegistryValue> WatchTask<T> {
             self.backend.watch(self.prefix.clone(), revision.max(1)),
         )
         .await
-        .map_err(|_| format!("watch did not answer within {ETCD_CALL_TIMEOUT:?}"))?
-        .map_err(|e| e.to_string())?;
+        .map_err(|_| {
+            BackendError::Unavailable(format!("watch did not answer within {ETCD_CALL_TIMEOUT:?}"))
+        })??;
         self.snapshot
             .send_if_modified(|s| !std::mem::replace(&mut s.connected, true));
         debug!(prefix = %self.prefix, revision, "watching");
@@ -352,14 +361,15 @@ impl<T: RegistryValue> WatchTask<T> {
 
     /// List the prefix, publish the result as a snapshot and a reset, and
     /// return the revision it reflects.
-    async fn list(&mut self) -> Result<i64, String> {
+    async fn list(&mut self) -> Result<i64, BackendError> {
         let listed = tokio::time::timeout(
             ETCD_CALL_TIMEOUT,
             self.backend.range(Range::prefix(self.prefix.as_str())),
         )
         .await
-        .map_err(|_| format!("list did not answer within {ETCD_CALL_TIMEOUT:?}"))?
-        .map_err(|e| e.to_string())?;
+        .map_err(|_| {
+            BackendError::Unavailable(format!("list did not answer within {ETCD_CALL_TIMEOUT:?}"))
+        })??;
         let revision = listed.revision;
         let mut entries = BTreeMap::new();
         for kv in listed.kvs {

@@ -23,12 +23,13 @@ pub async fn store(args: &EtcdArgs) -> Result<Store, Failure> {
 }
 
 /// A store error as a command's failure: etcd missing is the "cannot reach
-/// etcd" failure (exit 2, with advice), bad input exit 2, anything else
-/// (the command adds its own advice first where it has some) exit 1.
+/// etcd" failure (exit 2, with advice), bad input or a user without the
+/// rights exit 2, anything else (the command adds its own advice first
+/// where it has some) exit 1.
 pub fn store_failure(args: &EtcdArgs, error: StoreError) -> Failure {
     match error {
         StoreError::Unavailable { detail, .. } => unreachable(args, detail),
-        StoreError::Invalid(_) => Failure::Usage(anyhow!("{error}")),
+        StoreError::Invalid(_) | StoreError::Denied { .. } => Failure::Usage(anyhow!("{error}")),
         other => Failure::Runtime(anyhow!("{other}")),
     }
 }

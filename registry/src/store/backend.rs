@@ -282,6 +282,10 @@ pub enum BackendError {
     /// twice); retrying cannot help.
     #[error("etcd refused the request: {0}")]
     Refused(String),
+    /// The etcd user may not do this (or is not signed in): nothing was
+    /// done, and retrying cannot help until its roles change.
+    #[error("etcd denied the request: {0}")]
+    Denied(String),
     /// etcd could not be reached, failed, or did not answer in time. A write
     /// may or may not have been made.
     #[error("{0}")]

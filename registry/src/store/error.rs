@@ -21,6 +21,9 @@ pub enum StoreError {
     /// etcd refused the request itself; retrying cannot help.
     #[error("cannot {what}: etcd refused it: {detail}")]
     Refused { what: &'static str, detail: String },
+    /// The etcd user may not do this; nothing was done.
+    #[error("cannot {what}: etcd denied it: {detail}")]
+    Denied { what: &'static str, detail: String },
     /// What the caller asked to write is not valid.
     #[error("{0}")]
     Invalid(#[from] ValidationError),

@@ -46,12 +46,23 @@ impl EtcdBackend {
 /// transaction naming a key twice; FAILED_PRECONDITION): etcd-client does
 /// not re-export tonic's `Code`, so they are compared by number.
 const REFUSED_CODES: [i32; 2] = [3, 9];
+/// PERMISSION_DENIED and UNAUTHENTICATED: the user may not do this (or its
+/// token is not valid). Retrying cannot help until the operator changes the
+/// user's roles; a write refused this way was not made.
+const DENIED_CODES: [i32; 2] = [7, 16];
 
 fn classify(e: etcd_client::Error) -> BackendError {
-    if let etcd_client::Error::GRpcStatus(status) = &e
-        && REFUSED_CODES.contains(&(status.code() as i32))
-    {
-        return BackendError::Refused(status.message().to_owned());
+    if let etcd_client::Error::GRpcStatus(status) = &e {
+        let code = status.code() as i32;
+        if REFUSED_CODES.contains(&code) {
+            return BackendError::Refused(status.message().to_owned());
+        }
+        if DENIED_CODES.contains(&code) {
+            return BackendError::Denied(format!(
+                "{}: the etcd user given with --etcd-user needs a role that grants this key range (etcdctl role grant-permission)",
+                status.message()
+            ));
+        }
     }
     BackendError::Unavailable(describe(&e))
 }

@@ -119,6 +119,9 @@ impl Store {
                 Ok(Err(BackendError::Refused(detail))) => {
                     return Err(StoreError::Refused { what, detail });
                 }
+                Ok(Err(BackendError::Denied(detail))) => {
+                    return Err(StoreError::Denied { what, detail });
+                }
                 Ok(Err(BackendError::Unavailable(detail))) => detail,
                 Err(_) => no_answer(),
             };
@@ -144,6 +147,7 @@ impl Store {
         match tokio::time::timeout(ETCD_CALL_TIMEOUT, self.backend.txn(txn)).await {
             Ok(Ok(outcome)) => Ok(outcome),
             Ok(Err(BackendError::Refused(detail))) => Err(StoreError::Refused { what, detail }),
+            Ok(Err(BackendError::Denied(detail))) => Err(StoreError::Denied { what, detail }),
             Ok(Err(BackendError::Unavailable(detail))) => Err(unavailable(detail)),
             Err(_) => Err(unavailable(no_answer())),
         }

@@ -301,8 +301,37 @@ async fn registry_certificates_are_readable_by_the_gateways_user_only() {
     app.get(keys.routes(), None)
         .await
         .expect("the app user reads routes/");
+    // Through the registry store, a denied read or write is refused at once
+    // (not retried, nor reported as etcd being away or a write that may
+    // have been made) and says what to change.
+    let store = registry::Store::etcd(app.clone(), keys.clone());
+    let asked = std::time::Instant::now();
+    let read = store.certs().await.unwrap_err();
+    assert!(
+        matches!(read, registry::StoreError::Denied { .. }),
+        "{read:?}"
+    );
+    assert!(
+        asked.elapsed() < registry::config::ETCD_CALL_TIMEOUT,
+        "a denied read was retried for {:?}",
+        asked.elapsed()
+    );
+    let other = pki.server_cert("other", &["other.example"], None);
+    let pem = registry::tls_cert::CertPem {
+        chain_pem: std::fs::read_to_string(&other.cert).unwrap(),
+        key_pem: std::fs::read_to_string(&other.key).unwrap(),
+    };
+    let write = store.put_cert("other", &pem).await.unwrap_err();
+    for denied in [&read, &write] {
+        let message = denied.to_string();
+        assert!(
+            message.contains("permission denied") && message.contains("role"),
+            "{message}"
+        );
+        assert!(!message.contains("may or may not"), "{message}");
+    }
     let mut args = strings(&["--etcd", &etcd.endpoint(), "certs", "list"]);
-    args.extend(app_flags);
+    args.extend(app_flags.iter().cloned());
     let out = run("registry", &args).await;
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{stderr}");
@@ -337,6 +366,27 @@ async fn registry_certificates_are_readable_by_the_gateways_user_only() {
     )
     .await;
     served.unwrap_or_else(|e| panic!("{e}; gateway log:\n{}", gateway.proc.stderr()));
+
+    // A gateway whose user lacks the `certs/` grant says so, rather than
+    // that etcd is unreachable.
+    let mut flags = app_flags.clone();
+    flags.extend(strings(&[
+        "--tls-listen",
+        "127.0.0.1:0",
+        "--tls-registry-certs",
+    ]));
+    let flag_refs: Vec<&str> = flags.iter().map(String::as_str).collect();
+    let denied = Gateway::start(&etcd, &flag_refs).await;
+    let said = shoal_tests::wait_until(Duration::from_secs(10), "the refusal logged", || {
+        denied.proc.stderr().lines().any(|l| {
+            l.contains("/shoal/certs/")
+                && l.contains("etcd refused to list or watch")
+                && l.contains("permission denied")
+        })
+    })
+    .await;
+    said.unwrap_or_else(|e| panic!("{e}; gateway log:\n{}", denied.proc.stderr()));
+    assert!(!denied.proc.stderr().contains("etcd unreachable"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

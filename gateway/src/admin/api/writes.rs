@@ -57,6 +57,12 @@ pub(super) fn store_error(e: StoreError) -> ApiError {
             "registry_refused",
             format!("the registry (etcd) refused to {what}: {detail}"),
         ),
+        // The gateway's etcd user lacks the rights: nothing was written.
+        StoreError::Denied { what, detail } => ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "registry_denied",
+            format!("the registry (etcd) does not let the gateway's user {what}: {detail}"),
+        ),
         e => ApiError::conflict(e.to_string()),
     }
 }
