@@ -9,7 +9,9 @@
 #   bench/kv.sh                  # 5 s per measurement, about 2 minutes
 #   SECS=2 bench/kv.sh           # a quick look
 #
-# Settings (environment): SECS (5), CLIENTS (32), KEYS (1000), VALUE_BYTES (100).
+# Settings (environment): SECS (5), CLIENTS (32), KEYS (1000), VALUE_BYTES (100),
+# ROWS (only the rows whose `store/instances` label contains one of these
+# comma-separated parts, e.g. ROWS="shoal R=2/2,direct,etcd,WAIT").
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/lib.sh

@@ -13,6 +13,10 @@
 //! etcd is measured the same way with the Rust client (`etcd-client`), one
 //! client connection shared by the CLIENTS tasks.
 //!
+//! `ROWS` (comma-separated) measures only the rows whose `store/instances`
+//! label contains one of its parts, e.g. `ROWS="shoal R=2/2,direct,etcd,WAIT"`
+//! for a quick look at the replicated rows; every row by default.
+//!
 //! Direct to the primary: the client places each key as the store does
 //! (the placement ring, `registry::ring::Ring`, over the instances' ids in
 //! id order, all of weight 1) and sends the request to that instance. An
@@ -328,13 +332,23 @@ async fn main() -> anyhow::Result<()> {
         "kv-bench: {} s per measurement, {} clients, {} keys, {}-byte values",
         s.secs, s.clients, s.keys, s.value_bytes
     );
+    let only = std::env::var("ROWS").unwrap_or_default();
+    let wanted = |store: &str, instances: &str| {
+        let label = format!("{store}/{instances}");
+        only.is_empty() || only.split(',').any(|part| label.contains(part.trim()))
+    };
     let mut rows = Vec::new();
     for (replicas, fsync) in [(1, false), (2, false), (2, true)] {
         for instances in [1, 2, 4] {
-            if fsync && instances == 1 {
+            let durability = if fsync { " --durability fsync" } else { "" };
+            if fsync && instances == 1
+                || !wanted(
+                    &format!("shoal R={replicas}{durability}"),
+                    &instances.to_string(),
+                )
+            {
                 continue;
             }
-            let durability = if fsync { " --durability fsync" } else { "" };
             eprintln!("  measuring R = {replicas}{durability}, {instances} instance(s)…");
             let (puts, gets) = shoal(s, replicas, instances, fsync, Target::Gateway).await?;
             rows.push((
@@ -345,17 +359,17 @@ async fn main() -> anyhow::Result<()> {
             ));
         }
     }
-    eprintln!("  measuring R = 2, 2 instances, direct to each key's primary…");
-    let (puts, gets) = shoal(s, 2, 2, false, Target::Primary).await?;
-    rows.push((
-        "shoal R=2, direct to the primary".into(),
-        "2".into(),
-        puts,
-        gets,
-    ));
-    eprintln!("  measuring etcd…");
-    let (puts, gets) = etcd_own(s).await?;
-    rows.push(("etcd (1 member)".into(), "-".into(), puts, gets));
+    let direct = "shoal R=2, direct to the primary";
+    if wanted(direct, "2") {
+        eprintln!("  measuring R = 2, 2 instances, direct to each key's primary…");
+        let (puts, gets) = shoal(s, 2, 2, false, Target::Primary).await?;
+        rows.push((direct.into(), "2".into(), puts, gets));
+    }
+    if wanted("etcd (1 member)", "-") {
+        eprintln!("  measuring etcd…");
+        let (puts, gets) = etcd_own(s).await?;
+        rows.push(("etcd (1 member)".into(), "-".into(), puts, gets));
+    }
     for (name, persistence, replicated) in [
         ("redis (appendonly no)", Persistence::Memory, false),
         (
@@ -365,6 +379,9 @@ async fn main() -> anyhow::Result<()> {
         ),
         ("redis + 1 replica, WAIT 1", Persistence::Memory, true),
     ] {
+        if !wanted(name, "-") {
+            continue;
+        }
         eprintln!("  measuring {name}…");
         let (puts, gets) = redis_own(s, persistence, replicated).await?;
         rows.push((name.into(), "-".into(), puts, gets));
