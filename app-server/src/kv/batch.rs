@@ -394,6 +394,39 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_connection_closed_before_the_answer_is_a_reset_and_a_closed_port_unavailable() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let member = Member {
+            id: "peer".into(),
+            addr: listener.local_addr().unwrap().to_string(),
+            weight: 1,
+            started: SystemTime::UNIX_EPOCH,
+        };
+        // A peer dying: it takes connections and closes them unanswered.
+        let closer = tokio::spawn(async move {
+            loop {
+                let (stream, _) = listener.accept().await.unwrap();
+                drop(stream);
+            }
+        });
+        let peers = Peers::default();
+        let answer = peers
+            .push(&member, "k", &entry(1, Some("v")), "self,peer")
+            .await;
+        assert!(matches!(answer, Err(PeerError::Reset { .. })), "{answer:?}");
+        // Dead: nothing listens any more.
+        closer.abort();
+        let _ = closer.await;
+        let answer = peers
+            .push(&member, "k", &entry(1, Some("v")), "self,peer")
+            .await;
+        assert!(
+            matches!(answer, Err(PeerError::Unavailable { .. })),
+            "{answer:?}"
+        );
+    }
+
+    #[tokio::test]
     async fn a_refused_batch_fails_every_copy_in_it() {
         let peer = serve(Peer::Refusing).await;
         let peers = Peers::default();

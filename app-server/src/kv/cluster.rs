@@ -402,7 +402,7 @@ impl Kv {
                 break;
             }
             let answers =
-                join_all(targets.iter().map(|o| self.peers.push(o, key, entry, &ids))).await;
+                join_all(targets.iter().map(|o| self.push_copy(o, key, entry, &ids))).await;
             let mut refused = false;
             for (owner, answer) in targets.iter().zip(answers) {
                 match answer {
@@ -419,6 +419,24 @@ impl Kv {
             }
         }
         (stored_by, failures)
+    }
+
+    /// Push a copy to `owner`, once more if the connection broke: an owner
+    /// killed meanwhile then refuses the new connection, which makes it
+    /// unavailable (the caller moves on to the next owner), where a broken
+    /// connection alone would count as a failed owner. Copies are
+    /// idempotent, so a live owner that got the first one loses nothing.
+    async fn push_copy(
+        &self,
+        owner: &Member,
+        key: &str,
+        entry: &Entry,
+        ids: &str,
+    ) -> Result<(), PeerError> {
+        match self.peers.push(owner, key, entry, ids).await {
+            Err(PeerError::Reset { .. }) => self.peers.push(owner, key, entry, ids).await,
+            answer => answer,
+        }
     }
 
     /// Wait until this instance's changes so far count as held under
@@ -479,7 +497,9 @@ impl Kv {
                 debug!(peer = %peer.id, %error, "peer unavailable; skipping it as an owner for a while");
                 self.membership.mark_down(&peer.id);
             }
-            PeerError::Failed { .. } => warn!(peer = %peer.id, %error, "peer call failed"),
+            PeerError::Failed { .. } | PeerError::Reset { .. } => {
+                warn!(peer = %peer.id, %error, "peer call failed")
+            }
         }
     }
 }

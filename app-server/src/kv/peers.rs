@@ -46,6 +46,11 @@ pub enum PeerError {
     /// Not there (refused, no connection in time) or leaving: skip it as an owner.
     #[error("{id} is unreachable or leaving: {why}")]
     Unavailable { id: String, why: String },
+    /// The connection broke before an answer (reset, closed): the peer may
+    /// have died meanwhile (then a new connection is refused) or may have
+    /// acted on the call.
+    #[error("{id} closed the connection before answering: {why}")]
+    Reset { id: String, why: String },
     #[error("{id} failed: {why}")]
     Failed { id: String, why: String },
 }
@@ -231,8 +236,13 @@ fn error(peer: &Member, e: reqwest::Error) -> PeerError {
             id: peer.id.clone(),
             why: e.to_string(),
         }
-    } else {
+    } else if e.is_timeout() || e.status().is_some() {
         failed(peer, &e.to_string())
+    } else {
+        PeerError::Reset {
+            id: peer.id.clone(),
+            why: e.to_string(),
+        }
     }
 }
 
