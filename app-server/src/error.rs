@@ -7,7 +7,9 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
+use crate::kv::cluster::NotReceived;
 use crate::kv::peers::REFUSED_HEADER;
+use crate::kv::store::StorageFailed;
 use crate::kv::{MAX_KEY_BYTES, MAX_VALUE_BYTES};
 use crate::routes::counter::MAX_SESSIONS;
 use crate::routes::work::{DEFAULT_ITERATIONS, MAX_ITERATIONS};
@@ -147,6 +149,22 @@ impl ApiError {
             ApiError::BadVersion => "bad_version",
             ApiError::BadBatch(_) => "bad_batch",
             ApiError::Internal => "internal",
+        }
+    }
+}
+
+impl From<StorageFailed> for ApiError {
+    fn from(e: StorageFailed) -> Self {
+        ApiError::StorageFailed(e.to_string())
+    }
+}
+
+/// A copy a peer sent that this instance did not take.
+impl From<NotReceived> for ApiError {
+    fn from(e: NotReceived) -> Self {
+        match e {
+            NotReceived::Leaving => ApiError::Leaving,
+            NotReceived::Storage(e) => e.into(),
         }
     }
 }

@@ -241,7 +241,7 @@ fn write_error(key: &str, headers: &HeaderMap, error: KvError) -> ApiError {
                 .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
                 .unwrap_or_default(),
         },
-        KvError::Storage(e) => ApiError::StorageFailed(e.to_string()),
+        KvError::Storage(e) => e.into(),
         KvError::TooFewOwners { acked, needed, why } => ApiError::TooFewOwners {
             key: key.to_owned(),
             acked,

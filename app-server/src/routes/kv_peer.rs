@@ -24,7 +24,6 @@ use serde_json::json;
 
 use crate::error::ApiError;
 use crate::kv::batch;
-use crate::kv::cluster::NotReceived;
 use crate::kv::peers::{OWNERS_HEADER, TOMBSTONE_HEADER, VERSION_HEADER, header_version};
 use crate::kv::store::{Applied, Entry};
 use crate::routes::kv::{body_error, key};
@@ -62,20 +61,10 @@ pub async fn put(
         .get(OWNERS_HEADER)
         .and_then(|v| v.to_str().ok())
         .unwrap_or_default();
-    let applied = state
-        .kv()
-        .receive(&key, Entry { version, value }, owners)
-        .map_err(|e| match e {
-            NotReceived::Leaving => ApiError::Leaving,
-            NotReceived::Storage(e) => ApiError::StorageFailed(e.to_string()),
-        })?;
+    let applied = state.kv().receive(&key, Entry { version, value }, owners)?;
     // The sender counts this copy towards W only once it is held as
     // `--durability` says (already on the disk when it was not newer).
-    state
-        .kv()
-        .durable()
-        .await
-        .map_err(|e| ApiError::StorageFailed(e.to_string()))?;
+    state.kv().durable().await?;
     Ok(Json(json!({ "stored": applied == Applied::Stored })).into_response())
 }
 
@@ -86,21 +75,15 @@ pub async fn batch(
     let body = body.map_err(body_error)?;
     let copies = batch::decode(&body).map_err(|e| ApiError::BadBatch(e.to_string()))?;
     let kv = state.kv();
+    let count = copies.len();
     let mut stored = 0;
-    for copy in &copies {
-        let applied = kv
-            .receive(&copy.key, copy.entry.clone(), &copy.owners)
-            .map_err(|e| match e {
-                NotReceived::Leaving => ApiError::Leaving,
-                NotReceived::Storage(e) => ApiError::StorageFailed(e.to_string()),
-            })?;
+    for copy in copies {
+        let applied = kv.receive(&copy.key, copy.entry, &copy.owners)?;
         stored += (applied == Applied::Stored) as usize;
     }
     // One flush for the whole batch (group commit across its copies).
-    kv.durable()
-        .await
-        .map_err(|e| ApiError::StorageFailed(e.to_string()))?;
-    Ok(Json(json!({ "copies": copies.len(), "stored": stored })).into_response())
+    kv.durable().await?;
+    Ok(Json(json!({ "copies": count, "stored": stored })).into_response())
 }
 
 pub async fn delete(

@@ -235,6 +235,18 @@ fn as_user(etcd: &Etcd, user: &str, password: &str) -> Vec<String> {
     .split_off(2)
 }
 
+/// A gateway signed in to etcd with `user_flags` that serves HTTPS with
+/// the registry's certificates.
+async fn registry_tls_gateway(etcd: &Etcd, mut user_flags: Vec<String>) -> Gateway {
+    user_flags.extend(strings(&[
+        "--tls-listen",
+        "127.0.0.1:0",
+        "--tls-registry-certs",
+    ]));
+    let flag_refs: Vec<&str> = user_flags.iter().map(String::as_str).collect();
+    Gateway::start(etcd, &flag_refs).await
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn registry_certificates_are_readable_by_the_gateways_user_only() {
     let etcd = Etcd::start_secure(BOTH).await;
@@ -339,14 +351,7 @@ async fn registry_certificates_are_readable_by_the_gateways_user_only() {
     assert!(!String::from_utf8_lossy(&out.stdout).contains("shop"));
 
     // The gateway, with its user, serves it.
-    let mut flags = as_user(&etcd, "gateway", "pw-gateway");
-    flags.extend(strings(&[
-        "--tls-listen",
-        "127.0.0.1:0",
-        "--tls-registry-certs",
-    ]));
-    let flag_refs: Vec<&str> = flags.iter().map(String::as_str).collect();
-    let gateway = Gateway::start(&etcd, &flag_refs).await;
+    let gateway = registry_tls_gateway(&etcd, as_user(&etcd, "gateway", "pw-gateway")).await;
     let tls_addr = gateway.tls_addr.clone().expect("a TLS listener");
     let expected = cert_der(&shop.cert);
     let served = shoal_tests::wait_until_async(
@@ -369,14 +374,7 @@ async fn registry_certificates_are_readable_by_the_gateways_user_only() {
 
     // A gateway whose user lacks the `certs/` grant says so, rather than
     // that etcd is unreachable.
-    let mut flags = app_flags.clone();
-    flags.extend(strings(&[
-        "--tls-listen",
-        "127.0.0.1:0",
-        "--tls-registry-certs",
-    ]));
-    let flag_refs: Vec<&str> = flags.iter().map(String::as_str).collect();
-    let denied = Gateway::start(&etcd, &flag_refs).await;
+    let denied = registry_tls_gateway(&etcd, app_flags).await;
     let said = shoal_tests::wait_until(Duration::from_secs(10), "the refusal logged", || {
         denied.proc.stderr().lines().any(|l| {
             l.contains("/shoal/certs/")
