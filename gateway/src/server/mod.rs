@@ -49,12 +49,16 @@
 //! stream shutdown hyper then asks for into a no-op; and the server takes
 //! the stream, any bytes hyper had read and not parsed (a pipelined
 //! request's start, replayed first) and the service back from hyper
-//! (`into_parts`). The connection then waits, **parked**, with no buffer:
-//! a one-byte read for its next request's first byte (which works the same
-//! under TLS, where the socket's readiness says nothing about rustls's
-//! buffers), bounded by the idle timeout counted from the last request,
-//! and at shutdown by [`LAST_CALL`]. The byte starts a new hyper connection
-//! (a new spell, with the header read timeout from its first byte). Were
+//! (`into_parts`). The connection then waits, **parked**, with no buffer,
+//! bounded by the idle timeout counted from the last request, and at
+//! shutdown by [`LAST_CALL`]. A plain connection waits with no task at all,
+//! as a bare socket in the listener's parking lot ([`lot`]), which starts a
+//! new task for it when its client sends again. A TLS one waits in its task
+//! (its session is there) on a one-byte read for its next request's first
+//! byte (which works under TLS, where the socket's readiness says nothing
+//! about rustls's buffers). Either way the next request starts a new hyper
+//! connection (a new spell, with the header read timeout from its first
+//! byte). Were
 //! hyper mid-exchange after all (a request body still arriving after its
 //! response), the graceful shutdown only ends the connection after that
 //! exchange, whose response head is already written, so no
@@ -96,14 +100,17 @@ use tokio::time::Instant;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+use tokio_util::task::task_tracker::TaskTrackerToken;
 use tracing::{debug, info, warn};
 
+mod lot;
 mod stream;
 mod watchdog;
 
 use crate::config::Config;
 use crate::proxy::body::BoxError;
 use crate::proxy::{Peer, Proxy, ResponseBody, ResponseTimer};
+use lot::{Lot, Resume};
 use stream::Counted;
 pub use stream::{ClientStream, Protocol};
 use watchdog::{Activity, OnWake, Open, Tracked, Verdict, watchdog};
@@ -200,35 +207,40 @@ impl ClientConnections {
     }
 }
 
-/// One open connection, counted while it lives.
-struct OpenConnection(Arc<ClientConnections>);
+/// One open connection, counted while it lives, and as parked while it is.
+struct OpenConnection {
+    clients: Arc<ClientConnections>,
+    parked: bool,
+}
 
 impl OpenConnection {
     fn new(clients: Arc<ClientConnections>) -> Self {
         clients.open.fetch_add(1, Ordering::Relaxed);
-        OpenConnection(clients)
+        OpenConnection {
+            clients,
+            parked: false,
+        }
+    }
+
+    fn park(&mut self) {
+        if !self.parked {
+            self.parked = true;
+            self.clients.parked.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    fn unpark(&mut self) {
+        if self.parked {
+            self.parked = false;
+            self.clients.parked.fetch_sub(1, Ordering::Relaxed);
+        }
     }
 }
 
 impl Drop for OpenConnection {
     fn drop(&mut self) {
-        self.0.open.fetch_sub(1, Ordering::Relaxed);
-    }
-}
-
-/// One parked connection, counted while it waits.
-struct Parked<'a>(&'a ClientConnections);
-
-impl<'a> Parked<'a> {
-    fn new(clients: &'a ClientConnections) -> Self {
-        clients.parked.fetch_add(1, Ordering::Relaxed);
-        Parked(clients)
-    }
-}
-
-impl Drop for Parked<'_> {
-    fn drop(&mut self) {
-        self.0.parked.fetch_sub(1, Ordering::Relaxed);
+        self.unpark();
+        self.clients.open.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -237,7 +249,6 @@ pub struct Server<H> {
     listener: TcpListener,
     handler: H,
     settings: ServerSettings,
-    builders: Arc<Builders>,
     /// A TLS handshake first (`--tls-listen`), or none.
     tls: Option<TlsAcceptor>,
     clients: Arc<ClientConnections>,
@@ -245,12 +256,10 @@ pub struct Server<H> {
 
 impl<H: Handler> Server<H> {
     pub fn new(listener: TcpListener, handler: H, settings: ServerSettings) -> Self {
-        let builders = Arc::new(Builders::new(&settings));
         Server {
             listener,
             handler,
             settings,
-            builders,
             tls: None,
             clients: Arc::default(),
         }
@@ -277,12 +286,27 @@ impl<H: Handler> Server<H> {
     /// Serve until `shutdown` is cancelled, then drain for up to `drain_timeout`.
     pub async fn run(self, shutdown: CancellationToken, drain_timeout: Duration) -> Drained {
         let connections = TaskTracker::new();
-        let spawn = Spawn {
-            handler: self.handler,
-            settings: self.settings,
-            tls: self.tls,
-            clients: self.clients,
+        // Idle plain connections wait in the lot; a TLS one's session
+        // lives in its task, so it waits there.
+        let lot = match &self.tls {
+            Some(_) => None,
+            None => Lot::start("shoal-idle-conns")
+                .inspect_err(|e| warn!(error = %e, "cannot start the parking lot for idle connections; they wait in their tasks"))
+                .ok(),
         };
+        let listener = Arc::new(Listener {
+            handler: self.handler,
+            builders: Builders::new(&self.settings),
+            settings: self.settings,
+            shutdown: shutdown.clone(),
+            clients: self.clients,
+            lot,
+            connections: connections.clone(),
+            runtime: tokio::runtime::Handle::current(),
+        });
+        // The lot's connections hold the listener: close it however this ends.
+        let _close_lot = CloseLot(&listener);
+        let tls = self.tls;
         loop {
             let accepted = tokio::select! {
                 biased;
@@ -301,14 +325,25 @@ impl<H: Handler> Server<H> {
             if let Err(e) = stream.set_nodelay(true) {
                 debug!(%remote, error = %e, "cannot set TCP_NODELAY");
             }
-            spawn.connection(&connections, stream, remote, &self.builders, &shutdown);
+            listener.connection(&tls, stream, remote);
+        }
+        if let Some(lot) = &listener.lot {
+            lot.last_call(std::time::Instant::now() + LAST_CALL);
         }
         // Connections the kernel has queued would be reset when the listener
         // closes: answer one request on each instead.
-        let last = Arc::new(Builders::last_request(&self.settings));
-        let not_stopping = CancellationToken::new();
+        let last = Arc::new(Listener {
+            handler: listener.handler.clone(),
+            builders: Builders::last_request(&listener.settings),
+            settings: listener.settings,
+            shutdown: CancellationToken::new(),
+            clients: listener.clients.clone(),
+            lot: None,
+            connections: connections.clone(),
+            runtime: listener.runtime.clone(),
+        });
         for (stream, remote) in take_queued(self.listener) {
-            spawn.connection(&connections, stream, remote, &last, &not_stopping);
+            last.connection(&tls, stream, remote);
         }
         connections.close();
         let open = connections.len();
@@ -332,51 +367,103 @@ impl<H: Handler> Server<H> {
     }
 }
 
-/// Starts a task per accepted connection.
-struct Spawn<H> {
+/// What every connection of one listener shares.
+struct Listener<H: Handler> {
     handler: H,
+    builders: Builders,
     settings: ServerSettings,
-    tls: Option<TlsAcceptor>,
+    shutdown: CancellationToken,
     clients: Arc<ClientConnections>,
+    /// Where quiet plain HTTP/1 connections wait (none on a TLS listener,
+    /// or for the connections taken at shutdown, which get one request).
+    lot: Option<Lot<Waiting<H>>>,
+    /// Every connection's task, and the lot's connections, for the drain.
+    connections: TaskTracker,
+    /// Where the lot starts a connection's task again.
+    runtime: tokio::runtime::Handle,
 }
 
-impl<H: Handler> Spawn<H> {
-    /// Serve `stream` in a task of `connections`; over TLS, after the
-    /// handshake. (Two task types rather than one that branches: a plain
-    /// connection's task does not carry room for a TLS session.)
+impl<H: Handler> Listener<H> {
+    /// Serve `stream` in a task of its own; over TLS, after the handshake.
+    /// (Two task types rather than one that branches: a plain connection's
+    /// task does not carry room for a TLS session.)
     fn connection(
-        &self,
-        connections: &TaskTracker,
+        self: &Arc<Self>,
+        tls: &Option<TlsAcceptor>,
         stream: TcpStream,
         remote: SocketAddr,
-        builders: &Arc<Builders>,
-        shutdown: &CancellationToken,
     ) {
         let context = Context {
-            handler: self.handler.clone(),
-            builders: builders.clone(),
-            settings: self.settings,
-            shutdown: shutdown.clone(),
+            listener: self.clone(),
             open: OpenConnection::new(self.clients.clone()),
         };
-        match &self.tls {
+        match tls {
             None => {
-                connections.spawn(serve_connection(stream, remote, context));
+                self.connections
+                    .spawn(serve_connection(stream, remote, context));
             }
             Some(acceptor) => {
-                connections.spawn(serve_tls(acceptor.clone(), stream, remote, context));
+                self.connections
+                    .spawn(serve_tls(acceptor.clone(), stream, remote, context));
             }
         }
     }
 }
 
+/// Closes the listener's lot when dropped.
+struct CloseLot<'a, H: Handler>(&'a Listener<H>);
+
+impl<H: Handler> Drop for CloseLot<'_, H> {
+    fn drop(&mut self) {
+        if let Some(lot) = &self.0.lot {
+            lot.close();
+        }
+    }
+}
+
+/// A connection waiting in the lot, and what serves it again.
+struct Waiting<H: Handler> {
+    listener: Arc<Listener<H>>,
+    remote: SocketAddr,
+    open: OpenConnection,
+    /// Counts the connection in the drain while it waits.
+    tracked: TaskTrackerToken,
+}
+
+impl<H: Handler> Resume for Waiting<H> {
+    fn resume(self, socket: std::net::TcpStream) {
+        let Waiting {
+            listener,
+            remote,
+            mut open,
+            tracked,
+        } = self;
+        open.unpark();
+        let runtime = listener.runtime.clone();
+        let connections = listener.connections.clone();
+        connections.spawn_on(
+            async move {
+                let stream = match TcpStream::from_std(socket) {
+                    Ok(stream) => stream,
+                    Err(e) => {
+                        debug!(%remote, error = %e, "cannot serve a connection from the lot; closing it");
+                        return;
+                    }
+                };
+                let context = Context { listener, open };
+                serve(stream, Protocol::Http1, remote, context).await;
+            },
+            &runtime,
+        );
+        // Counted as the new task from here.
+        drop(tracked);
+    }
+}
+
 /// What a connection's task has from its server.
-struct Context<H> {
-    handler: H,
-    builders: Arc<Builders>,
-    settings: ServerSettings,
-    shutdown: CancellationToken,
-    /// Counts the connection open until the task ends.
+struct Context<H: Handler> {
+    listener: Arc<Listener<H>>,
+    /// Counts the connection open until it closes.
     open: OpenConnection,
 }
 
@@ -389,8 +476,8 @@ async fn serve_tls<H: Handler>(
 ) {
     // Boxed, as the stream is after it (`ClientStream for Box<TlsStream>`).
     let handshake = Box::pin(acceptor.accept(stream));
-    let Some(stream) = before_headers("TLS handshake", handshake, remote, context.settings).await
-    else {
+    let settings = context.listener.settings;
+    let Some(stream) = before_headers("TLS handshake", handshake, remote, settings).await else {
         return;
     };
     serve_connection(Box::new(stream), remote, context).await;
@@ -533,24 +620,31 @@ where
     }
 }
 
+/// A new connection: find out what it speaks, then serve it.
 async fn serve_connection<S: ClientStream, H: Handler>(
     stream: S,
     remote: SocketAddr,
     context: Context<H>,
 ) {
-    let Context {
-        handler,
-        builders,
-        settings,
-        shutdown,
-        open,
-    } = context;
     // Bounded like the request head that should follow: a client that
     // sends nothing is closed after the header read timeout either way.
+    let settings = context.listener.settings;
     let Some(protocol) = before_headers("first request", stream.protocol(), remote, settings).await
     else {
         return;
     };
+    serve(stream, protocol, remote, context).await;
+}
+
+/// Serve a connection speaking `protocol` until it closes, or (plain
+/// HTTP/1) until it is quiet and goes to the lot.
+async fn serve<S: ClientStream, H: Handler>(
+    stream: S,
+    protocol: Protocol,
+    remote: SocketAddr,
+    context: Context<H>,
+) {
+    let Context { listener, mut open } = context;
     let activity = Arc::new(Activity::default());
     let io = TokioIo::new(Counted::new(stream, activity.clone()));
     let info = Arc::new(ConnInfo {
@@ -560,9 +654,10 @@ async fn serve_connection<S: ClientStream, H: Handler>(
     });
     let service = {
         let activity = activity.clone();
+        let listener = listener.clone();
         hyper::service::service_fn(move |request| -> BoxedResponse<H::Body> {
             let open = Open::begin(&activity);
-            let response = handler.clone().call(request, info.clone());
+            let response = listener.handler.clone().call(request, info.clone());
             let activity = activity.clone();
             Box::pin(async move {
                 let mut response = response.await;
@@ -580,22 +675,65 @@ async fn serve_connection<S: ClientStream, H: Handler>(
     let conn = Conn {
         remote,
         activity: &activity,
-        settings,
-        shutdown: &shutdown,
-        clients: &open.0,
+        settings: listener.settings,
+        shutdown: &listener.shutdown,
+        clients: &listener.clients,
     };
     match protocol {
-        Protocol::Http1 => serve_http1(io, service, &builders, &conn).await,
+        Protocol::Http1 => {
+            let lot = listener.lot.as_ref().filter(|_| !S::TLS);
+            let quiet = serve_http1(
+                io,
+                service,
+                &listener.builders,
+                &conn,
+                &mut open,
+                lot.is_some(),
+            )
+            .await;
+            if let (Some((io, idle_until)), Some(lot)) = (quiet, lot) {
+                to_the_lot(
+                    io,
+                    idle_until,
+                    lot,
+                    Waiting {
+                        listener: listener.clone(),
+                        remote,
+                        open,
+                        tracked: listener.connections.token(),
+                    },
+                );
+            }
+        }
         // Boxed: HTTP/1 connections' tasks need no room for HTTP/2's state.
         Protocol::Http2 => {
             activity.h2.store(true, Ordering::Relaxed);
             Box::pin(async {
-                let connection = builders.http2.serve_connection(io, service);
+                let connection = listener.builders.http2.serve_connection(io, service);
                 drive(pin!(connection), &conn).await
             })
             .await;
         }
     }
+}
+
+/// Hand a quiet connection's socket to `lot`, where it waits with no task
+/// until its client sends again (or it is closed there).
+fn to_the_lot<S: ClientStream, H: Handler>(
+    io: TokioIo<Counted<S>>,
+    idle_until: Instant,
+    lot: &Lot<Waiting<H>>,
+    mut waiting: Waiting<H>,
+) {
+    let socket = match io.into_inner().hand_off() {
+        Ok(socket) => socket,
+        Err(e) => {
+            debug!(remote = %waiting.remote, error = %e, "cannot hand a quiet connection to the lot; closing it");
+            return;
+        }
+    };
+    waiting.open.park();
+    lot.park(socket, idle_until.into_std(), waiting);
 }
 
 /// What [`drive`] needs of the connection besides hyper's part.
@@ -612,13 +750,18 @@ struct Conn<'a> {
 /// without closing the stream and hands it back, and the next request's
 /// first byte starts a new one (see "Idle HTTP/1 connections" in the module
 /// doc). Each spell's state is boxed, so a waiting connection's task holds
-/// none of it.
+/// none of it. With `to_lot`, a quiet connection is not waited for here:
+/// its stream is returned, with the instant its idle timeout ends, for the
+/// lot; otherwise `None` when the connection closed.
 async fn serve_http1<S, Svc, B>(
     mut io: TokioIo<Counted<S>>,
     mut service: Svc,
     builders: &Builders,
     conn: &Conn<'_>,
-) where
+    open: &mut OpenConnection,
+    to_lot: bool,
+) -> Option<(TokioIo<Counted<S>>, Instant)>
+where
     S: ClientStream,
     Svc: HttpService<Incoming, ResBody = B> + Unpin,
     Svc::Error: Into<BoxError>,
@@ -636,9 +779,7 @@ async fn serve_http1<S, Svc, B>(
                 }
             }
         });
-        let Some((parts, quiet_since)) = spell.await else {
-            return;
-        };
+        let (parts, quiet_since) = spell.await?;
         conn.activity.releasing.store(false, Ordering::Relaxed);
         conn.clients.releases.fetch_add(1, Ordering::Relaxed);
         let read_buf;
@@ -648,9 +789,14 @@ async fn serve_http1<S, Svc, B>(
             // Even empty, it holds hyper's whole read buffer: let it go.
             drop(read_buf);
             let idle_until = quiet_since + conn.settings.idle_timeout;
-            let _parked = Parked::new(conn.clients);
-            if !stream.next_request(idle_until, conn.shutdown).await {
-                return;
+            if to_lot {
+                return Some((io, idle_until));
+            }
+            open.park();
+            let next = stream.next_request(idle_until, conn.shutdown).await;
+            open.unpark();
+            if !next {
+                return None;
             }
         } else {
             // A pipelined request's start, read before the release.

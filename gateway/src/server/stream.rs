@@ -107,6 +107,8 @@ pub(super) struct Counted<S: ClientStream> {
     inner: S,
     activity: Arc<Activity>,
     prefix: Bytes,
+    /// The socket went on to the lot ([`Counted::hand_off`]): no lingering close.
+    handed_off: bool,
 }
 
 /// Longest lingering close, and most bytes it discards.
@@ -120,6 +122,9 @@ impl<S: ClientStream> Drop for Counted<S> {
     /// lose the response it has not read yet. So when input is pending,
     /// close only our side and discard the client's bytes for a moment.
     fn drop(&mut self) {
+        if self.handed_off {
+            return;
+        }
         let mut probe = [0u8; 1];
         if !matches!(self.inner.tcp().try_read(&mut probe), Ok(n) if n > 0) {
             return;
@@ -139,7 +144,21 @@ impl<S: ClientStream> Counted<S> {
             inner,
             activity,
             prefix: Bytes::new(),
+            handed_off: false,
         }
+    }
+
+    /// The socket, to wait in the lot with no task: a duplicate
+    /// (non-blocking, as this one is) that stays open when this stream
+    /// closes, as it does here, without a lingering close. Only for a quiet
+    /// plain connection: nothing unread here, and no TLS session to lose.
+    pub(super) fn hand_off(mut self) -> io::Result<std::net::TcpStream> {
+        use std::os::fd::AsFd;
+        debug_assert!(!S::TLS, "a TLS session cannot be handed off as a socket");
+        debug_assert!(self.prefix.is_empty(), "handing off unread bytes");
+        self.handed_off = true;
+        let fd = self.inner.tcp().as_fd().try_clone_to_owned()?;
+        Ok(std::net::TcpStream::from(fd))
     }
 
     /// Bytes to hand hyper before any more from the stream: what an ended

@@ -143,6 +143,45 @@ async fn a_quiet_keep_alive_connection_parks_and_is_served_again_on_the_same_soc
 }
 
 #[tokio::test]
+async fn quiet_plain_connections_wait_in_the_lot_with_no_task_each() {
+    let server = serve(settings()).await;
+    let tasks = tokio::runtime::Handle::current().metrics();
+    let before = tasks.num_alive_tasks();
+    let mut streams = Vec::new();
+    for _ in 0..50 {
+        let mut stream = TcpStream::connect(server.addr).await.unwrap();
+        stream.write_all(GET).await.unwrap();
+        response(&mut stream).await;
+        streams.push(stream);
+    }
+    for round in 1..=2 {
+        until("all park", || server.clients.parked() == 50).await;
+        // Each connection's task ends once its socket is in the lot.
+        until("no task per parked connection", || {
+            tasks.num_alive_tasks() == before
+        })
+        .await;
+        assert_eq!(server.clients.open(), 50);
+        for stream in &mut streams {
+            stream.write_all(GET).await.unwrap();
+            let answer = response(stream).await;
+            assert!(
+                answer.starts_with("HTTP/1.1 200"),
+                "round {round}: {answer}"
+            );
+        }
+    }
+    until("all park again", || server.clients.parked() == 50).await;
+    // Clients closing parked connections: the lot closes them.
+    drop(streams);
+    until("the closed connections are gone", || {
+        server.clients.open() == 0 && server.clients.parked() == 0
+    })
+    .await;
+    assert_eq!(tasks.num_alive_tasks(), before);
+}
+
+#[tokio::test]
 async fn a_pipelined_request_s_start_read_before_a_release_is_kept() {
     let server = serve(settings()).await;
     let mut stream = TcpStream::connect(server.addr).await.unwrap();
@@ -257,11 +296,18 @@ async fn a_connection_s_task_stays_small_over_tcp_and_over_tls() {
     let addr = listener.local_addr().unwrap();
     let _client = TcpStream::connect(addr).await.unwrap();
     let (stream, remote) = listener.accept().await.unwrap();
-    let context = || Context {
+    let shared = Arc::new(Listener {
         handler: Echo,
-        builders: Arc::new(Builders::new(&settings())),
+        builders: Builders::new(&settings()),
         settings: settings(),
         shutdown: CancellationToken::new(),
+        clients: Arc::default(),
+        lot: None,
+        connections: TaskTracker::new(),
+        runtime: tokio::runtime::Handle::current(),
+    });
+    let context = || Context {
+        listener: shared.clone(),
         open: OpenConnection::new(Arc::default()),
     };
     let plain = std::mem::size_of_val(&serve_connection(stream, remote, context()));
