@@ -280,7 +280,7 @@ if [ "$IDLE_CONNECTIONS" -gt 0 ]; then
     while kill -0 "$idle_pid" 2>/dev/null && ! grep -q '^open ' "$TMP/idle-$proxy.out"; do sleep 0.1; done
     if grep -q '^open ' "$TMP/idle-$proxy.out"; then
       # Let the proxy settle what the last requests left (buffers freed;
-      # Shoal parks a quiet HTTP/1 connection 0.5-0.75 s after its request).
+      # Shoal parks a quiet HTTP/1 connection 0.1-0.15 s after its request).
       sleep 2
       IDLE_AFTER[$proxy]=$(rss_kb "${PID[$key]}")
       IDLE_OPEN[$proxy]=$(awk '/^open / { print $2 }' "$TMP/idle-$proxy.out")

@@ -22,7 +22,16 @@ const MIN_TICK: Duration = Duration::from_millis(10);
 /// arriving, everything written flushed) before hyper's state for it is
 /// released; the watchdog's tick is at most half of it, so the release
 /// comes 1–1.5 times this after the last request.
-pub(super) const RELEASE_AFTER: Duration = Duration::from_millis(500);
+///
+/// Short, because hyper's state is about 17 KB a connection (its two
+/// buffers), and what a burst of new connections held at once stays in the
+/// process after they go quiet (the allocator keeps freed memory until it
+/// is busy again): 10,000 connections opened at once, one request each,
+/// left 11.8 KB a connection with 500 ms and 3.2 KB with 100 ms
+/// (`bench/gateway-scale.sh`, idle connections). A connection busier than
+/// this never releases; one that pauses longer pays a new spell (a task
+/// and hyper's connection) for its next request.
+pub(super) const RELEASE_AFTER: Duration = Duration::from_millis(100);
 
 /// A future that is polled only after its own waker fired (and once at the
 /// start); polling it otherwise costs an atomic swap and a waker check.
