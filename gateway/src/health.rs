@@ -18,7 +18,7 @@
 //! Ejected instances are skipped by every balancing policy unless all are
 //! ejected (see [`balance`](crate::balance)).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -214,7 +214,9 @@ pub fn spawn_active_checks(
                     .values()
                     .flat_map(|pool| pool.ready.iter().cloned())
                     .collect();
-                states.retain(|id, _| backends.iter().any(|b| b.id() == id));
+                // A set: a scan per state was 10^8 comparisons a tick at 10,000 instances.
+                let live: HashSet<&str> = backends.iter().map(|b| b.id()).collect();
+                states.retain(|id, _| live.contains(id.as_str()));
                 let results =
                     futures::future::join_all(backends.iter().map(|b| check(&client, b, timeout)))
                         .await;
