@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 
 use registry::model::NamedRoute;
 use registry::{Instance, Store, Watcher};
-use tracing::{error, info, warn};
+use tracing::{debug, error, info, warn};
 
 use crate::allowed::AllowedBackends;
 use crate::grace::Grace;
@@ -64,16 +64,24 @@ pub fn start(
         let mut connected = false;
         loop {
             let grace_ends = builder.grace.next_deadline();
-            tokio::select! {
-                changed = instance_changes.changed() => if changed.is_err() { return },
-                changed = route_changes.changed() => if changed.is_err() { return },
-                _ = failures.notified() => {}
-                _ = tokio::time::sleep_until(grace_ends.unwrap_or_else(Instant::now).into()), if grace_ends.is_some() => {}
-            }
+            let cause = tokio::select! {
+                changed = instance_changes.changed() => if changed.is_err() { return } else { "instances" },
+                changed = route_changes.changed() => if changed.is_err() { return } else { "routes" },
+                _ = failures.notified() => "an unconfirmed instance failed",
+                _ = tokio::time::sleep_until(grace_ends.unwrap_or_else(Instant::now).into()), if grace_ends.is_some() => "a grace period ended",
+            };
             generation += 1;
             let table;
             (builder, table) = match tokio::task::spawn_blocking(move || {
+                let started = std::time::Instant::now();
                 let table = builder.build(generation);
+                debug!(
+                    generation,
+                    cause,
+                    routes = table.routes.len(),
+                    build_us = started.elapsed().as_micros() as u64,
+                    "routing table built"
+                );
                 (builder, table)
             })
             .await

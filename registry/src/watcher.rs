@@ -388,9 +388,14 @@ impl<T: RegistryValue> WatchTask<T> {
         Ok(revision)
     }
 
+    /// Apply `updates` (possibly none: a progress notification) and note
+    /// `revision`. Snapshot readers are woken only when an entry changed or
+    /// the watch reconnected, not for the revision alone: etcd answers the
+    /// quiet watch's progress requests every second, and a wake makes a
+    /// gateway rebuild its whole routing table (20 ms at 10,000 routes).
     fn apply(&self, updates: Vec<Update<T>>, revision: i64) {
         let mut effective = Vec::with_capacity(updates.len());
-        self.snapshot.send_modify(|s| {
+        self.snapshot.send_if_modified(|s| {
             let entries = Arc::make_mut(&mut s.entries);
             for update in updates {
                 match &update {
@@ -407,7 +412,8 @@ impl<T: RegistryValue> WatchTask<T> {
                 }
             }
             s.revision = s.revision.max(revision);
-            s.connected = true;
+            let reconnected = !std::mem::replace(&mut s.connected, true);
+            reconnected || !effective.is_empty()
         });
         for update in effective {
             self.send(update);
