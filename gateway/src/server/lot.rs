@@ -135,7 +135,9 @@ impl<R: Resume> Lot<R> {
         self.inbox.wake();
     }
 
-    /// Close every parked connection and end the thread (waiting for it).
+    /// Close every parked connection and end the thread (waiting for it,
+    /// unless this is that thread: a connection it drops may hold the last
+    /// handle of this lot).
     pub(super) fn close(&self) {
         self.inbox.orders().closed = true;
         self.inbox.wake();
@@ -145,6 +147,7 @@ impl<R: Resume> Lot<R> {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
             .take();
         if let Some(thread) = thread
+            && thread.thread().id() != std::thread::current().id()
             && thread.join().is_err()
         {
             warn!("the parking lot's thread panicked");
