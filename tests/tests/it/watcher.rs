@@ -329,15 +329,19 @@ async fn progress_on_a_quiet_prefix_advances_the_revision_without_waking_readers
     // A change elsewhere: etcd's revision moves, this prefix stays quiet.
     let elsewhere = client.put("/elsewhere/key", "x", None).await.unwrap();
     let revision = elsewhere.header().unwrap().revision();
-    let deadline = std::time::Instant::now() + Duration::from_secs(5);
-    while watcher.snapshot().revision < revision {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "no progress reached the watcher within 5 s (revision {} of {revision})",
+    // Polled: a revision alone wakes no reader, so `wait_for` would not see it.
+    shoal_tests::wait_until(
+        Duration::from_secs(5),
+        "progress to reach the watcher",
+        || watcher.snapshot().revision >= revision,
+    )
+    .await
+    .unwrap_or_else(|e| {
+        panic!(
+            "{e} (revision {} of {revision})",
             watcher.snapshot().revision
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+        )
+    });
     assert!(
         !readers.has_changed().unwrap(),
         "a progress notification woke the snapshot's readers"
