@@ -153,10 +153,16 @@ impl<S: ClientStream> Counted<S> {
     /// closes, as it does here, without a lingering close. Only for a quiet
     /// plain connection: nothing unread here, and no TLS session to lose.
     pub(super) fn hand_off(mut self) -> io::Result<std::net::TcpStream> {
-        use std::os::fd::AsFd;
         debug_assert!(!S::TLS, "a TLS session cannot be handed off as a socket");
         debug_assert!(self.prefix.is_empty(), "handing off unread bytes");
         self.handed_off = true;
+        self.duplicate()
+    }
+
+    /// A second descriptor of the socket (sharing its flags: non-blocking),
+    /// which keeps it open when this stream closes.
+    fn duplicate(&self) -> io::Result<std::net::TcpStream> {
+        use std::os::fd::AsFd;
         let fd = self.inner.tcp().as_fd().try_clone_to_owned()?;
         Ok(std::net::TcpStream::from(fd))
     }
@@ -214,9 +220,7 @@ impl<S: ClientStream> Counted<S> {
     /// A duplicate of the socket, so the lingering task can own it while
     /// this one is dropped.
     fn inner_std(&self) -> io::Result<TcpStream> {
-        use std::os::fd::AsFd;
-        let fd = self.inner.tcp().as_fd().try_clone_to_owned()?;
-        let std = std::net::TcpStream::from(fd);
+        let std = self.duplicate()?;
         std.set_nonblocking(true)?;
         TcpStream::from_std(std)
     }
