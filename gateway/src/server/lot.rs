@@ -392,6 +392,18 @@ mod tests {
         resumed: bool,
     }
 
+    impl Probe {
+        /// A probe, and where it tells its connection's fate.
+        fn new() -> (Probe, mpsc::Receiver<Fate>) {
+            let (fate, told) = mpsc::channel();
+            let probe = Probe {
+                fate,
+                resumed: false,
+            };
+            (probe, told)
+        }
+    }
+
     impl Resume for Probe {
         fn resume(mut self, mut socket: std::net::TcpStream) {
             self.resumed = true;
@@ -419,11 +431,7 @@ mod tests {
     }
 
     fn arrival(socket: StdStream, idle_until: Instant) -> (Arrival<Probe>, mpsc::Receiver<Fate>) {
-        let (fate, told) = mpsc::channel();
-        let resume = Probe {
-            fate,
-            resumed: false,
-        };
+        let (resume, told) = Probe::new();
         let arrival = Arrival {
             socket,
             idle_until,
@@ -565,25 +573,11 @@ mod tests {
         let lot = Lot::start("lot-test").unwrap();
         let far = Instant::now() + Duration::from_secs(60);
         let (mut asking, server) = pair(&listener);
-        let (fate, asking_told) = mpsc::channel();
-        lot.park(
-            server,
-            far,
-            Probe {
-                fate,
-                resumed: false,
-            },
-        );
+        let (probe, asking_told) = Probe::new();
+        lot.park(server, far, probe);
         let (mut quiet, server) = pair(&listener);
-        let (fate, quiet_told) = mpsc::channel();
-        lot.park(
-            server,
-            far,
-            Probe {
-                fate,
-                resumed: false,
-            },
-        );
+        let (probe, quiet_told) = Probe::new();
+        lot.park(server, far, probe);
 
         asking.write_all(b"GET").unwrap();
         assert_eq!(
@@ -600,15 +594,8 @@ mod tests {
 
         // Parked after the close: closed at once.
         let (_client, server) = pair(&listener);
-        let (fate, late_told) = mpsc::channel();
-        lot.park(
-            server,
-            far,
-            Probe {
-                fate,
-                resumed: false,
-            },
-        );
+        let (probe, late_told) = Probe::new();
+        lot.park(server, far, probe);
         assert_eq!(late_told.try_recv().unwrap(), Fate::Closed);
     }
 }
