@@ -54,7 +54,7 @@ impl<B: LeaseBackend, V: LeasedValue> Keeper<B, V> {
                 let asked = Instant::now();
                 let attempt = tokio::select! {
                     _ = shutdown.cancelled() => return,
-                    r = self.register() => r,
+                    r = self.register(asked) => r,
                 };
                 match attempt {
                     Ok(lease) => break (lease, asked),
@@ -83,8 +83,6 @@ impl<B: LeaseBackend, V: LeasedValue> Keeper<B, V> {
             retry = FIRST_RETRY;
             let again = self.status.borrow().registrations > 0;
             self.status.send_modify(|s| {
-                s.lease = Some(lease);
-                s.lease_until = Some(asked + self.ttl);
                 s.registered = true;
                 s.fenced = false;
                 s.registrations += 1;
@@ -199,10 +197,21 @@ impl<B: LeaseBackend, V: LeasedValue> Keeper<B, V> {
         }
     }
 
-    async fn register(&mut self) -> Result<i64, BackendError> {
+    /// Grant a lease (asked for at `asked`) and put the value on it.
+    async fn register(&mut self, asked: Instant) -> Result<i64, BackendError> {
         let lease = self.backend.grant(self.ttl).await?;
+        // Whoever watches the key may send this instance work as soon as the
+        // put lands, before its answer reaches us: report the lease first.
+        self.status.send_modify(|s| {
+            s.lease = Some(lease);
+            s.lease_until = Some(asked + self.ttl);
+        });
         let value = self.desired.borrow_and_update().clone();
         if let Err(e) = self.backend.put(&self.key, value.to_json(), lease).await {
+            self.status.send_modify(|s| {
+                s.lease = None;
+                s.lease_until = None;
+            });
             // Do not leave an unused lease behind if etcd is still there.
             if let Err(revoke) = self.backend.revoke(lease).await {
                 warn!(key = %self.key, lease, error = %revoke, "cannot revoke unused lease; it will expire");

@@ -41,6 +41,8 @@ pub struct RegistrationStatus {
     pub registered: bool,
     /// No keep-alive has succeeded for a whole TTL: the key may be gone.
     pub fenced: bool,
+    /// The lease the key is (being) put on: reported from its grant, before
+    /// the put, since whoever sees the key may send work at once.
     pub lease: Option<i64>,
     /// Until when the lease surely lives in etcd: a TTL after the last
     /// successful grant or keep-alive was *sent* (etcd counts from when it
@@ -456,10 +458,13 @@ mod tests {
     }
 
     /// The in-memory leases, except that the next `hang` keep-alives never
-    /// answer, as through an etcd member that was cut off.
+    /// answer, as through an etcd member that was cut off, and that a put's
+    /// answer arrives `put_answer_after` it was done, as when etcd's watchers
+    /// hear of it before the writer does.
     struct Hanging {
         inner: memory::MemoryLeases,
         hang: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+        put_answer_after: Duration,
     }
 
     impl LeaseBackend for Hanging {
@@ -467,7 +472,9 @@ mod tests {
             self.inner.grant(ttl).await
         }
         async fn put(&mut self, key: &str, value: String, lease: i64) -> Result<(), BackendError> {
-            self.inner.put(key, value, lease).await
+            self.inner.put(key, value, lease).await?;
+            sleep(self.put_answer_after).await;
+            Ok(())
         }
         async fn keep_alive(&mut self, lease: i64) -> Result<i64, BackendError> {
             use std::sync::atomic::Ordering;
@@ -494,6 +501,7 @@ mod tests {
         let backend = Hanging {
             inner: etcd.backend(),
             hang: hang.clone(),
+            put_answer_after: Duration::ZERO,
         };
         let mut instance = Instance::new("app", "127.0.0.1:9000");
         instance.id = "i1".into();
@@ -509,5 +517,35 @@ mod tests {
         assert_eq!(s.lease, lease, "the lease was lost: {s:?}");
         assert!(s.registered && !s.fenced && s.registrations == 1, "{s:?}");
         assert!(etcd.get("/shoal/instances/app/i1").is_some());
+    }
+
+    /// Whoever sees the instance's key may send it work at once, before
+    /// etcd's answer to the put reaches the keeper: the lease it is on is
+    /// reported from the grant, so the key-value store's fence
+    /// (`lease_until`) never refuses work routed to it for that reason.
+    #[tokio::test(start_paused = true)]
+    async fn the_lease_is_reported_before_the_key_can_be_seen() {
+        let etcd = MemoryEtcd::default();
+        let backend = Hanging {
+            inner: etcd.backend(),
+            hang: Default::default(),
+            put_answer_after: Duration::from_secs(1),
+        };
+        let mut instance = Instance::new("app", "127.0.0.1:9000");
+        instance.id = "i1".into();
+        let reg = Registration::start_with(backend, &Keys::default(), instance, TTL).unwrap();
+        let start = Instant::now();
+        while etcd.get("/shoal/instances/app/i1").is_none() {
+            assert!(start.elapsed() < Duration::from_millis(500), "never put");
+            sleep(Duration::from_millis(1)).await;
+        }
+        let seen = reg.status();
+        assert!(!seen.registered, "the put has not answered yet: {seen:?}");
+        assert!(
+            seen.lease.is_some() && seen.lease_until.is_some_and(|until| until > Instant::now()),
+            "the key is visible but its lease is not reported: {seen:?}"
+        );
+        run_until(&reg, Duration::from_secs(2), |s| s.registered).await;
+        assert_eq!(reg.status().lease, seen.lease);
     }
 }
