@@ -320,7 +320,11 @@ async fn wait_in_flight(http: &reqwest::Client, server: &AppServer, n: u64) {
 /// answers). Every GET is still answered, each within 2 s (the load's
 /// client timeout; without hedging a GET sent to the frozen instance waits
 /// the 30 s response timeout), the gateway's counters show the hedges that
-/// did it, and the frozen instance is ejected by the races it lost.
+/// did it, and the frozen instance stops getting requests: ejected by the
+/// races it lost, or (when least-request's latency estimate steers every
+/// request away from it first, so it loses no more races) out of the
+/// table once its lease expires. Lost races eject under round-robin in
+/// `proxy::tests::a_get_stuck_past_the_hedge_delay_is_answered_by_another_instance`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn gets_to_a_frozen_instance_are_hedged_to_the_other_by_default() {
     let platform = Platform::builder()
@@ -356,20 +360,22 @@ async fn gets_to_a_frozen_instance_are_hedged_to_the_other_by_default() {
 
     frozen.proc.signal(Signal::SIGSTOP);
     let frozen_at = Instant::now();
-    let ejected = wait_json(
+    let frozen_state = |s: &serde_json::Value| {
+        let list = s["instances"].as_array()?;
+        match list.iter().find(|i| i["id"] == frozen.id.as_str()) {
+            Some(i) => i["state"].as_str().map(str::to_owned),
+            None => Some("out of the table".to_owned()),
+        }
+    };
+    let noticed = wait_json(
         &http,
         &admin.url("/api/v1/services/app"),
         Duration::from_secs(10),
-        "the frozen instance ejected",
-        |s| {
-            s["instances"].as_array().is_some_and(|list| {
-                list.iter()
-                    .any(|i| i["id"] == frozen.id.as_str() && i["state"] == "ejected")
-            })
-        },
+        "the frozen instance ejected or out of the table",
+        |s| frozen_state(s).is_some_and(|state| state == "ejected" || state == "out of the table"),
     )
     .await;
-    let ejected_after = frozen_at.elapsed();
+    let noticed_after = frozen_at.elapsed();
     load.wait_more_served(500, Duration::from_secs(10))
         .await
         .unwrap();
@@ -381,12 +387,13 @@ async fn gets_to_a_frozen_instance_are_hedged_to_the_other_by_default() {
         summary["hedges_won_total"].as_u64().unwrap(),
     );
     println!(
-        "measured: {} GETs, {} failed; frozen instance ejected after {:.2} s; {hedges} hedges \
+        "measured: {} GETs, {} failed; frozen instance {} after {:.2} s; {hedges} hedges \
          ({won} won in all), p99 to headers before the freeze {} ms",
         report.served + report.failures.len() as u64,
         report.failures.len(),
-        ejected_after.as_secs_f64(),
-        ejected["headers_p99_ms"],
+        frozen_state(&noticed).unwrap_or_default(),
+        noticed_after.as_secs_f64(),
+        noticed["headers_p99_ms"],
     );
     assert!(
         report.failures.is_empty(),
