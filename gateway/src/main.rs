@@ -7,16 +7,23 @@ use clap::Parser;
 
 use gateway::Config;
 
-/// mimalloc rather than the system allocator: a proxied request makes a
+/// jemalloc rather than the system allocator: a proxied request makes a
 /// couple of dozen short-lived allocations (header maps, bodies, hyper's
 /// buffers and channels), and glibc's malloc/free were about 7% of the
-/// gateway's instructions per request (`bench/gateway-cost.sh`). Built
-/// with `no_thp` (the workspace's Cargo.toml): with transparent huge pages
-/// it asks the kernel for whole 2 MiB pages for its arenas, and an idle
-/// keep-alive client connection cost 22 KB of RSS instead of 14
-/// (`bench/gateway-scale.sh`, idle connections).
+/// gateway's instructions per request (`bench/gateway-cost.sh`).
+///
+/// jemalloc rather than mimalloc (the app server's): a burst of client
+/// connections holds hyper's buffers at once, and a gateway idle after it
+/// should give that memory back. jemalloc's background thread returns freed
+/// pages a second after they were freed (`dirty_decay_ms:1000`, set with
+/// `muzzy_decay_ms:0` in `.cargo/config.toml`), busy or not; mimalloc purges
+/// only when the process allocates again, which an idle gateway does not.
+/// 10,000 idle keep-alive connections opened 200 at a time: 0.95 KB each
+/// against 1.8-3.2 KB with mimalloc, for about 2% more instructions per
+/// request (`bench/README.md`, "Gateway at scale"). An operator can tune it
+/// at start with `_RJEM_MALLOC_CONF` (jemalloc's `MALLOC_CONF`).
 #[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 fn main() -> ExitCode {
     let config = Config::parse();

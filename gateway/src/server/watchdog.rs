@@ -24,11 +24,12 @@ const MIN_TICK: Duration = Duration::from_millis(10);
 /// comes 1–1.5 times this after the last request.
 ///
 /// Short, because hyper's state is about 17 KB a connection (its two
-/// buffers), and what a burst of new connections held at once stays in the
-/// process after they go quiet (the allocator keeps freed memory until it
-/// is busy again): 10,000 connections opened at once, one request each,
-/// left 11.8 KB a connection with 500 ms and 3.2 KB with 100 ms
-/// (`bench/gateway-scale.sh`, idle connections). A connection busier than
+/// buffers), and a burst of new connections holds it at once: 10,000
+/// connections opened 200 at a time, one request each, had 67 MB allocated
+/// at the peak with 100 ms. With mimalloc, which kept that memory until it
+/// was busy again, they left 11.8 KB a connection with 500 ms and 3.2 KB
+/// with 100 ms (`bench/gateway-scale.sh`, idle connections); jemalloc now
+/// returns it within seconds (`main.rs`). A connection busier than
 /// this never releases; one that pauses longer pays a new spell (a task
 /// and hyper's connection) for its next request.
 pub(super) const RELEASE_AFTER: Duration = Duration::from_millis(100);
