@@ -7,6 +7,7 @@
 //! by every entry that names it, see [`crate::table`]).
 
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use http::HeaderValue;
@@ -30,7 +31,18 @@ pub struct BackendState {
     /// (from its registered `started_at`), so a gateway restart does not put
     /// every instance back into slow start.
     pub age_when_seen: Duration,
-    pub health: Mutex<Health>,
+    /// Passive and active health; changed only through
+    /// [`BackendState::update_health`], which keeps the summary below.
+    health: Mutex<Health>,
+    /// What the request path reads of `health`, without its lock: with
+    /// thousands of instances a request finds each one's state cold, and a
+    /// lock taken on every pick and every response wrote its cache line
+    /// too. `ejected_until` in nanoseconds after `first_seen`, plus one
+    /// (0: not ejected; an ejection is always set after `first_seen`).
+    ejected_until: AtomicU64,
+    /// No failure counted and no ejection in the streak: a success has
+    /// nothing to change ([`crate::health::record`]'s fast path).
+    clean: AtomicBool,
 }
 
 /// Passive health: consecutive failures and ejection back-off.
@@ -56,7 +68,35 @@ impl BackendState {
             first_seen: now,
             age_when_seen: age,
             health: Mutex::new(Health::default()),
+            ejected_until: AtomicU64::new(0),
+            clean: AtomicBool::new(true),
         }
+    }
+
+    /// A copy of the health, for reports.
+    pub fn health(&self) -> Health {
+        self.health.lock().expect("health lock poisoned").clone()
+    }
+
+    /// Change the health under its lock, and publish what the request path
+    /// reads of it.
+    pub fn update_health<T>(&self, change: impl FnOnce(&mut Health) -> T) -> T {
+        let mut health = self.health.lock().expect("health lock poisoned");
+        let result = change(&mut health);
+        let until = health.ejected_until.map_or(0, |until| {
+            until.saturating_duration_since(self.first_seen).as_nanos() as u64 + 1
+        });
+        self.ejected_until.store(until, Ordering::Release);
+        self.clean.store(
+            health.consecutive_failures == 0 && health.ejections == 0,
+            Ordering::Release,
+        );
+        result
+    }
+
+    /// No failure counted and no ejection in the streak (a success changes nothing).
+    pub fn is_clean(&self) -> bool {
+        self.clean.load(Ordering::Acquire)
     }
 
     /// Attempts in flight on the instance, racing hedges included (what
@@ -66,11 +106,10 @@ impl BackendState {
     }
 
     pub fn is_ejected(&self, now: Instant) -> bool {
-        self.health
-            .lock()
-            .expect("health lock poisoned")
-            .ejected_until
-            .is_some_and(|until| until > now)
+        match self.ejected_until.load(Ordering::Acquire) {
+            0 => false,
+            until => until - 1 > now.saturating_duration_since(self.first_seen).as_nanos() as u64,
+        }
     }
 
     /// Slow-start share in (0, 1]: ramps linearly from 10% to 100% over `window`
@@ -132,6 +171,31 @@ mod tests {
     use std::sync::Arc;
 
     use super::*;
+
+    /// What the request path reads without the lock follows every change.
+    #[test]
+    fn the_lock_free_summary_follows_the_health() {
+        let t0 = Instant::now();
+        let state = BackendState::new(t0);
+        assert!(state.is_clean() && !state.is_ejected(t0));
+
+        state.update_health(|h| h.consecutive_failures = 1);
+        assert!(!state.is_clean() && !state.is_ejected(t0));
+
+        let until = t0 + Duration::from_secs(5);
+        state.update_health(|h| {
+            h.consecutive_failures = 0;
+            h.ejections = 1;
+            h.ejected_until = Some(until);
+        });
+        assert!(!state.is_clean());
+        assert!(state.is_ejected(t0) && state.is_ejected(until - Duration::from_nanos(1)));
+        assert!(!state.is_ejected(until) && !state.is_ejected(until + Duration::from_secs(1)));
+        assert_eq!(state.health().ejected_until, Some(until));
+
+        state.update_health(|h| *h = Health::default());
+        assert!(state.is_clean() && !state.is_ejected(t0));
+    }
 
     #[test]
     fn request_parts_are_prepared_once() {

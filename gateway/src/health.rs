@@ -129,14 +129,13 @@ pub fn record(backend: &Backend, outcome: Outcome, now: Instant, policy: &Ejecti
         // Left the registry and now failing: not coming back; drop it.
         unconfirmed.fail();
     }
-    let transition = {
-        let mut health = backend.state.health.lock().expect("health lock poisoned");
-        if outcome == Outcome::Success && health.consecutive_failures == 0 && health.ejections == 0
-        {
-            return;
-        }
-        apply(&mut health, outcome, now, policy)
-    };
+    if outcome == Outcome::Success && backend.state.is_clean() {
+        // Nothing to change (and no lock taken: the common case).
+        return;
+    }
+    let transition = backend
+        .state
+        .update_health(|health| apply(health, outcome, now, policy));
     log(backend, transition);
 }
 
@@ -236,17 +235,17 @@ fn apply_verdict(backend: &Backend, verdict: ActiveVerdict, now: Instant) {
     match verdict {
         ActiveVerdict::Unchanged => {}
         ActiveVerdict::Eject => {
-            let mut health = backend.state.health.lock().expect("health lock poisoned");
             let until = now + ACTIVE_EJECTION;
-            health.ejected_until = Some(health.ejected_until.map_or(until, |u| u.max(until)));
-            drop(health);
+            backend.state.update_health(|health| {
+                health.ejected_until = Some(health.ejected_until.map_or(until, |u| u.max(until)));
+            });
             warn!(instance, %service, "instance ejected: /healthz failed repeatedly");
         }
         ActiveVerdict::Restore => {
-            let mut health = backend.state.health.lock().expect("health lock poisoned");
-            health.ejected_until = None;
-            health.consecutive_failures = 0;
-            drop(health);
+            backend.state.update_health(|health| {
+                health.ejected_until = None;
+                health.consecutive_failures = 0;
+            });
             info!(instance, %service, "instance restored: /healthz passes again");
         }
     }

@@ -685,7 +685,9 @@ mod tests {
         pool.counters.hedges_total.store(6, Ordering::Relaxed);
         pool.counters.held_now.store(2, Ordering::Relaxed);
         pool.counters.held_total.store(9, Ordering::Relaxed);
-        pool.all[1].state.health.lock().unwrap().ejected_until = Some(t0 + Duration::from_secs(5));
+        pool.all[1]
+            .state
+            .update_health(|h| h.ejected_until = Some(t0 + Duration::from_secs(5)));
 
         let (types, samples) = parse(&render(&t, t0, &GatewayFigures::default()));
         for (family, kind) in [

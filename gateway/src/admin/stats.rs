@@ -56,12 +56,7 @@ pub struct InstanceHealth {
 
 impl InstanceHealth {
     pub fn of(backend: &Backend, now: Instant) -> Self {
-        let health = backend
-            .state
-            .health
-            .lock()
-            .expect("health lock poisoned")
-            .clone();
+        let health = backend.state.health();
         InstanceHealth {
             registry_state: backend.instance.state,
             ejected_for: health
@@ -381,12 +376,11 @@ mod tests {
             .rtt
             .observe(Duration::from_millis(70), epoch + Duration::from_secs(2));
         // `b`: failing, ejected for a while longer.
-        {
-            let mut health = b.state.health.lock().unwrap();
+        b.state.update_health(|health| {
             health.consecutive_failures = 5;
             health.ejections = 2;
             health.ejected_until = Some(Instant::now() + Duration::from_secs(60));
-        }
+        });
         pool.counters.held_now.store(1, Ordering::Relaxed);
         pool.counters.held_total.store(6, Ordering::Relaxed);
         pool.counters

@@ -136,14 +136,14 @@ mod tests {
             let key = format!("k{k}");
             assert_eq!(owner_skipping(&b, &key, &[2]), owner(&without_b2, &key));
         }
-        b[2].state.health.lock().unwrap().ejected_until = Some(until);
+        b[2].state.update_health(|h| h.ejected_until = Some(until));
         for k in 0..500 {
             let key = format!("k{k}");
             assert_eq!(owner(&b, &key), owner(&without_b2, &key));
         }
         // Every backend ejected: keys still map as if none were (panic mode).
         for x in &b {
-            x.state.health.lock().unwrap().ejected_until = Some(until);
+            x.state.update_health(|h| h.ejected_until = Some(until));
         }
         let fresh = backends(4);
         for k in 0..100 {

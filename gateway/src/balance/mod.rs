@@ -276,7 +276,8 @@ mod tests {
     fn ejected_backends_are_skipped_until_all_are_ejected() {
         let b = backends(3);
         let now = Instant::now();
-        b[0].state.health.lock().unwrap().ejected_until = Some(now + Duration::from_secs(5));
+        b[0].state
+            .update_health(|h| h.ejected_until = Some(now + Duration::from_secs(5)));
         assert_eq!(Eligible::new(&b, &[], now).list(), &[1, 2]);
         assert!(!Eligible::new(&b, &[], now).accepts(0));
         assert_eq!(Eligible::new(&b, &[1], now).list(), &[2]);

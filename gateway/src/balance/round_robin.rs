@@ -252,7 +252,8 @@ mod tests {
         let rr = RoundRobin::new(Arc::new(Schedule::of_backends(&b)), Default::default());
         let now = Instant::now();
         assert_eq!(counts(&rr, &b, &[1], 100, now), [50, 0, 50]);
-        b[2].state.health.lock().unwrap().ejected_until = Some(now + Duration::from_secs(1));
+        b[2].state
+            .update_health(|h| h.ejected_until = Some(now + Duration::from_secs(1)));
         assert_eq!(counts(&rr, &b, &[1], 10, now), [10, 0, 0]);
     }
 
@@ -276,7 +277,9 @@ mod tests {
         let b = backends(3);
         let now = Instant::now();
         for backend in &b {
-            backend.state.health.lock().unwrap().ejected_until = Some(now + Duration::from_secs(1));
+            backend
+                .state
+                .update_health(|h| h.ejected_until = Some(now + Duration::from_secs(1)));
         }
         let rr = RoundRobin::new(Arc::new(Schedule::of_backends(&b)), Default::default());
         let all = counts(&rr, &b, &[], 3000, now);

@@ -94,8 +94,8 @@ mod tests {
         let b = backends(3);
         let gone = pick_with(&b, Some("b9"), &[]);
         assert!(gone.set_cookie);
-        b[2].state.health.lock().unwrap().ejected_until =
-            Some(Instant::now() + Duration::from_secs(5));
+        b[2].state
+            .update_health(|h| h.ejected_until = Some(Instant::now() + Duration::from_secs(5)));
         let ejected = pick_with(&b, Some("b2"), &[]);
         assert!(ejected.set_cookie && ejected.index != 2, "{ejected:?}");
         let retried = pick_with(&b, Some("b1"), &[1]);

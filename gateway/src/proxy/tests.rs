@@ -1140,7 +1140,9 @@ async fn a_get_whose_instance_is_ejected_while_it_waits_is_hedged_whatever_the_b
     // ...until passive health ejects the instance (as lost races do to a
     // frozen one): then it is hedged at once.
     let stuck = pool.all.iter().find(|b| b.id() == "a-stuck").unwrap();
-    stuck.state.health.lock().unwrap().ejected_until = Some(now() + Duration::from_secs(10));
+    stuck
+        .state
+        .update_health(|h| h.ejected_until = Some(now() + Duration::from_secs(10)));
     let reply = waiting.await.unwrap();
     assert_eq!(reply.status, 200, "{}", reply.text());
     assert_eq!(reply.instance(), "b-ok");
