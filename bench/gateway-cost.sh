@@ -18,6 +18,8 @@
 #   IR_REQUESTS=0 bench/gateway-cost.sh            # CPU time only
 #   PROXIES=shoal KEEP_TMP=1 bench/gateway-cost.sh # keeps the callgrind profiles
 #   PROXIES="shoal before" BEFORE_BIN=/tmp/gateway-old bench/gateway-cost.sh
+#   INSTANCES=10000 CACHE_SIM=1 PROXIES=shoal bench/gateway-cost.sh
+#                           # the cost with 10,000 registered instances
 #
 # Settings (environment): REQUESTS (50000), CONNECTIONS (64), ROUNDS (3),
 # IR_REQUESTS (5000; 0 skips callgrind), CACHE_SIM (1: callgrind also
@@ -27,6 +29,10 @@
 # GATEWAY_BIN (a gateway binary other than the fresh build), BEFORE_BIN (an
 # earlier gateway binary, measured as the proxy `before`:
 # PROXIES="shoal before" compares a change with what it changes in one run),
+# INSTANCES (0; N > 0: Shoal's gateways follow a registry prefix of their own,
+# `/scale-cost`, holding N fake `ready` instances of `app` written by
+# `scale_registry` as in bench/gateway-scale.sh, their addresses taken in
+# turn from the two app servers; nginx and HAProxy are unchanged),
 # NO_BUILD=1 (use the release binaries already built), KEEP_TMP=1 keeps
 # configs, logs and callgrind profiles
 # (`callgrind_annotate $TMP/callgrind-shoal-round-robin.out`).
@@ -52,7 +58,8 @@ case $CACHE_SIM in
   0 | 1) ;;
   *) echo "error: CACHE_SIM=$CACHE_SIM is not allowed; use 1 (simulate the caches under callgrind) or 0" >&2; exit 1 ;;
 esac
-for setting in REQUESTS CONNECTIONS ROUNDS IR_REQUESTS; do
+INSTANCES=${INSTANCES:-0}
+for setting in REQUESTS CONNECTIONS ROUNDS IR_REQUESTS INSTANCES; do
   [[ ${!setting} =~ ^[0-9]+$ ]] || { echo "error: $setting must be a whole number, not \`${!setting}\`" >&2; exit 1; }
 done
 [ "$REQUESTS" -ge 1000 ] || { echo "error: REQUESTS=$REQUESTS is too few to time; use at least 1000" >&2; exit 1; }
@@ -80,6 +87,16 @@ url_of() { echo "http://127.0.0.1:${PORT[$1]}/"; }
 build_release
 start_backends
 assign_ports
+if [ "$INSTANCES" -gt 0 ]; then
+  if [ "${NO_BUILD:-0}" != 1 ]; then cargo build --release -p shoal-bench --bin scale_registry --quiet; fi
+  echo "registering $INSTANCES fake instances of app under /scale-cost" >&2
+  env ETCD="$ETCD_URL" PREFIX=/scale-cost COUNT="$INSTANCES" \
+    ADDRS="127.0.0.1:${APP_PORTS[0]},127.0.0.1:${APP_PORTS[1]}" \
+    "$BIN/scale_registry" instances 2>"$TMP/scale_registry.log" ||
+    { echo "error: scale_registry failed: $(tail -n 3 "$TMP/scale_registry.log")" >&2; exit 1; }
+  # Read by every gateway started from here on (the app servers run already).
+  export SHOAL_PREFIX=/scale-cost
+fi
 
 keys=()
 for policy in $POLICIES; do
@@ -194,6 +211,7 @@ echo
 echo "$(date -u '+%Y-%m-%d %H:%M UTC'), $(nproc) cores: $(awk -F': ' '/^model name/ { print $2; exit }' /proc/cpuinfo)"
 echo "wrk -t1 -c$CONNECTIONS, $REQUESTS requests x $ROUNDS round(s) (median), callgrind over $IR_REQUESTS; proxy on core $PROXY_CORE, wrk and 2 app servers on core(s) $LOAD_CORES"
 echo "Shoal's gateway: ${GATEWAY_BIN:-$BIN/gateway}"
+if [ "$INSTANCES" -gt 0 ]; then echo "Shoal's service: $INSTANCES registered instances (fake entries) over the 2 app servers"; fi
 if [[ " $PROXIES " == *" before "* ]]; then echo "before: $BEFORE_BIN"; fi
 echo "(req/s is wall-clock and only meaningful on a quiet machine)"
 echo
