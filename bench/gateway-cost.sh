@@ -90,9 +90,7 @@ assign_ports
 if [ "$INSTANCES" -gt 0 ]; then
   if [ "${NO_BUILD:-0}" != 1 ]; then cargo build --release -p shoal-bench --bin scale_registry --quiet; fi
   echo "registering $INSTANCES fake instances of app under /scale-cost" >&2
-  env ETCD="$ETCD_URL" PREFIX=/scale-cost COUNT="$INSTANCES" \
-    ADDRS="127.0.0.1:${APP_PORTS[0]},127.0.0.1:${APP_PORTS[1]}" \
-    "$BIN/scale_registry" instances 2>"$TMP/scale_registry.log" ||
+  scale_registry instances /scale-cost COUNT="$INSTANCES" 2>"$TMP/scale_registry.log" ||
     { echo "error: scale_registry failed: $(tail -n 3 "$TMP/scale_registry.log")" >&2; exit 1; }
   # Read by every gateway started from here on (the app servers run already).
   export SHOAL_PREFIX=/scale-cost

@@ -115,14 +115,6 @@ build_release
 if [ "${NO_BUILD:-0}" != 1 ]; then cargo build --release -p shoal-bench --bin scale_registry --bin idle_conns --quiet; fi
 GATEWAY_BIN=${GATEWAY_BIN:-$BIN/gateway}
 start_backends
-ADDRS=127.0.0.1:${APP_PORTS[0]},127.0.0.1:${APP_PORTS[1]}
-
-# scale_registry COMMAND PREFIX [VAR=VALUE...]: the registry program on PREFIX.
-scale_registry() {
-  local command=$1 prefix=$2
-  shift 2
-  env ETCD="$ETCD_URL" PREFIX="$prefix" ADDRS="$ADDRS" "$@" "$BIN/scale_registry" "$command"
-}
 
 # ready_instances KEY: the ready instances of `app` the gateway of KEY shows.
 ready_instances() {

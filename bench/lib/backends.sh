@@ -56,3 +56,13 @@ start_backends() {
     wait_for "app server bench-$name" "http://127.0.0.1:$port/" "$TMP/app-$name.log" "$!"
   done
 }
+
+# scale_registry COMMAND PREFIX [VAR=VALUE...]: bench/src/bin/scale_registry
+# on the registry prefix PREFIX of this run's etcd, its fake instances
+# pointing in turn at the two app servers (after start_backends).
+scale_registry() {
+  local command=$1 prefix=$2
+  shift 2
+  env ETCD="$ETCD_URL" PREFIX="$prefix" ADDRS="127.0.0.1:${APP_PORTS[0]},127.0.0.1:${APP_PORTS[1]}" \
+    "$@" "$BIN/scale_registry" "$command"
+}

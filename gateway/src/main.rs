@@ -18,8 +18,8 @@ use gateway::Config;
 /// pages a second after they were freed (`dirty_decay_ms:1000`, set with
 /// `muzzy_decay_ms:0` in `.cargo/config.toml`), busy or not; mimalloc purges
 /// only when the process allocates again, which an idle gateway does not.
-/// 10,000 idle keep-alive connections opened 200 at a time: 0.95 KB each
-/// against 1.8-3.2 KB with mimalloc, for about 2% more instructions per
+/// 10,000 idle keep-alive connections opened 200 at a time: 0.84-0.94 KB
+/// each against 1.8-3.2 KB with mimalloc, for about 2% more instructions per
 /// request (`bench/README.md`, "Gateway at scale"). An operator can tune it
 /// at start with `_RJEM_MALLOC_CONF` (jemalloc's `MALLOC_CONF`).
 #[global_allocator]
