@@ -183,8 +183,12 @@ impl Proc {
         });
     }
 
-    /// SIGKILL and reap.
+    /// SIGKILL and reap; nothing to do for a process reaped already (its
+    /// pid may belong to another process by now).
     pub async fn kill9(&mut self) {
+        if self.status.is_some() {
+            return;
+        }
         self.signal(Signal::SIGKILL);
         self.wait_exit(Duration::from_secs(5)).await;
     }
@@ -215,5 +219,32 @@ impl Proc {
             self.status = self.child.try_wait().ok().flatten();
         }
         self.status.is_some()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// etcd's start-up retry (`etcd::Etcd::launch`) reaps a member that
+    /// died (`has_exited`) and then kills what it spawned: that must not
+    /// signal the reaped pid (CI saw `cannot send SIGKILL to etcd: ESRCH`).
+    #[tokio::test]
+    async fn killing_a_process_reaped_already_does_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut proc = Proc::spawn(
+            "true",
+            Path::new("/bin/sh"),
+            &["-c".to_owned(), "exit 0".to_owned()],
+            &[],
+            dir.path(),
+        );
+        crate::wait_until_async(Duration::from_secs(5), "sh to exit", || {
+            std::future::ready(proc.has_exited())
+        })
+        .await
+        .unwrap();
+        proc.kill9().await;
+        assert!(proc.status.is_some_and(|s| s.success()));
     }
 }
