@@ -25,7 +25,11 @@
 //!   ejected while the request waits on it ([`Budget::FirstEjected`]: then
 //!   it is hedged at once, like a retry after a failure); with
 //!   concurrency limits on, only when the other instance has a free permit
-//!   at once.
+//!   at once;
+//! - a request whose hedge the budget refused counts once as a failure of
+//!   its instance if that instance has failed since its last answer
+//!   ([`Watch::until_ejected`]): a frozen instance is then ejected by the
+//!   requests it holds, however few races the budget allowed.
 //!
 //! The race ([`Inner::hedge`]): both attempts run until one has response
 //! headers, which is relayed; the other is dropped, and with it its
@@ -187,8 +191,12 @@ impl Inner {
             match self.hedge_pick(exchange, plan, table, budget).await {
                 Ok(picked) => break picked,
                 Err(NoHedge::Budget) if budget == Budget::Ask => {
-                    let recheck = self.settings.hedge.min_delay;
-                    match until_ejected(send.as_mut(), expiry.as_mut(), first, recheck).await {
+                    let watch = Watch {
+                        first,
+                        recheck: self.settings.hedge.min_delay,
+                        ejection: &self.settings.ejection,
+                    };
+                    match watch.until_ejected(send.as_mut(), expiry.as_mut()).await {
                         Waited::Done(sent) => return (*sent, None),
                         Waited::Ejected => budget = Budget::FirstEjected,
                     }
@@ -322,33 +330,58 @@ enum Waited {
     Ejected,
 }
 
-/// Wait for `send` until `expiry`, checking every `recheck` whether
-/// `first` (its instance) has been ejected.
-async fn until_ejected<F>(
-    mut send: Pin<&mut F>,
-    mut expiry: Pin<&mut Sleep>,
-    first: &Backend,
+/// A first attempt waiting past its hedge time with no hedge token.
+struct Watch<'a> {
+    /// Its instance.
+    first: &'a Backend,
+    /// How often to look at the instance's health.
     recheck: Duration,
-) -> Waited
-where
-    F: Future<Output = Result<Response<PooledBody>, SendError>>,
-{
-    let mut ticks = tokio::time::interval(recheck.max(Duration::from_millis(1)));
-    std::future::poll_fn(|cx| {
-        if let Poll::Ready(sent) = send.as_mut().poll(cx) {
-            return Poll::Ready(Waited::Done(Box::new(Some(sent))));
-        }
-        if expiry.as_mut().poll(cx).is_ready() {
-            return Poll::Ready(Waited::Done(Box::new(None)));
-        }
-        while ticks.poll_tick(cx).is_ready() {
-            if first.state.is_ejected(now()) {
-                return Poll::Ready(Waited::Ejected);
+    ejection: &'a health::EjectionPolicy,
+}
+
+impl Watch<'_> {
+    /// Wait for `send` until `expiry`, checking every `recheck` whether the
+    /// first instance has been ejected. Once the instance has failed since
+    /// its last success (it lost a race, say) and while it is not ejected,
+    /// this wait counts once as a failure there: the instance holds a
+    /// request past the service's p99 and has answered nothing since its
+    /// last failure, which is how a frozen instance looks. Without this, a
+    /// budget that allowed fewer hedges than `--eject-after` left the
+    /// requests a frozen instance held to wait out their timeout. An
+    /// instance that is merely slow answers its other requests, and each
+    /// answer clears the count.
+    async fn until_ejected<F>(&self, mut send: Pin<&mut F>, mut expiry: Pin<&mut Sleep>) -> Waited
+    where
+        F: Future<Output = Result<Response<PooledBody>, SendError>>,
+    {
+        let first = self.first;
+        let mut ticks = tokio::time::interval(self.recheck.max(Duration::from_millis(1)));
+        let mut counted = false;
+        std::future::poll_fn(|cx| {
+            if let Poll::Ready(sent) = send.as_mut().poll(cx) {
+                return Poll::Ready(Waited::Done(Box::new(Some(sent))));
             }
-        }
-        Poll::Pending
-    })
-    .await
+            if expiry.as_mut().poll(cx).is_ready() {
+                return Poll::Ready(Waited::Done(Box::new(None)));
+            }
+            while ticks.poll_tick(cx).is_ready() {
+                let now = now();
+                if first.state.is_ejected(now) {
+                    return Poll::Ready(Waited::Ejected);
+                }
+                if !counted && !first.state.is_clean() {
+                    counted = true;
+                    debug!(instance = first.id(), service = %first.instance.service, "waiting past the hedge time on an instance that has failed since its last answer");
+                    health::record(first, Outcome::Failure, now, self.ejection);
+                    if first.state.is_ejected(now) {
+                        return Poll::Ready(Waited::Ejected);
+                    }
+                }
+            }
+            Poll::Pending
+        })
+        .await
+    }
 }
 
 /// Whether an attempt's result ends the race: a response does, and so does

@@ -123,7 +123,8 @@ struct Slot {
 
 /// Finagle-style retry budget for one service: over the last 10 s, retries
 /// may be at most 20% of requests plus 10 per second, and hedges (which are
-/// retries too) at most 2% of requests. Lock-free: one atomic add per request.
+/// retries too) at most 2% of requests plus one. Lock-free: one atomic add
+/// per request.
 #[derive(Debug)]
 pub struct RetryBudget {
     epoch: Instant,
@@ -162,11 +163,11 @@ impl RetryBudget {
     }
 
     /// Take a token for one hedge: a retry token, within [`HEDGE_RATIO`] of
-    /// the window's requests; false (and nothing taken) when either is spent.
+    /// the window's requests plus [`HEDGES_PER_WINDOW`]; false (and nothing
+    /// taken) when either is spent.
     pub fn try_hedge(&self, now: Instant) -> bool {
         let window = self.window(now);
-        if !window.may_retry() || (window.hedges + 1) as f64 > HEDGE_RATIO * window.requests as f64
-        {
+        if !window.may_retry() || !window.may_hedge() {
             return false;
         }
         let slot = self.slot(now);
@@ -224,6 +225,12 @@ impl Window {
         let allowed =
             RETRY_RATIO * self.requests as f64 + (MIN_RETRIES_PER_SEC * WINDOW_SECS) as f64;
         (self.retries + 1) as f64 <= allowed
+    }
+
+    /// Whether one more hedge fits: 2% of requests plus one.
+    fn may_hedge(&self) -> bool {
+        let allowed = HEDGE_RATIO * self.requests as f64 + HEDGES_PER_WINDOW as f64;
+        (self.hedges + 1) as f64 <= allowed
     }
 }
 
@@ -347,32 +354,37 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn hedges_are_two_percent_of_requests_with_no_reserve() {
+    async fn hedges_are_two_percent_of_requests_plus_one_per_window() {
         let budget = RetryBudget::new(Instant::now());
+        budget.deposit(Instant::now());
+        assert!(
+            budget.try_hedge(Instant::now()),
+            "a quiet service (one request in 10 s) may hedge once"
+        );
         assert!(
             !budget.try_hedge(Instant::now()),
-            "a service with no requests does not hedge (retries have a reserve, hedges do not)"
+            "once per window, not per second as retries' reserve is"
         );
-        for _ in 0..1000 {
+        for _ in 1..1000 {
             budget.deposit(Instant::now());
         }
         let granted = (0..100)
             .filter(|_| budget.try_hedge(Instant::now()))
             .count();
-        assert_eq!(granted, 20, "2% of 1,000 requests");
-        // Hedges used retry tokens: 100 + 0.2 × 1,000 = 300 in all, 20 taken.
+        assert_eq!(granted, 20, "2% of 1,000 requests plus one, one taken");
+        // Hedges used retry tokens: 100 + 0.2 × 1,000 = 300 in all, 21 taken.
         let retries = (0..1000)
             .filter(|_| budget.try_withdraw(Instant::now()))
             .count();
-        assert_eq!(retries, 280);
+        assert_eq!(retries, 279);
         advance(WINDOW + Duration::from_secs(1)).await;
         for _ in 0..100 {
             budget.deposit(Instant::now());
         }
         assert_eq!(
             (0..10).filter(|_| budget.try_hedge(Instant::now())).count(),
-            2,
-            "the window slid: 2% of the 100 new requests"
+            3,
+            "the window slid: 2% of the 100 new requests plus one"
         );
     }
 

@@ -1154,6 +1154,44 @@ async fn a_get_whose_instance_is_ejected_while_it_waits_is_hedged_whatever_the_b
     assert_eq!(counters.hedges_total.load(Ordering::Relaxed), 1);
 }
 
+/// A frozen instance under light traffic: the budget allows one hedge, which
+/// the instance loses; the requests still waiting on it past their hedge
+/// time are further evidence (it has answered nothing since it lost), so
+/// it is ejected by them and they are hedged, rather than each waiting out
+/// the route's timeout because the budget allowed too few races to eject it.
+#[tokio::test]
+async fn requests_waiting_on_an_instance_that_lost_its_race_eject_it_when_the_budget_is_spent() {
+    let (registry, table) = stuck_then_ok().await;
+    registry.lock().unwrap().put_route(
+        "all",
+        r#"{"service":"app","path_prefix":"/","policy":"round-robin","timeout_ms":3000}"#,
+    );
+    let gw = gateway(
+        table.clone(),
+        hedging_after(Duration::from_millis(50)),
+        server_settings(),
+    )
+    .await;
+    let pool = table.load().pool("app").unwrap().clone();
+    let started = Instant::now();
+    // Ten requests at once, five on each instance (round robin): the
+    // window's ten requests allow 2% + 1 = one hedge.
+    let client = client();
+    let replies =
+        futures::future::join_all((0..10).map(|_| send(&client, get_req(gw.addr, "/hello")))).await;
+    let took = started.elapsed();
+    for reply in &replies {
+        assert_eq!(reply.status, 200, "{}", reply.text());
+        assert_eq!(reply.instance(), "b-ok");
+    }
+    assert!(took < Duration::from_secs(2), "{took:?}");
+    let stuck = pool.all.iter().find(|b| b.id() == "a-stuck").unwrap();
+    assert!(stuck.state.is_ejected(now()), "{:?}", stuck.state.health());
+    let counters = &pool.counters;
+    assert_eq!(counters.hedges_total.load(Ordering::Relaxed), 5);
+    assert_eq!(counters.retries_refused_total.load(Ordering::Relaxed), 4);
+}
+
 /// The access log's lines so far, once they are `n`; panics after 5 s.
 async fn log_lines(
     log: &crate::access_log::AccessLog,
