@@ -11,7 +11,8 @@
 //! Failures while ejected are ignored: they come from requests sent before.
 //!
 //! Active (optional, `--health-check-interval` > 0; [`spawn_active_checks`]):
-//! `GET /healthz` on every ready instance each interval. As pingora does, the
+//! `GET /healthz` on every ready instance each interval, at most
+//! [`MAX_CONCURRENT_CHECKS`] at once. As pingora does, the
 //! state flips only after a run of results: `--eject-after` failures in a row
 //! eject the instance until a check passes; one passing check restores it.
 //!
@@ -22,6 +23,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use futures::StreamExt;
 use http::{Method, Request, StatusCode};
 use http_body_util::BodyExt;
 use tokio::task::JoinHandle;
@@ -187,7 +189,16 @@ pub fn judge(state: &mut ActiveState, passed: bool, threshold: u32) -> ActiveVer
     ActiveVerdict::Unchanged
 }
 
-/// Check every ready instance's `/healthz` each `interval` until `stop`.
+/// Most active checks in flight at once. A round over 10,000 instances
+/// then opens at most this many connections, not 10,000 at one instant
+/// (file descriptors, and a burst of connects on the instances); healthy
+/// instances on one network answer a round of 10,000 in about a second.
+/// Instances that hang cost a round up to the check timeout per this many,
+/// and the next round starts when the last ends.
+pub const MAX_CONCURRENT_CHECKS: usize = 128;
+
+/// Check every ready instance's `/healthz` each `interval` until `stop`, at
+/// most [`MAX_CONCURRENT_CHECKS`] at once.
 pub fn spawn_active_checks(
     table: TableHandle,
     client: HttpClient,
@@ -216,9 +227,16 @@ pub fn spawn_active_checks(
                 // A set: a scan per state was 10^8 comparisons a tick at 10,000 instances.
                 let live: HashSet<&str> = backends.iter().map(|b| b.id()).collect();
                 states.retain(|id, _| live.contains(id.as_str()));
-                let results =
-                    futures::future::join_all(backends.iter().map(|b| check(&client, b, timeout)))
-                        .await;
+                // Collected first: a stream over the closure does not
+                // satisfy the spawned future's lifetime bounds.
+                let round: Vec<_> = backends
+                    .iter()
+                    .map(|b| check(&client, b, timeout))
+                    .collect();
+                let results: Vec<bool> = futures::stream::iter(round)
+                    .buffered(MAX_CONCURRENT_CHECKS)
+                    .collect()
+                    .await;
                 for (backend, passed) in backends.iter().zip(results) {
                     let state = states.entry(backend.id().to_owned()).or_default();
                     let verdict = judge(state, passed, threshold);
@@ -298,7 +316,17 @@ async fn check(client: &HttpClient, backend: &Backend, timeout: Duration) -> boo
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::collections::BTreeMap;
+    use std::net::SocketAddr;
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+
+    use axum::Router;
+    use axum::routing::get;
+    use registry::model::BalancePolicy;
+    use registry::{Instance, InstanceState};
     use tokio::time::advance;
+
+    use crate::table::{Defaults, LiveState};
 
     fn policy() -> EjectionPolicy {
         EjectionPolicy {
@@ -433,5 +461,127 @@ mod tests {
         );
         assert_eq!(judge(&mut s, true, 3), ActiveVerdict::Restore);
         assert_eq!(judge(&mut s, true, 3), ActiveVerdict::Unchanged);
+    }
+
+    /// A table of `n` ready instances of `app` (`i-0`..), all at `addr`.
+    fn table_of(n: usize, addr: SocketAddr) -> TableHandle {
+        let instances: BTreeMap<String, Instance> = (0..n)
+            .map(|i| {
+                let mut instance = Instance::new("app", addr.to_string());
+                instance.id = format!("i-{i}");
+                instance.state = InstanceState::Ready;
+                (format!("/shoal/instances/app/i-{i}"), instance)
+            })
+            .collect();
+        let defaults = Defaults {
+            service: "app".into(),
+            policy: BalancePolicy::RoundRobin,
+        };
+        let table = LiveState::default().build(
+            &instances,
+            &BTreeMap::new(),
+            &defaults,
+            true,
+            1,
+            Instant::now(),
+        );
+        TableHandle::new(table).0
+    }
+
+    async fn serve(app: Router) -> SocketAddr {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        addr
+    }
+
+    fn checks(table: TableHandle, interval: Duration, stop: &CancellationToken) -> JoinHandle<()> {
+        let client = crate::proxy::forward::client(Duration::from_secs(1), Duration::from_secs(4));
+        spawn_active_checks(table, client, interval, 2, stop.clone())
+    }
+
+    #[tokio::test]
+    async fn a_failing_healthz_ejects_after_the_threshold_and_one_pass_restores() {
+        let sick = Arc::new(AtomicBool::new(true));
+        let answers = sick.clone();
+        let addr = serve(Router::new().route(
+            "/healthz",
+            get(move || {
+                let sick = answers.load(Ordering::SeqCst);
+                async move {
+                    match sick {
+                        true => StatusCode::SERVICE_UNAVAILABLE,
+                        false => StatusCode::OK,
+                    }
+                }
+            }),
+        ))
+        .await;
+        let table = table_of(1, addr);
+        let backend = table.load().pool("app").unwrap().all[0].clone();
+        let stop = CancellationToken::new();
+        let task = checks(table, Duration::from_millis(20), &stop);
+        crate::testing::poll("ejected by failing checks", async || {
+            match backend.state.is_ejected(crate::proxy::now()) {
+                true => Ok(()),
+                false => Err(format!("{:?}", backend.state.health())),
+            }
+        })
+        .await;
+        sick.store(false, Ordering::SeqCst);
+        crate::testing::poll("restored by a passing check", async || {
+            match backend.state.is_ejected(crate::proxy::now()) {
+                false => Ok(()),
+                true => Err(format!("{:?}", backend.state.health())),
+            }
+        })
+        .await;
+        stop.cancel();
+        task.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_round_keeps_at_most_the_concurrency_limit_of_checks_in_flight() {
+        #[derive(Default)]
+        struct Seen {
+            now: AtomicUsize,
+            most: AtomicUsize,
+            total: AtomicUsize,
+        }
+        let seen = Arc::new(Seen::default());
+        let counts = seen.clone();
+        let addr = serve(Router::new().route(
+            "/healthz",
+            get(move || {
+                let seen = counts.clone();
+                async move {
+                    let now = seen.now.fetch_add(1, Ordering::SeqCst) + 1;
+                    seen.most.fetch_max(now, Ordering::SeqCst);
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    seen.now.fetch_sub(1, Ordering::SeqCst);
+                    seen.total.fetch_add(1, Ordering::SeqCst);
+                    StatusCode::OK
+                }
+            }),
+        ))
+        .await;
+        let instances = 3 * MAX_CONCURRENT_CHECKS;
+        let stop = CancellationToken::new();
+        // One round: the first tick is at once, the next an hour later.
+        let task = checks(table_of(instances, addr), Duration::from_secs(3600), &stop);
+        crate::testing::poll("a round over every instance", async || {
+            match seen.total.load(Ordering::SeqCst) {
+                n if n >= instances => Ok(()),
+                n => Err(format!("{n} of {instances} checked")),
+            }
+        })
+        .await;
+        let most = seen.most.load(Ordering::SeqCst);
+        assert!(
+            (2..=MAX_CONCURRENT_CHECKS).contains(&most),
+            "{most} checks in flight at once"
+        );
+        stop.cancel();
+        task.await.unwrap();
     }
 }
