@@ -268,7 +268,7 @@ pub fn decode(mut body: &[u8]) -> Result<Vec<Item>, BadBatch> {
 #[cfg(test)]
 mod tests {
     use std::sync::atomic::{AtomicUsize, Ordering};
-    use std::time::SystemTime;
+    use std::time::{Duration, SystemTime};
 
     use axum::extract::Request;
     use axum::http::StatusCode;
@@ -439,6 +439,68 @@ mod tests {
             );
         }
         assert!(peer.app.state.kv().local("k-0").is_none());
+    }
+
+    /// A frozen peer holds the first batches unanswered; a copy queued
+    /// behind them fails at its own `CALL_TIMEOUT`, not after theirs and
+    /// then its own (twice as long).
+    #[tokio::test]
+    async fn a_copy_queued_behind_unanswered_batches_waits_no_longer_than_a_call() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let member = Member {
+            id: "peer".into(),
+            addr: listener.local_addr().unwrap().to_string(),
+            weight: 1,
+            started: SystemTime::UNIX_EPOCH,
+        };
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let count = accepted.clone();
+        // Frozen: takes connections, reads nothing, answers nothing.
+        let frozen = tokio::spawn(async move {
+            let mut held = Vec::new();
+            loop {
+                let (stream, _) = listener.accept().await.unwrap();
+                count.fetch_add(1, Ordering::SeqCst);
+                held.push(stream);
+            }
+        });
+        let peers = Peers::default();
+        // One at a time, so that each leaves in a batch of its own.
+        let mut sent = Vec::new();
+        for i in 0..IN_FLIGHT {
+            let (peers, member) = (peers.clone(), member.clone());
+            sent.push(tokio::spawn(async move {
+                let key = format!("sent-{i}");
+                peers
+                    .push(&member, &key, &entry(1, Some("v")), "self,peer")
+                    .await
+            }));
+            let on_its_way = async {
+                while accepted.load(Ordering::SeqCst) <= i {
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                }
+            };
+            tokio::time::timeout(Duration::from_secs(2), on_its_way)
+                .await
+                .unwrap_or_else(|_| panic!("batch {i} not sent within 2 s"));
+        }
+        let queued_at = tokio::time::Instant::now();
+        let answer = peers
+            .push(&member, "queued", &entry(9, Some("v")), "self,peer")
+            .await;
+        let waited = queued_at.elapsed();
+        let Err(PeerError::Failed { why, .. }) = &answer else {
+            panic!("{answer:?}");
+        };
+        assert!(why.contains("no answer within 3000 ms"), "{why}");
+        assert!(
+            waited >= CALL_TIMEOUT && waited < CALL_TIMEOUT + Duration::from_secs(2),
+            "waited {waited:?}"
+        );
+        for push in sent {
+            assert!(push.await.unwrap().is_err());
+        }
+        frozen.abort();
     }
 
     fn entry(hlc: u64, value: Option<&'static str>) -> Entry {
