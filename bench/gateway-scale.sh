@@ -34,7 +34,11 @@
 #
 # Idle connections: IDLE_CONNECTIONS keep-alive connections to each proxy of
 # IDLE_PROXIES (one GET each, then idle; `idle_conns`), the proxy's VmRSS
-# before and after, per connection. Shoal is a fresh gateway on the first
+# before and after, per connection: 2 s after the last one opened, and
+# again IDLE_SETTLE seconds after it (10), when each proxy has closed what
+# it closes of the burst's connections to the app servers (Shoal: idle past
+# --upstream-idle-timeout, 4 s; HAProxy: pool-purge-delay, 5 s; nginx keeps
+# `keepalive 64`). Shoal is a fresh gateway on the first
 # configuration; nginx and HAProxy are configured as in bench/gateway.sh
 # (one worker, round-robin to the two app servers).
 #
@@ -46,7 +50,7 @@
 # WARMUP (1), INSTANCE_COUNTS ("2 100 1000 10000"), ROUTE_COUNTS
 # ("10 10000"), SCALE_POLICIES ("round-robin least-request consistent-hash
 # sticky"), SAMPLES (5), IDLE_CONNECTIONS (10000; 0 skips), IDLE_PROXIES
-# ("shoal nginx haproxy"), PROXY_CORE (0), LOAD_CORES (1), GATEWAY_BIN (the
+# ("shoal nginx haproxy"), IDLE_SETTLE (10), PROXY_CORE (0), LOAD_CORES (1), GATEWAY_BIN (the
 # gateway binary; default the fresh release build), NO_BUILD=1 (the
 # binaries as they are), KEEP_TMP=1 (keeps logs and wrk outputs).
 #
@@ -245,7 +249,8 @@ done
 
 # --- idle connections ---------------------------------------------------------
 
-declare -A IDLE_OPEN=() IDLE_BEFORE=() IDLE_AFTER=()
+IDLE_SETTLE=${IDLE_SETTLE:-10}
+declare -A IDLE_OPEN=() IDLE_BEFORE=() IDLE_AFTER=() IDLE_SETTLED=()
 if [ "$IDLE_CONNECTIONS" -gt 0 ]; then
   PROXY_MAX_CONNECTIONS=$((IDLE_CONNECTIONS + 500))
   for proxy in $IDLE_PROXIES; do
@@ -275,8 +280,10 @@ if [ "$IDLE_CONNECTIONS" -gt 0 ]; then
       # Shoal parks a quiet HTTP/1 connection 0.1-0.15 s after its request).
       sleep 2
       IDLE_AFTER[$proxy]=$(rss_kb "${PID[$key]}")
+      sleep $((IDLE_SETTLE > 2 ? IDLE_SETTLE - 2 : 0))
+      IDLE_SETTLED[$proxy]=$(rss_kb "${PID[$key]}")
       IDLE_OPEN[$proxy]=$(awk '/^open / { print $2 }' "$TMP/idle-$proxy.out")
-      echo "idle $proxy: $(cat "$TMP/idle-$proxy.out"); rss ${IDLE_BEFORE[$proxy]} -> ${IDLE_AFTER[$proxy]} KiB" >&2
+      echo "idle $proxy: $(cat "$TMP/idle-$proxy.out"); rss ${IDLE_BEFORE[$proxy]} -> ${IDLE_AFTER[$proxy]} (2 s) -> ${IDLE_SETTLED[$proxy]} (${IDLE_SETTLE} s) KiB" >&2
     else
       FAILED[$key]="idle_conns failed: $(tail -n 3 "$TMP/idle-$proxy.log")"
     fi
@@ -318,18 +325,20 @@ done
 
 if [ "$IDLE_CONNECTIONS" -gt 0 ]; then
   echo
-  echo "$IDLE_CONNECTIONS idle keep-alive client connections (one GET each), proxy RSS before and after"
+  echo "$IDLE_CONNECTIONS idle keep-alive client connections (one GET each), proxy RSS before, 2 s and ${IDLE_SETTLE} s after the last opened"
   echo
-  printf '| %-7s | %6s | %13s | %12s | %8s |\n' proxy open "RSS before MB" "RSS after MB" "KB/conn"
-  printf '| %-7s | %6s | %13s | %12s | %8s |\n' '' '' '' '' '' | tr ' ' '-'
+  idle_row() { printf '| %-7s | %6s | %13s | %10s | %14s | %10s | %14s |\n' "$@"; }
+  idle_row proxy open "RSS before MB" "at 2 s MB" "KB/conn at 2 s" "at ${IDLE_SETTLE} s MB" "KB/conn at ${IDLE_SETTLE} s"
+  idle_row '' '' '' '' '' '' '' | tr ' ' '-'
+  per_conn() { awk -v a="$1" -v b="$2" -v n="$3" 'BEGIN { printf "%.2f", (a - b) * 1.024 / n }'; }
   for proxy in $IDLE_PROXIES; do
     if [ -z "${IDLE_AFTER[$proxy]:-}" ]; then
-      printf '| %-7s | %6s | %13s | %12s | %8s |\n' "$proxy" FAILED - - -
+      idle_row "$proxy" FAILED - - - - -
       continue
     fi
-    printf '| %-7s | %6s | %13s | %12s | %8s |\n' "$proxy" "${IDLE_OPEN[$proxy]}" "$(mb "${IDLE_BEFORE[$proxy]}")" \
-      "$(mb "${IDLE_AFTER[$proxy]}")" \
-      "$(awk -v a="${IDLE_AFTER[$proxy]}" -v b="${IDLE_BEFORE[$proxy]}" -v n="${IDLE_OPEN[$proxy]}" 'BEGIN { printf "%.2f", (a - b) * 1.024 / n }')"
+    idle_row "$proxy" "${IDLE_OPEN[$proxy]}" "$(mb "${IDLE_BEFORE[$proxy]}")" \
+      "$(mb "${IDLE_AFTER[$proxy]}")" "$(per_conn "${IDLE_AFTER[$proxy]}" "${IDLE_BEFORE[$proxy]}" "${IDLE_OPEN[$proxy]}")" \
+      "$(mb "${IDLE_SETTLED[$proxy]}")" "$(per_conn "${IDLE_SETTLED[$proxy]}" "${IDLE_BEFORE[$proxy]}" "${IDLE_OPEN[$proxy]}")"
   done
 fi
 

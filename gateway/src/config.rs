@@ -143,9 +143,16 @@ pub struct Config {
     #[arg(long, env = "SHOAL_HEDGE_MAX_DELAY", default_value = "1s", value_parser = parse_duration)]
     pub hedge_max_delay: Duration,
 
-    /// How long an idle keep-alive connection (client or backend side) is kept.
+    /// How long an idle keep-alive client connection is kept.
     #[arg(long, env = "SHOAL_IDLE_TIMEOUT", default_value = "60s", value_parser = parse_duration)]
     pub idle_timeout: Duration,
+
+    /// How long an idle keep-alive connection to an instance is kept (closed
+    /// within a second after, traffic or not). Below common servers' own
+    /// keep-alive timeouts (Node.js: 5 s), so the gateway is not the one
+    /// whose request meets a connection the instance just closed.
+    #[arg(long, env = "SHOAL_UPSTREAM_IDLE_TIMEOUT", default_value = "4s", value_parser = parse_duration)]
+    pub upstream_idle_timeout: Duration,
 
     /// A client must send its complete request headers within this time (slowloris).
     #[arg(long, env = "SHOAL_HEADER_READ_TIMEOUT", default_value = "10s", value_parser = parse_duration)]

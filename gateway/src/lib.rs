@@ -218,6 +218,7 @@ async fn run_gateway(config: Config, id: String) -> anyhow::Result<()> {
         },
     );
     let stop = CancellationToken::new();
+    let sweeper = proxy.spawn_idle_sweeper(stop.clone());
 
     let settings = ServerSettings::from_config(&config);
     let clients = Arc::new(ClientConnections::default());
@@ -329,6 +330,7 @@ async fn run_gateway(config: Config, id: String) -> anyhow::Result<()> {
         checks.abort();
     }
     sampler.abort();
+    sweeper.abort();
     if let Some(log) = access_log {
         flush_access_log(log).await;
     }

@@ -87,6 +87,7 @@ use std::time::{Duration, Instant};
 use http::{Request, Response};
 use hyper::body::Incoming;
 use registry::model::UpstreamProtocol;
+use tokio_util::sync::CancellationToken;
 
 use crate::access_log::{AccessLog, Entry};
 use crate::config::Config;
@@ -126,7 +127,8 @@ pub struct ProxySettings {
     pub response_timeout: Duration,
     /// `--try-timeout`, unless the route sets `try_timeout_ms`.
     pub try_timeout: Option<Duration>,
-    pub idle_timeout: Duration,
+    /// `--upstream-idle-timeout`: idle connections to instances.
+    pub upstream_idle_timeout: Duration,
     pub retries: u32,
     pub max_body_bytes: u64,
     pub max_inflight_per_instance: u32,
@@ -155,7 +157,7 @@ impl ProxySettings {
             connect_timeout: config.connect_timeout,
             response_timeout: config.response_timeout,
             try_timeout: config.try_timeout,
-            idle_timeout: config.idle_timeout,
+            upstream_idle_timeout: config.upstream_idle_timeout,
             retries: config.retries,
             max_body_bytes: config.max_body_bytes,
             max_inflight_per_instance: config.max_inflight_per_instance,
@@ -188,12 +190,12 @@ struct Inner {
 
 impl Proxy {
     pub fn new(table: TableHandle, settings: ProxySettings) -> Self {
-        let client = forward::client(settings.connect_timeout, settings.idle_timeout);
+        let client = forward::client(settings.connect_timeout, settings.upstream_idle_timeout);
         Proxy {
             inner: Arc::new(Inner {
                 table,
                 client,
-                upstream: Upstream::new(settings.connect_timeout, settings.idle_timeout),
+                upstream: Upstream::new(settings.connect_timeout, settings.upstream_idle_timeout),
                 settings,
                 limits: LiveMap::default(),
             }),
@@ -207,6 +209,17 @@ impl Proxy {
 
     pub fn table(&self) -> &TableHandle {
         &self.inner.table
+    }
+
+    /// Start closing idle connections to instances past
+    /// `--upstream-idle-timeout`, traffic or not, until `stop`
+    /// ([`pool::spawn_idle_sweeper`]).
+    pub fn spawn_idle_sweeper(&self, stop: CancellationToken) -> tokio::task::JoinHandle<()> {
+        pool::spawn_idle_sweeper(
+            self.inner.table.clone(),
+            self.inner.settings.upstream_idle_timeout,
+            stop,
+        )
     }
 
     /// Serve one request from a client connection's `peer`. Never fails:

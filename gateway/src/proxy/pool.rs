@@ -34,13 +34,26 @@
 //! found closed by the next request that takes it, which then sends on
 //! another connection, as the legacy client did (`retry_canceled_requests`)
 //! for the keep-alive race: the request was never written, and the caller
-//! never sees that failure. Idle connections older than `--idle-timeout` are
-//! dropped when the pool is next used, from either end of the stack.
+//! never sees that failure. Idle connections older than
+//! `--upstream-idle-timeout` are dropped when the pool is next used, from
+//! either end of the stack, and by [`spawn_idle_sweeper`] once a second
+//! whether it is used or not: a burst's connections do not stay open (and
+//! resident) in a quiet gateway, and one the instance closed does not
+//! linger half-closed.
+//!
+//! The stack is last in, first out, so a steady load reuses the same few
+//! connections at its top and the ones below them age: what a timeout
+//! closes is what the recent peak of concurrent requests did not need,
+//! as HAProxy's `pool-purge-delay` does, with no count kept per request.
+//! (A cap on the idle count, as nginx's `keepalive N`, closed and reopened
+//! connections under a load whose responses come back in waves: +28 %
+//! instructions per request at 256 connections; `bench/README.md`.)
 //!
 //! An upgrade (`Connection: upgrade`, e.g. WebSocket) gets a connection of
 //! its own, driven by a spawned task that can hand the socket to the
 //! tunnel, and never returned to the pool.
 
+use std::collections::HashSet;
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
@@ -59,8 +72,11 @@ use registry::model::UpstreamProtocol;
 use tokio::net::TcpStream;
 use tracing::debug;
 
+use tokio_util::sync::CancellationToken;
+
 use super::body::AttemptBody;
 use crate::backend::Backend;
+use crate::table::TableHandle;
 
 /// One connection's request handle.
 type Sender = http1::SendRequest<AttemptBody<Incoming>>;
@@ -158,6 +174,20 @@ impl ConnPool {
         });
     }
 
+    /// Close the idle connections idle past `idle_timeout` (the bottom of
+    /// the stack); how many. The sockets close after the lock is released.
+    pub fn purge(&self, now: Instant, idle_timeout: Duration) -> usize {
+        let expired: Vec<Idle> = {
+            let mut idle = self.idle.lock().expect("connection pool lock poisoned");
+            let expired = idle
+                .iter()
+                .take_while(|entry| now.saturating_duration_since(entry.since) > idle_timeout)
+                .count();
+            idle.drain(..expired).collect()
+        };
+        expired.len()
+    }
+
     /// Idle connections held (for tests).
     pub fn idle(&self) -> usize {
         self.idle
@@ -166,6 +196,44 @@ impl ConnPool {
             .len()
     }
 }
+
+/// Every second, close the idle connections to instances that have been
+/// idle past `idle_timeout`, in every pool of the current table (each pool
+/// once, though many backends may share it), until `stop`.
+pub fn spawn_idle_sweeper(
+    table: TableHandle,
+    idle_timeout: Duration,
+    stop: CancellationToken,
+) -> tokio::task::JoinHandle<()> {
+    let period = SWEEP_PERIOD.min(idle_timeout.max(Duration::from_millis(10)));
+    tokio::spawn(async move {
+        let mut ticks = tokio::time::interval(period);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut swept = HashSet::new();
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = ticks.tick() => {}
+            }
+            let now = super::now();
+            let table = table.load();
+            let mut closed = 0;
+            for backend in table.pools.values().flat_map(|pool| pool.all.iter()) {
+                // The pool's address is its identity for this sweep.
+                if swept.insert(Arc::as_ptr(&backend.conns) as usize) {
+                    closed += backend.conns.purge(now, idle_timeout);
+                }
+            }
+            swept.clear();
+            if closed > 0 {
+                debug!(closed, "idle connections to instances closed");
+            }
+        }
+    })
+}
+
+/// How often [`spawn_idle_sweeper`] looks (at most).
+const SWEEP_PERIOD: Duration = Duration::from_secs(1);
 
 /// Why a request got no response from an instance.
 #[derive(Debug, thiserror::Error)]
@@ -651,6 +719,61 @@ mod tests {
             1,
             "one connection for both"
         );
+    }
+
+    #[tokio::test]
+    async fn a_purge_closes_the_connections_idle_past_the_timeout_and_keeps_the_rest() {
+        let (addr, accepted) = instance(false).await;
+        let backend = backend(addr);
+        let timeout = Duration::from_secs(4);
+        let upstream = Upstream::new(Duration::from_secs(1), timeout);
+        // Two connections: the first is parked when its body is read, after
+        // the second was.
+        let first = upstream
+            .send(
+                &backend,
+                get(),
+                Instant::now(),
+                false,
+                UpstreamProtocol::Http1,
+            )
+            .await
+            .unwrap();
+        assert_eq!(send_and_read(&upstream, &backend).await, "ok");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let between = Instant::now();
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        first.into_body().collect().await.unwrap();
+        assert_eq!(
+            (backend.conns.idle(), accepted.load(Ordering::SeqCst)),
+            (2, 2)
+        );
+
+        assert_eq!(
+            backend.conns.purge(Instant::now(), timeout),
+            0,
+            "none is idle 4 s"
+        );
+        assert_eq!(
+            backend
+                .conns
+                .purge(between + timeout + Duration::from_millis(1), timeout),
+            1,
+            "the one parked before `between`"
+        );
+        assert_eq!(backend.conns.idle(), 1);
+        assert_eq!(send_and_read(&upstream, &backend).await, "ok");
+        assert_eq!(
+            accepted.load(Ordering::SeqCst),
+            2,
+            "the kept one was reused"
+        );
+        assert_eq!(
+            backend.conns.purge(Instant::now() + timeout * 2, timeout),
+            1
+        );
+        assert_eq!(send_and_read(&upstream, &backend).await, "ok");
+        assert_eq!(accepted.load(Ordering::SeqCst), 3, "none left: a new one");
     }
 
     #[tokio::test]

@@ -118,7 +118,7 @@ fn settings() -> ProxySettings {
         connect_timeout: Duration::from_secs(1),
         response_timeout: Duration::from_secs(10),
         try_timeout: None,
-        idle_timeout: Duration::from_secs(30),
+        upstream_idle_timeout: Duration::from_secs(30),
         retries: 2,
         max_body_bytes: 1024 * 1024,
         max_inflight_per_instance: 0,
@@ -1190,6 +1190,42 @@ async fn requests_waiting_on_an_instance_that_lost_its_race_eject_it_when_the_bu
     let counters = &pool.counters;
     assert_eq!(counters.hedges_total.load(Ordering::Relaxed), 5);
     assert_eq!(counters.retries_refused_total.load(Ordering::Relaxed), 4);
+}
+
+/// A burst's connections to an instance close once idle past
+/// `--upstream-idle-timeout`, with no further request to the gateway.
+#[tokio::test]
+async fn idle_connections_to_instances_are_closed_without_traffic() {
+    let (registry, table) = Registry::new(BalancePolicy::RoundRobin);
+    put(&registry, "a", backend("a").await, InstanceState::Ready);
+    let gw = gateway(
+        table.clone(),
+        ProxySettings {
+            upstream_idle_timeout: Duration::from_millis(200),
+            ..settings()
+        },
+        server_settings(),
+    )
+    .await;
+    let client = client();
+    let replies =
+        futures::future::join_all((0..4).map(|_| send(&client, get_req(gw.addr, "/hello")))).await;
+    assert!(replies.iter().all(|r| r.status == 200));
+    let a = table.load().pool("app").unwrap().all[0].clone();
+    crate::testing::poll("connections parked", async || match a.conns.idle() {
+        0 => Err("none parked".to_owned()),
+        _ => Ok(()),
+    })
+    .await;
+    let stop = CancellationToken::new();
+    let sweeper = gw.proxy.spawn_idle_sweeper(stop.clone());
+    crate::testing::poll("idle connections closed", async || match a.conns.idle() {
+        0 => Ok(()),
+        n => Err(format!("{n} still idle")),
+    })
+    .await;
+    stop.cancel();
+    sweeper.await.unwrap();
 }
 
 /// The access log's lines so far, once they are `n`; panics after 5 s.
