@@ -753,6 +753,60 @@ mod tests {
         );
     }
 
+    /// The connection pools hold connections to one address each (the
+    /// pool does not check a parked connection's address): entries at one
+    /// address share its pool, and an entry moved to another address gets
+    /// that address's pool, not its old one.
+    #[test]
+    fn connection_pools_follow_the_instance_address() {
+        let at = |id: &str, addr: &str| {
+            let (key, mut i) = instance("app", id, InstanceState::Ready);
+            i.addr = addr.into();
+            (key, i)
+        };
+        let conns = |t: &RoutingTable, id: &str| {
+            let pool = t.pool("app").unwrap();
+            pool.all
+                .iter()
+                .find(|b| b.id() == id)
+                .unwrap()
+                .conns
+                .clone()
+        };
+        let mut live = LiveState::default();
+        let t1 = build(
+            &mut live,
+            &[
+                at("a", "127.0.0.1:1000"),
+                at("b", "127.0.0.1:1000"),
+                at("c", "127.0.0.1:2000"),
+            ],
+            &[],
+        );
+        assert!(
+            Arc::ptr_eq(&conns(&t1, "a"), &conns(&t1, "b")),
+            "one address, one pool"
+        );
+        assert!(!Arc::ptr_eq(&conns(&t1, "a"), &conns(&t1, "c")));
+        let t2 = build(
+            &mut live,
+            &[
+                at("a", "127.0.0.1:2000"),
+                at("b", "127.0.0.1:1000"),
+                at("c", "127.0.0.1:2000"),
+            ],
+            &[],
+        );
+        assert!(
+            Arc::ptr_eq(&conns(&t2, "a"), &conns(&t1, "c")),
+            "a moved to c's address"
+        );
+        assert!(
+            Arc::ptr_eq(&conns(&t2, "b"), &conns(&t1, "b")),
+            "b's pool kept"
+        );
+    }
+
     /// What a scan in table order finds: the reference the index must agree with.
     fn scanned<'t>(t: &'t RoutingTable, host: Option<&str>, path: &str) -> &'t str {
         let host = host.map(strip_port);

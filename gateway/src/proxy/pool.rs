@@ -63,7 +63,6 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::header::HOST;
-use http::uri::Authority;
 use http::{HeaderValue, Request, Response};
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 use hyper::client::conn::http1;
@@ -130,35 +129,31 @@ pub struct ConnPool {
     pub h2c: super::h2c::Slot,
 }
 
+/// A parked connection. Its address is the pool's: the table keeps one
+/// pool per instance address, and an instance re-registered at another
+/// address gets that address's pool.
 #[derive(Debug)]
 struct Idle {
     conn: Conn,
-    /// The address it is connected to (an instance may be re-registered
-    /// under the same id with another address).
-    authority: Authority,
     since: Instant,
 }
 
 impl ConnPool {
-    /// The most recently used idle connection to `authority` that is not
+    /// The most recently used idle connection that is not
     /// idle past `idle_timeout`; expired ones found on the way are dropped.
-    fn take(&self, authority: &Authority, now: Instant, idle_timeout: Duration) -> Option<Conn> {
+    fn take(&self, now: Instant, idle_timeout: Duration) -> Option<Conn> {
         let mut idle = self.idle.lock().expect("connection pool lock poisoned");
         while let Some(entry) = idle.pop() {
-            if now.saturating_duration_since(entry.since) > idle_timeout
-                // Byte equality: `Authority`'s own is case-insensitive and slower.
-                || entry.authority.as_str() != authority.as_str()
-            {
-                continue;
+            if now.saturating_duration_since(entry.since) <= idle_timeout {
+                return Some(entry.conn);
             }
-            return Some(entry.conn);
         }
         None
     }
 
     /// Park `conn`; the oldest idle connections past `idle_timeout` leave
     /// (those at the bottom of the stack that a quieter load never reaches).
-    fn put(&self, conn: Conn, authority: Authority, now: Instant, idle_timeout: Duration) {
+    fn put(&self, conn: Conn, now: Instant, idle_timeout: Duration) {
         let mut idle = self.idle.lock().expect("connection pool lock poisoned");
         let expired = idle
             .iter()
@@ -167,11 +162,7 @@ impl ConnPool {
         if expired > 0 {
             idle.drain(..expired);
         }
-        idle.push(Idle {
-            conn,
-            authority,
-            since: now,
-        });
+        idle.push(Idle { conn, since: now });
     }
 
     /// Close the idle connections idle past `idle_timeout` (the bottom of
@@ -262,7 +253,6 @@ pub struct Upstream {
 #[derive(Debug)]
 struct Checkin {
     conn: Conn,
-    authority: Authority,
     pool: Arc<ConnPool>,
     idle_timeout: Duration,
 }
@@ -276,7 +266,7 @@ impl Checkin {
             &mut Context::from_waker(Waker::noop()),
         ) {
             let pool = &self.pool;
-            pool.put(self.conn, self.authority, now, self.idle_timeout);
+            pool.put(self.conn, now, self.idle_timeout);
         }
     }
 }
@@ -408,7 +398,7 @@ impl Upstream {
         }
         let pool = &backend.conns;
         loop {
-            let (mut conn, reused) = match pool.take(&backend.authority, now, self.idle_timeout) {
+            let (mut conn, reused) = match pool.take(now, self.idle_timeout) {
                 Some(conn) => (conn, true),
                 // Boxed: rare, and it would make every request's future bigger.
                 None => {
@@ -437,7 +427,6 @@ impl Upstream {
                 Ok(response) => {
                     let checkin = conn.driver.is_some().then(|| Checkin {
                         conn,
-                        authority: backend.authority.clone(),
                         pool: backend.conns.clone(),
                         idle_timeout: self.idle_timeout,
                     });
