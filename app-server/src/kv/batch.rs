@@ -332,14 +332,19 @@ mod tests {
         tokio::spawn(async move { axum::serve(listener, router).await });
         Served {
             app,
-            member: Member {
-                id: "peer".into(),
-                addr: addr.to_string(),
-                weight: 1,
-                started: SystemTime::UNIX_EPOCH,
-            },
+            member: peer_at(addr),
             batches,
             singles,
+        }
+    }
+
+    /// The peer `peer` listening at `addr`.
+    fn peer_at(addr: std::net::SocketAddr) -> Member {
+        Member {
+            id: "peer".into(),
+            addr: addr.to_string(),
+            weight: 1,
+            started: SystemTime::UNIX_EPOCH,
         }
     }
 
@@ -396,12 +401,7 @@ mod tests {
     #[tokio::test]
     async fn a_connection_closed_before_the_answer_is_a_reset_and_a_closed_port_unavailable() {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let member = Member {
-            id: "peer".into(),
-            addr: listener.local_addr().unwrap().to_string(),
-            weight: 1,
-            started: SystemTime::UNIX_EPOCH,
-        };
+        let member = peer_at(listener.local_addr().unwrap());
         // A peer dying: it takes connections and closes them unanswered.
         let closer = tokio::spawn(async move {
             loop {
@@ -447,12 +447,7 @@ mod tests {
     #[tokio::test]
     async fn a_copy_queued_behind_unanswered_batches_waits_no_longer_than_a_call() {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let member = Member {
-            id: "peer".into(),
-            addr: listener.local_addr().unwrap().to_string(),
-            weight: 1,
-            started: SystemTime::UNIX_EPOCH,
-        };
+        let member = peer_at(listener.local_addr().unwrap());
         let accepted = Arc::new(AtomicUsize::new(0));
         let count = accepted.clone();
         // Frozen: takes connections, reads nothing, answers nothing.

@@ -594,8 +594,9 @@ mod tests {
         (addr, accepted)
     }
 
-    async fn send_and_read(upstream: &Upstream, backend: &Backend) -> String {
-        let response = upstream
+    /// A GET to `backend`'s instance through `upstream`: its response.
+    async fn send_get(upstream: &Upstream, backend: &Backend) -> Response<PooledBody> {
+        upstream
             .send(
                 backend,
                 get(),
@@ -604,7 +605,11 @@ mod tests {
                 UpstreamProtocol::Http1,
             )
             .await
-            .expect("a response");
+            .expect("a response")
+    }
+
+    async fn send_and_read(upstream: &Upstream, backend: &Backend) -> String {
+        let response = send_get(upstream, backend).await;
         let body = response.into_body().collect().await.unwrap().to_bytes();
         String::from_utf8(body.to_vec()).unwrap()
     }
@@ -626,16 +631,7 @@ mod tests {
         let (addr, accepted) = instance(false).await;
         let backend = backend(addr);
         let upstream = Upstream::new(Duration::from_secs(1), Duration::from_secs(60));
-        let response = upstream
-            .send(
-                &backend,
-                get(),
-                Instant::now(),
-                false,
-                UpstreamProtocol::Http1,
-            )
-            .await
-            .unwrap();
+        let response = send_get(&upstream, &backend).await;
         drop(response); // the client left before the body
         assert_eq!(send_and_read(&upstream, &backend).await, "ok");
         assert_eq!(accepted.load(Ordering::SeqCst), 2);
@@ -685,16 +681,7 @@ mod tests {
         let backend = backend(addr);
         let upstream = Upstream::new(Duration::from_secs(1), Duration::from_secs(60));
         for _ in 0..2 {
-            let response = upstream
-                .send(
-                    &backend,
-                    get(),
-                    Instant::now(),
-                    false,
-                    UpstreamProtocol::Http1,
-                )
-                .await
-                .expect("a response");
+            let response = send_get(&upstream, &backend).await;
             let got = response.into_body().collect().await.unwrap().to_bytes();
             assert!(
                 got == body,
@@ -718,16 +705,7 @@ mod tests {
         let upstream = Upstream::new(Duration::from_secs(1), timeout);
         // Two connections: the first is parked when its body is read, after
         // the second was.
-        let first = upstream
-            .send(
-                &backend,
-                get(),
-                Instant::now(),
-                false,
-                UpstreamProtocol::Http1,
-            )
-            .await
-            .unwrap();
+        let first = send_get(&upstream, &backend).await;
         assert_eq!(send_and_read(&upstream, &backend).await, "ok");
         tokio::time::sleep(Duration::from_millis(20)).await;
         let between = Instant::now();

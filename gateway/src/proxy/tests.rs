@@ -1105,8 +1105,9 @@ async fn a_request_with_a_body_a_spent_budget_or_hedging_off_is_not_hedged() {
     assert_eq!(counters.hedges_total.load(Ordering::Relaxed), 0);
 }
 
-#[tokio::test]
-async fn a_get_whose_instance_is_ejected_while_it_waits_is_hedged_whatever_the_budget() {
+/// A gateway hedging after 50 ms (no p99 yet) in front of
+/// [`stuck_then_ok`], round robin with a 3 s timeout; and the service's pool.
+async fn hedging_in_front_of_stuck_then_ok() -> (Gateway, Arc<table::ServicePool>) {
     let (registry, table) = stuck_then_ok().await;
     registry.lock().unwrap().put_route(
         "all",
@@ -1119,6 +1120,12 @@ async fn a_get_whose_instance_is_ejected_while_it_waits_is_hedged_whatever_the_b
     )
     .await;
     let pool = table.load().pool("app").unwrap().clone();
+    (gw, pool)
+}
+
+#[tokio::test]
+async fn a_get_whose_instance_is_ejected_while_it_waits_is_hedged_whatever_the_budget() {
+    let (gw, pool) = hedging_in_front_of_stuck_then_ok().await;
     let counters = &pool.counters;
     while counters
         .retry_budget
@@ -1161,18 +1168,7 @@ async fn a_get_whose_instance_is_ejected_while_it_waits_is_hedged_whatever_the_b
 /// the route's timeout because the budget allowed too few races to eject it.
 #[tokio::test]
 async fn requests_waiting_on_an_instance_that_lost_its_race_eject_it_when_the_budget_is_spent() {
-    let (registry, table) = stuck_then_ok().await;
-    registry.lock().unwrap().put_route(
-        "all",
-        r#"{"service":"app","path_prefix":"/","policy":"round-robin","timeout_ms":3000}"#,
-    );
-    let gw = gateway(
-        table.clone(),
-        hedging_after(Duration::from_millis(50)),
-        server_settings(),
-    )
-    .await;
-    let pool = table.load().pool("app").unwrap().clone();
+    let (gw, pool) = hedging_in_front_of_stuck_then_ok().await;
     let started = Instant::now();
     // Ten requests at once, five on each instance (round robin): the
     // window's ten requests allow 2% + 1 = one hedge.
