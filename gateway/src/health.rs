@@ -327,6 +327,7 @@ mod tests {
     use tokio::time::advance;
 
     use crate::table::{Defaults, LiveState};
+    use crate::testing::serve_router;
 
     fn policy() -> EjectionPolicy {
         EjectionPolicy {
@@ -488,13 +489,6 @@ mod tests {
         TableHandle::new(table).0
     }
 
-    async fn serve(app: Router) -> SocketAddr {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-        addr
-    }
-
     fn checks(table: TableHandle, interval: Duration, stop: &CancellationToken) -> JoinHandle<()> {
         let client = crate::proxy::forward::client(Duration::from_secs(1), Duration::from_secs(4));
         spawn_active_checks(table, client, interval, 2, stop.clone())
@@ -504,7 +498,7 @@ mod tests {
     async fn a_failing_healthz_ejects_after_the_threshold_and_one_pass_restores() {
         let sick = Arc::new(AtomicBool::new(true));
         let answers = sick.clone();
-        let addr = serve(Router::new().route(
+        let addr = serve_router(Router::new().route(
             "/healthz",
             get(move || {
                 let sick = answers.load(Ordering::SeqCst);
@@ -550,7 +544,7 @@ mod tests {
         }
         let seen = Arc::new(Seen::default());
         let counts = seen.clone();
-        let addr = serve(Router::new().route(
+        let addr = serve_router(Router::new().route(
             "/healthz",
             get(move || {
                 let seen = counts.clone();

@@ -15,6 +15,14 @@ pub(crate) async fn poll<T>(what: &str, mut check: impl AsyncFnMut() -> Result<T
     }
 }
 
+/// Serve `app` on a fresh loopback port, in a task of its own; its address.
+pub(crate) async fn serve_router(app: axum::Router) -> std::net::SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    addr
+}
+
 /// A ready instance `i-1` of `app` at `addr`, with fresh live state.
 pub(crate) fn ready_backend(addr: std::net::SocketAddr) -> crate::backend::Backend {
     let mut instance = registry::Instance::new("app", addr.to_string());

@@ -69,9 +69,8 @@ use hyper::client::conn::http1;
 use hyper_util::rt::TokioIo;
 use registry::model::UpstreamProtocol;
 use tokio::net::TcpStream;
-use tracing::debug;
-
 use tokio_util::sync::CancellationToken;
+use tracing::debug;
 
 use super::body::AttemptBody;
 use crate::backend::Backend;
@@ -155,10 +154,7 @@ impl ConnPool {
     /// (those at the bottom of the stack that a quieter load never reaches).
     fn put(&self, conn: Conn, now: Instant, idle_timeout: Duration) {
         let mut idle = self.idle.lock().expect("connection pool lock poisoned");
-        let expired = idle
-            .iter()
-            .take_while(|entry| now.saturating_duration_since(entry.since) > idle_timeout)
-            .count();
+        let expired = expired(&idle, now, idle_timeout);
         if expired > 0 {
             idle.drain(..expired);
         }
@@ -170,10 +166,7 @@ impl ConnPool {
     pub fn purge(&self, now: Instant, idle_timeout: Duration) -> usize {
         let expired: Vec<Idle> = {
             let mut idle = self.idle.lock().expect("connection pool lock poisoned");
-            let expired = idle
-                .iter()
-                .take_while(|entry| now.saturating_duration_since(entry.since) > idle_timeout)
-                .count();
+            let expired = expired(&idle, now, idle_timeout);
             idle.drain(..expired).collect()
         };
         expired.len()
@@ -186,6 +179,14 @@ impl ConnPool {
             .expect("connection pool lock poisoned")
             .len()
     }
+}
+
+/// How many connections at the bottom of `idle` (the oldest first) have
+/// been idle past `idle_timeout` at `now`.
+fn expired(idle: &[Idle], now: Instant, idle_timeout: Duration) -> usize {
+    idle.iter()
+        .take_while(|entry| now.saturating_duration_since(entry.since) > idle_timeout)
+        .count()
 }
 
 /// Every second, close the idle connections to instances that have been

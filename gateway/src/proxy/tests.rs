@@ -29,6 +29,7 @@ use super::*;
 use crate::health::MAX_EJECTION;
 use crate::server::{Drained, Server, ServerSettings};
 use crate::table::{Defaults, LiveState, TablePublisher};
+use crate::testing::serve_router;
 
 /// The registry as the test sets it: instances and routes, published on change.
 struct Registry {
@@ -213,13 +214,6 @@ async fn backend(name: &'static str) -> SocketAddr {
             },
         ));
     serve_router(app).await
-}
-
-async fn serve_router(app: Router) -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-    addr
 }
 
 /// Answers `Upgrade: echo` with 101, then echoes every byte.
