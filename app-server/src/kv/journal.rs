@@ -373,6 +373,24 @@ mod tests {
         bytes[from as usize..].iter().all(|&b| b == 0)
     }
 
+    /// A new journal in `dir` holding `a` then `b`, and where each ends.
+    fn two_records(dir: &Path, a: Record<'_>, b: Record<'_>) -> (Journal, u64, u64) {
+        let (mut journal, _) = Journal::open(dir).unwrap();
+        journal.append(a).unwrap();
+        let after_a = journal.len();
+        journal.append(b).unwrap();
+        let after_b = journal.len();
+        (journal, after_a, after_b)
+    }
+
+    /// The keys a reopened journal in `dir` holds, sorted.
+    fn keys_after_reopening(dir: &Path) -> Vec<String> {
+        let (_, entries) = Journal::open(dir).unwrap();
+        let mut keys: Vec<String> = entries.into_keys().collect();
+        keys.sort();
+        keys
+    }
+
     /// Overwrite the file from `from` on with zeros, as if what was written
     /// there never reached the disk.
     fn lose_from(dir: &Path, from: u64, to: u64) {
@@ -430,10 +448,7 @@ mod tests {
         }
         assert!(journal.len() > PREALLOCATE, "past the first chunk");
         drop(journal);
-        let (_, entries) = Journal::open(dir.path()).unwrap();
-        let mut held: Vec<_> = entries.keys().cloned().collect();
-        held.sort();
-        assert_eq!(held, keys);
+        assert_eq!(keys_after_reopening(dir.path()), keys);
     }
 
     #[test]
@@ -444,11 +459,11 @@ mod tests {
         // behind the records written after the restart.
         let dir = tempfile::tempdir().unwrap();
         let (lost_at, lost_to) = {
-            let (mut journal, _) = Journal::open(dir.path()).unwrap();
-            journal.append(Record::Put("a", &value(1, "kept"))).unwrap();
-            let lost_at = journal.len();
-            journal.append(Record::Put("b", &value(2, "yy"))).unwrap();
-            let lost_to = journal.len();
+            let (mut journal, lost_at, lost_to) = two_records(
+                dir.path(),
+                Record::Put("a", &value(1, "kept")),
+                Record::Put("b", &value(2, "yy")),
+            );
             journal
                 .append(Record::Put("c", &value(3, "stale")))
                 .unwrap();
@@ -466,24 +481,17 @@ mod tests {
             journal.append(Record::Put("d", &value(4, "zz"))).unwrap();
             assert_eq!(journal.len(), lost_to);
         }
-        let (_, entries) = Journal::open(dir.path()).unwrap();
-        let mut keys: Vec<_> = entries.keys().cloned().collect();
-        keys.sort();
-        assert_eq!(keys, ["a", "d"]);
+        assert_eq!(keys_after_reopening(dir.path()), ["a", "d"]);
     }
 
     #[test]
     fn a_torn_last_record_is_dropped_and_writing_goes_on_after_the_rest() {
         let dir = tempfile::tempdir().unwrap();
-        let (good_len, end) = {
-            let (mut journal, _) = Journal::open(dir.path()).unwrap();
-            journal.append(Record::Put("a", &value(1, "kept"))).unwrap();
-            let good = journal.len();
-            journal
-                .append(Record::Put("b", &value(2, "cut short")))
-                .unwrap();
-            (good, journal.len())
-        };
+        let (_, good_len, end) = two_records(
+            dir.path(),
+            Record::Put("a", &value(1, "kept")),
+            Record::Put("b", &value(2, "cut short")),
+        );
         // A crash in the middle of the second record's write: its head and
         // a few bytes reached the disk.
         lose_from(dir.path(), good_len + 11, end);
@@ -496,22 +504,17 @@ mod tests {
                 .append(Record::Put("c", &value(3, "after")))
                 .unwrap();
         }
-        let (_, entries) = Journal::open(dir.path()).unwrap();
-        let mut keys: Vec<_> = entries.keys().cloned().collect();
-        keys.sort();
-        assert_eq!(keys, ["a", "c"]);
+        assert_eq!(keys_after_reopening(dir.path()), ["a", "c"]);
     }
 
     #[test]
     fn a_damaged_record_stops_the_replay_there() {
         let dir = tempfile::tempdir().unwrap();
-        let (first_len, end) = {
-            let (mut journal, _) = Journal::open(dir.path()).unwrap();
-            journal.append(Record::Put("a", &value(1, "x"))).unwrap();
-            let first = journal.len();
-            journal.append(Record::Put("b", &value(2, "y"))).unwrap();
-            (first, journal.len())
-        };
+        let (_, first_len, end) = two_records(
+            dir.path(),
+            Record::Put("a", &value(1, "x")),
+            Record::Put("b", &value(2, "y")),
+        );
         let path = dir.path().join(FILE_NAME);
         let mut bytes = std::fs::read(&path).unwrap();
         let last = end as usize - 1;
