@@ -2,11 +2,13 @@
 //! admin API, `/metrics` and (through them) the autoscaler.
 //!
 //! [`RequestStats`] is kept per backend, per service and per route. It holds
-//! totals by status class, a cumulative latency histogram (for Prometheus) and
-//! a ring of one-second slots covering the last [`WINDOW_SECS`] seconds (for
-//! request rate and recent percentiles). [`ServiceCounters`] adds what only a
-//! service has: requests held waiting for an instance, retries, and requests
-//! that found no instance at all.
+//! totals by status class and a ring of one-second slots covering the last
+//! [`WINDOW_SECS`] seconds (for request rate and recent percentiles).
+//! [`ServiceCounters`] adds what only a service has: the cumulative latency
+//! histogram Prometheus gets ([`LatencyHistogram`]; per service only, so a
+//! request does not write one into a cold instance's state for nobody to
+//! read), requests held waiting for an instance, retries, and requests that
+//! found no instance at all.
 
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -107,8 +109,6 @@ struct Slot {
 pub struct RequestStats {
     epoch: Instant,
     by_class: [AtomicU64; 6],
-    buckets: [AtomicU64; BUCKETS_MS.len()],
-    latency_sum_us: AtomicU64,
     in_flight: AtomicI64,
     /// Hedges racing an attempt that is still counted in `in_flight` (see
     /// [`RequestStats::start_racing`]).
@@ -136,8 +136,6 @@ impl RequestStats {
         RequestStats {
             epoch,
             by_class: Default::default(),
-            buckets: Default::default(),
-            latency_sum_us: AtomicU64::new(0),
             in_flight: AtomicI64::new(0),
             racing: AtomicI64::new(0),
             slots: Default::default(),
@@ -185,9 +183,6 @@ impl RequestStats {
         let class = Class::of(status);
         self.by_class[class.index()].fetch_add(1, Ordering::Relaxed);
         let bucket = bucket_of(latency);
-        self.buckets[bucket].fetch_add(1, Ordering::Relaxed);
-        self.latency_sum_us
-            .fetch_add(latency.as_micros() as u64, Ordering::Relaxed);
 
         let second = now.saturating_duration_since(self.epoch).as_secs();
         let slot = &self.slots[(second % SLOTS as u64) as usize];
@@ -255,6 +250,22 @@ impl RequestStats {
             p99_ms: percentile(&buckets, 0.99),
         }
     }
+}
+
+/// Every latency ever recorded, in [`BUCKETS_MS`] buckets, with their sum:
+/// a Prometheus histogram.
+#[derive(Debug, Default)]
+pub struct LatencyHistogram {
+    buckets: [AtomicU64; BUCKETS_MS.len()],
+    sum_us: AtomicU64,
+}
+
+impl LatencyHistogram {
+    pub fn observe(&self, latency: Duration) {
+        self.buckets[bucket_of(latency)].fetch_add(1, Ordering::Relaxed);
+        self.sum_us
+            .fetch_add(latency.as_micros() as u64, Ordering::Relaxed);
+    }
 
     pub fn histogram(&self) -> Histogram {
         let mut cumulative = 0;
@@ -268,7 +279,7 @@ impl RequestStats {
             .collect();
         Histogram {
             buckets,
-            sum_seconds: self.latency_sum_us.load(Ordering::Relaxed) as f64 / 1e6,
+            sum_seconds: self.sum_us.load(Ordering::Relaxed) as f64 / 1e6,
             count: cumulative,
         }
     }
@@ -323,6 +334,8 @@ fn percentile(buckets: &[u64; BUCKETS_MS.len()], q: f64) -> Option<f64> {
 #[derive(Debug, Default)]
 pub struct ServiceCounters {
     pub requests: RequestStats,
+    /// Every client request's time to response headers (or failure), for `/metrics`.
+    pub durations: LatencyHistogram,
     /// Requests that waited for a ready instance (scale from zero), ever.
     pub held_total: AtomicU64,
     /// Requests waiting for a ready instance right now.
@@ -343,6 +356,14 @@ pub struct ServiceCounters {
     /// the counters that outlive table rebuilds, so the request path reaches
     /// it through its pool instead of a lookup by name.
     pub retry_budget: crate::proxy::retry::RetryBudget,
+}
+
+impl ServiceCounters {
+    /// A client request [`RequestStats::start`]ed on `requests` ended.
+    pub fn record(&self, status: Option<u16>, latency: Duration, now: Instant) {
+        self.requests.record(status, latency, now);
+        self.durations.observe(latency);
+    }
 }
 
 #[cfg(test)]
@@ -402,12 +423,11 @@ mod tests {
 
     #[test]
     fn histogram_is_cumulative() {
-        let stats = RequestStats::default();
-        let now = Instant::now();
-        stats.record_finished(Some(200), Duration::from_micros(300), now);
-        stats.record_finished(Some(200), Duration::from_millis(15), now);
-        stats.record_finished(None, Duration::from_secs(60), now);
-        let h = stats.histogram();
+        let durations = LatencyHistogram::default();
+        durations.observe(Duration::from_micros(300));
+        durations.observe(Duration::from_millis(15));
+        durations.observe(Duration::from_secs(60));
+        let h = durations.histogram();
         assert_eq!(h.count, 3);
         assert_eq!(h.buckets[0], (0.0005, 1));
         assert_eq!(h.buckets[5], (0.02, 2));

@@ -195,7 +195,7 @@ impl Exposition {
             "Time from receiving a client request to the end of its response headers (or its failure), per service.",
         )?;
         for pool in pools() {
-            let h = pool.counters.requests.histogram();
+            let h = pool.counters.durations.histogram();
             for (le, count) in &h.buckets {
                 let le = Value::Float(*le).to_string();
                 self.sample(
@@ -675,12 +675,13 @@ mod tests {
         t.default_route
             .stats
             .record_finished(Some(503), Duration::from_millis(3), t0);
-        pool.counters
-            .requests
-            .record_finished(Some(200), Duration::from_millis(3), t0);
-        pool.counters
-            .requests
-            .record_finished(Some(503), Duration::from_secs(60), t0);
+        for (status, latency) in [
+            (200, Duration::from_millis(3)),
+            (503, Duration::from_secs(60)),
+        ] {
+            pool.counters.requests.start();
+            pool.counters.record(Some(status), latency, t0);
+        }
         pool.counters.retries_total.store(4, Ordering::Relaxed);
         pool.counters.hedges_total.store(6, Ordering::Relaxed);
         pool.counters.held_now.store(2, Ordering::Relaxed);

@@ -133,7 +133,7 @@ impl RequestRecord {
         }
         let latency = now.saturating_duration_since(self.started);
         self.route.record(self.status, latency, now);
-        self.service.requests.record(self.status, latency, now);
+        self.service.record(self.status, latency, now);
         if let Some(log) = self.log.take() {
             log.finish(self.status, latency);
         }
@@ -258,6 +258,7 @@ mod tests {
         assert_eq!((route.in_flight(), backend.state.stats.in_flight()), (0, 0));
         assert_eq!(route.total(Class::Success), 1);
         assert_eq!(service.requests.total(Class::Success), 1);
+        assert_eq!(service.durations.histogram().count, 1);
         assert_eq!(backend.state.stats.total(Class::Success), 1);
 
         // A client that leaves mid-request: recorded as 499, not as an error.
@@ -265,6 +266,7 @@ mod tests {
         let attempt = AttemptRecord::start(backend.clone(), None, now);
         drop((request, attempt));
         assert_eq!(route.total(Class::ClientError), 1);
+        assert_eq!(service.durations.histogram().count, 2);
         assert_eq!(backend.state.stats.total(Class::ClientError), 1);
         assert_eq!((route.in_flight(), backend.state.stats.in_flight()), (0, 0));
     }
