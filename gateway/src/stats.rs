@@ -111,7 +111,7 @@ pub struct RequestStats {
     by_class: [AtomicU64; 6],
     in_flight: AtomicI64,
     /// Hedges racing an attempt that is still counted in `in_flight` (see
-    /// [`RequestStats::start_racing`]).
+    /// [`RequestStats::race`]).
     racing: AtomicI64,
     slots: [Slot; SLOTS],
 }

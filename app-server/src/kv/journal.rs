@@ -31,7 +31,7 @@
 
 use std::collections::HashMap;
 use std::fs::{File, OpenOptions, TryLockError};
-use std::io::{self, BufReader, Read, Seek, Write};
+use std::io::{self, BufReader, Read, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
@@ -271,7 +271,6 @@ fn replay(
         dir: path.parent().unwrap_or(path).to_owned(),
         source,
     };
-    file.rewind().map_err(io_error)?;
     let mut reader = BufReader::new(&*file);
     let mut header = vec![0; HEADER.len()];
     let got = read_up_to(&mut reader, &mut header).map_err(io_error)?;
@@ -391,8 +390,8 @@ mod tests {
         keys
     }
 
-    /// Overwrite the file from `from` on with zeros, as if what was written
-    /// there never reached the disk.
+    /// Overwrite the file from `from` up to `to` with zeros, as if what was
+    /// written there never reached the disk.
     fn lose_from(dir: &Path, from: u64, to: u64) {
         let file = OpenOptions::new()
             .write(true)

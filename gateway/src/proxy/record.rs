@@ -157,7 +157,7 @@ pub struct AttemptRecord {
     status: Option<u16>,
     recorded: bool,
     /// A hedge racing the request's first attempt (see
-    /// [`RequestStats::start_racing`](crate::stats::RequestStats::start_racing)).
+    /// [`RequestStats::race`](crate::stats::RequestStats::race)).
     racing: bool,
     _permit: Option<OwnedSemaphorePermit>,
 }
