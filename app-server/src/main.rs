@@ -7,11 +7,13 @@ use clap::Parser;
 
 use app_server::Config;
 
-/// mimalloc rather than the system allocator, as in the gateway: every
-/// request makes short-lived allocations (hyper's and axum's per-request
-/// state, header maps, keys and copies of values), and glibc's malloc and
-/// free (`_int_free`, `malloc_consolidate`) were about a tenth of the CPU
-/// in a `perf` profile of `bench/kv.sh`'s direct-to-the-primary PUTs.
+/// mimalloc rather than the system allocator: every request makes
+/// short-lived allocations (hyper's and axum's per-request state, header
+/// maps, keys and copies of values), and glibc's malloc and free
+/// (`_int_free`, `malloc_consolidate`) were about a tenth of the CPU in a
+/// `perf` profile of `bench/kv.sh`'s direct-to-the-primary PUTs. (The
+/// gateway uses jemalloc instead, for what it gives back while idle; see
+/// its `main.rs`.)
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

@@ -117,6 +117,10 @@ pub struct RoutingTable {
     index: RouteIndex,
     pub default_route: RouteEntry,
     pub pools: BTreeMap<String, Arc<ServicePool>>,
+    /// The idle connections of every address the table's backends name,
+    /// one pool per address (what the idle sweeper walks: O(addresses),
+    /// not O(instances), when many entries share an address).
+    pub conn_pools: Vec<Arc<ConnPool>>,
     /// Whether the registry watch was connected when this snapshot was built.
     pub registry_connected: bool,
     /// Increases with every rebuild.
@@ -354,6 +358,7 @@ impl LiveState {
             routes: entries,
             default_route,
             pools,
+            conn_pools: self.conn_pools.values().map(|p| p.conns.clone()).collect(),
             registry_connected,
             generation,
         }
@@ -788,6 +793,18 @@ mod tests {
             "one address, one pool"
         );
         assert!(!Arc::ptr_eq(&conns(&t1, "a"), &conns(&t1, "c")));
+        let listed = |t: &RoutingTable, id: &str| {
+            t.conn_pools
+                .iter()
+                .filter(|p| Arc::ptr_eq(p, &conns(t, id)))
+                .count()
+        };
+        assert_eq!(
+            t1.conn_pools.len(),
+            2,
+            "the table lists each address's pool"
+        );
+        assert_eq!((listed(&t1, "a"), listed(&t1, "c")), (1, 1));
         let t2 = build(
             &mut live,
             &[
@@ -805,6 +822,15 @@ mod tests {
             Arc::ptr_eq(&conns(&t2, "b"), &conns(&t1, "b")),
             "b's pool kept"
         );
+        assert_eq!(t2.conn_pools.len(), 2);
+        assert_eq!((listed(&t2, "a"), listed(&t2, "b")), (1, 1));
+        let t3 = build(&mut live, &[at("b", "127.0.0.1:1000")], &[]);
+        assert_eq!(
+            t3.conn_pools.len(),
+            1,
+            "an address no entry names is not swept"
+        );
+        assert_eq!(listed(&t3, "b"), 1);
     }
 
     /// What a scan in table order finds: the reference the index must agree with.

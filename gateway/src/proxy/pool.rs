@@ -53,7 +53,6 @@
 //! its own, driven by a spawned task that can hand the socket to the
 //! tunnel, and never returned to the pool.
 
-use std::collections::HashSet;
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
@@ -190,8 +189,9 @@ fn expired(idle: &[Idle], now: Instant, idle_timeout: Duration) -> usize {
 }
 
 /// Every second, close the idle connections to instances that have been
-/// idle past `idle_timeout`, in every pool of the current table (each pool
-/// once, though many backends may share it), until `stop`.
+/// idle past `idle_timeout`, in every pool of the current table
+/// ([`RoutingTable::conn_pools`](crate::table::RoutingTable::conn_pools):
+/// one per address, however many backends share it), until `stop`.
 pub fn spawn_idle_sweeper(
     table: TableHandle,
     idle_timeout: Duration,
@@ -201,7 +201,6 @@ pub fn spawn_idle_sweeper(
     tokio::spawn(async move {
         let mut ticks = tokio::time::interval(period);
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut swept = HashSet::new();
         loop {
             tokio::select! {
                 _ = stop.cancelled() => return,
@@ -209,14 +208,11 @@ pub fn spawn_idle_sweeper(
             }
             let now = super::now();
             let table = table.load();
-            let mut closed = 0;
-            for backend in table.pools.values().flat_map(|pool| pool.all.iter()) {
-                // The pool's address is its identity for this sweep.
-                if swept.insert(Arc::as_ptr(&backend.conns) as usize) {
-                    closed += backend.conns.purge(now, idle_timeout);
-                }
-            }
-            swept.clear();
+            let closed: usize = table
+                .conn_pools
+                .iter()
+                .map(|conns| conns.purge(now, idle_timeout))
+                .sum();
             if closed > 0 {
                 debug!(closed, "idle connections to instances closed");
             }
