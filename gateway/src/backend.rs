@@ -21,11 +21,23 @@ use crate::proxy::pool::ConnPool;
 use crate::stats::RequestStats;
 
 /// Live state of one instance, shared by every table that contains it.
+///
+/// Laid out for the pick: what a least-request pick reads of a candidate
+/// (`rtt`, `ejected_until`, and `stats`' in-flight counts, which lead
+/// `RequestStats`) shares the first cache line, since with thousands of
+/// instances a random candidate's state is cold. A test checks it.
 #[derive(Debug)]
+#[repr(C, align(64))]
 pub struct BackendState {
+    pub rtt: PeakEwma,
+    /// What the request path reads of `health`, without its lock: with
+    /// thousands of instances a request finds each one's state cold, and a
+    /// lock taken on every pick and every response wrote its cache line
+    /// too. `ejected_until` in nanoseconds after `first_seen`, plus one
+    /// (0: not ejected; an ejection is always set after `first_seen`).
+    ejected_until: AtomicU64,
     /// Requests to this instance: in flight, totals, recent window.
     pub stats: RequestStats,
-    pub rtt: PeakEwma,
     pub first_seen: Instant,
     /// How old the instance already was when this gateway first saw it
     /// (from its registered `started_at`), so a gateway restart does not put
@@ -34,12 +46,6 @@ pub struct BackendState {
     /// Passive and active health; changed only through
     /// [`BackendState::update_health`], which keeps the summary below.
     health: Mutex<Health>,
-    /// What the request path reads of `health`, without its lock: with
-    /// thousands of instances a request finds each one's state cold, and a
-    /// lock taken on every pick and every response wrote its cache line
-    /// too. `ejected_until` in nanoseconds after `first_seen`, plus one
-    /// (0: not ejected; an ejection is always set after `first_seen`).
-    ejected_until: AtomicU64,
     /// No failure counted and no ejection in the streak: a success has
     /// nothing to change ([`crate::health::record`]'s fast path).
     clean: AtomicBool,
@@ -63,12 +69,12 @@ impl BackendState {
     /// State for an instance that was already `age` old when first seen.
     pub fn with_age(now: Instant, age: Duration) -> Self {
         BackendState {
-            stats: RequestStats::new(now),
             rtt: PeakEwma::new(now),
+            ejected_until: AtomicU64::new(0),
+            stats: RequestStats::new(now),
             first_seen: now,
             age_when_seen: age,
             health: Mutex::new(Health::default()),
-            ejected_until: AtomicU64::new(0),
             clean: AtomicBool::new(true),
         }
     }
@@ -127,20 +133,29 @@ impl BackendState {
 /// An instance in one routing table: registry entry + shared live state, and
 /// what the request path needs of it, prepared once per table rather than
 /// per request.
+///
+/// Laid out for the pick: the fields every request reads (`state`, `conns`,
+/// and `weight` for least-request) come first, beside the `Arc`'s counts
+/// that the pick's clone writes, so that a cold backend costs one cache line
+/// to consider (the allocation is 64-byte aligned: jemalloc's size classes
+/// above 256 bytes are multiples of 64). A test checks the offsets.
 #[derive(Debug, Clone)]
+#[repr(C)]
 pub struct Backend {
-    pub instance: Instance,
     pub state: std::sync::Arc<BackendState>,
-    /// `instance.addr` as a URI authority.
-    pub authority: Authority,
-    /// `instance.id` as the `x-shoal-instance` header value.
-    pub id_header: HeaderValue,
-    /// Set when the instance has left the registry while ready and is kept
-    /// routable for a grace period ([`grace`](crate::grace)).
-    pub unconfirmed: Option<std::sync::Arc<Unconfirmed>>,
     /// Idle keep-alive connections to `authority`; the table shares one pool
     /// among the entries with the same address.
     pub conns: std::sync::Arc<ConnPool>,
+    /// `instance.weight`, next to `state` for the least-request pick.
+    pub weight: u32,
+    /// `instance.id` as the `x-shoal-instance` header value.
+    pub id_header: HeaderValue,
+    /// `instance.addr` as a URI authority.
+    pub authority: Authority,
+    /// Set when the instance has left the registry while ready and is kept
+    /// routable for a grace period ([`grace`](crate::grace)).
+    pub unconfirmed: Option<std::sync::Arc<Unconfirmed>>,
+    pub instance: Instance,
 }
 
 impl Backend {
@@ -152,12 +167,13 @@ impl Backend {
         let id_header =
             HeaderValue::from_str(&instance.id).unwrap_or(HeaderValue::from_static(NO_INSTANCE));
         Some(Backend {
-            instance,
             state,
-            authority,
-            id_header,
-            unconfirmed: None,
             conns: Default::default(),
+            weight: instance.weight,
+            id_header,
+            authority,
+            unconfirmed: None,
+            instance,
         })
     }
 
@@ -195,6 +211,29 @@ mod tests {
 
         state.update_health(|h| *h = Health::default());
         assert!(state.is_clean() && !state.is_ejected(t0));
+    }
+
+    /// What a least-request pick reads of a candidate is on one cache line
+    /// of its state, and one of its entry (see the two types' docs).
+    #[test]
+    fn what_a_pick_reads_is_on_the_first_cache_line() {
+        use std::mem::{align_of, offset_of, size_of};
+        const LINE: usize = 64;
+        assert_eq!(align_of::<BackendState>(), LINE);
+        assert_eq!(offset_of!(BackendState, rtt), 0);
+        assert!(offset_of!(BackendState, ejected_until) + size_of::<AtomicU64>() <= LINE);
+        // `RequestStats` leads with its two in-flight counts.
+        assert!(offset_of!(BackendState, stats) + 2 * size_of::<u64>() <= LINE);
+        // An `Arc`'s two counts precede the entry in its allocation.
+        let counts = 2 * size_of::<usize>();
+        assert!(counts + offset_of!(Backend, weight) + size_of::<u32>() <= LINE);
+        assert!(counts + offset_of!(Backend, conns) + size_of::<usize>() <= LINE);
+        // Allocations above 256 bytes are 64-byte aligned in jemalloc's size classes.
+        assert!(
+            counts + size_of::<Backend>() > 256,
+            "{} bytes",
+            size_of::<Backend>()
+        );
     }
 
     #[test]

@@ -105,14 +105,17 @@ struct Slot {
 }
 
 /// Totals, histogram and recent window for one backend, service or route.
+/// The in-flight counts come first: `BackendState` keeps them on the cache
+/// line a least-request pick reads.
 #[derive(Debug)]
+#[repr(C)]
 pub struct RequestStats {
-    epoch: Instant,
-    by_class: [AtomicU64; 6],
     in_flight: AtomicI64,
     /// Hedges racing an attempt that is still counted in `in_flight` (see
     /// [`RequestStats::race`]).
     racing: AtomicI64,
+    epoch: Instant,
+    by_class: [AtomicU64; 6],
     slots: [Slot; SLOTS],
 }
 
@@ -369,6 +372,19 @@ impl ServiceCounters {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `BackendState` relies on the in-flight counts leading the stats.
+    #[test]
+    fn the_in_flight_counts_lead() {
+        use std::mem::offset_of;
+        assert_eq!(
+            (
+                offset_of!(RequestStats, in_flight),
+                offset_of!(RequestStats, racing)
+            ),
+            (0, 8)
+        );
+    }
 
     #[test]
     fn classes() {

@@ -28,7 +28,7 @@ fn latencies(a: &Backend, b: &Backend, now: std::time::Instant) -> (f64, f64) {
 
 /// peak-EWMA × (in-flight + 1) ÷ weight; lower is better.
 pub fn cost(backend: &Backend, latency_nanos: f64) -> f64 {
-    latency_nanos * (backend.state.in_flight() as f64 + 1.0) / backend.instance.weight as f64
+    latency_nanos * (backend.state.in_flight() as f64 + 1.0) / backend.weight as f64
 }
 
 /// How many random draws a pick spends looking for an eligible candidate
