@@ -10,7 +10,7 @@
 //! read), requests held waiting for an instance, retries, and requests that
 //! found no instance at all.
 
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU32, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 pub use registry::wire::gateway::StatsSnapshot;
@@ -94,14 +94,16 @@ impl Class {
     }
 }
 
-/// One second of the recent window.
+/// One second of the recent window. Its counts are 32-bit, which no
+/// second's requests can overflow: every backend, route and service keeps
+/// [`SLOTS`] of these, 80 bytes each rather than 152 with 64-bit counts.
 #[derive(Debug, Default)]
 struct Slot {
     /// Which second (since the stats' epoch) this slot currently holds.
     second: AtomicU64,
-    count: AtomicU64,
-    errors: AtomicU64,
-    buckets: [AtomicU64; BUCKETS_MS.len()],
+    count: AtomicU32,
+    errors: AtomicU32,
+    buckets: [AtomicU32; BUCKETS_MS.len()],
 }
 
 /// Totals, histogram and recent window for one backend, service or route.
@@ -229,10 +231,10 @@ impl RequestStats {
         for slot in &self.slots {
             let second = slot.second.load(Ordering::Relaxed);
             if second >= oldest && second < current {
-                count += slot.count.load(Ordering::Relaxed);
-                errors += slot.errors.load(Ordering::Relaxed);
+                count += u64::from(slot.count.load(Ordering::Relaxed));
+                errors += u64::from(slot.errors.load(Ordering::Relaxed));
                 for (sum, b) in buckets.iter_mut().zip(&slot.buckets) {
-                    *sum += b.load(Ordering::Relaxed);
+                    *sum += u64::from(b.load(Ordering::Relaxed));
                 }
             }
         }
