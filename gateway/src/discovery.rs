@@ -1,7 +1,7 @@
 //! From the registry to the routing table: one task follows the instances and
 //! routes prefixes (each through a `registry::Watcher`; the routes watcher is
 //! given, since the gateway's other readers of `routes/` share it) and
-//! publishes a new [`RoutingTable`](crate::table::RoutingTable) whenever
+//! publishes a new [`RoutingTable`] whenever
 //! either changes.
 //!
 //! Instances whose address `--allowed-backends` refuses are left out here,

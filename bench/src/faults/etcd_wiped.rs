@@ -1,5 +1,5 @@
 //! `etcd wiped`: etcd replaced by an empty one on the same port under load
-//! (every key and lease lost at once, [`crate::Etcd::wipe`]). The operator's
+//! (every key and lease lost at once, [`Etcd::wipe`](shoal_tests::etcd::Etcd::wipe)). The operator's
 //! configuration (the `/kv/` route and `app`'s policy) is written again
 //! right after, as a restore from backup would; the instances must register
 //! again by themselves, and the gateway must keep routing to the instances

@@ -1,7 +1,7 @@
 //! `gateway restart`: the gateway restarted on the same ports under load,
 //! the way docs/architecture.md ("Replacing a gateway") says to: a new one
 //! started with `--reuse-port` next to the old one, which is SIGTERMed once
-//! the new one listens ([`crate::Gateway::replace`]).
+//! the new one listens ([`Gateway::replace`](shoal_tests::gateway::Gateway::replace)).
 //!
 //! Recovered: the old gateway exited, a GET `/` through the new one answered
 //! 200 and it has recovered ([`super::recovered`]), timed

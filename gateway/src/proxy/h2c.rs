@@ -20,7 +20,7 @@
 //! buffered, so server-streaming and bidi-streaming calls flow as the
 //! instance and the client write.
 //!
-//! What a failure means for a retry is [`forward::classify`](super::forward::classify)'s
+//! What a failure means for a retry is [`forward::classify`]'s
 //! call: a stream the instance refused (`REFUSED_STREAM`), or one above the
 //! last stream id of its `GOAWAY`, was not processed and may be sent again.
 //!

@@ -12,7 +12,7 @@
 //!   `balancing::consistent_hash_is_stable…` saw 1 of 1,000 keys answered
 //!   elsewhere). A failed attempt there is still retried on the next
 //!   instance, as before;
-//! - the delay is the service's p99 ([`LatencySketch`]) clamped to
+//! - the delay is the service's p99 ([`LatencySketch`](super::sketch::LatencySketch)) clamped to
 //!   `--hedge-min-delay`..`--hedge-max-delay`; `--hedge-max-delay` until the
 //!   sketch has an estimate; no hedge when the attempt's own deadline
 //!   (response or per-try timeout) comes first;

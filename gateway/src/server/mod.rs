@@ -1,6 +1,6 @@
 //! The client-facing listeners: accept connections, speak HTTP/1.1 (with
 //! upgrades) and HTTP/2, and hand each request to a [`Handler`] (the
-//! [`Proxy`](crate::proxy::Proxy) in production).
+//! [`Proxy`] in production).
 //!
 //! The `--listen` and `--tls-listen` listeners are the same [`Server`]; a
 //! TLS one ([`Server::with_tls`]) runs a rustls handshake (within
