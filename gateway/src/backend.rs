@@ -22,33 +22,39 @@ use crate::stats::RequestStats;
 
 /// Live state of one instance, shared by every table that contains it.
 ///
-/// Laid out for the pick: what a least-request pick reads of a candidate
-/// (`rtt`, `ejected_until`, and `stats`' in-flight counts, which lead
-/// `RequestStats`) shares the first cache line, since with thousands of
-/// instances a random candidate's state is cold. A test checks it.
+/// Laid out for the request path: with thousands of instances a request
+/// finds its instance's state cold, so what a request reads and writes is on
+/// two adjacent cache lines, 128-byte aligned so that the CPU's adjacent-line
+/// prefetch brings the second with the first. The first line is what a
+/// least-request pick reads of a candidate (`rtt`, `ejected_until`, and
+/// `stats`' in-flight counts, which lead `RequestStats`), with what every
+/// request also reads: `clean` and the age for slow start. The second is
+/// the stats' epoch (the first-seen time) and totals. Then the stats'
+/// window, of which a request touches one slot. A test checks the offsets.
 #[derive(Debug)]
-#[repr(C, align(64))]
+#[repr(C, align(128))]
 pub struct BackendState {
     pub rtt: PeakEwma,
     /// What the request path reads of `health`, without its lock: with
     /// thousands of instances a request finds each one's state cold, and a
     /// lock taken on every pick and every response wrote its cache line
-    /// too. `ejected_until` in nanoseconds after `first_seen`, plus one
-    /// (0: not ejected; an ejection is always set after `first_seen`).
+    /// too. `ejected_until` in nanoseconds after the first-seen time, plus
+    /// one (0: not ejected; an ejection is always set after that time).
     ejected_until: AtomicU64,
-    /// Requests to this instance: in flight, totals, recent window.
-    pub stats: RequestStats,
-    pub first_seen: Instant,
-    /// How old the instance already was when this gateway first saw it
-    /// (from its registered `started_at`), so a gateway restart does not put
-    /// every instance back into slow start.
-    pub age_when_seen: Duration,
-    /// Passive and active health; changed only through
-    /// [`BackendState::update_health`], which keeps the summary below.
-    health: Mutex<Health>,
     /// No failure counted and no ejection in the streak: a success has
     /// nothing to change ([`crate::health::record`]'s fast path).
     clean: AtomicBool,
+    /// How old the instance already was when this gateway first saw it
+    /// (from its registered `started_at`), in milliseconds, at most
+    /// `u32::MAX` (49 days: far past any slow-start window), so that a
+    /// gateway restart does not put every instance back into slow start.
+    age_when_seen_ms: u32,
+    /// Requests to this instance: in flight, totals, recent window. Its
+    /// epoch is the time this gateway first saw the instance.
+    pub stats: RequestStats,
+    /// Passive and active health; changed only through
+    /// [`BackendState::update_health`], which keeps the summary above.
+    health: Mutex<Health>,
 }
 
 /// Passive health: consecutive failures and ejection back-off.
@@ -71,12 +77,16 @@ impl BackendState {
         BackendState {
             rtt: PeakEwma::new(now),
             ejected_until: AtomicU64::new(0),
-            stats: RequestStats::new(now),
-            first_seen: now,
-            age_when_seen: age,
-            health: Mutex::new(Health::default()),
             clean: AtomicBool::new(true),
+            age_when_seen_ms: age.as_millis().try_into().unwrap_or(u32::MAX),
+            stats: RequestStats::new(now),
+            health: Mutex::new(Health::default()),
         }
+    }
+
+    /// When this gateway first saw the instance.
+    fn first_seen(&self) -> Instant {
+        self.stats.epoch()
     }
 
     /// A copy of the health, for reports.
@@ -90,7 +100,10 @@ impl BackendState {
         let mut health = self.health.lock().expect("health lock poisoned");
         let result = change(&mut health);
         let until = health.ejected_until.map_or(0, |until| {
-            until.saturating_duration_since(self.first_seen).as_nanos() as u64 + 1
+            until
+                .saturating_duration_since(self.first_seen())
+                .as_nanos() as u64
+                + 1
         });
         self.ejected_until.store(until, Ordering::Release);
         self.clean.store(
@@ -114,7 +127,7 @@ impl BackendState {
     pub fn is_ejected(&self, now: Instant) -> bool {
         match self.ejected_until.load(Ordering::Acquire) {
             0 => false,
-            until => until - 1 > now.saturating_duration_since(self.first_seen).as_nanos() as u64,
+            until => until - 1 > now.saturating_duration_since(self.first_seen()).as_nanos() as u64,
         }
     }
 
@@ -124,8 +137,10 @@ impl BackendState {
         if window.is_zero() {
             return 1.0;
         }
-        let age =
-            (self.age_when_seen + now.saturating_duration_since(self.first_seen)).as_secs_f64();
+        let age = f64::from(self.age_when_seen_ms) / 1e3
+            + now
+                .saturating_duration_since(self.first_seen())
+                .as_secs_f64();
         (0.1 + 0.9 * age / window.as_secs_f64()).min(1.0)
     }
 }
@@ -138,7 +153,8 @@ impl BackendState {
 /// and `weight` for least-request) come first, beside the `Arc`'s counts
 /// that the pick's clone writes, so that a cold backend costs one cache line
 /// to consider (the allocation is 64-byte aligned: jemalloc's size classes
-/// above 256 bytes are multiples of 64). A test checks the offsets.
+/// above 256 bytes are multiples of 64); the id for the response header
+/// follows, in the same allocation. A test checks the offsets.
 #[derive(Debug, Clone)]
 #[repr(C)]
 pub struct Backend {
@@ -148,8 +164,8 @@ pub struct Backend {
     pub conns: std::sync::Arc<ConnPool>,
     /// `instance.weight`, next to `state` for the least-request pick.
     pub weight: u32,
-    /// `instance.id` as the `x-shoal-instance` header value.
-    pub id_header: HeaderValue,
+    /// `instance.id`, for the `x-shoal-instance` header.
+    id_header: IdHeader,
     /// `instance.addr` as a URI authority.
     pub authority: Authority,
     /// Set when the instance has left the registry while ready and is kept
@@ -164,8 +180,7 @@ impl Backend {
     /// reported as `-`.
     pub fn new(instance: Instance, state: std::sync::Arc<BackendState>) -> Option<Backend> {
         let authority = instance.addr.parse().ok()?;
-        let id_header =
-            HeaderValue::from_str(&instance.id).unwrap_or(HeaderValue::from_static(NO_INSTANCE));
+        let id_header = IdHeader::new(&instance.id);
         Some(Backend {
             state,
             conns: Default::default(),
@@ -179,6 +194,57 @@ impl Backend {
 
     pub fn id(&self) -> &str {
         &self.instance.id
+    }
+
+    /// `instance.id` as the `x-shoal-instance` header value.
+    pub fn id_header(&self) -> HeaderValue {
+        self.id_header.value()
+    }
+}
+
+/// An instance's id, kept for the `x-shoal-instance` header that every
+/// response it gives carries.
+///
+/// An id that fits (a uuid does) is kept inline and copied into a new
+/// header value per request. A shared header value would be cheaper to
+/// clone, were it not for the reference count and the bytes it points to:
+/// with thousands of instances both are cold, on two more pages, while
+/// the copy reads the entry the request has just read and writes memory
+/// the thread's allocator has just freed. Longer ids (up to 128 bytes
+/// are allowed) share one.
+#[derive(Debug, Clone)]
+enum IdHeader {
+    Inline { len: u8, bytes: [u8; INLINE_ID] },
+    Shared(HeaderValue),
+}
+
+/// The longest id kept inline: 46 bytes, so that an [`IdHeader`] is 48.
+const INLINE_ID: usize = 46;
+
+impl IdHeader {
+    /// An id that is not a header value (registry validation rules that
+    /// out) is reported as `-`.
+    fn new(id: &str) -> IdHeader {
+        let Ok(value) = HeaderValue::from_str(id) else {
+            return IdHeader::Shared(HeaderValue::from_static(NO_INSTANCE));
+        };
+        if id.len() > INLINE_ID {
+            return IdHeader::Shared(value);
+        }
+        let mut bytes = [0; INLINE_ID];
+        bytes[..id.len()].copy_from_slice(id.as_bytes());
+        IdHeader::Inline {
+            len: id.len() as u8,
+            bytes,
+        }
+    }
+
+    fn value(&self) -> HeaderValue {
+        match self {
+            IdHeader::Inline { len, bytes } => HeaderValue::from_bytes(&bytes[..usize::from(*len)])
+                .unwrap_or(HeaderValue::from_static(NO_INSTANCE)),
+            IdHeader::Shared(value) => value.clone(),
+        }
     }
 }
 
@@ -214,20 +280,27 @@ mod tests {
     }
 
     /// What a least-request pick reads of a candidate is on one cache line
-    /// of its state, and one of its entry (see the two types' docs).
+    /// of its state, and one of its entry; what every request reads and
+    /// writes of its instance's state, bar one window slot, is on that line
+    /// and the next (see the two types' docs).
     #[test]
-    fn what_a_pick_reads_is_on_the_first_cache_line() {
+    fn what_a_request_reads_is_on_the_first_two_cache_lines() {
         use std::mem::{align_of, offset_of, size_of};
         const LINE: usize = 64;
-        assert_eq!(align_of::<BackendState>(), LINE);
+        assert_eq!(align_of::<BackendState>(), 2 * LINE);
         assert_eq!(offset_of!(BackendState, rtt), 0);
         assert!(offset_of!(BackendState, ejected_until) + size_of::<AtomicU64>() <= LINE);
-        // `RequestStats` leads with its two in-flight counts.
-        assert!(offset_of!(BackendState, stats) + 2 * size_of::<u64>() <= LINE);
+        assert!(offset_of!(BackendState, clean) < LINE);
+        assert!(offset_of!(BackendState, age_when_seen_ms) + size_of::<u32>() <= LINE);
+        // `RequestStats` leads with its two in-flight counts, then its epoch
+        // and totals fill 64 bytes (a test in `stats` checks it).
+        assert_eq!(offset_of!(BackendState, stats) + 2 * size_of::<u64>(), LINE);
         // An `Arc`'s two counts precede the entry in its allocation.
         let counts = 2 * size_of::<usize>();
         assert!(counts + offset_of!(Backend, weight) + size_of::<u32>() <= LINE);
         assert!(counts + offset_of!(Backend, conns) + size_of::<usize>() <= LINE);
+        assert_eq!(size_of::<IdHeader>(), 48);
+        assert!(counts + offset_of!(Backend, id_header) + size_of::<IdHeader>() <= 2 * LINE);
         // Allocations above 256 bytes are 64-byte aligned in jemalloc's size classes.
         assert!(
             counts + size_of::<Backend>() > 256,
@@ -243,11 +316,22 @@ mod tests {
         i.id = "i-1".into();
         let b = Backend::new(i.clone(), state()).unwrap();
         assert_eq!(
-            (b.authority.as_str(), b.id_header.to_str().unwrap()),
+            (b.authority.as_str(), b.id_header().to_str().unwrap()),
             ("127.0.0.1:8081", "i-1")
         );
+        for id in [
+            uuid::Uuid::new_v4().to_string(),
+            "x".repeat(INLINE_ID),
+            "y".repeat(128),
+        ] {
+            i.id = id.clone();
+            let b = Backend::new(i.clone(), state()).unwrap();
+            assert_eq!(b.id_header(), id.as_str());
+            let inline = matches!(b.id_header, IdHeader::Inline { .. });
+            assert_eq!(inline, id.len() <= INLINE_ID, "{id}");
+        }
         i.id = "bad\nid".into();
-        assert_eq!(Backend::new(i.clone(), state()).unwrap().id_header, "-");
+        assert_eq!(Backend::new(i.clone(), state()).unwrap().id_header(), "-");
         i.addr = "not an authority".into();
         assert!(Backend::new(i, state()).is_none());
     }

@@ -15,14 +15,20 @@ pub const DEFAULT_RTT: Duration = Duration::from_millis(30);
 
 #[derive(Debug)]
 pub struct PeakEwma {
-    /// (estimate in nanoseconds, time of the last update, observed at least once)
-    state: Mutex<(f64, Instant, bool)>,
+    /// (estimate in nanoseconds, time of the last update); the estimate is
+    /// [`UNMEASURED`] until the first observation. Two fields, not three, so
+    /// that the lock and its data take 32 bytes: `BackendState` keeps them on
+    /// the cache line a pick reads.
+    state: Mutex<(f64, Instant)>,
 }
+
+/// The estimate before the first observation.
+const UNMEASURED: f64 = f64::NAN;
 
 impl PeakEwma {
     pub fn new(now: Instant) -> Self {
         PeakEwma {
-            state: Mutex::new((DEFAULT_RTT.as_nanos() as f64, now, false)),
+            state: Mutex::new((UNMEASURED, now)),
         }
     }
 
@@ -30,14 +36,14 @@ impl PeakEwma {
     pub fn observe(&self, rtt: Duration, now: Instant) {
         let rtt = rtt.as_nanos() as f64;
         let mut state = self.state.lock().expect("ewma lock poisoned");
-        let (estimate, last, observed) = *state;
-        let next = if !observed || rtt > estimate {
+        let (estimate, last) = *state;
+        let next = if estimate.is_nan() || rtt > estimate {
             rtt
         } else {
             let w = decay_weight(now.saturating_duration_since(last));
             estimate * w + rtt * (1.0 - w)
         };
-        *state = (next, now.max(last), true);
+        *state = (next, now.max(last));
     }
 
     /// The estimate at `now` in nanoseconds ([`DEFAULT_RTT`] until the first observation).
@@ -52,8 +58,8 @@ impl PeakEwma {
     /// being picked because it looked slow becomes attractive again and gets
     /// re-measured, instead of being starved on a stale estimate.
     pub fn measured_nanos(&self, now: Instant) -> Option<f64> {
-        let (estimate, last, observed) = *self.state.lock().expect("ewma lock poisoned");
-        observed.then(|| estimate * decay_weight(now.saturating_duration_since(last)))
+        let (estimate, last) = *self.state.lock().expect("ewma lock poisoned");
+        (!estimate.is_nan()).then(|| estimate * decay_weight(now.saturating_duration_since(last)))
     }
 }
 

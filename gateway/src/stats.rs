@@ -147,6 +147,11 @@ impl RequestStats {
         }
     }
 
+    /// The time the window's seconds count from (given to [`RequestStats::new`]).
+    pub fn epoch(&self) -> Instant {
+        self.epoch
+    }
+
     /// A request started; pair with [`RequestStats::record`] when it ends.
     pub fn start(&self) {
         self.in_flight.fetch_add(1, Ordering::Relaxed);
@@ -375,16 +380,23 @@ impl ServiceCounters {
 mod tests {
     use super::*;
 
-    /// `BackendState` relies on the in-flight counts leading the stats.
+    /// `BackendState` relies on the in-flight counts leading the stats, and
+    /// on what every request's record reads and writes besides its window
+    /// slot (the epoch and the totals) filling the next 64 bytes.
     #[test]
-    fn the_in_flight_counts_lead() {
-        use std::mem::offset_of;
+    fn the_in_flight_counts_lead_and_the_totals_follow() {
+        use std::mem::{offset_of, size_of};
         assert_eq!(
             (
                 offset_of!(RequestStats, in_flight),
-                offset_of!(RequestStats, racing)
+                offset_of!(RequestStats, racing),
+                offset_of!(RequestStats, epoch),
             ),
-            (0, 8)
+            (0, 8, 16)
+        );
+        assert_eq!(
+            offset_of!(RequestStats, by_class) + size_of::<[AtomicU64; 6]>(),
+            16 + 64
         );
     }
 

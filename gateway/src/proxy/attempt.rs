@@ -214,7 +214,7 @@ impl<'a> Exchange<'a> {
         attempts.tried[attempts.made] = pick.index;
         attempts.made += 1;
         Some(Pick {
-            instance: backend.id_header.clone(),
+            instance: backend.id_header(),
             backend,
             set_cookie: pick.set_cookie,
             sent_at: at,
@@ -464,7 +464,7 @@ impl<'a> Exchange<'a> {
                     instance: backend.id().to_owned(),
                     after: plan.attempt_timeout,
                 };
-                fail(e, Some(&backend.id_header), record, None)
+                fail(e, Some(&backend.id_header()), record, None)
             }
             Some((Failure::Reset, cause, backend)) => {
                 let e = GatewayError::BadGateway {
@@ -472,7 +472,7 @@ impl<'a> Exchange<'a> {
                     instance: backend.id().to_owned(),
                     cause,
                 };
-                fail(e, Some(&backend.id_header), record, None)
+                fail(e, Some(&backend.id_header()), record, None)
             }
             Some((_, cause, backend)) => {
                 let e = GatewayError::Unreachable {
@@ -480,7 +480,7 @@ impl<'a> Exchange<'a> {
                     attempts: plan.attempts.made,
                     cause,
                 };
-                fail(e, Some(&backend.id_header), record, None)
+                fail(e, Some(&backend.id_header()), record, None)
             }
             None => {
                 // Only when the route changed to another service, still without
