@@ -18,6 +18,7 @@
 #   IR_REQUESTS=0 bench/gateway-cost.sh            # CPU time only
 #   PROXIES=shoal KEEP_TMP=1 bench/gateway-cost.sh # keeps the callgrind profiles
 #   PROXIES="shoal before" BEFORE_BIN=/tmp/gateway-old bench/gateway-cost.sh
+#                           # also prints the difference paired round by round
 #   INSTANCES=10000 CACHE_SIM=1 PROXIES=shoal bench/gateway-cost.sh
 #                           # the cost with 10,000 registered instances
 #
@@ -85,6 +86,7 @@ CLK_TCK=$(getconf CLK_TCK)
 url_of() { echo "http://127.0.0.1:${PORT[$1]}/"; }
 
 build_release
+if [ "${NO_BUILD:-0}" != 1 ]; then cargo build --release -p shoal-bench --bin paired --quiet; fi
 start_backends
 assign_ports
 if [ "$INSTANCES" -gt 0 ]; then
@@ -227,5 +229,21 @@ for key in "${keys[@]}"; do
   row "${key%/*}" "${key#*/}" "$(printf '%.2f' "$(median ${US[$key]})")" "${IR[$key]:--}" \
     "$(printf '%.0f' "$(median ${RPS[$key]})")" "${ERRORS[$key]}" "${D1[$key]:--}" "${I1[$key]:--}" "${LL[$key]:--}"
 done
+
+# With `before` beside Shoal: CPU a request, compared round by round. Both
+# ran in the same round, seconds apart, so the machine's drift over the run
+# cancels out of each round's ratio, which it does not out of the two
+# medians (bench/src/paired.rs: the median ratio with an interval that
+# assumes no distribution).
+if [[ " $PROXIES " == *" shoal "* && " $PROXIES " == *" before "* ]] && [ "$ROUNDS" -ge 2 ] && [ -x "$BIN/paired" ]; then
+  echo
+  for policy in $POLICIES; do
+    [ -n "${US[shoal/$policy]:-}" ] && [ -n "${US[before/$policy]:-}" ] || continue
+    line=$("$BIN/paired" "${US[shoal/$policy]}" "${US[before/$policy]}") || continue
+    read -r _ median _ low _ high _ confidence _ verdict <<<"$line"
+    printf 'shoal/before cpu us/req, %s, paired by round: %.3f [%.3f, %.3f] (%s%% interval), %s\n' \
+      "$policy" "$median" "$low" "$high" "$confidence" "$verdict"
+  done
+fi
 
 report_failed

@@ -13,17 +13,18 @@
 # written in batches, and R routes: one measured route per policy
 # (`/round-robin/`, ...) behind R - 4 filler routes that a linear scan
 # passes first. One gateway per configuration follows its prefix (pinned to
-# PROXY_CORE, --workers 1, --slow-start 0s); the configurations are
-# measured one after another, each with only its own gateway running, and
-# within one, the policies round by round in alternating order. Ratios are
-# to the first configuration (the fewest instances, the fewest routes) of
-# the same policy in the same run. Configurations: every count of
+# PROXY_CORE, --workers 1, --slow-start 0s); all of them run at once. Ratios
+# are to the base configuration (the fewest instances, the fewest routes)
+# on the same policy, run back to back with it: each round runs, for every
+# policy and every other configuration, the base and that configuration one
+# after the other (which goes first alternates), and a ratio is the median
+# of the rounds' ratios, with the interval for it (bench/src/paired.rs). Configurations: every count of
 # INSTANCE_COUNTS with the first of ROUTE_COUNTS, and the fewest instances
 # with every further route count.
 #
 # Load: wrk -t1 -cCONNECTIONS -dDURATION --latency on LOAD_CORES, WARMUP
 # seconds unmeasured per configuration and policy, then ROUNDS rounds
-# (median). Consistent-hash hashes the header `x-user: user-42`; sticky
+# (medians; the base's over all its runs). Consistent-hash hashes the header `x-user: user-42`; sticky
 # sends the cookie that pins the instance last in id order (the table's
 # backends are sorted by id). cpu us/req: the gateway's utime + stime
 # (/proc/PID/stat) over the run / requests. RSS: VmRSS once the table is
@@ -42,11 +43,11 @@
 # configuration; nginx and HAProxy are configured as in bench/gateway.sh
 # (one worker, round-robin to the two app servers).
 #
-#   bench/gateway-scale.sh                                 # about 10 minutes
+#   bench/gateway-scale.sh                                 # about 14 minutes
 #   DURATION=2 ROUNDS=1 IDLE_CONNECTIONS=1000 bench/gateway-scale.sh   # a quick look
 #   GATEWAY_BIN=/tmp/gateway-before bench/gateway-scale.sh # another build
 #
-# Settings (environment): CONNECTIONS (32), DURATION (5), ROUNDS (3),
+# Settings (environment): CONNECTIONS (32), DURATION (3), ROUNDS (6),
 # WARMUP (1), INSTANCE_COUNTS ("2 100 1000 10000"), ROUTE_COUNTS
 # ("10 10000"), SCALE_POLICIES ("round-robin least-request consistent-hash
 # sticky"), SAMPLES (5), IDLE_CONNECTIONS (10000; 0 skips), IDLE_PROXIES
@@ -60,8 +61,8 @@ cd "$(dirname "$0")/.."
 ROOT=$PWD
 
 CONNECTIONS=${CONNECTIONS:-32}
-DURATION=${DURATION:-5}
-ROUNDS=${ROUNDS:-3}
+DURATION=${DURATION:-3}
+ROUNDS=${ROUNDS:-6}
 WARMUP=${WARMUP:-1}
 INSTANCE_COUNTS=${INSTANCE_COUNTS:-"2 100 1000 10000"}
 ROUTE_COUNTS=${ROUTE_COUNTS:-"10 10000"}
@@ -116,7 +117,7 @@ CLK_TCK=$(getconf CLK_TCK)
 raise_open_files "$IDLE_CONNECTIONS"
 
 build_release
-if [ "${NO_BUILD:-0}" != 1 ]; then cargo build --release -p shoal-bench --bin scale_registry --bin idle_conns --quiet; fi
+if [ "${NO_BUILD:-0}" != 1 ]; then cargo build --release -p shoal-bench --bin scale_registry --bin idle_conns --bin paired --quiet; fi
 GATEWAY_BIN=${GATEWAY_BIN:-$BIN/gateway}
 start_backends
 
@@ -159,9 +160,9 @@ run_wrk() {
 }
 
 # stop_gateway KEY: SIGTERM, and SIGKILL when it has not exited within 20 s
-# (a gateway busy rebuilding a large table was seen not to).
+# (a gateway busy rebuilding a large table was seen not to); the others run on.
 stop_gateway() {
-  local pid=${PID[$1]} waited=0
+  local pid=${PID[$1]} waited=0 kept=() other
   kill -TERM "$pid" 2>/dev/null || true
   while kill -0 "$pid" 2>/dev/null && [ "$waited" -lt 200 ]; do sleep 0.1; waited=$((waited + 1)); done
   if kill -0 "$pid" 2>/dev/null; then
@@ -169,19 +170,25 @@ stop_gateway() {
     kill -KILL "$pid" 2>/dev/null || true
   fi
   wait "$pid" 2>/dev/null || true
-  stop_proxies # forgets it (and stops nothing else: it is the only one)
+  unset "PID[$1]"
+  for other in "${pids[@]}"; do [ "$other" = "$pid" ] || kept+=("$other"); done
+  pids=("${kept[@]}")
 }
 
-# One configuration at a time, each with its own gateway, started as the
-# proxy named after the configuration (bench/lib/proxies.sh: its PORT, PID,
-# LOG and ADMIN are under $config/round-robin, its default route's policy;
-# every measured request takes one of the routes) and stopped before the
-# next. Gateways left idle beside the measured one are not free: one with
-# 10,000 routes kept half of PROXY_CORE busy rebuilding its table, and
-# holding the others with SIGSTOP set off the same rebuilding when they
-# were resumed. Within a configuration, each round runs every policy once,
-# in alternating order.
+# Every configuration has a gateway of its own, started as the proxy named
+# after the configuration (bench/lib/proxies.sh: its PORT, PID, LOG and
+# ADMIN are under $config/round-robin, its default route's policy; every
+# measured request takes one of the routes). All of them run for the whole
+# measurement, and each round runs every configuration and policy once, in
+# alternating order: the ratios compare runs side by side in time, so a
+# VM that slows down over minutes moves all of them alike. An idle gateway
+# is nearly free (one with 10,000 instances, and one with 10,000 routes,
+# each used 10 ms of CPU in 20 s idle). Before the watch stopped waking
+# its readers on every progress notification, an idle gateway with 10,000
+# routes rebuilt its table once a second and kept half of PROXY_CORE busy,
+# which is why the configurations were once measured one after another.
 declare -A RPS=() P99=() US=() ERRORS=()
+live=()
 for config in "${configs[@]}"; do
   key=$config/round-robin
   free_port "PORT[$key]"
@@ -208,6 +215,12 @@ for config in "${configs[@]}"; do
     continue
   fi
   echo "gateway $config: $want instances routable after $((SECONDS - started)) s" >&2
+  live+=("$config")
+done
+
+measured=()
+for config in "${live[@]}"; do
+  key=$config/round-robin
   RSS_IDLE[$config]=$(rss_kb "${PID[$key]}")
   if line=$(scale_registry propagation "/scale-$config" ADMIN="http://127.0.0.1:${ADMIN[$key]}" SAMPLES="$SAMPLES" 2>>"$TMP/scale_registry.log"); then
     PROPAGATION[$config]=$(awk '{ print $3 }' <<<"$line")
@@ -217,35 +230,69 @@ for config in "${configs[@]}"; do
     PROPAGATION[$config]=FAILED
     FAILED[$key/put-routed]="$(tail -n 1 "$TMP/scale_registry.log")"
   fi
-
-  measured=()
   for policy in $SCALE_POLICIES; do measured+=("$config/$policy"); done
-  if [ "$WARMUP" -gt 0 ]; then
-    for run in "${measured[@]}"; do run_wrk "$run" "$WARMUP" "$TMP/warmup.txt"; done
-  fi
-  pid=${PID[$key]}
-  for round in $(seq 1 "$ROUNDS"); do
-    round_order "$round"
-    for run in "${order[@]}"; do
-      out=$TMP/wrk-${run//\//-}-$round.txt
-      before=$(cpu_ticks_of "$pid")
-      run_wrk "$run" "$DURATION" "$out"
-      after=$(cpu_ticks_of "$pid")
-      read -r rps _ p99 errors < <(parse_wrk "$out") || { echo "error: no wrk result for $run" >&2; exit 1; }
-      requests=$(wrk_requests "$out")
-      us=$(awk -v t=$((after - before)) -v hz="$CLK_TCK" -v n="$requests" 'BEGIN { printf "%.2f", n ? t / hz * 1e6 / n : 0 }')
-      RPS[$run]+="$rps "
-      P99[$run]+="$p99 "
-      US[$run]+="$us "
-      ERRORS[$run]=$((${ERRORS[$run]:-0} + errors))
-      rss=$(rss_kb "$pid")
-      [ "$rss" -le "${RSS_LOADED[$config]:-0}" ] || RSS_LOADED[$config]=$rss
-      printf 'round %d/%d  %-30s %8.0f req/s  p99 %7.2f ms  %6.2f cpu us/req  rss %6.1f MB\n' \
-        "$round" "$ROUNDS" "$run" "$rps" "$p99" "$us" "$(awk -v k="$rss" 'BEGIN { print k / 1024 }')" >&2
-    done
-  done
-  stop_gateway "$key"
 done
+
+# ratio A B: A / B to 4 places ("-" when B is 0).
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.4f", a / b; else print "-" }'; }
+
+# measure RUN ROUND: one wrk run through RUN's gateway on RUN's policy, its
+# figures appended to RUN's; its req/s, p99 and CPU a request also in
+# LAST_RPS, LAST_P99 and LAST_US.
+measure() {
+  local run=$1 round=$2 config=${1%/*} pid before after rps p99 errors requests us rss out
+  pid=${PID[$config/round-robin]}
+  out=$TMP/wrk-${run//\//-}-$round-$((++RUN_COUNT)).txt
+  before=$(cpu_ticks_of "$pid")
+  run_wrk "$run" "$DURATION" "$out"
+  after=$(cpu_ticks_of "$pid")
+  read -r rps _ p99 errors < <(parse_wrk "$out") || { echo "error: no wrk result for $run" >&2; exit 1; }
+  requests=$(wrk_requests "$out")
+  us=$(awk -v t=$((after - before)) -v hz="$CLK_TCK" -v n="$requests" 'BEGIN { printf "%.2f", n ? t / hz * 1e6 / n : 0 }')
+  RPS[$run]+="$rps "
+  P99[$run]+="$p99 "
+  US[$run]+="$us "
+  ERRORS[$run]=$((${ERRORS[$run]:-0} + errors))
+  rss=$(rss_kb "$pid")
+  [ "$rss" -le "${RSS_LOADED[$config]:-0}" ] || RSS_LOADED[$config]=$rss
+  printf 'round %d/%d  %-30s %8.0f req/s  p99 %7.2f ms  %6.2f cpu us/req  rss %6.1f MB\n' \
+    "$round" "$ROUNDS" "$run" "$rps" "$p99" "$us" "$(awk -v k="$rss" 'BEGIN { print k / 1024 }')" >&2
+  LAST_RPS=$rps
+  LAST_P99=$p99
+  LAST_US=$us
+}
+
+# Each round runs, for every policy and every configuration but the base,
+# the base and that configuration back to back (which goes first
+# alternates), and keeps the pair's ratios: a few seconds apart, where the
+# runs of one round are minutes apart. The base's own row is the median of
+# all its runs.
+if [ "$WARMUP" -gt 0 ]; then
+  for run in "${measured[@]}"; do run_wrk "$run" "$WARMUP" "$TMP/warmup.txt"; done
+fi
+declare -A RPS_RATIO=() P99_RATIO=() US_RATIO=()
+RUN_COUNT=0
+pairs=()
+for run in "${measured[@]}"; do [ "${run%/*}" = "$base" ] || pairs+=("$run"); done
+for round in $(seq 1 "$ROUNDS"); do
+  for i in "${!pairs[@]}"; do
+    run=${pairs[$i]}
+    base_run=$base/${run#*/}
+    for first in $([ $(((round + i) % 2)) -eq 0 ] && echo "1 0" || echo "0 1"); do
+      if [ "$first" = 1 ]; then
+        measure "$run" "$round"
+        rps=$LAST_RPS p99=$LAST_P99 us=$LAST_US
+      else
+        measure "$base_run" "$round"
+        base_rps=$LAST_RPS base_p99=$LAST_P99 base_us=$LAST_US
+      fi
+    done
+    RPS_RATIO[$run]+="$(ratio "$rps" "$base_rps") "
+    P99_RATIO[$run]+="$(ratio "$p99" "$base_p99") "
+    US_RATIO[$run]+="$(ratio "$us" "$base_us") "
+  done
+done
+for config in "${live[@]}"; do stop_gateway "$config/round-robin"; done
 
 # --- idle connections ---------------------------------------------------------
 
@@ -296,32 +343,45 @@ fi
 # --- report -------------------------------------------------------------------
 
 mb() { awk -v k="$1" 'BEGIN { printf "%.1f", k / 1024 }'; }
-ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "-" }'; }
-row() { printf '| %-15s | %9s | %6s | %7s | %6s | %7s | %6s | %10s | %16s | %11s | %6s |\n' "$@"; }
+row() { printf '| %-15s | %9s | %6s | %7s | %17s | %7s | %17s | %10s | %17s | %16s | %11s | %6s |\n' "$@"; }
 echo
 echo "$(date -u '+%Y-%m-%d %H:%M UTC'), $(nproc) cores: $(awk -F': ' '/^model name/ { print $2; exit }' /proc/cpuinfo); load: $(uptime | sed 's/.*load average: //')"
 echo "wrk -t1 -c$CONNECTIONS -d${DURATION}s x $ROUNDS round(s) (median); gateway on core $PROXY_CORE (--workers 1), wrk, etcd and 2 app servers on core(s) $LOAD_CORES"
 echo "gateway: $GATEWAY_BIN"
-echo "ratios: to the $(instances_of "$base")-instance, $(routes_of "$base")-route row of the same policy; put->routed: median of $SAMPLES (ms)"
+echo "ratios: to the $(instances_of "$base")-instance, $(routes_of "$base")-route gateway on the same policy, run beside it in each round; put->routed: median of $SAMPLES (ms)"
 echo
-row policy instances routes req/s "x base" "p99 ms" "x base" "cpu us/req" "RSS MB idle/load" "put->routed" errors
-row '' '' '' '' '' '' '' '' '' '' '' | tr ' ' '-'
+row policy instances routes req/s "x base" "p99 ms" "x base" "cpu us/req" "x base" "RSS MB idle/load" "put->routed" errors
+row '' '' '' '' '' '' '' '' '' '' '' '' | tr ' ' '-'
+# x_base RATIOS: the median of a run's per-round ratios to the base, with
+# the interval for it (bench/src/paired.rs), as `0.97 [0.95-0.99]`; 1.00 for
+# the base itself.
+x_base() {
+  local line median low high
+  [ -n "$1" ] || { echo "1.00"; return; }
+  [ "$ROUNDS" -ge 2 ] || { printf '%.2f' $1; return; } # one ratio: no interval
+  line=$("$BIN/paired" "$1" "$(printf '1 %.0s' $1)") || { echo "-"; return; }
+  read -r _ median _ low _ high _ <<<"$line"
+  printf '%.2f [%.2f-%.2f]' "$median" "$low" "$high"
+}
 for policy in $SCALE_POLICIES; do
-  base_rps=$(median ${RPS[$base/$policy]:-0})
-  base_p99=$(median ${P99[$base/$policy]:-0})
   for config in "${configs[@]}"; do
     key=$config/$policy
     if [ -z "${RPS[$key]:-}" ]; then
-      row "$policy" "$(instances_of "$config")" "$(routes_of "$config")" FAILED - - - - - - -
+      row "$policy" "$(instances_of "$config")" "$(routes_of "$config")" FAILED - - - - - - - -
       continue
     fi
-    rps=$(median ${RPS[$key]})
-    p99=$(median ${P99[$key]})
-    row "$policy" "$(instances_of "$config")" "$(routes_of "$config")" "$(printf '%.0f' "$rps")" "$(ratio "$rps" "$base_rps")" \
-      "$(printf '%.2f' "$p99")" "$(ratio "$p99" "$base_p99")" "$(printf '%.2f' "$(median ${US[$key]})")" \
+    row "$policy" "$(instances_of "$config")" "$(routes_of "$config")" "$(printf '%.0f' "$(median ${RPS[$key]})")" \
+      "$(x_base "${RPS_RATIO[$key]:-}")" "$(printf '%.2f' "$(median ${P99[$key]})")" "$(x_base "${P99_RATIO[$key]:-}")" \
+      "$(printf '%.2f' "$(median ${US[$key]})")" "$(x_base "${US_RATIO[$key]:-}")" \
       "$(mb "${RSS_IDLE[$config]}")/$(mb "${RSS_LOADED[$config]}")" "${PROPAGATION[$config]}" "${ERRORS[$key]}"
   done
 done
+echo
+if [ "$ROUNDS" -ge 2 ]; then
+  echo "x base: the median of the rounds' ratios to the base run beside it, [the interval for that median, $("$BIN/paired" --coverage "$ROUNDS")% coverage] (bench/src/paired.rs)"
+else
+  echo "x base: the ratio to the base run beside it (one round: no interval)"
+fi
 
 if [ "$IDLE_CONNECTIONS" -gt 0 ]; then
   echo
