@@ -239,10 +239,8 @@ if [[ " $PROXIES " == *" shoal "* && " $PROXIES " == *" before "* ]] && [ "$ROUN
   echo
   for policy in $POLICIES; do
     [ -n "${US[shoal/$policy]:-}" ] && [ -n "${US[before/$policy]:-}" ] || continue
-    line=$("$BIN/paired" "${US[shoal/$policy]}" "${US[before/$policy]}") || continue
-    read -r _ median _ low _ high _ confidence _ verdict <<<"$line"
-    printf 'shoal/before cpu us/req, %s, paired by round: %.3f [%.3f, %.3f] (%s%% interval), %s\n' \
-      "$policy" "$median" "$low" "$high" "$confidence" "$verdict"
+    printf 'shoal/before cpu us/req, %s, paired by round: %s (%s%% interval)\n' \
+      "$policy" "$(paired_ratio "${US[shoal/$policy]}" "${US[before/$policy]}")" "$("$BIN/paired" --coverage "$ROUNDS")"
   done
 fi
 

@@ -233,14 +233,11 @@ for config in "${live[@]}"; do
   for policy in $SCALE_POLICIES; do measured+=("$config/$policy"); done
 done
 
-# ratio A B: A / B to 4 places ("-" when B is 0).
-ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.4f", a / b; else print "-" }'; }
-
-# measure RUN ROUND: one wrk run through RUN's gateway on RUN's policy, its
-# figures appended to RUN's; its req/s, p99 and CPU a request also in
-# LAST_RPS, LAST_P99 and LAST_US.
+# measure RUN ROUND [BESIDE]: one wrk run through RUN's gateway on RUN's
+# policy, its figures appended to RUN's, or with BESIDE, to the base's
+# figures taken beside the run BESIDE.
 measure() {
-  local run=$1 round=$2 config=${1%/*} pid before after rps p99 errors requests us rss out
+  local run=$1 round=$2 beside=${3:-} config=${1%/*} pid before after rps p99 errors requests us rss out
   pid=${PID[$config/round-robin]}
   out=$TMP/wrk-${run//\//-}-$round-$((++RUN_COUNT)).txt
   before=$(cpu_ticks_of "$pid")
@@ -253,24 +250,26 @@ measure() {
   P99[$run]+="$p99 "
   US[$run]+="$us "
   ERRORS[$run]=$((${ERRORS[$run]:-0} + errors))
+  if [ -n "$beside" ]; then
+    BASE_RPS[$beside]+="$rps "
+    BASE_P99[$beside]+="$p99 "
+    BASE_US[$beside]+="$us "
+  fi
   rss=$(rss_kb "$pid")
   [ "$rss" -le "${RSS_LOADED[$config]:-0}" ] || RSS_LOADED[$config]=$rss
   printf 'round %d/%d  %-30s %8.0f req/s  p99 %7.2f ms  %6.2f cpu us/req  rss %6.1f MB\n' \
     "$round" "$ROUNDS" "$run" "$rps" "$p99" "$us" "$(awk -v k="$rss" 'BEGIN { print k / 1024 }')" >&2
-  LAST_RPS=$rps
-  LAST_P99=$p99
-  LAST_US=$us
 }
 
 # Each round runs, for every policy and every configuration but the base,
 # the base and that configuration back to back (which goes first
-# alternates), and keeps the pair's ratios: a few seconds apart, where the
-# runs of one round are minutes apart. The base's own row is the median of
-# all its runs.
+# alternates): a few seconds apart, where the runs of one round are minutes
+# apart. BASE_*[RUN] are the base's figures taken beside RUN, round by
+# round, as RUN's own are; the base's own row is the median of all its runs.
 if [ "$WARMUP" -gt 0 ]; then
   for run in "${measured[@]}"; do run_wrk "$run" "$WARMUP" "$TMP/warmup.txt"; done
 fi
-declare -A RPS_RATIO=() P99_RATIO=() US_RATIO=()
+declare -A BASE_RPS=() BASE_P99=() BASE_US=()
 RUN_COUNT=0
 pairs=()
 for run in "${measured[@]}"; do [ "${run%/*}" = "$base" ] || pairs+=("$run"); done
@@ -278,18 +277,13 @@ for round in $(seq 1 "$ROUNDS"); do
   for i in "${!pairs[@]}"; do
     run=${pairs[$i]}
     base_run=$base/${run#*/}
-    for first in $([ $(((round + i) % 2)) -eq 0 ] && echo "1 0" || echo "0 1"); do
-      if [ "$first" = 1 ]; then
-        measure "$run" "$round"
-        rps=$LAST_RPS p99=$LAST_P99 us=$LAST_US
-      else
-        measure "$base_run" "$round"
-        base_rps=$LAST_RPS base_p99=$LAST_P99 base_us=$LAST_US
-      fi
-    done
-    RPS_RATIO[$run]+="$(ratio "$rps" "$base_rps") "
-    P99_RATIO[$run]+="$(ratio "$p99" "$base_p99") "
-    US_RATIO[$run]+="$(ratio "$us" "$base_us") "
+    if [ $(((round + i) % 2)) -eq 0 ]; then
+      measure "$run" "$round"
+      measure "$base_run" "$round" "$run"
+    else
+      measure "$base_run" "$round" "$run"
+      measure "$run" "$round"
+    fi
   done
 done
 for config in "${live[@]}"; do stop_gateway "$config/round-robin"; done
@@ -343,7 +337,7 @@ fi
 # --- report -------------------------------------------------------------------
 
 mb() { awk -v k="$1" 'BEGIN { printf "%.1f", k / 1024 }'; }
-row() { printf '| %-15s | %9s | %6s | %7s | %17s | %7s | %17s | %10s | %17s | %16s | %11s | %6s |\n' "$@"; }
+row() { printf '| %-15s | %9s | %6s | %7s | %-23s | %7s | %-23s | %10s | %-23s | %16s | %11s | %6s |\n' "$@"; }
 echo
 echo "$(date -u '+%Y-%m-%d %H:%M UTC'), $(nproc) cores: $(awk -F': ' '/^model name/ { print $2; exit }' /proc/cpuinfo); load: $(uptime | sed 's/.*load average: //')"
 echo "wrk -t1 -c$CONNECTIONS -d${DURATION}s x $ROUNDS round(s) (median); gateway on core $PROXY_CORE (--workers 1), wrk, etcd and 2 app servers on core(s) $LOAD_CORES"
@@ -352,16 +346,16 @@ echo "ratios: to the $(instances_of "$base")-instance, $(routes_of "$base")-rout
 echo
 row policy instances routes req/s "x base" "p99 ms" "x base" "cpu us/req" "x base" "RSS MB idle/load" "put->routed" errors
 row '' '' '' '' '' '' '' '' '' '' '' '' | tr ' ' '-'
-# x_base RATIOS: the median of a run's per-round ratios to the base, with
-# the interval for it (bench/src/paired.rs), as `0.97 [0.95-0.99]`; 1.00 for
-# the base itself.
+# x_base FIGURES BASE_FIGURES: a run's figures against the base's taken
+# beside them (paired_ratio, bench/lib/common.sh); 1.00x for the base itself.
 x_base() {
-  local line median low high
-  [ -n "$1" ] || { echo "1.00"; return; }
-  [ "$ROUNDS" -ge 2 ] || { printf '%.2f' $1; return; } # one ratio: no interval
-  line=$("$BIN/paired" "$1" "$(printf '1 %.0s' $1)") || { echo "-"; return; }
-  read -r _ median _ low _ high _ <<<"$line"
-  printf '%.2f [%.2f-%.2f]' "$median" "$low" "$high"
+  if [ -z "$2" ]; then
+    echo "1.00x"
+  elif [ "$ROUNDS" -lt 2 ]; then # one ratio: no interval
+    awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2fx", a / b; else print "-" }'
+  else
+    paired_ratio "$1" "$2"
+  fi
 }
 for policy in $SCALE_POLICIES; do
   for config in "${configs[@]}"; do
@@ -371,14 +365,14 @@ for policy in $SCALE_POLICIES; do
       continue
     fi
     row "$policy" "$(instances_of "$config")" "$(routes_of "$config")" "$(printf '%.0f' "$(median ${RPS[$key]})")" \
-      "$(x_base "${RPS_RATIO[$key]:-}")" "$(printf '%.2f' "$(median ${P99[$key]})")" "$(x_base "${P99_RATIO[$key]:-}")" \
-      "$(printf '%.2f' "$(median ${US[$key]})")" "$(x_base "${US_RATIO[$key]:-}")" \
+      "$(x_base "${RPS[$key]}" "${BASE_RPS[$key]:-}")" "$(printf '%.2f' "$(median ${P99[$key]})")" "$(x_base "${P99[$key]}" "${BASE_P99[$key]:-}")" \
+      "$(printf '%.2f' "$(median ${US[$key]})")" "$(x_base "${US[$key]}" "${BASE_US[$key]:-}")" \
       "$(mb "${RSS_IDLE[$config]}")/$(mb "${RSS_LOADED[$config]}")" "${PROPAGATION[$config]}" "${ERRORS[$key]}"
   done
 done
 echo
 if [ "$ROUNDS" -ge 2 ]; then
-  echo "x base: the median of the rounds' ratios to the base run beside it, [the interval for that median, $("$BIN/paired" --coverage "$ROUNDS")% coverage] (bench/src/paired.rs)"
+  echo "x base: the median of the rounds' ratios to the base run beside it (the interval for that median, $("$BIN/paired" --coverage "$ROUNDS")% coverage; \"higher\"/\"lower\" when it leaves out 1; bench/src/paired.rs)"
 else
   echo "x base: the ratio to the base run beside it (one round: no interval)"
 fi

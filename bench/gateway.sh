@@ -277,15 +277,6 @@ fi
 # figures in each round (taken seconds apart), its median, and an interval
 # for that median that assumes no distribution (bench/src/paired.rs).
 if [[ " $PROXIES " == *" shoal "* ]] && [ "$ROUNDS" -ge 2 ] && [ -x "$BIN/paired" ]; then
-  # pair SHOAL_VALUES OTHER_VALUES: "1.02x (0.95-1.10)", with "higher" or
-  # "lower" when the interval leaves out 1.
-  pair() {
-    local line
-    line=$("$BIN/paired" "$1" "$2") || { echo "-"; return; }
-    awk -v line="$line" 'BEGIN { n = split(line, f, " "); for (i = 1; i < n; i += 2) v[f[i]] = f[i + 1]
-      printf "%.2fx (%.2f-%.2f)%s", v["median"], v["low"], v["high"],
-        (v["verdict"] == "not-told-apart" ? "" : " " v["verdict"]) }'
-  }
   confidence=$("$BIN/paired" --coverage "$ROUNDS")
   prow() { printf '| %-13s | %-7s | %-26s | %-26s | %-26s |\n' "$@"; }
   echo
@@ -298,9 +289,9 @@ if [[ " $PROXIES " == *" shoal "* ]] && [ "$ROUNDS" -ge 2 ] && [ -x "$BIN/paired
     for other in $PROXIES; do
       [ "$other" != shoal ] && [ -z "${FAILED[$other/$policy]:-}" ] || continue
       fixed=-
-      if [ "$FIXED_RATE" != 0 ]; then fixed=$(pair "${F_P99[shoal/$policy]}" "${F_P99[$other/$policy]}"); fi
-      prow "$policy" "$other" "$(pair "${RPS[shoal/$policy]}" "${RPS[$other/$policy]}")" \
-        "$(pair "${P99[shoal/$policy]}" "${P99[$other/$policy]}")" "$fixed"
+      if [ "$FIXED_RATE" != 0 ]; then fixed=$(paired_ratio "${F_P99[shoal/$policy]}" "${F_P99[$other/$policy]}"); fi
+      prow "$policy" "$other" "$(paired_ratio "${RPS[shoal/$policy]}" "${RPS[$other/$policy]}")" \
+        "$(paired_ratio "${P99[shoal/$policy]}" "${P99[$other/$policy]}")" "$fixed"
     done
   done
 fi

@@ -108,6 +108,19 @@ spread() {
   printf '%s\n' "$@" | sort -g | awk 'NR == 1 { lo = $1 } { hi = $1 } END { printf "%.2f-%.2f", lo, hi }'
 }
 
+# paired_ratio A_VALUES B_VALUES: two figures' rounds compared round by
+# round (`paired`, bench/src/paired.rs: A/B in each round, the median of
+# those ratios and an interval for it that assumes no distribution), as
+# "1.02x (0.95-1.10)", with "higher" or "lower" when the interval leaves
+# out 1; "-" when `paired` cannot tell (fewer than 2 rounds, a zero).
+paired_ratio() {
+  local line
+  line=$("$BIN/paired" "$1" "$2") || { echo "-"; return; }
+  awk -v line="$line" 'BEGIN { n = split(line, f, " "); for (i = 1; i < n; i += 2) v[f[i]] = f[i + 1]
+    printf "%.2fx (%.2f-%.2f)%s", v["median"], v["low"], v["high"],
+      (v["verdict"] == "not-told-apart" ? "" : " " v["verdict"]) }'
+}
+
 # round_order ROUND: set `order` to the keys of `measured`, reversed on even
 # rounds, so that no proxy always runs first or last.
 round_order() {
