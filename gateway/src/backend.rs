@@ -84,9 +84,10 @@ impl BackendState {
         }
     }
 
-    /// When this gateway first saw the instance.
-    fn first_seen(&self) -> Instant {
-        self.stats.epoch()
+    /// How long after this gateway first saw the instance (the stats'
+    /// epoch) `at` is; zero for earlier.
+    fn since_seen(&self, at: Instant) -> Duration {
+        at.saturating_duration_since(self.stats.epoch())
     }
 
     /// A copy of the health, for reports.
@@ -99,12 +100,9 @@ impl BackendState {
     pub fn update_health<T>(&self, change: impl FnOnce(&mut Health) -> T) -> T {
         let mut health = self.health.lock().expect("health lock poisoned");
         let result = change(&mut health);
-        let until = health.ejected_until.map_or(0, |until| {
-            until
-                .saturating_duration_since(self.first_seen())
-                .as_nanos() as u64
-                + 1
-        });
+        let until = health
+            .ejected_until
+            .map_or(0, |until| self.since_seen(until).as_nanos() as u64 + 1);
         self.ejected_until.store(until, Ordering::Release);
         self.clean.store(
             health.consecutive_failures == 0 && health.ejections == 0,
@@ -127,7 +125,7 @@ impl BackendState {
     pub fn is_ejected(&self, now: Instant) -> bool {
         match self.ejected_until.load(Ordering::Acquire) {
             0 => false,
-            until => until - 1 > now.saturating_duration_since(self.first_seen()).as_nanos() as u64,
+            until => until - 1 > self.since_seen(now).as_nanos() as u64,
         }
     }
 
@@ -137,10 +135,7 @@ impl BackendState {
         if window.is_zero() {
             return 1.0;
         }
-        let age = f64::from(self.age_when_seen_ms) / 1e3
-            + now
-                .saturating_duration_since(self.first_seen())
-                .as_secs_f64();
+        let age = f64::from(self.age_when_seen_ms) / 1e3 + self.since_seen(now).as_secs_f64();
         (0.1 + 0.9 * age / window.as_secs_f64()).min(1.0)
     }
 }
