@@ -8,6 +8,7 @@ use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
 use crate::kv::cluster::NotReceived;
+use crate::kv::fence::Refusal;
 use crate::kv::peers::REFUSED_HEADER;
 use crate::kv::store::StorageFailed;
 use crate::kv::{MAX_KEY_BYTES, MAX_VALUE_BYTES};
@@ -79,10 +80,11 @@ pub enum ApiError {
     )]
     Leaving,
 
+    /// The instance may not coordinate (`kv::fence`); nothing was done.
     #[error(
-        "this instance could not renew its registry lease in time (is etcd reachable from it?), so another instance may own `{0}` now; retry: the gateway sends it to one that holds its lease"
+        "{why}, so another instance may own `{key}` now; nothing was done: retry, and the gateway sends it to an instance that may coordinate it"
     )]
-    LeaseLost(String),
+    Refused { key: String, why: Refusal },
 
     /// The detail says what failed and what to check.
     #[error("{0}; nothing was stored")]
@@ -117,7 +119,7 @@ impl ApiError {
             ApiError::TooFewOwners { .. }
             | ApiError::OwnerFailed { .. }
             | ApiError::Leaving
-            | ApiError::LeaseLost(_)
+            | ApiError::Refused { .. }
             | ApiError::StorageFailed(_)
             | ApiError::TooManySessions => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::ValueTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
@@ -143,7 +145,7 @@ impl ApiError {
             ApiError::TooFewOwners { .. } => "too_few_owners",
             ApiError::OwnerFailed { .. } => "owner_unavailable",
             ApiError::Leaving => "leaving",
-            ApiError::LeaseLost(_) => "lease_lost",
+            ApiError::Refused { why, .. } => why.code(),
             ApiError::StorageFailed(_) => "storage_failed",
             ApiError::TooManySessions => "too_many_sessions",
             ApiError::BadVersion => "bad_version",
@@ -184,11 +186,11 @@ impl IntoResponse for ApiError {
                     .headers_mut()
                     .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
             }
-            ApiError::LeaseLost(_) => {
+            ApiError::Refused { why, .. } => {
                 let headers = response.headers_mut();
                 headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
                 // Nothing was done: any method may be sent again.
-                headers.insert(REFUSED_HEADER, HeaderValue::from_static("lease_lost"));
+                headers.insert(REFUSED_HEADER, HeaderValue::from_static(why.code()));
             }
             _ => {}
         }

@@ -125,7 +125,7 @@ async fn run_instance(config: Config, id: String) -> anyhow::Result<ExitCode> {
     tokio::spawn(kv::sync::run(kv.clone(), kv_stop.clone()).in_current_span());
     let registration = Registration::start(client.clone(), keys, instance, config.lease_ttl)
         .context("cannot start the registration")?;
-    kv.fence_on(registration.watch_status());
+    kv.fence().on_lease(registration.watch_status());
     let retire = RetireWatch::start(&registry_store, &config.service, &id);
     let state =
         AppState::with_kv(id, registration.watch_status(), kv).context("bad instance id")?;

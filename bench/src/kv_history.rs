@@ -9,8 +9,8 @@
 //! acknowledged write of that key). Every operation is recorded with its
 //! invocation and completion times; one without an answer is recorded as
 //! indeterminate and the client goes on as a new process. An answer that
-//! says nothing was done (503 `lease_lost`: the instance refused to
-//! coordinate) is left out, like a read without an answer.
+//! says nothing was done (503 with `x-shoal-kv-refused`: the instance
+//! refused to coordinate) is left out, like a read without an answer.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -221,14 +221,12 @@ async fn delete(shared: &Shared, url: &str, key: &str, seen: &mut Seen) -> (Opti
     (Some(KvOp::Delete(existed)), existed.is_some())
 }
 
-/// 503 with `Retry-After` and nothing done: the instance had lost its lease
-/// and refused to coordinate (`x-shoal-kv-refused: lease_lost`).
+/// 503 with `Retry-After` and nothing done: the instance refused to
+/// coordinate (`x-shoal-kv-refused` says why: `lease_lost`,
+/// `view_unconfirmed`, `view_changed`, `not_ready`).
 fn refused(answer: &Result<reqwest::Response, reqwest::Error>) -> bool {
     answer.as_ref().is_ok_and(|r| {
-        r.status() == StatusCode::SERVICE_UNAVAILABLE
-            && r.headers()
-                .get(REFUSED_HEADER)
-                .is_some_and(|v| v.as_bytes() == b"lease_lost")
+        r.status() == StatusCode::SERVICE_UNAVAILABLE && r.headers().contains_key(REFUSED_HEADER)
     })
 }
 

@@ -202,7 +202,8 @@ impl AppServer {
     }
 
     /// Wait until `/readyz` says ready: registered on a lease, so its
-    /// key-value store coordinates (before that it answers 503 `lease_lost`).
+    /// key-value store coordinates (before that it answers 503 `lease_lost`;
+    /// for its join delay after, it holds requests for its keys).
     pub async fn wait_ready(&self, http: &reqwest::Client) {
         crate::wait_until_async(Duration::from_secs(10), "the app server ready", || async {
             readyz(http, &self.addr)

@@ -125,25 +125,24 @@ impl NetNs {
         )
     }
 
-    /// Drop every TCP packet the namespace sends to `ip:port` (connections
-    /// hang rather than being refused, as behind a dead link).
+    /// Drop every TCP packet between the namespace and `ip:port`, both ways
+    /// (connections hang rather than being refused, as behind a dead link;
+    /// dropping only what the namespace sends would still let a stream
+    /// from `ip:port`, such as an etcd watch, deliver what it pushes).
     pub fn cut_tcp_to(&mut self, ip: Ipv4Addr, port: u16) -> Result<(), String> {
-        let rule: Vec<String> = [
-            "OUTPUT",
-            "-d",
-            &ip.to_string(),
-            "-p",
-            "tcp",
-            "--dport",
-            &port.to_string(),
-            "-j",
-            "DROP",
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
-        self.iptables("-I", &rule)?;
-        self.cuts.push(rule);
+        let (ip, port) = (ip.to_string(), port.to_string());
+        for rule in [
+            [
+                "OUTPUT", "-d", &ip, "-p", "tcp", "--dport", &port, "-j", "DROP",
+            ],
+            [
+                "INPUT", "-s", &ip, "-p", "tcp", "--sport", &port, "-j", "DROP",
+            ],
+        ] {
+            let rule: Vec<String> = rule.iter().map(|s| s.to_string()).collect();
+            self.iptables("-I", &rule)?;
+            self.cuts.push(rule);
+        }
         Ok(())
     }
 

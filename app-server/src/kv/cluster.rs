@@ -15,25 +15,23 @@
 //!   and store it here, so the sync task repairs the other owners.
 //! - **Receive** (any instance): keep the newer of the local entry and the
 //!   one sent, unless this instance is leaving.
-//! - **Lease fence**: an instance coordinates reads and writes only while
-//!   its registry lease surely lives ([`Kv::holds_lease`]); the others take
-//!   over its keys only once that lease has expired, so two primaries of a
-//!   key never answer at the same time for want of etcd. Without its lease
-//!   it hands requests over to the key's successor
-//!   ([`Coordination::HandedOver`]), the instance that will be primary once
-//!   the lease is gone.
+//! - **Fence** ([`super::fence`]): a request is coordinated here only once
+//!   [`Kv::admit`] lets it in: the lease lives, the view is confirmed, the
+//!   instance has joined. Otherwise the edge hands it over to the key's
+//!   successor ([`Coordination::HandedOver`]), the instance that will be
+//!   primary once this one is out of the view. A write checks again just
+//!   before it takes effect if its request waited on peers meanwhile
+//!   ([`Kv::still_admitted`]).
 
 use std::collections::HashMap;
-use std::sync::OnceLock;
-use std::sync::atomic::{AtomicI64, Ordering};
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
 use bytes::Bytes;
 use futures::future::join_all;
-use registry::RegistrationStatus;
-use tokio::sync::watch;
+use tokio::time::Instant;
 use tracing::{debug, warn};
 
+use super::fence::{Fence, LEASE_MARGIN, Refusal, Standing, VIEW_WAIT};
 use super::membership::{Member, Membership, fingerprint, to_ask};
 use super::peers::{PeerError, Peers};
 use super::store::{
@@ -90,6 +88,8 @@ pub enum KvError {
     Mismatch(Mismatch),
     #[error(transparent)]
     Storage(StorageFailed),
+    #[error(transparent)]
+    Refused(Refusal),
     #[error("only {acked} of the {needed} owners needed stored the write: {why}")]
     TooFewOwners {
         acked: usize,
@@ -129,11 +129,14 @@ pub enum Coordination {
     HandedOver,
 }
 
-/// How long before its lease may end a primary stops coordinating: the
-/// time between the check and the answer, and clocks that do not tick at
-/// exactly the same rate on every machine. Keep-alives go every third of a
-/// TTL (at least 2 s), so a healthy instance is always further away.
-pub const LEASE_MARGIN: Duration = Duration::from_millis(250);
+/// A request let in to be coordinated here ([`Kv::admit`]).
+#[derive(Debug, Clone, Copy)]
+pub struct Admitted {
+    pub how: Coordination,
+    /// When it was let in, and the view it was let in under.
+    at: Instant,
+    view: u64,
+}
 
 #[derive(Debug)]
 pub struct Kv {
@@ -142,11 +145,7 @@ pub struct Kv {
     membership: Membership,
     peers: Peers,
     config: KvConfig,
-    /// The registration whose lease fences coordination; unset: not
-    /// fenced (a store without a registry).
-    lease: OnceLock<watch::Receiver<RegistrationStatus>>,
-    /// The lease this instance last coordinated on (0: none yet).
-    coordinated_on: AtomicI64,
+    fence: Fence,
 }
 
 impl Kv {
@@ -168,47 +167,64 @@ impl Kv {
             membership: Membership::new(self_id, self_addr, config.replicas),
             peers: Peers::default(),
             config,
-            lease: OnceLock::new(),
-            coordinated_on: AtomicI64::new(0),
+            fence: Fence::default(),
         }
     }
 
-    /// Coordinate only while `registration`'s lease surely lives (see
-    /// [`Kv::holds_lease`]). Set once, by the instance that registers.
-    pub fn fence_on(&self, registration: watch::Receiver<RegistrationStatus>) {
-        let _ = self.lease.set(registration);
+    /// The rules that say when this instance may coordinate; unfenced
+    /// until the instance registers and follows the registry.
+    pub fn fence(&self) -> &Fence {
+        &self.fence
     }
 
-    /// Whether this instance may coordinate a read or write now: its lease
-    /// lives for [`LEASE_MARGIN`] more at least. Others take its keys over
-    /// only after etcd has expired the lease (their registry watch sees its
-    /// key go), and etcd counts the TTL from a keep-alive's arrival, after
-    /// `lease_until`'s start: so the two never coordinate the same key at
-    /// the same time because etcd was out of reach.
-    pub fn holds_lease(&self) -> bool {
-        let Some(registration) = self.lease.get() else {
-            return true;
-        };
-        let status = registration.borrow();
-        let live = status
-            .lease_until
-            .is_some_and(|until| tokio::time::Instant::now() + LEASE_MARGIN < until);
-        if !live {
-            return false;
+    /// Let a request in to be coordinated here (as `how`), once the fence
+    /// allows: a joining instance waits for the end of its join delay, and
+    /// an unconfirmed view is waited on for [`VIEW_WAIT`]; any other
+    /// refusal is returned at once, nothing done.
+    pub async fn admit(&self, how: Coordination) -> Result<Admitted, Refusal> {
+        let give_up = Instant::now() + VIEW_WAIT;
+        loop {
+            match self.standing() {
+                Standing::Coordinates { .. } => {
+                    return Ok(Admitted {
+                        how,
+                        at: Instant::now(),
+                        view: self.membership.views_seen(),
+                    });
+                }
+                Standing::Joining { until } => tokio::time::sleep_until(until).await,
+                Standing::Refused(Refusal::ViewUnconfirmed)
+                    if self.fence.wait_confirmed(give_up).await => {}
+                Standing::Refused(why) => return Err(why),
+            }
         }
-        // A new lease after one that lapsed: the others left this instance
-        // out meanwhile. Noticed before coordinating anything on it.
-        let lease = status.lease.unwrap_or(0);
-        let before = self.coordinated_on.swap(lease, Ordering::AcqRel);
-        if before != 0 && before != lease {
-            warn!(
-                lease,
-                before,
-                "registered again on a new lease: asking the other holders before answering"
-            );
+    }
+
+    /// Whether a request let in at `admitted` may still take effect. Within
+    /// [`LEASE_MARGIN`] of its admission it may (an instance that joins
+    /// later waits that much longer than a view stays confirmed); later,
+    /// only if the fence still allows and the view has not changed since,
+    /// so that no instance that joined meanwhile coordinates the key too.
+    pub fn still_admitted(&self, admitted: &Admitted) -> Result<(), Refusal> {
+        if admitted.at.elapsed() < LEASE_MARGIN {
+            return Ok(());
+        }
+        match self.standing() {
+            Standing::Coordinates { .. } if self.membership.views_seen() == admitted.view => Ok(()),
+            Standing::Refused(why) => Err(why),
+            Standing::Coordinates { .. } | Standing::Joining { .. } => Err(Refusal::ViewChanged),
+        }
+    }
+
+    /// The fence's answer; a new lease is noticed here, before anything is
+    /// coordinated on it.
+    fn standing(&self) -> Standing {
+        let standing = self.fence.standing();
+        if standing == (Standing::Coordinates { new_lease: true }) {
+            warn!("registered again on a new lease: asking the other holders before answering");
             self.membership.rejoined();
         }
-        true
+        standing
     }
 
     /// A store of one instance, for tests and tools without a registry.
@@ -242,8 +258,10 @@ impl Kv {
     }
 
     /// The key's live value, if any (coordinated by this instance).
-    pub async fn read(&self, key: &str, how: Coordination) -> Option<Entry> {
-        self.latest(key, how).await.filter(|e| !e.is_tombstone())
+    pub async fn read(&self, key: &str, admitted: &Admitted) -> Option<Entry> {
+        self.latest(key, admitted.how)
+            .await
+            .filter(|e| !e.is_tombstone())
     }
 
     /// The newest entry of the key (tombstones included) this instance can find.
@@ -322,15 +340,16 @@ impl Kv {
         key: &str,
         value: Option<Bytes>,
         precondition: Precondition,
-        how: Coordination,
+        admitted: &Admitted,
     ) -> Result<Written, KvError> {
         let local_missing = self.store.get(key).is_none();
         if !self.membership.settled()
-            || how == Coordination::HandedOver
+            || admitted.how == Coordination::HandedOver
             || (local_missing && precondition != Precondition::None)
         {
-            self.latest(key, how).await;
+            self.latest(key, admitted.how).await;
         }
+        self.still_admitted(admitted).map_err(KvError::Refused)?;
         let (entry, replaced) = self
             .store
             .compare_and_write(key, precondition, |current| Entry {

@@ -76,6 +76,8 @@ struct State {
     views: VecDeque<Seen>,
     down: HashMap<String, Instant>,
     last_change: Instant,
+    /// Views made current so far (down marks not counted).
+    views_seen: u64,
 }
 
 /// The membership as this instance sees it; cheap to share behind an `Arc`.
@@ -110,6 +112,7 @@ impl Membership {
                 views: VecDeque::from([Seen::new(vec![me])]),
                 down: HashMap::new(),
                 last_change: Instant::now(),
+                views_seen: 1,
             }),
             leaving: AtomicBool::new(false),
             epoch: watch::Sender::new(0),
@@ -126,13 +129,8 @@ impl Membership {
     /// counts itself in even before the registry lists it (a replacement
     /// serving its first request while its predecessor's entry is still
     /// there must not see itself as owning nothing).
-    pub fn update(&self, mut members: Vec<Member>) {
-        if self.is_leaving() {
-            members.retain(|m| m.id != self.self_id);
-        } else if !members.iter().any(|m| m.id == self.self_id) {
-            members.push(self.me.clone());
-        }
-        members.sort_by(|a, b| a.id.cmp(&b.id));
+    pub fn update(&self, members: Vec<Member>) {
+        let members = self.as_viewed(members);
         let mut state = self.lock();
         if state.views.back().is_some_and(|v| *v.members == members) {
             return;
@@ -143,9 +141,35 @@ impl Membership {
         }
         state.views.push_back(Seen::new(members));
         state.last_change = now;
+        state.views_seen += 1;
         prune(&mut state.views, now);
         drop(state);
         self.epoch.send_modify(|e| *e += 1);
+    }
+
+    /// Whether the current view is `members` (a ready set read from the
+    /// registry), as [`Membership::update`] would make it.
+    pub fn is_current(&self, members: Vec<Member>) -> bool {
+        let members = self.as_viewed(members);
+        *self.current() == members
+    }
+
+    /// Views made current so far: unchanged between two calls means no
+    /// membership change in between (down marks aside).
+    pub fn views_seen(&self) -> u64 {
+        self.lock().views_seen
+    }
+
+    /// A ready set as this instance views it: without itself while leaving,
+    /// with itself otherwise; sorted by id.
+    fn as_viewed(&self, mut members: Vec<Member>) -> Vec<Member> {
+        if self.is_leaving() {
+            members.retain(|m| m.id != self.self_id);
+        } else if !members.iter().any(|m| m.id == self.self_id) {
+            members.push(self.me.clone());
+        }
+        members.sort_by(|a, b| a.id.cmp(&b.id));
+        members
     }
 
     /// Stop owning keys: from now on views leave this instance out, and
@@ -186,6 +210,7 @@ impl Membership {
         state.views.push_back(absent);
         state.views.push_back(Seen::new((*current).clone()));
         state.last_change = now;
+        state.views_seen += 2;
         prune(&mut state.views, now);
         drop(state);
         self.epoch.send_modify(|e| *e += 1);
@@ -410,6 +435,31 @@ mod tests {
         assert_eq!(ids(&owners), expected[..2]);
         m.mark_down(&owners[0].id);
         assert_eq!(ids(&m.owners("user:1")), expected[1..3]);
+    }
+
+    #[test]
+    fn a_registry_read_is_current_as_an_update_would_view_it() {
+        let m = Membership::new("a", "a:1", 2);
+        m.update(["a", "b"].map(member).to_vec());
+        let seen = m.views_seen();
+        // Order does not matter.
+        assert!(m.is_current(vec![member("b"), member("a")]));
+        assert!(!m.is_current(["a", "b", "c"].map(member).to_vec()));
+        // This instance counts itself in before the registry lists it.
+        let unlisted = Membership::new("x", "x:1", 2);
+        unlisted.update(vec![member("b")]);
+        assert!(unlisted.is_current(vec![member("b")]));
+        // The same set again is no new view; a down mark is none either.
+        m.update(vec![member("b"), member("a")]);
+        m.mark_down("b");
+        assert_eq!(m.views_seen(), seen);
+        m.update(["a", "b", "c"].map(member).to_vec());
+        assert_eq!(m.views_seen(), seen + 1);
+        // Leaving: itself left out, whether the registry lists it or not.
+        m.leave();
+        assert!(m.is_current(["a", "b", "c"].map(member).to_vec()));
+        assert!(m.is_current(["b", "c"].map(member).to_vec()));
+        assert!(!m.is_current(["a", "b"].map(member).to_vec()));
     }
 
     fn started_now(id: &str) -> Member {

@@ -12,6 +12,7 @@
 //! - [`peers`]: calls to other instances (internal endpoints, forwarding).
 //! - [`batch`]: copies pushed to one peer, gathered into batches.
 //! - [`cluster`]: [`Kv`], coordinating reads and writes.
+//! - [`fence`]: when this instance may coordinate (lease, confirmed view, join delay).
 //! - [`sync`]: the task that places entries on their owners and hands off.
 //! - [`feed`]: the registry watch that keeps the membership current.
 //!
@@ -22,6 +23,7 @@ pub mod batch;
 pub mod cluster;
 pub mod codec;
 pub mod feed;
+pub mod fence;
 pub mod journal;
 pub mod key;
 pub mod membership;
@@ -30,5 +32,6 @@ pub mod store;
 pub mod sync;
 pub mod version;
 
-pub use cluster::{Coordination, Durability, Kv, KvConfig, KvError, LEASE_MARGIN, Route, Written};
+pub use cluster::{Admitted, Coordination, Durability, Kv, KvConfig, KvError, Route, Written};
+pub use fence::LEASE_MARGIN;
 pub use key::{MAX_KEY_BYTES, MAX_VALUE_BYTES, check_key};

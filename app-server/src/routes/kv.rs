@@ -19,13 +19,14 @@ use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
 use crate::error::ApiError;
+use crate::kv::fence::Refusal;
 use crate::kv::membership::Member;
 use crate::kv::peers::{
     FORWARDED_HEADER, Forwarded, HANDOVER_HEADER, PRIMARY_HEADER, PeerError, REFUSED_HEADER,
 };
 use crate::kv::store::Precondition;
 use crate::kv::version::Version;
-use crate::kv::{Coordination, KvError, Route, check_key};
+use crate::kv::{Admitted, Coordination, KvError, Route, check_key};
 use crate::state::AppState;
 
 /// The checked key of a `/kv/{key}` or `/_shoal/kv/{key}` path.
@@ -70,13 +71,13 @@ pub async fn get(
     path: Result<Path<String>, PathRejection>,
 ) -> Result<Response, ApiError> {
     let key = key(path)?;
-    let how = match handling(&state, method, &key, &headers, Bytes::new()).await {
-        Handling::Here(how) => how,
+    let admitted = match handling(&state, method, &key, &headers, Bytes::new()).await {
+        Handling::Here(admitted) => admitted,
         Handling::Answered(answer) => return answer,
     };
     let entry = state
         .kv()
-        .read(&key, how)
+        .read(&key, &admitted)
         .await
         .ok_or(ApiError::KeyNotFound(key))?;
     let value = entry.value.unwrap_or_default();
@@ -100,8 +101,8 @@ pub async fn put(
     let key = key(path)?;
     let value = body.map_err(body_error)?;
     let precondition = if_match(&headers)?;
-    let how = match handling(&state, method, &key, &headers, value.clone()).await {
-        Handling::Here(how) => how,
+    let admitted = match handling(&state, method, &key, &headers, value.clone()).await {
+        Handling::Here(admitted) => admitted,
         Handling::Answered(answer) => return answer,
     };
     let bytes = value.len();
@@ -111,7 +112,7 @@ pub async fn put(
             &key,
             Some(value),
             precondition.unwrap_or(Precondition::None),
-            how,
+            &admitted,
         )
         .await
         .map_err(|e| write_error(&key, &headers, e))?;
@@ -141,8 +142,8 @@ pub async fn delete(
 ) -> Result<Response, ApiError> {
     let key = key(path)?;
     let precondition = if_match(&headers)?;
-    let how = match handling(&state, method, &key, &headers, Bytes::new()).await {
-        Handling::Here(how) => how,
+    let admitted = match handling(&state, method, &key, &headers, Bytes::new()).await {
+        Handling::Here(admitted) => admitted,
         Handling::Answered(answer) => return answer,
     };
     match state
@@ -151,7 +152,7 @@ pub async fn delete(
             &key,
             None,
             precondition.unwrap_or(Precondition::Exists),
-            how,
+            &admitted,
         )
         .await
     {
@@ -164,14 +165,14 @@ pub async fn delete(
 /// Where a client request for a key is handled.
 enum Handling {
     /// Coordinated by this instance.
-    Here(Coordination),
+    Here(Admitted),
     /// Sent to another instance: its answer, or why there is none.
     Answered(Result<Response, ApiError>),
 }
 
-/// Forward to the key's primary; else coordinate here while this instance
-/// holds its lease ([`crate::kv::Kv::holds_lease`]); else hand over to the
-/// key's successor.
+/// Forward to the key's primary; else coordinate here once the fence lets
+/// the request in ([`crate::kv::Kv::admit`]); else hand over to the key's
+/// successor.
 async fn handling(
     state: &AppState,
     method: Method,
@@ -187,17 +188,19 @@ async fn handling(
     } else {
         Coordination::Primary
     };
-    if state.kv().holds_lease() {
-        return Handling::Here(how);
+    match state.kv().admit(how).await {
+        Ok(admitted) => Handling::Here(admitted),
+        Err(why) => {
+            Handling::Answered(hand_over(state, method, key, headers, body, how, why).await)
+        }
     }
-    Handling::Answered(hand_over(state, method, key, headers, body, how).await)
 }
 
-/// Without its lease this instance must not coordinate: others may already
-/// own its keys, or soon will. The key's successor (the next instance of its
-/// ranking, primary once this one's lease is gone) coordinates instead,
+/// This instance must not coordinate (`why`): others may already own its
+/// keys, or soon will. The key's successor (the next instance of its
+/// ranking, primary once this one is out of the view) coordinates instead,
 /// asking the key's holders first. A request handed over once is not handed
-/// over again: 503 `lease_lost`, nothing done (safe to retry).
+/// over again: 503 with `x-shoal-kv-refused`, nothing done (safe to retry).
 async fn hand_over(
     state: &AppState,
     method: Method,
@@ -205,16 +208,16 @@ async fn hand_over(
     headers: &HeaderMap,
     body: Bytes,
     how: Coordination,
+    why: Refusal,
 ) -> Result<Response, ApiError> {
-    let lease_lost = || ApiError::LeaseLost(key.to_owned());
+    let refused = || ApiError::Refused {
+        key: key.to_owned(),
+        why,
+    };
     if how == Coordination::HandedOver {
-        return Err(lease_lost());
+        return Err(refused());
     }
-    let successor = state
-        .kv()
-        .membership()
-        .successor(key)
-        .ok_or_else(lease_lost)?;
+    let successor = state.kv().membership().successor(key).ok_or_else(refused)?;
     let mut headers = headers.clone();
     headers.insert(HANDOVER_HEADER, state.id_header().clone());
     match state
@@ -226,7 +229,7 @@ async fn hand_over(
         Ok(answer) => Ok(relayed(answer, &successor)),
         Err(e) => {
             state.kv().note_failure(&successor, &e);
-            Err(lease_lost())
+            Err(refused())
         }
     }
 }
@@ -242,6 +245,10 @@ fn write_error(key: &str, headers: &HeaderMap, error: KvError) -> ApiError {
                 .unwrap_or_default(),
         },
         KvError::Storage(e) => e.into(),
+        KvError::Refused(why) => ApiError::Refused {
+            key: key.to_owned(),
+            why,
+        },
         KvError::TooFewOwners { acked, needed, why } => ApiError::TooFewOwners {
             key: key.to_owned(),
             acked,
@@ -333,11 +340,13 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn no_coordination_without_a_live_lease() {
         use crate::kv::LEASE_MARGIN;
+        use crate::kv::fence::JOIN_DELAY;
+        use registry::InstanceState;
         use std::time::Duration;
         use tokio::time::Instant;
 
         let t = TestApp::new();
-        t.state.kv().fence_on(t.registration.subscribe());
+        t.state.kv().fence().on_lease(t.registration.subscribe());
         // Not registered yet: no lease.
         let r = t.call(req_with("PUT", "/kv/k", "v")).await;
         r.error(StatusCode::SERVICE_UNAVAILABLE, "lease_lost");
@@ -345,11 +354,20 @@ mod tests {
             t.registration
                 .send_modify(|s| s.lease_until = Some(Instant::now() + d));
         };
+        t.registration.send_modify(|s| {
+            s.lease = Some(1);
+            s.written_state = Some(InstanceState::Ready);
+            s.written_at = Some(Instant::now());
+        });
         lease_for(Duration::from_secs(3));
+        // Ready a moment ago: the first write waits for the join delay.
+        let asked = Instant::now();
         assert_eq!(
             t.call(req_with("PUT", "/kv/k", "v")).await.status,
             StatusCode::CREATED
         );
+        assert_eq!(asked.elapsed(), JOIN_DELAY);
+        lease_for(Duration::from_secs(3));
         assert_eq!(t.call(req("GET", "/kv/k")).await.status, StatusCode::OK);
         // The lease's end near (no keep-alive for a while): reads, writes
         // and deletes all refused, and nothing changed.

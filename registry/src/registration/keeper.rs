@@ -87,6 +87,7 @@ impl<B: LeaseBackend, V: LeasedValue> Keeper<B, V> {
                 s.fenced = false;
                 s.registrations += 1;
                 s.written_state = self.desired.borrow().state();
+                s.written_at = Some(Instant::now());
             });
             if again {
                 info!(key = %self.key, lease, "registered again with a new lease");
@@ -117,7 +118,10 @@ impl<B: LeaseBackend, V: LeasedValue> Keeper<B, V> {
                         match self.backend.put(&self.key, value.to_json(), lease).await {
                             Ok(()) => {
                                 // A put does not renew the lease: `last_ok` stays.
-                                self.status.send_modify(|s| s.written_state = value.state());
+                                self.status.send_modify(|s| {
+                                    s.written_state = value.state();
+                                    s.written_at = Some(Instant::now());
+                                });
                                 info!(key = %self.key, state = ?value.state(), "value written");
                             }
                             Err(BackendError::LeaseNotFound(_)) => break "lease not found on write",
@@ -192,6 +196,7 @@ impl<B: LeaseBackend, V: LeasedValue> Keeper<B, V> {
                 s.lease_until = None;
                 s.registered = false;
                 s.written_state = None;
+                s.written_at = None;
             });
             self.fence_if_stale(last_ok);
         }
@@ -233,6 +238,7 @@ impl<B: LeaseBackend, V: LeasedValue> Keeper<B, V> {
             s.lease_until = None;
             s.registered = false;
             s.written_state = None;
+            s.written_at = None;
         });
     }
 

@@ -54,6 +54,11 @@ pub struct RegistrationStatus {
     pub registrations: u64,
     /// The state last written to etcd on the current lease.
     pub written_state: Option<InstanceState>,
+    /// When etcd acknowledged that write (the registration's put, or a
+    /// later one). Watchers see the value from then on, or a moment
+    /// before; whoever must not act before every watcher has seen it (the
+    /// key-value store's primaries) counts from here.
+    pub written_at: Option<Instant>,
 }
 
 /// A value kept in etcd on its owner's lease: an [`Instance`], or a gateway's
@@ -294,6 +299,12 @@ mod tests {
         let reg = start(&etcd);
         run_until(&reg, Duration::from_millis(50), |s| s.registered).await;
         let lease = reg.status().lease;
+        let registered_at = reg
+            .status()
+            .written_at
+            .expect("the registration's put is a write");
+        sleep(Duration::from_millis(300)).await;
+        let asked = Instant::now();
         reg.set_state(InstanceState::Ready);
         assert!(
             reg.wait_written(InstanceState::Ready, Duration::from_millis(50))
@@ -302,6 +313,9 @@ mod tests {
         let (value, stored_lease) = etcd.get("/shoal/instances/app/i1").unwrap();
         assert!(value.contains("\"ready\""), "{value}");
         assert_eq!(Some(stored_lease), lease);
+        // The write's acknowledgement is what `written_at` tells.
+        let written_at = reg.status().written_at.unwrap();
+        assert!(written_at >= asked && written_at > registered_at);
     }
 
     #[tokio::test(start_paused = true)]

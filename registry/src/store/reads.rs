@@ -11,6 +11,13 @@ use super::{Store, StoreError};
 use crate::keys::Key;
 use crate::model::{Instance, NamedRoute, RegistryValue, Rollout, ScalingEvent, ScalingPolicy};
 
+/// What [`Store::decode_all`] does about a value that does not decode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Skipped {
+    Warn,
+    Quiet,
+}
+
 /// A value as stored, with the revision of its last write (for a
 /// compare-and-set that must not overwrite someone else's change).
 #[derive(Debug, Clone, PartialEq)]
@@ -42,17 +49,19 @@ impl Store {
         let listing = self
             .read("list the registry", Range::prefix(prefix))
             .await?;
-        Ok(self.decode_all(listing.kvs))
+        Ok(self.decode_all(listing.kvs, Skipped::Warn))
     }
 
-    /// The values that decode, with their keys; the others skipped with a
-    /// warning naming the key.
-    fn decode_all<T: RegistryValue>(&self, kvs: Vec<Kv>) -> Vec<(String, T)> {
+    /// The values that decode, with their keys; the others skipped, with a
+    /// warning naming the key unless `skipped` says not to.
+    fn decode_all<T: RegistryValue>(&self, kvs: Vec<Kv>, skipped: Skipped) -> Vec<(String, T)> {
         kvs.into_iter()
             .filter_map(|kv| match T::decode(&self.keys, &kv.key, &kv.value) {
                 Ok(value) => Some((kv.key, value)),
                 Err(e) => {
-                    warn!(key = %kv.key, error = %e, "skipping malformed registry entry");
+                    if skipped == Skipped::Warn {
+                        warn!(key = %kv.key, error = %e, "skipping malformed registry entry");
+                    }
                     None
                 }
             })
@@ -79,6 +88,22 @@ impl Store {
         Ok(self
             .list(&self.keys.service_instances(service))
             .await?
+            .into_iter()
+            .map(|(_, i)| i)
+            .collect())
+    }
+
+    /// Every registered instance of `service`, the undecodable ones skipped
+    /// without a warning: for a check repeated every few hundred
+    /// milliseconds (the key-value store's view confirmation), whose
+    /// registry watch warns about them when it first sees them.
+    pub async fn instances_unlogged(&self, service: &str) -> Result<Vec<Instance>, StoreError> {
+        let prefix = self.keys.service_instances(service);
+        let listing = self
+            .read("list the service's instances", Range::prefix(&prefix))
+            .await?;
+        Ok(self
+            .decode_all(listing.kvs, Skipped::Quiet)
             .into_iter()
             .map(|(_, i)| i)
             .collect())
@@ -113,7 +138,7 @@ impl Store {
         range.descending = true;
         range.limit = i64::from(limit.max(1));
         let listing = self.read("read the events", range).await?;
-        Ok(self.decode_all(listing.kvs))
+        Ok(self.decode_all(listing.kvs, Skipped::Warn))
     }
 
     /// The highest event sequence number stored for `service`.

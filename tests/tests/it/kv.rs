@@ -1,7 +1,8 @@
 //! The distributed key-value store across real app-server processes: any
 //! instance answers for any key, copies follow the membership, a scale-in
 //! hands every key off (even with one copy), a crash is repaired, an
-//! instance restarted with its `--data-dir` comes back with its data. (The
+//! instance restarted with its `--data-dir` comes back with its data, an
+//! instance whose view is behind the registry stops coordinating. (The
 //! checker, scaling 2 → 5 → 2 with a kill -9 under load, is the
 //! `shoal-bench` crate's test `kv_check`.)
 
@@ -11,6 +12,7 @@ use std::time::Duration;
 use futures::StreamExt;
 use nix::sys::signal::Signal;
 use shoal_tests::binaries::service_instances;
+use shoal_tests::netns::NetNs;
 use shoal_tests::{AppServer, AppServerOptions, Etcd, Platform, wait_for, wait_until_async};
 
 fn http() -> reqwest::Client {
@@ -32,7 +34,7 @@ async fn start(n: usize, replicas: u32) -> (Platform, Vec<AppServer>) {
         .start()
         .await;
     let servers = std::mem::take(&mut platform.app_servers);
-    wait_views(&http(), &servers).await;
+    wait_views(&http(), &servers.iter().collect::<Vec<_>>()).await;
     (platform, servers)
 }
 
@@ -41,7 +43,7 @@ async fn start(n: usize, replicas: u32) -> (Platform, Vec<AppServer>) {
 /// follow the view (reads are correct regardless). An instance names the
 /// primary it forwards a key to (`x-shoal-kv-primary`), so it knows every
 /// other instance once, over enough keys, it has forwarded to each.
-async fn wait_views(http: &reqwest::Client, servers: &[AppServer]) {
+async fn wait_views(http: &reqwest::Client, servers: &[&AppServer]) {
     let all: BTreeSet<&str> = servers.iter().map(|s| s.id.as_str()).collect();
     for server in servers {
         let seen = std::sync::Mutex::new(BTreeSet::from([server.id.clone()]));
@@ -376,3 +378,112 @@ async fn an_instance_restarted_with_its_data_dir_comes_back_with_its_data() {
         .unwrap();
     assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
 }
+
+/// The ids of `members` (weight 1 each) in `key`'s ranking, as the store
+/// places keys (`registry::ring` over the ids in id order).
+fn ranking<'a>(members: &[&'a str], key: &str) -> Vec<&'a str> {
+    let mut sorted = members.to_vec();
+    sorted.sort_unstable();
+    let ring = registry::ring::Ring::new(sorted.iter().map(|id| (*id, 1)));
+    ring.rank(key, sorted.len(), |_| true)
+        .into_iter()
+        .map(|i| sorted[i])
+        .collect()
+}
+
+/// The view-change window (docs/architecture.md, "Consistency model"): an
+/// instance whose registry watch is behind still takes itself for the
+/// primary of keys that instances it has not seen now own, and answered
+/// them from copies those instances never wrote to. Here instance `a` is
+/// cut off from etcd (not from its peers) on a lease long enough to hold
+/// throughout; two new instances take one of its keys and a write goes to
+/// them alone; a read at `a` must still find the write. It does once `a`'s
+/// view is no longer confirmed: `a` hands the read over.
+///
+/// Needs root for `ip netns` and `iptables`: skipped with a note otherwise,
+/// except under `CI=true`, where it fails.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_instance_whose_view_is_behind_hands_over_keys_new_instances_took() {
+    let Some(mut netns) = NetNs::create_or_skip("the view-fence test") else {
+        return;
+    };
+    let http = http();
+    let etcd = Etcd::start_also_on(netns.host_ip).await;
+    // Every instance listens where the one in the namespace reaches it.
+    let host_ip = netns.host_ip;
+    let on_host = move |id: &str| AppServerOptions {
+        extra: vec![
+            "--id".into(),
+            id.into(),
+            "--listen".into(),
+            format!("{host_ip}:0"),
+        ],
+        ..AppServerOptions::default()
+    };
+    let b = AppServer::start(&etcd, on_host("b")).await;
+    let c = AppServer::start(&etcd, on_host("c")).await;
+    let lease = Duration::from_secs(20);
+    let a = AppServer::start_in_netns(
+        &netns,
+        etcd.endpoint_on(netns.host_ip),
+        AppServerOptions {
+            lease_ttl: lease,
+            extra: vec!["--id".into(), "a".into()],
+            ..AppServerOptions::default()
+        },
+    )
+    .await;
+    for s in [&a, &b, &c] {
+        s.wait_ready(&http).await;
+    }
+    wait_views(&http, &[&a, &b, &c]).await;
+    // A key `a` is primary of now, and whose owners will be n1 and n2 alone.
+    let key = (0..)
+        .map(|i| format!("moved-{i}"))
+        .find(|k| {
+            ranking(&["a", "b", "c"], k)[0] == "a"
+                && ranking(&["a", "b", "c", "n1", "n2"], k)[..2] == ["n1", "n2"]
+        })
+        .unwrap();
+    let put = |s: &AppServer, value: &'static str| {
+        http.put(s.url(&format!("/kv/{key}"))).body(value).send()
+    };
+    let old = put(&a, "old").await.unwrap();
+    assert_eq!(old.status(), 201, "{:?}", old.text().await);
+
+    netns.cut_tcp_to(netns.host_ip, etcd.port()).unwrap();
+    let cut = std::time::Instant::now();
+    let n1 = AppServer::start(&etcd, on_host("n1")).await;
+    let n2 = AppServer::start(&etcd, on_host("n2")).await;
+    n1.wait_ready(&http).await;
+    n2.wait_ready(&http).await;
+    wait_views(&http, &[&n1, &n2]).await;
+    let new = put(&n1, "new").await.unwrap();
+    // Coordinated by n1 itself (a relayed answer would name its primary).
+    assert!(!new.headers().contains_key("x-shoal-kv-primary"));
+    assert_eq!(new.status(), 200, "{:?}", new.text().await);
+    // The write reached the new owners only: `a`'s own copy is the old one.
+    let local = |s: &AppServer| http.get(s.url(&format!("/_shoal/kv/{key}"))).send();
+    assert_eq!(local(&n2).await.unwrap().text().await.unwrap(), "new");
+    assert_eq!(local(&a).await.unwrap().text().await.unwrap(), "old");
+
+    let read = http.get(a.url(&format!("/kv/{key}"))).send().await.unwrap();
+    let answered = cut.elapsed();
+    let status = read.status();
+    let handed_to = read.headers().get("x-shoal-kv-primary").cloned();
+    assert_eq!(
+        (status, read.text().await.unwrap()),
+        (reqwest::StatusCode::OK, "new".to_owned()),
+        "a read at the instance cut off from etcd, {answered:?} after the cut, missed the write the new owners acknowledged (coordinated by {handed_to:?})"
+    );
+    // Its lease still lived: the view's fence stopped it, not the lease's.
+    assert!(
+        answered + LEASE_MARGIN_AND_KEEP_ALIVE < lease,
+        "the test took {answered:?} from the cut to the read: too long to tell the view's fence from the lease's ({lease:?})"
+    );
+    netns.heal().unwrap();
+}
+
+/// The most a lease may have run down before the cut (keep-alives every
+/// third of a TTL of 20 s) and the lease fence's margin.
+const LEASE_MARGIN_AND_KEEP_ALIVE: Duration = Duration::from_millis(20_000 / 3 + 250);
