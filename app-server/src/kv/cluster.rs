@@ -531,3 +531,94 @@ pub fn owner_ids(owners: &[Member]) -> String {
         .collect::<Vec<_>>()
         .join(",")
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kv::fence::VIEW_FRESH;
+    use std::time::Duration;
+    use tokio::time::advance;
+
+    /// A member whose address refuses connections at once.
+    fn member(id: &str) -> Member {
+        Member {
+            id: id.into(),
+            addr: "127.0.0.1:1".into(),
+            weight: 1,
+            started: SystemTime::UNIX_EPOCH,
+        }
+    }
+
+    /// A store whose view (`a`, `b`) was confirmed just now.
+    fn confirmed_store() -> Kv {
+        let kv = Kv::new("a", "a:1", KvConfig::majority(2));
+        kv.membership().update(vec![member("a"), member("b")]);
+        kv.fence().confirming_views();
+        kv.fence().confirmed(Instant::now());
+        kv
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_request_that_waited_past_the_margin_takes_effect_only_under_the_same_view() {
+        let kv = confirmed_store();
+        let admitted = kv.admit(Coordination::Primary).await.unwrap();
+        // Within the margin a view change does not matter: no instance
+        // that joined since can coordinate yet.
+        kv.membership()
+            .update(vec![member("a"), member("b"), member("c")]);
+        assert_eq!(kv.still_admitted(&admitted), Ok(()));
+        advance(LEASE_MARGIN).await;
+        assert_eq!(kv.still_admitted(&admitted), Err(Refusal::ViewChanged));
+
+        kv.fence().confirmed(Instant::now());
+        let admitted = kv.admit(Coordination::Primary).await.unwrap();
+        advance(LEASE_MARGIN).await;
+        assert_eq!(kv.still_admitted(&admitted), Ok(()));
+        // The view no longer confirmed: refused for that.
+        advance(VIEW_FRESH).await;
+        assert_eq!(kv.still_admitted(&admitted), Err(Refusal::ViewUnconfirmed));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_refused_write_stores_nothing() {
+        let kv = confirmed_store();
+        let admitted = kv.admit(Coordination::HandedOver).await.unwrap();
+        advance(LEASE_MARGIN).await;
+        kv.membership()
+            .update(vec![member("a"), member("b"), member("c")]);
+        let refused = kv
+            .write(
+                "k",
+                Some(Bytes::from_static(b"v")),
+                Precondition::None,
+                &admitted,
+            )
+            .await;
+        assert!(
+            matches!(refused, Err(KvError::Refused(Refusal::ViewChanged))),
+            "{refused:?}"
+        );
+        assert!(kv.local("k").is_none());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_unconfirmed_view_is_waited_on_then_refused() {
+        let kv = std::sync::Arc::new(confirmed_store());
+        advance(VIEW_FRESH).await;
+        let start = Instant::now();
+        assert_eq!(
+            kv.admit(Coordination::Primary).await.err(),
+            Some(Refusal::ViewUnconfirmed)
+        );
+        assert_eq!(start.elapsed(), VIEW_WAIT);
+        // Confirmed again while a request waits: it is let in then.
+        let confirmer = kv.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            confirmer.fence().confirmed(Instant::now());
+        });
+        let start = Instant::now();
+        assert!(kv.admit(Coordination::Primary).await.is_ok());
+        assert_eq!(start.elapsed(), Duration::from_millis(300));
+    }
+}
