@@ -179,9 +179,9 @@ impl Kv {
 
     /// Let a request in to be coordinated here (as `how`), once the fence
     /// allows: a joining instance waits for the end of its join delay, and
-    /// an unconfirmed view is waited on for [`VIEW_WAIT`]; any other
-    /// refusal is returned at once, nothing done.
-    pub async fn admit(&self, how: Coordination) -> Result<Admitted, Refusal> {
+    /// with `wait_for_view` an unconfirmed view is waited on for
+    /// [`VIEW_WAIT`]; any other refusal is returned at once, nothing done.
+    pub async fn admit(&self, how: Coordination, wait_for_view: bool) -> Result<Admitted, Refusal> {
         let give_up = Instant::now() + VIEW_WAIT;
         loop {
             match self.standing() {
@@ -194,7 +194,7 @@ impl Kv {
                 }
                 Standing::Joining { until } => tokio::time::sleep_until(until).await,
                 Standing::Refused(Refusal::ViewUnconfirmed)
-                    if self.fence.wait_confirmed(give_up).await => {}
+                    if wait_for_view && self.fence.wait_confirmed(give_up).await => {}
                 Standing::Refused(why) => return Err(why),
             }
         }
@@ -561,7 +561,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_request_that_waited_past_the_margin_takes_effect_only_under_the_same_view() {
         let kv = confirmed_store();
-        let admitted = kv.admit(Coordination::Primary).await.unwrap();
+        let admitted = kv.admit(Coordination::Primary, true).await.unwrap();
         // Within the margin a view change does not matter: no instance
         // that joined since can coordinate yet.
         kv.membership()
@@ -571,7 +571,7 @@ mod tests {
         assert_eq!(kv.still_admitted(&admitted), Err(Refusal::ViewChanged));
 
         kv.fence().confirmed(Instant::now());
-        let admitted = kv.admit(Coordination::Primary).await.unwrap();
+        let admitted = kv.admit(Coordination::Primary, true).await.unwrap();
         advance(LEASE_MARGIN).await;
         assert_eq!(kv.still_admitted(&admitted), Ok(()));
         // The view no longer confirmed: refused for that.
@@ -582,7 +582,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_refused_write_stores_nothing() {
         let kv = confirmed_store();
-        let admitted = kv.admit(Coordination::HandedOver).await.unwrap();
+        let admitted = kv.admit(Coordination::HandedOver, true).await.unwrap();
         advance(LEASE_MARGIN).await;
         kv.membership()
             .update(vec![member("a"), member("b"), member("c")]);
@@ -606,8 +606,14 @@ mod tests {
         let kv = std::sync::Arc::new(confirmed_store());
         advance(VIEW_FRESH).await;
         let start = Instant::now();
+        // Not asked to wait (it has someone to hand over to): refused at once.
         assert_eq!(
-            kv.admit(Coordination::Primary).await.err(),
+            kv.admit(Coordination::Primary, false).await.err(),
+            Some(Refusal::ViewUnconfirmed)
+        );
+        assert_eq!(start.elapsed(), Duration::ZERO);
+        assert_eq!(
+            kv.admit(Coordination::Primary, true).await.err(),
             Some(Refusal::ViewUnconfirmed)
         );
         assert_eq!(start.elapsed(), VIEW_WAIT);
@@ -618,7 +624,7 @@ mod tests {
             confirmer.fence().confirmed(Instant::now());
         });
         let start = Instant::now();
-        assert!(kv.admit(Coordination::Primary).await.is_ok());
+        assert!(kv.admit(Coordination::Primary, true).await.is_ok());
         assert_eq!(start.elapsed(), Duration::from_millis(300));
     }
 }

@@ -17,6 +17,7 @@ use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
+use tracing::debug;
 
 use crate::error::ApiError;
 use crate::kv::fence::Refusal;
@@ -172,7 +173,10 @@ enum Handling {
 
 /// Forward to the key's primary; else coordinate here once the fence lets
 /// the request in ([`crate::kv::Kv::admit`]); else hand over to the key's
-/// successor.
+/// successor. Only the instance that has no one to hand over to waits for
+/// its view to be confirmed again: a handed-over request, or one with no
+/// successor to take it (an instance cut off from etcd hands over at once;
+/// when all of etcd restarts, the successor is the one that waits).
 async fn handling(
     state: &AppState,
     method: Method,
@@ -183,41 +187,53 @@ async fn handling(
     if let Some(answer) = forward(state, method.clone(), key, headers, body.clone()).await {
         return Handling::Answered(answer);
     }
-    let how = if headers.contains_key(HANDOVER_HEADER) {
-        Coordination::HandedOver
-    } else {
-        Coordination::Primary
+    let how = match headers.get(HANDOVER_HEADER) {
+        Some(hander) => {
+            if let Some(answer) = pass_on(state, &method, key, headers, &body, hander).await {
+                return Handling::Answered(answer);
+            }
+            Coordination::HandedOver
+        }
+        None => Coordination::Primary,
     };
-    match state.kv().admit(how).await {
-        Ok(admitted) => Handling::Here(admitted),
-        Err(why) => {
-            Handling::Answered(hand_over(state, method, key, headers, body, how, why).await)
+    let kv = state.kv();
+    let last_resort = how == Coordination::HandedOver;
+    let why = match kv.admit(how, last_resort).await {
+        Ok(admitted) => return Handling::Here(admitted),
+        Err(why) => why,
+    };
+    if !last_resort {
+        if let Some(answer) = hand_over(state, method, key, headers, body, why).await {
+            return Handling::Answered(answer);
+        }
+        if why == Refusal::ViewUnconfirmed
+            && let Ok(admitted) = kv.admit(how, true).await
+        {
+            return Handling::Here(admitted);
         }
     }
+    Handling::Answered(Err(ApiError::Refused {
+        key: key.to_owned(),
+        why,
+    }))
 }
 
 /// This instance must not coordinate (`why`): others may already own its
 /// keys, or soon will. The key's successor (the next instance of its
 /// ranking, primary once this one is out of the view) coordinates instead,
-/// asking the key's holders first. A request handed over once is not handed
-/// over again: 503 with `x-shoal-kv-refused`, nothing done (safe to retry).
+/// asking the key's holders first; a request handed over once is not
+/// handed over again. `None`: there is no successor, or it could not be
+/// reached.
 async fn hand_over(
     state: &AppState,
     method: Method,
     key: &str,
     headers: &HeaderMap,
     body: Bytes,
-    how: Coordination,
     why: Refusal,
-) -> Result<Response, ApiError> {
-    let refused = || ApiError::Refused {
-        key: key.to_owned(),
-        why,
-    };
-    if how == Coordination::HandedOver {
-        return Err(refused());
-    }
-    let successor = state.kv().membership().successor(key).ok_or_else(refused)?;
+) -> Option<Result<Response, ApiError>> {
+    let successor = state.kv().membership().successor(key)?;
+    debug!(key, %why, successor = %successor.id, "handing the request over");
     let mut headers = headers.clone();
     headers.insert(HANDOVER_HEADER, state.id_header().clone());
     match state
@@ -226,10 +242,58 @@ async fn hand_over(
         .forward(&successor, state.id(), method, key, &headers, body)
         .await
     {
-        Ok(answer) => Ok(relayed(answer, &successor)),
+        Ok(answer) => Some(Ok(relayed(answer, &successor))),
         Err(e) => {
             state.kv().note_failure(&successor, &e);
-            Err(refused())
+            None
+        }
+    }
+}
+
+/// A request handed over by `hander` goes on to the key's primary when this
+/// instance's view names one other than the two of them: the hander's view
+/// was behind (unconfirmed), and that primary may be coordinating the key
+/// already. It goes on once, still marked as handed over: the primary
+/// coordinates it asking the holders, and hands it over no further.
+/// `None`: coordinate here (this instance is the primary; the primary is
+/// the hander, whose lease is running out; it was passed on already; or
+/// the primary could not be reached).
+async fn pass_on(
+    state: &AppState,
+    method: &Method,
+    key: &str,
+    headers: &HeaderMap,
+    body: &Bytes,
+    hander: &HeaderValue,
+) -> Option<Result<Response, ApiError>> {
+    // Straight from the hander (its id in both headers), not passed on yet.
+    if headers.get(FORWARDED_HEADER) != Some(hander) {
+        return None;
+    }
+    let Route::Forward(owners) = state.kv().route(key) else {
+        return None;
+    };
+    let primary = owners.first()?;
+    if primary.id.as_bytes() == hander.as_bytes() {
+        return None;
+    }
+    let forwarded = state
+        .kv()
+        .peers()
+        .forward(
+            primary,
+            state.id(),
+            method.clone(),
+            key,
+            headers,
+            body.clone(),
+        )
+        .await;
+    match forwarded {
+        Ok(answer) => Some(Ok(relayed(answer, primary))),
+        Err(e) => {
+            state.kv().note_failure(primary, &e);
+            None
         }
     }
 }
@@ -318,7 +382,13 @@ fn relayed(answer: Forwarded, owner: &Member) -> Response {
             response.headers_mut().insert(name, value.clone());
         }
     }
-    if let Ok(id) = HeaderValue::from_str(&owner.id) {
+    // Who coordinated it: the instance that answered, or the one it relayed.
+    let coordinator = answer
+        .headers
+        .get(PRIMARY_HEADER)
+        .cloned()
+        .or_else(|| HeaderValue::from_str(&owner.id).ok());
+    if let Some(id) = coordinator {
         response.headers_mut().insert(PRIMARY_HEADER, id);
     }
     response

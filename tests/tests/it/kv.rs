@@ -470,11 +470,18 @@ async fn an_instance_whose_view_is_behind_hands_over_keys_new_instances_took() {
     let read = http.get(a.url(&format!("/kv/{key}"))).send().await.unwrap();
     let answered = cut.elapsed();
     let status = read.status();
-    let handed_to = read.headers().get("x-shoal-kv-primary").cloned();
+    let coordinator = read.headers().get("x-shoal-kv-primary").cloned();
     assert_eq!(
         (status, read.text().await.unwrap()),
         (reqwest::StatusCode::OK, "new".to_owned()),
-        "a read at the instance cut off from etcd, {answered:?} after the cut, missed the write the new owners acknowledged (coordinated by {handed_to:?})"
+        "a read at the instance cut off from etcd, {answered:?} after the cut, missed the write the new owners acknowledged (coordinated by {coordinator:?})"
+    );
+    // `a` handed it to its successor in its own view (`b` or `c`), whose
+    // view names the key's primary: n1 coordinated it, not a second
+    // coordinator beside n1.
+    assert_eq!(
+        coordinator.as_ref().and_then(|v| v.to_str().ok()),
+        Some("n1")
     );
     // Its lease still lived: the view's fence stopped it, not the lease's.
     assert!(
