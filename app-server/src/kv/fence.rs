@@ -20,8 +20,11 @@
 //!
 //! A second instance can then only coordinate a key when it is the key's
 //! primary in a view that holds every instance that could be primary
-//! instead. What is left is a stand-in for a primary that refuses
-//! connections (docs/architecture.md, "Consistency model").
+//! instead. An instance the fence refuses hands the request over to the
+//! key's successor (`routes::kv`), which passes it on to the primary its
+//! own view names, if that is another. What is left is a stand-in for a
+//! primary that refuses connections (docs/architecture.md, "Consistency
+//! model").
 
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicI64, Ordering};
@@ -43,9 +46,11 @@ pub const VIEW_FRESH: Duration = Duration::from_secs(1);
 /// How often the view is confirmed (sooner again after a read that did not
 /// match: the watch is usually a few milliseconds behind).
 pub const CONFIRM_EVERY: Duration = Duration::from_millis(250);
-/// How long a request waits for an unconfirmed view to be confirmed again
-/// before it is handed over: etcd restarting or electing a leader takes a
-/// second or two, and a request that waits is answered rather than refused.
+/// How long a request that no other instance will take (one handed over to
+/// this instance, or one with no successor to hand it to) waits for an
+/// unconfirmed view to be confirmed again before it is refused: etcd
+/// restarting or electing a leader takes a second or two, and a request
+/// that waits is answered rather than refused.
 pub const VIEW_WAIT: Duration = Duration::from_secs(2);
 /// How long after its ready state is in etcd an instance starts
 /// coordinating: [`VIEW_FRESH`], and [`LEASE_MARGIN`] for the time between
