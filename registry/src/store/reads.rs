@@ -46,10 +46,20 @@ impl Store {
         &self,
         prefix: &str,
     ) -> Result<Vec<(String, T)>, StoreError> {
+        self.list_skipping(prefix, Skipped::Warn).await
+    }
+
+    /// [`Store::list`], saying what `skipped` says about values that do not
+    /// decode.
+    async fn list_skipping<T: RegistryValue>(
+        &self,
+        prefix: &str,
+        skipped: Skipped,
+    ) -> Result<Vec<(String, T)>, StoreError> {
         let listing = self
             .read("list the registry", Range::prefix(prefix))
             .await?;
-        Ok(self.decode_all(listing.kvs, Skipped::Warn))
+        Ok(self.decode_all(listing.kvs, skipped))
     }
 
     /// The values that decode, with their keys; the others skipped, with a
@@ -85,12 +95,7 @@ impl Store {
 
     /// Every registered instance of `service` (undecodable ones skipped).
     pub async fn instances(&self, service: &str) -> Result<Vec<Instance>, StoreError> {
-        Ok(self
-            .list(&self.keys.service_instances(service))
-            .await?
-            .into_iter()
-            .map(|(_, i)| i)
-            .collect())
+        self.instances_skipping(service, Skipped::Warn).await
     }
 
     /// Every registered instance of `service`, the undecodable ones skipped
@@ -98,12 +103,18 @@ impl Store {
     /// milliseconds (the key-value store's view confirmation), whose
     /// registry watch warns about them when it first sees them.
     pub async fn instances_unlogged(&self, service: &str) -> Result<Vec<Instance>, StoreError> {
+        self.instances_skipping(service, Skipped::Quiet).await
+    }
+
+    async fn instances_skipping(
+        &self,
+        service: &str,
+        skipped: Skipped,
+    ) -> Result<Vec<Instance>, StoreError> {
         let prefix = self.keys.service_instances(service);
-        let listing = self
-            .read("list the service's instances", Range::prefix(&prefix))
-            .await?;
         Ok(self
-            .decode_all(listing.kvs, Skipped::Quiet)
+            .list_skipping(&prefix, skipped)
+            .await?
             .into_iter()
             .map(|(_, i)| i)
             .collect())
