@@ -162,7 +162,7 @@ run_wrk() {
 # stop_gateway KEY: SIGTERM, and SIGKILL when it has not exited within 20 s
 # (a gateway busy rebuilding a large table was seen not to); the others run on.
 stop_gateway() {
-  local pid=${PID[$1]} waited=0 kept=() other
+  local pid=${PID[$1]} waited=0
   kill -TERM "$pid" 2>/dev/null || true
   while kill -0 "$pid" 2>/dev/null && [ "$waited" -lt 200 ]; do sleep 0.1; waited=$((waited + 1)); done
   if kill -0 "$pid" 2>/dev/null; then
@@ -171,8 +171,7 @@ stop_gateway() {
   fi
   wait "$pid" 2>/dev/null || true
   unset "PID[$1]"
-  for other in "${pids[@]}"; do [ "$other" = "$pid" ] || kept+=("$other"); done
-  pids=("${kept[@]}")
+  forget_pids "$pid"
 }
 
 # Every configuration has a gateway of its own, started as the proxy named

@@ -52,6 +52,17 @@ setup_tmp() {
   trap 'exit 143' TERM
 }
 
+# forget_pids PID...: stopped already, so not stopped again on exit (the ids
+# may be reused by then).
+forget_pids() {
+  local pid gone kept=()
+  for pid in "${pids[@]}"; do
+    for gone in "$@"; do [ "$pid" != "$gone" ] || continue 2; done
+    kept+=("$pid")
+  done
+  pids=("${kept[@]}")
+}
+
 cleanup() {
   local status=$?
   trap - INT TERM EXIT

@@ -284,7 +284,7 @@ check_proxy() {
 # stop_proxies: stop every proxy started so far with SIGTERM and wait for it
 # (etcd and app servers stay); STOP_STATUS[proxy/policy] is its exit status.
 stop_proxies() {
-  local key pid kept=()
+  local key pid
   local -A status_of=()
   STOP_STATUS=()
   for key in "${!PID[@]}"; do
@@ -296,9 +296,7 @@ stop_proxies() {
     fi
     STOP_STATUS[$key]=${status_of[$pid]}
   done
-  # Not stopped again on exit: the ids may be reused by then.
-  for pid in "${pids[@]}"; do [ -n "${status_of[$pid]:-}" ] || kept+=("$pid"); done
-  pids=("${kept[@]}")
+  forget_pids "${!status_of[@]}"
   PID=()
 }
 
