@@ -178,9 +178,11 @@ impl Kv {
     }
 
     /// Let a request in to be coordinated here (as `how`), once the fence
-    /// allows: a joining instance waits for the end of its join delay, and
-    /// with `wait_for_view` an unconfirmed view is waited on for
-    /// [`VIEW_WAIT`]; any other refusal is returned at once, nothing done.
+    /// allows: a joining instance waits for the end of its join delay, one
+    /// whose ready state etcd has not acknowledged yet waits for that (up to
+    /// [`VIEW_WAIT`]), and with `wait_for_view` an unconfirmed view is
+    /// waited on as long; any other refusal is returned at once, nothing
+    /// done.
     pub async fn admit(&self, how: Coordination, wait_for_view: bool) -> Result<Admitted, Refusal> {
         let give_up = Instant::now() + VIEW_WAIT;
         loop {
@@ -193,6 +195,7 @@ impl Kv {
                     });
                 }
                 Standing::Joining { until } => tokio::time::sleep_until(until).await,
+                Standing::Refused(Refusal::NotReady) if self.fence.wait_ready(give_up).await => {}
                 Standing::Refused(Refusal::ViewUnconfirmed)
                     if wait_for_view && self.fence.wait_confirmed(give_up).await => {}
                 Standing::Refused(why) => return Err(why),

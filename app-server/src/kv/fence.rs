@@ -149,6 +149,24 @@ impl Fence {
         matches!(tokio::time::timeout_at(deadline, fresh).await, Ok(Ok(_)))
     }
 
+    /// Wait until etcd has acknowledged a ready (or draining) state on the
+    /// current registration (true), or until `deadline` (false). A gateway
+    /// may send work as soon as the ready state lands in etcd, a moment
+    /// before the acknowledgement reaches this instance.
+    pub async fn wait_ready(&self, deadline: Instant) -> bool {
+        let Some(registration) = self.lease.get() else {
+            return true;
+        };
+        let mut updates = registration.clone();
+        let ready = updates.wait_for(|status| {
+            matches!(
+                status.written_state,
+                Some(InstanceState::Ready | InstanceState::Draining)
+            )
+        });
+        matches!(tokio::time::timeout_at(deadline, ready).await, Ok(Ok(_)))
+    }
+
     /// Whether this instance may coordinate now (see the module doc).
     pub fn standing(&self) -> Standing {
         let now = Instant::now();
@@ -279,6 +297,37 @@ mod tests {
         assert_eq!(waiting.elapsed(), Duration::from_millis(500));
         // Still fresh: no wait at all.
         assert!(fence.wait_confirmed(Instant::now()).await);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_request_can_wait_for_the_ready_state_to_be_acknowledged() {
+        let starting = RegistrationStatus {
+            written_state: Some(InstanceState::Starting),
+            ..ready(7, Duration::from_secs(5))
+        };
+        let (status, rx) = watch::channel(starting);
+        let fence = std::sync::Arc::new(Fence::default());
+        fence.on_lease(rx);
+        assert_eq!(fence.standing(), Standing::Refused(Refusal::NotReady));
+        let start = Instant::now();
+        // Never acknowledged: the wait ends at its deadline.
+        assert!(!fence.wait_ready(start + VIEW_WAIT).await);
+        assert_eq!(start.elapsed(), VIEW_WAIT);
+        // Acknowledged 100 ms in: the wait ends then, and the join delay
+        // runs from the acknowledgement.
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            status.send_replace(ready(7, Duration::from_secs(5)));
+        });
+        let waiting = Instant::now();
+        assert!(fence.wait_ready(waiting + VIEW_WAIT).await);
+        assert_eq!(waiting.elapsed(), Duration::from_millis(100));
+        assert_eq!(
+            fence.standing(),
+            Standing::Joining {
+                until: Instant::now() + JOIN_DELAY
+            }
+        );
     }
 
     #[tokio::test(start_paused = true)]
