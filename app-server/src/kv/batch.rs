@@ -6,24 +6,28 @@
 //! [`Peers::push`](super::peers::Peers::push) queues the copy for its peer
 //! and waits for that peer's answer:
 //!
-//! - at most [`IN_FLIGHT`] batches per peer are on their way at once; a copy
-//!   queued while they are goes in the next batch, with every other copy
-//!   queued meanwhile (up to [`MAX_BATCH_BYTES`]). A lone write leaves at
-//!   once: nothing waits for a batch to fill.
+//! - a copy queued while the peer's sender is busy goes in the next batch,
+//!   with every other copy queued meanwhile (up to [`MAX_BATCH_BYTES`]). A
+//!   lone write leaves at once: nothing waits for a batch to fill.
+//! - batches go on the peer's [`link`](super::link): one long-lived
+//!   connection, a batch written as soon as the one before it is written,
+//!   the answers read back in order. A peer without links (an older
+//!   version, during a rolling upgrade) gets each batch as an HTTP request
+//!   to [`PATH`], at most [`IN_FLIGHT`] at once; one without that endpoint
+//!   either (404 or 405) gets the copies one request each. Either fallback
+//!   lasts as long as the peer's queue.
 //! - the peer stores every copy, flushes once (`--durability fsync`), and
-//!   answers once for the whole batch ([`PATH`]). Its answer is every copy's
-//!   answer: a failure fails them all, and each is then indeterminate, as a
-//!   failed push always was.
+//!   answers once for the whole batch. Its answer is every copy's answer: a
+//!   failure fails them all, and each is then indeterminate, as a failed
+//!   push always was.
 //! - no copy waits longer than [`CALL_TIMEOUT`] for its answer, queued
 //!   or sent: the bound a call to a peer always had.
-//! - a peer that does not know [`PATH`] (404 or 405: an older version,
-//!   during a rolling upgrade) gets the copies one request each, as before,
-//!   for as long as its queue lives.
 //!
 //! Wire format of a batch (`POST /_shoal/kv-batch`, body
-//! `application/octet-stream`): items `len: u32 LE` followed by `len` bytes:
-//! `owners_len: u16 LE`, the owner ids as in `x-shoal-kv-owners`, then the
-//! copy in [`codec`]'s form (a value or a tombstone; never a removal).
+//! `application/octet-stream`, or a link's frame): items `len: u32 LE`
+//! followed by `len` bytes: `owners_len: u16 LE`, the owner ids as in
+//! `x-shoal-kv-owners`, then the copy in [`codec`]'s form (a value or a
+//! tombstone; never a removal).
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -32,20 +36,18 @@ use bytes::Bytes;
 use tokio::sync::oneshot;
 
 use super::codec::{self, Record};
+use super::link::{self, Answer, FRAME_HEADER, Link, NotSent, Replies};
 use super::membership::Member;
 use super::peers::{CALL_TIMEOUT, PeerError, Peers};
 use super::store::Entry;
 
-/// The receiving endpoint.
+/// The receiving endpoint for a batch sent as an HTTP request.
 pub const PATH: &str = "/_shoal/kv-batch";
-/// Batches on their way to one peer at once.
+/// Batches sent as HTTP requests to one peer at once.
 pub const IN_FLIGHT: usize = 2;
 /// A batch is closed before it grows past this (one copy, at most a 1 MiB
 /// value, always fits); the receiver refuses bigger bodies.
 pub const MAX_BATCH_BYTES: usize = 4 << 20;
-
-/// One peer's answer, given to every copy of a batch.
-type Answer = Result<(), PeerError>;
 
 /// The batch queues, one per peer (by instance id).
 #[derive(Debug, Default)]
@@ -64,14 +66,58 @@ struct QueueState {
     waiting: VecDeque<Pending>,
     /// Senders running (each sends one batch at a time).
     senders: usize,
-    /// The peer answered 404 or 405 to [`PATH`]: send copies one by one.
-    one_by_one: bool,
+    route: Route,
 }
 
-#[derive(Debug, Default)]
+/// How batches reach the peer.
+#[derive(Debug, Clone)]
+enum Route {
+    /// On a link: the one open, or a new one.
+    Link(Option<Arc<Link>>),
+    /// As HTTP requests to [`PATH`]: the peer has no link endpoint.
+    Requests,
+    /// A request per copy: the peer has no batch endpoint either.
+    OneByOne,
+}
+
+impl Default for Route {
+    fn default() -> Self {
+        Route::Link(None)
+    }
+}
+
+impl Route {
+    /// Senders at once: a link's frames are written one after another and
+    /// no sender waits for an answer; a request waits for its answer.
+    fn senders(&self) -> usize {
+        match self {
+            Route::Link(_) => 1,
+            Route::Requests | Route::OneByOne => IN_FLIGHT,
+        }
+    }
+}
+
+#[derive(Debug)]
 struct Pending {
-    body: Vec<u8>,
-    replies: Vec<oneshot::Sender<Answer>>,
+    /// [`FRAME_HEADER`] bytes (a link's frame header, filled in when sent),
+    /// then the batch body.
+    frame: Vec<u8>,
+    replies: Replies,
+}
+
+impl Default for Pending {
+    fn default() -> Self {
+        Pending {
+            frame: vec![0; FRAME_HEADER],
+            replies: Vec::new(),
+        }
+    }
+}
+
+impl Pending {
+    fn body_len(&self) -> usize {
+        self.frame.len() - FRAME_HEADER
+    }
 }
 
 impl Queue {
@@ -86,15 +132,17 @@ impl Batches {
         queues.entry(peer.id.clone()).or_default().clone()
     }
 
-    /// Drop `queue` from the map if it is still the peer's and has nothing
-    /// to do (a departed peer leaves no queue behind).
+    /// Drop `queue` from the map if it is still the peer's, has nothing
+    /// to do and holds no open link (a departed peer leaves no queue
+    /// behind).
     fn forget_if_idle(&self, peer: &Member, queue: &Arc<Queue>) {
         let mut queues = self.queues.lock().expect("batch queues poisoned");
         if let Some(current) = queues.get(&peer.id)
             && Arc::ptr_eq(current, queue)
         {
             let state = queue.lock();
-            if state.senders == 0 && state.waiting.is_empty() {
+            let linked = matches!(&state.route, Route::Link(Some(link)) if link.is_open());
+            if state.senders == 0 && state.waiting.is_empty() && !linked {
                 drop(state);
                 queues.remove(&peer.id);
             }
@@ -113,14 +161,14 @@ pub async fn push(peers: &Peers, peer: &Member, key: &str, entry: &Entry, owners
         let fits = state
             .waiting
             .back()
-            .is_some_and(|last| last.body.len() + item_len <= MAX_BATCH_BYTES);
+            .is_some_and(|last| last.body_len() + item_len <= MAX_BATCH_BYTES);
         if !fits {
             state.waiting.push_back(Pending::default());
         }
         let last = state.waiting.back_mut().expect("a batch was just made");
-        encode_item(&mut last.body, key, entry, owners);
+        encode_item(&mut last.frame, key, entry, owners);
         last.replies.push(reply);
-        let start = state.senders < IN_FLIGHT;
+        let start = state.senders < state.route.senders();
         state.senders += start as usize;
         start
     };
@@ -145,35 +193,93 @@ pub async fn push(peers: &Peers, peer: &Member, key: &str, entry: &Entry, owners
 /// Send the peer's batches, one at a time, until none is waiting.
 async fn send_queued(peers: Peers, peer: Member, queue: Arc<Queue>) {
     loop {
-        let (pending, one_by_one) = {
+        let (pending, route) = {
             let mut state = queue.lock();
             match state.waiting.pop_front() {
-                Some(pending) => (pending, state.one_by_one),
+                Some(pending) => (pending, state.route.clone()),
                 None => {
                     state.senders -= 1;
                     break;
                 }
             }
         };
-        let body = Bytes::from(pending.body);
-        let answer = if one_by_one {
-            push_each(&peers, &peer, &body).await
-        } else {
-            match peers.send_batch(&peer, body.clone()).await {
-                Err(BatchRefused::NotUnderstood) => {
-                    queue.lock().one_by_one = true;
-                    push_each(&peers, &peer, &body).await
-                }
-                Err(BatchRefused::Peer(e)) => Err(e),
-                Ok(()) => Ok(()),
+        match route {
+            Route::Link(link) => send_on_link(&peers, &peer, &queue, link, pending).await,
+            Route::Requests => {
+                let answer = send_request(&peers, &peer, &queue, &pending.frame).await;
+                link::answer(pending.replies, answer);
             }
-        };
-        for reply in pending.replies {
-            // The writer may have gone (its client left): nothing to tell.
-            let _ = reply.send(answer.clone());
+            Route::OneByOne => {
+                let answer = push_each(&peers, &peer, &pending.frame[FRAME_HEADER..]).await;
+                link::answer(pending.replies, answer);
+            }
         }
     }
     peers.batches().forget_if_idle(&peer, &queue);
+}
+
+/// Write `pending` on the peer's link, opening one if there is none (or
+/// the one there has died); returns once it is written, not answered.
+async fn send_on_link(
+    peers: &Peers,
+    peer: &Member,
+    queue: &Arc<Queue>,
+    open: Option<Arc<Link>>,
+    pending: Pending,
+) {
+    let Pending { frame, replies } = pending;
+    let (frame, replies) = match open.filter(|link| link.is_open()) {
+        Some(link) => match link.send(frame, replies).await {
+            Err(NotSent::Closed(frame, replies)) => (frame, replies),
+            Ok(()) | Err(NotSent::Failed) => return,
+        },
+        None => (frame, replies),
+    };
+    let on_close = {
+        let (batches, peer, queue) = (peers.batches().clone(), peer.clone(), queue.clone());
+        move || {
+            if let Route::Link(link) = &mut queue.lock().route
+                && link.as_ref().is_some_and(|link| !link.is_open())
+            {
+                *link = None;
+            }
+            batches.forget_if_idle(&peer, &queue);
+        }
+    };
+    match Link::open(peer, on_close).await {
+        Ok(Some(link)) => {
+            if let Route::Link(open) = &mut queue.lock().route {
+                *open = Some(link.clone());
+            }
+            if let Err(NotSent::Closed(_, replies)) = link.send(frame, replies).await {
+                let closed = PeerError::Reset {
+                    id: peer.id.clone(),
+                    why: "the link closed as soon as it opened".into(),
+                };
+                link::answer(replies, Err(closed));
+            }
+        }
+        Ok(None) => {
+            queue.lock().route = Route::Requests;
+            let answer = send_request(peers, peer, queue, &frame).await;
+            link::answer(replies, answer);
+        }
+        Err(e) => link::answer(replies, Err(e)),
+    }
+}
+
+/// Send one batch as an HTTP request (`frame` after its header), falling
+/// back to a request per copy for a peer without the batch endpoint.
+async fn send_request(peers: &Peers, peer: &Member, queue: &Queue, frame: &[u8]) -> Answer {
+    let body = Bytes::copy_from_slice(&frame[FRAME_HEADER..]);
+    match peers.send_batch(peer, body.clone()).await {
+        Err(BatchRefused::NotUnderstood) => {
+            queue.lock().route = Route::OneByOne;
+            push_each(peers, peer, &body).await
+        }
+        Err(BatchRefused::Peer(e)) => Err(e),
+        Ok(()) => Ok(()),
+    }
 }
 
 /// Why a batch got no answer.
@@ -275,25 +381,30 @@ mod tests {
     use axum::middleware::{self, Next};
     use axum::response::{IntoResponse, Response};
     use futures::future::join_all;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpStream;
 
     use super::*;
     use crate::kv::version::Version;
     use crate::routes::testing::TestApp;
 
-    /// How the peer under test treats the batch endpoint.
+    /// How the peer under test treats the link and batch endpoints.
     #[derive(Clone, Copy, PartialEq)]
     enum Peer {
-        /// This version: takes batches.
+        /// This version: takes links.
         Current,
-        /// An older version: no batch endpoint (404), copies one by one.
+        /// The version before: no link endpoint (404), takes batches as requests.
+        NoLinks,
+        /// Older still: no batch endpoint either, copies one by one.
         Older,
-        /// Takes nothing: 503 to every batch.
+        /// Takes nothing: 503 to every link and batch.
         Refusing,
     }
 
     struct Served {
         app: TestApp,
         member: Member,
+        links: Arc<AtomicUsize>,
         batches: Arc<AtomicUsize>,
         singles: Arc<AtomicUsize>,
     }
@@ -301,27 +412,37 @@ mod tests {
     /// The real app's router on a real socket, counting the internal calls.
     async fn serve(kind: Peer) -> Served {
         let app = TestApp::new();
-        let batches = Arc::new(AtomicUsize::new(0));
-        let singles = Arc::new(AtomicUsize::new(0));
-        let (b, s) = (batches.clone(), singles.clone());
+        let counters: [Arc<AtomicUsize>; 3] = Default::default();
+        let [links, batches, singles] = counters.clone();
         let router =
             app.router
                 .clone()
                 .layer(middleware::from_fn(move |request: Request, next: Next| {
-                    let (batches, singles) = (b.clone(), s.clone());
+                    let [links, batches, singles] = counters.clone();
                     async move {
                         let path = request.uri().path().to_owned();
-                        if path == PATH {
+                        let refused = if path == link::PATH {
+                            links.fetch_add(1, Ordering::SeqCst);
+                            match kind {
+                                Peer::Current => None,
+                                Peer::NoLinks | Peer::Older => Some(StatusCode::NOT_FOUND),
+                                Peer::Refusing => Some(StatusCode::SERVICE_UNAVAILABLE),
+                            }
+                        } else if path == PATH {
                             batches.fetch_add(1, Ordering::SeqCst);
                             match kind {
-                                Peer::Current => {}
-                                Peer::Older => return StatusCode::NOT_FOUND.into_response(),
-                                Peer::Refusing => {
-                                    return StatusCode::SERVICE_UNAVAILABLE.into_response();
-                                }
+                                Peer::Current | Peer::NoLinks => None,
+                                Peer::Older => Some(StatusCode::NOT_FOUND),
+                                Peer::Refusing => Some(StatusCode::SERVICE_UNAVAILABLE),
                             }
-                        } else if path.starts_with("/_shoal/kv/") {
-                            singles.fetch_add(1, Ordering::SeqCst);
+                        } else {
+                            if path.starts_with("/_shoal/kv/") {
+                                singles.fetch_add(1, Ordering::SeqCst);
+                            }
+                            None
+                        };
+                        if let Some(status) = refused {
+                            return status.into_response();
                         }
                         let response: Response = next.run(request).await;
                         response
@@ -333,6 +454,7 @@ mod tests {
         Served {
             app,
             member: peer_at(addr),
+            links,
             batches,
             singles,
         }
@@ -348,6 +470,42 @@ mod tests {
         }
     }
 
+    /// A peer played by hand on a real socket: `handle` gets each
+    /// connection; returns the member and the count of connections taken.
+    async fn fake_peer<F, Fut>(handle: F) -> (Member, Arc<AtomicUsize>)
+    where
+        F: Fn(TcpStream) -> Fut + Send + 'static,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let member = peer_at(listener.local_addr().unwrap());
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let count = accepted.clone();
+        tokio::spawn(async move {
+            loop {
+                let (stream, _) = listener.accept().await.unwrap();
+                count.fetch_add(1, Ordering::SeqCst);
+                tokio::spawn(handle(stream));
+            }
+        });
+        (member, accepted)
+    }
+
+    /// Read a request's head and switch to a link, as this version does.
+    async fn accept_link(stream: &mut TcpStream) {
+        let mut head = Vec::new();
+        while !head.ends_with(b"\r\n\r\n") {
+            head.push(stream.read_u8().await.unwrap());
+        }
+        let head = String::from_utf8(head).unwrap();
+        assert!(head.starts_with(&format!("GET {} ", link::PATH)), "{head}");
+        let answer = format!(
+            "HTTP/1.1 101 Switching Protocols\r\nConnection: upgrade\r\nUpgrade: {}\r\n\r\n",
+            link::PROTOCOL
+        );
+        stream.write_all(answer.as_bytes()).await.unwrap();
+    }
+
     /// Push `n` copies at once (`{prefix}-{i}`), every push's answer.
     async fn push_all(peers: &Peers, to: &Member, prefix: &str, n: u64) -> Vec<Answer> {
         let keys: Vec<(String, Entry)> = (0..n)
@@ -360,25 +518,113 @@ mod tests {
         .await
     }
 
+    fn assert_stored(app: &TestApp, prefix: &str, n: u64) {
+        for i in 0..n {
+            let stored = app.state.kv().local(&format!("{prefix}-{i}"));
+            assert_eq!(stored, Some(entry(i + 1, Some("v"))), "{prefix}-{i}");
+        }
+    }
+
+    fn queues(peers: &Peers) -> usize {
+        peers.batches().queues.lock().unwrap().len()
+    }
+
     #[tokio::test]
-    async fn copies_pushed_together_leave_in_one_batch_and_are_all_stored() {
+    async fn copies_go_on_one_link_that_stays_open_for_the_next_ones() {
         let peer = serve(Peer::Current).await;
+        let peers = Peers::default();
+        for burst in ["a", "b"] {
+            let answers = push_all(&peers, &peer.member, burst, 64).await;
+            assert!(answers.iter().all(Result::is_ok), "{answers:?}");
+            assert_stored(&peer.app, burst, 64);
+        }
+        assert_eq!(peer.links.load(Ordering::SeqCst), 1, "one link, kept");
+        assert_eq!(peer.batches.load(Ordering::SeqCst), 0);
+        assert_eq!(peer.singles.load(Ordering::SeqCst), 0);
+        assert_eq!(queues(&peers), 1, "a queue with an open link is kept");
+    }
+
+    #[tokio::test]
+    async fn a_link_idle_for_its_idle_time_is_closed_and_its_queue_forgotten() {
+        let peer = serve(Peer::Current).await;
+        let peers = Peers::default();
+        let answer = peers
+            .push(&peer.member, "k", &entry(1, Some("v")), "self,peer")
+            .await;
+        assert!(answer.is_ok(), "{answer:?}");
+        tokio::time::pause();
+        let opened = tokio::time::Instant::now();
+        while queues(&peers) > 0 {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let idle = opened.elapsed();
+        assert!(
+            idle >= link::IDLE && idle < link::IDLE + Duration::from_secs(1),
+            "closed after {idle:?}"
+        );
+        // The next copy opens a new link.
+        tokio::time::resume();
+        let answer = peers
+            .push(&peer.member, "k", &entry(2, Some("v")), "self,peer")
+            .await;
+        assert!(answer.is_ok(), "{answer:?}");
+        assert_eq!(peer.links.load(Ordering::SeqCst), 2);
+    }
+
+    /// The peer's side of a link, spoken to by hand: each frame gets the
+    /// batch endpoint's status, in order; a frame over the limit ends it.
+    #[tokio::test]
+    async fn a_link_answers_each_frame_in_order_and_closes_on_an_oversized_one() {
+        let peer = serve(Peer::Current).await;
+        let mut stream = TcpStream::connect(&peer.member.addr).await.unwrap();
+        let request = format!(
+            "GET {} HTTP/1.1\r\nHost: peer\r\nConnection: upgrade\r\nUpgrade: {}\r\n\r\n",
+            link::PATH,
+            link::PROTOCOL
+        );
+        stream.write_all(request.as_bytes()).await.unwrap();
+        let mut head = Vec::new();
+        while !head.ends_with(b"\r\n\r\n") {
+            head.push(stream.read_u8().await.unwrap());
+        }
+        let head = String::from_utf8(head).unwrap();
+        assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+        let frame = |body: &[u8]| [&(body.len() as u32).to_le_bytes()[..], body].concat();
+        let mut valid = Vec::new();
+        encode_item(&mut valid, "k", &entry(1, Some("v")), "self,peer");
+        // Two frames in one write: a damaged batch, then a valid one.
+        let frames = [frame(&[1, 2, 3]), frame(&valid)].concat();
+        stream.write_all(&frames).await.unwrap();
+        assert_eq!(stream.read_u16_le().await.unwrap(), 400);
+        assert_eq!(stream.read_u16_le().await.unwrap(), 200);
+        assert_eq!(peer.app.state.kv().local("k"), Some(entry(1, Some("v"))));
+        let oversized = (MAX_BATCH_BYTES as u32 + 1).to_le_bytes();
+        stream.write_all(&oversized).await.unwrap();
+        let mut rest = Vec::new();
+        let read = tokio::time::timeout(Duration::from_secs(2), stream.read_to_end(&mut rest))
+            .await
+            .expect("the peer closes the link");
+        assert_eq!(read.unwrap(), 0, "nothing answers an oversized frame");
+    }
+
+    #[tokio::test]
+    async fn a_peer_without_links_gets_batches_as_requests() {
+        let peer = serve(Peer::NoLinks).await;
         let peers = Peers::default();
         let answers = push_all(&peers, &peer.member, "k", 64).await;
         assert!(answers.iter().all(Result::is_ok), "{answers:?}");
-        for i in 0..64 {
-            let stored = peer.app.state.kv().local(&format!("k-{i}"));
-            assert_eq!(stored, Some(entry(i + 1, Some("v"))), "k-{i}");
-        }
+        assert_stored(&peer.app, "k", 64);
+        assert_eq!(peer.links.load(Ordering::SeqCst), 1);
         let batches = peer.batches.load(Ordering::SeqCst);
         assert!(
             (1..=IN_FLIGHT).contains(&batches),
             "{batches} batches for 64 copies"
         );
         assert_eq!(peer.singles.load(Ordering::SeqCst), 0);
-        assert!(
-            peers.batches().queues.lock().unwrap().is_empty(),
-            "an idle queue is forgotten"
+        assert_eq!(
+            queues(&peers),
+            0,
+            "an idle queue without a link is forgotten"
         );
     }
 
@@ -388,14 +634,10 @@ mod tests {
         let peers = Peers::default();
         let answers = push_all(&peers, &peer.member, "k", 5).await;
         assert!(answers.iter().all(Result::is_ok), "{answers:?}");
-        for i in 0..5 {
-            assert!(
-                peer.app.state.kv().local(&format!("k-{i}")).is_some(),
-                "k-{i}"
-            );
-        }
+        assert_stored(&peer.app, "k", 5);
         assert_eq!(peer.singles.load(Ordering::SeqCst), 5);
         assert_eq!(peer.batches.load(Ordering::SeqCst), 1);
+        assert_eq!(peer.links.load(Ordering::SeqCst), 1);
     }
 
     #[tokio::test]
@@ -427,7 +669,40 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_refused_batch_fails_every_copy_in_it() {
+    async fn a_link_the_peer_closes_is_replaced_by_a_new_one() {
+        // Each connection: a link that answers one frame, then closes.
+        let (member, accepted) = fake_peer(|mut stream| async move {
+            accept_link(&mut stream).await;
+            let len = stream.read_u32_le().await.unwrap();
+            let mut body = vec![0; len as usize];
+            stream.read_exact(&mut body).await.unwrap();
+            assert_eq!(decode(&body).unwrap().len(), 1);
+            let mut answer = Vec::new();
+            link::encode_answer(StatusCode::OK, &mut answer);
+            stream.write_all(&answer).await.unwrap();
+        })
+        .await;
+        let peers = Peers::default();
+        for (i, key) in ["first", "second"].into_iter().enumerate() {
+            let answer = peers
+                .push(&member, key, &entry(1, Some("v")), "self,peer")
+                .await;
+            assert!(answer.is_ok(), "{key}: {answer:?}");
+            assert_eq!(accepted.load(Ordering::SeqCst), i + 1);
+            // The closed link is dropped, and with it the idle queue.
+            let forgotten = async {
+                while queues(&peers) > 0 {
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                }
+            };
+            tokio::time::timeout(Duration::from_secs(2), forgotten)
+                .await
+                .expect("the queue of a closed link is forgotten");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_refused_link_fails_every_copy_queued_for_it() {
         let peer = serve(Peer::Refusing).await;
         let peers = Peers::default();
         let answers = push_all(&peers, &peer.member, "k", 8).await;
@@ -441,44 +716,33 @@ mod tests {
         assert!(peer.app.state.kv().local("k-0").is_none());
     }
 
-    /// A frozen peer holds the first batches unanswered; a copy queued
-    /// behind them fails at its own `CALL_TIMEOUT`, not after theirs and
-    /// then its own (twice as long).
+    /// A frozen peer takes the connection and answers nothing: the first
+    /// copy's sender waits for the link; a copy queued behind it fails at
+    /// its own `CALL_TIMEOUT`, not after the first's and then its own.
     #[tokio::test]
-    async fn a_copy_queued_behind_unanswered_batches_waits_no_longer_than_a_call() {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let member = peer_at(listener.local_addr().unwrap());
-        let accepted = Arc::new(AtomicUsize::new(0));
-        let count = accepted.clone();
-        // Frozen: takes connections, reads nothing, answers nothing.
-        let frozen = tokio::spawn(async move {
-            let mut held = Vec::new();
-            loop {
-                let (stream, _) = listener.accept().await.unwrap();
-                count.fetch_add(1, Ordering::SeqCst);
-                held.push(stream);
-            }
-        });
+    async fn a_copy_queued_behind_an_unanswered_one_waits_no_longer_than_a_call() {
+        let (member, accepted) = fake_peer(|stream| async move {
+            tokio::time::sleep(Duration::from_secs(60)).await;
+            drop(stream);
+        })
+        .await;
         let peers = Peers::default();
-        // One at a time, so that each leaves in a batch of its own.
-        let mut sent = Vec::new();
-        for i in 0..IN_FLIGHT {
+        let first = {
             let (peers, member) = (peers.clone(), member.clone());
-            sent.push(tokio::spawn(async move {
-                let key = format!("sent-{i}");
+            tokio::spawn(async move {
                 peers
-                    .push(&member, &key, &entry(1, Some("v")), "self,peer")
+                    .push(&member, "first", &entry(1, Some("v")), "self,peer")
                     .await
-            }));
-            let on_its_way = async {
-                while accepted.load(Ordering::SeqCst) <= i {
-                    tokio::time::sleep(Duration::from_millis(1)).await;
-                }
-            };
-            tokio::time::timeout(Duration::from_secs(2), on_its_way)
-                .await
-                .unwrap_or_else(|_| panic!("batch {i} not sent within 2 s"));
-        }
+            })
+        };
+        let connected = async {
+            while accepted.load(Ordering::SeqCst) == 0 {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(2), connected)
+            .await
+            .expect("the first copy's link connects within 2 s");
         let queued_at = tokio::time::Instant::now();
         let answer = peers
             .push(&member, "queued", &entry(9, Some("v")), "self,peer")
@@ -487,15 +751,45 @@ mod tests {
         let Err(PeerError::Failed { why, .. }) = &answer else {
             panic!("{answer:?}");
         };
+        assert!(why.contains("within 3000 ms"), "{why}");
+        assert!(
+            waited < CALL_TIMEOUT + Duration::from_secs(2),
+            "waited {waited:?}"
+        );
+        assert!(first.await.unwrap().is_err());
+    }
+
+    /// A peer that stops answering on an open link: its frames fail within
+    /// a call, and the link is closed.
+    #[tokio::test]
+    async fn a_link_whose_peer_stops_answering_fails_its_frames_and_closes() {
+        let (member, _) = fake_peer(|mut stream| async move {
+            accept_link(&mut stream).await;
+            tokio::time::sleep(Duration::from_secs(60)).await;
+        })
+        .await;
+        let peers = Peers::default();
+        let sent_at = tokio::time::Instant::now();
+        let answer = peers
+            .push(&member, "k", &entry(1, Some("v")), "self,peer")
+            .await;
+        let Err(PeerError::Failed { why, .. }) = &answer else {
+            panic!("{answer:?}");
+        };
         assert!(why.contains("no answer within 3000 ms"), "{why}");
+        let waited = sent_at.elapsed();
         assert!(
             waited >= CALL_TIMEOUT && waited < CALL_TIMEOUT + Duration::from_secs(2),
             "waited {waited:?}"
         );
-        for push in sent {
-            assert!(push.await.unwrap().is_err());
-        }
-        frozen.abort();
+        let closed = async {
+            while queues(&peers) > 0 {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(2), closed)
+            .await
+            .expect("the link is closed and its queue forgotten");
     }
 
     fn entry(hlc: u64, value: Option<&'static str>) -> Entry {

@@ -11,6 +11,7 @@
 //! - [`membership`]: ready instances, owners, primaries, down marks, settling.
 //! - [`peers`]: calls to other instances (internal endpoints, forwarding).
 //! - [`batch`]: copies pushed to one peer, gathered into batches.
+//! - [`link`]: the long-lived connection to one peer the batches go on.
 //! - [`cluster`]: [`Kv`], coordinating reads and writes.
 //! - [`fence`]: when this instance may coordinate (lease, confirmed view, join delay).
 //! - [`sync`]: the task that places entries on their owners and hands off.
@@ -26,6 +27,7 @@ pub mod feed;
 pub mod fence;
 pub mod journal;
 pub mod key;
+pub mod link;
 pub mod membership;
 pub mod peers;
 pub mod store;

@@ -2,7 +2,8 @@
 //! (`/_shoal/kv/{key}`, see `routes::kv_peer`) and forwarding a client's
 //! request to the key's primary.
 //!
-//! Copies for the other owners go in batches ([`super::batch`]).
+//! Copies for the other owners go in batches ([`super::batch`]), on a
+//! long-lived link per peer ([`super::link`]).
 //!
 //! One pooled HTTP/1.1 client (reqwest) with short timeouts: a peer that
 //! does not connect within [`CONNECT_TIMEOUT`] is treated like a refused one
@@ -107,7 +108,7 @@ impl Peers {
                     value: (!tombstone).then_some(body),
                 }))
             }
-            status => Err(status_error(peer, status)),
+            status => Err(status_error(&peer.id, status)),
         }
     }
 
@@ -123,7 +124,7 @@ impl Peers {
         batch::push(self, peer, key, entry, owners).await
     }
 
-    pub(super) fn batches(&self) -> &Batches {
+    pub(super) fn batches(&self) -> &Arc<Batches> {
         &self.batches
     }
 
@@ -142,7 +143,7 @@ impl Peers {
             StatusCode::NOT_FOUND | StatusCode::METHOD_NOT_ALLOWED => {
                 Err(BatchRefused::NotUnderstood)
             }
-            status => Err(BatchRefused::Peer(status_error(peer, status))),
+            status => Err(BatchRefused::Peer(status_error(&peer.id, status))),
         }
     }
 
@@ -167,7 +168,7 @@ impl Peers {
         let response = request.send().await.map_err(|e| error(peer, e))?;
         match response.status() {
             StatusCode::OK => Ok(()),
-            status => Err(status_error(peer, status)),
+            status => Err(status_error(&peer.id, status)),
         }
     }
 
@@ -182,7 +183,7 @@ impl Peers {
             .map_err(|e| error(peer, e))?;
         match response.status() {
             StatusCode::OK | StatusCode::NO_CONTENT | StatusCode::NOT_FOUND => Ok(()),
-            status => Err(status_error(peer, status)),
+            status => Err(status_error(&peer.id, status)),
         }
     }
 
@@ -253,13 +254,17 @@ fn failed(peer: &Member, why: &str) -> PeerError {
     }
 }
 
-fn status_error(peer: &Member, status: StatusCode) -> PeerError {
+/// The error for a peer's (`id`'s) answer other than success.
+pub(super) fn status_error(id: &str, status: StatusCode) -> PeerError {
     if status == StatusCode::SERVICE_UNAVAILABLE {
         PeerError::Unavailable {
-            id: peer.id.clone(),
+            id: id.to_owned(),
             why: "it is leaving".into(),
         }
     } else {
-        failed(peer, &format!("answered {status}"))
+        PeerError::Failed {
+            id: id.to_owned(),
+            why: format!("answered {status}"),
+        }
     }
 }

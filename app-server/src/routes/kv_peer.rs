@@ -13,19 +13,27 @@
 //! its format), each kept if newer, then one flush and one answer: 200,
 //! 503 if this instance is leaving (nothing stored) or could not store
 //! them, 400 if the body is not a valid batch (nothing stored).
+//!
+//! And `GET /_shoal/kv-stream` with `Upgrade: shoal-kv-stream/1`: the
+//! connection becomes a link (`kv::link`) whose frames are batches,
+//! answered in order with the status the batch endpoint would give.
 
 use axum::Json;
-use axum::body::Bytes;
+use axum::body::{Body, Bytes};
 use axum::extract::rejection::{BytesRejection, PathRejection};
-use axum::extract::{Path, State};
-use axum::http::{HeaderMap, HeaderValue};
+use axum::extract::{Path, Request, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use bytes::BytesMut;
+use hyper_util::rt::TokioIo;
 use serde_json::json;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tracing::{debug, warn};
 
 use crate::error::ApiError;
-use crate::kv::batch;
 use crate::kv::peers::{OWNERS_HEADER, TOMBSTONE_HEADER, VERSION_HEADER, header_version};
 use crate::kv::store::{Applied, Entry};
+use crate::kv::{Kv, batch, link};
 use crate::routes::kv::{body_error, key};
 use crate::state::AppState;
 
@@ -73,17 +81,108 @@ pub async fn batch(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     let body = body.map_err(body_error)?;
-    let copies = batch::decode(&body).map_err(|e| ApiError::BadBatch(e.to_string()))?;
     let kv = state.kv();
+    let (count, stored) = receive_batch(kv, &body)?;
+    // One flush for the whole batch (group commit across its copies).
+    kv.durable().await?;
+    Ok(Json(json!({ "copies": count, "stored": stored })).into_response())
+}
+
+/// Keep each copy of a batch body that is newer than this instance's;
+/// (copies, copies stored). Not flushed yet.
+fn receive_batch(kv: &Kv, body: &[u8]) -> Result<(usize, usize), ApiError> {
+    let copies = batch::decode(body).map_err(|e| ApiError::BadBatch(e.to_string()))?;
     let count = copies.len();
     let mut stored = 0;
     for copy in copies {
         let applied = kv.receive(&copy.key, copy.entry, &copy.owners)?;
         stored += (applied == Applied::Stored) as usize;
     }
-    // One flush for the whole batch (group commit across its copies).
-    kv.durable().await?;
-    Ok(Json(json!({ "copies": count, "stored": stored })).into_response())
+    Ok((count, stored))
+}
+
+/// Switch the connection to a link (`kv::link`), served by [`serve_link`].
+pub async fn stream(State(state): State<AppState>, mut request: Request) -> Response {
+    let asks_for_link = request
+        .headers()
+        .get(header::UPGRADE)
+        .is_some_and(|protocol| protocol == link::PROTOCOL);
+    if !asks_for_link {
+        let why = format!(
+            "{} needs `Connection: upgrade` and `Upgrade: {}`",
+            link::PATH,
+            link::PROTOCOL
+        );
+        return ApiError::BadBatch(why).into_response();
+    }
+    let upgrade = hyper::upgrade::on(&mut request);
+    let kv = state.kv().clone();
+    tokio::spawn(async move {
+        match upgrade.await {
+            Ok(upgraded) => serve_link(&kv, TokioIo::new(upgraded)).await,
+            Err(e) => debug!(error = %e, "a link upgrade did not complete"),
+        }
+    });
+    Response::builder()
+        .status(StatusCode::SWITCHING_PROTOCOLS)
+        .header(header::CONNECTION, "upgrade")
+        .header(header::UPGRADE, link::PROTOCOL)
+        .body(Body::empty())
+        .expect("a response with these parts always builds")
+}
+
+/// One frame's batch received: the status it is answered with, unless the flush fails.
+fn receive_frame(kv: &Kv, body: &[u8]) -> Result<(), StatusCode> {
+    receive_batch(kv, body).map(drop).map_err(|e| {
+        if e.status() == StatusCode::BAD_REQUEST {
+            warn!(error = %e, "a peer sent a batch that is not valid");
+        }
+        e.status()
+    })
+}
+
+/// Store the frames of a link as they come and answer each in order: the
+/// frames read together are flushed once (`--durability fsync`) and
+/// answered in one write. Ends when the sender closes the link or sends
+/// something that is not a frame.
+async fn serve_link(kv: &Kv, mut io: impl AsyncRead + AsyncWrite + Unpin) {
+    let mut buffer = BytesMut::new();
+    let mut received = Vec::new();
+    let mut answers = Vec::new();
+    loop {
+        loop {
+            match link::next_frame(&mut buffer) {
+                Ok(Some(body)) => received.push(receive_frame(kv, &body)),
+                Ok(None) => break,
+                Err(e) => {
+                    warn!(error = %e, "closing a link from a peer");
+                    return;
+                }
+            }
+        }
+        if !received.is_empty() {
+            let flushed = match received.iter().any(Result::is_ok) {
+                true => kv.durable().await.map_err(|e| {
+                    warn!(error = %e, "copies from a peer were not flushed");
+                    ApiError::from(e).status()
+                }),
+                false => Ok(()),
+            };
+            for outcome in received.drain(..) {
+                let status = outcome.and(flushed).err().unwrap_or(StatusCode::OK);
+                link::encode_answer(status, &mut answers);
+            }
+            if io.write_all(&answers).await.is_err() {
+                return;
+            }
+            answers.clear();
+        }
+        buffer.reserve(64 << 10);
+        match io.read_buf(&mut buffer).await {
+            Ok(0) | Err(_) => return,
+            Ok(_) => {}
+        }
+    }
 }
 
 pub async fn delete(

@@ -4,7 +4,7 @@
 //! - [`work`]: `GET /work?iterations=N`, CPU-bound busy loop
 //! - [`kv`]: `GET|PUT|DELETE /kv/{key}`
 //! - [`counter`]: `POST /counter/{session}`, an instance-local counter
-//! - [`kv_peer`]: `/_shoal/kv/{key}` and `/_shoal/kv-batch`, replication between instances
+//! - [`kv_peer`]: `/_shoal/kv/{key}`, `/_shoal/kv-batch` and `/_shoal/kv-stream`, replication between instances
 //! - [`health`]: `GET /healthz`, `/readyz`, `/load`
 //!
 //! Application routes (the first four) are wrapped in the request counter that
@@ -65,7 +65,8 @@ pub fn app(state: AppState) -> Router {
         .route(
             crate::kv::batch::PATH,
             post(kv_peer::batch).layer(DefaultBodyLimit::max(crate::kv::batch::MAX_BATCH_BYTES)),
-        );
+        )
+        .route(crate::kv::link::PATH, get(kv_peer::stream));
     let probes = Router::new()
         .route("/healthz", get(health::healthz).fallback(only_get))
         .route("/readyz", get(health::readyz).fallback(only_get))
