@@ -76,6 +76,8 @@ pub struct CheckReport {
     pub lost: u64,
     /// Failure reasons with counts.
     pub failures: HashMap<String, u64>,
+    /// The first few failures with the detail Shoal gave.
+    pub failure_examples: Vec<String>,
     /// (phase, seconds it took to reach its instance count).
     pub phases: Vec<(String, f64)>,
     /// Up to 10 examples of lost keys or stale reads.
@@ -101,6 +103,9 @@ impl CheckReport {
         reasons.sort_by(|a, b| b.1.cmp(a.1));
         for (reason, n) in reasons {
             let _ = writeln!(out, "  failed {n:>6} × {reason}");
+        }
+        for e in &self.failure_examples {
+            let _ = writeln!(out, "    e.g. {e}");
         }
         for e in &self.examples {
             let _ = writeln!(out, "  example: {e}");
@@ -260,6 +265,7 @@ async fn finish(
     report.reads = tally.reads;
     report.stale_reads = tally.stale_reads;
     report.failures = tally.failures.clone();
+    report.failure_examples = tally.failure_examples.clone();
     report.keys = verdict.keys;
     report.lost = verdict.lost;
     report.examples = tally

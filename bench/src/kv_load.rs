@@ -86,6 +86,19 @@ pub struct Tally {
     pub writes: u64,
     /// Up to 5 examples of stale reads.
     pub examples: Vec<String>,
+    /// The first [`FAILURE_EXAMPLES`] failures Shoal explained: method,
+    /// status, error code and the answer's `detail`.
+    pub failure_examples: Vec<String>,
+}
+
+/// Failures kept with their `detail` in [`Tally::failure_examples`].
+pub const FAILURE_EXAMPLES: usize = 3;
+
+/// Shoal's JSON error body: `{"error": code, "detail": ...}`.
+#[derive(Debug)]
+struct ErrorBody {
+    error: String,
+    detail: String,
 }
 
 impl Tally {
@@ -324,29 +337,30 @@ async fn client_loop(c: usize, shared: &Shared) {
     }
 }
 
-/// A response's status and, when it is an error, the `error` code of its
-/// JSON body (Shoal's errors carry one), for the failure reasons.
+/// A response's status and, when it is an error, its JSON error body
+/// (Shoal's errors carry one), for the failure reasons.
 async fn status_and_code(
     answer: Result<reqwest::Response, reqwest::Error>,
-) -> Result<(reqwest::StatusCode, Option<String>), reqwest::Error> {
+) -> Result<(reqwest::StatusCode, Option<ErrorBody>), reqwest::Error> {
     let r = answer?;
     let status = r.status();
     if status.is_success() {
         return Ok((status, None));
     }
-    let code = r
-        .json::<serde_json::Value>()
-        .await
-        .ok()
-        .and_then(|body| body.get("error")?.as_str().map(str::to_owned));
-    Ok((status, code))
+    let body = r.json::<serde_json::Value>().await.ok();
+    let field = |name| Some(body.as_ref()?.get(name)?.as_str()?.to_owned());
+    let error = field("error").map(|error| ErrorBody {
+        error,
+        detail: field("detail").unwrap_or_default(),
+    });
+    Ok((status, error))
 }
 
 /// Count one request; true if acknowledged (2xx).
 async fn record(
     tally: &Mutex<Tally>,
     method: &str,
-    answer: Result<(reqwest::StatusCode, Option<String>), reqwest::Error>,
+    answer: Result<(reqwest::StatusCode, Option<ErrorBody>), reqwest::Error>,
 ) -> bool {
     let mut t = tally.lock().await;
     t.ops += 1;
@@ -358,12 +372,18 @@ async fn record(
             t.acknowledged += 1;
             true
         }
-        Ok((status, code)) => {
+        Ok((status, body)) => {
             t.failed += 1;
-            let reason = match code {
-                Some(code) => format!("{method}: {status} {code}"),
+            let reason = match &body {
+                Some(body) => format!("{method}: {status} {}", body.error),
                 None => format!("{method}: {status}"),
             };
+            if let Some(body) = body
+                && t.failure_examples.len() < FAILURE_EXAMPLES
+            {
+                t.failure_examples
+                    .push(format!("{reason}: {}", body.detail));
+            }
             *t.failures.entry(reason).or_default() += 1;
             false
         }

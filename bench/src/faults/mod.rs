@@ -287,6 +287,12 @@ pub async fn under_load(
     for (reason, n) in reasons {
         details.push(format!("failed {n} × {reason}"));
     }
+    details.extend(
+        tally
+            .failure_examples
+            .iter()
+            .map(|e| format!("e.g. KV {e}")),
+    );
     details.extend(tally.examples.iter().cloned());
     details.extend(verdict.examples.iter().cloned());
     let mut notes = outcome.notes;
