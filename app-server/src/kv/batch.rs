@@ -374,7 +374,7 @@ pub fn decode(mut body: &[u8]) -> Result<Vec<Item>, BadBatch> {
 #[cfg(test)]
 mod tests {
     use std::sync::atomic::{AtomicUsize, Ordering};
-    use std::time::{Duration, SystemTime};
+    use std::time::Duration;
 
     use axum::extract::Request;
     use axum::http::StatusCode;
@@ -385,6 +385,7 @@ mod tests {
     use tokio::net::TcpStream;
 
     use super::*;
+    use crate::kv::testing::{accept_link, answer_frame, fake_peer, peer_at, read_frame};
     use crate::kv::version::Version;
     use crate::routes::testing::TestApp;
 
@@ -453,57 +454,11 @@ mod tests {
         tokio::spawn(async move { axum::serve(listener, router).await });
         Served {
             app,
-            member: peer_at(addr),
+            member: peer_at("peer", addr),
             links,
             batches,
             singles,
         }
-    }
-
-    /// The peer `peer` listening at `addr`.
-    fn peer_at(addr: std::net::SocketAddr) -> Member {
-        Member {
-            id: "peer".into(),
-            addr: addr.to_string(),
-            weight: 1,
-            started: SystemTime::UNIX_EPOCH,
-        }
-    }
-
-    /// A peer played by hand on a real socket: `handle` gets each
-    /// connection; returns the member and the count of connections taken.
-    async fn fake_peer<F, Fut>(handle: F) -> (Member, Arc<AtomicUsize>)
-    where
-        F: Fn(TcpStream) -> Fut + Send + 'static,
-        Fut: Future<Output = ()> + Send + 'static,
-    {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let member = peer_at(listener.local_addr().unwrap());
-        let accepted = Arc::new(AtomicUsize::new(0));
-        let count = accepted.clone();
-        tokio::spawn(async move {
-            loop {
-                let (stream, _) = listener.accept().await.unwrap();
-                count.fetch_add(1, Ordering::SeqCst);
-                tokio::spawn(handle(stream));
-            }
-        });
-        (member, accepted)
-    }
-
-    /// Read a request's head and switch to a link, as this version does.
-    async fn accept_link(stream: &mut TcpStream) {
-        let mut head = Vec::new();
-        while !head.ends_with(b"\r\n\r\n") {
-            head.push(stream.read_u8().await.unwrap());
-        }
-        let head = String::from_utf8(head).unwrap();
-        assert!(head.starts_with(&format!("GET {} ", link::PATH)), "{head}");
-        let answer = format!(
-            "HTTP/1.1 101 Switching Protocols\r\nConnection: upgrade\r\nUpgrade: {}\r\n\r\n",
-            link::PROTOCOL
-        );
-        stream.write_all(answer.as_bytes()).await.unwrap();
     }
 
     /// Push `n` copies at once (`{prefix}-{i}`), every push's answer.
@@ -643,7 +598,7 @@ mod tests {
     #[tokio::test]
     async fn a_connection_closed_before_the_answer_is_a_reset_and_a_closed_port_unavailable() {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let member = peer_at(listener.local_addr().unwrap());
+        let member = peer_at("peer", listener.local_addr().unwrap());
         // A peer dying: it takes connections and closes them unanswered.
         let closer = tokio::spawn(async move {
             loop {
@@ -671,15 +626,11 @@ mod tests {
     #[tokio::test]
     async fn a_link_the_peer_closes_is_replaced_by_a_new_one() {
         // Each connection: a link that answers one frame, then closes.
-        let (member, accepted) = fake_peer(|mut stream| async move {
-            accept_link(&mut stream).await;
-            let len = stream.read_u32_le().await.unwrap();
-            let mut body = vec![0; len as usize];
-            stream.read_exact(&mut body).await.unwrap();
+        let (member, accepted) = fake_peer("peer", |mut stream| async move {
+            assert!(accept_link(&mut stream).await);
+            let body = read_frame(&mut stream).await;
             assert_eq!(decode(&body).unwrap().len(), 1);
-            let mut answer = Vec::new();
-            link::encode_answer(StatusCode::OK, &mut answer);
-            stream.write_all(&answer).await.unwrap();
+            answer_frame(&mut stream, StatusCode::OK).await;
         })
         .await;
         let peers = Peers::default();
@@ -721,7 +672,7 @@ mod tests {
     /// its own `CALL_TIMEOUT`, not after the first's and then its own.
     #[tokio::test]
     async fn a_copy_queued_behind_an_unanswered_one_waits_no_longer_than_a_call() {
-        let (member, accepted) = fake_peer(|stream| async move {
+        let (member, accepted) = fake_peer("peer", |stream| async move {
             tokio::time::sleep(Duration::from_secs(60)).await;
             drop(stream);
         })
@@ -763,8 +714,8 @@ mod tests {
     /// a call, and the link is closed.
     #[tokio::test]
     async fn a_link_whose_peer_stops_answering_fails_its_frames_and_closes() {
-        let (member, _) = fake_peer(|mut stream| async move {
-            accept_link(&mut stream).await;
+        let (member, _) = fake_peer("peer", |mut stream| async move {
+            assert!(accept_link(&mut stream).await);
             tokio::time::sleep(Duration::from_secs(60)).await;
         })
         .await;

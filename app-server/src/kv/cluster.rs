@@ -399,7 +399,7 @@ impl Kv {
                 acked: copies,
                 needed,
                 why: if failures.is_empty() {
-                    "no other owner is known".into()
+                    "no other owner is known, or the owners changed as it was written".into()
                 } else {
                     failures.join("; ")
                 },
@@ -407,37 +407,40 @@ impl Kv {
         }
     }
 
-    /// Send a new entry to the key's other owners; a refused owner is
-    /// replaced by the next in the ranking (a few rounds at most). The ids
-    /// of the owners that stored it, and what the others said.
+    /// Send a new entry to the key's other owners, in rounds until every
+    /// owner other than this instance has it or has failed: a refused
+    /// owner is replaced by the next in the ranking, and an owner that
+    /// joined the view meanwhile gets it too (a few rounds at most). The
+    /// ids of the owners that stored it, and what the others said.
     async fn replicate(&self, key: &str, entry: &Entry) -> (Vec<String>, Vec<String>) {
         let mut stored_by: Vec<String> = Vec::new();
+        let mut failed_by: Vec<String> = Vec::new();
         let mut failures: Vec<String> = Vec::new();
         for _ in 0..self.config.replicas + 1 {
             let owners = self.membership.owners(key);
             let ids = owner_ids(&owners);
             let targets: Vec<&Member> = owners
                 .iter()
-                .filter(|o| o.id != self.self_id() && !stored_by.contains(&o.id))
+                .filter(|o| {
+                    o.id != self.self_id()
+                        && !stored_by.contains(&o.id)
+                        && !failed_by.contains(&o.id)
+                })
                 .collect();
             if targets.is_empty() {
                 break;
             }
             let answers =
                 join_all(targets.iter().map(|o| self.push_copy(o, key, entry, &ids))).await;
-            let mut refused = false;
             for (owner, answer) in targets.iter().zip(answers) {
                 match answer {
                     Ok(()) => stored_by.push(owner.id.clone()),
                     Err(e) => {
-                        refused |= matches!(e, PeerError::Unavailable { .. });
+                        failed_by.push(owner.id.clone());
                         failures.push(e.to_string());
                         self.note_failure(owner, &e);
                     }
                 }
-            }
-            if !refused {
-                break;
             }
         }
         (stored_by, failures)
@@ -559,6 +562,67 @@ mod tests {
         kv.fence().confirming_views();
         kv.fence().confirmed(Instant::now());
         kv
+    }
+
+    /// The key's owners change while its copy is on its way: `b` leaves
+    /// the view and `c` joins. The write goes on to `c` rather than
+    /// counting too few owners (it used to fail, stored on `a` and `b`).
+    #[tokio::test]
+    async fn a_write_whose_owners_change_during_its_push_goes_on_to_the_new_owner() {
+        use crate::kv::testing::{accept_link, answer_frame, fake_peer, read_frame};
+        use axum::http::StatusCode;
+        use std::sync::Arc;
+        use tokio::sync::{Notify, mpsc};
+
+        let (got_copy, proceed) = (Arc::new(Notify::new()), Arc::new(Notify::new()));
+        let (b_got, b_go) = (got_copy.clone(), proceed.clone());
+        let (b, _) = fake_peer("b", move |mut stream| {
+            let (got, go) = (b_got.clone(), b_go.clone());
+            async move {
+                if !accept_link(&mut stream).await {
+                    return;
+                }
+                read_frame(&mut stream).await;
+                got.notify_one();
+                go.notified().await;
+                answer_frame(&mut stream, StatusCode::OK).await;
+            }
+        })
+        .await;
+        let (to_c, mut at_c) = mpsc::unbounded_channel();
+        let (c, _) = fake_peer("c", move |mut stream| {
+            let to_c = to_c.clone();
+            async move {
+                if !accept_link(&mut stream).await {
+                    return;
+                }
+                loop {
+                    let body = read_frame(&mut stream).await;
+                    to_c.send(body).unwrap();
+                    answer_frame(&mut stream, StatusCode::OK).await;
+                }
+            }
+        })
+        .await;
+        let kv = Arc::new(Kv::new("a", "a:1", KvConfig::majority(2)));
+        kv.membership().update(vec![member("a"), b]);
+        kv.fence().confirming_views();
+        kv.fence().confirmed(Instant::now());
+        let admitted = kv.admit(Coordination::Primary, true).await.unwrap();
+        let writer = kv.clone();
+        let write = tokio::spawn(async move {
+            let value = Some(Bytes::from_static(b"v"));
+            writer
+                .write("k", value, Precondition::None, &admitted)
+                .await
+        });
+        got_copy.notified().await;
+        kv.membership().update(vec![member("a"), c]);
+        proceed.notify_one();
+        let written = write.await.unwrap().expect("the write succeeds");
+        assert_eq!(written.copies, 2);
+        let copies = crate::kv::batch::decode(&at_c.recv().await.unwrap()).unwrap();
+        assert_eq!(copies[0].key, "k");
     }
 
     #[tokio::test(start_paused = true)]

@@ -32,6 +32,8 @@ pub mod membership;
 pub mod peers;
 pub mod store;
 pub mod sync;
+#[cfg(test)]
+pub mod testing;
 pub mod version;
 
 pub use cluster::{Admitted, Coordination, Durability, Kv, KvConfig, KvError, Route, Written};
