@@ -50,8 +50,9 @@ pub struct Config {
     #[arg(long, env = "SHOAL_LEASE_TTL", default_value = "5s", value_parser = parse_lease_ttl)]
     pub lease_ttl: Duration,
 
-    /// Longest wait for in-flight requests when draining; past it the
-    /// instance exits with code 1.
+    /// Longest wait for in-flight requests when draining, and for the
+    /// key-value store's hand-off to the other instances (counted from the
+    /// draining mark); past either the instance exits with code 1.
     #[arg(long, env = "SHOAL_DRAIN_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
     pub drain_timeout: Duration,
 

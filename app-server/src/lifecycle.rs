@@ -9,8 +9,9 @@
 //!    `--drain-timeout`. A second signal stops waiting.
 //!    The key-value store hands every entry to its other owners from the
 //!    moment the instance is draining, and once more after the last
-//!    in-flight request, before the lease goes (`kv::sync::hand_off`);
-//!    once every entry is handed off, the `--data-dir` journal is emptied.
+//!    in-flight request, before the lease goes (`kv::sync::hand_off`), both
+//!    within `--drain-timeout` of the draining mark; once every entry is
+//!    handed off, the `--data-dir` journal is emptied.
 //! 4. Revoke the lease (deleting the key), delete the retire key if there was
 //!    one, and exit 0 if the drain finished, 1 if it was cut short.
 
@@ -200,10 +201,13 @@ async fn drain(
 
     // Hand the key-value entries over while gateways move away; the second
     // hand-off below sends what in-flight writes stored meanwhile.
+    // Both hand-offs share one deadline: with nowhere to send the entries
+    // (every instance stopping at once), the drain ends after one
+    // `--drain-timeout`, not two.
     let kv = state.kv().clone();
-    let handoff_timeout = config.drain_timeout;
+    let handoff_deadline = tokio::time::Instant::now() + config.drain_timeout;
     let early_handoff = tokio::spawn(
-        async move { kv::sync::hand_off(&kv, handoff_timeout).await }.in_current_span(),
+        async move { kv::sync::hand_off(&kv, handoff_deadline).await }.in_current_span(),
     );
 
     let grace = config.drain_grace;
@@ -256,7 +260,7 @@ async fn drain(
     if let Err(e) = early_handoff.await {
         warn!(error = %e, "the key-value hand-off task failed");
     }
-    let handed_off = kv::sync::hand_off(state.kv(), config.drain_timeout).await;
+    let handed_off = kv::sync::hand_off(state.kv(), handoff_deadline).await;
     if handed_off {
         // Every entry lives on at its other owners; a later instance on the
         // same --data-dir must not bring back values deleted meanwhile.

@@ -12,7 +12,7 @@
 //! is with its new owners: scale-in loses nothing, even with one copy.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use futures::StreamExt;
 use tokio_util::sync::CancellationToken;
@@ -83,11 +83,12 @@ async fn persist(kv: &Arc<Kv>) {
     }
 }
 
-/// Leave the membership and send every entry to its owners; true when all
-/// arrived before `timeout`.
-pub async fn hand_off(kv: &Kv, timeout: Duration) -> bool {
+/// Leave the membership and send every entry to its owners, in passes
+/// until all arrived (true) or `deadline` has passed (false). At least one
+/// pass runs, so a second hand-off under the same deadline still sends
+/// what was written since the first.
+pub async fn hand_off(kv: &Kv, deadline: tokio::time::Instant) -> bool {
     kv.membership().leave();
-    let deadline = Instant::now() + timeout;
     let total = kv.store().len();
     loop {
         let report = pass(kv).await;
@@ -98,7 +99,7 @@ pub async fn hand_off(kv: &Kv, timeout: Duration) -> bool {
             );
             return true;
         }
-        if Instant::now() >= deadline {
+        if tokio::time::Instant::now() >= deadline {
             warn!(
                 pending = report.pending,
                 stranded = report.stranded,
@@ -206,5 +207,45 @@ async fn run_work(kv: &Kv, work: Work, self_id: &str) -> Outcome {
             kv.store().remove_if(&key, entry.version);
             Outcome::Purged
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::SystemTime;
+
+    use bytes::Bytes;
+
+    use super::*;
+    use crate::kv::KvConfig;
+    use crate::kv::version::Version;
+
+    /// Every instance stopping at once: nowhere to send the entries.
+    #[tokio::test(start_paused = true)]
+    async fn a_hand_off_with_nowhere_to_go_gives_up_at_its_deadline_and_a_second_one_at_once() {
+        let kv = Kv::new("a", "a:1", KvConfig::majority(2));
+        kv.membership().update(vec![Member {
+            id: "a".into(),
+            addr: "a:1".into(),
+            weight: 1,
+            started: SystemTime::UNIX_EPOCH,
+        }]);
+        let entry = Entry {
+            version: Version { hlc: 1, node: 1 },
+            value: Some(Bytes::from_static(b"v")),
+        };
+        kv.store().apply("k", entry, 0).unwrap();
+        let started = tokio::time::Instant::now();
+        let deadline = started + Duration::from_secs(5);
+        assert!(!hand_off(&kv, deadline).await);
+        let waited = started.elapsed();
+        assert!(
+            waited >= Duration::from_secs(5) && waited < Duration::from_millis(5300),
+            "gave up after {waited:?}"
+        );
+        // The hand-off after the last in-flight request: one more pass.
+        let again = tokio::time::Instant::now();
+        assert!(!hand_off(&kv, deadline).await);
+        assert_eq!(again.elapsed(), Duration::ZERO);
     }
 }
