@@ -484,6 +484,18 @@ mod tests {
         peers.batches().queues.lock().unwrap().len()
     }
 
+    /// Wait (up to 2 s) until no queue is left: its link closed and forgotten.
+    async fn queue_forgotten(peers: &Peers) {
+        let forgotten = async {
+            while queues(peers) > 0 {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(2), forgotten)
+            .await
+            .expect("the link is closed and its queue forgotten within 2 s");
+    }
+
     #[tokio::test]
     async fn copies_go_on_one_link_that_stays_open_for_the_next_ones() {
         let peer = serve(Peer::Current).await;
@@ -641,14 +653,7 @@ mod tests {
             assert!(answer.is_ok(), "{key}: {answer:?}");
             assert_eq!(accepted.load(Ordering::SeqCst), i + 1);
             // The closed link is dropped, and with it the idle queue.
-            let forgotten = async {
-                while queues(&peers) > 0 {
-                    tokio::time::sleep(Duration::from_millis(1)).await;
-                }
-            };
-            tokio::time::timeout(Duration::from_secs(2), forgotten)
-                .await
-                .expect("the queue of a closed link is forgotten");
+            queue_forgotten(&peers).await;
         }
     }
 
@@ -733,14 +738,7 @@ mod tests {
             waited >= CALL_TIMEOUT && waited < CALL_TIMEOUT + Duration::from_secs(2),
             "waited {waited:?}"
         );
-        let closed = async {
-            while queues(&peers) > 0 {
-                tokio::time::sleep(Duration::from_millis(1)).await;
-            }
-        };
-        tokio::time::timeout(Duration::from_secs(2), closed)
-            .await
-            .expect("the link is closed and its queue forgotten");
+        queue_forgotten(&peers).await;
     }
 
     fn entry(hlc: u64, value: Option<&'static str>) -> Entry {
