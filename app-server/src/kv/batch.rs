@@ -9,7 +9,7 @@
 //! - a copy queued while the peer's sender is busy goes in the next batch,
 //!   with every other copy queued meanwhile (up to [`MAX_BATCH_BYTES`]). A
 //!   lone write leaves at once: nothing waits for a batch to fill.
-//! - batches go on the peer's [`link`](super::link): one long-lived
+//! - batches go on the peer's [`link`]: one long-lived
 //!   connection, a batch written as soon as the one before it is written,
 //!   the answers read back in order. A peer without links (an older
 //!   version, during a rolling upgrade) gets each batch as an HTTP request
