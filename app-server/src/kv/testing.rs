@@ -50,11 +50,7 @@ where
 /// any other request (a read of a key, say) is answered 404 and false
 /// returned.
 pub async fn accept_link(stream: &mut TcpStream) -> bool {
-    let mut head = Vec::new();
-    while !head.ends_with(b"\r\n\r\n") {
-        head.push(stream.read_u8().await.unwrap());
-    }
-    let head = String::from_utf8(head).unwrap();
+    let head = read_head(stream).await;
     if !head.starts_with(&format!("GET {} ", link::PATH)) {
         let not_found = "HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\n\r\n";
         stream.write_all(not_found.as_bytes()).await.unwrap();
@@ -66,6 +62,16 @@ pub async fn accept_link(stream: &mut TcpStream) -> bool {
     );
     stream.write_all(answer.as_bytes()).await.unwrap();
     true
+}
+
+/// A request's head (request line and headers), as text; its body, if
+/// any, is left unread.
+pub async fn read_head(stream: &mut TcpStream) -> String {
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        head.push(stream.read_u8().await.unwrap());
+    }
+    String::from_utf8(head).unwrap()
 }
 
 /// The next frame's batch body on a link.

@@ -407,6 +407,74 @@ mod tests {
     use crate::routes::testing::*;
     use axum::http::StatusCode;
 
+    /// The key's successor, handed a request by `h`, passes it on once to
+    /// the primary of its own view (`p`); a request that was passed on
+    /// already is coordinated where it is, never passed on again.
+    #[tokio::test]
+    async fn a_handed_over_request_is_passed_on_to_the_primary_once_and_never_again() {
+        use crate::kv::membership::Member;
+        use crate::kv::peers::{FORWARDED_HEADER, HANDOVER_HEADER};
+        use crate::kv::testing::{fake_peer, read_head};
+        use axum::body::Body;
+        use axum::http::Request;
+        use std::time::SystemTime;
+        use tokio::io::AsyncWriteExt;
+        use tokio::sync::mpsc;
+
+        // `p` answers every request `ok` and tells the test what it was.
+        let (to_test, mut heads) = mpsc::unbounded_channel();
+        let (p, _) = fake_peer("p", move |mut stream| {
+            let to_test = to_test.clone();
+            async move {
+                let head = read_head(&mut stream).await;
+                to_test.send(head).unwrap();
+                let ok = "HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok";
+                stream.write_all(ok.as_bytes()).await.unwrap();
+            }
+        })
+        .await;
+        let member = |id: &str| Member {
+            id: id.into(),
+            addr: "127.0.0.1:1".into(),
+            weight: 1,
+            started: SystemTime::UNIX_EPOCH,
+        };
+        let t = TestApp::new();
+        let kv = t.state.kv();
+        kv.membership()
+            .update(vec![member(TEST_ID), member("h"), p.clone()]);
+        let key = (0..)
+            .map(|i| format!("k{i}"))
+            .find(|k| kv.membership().owners(k)[0].id == "p")
+            .unwrap();
+        let handed_over = |forwarded_by: &str| {
+            Request::get(format!("/kv/{key}"))
+                .header(HANDOVER_HEADER, "h")
+                .header(FORWARDED_HEADER, forwarded_by)
+                .body(Body::empty())
+                .unwrap()
+        };
+
+        // Straight from `h`: passed on to `p`, still marked as handed over by `h`.
+        let r = t.call(handed_over("h")).await;
+        assert_eq!((r.status, r.text()), (StatusCode::OK, "ok".into()));
+        let head = heads.recv().await.unwrap().to_ascii_lowercase();
+        assert!(head.starts_with(&format!("get /kv/{key} ")), "{head}");
+        assert!(
+            head.contains(&format!("{FORWARDED_HEADER}: {TEST_ID}")),
+            "{head}"
+        );
+        assert!(head.contains(&format!("{HANDOVER_HEADER}: h")), "{head}");
+
+        // Passed on already (by another instance than `h`): coordinated
+        // here. `p` may be asked for its copy, never sent the request.
+        let r = t.call(handed_over("s")).await;
+        assert_ne!(r.text(), "ok", "passed on a second time");
+        while let Ok(head) = heads.try_recv() {
+            assert!(head.starts_with("GET /_shoal/kv/"), "{head}");
+        }
+    }
+
     #[tokio::test(start_paused = true)]
     async fn no_coordination_without_a_live_lease() {
         use crate::kv::LEASE_MARGIN;
