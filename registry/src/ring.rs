@@ -280,6 +280,22 @@ fn bounds_of(points: &[u64], bits: u32) -> Vec<u32> {
     bounds
 }
 
+/// `key`'s first `n` of `ids` (members of weight 1, in any order), best
+/// first: where the key-value store places the key among instances of equal
+/// weight (its view sorts them by id, as this does).
+///
+/// # Panics
+/// With more than [`MAX_MEMBERS`] ids.
+pub fn rank_ids<'a>(ids: &[&'a str], key: &str, n: usize) -> Vec<&'a str> {
+    let mut sorted = ids.to_vec();
+    sorted.sort_unstable();
+    let ring = Ring::new(sorted.iter().map(|id| (*id, 1)));
+    ring.rank(key, n, |_| true)
+        .into_iter()
+        .map(|i| sorted[i])
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -430,5 +446,21 @@ mod tests {
         after.reverse();
         let updated = Ring::new(before.iter().copied()).updated(&before, &after);
         assert_eq!(updated, Ring::new(after.iter().copied()));
+    }
+
+    #[test]
+    fn rank_ids_ranks_by_id_whatever_the_order_given() {
+        let ids = ["c", "a", "d", "b"];
+        let sorted = ["a", "b", "c", "d"];
+        let ring = Ring::new(sorted.map(|id| (id, 1)));
+        for k in 0..200 {
+            let key = format!("k{k}");
+            let expected: Vec<&str> = ring
+                .rank(&key, 3, |_| true)
+                .into_iter()
+                .map(|i| sorted[i])
+                .collect();
+            assert_eq!(rank_ids(&ids, &key, 3), expected, "{key}");
+        }
     }
 }

@@ -24,12 +24,13 @@
 //! in `x-shoal-kv-primary`; the run counts those and fails if more than 1 %
 //! were relayed, so the row cannot silently measure the relay instead.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use app_server::kv::membership::SETTLE;
 use rand::Rng;
-use registry::ring::Ring;
+use registry::ring::rank_ids;
 use shoal_bench::redis::{Persistence, RedisServer};
 use shoal_bench::settings::env_number;
 use shoal_tests::platform::KV_ROUTE;
@@ -113,19 +114,16 @@ impl Bases {
 
 /// The primary of every key `k0..k{keys}` as the store places it.
 fn primaries(platform: &Platform, keys: usize) -> Bases {
-    let mut servers: Vec<(&str, String)> = platform
+    let urls: HashMap<&str, Arc<str>> = platform
         .app_servers
         .iter()
-        .map(|a| (a.id.as_str(), a.url("/kv/")))
+        .map(|a| (a.id.as_str(), Arc::from(a.url("/kv/").as_str())))
         .collect();
-    servers.sort();
-    let ring = Ring::new(servers.iter().map(|(id, _)| (*id, 1)));
+    let ids: Vec<&str> = urls.keys().copied().collect();
     let per_key = (0..keys)
         .map(|k| {
-            let owner = ring
-                .owner(&format!("k{k}"), |_| true)
-                .expect("a ring of at least one instance");
-            Arc::from(servers[owner].1.as_str())
+            let primary = rank_ids(&ids, &format!("k{k}"), 1)[0];
+            urls[primary].clone()
         })
         .collect();
     Bases { per_key }

@@ -12,6 +12,7 @@ use std::time::Duration;
 use app_server::kv::LEASE_MARGIN;
 use futures::StreamExt;
 use nix::sys::signal::Signal;
+use registry::ring::rank_ids;
 use shoal_tests::binaries::service_instances;
 use shoal_tests::netns::NetNs;
 use shoal_tests::{AppServer, AppServerOptions, Etcd, Platform, wait_for, wait_until_async};
@@ -380,18 +381,6 @@ async fn an_instance_restarted_with_its_data_dir_comes_back_with_its_data() {
     assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
 }
 
-/// The ids of `members` (weight 1 each) in `key`'s ranking, as the store
-/// places keys (`registry::ring` over the ids in id order).
-fn ranking<'a>(members: &[&'a str], key: &str) -> Vec<&'a str> {
-    let mut sorted = members.to_vec();
-    sorted.sort_unstable();
-    let ring = registry::ring::Ring::new(sorted.iter().map(|id| (*id, 1)));
-    ring.rank(key, sorted.len(), |_| true)
-        .into_iter()
-        .map(|i| sorted[i])
-        .collect()
-}
-
 /// The view-change window (docs/architecture.md, "Consistency model"): an
 /// instance whose registry watch is behind still takes itself for the
 /// primary of keys that instances it has not seen now own, and answered
@@ -442,8 +431,8 @@ async fn an_instance_whose_view_is_behind_hands_over_keys_new_instances_took() {
     let key = (0..)
         .map(|i| format!("moved-{i}"))
         .find(|k| {
-            ranking(&["a", "b", "c"], k)[0] == "a"
-                && ranking(&["a", "b", "c", "n1", "n2"], k)[..2] == ["n1", "n2"]
+            rank_ids(&["a", "b", "c"], k, 1) == ["a"]
+                && rank_ids(&["a", "b", "c", "n1", "n2"], k, 2) == ["n1", "n2"]
         })
         .unwrap();
     let put = |s: &AppServer, value: &'static str| {
