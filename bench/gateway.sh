@@ -138,8 +138,13 @@ if [ ${#measured[@]} -eq 0 ]; then
   exit 1
 fi
 
-echo "warm-up: ${WARMUP}s per proxy and policy" >&2
-for key in "${measured[@]}"; do run_wrk "$key" "$WARMUP" "$TMP/warmup.txt"; done
+# wrk refuses a zero duration: WARMUP=0 skips the warm-up.
+if (( WARMUP > 0 )); then
+  echo "warm-up: ${WARMUP}s per proxy and policy" >&2
+  for key in "${measured[@]}"; do run_wrk "$key" "$WARMUP" "$TMP/warmup.txt"; done
+else
+  echo "warm-up: none (WARMUP=0)" >&2
+fi
 
 for round in $(seq 1 "$ROUNDS"); do
   round_order "$round"
