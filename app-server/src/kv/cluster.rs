@@ -545,15 +545,7 @@ mod tests {
     use std::time::Duration;
     use tokio::time::advance;
 
-    /// A member whose address refuses connections at once.
-    fn member(id: &str) -> Member {
-        Member {
-            id: id.into(),
-            addr: "127.0.0.1:1".into(),
-            weight: 1,
-            started: SystemTime::UNIX_EPOCH,
-        }
-    }
+    use crate::kv::testing::refusing_member as member;
 
     /// A store whose view (`a`, `b`) was confirmed just now.
     fn confirmed_store() -> Kv {

@@ -212,24 +212,18 @@ async fn run_work(kv: &Kv, work: Work, self_id: &str) -> Outcome {
 
 #[cfg(test)]
 mod tests {
-    use std::time::SystemTime;
-
     use bytes::Bytes;
 
     use super::*;
     use crate::kv::KvConfig;
+    use crate::kv::testing::refusing_member;
     use crate::kv::version::Version;
 
     /// Every instance stopping at once: nowhere to send the entries.
     #[tokio::test(start_paused = true)]
     async fn a_hand_off_with_nowhere_to_go_gives_up_at_its_deadline_and_a_second_one_at_once() {
         let kv = Kv::new("a", "a:1", KvConfig::majority(2));
-        kv.membership().update(vec![Member {
-            id: "a".into(),
-            addr: "a:1".into(),
-            weight: 1,
-            started: SystemTime::UNIX_EPOCH,
-        }]);
+        kv.membership().update(vec![refusing_member("a")]);
         let entry = Entry {
             version: Version { hlc: 1, node: 1 },
             value: Some(Bytes::from_static(b"v")),

@@ -25,6 +25,11 @@ pub fn peer_at(id: &str, addr: SocketAddr) -> Member {
     }
 }
 
+/// The member `id` at an address that refuses connections at once.
+pub fn refusing_member(id: &str) -> Member {
+    peer_at(id, SocketAddr::from(([127, 0, 0, 1], 1)))
+}
+
 /// A peer `id` played by hand on a real socket: `handle` gets each
 /// connection; returns the member and the count of connections taken.
 pub async fn fake_peer<F, Fut>(id: &str, handle: F) -> (Member, Arc<AtomicUsize>)

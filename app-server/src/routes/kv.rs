@@ -412,12 +412,10 @@ mod tests {
     /// already is coordinated where it is, never passed on again.
     #[tokio::test]
     async fn a_handed_over_request_is_passed_on_to_the_primary_once_and_never_again() {
-        use crate::kv::membership::Member;
         use crate::kv::peers::{FORWARDED_HEADER, HANDOVER_HEADER};
-        use crate::kv::testing::{fake_peer, read_head};
+        use crate::kv::testing::{fake_peer, read_head, refusing_member as member};
         use axum::body::Body;
         use axum::http::Request;
-        use std::time::SystemTime;
         use tokio::io::AsyncWriteExt;
         use tokio::sync::mpsc;
 
@@ -433,12 +431,6 @@ mod tests {
             }
         })
         .await;
-        let member = |id: &str| Member {
-            id: id.into(),
-            addr: "127.0.0.1:1".into(),
-            weight: 1,
-            started: SystemTime::UNIX_EPOCH,
-        };
         let t = TestApp::new();
         let kv = t.state.kv();
         kv.membership()
