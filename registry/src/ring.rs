@@ -280,20 +280,32 @@ fn bounds_of(points: &[u64], bits: u32) -> Vec<u32> {
     bounds
 }
 
-/// `key`'s first `n` of `ids` (members of weight 1, in any order), best
-/// first: where the key-value store places the key among instances of equal
-/// weight (its view sorts them by id, as this does).
-///
-/// # Panics
-/// With more than [`MAX_MEMBERS`] ids.
-pub fn rank_ids<'a>(ids: &[&'a str], key: &str, n: usize) -> Vec<&'a str> {
-    let mut sorted = ids.to_vec();
-    sorted.sort_unstable();
-    let ring = Ring::new(sorted.iter().map(|id| (*id, 1)));
-    ring.rank(key, n, |_| true)
-        .into_iter()
-        .map(|i| sorted[i])
-        .collect()
+/// A ring over members of weight 1 given by id, in any order: where the
+/// key-value store places keys among instances of equal weight (its view
+/// sorts them by id, as this does). Built once, asked for many keys.
+pub struct IdRing<'a> {
+    sorted: Vec<&'a str>,
+    ring: Ring,
+}
+
+impl<'a> IdRing<'a> {
+    /// # Panics
+    /// With more than [`MAX_MEMBERS`] ids.
+    pub fn new(ids: &[&'a str]) -> IdRing<'a> {
+        let mut sorted = ids.to_vec();
+        sorted.sort_unstable();
+        let ring = Ring::new(sorted.iter().map(|id| (*id, 1)));
+        IdRing { sorted, ring }
+    }
+
+    /// `key`'s first `n` ids, best first.
+    pub fn rank(&self, key: &str, n: usize) -> Vec<&'a str> {
+        self.ring
+            .rank(key, n, |_| true)
+            .into_iter()
+            .map(|i| self.sorted[i])
+            .collect()
+    }
 }
 
 #[cfg(test)]
@@ -449,8 +461,8 @@ mod tests {
     }
 
     #[test]
-    fn rank_ids_ranks_by_id_whatever_the_order_given() {
-        let ids = ["c", "a", "d", "b"];
+    fn an_id_ring_ranks_by_id_whatever_the_order_given() {
+        let ids = IdRing::new(&["c", "a", "d", "b"]);
         let sorted = ["a", "b", "c", "d"];
         let ring = Ring::new(sorted.map(|id| (id, 1)));
         for k in 0..200 {
@@ -460,7 +472,7 @@ mod tests {
                 .into_iter()
                 .map(|i| sorted[i])
                 .collect();
-            assert_eq!(rank_ids(&ids, &key, 3), expected, "{key}");
+            assert_eq!(ids.rank(&key, 3), expected, "{key}");
         }
     }
 }

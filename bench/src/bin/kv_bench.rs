@@ -30,7 +30,7 @@ use std::time::{Duration, Instant};
 
 use app_server::kv::membership::SETTLE;
 use rand::Rng;
-use registry::ring::rank_ids;
+use registry::ring::IdRing;
 use shoal_bench::redis::{Persistence, RedisServer};
 use shoal_bench::settings::env_number;
 use shoal_tests::platform::KV_ROUTE;
@@ -120,9 +120,10 @@ fn primaries(platform: &Platform, keys: usize) -> Bases {
         .map(|a| (a.id.as_str(), Arc::from(a.url("/kv/").as_str())))
         .collect();
     let ids: Vec<&str> = urls.keys().copied().collect();
+    let ring = IdRing::new(&ids);
     let per_key = (0..keys)
         .map(|k| {
-            let primary = rank_ids(&ids, &format!("k{k}"), 1)[0];
+            let primary = ring.rank(&format!("k{k}"), 1)[0];
             urls[primary].clone()
         })
         .collect();

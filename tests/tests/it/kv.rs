@@ -12,7 +12,7 @@ use std::time::Duration;
 use app_server::kv::LEASE_MARGIN;
 use futures::StreamExt;
 use nix::sys::signal::Signal;
-use registry::ring::rank_ids;
+use registry::ring::IdRing;
 use shoal_tests::binaries::service_instances;
 use shoal_tests::netns::NetNs;
 use shoal_tests::{AppServer, AppServerOptions, Etcd, Platform, wait_for, wait_until_async};
@@ -428,12 +428,13 @@ async fn an_instance_whose_view_is_behind_hands_over_keys_new_instances_took() {
     }
     wait_views(&http, &[&a, &b, &c]).await;
     // A key `a` is primary of now, and whose owners will be n1 and n2 alone.
+    let (before, after) = (
+        IdRing::new(&["a", "b", "c"]),
+        IdRing::new(&["a", "b", "c", "n1", "n2"]),
+    );
     let key = (0..)
         .map(|i| format!("moved-{i}"))
-        .find(|k| {
-            rank_ids(&["a", "b", "c"], k, 1) == ["a"]
-                && rank_ids(&["a", "b", "c", "n1", "n2"], k, 2) == ["n1", "n2"]
-        })
+        .find(|k| before.rank(k, 1) == ["a"] && after.rank(k, 2) == ["n1", "n2"])
         .unwrap();
     let put = |s: &AppServer, value: &'static str| {
         http.put(s.url(&format!("/kv/{key}"))).body(value).send()
