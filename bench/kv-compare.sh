@@ -39,18 +39,23 @@ def rows(build):
         for line in open(path):
             cells = [c.strip() for c in line.strip().strip("|").split("|")]
             key = f"{cells[0]} ×{cells[1]}"
-            by_round.setdefault(key, []).append([float(c) for c in cells[2:6]])
+            # PUT ops/s, PUT p99, PUT CPU "servers + client", GET ops/s, ...
+            server_cpu = lambda cell: float(cell.split("+")[0])
+            by_round.setdefault(key, []).append(
+                [float(cells[2]), float(cells[3]), float(cells[5]), server_cpu(cells[4])])
     return by_round
 before, after = rows("before"), rows("after")
-print("| row | PUT ops/s after/before, by round | median | PUT p99 after/before | GET ops/s after/before, by round | median |")
-print("|---|---|---|---|---|---|")
+print("| row | PUT ops/s after/before, by round | median | PUT p99 after/before | PUT servers' CPU/op after/before | GET ops/s after/before, by round | median |")
+print("|---|---|---|---|---|---|---|")
 for key, b in before.items():
     a = after.get(key, [])
     pairs = list(zip(a, b))
     put = [x[0] / y[0] for x, y in pairs]
     p99 = [x[1] / y[1] for x, y in pairs]
     get = [x[2] / y[2] for x, y in pairs]
+    cpu = [x[3] / y[3] for x, y in pairs if y[3] > 0]
     fmt = lambda rs: " ".join(f"{r:.2f}" for r in rs)
+    cpu_median = f"{statistics.median(cpu):.2f}x" if cpu else "-"
     print(f"| {key} | {fmt(put)} | {statistics.median(put):.2f}x | {statistics.median(p99):.2f}x "
-          f"| {fmt(get)} | {statistics.median(get):.2f}x |")
+          f"| {cpu_median} | {fmt(get)} | {statistics.median(get):.2f}x |")
 PY

@@ -3,6 +3,8 @@
 //! test platform of `shoal-tests` (real etcd, real binaries on loopback).
 //!
 //! Library code, one module per program or shared part:
+//! - [`cpu`]: processes' CPU time over a measurement (`kv_bench`'s CPU a
+//!   operation).
 //! - [`experiments`]: the source notes' experiments rerun on Shoal, one
 //!   table with Shoal's figures next to the source's (`seed-experiments.sh`).
 //! - [`faults`]: the fault suite (etcd restarted, unreachable or wiped, an
@@ -33,6 +35,7 @@
 //!
 //! `tests/` runs the checker end to end as a test.
 
+pub mod cpu;
 pub mod experiments;
 pub mod faults;
 pub mod kv_check;

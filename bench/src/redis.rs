@@ -22,7 +22,7 @@ pub enum Persistence {
 /// A `redis-server` process on 127.0.0.1, stopped when dropped.
 pub struct RedisServer {
     pub port: u16,
-    _proc: Proc,
+    proc: Proc,
     _dir: tempfile::TempDir,
 }
 
@@ -61,7 +61,7 @@ impl RedisServer {
         let proc = Proc::spawn("redis", Path::new("redis-server"), &args, &[], dir.path());
         let server = RedisServer {
             port,
-            _proc: proc,
+            proc,
             _dir: dir,
         };
         wait_for(
@@ -107,6 +107,11 @@ impl RedisServer {
             .exec_async(&mut c)
             .await?;
         Ok((primary, replica))
+    }
+
+    /// The server's process id.
+    pub fn pid(&self) -> u32 {
+        self.proc.pid()
     }
 
     /// A connection (one socket; clones share it).

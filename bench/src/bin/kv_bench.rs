@@ -9,9 +9,16 @@
 //!
 //! Each configuration gets a fresh etcd, gateway (route `/kv/` by consistent
 //! hash on the key) and app servers; CLIENTS concurrent clients first PUT
-//! random keys of KEYS for SECS seconds, then GET them for SECS seconds.
+//! random keys of KEYS for SECS seconds, then GET them for SECS seconds,
+//! each over its own keep-alive HTTP/1.1 connection (hyper's bare client
+//! connection; one per instance when sending to the primaries).
 //! etcd is measured the same way with the Rust client (`etcd-client`), one
 //! client connection shared by the CLIENTS tasks.
+//!
+//! Beside each rate: the CPU an operation cost, the servers' (the gateway
+//! and instances, etcd, Redis and its replica) and this load generator's,
+//! from `/proc/{pid}/stat` over the measurement. Servers and load share the
+//! machine, so a client that costs more leaves the servers less.
 //!
 //! `ROWS` (comma-separated) measures only the rows whose `store/instances`
 //! label contains one of its parts, e.g. `ROWS="shoal R=2/2,direct,etcd,WAIT"`
@@ -29,12 +36,21 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use app_server::kv::membership::SETTLE;
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::Method;
+use hyper::body::Incoming;
+use hyper::client::conn::http1;
+use hyper::header::HOST;
+use hyper_util::rt::TokioIo;
 use rand::Rng;
 use registry::ring::IdRing;
+use shoal_bench::cpu::CpuMeter;
 use shoal_bench::redis::{Persistence, RedisServer};
 use shoal_bench::settings::env_number;
 use shoal_tests::platform::KV_ROUTE;
 use shoal_tests::{AppServerOptions, Etcd, Platform};
+use tokio::net::TcpStream;
 use tokio::sync::Mutex;
 
 #[derive(Clone, Copy)]
@@ -45,17 +61,28 @@ struct Settings {
     value_bytes: usize,
 }
 
-/// ops/s, p99 ms, errors.
-type Figures = (f64, f64, u64);
+/// One measurement: ops/s, p99, errors, and the CPU it cost.
+#[derive(Clone, Copy, Default)]
+struct Figures {
+    ops_per_second: f64,
+    p99_ms: f64,
+    errors: u64,
+    /// CPU µs an operation: the servers' (gateway, instances, etcd, Redis).
+    server_cpu_us: f64,
+    /// CPU µs an operation: this load generator's.
+    client_cpu_us: f64,
+}
 
-/// Run `op(client, key)` from `s.clients` tasks for `s.secs` seconds.
-async fn drive<F, Fut>(s: Settings, op: F) -> Figures
+/// Run `op(client, key)` from `s.clients` tasks for `s.secs` seconds;
+/// `servers`: the pids whose CPU the operations cost.
+async fn drive<F, Fut>(s: Settings, servers: &[u32], op: F) -> Figures
 where
     F: Fn(usize, usize) -> Fut + Clone + Send + 'static,
     Fut: std::future::Future<Output = bool> + Send,
 {
     let latencies = Arc::new(Mutex::new(Vec::new()));
     let errors = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let cpu = CpuMeter::start(servers);
     let start = Instant::now();
     let end = start + Duration::from_secs(s.secs);
     let mut tasks = Vec::new();
@@ -79,16 +106,68 @@ where
         t.await.expect("client task");
     }
     let elapsed = start.elapsed().as_secs_f64();
+    let spent = cpu.stop();
     let mut l = latencies.lock().await.clone();
     l.sort();
     let p99 = l
         .get(l.len() * 99 / 100)
         .map_or(0.0, |d| d.as_secs_f64() * 1000.0);
-    (
-        l.len() as f64 / elapsed,
-        p99,
-        errors.load(std::sync::atomic::Ordering::Relaxed),
-    )
+    let errors = errors.load(std::sync::atomic::Ordering::Relaxed);
+    let operations = (l.len() as u64 + errors).max(1) as f64;
+    Figures {
+        ops_per_second: l.len() as f64 / elapsed,
+        p99_ms: p99,
+        errors,
+        server_cpu_us: spent.servers * 1e6 / operations,
+        client_cpu_us: spent.client * 1e6 / operations,
+    }
+}
+
+/// A Shoal row's client: keep-alive HTTP/1.1 connections, one per address
+/// it sends to, opened on first use and again after an error. hyper's bare
+/// client connection (as `fixed_rate` uses), so that the load generator
+/// costs about what the Redis rows' client (`redis`, a connection per
+/// client) does: through reqwest's pool and URL parsing it cost about twice
+/// that, on the same two cores as the servers it measured.
+#[derive(Default)]
+struct HttpClient {
+    connections: HashMap<Arc<str>, http1::SendRequest<Full<Bytes>>>,
+}
+
+impl HttpClient {
+    /// `method {path}` with `body` to `authority`; the response, or `None`
+    /// when the connection failed (it is dropped, and the next request opens
+    /// a new one).
+    async fn send(
+        &mut self,
+        authority: &Arc<str>,
+        method: Method,
+        path: String,
+        body: Bytes,
+    ) -> Option<hyper::Response<Incoming>> {
+        let request = hyper::Request::builder()
+            .method(method)
+            .uri(path)
+            .header(HOST, &**authority)
+            .body(Full::new(body))
+            .expect("a valid request");
+        if !self.connections.contains_key(authority) {
+            let stream = TcpStream::connect(&**authority).await.ok()?;
+            stream.set_nodelay(true).ok()?;
+            let (sender, connection) = http1::handshake(TokioIo::new(stream)).await.ok()?;
+            tokio::spawn(connection);
+            self.connections.insert(authority.clone(), sender);
+        }
+        let sender = self.connections.get_mut(authority)?;
+        let response = match sender.ready().await {
+            Ok(()) => sender.send_request(request).await.ok(),
+            Err(_) => None,
+        };
+        if response.is_none() {
+            self.connections.remove(authority);
+        }
+        response
+    }
 }
 
 /// Where the key-value clients send their requests.
@@ -100,14 +179,15 @@ enum Target {
     Primary,
 }
 
-/// Where the request for key `k{k}` goes: `{base}k{k}`.
+/// Where the request for key `k{k}` goes: `/kv/k{k}` at an authority
+/// (`127.0.0.1:port`).
 struct Bases {
-    /// By key index, when the target is the primary; else one base for all.
+    /// By key index, when the target is the primary; else one for all.
     per_key: Vec<Arc<str>>,
 }
 
 impl Bases {
-    fn of(&self, k: usize) -> &str {
+    fn of(&self, k: usize) -> &Arc<str> {
         &self.per_key[k % self.per_key.len()]
     }
 }
@@ -117,7 +197,7 @@ fn primaries(platform: &Platform, keys: usize) -> Bases {
     let urls: HashMap<&str, Arc<str>> = platform
         .app_servers
         .iter()
-        .map(|a| (a.id.as_str(), Arc::from(a.url("/kv/").as_str())))
+        .map(|a| (a.id.as_str(), Arc::from(a.addr.as_str())))
         .collect();
     let ids: Vec<&str> = urls.keys().copied().collect();
     let ring = IdRing::new(&ids);
@@ -133,7 +213,7 @@ fn primaries(platform: &Platform, keys: usize) -> Bases {
 /// Responses an instance relayed to the key's primary (`x-shoal-kv-primary`).
 type Relayed = Arc<std::sync::atomic::AtomicU64>;
 
-fn count_relayed(relayed: &Relayed, response: &reqwest::Response) {
+fn count_relayed(relayed: &Relayed, response: &hyper::Response<Incoming>) {
     if response.headers().contains_key("x-shoal-kv-primary") {
         relayed.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     }
@@ -168,61 +248,67 @@ async fn shoal(
     // ask previous owners until then), and that is not visible from outside:
     // measure the settled store, a second after it must have settled.
     tokio::time::sleep(SETTLE + Duration::from_secs(1)).await;
-    let http = reqwest::Client::builder()
-        .no_proxy()
-        .pool_max_idle_per_host(s.clients)
-        .build()?;
     let bases = Arc::new(match target {
         Target::Gateway => Bases {
-            per_key: vec![Arc::from(platform.gateway().url("/kv/").as_str())],
+            per_key: vec![Arc::from(platform.gateway().addr.as_str())],
         },
         Target::Primary => primaries(&platform, s.keys),
     });
+    let clients: Arc<Vec<Mutex<HttpClient>>> =
+        Arc::new((0..s.clients).map(|_| Mutex::default()).collect());
     let relayed = Relayed::default();
-    let value = bytes::Bytes::from(vec![b'v'; s.value_bytes]);
+    let value = Bytes::from(vec![b'v'; s.value_bytes]);
     let put = {
-        let (http, bases, value, relayed) =
-            (http.clone(), bases.clone(), value.clone(), relayed.clone());
-        move |_, k: usize| {
-            let (http, bases, value, relayed) =
-                (http.clone(), bases.clone(), value.clone(), relayed.clone());
+        let (clients, bases, relayed) = (clients.clone(), bases.clone(), relayed.clone());
+        move |client: usize, k: usize| {
+            let (clients, bases, value, relayed) = (
+                clients.clone(),
+                bases.clone(),
+                value.clone(),
+                relayed.clone(),
+            );
             async move {
-                match http
-                    .put(format!("{}k{k}", bases.of(k)))
-                    .body(value)
-                    .send()
-                    .await
-                {
-                    Ok(r) => {
+                let mut http = clients[client].lock().await;
+                let path = format!("/kv/k{k}");
+                match http.send(bases.of(k), Method::PUT, path, value).await {
+                    Some(r) => {
                         count_relayed(&relayed, &r);
-                        r.status().is_success()
+                        r.status().is_success() && r.into_body().collect().await.is_ok()
                     }
-                    Err(_) => false,
+                    None => false,
                 }
             }
         }
     };
     let get = {
-        let (http, bases, relayed) = (http.clone(), bases.clone(), relayed.clone());
-        move |_, k: usize| {
-            let (http, bases, relayed) = (http.clone(), bases.clone(), relayed.clone());
+        let (clients, bases, relayed) = (clients.clone(), bases.clone(), relayed.clone());
+        move |client: usize, k: usize| {
+            let (clients, bases, relayed) = (clients.clone(), bases.clone(), relayed.clone());
             async move {
-                match http.get(format!("{}k{k}", bases.of(k))).send().await {
-                    Ok(r) if r.status() == 200 || r.status() == 404 => {
+                let mut http = clients[client].lock().await;
+                let path = format!("/kv/k{k}");
+                match http
+                    .send(bases.of(k), Method::GET, path, Bytes::new())
+                    .await
+                {
+                    Some(r) if r.status() == 200 || r.status() == 404 => {
                         count_relayed(&relayed, &r);
-                        r.bytes().await.is_ok()
+                        r.into_body().collect().await.is_ok()
                     }
                     _ => false,
                 }
             }
         }
     };
-    let puts = drive(s, put).await;
-    let gets = drive(s, get).await;
+    let servers: Vec<u32> = (platform.gateways.iter().map(|g| g.proc.pid()))
+        .chain(platform.app_servers.iter().map(|a| a.proc.pid()))
+        .collect();
+    let puts = drive(s, &servers, put).await;
+    let gets = drive(s, &servers, get).await;
     drop(platform);
     if target == Target::Primary {
         let relayed = relayed.load(std::sync::atomic::Ordering::Relaxed);
-        let total = (puts.0 + gets.0) * s.secs as f64;
+        let total = (puts.ops_per_second + gets.ops_per_second) * s.secs as f64;
         anyhow::ensure!(
             (relayed as f64) <= total / 100.0,
             "{relayed} of about {total:.0} requests sent to the key's primary were relayed by another instance: \
@@ -250,8 +336,9 @@ async fn etcd_own(s: Settings) -> anyhow::Result<(Figures, Figures)> {
             async move { client.get(format!("bench/k{k}"), None).await.is_ok() }
         }
     };
-    let puts = drive(s, put).await;
-    let gets = drive(s, get).await;
+    let servers = etcd.pids();
+    let puts = drive(s, &servers, put).await;
+    let gets = drive(s, &servers, get).await;
     Ok((puts, gets))
 }
 
@@ -264,7 +351,7 @@ async fn redis_own(
     persistence: Persistence,
     replicated: bool,
 ) -> anyhow::Result<(Figures, Figures)> {
-    let (primary, _replica) = if replicated {
+    let (primary, replica) = if replicated {
         let (primary, replica) = RedisServer::start_replicated(persistence).await?;
         (primary, Some(replica))
     } else {
@@ -313,8 +400,11 @@ async fn redis_own(
                 .is_ok()
         }
     };
-    let puts = drive(s, put).await;
-    let gets = drive(s, get).await;
+    let servers: Vec<u32> = std::iter::once(primary.pid())
+        .chain(replica.as_ref().map(RedisServer::pid))
+        .collect();
+    let puts = drive(s, &servers, put).await;
+    let gets = drive(s, &servers, get).await;
     Ok((puts, gets))
 }
 
@@ -386,16 +476,22 @@ async fn main() -> anyhow::Result<()> {
         rows.push((name.into(), "-".into(), puts, gets));
     }
 
-    println!("| store | instances | PUT ops/s | PUT p99 ms | GET ops/s | GET p99 ms | errors |");
-    println!("|---|---|---|---|---|---|---|");
+    println!(
+        "| store | instances | PUT ops/s | PUT p99 ms | PUT CPU µs/op (servers + client) \
+         | GET ops/s | GET p99 ms | GET CPU µs/op (servers + client) | errors |"
+    );
+    println!("|---|---|---|---|---|---|---|---|---|");
+    let cpu = |f: &Figures| format!("{:.1} + {:.1}", f.server_cpu_us, f.client_cpu_us);
     for (store, n, p, g) in rows {
         println!(
-            "| {store} | {n} | {:.0} | {:.2} | {:.0} | {:.2} | {} |",
-            p.0,
-            p.1,
-            g.0,
-            g.1,
-            p.2 + g.2
+            "| {store} | {n} | {:.0} | {:.2} | {} | {:.0} | {:.2} | {} | {} |",
+            p.ops_per_second,
+            p.p99_ms,
+            cpu(&p),
+            g.ops_per_second,
+            g.p99_ms,
+            cpu(&g),
+            p.errors + g.errors
         );
     }
     Ok(())

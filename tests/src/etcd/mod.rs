@@ -467,6 +467,14 @@ impl Etcd {
         self.start_again().await;
     }
 
+    /// The running members' process ids.
+    pub fn pids(&self) -> Vec<u32> {
+        self.members
+            .iter()
+            .filter_map(|member| member.proc.as_ref().map(Proc::pid))
+            .collect()
+    }
+
     /// Freeze or thaw the server, every member (SIGSTOP / SIGCONT).
     pub fn signal(&self, signal: Signal) {
         for member in &self.members {
