@@ -132,6 +132,19 @@ pub struct Config {
     #[arg(long, env = "SHOAL_DURABILITY", value_enum, default_value_t = Durability::None)]
     pub durability: Durability,
 
+    /// Runtime worker threads. One by default: an instance is one core's
+    /// worth, and the autoscaler adds instances as load grows (several
+    /// instances with a thread per core each would all contend for every
+    /// core). The CPU-bound `/work` runs on its own blocking threads either
+    /// way. More workers let a lone instance use more cores.
+    #[arg(
+        long,
+        env = "SHOAL_WORKERS",
+        default_value_t = 1,
+        value_parser = clap::value_parser!(u16).range(1..=512)
+    )]
+    pub workers: u16,
+
     /// Do not serve: probe the /readyz of the app-server listening on
     /// --listen (on loopback when bound to 0.0.0.0) and exit 0 if it answers
     /// 2xx, 1 otherwise; for container healthchecks.
@@ -253,6 +266,7 @@ mod tests {
         assert!(c.labels.is_empty());
         assert_eq!(c.weight, 1);
         assert_eq!(c.zone, None);
+        assert_eq!(c.workers, 1);
         assert_eq!(c.etcd.endpoints, ["http://127.0.0.1:2379"]);
     }
 
@@ -294,6 +308,8 @@ mod tests {
             "7",
             "--zone",
             "eu-1a",
+            "--workers",
+            "4",
         ])
         .unwrap();
         assert_eq!(c.service, "web");
@@ -316,6 +332,7 @@ mod tests {
         assert_eq!(labels, [("tier", "gold"), ("team", "a"), ("env", "dev")]);
         assert_eq!(c.weight, 7);
         assert_eq!(c.zone.as_deref(), Some("eu-1a"));
+        assert_eq!(c.workers, 4);
     }
 
     #[test]
@@ -355,6 +372,7 @@ mod tests {
             (&["--weight", "1001"], "1..=1000"),
             (&["--drain-timeout=-1s"], "out of range"),
             (&["--durability", "always"], "possible values: none, fsync"),
+            (&["--workers", "0"], "1..=512"),
         ];
         for (args, expected) in cases {
             let err = parse(args).expect_err(&format!("{args:?} should be refused"));

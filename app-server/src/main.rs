@@ -23,7 +23,7 @@ fn main() -> ExitCode {
         return registry::healthcheck::run(config.listen, "/readyz");
     }
     config.log.init();
-    let runtime = match tokio::runtime::Runtime::new() {
+    let runtime = match registry::config::runtime(Some(config.workers)) {
         Ok(runtime) => runtime,
         Err(e) => {
             tracing::error!(error = %e, "cannot start the tokio runtime");

@@ -31,7 +31,7 @@ fn main() -> ExitCode {
         return registry::healthcheck::run(config.admin_listen, "/healthz");
     }
     config.log.init();
-    let runtime = match runtime(config.workers) {
+    let runtime = match registry::config::runtime(config.workers) {
         Ok(runtime) => runtime,
         Err(e) => {
             tracing::error!(error = %e, "cannot start the tokio runtime");
@@ -48,21 +48,4 @@ fn main() -> ExitCode {
     // Tunnels and abandoned connections may still be running; do not wait for them.
     runtime.shutdown_timeout(Duration::from_millis(100));
     code
-}
-
-/// `--workers 1` gets a current-thread runtime: no work-stealing machinery
-/// on the hot path when the gateway is pinned to one core.
-fn runtime(workers: Option<u16>) -> std::io::Result<tokio::runtime::Runtime> {
-    match workers {
-        Some(1) => tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build(),
-        Some(n) => tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(n.into())
-            .enable_all()
-            .build(),
-        None => tokio::runtime::Builder::new_multi_thread()
-            .enable_all()
-            .build(),
-    }
 }

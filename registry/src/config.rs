@@ -1,5 +1,5 @@
 //! Command-line plumbing every Shoal binary shares: how to reach etcd, which key
-//! prefix to use, and how to log.
+//! prefix to use, how to log, and the runtime its `--workers` asks for.
 //!
 //! Binaries embed [`EtcdArgs`] and [`LogArgs`] with `#[command(flatten)]`, so
 //! `--etcd`, `--prefix` and `--log-format` mean the same everywhere.
@@ -13,6 +13,25 @@ use etcd_client::{Client, ConnectOptions};
 use crate::etcd_tls::{EtcdConfigError, EtcdSecurity};
 use crate::keys::{DEFAULT_PREFIX, Keys};
 use crate::registration::{DEFAULT_TTL, MIN_TTL};
+
+/// The tokio runtime of a Shoal binary with `workers` worker threads
+/// (`None`: one per core). One worker gets a current-thread runtime: no
+/// work-stealing machinery, no wake-ups between threads on the hot path,
+/// for a process that is one core's worth of a machine it shares.
+pub fn runtime(workers: Option<u16>) -> std::io::Result<tokio::runtime::Runtime> {
+    match workers {
+        Some(1) => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build(),
+        Some(n) => tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(n.into())
+            .enable_all()
+            .build(),
+        None => tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build(),
+    }
+}
 
 /// Upper bound for any single etcd call Shoal makes outside a stream, so that a
 /// hung connection is noticed instead of awaited forever.
