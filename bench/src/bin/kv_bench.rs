@@ -62,7 +62,7 @@ struct Settings {
 }
 
 /// One measurement: ops/s, p99, errors, and the CPU it cost.
-#[derive(Clone, Copy, Default)]
+#[derive(Clone, Copy)]
 struct Figures {
     ops_per_second: f64,
     p99_ms: f64,
