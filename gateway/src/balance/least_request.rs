@@ -4,8 +4,22 @@
 //! least-loaded backend. Slow start is probabilistic: a cold winner keeps the
 //! pick with probability equal to its warmth, else the warmer one gets it.
 //! A pick is O(1) while most backends are eligible (see [`two_candidates`]).
+//!
+//! **Where the two come from.** With up to [`WINDOW`] backends, from all of
+//! them. With more, a route's picks draw from a window of [`WINDOW`]
+//! consecutive backends that moves on by one each pick (the route's
+//! rotation, as round-robin's cursor): every backend spends the same number
+//! of picks in the window, so each is a candidate as often as with draws
+//! from the whole set, and the comparison between two random candidates,
+//! which is what keeps load off a slow or busy instance, is the same. What
+//! changes is the memory a pick reads: with thousands of instances a
+//! candidate drawn from anywhere has its entry and state (about ten cache
+//! lines, on pages of their own) cold, while a window's were read a few
+//! picks before. Traffic in flight is not narrowed to the window: requests
+//! started over the last k picks are spread over k + [`WINDOW`] instances.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use rand::Rng;
 
@@ -35,9 +49,28 @@ pub fn cost(backend: &Backend, latency_nanos: f64) -> f64 {
 /// before it lists the eligible set instead.
 const DRAWS: usize = 8;
 
-pub fn pick(backends: &[Arc<Backend>], eligible: &Eligible, ctx: &PickContext) -> Option<usize> {
+/// How many consecutive backends a pick draws its candidates from when a
+/// route has more (see the module's doc).
+pub const WINDOW: usize = 64;
+
+/// Where a pick draws its two candidates from.
+#[derive(Debug, Clone, Copy)]
+pub enum Draw<'a> {
+    /// Anywhere among the backends.
+    Anywhere,
+    /// The [`WINDOW`] backends from this rotation's position on, which the
+    /// pick moves on by one (everywhere when there are no more than that).
+    Window(&'a AtomicUsize),
+}
+
+pub fn pick(
+    backends: &[Arc<Backend>],
+    eligible: &Eligible,
+    ctx: &PickContext,
+    draw: Draw<'_>,
+) -> Option<usize> {
     let mut rng = rand::rng();
-    let (a, b) = match two_candidates(eligible, &mut rng) {
+    let (a, b) = match two_candidates(eligible, &mut rng, draw) {
         Some(pair) => pair,
         None => {
             // Most backends are tried or ejected: draw from the listed set.
@@ -70,21 +103,33 @@ pub fn pick(backends: &[Arc<Backend>], eligible: &Eligible, ctx: &PickContext) -
 }
 
 /// Two distinct backends drawn uniformly among those [`Eligible::accepts`]
-/// (rejection sampling: the same distribution as drawing from the listed
-/// set, in O(1) while most backends are eligible). `None` when the draws
-/// keep failing, or when fewer than two backends could be eligible.
-fn two_candidates(eligible: &Eligible, rng: &mut impl Rng) -> Option<(usize, usize)> {
+/// within `draw`'s span (rejection sampling: the same distribution as
+/// drawing from the listed set, in O(1) while most backends are eligible).
+/// `None` when the draws keep failing, or when fewer than two backends
+/// could be eligible.
+fn two_candidates(
+    eligible: &Eligible,
+    rng: &mut impl Rng,
+    draw: Draw<'_>,
+) -> Option<(usize, usize)> {
     let n = eligible.backends();
     if n < 2 {
         return None;
     }
+    let (start, span) = match draw {
+        Draw::Window(rotation) if n > WINDOW => {
+            (rotation.fetch_add(1, Ordering::Relaxed) % n, WINDOW)
+        }
+        _ => (0, n),
+    };
+    let at = |offset: usize| (start + offset) % n;
     let first = (0..DRAWS)
-        .map(|_| rng.random_range(0..n))
-        .find(|&i| eligible.accepts(i))?;
+        .map(|_| rng.random_range(0..span))
+        .find(|&o| eligible.accepts(at(o)))?;
     let second = (0..DRAWS)
-        .map(|_| (first + rng.random_range(1..n)) % n)
-        .find(|&i| eligible.accepts(i))?;
-    Some((first, second))
+        .map(|_| (first + rng.random_range(1..span)) % span)
+        .find(|&o| eligible.accepts(at(o)))?;
+    Some((at(first), at(second)))
 }
 
 #[cfg(test)]
@@ -93,6 +138,7 @@ mod tests {
 
     use super::super::testing::{backend, backends};
     use super::*;
+    use crate::backend::Backend;
 
     fn ctx() -> PickContext {
         PickContext {
@@ -109,7 +155,7 @@ mod tests {
         }
         let eligible = Eligible::new(&b, &[], Instant::now());
         for _ in 0..100 {
-            assert_eq!(pick(&b, &eligible, &ctx()), Some(1));
+            assert_eq!(pick(&b, &eligible, &ctx(), Draw::Anywhere), Some(1));
         }
     }
 
@@ -121,7 +167,7 @@ mod tests {
         b[1].state.rtt.observe(Duration::from_millis(500), now);
         let eligible = Eligible::new(&b, &[], now);
         for _ in 0..100 {
-            assert_eq!(pick(&b, &eligible, &ctx()), Some(0));
+            assert_eq!(pick(&b, &eligible, &ctx(), Draw::Anywhere), Some(0));
         }
     }
 
@@ -134,7 +180,7 @@ mod tests {
         b[0].state.rtt.observe(Duration::from_millis(1), now);
         let eligible = Eligible::new(&b, &[], now);
         let newcomer = (0..1000)
-            .filter(|_| pick(&b, &eligible, &ctx()) == Some(1))
+            .filter(|_| pick(&b, &eligible, &ctx(), Draw::Anywhere) == Some(1))
             .count();
         assert!((400..=600).contains(&newcomer), "{newcomer} of 1000");
     }
@@ -147,7 +193,7 @@ mod tests {
         b[1].state.rtt.observe(Duration::from_millis(1), t0);
         let eligible = Eligible::new(&b, &[], t0);
         assert!(
-            (0..100).all(|_| pick(&b, &eligible, &ctx()) == Some(1)),
+            (0..100).all(|_| pick(&b, &eligible, &ctx(), Draw::Anywhere) == Some(1)),
             "b0 looks twice as slow"
         );
         // b1 keeps being picked and measured at 1 ms; b0's stale 2 ms decays
@@ -158,7 +204,7 @@ mod tests {
             now: later,
             ..ctx()
         };
-        assert!((0..100).all(|_| pick(&b, &eligible, &at) == Some(0)));
+        assert!((0..100).all(|_| pick(&b, &eligible, &at, Draw::Anywhere) == Some(0)));
     }
 
     #[test]
@@ -167,12 +213,90 @@ mod tests {
         let eligible = Eligible::new(&b, &[], Instant::now());
         let mut counts = [0; 4];
         for _ in 0..4000 {
-            counts[pick(&b, &eligible, &ctx()).unwrap()] += 1;
+            counts[pick(&b, &eligible, &ctx(), Draw::Anywhere).unwrap()] += 1;
         }
         assert!(
             counts.iter().all(|&c| (800..=1200).contains(&c)),
             "{counts:?}"
         );
+    }
+
+    /// Picks from a window over `n` backends, the rotation starting at 0.
+    fn window_counts(b: &[Arc<Backend>], picks: usize) -> Vec<usize> {
+        let rotation = AtomicUsize::new(0);
+        let eligible = Eligible::new(b, &[], Instant::now());
+        let mut counts = vec![0; b.len()];
+        for _ in 0..picks {
+            counts[pick(b, &eligible, &ctx(), Draw::Window(&rotation)).unwrap()] += 1;
+        }
+        counts
+    }
+
+    #[test]
+    fn candidates_come_from_the_window_which_moves_on_by_one() {
+        let b = backends(1000);
+        let eligible = Eligible::new(&b, &[], Instant::now());
+        let rotation = AtomicUsize::new(500);
+        for _ in 0..200 {
+            let at = rotation.load(Ordering::Relaxed);
+            let picked = pick(&b, &eligible, &ctx(), Draw::Window(&rotation)).unwrap();
+            assert!(
+                (at..at + WINDOW).contains(&picked),
+                "{picked} outside {at}.."
+            );
+            assert_eq!(rotation.load(Ordering::Relaxed), at + 1);
+        }
+        // The window wraps around the end of the backends.
+        let rotation = AtomicUsize::new(990);
+        let wrapped: Vec<usize> = (0..500)
+            .map(|_| {
+                rotation.store(990, Ordering::Relaxed);
+                pick(&b, &eligible, &ctx(), Draw::Window(&rotation)).unwrap()
+            })
+            .collect();
+        let window = |i: usize| (990..1000).contains(&i) || i < 990 + WINDOW - 1000;
+        assert!(wrapped.iter().all(|&i| window(i)), "{wrapped:?}");
+        assert!(wrapped.iter().any(|&i| i < 10), "never past the end");
+    }
+
+    #[test]
+    fn a_window_draws_from_everywhere_when_there_are_few_backends() {
+        let b = backends(WINDOW);
+        let counts = window_counts(&b, WINDOW * 100);
+        // Every pick draws from all 64: each gets about 100.
+        assert!(
+            counts.iter().all(|&c| (50..=160).contains(&c)),
+            "{counts:?}"
+        );
+    }
+
+    #[test]
+    fn a_window_spreads_evenly_over_many_backends() {
+        let b = backends(4 * WINDOW);
+        let counts = window_counts(&b, 4 * WINDOW * 200);
+        // About 200 each (each backend spends WINDOW picks of every sweep in
+        // the window); 140..=260 is over four standard deviations.
+        assert!(
+            counts.iter().all(|&c| (140..=260).contains(&c)),
+            "{counts:?}"
+        );
+    }
+
+    #[test]
+    fn a_window_keeps_load_off_a_slow_or_busy_instance() {
+        let b = backends(4 * WINDOW);
+        let now = Instant::now();
+        for backend in &b {
+            backend.state.rtt.observe(Duration::from_millis(5), now);
+        }
+        b[7].state.rtt.observe(Duration::from_millis(500), now);
+        for _ in 0..5 {
+            b[100].state.stats.start();
+        }
+        let counts = window_counts(&b, 4 * WINDOW * 50);
+        assert_eq!((counts[7], counts[100]), (0, 0), "{counts:?}");
+        // The others share what those two lose.
+        assert!(counts[8] > 0 && counts[99] > 0 && counts[101] > 0);
     }
 
     #[test]
@@ -184,7 +308,7 @@ mod tests {
         ];
         let eligible = Eligible::new(&b, &[], now);
         let cold = (0..4000)
-            .filter(|_| pick(&b, &eligible, &ctx()) == Some(1))
+            .filter(|_| pick(&b, &eligible, &ctx(), Draw::Anywhere) == Some(1))
             .count();
         // Wins half the comparisons, keeps 10% of those: about 5%.
         assert!((80..=350).contains(&cold), "{cold} of 4000");
@@ -193,7 +317,7 @@ mod tests {
             ..ctx()
         };
         let warm = (0..4000)
-            .filter(|_| pick(&b, &eligible, &later) == Some(1))
+            .filter(|_| pick(&b, &eligible, &later, Draw::Anywhere) == Some(1))
             .count();
         assert!((1700..=2300).contains(&warm), "{warm} of 4000");
     }

@@ -33,6 +33,7 @@ use registry::model::{BalancePolicy, HashKey};
 use registry::ring::Ring;
 
 use crate::backend::Backend;
+use least_request::Draw;
 
 /// What a policy may look at in a request.
 #[derive(Debug, Clone, Copy)]
@@ -54,7 +55,9 @@ pub struct Pick {
 #[derive(Debug)]
 pub enum Balancer {
     RoundRobin(round_robin::RoundRobin),
-    LeastRequest,
+    /// The route's rotation: where its window of candidates stands
+    /// ([`least_request::Draw::Window`]).
+    LeastRequest(Arc<AtomicUsize>),
     /// The ring is the service's, shared by its routes and kept across
     /// snapshots while the set of ready backends is unchanged.
     ConsistentHash(HashKey, Arc<Ring>),
@@ -110,7 +113,8 @@ impl Balancer {
     }
 
     /// `prepared` belongs to `backends`; `rotation` is the route's
-    /// round-robin position, kept across snapshots (other policies ignore it).
+    /// round-robin position, or where least-request's window stands, kept
+    /// across snapshots (other policies ignore it).
     pub fn new(
         policy: BalancePolicy,
         hash_key: Option<&HashKey>,
@@ -123,11 +127,11 @@ impl Balancer {
                 prepared.schedule(backends),
                 rotation,
             )),
-            BalancePolicy::LeastRequest => Balancer::LeastRequest,
+            BalancePolicy::LeastRequest => Balancer::LeastRequest(rotation),
             BalancePolicy::ConsistentHash => match hash_key {
                 Some(key) => Balancer::ConsistentHash(key.clone(), prepared.ring(backends)),
                 // Route validation requires a key; without one, balance by load.
-                None => Balancer::LeastRequest,
+                None => Balancer::LeastRequest(rotation),
             },
             BalancePolicy::Sticky => Balancer::Sticky(sticky::Sticky),
         }
@@ -151,12 +155,16 @@ impl Balancer {
         };
         match self {
             Balancer::RoundRobin(rr) => rr.pick(backends, &eligible, ctx).map(plain),
-            Balancer::LeastRequest => least_request::pick(backends, &eligible, ctx).map(plain),
+            Balancer::LeastRequest(rotation) => {
+                least_request::pick(backends, &eligible, ctx, Draw::Window(rotation)).map(plain)
+            }
             Balancer::ConsistentHash(key, ring) => {
                 match consistent_hash::key_of(key, request) {
                     Some(input) => consistent_hash::pick(ring, &eligible, &input).map(plain),
                     // No key in this request: spread it by load.
-                    None => least_request::pick(backends, &eligible, ctx).map(plain),
+                    None => {
+                        least_request::pick(backends, &eligible, ctx, Draw::Anywhere).map(plain)
+                    }
                 }
             }
             Balancer::Sticky(sticky) => sticky.pick(backends, &eligible, request, ctx),

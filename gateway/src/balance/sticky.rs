@@ -36,9 +36,11 @@ impl Sticky {
                 set_cookie: false,
             });
         }
-        least_request::pick(backends, eligible, ctx).map(|index| Pick {
-            index,
-            set_cookie: true,
+        least_request::pick(backends, eligible, ctx, least_request::Draw::Anywhere).map(|index| {
+            Pick {
+                index,
+                set_cookie: true,
+            }
         })
     }
 }
