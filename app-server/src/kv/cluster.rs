@@ -138,6 +138,16 @@ pub struct Admitted {
     view: u64,
 }
 
+/// What [`Kv::replicate`] did.
+struct Replicated {
+    /// The key's owners after the last push.
+    owners: Vec<Member>,
+    /// The ids of the owners that stored the copy.
+    stored_by: Vec<String>,
+    /// What the others said.
+    failures: Vec<String>,
+}
+
 #[derive(Debug)]
 pub struct Kv {
     store: LocalStore,
@@ -253,10 +263,9 @@ impl Kv {
 
     /// Handle here, or forward to the key's primary.
     pub fn route(&self, key: &str) -> Route {
-        let owners = self.membership.owners(key);
-        match owners.first() {
-            Some(primary) if primary.id != self.self_id() => Route::Forward(owners),
-            _ => Route::Here,
+        match self.membership.owners_if_elsewhere(key) {
+            Some(owners) => Route::Forward(owners),
+            None => Route::Here,
         }
     }
 
@@ -368,10 +377,15 @@ impl Kv {
         // new instance seen) does not ask more of a write sent under it.
         let needed_before = self.write_quorum();
         // This owner's flush (with --durability fsync) runs beside the pushes.
-        let (flushed, (stored_by, failures)) =
-            tokio::join!(self.durable(), self.replicate(key, &entry));
+        let (
+            flushed,
+            Replicated {
+                owners,
+                stored_by,
+                failures,
+            },
+        ) = tokio::join!(self.durable(), self.replicate(key, &entry));
         flushed.map_err(KvError::Storage)?;
-        let owners = self.membership.owners(key);
         let here = owners.iter().any(|o| o.id == self.self_id()) as usize;
         let copies = here + owners.iter().filter(|o| stored_by.contains(&o.id)).count();
         if copies == owners.len() && !owners.is_empty() {
@@ -410,15 +424,16 @@ impl Kv {
     /// Send a new entry to the key's other owners, in rounds until every
     /// owner other than this instance has it or has failed: a refused
     /// owner is replaced by the next in the ranking, and an owner that
-    /// joined the view meanwhile gets it too (a few rounds at most). The
-    /// ids of the owners that stored it, and what the others said.
-    async fn replicate(&self, key: &str, entry: &Entry) -> (Vec<String>, Vec<String>) {
+    /// joined the view meanwhile gets it too (a few rounds at most).
+    async fn replicate(&self, key: &str, entry: &Entry) -> Replicated {
         let mut stored_by: Vec<String> = Vec::new();
         let mut failed_by: Vec<String> = Vec::new();
         let mut failures: Vec<String> = Vec::new();
+        // The owners after every push: as the round that found no one left
+        // to send to saw them, else a look after the last round.
+        let mut settled = None;
         for _ in 0..self.config.replicas + 1 {
             let owners = self.membership.owners(key);
-            let ids = owner_ids(&owners);
             let targets: Vec<&Member> = owners
                 .iter()
                 .filter(|o| {
@@ -428,8 +443,10 @@ impl Kv {
                 })
                 .collect();
             if targets.is_empty() {
+                settled = Some(owners);
                 break;
             }
+            let ids = owner_ids(&owners);
             let answers =
                 join_all(targets.iter().map(|o| self.push_copy(o, key, entry, &ids))).await;
             for (owner, answer) in targets.iter().zip(answers) {
@@ -443,7 +460,11 @@ impl Kv {
                 }
             }
         }
-        (stored_by, failures)
+        Replicated {
+            owners: settled.unwrap_or_else(|| self.membership.owners(key)),
+            stored_by,
+            failures,
+        }
     }
 
     /// Push a copy to `owner`, once more if the connection broke: an owner

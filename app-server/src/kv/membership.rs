@@ -264,6 +264,23 @@ impl Membership {
         current.top(key, self.replicas, |m| !state.down.contains_key(&m.id))
     }
 
+    /// The key's owners ([`Self::owners`]) when its primary is another
+    /// instance; `None` when this instance is the primary or no instance
+    /// owns it. Nothing is copied in the first case, the one of every
+    /// request that reaches its primary.
+    pub fn owners_if_elsewhere(&self, key: &str) -> Option<Vec<Member>> {
+        let mut state = self.lock();
+        forget_expired_marks(&mut state);
+        let current = state.views.back().expect("there is always a current view");
+        let ranked = current.ranked(key, self.replicas, |m| !state.down.contains_key(&m.id));
+        match ranked.first() {
+            Some(&primary) if current.members[primary].id != self.self_id => {
+                Some(current.members_at(&ranked))
+            }
+            _ => None,
+        }
+    }
+
     /// The instance that takes the key over when this one leaves the view:
     /// the first of its ranking other than this instance, not marked down.
     pub fn successor(&self, key: &str) -> Option<Member> {
@@ -383,11 +400,16 @@ impl Seen {
 
     /// `key`'s first `n` members that `eligible` accepts, in ranking order.
     fn top(&self, key: &str, n: usize, eligible: impl Fn(&Member) -> bool) -> Vec<Member> {
-        self.ring
-            .rank(key, n, |i| eligible(&self.members[i]))
-            .into_iter()
-            .map(|i| self.members[i].clone())
-            .collect()
+        self.members_at(&self.ranked(key, n, eligible))
+    }
+
+    /// [`Self::top`]'s members, as indices into `members`.
+    fn ranked(&self, key: &str, n: usize, eligible: impl Fn(&Member) -> bool) -> Vec<usize> {
+        self.ring.rank(key, n, |i| eligible(&self.members[i]))
+    }
+
+    fn members_at(&self, indices: &[usize]) -> Vec<Member> {
+        indices.iter().map(|&i| self.members[i].clone()).collect()
     }
 }
 
@@ -460,6 +482,41 @@ mod tests {
         assert!(m.is_current(["a", "b", "c"].map(member).to_vec()));
         assert!(m.is_current(["b", "c"].map(member).to_vec()));
         assert!(!m.is_current(["a", "b"].map(member).to_vec()));
+    }
+
+    #[test]
+    fn owners_if_elsewhere_are_the_owners_unless_this_is_the_primary() {
+        let m = Membership::new("a", "a:1", 2);
+        m.update(["a", "b", "c"].map(member).to_vec());
+        let (mut here, mut elsewhere) = (0, 0);
+        for key in (0..200).map(|i| format!("k{i}")) {
+            let owners = m.owners(&key);
+            match m.owners_if_elsewhere(&key) {
+                None => {
+                    assert_eq!(owners[0].id, "a", "{key}");
+                    here += 1;
+                }
+                Some(forward_to) => {
+                    assert_eq!(forward_to, owners, "{key}");
+                    assert_ne!(owners[0].id, "a", "{key}");
+                    elsewhere += 1;
+                }
+            }
+        }
+        assert!(
+            here > 0 && elsewhere > 0,
+            "{here} here, {elsewhere} elsewhere"
+        );
+        // A primary marked down is skipped, as by `owners`.
+        let key = (0..)
+            .map(|i| format!("k{i}"))
+            .find(|k| m.owners(k)[0].id == "b")
+            .unwrap();
+        m.mark_down("b");
+        assert_eq!(
+            m.owners_if_elsewhere(&key),
+            Some(m.owners(&key)).filter(|o| o[0].id != "a")
+        );
     }
 
     fn started_now(id: &str) -> Member {

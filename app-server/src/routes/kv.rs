@@ -16,7 +16,7 @@ use axum::extract::rejection::{BytesRejection, PathRejection};
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use serde_json::json;
+use serde::Serialize;
 use tracing::debug;
 
 use crate::error::ApiError;
@@ -125,14 +125,24 @@ pub async fn put(
     Ok((
         status,
         [(header::ETAG, written.version.etag())],
-        Json(json!({
-            "key": key,
-            "bytes": bytes,
-            "version": written.version.to_string(),
-            "copies": written.copies,
-        })),
+        Json(Stored {
+            key: &key,
+            bytes,
+            version: written.version.to_string(),
+            copies: written.copies,
+        }),
     )
         .into_response())
+}
+
+/// A `PUT`'s answer body (serialized straight from the fields: this is on
+/// every write's path).
+#[derive(Serialize)]
+struct Stored<'a> {
+    key: &'a str,
+    bytes: usize,
+    version: String,
+    copies: usize,
 }
 
 pub async fn delete(
