@@ -19,18 +19,14 @@ use crate::registration::{DEFAULT_TTL, MIN_TTL};
 /// work-stealing machinery, no wake-ups between threads on the hot path,
 /// for a process that is one core's worth of a machine it shares.
 pub fn runtime(workers: Option<u16>) -> std::io::Result<tokio::runtime::Runtime> {
-    match workers {
-        Some(1) => tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build(),
-        Some(n) => tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(n.into())
-            .enable_all()
-            .build(),
-        None => tokio::runtime::Builder::new_multi_thread()
-            .enable_all()
-            .build(),
+    let mut builder = match workers {
+        Some(1) => tokio::runtime::Builder::new_current_thread(),
+        _ => tokio::runtime::Builder::new_multi_thread(),
+    };
+    if let Some(n) = workers.filter(|&n| n > 1) {
+        builder.worker_threads(n.into());
     }
+    builder.enable_all().build()
 }
 
 /// Upper bound for any single etcd call Shoal makes outside a stream, so that a
