@@ -248,20 +248,13 @@ impl Membership {
     /// How many ready instances the current view has that are not marked
     /// down (refused a connection in the last [`DOWN_FOR`]).
     pub fn up_size(&self) -> usize {
-        let mut state = self.lock();
-        forget_expired_marks(&mut state);
-        let current = state.views.back().expect("there is always a current view");
-        let down = |m: &&Member| state.down.contains_key(&m.id);
-        current.members.iter().filter(|m| !down(m)).count()
+        self.with_current(|current, is_up| current.members.iter().filter(|m| is_up(m)).count())
     }
 
     /// The key's owners now: the first R of its ranking among ready
     /// instances that are not marked down.
     pub fn owners(&self, key: &str) -> Vec<Member> {
-        let mut state = self.lock();
-        forget_expired_marks(&mut state);
-        let current = state.views.back().expect("there is always a current view");
-        current.top(key, self.replicas, |m| !state.down.contains_key(&m.id))
+        self.with_current(|current, is_up| current.top(key, self.replicas, is_up))
     }
 
     /// The key's owners ([`Self::owners`]) when its primary is another
@@ -269,30 +262,26 @@ impl Membership {
     /// owns it. Nothing is copied in the first case, the one of every
     /// request that reaches its primary.
     pub fn owners_if_elsewhere(&self, key: &str) -> Option<Vec<Member>> {
-        let mut state = self.lock();
-        forget_expired_marks(&mut state);
-        let current = state.views.back().expect("there is always a current view");
-        let ranked = current.ranked(key, self.replicas, |m| !state.down.contains_key(&m.id));
-        match ranked.first() {
-            Some(&primary) if current.members[primary].id != self.self_id => {
-                Some(current.members_at(&ranked))
+        self.with_current(|current, is_up| {
+            let ranked = current.ranked(key, self.replicas, is_up);
+            match ranked.first() {
+                Some(&primary) if current.members[primary].id != self.self_id => {
+                    Some(current.members_at(&ranked))
+                }
+                _ => None,
             }
-            _ => None,
-        }
+        })
     }
 
     /// The instance that takes the key over when this one leaves the view:
     /// the first of its ranking other than this instance, not marked down.
     pub fn successor(&self, key: &str) -> Option<Member> {
-        let mut state = self.lock();
-        forget_expired_marks(&mut state);
-        let current = state.views.back().expect("there is always a current view");
-        current
-            .top(key, 1, |m| {
-                m.id != self.self_id && !state.down.contains_key(&m.id)
-            })
-            .into_iter()
-            .next()
+        self.with_current(|current, is_up| {
+            current
+                .top(key, 1, |m| m.id != self.self_id && is_up(m))
+                .into_iter()
+                .next()
+        })
     }
 
     /// The key's ranking in every view seen within [`SETTLE`], oldest view
@@ -335,6 +324,16 @@ impl Membership {
     /// The sync task finished a pass that started at `epoch` with every entry placed.
     pub fn mark_synced(&self, epoch: u64) {
         self.synced_epoch.fetch_max(epoch, Ordering::AcqRel);
+    }
+
+    /// `f` on the current view and a test of whether a member is up (not
+    /// marked down), under the lock, with expired down marks forgotten
+    /// first.
+    fn with_current<T>(&self, f: impl FnOnce(&Seen, &dyn Fn(&Member) -> bool) -> T) -> T {
+        let mut state = self.lock();
+        forget_expired_marks(&mut state);
+        let current = state.views.back().expect("there is always a current view");
+        f(current, &|m: &Member| !state.down.contains_key(&m.id))
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
