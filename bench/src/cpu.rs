@@ -3,21 +3,12 @@
 //! CPU per operation beside the rates (the rates alone hide whose CPU
 //! bounds them on a machine the servers and the load share).
 
+use registry::proc_stat::ProcStat;
+
 /// User + system CPU seconds `pid` has used so far; `None` if it is gone or
 /// its stat line cannot be read.
 pub fn cpu_seconds_of(pid: u32) -> Option<f64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // The command name (field 2) is in parentheses and may hold spaces: the
-    // fields after it start after the last ')'. utime and stime are fields
-    // 14 and 15, so the 12th and 13th after the name.
-    let mut after_name = stat.get(stat.rfind(')')? + 1..)?.split_whitespace();
-    let utime: u64 = after_name.nth(11)?.parse().ok()?;
-    let stime: u64 = after_name.next()?.parse().ok()?;
-    let ticks_per_second = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
-        .ok()
-        .flatten()
-        .filter(|&t| t > 0)? as f64;
-    Some((utime + stime) as f64 / ticks_per_second)
+    ProcStat::of(pid)?.cpu_seconds()
 }
 
 /// CPU seconds of a set of processes, summed; a process that is gone counts
@@ -94,12 +85,5 @@ mod tests {
             spent.client
         );
         assert_eq!(spent.servers, 0.0);
-    }
-
-    #[test]
-    fn a_pid_that_is_gone_has_no_cpu_time() {
-        // Pids wrap below /proc/sys/kernel/pid_max, at most 2^22.
-        assert_eq!(cpu_seconds_of(u32::MAX), None);
-        assert!(cpu_seconds_of(std::process::id()).is_some());
     }
 }

@@ -27,6 +27,8 @@
 //! - [`tls_cert`]: TLS certificates stored in the registry, and the check
 //!   of a PEM chain and key that the CLI, readers and the gateway share.
 //! - [`stop`]: what asks an instance to stop (signals, its retire key).
+//! - [`proc_stat`]: another process's `/proc/{pid}/stat` line (its start
+//!   time and CPU time).
 //! - [`ring`]: the weighted hash ring, so gateways and app servers agree on
 //!   which instance owns a key; [`stable_hash`]: the fixed hash it uses.
 //! - [`peer`]: a client-side balancer (power of two choices) over a service's
@@ -45,6 +47,7 @@ pub mod keys;
 pub mod manifest;
 pub mod model;
 pub mod peer;
+pub mod proc_stat;
 pub mod registration;
 pub mod ring;
 pub mod spec;

@@ -7,6 +7,7 @@
 
 use std::path::{Path, PathBuf};
 
+use registry::proc_stat::ProcStat;
 use serde::{Deserialize, Serialize};
 use tracing::warn;
 
@@ -89,15 +90,8 @@ impl PidFile {
 /// When `pid` started (`/proc/{pid}/stat` field 22); `None` if it is gone
 /// (a zombie counts as gone: it no longer serves).
 pub fn start_time(pid: u32) -> Option<u64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // The command name (field 2) is in parentheses and may hold spaces.
-    let after_name = &stat[stat.rfind(')')? + 1..];
-    let fields: Vec<&str> = after_name.split_whitespace().collect();
-    // fields[0] is field 3 (state), so field 22 is fields[19].
-    if fields.first() == Some(&"Z") {
-        return None;
-    }
-    fields.get(19)?.parse().ok()
+    let stat = ProcStat::of(pid)?;
+    (!stat.is_zombie()).then_some(stat.start_time)
 }
 
 #[cfg(test)]
