@@ -52,7 +52,7 @@ pub const MAX_BATCH_BYTES: usize = 4 << 20;
 /// The batch queues, one per peer (by instance id).
 #[derive(Debug, Default)]
 pub struct Batches {
-    queues: Mutex<HashMap<String, Arc<Queue>>>,
+    queues: Mutex<HashMap<Arc<str>, Arc<Queue>>>,
 }
 
 #[derive(Debug, Default)]
@@ -179,7 +179,7 @@ pub async fn push(peers: &Peers, peer: &Member, key: &str, entry: &Entry, owners
     // longer than a call to it would (each batch has that timeout too).
     let failed = |why: String| {
         Err(PeerError::Failed {
-            id: peer.id.clone(),
+            id: peer.id.to_string(),
             why,
         })
     };
@@ -253,7 +253,7 @@ async fn send_on_link(
             }
             if let Err(NotSent::Closed(_, replies)) = link.send(frame, replies).await {
                 let closed = PeerError::Reset {
-                    id: peer.id.clone(),
+                    id: peer.id.to_string(),
                     why: "the link closed as soon as it opened".into(),
                 };
                 link::answer(replies, Err(closed));
@@ -292,7 +292,7 @@ pub enum BatchRefused {
 /// An older peer: each copy of `body` in a request of its own.
 async fn push_each(peers: &Peers, peer: &Member, body: &[u8]) -> Answer {
     let copies = decode(body).map_err(|e| PeerError::Failed {
-        id: peer.id.clone(),
+        id: peer.id.to_string(),
         why: format!("could not read back a batch this instance made: {e}"),
     })?;
     for copy in copies {
@@ -543,7 +543,7 @@ mod tests {
     #[tokio::test]
     async fn a_link_answers_each_frame_in_order_and_closes_on_an_oversized_one() {
         let peer = serve(Peer::Current).await;
-        let mut stream = TcpStream::connect(&peer.member.addr).await.unwrap();
+        let mut stream = TcpStream::connect(&*peer.member.addr).await.unwrap();
         let request = format!(
             "GET {} HTTP/1.1\r\nHost: peer\r\nConnection: upgrade\r\nUpgrade: {}\r\n\r\n",
             link::PATH,

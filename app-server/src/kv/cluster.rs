@@ -24,6 +24,7 @@
 //!   ([`Kv::still_admitted`]).
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::SystemTime;
 
 use bytes::Bytes;
@@ -143,7 +144,7 @@ struct Replicated {
     /// The key's owners after the last push.
     owners: Vec<Member>,
     /// The ids of the owners that stored the copy.
-    stored_by: Vec<String>,
+    stored_by: Vec<Arc<str>>,
     /// What the others said.
     failures: Vec<String>,
 }
@@ -286,7 +287,7 @@ impl Kv {
         let now = SystemTime::now();
         let mut newest = local.clone();
         // Each peer's answer: `true` if it answered (with or without a copy).
-        let mut answered: HashMap<String, bool> = HashMap::new();
+        let mut answered: HashMap<Arc<str>, bool> = HashMap::new();
         // Who said what, for the debug line only (not built otherwise).
         let logging = tracing::enabled!(tracing::Level::DEBUG);
         let mut heard = Vec::new();
@@ -386,7 +387,7 @@ impl Kv {
             },
         ) = tokio::join!(self.durable(), self.replicate(key, &entry));
         flushed.map_err(KvError::Storage)?;
-        let here = owners.iter().any(|o| o.id == self.self_id()) as usize;
+        let here = owners.iter().any(|o| *o.id == *self.self_id()) as usize;
         let copies = here + owners.iter().filter(|o| stored_by.contains(&o.id)).count();
         if copies == owners.len() && !owners.is_empty() {
             self.store.confirm(key, entry.version, fingerprint(&owners));
@@ -426,8 +427,8 @@ impl Kv {
     /// owner is replaced by the next in the ranking, and an owner that
     /// joined the view meanwhile gets it too (a few rounds at most).
     async fn replicate(&self, key: &str, entry: &Entry) -> Replicated {
-        let mut stored_by: Vec<String> = Vec::new();
-        let mut failed_by: Vec<String> = Vec::new();
+        let mut stored_by: Vec<Arc<str>> = Vec::new();
+        let mut failed_by: Vec<Arc<str>> = Vec::new();
         let mut failures: Vec<String> = Vec::new();
         // The owners after every push: as the round that found no one left
         // to send to saw them, else a look after the last round.
@@ -437,7 +438,7 @@ impl Kv {
             let targets: Vec<&Member> = owners
                 .iter()
                 .filter(|o| {
-                    o.id != self.self_id()
+                    *o.id != *self.self_id()
                         && !stored_by.contains(&o.id)
                         && !failed_by.contains(&o.id)
                 })
@@ -521,7 +522,7 @@ impl Kv {
         }
         self.clock.observe(entry.version);
         let owners = self.membership.owners(key);
-        let confirmed = if owner_ids(&owners) == sender_owners {
+        let confirmed = if names_owners(sender_owners, &owners) {
             fingerprint(&owners)
         } else {
             0
@@ -552,11 +553,16 @@ impl Kv {
 
 /// The owners' ids, primary first, as sent in `x-shoal-kv-owners`.
 pub fn owner_ids(owners: &[Member]) -> String {
-    owners
-        .iter()
-        .map(|o| o.id.as_str())
-        .collect::<Vec<_>>()
-        .join(",")
+    owners.iter().map(|o| &*o.id).collect::<Vec<_>>().join(",")
+}
+
+/// Whether `ids`, as [`owner_ids`] writes them, name `owners` in their
+/// order (without building the string).
+fn names_owners(ids: &str, owners: &[Member]) -> bool {
+    if owners.is_empty() {
+        return ids.is_empty();
+    }
+    ids.split(',').eq(owners.iter().map(|o| &*o.id))
 }
 
 #[cfg(test)]
@@ -567,6 +573,19 @@ mod tests {
     use tokio::time::advance;
 
     use crate::kv::testing::refusing_member as member;
+
+    #[test]
+    fn owner_ids_name_their_owners_in_order_only() {
+        let (a, b) = (member("a"), member("b"));
+        for owners in [vec![], vec![a.clone()], vec![a.clone(), b.clone()]] {
+            assert!(names_owners(&owner_ids(&owners), &owners), "{owners:?}");
+        }
+        assert!(!names_owners("b,a", &[a.clone(), b.clone()]));
+        assert!(!names_owners("a", &[a.clone(), b.clone()]));
+        assert!(!names_owners("a,b", std::slice::from_ref(&a)));
+        assert!(!names_owners("", std::slice::from_ref(&a)));
+        assert!(!names_owners("a", &[]));
+    }
 
     /// A store whose view (`a`, `b`) was confirmed just now.
     fn confirmed_store() -> Kv {

@@ -98,8 +98,8 @@ fn ready<'a>(instances: impl Iterator<Item = &'a Instance>) -> Vec<Member> {
     instances
         .filter(|i| i.state == InstanceState::Ready)
         .map(|i| Member {
-            id: i.id.clone(),
-            addr: i.addr.clone(),
+            id: i.id.as_str().into(),
+            addr: i.addr.as_str().into(),
             weight: i.weight,
             started: i.started_at.into(),
         })

@@ -67,7 +67,7 @@ pub type Replies = Vec<oneshot::Sender<Answer>>;
 /// An open (or dead) link to one peer.
 #[derive(Debug)]
 pub struct Link {
-    peer: String,
+    peer: Arc<str>,
     write: tokio::sync::Mutex<OwnedWriteHalf>,
     state: Mutex<LinkState>,
 }
@@ -101,15 +101,15 @@ impl Link {
         on_close: impl FnOnce() + Send + 'static,
     ) -> Result<Option<Arc<Link>>, PeerError> {
         let unavailable = |why: String| PeerError::Unavailable {
-            id: peer.id.clone(),
+            id: peer.id.to_string(),
             why,
         };
         let failed = |why: String| PeerError::Failed {
-            id: peer.id.clone(),
+            id: peer.id.to_string(),
             why,
         };
         let stream =
-            match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(&peer.addr)).await {
+            match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(&*peer.addr)).await {
                 Ok(Ok(stream)) => stream,
                 Ok(Err(e)) => return Err(unavailable(e.to_string())),
                 Err(_) => {
@@ -128,7 +128,7 @@ impl Link {
                     .await?;
             tokio::spawn(connection.with_upgrades());
             let request = Request::get(PATH)
-                .header(header::HOST, &peer.addr)
+                .header(header::HOST, &*peer.addr)
                 .header(header::CONNECTION, "upgrade")
                 .header(header::UPGRADE, PROTOCOL)
                 .body(Empty::new())
@@ -148,7 +148,7 @@ impl Link {
             }
             Ok(Err(e)) => {
                 return Err(PeerError::Reset {
-                    id: peer.id.clone(),
+                    id: peer.id.to_string(),
                     why: format!("link upgrade: {e}"),
                 });
             }
@@ -241,7 +241,7 @@ impl Link {
             std::mem::take(&mut state.waiting)
         };
         for (_, replies) in waiting {
-            answer(replies, Err(error(self.peer.clone())));
+            answer(replies, Err(error(self.peer.to_string())));
         }
     }
 }
@@ -280,7 +280,7 @@ async fn read_answers(
                 Ok(StatusCode::OK) => Ok(()),
                 Ok(status) => Err(status_error(&link.peer, status)),
                 Err(_) => Err(PeerError::Failed {
-                    id: link.peer.clone(),
+                    id: link.peer.to_string(),
                     why: format!("answered {status}, which is not a status"),
                 }),
             };

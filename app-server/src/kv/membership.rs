@@ -42,10 +42,11 @@ pub const DOWN_FOR: Duration = Duration::from_secs(3);
 pub const NEW_FOR: Duration = Duration::from_secs(20);
 
 /// A ready instance of the service, as the key-value store needs it.
+/// Cheap to clone: a write copies its key's owners out of the view.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Member {
-    pub id: String,
-    pub addr: String,
+    pub id: Arc<str>,
+    pub addr: Arc<str>,
     pub weight: u32,
     /// When the instance started (its registry entry's `started_at`).
     pub started: SystemTime,
@@ -74,7 +75,7 @@ struct Seen {
 struct State {
     /// Oldest first; the last one is current.
     views: VecDeque<Seen>,
-    down: HashMap<String, Instant>,
+    down: HashMap<Arc<str>, Instant>,
     last_change: Instant,
     /// Views made current so far (down marks not counted).
     views_seen: u64,
@@ -83,7 +84,6 @@ struct State {
 /// The membership as this instance sees it; cheap to share behind an `Arc`.
 #[derive(Debug)]
 pub struct Membership {
-    self_id: String,
     /// This instance, as it counts itself before the registry lists it.
     me: Member,
     replicas: usize,
@@ -96,16 +96,18 @@ pub struct Membership {
 
 impl Membership {
     /// A membership with only this instance in it until the first update.
-    pub fn new(self_id: impl Into<String>, self_addr: impl Into<String>, replicas: usize) -> Self {
-        let self_id = self_id.into();
+    pub fn new(
+        self_id: impl Into<Arc<str>>,
+        self_addr: impl Into<Arc<str>>,
+        replicas: usize,
+    ) -> Self {
         let me = Member {
-            id: self_id.clone(),
+            id: self_id.into(),
             addr: self_addr.into(),
             weight: 1,
             started: SystemTime::now(),
         };
         Membership {
-            self_id,
             me: me.clone(),
             replicas: replicas.max(1),
             state: Mutex::new(State {
@@ -121,7 +123,7 @@ impl Membership {
     }
 
     pub fn self_id(&self) -> &str {
-        &self.self_id
+        &self.me.id
     }
 
     /// Replace the ready set (as read from the registry). While leaving,
@@ -164,8 +166,8 @@ impl Membership {
     /// with itself otherwise; sorted by id.
     fn as_viewed(&self, mut members: Vec<Member>) -> Vec<Member> {
         if self.is_leaving() {
-            members.retain(|m| m.id != self.self_id);
-        } else if !members.iter().any(|m| m.id == self.self_id) {
+            members.retain(|m| m.id != self.me.id);
+        } else if !members.iter().any(|m| m.id == self.me.id) {
             members.push(self.me.clone());
         }
         members.sort_by(|a, b| a.id.cmp(&b.id));
@@ -182,7 +184,7 @@ impl Membership {
         self.update(
             current
                 .iter()
-                .filter(|m| m.id != self.self_id)
+                .filter(|m| m.id != self.me.id)
                 .cloned()
                 .collect(),
         );
@@ -197,7 +199,7 @@ impl Membership {
         let current = self.current();
         let without: Vec<Member> = current
             .iter()
-            .filter(|m| m.id != self.self_id)
+            .filter(|m| m.id != self.me.id)
             .cloned()
             .collect();
         let mut state = self.lock();
@@ -226,7 +228,7 @@ impl Membership {
         let now = Instant::now();
         let fresh = state
             .down
-            .insert(id.to_owned(), now + DOWN_FOR)
+            .insert(id.into(), now + DOWN_FOR)
             .is_none_or(|until| until <= now);
         if fresh {
             state.last_change = now;
@@ -265,7 +267,7 @@ impl Membership {
         self.with_current(|current, is_up| {
             let ranked = current.ranked(key, self.replicas, is_up);
             match ranked.first() {
-                Some(&primary) if current.members[primary].id != self.self_id => {
+                Some(&primary) if current.members[primary].id != self.me.id => {
                     Some(current.members_at(&ranked))
                 }
                 _ => None,
@@ -278,7 +280,7 @@ impl Membership {
     pub fn successor(&self, key: &str) -> Option<Member> {
         self.with_current(|current, is_up| {
             current
-                .top(key, 1, |m| m.id != self.self_id && is_up(m))
+                .top(key, 1, |m| m.id != self.me.id && is_up(m))
                 .into_iter()
                 .next()
         })
@@ -345,8 +347,12 @@ impl Membership {
 
 /// A fixed fingerprint of an owner set (order-sensitive: the primary matters).
 pub fn fingerprint(owners: &[Member]) -> u64 {
-    let ids: Vec<&str> = owners.iter().map(|m| m.id.as_str()).collect();
-    stable_hash::hash(ids.join(",").as_bytes(), b"owners").max(1)
+    // The hash of the ids joined by commas, as peers of every version make it.
+    let separators = std::iter::once(&b""[..]).chain(std::iter::repeat(&b","[..]));
+    let parts = separators
+        .zip(owners)
+        .flat_map(|(separator, m)| [separator, m.id.as_bytes()]);
+    stable_hash::hash_parts(parts, b"owners").max(1)
 }
 
 fn forget_expired_marks(state: &mut State) {
@@ -375,10 +381,10 @@ pub fn to_ask(
             }
             if m.is_new(now) {
                 // Asked, but a key may also be on the next ones.
-            } else if m.id == self_id || counts(m) {
+            } else if *m.id == *self_id || counts(m) {
                 counted += 1;
             }
-            if m.id != self_id && !ask.iter().any(|a| a.id == m.id) {
+            if *m.id != *self_id && !ask.iter().any(|a| a.id == m.id) {
                 ask.push(m.clone());
             }
         }
@@ -389,7 +395,7 @@ pub fn to_ask(
 impl Seen {
     /// A current view of `members` (sorted by id).
     fn new(members: Vec<Member>) -> Seen {
-        let ring = Ring::new(members.iter().map(|m| (m.id.as_str(), m.weight)));
+        let ring = Ring::new(members.iter().map(|m| (&*m.id, m.weight)));
         Seen {
             members: Arc::new(members),
             ring,
@@ -430,14 +436,14 @@ mod tests {
     fn member(id: &str) -> Member {
         Member {
             id: id.into(),
-            addr: format!("{id}:1"),
+            addr: format!("{id}:1").into(),
             weight: 1,
             started: SystemTime::UNIX_EPOCH,
         }
     }
 
     fn ids(members: &[Member]) -> Vec<&str> {
-        members.iter().map(|m| m.id.as_str()).collect()
+        members.iter().map(|m| &*m.id).collect()
     }
 
     #[test]
@@ -447,11 +453,11 @@ mod tests {
         let owners = m.owners("user:1");
         assert_eq!(owners.len(), 2);
         let current = m.current();
-        let ring = Ring::new(current.iter().map(|m| (m.id.as_str(), 1)));
+        let ring = Ring::new(current.iter().map(|m| (&*m.id, 1)));
         let expected: Vec<&str> = ring
             .rank("user:1", 3, |_| true)
             .into_iter()
-            .map(|i| current[i].id.as_str())
+            .map(|i| &*current[i].id)
             .collect();
         assert_eq!(ids(&owners), expected[..2]);
         m.mark_down(&owners[0].id);
@@ -492,12 +498,12 @@ mod tests {
             let owners = m.owners(&key);
             match m.owners_if_elsewhere(&key) {
                 None => {
-                    assert_eq!(owners[0].id, "a", "{key}");
+                    assert_eq!(&*owners[0].id, "a", "{key}");
                     here += 1;
                 }
                 Some(forward_to) => {
                     assert_eq!(forward_to, owners, "{key}");
-                    assert_ne!(owners[0].id, "a", "{key}");
+                    assert_ne!(&*owners[0].id, "a", "{key}");
                     elsewhere += 1;
                 }
             }
@@ -509,12 +515,12 @@ mod tests {
         // A primary marked down is skipped, as by `owners`.
         let key = (0..)
             .map(|i| format!("k{i}"))
-            .find(|k| m.owners(k)[0].id == "b")
+            .find(|k| &*m.owners(k)[0].id == "b")
             .unwrap();
         m.mark_down("b");
         assert_eq!(
             m.owners_if_elsewhere(&key),
-            Some(m.owners(&key)).filter(|o| o[0].id != "a")
+            Some(m.owners(&key)).filter(|o| &*o[0].id != "a")
         );
     }
 
@@ -534,7 +540,7 @@ mod tests {
             counts,
         )
         .into_iter()
-        .map(|m| m.id)
+        .map(|m| m.id.to_string())
         .collect();
         ids.sort();
         ids
@@ -546,7 +552,7 @@ mod tests {
         m.update(["a", "b"].map(member).to_vec());
         let key = (0..)
             .map(|i| format!("k{i}"))
-            .find(|k| m.owners(k)[0].id == "b")
+            .find(|k| &*m.owners(k)[0].id == "b")
             .unwrap();
         // An instance that has been around wins the key: the old owner is still asked.
         let newcomer = (0..)
@@ -557,7 +563,7 @@ mod tests {
             })
             .unwrap();
         m.update(vec![member("a"), member("b"), member(&newcomer)]);
-        assert_eq!(m.owners(&key)[0].id, newcomer);
+        assert_eq!(&*m.owners(&key)[0].id, newcomer);
         let mut want = vec!["b".to_owned(), newcomer.clone()];
         want.sort();
         assert_eq!(ask(&m, &key, |_| true), want);
@@ -581,7 +587,7 @@ mod tests {
             let asked = ask(&m, &key, |_| true);
             for owner in old_view.top(&key, 2, |_| true) {
                 assert!(
-                    asked.contains(&owner.id),
+                    asked.contains(&owner.id.to_string()),
                     "{key}: {asked:?} lacks {}",
                     owner.id
                 );
@@ -599,11 +605,11 @@ mod tests {
         m.update(["a", "b", "c", "d"].map(member).to_vec());
         let key = (0..)
             .map(|i| format!("k{i}"))
-            .find(|k| m.recent_rankings(k).last().unwrap()[3].id == "a")
+            .find(|k| &*m.recent_rankings(k).last().unwrap()[3].id == "a")
             .unwrap();
         let ranking: Vec<String> = m.recent_rankings(&key).last().unwrap()[..3]
             .iter()
-            .map(|m| m.id.clone())
+            .map(|m| m.id.to_string())
             .collect();
         let sorted = |mut v: Vec<String>| {
             v.sort();
@@ -611,7 +617,22 @@ mod tests {
         };
         assert_eq!(ask(&m, &key, |_| true), sorted(ranking[..2].to_vec()));
         let dead = ranking[0].clone();
-        assert_eq!(ask(&m, &key, |m| m.id != dead), sorted(ranking.clone()));
+        assert_eq!(ask(&m, &key, |m| *m.id != *dead), sorted(ranking.clone()));
+    }
+
+    #[test]
+    fn a_fingerprint_is_the_hash_of_the_ids_joined_by_commas() {
+        // Peers of earlier builds hashed the joined string: the value is
+        // part of what instances of different builds compare.
+        let joined = |ids: &[&str]| stable_hash::hash(ids.join(",").as_bytes(), b"owners").max(1);
+        for ids in [&[][..], &["a"], &["b", "a"], &["node-1", "node-22", "n3"]] {
+            let owners: Vec<Member> = ids.iter().map(|id| member(id)).collect();
+            assert_eq!(fingerprint(&owners), joined(ids), "{ids:?}");
+        }
+        assert_ne!(
+            fingerprint(&[member("a"), member("b")]),
+            fingerprint(&[member("b"), member("a")])
+        );
     }
 
     #[test]

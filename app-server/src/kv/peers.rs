@@ -234,14 +234,14 @@ pub fn header_version(headers: &HeaderMap) -> Option<Version> {
 fn error(peer: &Member, e: reqwest::Error) -> PeerError {
     if e.is_connect() {
         PeerError::Unavailable {
-            id: peer.id.clone(),
+            id: peer.id.to_string(),
             why: e.to_string(),
         }
     } else if e.is_timeout() || e.status().is_some() {
         failed(peer, &e.to_string())
     } else {
         PeerError::Reset {
-            id: peer.id.clone(),
+            id: peer.id.to_string(),
             why: e.to_string(),
         }
     }
@@ -249,7 +249,7 @@ fn error(peer: &Member, e: reqwest::Error) -> PeerError {
 
 fn failed(peer: &Member, why: &str) -> PeerError {
     PeerError::Failed {
-        id: peer.id.clone(),
+        id: peer.id.to_string(),
         why: why.to_owned(),
     }
 }

@@ -19,7 +19,7 @@ use super::membership::Member;
 pub fn peer_at(id: &str, addr: SocketAddr) -> Member {
     Member {
         id: id.into(),
-        addr: addr.to_string(),
+        addr: addr.to_string().into(),
         weight: 1,
         started: SystemTime::UNIX_EPOCH,
     }

@@ -347,7 +347,7 @@ async fn forward(
     let Route::Forward(owners) = state.kv().route(key) else {
         return None;
     };
-    for owner in owners.iter().filter(|o| o.id != state.id()) {
+    for owner in owners.iter().filter(|o| &*o.id != state.id()) {
         match state
             .kv()
             .peers()
@@ -447,7 +447,7 @@ mod tests {
             .update(vec![member(TEST_ID), member("h"), p.clone()]);
         let key = (0..)
             .map(|i| format!("k{i}"))
-            .find(|k| kv.membership().owners(k)[0].id == "p")
+            .find(|k| &*kv.membership().owners(k)[0].id == "p")
             .unwrap();
         let handed_over = |forwarded_by: &str| {
             Request::get(format!("/kv/{key}"))
