@@ -7,7 +7,7 @@
 //! by every entry that names it, see [`crate::table`]).
 
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use http::HeaderValue;
@@ -28,7 +28,8 @@ use crate::stats::RequestStats;
 /// prefetch brings the second with the first. The first line is what a
 /// least-request pick reads of a candidate (`rtt`, `ejected_until`, and
 /// `stats`' in-flight counts, which lead `RequestStats`), with what every
-/// request also reads: `clean` and the age for slow start. The second is
+/// request also reads or writes: `clean`, the age for slow start and the
+/// time of the last answer. The second is
 /// the stats' epoch (the first-seen time) and totals. Then the stats'
 /// window, of which a request touches one slot. A test checks the offsets.
 #[derive(Debug)]
@@ -45,10 +46,17 @@ pub struct BackendState {
     /// nothing to change ([`crate::health::record`]'s fast path).
     clean: AtomicBool,
     /// How old the instance already was when this gateway first saw it
-    /// (from its registered `started_at`), in milliseconds, at most
-    /// `u32::MAX` (49 days: far past any slow-start window), so that a
+    /// (from its registered `started_at`), in whole seconds, at most
+    /// `u16::MAX` (18 hours: far past any slow-start window), so that a
     /// gateway restart does not put every instance back into slow start.
-    age_when_seen_ms: u32,
+    age_when_seen_s: u16,
+    /// When the instance last answered (a response that was not a
+    /// failure, see [`crate::health::record`]), in milliseconds after the
+    /// first-seen time, wrapping every 49 days; `u32::MAX` (a millisecond
+    /// before it was first seen) until its first answer.
+    /// What tells a busy instance from a frozen one
+    /// ([`BackendState::answered_since`]).
+    answered_ms: AtomicU32,
     /// Requests to this instance: in flight, totals, recent window. Its
     /// epoch is the time this gateway first saw the instance.
     pub stats: RequestStats,
@@ -78,7 +86,8 @@ impl BackendState {
             rtt: PeakEwma::new(now),
             ejected_until: AtomicU64::new(0),
             clean: AtomicBool::new(true),
-            age_when_seen_ms: age.as_millis().try_into().unwrap_or(u32::MAX),
+            age_when_seen_s: age.as_secs().try_into().unwrap_or(u16::MAX),
+            answered_ms: AtomicU32::new(u32::MAX),
             stats: RequestStats::new(now),
             health: Mutex::new(Health::default()),
         }
@@ -88,6 +97,28 @@ impl BackendState {
     /// epoch) `at` is; zero for earlier.
     fn since_seen(&self, at: Instant) -> Duration {
         at.saturating_duration_since(self.stats.epoch())
+    }
+
+    /// The instance answered at `now` (see [`BackendState::answered_since`]).
+    pub fn answered(&self, now: Instant) {
+        self.answered_ms
+            .store(self.millis_since_seen(now), Ordering::Relaxed);
+    }
+
+    /// Whether the instance has answered at or after `at`, to the
+    /// millisecond. The times wrap every 49 days; the comparison is right
+    /// while the last answer and `at` are within 24 days of each other (an
+    /// instance that answered nothing for longer has long been ejected).
+    /// Two answers recorded at once may leave the earlier one's time, a
+    /// millisecond or so off.
+    pub fn answered_since(&self, at: Instant) -> bool {
+        let answered = self.answered_ms.load(Ordering::Relaxed);
+        answered.wrapping_sub(self.millis_since_seen(at)) as i32 >= 0
+    }
+
+    /// [`BackendState::since_seen`] in milliseconds, wrapping.
+    fn millis_since_seen(&self, at: Instant) -> u32 {
+        self.since_seen(at).as_millis() as u32
     }
 
     /// A copy of the health, for reports.
@@ -135,7 +166,7 @@ impl BackendState {
         if window.is_zero() {
             return 1.0;
         }
-        let age = f64::from(self.age_when_seen_ms) / 1e3 + self.since_seen(now).as_secs_f64();
+        let age = f64::from(self.age_when_seen_s) + self.since_seen(now).as_secs_f64();
         (0.1 + 0.9 * age / window.as_secs_f64()).min(1.0)
     }
 }
@@ -274,6 +305,22 @@ mod tests {
         assert!(state.is_clean() && !state.is_ejected(t0));
     }
 
+    #[test]
+    fn answered_since_tells_whether_an_answer_came_at_or_after_a_time() {
+        let t0 = Instant::now();
+        let ms = Duration::from_millis;
+        let state = BackendState::new(t0);
+        assert!(!state.answered_since(t0), "no answer yet");
+        state.answered(t0 + ms(5));
+        assert!(state.answered_since(t0) && state.answered_since(t0 + ms(5)));
+        assert!(!state.answered_since(t0 + ms(6)));
+        // Across the wrap of the millisecond count, 49.7 days in.
+        let wrap = Duration::from_millis(1 << 32);
+        state.answered(t0 + wrap + ms(3));
+        assert!(state.answered_since(t0 + wrap - ms(10)));
+        assert!(!state.answered_since(t0 + wrap + ms(4)));
+    }
+
     /// What a least-request pick reads of a candidate is on one cache line
     /// of its state, and one of its entry; what every request reads and
     /// writes of its instance's state, bar one window slot, is on that line
@@ -286,7 +333,8 @@ mod tests {
         assert_eq!(offset_of!(BackendState, rtt), 0);
         assert!(offset_of!(BackendState, ejected_until) + size_of::<AtomicU64>() <= LINE);
         assert!(offset_of!(BackendState, clean) < LINE);
-        assert!(offset_of!(BackendState, age_when_seen_ms) + size_of::<u32>() <= LINE);
+        assert!(offset_of!(BackendState, age_when_seen_s) + size_of::<u16>() <= LINE);
+        assert!(offset_of!(BackendState, answered_ms) + size_of::<AtomicU32>() <= LINE);
         // `RequestStats` leads with its two in-flight counts, then its epoch
         // and totals fill 64 bytes (a test in `stats` checks it).
         assert_eq!(offset_of!(BackendState, stats) + 2 * size_of::<u64>(), LINE);

@@ -123,7 +123,8 @@ pub fn apply(
     }
 }
 
-/// Record an attempt's outcome on `backend`, logging ejections.
+/// Record an attempt's outcome on `backend` (a success also as its last
+/// answer, [`BackendState::answered`](crate::backend::BackendState::answered)), logging ejections.
 pub fn record(backend: &Backend, outcome: Outcome, now: Instant, policy: &EjectionPolicy) {
     if outcome == Outcome::Failure
         && let Some(unconfirmed) = &backend.unconfirmed
@@ -131,9 +132,12 @@ pub fn record(backend: &Backend, outcome: Outcome, now: Instant, policy: &Ejecti
         // Left the registry and now failing: not coming back; drop it.
         unconfirmed.fail();
     }
-    if outcome == Outcome::Success && backend.state.is_clean() {
-        // Nothing to change (and no lock taken: the common case).
-        return;
+    if outcome == Outcome::Success {
+        backend.state.answered(now);
+        if backend.state.is_clean() {
+            // Nothing else to change (and no lock taken: the common case).
+            return;
+        }
     }
     let transition = backend
         .state

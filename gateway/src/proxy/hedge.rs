@@ -27,9 +27,11 @@
 //!   concurrency limits on, only when the other instance has a free permit
 //!   at once;
 //! - a request whose hedge the budget refused counts once as a failure of
-//!   its instance if that instance has failed since its last answer
+//!   its instance if that instance has failed since its last answer and
+//!   has answered nothing since the request was sent
 //!   ([`Watch::until_ejected`]): a frozen instance is then ejected by the
-//!   requests it holds, however few races the budget allowed.
+//!   requests it holds, however few races the budget allowed, and a busy
+//!   one, which answers the requests queued before, is not.
 //!
 //! The race ([`Inner::hedge`]): both attempts run until one has response
 //! headers, which is relayed; the other is dropped, and with it its
@@ -176,7 +178,7 @@ impl Inner {
         exchange: &mut Exchange<'_>,
         plan: &mut Plan<'_>,
         table: &RoutingTable,
-        first: &Backend,
+        first: &Pick,
         mut send: Pin<&mut F>,
         mut expiry: Pin<&mut Sleep>,
         deadline: Instant,
@@ -192,7 +194,8 @@ impl Inner {
                 Ok(picked) => break picked,
                 Err(NoHedge::Budget) if budget == Budget::Ask => {
                     let watch = Watch {
-                        first,
+                        first: &first.backend,
+                        sent_at: first.sent_at,
                         recheck: self.settings.hedge.min_delay,
                         ejection: &self.settings.ejection,
                     };
@@ -334,6 +337,8 @@ enum Waited {
 struct Watch<'a> {
     /// Its instance.
     first: &'a Backend,
+    /// When it was sent.
+    sent_at: std::time::Instant,
     /// How often to look at the instance's health.
     recheck: Duration,
     ejection: &'a health::EjectionPolicy,
@@ -342,14 +347,19 @@ struct Watch<'a> {
 impl Watch<'_> {
     /// Wait for `send` until `expiry`, checking every `recheck` whether the
     /// first instance has been ejected. Once the instance has failed since
-    /// its last success (it lost a race, say) and while it is not ejected,
-    /// this wait counts once as a failure there: the instance holds a
-    /// request past the service's p99 and has answered nothing since its
-    /// last failure, which is how a frozen instance looks. Without this, a
-    /// budget that allowed fewer hedges than `--eject-after` left the
-    /// requests a frozen instance held to wait out their timeout. An
-    /// instance that is merely slow answers its other requests, and each
-    /// answer clears the count.
+    /// its last success (it lost a race, say), has answered nothing since
+    /// this request was sent, and is not ejected, this wait counts once as
+    /// a failure there: the instance holds a request past the service's p99
+    /// and answers nothing, which is how a frozen instance looks. Without
+    /// this, a budget that allowed fewer hedges than `--eject-after` left
+    /// the requests a frozen instance held to wait out their timeout.
+    ///
+    /// An instance that is merely busy answers the requests queued before
+    /// this one, and so is not counted against. (Before the last
+    /// condition, the requests queued on a busy instance that had lost one
+    /// race each counted between two of its answers, and ejected it: the
+    /// compose check saw one of two instances running CPU-bound requests
+    /// ejected, and its load sent to the other.)
     async fn until_ejected<F>(&self, mut send: Pin<&mut F>, mut expiry: Pin<&mut Sleep>) -> Waited
     where
         F: Future<Output = Result<Response<PooledBody>, SendError>>,
@@ -369,9 +379,10 @@ impl Watch<'_> {
                 if first.state.is_ejected(now) {
                     return Poll::Ready(Waited::Ejected);
                 }
-                if !counted && !first.state.is_clean() {
+                if !counted && !first.state.is_clean() && !first.state.answered_since(self.sent_at)
+                {
                     counted = true;
-                    debug!(instance = first.id(), service = %first.instance.service, "waiting past the hedge time on an instance that has failed since its last answer");
+                    debug!(instance = first.id(), service = %first.instance.service, "waiting past the hedge time on an instance that has failed and answered nothing since this request was sent");
                     health::record(first, Outcome::Failure, now, self.ejection);
                     if first.state.is_ejected(now) {
                         return Poll::Ready(Waited::Ejected);

@@ -384,7 +384,7 @@ impl Inner {
                                 &mut exchange,
                                 &mut plan,
                                 &table,
-                                &pick.backend,
+                                &pick,
                                 send,
                                 expiry.as_mut(),
                                 deadline,

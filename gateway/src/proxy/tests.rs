@@ -1182,6 +1182,82 @@ async fn requests_waiting_on_an_instance_that_lost_its_race_eject_it_when_the_bu
     assert_eq!(counters.retries_refused_total.load(Ordering::Relaxed), 4);
 }
 
+/// An instance that works on one request at a time, `each` per request (a
+/// single-threaded server under CPU-bound load): the requests it holds wait
+/// in a queue, but it answers one every `each`.
+async fn one_at_a_time_backend(name: &'static str, each: Duration) -> SocketAddr {
+    let worker = Arc::new(tokio::sync::Mutex::new(()));
+    let app = Router::new().fallback(move || {
+        let worker = worker.clone();
+        async move {
+            let _busy = worker.lock().await;
+            tokio::time::sleep(each).await;
+            name
+        }
+    });
+    serve_router(app).await
+}
+
+/// A busy instance is not a frozen one: it loses the race the budget allows
+/// (so it has failed since its last answer), and the requests queued on it
+/// wait past their hedge time; but it answers every 25 ms, each answer
+/// after those requests were sent, so they are no evidence against it. Seen
+/// in the compose check: a gateway ejected one of two instances running
+/// CPU-bound requests, which sent their load to the other.
+#[tokio::test]
+async fn requests_queued_on_a_busy_instance_that_keeps_answering_do_not_eject_it() {
+    let (registry, table) = Registry::new(BalancePolicy::RoundRobin);
+    let each = Duration::from_millis(25);
+    put(
+        &registry,
+        "a-busy",
+        one_at_a_time_backend("a-busy", each).await,
+        InstanceState::Ready,
+    );
+    put(
+        &registry,
+        "b-ok",
+        backend("b-ok").await,
+        InstanceState::Ready,
+    );
+    registry.lock().unwrap().put_route(
+        "all",
+        r#"{"service":"app","path_prefix":"/","policy":"round-robin","timeout_ms":5000}"#,
+    );
+    let gw = gateway(
+        table.clone(),
+        hedging_after(Duration::from_millis(100)),
+        server_settings(),
+    )
+    .await;
+    let pool = table.load().pool("app").unwrap().clone();
+    // Twelve requests on each instance at once (round robin): a-busy's
+    // first answer comes at 25 ms, its last at about 300, and the ones
+    // queued past 100 ms wait past their hedge time.
+    let client = client();
+    let replies =
+        futures::future::join_all((0..24).map(|_| send(&client, get_req(gw.addr, "/hello")))).await;
+    for reply in &replies {
+        assert_eq!(reply.status, 200, "{}", reply.text());
+    }
+    let busy = pool.all.iter().find(|b| b.id() == "a-busy").unwrap();
+    let health = busy.state.health();
+    assert_eq!(health.ejections, 0, "{health:?}");
+    assert!(!busy.state.is_ejected(now()));
+    // The budget (2% of 24 requests, plus one) allows one hedge: at most
+    // one of a-busy's requests is answered elsewhere.
+    let answered_by_busy = replies.iter().filter(|r| r.instance() == "a-busy").count();
+    assert!(
+        answered_by_busy >= 11,
+        "a-busy answered {answered_by_busy} of its 12"
+    );
+    let counters = &pool.counters;
+    assert!(
+        counters.retries_refused_total.load(Ordering::Relaxed) > 0,
+        "no request waited on a-busy with its hedge refused: the test shows nothing"
+    );
+}
+
 /// A burst's connections to an instance close once idle past
 /// `--upstream-idle-timeout`, with no further request to the gateway.
 #[tokio::test]
