@@ -31,7 +31,7 @@
 //! in `x-shoal-kv-primary`; the run counts those and fails if more than 1 %
 //! were relayed, so the row cannot silently measure the relay instead.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -73,15 +73,20 @@ struct Figures {
     client_cpu_us: f64,
 }
 
+/// Why an operation failed, in a few words (counted by kind in [`drive`]).
+type Failed = String;
+
 /// Run `op(client, key)` from `s.clients` tasks for `s.secs` seconds;
-/// `servers`: the pids whose CPU the operations cost.
+/// `servers`: the pids whose CPU the operations cost. Failures are
+/// counted, and their reasons printed to stderr by kind, so that a row's
+/// `errors` column can be read.
 async fn drive<F, Fut>(s: Settings, servers: &[u32], op: F) -> Figures
 where
     F: Fn(usize, usize) -> Fut + Clone + Send + 'static,
-    Fut: std::future::Future<Output = bool> + Send,
+    Fut: std::future::Future<Output = Result<(), Failed>> + Send,
 {
     let latencies = Arc::new(Mutex::new(Vec::new()));
-    let errors = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let errors = Arc::new(std::sync::Mutex::new(BTreeMap::<Failed, u64>::new()));
     let cpu = CpuMeter::start(servers);
     let start = Instant::now();
     let end = start + Duration::from_secs(s.secs);
@@ -93,10 +98,9 @@ where
             while Instant::now() < end {
                 let key = rand::rng().random_range(0..s.keys);
                 let t = Instant::now();
-                if op(client, key).await {
-                    mine.push(t.elapsed());
-                } else {
-                    errors.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                match op(client, key).await {
+                    Ok(()) => mine.push(t.elapsed()),
+                    Err(why) => *errors.lock().expect("errors").entry(why).or_default() += 1,
                 }
             }
             latencies.lock().await.extend(mine);
@@ -112,7 +116,13 @@ where
     let p99 = l
         .get(l.len() * 99 / 100)
         .map_or(0.0, |d| d.as_secs_f64() * 1000.0);
-    let errors = errors.load(std::sync::atomic::Ordering::Relaxed);
+    let errors = {
+        let by_reason = errors.lock().expect("errors");
+        for (why, n) in by_reason.iter() {
+            eprintln!("    {n} failed: {why}");
+        }
+        by_reason.values().sum::<u64>()
+    };
     let operations = (l.len() as u64 + errors).max(1) as f64;
     Figures {
         ops_per_second: l.len() as f64 / elapsed,
@@ -144,29 +154,37 @@ impl HttpClient {
         method: Method,
         path: String,
         body: Bytes,
-    ) -> Option<hyper::Response<Incoming>> {
+    ) -> Result<hyper::Response<Incoming>, Failed> {
         let request = hyper::Request::builder()
             .method(method)
             .uri(path)
             .header(HOST, &**authority)
             .body(Full::new(body))
             .expect("a valid request");
-        if !self.connections.contains_key(authority) {
-            let stream = TcpStream::connect(&**authority).await.ok()?;
-            stream.set_nodelay(true).ok()?;
-            let (sender, connection) = http1::handshake(TokioIo::new(stream)).await.ok()?;
-            tokio::spawn(connection);
-            self.connections.insert(authority.clone(), sender);
-        }
-        let sender = self.connections.get_mut(authority)?;
-        let response = match sender.ready().await {
-            Ok(()) => sender.send_request(request).await.ok(),
-            Err(_) => None,
+        let sender = match self.connections.entry(authority.clone()) {
+            std::collections::hash_map::Entry::Occupied(open) => open.into_mut(),
+            std::collections::hash_map::Entry::Vacant(new) => {
+                let connect = async {
+                    let stream = TcpStream::connect(&**authority).await?;
+                    stream.set_nodelay(true)?;
+                    Ok::<_, std::io::Error>(stream)
+                };
+                let stream = connect.await.map_err(|e| format!("connect: {e}"))?;
+                let (sender, connection) = http1::handshake(TokioIo::new(stream))
+                    .await
+                    .map_err(|e| format!("handshake: {e}"))?;
+                tokio::spawn(connection);
+                new.insert(sender)
+            }
         };
-        if response.is_none() {
+        let response = match sender.ready().await {
+            Ok(()) => sender.send_request(request).await,
+            Err(e) => Err(e),
+        };
+        response.map_err(|e| {
             self.connections.remove(authority);
-        }
-        response
+            format!("no response: {e}")
+        })
     }
 }
 
@@ -217,6 +235,18 @@ fn count_relayed(relayed: &Relayed, response: &hyper::Response<Incoming>) {
     if response.headers().contains_key("x-shoal-kv-primary") {
         relayed.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     }
+}
+
+/// A response that is not the operation's success: its status and error
+/// code (Shoal's errors are JSON with an `error` field).
+fn refused(status: hyper::StatusCode, body: &[u8]) -> Failed {
+    let error = serde_json::from_slice::<serde_json::Value>(body)
+        .ok()
+        .and_then(|v| v["error"].as_str().map(str::to_owned));
+    format!(
+        "HTTP {status}: {}",
+        error.as_deref().unwrap_or("(no error code)")
+    )
 }
 
 async fn shoal(
@@ -270,13 +300,15 @@ async fn shoal(
             async move {
                 let mut http = clients[client].lock().await;
                 let path = format!("/kv/k{k}");
-                match http.send(bases.of(k), Method::PUT, path, value).await {
-                    Some(r) => {
-                        count_relayed(&relayed, &r);
-                        r.status().is_success() && r.into_body().collect().await.is_ok()
-                    }
-                    None => false,
+                let r = http.send(bases.of(k), Method::PUT, path, value).await?;
+                count_relayed(&relayed, &r);
+                let status = r.status();
+                let body = r.into_body().collect().await;
+                let body = body.map_err(|e| format!("body: {e}"))?.to_bytes();
+                if !status.is_success() {
+                    return Err(refused(status, &body));
                 }
+                Ok(())
             }
         }
     };
@@ -287,16 +319,17 @@ async fn shoal(
             async move {
                 let mut http = clients[client].lock().await;
                 let path = format!("/kv/k{k}");
-                match http
+                let r = http
                     .send(bases.of(k), Method::GET, path, Bytes::new())
-                    .await
-                {
-                    Some(r) if r.status() == 200 || r.status() == 404 => {
-                        count_relayed(&relayed, &r);
-                        r.into_body().collect().await.is_ok()
-                    }
-                    _ => false,
+                    .await?;
+                count_relayed(&relayed, &r);
+                let status = r.status();
+                let body = r.into_body().collect().await;
+                let body = body.map_err(|e| format!("body: {e}"))?.to_bytes();
+                if status != 200 && status != 404 {
+                    return Err(refused(status, &body));
                 }
+                Ok(())
             }
         }
     };
@@ -326,14 +359,20 @@ async fn etcd_own(s: Settings) -> anyhow::Result<(Figures, Figures)> {
         let (client, value) = (client.clone(), value.clone());
         move |_, k: usize| {
             let (mut client, value) = (client.clone(), value.clone());
-            async move { client.put(format!("bench/k{k}"), value, None).await.is_ok() }
+            async move {
+                let put = client.put(format!("bench/k{k}"), value, None).await;
+                put.map(drop).map_err(|e| e.to_string())
+            }
         }
     };
     let get = {
         let client = client.clone();
         move |_, k: usize| {
             let mut client = client.clone();
-            async move { client.get(format!("bench/k{k}"), None).await.is_ok() }
+            async move {
+                let get = client.get(format!("bench/k{k}"), None).await;
+                get.map(drop).map_err(|e| e.to_string())
+            }
         }
     };
     let servers = etcd.pids();
@@ -370,12 +409,9 @@ async fn redis_own(
             async move {
                 let key = format!("bench/k{k}");
                 if !replicated {
-                    return redis::cmd("SET")
-                        .arg(key)
-                        .arg(&value[..])
-                        .exec_async(&mut c)
-                        .await
-                        .is_ok();
+                    let mut set = redis::cmd("SET");
+                    set.arg(key).arg(&value[..]);
+                    return set.exec_async(&mut c).await.map_err(|e| e.to_string());
                 }
                 let acked: Result<(String, i64), _> = redis::pipe()
                     .cmd("SET")
@@ -386,7 +422,10 @@ async fn redis_own(
                     .arg(1000)
                     .query_async(&mut c)
                     .await;
-                acked.is_ok_and(|(_, replicas)| replicas >= 1)
+                match acked.map_err(|e| e.to_string())? {
+                    (_, 0) => Err("WAIT 1: no replica acknowledged within 1 s".into()),
+                    _ => Ok(()),
+                }
             }
         }
     };
@@ -397,7 +436,8 @@ async fn redis_own(
                 .arg(format!("bench/k{k}"))
                 .query_async::<Option<Vec<u8>>>(&mut c)
                 .await
-                .is_ok()
+                .map(drop)
+                .map_err(|e| e.to_string())
         }
     };
     let servers: Vec<u32> = std::iter::once(primary.pid())
