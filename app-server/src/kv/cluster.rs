@@ -387,7 +387,7 @@ impl Kv {
             },
         ) = tokio::join!(self.durable(), self.replicate(key, &entry));
         flushed.map_err(KvError::Storage)?;
-        let here = owners.iter().any(|o| *o.id == *self.self_id()) as usize;
+        let here = owners.iter().any(|o| o.is(self.self_id())) as usize;
         let copies = here + owners.iter().filter(|o| stored_by.contains(&o.id)).count();
         if copies == owners.len() && !owners.is_empty() {
             self.store.confirm(key, entry.version, fingerprint(&owners));
@@ -438,7 +438,7 @@ impl Kv {
             let targets: Vec<&Member> = owners
                 .iter()
                 .filter(|o| {
-                    *o.id != *self.self_id()
+                    !o.is(self.self_id())
                         && !stored_by.contains(&o.id)
                         && !failed_by.contains(&o.id)
                 })

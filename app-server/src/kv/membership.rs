@@ -53,6 +53,11 @@ pub struct Member {
 }
 
 impl Member {
+    /// Whether this is the instance with id `id`.
+    pub fn is(&self, id: &str) -> bool {
+        *self.id == *id
+    }
+
     /// Started less than [`NEW_FOR`] before `now` (or, by a clock ahead of
     /// this one, after it).
     pub fn is_new(&self, now: SystemTime) -> bool {
@@ -381,10 +386,10 @@ pub fn to_ask(
             }
             if m.is_new(now) {
                 // Asked, but a key may also be on the next ones.
-            } else if *m.id == *self_id || counts(m) {
+            } else if m.is(self_id) || counts(m) {
                 counted += 1;
             }
-            if *m.id != *self_id && !ask.iter().any(|a| a.id == m.id) {
+            if !m.is(self_id) && !ask.iter().any(|a| a.id == m.id) {
                 ask.push(m.clone());
             }
         }
@@ -617,7 +622,7 @@ mod tests {
         };
         assert_eq!(ask(&m, &key, |_| true), sorted(ranking[..2].to_vec()));
         let dead = ranking[0].clone();
-        assert_eq!(ask(&m, &key, |m| *m.id != *dead), sorted(ranking.clone()));
+        assert_eq!(ask(&m, &key, |m| !m.is(&dead)), sorted(ranking.clone()));
     }
 
     #[test]

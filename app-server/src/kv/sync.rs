@@ -136,7 +136,7 @@ pub async fn pass(kv: &Kv) -> PassReport {
             report.stranded += 1;
             continue;
         }
-        let mine = owners.iter().any(|o| *o.id == *self_id);
+        let mine = owners.iter().any(|o| o.is(&self_id));
         if confirmed != fingerprint(&owners) {
             work.push(Work::Place { key, entry, owners });
             continue;
@@ -146,7 +146,7 @@ pub async fn pass(kv: &Kv) -> PassReport {
                 report.dropped += 1;
             }
         } else if entry.is_tombstone() {
-            let primary = *owners[0].id == *self_id;
+            let primary = owners[0].is(&self_id);
             if primary && since.elapsed() >= TOMBSTONE_GRACE {
                 work.push(Work::Purge { key, entry, owners });
             } else if !primary
@@ -183,7 +183,7 @@ async fn run_work(kv: &Kv, work: Work, self_id: &str) -> Outcome {
         Work::Place { key, entry, owners } => {
             let ids = owner_ids(&owners);
             let mut all = true;
-            for owner in owners.iter().filter(|o| &*o.id != self_id) {
+            for owner in owners.iter().filter(|o| !o.is(self_id)) {
                 if let Err(e) = kv.peers().push(owner, &key, &entry, &ids).await {
                     kv.note_failure(owner, &e);
                     all = false;
@@ -198,7 +198,7 @@ async fn run_work(kv: &Kv, work: Work, self_id: &str) -> Outcome {
             }
         }
         Work::Purge { key, entry, owners } => {
-            for owner in owners.iter().filter(|o| &*o.id != self_id) {
+            for owner in owners.iter().filter(|o| !o.is(self_id)) {
                 if let Err(e) = kv.peers().purge(owner, &key, entry.version).await {
                     kv.note_failure(owner, &e);
                     return Outcome::Pending;

@@ -347,7 +347,7 @@ async fn forward(
     let Route::Forward(owners) = state.kv().route(key) else {
         return None;
     };
-    for owner in owners.iter().filter(|o| &*o.id != state.id()) {
+    for owner in owners.iter().filter(|o| !o.is(state.id())) {
         match state
             .kv()
             .peers()
