@@ -19,6 +19,12 @@ pub enum Persistence {
     EverySecond,
 }
 
+/// How long a command may wait for its answer: past `WAIT 1`'s own
+/// timeout (1 s in `kv_bench`), so that a late acknowledgement is a slow
+/// answer rather than the client's error (at the crate's default of 500 ms,
+/// a stall of the replicated row failed all 32 clients at once, twice).
+pub const RESPONSE_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// A `redis-server` process on 127.0.0.1, stopped when dropped.
 pub struct RedisServer {
     pub port: u16,
@@ -114,9 +120,14 @@ impl RedisServer {
         self.proc.pid()
     }
 
-    /// A connection (one socket; clones share it).
+    /// A connection (one socket; clones share it). Its response timeout is
+    /// [`RESPONSE_TIMEOUT`], not the `redis` crate's 500 ms: a `WAIT 1`
+    /// may take its full second, and Shoal's and etcd's clients in
+    /// `kv_bench` set none, so a slow answer counts in the latency there.
     pub async fn connect(&self) -> anyhow::Result<MultiplexedConnection> {
         let client = redis::Client::open(format!("redis://127.0.0.1:{}/", self.port))?;
-        Ok(client.get_multiplexed_async_connection().await?)
+        let mut connection = client.get_multiplexed_async_connection().await?;
+        connection.set_response_timeout(RESPONSE_TIMEOUT);
+        Ok(connection)
     }
 }
