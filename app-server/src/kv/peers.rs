@@ -159,7 +159,7 @@ impl Peers {
         let mut request = self
             .http
             .put(internal_url(peer, key))
-            .header(VERSION_HEADER, entry.version.to_string())
+            .header(VERSION_HEADER, entry.version.header_value())
             .header(OWNERS_HEADER, owners);
         request = match &entry.value {
             Some(value) => request.body(value.clone()),
@@ -177,7 +177,7 @@ impl Peers {
         let response = self
             .http
             .delete(internal_url(peer, key))
-            .header(VERSION_HEADER, version.to_string())
+            .header(VERSION_HEADER, version.header_value())
             .send()
             .await
             .map_err(|e| error(peer, e))?;

@@ -84,7 +84,10 @@ pub async fn get(
     let value = entry.value.unwrap_or_default();
     Ok((
         [
-            (header::CONTENT_TYPE, "application/octet-stream".to_owned()),
+            (
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/octet-stream"),
+            ),
             (header::ETAG, entry.version.etag()),
         ],
         value,

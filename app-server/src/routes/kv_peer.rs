@@ -44,7 +44,7 @@ pub async fn get(
     let key = key(path)?;
     let entry = state.kv().local(&key).ok_or(ApiError::KeyNotFound(key))?;
     let tombstone = entry.is_tombstone();
-    let version = HeaderValue::from_str(&entry.version.to_string()).expect("a version is ASCII");
+    let version = entry.version.header_value();
     let mut response = entry.value.unwrap_or_default().into_response();
     response.headers_mut().insert(VERSION_HEADER, version);
     if tombstone {
