@@ -21,12 +21,15 @@ pub mod work;
 #[cfg(test)]
 pub(crate) mod testing;
 
+use std::convert::Infallible;
+
 use axum::Router;
-use axum::extract::{DefaultBodyLimit, Request, State};
-use axum::http::{HeaderName, Method, Uri};
-use axum::middleware::{self, Next};
+use axum::extract::DefaultBodyLimit;
+use axum::http::{HeaderName, HeaderValue, Method, Uri};
 use axum::response::Response;
+use axum::routing::future::RouteFuture;
 use axum::routing::{get, post};
+use tower::util::{MapFutureLayer, MapResponseLayer};
 
 use crate::error::ApiError;
 use crate::kv::MAX_VALUE_BYTES;
@@ -53,7 +56,10 @@ pub fn app(state: AppState) -> Router {
             "/counter/{session}",
             post(counter::increment).fallback(only_post),
         )
-        .route_layer(middleware::from_fn_with_state(state.clone(), count_request));
+        .route_layer(MapFutureLayer::new({
+            let state = state.clone();
+            move |response| count_request(state.clone(), response)
+        }));
     let internal = Router::new()
         .route(
             "/_shoal/kv/{*key}",
@@ -75,26 +81,31 @@ pub fn app(state: AppState) -> Router {
         .merge(probes)
         .merge(internal)
         .fallback(unknown_path)
-        .layer(middleware::map_response_with_state(
-            state.clone(),
-            tag_instance,
-        ))
+        .layer(tag_instance(state.id_header().clone()))
         .with_state(state)
 }
 
-/// Count an application request for `/load`, in flight until it has answered.
-async fn count_request(State(state): State<AppState>, request: Request, next: Next) -> Response {
+/// Count an application request for `/load`, in flight until it has
+/// answered (`app` wraps each application route's future in it with a
+/// plain `tower` layer: `middleware::from_fn` boxed a future and a `Next`
+/// per request).
+async fn count_request(
+    state: AppState,
+    response: RouteFuture<Infallible>,
+) -> Result<Response, Infallible> {
     let in_flight = state.stats().begin();
-    let response = next.run(request).await;
+    let response = response.await;
     in_flight.finish();
     response
 }
 
-async fn tag_instance(State(state): State<AppState>, mut response: Response) -> Response {
-    response
-        .headers_mut()
-        .insert(INSTANCE_HEADER, state.id_header().clone());
-    response
+/// Name the instance on every response (`x-shoal-instance`); a plain
+/// `tower` layer, as [`count_request`]'s.
+fn tag_instance(id: HeaderValue) -> MapResponseLayer<impl Fn(Response) -> Response + Clone> {
+    MapResponseLayer::new(move |mut response: Response| {
+        response.headers_mut().insert(INSTANCE_HEADER, id.clone());
+        response
+    })
 }
 
 async fn unknown_path(uri: Uri) -> ApiError {
