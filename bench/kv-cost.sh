@@ -31,6 +31,7 @@ fi
 
 source scripts/lib.sh
 source bench/lib/common.sh
+source bench/lib/backends.sh
 SHOAL_PACKAGE[callgrind_control]=valgrind
 SHOAL_PACKAGE[h2load]=nghttp2-client
 need_tools protoc etcd curl valgrind callgrind_control h2load
@@ -45,17 +46,7 @@ builds=("shoal=$BIN/app-server")
 [ -z "${BEFORE_BIN:-}" ] || builds+=("before=$BEFORE_BIN")
 
 export RUST_LOG=${RUST_LOG:-warn}
-free_port ETCD_PORT
-free_port ETCD_PEER_PORT
-ETCD_URL=http://127.0.0.1:$ETCD_PORT
-etcd --name bench --data-dir "$TMP/etcd" \
-  --listen-client-urls "$ETCD_URL" --advertise-client-urls "$ETCD_URL" \
-  --listen-peer-urls "http://127.0.0.1:$ETCD_PEER_PORT" \
-  --initial-advertise-peer-urls "http://127.0.0.1:$ETCD_PEER_PORT" \
-  --initial-cluster "bench=http://127.0.0.1:$ETCD_PEER_PORT" \
-  >"$TMP/etcd.log" 2>&1 &
-pids+=($!)
-wait_for etcd "$ETCD_URL/health" "$TMP/etcd.log" "$!"
+start_etcd
 
 head -c 100 /dev/zero | tr '\0' v >"$TMP/value"
 declare -A IR

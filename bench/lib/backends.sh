@@ -1,5 +1,6 @@
-# Shared by the gateway benchmarks: build the release binaries, then start
-# etcd and the two app servers (`bench-a`, `bench-b`) on LOAD_CORES.
+# Shared by the gateway benchmarks (and `bench/kv-cost.sh`'s etcd): build
+# the release binaries, then start etcd and the two app servers (`bench-a`,
+# `bench-b`) on LOAD_CORES.
 # Needs bench/lib/common.sh (TMP, pids, free_port, wait_for).
 
 # build_release: the release gateway and app-server (unless NO_BUILD=1,
@@ -30,14 +31,15 @@ pick_gateway() {
   fi
 }
 
-# start_backends: etcd and two app servers; sets ETCD_URL and APP_PORTS.
-start_backends() {
-  local name port
-  export RUST_LOG=${RUST_LOG:-warn}
+# start_etcd [CORES]: a one-member etcd in $TMP/etcd (on the taskset core
+# list CORES if given), stopped on exit; sets ETCD_URL.
+start_etcd() {
+  local pin=()
+  [ -z "${1:-}" ] || pin=(taskset -c "$1")
   free_port ETCD_PORT
   free_port ETCD_PEER_PORT
   ETCD_URL=http://127.0.0.1:$ETCD_PORT
-  taskset -c "$LOAD_CORES" etcd --name bench --data-dir "$TMP/etcd" \
+  "${pin[@]}" etcd --name bench --data-dir "$TMP/etcd" \
     --listen-client-urls "$ETCD_URL" --advertise-client-urls "$ETCD_URL" \
     --listen-peer-urls "http://127.0.0.1:$ETCD_PEER_PORT" \
     --initial-advertise-peer-urls "http://127.0.0.1:$ETCD_PEER_PORT" \
@@ -45,6 +47,13 @@ start_backends() {
     >"$TMP/etcd.log" 2>&1 &
   pids+=($!)
   wait_for etcd "$ETCD_URL/health" "$TMP/etcd.log" "$!"
+}
+
+# start_backends: etcd and two app servers; sets ETCD_URL and APP_PORTS.
+start_backends() {
+  local name port
+  export RUST_LOG=${RUST_LOG:-warn}
+  start_etcd "$LOAD_CORES"
 
   APP_PORTS=()
   for name in a b; do

@@ -882,13 +882,14 @@ async fn oversized_headers_get_431_and_idle_connections_are_closed() {
 /// Round-robin over `a-stuck` (takes requests, never answers: a frozen
 /// process) and `b-ok`, starting with `a-stuck`.
 async fn stuck_then_ok() -> (Arc<Mutex<Registry>>, TableHandle) {
+    first_then_ok("a-stuck", stuck_backend().await).await
+}
+
+/// Round-robin over `first` (an `a-…` id, at `addr`) and `b-ok`, starting
+/// with `first`.
+async fn first_then_ok(first: &str, addr: SocketAddr) -> (Arc<Mutex<Registry>>, TableHandle) {
     let (registry, table) = Registry::new(BalancePolicy::RoundRobin);
-    put(
-        &registry,
-        "a-stuck",
-        stuck_backend().await,
-        InstanceState::Ready,
-    );
+    put(&registry, first, addr, InstanceState::Ready);
     put(
         &registry,
         "b-ok",
@@ -1103,16 +1104,25 @@ async fn a_request_with_a_body_a_spent_budget_or_hedging_off_is_not_hedged() {
 /// [`stuck_then_ok`], round robin with a 3 s timeout; and the service's pool.
 async fn hedging_in_front_of_stuck_then_ok() -> (Gateway, Arc<table::ServicePool>) {
     let (registry, table) = stuck_then_ok().await;
+    hedging_in_front_of(&registry, table, Duration::from_millis(50), 3000).await
+}
+
+/// A gateway hedging after `delay` (no p99 yet) in front of `registry`'s
+/// instances, one route to them by round robin with a `timeout_ms`
+/// timeout; and the service's pool.
+async fn hedging_in_front_of(
+    registry: &Mutex<Registry>,
+    table: TableHandle,
+    delay: Duration,
+    timeout_ms: u64,
+) -> (Gateway, Arc<table::ServicePool>) {
     registry.lock().unwrap().put_route(
         "all",
-        r#"{"service":"app","path_prefix":"/","policy":"round-robin","timeout_ms":3000}"#,
+        &format!(
+            r#"{{"service":"app","path_prefix":"/","policy":"round-robin","timeout_ms":{timeout_ms}}}"#
+        ),
     );
-    let gw = gateway(
-        table.clone(),
-        hedging_after(Duration::from_millis(50)),
-        server_settings(),
-    )
-    .await;
+    let gw = gateway(table.clone(), hedging_after(delay), server_settings()).await;
     let pool = table.load().pool("app").unwrap().clone();
     (gw, pool)
 }
@@ -1206,31 +1216,9 @@ async fn one_at_a_time_backend(name: &'static str, each: Duration) -> SocketAddr
 /// CPU-bound requests, which sent their load to the other.
 #[tokio::test]
 async fn requests_queued_on_a_busy_instance_that_keeps_answering_do_not_eject_it() {
-    let (registry, table) = Registry::new(BalancePolicy::RoundRobin);
-    let each = Duration::from_millis(25);
-    put(
-        &registry,
-        "a-busy",
-        one_at_a_time_backend("a-busy", each).await,
-        InstanceState::Ready,
-    );
-    put(
-        &registry,
-        "b-ok",
-        backend("b-ok").await,
-        InstanceState::Ready,
-    );
-    registry.lock().unwrap().put_route(
-        "all",
-        r#"{"service":"app","path_prefix":"/","policy":"round-robin","timeout_ms":5000}"#,
-    );
-    let gw = gateway(
-        table.clone(),
-        hedging_after(Duration::from_millis(100)),
-        server_settings(),
-    )
-    .await;
-    let pool = table.load().pool("app").unwrap().clone();
+    let busy = one_at_a_time_backend("a-busy", Duration::from_millis(25)).await;
+    let (registry, table) = first_then_ok("a-busy", busy).await;
+    let (gw, pool) = hedging_in_front_of(&registry, table, Duration::from_millis(100), 5000).await;
     // Twelve requests on each instance at once (round robin): a-busy's
     // first answer comes at 25 ms, its last at about 300, and the ones
     // queued past 100 ms wait past their hedge time.
