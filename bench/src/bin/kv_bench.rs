@@ -237,16 +237,28 @@ fn count_relayed(relayed: &Relayed, response: &hyper::Response<Incoming>) {
     }
 }
 
-/// A response that is not the operation's success: its status and error
-/// code (Shoal's errors are JSON with an `error` field).
-fn refused(status: hyper::StatusCode, body: &[u8]) -> Failed {
-    let error = serde_json::from_slice::<serde_json::Value>(body)
+/// Read `response` whole, counting it if it was relayed; a failure unless
+/// `ok` accepts its status, named by the status and Shoal's error code
+/// (its errors are JSON with an `error` field).
+async fn read_answer(
+    relayed: &Relayed,
+    response: hyper::Response<Incoming>,
+    ok: fn(hyper::StatusCode) -> bool,
+) -> Result<(), Failed> {
+    count_relayed(relayed, &response);
+    let status = response.status();
+    let body = response.into_body().collect().await;
+    let body = body.map_err(|e| format!("body: {e}"))?.to_bytes();
+    if ok(status) {
+        return Ok(());
+    }
+    let error = serde_json::from_slice::<serde_json::Value>(&body)
         .ok()
         .and_then(|v| v["error"].as_str().map(str::to_owned));
-    format!(
+    Err(format!(
         "HTTP {status}: {}",
         error.as_deref().unwrap_or("(no error code)")
-    )
+    ))
 }
 
 async fn shoal(
@@ -301,14 +313,7 @@ async fn shoal(
                 let mut http = clients[client].lock().await;
                 let path = format!("/kv/k{k}");
                 let r = http.send(bases.of(k), Method::PUT, path, value).await?;
-                count_relayed(&relayed, &r);
-                let status = r.status();
-                let body = r.into_body().collect().await;
-                let body = body.map_err(|e| format!("body: {e}"))?.to_bytes();
-                if !status.is_success() {
-                    return Err(refused(status, &body));
-                }
-                Ok(())
+                read_answer(&relayed, r, |status| status.is_success()).await
             }
         }
     };
@@ -322,14 +327,7 @@ async fn shoal(
                 let r = http
                     .send(bases.of(k), Method::GET, path, Bytes::new())
                     .await?;
-                count_relayed(&relayed, &r);
-                let status = r.status();
-                let body = r.into_body().collect().await;
-                let body = body.map_err(|e| format!("body: {e}"))?.to_bytes();
-                if status != 200 && status != 404 {
-                    return Err(refused(status, &body));
-                }
-                Ok(())
+                read_answer(&relayed, r, |status| status == 200 || status == 404).await
             }
         }
     };
