@@ -171,9 +171,8 @@ if [ "$IR_REQUESTS" -gt 0 ]; then
       callgrind_control -z "$pid" >/dev/null 2>&1
       out=$TMP/wrk-ir-${key//\//-}.txt
       wrk_count "$(url_of "$key")" "$IR_REQUESTS" "$CONNECTIONS" "$out"
-      callgrind_control -d "${key//\//-}" "$pid" >/dev/null 2>&1
-      dump=$(ls -t "$TMP"/callgrind-"$proxy"."$pid".out.* 2>/dev/null | head -n 1)
-      instructions=$(awk '/^(summary|totals):/ { print $2; exit }' "$dump")
+      dump=$(callgrind_dump "$pid" "${key//\//-}" "$TMP/callgrind-$proxy")
+      instructions=$(callgrind_instructions "$dump")
       done_requests=$(wrk_requests "$out")
       IR[$key]=$(awk -v i="$instructions" -v n="$done_requests" 'BEGIN { printf "%.0f", i / n }')
       if [ "$CACHE_SIM" = 1 ]; then

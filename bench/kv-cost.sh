@@ -86,15 +86,8 @@ measure() {
     h2load_n "$op" "$url" 2000 || return 1 # warm-up
     callgrind_control -z "$pid" >/dev/null 2>&1
     h2load_n "$op" "$url" "$REQUESTS" || return 1
-    callgrind_control -d "$name-$op" "$pid" >/dev/null 2>&1
-    dump=""
-    for _ in $(seq 1 50); do
-      dump=$(ls -t "$TMP"/callgrind-"$name"."$pid".out.* 2>/dev/null | head -n 1)
-      [ -n "$dump" ] && grep -q "^totals:\|^summary:" "$dump" && break
-      sleep 0.1
-    done
-    [ -n "$dump" ] || { echo "error: no callgrind dump for $name $op in $TMP" >&2; return 1; }
-    IR[$name/$op]=$(($(grep -m1 -E '^(totals|summary):' "$dump" | awk '{print $2}') / REQUESTS))
+    dump=$(callgrind_dump "$pid" "$name-$op" "$TMP/callgrind-$name") || return 1
+    IR[$name/$op]=$(($(callgrind_instructions "$dump") / REQUESTS))
     mv "$dump" "$TMP/callgrind-$name-$op.out"
     printf 'callgrind  %-8s %-4s %7d requests  %8s instructions/request\n' "$name" "$op" "$REQUESTS" "${IR[$name/$op]}" >&2
   done

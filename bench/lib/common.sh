@@ -113,6 +113,31 @@ wait_for() {
   return 1
 }
 
+# callgrind_dump PID LABEL PREFIX: have the program running under callgrind
+# as PID write what it counted since `callgrind_control -z` (the dump
+# labelled LABEL), and print the dump's path: the newest PREFIX.PID.out.*
+# (PREFIX as given to `--callgrind-out-file=PREFIX.%p.out`), once it holds
+# its totals (up to 5 s).
+callgrind_dump() {
+  local pid=$1 label=$2 prefix=$3 dump=""
+  callgrind_control -d "$label" "$pid" >/dev/null 2>&1
+  for _ in $(seq 1 50); do
+    dump=$(ls -t "$prefix.$pid".out.* 2>/dev/null | head -n 1)
+    if [ -n "$dump" ] && grep -qE '^(summary|totals):' "$dump"; then
+      echo "$dump"
+      return 0
+    fi
+    sleep 0.1
+  done
+  echo "error: no complete callgrind dump at $prefix.$pid.out.*" >&2
+  return 1
+}
+
+# callgrind_instructions DUMP: the instructions a callgrind dump counted.
+callgrind_instructions() {
+  awk '/^(summary|totals):/ { print $2; exit }' "$1"
+}
+
 # spread VALUES...: "min-max" with two decimals (a median's rounds, to show
 # how far apart they were).
 spread() {
