@@ -22,6 +22,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, anyhow};
+use axum::ServiceExt as _;
 use chrono::Utc;
 use registry::{Instance, InstanceState, Registration, Store};
 use serde::Serialize;
@@ -133,7 +134,7 @@ async fn run_instance(config: Config, id: String) -> anyhow::Result<ExitCode> {
 
     let stop_accepting = CancellationToken::new();
     let mut server = tokio::spawn(
-        axum::serve(listener, app(state.clone()))
+        axum::serve(listener, app(state.clone()).into_make_service())
             .with_graceful_shutdown(stop_accepting.clone().cancelled_owned())
             .into_future()
             .in_current_span(),

@@ -31,7 +31,7 @@ struct Inner {
     pid: u32,
     state: watch::Sender<InstanceState>,
     registration: watch::Receiver<RegistrationStatus>,
-    stats: Stats,
+    stats: Arc<Stats>,
     kv: Arc<Kv>,
     counters: Counters,
 }
@@ -107,7 +107,7 @@ impl AppState {
                 pid: std::process::id(),
                 state: watch::Sender::new(InstanceState::Starting),
                 registration,
-                stats: Stats::default(),
+                stats: Arc::default(),
                 kv,
                 counters: Counters::default(),
             }),
@@ -158,7 +158,7 @@ impl AppState {
         }
     }
 
-    pub fn stats(&self) -> &Stats {
+    pub fn stats(&self) -> &Arc<Stats> {
         &self.inner.stats
     }
 

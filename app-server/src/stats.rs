@@ -7,8 +7,8 @@
 //! is tested on paused time.
 
 use std::collections::VecDeque;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::time::Instant;
@@ -107,12 +107,13 @@ pub struct LoadSnapshot {
 
 impl Stats {
     /// Count a request as started. It stays in flight until the guard is
-    /// dropped; [`InFlight::finish`] also records its latency.
-    pub fn begin(&self) -> InFlight<'_> {
+    /// dropped; [`InFlight::finish`] also records its latency. The guard
+    /// holds the stats, so a request's future can own it.
+    pub fn begin(self: &Arc<Self>) -> InFlight {
         self.in_flight.fetch_add(1, Ordering::Relaxed);
         self.total.fetch_add(1, Ordering::Relaxed);
         InFlight {
-            stats: self,
+            stats: self.clone(),
             started: Instant::now(),
         }
     }
@@ -142,12 +143,12 @@ impl Stats {
 
 /// One application request in flight.
 #[derive(Debug)]
-pub struct InFlight<'a> {
-    stats: &'a Stats,
+pub struct InFlight {
+    stats: Arc<Stats>,
     started: Instant,
 }
 
-impl InFlight<'_> {
+impl InFlight {
     /// The request produced its response: record how long that took.
     pub fn finish(self) {
         let now = Instant::now();
@@ -157,7 +158,7 @@ impl InFlight<'_> {
     }
 }
 
-impl Drop for InFlight<'_> {
+impl Drop for InFlight {
     fn drop(&mut self) {
         self.stats.in_flight.fetch_sub(1, Ordering::Relaxed);
     }
@@ -195,7 +196,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn entries_older_than_the_window_drop_out() {
-        let stats = Stats::default();
+        let stats = Arc::new(Stats::default());
         assert_eq!(
             stats.snapshot().latency_ms,
             Percentiles {
@@ -205,7 +206,7 @@ mod tests {
         );
 
         // 100 concurrent requests taking 1..=100 ms, all finished by t = 100 ms.
-        let requests: Vec<InFlight<'_>> = (0..100).map(|_| stats.begin()).collect();
+        let requests: Vec<InFlight> = (0..100).map(|_| stats.begin()).collect();
         assert_eq!(stats.in_flight(), 100);
         for request in requests {
             advance(ms(1)).await;
@@ -242,7 +243,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn in_flight_counts_until_the_guard_goes_even_without_finish() {
-        let stats = Stats::default();
+        let stats = Arc::new(Stats::default());
         let a = stats.begin();
         let b = stats.begin();
         assert_eq!(stats.in_flight(), 2);

@@ -376,6 +376,7 @@ mod tests {
     use std::sync::atomic::{AtomicUsize, Ordering};
     use std::time::Duration;
 
+    use axum::ServiceExt as _;
     use axum::extract::Request;
     use axum::http::StatusCode;
     use axum::middleware::{self, Next};
@@ -383,6 +384,7 @@ mod tests {
     use futures::future::join_all;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio::net::TcpStream;
+    use tower::Layer;
 
     use super::*;
     use crate::kv::testing::{accept_link, answer_frame, fake_peer, peer_at, read_frame};
@@ -415,43 +417,41 @@ mod tests {
         let app = TestApp::new();
         let counters: [Arc<AtomicUsize>; 3] = Default::default();
         let [links, batches, singles] = counters.clone();
-        let router =
-            app.router
-                .clone()
-                .layer(middleware::from_fn(move |request: Request, next: Next| {
-                    let [links, batches, singles] = counters.clone();
-                    async move {
-                        let path = request.uri().path().to_owned();
-                        let refused = if path == link::PATH {
-                            links.fetch_add(1, Ordering::SeqCst);
-                            match kind {
-                                Peer::Current => None,
-                                Peer::NoLinks | Peer::Older => Some(StatusCode::NOT_FOUND),
-                                Peer::Refusing => Some(StatusCode::SERVICE_UNAVAILABLE),
-                            }
-                        } else if path == PATH {
-                            batches.fetch_add(1, Ordering::SeqCst);
-                            match kind {
-                                Peer::Current | Peer::NoLinks => None,
-                                Peer::Older => Some(StatusCode::NOT_FOUND),
-                                Peer::Refusing => Some(StatusCode::SERVICE_UNAVAILABLE),
-                            }
-                        } else {
-                            if path.starts_with("/_shoal/kv/") {
-                                singles.fetch_add(1, Ordering::SeqCst);
-                            }
-                            None
-                        };
-                        if let Some(status) = refused {
-                            return status.into_response();
-                        }
-                        let response: Response = next.run(request).await;
-                        response
+        let router = middleware::from_fn(move |request: Request, next: Next| {
+            let [links, batches, singles] = counters.clone();
+            async move {
+                let path = request.uri().path().to_owned();
+                let refused = if path == link::PATH {
+                    links.fetch_add(1, Ordering::SeqCst);
+                    match kind {
+                        Peer::Current => None,
+                        Peer::NoLinks | Peer::Older => Some(StatusCode::NOT_FOUND),
+                        Peer::Refusing => Some(StatusCode::SERVICE_UNAVAILABLE),
                     }
-                }));
+                } else if path == PATH {
+                    batches.fetch_add(1, Ordering::SeqCst);
+                    match kind {
+                        Peer::Current | Peer::NoLinks => None,
+                        Peer::Older => Some(StatusCode::NOT_FOUND),
+                        Peer::Refusing => Some(StatusCode::SERVICE_UNAVAILABLE),
+                    }
+                } else {
+                    if path.starts_with("/_shoal/kv/") {
+                        singles.fetch_add(1, Ordering::SeqCst);
+                    }
+                    None
+                };
+                if let Some(status) = refused {
+                    return status.into_response();
+                }
+                let response: Response = next.run(request).await;
+                response
+            }
+        })
+        .layer(app.router.clone());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        tokio::spawn(async move { axum::serve(listener, router).await });
+        tokio::spawn(async move { axum::serve(listener, router.into_make_service()).await });
         Served {
             app,
             member: peer_at("peer", addr),

@@ -137,13 +137,17 @@ mod tests {
         assert_eq!(load["requests_total"], 0, "{load}");
         assert_eq!(load["latency_ms"]["p95"], serde_json::Value::Null);
 
-        // Application requests are, errors included.
+        // Application requests are, errors included, whichever handler
+        // answers them (the counter is a layer on each).
         t.call(req("GET", "/")).await;
         t.call(req("GET", "/work?iterations=10")).await;
         t.call(req("GET", "/work?iterations=0")).await;
         t.call(req("GET", "/kv/missing")).await;
+        t.call(req_with("PUT", "/kv/counted", "v")).await;
+        t.call(req("DELETE", "/kv/counted")).await;
+        t.call(req("POST", "/counter/s1")).await;
         let load = t.get_json("/load").await;
-        assert_eq!(load["requests_total"], 4, "{load}");
+        assert_eq!(load["requests_total"], 7, "{load}");
         assert_eq!(load["in_flight"], 0, "{load}");
         let p50 = load["latency_ms"]["p50"].as_f64().unwrap();
         let p95 = load["latency_ms"]["p95"].as_f64().unwrap();

@@ -13,7 +13,7 @@
 use axum::Json;
 use axum::body::Bytes;
 use axum::extract::rejection::{BytesRejection, PathRejection};
-use axum::extract::{Path, State};
+use axum::extract::{Path, Request, State};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
@@ -65,14 +65,17 @@ fn if_match(headers: &HeaderMap) -> Result<Option<Precondition>, ApiError> {
         .ok_or(ApiError::BadIfMatch { given })
 }
 
+/// `GET`: the request is taken whole, as it has no body to read, so that
+/// its headers are borrowed rather than cloned (axum's `HeaderMap`
+/// extractor copies them).
 pub async fn get(
     State(state): State<AppState>,
-    method: Method,
-    headers: HeaderMap,
     path: Result<Path<String>, PathRejection>,
+    request: Request,
 ) -> Result<Response, ApiError> {
     let key = key(path)?;
-    let admitted = match handling(&state, method, &key, &headers, Bytes::new()).await {
+    let (method, headers) = (request.method().clone(), request.headers());
+    let admitted = match handling(&state, method, &key, headers, Bytes::new()).await {
         Handling::Here(admitted) => admitted,
         Handling::Answered(answer) => return answer,
     };
@@ -148,15 +151,16 @@ struct Stored<'a> {
     copies: usize,
 }
 
+/// `DELETE`: taken whole, as `GET` is.
 pub async fn delete(
     State(state): State<AppState>,
-    method: Method,
-    headers: HeaderMap,
     path: Result<Path<String>, PathRejection>,
+    request: Request,
 ) -> Result<Response, ApiError> {
     let key = key(path)?;
-    let precondition = if_match(&headers)?;
-    let admitted = match handling(&state, method, &key, &headers, Bytes::new()).await {
+    let (method, headers) = (request.method().clone(), request.headers());
+    let precondition = if_match(headers)?;
+    let admitted = match handling(&state, method, &key, headers, Bytes::new()).await {
         Handling::Here(admitted) => admitted,
         Handling::Answered(answer) => return answer,
     };
@@ -172,7 +176,7 @@ pub async fn delete(
     {
         Ok(_) => Ok(StatusCode::NO_CONTENT.into_response()),
         Err(KvError::Mismatch(_)) if precondition.is_none() => Err(ApiError::KeyNotFound(key)),
-        Err(e) => Err(write_error(&key, &headers, e)),
+        Err(e) => Err(write_error(&key, headers, e)),
     }
 }
 

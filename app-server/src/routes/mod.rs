@@ -7,10 +7,14 @@
 //! - [`kv_peer`]: `/_shoal/kv/{key}`, `/_shoal/kv-batch` and `/_shoal/kv-stream`, replication between instances
 //! - [`health`]: `GET /healthz`, `/readyz`, `/load`
 //!
-//! Application routes (the first four) are wrapped in the request counter that
-//! feeds `/load`; the probes are not, so probing never looks like load. Every
-//! response, errors and unknown paths included, carries `x-shoal-instance`.
+//! Application handlers (the first four routes') are wrapped in the request
+//! counter that feeds `/load` ([`counted`]); the probes are not, so probing
+//! never looks like load. Every
+//! response, errors and unknown paths included, carries `x-shoal-instance`:
+//! [`app`] wraps the whole router in that layer once, outside axum, which
+//! would otherwise apply it to every route again and box it per request.
 
+pub mod counted;
 pub mod counter;
 pub mod health;
 pub mod hello;
@@ -24,13 +28,15 @@ pub(crate) mod testing;
 use std::convert::Infallible;
 
 use axum::Router;
-use axum::extract::DefaultBodyLimit;
+use axum::extract::{DefaultBodyLimit, Request};
+use axum::handler::Handler;
 use axum::http::{HeaderName, HeaderValue, Method, Uri};
 use axum::response::Response;
-use axum::routing::future::RouteFuture;
 use axum::routing::{get, post};
-use tower::util::{MapFutureLayer, MapResponseLayer};
+use tower::util::MapResponseLayer;
+use tower::{Layer, Service};
 
+use self::counted::Counted;
 use crate::error::ApiError;
 use crate::kv::MAX_VALUE_BYTES;
 use crate::state::AppState;
@@ -38,39 +44,56 @@ use crate::state::AppState;
 /// Header naming the instance that answered; lets clients and tests see the balancing.
 pub const INSTANCE_HEADER: HeaderName = HeaderName::from_static("x-shoal-instance");
 
-/// The whole service as a router; needs no etcd.
-pub fn app(state: AppState) -> Router {
+/// The whole service: the router, each response named by the instance. It
+/// needs no etcd.
+pub fn app(
+    state: AppState,
+) -> impl Service<Request, Response = Response, Error = Infallible, Future: Send>
++ Clone
++ Send
++ Sync
++ 'static {
+    tag_instance(state.id_header().clone()).layer(router(state))
+}
+
+/// Every route, with the request counter on the application's handlers.
+fn router(state: AppState) -> Router {
+    // Layers go on the handlers, not on the routes (`route_layer`): axum
+    // boxes a route again for each layer put on it, every request; a
+    // handler's layers live in the handler's one box.
+    let counted = Counted::new(state.stats().clone());
+    // Bytes refuses bigger bodies; the handlers turn that into our 413.
+    let value_limit = DefaultBodyLimit::max(MAX_VALUE_BYTES);
     let application = Router::new()
-        .route("/", get(hello::hello).fallback(only_get))
-        .route("/work", get(work::work).fallback(only_get))
+        .route(
+            "/",
+            get(hello::hello.layer(counted.clone())).fallback(only_get),
+        )
+        .route(
+            "/work",
+            get(work::work.layer(counted.clone())).fallback(only_get),
+        )
         .route(
             "/kv/{*key}",
-            get(kv::get)
-                .put(kv::put)
-                .delete(kv::delete)
-                .fallback(kv::method_not_allowed)
-                // Bytes refuses bigger bodies; kv::put turns that into our 413.
-                .layer(DefaultBodyLimit::max(MAX_VALUE_BYTES)),
+            get(kv::get.layer(counted.clone()))
+                .put(kv::put.layer(value_limit).layer(counted.clone()))
+                .delete(kv::delete.layer(counted.clone()))
+                .fallback(kv::method_not_allowed),
         )
         .route(
             "/counter/{session}",
-            post(counter::increment).fallback(only_post),
-        )
-        .route_layer(MapFutureLayer::new({
-            let state = state.clone();
-            move |response| count_request(state.clone(), response)
-        }));
+            post(counter::increment.layer(counted)).fallback(only_post),
+        );
     let internal = Router::new()
         .route(
             "/_shoal/kv/{*key}",
             get(kv_peer::get)
-                .put(kv_peer::put)
-                .delete(kv_peer::delete)
-                .layer(DefaultBodyLimit::max(MAX_VALUE_BYTES)),
+                .put(kv_peer::put.layer(value_limit))
+                .delete(kv_peer::delete),
         )
         .route(
             crate::kv::batch::PATH,
-            post(kv_peer::batch).layer(DefaultBodyLimit::max(crate::kv::batch::MAX_BATCH_BYTES)),
+            post(kv_peer::batch.layer(DefaultBodyLimit::max(crate::kv::batch::MAX_BATCH_BYTES))),
         )
         .route(crate::kv::link::PATH, get(kv_peer::stream));
     let probes = Router::new()
@@ -81,26 +104,11 @@ pub fn app(state: AppState) -> Router {
         .merge(probes)
         .merge(internal)
         .fallback(unknown_path)
-        .layer(tag_instance(state.id_header().clone()))
         .with_state(state)
 }
 
-/// Count an application request for `/load`, in flight until it has
-/// answered (`app` wraps each application route's future in it with a
-/// plain `tower` layer: `middleware::from_fn` boxed a future and a `Next`
-/// per request).
-async fn count_request(
-    state: AppState,
-    response: RouteFuture<Infallible>,
-) -> Result<Response, Infallible> {
-    let in_flight = state.stats().begin();
-    let response = response.await;
-    in_flight.finish();
-    response
-}
-
 /// Name the instance on every response (`x-shoal-instance`); a plain
-/// `tower` layer, as [`count_request`]'s.
+/// `tower` layer put around the whole router.
 fn tag_instance(id: HeaderValue) -> MapResponseLayer<impl Fn(Response) -> Response + Clone> {
     MapResponseLayer::new(move |mut response: Response| {
         response.headers_mut().insert(INSTANCE_HEADER, id.clone());
