@@ -98,8 +98,10 @@ pub fn is_upgrade(version: Version, headers: &HeaderMap) -> bool {
     version == Version::HTTP_11 && has(headers, &UPGRADE) && connection_has(headers, "upgrade")
 }
 
-/// Headers removed on every hop, whatever `Connection` says.
-const HOP_BY_HOP: [HeaderName; 9] = [
+/// Headers removed on every hop, whatever `Connection` says. A `static`,
+/// not a `const`: each use of a `const` array builds the array anew and
+/// drops it (nine `HeaderName`s, once per header of every message).
+static HOP_BY_HOP: [HeaderName; 9] = [
     CONNECTION,
     KEEP_ALIVE,
     PROXY_CONNECTION,
