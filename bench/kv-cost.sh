@@ -1,14 +1,15 @@
 #!/usr/bin/env bash
 # What one key-value request costs an app server, in instructions under
 # valgrind's callgrind: a lone instance (R = 1, no data directory) is
-# started under callgrind, one 100-byte key is written, and after a warm-up
+# started under callgrind, one 100-byte key is written, the store is left
+# to settle (11 s, as bench/kv.sh waits), and after a warm-up
 # its instructions are counted over REQUESTS GETs of that key, then over
 # REQUESTS PUTs of it (h2load over 4 keep-alive HTTP/1.1 connections, sent
 # straight to the instance). Instructions hold up on a busy machine, where
 # rates (bench/kv.sh) move by a fifth from run to run, so this is the way
 # to see a change of a few percent in the instance's request path.
 #
-#   bench/kv-cost.sh                                    # about 2 minutes
+#   bench/kv-cost.sh                                    # about 2.5 minutes
 #   BEFORE_BIN=/tmp/app-server-old bench/kv-cost.sh     # also an earlier build, beside it
 #
 # Settings (environment): REQUESTS (10000), BEFORE_BIN (an earlier
@@ -28,6 +29,9 @@ if [ -n "${BEFORE_BIN:-}" ] && [ ! -x "$BEFORE_BIN" ]; then
   echo "error: BEFORE_BIN=$BEFORE_BIN is not an executable app-server binary" >&2
   exit 1
 fi
+
+# kv_bench's wait too: app_server::kv::membership::SETTLE and a second.
+SETTLE_SECS=11
 
 source scripts/lib.sh
 source bench/lib/common.sh
@@ -82,6 +86,10 @@ measure() {
     sleep 0.2
   done
   [ "$settled" = 1 ] || { echo "error: $name never took the first PUT; see $TMP/app-$name.log" >&2; return 1; }
+  # Measure the settled store, as bench/kv.sh does: until its view has been
+  # quiet for app_server::kv::membership::SETTLE (10 s), a read also ranks
+  # the key in every recent view in case a newer copy is elsewhere.
+  sleep "$SETTLE_SECS"
   for op in GET PUT; do
     h2load_n "$op" "$url" 2000 || return 1 # warm-up
     callgrind_control -z "$pid" >/dev/null 2>&1
