@@ -85,17 +85,8 @@ pub async fn get(
         .await
         .ok_or(ApiError::KeyNotFound(key))?;
     let value = entry.value.unwrap_or_default();
-    Ok((
-        [
-            (
-                header::CONTENT_TYPE,
-                HeaderValue::from_static("application/octet-stream"),
-            ),
-            (header::ETAG, entry.version.etag()),
-        ],
-        value,
-    )
-        .into_response())
+    // `Bytes` answers as `application/octet-stream` by itself.
+    Ok(([(header::ETAG, entry.version.etag())], value).into_response())
 }
 
 pub async fn put(
