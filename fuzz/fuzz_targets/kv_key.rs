@@ -8,8 +8,8 @@
 use std::sync::OnceLock;
 
 use app_server::kv::{MAX_KEY_BYTES, check_key};
+use app_server::routes::BoxedApp;
 use app_server::{AppState, app};
-use axum::Router;
 use axum::body::Body;
 use axum::http::{Request, Uri};
 use http_body_util::BodyExt;
@@ -48,7 +48,7 @@ fn percent_decode(s: &str) -> Option<String> {
 
 struct Harness {
     runtime: tokio::runtime::Runtime,
-    router: Router,
+    router: BoxedApp,
 }
 
 fn harness() -> &'static Harness {
@@ -62,7 +62,7 @@ fn harness() -> &'static Harness {
                 .enable_all()
                 .build()
                 .expect("a runtime"),
-            router: app(AppState::new("fuzz", rx).expect("a valid id")),
+            router: BoxedApp::new(app(AppState::new("fuzz", rx).expect("a valid id"))),
         }
     })
 }

@@ -33,7 +33,7 @@ use axum::handler::Handler;
 use axum::http::{HeaderName, HeaderValue, Method, Uri};
 use axum::response::Response;
 use axum::routing::{get, post};
-use tower::util::MapResponseLayer;
+use tower::util::{BoxCloneSyncService, MapResponseLayer};
 use tower::{Layer, Service};
 
 use self::counted::Counted;
@@ -43,6 +43,10 @@ use crate::state::AppState;
 
 /// Header naming the instance that answered; lets clients and tests see the balancing.
 pub const INSTANCE_HEADER: HeaderName = HeaderName::from_static("x-shoal-instance");
+
+/// [`app`] behind one box, for whatever must name its type (the router
+/// tests, the fuzzer); serving uses [`app`] as it is.
+pub type BoxedApp = BoxCloneSyncService<Request, Response, Infallible>;
 
 /// The whole service: the router, each response named by the instance. It
 /// needs no etcd.

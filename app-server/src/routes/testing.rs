@@ -1,18 +1,14 @@
 //! Helpers for router tests: an app on a plain status channel (no etcd) and
 //! one-shot calls that collect the parts a test looks at.
 
-use std::convert::Infallible;
-
 use axum::body::Body;
 use axum::http::{Request, StatusCode, header};
-use axum::response::Response;
 use http_body_util::BodyExt;
 use registry::RegistrationStatus;
 use tokio::sync::watch;
 use tower::ServiceExt;
-use tower::util::BoxCloneSyncService;
 
-use super::{INSTANCE_HEADER, app};
+use super::{BoxedApp, INSTANCE_HEADER, app};
 use crate::kv::peers::REFUSED_HEADER;
 use crate::state::AppState;
 
@@ -21,7 +17,7 @@ pub const TEST_ID: &str = "test-instance";
 pub struct TestApp {
     pub state: AppState,
     pub registration: watch::Sender<RegistrationStatus>,
-    pub router: BoxCloneSyncService<Request<Body>, Response, Infallible>,
+    pub router: BoxedApp,
 }
 
 impl TestApp {
@@ -30,7 +26,7 @@ impl TestApp {
         let (registration, rx) = watch::channel(RegistrationStatus::default());
         let state = AppState::new(TEST_ID, rx).unwrap();
         TestApp {
-            router: BoxCloneSyncService::new(app(state.clone())),
+            router: BoxedApp::new(app(state.clone())),
             state,
             registration,
         }
