@@ -9,10 +9,10 @@
 //!
 //! Application handlers (the first four routes') are wrapped in the request
 //! counter that feeds `/load` ([`counted`]); the probes are not, so probing
-//! never looks like load. Every
-//! response, errors and unknown paths included, carries `x-shoal-instance`:
-//! [`app`] wraps the whole router in that layer once, outside axum, which
-//! would otherwise apply it to every route again and box it per request.
+//! never looks like load. Every response, errors and unknown paths
+//! included, carries `x-shoal-instance`: [`app`] wraps the whole router in
+//! that layer once, outside axum, which would otherwise apply it to every
+//! route again and box it per request.
 
 pub mod counted;
 pub mod counter;
