@@ -79,13 +79,13 @@ measure() {
   pid=$!
   pids+=("$pid")
   wait_for "app server $name (under callgrind)" "http://127.0.0.1:$port/" "$TMP/app-$name.log" "$pid" 60
-  # A lone instance takes writes once its membership has settled.
-  local settled=0
+  # A lone instance takes writes once its view is confirmed (its join delay).
+  local writable=0
   for _ in $(seq 1 300); do
-    if curl -sf -X PUT --data-binary @"$TMP/value" "$url" >/dev/null; then settled=1; break; fi
+    if curl -sf -X PUT --data-binary @"$TMP/value" "$url" >/dev/null; then writable=1; break; fi
     sleep 0.2
   done
-  [ "$settled" = 1 ] || { echo "error: $name never took the first PUT; see $TMP/app-$name.log" >&2; return 1; }
+  [ "$writable" = 1 ] || { echo "error: $name never took the first PUT; see $TMP/app-$name.log" >&2; return 1; }
   # Measure the settled store, as bench/kv.sh does: until its view has been
   # quiet for app_server::kv::membership::SETTLE (10 s), a read also ranks
   # the key in every recent view in case a newer copy is elsewhere.
