@@ -23,15 +23,22 @@
 //! first; the writers that append meanwhile queue behind it, and the next
 //! one's `fsync` covers all of them, so under load one `fsync` serves many
 //! writes and the map's lock is never held across one.
+//!
+//! A failed `fsync` fails every write waiting for a flush from then on,
+//! not only the writers it was to cover: the kernel may have dropped the
+//! records it was to flush, and a later `fsync` of the same file can
+//! succeed without them (Linux reports a writeback error once). Durability
+//! comes back when [`LocalStore::persist`] (the sync task, once a second)
+//! has rewritten the journal from the map into a new file and flushed it.
 
 use std::collections::HashMap;
 use std::path::Path;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 
 use bytes::Bytes;
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 
 use super::journal::{Journal, JournalError, Record, record_len};
 use super::version::Version;
@@ -105,13 +112,54 @@ pub enum Precondition {
 #[derive(Debug, Default)]
 pub struct LocalStore {
     inner: Mutex<Inner>,
-    /// Group commit: the journal position ([`Journal::written`]) known to
-    /// be on the disk.
-    synced: AtomicU64,
-    /// Held by the one caller of [`LocalStore::flushed`] running `fsync`.
-    flushing: tokio::sync::Mutex<()>,
+    /// Group commit: how far the journal is on the disk.
+    synced: Arc<Synced>,
+    /// Held by the one flush of the journal running (until its `fsync`
+    /// returns, even if its caller has gone).
+    flushing: Arc<tokio::sync::Mutex<()>>,
     /// `fsync` calls made for [`LocalStore::flushed`].
     fsyncs: AtomicU64,
+    /// Tests: the next `fsync` fails as a failing disk's would.
+    #[cfg(test)]
+    fail_next_sync: AtomicBool,
+}
+
+/// How far the journal is known to be on the disk.
+#[derive(Debug, Default)]
+struct Synced {
+    /// The journal position ([`Journal::written`]) on the disk.
+    upto: AtomicU64,
+    /// Set by a failed `fsync` of the journal (see the module doc), until
+    /// [`LocalStore::persist`] has rewritten it.
+    failed: AtomicBool,
+}
+
+impl Synced {
+    /// Whether the journal is on the disk up to `wanted`; an error once an
+    /// `fsync` has failed short of it.
+    fn covers(&self, wanted: u64) -> Result<bool, StorageFailed> {
+        if self.upto.load(Ordering::Acquire) >= wanted {
+            Ok(true)
+        } else if self.failed.load(Ordering::Acquire) {
+            Err(StorageFailed(SYNC_FAILED_BEFORE.into()))
+        } else {
+            Ok(false)
+        }
+    }
+
+    /// Record how an `fsync` of the journal up to `upto` went.
+    fn record(&self, upto: u64, outcome: &std::io::Result<()>) {
+        match outcome {
+            Ok(()) => {
+                self.upto.fetch_max(upto, Ordering::AcqRel);
+            }
+            Err(e) => {
+                if !self.failed.swap(true, Ordering::AcqRel) {
+                    error!(error = %e, "fsync of the key-value journal failed; writes are refused as not durable until the journal is rewritten");
+                }
+            }
+        }
+    }
 }
 
 #[derive(Debug, Default)]
@@ -240,30 +288,50 @@ impl LocalStore {
     }
 
     /// Flush the data directory's journal to the disk, after rewriting it
-    /// if it has grown past twice what the entries need. Nothing to do
-    /// without a data directory.
+    /// if it has grown past twice what the entries need, or if an `fsync`
+    /// of it failed: the rewrite puts the whole map on the disk afresh, so
+    /// writes are reported durable again from then on. Nothing to do
+    /// without a data directory. Runs `fsync`: call it off the runtime.
     pub fn persist(&self) -> std::io::Result<()> {
+        // One flush of the journal at a time (the turn `flushed` takes), so
+        // a failure cannot slip between another flush's check and its end.
+        let _turn = self.flushing.blocking_lock();
+        let failed = self.synced.failed.load(Ordering::Acquire);
         let (file, upto) = {
             let mut inner = self.lock();
             let Inner { slots, journal } = &mut *inner;
             let Some(journal) = journal else {
                 return Ok(());
             };
-            if journal.wants_compaction(|| slots.iter().map(|(k, s)| record_len(k, &s.entry)).sum())
+            if failed
+                || journal
+                    .wants_compaction(|| slots.iter().map(|(k, s)| record_len(k, &s.entry)).sum())
             {
                 let before = journal.len();
                 journal.compact(slots.iter().map(|(k, s)| (k.as_str(), &s.entry)))?;
                 info!(
                     before_bytes = before,
                     after_bytes = journal.len(),
+                    after_failed_fsync = failed,
                     "key-value journal compacted"
                 );
+                if failed {
+                    // `compact` flushed the new file: the map is on the disk.
+                    self.synced
+                        .upto
+                        .fetch_max(journal.written(), Ordering::AcqRel);
+                    self.synced.failed.store(false, Ordering::Release);
+                    info!(
+                        "the key-value journal is on the disk again; writes are reported durable"
+                    );
+                    return Ok(());
+                }
             }
             (journal.sync_handle()?, journal.written())
         };
-        file.sync_data()?;
-        self.synced.fetch_max(upto, Ordering::AcqRel);
-        Ok(())
+        let outcome = sync_data(&file, self.injected_failure());
+        self.synced.record(upto, &outcome);
+        outcome
     }
 
     /// Drop every entry, and empty the data directory's journal (on the
@@ -275,7 +343,7 @@ impl LocalStore {
         if let Some(journal) = &mut inner.journal {
             journal.compact(std::iter::empty())?;
             let written = journal.written();
-            self.synced.fetch_max(written, Ordering::AcqRel);
+            self.synced.upto.fetch_max(written, Ordering::AcqRel);
         }
         inner.slots.clear();
         Ok(())
@@ -289,12 +357,12 @@ impl LocalStore {
             Some(journal) => journal.written(),
             None => return Ok(()),
         };
-        if self.synced.load(Ordering::Acquire) >= wanted {
+        if self.synced.covers(wanted)? {
             return Ok(());
         }
-        let _turn = self.flushing.lock().await;
-        // The flush before ours may have covered our record.
-        if self.synced.load(Ordering::Acquire) >= wanted {
+        let turn = self.flushing.clone().lock_owned().await;
+        // The flush before ours may have covered our record, or failed.
+        if self.synced.covers(wanted)? {
             return Ok(());
         }
         // Let the writes whose requests are ready append their records
@@ -313,13 +381,29 @@ impl LocalStore {
                 journal.written(),
             )
         };
-        tokio::task::spawn_blocking(move || file.sync_data())
-            .await
-            .map_err(|e| failed(&e))?
-            .map_err(|e| failed(&e))?;
+        let fail = self.injected_failure();
+        let synced = self.synced.clone();
         self.fsyncs.fetch_add(1, Ordering::Relaxed);
-        self.synced.fetch_max(upto, Ordering::AcqRel);
-        Ok(())
+        // The task records its outcome and ends the turn itself: a caller
+        // that has gone must not let a failure pass unrecorded, nor a
+        // second `fsync` start beside this one.
+        tokio::task::spawn_blocking(move || {
+            let outcome = sync_data(&file, fail);
+            synced.record(upto, &outcome);
+            drop(turn);
+            outcome
+        })
+        .await
+        .unwrap_or_else(|e| Err(std::io::Error::other(e)))
+        .map_err(|e| failed(&e))
+    }
+
+    /// Whether this `fsync` is to fail (tests set `fail_next_sync`).
+    fn injected_failure(&self) -> bool {
+        #[cfg(test)]
+        return self.fail_next_sync.swap(false, Ordering::Relaxed);
+        #[cfg(not(test))]
+        false
     }
 
     /// `fsync` calls made by [`LocalStore::flushed`] so far.
@@ -362,6 +446,18 @@ impl LocalStore {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
+}
+
+/// Why a write waiting for a flush is refused once an `fsync` failed.
+const SYNC_FAILED_BEFORE: &str = "an fsync of the journal failed, so writes since are not known to be on the disk; the journal is rewritten within a second if the disk takes writes again";
+
+/// `fdatasync` on `file`, or the error a failing disk gives when `fail`
+/// (tests).
+fn sync_data(file: &std::fs::File, fail: bool) -> std::io::Result<()> {
+    if fail {
+        return Err(std::io::Error::from_raw_os_error(nix::libc::EIO));
+    }
+    file.sync_data()
 }
 
 impl Slot {
@@ -477,7 +573,7 @@ mod tests {
     #[tokio::test(flavor = "current_thread")]
     async fn writers_ready_together_share_one_fsync() {
         let dir = tempfile::tempdir().unwrap();
-        let store = std::sync::Arc::new(LocalStore::open(dir.path()).unwrap());
+        let store = Arc::new(LocalStore::open(dir.path()).unwrap());
         let writers: Vec<_> = (0..16u64)
             .map(|i| {
                 let store = store.clone();
@@ -496,7 +592,7 @@ mod tests {
     #[tokio::test]
     async fn concurrent_writers_share_fsyncs_and_each_waits_for_its_own_record() {
         let dir = tempfile::tempdir().unwrap();
-        let store = std::sync::Arc::new(LocalStore::open(dir.path()).unwrap());
+        let store = Arc::new(LocalStore::open(dir.path()).unwrap());
         let writers: Vec<_> = (0..64u64)
             .map(|i| {
                 let store = store.clone();
@@ -506,7 +602,7 @@ mod tests {
                     let mine = store.lock().journal.as_ref().unwrap().written();
                     store.flushed().await.unwrap();
                     // Flushed: on the disk up to this writer's record at least.
-                    (mine, store.synced.load(Ordering::Acquire))
+                    (mine, store.synced.upto.load(Ordering::Acquire))
                 })
             })
             .collect();
@@ -520,10 +616,64 @@ mod tests {
             "64 concurrent writes took {fsyncs} fsyncs; group commit should share them"
         );
         let written = store.lock().journal.as_ref().unwrap().written();
-        assert_eq!(store.synced.load(Ordering::Acquire), written);
+        assert_eq!(store.synced.upto.load(Ordering::Acquire), written);
         // Nothing more to flush: no further fsync.
         store.flushed().await.unwrap();
         assert_eq!(store.fsyncs(), fsyncs);
+    }
+
+    /// A failed `fsync` may have dropped records that a later `fsync` of
+    /// the same file would not report, so every write waiting from then on
+    /// fails, without another `fsync`, until `persist` rewrites the journal.
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_failed_fsync_fails_the_writes_after_it_until_the_journal_is_rewritten() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(LocalStore::open(dir.path()).unwrap());
+        store.apply("before", live(1, "on the disk"), 0).unwrap();
+        store.flushed().await.unwrap();
+
+        store.fail_next_sync.store(true, Ordering::Relaxed);
+        let writers: Vec<_> = (0..8u64)
+            .map(|i| {
+                let store = store.clone();
+                tokio::spawn(async move {
+                    store.apply(&format!("k{i}"), live(i + 2, "v"), 0).unwrap();
+                    store.flushed().await
+                })
+            })
+            .collect();
+        for writer in writers {
+            let refused = writer.await.unwrap().unwrap_err();
+            assert!(refused.0.contains("fsync"), "{refused}");
+        }
+        assert_eq!(
+            store.fsyncs(),
+            2,
+            "the writers queued behind the failure flushed again"
+        );
+
+        store.apply("later", live(20, "v"), 0).unwrap();
+        let refused = store.flushed().await.unwrap_err();
+        assert!(refused.0.contains("rewritten within a second"), "{refused}");
+        assert_eq!(store.fsyncs(), 2);
+
+        let persisting = store.clone();
+        tokio::task::spawn_blocking(move || persisting.persist())
+            .await
+            .unwrap()
+            .unwrap();
+        store.apply("after", live(21, "v"), 0).unwrap();
+        store.flushed().await.unwrap();
+
+        // The rewrite put the whole map on the disk, the refused writes too
+        // (a refused write is indeterminate).
+        let keys = store.len();
+        drop(store);
+        let reopened = LocalStore::open(dir.path()).unwrap();
+        assert_eq!(reopened.len(), keys);
+        for key in ["before", "k0", "k7", "later", "after"] {
+            assert!(reopened.get(key).is_some(), "{key} did not come back");
+        }
     }
 
     #[tokio::test]
