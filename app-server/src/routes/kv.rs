@@ -13,7 +13,7 @@
 use axum::Json;
 use axum::body::Bytes;
 use axum::extract::rejection::{BytesRejection, PathRejection};
-use axum::extract::{Path, Request, State};
+use axum::extract::{FromRequest, Path, Request, State};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
@@ -89,15 +89,21 @@ pub async fn get(
     Ok(([(header::ETAG, entry.version.etag())], value).into_response())
 }
 
+/// `PUT`: the request is taken whole, and its headers moved out of it
+/// before the body is read (with the handler's body limit, which travels in
+/// the request's extensions), so that they are not cloned.
 pub async fn put(
     State(state): State<AppState>,
-    method: Method,
-    headers: HeaderMap,
     path: Result<Path<String>, PathRejection>,
-    body: Result<Bytes, BytesRejection>,
+    request: Request,
 ) -> Result<Response, ApiError> {
     let key = key(path)?;
-    let value = body.map_err(body_error)?;
+    let (mut parts, body) = request.into_parts();
+    let headers = std::mem::take(&mut parts.headers);
+    let method = parts.method.clone();
+    let value = Bytes::from_request(Request::from_parts(parts, body), &())
+        .await
+        .map_err(body_error)?;
     let precondition = if_match(&headers)?;
     let admitted = match handling(&state, method, &key, &headers, value.clone()).await {
         Handling::Here(admitted) => admitted,
