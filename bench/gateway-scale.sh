@@ -3,8 +3,9 @@
 # each policy (round-robin, least-request, consistent-hash on a header,
 # sticky), req/s and p99 relative to 2 instances and 10 routes, gateway RSS,
 # CPU per request, and the time from a registry put until the gateway routes
-# it; then the memory of 10,000 idle keep-alive client connections to Shoal,
-# nginx and HAProxy.
+# it; nginx and HAProxy measured the same way with 10,000 upstream servers
+# against 2, in the same rounds; then the memory of 10,000 idle keep-alive
+# client connections to Shoal, nginx and HAProxy.
 #
 # Setup (bench/lib/*.sh): etcd and two release app servers on LOAD_CORES.
 # Each configuration (instances x routes) is a registry prefix of its own,
@@ -33,6 +34,17 @@
 # (/api/v1/services, read from the routing table) counts it, taken before
 # the load with the gateway idle.
 #
+# nginx and HAProxy at scale (SCALE_PEERS): each with the fewest and with
+# the most of INSTANCE_COUNTS `server` lines in its upstreams (addresses in
+# turn from the two app servers, as the fake instances have), one process
+# each on PROXY_CORE, measured in the same rounds and pairs as the
+# gateways (the most against the fewest, back to back) on round-robin,
+# least-request and consistent-hash (nginx's default, `least_conn` and
+# `hash $http_x_user consistent`; HAProxy's roundrobin, leastconn and
+# `hdr(x-user)` with `hash-type consistent`). Sticky is left out: nginx's
+# open-source build has no sticky cookie. What their selection costs with
+# that many servers, beside what the gateway's does.
+#
 # Idle connections: IDLE_CONNECTIONS keep-alive connections to each proxy of
 # IDLE_PROXIES (one GET each, then idle; `idle_conns`), the proxy's VmRSS
 # before and after, per connection: 2 s after the last one opened, and
@@ -50,7 +62,7 @@
 # Settings (environment): CONNECTIONS (32), DURATION (3), ROUNDS (6),
 # WARMUP (1), INSTANCE_COUNTS ("2 100 1000 10000"), ROUTE_COUNTS
 # ("10 10000"), SCALE_POLICIES ("round-robin least-request consistent-hash
-# sticky"), SAMPLES (5), IDLE_CONNECTIONS (10000; 0 skips), IDLE_PROXIES
+# sticky"), SCALE_PEERS ("nginx haproxy"; empty skips), SAMPLES (5), IDLE_CONNECTIONS (10000; 0 skips), IDLE_PROXIES
 # ("shoal nginx haproxy"), IDLE_SETTLE (10), PROXY_CORE (0), LOAD_CORES (1), GATEWAY_BIN (the
 # gateway binary; default the fresh release build), NO_BUILD=1 (the
 # binaries as they are), KEEP_TMP=1 (keeps logs and wrk outputs).
@@ -67,6 +79,7 @@ WARMUP=${WARMUP:-1}
 INSTANCE_COUNTS=${INSTANCE_COUNTS:-"2 100 1000 10000"}
 ROUTE_COUNTS=${ROUTE_COUNTS:-"10 10000"}
 SCALE_POLICIES=${SCALE_POLICIES:-"round-robin least-request consistent-hash sticky"}
+SCALE_PEERS=${SCALE_PEERS-"nginx haproxy"}
 SAMPLES=${SAMPLES:-5}
 IDLE_CONNECTIONS=${IDLE_CONNECTIONS:-10000}
 IDLE_PROXIES=${IDLE_PROXIES:-"shoal nginx haproxy"}
@@ -97,6 +110,12 @@ for policy in $SCALE_POLICIES; do
     *) echo "error: SCALE_POLICIES may hold round-robin, least-request, consistent-hash and sticky, not $policy" >&2; exit 1 ;;
   esac
 done
+for peer in $SCALE_PEERS; do
+  case $peer in
+    nginx | haproxy) ;;
+    *) echo "error: SCALE_PEERS may hold nginx and haproxy, not $peer" >&2; exit 1 ;;
+  esac
+done
 [ -n "$INSTANCE_COUNTS" ] && [ -n "$ROUTE_COUNTS" ] && [ -n "$SCALE_POLICIES" ] ||
   { echo "error: INSTANCE_COUNTS, ROUTE_COUNTS and SCALE_POLICIES must each name at least one" >&2; exit 1; }
 
@@ -108,7 +127,7 @@ source bench/lib/wrk.sh
 check_settings
 SHOAL_PACKAGE[taskset]=util-linux
 tools=(protoc etcd curl taskset wrk)
-for proxy in $IDLE_PROXIES; do [ "$proxy" = shoal ] || tools+=("$proxy"); done
+for proxy in $IDLE_PROXIES $SCALE_PEERS; do [ "$proxy" = shoal ] || tools+=("$proxy"); done
 need_tools "${tools[@]}"
 
 check_cores
@@ -132,12 +151,18 @@ ready_instances() {
 read -ra instance_counts <<<"$INSTANCE_COUNTS"
 read -ra route_counts <<<"$ROUTE_COUNTS"
 fewest=$(printf '%s\n' "${instance_counts[@]}" | sort -n | head -n 1)
+most=$(printf '%s\n' "${instance_counts[@]}" | sort -n | tail -n 1)
 configs=()
 for count in "${instance_counts[@]}"; do configs+=("i$count-r${route_counts[0]}"); done
 for routes in "${route_counts[@]:1}"; do configs+=("i$fewest-r$routes"); done
 base=i$fewest-r${route_counts[0]}
-instances_of() { local c=${1#i}; echo "${c%-r*}"; }
-routes_of() { echo "${1#*-r}"; }
+# A gateway's configuration is i{I}-r{R}; nginx's and HAProxy's are
+# {proxy}-i{I} (I upstream servers, one route per policy).
+is_peer() { [[ $1 =~ ^(nginx|haproxy)- ]]; }
+instances_of() { local c=${1##*i}; echo "${c%-r*}"; }
+routes_of() { if is_peer "$1"; then echo -; else echo "${1#*-r}"; fi; }
+# base_of CONFIG: the configuration CONFIG's runs are paired with.
+base_of() { if is_peer "$1"; then echo "${1%-i*}-i$fewest"; else echo "$base"; fi; }
 
 declare -A RSS_IDLE=() RSS_LOADED=() PROPAGATION=()
 for config in "${configs[@]}"; do
@@ -147,8 +172,19 @@ for config in "${configs[@]}"; do
   scale_registry routes "$prefix" ROUTES="$(routes_of "$config")" 2>>"$TMP/scale_registry.log"
 done
 
-# run_wrk KEY SECONDS OUT: wrk through the gateway of KEY's configuration on
-# KEY's policy.
+# url_of RUN, pid_of RUN: where RUN (configuration/policy) sends its
+# requests, and the proxy process that serves them. A gateway serves every
+# policy on one port, under a route each; nginx and HAProxy on a port each.
+url_of() {
+  if is_peer "${1%/*}"; then
+    echo "http://127.0.0.1:${PORT[$1]}/"
+  else
+    echo "http://127.0.0.1:${PORT[${1%/*}/round-robin]}/${1#*/}/"
+  fi
+}
+pid_of() { if is_peer "${1%/*}"; then echo "${PID[$1]}"; else echo "${PID[${1%/*}/round-robin]}"; fi; }
+
+# run_wrk RUN SECONDS OUT: wrk through RUN's proxy on RUN's policy.
 run_wrk() {
   local config=${1%/*} policy=${1#*/} headers=()
   case $policy in
@@ -156,7 +192,7 @@ run_wrk() {
     sticky) headers=(-H "Cookie: shoal-sticky-app=$(printf 'fake-%05d' $(($(instances_of "$config") - 1)))") ;;
   esac
   taskset -c "$LOAD_CORES" wrk -t1 -c"$CONNECTIONS" -d"$2"s --latency "${headers[@]}" \
-    "http://127.0.0.1:${PORT[$config/round-robin]}/$policy/" >"$3" 2>&1 || true
+    "$(url_of "$1")" >"$3" 2>&1 || true
 }
 
 # stop_gateway KEY: SIGTERM, and SIGKILL when it has not exited within 20 s
@@ -232,12 +268,43 @@ for config in "${live[@]}"; do
   for policy in $SCALE_POLICIES; do measured+=("$config/$policy"); done
 done
 
+# nginx and HAProxy, each with the fewest and the most upstream servers.
+peer_policies=()
+for policy in $SCALE_POLICIES; do [ "$policy" = sticky ] || peer_policies+=("$policy"); done
+peer_configs=()
+if [ "$most" != "$fewest" ] && [ ${#peer_policies[@]} -gt 0 ]; then
+  for peer in $SCALE_PEERS; do
+    for count in "$fewest" "$most"; do
+      config=$peer-i$count
+      for policy in "${peer_policies[@]}"; do free_port "PORT[$config/$policy]"; done
+      # HAProxy keeps idle connections per server, as many as a share of
+      # its connection limit allows: with its default (4096) and 10,000
+      # servers, 4 requests in 5 opened a new connection to the app server.
+      # Room for one idle connection per server (nginx shares its idle
+      # connections among the servers of an upstream; it is given the same).
+      PROXY_MAX_CONNECTIONS=$((4096 + 3 * count)) UPSTREAM_SERVERS=$count POLICIES="${peer_policies[*]}" \
+        "start_$peer" "$config"
+      for policy in "${peer_policies[@]}"; do
+        key=$config/$policy
+        wait_for "$peer with $count servers ($policy)" "$(url_of "$key")" "${LOG[$key]}" "${PID[$key]}" 30 ||
+          FAILED[$key]="did not answer 200 at $(url_of "$key")"
+      done
+      RSS_IDLE[$config]=$(rss_kb "${PID[$config/${peer_policies[0]}]}")
+      PROPAGATION[$config]=-
+      for policy in "${peer_policies[@]}"; do
+        [ -n "${FAILED[$config/$policy]:-}" ] || measured+=("$config/$policy")
+      done
+      peer_configs+=("$config")
+    done
+  done
+fi
+
 # measure RUN ROUND [BESIDE]: one wrk run through RUN's gateway on RUN's
 # policy, its figures appended to RUN's, or with BESIDE, to the base's
 # figures taken beside the run BESIDE.
 measure() {
   local run=$1 round=$2 beside=${3:-} config=${1%/*} pid before after rps p99 errors requests us rss out
-  pid=${PID[$config/round-robin]}
+  pid=$(pid_of "$run")
   out=$TMP/wrk-${run//\//-}-$round-$((++RUN_COUNT)).txt
   before=$(cpu_ticks_of "$pid")
   run_wrk "$run" "$DURATION" "$out"
@@ -271,11 +338,15 @@ fi
 declare -A BASE_RPS=() BASE_P99=() BASE_US=()
 RUN_COUNT=0
 pairs=()
-for run in "${measured[@]}"; do [ "${run%/*}" = "$base" ] || pairs+=("$run"); done
+for run in "${measured[@]}"; do
+  base_run=$(base_of "${run%/*}")/${run#*/}
+  # A run is paired with its base's run, when that was measured.
+  [ "$run" != "$base_run" ] && [[ " ${measured[*]} " == *" $base_run "* ]] && pairs+=("$run")
+done
 for round in $(seq 1 "$ROUNDS"); do
   for i in "${!pairs[@]}"; do
     run=${pairs[$i]}
-    base_run=$base/${run#*/}
+    base_run=$(base_of "${run%/*}")/${run#*/}
     if [ $(((round + i) % 2)) -eq 0 ]; then
       measure "$run" "$round"
       measure "$base_run" "$round" "$run"
@@ -286,6 +357,7 @@ for round in $(seq 1 "$ROUNDS"); do
   done
 done
 for config in "${live[@]}"; do stop_gateway "$config/round-robin"; done
+stop_proxies # nginx and HAProxy (the gateways' keys are gone from PID)
 
 # --- idle connections ---------------------------------------------------------
 
@@ -336,15 +408,15 @@ fi
 # --- report -------------------------------------------------------------------
 
 mb() { awk -v k="$1" 'BEGIN { printf "%.1f", k / 1024 }'; }
-row() { printf '| %-15s | %9s | %6s | %7s | %-23s | %7s | %-23s | %10s | %-23s | %16s | %11s | %6s |\n' "$@"; }
+row() { printf '| %-7s | %-15s | %9s | %6s | %7s | %-23s | %7s | %-23s | %10s | %-23s | %16s | %11s | %6s |\n' "$@"; }
 echo
 echo "$(date -u '+%Y-%m-%d %H:%M UTC'), $(nproc) cores: $(awk -F': ' '/^model name/ { print $2; exit }' /proc/cpuinfo); load: $(uptime | sed 's/.*load average: //')"
 echo "wrk -t1 -c$CONNECTIONS -d${DURATION}s x $ROUNDS round(s) (median); gateway on core $PROXY_CORE (--workers 1), wrk, etcd and 2 app servers on core(s) $LOAD_CORES"
 echo "gateway: $GATEWAY_BIN"
-echo "ratios: to the $(instances_of "$base")-instance, $(routes_of "$base")-route gateway on the same policy, run beside it in each round; put->routed: median of $SAMPLES (ms)"
+echo "ratios: to the $(instances_of "$base")-instance, $(routes_of "$base")-route gateway on the same policy (nginx and HAProxy: to themselves with $fewest upstream servers), run beside it in each round; put->routed: median of $SAMPLES (ms)"
 echo
-row policy instances routes req/s "x base" "p99 ms" "x base" "cpu us/req" "x base" "RSS MB idle/load" "put->routed" errors
-row '' '' '' '' '' '' '' '' '' '' '' '' | tr ' ' '-'
+row proxy policy instances routes req/s "x base" "p99 ms" "x base" "cpu us/req" "x base" "RSS MB idle/load" "put->routed" errors
+row '' '' '' '' '' '' '' '' '' '' '' '' '' | tr ' ' '-'
 # x_base FIGURES BASE_FIGURES: a run's figures against the base's taken
 # beside them (paired_ratio, bench/lib/common.sh); 1.00x for the base itself.
 x_base() {
@@ -357,13 +429,18 @@ x_base() {
   fi
 }
 for policy in $SCALE_POLICIES; do
-  for config in "${configs[@]}"; do
+  for config in "${configs[@]}" "${peer_configs[@]}"; do
     key=$config/$policy
+    proxy=shoal
+    if is_peer "$config"; then
+      proxy=${config%-i*}
+      [ "$policy" != sticky ] || continue
+    fi
     if [ -z "${RPS[$key]:-}" ]; then
-      row "$policy" "$(instances_of "$config")" "$(routes_of "$config")" FAILED - - - - - - - -
+      row "$proxy" "$policy" "$(instances_of "$config")" "$(routes_of "$config")" FAILED - - - - - - - -
       continue
     fi
-    row "$policy" "$(instances_of "$config")" "$(routes_of "$config")" "$(printf '%.0f' "$(median ${RPS[$key]})")" \
+    row "$proxy" "$policy" "$(instances_of "$config")" "$(routes_of "$config")" "$(printf '%.0f' "$(median ${RPS[$key]})")" \
       "$(x_base "${RPS[$key]}" "${BASE_RPS[$key]:-}")" "$(printf '%.2f' "$(median ${P99[$key]})")" "$(x_base "${P99[$key]}" "${BASE_P99[$key]:-}")" \
       "$(printf '%.2f' "$(median ${US[$key]})")" "$(x_base "${US[$key]}" "${BASE_US[$key]:-}")" \
       "$(mb "${RSS_IDLE[$config]}")/$(mb "${RSS_LOADED[$config]}")" "${PROPAGATION[$config]}" "${ERRORS[$key]}"

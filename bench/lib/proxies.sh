@@ -13,7 +13,11 @@
 # proxy's command, e.g. (valgrind --tool=callgrind); NGINX_MASTER=off runs
 # nginx as a single process (no master), which a wrapper needs to see the
 # worker. PROXY_MAX_CONNECTIONS (default 4096) is nginx's
-# worker_connections and HAProxy's maxconn. GATEWAY_BIN (default $BIN/gateway) runs another build of the
+# worker_connections and HAProxy's maxconn. UPSTREAM_SERVERS (default 2)
+# is how many `server` lines nginx's and HAProxy's upstreams list, their
+# addresses taken in turn from the two app servers (bench/gateway-scale.sh
+# measures them with 10,000, as it does the gateway with 10,000 registered
+# instances). GATEWAY_BIN (default $BIN/gateway) runs another build of the
 # gateway. The proxy `before` is Shoal's gateway again, from BEFORE_BIN (a
 # copy of an earlier build): with PROXIES="shoal before", one run measures
 # a change against what it changes, round by round.
@@ -29,6 +33,18 @@ declare -A PORT=() TLS_PORT=() LOG=() PID=() ADMIN=() FAILED=() STOP_STATUS=()
 PROXY_WRAPPER=(${PROXY_WRAPPER[@]+"${PROXY_WRAPPER[@]}"})
 NGINX_MASTER=${NGINX_MASTER:-on}
 PROXY_MAX_CONNECTIONS=${PROXY_MAX_CONNECTIONS:-4096}
+UPSTREAM_SERVERS=${UPSTREAM_SERVERS:-2}
+
+# upstream_servers FORMAT: FORMAT printed once for each of UPSTREAM_SERVERS
+# servers, with the server's number and its address (the app servers in
+# turn) as its two arguments.
+upstream_servers() {
+  local i
+  for ((i = 0; i < UPSTREAM_SERVERS; i++)); do
+    # shellcheck disable=SC2059 # the format is the caller's
+    printf "$1" "$i" "127.0.0.1:${APP_PORTS[i % 2]}"
+  done
+}
 
 # assign_ports: a free port for every proxy of PROXIES and policy of POLICIES.
 assign_ports() {
@@ -99,44 +115,53 @@ upstream_overhead() {
       requests, attempts, (attempts - requests) * 100 / requests, hedges }'
 }
 
-# start_nginx: one nginx serving every policy of POLICIES on its own port.
+# start_nginx [NAME]: one nginx serving every policy of POLICIES on its own
+# port, as the proxy NAME (default nginx: its PORT, PID and LOG are under
+# NAME/policy, its files in $TMP/NAME). round-robin is nginx's default
+# (weighted round-robin), least-request `least_conn`, consistent-hash
+# `hash $http_x_user consistent` (Ketama, on the header the gateway
+# benchmarks hash).
 start_nginx() {
-  local conf=$TMP/nginx.conf policy upstream least_conn
-  mkdir -p "$TMP/nginx"
+  local name=${1:-nginx} policy upstream balance
+  local dir=$TMP/$name
+  local conf=$dir/nginx.conf
+  mkdir -p "$dir"
   {
     cat <<CONF
 worker_processes 1;
 master_process $NGINX_MASTER;
 daemon off;
-pid $TMP/nginx/nginx.pid;
-error_log $TMP/nginx/error.log warn;
+pid $dir/nginx.pid;
+error_log $dir/error.log warn;
 events { worker_connections $PROXY_MAX_CONNECTIONS; }
 http {
   access_log off;
-  client_body_temp_path $TMP/nginx/body;
-  proxy_temp_path $TMP/nginx/proxy;
-  fastcgi_temp_path $TMP/nginx/fastcgi;
-  uwsgi_temp_path $TMP/nginx/uwsgi;
-  scgi_temp_path $TMP/nginx/scgi;
+  client_body_temp_path $dir/body;
+  proxy_temp_path $dir/proxy;
+  fastcgi_temp_path $dir/fastcgi;
+  uwsgi_temp_path $dir/uwsgi;
+  scgi_temp_path $dir/scgi;
   # Keep client connections open as long as wrk does (the default closes
   # them every 1000 requests; the gateway and HAProxy do not).
   keepalive_requests 1000000;
 CONF
     for policy in $POLICIES; do
       upstream=${policy//-/_}
-      least_conn=
-      if [ "$policy" = least-request ]; then least_conn="least_conn;"; fi
+      case $policy in
+        least-request) balance="least_conn;" ;;
+        consistent-hash) balance="hash \$http_x_user consistent;" ;;
+        *) balance= ;;
+      esac
       cat <<CONF
   upstream $upstream {
-    $least_conn
-    server 127.0.0.1:${APP_PORTS[0]};
-    server 127.0.0.1:${APP_PORTS[1]};
+    $balance
+$(upstream_servers '    server %.0s%s;\n')
     keepalive 64;
     keepalive_requests 1000000;
   }
   server {
-    listen 127.0.0.1:${PORT[nginx/$policy]};
-$(nginx_tls "$policy")
+    listen 127.0.0.1:${PORT[$name/$policy]};
+$(nginx_tls "$name/$policy")
     location / {
       proxy_pass http://$upstream;
       proxy_http_version 1.1;
@@ -150,27 +175,35 @@ CONF
     done
     echo "}"
   } >"$conf"
-  for policy in $POLICIES; do LOG[nginx/$policy]=$TMP/nginx/error.log; done
-  taskset -c "$PROXY_CORE" ${PROXY_WRAPPER[@]+"${PROXY_WRAPPER[@]}"} nginx -p "$TMP/nginx" \
-    -e "$TMP/nginx/error.log" -c "$conf" >"$TMP/nginx/stdout.log" 2>&1 &
+  for policy in $POLICIES; do LOG[$name/$policy]=$dir/error.log; done
+  taskset -c "$PROXY_CORE" ${PROXY_WRAPPER[@]+"${PROXY_WRAPPER[@]}"} nginx -p "$dir" \
+    -e "$dir/error.log" -c "$conf" >"$dir/stdout.log" 2>&1 &
   pids+=($!)
-  for policy in $POLICIES; do PID[nginx/$policy]=$!; done
+  for policy in $POLICIES; do PID[$name/$policy]=$!; done
 }
 
-# nginx_tls POLICY: the TLS listener of nginx's server for POLICY, when TLS_CERT is set.
+# nginx_tls KEY: the TLS listener of nginx's server for KEY (name/policy),
+# when TLS_CERT is set.
 nginx_tls() {
   [ -n "${TLS_CERT:-}" ] || return 0
   cat <<CONF
-    listen 127.0.0.1:${TLS_PORT[nginx/$1]} ssl;
+    listen 127.0.0.1:${TLS_PORT[$1]} ssl;
     ssl_certificate $TLS_CERT;
     ssl_certificate_key $TLS_KEY;
     ssl_protocols TLSv1.2 TLSv1.3;
 CONF
 }
 
-# start_haproxy: one HAProxy serving every policy of POLICIES on its own port.
+# start_haproxy [NAME]: one HAProxy serving every policy of POLICIES on
+# its own port, as the proxy NAME (default haproxy: its PORT, PID and LOG
+# are under NAME/policy, its files in $TMP/NAME). round-robin is `balance
+# roundrobin`, least-request `leastconn`, consistent-hash `balance
+# hdr(x-user)` with `hash-type consistent`.
 start_haproxy() {
-  local conf=$TMP/haproxy.cfg policy balance
+  local name=${1:-haproxy} policy balance
+  local dir=$TMP/$name
+  local conf=$dir/haproxy.cfg
+  mkdir -p "$dir"
   {
     cat <<CONF
 global
@@ -188,34 +221,36 @@ defaults
   http-reuse always
 CONF
     for policy in $POLICIES; do
-      balance=roundrobin
-      if [ "$policy" = least-request ]; then balance=leastconn; fi
+      case $policy in
+        least-request) balance="balance leastconn" ;;
+        consistent-hash) balance=$'balance hdr(x-user)\n  hash-type consistent' ;;
+        *) balance="balance roundrobin" ;;
+      esac
       cat <<CONF
 frontend ${policy}_in
-  bind 127.0.0.1:${PORT[haproxy/$policy]}
-$(haproxy_tls "$policy")
+  bind 127.0.0.1:${PORT[$name/$policy]}
+$(haproxy_tls "$name/$policy")
   default_backend ${policy}_app
 backend ${policy}_app
-  balance $balance
-  server a 127.0.0.1:${APP_PORTS[0]}
-  server b 127.0.0.1:${APP_PORTS[1]}
+  $balance
+$(upstream_servers '  server s%d %s\n')
 CONF
     done
   } >"$conf"
   haproxy -c -q -f "$conf" || { echo "error: HAProxy rejects $conf" >&2; exit 1; }
-  for policy in $POLICIES; do LOG[haproxy/$policy]=$TMP/haproxy.log; done
+  for policy in $POLICIES; do LOG[$name/$policy]=$dir/haproxy.log; done
   taskset -c "$PROXY_CORE" ${PROXY_WRAPPER[@]+"${PROXY_WRAPPER[@]}"} haproxy -db -f "$conf" \
-    >"$TMP/haproxy.log" 2>&1 &
+    >"$dir/haproxy.log" 2>&1 &
   pids+=($!)
-  for policy in $POLICIES; do PID[haproxy/$policy]=$!; done
+  for policy in $POLICIES; do PID[$name/$policy]=$!; done
 }
 
-# haproxy_tls POLICY: the TLS bind of HAProxy's frontend for POLICY, when
-# TLS_CERT is set; X-Forwarded-Proto as the gateway and nginx send it.
+# haproxy_tls KEY: the TLS bind of HAProxy's frontend for KEY (name/policy),
+# when TLS_CERT is set; X-Forwarded-Proto as the gateway and nginx send it.
 haproxy_tls() {
   [ -n "${TLS_CERT:-}" ] || return 0
   cat <<CONF
-  bind 127.0.0.1:${TLS_PORT[haproxy/$1]} ssl crt $TLS_PEM ssl-min-ver TLSv1.2
+  bind 127.0.0.1:${TLS_PORT[$1]} ssl crt $TLS_PEM ssl-min-ver TLSv1.2
   http-request set-header X-Forwarded-Proto https if { ssl_fc }
 CONF
 }
