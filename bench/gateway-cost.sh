@@ -25,6 +25,10 @@
 # Settings (environment): REQUESTS (50000), CONNECTIONS (64), ROUNDS (3),
 # IR_REQUESTS (5000; 0 skips callgrind), CACHE_SIM (1: callgrind also
 # simulates the caches, and the table gets cache misses per request),
+# LL_CACHE (with CACHE_SIM=1, the simulated last-level cache as
+# SIZE,ASSOCIATIVITY,LINE in bytes, e.g. 1048576,16,64; default: this
+# CPU's, which on a shared VM is a share of a cache the model gets whole,
+# so 10,000 instances' state fits in it and misses nothing),
 # PROXIES ("shoal nginx haproxy"; also `before`, see BEFORE_BIN), POLICIES ("round-robin least-request"),
 # PROXY_CORE (0), LOAD_CORES (1),
 # GATEWAY_BIN (a gateway binary other than the fresh build), BEFORE_BIN (an
@@ -48,6 +52,7 @@ CONNECTIONS=${CONNECTIONS:-64}
 ROUNDS=${ROUNDS:-3}
 IR_REQUESTS=${IR_REQUESTS:-5000}
 CACHE_SIM=${CACHE_SIM:-0}
+LL_CACHE=${LL_CACHE:-}
 PROXIES=${PROXIES:-"shoal nginx haproxy"}
 POLICIES=${POLICIES:-"round-robin least-request"}
 PROXY_CORE=${PROXY_CORE:-0}
@@ -59,6 +64,11 @@ case $CACHE_SIM in
   0 | 1) ;;
   *) echo "error: CACHE_SIM=$CACHE_SIM is not allowed; use 1 (simulate the caches under callgrind) or 0" >&2; exit 1 ;;
 esac
+if [ -n "$LL_CACHE" ]; then
+  [[ $LL_CACHE =~ ^[0-9]+,[0-9]+,[0-9]+$ ]] ||
+    { echo "error: LL_CACHE=$LL_CACHE is not SIZE,ASSOCIATIVITY,LINE in bytes; e.g. LL_CACHE=1048576,16,64" >&2; exit 1; }
+  [ "$CACHE_SIM" = 1 ] || { echo "error: LL_CACHE needs CACHE_SIM=1 (it sets the simulated cache)" >&2; exit 1; }
+fi
 INSTANCES=${INSTANCES:-0}
 for setting in REQUESTS CONNECTIONS ROUNDS IR_REQUESTS INSTANCES; do
   [[ ${!setting} =~ ^[0-9]+$ ]] || { echo "error: $setting must be a whole number, not \`${!setting}\`" >&2; exit 1; }
@@ -157,7 +167,7 @@ if [ "$IR_REQUESTS" -gt 0 ]; then
     for key in "${measured[@]}"; do [ "${key%/*}" = "$proxy" ] && proxy_keys+=("$key"); done
     [ ${#proxy_keys[@]} -gt 0 ] || continue
     PROXY_WRAPPER=(valgrind --tool=callgrind --callgrind-out-file="$TMP/callgrind-$proxy.%p.out")
-    if [ "$CACHE_SIM" = 1 ]; then PROXY_WRAPPER+=(--cache-sim=yes); fi
+    if [ "$CACHE_SIM" = 1 ]; then PROXY_WRAPPER+=(--cache-sim=yes ${LL_CACHE:+"--LL=$LL_CACHE"}); fi
     start_proxy "$proxy"
     PROXY_WRAPPER=()
     for key in "${proxy_keys[@]}"; do
@@ -215,7 +225,7 @@ if [[ " $PROXIES " == *" before "* ]]; then echo "before: $BEFORE_BIN"; fi
 echo "(req/s is wall-clock and only meaningful on a quiet machine)"
 echo
 if [ "$CACHE_SIM" = 1 ]; then
-  echo "(cache misses per request are valgrind's simulation of this CPU's caches, under callgrind)"
+  echo "(cache misses per request are valgrind's simulation of this CPU's caches, under callgrind${LL_CACHE:+; last level: $LL_CACHE (size,assoc,line)})"
   echo
 fi
 row proxy policy "cpu us/req" "instructions/req" "req/s (noisy)" errors "D1 miss/req" "I1 miss/req" "LL miss/req"
