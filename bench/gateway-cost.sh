@@ -96,11 +96,11 @@ CLK_TCK=$(getconf CLK_TCK)
 url_of() { echo "http://127.0.0.1:${PORT[$1]}/"; }
 
 build_release
-if [ "${NO_BUILD:-0}" != 1 ]; then cargo build --release -p shoal-bench --bin paired --quiet; fi
+if [ "${NO_BUILD:-0}" != 1 ]; then cargo build --release -p shoal-bench --bin paired; fi
 start_backends
 assign_ports
 if [ "$INSTANCES" -gt 0 ]; then
-  if [ "${NO_BUILD:-0}" != 1 ]; then cargo build --release -p shoal-bench --bin scale_registry --quiet; fi
+  if [ "${NO_BUILD:-0}" != 1 ]; then cargo build --release -p shoal-bench --bin scale_registry; fi
   echo "registering $INSTANCES fake instances of app under /scale-cost" >&2
   scale_registry instances /scale-cost COUNT="$INSTANCES" 2>"$TMP/scale_registry.log" ||
     { echo "error: scale_registry failed: $(tail -n 3 "$TMP/scale_registry.log")" >&2; exit 1; }

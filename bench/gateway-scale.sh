@@ -136,7 +136,7 @@ CLK_TCK=$(getconf CLK_TCK)
 raise_open_files "$IDLE_CONNECTIONS"
 
 build_release
-if [ "${NO_BUILD:-0}" != 1 ]; then cargo build --release -p shoal-bench --bin scale_registry --bin idle_conns --bin paired --quiet; fi
+if [ "${NO_BUILD:-0}" != 1 ]; then cargo build --release -p shoal-bench --bin scale_registry --bin idle_conns --bin paired; fi
 GATEWAY_BIN=${GATEWAY_BIN:-$BIN/gateway}
 start_backends
 

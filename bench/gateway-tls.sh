@@ -100,7 +100,7 @@ PROXY_MAX_CONNECTIONS=$((IDLE_CONNECTIONS + 500))
 
 build_release
 if [ "${NO_BUILD:-0}" != 1 ]; then
-  cargo build --release -p shoal-bench --bin idle_conns --bin tls_connects --quiet
+  cargo build --release -p shoal-bench --bin idle_conns --bin tls_connects
 fi
 for binary in idle_conns tls_connects; do
   [ -x "$BIN/$binary" ] || { echo "error: no $binary at $BIN/$binary (cargo build --release -p shoal-bench --bin $binary)" >&2; exit 1; }

@@ -92,7 +92,7 @@ busy_pct() {
 
 build_release
 if [ "${NO_BUILD:-0}" != 1 ]; then
-  cargo build --release -p shoal-bench --bin fixed_rate --bin paired --quiet
+  cargo build --release -p shoal-bench --bin fixed_rate --bin paired
 fi
 pick_gateway
 start_backends

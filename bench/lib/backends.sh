@@ -9,7 +9,7 @@ build_release() {
   BIN=${CARGO_TARGET_DIR:-$ROOT/target}/release
   [ "${NO_BUILD:-0}" = 1 ] && return
   echo "building release binaries…" >&2
-  cargo build --release -p gateway -p app-server --quiet
+  cargo build --release -p gateway -p app-server
 }
 
 # pick_gateway: sets GATEWAY_BIN, the gateway the benchmark measures, unless
