@@ -1,7 +1,10 @@
 //! `autoscaler get services` and `autoscaler describe service NAME`: what
 //! the registry says about declared services — the spec and its version,
 //! the policy, the instances (and which version each runs), the rollout in
-//! progress, the spec history and the newest events.
+//! progress, the spec history and the newest events. A service scaled by a
+//! policy with no spec (it runs the controller's default command) is not
+//! declared: `get services` names it on stderr, and `describe service`
+//! says where it is shown (`autoscaler status`).
 
 use anyhow::anyhow;
 use clap::{Args, Subcommand};
@@ -94,6 +97,14 @@ impl ServiceView {
     }
 }
 
+/// What `get services` says of scaled services that have no spec.
+fn undeclared_note(services: &[String]) -> String {
+    format!(
+        "also scaled, with no spec (each runs the autoscaler's default command): {}; autoscaler status shows them, autoscaler apply -f FILE declares one",
+        services.join(", ")
+    )
+}
+
 fn runs(spec: &Service) -> String {
     match (&spec.process, &spec.docker) {
         (Some(p), _) => p.argv.join(" "),
@@ -136,6 +147,19 @@ pub async fn get(command: GetCommand) -> Outcome {
                     command.etcd.prefix.services()
                 );
             }
+            // Scaled services with no spec run the controller's default
+            // command: not declared, but not to be mistaken for absent.
+            let undeclared: Vec<String> = store
+                .policies()
+                .await
+                .map_err(failure)?
+                .into_iter()
+                .map(|p| p.service)
+                .filter(|service| !views.iter().any(|v| &v.spec.name == service))
+                .collect();
+            if !undeclared.is_empty() {
+                eprintln!("{}", undeclared_note(&undeclared));
+            }
             let rows: Vec<[String; 7]> = views
                 .iter()
                 .map(|v| {
@@ -172,16 +196,19 @@ pub async fn describe(command: DescribeCommand) -> Outcome {
     let DescribeWhat::Service { name, output } = command.what;
     let store = etcd::store(&command.etcd).await?;
     let failure = |e| etcd::store_failure(&command.etcd, e);
-    let spec = store
-        .service(&name)
-        .await
-        .map_err(failure)?
-        .ok_or_else(|| {
-            Failure::Runtime(anyhow!(
-                "no service spec for {name}; declare one with autoscaler apply -f FILE (autoscaler get services lists them)"
-            ))
-        })?
-        .value;
+    let Some(spec) = store.service(&name).await.map_err(failure)? else {
+        let scaled = if store.policy(&name).await.map_err(failure)?.is_some() {
+            format!(
+                " ({name} is scaled by its policy and runs the autoscaler's default command: autoscaler status {name} shows it)"
+            )
+        } else {
+            String::new()
+        };
+        return Err(Failure::Runtime(anyhow!(
+            "no service spec for {name}{scaled}; declare one with autoscaler apply -f FILE (autoscaler get services lists them)"
+        )));
+    };
+    let spec = spec.value;
     let view = ServiceView::read(&store, spec).await.map_err(failure)?;
     let history = store.service_history(&name).await.map_err(failure)?;
     let events = store.events(&name, 10).await.map_err(failure)?;

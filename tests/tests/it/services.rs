@@ -11,7 +11,9 @@
 //! - a changed spec rolls every instance onto the new version with no failed
 //!   request, and `rollout undo` rolls it back;
 //! - a spec naming a missing program gets events and back-off while another
-//!   service scales; an invalid file writes nothing.
+//!   service scales; an invalid file writes nothing;
+//! - `autoscaler get services` and `describe service` show what is
+//!   declared, and name what is scaled with no spec.
 
 use std::collections::BTreeSet;
 use std::path::PathBuf;
@@ -700,4 +702,99 @@ async fn put_acknowledged(http: &reqwest::Client, url: &str, value: &str) -> Res
         (!retry).then(|| Err(format!("{status} {body}")))
     })
     .await?
+}
+
+/// `autoscaler get services` and `describe service`: what is declared, as
+/// a table and as JSON, and what is scaled without a spec is named (on
+/// stderr) rather than left out silently.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn get_and_describe_show_declared_services_and_name_the_ones_without_a_spec() {
+    let etcd = shoal_tests::Etcd::start().await;
+    let cli = |args: &'static [&'static str]| {
+        let etcd = &etcd;
+        async move {
+            let out = autoscaler_cli(etcd, args).await;
+            (
+                out.status.code(),
+                String::from_utf8_lossy(&out.stdout).into_owned(),
+                String::from_utf8_lossy(&out.stderr).into_owned(),
+            )
+        }
+    };
+
+    // Nothing yet: an empty table and how to declare one.
+    let (code, stdout, stderr) = cli(&["get", "services"]).await;
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(stderr.contains("no services declared"), "{stderr}");
+    assert!(stdout.starts_with("SERVICE"), "{stdout}");
+
+    // node declared from its file; app only scaled (a policy, no spec).
+    let path = example("node-hello").display().to_string();
+    let out = autoscaler_cli(&etcd, &["apply", "-f", &path]).await;
+    assert!(out.status.success(), "{out:?}");
+    let out = autoscaler_cli(
+        &etcd,
+        &[
+            "policy", "set", "app", "--min", "1", "--max", "3", "--metric", "inflight", "--target",
+            "4",
+        ],
+    )
+    .await;
+    assert!(out.status.success(), "{out:?}");
+
+    let (code, stdout, stderr) = cli(&["get", "services", "-o", "json"]).await;
+    assert_eq!(code, Some(0), "{stderr}");
+    let views: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    let views = views.as_array().expect("a JSON array");
+    assert_eq!(views.len(), 1, "only node is declared: {stdout}");
+    assert_eq!(views[0]["spec"]["name"], "node");
+    assert_eq!(views[0]["policy"]["max"], 6);
+    let version = views[0]["version"].as_str().unwrap().to_owned();
+
+    let (code, stdout, stderr) = cli(&["get", "services"]).await;
+    assert_eq!(code, Some(0), "{stderr}");
+    let rows: Vec<&str> = stdout.lines().skip(1).collect();
+    assert_eq!(rows.len(), 1, "{stdout}");
+    for column in [
+        "node",
+        &version[..8],
+        "managed",
+        "node examples/node-hello/server.js",
+    ] {
+        assert!(rows[0].contains(column), "{column} in {stdout}");
+    }
+    assert!(
+        rows[0].contains("1..6 inflight 4") && rows[0].contains("0/0 ready"),
+        "{stdout}"
+    );
+    assert!(
+        stderr.contains("also scaled, with no spec") && stderr.contains(": app;"),
+        "{stderr}"
+    );
+
+    let (code, stdout, stderr) = cli(&["describe", "service", "node"]).await;
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(
+        stdout.contains(&format!("version:       {version}")),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("history:       no earlier versions"),
+        "{stdout}"
+    );
+
+    // app has no spec to describe: said, with where it is shown instead.
+    let (code, _, stderr) = cli(&["describe", "service", "app"]).await;
+    assert_ne!(code, Some(0));
+    assert!(
+        stderr.contains("no service spec for app")
+            && stderr.contains("autoscaler status app shows it"),
+        "{stderr}"
+    );
+    let (code, _, stderr) = cli(&["describe", "service", "nothing"]).await;
+    assert_ne!(code, Some(0));
+    assert!(
+        stderr.contains("no service spec for nothing;") && !stderr.contains("status"),
+        "{stderr}"
+    );
 }
