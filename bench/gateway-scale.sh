@@ -62,8 +62,9 @@
 # Settings (environment): CONNECTIONS (32), DURATION (3), ROUNDS (6),
 # WARMUP (1), INSTANCE_COUNTS ("2 100 1000 10000"), ROUTE_COUNTS
 # ("10 10000"), SCALE_POLICIES ("round-robin least-request consistent-hash
-# sticky"), SCALE_PEERS ("nginx haproxy"; empty skips), SAMPLES (5), IDLE_CONNECTIONS (10000; 0 skips), IDLE_PROXIES
-# ("shoal nginx haproxy"), IDLE_SETTLE (10), PROXY_CORE (0), LOAD_CORES (1), GATEWAY_BIN (the
+# sticky"), SCALE_PEERS ("nginx haproxy"; empty skips), SAMPLES (5),
+# IDLE_CONNECTIONS (10000; 0 skips), IDLE_PROXIES ("shoal nginx haproxy"),
+# IDLE_SETTLE (10), PROXY_CORE (0), LOAD_CORES (1), GATEWAY_BIN (the
 # gateway binary; default the fresh release build), NO_BUILD=1 (the
 # binaries as they are), KEEP_TMP=1 (keeps logs and wrk outputs).
 #
