@@ -182,6 +182,31 @@ impl GrpcInstance {
     }
 }
 
+impl Drop for GrpcInstance {
+    /// `Proc` kills the wrapper when the test ends, with SIGKILL, which
+    /// leaves `registry run` no chance to stop its server: the server is
+    /// killed here, while it is still the wrapper's child (so never a
+    /// process that has taken over its pid since). A server left running
+    /// outlived every CI run.
+    fn drop(&mut self) {
+        if parent_of(self.pid) == Some(self.wrapper.pid()) {
+            let _ = kill(Pid::from_raw(self.pid as i32), Signal::SIGKILL);
+        }
+    }
+}
+
+/// The parent of process `pid` (`/proc/PID/stat`); `None` once it is gone.
+fn parent_of(pid: u32) -> Option<u32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // "pid (comm) state ppid ...": the name may hold spaces and parentheses.
+    stat.rsplit_once(')')?
+        .1
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
+}
+
 /// A tonic client for `addr` (the gateway's proxy listener), over h2c.
 pub async fn client(addr: &str) -> EchoClient<Channel> {
     let channel = Endpoint::from_shared(format!("http://{addr}"))
