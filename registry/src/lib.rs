@@ -28,7 +28,7 @@
 //!   of a PEM chain and key that the CLI, readers and the gateway share.
 //! - [`stop`]: what asks an instance to stop (signals, its retire key).
 //! - [`proc_stat`]: another process's `/proc/{pid}/stat` line (its start
-//!   time and CPU time).
+//!   time, CPU time and parent).
 //! - [`ring`]: the weighted hash ring, so gateways and app servers agree on
 //!   which instance owns a key; [`stable_hash`]: the fixed hash it uses.
 //! - [`peer`]: a client-side balancer (power of two choices) over a service's

@@ -1,13 +1,17 @@
 //! A process's line in `/proc/{pid}/stat`, read once for every program
 //! that asks about another process: the autoscaler's pid files (when a
-//! process started, so that a reused pid is not taken for it) and the
-//! benchmarks' CPU meters (the CPU time a server spent).
+//! process started, so that a reused pid is not taken for it), the
+//! benchmarks' CPU meters (the CPU time a server spent) and the test
+//! harness (whose child a process still is).
 
 /// The fields of `/proc/{pid}/stat` that Shoal reads (proc(5)).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ProcStat {
     /// Field 3: `R`, `S`, `D`, `Z` (zombie), …
     pub state: char,
+    /// Field 4: the parent's pid (1, or a subreaper's, once the parent has
+    /// died).
+    pub parent: u32,
     /// Fields 14 and 15, user and system time, in clock ticks.
     pub cpu_ticks: u64,
     /// Field 22: when the process started, in clock ticks since boot.
@@ -40,6 +44,7 @@ impl ProcStat {
         let mut state = fields.first()?.chars();
         Some(ProcStat {
             state: state.next().filter(|_| state.next().is_none())?,
+            parent: field(4)?.try_into().ok()?,
             cpu_ticks: field(14)?.checked_add(field(15)?)?,
             start_time: field(22)?,
         })
@@ -68,6 +73,7 @@ mod tests {
             stat,
             ProcStat {
                 state: 'S',
+                parent: 1,
                 cpu_ticks: 49,
                 start_time: 987654
             }
@@ -89,6 +95,7 @@ mod tests {
         let me = ProcStat::of(std::process::id()).expect("this process's line");
         assert!(!me.is_zombie());
         assert!(me.start_time > 0);
+        assert_eq!(me.parent, std::os::unix::process::parent_id());
         assert!(me.cpu_seconds().is_some());
         // Pids wrap below /proc/sys/kernel/pid_max, at most 2^22.
         assert_eq!(ProcStat::of(u32::MAX), None);

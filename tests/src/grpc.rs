@@ -16,6 +16,7 @@ use std::time::Duration;
 use futures::{Stream, StreamExt};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
+use registry::proc_stat::ProcStat;
 use tokio::task::JoinHandle;
 use tonic::transport::{Channel, Endpoint, Server};
 use tonic::{Request, Response, Status, Streaming};
@@ -189,22 +190,10 @@ impl Drop for GrpcInstance {
     /// process that has taken over its pid since). A server left running
     /// outlived every CI run.
     fn drop(&mut self) {
-        if parent_of(self.pid) == Some(self.wrapper.pid()) {
+        if ProcStat::of(self.pid).map(|stat| stat.parent) == Some(self.wrapper.pid()) {
             let _ = kill(Pid::from_raw(self.pid as i32), Signal::SIGKILL);
         }
     }
-}
-
-/// The parent of process `pid` (`/proc/PID/stat`); `None` once it is gone.
-fn parent_of(pid: u32) -> Option<u32> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // "pid (comm) state ppid ...": the name may hold spaces and parentheses.
-    stat.rsplit_once(')')?
-        .1
-        .split_whitespace()
-        .nth(1)?
-        .parse()
-        .ok()
 }
 
 /// A tonic client for `addr` (the gateway's proxy listener), over h2c.
