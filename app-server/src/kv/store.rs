@@ -147,6 +147,15 @@ impl Synced {
         }
     }
 
+    /// The journal was rewritten into a new file and flushed, up to
+    /// `upto`: all of it is on the disk, whatever an `fsync` of the old
+    /// file did (call it holding the flush turn, so that no `fsync` ends
+    /// meanwhile).
+    fn rewritten(&self, upto: u64) {
+        self.upto.fetch_max(upto, Ordering::AcqRel);
+        self.failed.store(false, Ordering::Release);
+    }
+
     /// Record how an `fsync` of the journal up to `upto` went.
     fn record(&self, upto: u64, outcome: &std::io::Result<()>) {
         match outcome {
@@ -287,11 +296,12 @@ impl LocalStore {
         true
     }
 
-    /// Flush the data directory's journal to the disk, after rewriting it
-    /// if it has grown past twice what the entries need, or if an `fsync`
-    /// of it failed: the rewrite puts the whole map on the disk afresh, so
-    /// writes are reported durable again from then on. Nothing to do
-    /// without a data directory. Runs `fsync`: call it off the runtime.
+    /// Put the data directory's journal on the disk: by rewriting it from
+    /// the map (a new file, flushed) if it has grown past twice what the
+    /// entries need, or if an `fsync` of it failed, so that writes are
+    /// reported durable again from then on; otherwise by an `fsync`.
+    /// Nothing to do without a data directory. Runs `fsync`: call it off
+    /// the runtime.
     pub fn persist(&self) -> std::io::Result<()> {
         // One flush of the journal at a time (the turn `flushed` takes), so
         // a failure cannot slip between another flush's check and its end.
@@ -315,17 +325,15 @@ impl LocalStore {
                     after_failed_fsync = failed,
                     "key-value journal compacted"
                 );
+                // `compact` flushed the new file and its directory: the
+                // map is on the disk, and no `fsync` is left to run.
+                self.synced.rewritten(journal.written());
                 if failed {
-                    // `compact` flushed the new file: the map is on the disk.
-                    self.synced
-                        .upto
-                        .fetch_max(journal.written(), Ordering::AcqRel);
-                    self.synced.failed.store(false, Ordering::Release);
                     info!(
                         "the key-value journal is on the disk again; writes are reported durable"
                     );
-                    return Ok(());
                 }
+                return Ok(());
             }
             (journal.sync_handle()?, journal.written())
         };
