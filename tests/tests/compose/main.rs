@@ -482,9 +482,28 @@ async fn compose_up_traffic_scaling_replacement_adoption_and_down() {
         t0.elapsed().as_secs()
     ));
 
-    // 8 down
+    // 8 down, with clients still sending: the gateways stop first, so a
+    // request is answered by an app server or not at all (the gateway has
+    // closed); none is held for an app server already stopped and answered
+    // 503, as when the autoscaler stopped first.
+    let during_down = Codes::default();
+    let clients = Traffic::start(
+        &c.http,
+        &c.url("/"),
+        4,
+        Duration::from_millis(20),
+        &during_down,
+    );
     let t0 = Instant::now();
-    c.project.must(&["down", "--timeout", "45"]);
+    // The clients run on the other worker thread meanwhile.
+    tokio::task::block_in_place(|| c.project.must(&["down", "--timeout", "45"]));
+    let down_s = t0.elapsed().as_secs_f64();
+    clients.stop().await;
+    assert!(
+        during_down.only(&[200, 0]) && during_down.count(200) > 0,
+        "requests during down: {} (want 200 from an app server, or no answer from a stopped gateway)",
+        during_down.summary()
+    );
     let left = c.engine().project_containers().await;
     assert!(left.is_empty(), "containers of the project left: {left:?}");
     let left = c.engine().managed_any_state().await;
@@ -498,8 +517,8 @@ async fn compose_up_traffic_scaling_replacement_adoption_and_down() {
         c.engine().network
     );
     c.step_done(&format!(
-        "down: nothing left (no container, no network) in {} s",
-        t0.elapsed().as_secs()
+        "down: nothing left (no container, no network) in {down_s:.1} s; requests meanwhile: {}",
+        during_down.summary()
     ));
 
     c.project.passed();

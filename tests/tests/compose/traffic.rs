@@ -10,9 +10,10 @@ use std::time::Duration;
 
 use futures::StreamExt;
 
-/// Every request gives up after this long (the gateway's own response
-/// timeout is shorter, so an answer comes first).
-const TIMEOUT: Duration = Duration::from_secs(10);
+/// Every request gives up after this long: longer than the gateway's
+/// `--hold-timeout` (10 s), so that a request held for an app server that
+/// never comes is seen as the gateway's 503, not as no answer.
+const TIMEOUT: Duration = Duration::from_secs(15);
 
 /// Status codes seen, with counts; 0 stands for no answer.
 #[derive(Clone, Default)]
