@@ -52,7 +52,10 @@ pub struct Config {
 
     /// Longest wait for in-flight requests when draining, and for the
     /// key-value store's hand-off to the other instances (counted from the
-    /// draining mark); past either the instance exits with code 1.
+    /// draining mark); past either the instance exits with code 1. With no
+    /// other instance left to take its entries (every instance stopping at
+    /// once), the hand-off gives up a second after the draining mark, also
+    /// with code 1.
     #[arg(long, env = "SHOAL_DRAIN_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
     pub drain_timeout: Duration,
 

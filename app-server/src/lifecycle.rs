@@ -10,8 +10,9 @@
 //!    The key-value store hands every entry to its other owners from the
 //!    moment the instance is draining, and once more after the last
 //!    in-flight request, before the lease goes (`kv::sync::hand_off`), both
-//!    within `--drain-timeout` of the draining mark; once every entry is
-//!    handed off, the `--data-dir` journal is emptied.
+//!    within `--drain-timeout` of the draining mark (a second after it when
+//!    the registry lists no other instance to take them); once every entry
+//!    is handed off, the `--data-dir` journal is emptied.
 //! 4. Revoke the lease (deleting the key), delete the retire key if there was
 //!    one, and exit 0 if the drain finished, 1 if it was cut short.
 

@@ -23,8 +23,8 @@
 //!   for the next one in the ranking (the sloppy quorum).
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant, SystemTime};
 
 use registry::ring::Ring;
@@ -93,7 +93,9 @@ pub struct Membership {
     me: Member,
     replicas: usize,
     state: Mutex<State>,
-    leaving: AtomicBool,
+    /// When this instance started leaving ([`Membership::leave`]); on
+    /// tokio's clock, which tests can pause.
+    left_at: OnceLock<tokio::time::Instant>,
     /// Bumped on every change; the sync task waits on it.
     epoch: watch::Sender<u64>,
     synced_epoch: AtomicU64,
@@ -121,7 +123,7 @@ impl Membership {
                 last_change: Instant::now(),
                 views_seen: 1,
             }),
-            leaving: AtomicBool::new(false),
+            left_at: OnceLock::new(),
             epoch: watch::Sender::new(0),
             synced_epoch: AtomicU64::new(0),
         }
@@ -182,7 +184,7 @@ impl Membership {
     /// Stop owning keys: from now on views leave this instance out, and
     /// peers asking it to store are told it is leaving.
     pub fn leave(&self) {
-        if self.leaving.swap(true, Ordering::AcqRel) {
+        if self.left_at.set(tokio::time::Instant::now()).is_err() {
             return;
         }
         let current = self.current();
@@ -224,7 +226,12 @@ impl Membership {
     }
 
     pub fn is_leaving(&self) -> bool {
-        self.leaving.load(Ordering::Acquire)
+        self.left_at.get().is_some()
+    }
+
+    /// How long ago this instance started leaving; `None` if it has not.
+    pub fn leaving_for(&self) -> Option<Duration> {
+        self.left_at.get().map(|at| at.elapsed())
     }
 
     /// Skip `id` as an owner for [`DOWN_FOR`].

@@ -437,6 +437,12 @@ impl LocalStore {
             .count()
     }
 
+    /// Whether the entries are kept in a data directory (`--data-dir`)
+    /// as well as in memory.
+    pub fn has_data_dir(&self) -> bool {
+        self.lock().journal.is_some()
+    }
+
     /// Entries including tombstones.
     pub fn len(&self) -> usize {
         self.lock().slots.len()

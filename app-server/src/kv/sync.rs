@@ -9,7 +9,11 @@
 //! After each pass it flushes the data directory (`--data-dir`) to the disk.
 //!
 //! [`hand_off`] is the same pass run by a leaving instance until every entry
-//! is with its new owners: scale-in loses nothing, even with one copy.
+//! is with its new owners: scale-in loses nothing, even with one copy. When
+//! the registry lists no other instance at all (every instance of the
+//! service is stopping, as when a whole platform stops), it gives up once
+//! the instance has been leaving for [`ALONE_WAIT`], rather than wait out
+//! the whole drain timeout for nobody.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -30,6 +34,12 @@ pub const TOMBSTONE_GRACE: Duration = Duration::from_secs(60);
 pub const TOMBSTONE_MAX_AGE: Duration = Duration::from_secs(600);
 /// Entries sent at once.
 const CONCURRENCY: usize = 16;
+/// How long after it started leaving an instance whose view holds no other
+/// instance gives up handing its entries off: long enough for the
+/// registry's news of an instance becoming ready right now to arrive, far
+/// shorter than a drain timeout, which the stop of every instance at once
+/// would otherwise wait out in full for nobody.
+pub const ALONE_WAIT: Duration = Duration::from_secs(1);
 
 /// What one pass did.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -86,7 +96,10 @@ async fn persist(kv: &Arc<Kv>) {
 /// Leave the membership and send every entry to its owners, in passes
 /// until all arrived (true) or `deadline` has passed (false). At least one
 /// pass runs, so a second hand-off under the same deadline still sends
-/// what was written since the first.
+/// what was written since the first. Gives up early (false) when the view
+/// holds no other instance and this one has been leaving for
+/// [`ALONE_WAIT`]; an instance that is in the view but refuses connections
+/// (marked down) is waited for until `deadline`.
 pub async fn hand_off(kv: &Kv, deadline: tokio::time::Instant) -> bool {
     kv.membership().leave();
     let total = kv.store().len();
@@ -98,6 +111,23 @@ pub async fn hand_off(kv: &Kv, deadline: tokio::time::Instant) -> bool {
                 "handed every key-value entry to its owners"
             );
             return true;
+        }
+        let membership = kv.membership();
+        let waited_alone = membership.current().is_empty()
+            && membership
+                .leaving_for()
+                .is_some_and(|left| left >= ALONE_WAIT);
+        if waited_alone && report.pending == 0 {
+            let fate = if kv.store().has_data_dir() {
+                "they stay in --data-dir, for an instance started on it"
+            } else {
+                "they are lost with this instance (no --data-dir)"
+            };
+            warn!(
+                stranded = report.stranded,
+                "no other instance of the service is left to take the key-value entries; {fate}"
+            );
+            return false;
         }
         if tokio::time::Instant::now() >= deadline {
             warn!(
@@ -219,16 +249,45 @@ mod tests {
     use crate::kv::testing::refusing_member;
     use crate::kv::version::Version;
 
-    /// Every instance stopping at once: nowhere to send the entries.
-    #[tokio::test(start_paused = true)]
-    async fn a_hand_off_with_nowhere_to_go_gives_up_at_its_deadline_and_a_second_one_at_once() {
+    /// An instance holding one entry, whose view is `members`.
+    fn holding_one_entry(members: Vec<Member>) -> Kv {
         let kv = Kv::new("a", "a:1", KvConfig::majority(2));
-        kv.membership().update(vec![refusing_member("a")]);
+        kv.membership().update(members);
         let entry = Entry {
             version: Version { hlc: 1, node: 1 },
             value: Some(Bytes::from_static(b"v")),
         };
         kv.store().apply("k", entry, 0).unwrap();
+        kv
+    }
+
+    /// Every instance stopping at once: with no other instance in the view
+    /// `ALONE_WAIT` after it started leaving, there is nowhere to send the
+    /// entries and nobody coming, so the drain timeout is not waited out.
+    #[tokio::test(start_paused = true)]
+    async fn a_hand_off_with_no_other_instance_gives_up_after_the_alone_wait_and_a_second_one_at_once()
+     {
+        let kv = holding_one_entry(vec![refusing_member("a")]);
+        let started = tokio::time::Instant::now();
+        let deadline = started + Duration::from_secs(30);
+        assert!(!hand_off(&kv, deadline).await);
+        let waited = started.elapsed();
+        assert!(
+            waited >= ALONE_WAIT && waited < ALONE_WAIT + Duration::from_millis(300),
+            "gave up after {waited:?}"
+        );
+        // The hand-off after the last in-flight request: one more pass.
+        let again = tokio::time::Instant::now();
+        assert!(!hand_off(&kv, deadline).await);
+        assert_eq!(again.elapsed(), Duration::ZERO);
+        assert_eq!(kv.store().len(), 1, "the entry is not dropped");
+    }
+
+    /// An instance still in the view that refuses connections (restarting,
+    /// say) may take the entries yet: it is waited for until the deadline.
+    #[tokio::test(start_paused = true)]
+    async fn a_hand_off_to_an_instance_that_refuses_waits_until_its_deadline() {
+        let kv = holding_one_entry(vec![refusing_member("a"), refusing_member("b")]);
         let started = tokio::time::Instant::now();
         let deadline = started + Duration::from_secs(5);
         assert!(!hand_off(&kv, deadline).await);
@@ -237,9 +296,5 @@ mod tests {
             waited >= Duration::from_secs(5) && waited < Duration::from_millis(5300),
             "gave up after {waited:?}"
         );
-        // The hand-off after the last in-flight request: one more pass.
-        let again = tokio::time::Instant::now();
-        assert!(!hand_off(&kv, deadline).await);
-        assert_eq!(again.elapsed(), Duration::ZERO);
     }
 }

@@ -156,6 +156,55 @@ async fn any_instance_answers_for_any_key_and_each_key_has_two_copies() {
     }
 }
 
+/// Every instance of the service stopping at once, as when a whole platform
+/// stops: nobody is left to take the entries, so each instance gives up the
+/// hand-off at once and says so, instead of waiting out its drain timeout
+/// (a minute here; the platform's stop grace, 10 s, would kill it first).
+#[tokio::test]
+async fn instances_stopping_together_do_not_wait_out_the_drain_timeout_for_nobody() {
+    let options = AppServerOptions {
+        lease_ttl: Duration::from_secs(2),
+        drain_grace: Duration::ZERO,
+        extra: ["--kv-replicas", "2", "--drain-timeout", "60s"]
+            .map(String::from)
+            .to_vec(),
+        ..AppServerOptions::default()
+    };
+    let mut platform = Platform::builder()
+        .app_servers_with(2, options)
+        .start()
+        .await;
+    let servers = std::mem::take(&mut platform.app_servers);
+    let http = http();
+    wait_views(&http, &servers.iter().collect::<Vec<_>>()).await;
+    let put = http
+        .put(servers[0].url("/kv/together"))
+        .body("v")
+        .send()
+        .await
+        .unwrap();
+    assert!(put.status().is_success(), "PUT: {}", put.status());
+    for server in &servers {
+        server.proc.signal(Signal::SIGTERM);
+    }
+    for mut server in servers {
+        // Far less than the drain timeout.
+        let status = server.proc.wait_exit(Duration::from_secs(20)).await;
+        let log = server.proc.stderr();
+        assert!(
+            log.contains("no other instance of the service is left to take the key-value entries; they are lost with this instance"),
+            "{} says why it stops without handing its entries off:\n{log}",
+            server.id
+        );
+        assert_eq!(
+            status.code(),
+            Some(1),
+            "{}: entries not handed off are not a clean drain",
+            server.id
+        );
+    }
+}
+
 #[tokio::test]
 async fn a_scale_in_with_one_copy_hands_every_key_off() {
     let (_platform, mut servers) = start(3, 1).await;
