@@ -2,6 +2,9 @@
 //! each signal, reopens the `--access-log` file (after logrotate moved it)
 //! and reloads the `--tls-cert`/`--tls-key` files (after a renewal), each
 //! only when configured. Nothing else restarts: connections stay open.
+//! With neither configured it only says so: SIGHUP never stops the
+//! gateway (as it does not stop nginx or HAProxy), not even when the
+//! terminal it runs in goes away; SIGTERM and Ctrl-C do, draining first.
 
 use std::io;
 use std::sync::Arc;
@@ -21,12 +24,8 @@ pub struct OnHangup {
 }
 
 impl OnHangup {
-    /// Install the handler, in a task that runs until the runtime stops;
-    /// nothing when there is nothing to act on.
+    /// Install the handler, in a task that runs until the runtime stops.
     pub fn spawn(self) -> io::Result<()> {
-        if self.access_log.is_none() && self.certs.is_none() {
-            return Ok(());
-        }
         let mut hangup = signal(SignalKind::hangup())?;
         tokio::spawn(async move {
             while hangup.recv().await.is_some() {
@@ -37,6 +36,11 @@ impl OnHangup {
     }
 
     async fn act(&self) {
+        if self.access_log.is_none() && self.certs.is_none() {
+            info!(
+                "SIGHUP: nothing to read again (no --access-log file, no --tls-cert); still serving"
+            );
+        }
         if let Some(log) = &self.access_log {
             info!("SIGHUP: reopening the access log");
             log.reopen();

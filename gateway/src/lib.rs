@@ -146,8 +146,9 @@ async fn run_gateway(config: Config, id: String) -> anyhow::Result<()> {
     .context(
         "cannot install the SIGHUP handler (it reopens --access-log and reloads --tls-cert)",
     )?;
-    let mut signals =
-        StopSignals::install().context("cannot install the SIGTERM/SIGINT handlers")?;
+    // SIGHUP is the gateway's "read your files again" (`hangup`), never a stop.
+    let mut signals = StopSignals::install_without_hangup()
+        .context("cannot install the SIGTERM/SIGINT handlers")?;
     // With --reuse-port the proxy listener opens only once the registry has
     // been read, so that the gateway being replaced keeps every request
     // until this one can route it.

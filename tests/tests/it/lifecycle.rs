@@ -146,6 +146,48 @@ async fn sigterm_lets_five_slow_requests_finish_then_leaves_the_registry() {
     .await;
 }
 
+/// The terminal an app server runs in goes away (SIGHUP): it drains and
+/// deregisters as on SIGTERM, rather than die at once and leave its key to
+/// expire with the lease.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_drains_and_leaves_the_registry_like_sigterm() {
+    let etcd = Etcd::start().await;
+    let client = etcd.client().await;
+    let mut server = AppServer::start(&etcd, AppServerOptions::default()).await;
+    wait_instance(
+        &client,
+        &server.key(),
+        Duration::from_secs(5),
+        "ready",
+        is_ready,
+    )
+    .await;
+    server.proc.signal(Signal::SIGHUP);
+    wait_instance(
+        &client,
+        &server.key(),
+        Duration::from_secs(2),
+        "draining",
+        |i| i.is_none_or(|i| i.state == registry::InstanceState::Draining),
+    )
+    .await;
+    let exit = server.proc.wait_exit(Duration::from_secs(30)).await;
+    assert_eq!(exit.code(), Some(0), "exit status {exit:?}");
+    assert!(
+        server.proc.stderr().contains("signal=\"SIGHUP\""),
+        "{}",
+        server.proc.stderr()
+    );
+    wait_instance(
+        &client,
+        &server.key(),
+        Duration::from_millis(500),
+        "key deleted",
+        is_gone,
+    )
+    .await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_removes_the_key_within_ttl_plus_one_second() {
     let etcd = Etcd::start().await;

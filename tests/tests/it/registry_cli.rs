@@ -100,6 +100,138 @@ async fn run_registers_a_python_http_server_and_deregisters_it_on_sigterm() {
     );
 }
 
+/// `registry run` of a python HTTP server that writes its pid to
+/// `{dir}/pid`, started through `launcher` (e.g. `nohup`) when given;
+/// returns the wrapper, the instance's key and the program's pid once it
+/// is ready.
+async fn run_python_writing_its_pid(
+    etcd: &Etcd,
+    client: &etcd_client::Client,
+    dir: &std::path::Path,
+    launcher: Option<&str>,
+) -> (Proc, String, i32) {
+    let registry = bin_path("registry").display().to_string();
+    let program = format!(
+        "echo $$ > {}/pid; exec python3 -m http.server \"$PORT\" --bind 127.0.0.1",
+        dir.display()
+    );
+    let args: Vec<String> = [
+        registry.as_str(),
+        "--etcd",
+        &etcd.endpoint(),
+        "run",
+        "--service",
+        "py",
+        "--port-env",
+        "PORT",
+        "--drain-grace",
+        "200ms",
+        "--",
+        "sh",
+        "-c",
+        &program,
+    ]
+    .map(String::from)
+    .to_vec();
+    let wrapper = match launcher {
+        Some(launcher) => Proc::spawn(
+            "nohup-registry-run",
+            std::path::Path::new(launcher),
+            &args,
+            &[],
+            &logs_dir(),
+        ),
+        None => Proc::spawn(
+            "registry-run",
+            &bin_path("registry"),
+            &args[1..],
+            &[],
+            &logs_dir(),
+        ),
+    };
+    let registered: Registered = wrapper
+        .wait_event("registered", Duration::from_secs(20))
+        .await;
+    let key = registry::Keys::default().instance("py", &registered.id);
+    wait_instance(
+        client,
+        &key,
+        Duration::from_secs(10),
+        "python server ready",
+        is_ready,
+    )
+    .await;
+    let pid = std::fs::read_to_string(dir.join("pid"))
+        .expect("the program wrote its pid")
+        .trim()
+        .parse()
+        .expect("a pid");
+    (wrapper, key, pid)
+}
+
+/// The terminal a `registry run` runs in goes away (SIGHUP to its process
+/// group, which the program, in a group of its own, does not get): the
+/// wrapper stops its program and deregisters it, as on SIGTERM, instead of
+/// dying at once and leaving the program running unregistered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_stops_its_program_and_deregisters_it_on_sighup() {
+    let etcd = Etcd::start().await;
+    let client = etcd.client().await;
+    let dir = tempfile::tempdir().unwrap();
+    let (mut wrapper, key, program) =
+        run_python_writing_its_pid(&etcd, &client, dir.path(), None).await;
+    wrapper.signal(Signal::SIGHUP);
+    let status = wrapper.wait_exit(Duration::from_secs(15)).await;
+    assert_eq!(
+        status.code(),
+        Some(128 + 15),
+        "the program ended by the SIGTERM the wrapper sent it: {status:?}; stderr:\n{}",
+        wrapper.stderr()
+    );
+    assert!(
+        wrapper.stderr().contains("SIGHUP"),
+        "the wrapper names the signal:\n{}",
+        wrapper.stderr()
+    );
+    wait_instance(
+        &client,
+        &key,
+        Duration::from_secs(2),
+        "deregistered",
+        is_gone,
+    )
+    .await;
+    assert!(
+        !std::path::Path::new(&format!("/proc/{program}")).exists(),
+        "the program ({program}) is not left running"
+    );
+}
+
+/// Under `nohup` SIGHUP stays ignored: `registry run` installs no handler
+/// over it (its signal masks say so), and SIGTERM still stops it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_under_nohup_leaves_sighup_ignored() {
+    let etcd = Etcd::start().await;
+    let client = etcd.client().await;
+    let dir = tempfile::tempdir().unwrap();
+    let (mut wrapper, key, _) =
+        run_python_writing_its_pid(&etcd, &client, dir.path(), Some("nohup")).await;
+    let masks = std::fs::read_to_string(format!("/proc/{}/status", wrapper.pid())).unwrap();
+    let bit0 = |name: &str| {
+        let mask = masks
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .unwrap_or_else(|| panic!("no {name} in:\n{masks}"));
+        u64::from_str_radix(mask.trim(), 16).unwrap() & 1 == 1
+    };
+    assert!(
+        bit0("SigIgn:") && !bit0("SigCgt:"),
+        "SIGHUP ignored, not caught:\n{masks}"
+    );
+    let status = stop_and_wait_deregistered(&mut wrapper, &client, &key).await;
+    assert_eq!(status.code(), Some(128 + 15), "{status:?}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn run_attach_registers_a_program_it_did_not_start_and_leaves_it_running() {
     let etcd = Etcd::start().await;

@@ -353,3 +353,32 @@ async fn sighup_reopens_the_file_after_a_rotation() {
     assert_eq!(old.len(), 1, "the rotated file keeps its line");
     assert!(lines_for(&rotated, "/after-rotation").is_empty());
 }
+
+/// SIGHUP is "read your files again" to the gateway, never a stop: with no
+/// file to read again it says so and keeps serving (closing the terminal it
+/// runs in does not stop it either; SIGTERM does).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_with_no_file_to_read_again_keeps_the_gateway_serving() {
+    let mut platform = Platform::builder()
+        .app_servers(1)
+        .gateway(&[])
+        .start()
+        .await;
+    let gateway = platform.gateway_mut();
+    gateway.proc.signal(nix::sys::signal::Signal::SIGHUP);
+    wait_until(
+        Duration::from_secs(5),
+        "the gateway to answer SIGHUP",
+        || {
+            gateway
+                .proc
+                .stderr()
+                .contains("SIGHUP: nothing to read again")
+        },
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}; {}", gateway_log(gateway)));
+    let resp = http().get(gateway.url("/")).send().await.unwrap();
+    assert_eq!(resp.status(), 200, "{}", gateway_log(gateway));
+    assert!(!gateway.proc.has_exited(), "{}", gateway_log(gateway));
+}
