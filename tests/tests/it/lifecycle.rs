@@ -121,23 +121,32 @@ async fn sigterm_lets_five_slow_requests_finish_then_leaves_the_registry() {
     .unwrap();
 
     server.proc.signal(Signal::SIGTERM);
-    // While draining the instance says so in the registry before it leaves.
+    wait_draining(&client, &server).await;
+    for request in requests {
+        let status = request.await.unwrap().expect("in-flight request completes");
+        assert_eq!(status, 200);
+    }
+    wait_drained_and_gone(&client, &mut server).await;
+}
+
+/// While draining the instance says so in the registry before it leaves.
+async fn wait_draining(client: &etcd_client::Client, server: &AppServer) {
     wait_instance(
-        &client,
+        client,
         &server.key(),
         Duration::from_secs(2),
         "draining",
         |i| i.is_none_or(|i| i.state == registry::InstanceState::Draining),
     )
     .await;
-    for request in requests {
-        let status = request.await.unwrap().expect("in-flight request completes");
-        assert_eq!(status, 200);
-    }
+}
+
+/// A drain that finished: exit 0, then the key deleted within half a second.
+async fn wait_drained_and_gone(client: &etcd_client::Client, server: &mut AppServer) {
     let exit = server.proc.wait_exit(Duration::from_secs(30)).await;
     assert_eq!(exit.code(), Some(0), "exit status {exit:?}");
     wait_instance(
-        &client,
+        client,
         &server.key(),
         Duration::from_millis(500),
         "key deleted",
@@ -163,29 +172,13 @@ async fn sighup_drains_and_leaves_the_registry_like_sigterm() {
     )
     .await;
     server.proc.signal(Signal::SIGHUP);
-    wait_instance(
-        &client,
-        &server.key(),
-        Duration::from_secs(2),
-        "draining",
-        |i| i.is_none_or(|i| i.state == registry::InstanceState::Draining),
-    )
-    .await;
-    let exit = server.proc.wait_exit(Duration::from_secs(30)).await;
-    assert_eq!(exit.code(), Some(0), "exit status {exit:?}");
+    wait_draining(&client, &server).await;
+    wait_drained_and_gone(&client, &mut server).await;
     assert!(
         server.proc.stderr().contains("signal=\"SIGHUP\""),
         "{}",
         server.proc.stderr()
     );
-    wait_instance(
-        &client,
-        &server.key(),
-        Duration::from_millis(500),
-        "key deleted",
-        is_gone,
-    )
-    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -35,13 +35,22 @@ async fn stop_and_wait_deregistered(
     status
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn run_registers_a_python_http_server_and_deregisters_it_on_sigterm() {
-    let etcd = Etcd::start().await;
-    let client = etcd.client().await;
-    let args: Vec<String> = [
+/// `registry run` (through `launcher`, e.g. `nohup`, when given) of
+/// `program` as service `py`, its port in `PORT` (and for `{port}`), a
+/// 200 ms drain grace: the wrapper, what it registered and the instance's
+/// key, once the program is ready.
+async fn start_run(
+    etcd: &Etcd,
+    client: &etcd_client::Client,
+    launcher: Option<&str>,
+    program: &[&str],
+) -> (Proc, Registered, String) {
+    let registry = bin_path("registry").display().to_string();
+    let endpoint = etcd.endpoint();
+    let head = [
+        registry.as_str(),
         "--etcd",
-        &etcd.endpoint(),
+        &endpoint,
         "run",
         "--service",
         "py",
@@ -52,90 +61,11 @@ async fn run_registers_a_python_http_server_and_deregisters_it_on_sigterm() {
         "--drain-grace",
         "200ms",
         "--",
-        "python3",
-        "-m",
-        "http.server",
-        "{port}",
-        "--bind",
-        "127.0.0.1",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
-    let mut wrapper = Proc::spawn(
-        "registry-run",
-        &bin_path("registry"),
-        &args,
-        &[],
-        &logs_dir(),
-    );
-    let registered: Registered = wrapper
-        .wait_event("registered", Duration::from_secs(20))
-        .await;
-    let key = registry::Keys::default().instance("py", &registered.id);
-    wait_instance(
-        &client,
-        &key,
-        Duration::from_secs(2),
-        "python server ready",
-        is_ready,
-    )
-    .await;
-    let resp = reqwest::get(format!("http://{}/", registered.addr))
-        .await
-        .unwrap();
-    assert_eq!(
-        resp.status(),
-        200,
-        "python's http.server answers through the registered address"
-    );
-
-    let status = stop_and_wait_deregistered(&mut wrapper, &client, &key).await;
-    // python3 -m http.server dies of the forwarded SIGTERM; the wrapper reports it the shell way.
-    assert_eq!(
-        status.code(),
-        Some(128 + 15),
-        "{status:?}; stderr:\n{}",
-        wrapper.stderr()
-    );
-}
-
-/// `registry run` of a python HTTP server that writes its pid to
-/// `{dir}/pid`, started through `launcher` (e.g. `nohup`) when given;
-/// returns the wrapper, the instance's key and the program's pid once it
-/// is ready.
-async fn run_python_writing_its_pid(
-    etcd: &Etcd,
-    client: &etcd_client::Client,
-    dir: &std::path::Path,
-    launcher: Option<&str>,
-) -> (Proc, String, i32) {
-    let registry = bin_path("registry").display().to_string();
-    let program = format!(
-        "echo $$ > {}/pid; exec python3 -m http.server \"$PORT\" --bind 127.0.0.1",
-        dir.display()
-    );
-    let args: Vec<String> = [
-        registry.as_str(),
-        "--etcd",
-        &etcd.endpoint(),
-        "run",
-        "--service",
-        "py",
-        "--port-env",
-        "PORT",
-        "--drain-grace",
-        "200ms",
-        "--",
-        "sh",
-        "-c",
-        &program,
-    ]
-    .map(String::from)
-    .to_vec();
+    ];
+    let args: Vec<String> = head.iter().chain(program).map(|s| s.to_string()).collect();
     let wrapper = match launcher {
         Some(launcher) => Proc::spawn(
-            "nohup-registry-run",
+            "launched-registry-run",
             std::path::Path::new(launcher),
             &args,
             &[],
@@ -157,10 +87,58 @@ async fn run_python_writing_its_pid(
         client,
         &key,
         Duration::from_secs(10),
-        "python server ready",
+        "the program ready",
         is_ready,
     )
     .await;
+    (wrapper, registered, key)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_registers_a_python_http_server_and_deregisters_it_on_sigterm() {
+    let etcd = Etcd::start().await;
+    let client = etcd.client().await;
+    let python = [
+        "python3",
+        "-m",
+        "http.server",
+        "{port}",
+        "--bind",
+        "127.0.0.1",
+    ];
+    let (mut wrapper, registered, key) = start_run(&etcd, &client, None, &python).await;
+    let resp = reqwest::get(format!("http://{}/", registered.addr))
+        .await
+        .unwrap();
+    assert_eq!(
+        resp.status(),
+        200,
+        "python's http.server answers through the registered address"
+    );
+
+    let status = stop_and_wait_deregistered(&mut wrapper, &client, &key).await;
+    // python3 -m http.server dies of the forwarded SIGTERM; the wrapper reports it the shell way.
+    assert_eq!(
+        status.code(),
+        Some(128 + 15),
+        "{status:?}; stderr:\n{}",
+        wrapper.stderr()
+    );
+}
+
+/// [`start_run`] of a python HTTP server that writes its pid to
+/// `{dir}/pid`: the wrapper, the instance's key and the program's pid.
+async fn run_python_writing_its_pid(
+    etcd: &Etcd,
+    client: &etcd_client::Client,
+    dir: &std::path::Path,
+    launcher: Option<&str>,
+) -> (Proc, String, i32) {
+    let program = format!(
+        "echo $$ > {}/pid; exec python3 -m http.server \"$PORT\" --bind 127.0.0.1",
+        dir.display()
+    );
+    let (wrapper, _, key) = start_run(etcd, client, launcher, &["sh", "-c", &program]).await;
     let pid = std::fs::read_to_string(dir.join("pid"))
         .expect("the program wrote its pid")
         .trim()
@@ -180,8 +158,21 @@ async fn run_stops_its_program_and_deregisters_it_on_sighup() {
     let dir = tempfile::tempdir().unwrap();
     let (mut wrapper, key, program) =
         run_python_writing_its_pid(&etcd, &client, dir.path(), None).await;
+    let masks_before = signal_masks(wrapper.pid());
     wrapper.signal(Signal::SIGHUP);
-    let status = wrapper.wait_exit(Duration::from_secs(15)).await;
+    let stopped = shoal_tests::wait_until(Duration::from_secs(15), "the wrapper to exit", || {
+        wrapper.has_exited()
+    })
+    .await;
+    if let Err(e) = stopped {
+        // Why a SIGHUP was not acted on: ignored, blocked or never caught.
+        panic!(
+            "{e}; its signal masks before it: {masks_before}; now: {}; stderr:\n{}",
+            signal_masks(wrapper.pid()),
+            wrapper.stderr()
+        );
+    }
+    let status = wrapper.wait_exit(Duration::from_secs(1)).await;
     assert_eq!(
         status.code(),
         Some(128 + 15),
@@ -205,6 +196,20 @@ async fn run_stops_its_program_and_deregisters_it_on_sighup() {
         !std::path::Path::new(&format!("/proc/{program}")).exists(),
         "the program ({program}) is not left running"
     );
+}
+
+/// The `Sig*` lines of process `pid`'s status (pending, blocked, ignored,
+/// caught), for a failure message.
+fn signal_masks(pid: u32) -> String {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .map(|status| {
+            status
+                .lines()
+                .filter(|l| l.starts_with("Sig") || l.starts_with("ShdPnd"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        })
+        .unwrap_or_else(|e| format!("(cannot read: {e})"))
 }
 
 /// Under `nohup` SIGHUP stays ignored: `registry run` installs no handler
