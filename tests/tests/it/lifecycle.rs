@@ -72,15 +72,7 @@ async fn registers_ready_within_a_second_and_is_listed() {
 async fn sigterm_lets_five_slow_requests_finish_then_leaves_the_registry() {
     let etcd = Etcd::start().await;
     let client = etcd.client().await;
-    let mut server = AppServer::start(&etcd, AppServerOptions::default()).await;
-    wait_instance(
-        &client,
-        &server.key(),
-        Duration::from_secs(5),
-        "ready",
-        is_ready,
-    )
-    .await;
+    let mut server = ready_app_server(&etcd, &client).await;
     let http = reqwest::Client::new();
 
     // Calibrate: iterations for about 1.5 s of work on this build and machine.
@@ -129,6 +121,20 @@ async fn sigterm_lets_five_slow_requests_finish_then_leaves_the_registry() {
     wait_drained_and_gone(&client, &mut server).await;
 }
 
+/// An app server with the default options, once the registry lists it ready.
+async fn ready_app_server(etcd: &Etcd, client: &etcd_client::Client) -> AppServer {
+    let server = AppServer::start(etcd, AppServerOptions::default()).await;
+    wait_instance(
+        client,
+        &server.key(),
+        Duration::from_secs(5),
+        "ready",
+        is_ready,
+    )
+    .await;
+    server
+}
+
 /// While draining the instance says so in the registry before it leaves.
 async fn wait_draining(client: &etcd_client::Client, server: &AppServer) {
     wait_instance(
@@ -162,15 +168,7 @@ async fn wait_drained_and_gone(client: &etcd_client::Client, server: &mut AppSer
 async fn sighup_drains_and_leaves_the_registry_like_sigterm() {
     let etcd = Etcd::start().await;
     let client = etcd.client().await;
-    let mut server = AppServer::start(&etcd, AppServerOptions::default()).await;
-    wait_instance(
-        &client,
-        &server.key(),
-        Duration::from_secs(5),
-        "ready",
-        is_ready,
-    )
-    .await;
+    let mut server = ready_app_server(&etcd, &client).await;
     server.proc.signal(Signal::SIGHUP);
     wait_draining(&client, &server).await;
     wait_drained_and_gone(&client, &mut server).await;

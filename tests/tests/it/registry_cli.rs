@@ -45,10 +45,8 @@ async fn start_run(
     launcher: Option<&str>,
     program: &[&str],
 ) -> (Proc, Registered, String) {
-    let registry = bin_path("registry").display().to_string();
     let endpoint = etcd.endpoint();
     let head = [
-        registry.as_str(),
         "--etcd",
         &endpoint,
         "run",
@@ -62,23 +60,15 @@ async fn start_run(
         "200ms",
         "--",
     ];
-    let args: Vec<String> = head.iter().chain(program).map(|s| s.to_string()).collect();
-    let wrapper = match launcher {
-        Some(launcher) => Proc::spawn(
-            "launched-registry-run",
-            std::path::Path::new(launcher),
-            &args,
-            &[],
-            &logs_dir(),
-        ),
-        None => Proc::spawn(
-            "registry-run",
-            &bin_path("registry"),
-            &args[1..],
-            &[],
-            &logs_dir(),
-        ),
+    let mut args: Vec<String> = head.iter().chain(program).map(|s| s.to_string()).collect();
+    let (label, command) = match launcher {
+        Some(launcher) => {
+            args.insert(0, bin_path("registry").display().to_string());
+            ("launched-registry-run", std::path::PathBuf::from(launcher))
+        }
+        None => ("registry-run", bin_path("registry")),
     };
+    let wrapper = Proc::spawn(label, &command, &args, &[], &logs_dir());
     let registered: Registered = wrapper
         .wait_event("registered", Duration::from_secs(20))
         .await;
