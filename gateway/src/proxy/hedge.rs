@@ -9,7 +9,7 @@
 //!   not on routes whose policy ties a request to one instance
 //!   (consistent-hash, sticky): a hedge there would answer a key from
 //!   another instance while its own is merely slow (the full suite's
-//!   `balancing::consistent_hash_is_stable…` saw 1 of 1,000 keys answered
+//!   `balancing::consistent_hash_places_keys…` saw 1 of 1,000 keys answered
 //!   elsewhere). A failed attempt there is still retried on the next
 //!   instance, as before;
 //! - the delay is the service's p99 ([`LatencySketch`](super::sketch::LatencySketch)) clamped to
