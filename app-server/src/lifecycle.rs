@@ -30,7 +30,7 @@ use serde::Serialize;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
-use tracing::{Instrument, error, info, info_span, warn};
+use tracing::{Instrument, debug, error, info, info_span, warn};
 
 use crate::config::Config;
 use crate::crash;
@@ -259,10 +259,15 @@ async fn drain(
             false
         }
     };
-    if let Err(e) = early_handoff.await {
-        warn!(error = %e, "the key-value hand-off task failed");
+    let entries = state.kv().store().len();
+    match early_handoff.await {
+        Ok(early) => debug!(?early, "early key-value hand-off ended"),
+        Err(e) => warn!(error = %e, "the key-value hand-off task failed"),
     }
-    let handed_off = kv::sync::hand_off(state.kv(), handoff_deadline).await;
+    // Its outcome is the one said: it covers what the early one left.
+    let handoff = kv::sync::hand_off(state.kv(), handoff_deadline).await;
+    handoff.log(entries, state.kv().store().has_data_dir());
+    let handed_off = handoff.is_complete();
     if handed_off {
         // Every entry lives on at its other owners; a later instance on the
         // same --data-dir must not bring back values deleted meanwhile.

@@ -93,24 +93,64 @@ async fn persist(kv: &Arc<Kv>) {
     }
 }
 
+/// How a [`hand_off`] ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HandOff {
+    /// Every entry is with its owners.
+    Complete,
+    /// The view holds no other instance to take `stranded` entries, and
+    /// this one has been leaving for [`ALONE_WAIT`].
+    NoOneLeft { stranded: usize },
+    /// The deadline passed with `pending` entries not confirmed by their
+    /// owners and `stranded` with no owner to go to.
+    TimedOut { pending: usize, stranded: usize },
+}
+
+impl HandOff {
+    pub fn is_complete(self) -> bool {
+        self == HandOff::Complete
+    }
+
+    /// Say how the hand-off ended, once per stop (an instance hands off
+    /// twice: early, and after its last request): `entries` is how many it
+    /// held, `data_dir` whether they also stay in a `--data-dir`.
+    pub fn log(self, entries: usize, data_dir: bool) {
+        match self {
+            HandOff::Complete => info!(entries, "handed every key-value entry to its owners"),
+            HandOff::NoOneLeft { stranded } => {
+                let fate = if data_dir {
+                    "they stay in --data-dir, for an instance started on it"
+                } else {
+                    "they are lost with this instance (no --data-dir)"
+                };
+                warn!(
+                    stranded,
+                    "no other instance of the service is left to take the key-value entries; {fate}"
+                );
+            }
+            HandOff::TimedOut { pending, stranded } => warn!(
+                pending,
+                stranded,
+                "could not hand every key-value entry to another instance before the drain timeout; those not sent are lost with this instance (start another instance first, or raise --drain-timeout)"
+            ),
+        }
+    }
+}
+
 /// Leave the membership and send every entry to its owners, in passes
-/// until all arrived (true) or `deadline` has passed (false). At least one
-/// pass runs, so a second hand-off under the same deadline still sends
-/// what was written since the first. Gives up early (false) when the view
-/// holds no other instance and this one has been leaving for
-/// [`ALONE_WAIT`]; an instance that is in the view but refuses connections
-/// (marked down) is waited for until `deadline`.
-pub async fn hand_off(kv: &Kv, deadline: tokio::time::Instant) -> bool {
+/// until all arrived or `deadline` has passed. At least one pass runs, so a
+/// second hand-off under the same deadline still sends what was written
+/// since the first. Gives up early when the view holds no other instance
+/// and this one has been leaving for [`ALONE_WAIT`]; an instance that is in
+/// the view but refuses connections (marked down) is waited for until
+/// `deadline`. Logs nothing itself: the caller says how it ended
+/// ([`HandOff::log`]).
+pub async fn hand_off(kv: &Kv, deadline: tokio::time::Instant) -> HandOff {
     kv.membership().leave();
-    let total = kv.store().len();
     loop {
         let report = pass(kv).await;
         if report.complete() {
-            info!(
-                entries = total,
-                "handed every key-value entry to its owners"
-            );
-            return true;
+            return HandOff::Complete;
         }
         let membership = kv.membership();
         let waited_alone = membership.current().is_empty()
@@ -118,24 +158,15 @@ pub async fn hand_off(kv: &Kv, deadline: tokio::time::Instant) -> bool {
                 .leaving_for()
                 .is_some_and(|left| left >= ALONE_WAIT);
         if waited_alone && report.pending == 0 {
-            let fate = if kv.store().has_data_dir() {
-                "they stay in --data-dir, for an instance started on it"
-            } else {
-                "they are lost with this instance (no --data-dir)"
+            return HandOff::NoOneLeft {
+                stranded: report.stranded,
             };
-            warn!(
-                stranded = report.stranded,
-                "no other instance of the service is left to take the key-value entries; {fate}"
-            );
-            return false;
         }
         if tokio::time::Instant::now() >= deadline {
-            warn!(
-                pending = report.pending,
-                stranded = report.stranded,
-                "could not hand every key-value entry to another instance before the drain timeout; those not sent are lost with this instance (start another instance first, or raise --drain-timeout)"
-            );
-            return false;
+            return HandOff::TimedOut {
+                pending: report.pending,
+                stranded: report.stranded,
+            };
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
@@ -270,7 +301,10 @@ mod tests {
         let kv = holding_one_entry(vec![refusing_member("a")]);
         let started = tokio::time::Instant::now();
         let deadline = started + Duration::from_secs(30);
-        assert!(!hand_off(&kv, deadline).await);
+        assert_eq!(
+            hand_off(&kv, deadline).await,
+            HandOff::NoOneLeft { stranded: 1 }
+        );
         let waited = started.elapsed();
         assert!(
             waited >= ALONE_WAIT && waited < ALONE_WAIT + Duration::from_millis(300),
@@ -278,7 +312,10 @@ mod tests {
         );
         // The hand-off after the last in-flight request: one more pass.
         let again = tokio::time::Instant::now();
-        assert!(!hand_off(&kv, deadline).await);
+        assert_eq!(
+            hand_off(&kv, deadline).await,
+            HandOff::NoOneLeft { stranded: 1 }
+        );
         assert_eq!(again.elapsed(), Duration::ZERO);
         assert_eq!(kv.store().len(), 1, "the entry is not dropped");
     }
@@ -290,7 +327,8 @@ mod tests {
         let kv = holding_one_entry(vec![refusing_member("a"), refusing_member("b")]);
         let started = tokio::time::Instant::now();
         let deadline = started + Duration::from_secs(5);
-        assert!(!hand_off(&kv, deadline).await);
+        let ended = hand_off(&kv, deadline).await;
+        assert!(matches!(ended, HandOff::TimedOut { .. }), "{ended:?}");
         let waited = started.elapsed();
         assert!(
             waited >= Duration::from_secs(5) && waited < Duration::from_millis(5300),
