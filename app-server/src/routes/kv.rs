@@ -10,13 +10,11 @@
 //! `DELETE` take `If-Match: "<version>"` (or `*`) as a compare-and-set (409
 //! when it does not hold).
 
-use axum::Json;
 use axum::body::Bytes;
-use axum::extract::rejection::{BytesRejection, PathRejection};
-use axum::extract::{FromRequest, Path, Request, State};
+use axum::extract::rejection::PathRejection;
+use axum::extract::{Path, Request, State};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use serde::Serialize;
 use tracing::debug;
 
 use crate::error::ApiError;
@@ -27,7 +25,8 @@ use crate::kv::peers::{
 };
 use crate::kv::store::Precondition;
 use crate::kv::version::Version;
-use crate::kv::{Admitted, Coordination, KvError, Route, check_key};
+use crate::kv::{Admitted, Coordination, KvError, MAX_VALUE_BYTES, Route, check_key};
+use crate::routes::body;
 use crate::state::AppState;
 
 /// The checked key of a `/kv/{key}` or `/_shoal/kv/{key}` path.
@@ -41,15 +40,6 @@ pub(crate) fn key(path: Result<Path<String>, PathRejection>) -> Result<String, A
         why,
     })?;
     Ok(key)
-}
-
-/// A body that could not be read: too large (413) or broken (400).
-pub(crate) fn body_error(e: BytesRejection) -> ApiError {
-    if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
-        ApiError::ValueTooLarge
-    } else {
-        ApiError::BadBody(e.body_text())
-    }
 }
 
 fn if_match(headers: &HeaderMap) -> Result<Option<Precondition>, ApiError> {
@@ -90,20 +80,17 @@ pub async fn get(
 }
 
 /// `PUT`: the request is taken whole, and its headers moved out of it
-/// before the body is read (with the handler's body limit, which travels in
-/// the request's extensions), so that they are not cloned.
+/// before the body is read ([`body::read`], at most a value's size), so
+/// that they are not cloned.
 pub async fn put(
     State(state): State<AppState>,
     path: Result<Path<String>, PathRejection>,
     request: Request,
 ) -> Result<Response, ApiError> {
     let key = key(path)?;
-    let (mut parts, body) = request.into_parts();
-    let headers = std::mem::take(&mut parts.headers);
-    let method = parts.method.clone();
-    let value = Bytes::from_request(Request::from_parts(parts, body), &())
-        .await
-        .map_err(body_error)?;
+    let (parts, body) = request.into_parts();
+    let (method, headers) = (parts.method, parts.headers);
+    let value = body::read(body, MAX_VALUE_BYTES).await?;
     let precondition = if_match(&headers)?;
     let admitted = match handling(&state, method, &key, &headers, value.clone()).await {
         Handling::Here(admitted) => admitted,
@@ -125,27 +112,40 @@ pub async fn put(
     } else {
         StatusCode::CREATED
     };
+    let body = stored_json(&key, bytes, written.version, written.copies);
     Ok((
         status,
-        [(header::ETAG, written.version.etag())],
-        Json(Stored {
-            key: &key,
-            bytes,
-            version: written.version.to_string(),
-            copies: written.copies,
-        }),
+        [
+            (header::ETAG, written.version.etag()),
+            (
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            ),
+        ],
+        body,
     )
         .into_response())
 }
 
-/// A `PUT`'s answer body (serialized straight from the fields: this is on
-/// every write's path).
-#[derive(Serialize)]
-struct Stored<'a> {
-    key: &'a str,
-    bytes: usize,
-    version: String,
-    copies: usize,
+/// A `PUT`'s answer body, `{"key":…,"bytes":…,"version":…,"copies":…}`,
+/// written out directly: through serde_json (`axum::Json` of a struct) it
+/// was about a tenth of a PUT's instructions (`bench/kv-cost.sh`). Nothing
+/// in it needs escaping: a checked key ([`check_key`]) and a version are
+/// ASCII letters, digits and `._:~-`.
+fn stored_json(key: &str, bytes: usize, version: Version, copies: usize) -> String {
+    debug_assert!(check_key(key).is_ok(), "{key:?} is not a checked key");
+    let mut numbers = itoa::Buffer::new();
+    let mut body = String::with_capacity(key.len() + 96);
+    body.push_str(r#"{"key":""#);
+    body.push_str(key);
+    body.push_str(r#"","bytes":"#);
+    body.push_str(numbers.format(bytes));
+    body.push_str(r#","version":""#);
+    version.push_to(&mut body);
+    body.push_str(r#"","copies":"#);
+    body.push_str(numbers.format(copies));
+    body.push('}');
+    body
 }
 
 /// `DELETE`: taken whole, as `GET` is.
@@ -421,6 +421,30 @@ mod tests {
     use crate::routes::testing::*;
     use axum::http::StatusCode;
 
+    /// The hand-written `PUT` answer is the JSON serde would write: every
+    /// character a key may hold, the largest numbers.
+    #[test]
+    fn a_put_answer_is_the_json_of_its_fields() {
+        use crate::kv::version::Version;
+        let key = "aZ09._:~-";
+        let version = Version {
+            hlc: u64::MAX,
+            node: 0xabc,
+        };
+        let body = super::stored_json(key, usize::MAX, version, 3);
+        let parsed: serde_json::Value = serde_json::from_str(&body).expect(&body);
+        assert_eq!(
+            parsed,
+            serde_json::json!({
+                "key": key,
+                "bytes": usize::MAX,
+                "version": version.to_string(),
+                "copies": 3,
+            }),
+            "{body}"
+        );
+    }
+
     /// The key's successor, handed a request by `h`, passes it on once to
     /// the primary of its own view (`p`); a request that was passed on
     /// already is coordinated where it is, never passed on again.
@@ -535,6 +559,7 @@ mod tests {
         let t = TestApp::new();
         let r = t.call(req_with("PUT", "/kv/user:42", "hello")).await;
         assert_eq!(r.status, StatusCode::CREATED);
+        assert_eq!(r.content_type.as_deref(), Some("application/json"));
         let body = r.json();
         assert_eq!(
             (body["key"].as_str(), body["bytes"].as_u64()),

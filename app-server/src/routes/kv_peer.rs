@@ -19,8 +19,8 @@
 //! answered in order with the status the batch endpoint would give.
 
 use axum::Json;
-use axum::body::{Body, Bytes};
-use axum::extract::rejection::{BytesRejection, PathRejection};
+use axum::body::Body;
+use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -33,8 +33,9 @@ use tracing::{debug, warn};
 use crate::error::ApiError;
 use crate::kv::peers::{OWNERS_HEADER, TOMBSTONE_HEADER, VERSION_HEADER, header_version};
 use crate::kv::store::{Applied, Entry};
-use crate::kv::{Kv, batch, link};
-use crate::routes::kv::{body_error, key};
+use crate::kv::{Kv, MAX_VALUE_BYTES, batch, link};
+use crate::routes::body::LimitedBody;
+use crate::routes::kv::key;
 use crate::state::AppState;
 
 pub async fn get(
@@ -59,11 +60,11 @@ pub async fn put(
     State(state): State<AppState>,
     headers: HeaderMap,
     path: Result<Path<String>, PathRejection>,
-    body: Result<Bytes, BytesRejection>,
+    body: Result<LimitedBody<MAX_VALUE_BYTES>, ApiError>,
 ) -> Result<Response, ApiError> {
     let key = key(path)?;
     let version = header_version(&headers).ok_or(ApiError::BadVersion)?;
-    let body = body.map_err(body_error)?;
+    let LimitedBody(body) = body?;
     let value = (!headers.contains_key(TOMBSTONE_HEADER)).then_some(body);
     let owners = headers
         .get(OWNERS_HEADER)
@@ -78,9 +79,9 @@ pub async fn put(
 
 pub async fn batch(
     State(state): State<AppState>,
-    body: Result<Bytes, BytesRejection>,
+    body: Result<LimitedBody<{ batch::MAX_BATCH_BYTES }>, ApiError>,
 ) -> Result<Response, ApiError> {
-    let body = body.map_err(body_error)?;
+    let LimitedBody(body) = body?;
     let kv = state.kv();
     let (count, stored) = receive_batch(kv, &body)?;
     // One flush for the whole batch (group commit across its copies).

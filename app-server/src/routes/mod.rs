@@ -6,6 +6,7 @@
 //! - [`counter`]: `POST /counter/{session}`, an instance-local counter
 //! - [`kv_peer`]: `/_shoal/kv/{key}`, `/_shoal/kv-batch` and `/_shoal/kv-stream`, replication between instances
 //! - [`health`]: `GET /healthz`, `/readyz`, `/load`
+//! - [`body`]: request bodies read under a size limit (413 beyond it)
 //!
 //! Application handlers (the first four routes') are wrapped in the request
 //! counter that feeds `/load` ([`counted`]); the probes are not, so probing
@@ -14,6 +15,7 @@
 //! that layer once, outside axum, which would otherwise apply it to every
 //! route again and box it per request.
 
+pub mod body;
 pub mod counted;
 pub mod counter;
 pub mod health;
@@ -28,7 +30,7 @@ pub(crate) mod testing;
 use std::convert::Infallible;
 
 use axum::Router;
-use axum::extract::{DefaultBodyLimit, Request};
+use axum::extract::Request;
 use axum::handler::Handler;
 use axum::http::{HeaderName, HeaderValue, Method, Uri};
 use axum::response::Response;
@@ -38,7 +40,6 @@ use tower::{Layer, Service};
 
 use self::counted::Counted;
 use crate::error::ApiError;
-use crate::kv::MAX_VALUE_BYTES;
 use crate::state::AppState;
 
 /// Header naming the instance that answered; lets clients and tests see the balancing.
@@ -66,8 +67,6 @@ fn router(state: AppState) -> Router {
     // boxes a route again for each layer put on it, every request; a
     // handler's layers live in the handler's one box.
     let counted = Counted::new(state.stats().clone());
-    // Bytes refuses bigger bodies; the handlers turn that into our 413.
-    let value_limit = DefaultBodyLimit::max(MAX_VALUE_BYTES);
     let application = Router::new()
         .route(
             "/",
@@ -80,7 +79,7 @@ fn router(state: AppState) -> Router {
         .route(
             "/kv/{*key}",
             get(kv::get.layer(counted.clone()))
-                .put(kv::put.layer(value_limit).layer(counted.clone()))
+                .put(kv::put.layer(counted.clone()))
                 .delete(kv::delete.layer(counted.clone()))
                 .fallback(kv::method_not_allowed),
         )
@@ -91,14 +90,9 @@ fn router(state: AppState) -> Router {
     let internal = Router::new()
         .route(
             "/_shoal/kv/{*key}",
-            get(kv_peer::get)
-                .put(kv_peer::put.layer(value_limit))
-                .delete(kv_peer::delete),
+            get(kv_peer::get).put(kv_peer::put).delete(kv_peer::delete),
         )
-        .route(
-            crate::kv::batch::PATH,
-            post(kv_peer::batch.layer(DefaultBodyLimit::max(crate::kv::batch::MAX_BATCH_BYTES))),
-        )
+        .route(crate::kv::batch::PATH, post(kv_peer::batch))
         .route(crate::kv::link::PATH, get(kv_peer::stream));
     let probes = Router::new()
         .route("/healthz", get(health::healthz).fallback(only_get))
