@@ -113,12 +113,30 @@ static HOP_BY_HOP: [HeaderName; 9] = [
     UPGRADE,
 ];
 
+/// Whether `name` is one of [`HOP_BY_HOP`]: by its length first, so that
+/// most names are ruled out by one comparison instead of nine (each message
+/// is scanned, request and response: about 300 instructions a message
+/// with `HOP_BY_HOP.contains`).
+fn is_hop_by_hop(name: &HeaderName) -> bool {
+    let name = name.as_str();
+    match name.len() {
+        2 => name == "te",
+        7 => name == "trailer" || name == "upgrade",
+        10 => name == "connection" || name == "keep-alive",
+        16 => name == "proxy-connection",
+        17 => name == "transfer-encoding",
+        18 => name == "proxy-authenticate",
+        19 => name == "proxy-authorization",
+        _ => false,
+    }
+}
+
 /// Remove hop-by-hop headers. With `keep_upgrade` (an upgrade handshake),
 /// `Upgrade` stays and `Connection` is reduced to `upgrade`.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
     // Most messages have none: one pass over their few headers instead of
     // a lookup per hop-by-hop name.
-    if !keep_upgrade && !headers.keys().any(|name| HOP_BY_HOP.contains(name)) {
+    if !keep_upgrade && !headers.keys().any(is_hop_by_hop) {
         return;
     }
     if has(headers, &CONNECTION) {
@@ -229,6 +247,36 @@ pub(super) mod tests {
     use crate::proxy::forwarded::{
         FORWARDED, X_FORWARDED_FOR, X_FORWARDED_HOST, X_FORWARDED_PROTO,
     };
+
+    #[test]
+    fn hop_by_hop_names_are_told_by_length_then_name() {
+        for name in &HOP_BY_HOP {
+            assert!(is_hop_by_hop(name), "{name}");
+        }
+        // Names of the same lengths, standard and not.
+        for other in [
+            "tz",
+            "referer",
+            "warning",
+            "upgrades",
+            "set-cookie",
+            "user-agent",
+            "content-encoding",
+            "www-authenticate",
+            "if-modified-since",
+            "x-forwarded-proto",
+            "x-proxy-authenticat",
+            "content-disposition",
+            "host",
+            "proxy",
+            "x-shoal-instance",
+            "trailers",
+        ] {
+            let name = HeaderName::from_bytes(other.as_bytes()).unwrap();
+            assert!(!is_hop_by_hop(&name), "{other}");
+            assert!(!HOP_BY_HOP.contains(&name), "{other} is in the list");
+        }
+    }
 
     /// A header map of `pairs`, appended in order (repeated names kept).
     pub(in crate::proxy) fn map(pairs: &[(&str, &str)]) -> HeaderMap {
