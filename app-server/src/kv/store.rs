@@ -350,8 +350,9 @@ impl LocalStore {
         let mut inner = self.lock();
         if let Some(journal) = &mut inner.journal {
             journal.compact(std::iter::empty())?;
-            let written = journal.written();
-            self.synced.upto.fetch_max(written, Ordering::AcqRel);
+            // As after `persist`'s rewrite: the (empty) map is on the disk,
+            // whatever an `fsync` of the old file said.
+            self.synced.rewritten(journal.written());
         }
         inner.slots.clear();
         Ok(())
@@ -688,6 +689,25 @@ mod tests {
         for key in ["before", "k0", "k7", "later", "after"] {
             assert!(reopened.get(key).is_some(), "{key} did not come back");
         }
+    }
+
+    /// Emptying the journal rewrites it, as `persist` does after a failed
+    /// `fsync`: the failure no longer stands (one fact, recorded one way).
+    #[tokio::test(flavor = "current_thread")]
+    async fn forgetting_everything_rewrites_the_journal_and_clears_a_failed_fsync() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = LocalStore::open(dir.path()).unwrap();
+        store.apply("k", live(1, "v"), 0).unwrap();
+        store.fail_next_sync.store(true, Ordering::Relaxed);
+        store.flushed().await.unwrap_err();
+
+        store.forget_all().unwrap();
+        store.apply("after", live(2, "v"), 0).unwrap();
+        store.flushed().await.unwrap();
+        drop(store);
+        let reopened = LocalStore::open(dir.path()).unwrap();
+        assert_eq!(reopened.len(), 1, "only the write after forgetting");
+        assert!(reopened.get("after").is_some());
     }
 
     #[tokio::test]
