@@ -14,10 +14,13 @@ pub fn check_key(key: &str) -> Result<(), String> {
     if key.len() > MAX_KEY_BYTES {
         return Err(format!("it is {} bytes long", key.len()));
     }
-    if let Some(c) = key
-        .chars()
-        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | ':' | '~' | '-')))
+    // Byte by byte (every request checks its key): the allowed characters
+    // are ASCII, so the first byte refused starts a character, named whole.
+    if let Some(at) = key
+        .bytes()
+        .position(|b| !(b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b':' | b'~' | b'-')))
     {
+        let c = key[at..].chars().next().expect("a character starts there");
         return Err(format!("it contains {c:?}"));
     }
     Ok(())
@@ -39,5 +42,6 @@ mod tests {
         );
         assert_eq!(check_key("a/b"), Err("it contains '/'".into()));
         assert_eq!(check_key("é"), Err("it contains 'é'".into()));
+        assert_eq!(check_key("ok-é"), Err("it contains 'é'".into()));
     }
 }
