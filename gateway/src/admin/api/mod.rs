@@ -40,8 +40,7 @@ mod tests_doc;
 mod tests_endpoints;
 
 use axum::Router;
-use axum::extract::OriginalUri;
-use axum::http::{StatusCode, header};
+use axum::http::{StatusCode, Uri, header};
 use axum::middleware;
 use axum::response::{IntoResponse, Response};
 use utoipa::openapi::OpenApi;
@@ -205,7 +204,7 @@ fn endpoint_list() -> String {
         .join(", ")
 }
 
-async fn unknown_path(OriginalUri(uri): OriginalUri) -> ApiError {
+async fn unknown_path(uri: Uri) -> ApiError {
     ApiError::new(
         StatusCode::NOT_FOUND,
         "not_found",
@@ -217,7 +216,7 @@ async fn unknown_path(OriginalUri(uri): OriginalUri) -> ApiError {
     )
 }
 
-async fn wrong_method(method: axum::http::Method, OriginalUri(uri): OriginalUri) -> Response {
+async fn wrong_method(method: axum::http::Method, uri: Uri) -> Response {
     let path = uri.path();
     let allowed: Vec<String> = openapi()
         .paths
