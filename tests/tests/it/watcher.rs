@@ -307,11 +307,13 @@ async fn a_frozen_etcd_is_noticed_and_the_snapshot_kept() {
 }
 
 /// A quiet watch hears etcd's progress answers every second: they move the
-/// snapshot's revision on but wake nobody. Before, each woke every reader,
-/// and a gateway rebuilt its routing table once a second (20 ms at 10,000
-/// routes, doubling its p99 in `bench/gateway-scale.sh`).
+/// snapshot's revision on but wake nobody and copy nothing. Before, each
+/// woke every reader, and a gateway rebuilt its routing table once a second
+/// (20 ms at 10,000 routes, doubling its p99 in `bench/gateway-scale.sh`);
+/// and later the first one after a reader took its share of the set still
+/// copied the whole set.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn progress_on_a_quiet_prefix_advances_the_revision_without_waking_readers() {
+async fn quiet_progress_moves_the_revision_on_but_wakes_no_reader_and_copies_nothing() {
     let etcd = Etcd::start().await;
     let mut client = etcd.client().await;
     let keys = Keys::default();
@@ -326,6 +328,8 @@ async fn progress_on_a_quiet_prefix_advances_the_revision_without_waking_readers
     );
     let mut readers = watcher.snapshots();
     readers.borrow_and_update();
+    // A reader's share of the set, as a gateway's routing table keeps one.
+    let held = watcher.snapshot().entries;
     // A change elsewhere: etcd's revision moves, this prefix stays quiet.
     let elsewhere = client.put("/elsewhere/key", "x", None).await.unwrap();
     let revision = elsewhere.header().unwrap().revision();
@@ -345,6 +349,28 @@ async fn progress_on_a_quiet_prefix_advances_the_revision_without_waking_readers
     assert!(
         !readers.has_changed().unwrap(),
         "a progress notification woke the snapshot's readers"
+    );
+    assert!(
+        std::sync::Arc::ptr_eq(&held, &watcher.snapshot().entries),
+        "a progress notification copied the set"
+    );
+    // Nor does a malformed entry under the prefix, which the set skips
+    // (a delete of a key it does not hold).
+    let malformed = client
+        .put(Keys::default().instance("app", "broken"), "{not json", None)
+        .await
+        .unwrap();
+    let revision = malformed.header().unwrap().revision();
+    shoal_tests::wait_until(
+        Duration::from_secs(5),
+        "the malformed entry to reach the watcher",
+        || watcher.snapshot().revision >= revision,
+    )
+    .await
+    .unwrap();
+    assert!(
+        std::sync::Arc::ptr_eq(&held, &watcher.snapshot().entries),
+        "a malformed entry the set skips copied the set"
     );
     // A real change still wakes them.
     put(&client, &instance("b")).await;
