@@ -306,6 +306,23 @@ async fn a_frozen_etcd_is_noticed_and_the_snapshot_kept() {
     );
 }
 
+/// Wait until `watcher`'s snapshot reflects `revision`, which `what` brought.
+/// Polled: a revision alone wakes no reader, so `wait_for` would not see it.
+async fn reaches(watcher: &Watcher<Instance>, revision: i64, what: &str) {
+    shoal_tests::wait_until(
+        Duration::from_secs(5),
+        &format!("{what} to reach the watcher"),
+        || watcher.snapshot().revision >= revision,
+    )
+    .await
+    .unwrap_or_else(|e| {
+        panic!(
+            "{e} (revision {} of {revision})",
+            watcher.snapshot().revision
+        )
+    });
+}
+
 /// A quiet watch hears etcd's progress answers every second: they move the
 /// snapshot's revision on but wake nobody and copy nothing. Before, each
 /// woke every reader, and a gateway rebuilt its routing table once a second
@@ -333,19 +350,7 @@ async fn quiet_progress_moves_the_revision_on_but_wakes_no_reader_and_copies_not
     // A change elsewhere: etcd's revision moves, this prefix stays quiet.
     let elsewhere = client.put("/elsewhere/key", "x", None).await.unwrap();
     let revision = elsewhere.header().unwrap().revision();
-    // Polled: a revision alone wakes no reader, so `wait_for` would not see it.
-    shoal_tests::wait_until(
-        Duration::from_secs(5),
-        "progress to reach the watcher",
-        || watcher.snapshot().revision >= revision,
-    )
-    .await
-    .unwrap_or_else(|e| {
-        panic!(
-            "{e} (revision {} of {revision})",
-            watcher.snapshot().revision
-        )
-    });
+    reaches(&watcher, revision, "progress").await;
     assert!(
         !readers.has_changed().unwrap(),
         "a progress notification woke the snapshot's readers"
@@ -361,13 +366,7 @@ async fn quiet_progress_moves_the_revision_on_but_wakes_no_reader_and_copies_not
         .await
         .unwrap();
     let revision = malformed.header().unwrap().revision();
-    shoal_tests::wait_until(
-        Duration::from_secs(5),
-        "the malformed entry to reach the watcher",
-        || watcher.snapshot().revision >= revision,
-    )
-    .await
-    .unwrap();
+    reaches(&watcher, revision, "the malformed entry").await;
     assert!(
         std::sync::Arc::ptr_eq(&held, &watcher.snapshot().entries),
         "a malformed entry the set skips copied the set"
