@@ -29,7 +29,13 @@
 # SIZE,ASSOCIATIVITY,LINE in bytes, e.g. 1048576,16,64; default: this
 # CPU's, which on a shared VM is a share of a cache the model gets whole,
 # so 10,000 instances' state fits in it and misses nothing),
-# PROXIES ("shoal nginx haproxy"; also `before`, see BEFORE_BIN), POLICIES ("round-robin least-request"),
+# PROXIES ("shoal nginx haproxy"; also `before`, see BEFORE_BIN), POLICIES
+# ("round-robin least-request"; also consistent-hash and sticky: Shoal's
+# gateways then follow `scale_registry routes`' measured routes, written
+# into their registry prefix, and requests go to `/consistent-hash/` with
+# the header `x-user: user-42` (nginx and HAProxy hash it too) and to
+# `/sticky/` with the cookie that pins the last instance in id order, as
+# in bench/gateway-scale.sh; nginx and HAProxy are not measured on sticky),
 # PROXY_CORE (0), LOAD_CORES (1),
 # GATEWAY_BIN (a gateway binary other than the fresh build), BEFORE_BIN (an
 # earlier gateway binary, measured as the proxy `before`:
@@ -80,7 +86,7 @@ source bench/lib/common.sh
 source bench/lib/backends.sh
 source bench/lib/proxies.sh
 source bench/lib/wrk.sh
-check_settings
+check_settings round-robin least-request consistent-hash sticky
 SHOAL_PACKAGE[taskset]=util-linux
 tools=(protoc etcd curl taskset wrk nginx haproxy)
 if [ "$IR_REQUESTS" -gt 0 ]; then
@@ -93,24 +99,63 @@ check_cores
 setup_tmp shoal-cost
 CLK_TCK=$(getconf CLK_TCK)
 
-url_of() { echo "http://127.0.0.1:${PORT[$1]}/"; }
+# url_of KEY: where KEY's requests go; request_args_of KEY: what wrk adds
+# to them (the hash key, the sticky cookie), one argument a line.
+url_of() {
+  case $1 in
+    shoal/consistent-hash | shoal/sticky | before/consistent-hash | before/sticky)
+      echo "http://127.0.0.1:${PORT[$1]}/${1#*/}/" ;;
+    *) echo "http://127.0.0.1:${PORT[$1]}/" ;; # nginx and HAProxy hash the header on any path
+  esac
+}
+request_args_of() {
+  case ${1#*/} in
+    consistent-hash) printf '%s\n' -H "x-user: user-42" ;;
+    sticky) printf '%s\n' -H "Cookie: shoal-sticky-app=$STICKY_ID" ;;
+  esac
+}
+# load KEY REQUESTS OUT: wrk_count for KEY.
+load() {
+  local args
+  mapfile -t args < <(request_args_of "$1")
+  wrk_count "$(url_of "$1")" "$2" "$CONNECTIONS" "$3" ${args[@]+"${args[@]}"}
+}
 
 build_release
 if [ "${NO_BUILD:-0}" != 1 ]; then cargo build --release -p shoal-bench --bin paired; fi
 start_backends
 assign_ports
-if [ "$INSTANCES" -gt 0 ]; then
+routed=0
+for policy in $POLICIES; do
+  case $policy in consistent-hash | sticky) routed=1 ;; esac
+done
+if [ "$INSTANCES" -gt 0 ] || [ "$routed" = 1 ]; then
   if [ "${NO_BUILD:-0}" != 1 ]; then cargo build --release -p shoal-bench --bin scale_registry; fi
+fi
+STICKY_ID=bench-b
+if [ "$INSTANCES" -gt 0 ]; then
   echo "registering $INSTANCES fake instances of app under /scale-cost" >&2
   scale_registry instances /scale-cost COUNT="$INSTANCES" 2>"$TMP/scale_registry.log" ||
     { echo "error: scale_registry failed: $(tail -n 3 "$TMP/scale_registry.log")" >&2; exit 1; }
   # Read by every gateway started from here on (the app servers run already).
   export SHOAL_PREFIX=/scale-cost
+  STICKY_ID=$(printf 'fake-%05d' $((INSTANCES - 1)))
+fi
+if [ "$routed" = 1 ]; then
+  # The default route has no hash key: the measured routes of bench/gateway-scale.sh.
+  scale_registry routes "${SHOAL_PREFIX:-/shoal}" ROUTES=4 2>"$TMP/scale_routes.log" ||
+    { echo "error: scale_registry routes failed: $(tail -n 3 "$TMP/scale_routes.log")" >&2; exit 1; }
 fi
 
 keys=()
 for policy in $POLICIES; do
-  for proxy in $PROXIES; do keys+=("$proxy/$policy"); done
+  for proxy in $PROXIES; do
+    if [ "$policy" = sticky ] && [[ $proxy == nginx || $proxy == haproxy ]]; then
+      echo "note: $proxy is not measured on sticky (nginx's open-source build has no sticky cookie)" >&2
+      continue
+    fi
+    keys+=("$proxy/$policy")
+  done
 done
 
 # --- CPU time per request ---------------------------------------------------
@@ -128,14 +173,14 @@ for key in "${keys[@]}"; do
 done
 
 echo "warm-up: 5000 requests per proxy and policy" >&2
-for key in "${measured[@]}"; do wrk_count "$(url_of "$key")" 5000 "$CONNECTIONS" "$TMP/warmup.txt"; done
+for key in "${measured[@]}"; do load "$key" 5000 "$TMP/warmup.txt"; done
 
 for round in $(seq 1 "$ROUNDS"); do
   round_order "$round"
   for key in "${order[@]}"; do
     out=$TMP/wrk-${key//\//-}-$round.txt
     before=$(cpu_ticks_of "${PID[$key]}")
-    wrk_count "$(url_of "$key")" "$REQUESTS" "$CONNECTIONS" "$out"
+    load "$key" "$REQUESTS" "$out"
     after=$(cpu_ticks_of "${PID[$key]}")
     done_requests=$(wrk_requests "$out")
     if [ -z "$done_requests" ] || [ "$done_requests" -eq 0 ]; then
@@ -177,10 +222,10 @@ if [ "$IR_REQUESTS" -gt 0 ]; then
         echo "FAILED under callgrind: $key: ${FAILED[$key]}" >&2
         continue
       fi
-      wrk_count "$(url_of "$key")" 500 "$CONNECTIONS" "$TMP/warmup.txt"
+      load "$key" 500 "$TMP/warmup.txt"
       callgrind_control -z "$pid" >/dev/null 2>&1
       out=$TMP/wrk-ir-${key//\//-}.txt
-      wrk_count "$(url_of "$key")" "$IR_REQUESTS" "$CONNECTIONS" "$out"
+      load "$key" "$IR_REQUESTS" "$out"
       dump=$(callgrind_dump "$pid" "${key//\//-}" "$TMP/callgrind-$proxy")
       instructions=$(callgrind_instructions "$dump")
       done_requests=$(wrk_requests "$out")
@@ -209,7 +254,7 @@ fi
 
 # row VALUE...: one table row. Every row is given all nine columns; the last
 # three (cache misses) are printed only with CACHE_SIM=1.
-row_format='| %-7s | %-13s | %11s | %17s | %14s | %6s |'
+row_format='| %-7s | %-15s | %11s | %17s | %14s | %6s |'
 row_columns=6
 if [ "$CACHE_SIM" = 1 ]; then
   row_format+=' %11s | %11s | %11s |'

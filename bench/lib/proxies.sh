@@ -255,12 +255,13 @@ haproxy_tls() {
 CONF
 }
 
-# check_settings: every proxy in PROXIES is known (`before` only with
-# BEFORE_BIN), every policy in POLICIES is one the proxies share, and PGO
-# (which gateway build pick_gateway measures) is 0 or 1; exits with a
-# message otherwise, before anything is built or started.
+# check_settings [POLICY...]: every proxy in PROXIES is known (`before`
+# only with BEFORE_BIN), every policy in POLICIES is one of POLICY... (by
+# default round-robin and least-request, the ones every proxy serves alike),
+# and PGO (which gateway build pick_gateway measures) is 0 or 1; exits with
+# a message otherwise, before anything is built or started.
 check_settings() {
-  local proxy policy
+  local proxy policy allowed=${*:-round-robin least-request}
   for proxy in $PROXIES; do
     case $proxy in
       shoal | nginx | haproxy) ;;
@@ -271,9 +272,9 @@ check_settings() {
     esac
   done
   for policy in $POLICIES; do
-    case $policy in
-      round-robin | least-request) ;;
-      *) echo "error: POLICIES may hold round-robin and least-request, not $policy" >&2; exit 1 ;;
+    case " $allowed " in
+      *" $policy "*) ;;
+      *) echo "error: POLICIES may hold ${allowed// /, }, not $policy" >&2; exit 1 ;;
     esac
   done
   case ${PGO:-1} in

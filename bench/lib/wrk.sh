@@ -41,16 +41,18 @@ parse_wrk() {
   echo "$rps $(to_ms "$p50") $(to_ms "$p99") $errors"
 }
 
-# wrk_count URL REQUESTS CONNECTIONS OUT: wrk (one thread, on LOAD_CORES)
-# until REQUESTS responses have come back (a few more may complete while it
-# stops: read the count with wrk_requests); at most 10 minutes.
+# wrk_count URL REQUESTS CONNECTIONS OUT [WRK_ARG...]: wrk (one thread, on
+# LOAD_CORES, with WRK_ARGs such as -H 'x-user: 42') until REQUESTS
+# responses have come back (a few more may complete while it stops: read
+# the count with wrk_requests); at most 10 minutes.
 #
 # wrk has no request count: its Lua script stops the thread and leaves a
 # marker, and the Ctrl-C that follows ends wrk's timed wait early, with its
 # summary (sent from here: a signal sent from inside could reach the load
 # thread instead of the waiting one).
 wrk_count() {
-  local script=$TMP/stop-after.lua marker=$TMP/wrk-done pid
+  local url=$1 requests=$2 connections=$3 out=$4 script=$TMP/stop-after.lua marker=$TMP/wrk-done pid
+  shift 4
   [ -f "$script" ] || cat >"$script" <<'LUA'
 local limit, marker, done = 0, nil, 0
 function init(args) limit, marker = tonumber(args[1]), args[2] end
@@ -63,7 +65,7 @@ function response(status, headers, body)
 end
 LUA
   rm -f "$marker"
-  taskset -c "$LOAD_CORES" wrk -t1 -c"$3" -d600s -s "$script" "$1" -- "$2" "$marker" >"$4" 2>&1 &
+  taskset -c "$LOAD_CORES" wrk -t1 -c"$connections" -d600s "$@" -s "$script" "$url" -- "$requests" "$marker" >"$out" 2>&1 &
   pid=$!
   while kill -0 "$pid" 2>/dev/null && [ ! -e "$marker" ]; do sleep 0.01; done
   sleep 0.05
