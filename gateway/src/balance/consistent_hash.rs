@@ -39,7 +39,7 @@ pub fn key_of<'a>(key: &HashKey, request: &RequestView<'a>) -> Option<Cow<'a, st
             .filter_map(|pair| pair.split_once('=').or(Some((pair, ""))))
             .find(|(k, _)| k == name)
             .map(|(_, v)| Cow::Borrowed(v)),
-        HashKey::Cookie(name) => cookie_value(request.headers, name).map(Cow::Owned),
+        HashKey::Cookie(name) => cookie_value(request.headers, name).map(Cow::Borrowed),
     }
 }
 

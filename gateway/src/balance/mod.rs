@@ -65,7 +65,7 @@ pub enum Balancer {
 }
 
 /// What policies derive from a service's ready backends (the round-robin
-/// schedule, the hash ring), each built on first use and shared by the
+/// schedule, the hash ring, the sticky index), each built on first use and shared by the
 /// service's routes. The table keeps it across snapshots while the ready
 /// set (ids and weights, in order) is unchanged, so a registry change that
 /// does not touch a service rebuilds nothing of it.
@@ -73,6 +73,7 @@ pub enum Balancer {
 pub struct Prepared {
     schedule: OnceLock<Arc<round_robin::Schedule>>,
     ring: OnceLock<Arc<Ring>>,
+    pins: OnceLock<Arc<sticky::Pins>>,
 }
 
 impl Prepared {
@@ -95,6 +96,12 @@ impl Prepared {
                 .expect("a new Prepared has no ring yet");
         }
         next
+    }
+
+    fn pins(&self, backends: &[Arc<Backend>]) -> Arc<sticky::Pins> {
+        self.pins
+            .get_or_init(|| Arc::new(sticky::Pins::of(backends)))
+            .clone()
     }
 
     fn ring(&self, backends: &[Arc<Backend>]) -> Arc<Ring> {
@@ -133,7 +140,7 @@ impl Balancer {
                 // Route validation requires a key; without one, balance by load.
                 None => Balancer::LeastRequest(rotation),
             },
-            BalancePolicy::Sticky => Balancer::Sticky(sticky::Sticky),
+            BalancePolicy::Sticky => Balancer::Sticky(sticky::Sticky::new(prepared.pins(backends))),
         }
     }
 
@@ -298,7 +305,7 @@ mod tests {
 }
 
 /// The value of cookie `name` in the request's `Cookie` headers.
-pub fn cookie_value(headers: &HeaderMap, name: &str) -> Option<String> {
+pub fn cookie_value<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
     headers
         .get_all(http::header::COOKIE)
         .iter()
@@ -306,5 +313,5 @@ pub fn cookie_value(headers: &HeaderMap, name: &str) -> Option<String> {
         .flat_map(|v| v.split(';'))
         .filter_map(|pair| pair.trim().split_once('='))
         .find(|(k, _)| *k == name)
-        .map(|(_, v)| v.trim_matches('"').to_owned())
+        .map(|(_, v)| v.trim_matches('"'))
 }

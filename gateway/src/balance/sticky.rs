@@ -2,16 +2,44 @@
 //! pins a client to an instance. While that instance is eligible (in the
 //! table, hence ready; not ejected; not already tried by this request) the
 //! request goes there. Otherwise the request is balanced by least-request and
-//! the cookie is rewritten to the new instance. The pinned instance is found
-//! by binary search: the table keeps a service's backends sorted by id.
+//! the cookie is rewritten to the new instance.
+//!
+//! The pinned instance is found in [`Pins`], an index by id built once per
+//! ready set: one hash probe a request. (A binary search over the backends,
+//! sorted by id, read one cold entry and its id per step: 14 steps, about
+//! 560 instructions and as many cache lines, at 10,000 instances.)
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use super::{Eligible, Pick, PickContext, RequestView, cookie_value, least_request};
 use crate::backend::Backend;
 
-#[derive(Debug, Default)]
-pub struct Sticky;
+/// A service's sticky cookie name and its backends' indices by id, for
+/// one ready set (shared by the service's sticky routes, see
+/// [`Prepared`](super::Prepared)).
+#[derive(Debug)]
+pub struct Pins {
+    cookie: String,
+    by_id: HashMap<Box<str>, usize>,
+}
+
+impl Pins {
+    pub fn of(backends: &[Arc<Backend>]) -> Self {
+        let service = backends.first().map_or("", |b| b.instance.service.as_str());
+        Pins {
+            cookie: cookie_name(service),
+            by_id: backends
+                .iter()
+                .enumerate()
+                .map(|(index, b)| (Box::from(b.id()), index))
+                .collect(),
+        }
+    }
+}
+
+#[derive(Debug)]
+pub struct Sticky(Arc<Pins>);
 
 /// The cookie name for `service`.
 pub fn cookie_name(service: &str) -> String {
@@ -19,6 +47,11 @@ pub fn cookie_name(service: &str) -> String {
 }
 
 impl Sticky {
+    /// `pins` belong to the backends this policy will pick from.
+    pub fn new(pins: Arc<Pins>) -> Self {
+        Sticky(pins)
+    }
+
     pub fn pick(
         &self,
         backends: &[Arc<Backend>],
@@ -26,9 +59,9 @@ impl Sticky {
         request: &RequestView<'_>,
         ctx: &PickContext,
     ) -> Option<Pick> {
-        let service = &backends.first()?.instance.service;
-        if let Some(pinned) = cookie_value(request.headers, &cookie_name(service))
-            && let Ok(index) = backends.binary_search_by(|b| b.id().cmp(&pinned))
+        let pins = &self.0;
+        if let Some(pinned) = cookie_value(request.headers, &pins.cookie)
+            && let Some(&index) = pins.by_id.get(pinned)
             && (eligible.accepts(index) || eligible.untried(index) && eligible.panicking())
         {
             return Some(Pick {
@@ -71,7 +104,7 @@ mod tests {
             now: Instant::now(),
             slow_start: Duration::ZERO,
         };
-        Sticky
+        Sticky::new(Arc::new(Pins::of(b)))
             .pick(b, &Eligible::new(b, tried, ctx.now), &view, &ctx)
             .unwrap()
     }
@@ -89,6 +122,27 @@ mod tests {
             );
         }
         assert!(pick_with(&b, None, &[]).set_cookie);
+    }
+
+    /// The index finds every instance by its id, whatever the order of the
+    /// backends (`b10` sorts before `b2`), and an unknown id finds none.
+    #[test]
+    fn every_instance_of_many_is_found_by_its_id() {
+        let b = backends(1000);
+        for (index, backend) in b.iter().enumerate() {
+            let pick = pick_with(&b, Some(backend.id()), &[]);
+            assert_eq!(
+                pick,
+                Pick {
+                    index,
+                    set_cookie: false
+                },
+                "{}",
+                backend.id()
+            );
+        }
+        assert!(pick_with(&b, Some("b1000"), &[]).set_cookie);
+        assert!(pick_with(&b, Some("b"), &[]).set_cookie);
     }
 
     #[test]
