@@ -65,10 +65,10 @@ pub enum Balancer {
 }
 
 /// What policies derive from a service's ready backends (the round-robin
-/// schedule, the hash ring, the sticky index), each built on first use and shared by the
-/// service's routes. The table keeps it across snapshots while the ready
-/// set (ids and weights, in order) is unchanged, so a registry change that
-/// does not touch a service rebuilds nothing of it.
+/// schedule, the hash ring, the sticky index), each built on first use and
+/// shared by the service's routes. The table keeps it across snapshots
+/// while the ready set (ids and weights, in order) is unchanged, so a
+/// registry change that does not touch a service rebuilds nothing of it.
 #[derive(Debug, Default)]
 pub struct Prepared {
     schedule: OnceLock<Arc<round_robin::Schedule>>,

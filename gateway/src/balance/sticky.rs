@@ -38,6 +38,7 @@ impl Pins {
     }
 }
 
+/// The sticky policy over one ready set, whose [`Pins`] it holds.
 #[derive(Debug)]
 pub struct Sticky(Arc<Pins>);
 
