@@ -403,25 +403,17 @@ impl<T: RegistryValue> WatchTask<T> {
     fn apply(&self, updates: Vec<Update<T>>, revision: i64) {
         let mut effective = Vec::with_capacity(updates.len());
         self.snapshot.send_if_modified(|s| {
+            // `Arc::make_mut` copies the set the first time only: it is then unshared.
             for update in updates {
-                let changes = match &update {
-                    Update::Put(..) => true,
-                    Update::Delete(key) => s.entries.contains_key(key),
-                    Update::Reset(_) => unreachable!("resets are published by list_and_watch"),
-                };
-                if !changes {
-                    continue;
-                }
-                // Copies the set the first time only: it is then unshared.
-                let entries = Arc::make_mut(&mut s.entries);
                 match &update {
                     Update::Put(key, value) => {
-                        entries.insert(key.clone(), value.clone());
+                        Arc::make_mut(&mut s.entries).insert(key.clone(), value.clone());
                     }
-                    Update::Delete(key) => {
-                        entries.remove(key);
+                    Update::Delete(key) if s.entries.contains_key(key) => {
+                        Arc::make_mut(&mut s.entries).remove(key);
                     }
-                    Update::Reset(_) => unreachable!("checked above"),
+                    Update::Delete(_) => continue,
+                    Update::Reset(_) => unreachable!("resets are published by list_and_watch"),
                 }
                 effective.push(update);
             }
