@@ -68,11 +68,6 @@ build_release
 start_backends
 export RUST_LOG=${RUST_LOG:-warn}
 
-# user_sys_ticks PID: "USER SYSTEM" clock ticks of PID (all its threads) so far.
-user_sys_ticks() {
-  sed 's/^.*) //' "/proc/$1/stat" | awk '{ print $12, $13 }'
-}
-
 declare -A ROW=()
 servers=()
 

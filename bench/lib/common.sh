@@ -174,13 +174,19 @@ median() {
     if (NR % 2) printf "%.3f", v[(NR + 1) / 2]; else printf "%.3f", (v[NR / 2] + v[NR / 2 + 1]) / 2 }'
 }
 
+# user_sys_ticks PID: "USER SYSTEM", the clock ticks PID (all its threads)
+# has spent so far in user space and in the kernel; "0 0" when it is gone.
+user_sys_ticks() {
+  # Fields after the command name (which may hold spaces): utime is the 12th, stime the 13th.
+  sed 's/^.*) //' "/proc/$1/stat" 2>/dev/null | awk '{ print $12, $13 }' | grep . || echo "0 0"
+}
+
 # cpu_ticks_of PID: user + system clock ticks of PID and its children so far.
 cpu_ticks_of() {
-  local total=0 pid ticks
+  local total=0 pid user system
   for pid in "$1" $(pgrep -P "$1" || true); do
-    # Fields after the command name (which may hold spaces): utime is the 12th, stime the 13th.
-    ticks=$(sed 's/^.*) //' "/proc/$pid/stat" 2>/dev/null | awk '{ print $12 + $13 }') || ticks=0
-    total=$((total + ${ticks:-0}))
+    read -r user system < <(user_sys_ticks "$pid")
+    total=$((total + user + system))
   done
   echo "$total"
 }
