@@ -99,8 +99,7 @@ check_cores
 setup_tmp shoal-cost
 CLK_TCK=$(getconf CLK_TCK)
 
-# url_of KEY: where KEY's requests go; request_args_of KEY: what wrk adds
-# to them (the hash key, the sticky cookie), one argument a line.
+# url_of KEY: where KEY's requests go.
 url_of() {
   case $1 in
     shoal/consistent-hash | shoal/sticky | before/consistent-hash | before/sticky)
@@ -108,16 +107,10 @@ url_of() {
     *) echo "http://127.0.0.1:${PORT[$1]}/" ;; # nginx and HAProxy hash the header on any path
   esac
 }
-request_args_of() {
-  case ${1#*/} in
-    consistent-hash) printf '%s\n' -H "x-user: user-42" ;;
-    sticky) printf '%s\n' -H "Cookie: shoal-sticky-app=$STICKY_ID" ;;
-  esac
-}
 # load KEY REQUESTS OUT: wrk_count for KEY.
 load() {
   local args
-  mapfile -t args < <(request_args_of "$1")
+  mapfile -t args < <(policy_request_args "${1#*/}" "$STICKY_ID")
   wrk_count "$(url_of "$1")" "$2" "$CONNECTIONS" "$3" ${args[@]+"${args[@]}"}
 }
 
@@ -139,7 +132,7 @@ if [ "$INSTANCES" -gt 0 ]; then
     { echo "error: scale_registry failed: $(tail -n 3 "$TMP/scale_registry.log")" >&2; exit 1; }
   # Read by every gateway started from here on (the app servers run already).
   export SHOAL_PREFIX=/scale-cost
-  STICKY_ID=$(printf 'fake-%05d' $((INSTANCES - 1)))
+  STICKY_ID=$(last_fake_id "$INSTANCES")
 fi
 if [ "$routed" = 1 ]; then
   # The default route has no hash key: the measured routes of bench/gateway-scale.sh.

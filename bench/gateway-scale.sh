@@ -187,12 +187,9 @@ pid_of() { if is_peer "${1%/*}"; then echo "${PID[$1]}"; else echo "${PID[${1%/*
 
 # run_wrk RUN SECONDS OUT: wrk through RUN's proxy on RUN's policy.
 run_wrk() {
-  local config=${1%/*} policy=${1#*/} headers=()
-  case $policy in
-    consistent-hash) headers=(-H "x-user: user-42") ;;
-    sticky) headers=(-H "Cookie: shoal-sticky-app=$(printf 'fake-%05d' $(($(instances_of "$config") - 1)))") ;;
-  esac
-  taskset -c "$LOAD_CORES" wrk -t1 -c"$CONNECTIONS" -d"$2"s --latency "${headers[@]}" \
+  local config=${1%/*} policy=${1#*/} headers
+  mapfile -t headers < <(policy_request_args "$policy" "$(last_fake_id "$(instances_of "$config")")")
+  taskset -c "$LOAD_CORES" wrk -t1 -c"$CONNECTIONS" -d"$2"s --latency ${headers[@]+"${headers[@]}"} \
     "$(url_of "$1")" >"$3" 2>&1 || true
 }
 

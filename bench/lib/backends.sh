@@ -66,6 +66,13 @@ start_backends() {
   done
 }
 
+# last_fake_id COUNT: the id of the last of COUNT fake instances
+# `scale_registry instances` writes (bench/src/scale/fill.rs names them
+# fake-00000, fake-00001, ...): the one a sticky cookie pins, last in id order.
+last_fake_id() {
+  printf 'fake-%05d' $(($1 - 1))
+}
+
 # scale_registry COMMAND PREFIX [VAR=VALUE...]: bench/src/bin/scale_registry
 # on the registry prefix PREFIX of this run's etcd, its fake instances
 # pointing in turn at the two app servers (after start_backends).

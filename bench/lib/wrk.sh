@@ -41,6 +41,17 @@ parse_wrk() {
   echo "$rps $(to_ms "$p50") $(to_ms "$p99") $errors"
 }
 
+# policy_request_args POLICY STICKY_ID: what a request to POLICY's measured
+# route (`scale_registry routes`) carries, as wrk arguments one a line: the
+# hash key header for consistent-hash, the cookie pinning STICKY_ID for
+# sticky, nothing for the others.
+policy_request_args() {
+  case $1 in
+    consistent-hash) printf '%s\n' -H "x-user: user-42" ;;
+    sticky) printf '%s\n' -H "Cookie: shoal-sticky-app=$2" ;;
+  esac
+}
+
 # wrk_count URL REQUESTS CONNECTIONS OUT [WRK_ARG...]: wrk (one thread, on
 # LOAD_CORES, with WRK_ARGs such as -H 'x-user: 42') until REQUESTS
 # responses have come back (a few more may complete while it stops: read
