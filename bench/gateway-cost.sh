@@ -36,6 +36,10 @@
 # the header `x-user: user-42` (nginx and HAProxy hash it too) and to
 # `/sticky/` with the cookie that pins the last instance in id order, as
 # in bench/gateway-scale.sh; nginx and HAProxy are not measured on sticky),
+# KEYS (1: every request carries that one key; N: the requests carry N
+# keys in turn, user-42, user-43, ... and cookies pinning the instances
+# from the last downwards, as in bench/gateway-scale.sh: the cost of many
+# clients' keys, whose instances are cold),
 # PROXY_CORE (0), LOAD_CORES (1),
 # GATEWAY_BIN (a gateway binary other than the fresh build), BEFORE_BIN (an
 # earlier gateway binary, measured as the proxy `before`:
@@ -44,6 +48,10 @@
 # `/scale-cost`, holding N fake `ready` instances of `app` written by
 # `scale_registry` as in bench/gateway-scale.sh, their addresses taken in
 # turn from the two app servers; nginx and HAProxy are unchanged),
+# ROUTES (0: every policy but consistent-hash and sticky on the default
+# route; N >= 4: `scale_registry routes ROUTES=N` as in
+# bench/gateway-scale.sh, each policy on its measured route behind N - 4
+# filler routes; nginx and HAProxy are unchanged),
 # NO_BUILD=1 (use the release binaries already built), KEEP_TMP=1 keeps
 # configs, logs and callgrind profiles
 # (`callgrind_annotate $TMP/callgrind-shoal-round-robin.out`).
@@ -76,9 +84,14 @@ if [ -n "$LL_CACHE" ]; then
   [ "$CACHE_SIM" = 1 ] || { echo "error: LL_CACHE needs CACHE_SIM=1 (it sets the simulated cache)" >&2; exit 1; }
 fi
 INSTANCES=${INSTANCES:-0}
-for setting in REQUESTS CONNECTIONS ROUNDS IR_REQUESTS INSTANCES; do
+ROUTES=${ROUTES:-0}
+KEYS=${KEYS:-1}
+for setting in REQUESTS CONNECTIONS ROUNDS IR_REQUESTS INSTANCES ROUTES KEYS; do
   [[ ${!setting} =~ ^[0-9]+$ ]] || { echo "error: $setting must be a whole number, not \`${!setting}\`" >&2; exit 1; }
 done
+[ "$KEYS" -ge 1 ] || { echo "error: KEYS must be at least 1" >&2; exit 1; }
+[ "$ROUTES" = 0 ] || [ "$ROUTES" -ge 4 ] ||
+  { echo "error: ROUTES=$ROUTES: use 0 (the default route) or at least 4 (the measured routes and fillers, as in bench/gateway-scale.sh)" >&2; exit 1; }
 [ "$REQUESTS" -ge 1000 ] || { echo "error: REQUESTS=$REQUESTS is too few to time; use at least 1000" >&2; exit 1; }
 
 source scripts/lib.sh
@@ -99,44 +112,54 @@ check_cores
 setup_tmp shoal-cost
 CLK_TCK=$(getconf CLK_TCK)
 
-# url_of KEY: where KEY's requests go.
+# url_of KEY: where KEY's requests go: a Shoal gateway's measured route
+# for the policy, when it has them (the default route is round-robin).
 url_of() {
   case $1 in
     shoal/consistent-hash | shoal/sticky | before/consistent-hash | before/sticky)
       echo "http://127.0.0.1:${PORT[$1]}/${1#*/}/" ;;
+    shoal/* | before/*) if [ "$ROUTES" -gt 0 ]; then echo "http://127.0.0.1:${PORT[$1]}/${1#*/}/"; else echo "http://127.0.0.1:${PORT[$1]}/"; fi ;;
     *) echo "http://127.0.0.1:${PORT[$1]}/" ;; # nginx and HAProxy hash the header on any path
   esac
 }
-# load KEY REQUESTS OUT: wrk_count for KEY.
+# load KEY REQUESTS OUT: wrk_count for KEY; on consistent-hash and sticky
+# each request carries the next of KEYS keys (`policy_keys`, written once
+# into $TMP/keys-POLICY).
 load() {
-  local args
-  mapfile -t args < <(policy_request_args "${1#*/}" "$STICKY_ID")
-  wrk_count "$(url_of "$1")" "$2" "$CONNECTIONS" "$3" ${args[@]+"${args[@]}"}
+  local headers=$TMP/keys-${1#*/}
+  [ -f "$headers" ] || policy_keys "${1#*/}" "$KEYS" "${STICKY_IDS[@]}" >"$headers"
+  if [ -s "$headers" ]; then
+    WRK_HEADERS=$headers wrk_count "$(url_of "$1")" "$2" "$CONNECTIONS" "$3"
+  else
+    wrk_count "$(url_of "$1")" "$2" "$CONNECTIONS" "$3"
+  fi
 }
 
 build_release
 if [ "${NO_BUILD:-0}" != 1 ]; then cargo build --release -p shoal-bench --bin paired; fi
 start_backends
 assign_ports
-routed=0
+routed=$((ROUTES > 0))
 for policy in $POLICIES; do
   case $policy in consistent-hash | sticky) routed=1 ;; esac
 done
 if [ "$INSTANCES" -gt 0 ] || [ "$routed" = 1 ]; then
   if [ "${NO_BUILD:-0}" != 1 ]; then cargo build --release -p shoal-bench --bin scale_registry; fi
 fi
-STICKY_ID=bench-b
+# What sticky cookies pin, in turn: the app servers, or the fake instances.
+STICKY_IDS=(bench-b bench-a)
 if [ "$INSTANCES" -gt 0 ]; then
   echo "registering $INSTANCES fake instances of app under /scale-cost" >&2
   scale_registry instances /scale-cost COUNT="$INSTANCES" 2>"$TMP/scale_registry.log" ||
     { echo "error: scale_registry failed: $(tail -n 3 "$TMP/scale_registry.log")" >&2; exit 1; }
   # Read by every gateway started from here on (the app servers run already).
   export SHOAL_PREFIX=/scale-cost
-  STICKY_ID=$(last_fake_id "$INSTANCES")
+  mapfile -t STICKY_IDS < <(fake_ids "$INSTANCES")
 fi
 if [ "$routed" = 1 ]; then
-  # The default route has no hash key: the measured routes of bench/gateway-scale.sh.
-  scale_registry routes "${SHOAL_PREFIX:-/shoal}" ROUTES=4 2>"$TMP/scale_routes.log" ||
+  # The default route has no hash key: the measured routes of
+  # bench/gateway-scale.sh, behind ROUTES - 4 fillers.
+  scale_registry routes "${SHOAL_PREFIX:-/shoal}" ROUTES=$((ROUTES > 0 ? ROUTES : 4)) 2>"$TMP/scale_routes.log" ||
     { echo "error: scale_registry routes failed: $(tail -n 3 "$TMP/scale_routes.log")" >&2; exit 1; }
 fi
 
@@ -259,6 +282,7 @@ echo "$(date -u '+%Y-%m-%d %H:%M UTC'), $(nproc) cores: $(awk -F': ' '/^model na
 echo "wrk -t1 -c$CONNECTIONS, $REQUESTS requests x $ROUNDS round(s) (median), callgrind over $IR_REQUESTS; proxy on core $PROXY_CORE, wrk and 2 app servers on core(s) $LOAD_CORES"
 echo "Shoal's gateway: ${GATEWAY_BIN:-$BIN/gateway}"
 if [ "$INSTANCES" -gt 0 ]; then echo "Shoal's service: $INSTANCES registered instances (fake entries) over the 2 app servers"; fi
+if [ "$ROUTES" -gt 0 ]; then echo "Shoal's routes: $ROUTES (each policy's measured route behind $((ROUTES - 4)) fillers)"; fi
 if [[ " $PROXIES " == *" before "* ]]; then echo "before: $BEFORE_BIN"; fi
 echo "(req/s is wall-clock and only meaningful on a quiet machine)"
 echo

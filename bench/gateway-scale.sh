@@ -25,9 +25,12 @@
 #
 # Load: wrk -t1 -cCONNECTIONS -dDURATION --latency on LOAD_CORES, WARMUP
 # seconds unmeasured per configuration and policy, then ROUNDS rounds
-# (medians; the base's over all its runs). Consistent-hash hashes the header `x-user: user-42`; sticky
-# sends the cookie that pins the instance last in id order (the table's
-# backends are sorted by id). cpu us/req: the gateway's utime + stime
+# (medians; the base's over all its runs). Consistent-hash and sticky
+# requests stand for KEYS clients (10,000): each carries the next of KEYS
+# `x-user` headers (user-42, user-43, ...) or cookies pinning the fake
+# instances in turn, last in id order first (`policy_keys`), so that at
+# 10,000 instances a request finds its instance's state cold, as on
+# round-robin; KEYS=1 sends one key, as before 2026-12-08. cpu us/req: the gateway's utime + stime
 # (/proc/PID/stat) over the run / requests. RSS: VmRSS once the table is
 # loaded (idle) and after every round (loaded). put->routed: median of
 # SAMPLES puts of a new instance until the gateway's admin API
@@ -62,9 +65,9 @@
 # Settings (environment): CONNECTIONS (32), DURATION (3), ROUNDS (6),
 # WARMUP (1), INSTANCE_COUNTS ("2 100 1000 10000"), ROUTE_COUNTS
 # ("10 10000"), SCALE_POLICIES ("round-robin least-request consistent-hash
-# sticky"), SCALE_PEERS ("nginx haproxy"; empty skips), SAMPLES (5),
-# IDLE_CONNECTIONS (10000; 0 skips), IDLE_PROXIES ("shoal nginx haproxy"),
-# IDLE_SETTLE (10), PROXY_CORE (0), LOAD_CORES (1), GATEWAY_BIN (the
+# sticky"), SCALE_PEERS ("nginx haproxy"; empty skips), SAMPLES (5), KEYS
+# (10000), IDLE_CONNECTIONS (10000; 0 skips), IDLE_PROXIES ("shoal nginx
+# haproxy"), IDLE_SETTLE (10), PROXY_CORE (0), LOAD_CORES (1), GATEWAY_BIN (the
 # gateway binary; default the fresh release build), NO_BUILD=1 (the
 # binaries as they are), KEEP_TMP=1 (keeps logs and wrk outputs).
 #
@@ -82,6 +85,7 @@ ROUTE_COUNTS=${ROUTE_COUNTS:-"10 10000"}
 SCALE_POLICIES=${SCALE_POLICIES:-"round-robin least-request consistent-hash sticky"}
 SCALE_PEERS=${SCALE_PEERS-"nginx haproxy"}
 SAMPLES=${SAMPLES:-5}
+KEYS=${KEYS:-10000}
 IDLE_CONNECTIONS=${IDLE_CONNECTIONS:-10000}
 IDLE_PROXIES=${IDLE_PROXIES:-"shoal nginx haproxy"}
 PROXY_CORE=${PROXY_CORE:-0}
@@ -91,10 +95,10 @@ PROXIES=$IDLE_PROXIES
 POLICIES=round-robin
 NGINX_MASTER=off
 
-for setting in CONNECTIONS DURATION ROUNDS WARMUP SAMPLES IDLE_CONNECTIONS; do
+for setting in CONNECTIONS DURATION ROUNDS WARMUP SAMPLES KEYS IDLE_CONNECTIONS; do
   [[ ${!setting} =~ ^[0-9]+$ ]] || { echo "error: $setting must be a whole number, not \`${!setting}\`" >&2; exit 1; }
 done
-for setting in CONNECTIONS DURATION ROUNDS SAMPLES; do
+for setting in CONNECTIONS DURATION ROUNDS SAMPLES KEYS; do
   [ "${!setting}" -ge 1 ] || { echo "error: $setting must be at least 1" >&2; exit 1; }
 done
 for count in $INSTANCE_COUNTS; do
@@ -185,12 +189,20 @@ url_of() {
 }
 pid_of() { if is_peer "${1%/*}"; then echo "${PID[$1]}"; else echo "${PID[${1%/*}/round-robin]}"; fi; }
 
-# run_wrk RUN SECONDS OUT: wrk through RUN's proxy on RUN's policy.
+# run_wrk RUN SECONDS OUT: wrk through RUN's proxy on RUN's policy; on
+# consistent-hash and sticky each request carries the next of KEYS keys
+# (`policy_keys`, written once per run into $TMP/keys-CONFIG-POLICY).
 run_wrk() {
-  local config=${1%/*} policy=${1#*/} headers
-  mapfile -t headers < <(policy_request_args "$policy" "$(last_fake_id "$(instances_of "$config")")")
-  taskset -c "$LOAD_CORES" wrk -t1 -c"$CONNECTIONS" -d"$2"s --latency ${headers[@]+"${headers[@]}"} \
-    "$(url_of "$1")" >"$3" 2>&1 || true
+  local config=${1%/*} policy=${1#*/} headers script=()
+  case $policy in
+    consistent-hash | sticky)
+      headers=$TMP/keys-$config-$policy
+      [ -f "$headers" ] || policy_keys "$policy" "$KEYS" $(fake_ids "$(instances_of "$config")") >"$headers"
+      script=(-s "$(cycle_headers_script)")
+      ;;
+  esac
+  taskset -c "$LOAD_CORES" wrk -t1 -c"$CONNECTIONS" -d"$2"s --latency ${script[@]+"${script[@]}"} \
+    "$(url_of "$1")" ${headers:+-- "$headers"} >"$3" 2>&1 || true
 }
 
 # stop_gateway KEY: SIGTERM, and SIGKILL when it has not exited within 20 s
@@ -410,6 +422,7 @@ row() { printf '| %-7s | %-15s | %9s | %6s | %7s | %-23s | %7s | %-23s | %10s | 
 echo
 echo "$(date -u '+%Y-%m-%d %H:%M UTC'), $(nproc) cores: $(awk -F': ' '/^model name/ { print $2; exit }' /proc/cpuinfo); load: $(uptime | sed 's/.*load average: //')"
 echo "wrk -t1 -c$CONNECTIONS -d${DURATION}s x $ROUNDS round(s) (median); gateway on core $PROXY_CORE (--workers 1), wrk, etcd and 2 app servers on core(s) $LOAD_CORES"
+echo "consistent-hash and sticky: $KEYS key(s), a request the next one's (x-user header; sticky cookie)"
 echo "gateway: $GATEWAY_BIN"
 echo "ratios: to the $(instances_of "$base")-instance, $(routes_of "$base")-route gateway on the same policy (nginx and HAProxy: to themselves with $fewest upstream servers), run beside it in each round; put->routed: median of $SAMPLES (ms)"
 echo

@@ -41,21 +41,55 @@ parse_wrk() {
   echo "$rps $(to_ms "$p50") $(to_ms "$p99") $errors"
 }
 
-# policy_request_args POLICY STICKY_ID: what a request to POLICY's measured
-# route (`scale_registry routes`) carries, as wrk arguments one a line: the
-# hash key header for consistent-hash, the cookie pinning STICKY_ID for
-# sticky, nothing for the others.
-policy_request_args() {
-  case $1 in
-    consistent-hash) printf '%s\n' -H "x-user: user-42" ;;
-    sticky) printf '%s\n' -H "Cookie: shoal-sticky-app=$2" ;;
+# policy_keys POLICY KEYS [ID...]: KEYS request headers, one a line, that
+# spread POLICY's requests over KEYS clients: for consistent-hash `x-user:
+# user-42`, `user-43`, ...; for sticky the cookies pinning the IDs in turn
+# (wrapping). Nothing for the other policies.
+policy_keys() {
+  local policy=$1 keys=$2 k
+  shift 2
+  case $policy in
+    consistent-hash) for ((k = 0; k < keys; k++)); do echo "x-user: user-$((42 + k))"; done ;;
+    sticky)
+      local ids=("$@")
+      for ((k = 0; k < keys; k++)); do echo "Cookie: shoal-sticky-app=${ids[k % ${#ids[@]}]}"; done
+      ;;
   esac
 }
 
-# wrk_count URL REQUESTS CONNECTIONS OUT [WRK_ARG...]: wrk (one thread, on
-# LOAD_CORES, with WRK_ARGs such as -H 'x-user: 42') until REQUESTS
-# responses have come back (a few more may complete while it stops: read
-# the count with wrk_requests); at most 10 minutes.
+# The Lua that sends each request with the next header of a file (`Name:
+# value` a line, as `policy_keys` prints), cycling: `load_headers FILE`
+# formats the lines into requests at start-up, so a request costs wrk a
+# table lookup.
+HEADERS_LUA='
+local requests, next = {}, 0
+function load_headers(file)
+  for line in io.lines(file) do
+    local name, value = line:match("^([^:]+):%s*(.*)$")
+    requests[#requests + 1] = wrk.format(nil, nil, { [name] = value })
+  end
+  assert(#requests > 0, "no headers in " .. file)
+end
+function request()
+  next = next % #requests + 1
+  return requests[next]
+end
+'
+
+# cycle_headers_script: the path of a wrk Lua script (written once into
+# $TMP) whose requests carry the headers of the file named by its argument
+# in turn (HEADERS_LUA).
+cycle_headers_script() {
+  local script=$TMP/cycle-headers.lua
+  [ -f "$script" ] || printf '%s\nfunction init(args) load_headers(args[1]) end\n' "$HEADERS_LUA" >"$script"
+  echo "$script"
+}
+
+# [WRK_HEADERS=FILE] wrk_count URL REQUESTS CONNECTIONS OUT [WRK_ARG...]: wrk
+# (one thread, on LOAD_CORES, with WRK_ARGs) until REQUESTS responses have
+# come back (a few more may complete while it stops: read the count with
+# wrk_requests); at most 10 minutes. With WRK_HEADERS, the requests carry
+# that file's headers in turn (HEADERS_LUA).
 #
 # wrk has no request count: its Lua script stops the thread and leaves a
 # marker, and the Ctrl-C that follows ends wrk's timed wait early, with its
@@ -63,10 +97,17 @@ policy_request_args() {
 # thread instead of the waiting one).
 wrk_count() {
   local url=$1 requests=$2 connections=$3 out=$4 script=$TMP/stop-after.lua marker=$TMP/wrk-done pid
+  local headers=${WRK_HEADERS:-}
   shift 4
-  [ -f "$script" ] || cat >"$script" <<'LUA'
+  [ -z "$headers" ] || script=$TMP/stop-after-headers.lua
+  [ -f "$script" ] || {
+    [ -z "$headers" ] || printf '%s\n' "$HEADERS_LUA"
+    cat <<'LUA'
 local limit, marker, done = 0, nil, 0
-function init(args) limit, marker = tonumber(args[1]), args[2] end
+function init(args)
+  limit, marker = tonumber(args[1]), args[2]
+  if args[3] then load_headers(args[3]) end
+end
 function response(status, headers, body)
   done = done + 1
   if done == limit then
@@ -75,8 +116,9 @@ function response(status, headers, body)
   end
 end
 LUA
+  } >"$script"
   rm -f "$marker"
-  taskset -c "$LOAD_CORES" wrk -t1 -c"$connections" -d600s "$@" -s "$script" "$url" -- "$requests" "$marker" >"$out" 2>&1 &
+  taskset -c "$LOAD_CORES" wrk -t1 -c"$connections" -d600s "$@" -s "$script" "$url" -- "$requests" "$marker" ${headers:+"$headers"} >"$out" 2>&1 &
   pid=$!
   while kill -0 "$pid" 2>/dev/null && [ ! -e "$marker" ]; do sleep 0.01; done
   sleep 0.05
