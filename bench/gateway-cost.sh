@@ -34,11 +34,11 @@
 # gateways then follow `scale_registry routes`' measured routes, written
 # into their registry prefix, and requests go to `/consistent-hash/` with
 # the header `x-user: user-42` (nginx and HAProxy hash it too) and to
-# `/sticky/` with the cookie that pins the last instance in id order, as
-# in bench/gateway-scale.sh; nginx and HAProxy are not measured on sticky),
+# `/sticky/` with a cookie that pins one instance, as in
+# bench/gateway-scale.sh; nginx and HAProxy are not measured on sticky),
 # KEYS (1: every request carries that one key; N: the requests carry N
-# keys in turn, user-42, user-43, ... and cookies pinning the instances
-# from the last downwards, as in bench/gateway-scale.sh: the cost of many
+# keys in turn, user-42, user-43, ... or cookies pinning the instances in
+# a shuffled order, as in bench/gateway-scale.sh: the cost of many
 # clients' keys, whose instances are cold),
 # PROXY_CORE (0), LOAD_CORES (1),
 # GATEWAY_BIN (a gateway binary other than the fresh build), BEFORE_BIN (an

@@ -28,9 +28,9 @@
 # (medians; the base's over all its runs). Consistent-hash and sticky
 # requests stand for KEYS clients (10,000): each carries the next of KEYS
 # `x-user` headers (user-42, user-43, ...) or cookies pinning the fake
-# instances in turn, last in id order first (`policy_keys`), so that at
-# 10,000 instances a request finds its instance's state cold, as on
-# round-robin; KEYS=1 sends one key, as before 2026-12-08. cpu us/req: the gateway's utime + stime
+# instances in a shuffled order (`policy_keys`), so that at 10,000
+# instances a request finds its instance's state cold; KEYS=1 sends one
+# key, as before 2026-12-08. cpu us/req: the gateway's utime + stime
 # (/proc/PID/stat) over the run / requests. RSS: VmRSS once the table is
 # loaded (idle) and after every round (loaded). put->routed: median of
 # SAMPLES puts of a new instance until the gateway's admin API

@@ -68,11 +68,10 @@ start_backends() {
 
 # fake_ids COUNT: the ids of the COUNT fake instances `scale_registry
 # instances` writes (bench/src/scale/fill.rs names them fake-00000,
-# fake-00001, ...), one a line, the last in id order first: the order in
-# which the benchmarks' sticky cookies pin them.
+# fake-00001, ...), one a line.
 fake_ids() {
   local n
-  for ((n = $1 - 1; n >= 0; n--)); do printf 'fake-%05d\n' "$n"; done
+  for ((n = 0; n < $1; n++)); do printf 'fake-%05d\n' "$n"; done
 }
 
 # scale_registry COMMAND PREFIX [VAR=VALUE...]: bench/src/bin/scale_registry

@@ -43,16 +43,25 @@ parse_wrk() {
 
 # policy_keys POLICY KEYS [ID...]: KEYS request headers, one a line, that
 # spread POLICY's requests over KEYS clients: for consistent-hash `x-user:
-# user-42`, `user-43`, ...; for sticky the cookies pinning the IDs in turn
-# (wrapping). Nothing for the other policies.
+# user-42`, `user-43`, ... (their hashes scatter them over the ring); for
+# sticky the cookies pinning the IDs, in an order shuffled with a fixed
+# seed (wrapping): in id order, a request would find the state of the
+# instance next to the last one's, which the CPU's prefetcher fetches
+# ahead, and no client sends its cookie in that order. Nothing for the
+# other policies.
 policy_keys() {
   local policy=$1 keys=$2 k
   shift 2
   case $policy in
     consistent-hash) for ((k = 0; k < keys; k++)); do echo "x-user: user-$((42 + k))"; done ;;
     sticky)
-      local ids=("$@")
-      for ((k = 0; k < keys; k++)); do echo "Cookie: shoal-sticky-app=${ids[k % ${#ids[@]}]}"; done
+      printf '%s\n' "$@" | awk -v keys="$keys" '
+        { id[NR] = $0 }
+        END {
+          srand(1)
+          for (i = NR; i > 1; i--) { j = int(rand() * i) + 1; t = id[i]; id[i] = id[j]; id[j] = t }
+          for (k = 0; k < keys; k++) print "Cookie: shoal-sticky-app=" id[k % NR + 1]
+        }'
       ;;
   esac
 }
