@@ -112,15 +112,17 @@ check_cores
 setup_tmp shoal-cost
 CLK_TCK=$(getconf CLK_TCK)
 
-# url_of KEY: where KEY's requests go: a Shoal gateway's measured route
-# for the policy, when it has them (the default route is round-robin).
+# url_of KEY: where KEY's requests go: on a Shoal gateway, the policy's
+# measured route when it has them (always for consistent-hash and sticky;
+# the default route is round-robin); nginx and HAProxy hash the header on
+# any path.
 url_of() {
+  local path=/
   case $1 in
-    shoal/consistent-hash | shoal/sticky | before/consistent-hash | before/sticky)
-      echo "http://127.0.0.1:${PORT[$1]}/${1#*/}/" ;;
-    shoal/* | before/*) if [ "$ROUTES" -gt 0 ]; then echo "http://127.0.0.1:${PORT[$1]}/${1#*/}/"; else echo "http://127.0.0.1:${PORT[$1]}/"; fi ;;
-    *) echo "http://127.0.0.1:${PORT[$1]}/" ;; # nginx and HAProxy hash the header on any path
+    */consistent-hash | */sticky) [[ $1 == nginx/* || $1 == haproxy/* ]] || path=/${1#*/}/ ;;
+    shoal/* | before/*) [ "$ROUTES" = 0 ] || path=/${1#*/}/ ;;
   esac
+  echo "http://127.0.0.1:${PORT[$1]}$path"
 }
 # load KEY REQUESTS OUT: wrk_count for KEY; on consistent-hash and sticky
 # each request carries the next of KEYS keys (`policy_keys`, written once
@@ -128,11 +130,8 @@ url_of() {
 load() {
   local headers=$TMP/keys-${1#*/}
   [ -f "$headers" ] || policy_keys "${1#*/}" "$KEYS" "${STICKY_IDS[@]}" >"$headers"
-  if [ -s "$headers" ]; then
-    WRK_HEADERS=$headers wrk_count "$(url_of "$1")" "$2" "$CONNECTIONS" "$3"
-  else
-    wrk_count "$(url_of "$1")" "$2" "$CONNECTIONS" "$3"
-  fi
+  [ -s "$headers" ] || headers=
+  wrk_count "$(url_of "$1")" "$2" "$CONNECTIONS" "$3" "$headers"
 }
 
 build_release

@@ -94,20 +94,18 @@ cycle_headers_script() {
   echo "$script"
 }
 
-# [WRK_HEADERS=FILE] wrk_count URL REQUESTS CONNECTIONS OUT [WRK_ARG...]: wrk
-# (one thread, on LOAD_CORES, with WRK_ARGs) until REQUESTS responses have
-# come back (a few more may complete while it stops: read the count with
-# wrk_requests); at most 10 minutes. With WRK_HEADERS, the requests carry
-# that file's headers in turn (HEADERS_LUA).
+# wrk_count URL REQUESTS CONNECTIONS OUT [HEADERS]: wrk (one thread, on
+# LOAD_CORES) until REQUESTS responses have come back (a few more may
+# complete while it stops: read the count with wrk_requests); at most 10
+# minutes. With HEADERS, a file as `policy_keys` writes, the requests carry
+# its headers in turn (HEADERS_LUA).
 #
 # wrk has no request count: its Lua script stops the thread and leaves a
 # marker, and the Ctrl-C that follows ends wrk's timed wait early, with its
 # summary (sent from here: a signal sent from inside could reach the load
 # thread instead of the waiting one).
 wrk_count() {
-  local url=$1 requests=$2 connections=$3 out=$4 script=$TMP/stop-after.lua marker=$TMP/wrk-done pid
-  local headers=${WRK_HEADERS:-}
-  shift 4
+  local url=$1 requests=$2 connections=$3 out=$4 headers=${5:-} script=$TMP/stop-after.lua marker=$TMP/wrk-done pid
   [ -z "$headers" ] || script=$TMP/stop-after-headers.lua
   [ -f "$script" ] || {
     [ -z "$headers" ] || printf '%s\n' "$HEADERS_LUA"
@@ -127,7 +125,7 @@ end
 LUA
   } >"$script"
   rm -f "$marker"
-  taskset -c "$LOAD_CORES" wrk -t1 -c"$connections" -d600s "$@" -s "$script" "$url" -- "$requests" "$marker" ${headers:+"$headers"} >"$out" 2>&1 &
+  taskset -c "$LOAD_CORES" wrk -t1 -c"$connections" -d600s -s "$script" "$url" -- "$requests" "$marker" ${headers:+"$headers"} >"$out" 2>&1 &
   pid=$!
   while kill -0 "$pid" 2>/dev/null && [ ! -e "$marker" ]; do sleep 0.01; done
   sleep 0.05
